@@ -1,0 +1,5 @@
+import sys
+
+from phaze.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""Operator and layer-graph data types shared by every stage.
+
+An `Op` is one operator of one pass (forward or backward) of one layer, as it runs on ONE
+device of a tensor-parallel group of width t (all sizes are per-device shards). Ops of a
+pass form a DAG through `deps` (names of ops of the same pass).
+
+A `LayerGraph` is one distinct layer kind (prologue, a transformer block, epilogue) with
+its forward and backward op lists, repeated `repeat` times in the model. A `ModelGraph`
+is the whole model for one (sequence length, microbatch size, TP width, options).
+
+Units: FLOP, bytes, elements. Times are never stored here (the cost model computes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+
+OP_KINDS = ("gemm", "vector", "collective")
+PASSES = ("fwd", "bwd")
+COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
+RECOMPUTE_MODES = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class GemmDims:
+    """C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]; FLOP = 2 * batch * m * n * k."""
+
+    batch: int
+    m: int
+    n: int
+    k: int
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.batch * self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str                      # unique within its pass, e.g. "attn.qkv" or "attn.qkv.dW"
+    kind: str                      # one of OP_KINDS
+    deps: tuple[str, ...] = ()     # ops of the same pass that must finish before this one
+    flops: float = 0.0             # FLOP on one device
+    bytes_read: float = 0.0        # bytes read from memory (inputs + weights), one device
+    bytes_written: float = 0.0     # bytes written (outputs), one device
+    gemm: GemmDims | None = None   # set iff kind == "gemm"
+    vclass: str = ""               # vector op class: layernorm, rmsnorm, softmax, gelu, ...
+    elements: int = 0              # elements produced by a vector op (cost driver)
+    collective: str = ""           # one of COLLECTIVES iff kind == "collective"
+    group: str = ""                # communicator of a collective: "tp"
+    comm_bytes: float = 0.0        # payload of a collective per device (full tensor bytes)
+    param_bytes: float = 0.0       # weight bytes owned by this op on one device
+    saved_bytes: float = 0.0       # bytes this op keeps for backward (no recomputation)
+    tp_rule: str = "replicated"    # column | row | vocab | replicated | sharded (SP)
+    fused: tuple[str, ...] = ()    # vector epilogues fused into this GEMM (runs on TC + VC)
+
+    @property
+    def core_class(self) -> str:
+        """Which cores the op occupies: 'tc', 'vc', 'tc+vc' (fused GEMM) or 'net'."""
+        if self.kind == "gemm":
+            return "tc+vc" if self.fused else "tc"
+        if self.kind == "vector":
+            return "vc"
+        return "net"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["deps"] = list(self.deps)
+        d["fused"] = list(self.fused)
+        return d
+
+
+@dataclass(frozen=True)
+class LayerGraph:
+    kind: str                      # "prologue" | "block" | "epilogue" (or a block variant)
+    repeat: int                    # how many times this layer occurs in the model
+    fwd: tuple[Op, ...]
+    bwd: tuple[Op, ...]
+    param_count: int               # parameters of one instance, one device shard
+    param_bytes: float             # their bytes in the training dtype
+    # activation bytes one instance keeps for backward, one device, one microbatch,
+    # keyed by recomputation mode ("none", "selective", "full")
+    activation_bytes: dict[str, float] = field(default_factory=dict)
+    input_bytes: float = 0.0       # bytes of the activation entering the layer (p2p payload)
+    output_bytes: float = 0.0      # bytes of the activation leaving it
+
+    def ops(self, pass_: str) -> tuple[Op, ...]:
+        return self.fwd if pass_ == "fwd" else self.bwd
+
+    def flops(self, pass_: str) -> float:
+        return sum(o.flops for o in self.ops(pass_))
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    model: str
+    seq: int
+    mbs: int
+    tp: int
+    sequence_parallel: bool
+    fused: bool
+    dtype_bytes: int
+    layers: tuple[LayerGraph, ...]  # prologue, distinct block kinds, epilogue (in model order)
+    params_total: int               # whole model, all shards
+
+    @property
+    def n_layers(self) -> int:
+        """Layers in model order once repeats are expanded."""
+        return sum(layer.repeat for layer in self.layers)
+
+    def expanded(self) -> list[LayerGraph]:
+        """Layer graphs in model order, one entry per layer instance (the DP's chain)."""
+        out: list[LayerGraph] = []
+        for layer in self.layers:
+            out.extend([layer] * layer.repeat)
+        return out
+
+    def flops(self, pass_: str) -> float:
+        """FLOP of one microbatch on one device (sum over layer instances)."""
+        return sum(layer.flops(pass_) * layer.repeat for layer in self.layers)
