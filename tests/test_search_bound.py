@@ -1,0 +1,68 @@
+"""The pruning bound is valid: the placement DP's time per batch is monotone
+non-decreasing in every layer latency (so lower bounds on layer times give an upper
+bound on throughput). Property-tested with hypothesis on the real DP."""
+
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+refdp = pytest.importorskip("phaze.place.refdp")
+from phaze.place.instance import parse_instance  # noqa: E402
+
+
+@st.composite
+def instances(draw):
+    n = draw(st.integers(2, 7))
+    widths = draw(st.sampled_from([(1,), (1, 2), (1, 2, 4)]))
+    L = draw(st.integers(1, n))
+    layers = []
+    for i in range(n):
+        layers.append(dict(param=draw(st.floats(0, 50)), act=draw(st.floats(0, 50)),
+                           fw=draw(st.floats(0.01, 10)), bw=draw(st.floats(0.01, 20)),
+                           tp=bool(i % 2) and draw(st.booleans())))
+    edges = [draw(st.floats(0, 40)) for _ in range(n - 1)]
+    base = dict(
+        maxMemoryPerDevice=draw(st.floats(20, 400)), maxDevices=draw(st.integers(1, 16)),
+        bandwidth=draw(st.floats(1, 100)), mbsInBatch=draw(st.integers(1, 12)),
+        activationRecomputation=draw(st.booleans()),
+        optimizerAlgorithm=draw(st.sampled_from(["SGD", "Adam"])),
+        fixedPP=draw(st.integers(1, n)), fixedTMPC=widths[-1], fixedDP=1,
+        numTransformerLayers=L)
+    # latencies grow by a factor >= 1 on a random subset of (layer, width, pass)
+    bumps = [[(draw(st.sampled_from([1.0, 1.0, 1.5, 3.0])), draw(st.sampled_from([1.0, 1.0, 2.0])))
+              for _ in widths] for _ in range(n)]
+    return base, widths, layers, edges, bumps
+
+
+def build(base, widths, layers, edges, scale):
+    nodes, es = {}, {}
+    for wi, t in enumerate(widths):
+        nodes[str(t)] = [dict(id=i, parameterSize=l["param"] / t if l["tp"] else l["param"],
+                              activationSize=l["act"],
+                              optimalLatencyFw=l["fw"] / t * scale[i][wi][0],
+                              optimalLatencyBw=l["bw"] / t * scale[i][wi][1],
+                              isTensorParallelized=bool(l["tp"] and t > 1))
+                         for i, l in enumerate(layers)]
+        es[str(t)] = [dict(sourceId=i, destId=i + 1, communicationCost=c) for i, c in enumerate(edges)]
+    return parse_instance(dict(base, nodes=nodes, edges=es))
+
+
+def _le(a, b):
+    return a <= b * (1 + 1e-12) + 1e-12
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances())
+def test_dp_time_per_batch_monotone_in_layer_latencies(args):
+    base, widths, layers, edges, bumps = args
+    ones = [[(1.0, 1.0) for _ in widths] for _ in layers]
+    lo = refdp.solve_reference(build(base, widths, layers, edges, ones))
+    hi = refdp.solve_reference(build(base, widths, layers, edges, bumps))
+    # feasibility depends on memory only, never on times
+    assert lo["feasible"] == hi["feasible"]
+    if lo["feasible"]:
+        assert _le(lo["finalTimePerBatch"], hi["finalTimePerBatch"])
+    assert (lo["fixedStrategyTimePerBatch"] is None) == (hi["fixedStrategyTimePerBatch"] is None)
+    if lo["fixedStrategyTimePerBatch"] is not None:
+        assert _le(lo["fixedStrategyTimePerBatch"], hi["fixedStrategyTimePerBatch"])
