@@ -60,7 +60,7 @@ class SweepProblem:
         self.grid = self.grid.reset_index(drop=True)
         self.grid["arch_id"] = self.grid["arch_id"].astype(str)
         self._row = {a: i for i, a in enumerate(self.grid["arch_id"])}
-        self.net = get_network(self.spec.network)
+        self.net = _network(self.spec.network, get_network)
         model = resolve_model(self.spec.model)
         self.graphs = {}
         # problems[arch_index][(mbs, tp, layer_index, pass)] = SchedProblem
@@ -162,3 +162,18 @@ class SweepProblem:
                 "optimizerAlgorithm": "Adam" if self.spec.optimizer == "adam" else "SGD",
                 "fixedPP": int(p), "fixedTMPC": int(t), "fixedDP": int(d),
                 "numTransformerLayers": int(max(n_blocks, 1)), "nodes": nodes, "edges": edges}
+
+
+def _network(text: str, get_network):
+    """A network preset name, or a JSON object of phaze.hw.arch.Network fields."""
+    import json
+
+    from phaze.errors import UserError
+    from phaze.hw.arch import Network
+
+    if text.lstrip().startswith("{"):
+        try:
+            return Network.from_dict(json.loads(text))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"not a valid network object ({e})", field="--network") from None
+    return get_network(text)
