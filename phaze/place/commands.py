@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--zero1", action="store_true", help="shard optimizer state over d (ZeRO-1)")
     p.add_argument("--network", help="network JSON (node_size, intra/inter bandwidth and latency)")
     p.add_argument("--interleave", default="1", help="comma-separated interleaving depths v to try")
+    p.add_argument("--fixed", metavar="PxDxT", help="also evaluate this fixed baseline per item")
     p.add_argument("--work-items", help="JSON list of synthetic work items (tests, benchmarks)")
     p.set_defaults(func=_cmd_place)
 
