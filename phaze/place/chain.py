@@ -76,11 +76,13 @@ class Chain:
 
 
 def chain_from_graph(graph, layer_latency: Mapping[int, tuple[float, float]] | None = None,
-                     op_latency_s: Callable | None = None) -> Chain:
+                     op_latency_s: Callable | None = None,
+                     layer_tp_s: Mapping[int, tuple[float, float]] | None = None) -> Chain:
     """Chain of a ModelGraph. Latencies per layer kind come from `layer_latency`
     {index into graph.layers: (fwd_s, bwd_s)} (the scheduler's result), or else from summing
     `op_latency_s(op)` over each pass's ops (a device runs ops serially when unscheduled).
-    TP collective time (ops of kind "collective") is summed for the breakdown."""
+    TP collective time (ops of kind "collective") is summed for the breakdown (or given as
+    `layer_tp_s` {index: (fwd_s, bwd_s)} together with `layer_latency`)."""
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
     rows = []
@@ -89,7 +91,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple[float, float]] | N
             tpf = sum(op_latency_s(o) for o in layer.fwd if o.kind == "collective")
             tpb = sum(op_latency_s(o) for o in layer.bwd if o.kind == "collective")
         else:
-            tpf = tpb = 0.0
+            tpf, tpb = (layer_tp_s or {}).get(li, (0.0, 0.0))
         if layer_latency is not None:
             f, b = layer_latency[li]
         else:
