@@ -133,7 +133,7 @@ def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
         done: list = []
         while True:
             comm.send(done, dest=0, tag=TAG_REQ)
-            idx = comm.recv(source=0, tag=TAG_WORK)
+            idx = _polite_wait(comm.irecv(source=0, tag=TAG_WORK))
             if idx is None:
                 return None
             done = run_item(idx, items[idx], ctx)
@@ -145,6 +145,8 @@ def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
     def serve(block: bool):
         nonlocal nxt, active
         while active and (block or comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQ)):
+            while block and not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQ):
+                time.sleep(0.002)      # MPICH's blocking receive spins a core: poll politely
             got = comm.recv(source=MPI.ANY_SOURCE, tag=TAG_REQ, status=status)
             rows.extend(got)
             src = status.Get_source()
@@ -168,6 +170,15 @@ def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
         serve(block=True)
     rows.sort(key=lambda r: (r["item"], r["row_kind"]))
     return rows
+
+
+def _polite_wait(req):
+    """Wait for a non-blocking receive without spinning a core (ranks share cores)."""
+    while True:
+        done, value = req.test()
+        if done:
+            return value
+        time.sleep(0.002)
 
 
 def write_rows(rows: list[dict], path: str) -> None:
