@@ -24,7 +24,7 @@ s b h (34 + 5 a s / h) bytes without parallelism.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from phaze.model.ops import GemmDims, LayerGraph, ModelGraph, Op
 from phaze.model.spec import ModelSpec
@@ -73,8 +73,9 @@ class _Node:
 class _Layer:
     """Forward dataflow of one layer kind, turned into forward and backward op lists."""
 
-    def __init__(self, dt: int):
+    def __init__(self, dt: int, tp: int):
         self.dt = dt
+        self.tp = tp
         self.nodes: dict[str, _Node] = {}
         self.out_of: dict[str, float] = {"in": 0.0}
 
@@ -86,15 +87,15 @@ class _Layer:
         return node.name
 
     # --- node helpers ------------------------------------------------------------
-    def linear(self, name, x, tokens, k, n, *, rule, bias, bias_sharded, saved, unique=None,
-               shared=0, regather=0.0):
+    def linear(self, name, x, tokens, k, n, *, rule, bias, saved, unique=None, shared=0, regather=0.0):
+        """Y[tokens, n] = X[tokens, k] @ W[k, n] (+ bias), k and n already per-device shards."""
         dt = self.dt
         w = k * n
         b = n if bias else 0
         params_dev = w + b
-        # whole-model count: column/vocab shards weight and bias, row shards the weight only
-        if unique is None:
-            unique = params_dev
+        if unique is None:  # whole model: column/vocab shard weight and bias, row the weight only
+            unique = {"column": params_dev * self.tp, "vocab": params_dev * self.tp,
+                      "row": w * self.tp + b}.get(rule, params_dev)
         return self.add(_Node(
             name=name, inputs=(x,), in_bytes=(tokens * k * dt,), out_bytes=tokens * n * dt,
             out_elements=tokens * n, kind="gemm", bwd="gemm_linear", gemm=GemmDims(1, tokens, n, k),
@@ -215,7 +216,7 @@ class _Layer:
                     if rg not in regathered:
                         regathered.add(rg)
                         ops.append(Op(name=rg, kind="collective", collective="all_gather", group="tp",
-                                      comm_bytes=n.regather, bytes_read=n.regather / _tp_of(n),
+                                      comm_bytes=n.regather, bytes_read=n.regather / self.tp,
                                       bytes_written=n.regather, tp_rule="sharded"))
                     wdeps = gr + (rg,)
                 dw = Op(name=f"{name}.dW", kind="gemm", deps=wdeps, gemm=GemmDims(g.batch, g.k, g.n, g.m),
@@ -254,8 +255,7 @@ class _Layer:
                 per_input = [gr] * len(n.inputs)
             elif n.bwd == "collective":
                 if n.bwd_collective:
-                    t = _tp_of(n)
-                    rd, wr = _coll_bytes(n.bwd_collective, n.comm_bytes, t)
+                    rd, wr = _coll_bytes(n.bwd_collective, n.comm_bytes, self.tp)
                     op = Op(name=f"{name}.bwd", kind="collective", deps=gr, collective=n.bwd_collective,
                             group="tp", comm_bytes=n.comm_bytes, bytes_read=rd, bytes_written=wr,
                             tp_rule=n.tp_rule)
@@ -276,10 +276,6 @@ class _Layer:
 
 def _wbytes(n: _Node, dt: int) -> float:
     return n.params_dev * dt if n.kind == "vector" else 0.0
-
-
-def _tp_of(n: _Node) -> int:
-    return max(1, int(round(getattr(n, "_tp", 1))))
 
 
 def _coll_bytes(coll: str, full: float, t: int) -> tuple[float, float]:
@@ -396,8 +392,6 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
 
 def _finish(kind: str, repeat: int, built, c: _Ctx, fused: bool) -> tuple[LayerGraph, int]:
     L, in_bytes, out_bytes, full_bytes = built
-    for n in L.nodes.values():
-        n._tp = c.t  # type: ignore[attr-defined]
     fwd, bwd = L.forward_ops(), L.backward_ops()
     if fused:
         fwd, bwd = fuse_epilogues(fwd), fuse_epilogues(bwd)
@@ -457,7 +451,7 @@ def _dropout(L: _Layer, c: _Ctx, name: str, x: str, elements: int, rule: str, se
 
 
 def _block(c: _Ctx):
-    sp, L, dt, t = c.spec, _Layer(c.dt), c.dt, c.t
+    sp, L, dt, t = c.spec, _Layer(c.dt, c.t), c.dt, c.t
     h, T, Ts, s, b = sp.hidden, c.T, c.Ts, c.s, c.b
     d, a, kv = sp.d_head, sp.heads // t, sp.n_kv_heads // t
     srule = "sharded" if c.sp else "replicated"
@@ -468,15 +462,15 @@ def _block(c: _Ctx):
         bias = sp.bias
         if sp.fused_qkv:
             n_out = (a + 2 * kv) * d
-            qkv = L.linear("attn.qkv", xin, T, h, n_out, rule="column", bias=bias, bias_sharded=True,
+            qkv = L.linear("attn.qkv", xin, T, h, n_out, rule="column", bias=bias,
                            saved=Ts * h * dt, regather=regather)
             q = k = v = qkv
         else:
-            q = L.linear("attn.q", xin, T, h, a * d, rule="column", bias=bias, bias_sharded=True,
+            q = L.linear("attn.q", xin, T, h, a * d, rule="column", bias=bias,
                          saved=Ts * h * dt, regather=regather)
-            k = L.linear("attn.k", xin, T, h, kv * d, rule="column", bias=bias, bias_sharded=True,
+            k = L.linear("attn.k", xin, T, h, kv * d, rule="column", bias=bias,
                          saved=0.0, regather=regather)
-            v = L.linear("attn.v", xin, T, h, kv * d, rule="column", bias=bias, bias_sharded=True,
+            v = L.linear("attn.v", xin, T, h, kv * d, rule="column", bias=bias,
                          saved=0.0, regather=regather)
         if sp.position == "rope":
             ins = (q,) if q == k else (q, k)
@@ -495,7 +489,7 @@ def _block(c: _Ctx):
         probs = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True)
         ctx = L.bmm("attn.context", probs, v, batch=b * a, m=s, n=d, k=s, a_bytes=p_el * dt,
                     b_bytes=T * kv * d * dt, saved=p_el * dt + T * kv * d * dt, selective_drop=p_el * dt)
-        proj = L.linear("attn.proj", ctx, T, a * d, h, rule="row", bias=sp.bias, bias_sharded=False,
+        proj = L.linear("attn.proj", ctx, T, a * d, h, rule="row", bias=sp.bias,
                         saved=T * a * d * dt)
         return _exit_tp(L, c, proj, "attn", h)
 
@@ -503,16 +497,16 @@ def _block(c: _Ctx):
         xin, regather = _enter_tp(L, c, x, "mlp", h)
         f = sp.ffn // t
         if sp.activation == "swiglu":
-            gate = L.linear("mlp.gate", xin, T, h, f, rule="column", bias=sp.bias, bias_sharded=True,
+            gate = L.linear("mlp.gate", xin, T, h, f, rule="column", bias=sp.bias,
                             saved=Ts * h * dt, regather=regather)
-            up = L.linear("mlp.up", xin, T, h, f, rule="column", bias=sp.bias, bias_sharded=True,
+            up = L.linear("mlp.up", xin, T, h, f, rule="column", bias=sp.bias,
                           saved=0.0, regather=regather)
             act = L.vector("mlp.act", (gate, up), "swiglu", T * f, saved=2 * T * f * dt, rule="column")
         else:
-            fc1 = L.linear("mlp.fc1", xin, T, h, f, rule="column", bias=sp.bias, bias_sharded=True,
+            fc1 = L.linear("mlp.fc1", xin, T, h, f, rule="column", bias=sp.bias,
                            saved=Ts * h * dt, regather=regather)
             act = L.vector("mlp.act", (fc1,), sp.activation, T * f, saved=T * f * dt, rule="column")
-        fc2 = L.linear("mlp.fc2", act, T, f, h, rule="row", bias=sp.bias, bias_sharded=False,
+        fc2 = L.linear("mlp.fc2", act, T, f, h, rule="row", bias=sp.bias,
                        saved=T * f * dt)
         return _exit_tp(L, c, fc2, "mlp", h)
 
@@ -533,29 +527,12 @@ def _block(c: _Ctx):
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
         r2 = L.vector("residual2", (y, n1), "add", Ts * h, rule=srule, bwd="pass")
         out = _norm(L, c, "ln2", r2)
-    _fix_param_counts(L, c)
     io = Ts * h * dt
     return L, io, io, io
 
 
-def _fix_param_counts(L: _Layer, c: _Ctx) -> None:
-    """Whole-model (all-shard) parameter counts from per-device counts and the TP rule."""
-    t = c.t
-    for n in L.nodes.values():
-        if not n.params_dev:
-            continue
-        if n.kind == "gemm" and n.tp_rule in ("column", "vocab"):
-            n.params_unique = (n.params_dev * t if n.params_shared == 0 else n.params_unique)
-        elif n.kind == "gemm" and n.tp_rule == "row":
-            n.params_unique = (n.params_dev - n.bias_n) * t + n.bias_n
-        elif n.kind == "vector" and n.tp_rule == "vocab":
-            n.params_unique = n.params_unique  # set exactly by the builder
-        else:
-            n.params_unique = n.params_dev if n.params_shared == 0 else n.params_unique
-
-
 def _prologue(c: _Ctx):
-    sp, L, dt = c.spec, _Layer(c.dt), c.dt
+    sp, L, dt = c.spec, _Layer(c.dt, c.t), c.dt
     h, e, T, Ts = sp.hidden, sp.embed_dim, c.T, c.Ts
     srule = "sharded" if c.sp else "replicated"
     L.out_of["in_elements"] = 0
@@ -571,7 +548,7 @@ def _prologue(c: _Ctx):
         else:
             x = L.collective("embed.all_reduce", x, "all_reduce", "", full, full, full)
     if sp.embed_proj_dim:
-        x = L.linear("embed.project_in", x, Ts, e, h, rule="replicated", bias=False, bias_sharded=False,
+        x = L.linear("embed.project_in", x, Ts, e, h, rule="replicated", bias=False,
                      saved=Ts * e * dt)
     if sp.position == "learned":
         x = L.vector("embed.position", (x,), "embedding", Ts * h, rule=srule, bwd="pass_leaf",
@@ -582,35 +559,34 @@ def _prologue(c: _Ctx):
     if sp.embed_norm:
         x = _norm(L, c, "embed.norm", x)
     x = _dropout(L, c, "embed.dropout", x, Ts * h, srule)
-    _fix_param_counts(L, c)
     return L, T * TOKEN_ID_BYTES, Ts * h * dt, 0.0
 
 
 def _epilogue(c: _Ctx):
-    sp, L, dt = c.spec, _Layer(c.dt), c.dt
+    sp, L, dt = c.spec, _Layer(c.dt, c.t), c.dt
     h, e, T, Ts = sp.hidden, sp.embed_dim, c.T, c.Ts
     srule = "sharded" if c.sp else "replicated"
     L.out_of["in_elements"] = Ts * h
     x = "in"
     if sp.pooler:  # BERT pooler: dense + tanh on the first token of each sequence
-        p = L.linear("pooler.dense", x, c.b, h, h, rule="replicated", bias=True, bias_sharded=False,
+        p = L.linear("pooler.dense", x, c.b, h, h, rule="replicated", bias=True,
                      saved=c.b * h * dt)
         L.vector("pooler.tanh", (p,), "tanh", c.b * h, saved=c.b * h * dt)
     if sp.final_norm:
         x = _norm(L, c, "final_norm", x)
     if sp.mlm_head:
-        x = L.linear("mlm.dense", x, Ts, h, h, rule=srule, bias=True, bias_sharded=False,
+        x = L.linear("mlm.dense", x, Ts, h, h, rule=srule, bias=True,
                      saved=Ts * h * dt)
         x = L.vector("mlm.act", (x,), "gelu", Ts * h, saved=Ts * h * dt, rule=srule)
         x = _norm(L, c, "mlm.norm", x)
     if sp.embed_proj_dim:
-        x = L.linear("embed.project_out", x, Ts, h, e, rule=srule, bias=False, bias_sharded=False,
+        x = L.linear("embed.project_out", x, Ts, h, e, rule=srule, bias=False,
                      saved=Ts * h * dt)
     xin, regather = _enter_tp(L, c, x, "lm_head", e)
     tied = sp.tied_embeddings
     bias = sp.mlm_head  # BERT's decoder has an output bias
     vt = c.vt
-    logits = L.linear("lm_head", xin, T, e, vt, rule="vocab", bias=bias, bias_sharded=True,
+    logits = L.linear("lm_head", xin, T, e, vt, rule="vocab", bias=bias,
                       saved=Ts * e * dt, regather=regather,
                       unique=(sp.vocab if bias else 0) + (0 if tied else sp.vocab * e),
                       shared=e * vt if tied else 0)
@@ -618,19 +594,4 @@ def _epilogue(c: _Ctx):
     if c.t > 1:  # vocab-parallel cross entropy: all-reduce max, sum of exp and target logit (fp32)
         stats = 3 * T * 4
         L.collective("loss.all_reduce", loss, "all_reduce", "", stats, stats, stats)
-    # lm_head's unique count is exact already; fix the other nodes
-    keep = L.nodes["lm_head"].params_unique
-    _fix_param_counts(L, c)
-    L.nodes["lm_head"].params_unique = keep
     return L, Ts * h * dt, 0.0, 0.0
-
-
-# --- summaries ------------------------------------------------------------------------
-def gemm_flops(layer: LayerGraph, pass_: str = "fwd") -> float:
-    return sum(o.gemm.flops for o in layer.ops(pass_) if o.gemm is not None)
-
-
-def model_flops(graph: ModelGraph, pass_: str) -> float:
-    """FLOP of one microbatch summed over the TP group's devices (replicated work counted once
-    per device that does it)."""
-    return graph.flops(pass_) * graph.tp
