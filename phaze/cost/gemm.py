@@ -11,10 +11,12 @@ per row; partial sums flow down and leave at the bottom into per-column accumula
   input has passed the row's last PE). A fold starts streaming once the previous fold's
   inputs have all entered and its weights sit in every row.
 - Hence fold f starts at S_f = max(S_{f-1} + M, S_{f-2} + M + H), H = R' + C' - 1 (R', C'
-  = rows and columns in use: min(R, k), min(C, n); unused rows/columns are bypassed), and
+  = rows and columns in use, see below), and
   F folds of M rows take
       cycles = F*M + floor((F-1)/2) * max(0, H - M) + H
   (first weights visible after 1 cycle, the last fold drains in R' + C' - 2 cycles).
+  Folds are balanced: R' = ceil(k / ceil(k/R)) rows and C' = ceil(n / ceil(n/C)) columns
+  are used, the others bypassed (so a fold never crosses more PEs than it needs).
 - Intra-op on n cores: work units = (one of the b * ceil(n/C) output-column tiles, one
   chunk of its m rows), dealt evenly to the cores; the number of m chunks is the best of
   1, 2, 4, ..., 32 and floor(n / tiles) (weights are multicast to the cores sharing them).
@@ -55,8 +57,10 @@ def gemm_core_cycles(b, m, n, k, R, C, n_cores):
     each candidate is non-increasing in n_cores, so the minimum is too."""
     b, m, n, k, R, C, n_cores = (np.asarray(x, dtype=float) for x in (b, m, n, k, R, C, n_cores))
     Fk = np.ceil(k / R)
-    tiles = b * np.ceil(n / C)
-    H = np.minimum(R, k) + np.minimum(C, n) - 1
+    Fn = np.ceil(n / C)
+    tiles = b * Fn
+    # rows/columns in use: the balanced fold size (unused ones are bypassed)
+    H = np.ceil(k / Fk) + np.ceil(n / Fn) - 1
 
     def per_core(split):
         split = np.minimum(m, split)
