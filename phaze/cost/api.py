@@ -83,6 +83,11 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         res = vector_latency(col, elements, cpe, moved, params)
         lat_one[:, vi], lat_all[:, vi], b_one[:, vi], b_all[:, vi] = res
 
+    if params.op_overhead_s:
+        idx = gi + vi
+        lat_one[:, idx] += params.op_overhead_s
+        lat_all[:, idx] += params.op_overhead_s
+
     for j in ci:
         o = ops[j]
         if o.group not in sizes:

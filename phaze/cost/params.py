@@ -29,6 +29,9 @@ class CostParams:
     glb_bw_efficiency: float = 1.0
     hbm_bw_efficiency: float = 0.9       # typical sustained fraction of HBM peak
     link_bw_efficiency: float = 0.8      # collective "bus bandwidth" fraction of link peak
+    # Fixed time added to every GEMM and vector op (kernel launch / synchronisation);
+    # 0 for an accelerator whose scheduler issues ops back to back.
+    op_overhead_s: float = 0.0
     # Fraction of the GLB usable for a GEMM's resident tile (the rest double-buffers).
     glb_usable_fraction: float = 0.5
     # Bandwidth a single-core op may draw from the shared GLB and HBM:
@@ -43,6 +46,8 @@ class CostParams:
             v = getattr(self, f)
             if not 0 < v <= 1:
                 raise ValueError(f"CostParams.{f} must be in (0, 1], got {v}")
+        if not self.op_overhead_s >= 0:
+            raise ValueError("CostParams.op_overhead_s must be >= 0")
         if self.one_core_bw_share not in ("fair", "full"):
             raise ValueError("CostParams.one_core_bw_share must be 'fair' or 'full'")
 
