@@ -17,7 +17,7 @@ def make_grid(extra=()):
     specs = [(8, 128, 128, 2, 128, 128)] + [  # the TPUv4-like chip first
         (n, r, r, v, r, g) for n, r, v, g in
         [(4, 128, 2, 64), (16, 64, 4, 64), (2, 256, 2, 32), (8, 64, 8, 32), (1, 128, 1, 16),
-         (32, 32, 16, 64), (4, 256, 4, 64), (16, 128, 2, 16), (2, 64, 2, 8), (64, 16, 8, 32)]
+         (32, 32, 16, 64), (4, 256, 4, 32), (16, 128, 2, 16), (2, 64, 2, 8), (64, 16, 8, 32)]
     ] + list(extra)
     for n_tc, r, c, n_vc, lanes, glb in specs:
         key = json.dumps([n_tc, r, c, n_vc, lanes, glb])
@@ -62,3 +62,23 @@ def make_place(grid, model="bert-large", seq=512, seed=0, feasible=True, tpu_fix
     df.insert(0, "seq", seq)
     df.insert(0, "model", model)
     return df
+
+
+def place_work_items(grid, model="bert-large", seq=512, hbm_gib=(32, 80),
+                     recompute=("none", "full"), layers=24, hidden=1024, heads=16, seed=0):
+    """Work items for the real `phaze place --work-items` (closed-form GPT-like chains,
+    phaze.place.synthetic) on every arch of the grid: each arch's peak FLOP/s, with an
+    efficiency that varies by arch so that the ranking is not just peak FLOP/s."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for _, a in grid.iterrows():
+        eff = float(0.3 + 0.5 * rng.random())
+        for hbm in hbm_gib:
+            for rec in recompute:
+                items.append({"model": model, "seq": seq, "arch_id": a["arch_id"], "mbs": 1,
+                              "hbm_bytes": hbm * GiB, "recompute": rec,
+                              "synthetic": {"layers": layers, "hidden": hidden, "heads": heads,
+                                            "vocab": 30522, "tps": [1],
+                                            "peak_flops": float(a["peak_flops"]),
+                                            "efficiency": eff}})
+    return items

@@ -80,3 +80,46 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
     for ident in ("pareto", "per_area", "breakdown", "memory"):
         assert f'<img id="{ident}"' in dom and 'src="data:image/png;base64,' in dom
     assert "llama2-7b, seq 4096: no feasible design" in dom
+
+
+def test_report_on_real_placement_tables(tmp_path):
+    """Placement tables written by the real `phaze place` (synthetic chains per arch),
+    then the report: it reads place's schema (row_kind, feasible, breakdown columns)."""
+    import json
+
+    import pandas as pd
+
+    from report_synth import place_work_items
+
+    grid = make_grid()
+    grid.to_parquet(tmp_path / "grid.parquet")
+    places = []
+    for name, seq, hbm in (("bert-large", 512, (32, 80)), ("llama2-7b", 4096, (0.001,))):
+        items = place_work_items(grid, name, seq, hbm_gib=hbm, recompute=("full",))
+        (tmp_path / f"{name}.json").write_text(json.dumps(items))
+        out = tmp_path / f"{name}_s{seq}.parquet"
+        assert main(["place", "--work-items", str(tmp_path / f"{name}.json"), "--devices", "1024",
+                     "--batch", "4096", "--optimizer", "sgd", "--fixed", "8x128x1",
+                     "-o", str(out)]) == 0
+        places.append(str(out))
+    assert main(["report", "--place", *places, "--grid", str(tmp_path / "grid.parquet"),
+                 "-o", str(tmp_path / "rep")]) == 0
+    s = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("model")
+    raw = pd.read_parquet(places[0])
+    best = raw[(raw.row_kind == "best") & raw.feasible].sort_values("samples_per_s").iloc[-1]
+    assert s.loc["bert-large", "status"] == "ok"
+    assert s.loc["bert-large", "best_samples_per_s"] == pytest.approx(best.samples_per_s)
+    fixed_tpu = raw[(raw.row_kind == "fixed") & raw.feasible
+                    & (raw.arch_id == s.loc["bert-large", "tpuv4_arch_id"])]
+    if len(fixed_tpu):
+        assert s.loc["bert-large", "speedup_vs_tpuv4_fixed"] == pytest.approx(
+            best.samples_per_s / fixed_tpu.samples_per_s.max())
+    assert s.loc["llama2-7b", "status"] == "infeasible"
+    assert "out of memory at every mbs/recompute/HBM" in s.loc["llama2-7b", "notes"]
+    shot = tmp_path / "shot.png"
+    _run_chromium([f"--screenshot={shot}", "--window-size=1400,2000", "--hide-scrollbars",
+                   (tmp_path / "rep" / "report.html").as_uri()], tmp_path)
+    assert shot.exists()
+    keep = os.environ.get("PHAZE_KEEP_SCREENSHOT_REAL")
+    if keep:
+        shutil.copy(shot, keep)

@@ -80,7 +80,8 @@ def write_report(out_dir, place, grid, summary) -> dict[str, str]:
         "breakdown": ("breakdown.png", lambda p: plots.breakdown_plot(place, summary, p),
                       "Time per batch of the best plans, split into its parts"),
         "memory": ("memory.png", lambda p: plots.memory_plot(place, summary, p),
-                   "Memory per device in each pipeline stage of the best plan (dashed: HBM)"),
+                   "Memory per device of the best plan and the baselines, per pipeline stage where "
+                   "the table has it (dashed: HBM)"),
     }
     shown = {}
     with tempfile.TemporaryDirectory() as td:

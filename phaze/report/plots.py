@@ -86,10 +86,16 @@ def pareto_plot(place, summary, path, per_area: bool = False):
 
 
 BREAKDOWN_PREFIX = "breakdown_"
+PLACE_BREAKDOWN = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s")  # phaze place
 
 
 def _breakdown_cols(place):
-    return [c for c in place.columns if c.startswith(BREAKDOWN_PREFIX)]
+    cols = [c for c in place.columns if c.startswith(BREAKDOWN_PREFIX)]
+    return cols or [c for c in PLACE_BREAKDOWN if c in place.columns]
+
+
+def _part_label(col: str) -> str:
+    return col.removeprefix(BREAKDOWN_PREFIX).removesuffix("_s").replace("_", " ")
 
 
 def _pick_rows(place, summary):
@@ -128,41 +134,75 @@ def breakdown_plot(place, summary, path):
             for i, c in enumerate(cols):
                 vals = np.array([float(r.get(c, 0.0) or 0.0) for _, r in items])
                 ax.bar(x, vals, bottom=bottom, color=colors(i % 10),
-                       label=c[len(BREAKDOWN_PREFIX):].removesuffix("_s"))
+                       label=_part_label(c))
                 bottom += vals
+            ax.set_ylim(0, float(bottom.max()) * 1.35 if bottom.max() > 0 else 1.0)
         else:
             ax.bar(x, [float(r["time_per_batch_s"]) for _, r in items], color=colors(0),
                    label="time per batch")
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylabel("time per batch (s)")
         ax.set_title(f"{key[0]}, seq {key[1]}", fontsize=10)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=3, loc="upper left")
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
 def memory_plot(place, summary, path):
-    picks = [(m, q, lab, r) for m, q, lab, r in _pick_rows(place, summary) if lab == "co-design"]
+    """Memory per device: per pipeline stage of the best plan when the table has
+    `stage_memory_bytes`, else the peak device of the best plan and of each baseline."""
+    picks = _pick_rows(place, summary)
     if not picks:
         return None
-    fig, axes = _grid_axes(len(picks), w=5.0, h=3.4)
-    for ax, (model, seq, _, r) in zip(axes, picks):
-        stages = r.get("stage_memory_bytes") if "stage_memory_bytes" in r.index else None
-        vals = list(stages) if isinstance(stages, (list, tuple, np.ndarray)) and len(stages) else \
-            [float(r.get("memory_per_device_bytes", np.nan))]
-        vals = np.asarray(vals, dtype=float) / GiB
-        stage_no = np.arange(1, len(vals) + 1)
-        ax.bar(stage_no, vals, color="#1f77b4", label="memory per device")
-        ax.set_xticks(stage_no)
-        top = float(np.nanmax(vals)) if np.isfinite(vals).any() else 1.0
-        if "hbm_bytes" in r.index and pd.notna(r["hbm_bytes"]):
-            hbm = float(r["hbm_bytes"]) / GiB
-            ax.axhline(hbm, color="#d62728", ls="--", label="HBM")
-            top = max(top, hbm)
+    keys = sorted({(m, q) for m, q, _, _ in picks})
+    fig, axes = _grid_axes(len(keys), w=5.0, h=3.4)
+    for ax, key in zip(axes, keys):
+        items = [(lab, r) for m, q, lab, r in picks if (m, q) == key]
+        best = items[0][1]
+        stages = best.get("stage_memory_bytes") if "stage_memory_bytes" in best.index else None
+        if isinstance(stages, (list, tuple, np.ndarray)) and len(stages):
+            vals = np.asarray(stages, dtype=float) / GiB
+            x = np.arange(1, len(vals) + 1)
+            ax.bar(x, vals, color="#1f77b4", label="memory per device")
+            ax.set_xticks(x)
+            ax.set_xlabel("pipeline stage of the best plan")
+            hbms = [float(best["hbm_bytes"]) / GiB] if pd.notna(best.get("hbm_bytes")) else []
+            hbm_x = hbms * len(vals)
+        else:
+            vals = np.array([float(r.get("memory_per_device_bytes", np.nan) or np.nan)
+                             for _, r in items]) / GiB
+            x = np.arange(len(items))
+            ax.bar(x, vals, color=["#2ca02c", "#d62728", "#ff7f0e", "#9467bd"][:len(items)])
+            ax.set_xticks(x, [f"{lab}\n(p={int(r['p'])})" if pd.notna(r.get("p")) else lab
+                              for lab, r in items], fontsize=8)
+            ax.set_xlabel("peak device of the plan")
+            hbm_x = [float(r["hbm_bytes"]) / GiB if pd.notna(r.get("hbm_bytes")) else None
+                     for _, r in items]
+            hbms = [h for h in hbm_x if h is not None]
+            for xi, (_, r) in zip(x, items):
+                if pd.notna(r.get("hbm_bytes")):
+                    h = float(r["hbm_bytes"]) / GiB
+                    ax.plot([xi - 0.4, xi + 0.4], [h, h], color="#d62728", ls="--")
+        vmax = float(np.nanmax(vals)) if np.isfinite(vals).any() else 1.0
+        # draw the HBM line only when it is on a comparable scale; always label the bars
+        on_scale = [h for h in hbms if h <= 5 * vmax]
+        top = max([vmax] + on_scale)
+        for xi, v, h in zip(x, vals, hbm_x or [None] * len(vals)):
+            if np.isfinite(v):
+                frac = f" ({v / h:.0%} of {h:g} GiB)" if h else ""
+                ax.annotate(f"{v:.2f}{frac}", (xi, v), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 2), textcoords="offset points")
+        for line in list(ax.lines):
+            if line.get_ydata()[0] > 5 * vmax:
+                line.remove()
+        if on_scale and isinstance(stages, (list, tuple, np.ndarray)) and len(stages):
+            ax.axhline(on_scale[0], color="#d62728", ls="--")
+        label = "HBM of the plan" if on_scale else \
+            f"HBM {hbms[0]:g} GiB (off scale)" if hbms else "HBM"
+        ax.plot([], [], color="#d62728", ls="--", label=label)
         ax.set_ylim(0, top * 1.3)
-        ax.set_xlabel("pipeline stage")
         ax.set_ylabel("GiB per device")
-        ax.set_title(f"{model}, seq {seq}: best plan", fontsize=10)
-        ax.legend(fontsize=7, loc="upper right", ncol=2)
+        ax.set_title(f"{key[0]}, seq {key[1]}", fontsize=10)
+        ax.legend(fontsize=7, loc="upper right")
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -4,10 +4,13 @@ Columns the report uses (others are carried along):
   model, seq          from the table, else from the file name {model}_s{seq}.parquet
   arch_id, mbs, hbm_bytes (or hbm_gib), recompute
   strategy            "optimised" (DP plan) | "fixed" (published Megatron p x d x t);
-                      read from `strategy`, `plan_kind` or `kind`, else a boolean
-                      `fixed`; rows without any of them are "optimised"
+                      read from `row_kind` (phaze place: best | fixed), `strategy`,
+                      `plan_kind` or `kind`, else a boolean `fixed`; rows without any of
+                      them are "optimised"
+  feasible            False marks a row without a plan (as does a NaN samples_per_s)
   p, d, t, time_per_batch_s, samples_per_s, tokens_per_s, mfu, memory_per_device_bytes
-  breakdown_*_s       time per batch split into parts (optional)
+  compute_s, bubble_s, p2p_s, dp_sync_s, tp_s (phaze place) or breakdown_*_s
+                      time per batch split into parts (optional)
   stage_memory_bytes  memory per pipeline stage (list or JSON list, optional)
   reason              why a row has no plan (optional; NaN samples_per_s = infeasible)
   single_chip_latency_s  for the Spotlight-style pick (optional)
@@ -29,7 +32,7 @@ _NAME = re.compile(r"^(?P<model>.+)_s(?P<seq>\d+)$")
 
 
 def _strategy(df: pd.DataFrame) -> pd.Series:
-    for col in ("strategy", "plan_kind", "kind"):
+    for col in ("row_kind", "strategy", "plan_kind", "kind"):
         if col in df.columns:
             s = df[col].astype(str).str.lower()
             return s.where(~s.str.startswith("fix"), "fixed").where(
@@ -77,6 +80,8 @@ def load_place(paths) -> pd.DataFrame:
     out["strategy"] = _strategy(out)
     out["samples_per_s"] = pd.to_numeric(out["samples_per_s"], errors="coerce")
     out.loc[~(out["samples_per_s"] > 0), "samples_per_s"] = np.nan
+    if "feasible" in out.columns:
+        out.loc[out["feasible"].fillna(False).astype(bool) == False, "samples_per_s"] = np.nan  # noqa: E712
     if "hbm_bytes" not in out.columns and "hbm_gib" in out.columns:
         out["hbm_bytes"] = out["hbm_gib"].astype(float) * GiB
     if "stage_memory_bytes" in out.columns:

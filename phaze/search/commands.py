@@ -60,6 +60,8 @@ def register(sub) -> None:
     p.add_argument("--solver", default="cpsat",
                    help="scheduling solver: cpsat, highs, cbc, gurobi or heuristic")
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds per ILP")
+    p.add_argument("--dp", default="default", choices=("default", "reference"),
+                   help="placement DP: phaze.place default mode, or the reference DP")
     p.add_argument("--bucket-mm2", type=float, default=0.01)
     p.add_argument("--patience", type=int, default=5, help="buckets: consecutive buckets")
     p.add_argument("--limit-archs", type=int, default=0,
@@ -76,7 +78,8 @@ def _specs(args):
     common = dict(mbs=_ints(args.mbs, "--mbs"), tp=_ints(args.tp, "--tp"),
                   hbm_gib=_floats(args.hbm_gib, "--hbm-gib"), recompute=_modes(args.recompute),
                   devices=args.devices, batch=args.batch, optimizer=args.optimizer,
-                  network=args.network, solver=args.solver, time_limit_s=args.time_limit)
+                  network=args.network, solver=args.solver, time_limit_s=args.time_limit,
+                  dp=args.dp)
     if not args.config:
         if not args.model or not args.seq:
             raise UserError("give --model and --seq, or --config", field="--model",

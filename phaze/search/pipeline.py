@@ -4,11 +4,14 @@ graphs (phaze.model) x archs (grid) -> per-layer scheduling problems (phaze.sche
 cores, no ILP) or solved makespans (sched.solve.solve_problem) -> placement DP over the
 DP-only axes (HBM x recompute) for every microbatch size -> best samples/s.
 
-The DP is the reference-mode placement DP (phaze.place.refdp, REFERENCE.md section 6),
-fed with an instance built here the way the reference's outer search builds it: one node
-per layer instance (prologue, N blocks, epilogue) with its parameter and activation
-bytes and fwd/bwd times, a chain of edges carrying the layer's output bytes, one
-bandwidth (the network's inter-node link), and the model's fixed Megatron strategy.
+The DP is phaze.place's default-mode DP (`best_plan` on `chain_from_graph(graph,
+layer_latency)`, the same code that writes the workflow's placement tables), best over
+the TP widths; the fixed Megatron strategy is `evaluate_plan` with its p x d x t.
+With dp="reference" it is the reference-mode DP (phaze.place.refdp, REFERENCE.md
+section 6) fed with an instance built here the way the reference's outer search builds
+it: one node per layer instance with its parameter and activation bytes and fwd/bwd
+times, a chain of edges carrying the layer's output bytes, one bandwidth (the network's
+inter-node link), and the model's fixed Megatron strategy.
 
 Identical scheduling problems are solved once per search (keyed by SchedProblem.key()),
 so `n_ilps` counts distinct ILPs actually solved.
@@ -40,6 +43,7 @@ class SweepSpec:
     network: str = "tpuv4-ici"
     solver: str = "cpsat"
     time_limit_s: float = 10.0
+    dp: str = "default"              # "default" (phaze.place.dp) | "reference" (refdp)
 
 
 @dataclass
@@ -60,6 +64,7 @@ class SweepProblem:
         self.grid = self.grid.reset_index(drop=True)
         self.grid["arch_id"] = self.grid["arch_id"].astype(str)
         self._row = {a: i for i, a in enumerate(self.grid["arch_id"])}
+        self._peak = 0.0
         self.net = _network(self.spec.network, get_network)
         model = resolve_model(self.spec.model)
         self.graphs = {}
@@ -80,6 +85,7 @@ class SweepProblem:
         from phaze.sched.heuristic import lower_bound_s
 
         probs = self.problems[self._row[arch_id]]
+        self._peak = self._peak_of(arch_id)
         times = {k: lower_bound_s(p) for k, p in probs.items()}
         return self.place(times)["samples_per_s"]
 
@@ -97,9 +103,15 @@ class SweepProblem:
                 self.statuses[key] = r.status
                 n_new += 1
             times[k] = self.solved[key]
+        self._peak = self._peak_of(arch_id)
         best = self.place(times)
         area = float(self.grid.loc[self._row[arch_id], "area_mm2"])
         return Design(arch_id, area, best["samples_per_s"], plan=best, n_ilps=n_new)
+
+    def _peak_of(self, arch_id: str) -> float:
+        if "peak_flops" in self.grid.columns:
+            return float(self.grid.loc[self._row[arch_id], "peak_flops"])
+        return 0.0
 
     def n_problems(self) -> int:
         """Distinct scheduling problems in the whole sweep (what exhaustive solves)."""
@@ -109,6 +121,50 @@ class SweepProblem:
     def place(self, times: dict) -> dict:
         """Best plan over mbs x HBM x recompute with these layer times; samples_per_s is
         NaN when no plan fits. Also the fixed Megatron strategy's best samples/s."""
+        if self.spec.dp == "reference":
+            return self.place_reference(times)
+        from phaze.place.chain import chain_from_graph
+        from phaze.place.dp import best_plan
+        from phaze.place.plan import Links, PlanOptions, evaluate_plan
+
+        links = Links.from_any(self.net)
+        options = PlanOptions(optimizer=self.spec.optimizer)
+        fixed = megatron_fixed(self.spec.model)
+        peak = self._peak
+        best = {"samples_per_s": math.nan, "fixed_samples_per_s": math.nan}
+        for mbs in self.spec.mbs:
+            chains = {}
+            for tp in self.spec.tp:
+                g = self.graphs[(mbs, tp)]
+                lat = {li: (times[(mbs, tp, li, "fwd")], times[(mbs, tp, li, "bwd")])
+                       for li in range(len(g.layers))}
+                chains[tp] = chain_from_graph(g, layer_latency=lat)
+            for hbm in self.spec.hbm_gib:
+                for rec in self.spec.recompute:
+                    for tp, ch in chains.items():
+                        plan = best_plan(ch, self.spec.devices, self.spec.batch, rec,
+                                         hbm_bytes=hbm * GiB, links=links, options=options,
+                                         peak_flops=peak)
+                        if plan and plan.get("feasible", True) and \
+                                not (plan["samples_per_s"] <= best["samples_per_s"]):
+                            best.update({k: v for k, v in plan.items()
+                                         if isinstance(v, (int, float, str))})
+                            best["hbm_bytes"] = hbm * GiB
+                            best["stages"] = plan.get("stages")
+                    if fixed is not None and fixed[2] in chains:
+                        p, d, t = fixed
+                        try:
+                            fp = evaluate_plan(chains[t], p, d, self.spec.batch, rec, 1,
+                                               hbm_bytes=hbm * GiB, links=links,
+                                               options=options, peak_flops=peak)
+                        except ValueError:
+                            fp = None
+                        if fp and fp.get("feasible") and \
+                                not (fp["samples_per_s"] <= best["fixed_samples_per_s"]):
+                            best["fixed_samples_per_s"] = fp["samples_per_s"]
+        return best
+
+    def place_reference(self, times: dict) -> dict:
         from phaze.place.instance import parse_instance
         from phaze.place.refdp import solve_reference
 
