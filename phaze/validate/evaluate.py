@@ -1,0 +1,137 @@
+"""Evaluate each measured run's strategy with phaze's performance model and compare.
+
+The model itself is NOT here: a prediction comes from the placement stage's fixed-strategy
+evaluation (`phaze.place.evaluate.evaluate_plan`, the same code behind `phaze evaluate`)
+on the a100 preset, which uses the operator graphs (phaze.model) and the cost model
+(phaze.cost). This module only (1) turns a published row into a strategy, (2) searches
+the microbatch size and interleave depth where the paper does not give them, and
+(3) converts the predicted iteration time to the paper's metric (seconds, or Eq. 3
+TFLOP/s per GPU).
+
+An `Evaluator` is any callable (case, mbs, interleave, params) -> PlanResult; tests inject
+closed-form ones, `phaze validate` uses `plan_evaluator` (the real code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from phaze.errors import UserError
+from phaze.validate.data import Case
+from phaze.validate.flops import eq3_tflops_per_gpu
+
+ARCH_PRESET = "a100"
+MBS_CHOICES = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    time_per_batch_s: float
+    memory_per_device_bytes: float
+    breakdown: dict = field(default_factory=dict)   # seconds per term, as the evaluator reports
+    feasible: bool = True                           # fits the device memory
+
+
+Evaluator = Callable[[Case, int, int, dict | None], PlanResult]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    case: Case
+    mbs: int
+    interleave: int
+    searched: bool                  # True: mbs/interleave chosen by search (not published)
+    time_per_batch_s: float
+    tflops_per_gpu: float           # Eq. 3 convention
+    memory_per_device_bytes: float
+    breakdown: dict
+
+    @property
+    def predicted(self) -> float:
+        """The prediction in the table's metric."""
+        if self.case.metric == "tflops_per_gpu":
+            return self.tflops_per_gpu
+        return self.time_per_batch_s
+
+    @property
+    def error_pct(self) -> float:
+        """Signed relative error of the prediction, in percent of the measured figure."""
+        return 100.0 * (self.predicted - self.case.measured) / self.case.measured
+
+
+def candidates(case: Case) -> list[tuple[int, int]]:
+    """(microbatch, interleave) pairs to try. Published values are used as given.
+
+    Megatron-LM constraints: the microbatch divides the per-replica batch; interleave v
+    divides the layers per stage, needs p > 1, and (Narayanan SC'21 Section 2.2.2) the
+    number of microbatches per replica must be a multiple of p."""
+    per_replica = case.batch // case.dp
+    mbs_list = [case.microbatch] if case.microbatch else \
+        [b for b in MBS_CHOICES if per_replica % b == 0]
+    out = []
+    for b in mbs_list:
+        if case.interleave:
+            out.append((b, case.interleave))
+            continue
+        out.append((b, 1))
+        if case.pp > 1 and (per_replica // b) % case.pp == 0:
+            per_stage = case.layers // case.pp
+            out.extend((b, v) for v in range(2, per_stage + 1)
+                       if per_stage % v == 0 and case.layers % case.pp == 0)
+    return out
+
+
+def predict(case: Case, evaluator: Evaluator, params: dict | None = None) -> Prediction:
+    """Best prediction over the candidates (fastest memory-feasible plan, as a Megatron
+    user tunes them); published values leave a single candidate."""
+    cands = candidates(case)
+    if not cands:
+        raise UserError(f"no microbatch divides the per-replica batch {case.batch // case.dp}",
+                        field=case.name)
+    best = None
+    for b, v in cands:
+        r = evaluator(case, b, v, params)
+        key = (not r.feasible, r.time_per_batch_s)
+        if best is None or key < best[0]:
+            best = (key, b, v, r)
+    _, b, v, r = best
+    searched = case.microbatch is None or case.interleave is None
+    return Prediction(
+        case=case, mbs=b, interleave=v, searched=searched,
+        time_per_batch_s=r.time_per_batch_s,
+        tflops_per_gpu=eq3_tflops_per_gpu(r.time_per_batch_s, case.gpus, case.batch, case.seq,
+                                          case.layers, case.hidden, case.vocab),
+        memory_per_device_bytes=r.memory_per_device_bytes, breakdown=dict(r.breakdown))
+
+
+def mean_abs_error_pct(preds: list[Prediction]) -> float:
+    return sum(abs(p.error_pct) for p in preds) / len(preds)
+
+
+def max_abs_error_pct(preds: list[Prediction]) -> float:
+    return max(abs(p.error_pct) for p in preds)
+
+
+def model_spec_of(case: Case):
+    """A GPT model spec for a published row (the graphs stage's inline GPT builder)."""
+    from phaze.model.spec import gpt_spec
+    return gpt_spec(hidden=case.hidden, heads=case.heads, layers=case.layers, seq=case.seq,
+                    vocab=case.vocab, name=f"gpt-{case.name.split('/')[0].lower()}")
+
+
+def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = None) -> PlanResult:
+    """The real model: placement's fixed-strategy evaluation on the a100 preset.
+
+    `params` overrides cost/placement efficiency parameters by name (calibration only);
+    None means the shipped defaults, i.e. exactly what `phaze evaluate` uses."""
+    from phaze.hw.presets import get_preset
+    from phaze.place.evaluate import evaluate_plan
+
+    res = evaluate_plan(
+        model_spec_of(case), get_preset(ARCH_PRESET), tp=case.tp, pp=case.pp, dp=case.dp,
+        mbs=mbs, batch=case.batch, recompute=case.recompute, interleave=interleave,
+        sequence_parallel=case.sequence_parallel, optimizer="adam", params=params)
+    return PlanResult(time_per_batch_s=res["time_per_batch_s"],
+                      memory_per_device_bytes=res["memory_per_device_bytes"],
+                      breakdown=res.get("breakdown", {}), feasible=res.get("feasible", True))
