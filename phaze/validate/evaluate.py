@@ -114,10 +114,13 @@ def max_abs_error_pct(preds: list[Prediction]) -> float:
 
 
 def model_spec_of(case: Case):
-    """A GPT model spec for a published row (the graphs stage's inline GPT builder)."""
-    from phaze.model.spec import gpt_spec
-    return gpt_spec(hidden=case.hidden, heads=case.heads, layers=case.layers, seq=case.seq,
-                    vocab=case.vocab, name=f"gpt-{case.name.split('/')[0].lower()}")
+    """The Megatron GPT of a published row: pre-LN, learned positions, biases, GELU,
+    FFN 4h, tied embeddings (as the zoo's gpt-* entries)."""
+    from phaze.model.spec import ModelSpec
+    return ModelSpec(name=f"gpt-{case.name.split('/')[0].lower()}", hidden=case.hidden,
+                     layers=case.layers, heads=case.heads, ffn=4 * case.hidden,
+                     vocab=case.vocab, seq=case.seq, max_positions=case.seq,
+                     source=case.table)
 
 
 def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = None) -> PlanResult:
