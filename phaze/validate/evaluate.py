@@ -221,15 +221,15 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                       peak_flops=arch.peak_flops)
     if "time_per_batch_s" not in r:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
-    # optimizer step: memory-bound pass over the largest stage's parameters
-    st = np.array(r["stages"])
-    cs = np.concatenate(([0.0], np.cumsum(chain.param_count)))
-    dev_params = np.bincount(np.arange(len(st)) % case.pp, cs[st[:, 1]] - cs[st[:, 0]],
-                             minlength=case.pp)
+    # optimizer step: a memory-bound pass over the parameters of the busiest device
+    from phaze.validate.memory import params_per_device
+    dev_params = params_per_device(graph, case.pp, interleave)
     opt_s = float(dev_params.max()) * extra["optimizer_bytes_per_param"] / (
         arch.hbm_bw_Bps * cost_params.hbm_bw_efficiency)
     breakdown = {k: r[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s")}
     breakdown["optimizer_s"] = opt_s
+    breakdown["params_optimizer_bytes_median_device"] = float(np.median(dev_params)) * static
+    breakdown["params_optimizer_bytes_max_device"] = float(dev_params.max()) * static
     return PlanResult(time_per_batch_s=r["time_per_batch_s"] + opt_s,
                       memory_per_device_bytes=r["memory_per_device_bytes"],
                       breakdown=breakdown, feasible=r["feasible"])
