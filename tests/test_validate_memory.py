@@ -7,11 +7,15 @@ import pytest
 from phaze.model.graph import build_graph
 from phaze.units import GiB
 from phaze.validate import data
-from phaze.validate.evaluate import EXTRA_DEFAULTS, model_spec_of
+from phaze.place.evaluate_cli import EVALUATE_OPTIONS
+from phaze.place.plan import PlanOptions
+from phaze.validate.evaluate import model_spec_of
 from phaze.validate.memory import params_per_device
 
 CASES = {c.name.split("/")[0]: c for c in data.korthikanti_cases() if c.recompute == "full"}
 FIG1 = {m.model: m for m in data.memory_points()}
+# bytes per parameter of `phaze evaluate`'s Megatron settings (mixed-precision Adam, d = 1)
+BPP = PlanOptions(**EVALUATE_OPTIONS).static_bytes_per_param(1)
 
 
 @pytest.mark.parametrize("model", sorted(FIG1))
@@ -21,13 +25,13 @@ def test_params_and_optimizer_within_10pct_of_figure1(model):
     per_dev = params_per_device(g, c.pp, c.interleave)
     # Figure 1 is the memory of a typical GPU: the median device (p = 1: the only one;
     # p > 1: an interior stage, without the embedding tables of the first and last)
-    got = np.median(per_dev) * EXTRA_DEFAULTS["static_bytes_per_param"]
+    got = np.median(per_dev) * BPP
     want = FIG1[model].params_and_optimizer_bytes
     assert abs(got - want) / want < 0.10, (got / GiB, want / GiB)
     # the first stage adds the word (V h / t) and position (s h) embeddings
-    extra = (c.vocab * c.hidden / c.tp + c.seq * c.hidden) * EXTRA_DEFAULTS["static_bytes_per_param"]
+    extra = (c.vocab * c.hidden / c.tp + c.seq * c.hidden) * BPP
     if c.pp > 1:
-        assert per_dev.max() * EXTRA_DEFAULTS["static_bytes_per_param"] == pytest.approx(
+        assert per_dev.max() * BPP == pytest.approx(
             got + extra, rel=0.002)
 
 

@@ -47,7 +47,9 @@ def register(sub) -> None:
     e.add_argument("--dp", type=int, required=True)
     e.add_argument("--mbs", type=int, required=True)
     e.add_argument("--batch", type=int, required=True, help="global batch in samples")
-    e.add_argument("--recompute", choices=("none", "full"), default="full")
+    e.add_argument("--recompute", choices=("none", "selective", "full"), default="full")
+    e.add_argument("--sequence-parallel", action="store_true",
+                   help="Megatron sequence parallelism (Korthikanti MLSys'23)")
     e.add_argument("--interleave", type=int, default=1)
     e.add_argument("--seq", type=int, default=None)
     e.add_argument("--optimizer", default="adam", choices=("sgd", "adam"))

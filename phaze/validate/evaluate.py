@@ -123,113 +123,50 @@ def model_spec_of(case: Case):
                      source=case.table)
 
 
-# Korthikanti et al. Section 5: selective recomputation recomputes the attention core
-# (QK^T, softmax, softmax dropout, attention over V) in the backward pass.
-SELECTIVE_RECOMPUTE_OPS = ("attn.scores", "attn.softmax", "attn.dropout", "attn.context")
-
-# Terms the placement evaluation does not model yet (see docs/validate.md, "interface"):
-#   optimizer_bytes_per_param  HBM bytes the mixed-precision Adam step moves per parameter:
-#       read fp32 grad, master, m, v (16), write master, m, v (12), write bf16 weight (2)
-#   static_bytes_per_param     Megatron's memory per parameter with fp32 main gradients:
-#       bf16 weight 2 + fp32 grad 4 + fp32 master 4 + Adam m, v 8 (Korthikanti Figure 1)
-#   p2p_scatter_gather         Narayanan Section 4.1: a stage boundary sends 1/t of the
-#       activation on each of the t IB links, then all-gathers it over NVLink
-EXTRA_DEFAULTS = {"optimizer_bytes_per_param": 30.0, "static_bytes_per_param": 18.0,
-                  "p2p_scatter_gather": True}
-
-
 def split_params(params: dict | None):
-    """(CostParams overrides, extra-term values) from one flat parameter dict."""
-    from dataclasses import fields
+    """(CostParams, PlanOptions overrides) from one flat dict of parameter overrides on top
+    of the a100 preset's calibrated defaults; keys are CostParams or PlanOptions fields."""
+    from dataclasses import fields, replace
 
     from phaze.cost.params import CostParams
-    names = {f.name for f in fields(CostParams)}
+    from phaze.hw.presets import get_preset
+    from phaze.place.evaluate_cli import default_cost_params
+    from phaze.place.plan import PlanOptions
+
+    cost_names = {f.name for f in fields(CostParams)}
+    opt_names = {f.name for f in fields(PlanOptions)}
     params = dict(params or {})
-    cost = {k: v for k, v in params.items() if k in names}
-    extra = {**EXTRA_DEFAULTS, **{k: v for k, v in params.items() if k in EXTRA_DEFAULTS}}
-    unknown = set(params) - names - set(EXTRA_DEFAULTS)
+    unknown = set(params) - cost_names - opt_names
     if unknown:
         raise KeyError(f"unknown model parameters {sorted(unknown)}")
-    return CostParams(**cost), extra
-
-
-def _layer_latencies(graph, arch, network, cost_params):
-    """{layer index: (fwd_s, bwd_s)}, the TP-collective share, and the forward time of the
-    selectively recomputed ops; ops of a pass run one after another (a GPU runs kernels
-    serially), each on all cores of its class."""
-    from phaze.cost.api import op_latencies
-
-    lat, tp, sel = {}, {}, {}
-    for li, layer in enumerate(graph.layers):
-        vals = []
-        for ops in (layer.fwd, layer.bwd):
-            if not ops:
-                vals.append((0.0, 0.0, 0.0))
-                continue
-            c = op_latencies(list(ops), arch, network, tp=graph.tp, params=cost_params).lat_all_s[0]
-            coll = sum(float(c[k]) for k, o in enumerate(ops) if o.kind == "collective")
-            s = sum(float(c[k]) for k, o in enumerate(ops) if o.name in SELECTIVE_RECOMPUTE_OPS)
-            vals.append((float(c.sum()), coll, s))
-        lat[li] = (vals[0][0], vals[1][0])
-        tp[li] = (vals[0][1], vals[1][1])
-        sel[li] = vals[0][2]
-    return lat, tp, sel
+    base = default_cost_params(get_preset(ARCH_PRESET))
+    cost = replace(base, **{k: v for k, v in params.items() if k in cost_names})
+    return cost, {k: v for k, v in params.items() if k in opt_names}
 
 
 def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = None) -> PlanResult:
-    """The real model: graphs (phaze.model), op latencies (phaze.cost) summed per layer,
-    placement's fixed-strategy evaluation (phaze.place.plan.evaluate_plan) on the a100
-    preset, plus the terms listed in EXTRA_DEFAULTS.
+    """The real model: `phaze evaluate`'s code path (phaze.place.evaluate_cli.evaluate_model:
+    graphs -> op latencies summed per layer -> evaluate_plan) on the a100 preset.
 
     `params` overrides model parameters by name (calibration only); None means the
-    shipped defaults."""
-    from dataclasses import replace
-
-    import numpy as np
-
+    shipped defaults, i.e. exactly what `phaze evaluate` uses."""
     from phaze.hw.presets import get_preset
-    from phaze.model.graph import build_graph
-    from phaze.place.chain import chain_from_graph
-    from phaze.place.plan import Links, PlanOptions, evaluate_plan
+    from phaze.place.evaluate_cli import evaluate_model
 
-    cost_params, extra = split_params(params)
-    arch = get_preset(ARCH_PRESET)
-    net = arch.network
-    graph = build_graph(model_spec_of(case), seq=case.seq, mbs=mbs, tp=case.tp,
-                        sequence_parallel=case.sequence_parallel)
-    lat, tp, sel = _layer_latencies(graph, arch, net, cost_params)
-    if case.recompute == "selective":
-        # the recomputed attention core runs again before each block's backward
-        lat = {li: (f, b + sel[li]) for li, (f, b) in lat.items()}
-    chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tp)
-    if case.recompute == "selective":
-        acts = np.array([lg.activation_bytes.get("selective", lg.activation_bytes["none"])
-                         for lg in graph.expanded()])
-        chain = replace(chain, act_none_bytes=acts)
-    if extra["p2p_scatter_gather"] and not case.sequence_parallel and case.tp > 1:
-        chain = replace(chain, out_bytes=chain.out_bytes / case.tp)
-    eff = cost_params.link_bw_efficiency
-    links = Links(node_size=net.devices_per_node, intra_bw_Bps=net.intra_bw_Bps * eff,
-                  intra_latency_s=net.intra_latency_s, inter_bw_Bps=net.inter_bw_Bps * eff,
-                  inter_latency_s=net.inter_latency_s)
-    static = extra["static_bytes_per_param"]
-    options = PlanOptions(optimizer="adam", weight_bytes=2.0, grad_bytes=4.0,
-                          adam_state_bytes=static - 6.0)
-    rc = "full" if case.recompute == "full" else "none"
-    r = evaluate_plan(chain, case.pp, case.dp, case.batch, rc, interleave,
-                      hbm_bytes=arch.hbm_bytes, links=links, options=options,
-                      peak_flops=arch.peak_flops)
+
+    cost, opts = split_params(params)
+    try:
+        r = evaluate_model(model_spec_of(case), get_preset(ARCH_PRESET), tp=case.tp, pp=case.pp,
+                           dp=case.dp, mbs=mbs, batch=case.batch, recompute=case.recompute,
+                           interleave=interleave, seq=case.seq,
+                           sequence_parallel=case.sequence_parallel, cost_params=cost,
+                           options=opts)
+    except ValueError:
+        return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
-    # optimizer step: a memory-bound pass over the parameters of the busiest device
-    from phaze.validate.memory import params_per_device
-    dev_params = params_per_device(graph, case.pp, interleave)
-    opt_s = float(dev_params.max()) * extra["optimizer_bytes_per_param"] / (
-        arch.hbm_bw_Bps * cost_params.hbm_bw_efficiency)
-    breakdown = {k: r[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s")}
-    breakdown["optimizer_s"] = opt_s
-    breakdown["params_optimizer_bytes_median_device"] = float(np.median(dev_params)) * static
-    breakdown["params_optimizer_bytes_max_device"] = float(dev_params.max()) * static
-    return PlanResult(time_per_batch_s=r["time_per_batch_s"] + opt_s,
+    breakdown = {k: r[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s",
+                                   "optimizer_s")}
+    return PlanResult(time_per_batch_s=r["time_per_batch_s"],
                       memory_per_device_bytes=r["memory_per_device_bytes"],
                       breakdown=breakdown, feasible=r["feasible"])
