@@ -8,9 +8,13 @@ devices, a DP group strides by t, consecutive pipeline stages are t*d devices ap
 Terms (each explicit so that a validation can calibrate it):
   stage load per microbatch  = cin + F + [F if full recompute] + B + cout
       cin/cout: p2p of the boundary activation (forward in) / its gradient (backward in),
-      latency + bytes / bandwidth; 0 at the model's ends;
+      latency + bytes / (bandwidth * Links.bw_efficiency); 0 at the model's ends; with
+      p2p_scatter_gather the payload is 1/t (Narayanan SC'21 Section 4.1);
   time per batch (1F1B, v chunks per device; v = 1 is plain 1F1B)
-      = (M + (p - 1) / v) * max device load + max over stages of the DP all-reduce;
+      = (M + (p - 1) / v) * max device load + max over stages of the DP all-reduce
+        + optimizer step (busiest device's params * optimizer_bytes_per_param / HBM bw);
+      nothing overlaps (Megatron-LM of Narayanan SC'21 / Korthikanti MLSys'23: TP
+      all-reduces, p2p and the DP all-reduce all block compute);
   DP all-reduce of a stage's gradients (ring): 2 (d-1)/d * grad bytes / bw + 2 (d-1) latency;
   memory of a device = params * (weight + grad bytes) + optimizer bytes * params (/ d with
       ZeRO-1) + in-flight microbatches * activations (+ one layer's full activations when
