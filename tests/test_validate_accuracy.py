@@ -61,3 +61,26 @@ def test_fit_on_table5_reproduces_the_shipped_parameters():
     assert mae < 3.65
     for p in A100_FIT_PARAMS:
         assert got[p.name] == pytest.approx(PRESET_PARAMS["a100"][p.name], rel=0.02, abs=1e-6)
+
+
+def test_phaze_evaluate_inline_gpt_matches_validate(capsys):
+    # Korthikanti 175B, SP + selective, through the CLI with an inline model: the same
+    # time as the validate row, and Eq. 3 TFLOP/s (no-recompute form) from that time
+    import json
+
+    from phaze.cli import main
+
+    c = [k for k in data.korthikanti_cases() if k.name == "175B/selective"][0]
+    argv = ["evaluate", "--hidden", "12288", "--heads", "96", "--layers", "96", "--seq", "2048",
+            "--arch", "a100", "--tp", "8", "--pp", "8", "--dp", "1", "--mbs", "1", "--batch",
+            "64", "--interleave", "3", "--recompute", "selective", "--sequence-parallel", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["time_per_batch_s"] == pytest.approx(plan_evaluator(c, 1, 3).time_per_batch_s)
+    B, s, l, h, V = 64, 2048, 96, 12288, 51200
+    F = 72 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
+    assert out["tflops_per_gpu"] == pytest.approx(F / out["time_per_batch_s"] / 64 / 1e12)
+    assert out["memory_per_device_bytes"] < 80 * 1024**3
+    # half an inline model is a user error
+    assert main(["evaluate", "--hidden", "12288", "--arch", "a100", "--tp", "1", "--pp", "1",
+                 "--dp", "1", "--mbs", "1", "--batch", "1"]) == 2

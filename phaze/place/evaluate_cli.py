@@ -109,6 +109,30 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     return plan
 
 
+def _model_of(args, resolve_model):
+    """--model NAME|config.json, or an inline Megatron GPT (--hidden --heads --layers
+    [--seq] [--vocab]: FFN 4h, learned positions, tied embeddings)."""
+    inline = [getattr(args, k, None) for k in ("hidden", "heads", "layers")]
+    if getattr(args, "model", None):
+        if any(v is not None for v in inline):
+            raise UserError("give either --model or --hidden/--heads/--layers, not both",
+                            field="--model")
+        return resolve_model(args.model)
+    if any(v is None for v in inline):
+        raise UserError("needs --model, or all of --hidden, --heads and --layers", field="--model",
+                        fix="e.g. --model gpt3-175b or --hidden 12288 --heads 96 --layers 96 --seq 2048")
+    from phaze.model.spec import ModelSpec
+
+    h, a, l = inline
+    seq = args.seq or 2048
+    for name, v in (("--hidden", h), ("--heads", a), ("--layers", l), ("--seq", seq),
+                    ("--vocab", args.vocab)):
+        if v < 1:
+            raise UserError("must be >= 1", field=name)
+    return ModelSpec(name=f"gpt-h{h}-a{a}-l{l}", hidden=h, layers=l, heads=a, ffn=4 * h,
+                     vocab=args.vocab, seq=seq, max_positions=seq, source="inline").validate()
+
+
 def run_evaluate(args) -> int:
     from phaze.cli import emit_json
 
@@ -121,7 +145,7 @@ def run_evaluate(args) -> int:
         from phaze.model.zoo import resolve_model
     except ImportError as e:
         raise UserError(f"needs the graph and cost stages ({e.name} missing)", field="evaluate") from None
-    spec = resolve_model(args.model)
+    spec = _model_of(args, resolve_model)
     arch = resolve_arch(args.arch)
     seq = args.seq or spec.seq
     network = None
