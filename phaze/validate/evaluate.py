@@ -1,9 +1,9 @@
 """Evaluate each measured run's strategy with phaze's performance model and compare.
 
 The model itself is NOT here: a prediction comes from the placement stage's fixed-strategy
-evaluation (`phaze.place.evaluate.evaluate_plan`, the same code behind `phaze evaluate`)
-on the a100 preset, which uses the operator graphs (phaze.model) and the cost model
-(phaze.cost). This module only (1) turns a published row into a strategy, (2) searches
+evaluation (`phaze.place.evaluate_cli.evaluate_model`, the code behind `phaze evaluate`)
+on the a100 preset, which uses the operator graphs (phaze.model), the cost model
+(phaze.cost, the preset's calibrated parameters) and phaze.place.plan.evaluate_plan. This module only (1) turns a published row into a strategy, (2) searches
 the microbatch size and interleave depth where the paper does not give them, and
 (3) converts the predicted iteration time to the paper's metric (seconds, or Eq. 3
 TFLOP/s per GPU).
@@ -152,7 +152,6 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
     shipped defaults, i.e. exactly what `phaze evaluate` uses."""
     from phaze.hw.presets import get_preset
     from phaze.place.evaluate_cli import evaluate_model
-
 
     cost, opts = split_params(params)
     try:
