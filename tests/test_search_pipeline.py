@@ -35,7 +35,8 @@ def spec(**kw):
 
 
 def test_pruned_equals_exhaustive_with_fewer_ilps(grid):
-    ex_p, pr_p = SweepProblem(spec(), grid), SweepProblem(spec(), grid)
+    s = spec(recompute=("full",))
+    ex_p, pr_p = SweepProblem(s, grid), SweepProblem(s, grid)
     ex, pr = exhaustive(ex_p), pruned(pr_p)
     assert ex.best is not None and pr.best is not None
     assert (pr.best.arch_id, pr.best.samples_per_s) == (ex.best.arch_id, ex.best.samples_per_s)
@@ -87,7 +88,8 @@ def test_cli_compares_methods(grid, tmp_path, capsys):
     grid.to_parquet(tmp_path / "g.parquet")
     assert main(["search", "--model", "bert-large", "--seq", "512", "--grid",
                  str(tmp_path / "g.parquet"), "--method", "all", "--solver", "heuristic",
-                 "--mbs", "1", "--hbm-gib", "32", "--json"]) == 0
+                 "--mbs", "1", "--hbm-gib", "32", "--recompute", "full", "--limit-archs", "10",
+                 "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["pruned_matches_exhaustive"] is True
     m = obj["methods"]
