@@ -140,3 +140,27 @@ def test_spotlight_from_latency_table_brute_force():
                        if r.arch_id == a and r.mbs == m and r.tp == 1) / m for m in (1, 2, 4))
         assert got[a] == pytest.approx(want)
     assert spotlight_pick(got) == got.idxmin()
+
+
+def test_latency_tables_give_the_spotlight_pick(tmp_path, capsys):
+    """--latency tables in the merge-latency form (no repeat column): the block's time
+    counts once per block instance (24 for bert-large), from the model's graph."""
+    grid = make_grid()
+    grid.to_parquet(tmp_path / "grid.parquet")
+    place = make_place(grid).drop(columns=["single_chip_latency_s"])
+    place.to_parquet(tmp_path / "bert-large_s512.parquet")
+    ids = list(grid.arch_id)
+    rows = []
+    for k, a in enumerate(ids):
+        # arch 0: slow block, fast prologue/epilogue; arch 1: the reverse (wins only if
+        # the block is counted 24 times); others slow everywhere
+        blk, edge = {0: (1.0, 0.0), 1: (1.05 / 24, 0.5)}.get(k, (5.0, 5.0))
+        for li, t in ((0, edge), (1, blk), (2, edge)):
+            rows.append(dict(arch_id=a, tp=1, layer_index=li, fwd_s=t / 3, bwd_s=2 * t / 3))
+    pd.DataFrame(rows).to_parquet(tmp_path / "bert-large_s512_b1.parquet")
+    assert main(["report", "--place", str(tmp_path / "bert-large_s512.parquet"), "--grid",
+                 str(tmp_path / "grid.parquet"), "--latency",
+                 str(tmp_path / "bert-large_s512_b1.parquet"), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["summary"][0]
+    # per-sample latency: arch 0 = 24 * 1.0 + 0 = 24; arch 1 = 24 * 1.05/24 + 2 * 0.5 = 2.05
+    assert row["spotlight_arch_id"] == ids[1]

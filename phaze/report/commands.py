@@ -45,8 +45,31 @@ def _load_latency(paths):
             df["seq"] = int(parts[1][1:])
         if "mbs" not in df.columns and len(parts) == 3 and parts[2][1:].isdigit():
             df["mbs"] = int(parts[2][1:])
+        if "repeat" not in df.columns and "model" in df.columns:
+            df["repeat"] = _repeats(df)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _repeats(df):
+    """Instances of each layer kind, for latency tables without a `repeat` column: the
+    model's graph (phaze.model) gives every layer index its repeat count."""
+    import numpy as np
+
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import resolve_model
+
+    out = np.ones(len(df))
+    if "layer_index" not in df.columns:
+        return out
+    for model, idx in df.groupby("model").groups.items():
+        try:
+            g = build_graph(resolve_model(str(model)), seq=64, mbs=1, tp=1)
+        except Exception:  # not a zoo model: count each layer kind once
+            continue
+        reps = {i: layer.repeat for i, layer in enumerate(g.layers)}
+        out[df.index.get_indexer(idx)] = df.loc[idx, "layer_index"].map(reps).fillna(1).to_numpy()
+    return out
 
 
 def build(place_paths, grid_path, latency_paths=()):
