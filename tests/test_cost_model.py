@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings, strategies as st, example
 
 from phaze.cost.api import bound_names, op_latencies
 from phaze.cost.collective import collective_s, dp_allreduce_s, send_recv_s
@@ -71,6 +71,7 @@ def test_gemm_monotone_in_cores(b, m, n, k, n1, dn):
 @settings(max_examples=200, deadline=None)
 @given(b=st.integers(1, 4), m=dims, n=dims, k=dims, n_tc=st.sampled_from([1, 2, 8, 100]),
        R=st.integers(2, 256), C=st.integers(2, 256), dR=st.integers(0, 256), dC=st.integers(0, 256))
+@example(b=1, m=1, n=3, k=1, n_tc=100, R=2, C=2, dR=0, dC=1)  # found by hypothesis
 def test_gemm_monotone_in_array_size(b, m, n, k, n_tc, R, C, dR, dC):
     # A bigger systolic array has a deeper pipeline (fill + drain = R + C - 1 cycles per
     # stream); for tiny streams (m below the pipeline depth) it can genuinely be a few

@@ -57,21 +57,34 @@ def gemm_core_cycles(b, m, n, k, R, C, n_cores):
     each candidate is non-increasing in n_cores, so the minimum is too."""
     b, m, n, k, R, C, n_cores = (np.asarray(x, dtype=float) for x in (b, m, n, k, R, C, n_cores))
     Fk = np.ceil(k / R)
-    Fn = np.ceil(n / C)
-    tiles = b * Fn
-    # rows/columns in use: the balanced fold size (unused ones are bypassed)
-    H = np.ceil(k / Fk) + np.ceil(n / Fn) - 1
 
-    def per_core(split):
+    def per_core(Fn, split):
+        # rows/columns in use: the balanced fold size (unused ones are bypassed)
+        H = np.ceil(k / Fk) + np.ceil(n / Fn) - 1
+        tiles = b * Fn
         split = np.minimum(m, split)
         units = np.ceil(tiles * split / n_cores)
         return fold_cycles(units * Fk, np.ceil(m / split), H)
 
-    best = per_core(np.maximum(1.0, np.floor(n_cores / tiles)))
+    def best_for(Fn):
+        best = per_core(Fn, np.maximum(1.0, np.floor(n_cores / (b * Fn))))
+        if np.any(n_cores > 1):
+            for s in M_SPLITS[1:]:
+                best = np.minimum(best, per_core(Fn, float(s)))
+        return np.minimum(best, per_core(Fn, 1.0))
+
+    Fn = np.ceil(n / C)
+    best = best_for(Fn)
     if np.any(n_cores > 1):
-        for s in M_SPLITS[1:]:
-            best = np.minimum(best, per_core(float(s)))
-    return np.minimum(best, per_core(1.0))
+        # With cores to spare a wide array may also cut N into narrower column tiles (leaving
+        # columns idle) to give every core work, as a narrower array would.
+        # (one chunk of rows per core suffices for these: they only matter when tiles are scarce)
+        for cols in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0):
+            narrow = np.maximum(Fn, np.ceil(n / np.minimum(C, cols)))
+            best = np.minimum(best, per_core(narrow, np.maximum(1.0, np.floor(n_cores / (b * narrow)))))
+        fine = np.minimum(n, np.maximum(Fn, np.ceil(n_cores / b)))
+        best = np.minimum(best, per_core(fine, np.maximum(1.0, np.floor(n_cores / (b * fine)))))
+    return best
 
 
 def gemm_traffic_bytes(b, m, n, k, C, glb_bytes, params: CostParams):
