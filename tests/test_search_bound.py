@@ -54,7 +54,7 @@ def _le(a, b):
 
 # found by this test: width 2 with no tensor-parallel layer on 3 devices makes refdp
 # crash in plan reconstruction (IndexError); the generator above always has a TP layer
-# (layer 1), and this case is kept as its own test until phaze.place fixes it
+# (layer 1), so this case is its own regression test
 _REGRESSION = (dict(maxMemoryPerDevice=20.0, maxDevices=3, bandwidth=1.0, mbsInBatch=1,
                     activationRecomputation=False, optimizerAlgorithm="SGD", fixedPP=1,
                     fixedTMPC=2, fixedDP=1, numTransformerLayers=1),
@@ -62,14 +62,16 @@ _REGRESSION = (dict(maxMemoryPerDevice=20.0, maxDevices=3, bandwidth=1.0, mbsInB
                [[(1.0, 1.0), (1.0, 1.0)]] * 6)
 
 
-@pytest.mark.xfail(raises=IndexError, strict=False,
-                   reason="phaze.place.refdp: width t > 1 with no tensor-parallel layer")
 def test_refdp_width_without_tp_layer():
     base, widths, layers, edges, _ = _REGRESSION
     out = refdp.solve_reference(build(base, widths, layers, edges, [[(1.0, 1.0)] * 2] * 6))
-    # 6 layers of fw+bw = 2 on up to 3 devices, one microbatch: best is one stage per
-    # device group ... at least it must be feasible (nothing has memory)
+    # 6 chained layers, free edges, one microbatch (d = 1), 3 devices, no memory. build()
+    # divides latencies by t, so at t = 2 a layer's fw + bw is 1 (not tensor-parallel, so
+    # each stage uses 1 device): s stages give (6 / s) * (1 + s - 1) = 6 for s = 1, 2, 3;
+    # at t = 1 it is 12. Best: 6.
     assert out["feasible"]
+    assert out["finalTimePerBatch"] == pytest.approx(6.0)
+    assert out["tensorParallelDegree"] == 2
 
 
 @settings(max_examples=300, deadline=None)
