@@ -94,49 +94,68 @@ class _Ranges:
 
 
 class _Run:
-    """B_c[s][0] for s = 1..S of a batch of caps, plus the argmin tables to rebuild the
-    partitions. Steps s <= s_shared use in-flight min(s, M_shared) (M_shared = inf for the
-    shared run); an extension starts from another run's step s0 with in-flight frozen."""
+    """B_c[s][0] for s = 0..steps of a batch of caps (`top_D[s, g]`; `top_PM[s, g]`: params of
+    the largest stage of the argmin partition, when tracked), plus the argmin tables to
+    rebuild the partitions. Step s uses in-flight count min(s, frozen_m) (frozen_m = None:
+    s); an extension starts from `start`'s step s0 with the in-flight count frozen.
+    Only rows i <= n - s (a suffix needs >= s layers) and columns j <= n - s + 1 are
+    computed at step s."""
 
-    def __init__(self, load, P, smax, caps, steps, frozen_m=None, start=None, s0=0):
+    def __init__(self, load, P, smax, caps, steps, frozen_m=None, start=None, s0=0,
+                 track_pm=False):
         n1 = load.shape[0]
         n = n1 - 1
         G = len(caps)
-        self.s0 = s0
-        self.parent = start
-        capok = P[None, :, :] <= caps[:, None, None] if np.isfinite(caps).any() else None
+        self.s0, self.parent, self.steps = s0, start, steps
+        steps = min(steps, n)
+        loadc = load[None] if not np.isfinite(caps).any() else \
+            np.where(P[None, :, :] <= caps[:, None, None], load[None], INF)
         if start is None:
             D = np.full((G, n1), INF)
             D[:, n] = 0.0
             PM = np.zeros((G, n1))
+            self._D0, self._PM0 = D, PM
         else:
-            D, PM = start.D_at(s0).copy(), start.PM_at(s0).copy()
+            D, PM = start.D_at(s0), start.PM_at(s0)
         self.hist_D, self.hist_PM, self.hist_arg = [], [], []
-        rows = np.arange(n1)
+        top_D = [D[:, 0]]
+        top_PM = [PM[:, 0] if PM is not None else None]
+        gi = np.arange(G)[:, None]
         for s in range(s0 + 1, steps + 1):
+            r, c = n - s + 1, n - s + 2          # rows 0..n-s, columns 0..n-s+1
             m = frozen_m if frozen_m is not None else s
-            ok = smax >= m
-            if capok is not None:
-                ok = ok[None] & capok
-            cand = np.maximum(load[None, :, :], D[:, None, :])
-            cand = np.where(ok, cand, INF)
-            arg = cand.argmin(axis=2)                                    # G x n1
-            D = np.take_along_axis(cand, arg[:, :, None], axis=2)[:, :, 0]
-            PM = np.maximum(P[rows[None, :], arg], np.take_along_axis(PM, arg, axis=1))
-            PM = np.where(np.isfinite(D), PM, INF)
+            cand = np.maximum(loadc[:, :r, :c], D[:, None, :c])
+            cand = np.where(smax[:r, :c] >= m, cand, INF)
+            arg = cand.argmin(axis=2)                                    # G x r
+            Dn = np.full((G, n1), INF)
+            Dn[:, :r] = cand.min(axis=2)
+            if track_pm:
+                PMn = np.full((G, n1), INF)
+                PMn[:, :r] = np.maximum(P[np.arange(r)[None, :], arg], PM[gi, arg])
+                PM = PMn
+            D = Dn
             self.hist_D.append(D)
-            self.hist_PM.append(PM)
+            self.hist_PM.append(PM if track_pm else None)
             self.hist_arg.append(arg)
-        self.steps = steps
+            top_D.append(D[:, 0])
+            top_PM.append(PM[:, 0] if track_pm else None)
+        for s in range(steps + 1, self.steps + 1):      # more stages than layers: none
+            top_D.append(np.full(G, INF))
+            top_PM.append(np.full(G, INF) if track_pm else None)
+        pre_D = start.top_D[:s0] if start is not None else np.zeros((0, G))
+        self.top_D = np.concatenate([pre_D, np.array(top_D)])
+        if track_pm:
+            pre_PM = start.top_PM[:s0] if start is not None else np.zeros((0, G))
+            self.top_PM = np.concatenate([pre_PM, np.array(top_PM)])
 
     def D_at(self, s):
         if s <= self.s0:
-            return self.parent.D_at(s)
+            return self.parent.D_at(s) if self.parent is not None else self._D0
         return self.hist_D[s - self.s0 - 1]
 
     def PM_at(self, s):
         if s <= self.s0:
-            return self.parent.PM_at(s)
+            return self.parent.PM_at(s) if self.parent is not None else self._PM0
         return self.hist_PM[s - self.s0 - 1]
 
     def arg_at(self, s):
@@ -171,24 +190,24 @@ def _ar_coeff(n: int, bw: float, lat: float, grad_bytes: float) -> tuple[float, 
     return 2.0 * (n - 1) / n * grad_bytes / bw, 2.0 * (n - 1) * lat
 
 
-def _runs_for(load, P, smax, caps, groups):
-    """One shared run plus extensions. groups: {M: max p needed}. Returns {M: run}."""
-    shared_steps = max((min(M, pm) for M, pm in groups.items()), default=0)
-    base = _Run(load, P, smax, caps, shared_steps)
+def _runs_for(load, P, smax, caps, need, track_pm=False):
+    """One shared run plus extensions. need: {M: max p}. Returns {M: run}."""
+    shared_steps = max((min(M, pm) for M, pm in need.items()), default=0)
+    base = _Run(load, P, smax, caps, shared_steps, track_pm=track_pm)
     runs = {}
-    for M, pm in groups.items():
-        runs[M] = base if pm <= M else _Run(load, P, smax, caps, pm, frozen_m=M, start=base, s0=M)
+    for M, pm in need.items():
+        runs[M] = base if pm <= M else _Run(load, P, smax, caps, pm, frozen_m=M, start=base,
+                                            s0=M, track_pm=track_pm)
     return runs
 
 
 def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: str, hbm: float,
                links: Links, options: PlanOptions, peak_flops: float, interleaves) -> dict | None:
     n, t = chain.n, chain.t
-    ds = d_candidates(chain, devices, batch, options)
-    # (d, p) pairs grouped by (link kind, bytes per param): {key: {d: [p...]}}
+    # (d, p range) grouped by (link kind, bytes per param): {key: {d: p array}}
     groups: dict = {}
     dinfo = {}
-    for d in ds:
+    for d in d_candidates(chain, devices, batch, options):
         M = -(-batch // (chain.mbs * d))
         pmax = min(n, devices // (t * d))
         if pmax < 1:
@@ -196,15 +215,17 @@ def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: s
         ar = _ar_coeff(d, *links.link(dp_inter(t, d, links)), options.grad_bytes)
         dinfo[d] = (M, pmax, ar)
         static = options.static_bytes_per_param(d)
-        for p in range(1, pmax + 1):
-            key = (pipeline_inter(t, d, p, links), static)
-            groups.setdefault(key, {}).setdefault(d, []).append(p)
+        ps = np.arange(1, pmax + 1)
+        inter = t * d * ps > links.node_size            # plan.pipeline_inter
+        for kind in (False, True):
+            sel = ps[inter == kind]
+            if len(sel):
+                groups.setdefault((kind, static), {})[d] = sel
 
     Pmax_layer = float(chain.param_count.max()) if n else 0.0
     Ptot = float(chain.param_count.sum())
-    inf_cap = np.array([INF])
-    cands = []            # (obj, key, d, p, run, g)
-    ctx = {}
+    best = None            # (obj, run, g, d, p)
+    unc = {}               # key -> (load, smax, runs)
     for key, dps in groups.items():
         inter, static = key
         load = rg.load(*links.link(inter))
@@ -212,84 +233,82 @@ def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: s
         need: dict = {}
         for d, ps in dps.items():
             M = dinfo[d][0]
-            need[M] = max(need.get(M, 0), max(ps))
-        runs = _runs_for(load, rg.P, smax, inf_cap, need)
-        ctx[key] = (load, smax, need)
+            need[M] = max(need.get(M, 0), int(ps[-1]))
+        runs = _runs_for(load, rg.P, smax, np.array([INF]), need, track_pm=True)
+        unc[key] = (load, smax, runs)
         for d, ps in dps.items():
             M, _pm, (al, be) = dinfo[d]
             run = runs[M]
-            for p in ps:
-                B = run.D_at(p)[0, 0]
-                if not np.isfinite(B):
-                    continue
-                pm = run.PM_at(p)[0, 0]
-                cands.append(((M + p - 1) * B + al * pm + be, key, d, p, run, 0, B, pm))
-    if not cands:
-        best = None
-    else:
-        U = min(c[0] for c in cands)
-        # caps that could still beat the incumbent for some (d, p)
-        allP = None
-        capped = []
-        for key in groups:
-            capset = set()
-            pairs: dict = {}                     # {d: [p...]} that may profit from a cap
-            for (obj, k, d, p, run, g, B, pm) in cands:
-                if k != key or d == 1:
-                    continue
+            B, pm = run.top_D[ps, 0], run.top_PM[ps, 0]
+            obj = (M + ps - 1) * B + al * pm + be
+            k = int(np.argmin(obj))
+            if np.isfinite(obj[k]) and (best is None or obj[k] < best[0]):
+                best = (float(obj[k]), run, 0, d, int(ps[k]))
+    if best is not None:
+        U = best[0] * (1 + _REL)
+        allP = np.unique(rg.P[rg.valid])
+        for key, dps in groups.items():
+            # caps that could still beat the incumbent for some (d, p): see the docstring
+            load, smax, runs = unc[key]
+            capmask = np.zeros(len(allP) + 1, dtype=int)
+            pairs = {}
+            for d, ps in dps.items():
                 M, _pm, (al, be) = dinfo[d]
-                lo = max(Pmax_layer, Ptot / p)
-                hi_obj = (U * (1 + _REL) - (M + p - 1) * B - be)
-                if al <= 0 or hi_obj < al * lo * (1 - _REL):
+                if d == 1 or al <= 0:
                     continue
-                hi = min(pm, hi_obj / al)
-                if allP is None:
-                    allP = np.unique(rg.P[rg.valid])
-                sel = allP[(allP >= lo * (1 - _REL)) & (allP < pm) & (allP <= hi * (1 + _REL))]
-                if len(sel):
-                    capset.update(sel.tolist())
-                    pairs.setdefault(d, []).append(p)
-            if not capset:
+                run = runs[M]
+                B, pm = run.top_D[ps, 0], run.top_PM[ps, 0]
+                lo = np.maximum(Pmax_layer, Ptot / ps) * (1 - _REL)
+                with np.errstate(invalid="ignore"):
+                    hi = np.minimum((U - (M + ps - 1) * B - be) / al * (1 + _REL), pm)
+                a = np.searchsorted(allP, lo, side="left")
+                # c < pm and c <= hi
+                b = np.minimum(np.searchsorted(allP, hi, side="right"),
+                               np.searchsorted(allP, pm, side="left"))
+                ok = np.isfinite(B) & (b > a)
+                if ok.any():
+                    pairs[d] = ps[ok]
+                    np.add.at(capmask, a[ok], 1)
+                    np.add.at(capmask, b[ok], -1)
+            if not pairs:
                 continue
-            caps = np.array(sorted(capset))
-            load, smax, _need = ctx[key]
-            need: dict = {}
+            caps = allP[np.cumsum(capmask[:-1]) > 0]
+            need = {}
             for d, ps in pairs.items():
                 M = dinfo[d][0]
-                need[M] = max(need.get(M, 0), max(ps))
+                need[M] = max(need.get(M, 0), int(ps[-1]))
             for k0 in range(0, len(caps), 64):
                 cb = caps[k0:k0 + 64]
-                runs = _runs_for(load, rg.P, smax, cb, need)
+                cruns = _runs_for(load, rg.P, smax, cb, need)
                 for d, ps in pairs.items():
                     M, _pm, (al, be) = dinfo[d]
-                    run = runs[M]
-                    for p in ps:
-                        Dp = run.D_at(p)[:, 0]
-                        obj = (M + p - 1) * Dp + al * cb + be
-                        g = int(np.argmin(obj))
-                        if np.isfinite(obj[g]):
-                            capped.append((float(obj[g]), key, d, p, run, g, Dp[g], cb[g]))
-        best_c = min(cands + capped, key=lambda c: c[0])
-        obj, key, d, p, run, g, _B, _pm = best_c
-        ev = dict(hbm_bytes=hbm, links=links, options=options, peak_flops=peak_flops)
-        best = evaluate_plan(chain, p, d, batch, recompute, 1, stages=run.stages(g, p, n), **ev)
-        assert best["feasible"], "DP plan must fit"
+                    run = cruns[M]
+                    obj = (M + ps[:, None] - 1) * run.top_D[ps] + al * cb[None, :] + be
+                    k = int(np.argmin(obj))
+                    kp, g = divmod(k, len(cb))
+                    if np.isfinite(obj.flat[k]) and obj.flat[k] < best[0]:
+                        best = (float(obj.flat[k]), run, g, d, int(ps[kp]))
+    plan = None
+    ev = dict(hbm_bytes=hbm, links=links, options=options, peak_flops=peak_flops)
+    if best is not None:
+        _obj, run, g, d, p = best
+        plan = evaluate_plan(chain, p, d, batch, recompute, 1, stages=run.stages(g, p, n), **ev)
+        assert plan["feasible"], "DP plan must fit"
     # interleaved schedules: uniform split, evaluated directly
     for v in interleaves:
         if v < 2:
             continue
-        ev = dict(hbm_bytes=hbm, links=links, options=options, peak_flops=peak_flops)
         for d, (M, pmax, _ar) in dinfo.items():
             for p in range(2, pmax + 1):
                 try:
                     st = uniform_stages(chain, p * v)
                 except ValueError:
                     continue
-                plan = evaluate_plan(chain, p, d, batch, recompute, v, stages=st, **ev)
-                if plan["feasible"] and (best is None or
-                                         plan["time_per_batch_s"] < best["time_per_batch_s"]):
-                    best = plan
-    return best
+                cand = evaluate_plan(chain, p, d, batch, recompute, v, stages=st, **ev)
+                if cand["feasible"] and (plan is None or
+                                         cand["time_per_batch_s"] < plan["time_per_batch_s"]):
+                    plan = cand
+    return plan
 
 
 def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=("none",), *,
