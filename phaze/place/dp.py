@@ -93,60 +93,101 @@ class _Ranges:
         return np.where(self.valid, s, -1.0)
 
 
+class _Band:
+    """Banded view of the [i, j) tables of one link kind / memory setting: a stage starting at
+    i can only end at j = i + 1 + k, k < w, where w is the longest stage that fits in HBM at
+    in-flight count 1 (memory only grows with the range, so longer stages never fit)."""
+
+    def __init__(self, load, P, smax):
+        n1 = load.shape[0]
+        n = n1 - 1
+        fits = smax >= 1
+        ends = np.where(fits.any(axis=1), n1 - 1 - np.argmax(fits[:, ::-1], axis=1), 0)
+        w = max(1, int((ends - np.arange(n1)).max()))
+        J = np.arange(n1)[:, None] + 1 + np.arange(w)[None, :]
+        inb = J <= n
+        self.J = np.minimum(J, n)
+        rows = np.arange(n1)[:, None]
+        self.load = np.where(inb, load[rows, self.J], INF)
+        self.smax = np.where(inb, smax[rows, self.J], -1.0)
+        self.P = P[rows, self.J]
+        self.n, self.w = n, w
+
+
 class _Run:
     """B_c[s][0] for s = 0..steps of a batch of caps (`top_D[s, g]`; `top_PM[s, g]`: params of
     the largest stage of the argmin partition, when tracked), plus the argmin tables to
     rebuild the partitions. Step s uses in-flight count min(s, frozen_m) (frozen_m = None:
     s); an extension starts from `start`'s step s0 with the in-flight count frozen.
-    Only rows i <= n - s (a suffix needs >= s layers) and columns j <= n - s + 1 are
-    computed at step s."""
+    Only rows i <= n - s (a suffix needs >= s layers) are computed at step s, over the band
+    of stage ends that fit in memory. `advance(steps)` continues a run (the search extends
+    runs when the incumbent allows more stages)."""
 
-    def __init__(self, load, P, smax, caps, steps, frozen_m=None, start=None, s0=0,
+    def __init__(self, band: _Band, caps, steps, frozen_m=None, start=None, s0=0,
                  track_pm=False):
-        n1 = load.shape[0]
-        n = n1 - 1
+        self.band = band
+        n1 = band.n + 1
+        self.n = band.n
         G = len(caps)
-        self.s0, self.parent, self.steps = s0, start, steps
-        steps = min(steps, n)
-        loadc = load[None] if not np.isfinite(caps).any() else \
-            np.where(P[None, :, :] <= caps[:, None, None], load[None], INF)
+        self.G, self.frozen_m = G, frozen_m
+        self.s0, self.parent, self.track_pm = s0, start, track_pm
+        self.loadc = band.load[None] if not np.isfinite(caps).any() else \
+            np.where(band.P[None] <= caps[:, None, None], band.load[None], INF)
         if start is None:
             D = np.full((G, n1), INF)
-            D[:, n] = 0.0
+            D[:, self.n] = 0.0
             PM = np.zeros((G, n1))
             self._D0, self._PM0 = D, PM
+            self.top_D = D[:, 0][None].copy()
+            self.top_PM = PM[:, 0][None].copy()
         else:
             D, PM = start.D_at(s0), start.PM_at(s0)
+            self.top_D = start.top_D[:s0 + 1].copy()
+            self.top_PM = start.top_PM[:s0 + 1].copy() if track_pm else None
+        self._D, self._PM = D, PM
         self.hist_D, self.hist_PM, self.hist_arg = [], [], []
-        top_D = [D[:, 0]]
-        top_PM = [PM[:, 0] if PM is not None else None]
+        self.steps = s0
+        self.advance(steps)
+
+    def advance(self, steps):
+        if steps <= self.steps:
+            return
+        n, G, bd = self.n, self.G, self.band
+        n1 = n + 1
+        D, PM = self._D, self._PM
         gi = np.arange(G)[:, None]
-        for s in range(s0 + 1, steps + 1):
-            r, c = n - s + 1, n - s + 2          # rows 0..n-s, columns 0..n-s+1
-            m = frozen_m if frozen_m is not None else s
-            cand = np.maximum(loadc[:, :r, :c], D[:, None, :c])
-            cand = np.where(smax[:r, :c] >= m, cand, INF)
-            arg = cand.argmin(axis=2)                                    # G x r
+        new_D, new_PM = [], []
+        for s in range(self.steps + 1, min(steps, n) + 1):
+            r = n - s + 1                        # rows 0..n-s
+            m = self.frozen_m if self.frozen_m is not None else s
+            Jr = bd.J[:r]
+            cand = np.maximum(self.loadc[:, :r], D[:, Jr])               # G x r x w
+            cand = np.where(bd.smax[:r] >= m, cand, INF)
+            k = cand.argmin(axis=2)                                      # G x r
+            ri = np.arange(r)[None, :]
+            arg = Jr[ri, k]
             Dn = np.full((G, n1), INF)
-            Dn[:, :r] = cand.min(axis=2)
-            if track_pm:
+            Dn[:, :r] = cand[gi, ri, k]
+            if self.track_pm:
                 PMn = np.full((G, n1), INF)
-                PMn[:, :r] = np.maximum(P[np.arange(r)[None, :], arg], PM[gi, arg])
+                PMn[:, :r] = np.maximum(bd.P[ri, k], PM[gi, arg])
                 PM = PMn
             D = Dn
             self.hist_D.append(D)
-            self.hist_PM.append(PM if track_pm else None)
+            self.hist_PM.append(PM if self.track_pm else None)
             self.hist_arg.append(arg)
-            top_D.append(D[:, 0])
-            top_PM.append(PM[:, 0] if track_pm else None)
-        for s in range(steps + 1, self.steps + 1):      # more stages than layers: none
-            top_D.append(np.full(G, INF))
-            top_PM.append(np.full(G, INF) if track_pm else None)
-        pre_D = start.top_D[:s0] if start is not None else np.zeros((0, G))
-        self.top_D = np.concatenate([pre_D, np.array(top_D)])
-        if track_pm:
-            pre_PM = start.top_PM[:s0] if start is not None else np.zeros((0, G))
-            self.top_PM = np.concatenate([pre_PM, np.array(top_PM)])
+            new_D.append(D[:, 0])
+            if self.track_pm:
+                new_PM.append(PM[:, 0])
+        for s in range(max(self.steps, n) + 1, steps + 1):    # more stages than layers
+            new_D.append(np.full(G, INF))
+            if self.track_pm:
+                new_PM.append(np.full(G, INF))
+        self._D, self._PM = D, PM
+        self.top_D = np.concatenate([self.top_D, np.array(new_D).reshape(-1, G)])
+        if self.track_pm:
+            self.top_PM = np.concatenate([self.top_PM, np.array(new_PM).reshape(-1, G)])
+        self.steps = steps
 
     def D_at(self, s):
         if s <= self.s0:
@@ -190,15 +231,42 @@ def _ar_coeff(n: int, bw: float, lat: float, grad_bytes: float) -> tuple[float, 
     return 2.0 * (n - 1) / n * grad_bytes / bw, 2.0 * (n - 1) * lat
 
 
-def _runs_for(load, P, smax, caps, need, track_pm=False):
-    """One shared run plus extensions. need: {M: max p}. Returns {M: run}."""
-    shared_steps = max((min(M, pm) for M, pm in need.items()), default=0)
-    base = _Run(load, P, smax, caps, shared_steps, track_pm=track_pm)
-    runs = {}
-    for M, pm in need.items():
-        runs[M] = base if pm <= M else _Run(load, P, smax, caps, pm, frozen_m=M, start=base,
-                                            s0=M, track_pm=track_pm)
-    return runs
+class _RunSet:
+    """One shared run (in-flight = position) plus an extension per M whose p goes past M."""
+
+    def __init__(self, band: _Band, caps, track_pm=False):
+        self.args = (band, caps)
+        self.track_pm = track_pm
+        self.base = None
+        self.ext = {}
+
+    def ensure(self, need: dict) -> dict:
+        """need {M: max p}; returns {M: run covering p = 1..max p}."""
+        shared = max((min(M, pm) for M, pm in need.items()), default=0)
+        if self.base is None:
+            self.base = _Run(*self.args, shared, track_pm=self.track_pm)
+        else:
+            self.base.advance(shared)
+        out = {}
+        for M, pm in need.items():
+            if pm <= M:
+                out[M] = self.base
+            elif M in self.ext:
+                self.ext[M].advance(pm)
+                out[M] = self.ext[M]
+            else:
+                self.ext[M] = out[M] = _Run(*self.args, pm, frozen_m=M, start=self.base, s0=M,
+                                            track_pm=self.track_pm)
+        return out
+
+
+def _need(pairs: dict, dinfo: dict) -> dict:
+    need: dict = {}
+    for d, ps in pairs.items():
+        if len(ps):
+            M = dinfo[d][0]
+            need[M] = max(need.get(M, 0), int(ps[-1]))
+    return need
 
 
 def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: str, hbm: float,
@@ -224,19 +292,19 @@ def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: s
 
     Pmax_layer = float(chain.param_count.max()) if n else 0.0
     Ptot = float(chain.param_count.sum())
+    # lower bound of any stage's max load: the largest layer, the average (loads >= compute)
+    comp = rg.comp[np.arange(n), np.arange(1, n + 1)] if n else np.zeros(0)
+    Lmax_layer, Ltot = (float(comp.max()), float(comp.sum())) if n else (0.0, 0.0)
     best = None            # (obj, run, g, d, p)
-    unc = {}               # key -> (load, smax, runs)
-    for key, dps in groups.items():
-        inter, static = key
-        load = rg.load(*links.link(inter))
-        smax = rg.smax(static, hbm)
-        need: dict = {}
-        for d, ps in dps.items():
-            M = dinfo[d][0]
-            need[M] = max(need.get(M, 0), int(ps[-1]))
-        runs = _runs_for(load, rg.P, smax, np.array([INF]), need, track_pm=True)
-        unc[key] = (load, smax, runs)
-        for d, ps in dps.items():
+    sets = {}
+    first = 8              # pass 1: few stages, for an incumbent; pass 2: what the bound allows
+
+    def scan(key, pairs):
+        nonlocal best
+        runs = sets[key].ensure(_need(pairs, dinfo))
+        for d, ps in pairs.items():
+            if not len(ps):
+                continue
             M, _pm, (al, be) = dinfo[d]
             run = runs[M]
             B, pm = run.top_D[ps, 0], run.top_PM[ps, 0]
@@ -244,17 +312,44 @@ def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: s
             k = int(np.argmin(obj))
             if np.isfinite(obj[k]) and (best is None or obj[k] < best[0]):
                 best = (float(obj[k]), run, 0, d, int(ps[k]))
+
+    for key, dps in groups.items():
+        inter, static = key
+        band = _Band(rg.load(*links.link(inter)), rg.P, rg.smax(static, hbm))
+        sets[key] = _RunSet(band, np.array([INF]), track_pm=True)
+        scan(key, {d: ps[ps <= first] for d, ps in dps.items()})
+    for key, dps in groups.items():
+        pairs = {}
+        for d, ps in dps.items():
+            ps = ps[ps > first]
+            if best is not None and len(ps):
+                M, _pm, (al, be) = dinfo[d]
+                lb = (M + ps - 1) * np.maximum(Lmax_layer, Ltot / ps) + \
+                    al * np.maximum(Pmax_layer, Ptot / ps) + be
+                ps = ps[lb < best[0] * (1 + _REL)]
+            pairs[d] = ps
+        scan(key, pairs)
+    # the uncapped pass covered every (d, p) its bound could not exclude; keep those p
+    for key, dps in groups.items():
+        for d in list(dps):
+            M, _pm, (al, be) = dinfo[d]
+            ps = dps[d]
+            if best is not None:
+                lb = (M + ps - 1) * np.maximum(Lmax_layer, Ltot / ps) + \
+                    al * np.maximum(Pmax_layer, Ptot / ps) + be
+                dps[d] = ps[lb < best[0] * (1 + _REL)]
     if best is not None:
         U = best[0] * (1 + _REL)
         allP = np.unique(rg.P[rg.valid])
         for key, dps in groups.items():
             # caps that could still beat the incumbent for some (d, p): see the docstring
-            load, smax, runs = unc[key]
+            runs = sets[key].ensure(_need(dps, dinfo))
+            band = sets[key].args[0]
             capmask = np.zeros(len(allP) + 1, dtype=int)
             pairs = {}
             for d, ps in dps.items():
                 M, _pm, (al, be) = dinfo[d]
-                if d == 1 or al <= 0:
+                if d == 1 or al <= 0 or not len(ps):
                     continue
                 run = runs[M]
                 B, pm = run.top_D[ps, 0], run.top_PM[ps, 0]
@@ -273,13 +368,10 @@ def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: s
             if not pairs:
                 continue
             caps = allP[np.cumsum(capmask[:-1]) > 0]
-            need = {}
-            for d, ps in pairs.items():
-                M = dinfo[d][0]
-                need[M] = max(need.get(M, 0), int(ps[-1]))
+            need = _need(pairs, dinfo)
             for k0 in range(0, len(caps), 64):
                 cb = caps[k0:k0 + 64]
-                cruns = _runs_for(load, rg.P, smax, cb, need)
+                cruns = _RunSet(band, cb).ensure(need)
                 for d, ps in pairs.items():
                     M, _pm, (al, be) = dinfo[d]
                     run = cruns[M]
