@@ -94,36 +94,39 @@ class _Ranges:
 
 
 class _Band:
-    """Banded view of the [i, j) tables of one link kind / memory setting: a stage starting at
-    i can only end at j = i + 1 + k, k < w, where w is the longest stage that fits in HBM at
-    in-flight count 1 (memory only grows with the range, so longer stages never fit)."""
+    """Banded tables of one (link kind, bytes per parameter) for a list of scenarios
+    (recompute flag, HBM size): a stage starting at i can only end at j = i + 1 + k, k < w,
+    w the longest stage that fits in HBM at in-flight count 1 in some scenario (memory only
+    grows with the range, so longer stages never fit)."""
 
-    def __init__(self, load, P, smax):
-        n1 = load.shape[0]
+    def __init__(self, loads, P, smaxes):
+        n1 = P.shape[0]
         n = n1 - 1
-        fits = smax >= 1
-        ends = np.where(fits.any(axis=1), n1 - 1 - np.argmax(fits[:, ::-1], axis=1), 0)
-        w = max(1, int((ends - np.arange(n1)).max()))
+        w = 1
+        for sm in smaxes:
+            fits = sm >= 1
+            ends = np.where(fits.any(axis=1), n1 - 1 - np.argmax(fits[:, ::-1], axis=1), 0)
+            w = max(w, int((ends - np.arange(n1)).max()))
         J = np.arange(n1)[:, None] + 1 + np.arange(w)[None, :]
         inb = J <= n
         self.J = np.minimum(J, n)
         rows = np.arange(n1)[:, None]
-        self.load = np.where(inb, load[rows, self.J], INF)
-        self.smax = np.where(inb, smax[rows, self.J], -1.0)
+        self.load = np.stack([np.where(inb, ld[rows, self.J], INF) for ld in loads])
+        self.smax = np.stack([np.where(inb, sm[rows, self.J], -1.0) for sm in smaxes])
         self.P = P[rows, self.J]
         self.n, self.w = n, w
 
 
 class _Run:
-    """B_c[s][0] for s = 0..steps of a batch of caps (`top_D[s, g]`; `top_PM[s, g]`: params of
-    the largest stage of the argmin partition, when tracked), plus the argmin tables to
-    rebuild the partitions. Step s uses in-flight count min(s, frozen_m) (frozen_m = None:
-    s); an extension starts from `start`'s step s0 with the in-flight count frozen.
-    Only rows i <= n - s (a suffix needs >= s layers) are computed at step s, over the band
-    of stage ends that fit in memory. `advance(steps)` continues a run (the search extends
-    runs when the incumbent allows more stages)."""
+    """B_e[s][0] for s = 0..steps of a batch of entries e = (scenario sel[e], cap caps[e])
+    (`top_D[s, e]`; `top_PM[s, e]`: params of the largest stage of the argmin partition, when
+    tracked), plus the argmin tables to rebuild the partitions. Step s uses in-flight count
+    min(s, frozen_m) (frozen_m = None: s); an extension starts from `start`'s step s0 with
+    the in-flight count frozen. Only rows i <= n - s (a suffix needs >= s layers) are
+    computed at step s, over the band of stage ends that fit in memory. `advance(steps)`
+    continues a run (the search extends runs when the incumbent allows more stages)."""
 
-    def __init__(self, band: _Band, caps, steps, frozen_m=None, start=None, s0=0,
+    def __init__(self, band: _Band, sel, caps, steps, frozen_m=None, start=None, s0=0,
                  track_pm=False):
         self.band = band
         n1 = band.n + 1
@@ -131,8 +134,13 @@ class _Run:
         G = len(caps)
         self.G, self.frozen_m = G, frozen_m
         self.s0, self.parent, self.track_pm = s0, start, track_pm
-        self.loadc = band.load[None] if not np.isfinite(caps).any() else \
-            np.where(band.P[None] <= caps[:, None, None], band.load[None], INF)
+        if start is not None:
+            self.loadc, self.smaxc = start.loadc, start.smaxc
+        else:
+            ld = band.load[sel]
+            self.loadc = ld if not np.isfinite(caps).any() else \
+                np.where(band.P[None] <= caps[:, None, None], ld, INF)
+            self.smaxc = band.smax[sel]
         if start is None:
             D = np.full((G, n1), INF)
             D[:, self.n] = 0.0
@@ -156,37 +164,34 @@ class _Run:
         n1 = n + 1
         D, PM = self._D, self._PM
         gi = np.arange(G)[:, None]
-        new_D, new_PM = [], []
-        for s in range(self.steps + 1, min(steps, n) + 1):
+        s_hi = min(steps, n)
+        k_new = max(0, s_hi - self.steps)
+        Dbuf = np.full((k_new, G, n1), INF)
+        PMbuf = np.full((k_new, G, n1), INF) if self.track_pm else None
+        for q, s in enumerate(range(self.steps + 1, s_hi + 1)):
             r = n - s + 1                        # rows 0..n-s
             m = self.frozen_m if self.frozen_m is not None else s
             Jr = bd.J[:r]
             cand = np.maximum(self.loadc[:, :r], D[:, Jr])               # G x r x w
-            cand = np.where(bd.smax[:r] >= m, cand, INF)
+            cand[self.smaxc[:, :r] < m] = INF
             k = cand.argmin(axis=2)                                      # G x r
             ri = np.arange(r)[None, :]
             arg = Jr[ri, k]
-            Dn = np.full((G, n1), INF)
-            Dn[:, :r] = cand[gi, ri, k]
+            D = Dbuf[q]
+            D[:, :r] = cand.min(axis=2)
             if self.track_pm:
-                PMn = np.full((G, n1), INF)
+                PMn = PMbuf[q]
                 PMn[:, :r] = np.maximum(bd.P[ri, k], PM[gi, arg])
                 PM = PMn
-            D = Dn
             self.hist_D.append(D)
             self.hist_PM.append(PM if self.track_pm else None)
             self.hist_arg.append(arg)
-            new_D.append(D[:, 0])
-            if self.track_pm:
-                new_PM.append(PM[:, 0])
-        for s in range(max(self.steps, n) + 1, steps + 1):    # more stages than layers
-            new_D.append(np.full(G, INF))
-            if self.track_pm:
-                new_PM.append(np.full(G, INF))
+        extra = steps - max(self.steps, s_hi)             # more stages than layers: none
         self._D, self._PM = D, PM
-        self.top_D = np.concatenate([self.top_D, np.array(new_D).reshape(-1, G)])
+        parts = [self.top_D, Dbuf[:, :, 0], np.full((extra, G), INF)]
+        self.top_D = np.concatenate(parts)
         if self.track_pm:
-            self.top_PM = np.concatenate([self.top_PM, np.array(new_PM).reshape(-1, G)])
+            self.top_PM = np.concatenate([self.top_PM, PMbuf[:, :, 0], np.full((extra, G), INF)])
         self.steps = steps
 
     def D_at(self, s):
@@ -234,8 +239,8 @@ def _ar_coeff(n: int, bw: float, lat: float, grad_bytes: float) -> tuple[float, 
 class _RunSet:
     """One shared run (in-flight = position) plus an extension per M whose p goes past M."""
 
-    def __init__(self, band: _Band, caps, track_pm=False):
-        self.args = (band, caps)
+    def __init__(self, band: _Band, sel, caps, track_pm=False):
+        self.args = (band, np.asarray(sel), np.asarray(caps, dtype=float))
         self.track_pm = track_pm
         self.base = None
         self.ext = {}
@@ -260,6 +265,25 @@ class _RunSet:
         return out
 
 
+def _fewest_stages(smax: np.ndarray, M: int, pmax: int) -> float:
+    """Least p for which the stages can fit in memory at all (inf: none <= pmax): from the
+    chain's end, the stage at position s = 1, 2, ... (in-flight min(s, M)) takes the longest
+    range ending at the current boundary that fits. Memory grows with a range, so any
+    feasible p-stage partition has its k-th stage from the end starting no earlier than the
+    greedy's (exchange argument); the greedy reaching layer 0 within p stages is necessary."""
+    n = smax.shape[0] - 1
+    j = n
+    for s in range(1, pmax + 1):
+        col = smax[:j, j]
+        fit = np.flatnonzero(col >= min(s, M))
+        if not len(fit):
+            return INF
+        j = int(fit[0])
+        if j == 0:
+            return s
+    return INF
+
+
 def _need(pairs: dict, dinfo: dict) -> dict:
     need: dict = {}
     for d, ps in pairs.items():
@@ -269,9 +293,11 @@ def _need(pairs: dict, dinfo: dict) -> dict:
     return need
 
 
-def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: str, hbm: float,
-               links: Links, options: PlanOptions, peak_flops: float, interleaves) -> dict | None:
+def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links: Links,
+           options: PlanOptions, peak_flops: float, interleaves) -> list:
+    """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`."""
     n, t = chain.n, chain.t
+    G0 = len(scen)
     # (d, p range) grouped by (link kind, bytes per param): {key: {d: p array}}
     groups: dict = {}
     dinfo = {}
@@ -290,136 +316,171 @@ def _solve_one(rg: _Ranges, chain: Chain, devices: int, batch: int, recompute: s
             if len(sel):
                 groups.setdefault((kind, static), {})[d] = sel
 
-    Pmax_layer = float(chain.param_count.max()) if n else 0.0
+    Pmax_layer = float(chain.param_count.max())
     Ptot = float(chain.param_count.sum())
-    # lower bound of any stage's max load: the largest layer, the average (loads >= compute)
-    comp = rg.comp[np.arange(n), np.arange(1, n + 1)] if n else np.zeros(0)
-    Lmax_layer, Ltot = (float(comp.max()), float(comp.sum())) if n else (0.0, 0.0)
-    best = None            # (obj, run, g, d, p)
+    # lower bounds of any stage's max load: the largest layer, the average (loads >= compute)
+    Lmax_layer, Ltot = np.zeros(G0), np.zeros(G0)
+    for g, (rec, _h) in enumerate(scen):
+        comp = rgs[rec].comp[np.arange(n), np.arange(1, n + 1)]
+        Lmax_layer[g], Ltot[g] = comp.max(), comp.sum()
+    best = [None] * G0          # per scenario: (obj, run, entry, d, p)
+    U = np.full(G0, INF)
     sets = {}
-    first = 8              # pass 1: few stages, for an incumbent; pass 2: what the bound allows
+    first = 8                   # pass 1: few stages, for incumbents; pass 2: what bounds allow
+
+    def lower_bound(d, ps):      # len(ps) x G0
+        M, _pm, (al, be) = dinfo[d]
+        return (M + ps[:, None] - 1) * np.maximum(Lmax_layer[None, :], Ltot[None, :] / ps[:, None]) \
+            + al * np.maximum(Pmax_layer, Ptot / ps[:, None]) + be
 
     def scan(key, pairs):
-        nonlocal best
         runs = sets[key].ensure(_need(pairs, dinfo))
         for d, ps in pairs.items():
             if not len(ps):
                 continue
             M, _pm, (al, be) = dinfo[d]
             run = runs[M]
-            B, pm = run.top_D[ps, 0], run.top_PM[ps, 0]
-            obj = (M + ps - 1) * B + al * pm + be
-            k = int(np.argmin(obj))
-            if np.isfinite(obj[k]) and (best is None or obj[k] < best[0]):
-                best = (float(obj[k]), run, 0, d, int(ps[k]))
+            B = run.top_D[ps]
+            with np.errstate(invalid="ignore"):                # 0 * inf where d = 1
+                obj = (M + ps[:, None] - 1) * B + al * run.top_PM[ps] + be     # p x G0
+            obj = np.where(np.isfinite(B), obj, INF)
+            k = np.argmin(obj, axis=0)
+            for g in range(G0):
+                o = obj[k[g], g]
+                if o < U[g]:
+                    U[g] = o
+                    best[g] = (float(o), run, g, d, int(ps[k[g]]))
 
     for key, dps in groups.items():
         inter, static = key
-        band = _Band(rg.load(*links.link(inter)), rg.P, rg.smax(static, hbm))
-        sets[key] = _RunSet(band, np.array([INF]), track_pm=True)
-        scan(key, {d: ps[ps <= first] for d, ps in dps.items()})
-    for key, dps in groups.items():
-        pairs = {}
-        for d, ps in dps.items():
-            ps = ps[ps > first]
-            if best is not None and len(ps):
-                M, _pm, (al, be) = dinfo[d]
-                lb = (M + ps - 1) * np.maximum(Lmax_layer, Ltot / ps) + \
-                    al * np.maximum(Pmax_layer, Ptot / ps) + be
-                ps = ps[lb < best[0] * (1 + _REL)]
-            pairs[d] = ps
-        scan(key, pairs)
-    # the uncapped pass covered every (d, p) its bound could not exclude; keep those p
-    for key, dps in groups.items():
+        smaxes = [rgs[rec].smax(static, hbm) for rec, hbm in scen]
+        # stage counts below what memory allows are infinite in the DP anyway; a d whose
+        # M admits no feasible count in any scenario needs no steps at all
+        lo_cache: dict = {}
         for d in list(dps):
-            M, _pm, (al, be) = dinfo[d]
-            ps = dps[d]
-            if best is not None:
-                lb = (M + ps - 1) * np.maximum(Lmax_layer, Ltot / ps) + \
-                    al * np.maximum(Pmax_layer, Ptot / ps) + be
-                dps[d] = ps[lb < best[0] * (1 + _REL)]
-    if best is not None:
-        U = best[0] * (1 + _REL)
-        allP = np.unique(rg.P[rg.valid])
-        for key, dps in groups.items():
-            # caps that could still beat the incumbent for some (d, p): see the docstring
-            runs = sets[key].ensure(_need(dps, dinfo))
-            band = sets[key].args[0]
-            capmask = np.zeros(len(allP) + 1, dtype=int)
-            pairs = {}
+            M = dinfo[d][0]
+            if M not in lo_cache:
+                lo_cache[M] = min(_fewest_stages(sm, M, int(dps[d][-1])) for sm in smaxes)
+            dps[d] = dps[d][dps[d] >= lo_cache[M]]
+        band = _Band([rgs[rec].load(*links.link(inter)) for rec, _h in scen],
+                     rgs[scen[0][0]].P, smaxes)
+        sets[key] = _RunSet(band, np.arange(G0), np.full(G0, INF), track_pm=True)
+        scan(key, {d: ps[ps <= first] for d, ps in dps.items()})
+
+    def prune(dps, only_above=0):
+        out = {}
+        for d, ps in dps.items():
+            ps = ps[ps > only_above]
+            if len(ps):
+                ps = ps[(lower_bound(d, ps) < U[None, :] * (1 + _REL)).any(axis=1)]
+            out[d] = ps
+        return out
+
+    for key, dps in groups.items():
+        scan(key, prune(dps, first))
+    # caps (see the module docstring); every (d, p) left was scanned uncapped
+    allP = None
+    for key, dps in groups.items():
+        dps = prune(dps)
+        runs = sets[key].ensure(_need(dps, dinfo))
+        band = sets[key].args[0]
+        sel_e, cap_e, pairs = [], [], {}
+        for g in range(G0):
+            if not np.isfinite(U[g]):
+                continue
+            capmask = None
             for d, ps in dps.items():
                 M, _pm, (al, be) = dinfo[d]
                 if d == 1 or al <= 0 or not len(ps):
                     continue
                 run = runs[M]
-                B, pm = run.top_D[ps, 0], run.top_PM[ps, 0]
+                B, pm = run.top_D[ps, g], run.top_PM[ps, g]
+                if allP is None:
+                    allP = np.unique(rgs[scen[0][0]].P[rgs[scen[0][0]].valid])
                 lo = np.maximum(Pmax_layer, Ptot / ps) * (1 - _REL)
                 with np.errstate(invalid="ignore"):
-                    hi = np.minimum((U - (M + ps - 1) * B - be) / al * (1 + _REL), pm)
+                    hi = np.minimum((U[g] * (1 + _REL) - (M + ps - 1) * B - be) / al * (1 + _REL),
+                                    pm)
                 a = np.searchsorted(allP, lo, side="left")
-                # c < pm and c <= hi
-                b = np.minimum(np.searchsorted(allP, hi, side="right"),
+                b = np.minimum(np.searchsorted(allP, hi, side="right"),      # c <= hi, c < pm
                                np.searchsorted(allP, pm, side="left"))
                 ok = np.isfinite(B) & (b > a)
                 if ok.any():
-                    pairs[d] = ps[ok]
+                    if capmask is None:
+                        capmask = np.zeros(len(allP) + 1, dtype=int)
+                    old = pairs.get(d)
+                    pairs[d] = ps[ok] if old is None else np.union1d(old, ps[ok])
                     np.add.at(capmask, a[ok], 1)
                     np.add.at(capmask, b[ok], -1)
-            if not pairs:
-                continue
-            caps = allP[np.cumsum(capmask[:-1]) > 0]
-            need = _need(pairs, dinfo)
-            for k0 in range(0, len(caps), 64):
-                cb = caps[k0:k0 + 64]
-                cruns = _RunSet(band, cb).ensure(need)
-                for d, ps in pairs.items():
-                    M, _pm, (al, be) = dinfo[d]
-                    run = cruns[M]
-                    obj = (M + ps[:, None] - 1) * run.top_D[ps] + al * cb[None, :] + be
-                    k = int(np.argmin(obj))
-                    kp, g = divmod(k, len(cb))
-                    if np.isfinite(obj.flat[k]) and obj.flat[k] < best[0]:
-                        best = (float(obj.flat[k]), run, g, d, int(ps[kp]))
-    plan = None
-    ev = dict(hbm_bytes=hbm, links=links, options=options, peak_flops=peak_flops)
-    if best is not None:
-        _obj, run, g, d, p = best
-        plan = evaluate_plan(chain, p, d, batch, recompute, 1, stages=run.stages(g, p, n), **ev)
-        assert plan["feasible"], "DP plan must fit"
-    # interleaved schedules: uniform split, evaluated directly
-    for v in interleaves:
-        if v < 2:
+            if capmask is not None:
+                caps = allP[np.cumsum(capmask[:-1]) > 0]
+                sel_e.append(np.full(len(caps), g))
+                cap_e.append(caps)
+        if not pairs:
             continue
-        for d, (M, pmax, _ar) in dinfo.items():
-            for p in range(2, pmax + 1):
-                try:
-                    st = uniform_stages(chain, p * v)
-                except ValueError:
-                    continue
-                cand = evaluate_plan(chain, p, d, batch, recompute, v, stages=st, **ev)
-                if cand["feasible"] and (plan is None or
-                                         cand["time_per_batch_s"] < plan["time_per_batch_s"]):
-                    plan = cand
-    return plan
+        sel_e, cap_e = np.concatenate(sel_e), np.concatenate(cap_e)
+        need = _need(pairs, dinfo)
+        for k0 in range(0, len(cap_e), 64):
+            se, cb = sel_e[k0:k0 + 64], cap_e[k0:k0 + 64]
+            cruns = _RunSet(band, se, cb).ensure(need)
+            for d, ps in pairs.items():
+                M, _pm, (al, be) = dinfo[d]
+                run = cruns[M]
+                obj = (M + ps[:, None] - 1) * run.top_D[ps] + al * cb[None, :] + be   # p x E
+                kp = np.argmin(obj, axis=0)
+                o = obj[kp, np.arange(len(cb))]
+                for g in np.unique(se):
+                    idx = np.flatnonzero(se == g)
+                    e = int(idx[np.argmin(o[idx])])
+                    if o[e] < U[g]:
+                        U[g] = o[e]
+                        best[g] = (float(o[e]), run, e, d, int(ps[kp[e]]))
+    plans = []
+    for g, (rec, hbm) in enumerate(scen):
+        ev = dict(hbm_bytes=hbm, links=links, options=options, peak_flops=peak_flops)
+        plan = None
+        if best[g] is not None:
+            _obj, run, e, d, p = best[g]
+            plan = evaluate_plan(chain, p, d, batch, rec, 1, stages=run.stages(e, p, n), **ev)
+            assert plan["feasible"], "DP plan must fit"
+        # interleaved schedules: uniform split, evaluated directly
+        for v in interleaves:
+            if v < 2:
+                continue
+            for d, (M, pmax, _ar) in dinfo.items():
+                for p in range(2, pmax + 1):
+                    try:
+                        st = uniform_stages(chain, p * v)
+                    except ValueError:
+                        continue
+                    cand = evaluate_plan(chain, p, d, batch, rec, v, stages=st, **ev)
+                    if cand["feasible"] and (plan is None or
+                                             cand["time_per_batch_s"] < plan["time_per_batch_s"]):
+                        plan = cand
+        plans.append(plan)
+    return plans
 
 
 def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=("none",), *,
                links: Links | None = None, options: PlanOptions | None = None,
                peak_flops: float = 0.0, interleaves=(1,)) -> dict:
     """Best plan for one chain (its t and mbs fixed) for every (hbm_bytes, recompute) pair:
-    {(hbm_bytes, recompute): plan dict or None when nothing fits}. Range tables are shared
-    by the HBM sizes of one recompute flag."""
+    {(hbm_bytes, recompute): plan dict or None when nothing fits}. All pairs share one DP
+    run per link kind (a batch dimension), so a call with several costs far less than as
+    many best_plan calls."""
     links = links or Links()
     options = options or PlanOptions()
-    out = {}
-    for rec in recompute_list:
+    recs = list(dict.fromkeys(recompute_list))
+    for rec in recs:
         if rec not in ("none", "full"):
             raise ValueError(f"recompute must be none or full, got {rec!r}")
-        rg = _Ranges(chain, rec)
-        for hbm in hbm_list:
-            out[(hbm, rec)] = _solve_one(rg, chain, devices, batch, rec, float(hbm), links,
-                                         options, peak_flops, interleaves)
-    return out
+    hbms = list(dict.fromkeys(float(h) for h in hbm_list))
+    if chain.n == 0 or not hbms or not recs:
+        return {(h, r): None for h in hbms for r in recs}
+    rgs = {rec: _Ranges(chain, rec) for rec in recs}
+    scen = [(rec, h) for rec in recs for h in hbms]
+    plans = _solve(rgs, chain, devices, batch, scen, links, options, peak_flops, interleaves)
+    return {(h, rec): pl for (rec, h), pl in zip(scen, plans)}
 
 
 def best_plan(chain: Chain, devices: int, batch: int, recompute: str = "none", *,
@@ -428,4 +489,4 @@ def best_plan(chain: Chain, devices: int, batch: int, recompute: str = "none", *
     """Best plan for one chain (its t and mbs fixed); None when nothing fits."""
     return best_plans(chain, devices, batch, [hbm_bytes], [recompute], links=links,
                       options=options, peak_flops=peak_flops,
-                      interleaves=interleaves)[(hbm_bytes, recompute)]
+                      interleaves=interleaves)[(float(hbm_bytes), recompute)]
