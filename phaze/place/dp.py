@@ -351,37 +351,49 @@ def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links:
                     U[g] = o
                     best[g] = (float(o), run, g, d, int(ps[k[g]]))
 
+    p_lo: dict = {}             # (bytes per param, M) -> least feasible p per scenario
+    smax_cache: dict = {}
     for key, dps in groups.items():
         inter, static = key
-        smaxes = [rgs[rec].smax(static, hbm) for rec, hbm in scen]
+        if static not in smax_cache:
+            smax_cache[static] = [rgs[rec].smax(static, hbm) for rec, hbm in scen]
+        smaxes = smax_cache[static]
         # stage counts below what memory allows are infinite in the DP anyway; a d whose
         # M admits no feasible count in any scenario needs no steps at all
-        lo_cache: dict = {}
         for d in list(dps):
             M = dinfo[d][0]
-            if M not in lo_cache:
-                lo_cache[M] = min(_fewest_stages(sm, M, int(dps[d][-1])) for sm in smaxes)
-            dps[d] = dps[d][dps[d] >= lo_cache[M]]
+            if (static, M) not in p_lo:
+                p_lo[(static, M)] = np.array([_fewest_stages(sm, M, n) for sm in smaxes])
+            dps[d] = dps[d][dps[d] >= p_lo[(static, M)].min()]
         band = _Band([rgs[rec].load(*links.link(inter)) for rec, _h in scen],
                      rgs[scen[0][0]].P, smaxes)
         sets[key] = _RunSet(band, np.arange(G0), np.full(G0, INF), track_pm=True)
         scan(key, {d: ps[ps <= first] for d, ps in dps.items()})
 
-    def prune(dps, only_above=0):
+    def prune(key, dps, above=0, upto=None):
+        """Stage counts some scenario still needs: memory admits them (p >= least feasible
+        p of that scenario) and the bound does not rule them out."""
         out = {}
         for d, ps in dps.items():
-            ps = ps[ps > only_above]
+            ps = ps[(ps > above) & (ps <= (upto or ps[-1] if len(ps) else 0))]
             if len(ps):
-                ps = ps[(lower_bound(d, ps) < U[None, :] * (1 + _REL)).any(axis=1)]
+                lo = p_lo[(key[1], dinfo[d][0])]
+                keep = (lower_bound(d, ps) < U[None, :] * (1 + _REL)) & (ps[:, None] >= lo[None, :])
+                ps = ps[keep.any(axis=1)]
             out[d] = ps
         return out
 
-    for key, dps in groups.items():
-        scan(key, prune(dps, first))
+    # pass 2, in doubling windows of stage counts: each window is pruned with the incumbents
+    # found so far (more stages cost steps; the bound drops hopeless counts before they run)
+    lo_p, hi_p = first, 2 * first
+    while lo_p < n:
+        for key, dps in groups.items():
+            scan(key, prune(key, dps, lo_p, hi_p))
+        lo_p, hi_p = hi_p, 2 * hi_p
     # caps (see the module docstring); every (d, p) left was scanned uncapped
     allP = None
     for key, dps in groups.items():
-        dps = prune(dps)
+        dps = prune(key, dps)
         runs = sets[key].ensure(_need(dps, dinfo))
         band = sets[key].args[0]
         sel_e, cap_e, pairs = [], [], {}
