@@ -8,27 +8,39 @@ subject to every stage's memory at its position fitting in HBM, p t d <= devices
 (by default) d mbs dividing the batch. Interleaved 1F1B (v >= 2) uses Megatron's uniform
 split and is evaluated directly for every admissible p.
 
-Exact algorithm (one table per pipeline link kind, HBM size and recompute flag, shared by
-every d):
+Exact algorithm. `best_plans` solves several scenarios (recompute flag, HBM size) of one
+chain at once: they are a batch dimension of every table below.
   * B_c[s][i] = least max stage load of the suffix [i, n) cut into s stages whose params are
     <= cap c and whose memory fits at their 1F1B position; the stage at suffix position s
-    keeps min(s, M) microbatches in flight. For s <= M the table does not depend on d (M),
-    so one run over s serves every d; a d with pmax(d) > M continues from step M with the
+    keeps min(s, M) microbatches in flight. The DP runs over s (one numpy step per s over
+    all rows i, stage ends j and batch entries). For s <= M the table does not depend on d,
+    so one run serves every d; a d with pmax(d) > M continues from step M with the
     in-flight count frozen at M (an "extension").
-  * The loads depend on d only through the p2p link kind (inter-node iff t d p > node size),
-    the memory through M (above) and, with ZeRO-1, the bytes per parameter (d's with the
-    same value share tables).
+  * Loads depend on d only through the p2p link kind (inter-node iff t d p > node size),
+    memory through M (above) and, with ZeRO-1, the bytes per parameter: d's with the same
+    (link kind, bytes per parameter) share runs.
+  * Band: memory only grows with a range, so a stage is at most w layers long, w the
+    longest range that fits at in-flight 1; step s only visits ends j <= i + w and rows
+    n - s w <= i <= n - s.
+  * Stage counts: a memory greedy (`_fewest_stages`, from the chain's end, each position
+    takes the longest range that fits) gives the least feasible p per scenario and M
+    exactly; counts below it are skipped, and a d with none feasible costs no step. Counts
+    are explored in windows 1..8, 9..16, 17..32, ...; before each window, (d, p) pairs whose
+    lower bound (M + p - 1) max(largest layer load, total load / p) + AR_d(max(largest layer
+    params, total params / p)) cannot beat the scenario's incumbent are dropped, so runs
+    stop early.
   * The max over stages of the all-reduce does not decompose over the DP:
         T*(d, p) = min_c [ (M + p - 1) B_c(p) + AR_d(c) ]
     exact because the optimum's own largest stage is one of the caps. The uncapped run also
-    tracks the largest stage of its argmin partition, giving an upper bound for every (d, p)
-    and a global incumbent U; a cap c only needs a capped run when, for some (d, p),
-        max(max layer params, total params / p) <= c < params of the uncapped argmin's
-        largest stage   and   (M + p - 1) B_inf(p) + AR_d(c) < U.
-    The surviving caps (union over d, p) run in one batch, shared by every d.
-Only the winner is evaluated with plan.evaluate_plan (the source of truth for the plan dict).
-`best_plans` answers several HBM sizes and recompute flags of one chain in one call (the
-range tables are built once per recompute flag and link kind).
+    tracks the params of the largest stage of its argmin partition (an upper bound for every
+    (d, p) and the incumbent U); a cap c only needs a capped run when, for some (d, p),
+        max(largest layer params, total params / p) <= c < that largest stage's params
+        and (M + p - 1) B_inf(p) + AR_d(c) < U.
+    The surviving caps of every scenario run as one more batch (entries = (scenario, cap)),
+    shared by every d.
+Only each scenario's winner is evaluated with plan.evaluate_plan (the source of truth for
+the plan dict). The old per-d, per-cap version took 0.15-0.8 s per work item (4 TP widths);
+see benchmarks/bench_place_default.py for the current figures.
 """
 
 from __future__ import annotations
@@ -122,8 +134,8 @@ class _Run:
     (`top_D[s, e]`; `top_PM[s, e]`: params of the largest stage of the argmin partition, when
     tracked), plus the argmin tables to rebuild the partitions. Step s uses in-flight count
     min(s, frozen_m) (frozen_m = None: s); an extension starts from `start`'s step s0 with
-    the in-flight count frozen. Only rows i <= n - s (a suffix needs >= s layers) are
-    computed at step s, over the band of stage ends that fit in memory. `advance(steps)`
+    the in-flight count frozen. Only rows n - s w <= i <= n - s are computed at step s
+    (a suffix needs >= s layers and at most s w), over the band of stage ends. `advance(steps)`
     continues a run (the search extends runs when the incumbent allows more stages)."""
 
     def __init__(self, band: _Band, sel, caps, steps, frozen_m=None, start=None, s0=0,
@@ -169,19 +181,21 @@ class _Run:
         Dbuf = np.full((k_new, G, n1), INF)
         PMbuf = np.full((k_new, G, n1), INF) if self.track_pm else None
         for q, s in enumerate(range(self.steps + 1, s_hi + 1)):
-            r = n - s + 1                        # rows 0..n-s
+            # rows lo..n-s: a suffix needs >= s layers and at most s * w (stages <= w long)
+            r, lo = n - s + 1, max(0, n - s * bd.w)
             m = self.frozen_m if self.frozen_m is not None else s
-            Jr = bd.J[:r]
-            cand = np.maximum(self.loadc[:, :r], D[:, Jr])               # G x r x w
-            cand[self.smaxc[:, :r] < m] = INF
-            k = cand.argmin(axis=2)                                      # G x r
-            ri = np.arange(r)[None, :]
-            arg = Jr[ri, k]
+            Jr = bd.J[lo:r]
+            cand = np.maximum(self.loadc[:, lo:r], D[:, Jr])             # G x rows x w
+            cand[self.smaxc[:, lo:r] < m] = INF
+            k = cand.argmin(axis=2)                                      # G x rows
+            ri = np.arange(r - lo)[None, :]
+            arg = np.zeros((G, r), dtype=np.intp)
+            arg[:, lo:] = Jr[ri, k]
             D = Dbuf[q]
-            D[:, :r] = cand.min(axis=2)
+            D[:, lo:r] = cand.min(axis=2)
             if self.track_pm:
                 PMn = PMbuf[q]
-                PMn[:, :r] = np.maximum(bd.P[ri, k], PM[gi, arg])
+                PMn[:, lo:r] = np.maximum(bd.P[lo:r][ri, k], PM[gi, arg[:, lo:]])
                 PM = PMn
             self.hist_D.append(D)
             self.hist_PM.append(PM if self.track_pm else None)
@@ -310,7 +324,7 @@ def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links:
         dinfo[d] = (M, pmax, ar)
         static = options.static_bytes_per_param(d)
         ps = np.arange(1, pmax + 1)
-        inter = t * d * ps > links.node_size            # plan.pipeline_inter
+        inter = pipeline_inter(t, d, ps, links)          # numpy-aware
         for kind in (False, True):
             sel = ps[inter == kind]
             if len(sel):
