@@ -250,33 +250,38 @@ def test_single_data_parallel_replica_with_infeasible_small_p():
 
 
 def test_fewest_stages_greedy_equals_brute_force():
-    """The fewest-stages greedy (used to skip stage counts memory rules out) equals the least
-    stage count of any memory-feasible partition, by brute force."""
+    """The fewest-stages greedy (used to skip stage counts memory rules out), run for several
+    scenarios and in-flight caps M at once, equals the least stage count of any
+    memory-feasible partition, by brute force."""
     from phaze.place.dp import _fewest_stages, _Ranges
 
     rng = np.random.default_rng(77)
-    for _ in range(60):
+    Ms = [1, 2, 3, 5, 64]
+    for _ in range(30):
         ch = rand_chain(rng, n=int(rng.integers(2, 8)))
         opt = PlanOptions(optimizer="adam")
-        rec = str(rng.choice(["none", "full"]))
         total = ch.param_count.sum() * 16 + ch.act_none_bytes.sum() * 4
-        hbm = float(rng.uniform(0.05, 0.6) * total)
-        M = int(rng.integers(1, 6))
-        rg = _Ranges(ch, rec)
-        lo = _fewest_stages(rg.smax(opt.static_bytes_per_param(1), hbm), M, ch.n)
-        # brute force: least p with a partition whose every stage fits at in-flight min(s, M)
-        want = math.inf
-        for cuts in itertools.product((0, 1), repeat=ch.n - 1):
-            bounds = [0] + [k + 1 for k, c in enumerate(cuts) if c] + [ch.n]
-            st = list(zip(bounds[:-1], bounds[1:]))
-            p = len(st)
-            fits = True
-            for pos, (i, j) in enumerate(st):
-                s = p - pos
-                mem = ch.param_count[i:j].sum() * 16 + min(s, M) * ch.act_bytes(rec)[i:j].sum() + \
-                    (ch.act_none_bytes[i:j].max() if rec == "full" else 0.0)
-                fits &= mem <= hbm
-            if fits:
-                want = min(want, p)
-        # the greedy's own partition is feasible, and no feasible one has fewer stages
-        assert lo == want
+        scen = [(str(rng.choice(["none", "full"])), float(rng.uniform(0.05, 0.6) * total))
+                for _ in range(3)]
+        smaxes = [_Ranges(ch, rec).smax(opt.static_bytes_per_param(1), hbm) for rec, hbm in scen]
+        lo = _fewest_stages(smaxes, Ms, ch.n)
+        assert lo.shape == (len(scen), len(Ms))
+        for g, (rec, hbm) in enumerate(scen):
+            for k, M in enumerate(Ms):
+                # least p with a partition whose every stage fits at in-flight min(s, M)
+                want = math.inf
+                for cuts in itertools.product((0, 1), repeat=ch.n - 1):
+                    bounds = [0] + [q + 1 for q, c in enumerate(cuts) if c] + [ch.n]
+                    st = list(zip(bounds[:-1], bounds[1:]))
+                    p = len(st)
+                    fits = True
+                    for pos, (i, j) in enumerate(st):
+                        s = p - pos
+                        mem = ch.param_count[i:j].sum() * 16 + \
+                            min(s, M) * ch.act_bytes(rec)[i:j].sum() + \
+                            (ch.act_none_bytes[i:j].max() if rec == "full" else 0.0)
+                        fits &= mem <= hbm
+                    if fits:
+                        want = min(want, p)
+                # the greedy's own partition is feasible, and no feasible one has fewer stages
+                assert lo[g, k] == want

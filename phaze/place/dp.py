@@ -176,6 +176,7 @@ class _Run:
         n1 = n + 1
         D, PM = self._D, self._PM
         gi = np.arange(G)[:, None]
+        rows_all = np.arange(n1)[None, :]
         s_hi = min(steps, n)
         k_new = max(0, s_hi - self.steps)
         Dbuf = np.full((k_new, G, n1), INF)
@@ -188,18 +189,16 @@ class _Run:
             cand = np.maximum(self.loadc[:, lo:r], D[:, Jr])             # G x rows x w
             cand[self.smaxc[:, lo:r] < m] = INF
             k = cand.argmin(axis=2)                                      # G x rows
-            ri = np.arange(r - lo)[None, :]
-            arg = np.zeros((G, r), dtype=np.intp)
-            arg[:, lo:] = Jr[ri, k]
             D = Dbuf[q]
             D[:, lo:r] = cand.min(axis=2)
             if self.track_pm:
+                ri = rows_all[:, :r - lo]
                 PMn = PMbuf[q]
-                PMn[:, lo:r] = np.maximum(bd.P[lo:r][ri, k], PM[gi, arg[:, lo:]])
+                PMn[:, lo:r] = np.maximum(bd.P[lo:r][ri, k], PM[gi, Jr[ri, k]])
                 PM = PMn
             self.hist_D.append(D)
             self.hist_PM.append(PM if self.track_pm else None)
-            self.hist_arg.append(arg)
+            self.hist_arg.append((lo, k))        # stage end of row i: J[i, k[:, i - lo]]
         extra = steps - max(self.steps, s_hi)             # more stages than layers: none
         self._D, self._PM = D, PM
         parts = [self.top_D, Dbuf[:, :, 0], np.full((extra, G), INF)]
@@ -226,7 +225,8 @@ class _Run:
     def stages(self, g: int, p: int, n: int) -> list[tuple[int, int]]:
         out, i = [], 0
         for pos in range(p, 0, -1):
-            j = int(self.arg_at(pos)[g, i])
+            lo, k = self.arg_at(pos)
+            j = int(self.band.J[i, k[g, i - lo]])
             out.append((i, j))
             i = j
         assert i == n
@@ -279,23 +279,36 @@ class _RunSet:
         return out
 
 
-def _fewest_stages(smax: np.ndarray, M: int, pmax: int) -> float:
-    """Least p for which the stages can fit in memory at all (inf: none <= pmax): from the
-    chain's end, the stage at position s = 1, 2, ... (in-flight min(s, M)) takes the longest
-    range ending at the current boundary that fits. Memory grows with a range, so any
-    feasible p-stage partition has its k-th stage from the end starting no earlier than the
-    greedy's (exchange argument); the greedy reaching layer 0 within p stages is necessary."""
-    n = smax.shape[0] - 1
-    j = n
-    for s in range(1, pmax + 1):
-        col = smax[:j, j]
-        fit = np.flatnonzero(col >= min(s, M))
-        if not len(fit):
-            return INF
-        j = int(fit[0])
-        if j == 0:
-            return s
-    return INF
+def _fewest_stages(smaxes: list, Ms: list, n: int) -> np.ndarray:
+    """Least p for which the stages can fit in memory at all (inf: none), for every scenario
+    (smax table) and in-flight cap M: result[g, k] for smaxes[g], Ms[k]. From the chain's
+    end, the stage at position s = 1, 2, ... (in-flight min(s, M)) takes the longest range
+    ending at the current boundary that fits. Memory grows with a range, so any feasible
+    p-stage partition has its k-th stage from the end starting no earlier than the greedy's
+    (exchange argument), and the greedy's own partition is feasible: the result is exact.
+    All (scenario, M) pairs advance together, one numpy step per position."""
+    S = np.stack(smaxes)
+    G0, K = len(smaxes), len(Ms)
+    gg = np.repeat(np.arange(G0), K)
+    Mv = np.tile(np.asarray(Ms, dtype=float), G0)
+    E = len(gg)
+    j = np.full(E, n)
+    res = np.full(E, INF)
+    active = np.ones(E, dtype=bool)
+    iidx = np.arange(n + 1)[None, :]
+    for s in range(1, n + 1):
+        m = np.minimum(float(s), Mv)
+        ok = (S[gg, :, j] >= m[:, None]) & (iidx < j[:, None])         # E x (n + 1)
+        fit = ok.any(axis=1)
+        first = ok.argmax(axis=1)
+        active &= fit                                                   # stalled: infeasible
+        j = np.where(active, first, j)
+        done = active & (j == 0)
+        res[done] = s
+        active &= ~done
+        if not active.any():
+            break
+    return res.reshape(G0, K)
 
 
 def _need(pairs: dict, dinfo: dict) -> dict:
@@ -374,11 +387,13 @@ def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links:
         smaxes = smax_cache[static]
         # stage counts below what memory allows are infinite in the DP anyway; a d whose
         # M admits no feasible count in any scenario needs no steps at all
+        Ms = sorted({dinfo[d][0] for d in dps if (static, dinfo[d][0]) not in p_lo})
+        if Ms:
+            lo_all = _fewest_stages(smaxes, Ms, n)
+            for k, M in enumerate(Ms):
+                p_lo[(static, M)] = lo_all[:, k]
         for d in list(dps):
-            M = dinfo[d][0]
-            if (static, M) not in p_lo:
-                p_lo[(static, M)] = np.array([_fewest_stages(sm, M, n) for sm in smaxes])
-            dps[d] = dps[d][dps[d] >= p_lo[(static, M)].min()]
+            dps[d] = dps[d][dps[d] >= p_lo[(static, dinfo[d][0])].min()]
         band = _Band([rgs[rec].load(*links.link(inter)) for rec, _h in scen],
                      rgs[scen[0][0]].P, smaxes)
         sets[key] = _RunSet(band, np.arange(G0), np.full(G0, INF), track_pm=True)
