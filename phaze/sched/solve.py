@@ -22,7 +22,7 @@ from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact
 DEFAULT_SOLVER = "cpsat"
 FORMULATIONS = ("compact", "reference")
 OPT_GAP = 1e-4            # a result is "optimal" only if its proven gap is within this
-DEFAULT_SETTINGS = {"time_limit_s": 10.0, "rel_gap": 1e-6, "threads": 1}
+DEFAULT_SETTINGS = {"time_limit_s": 10.0, "rel_gap": 1e-6, "threads": 8}
 
 
 @dataclass
