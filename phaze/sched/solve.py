@@ -85,9 +85,11 @@ def run_backend_inprocess(p: SchedProblem, solver: str, formulation: str, settin
 
 def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: str = "compact",
                   settings: dict | None = None, isolate: bool | None = None,
-                  warn=None) -> SolveResult:
+                  warn=None, shortcut: bool = True) -> SolveResult:
     """Solve `p` exactly with `solver` (or "heuristic"). `isolate`: run the backend in a
-    worker process (default: every backend except the in-process default)."""
+    worker process (default: every backend except the in-process default). `shortcut`:
+    return the list schedule without a solve when it meets the lower bound (benchmarks
+    turn this off to time the formulations themselves)."""
     from phaze.sched import backends, worker
 
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
@@ -100,7 +102,7 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     lb0 = lower_bound_s(p)
     if solver == "heuristic" or p.n == 0:
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
-    if ub <= lb0 * (1 + 1e-12):     # the heuristic is provably optimal
+    if shortcut and ub <= lb0 * (1 + 1e-12):     # the heuristic is provably optimal
         return heuristic_result(p, t0, solver=solver, formulation=formulation, sched=hsched,
                                 lb=lb0, status="optimal", solver_status="bound met")
     if solver == "cpsat" and formulation == "reference":
