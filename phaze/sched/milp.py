@@ -71,7 +71,7 @@ def _duration_terms(m: LinearModel, pr: Prep, i: int) -> tuple[float, dict[int, 
     return l1, {z: p.lat_all_s[i] / m.scale_s - l1}
 
 
-def _common(pr: Prep) -> tuple[LinearModel, int]:
+def _common(pr: Prep, strengthen: bool) -> tuple[LinearModel, int]:
     p = pr.p
     m = LinearModel(scale_s=pr.ub if pr.ub > 0 else 1.0)
     big = pr.ub / m.scale_s
@@ -82,12 +82,14 @@ def _common(pr: Prep) -> tuple[LinearModel, int]:
         m.intra_var.append(m.var(f"z{i}", 0, 1, True) if pr.intra_ok[i] else None)
     cmax = m.var("C", 0.0, big + 1e-9)
     m.obj[cmax] = 1.0
+    best = [p.best_duration(i) for i in range(p.n)]
+    after = [pr.tail[i] - best[i] if strengthen else 0.0 for i in range(p.n)]  # path after i
     for i in range(p.n):
         c0, terms = _duration_terms(m, pr, i)
         coeffs = {cmax: 1.0, m.start_var[i]: -1.0}
         for k, v in terms.items():
             coeffs[k] = -v
-        m.row(coeffs, lo=c0)          # C >= S_i + p_i
+        m.row(coeffs, lo=c0 + after[i] / m.scale_s)     # C >= S_i + p_i + after_i
     for i, j in set(p.edges):
         c0, terms = _duration_terms(m, pr, i)
         coeffs = {m.start_var[j]: 1.0, m.start_var[i]: -1.0}
@@ -95,6 +97,23 @@ def _common(pr: Prep) -> tuple[LinearModel, int]:
             coeffs[k] = -v
         m.row(coeffs, lo=c0)          # S_j >= S_i + p_i
     return m, cmax
+
+
+def _energy_rows(m: LinearModel, pr: Prep, cmax: int) -> None:
+    """While any op runs intra every core of a class is taken, so per class
+    sum(single work) + cap * sum(intra durations) <= cap * C (valid, tightens the LP)."""
+    p = pr.p
+    for r in (0, 1):
+        const, coeffs = 0.0, {cmax: -float(pr.cap[r])}
+        for i in range(p.n):
+            if p.core_class[i] == "net":
+                continue
+            w1 = p.lat_one_s[i] / m.scale_s * pr.demand(i, False)[r]
+            const += w1
+            z = m.intra_var[i]
+            if z is not None:
+                coeffs[z] = p.lat_all_s[i] / m.scale_s * pr.cap[r] - w1
+        m.row(coeffs, hi=-const)
 
 
 def _order_row(m: LinearModel, pr: Prep, i: int, j: int, x: int, big_m: float) -> None:
@@ -108,7 +127,8 @@ def _order_row(m: LinearModel, pr: Prep, i: int, j: int, x: int, big_m: float) -
 
 def build_compact(pr: Prep) -> LinearModel:
     p = pr.p
-    m, _ = _common(pr)
+    m, cmax = _common(pr, True)
+    _energy_rows(m, pr, cmax)
     n = p.n
     big = pr.ub / m.scale_s
     ident = set(pr.ident_pairs)
@@ -185,7 +205,7 @@ def build_compact(pr: Prep) -> LinearModel:
 
 def build_reference(pr: Prep) -> LinearModel:
     p = pr.p
-    m, cmax = _common(pr)
+    m, cmax = _common(pr, False)
     n = p.n
     # naive big-M as in the published model: sum of each op's longest duration
     big = sum(max(p.lat_one_s[i], p.lat_all_s[i] if p.has_intra(i) else 0.0)
