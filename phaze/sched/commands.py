@@ -227,7 +227,9 @@ def cmd_schedule_batch(args) -> int:
     grid = _read_parquet(args.grid, "grid")
     if "arch_id" not in grid.columns:
         raise UserError("grid has no arch_id column", field="grid")
-    mine = grid[[int(a, 16) % args.n_chunks == args.chunk for a in grid["arch_id"]]]
+    from phaze.hw.arch import chunk_of
+
+    mine = grid[[chunk_of(str(a), args.n_chunks) == args.chunk for a in grid["arch_id"]]]
     mine = mine.reset_index(drop=True)
     cache = _cache(args)
     rows = []
