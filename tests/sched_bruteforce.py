@@ -10,8 +10,11 @@ every end time), so some optimal schedule is ACTIVE (no op can start earlier wit
 delaying another). Fix that schedule's modes and list its ops by start time: the serial
 earliest-start construction with that list reproduces an active schedule no longer than
 it (Sprecher, Kolisch and Drexl, EJOR 1995: the serial scheme generates exactly the
-active schedules). Pruning a branch whose partial makespan already reaches the best
-complete one is safe: adding ops never shortens a makespan.
+active schedules). Pruning a branch is safe when (a) its partial makespan already reaches the best
+complete one (adding ops never shortens a makespan), or (b) its resource-energy bound
+does: for each resource, (energy of the placed ops + the cheapest energy of each
+unplaced op) / capacity is a lower bound on any completion's makespan, since at most
+`capacity` units are busy at any instant.
 """
 
 from __future__ import annotations
@@ -47,9 +50,23 @@ def brute_force_makespan(classes, lat1, lat_all, edges, n_tc, n_vc) -> float:
                 return False
         return True
 
+    def energy(k, intra):
+        d = lat_all[k] if intra else lat1[k]
+        return [d * x for x in demand(k, intra)]
+
+    cheapest = []
+    for k in range(n):
+        opts = [energy(k, False)] + ([energy(k, True)] if classes[k] != "net" else [])
+        cheapest.append([min(e[r] for e in opts) for r in range(3)])
+
     def rec(done, ends, placed, cur):
         if cur >= best[0]:
             return
+        for r in range(3):
+            used = sum((e - s) * d[r] for s, e, d in placed)
+            rest = sum(cheapest[k][r] for k in range(n) if k not in done)
+            if (used + rest) / cap[r] >= best[0] * (1 - 1e-12):
+                return
         if len(done) == n:
             best[0] = cur
             return
