@@ -108,7 +108,8 @@ def _energy_rows(m: LinearModel, pr: Prep, cmax: int) -> None:
         for i in range(p.n):
             if p.core_class[i] == "net":
                 continue
-            w1 = p.lat_one_s[i] / m.scale_s * pr.demand(i, False)[r]
+            full = pr.blocks_class(i, r)
+            w1 = p.lat_one_s[i] / m.scale_s * (pr.cap[r] if full else pr.demand(i, False)[r])
             const += w1
             z = m.intra_var[i]
             if z is not None:

@@ -33,6 +33,17 @@ class Prep:
     def may_use(self, i: int, r: int) -> bool:
         return self.demand(i, False)[r] > 0 or (self.intra_ok[i] and self.demand(i, True)[r] > 0)
 
+    def blocks_class(self, i: int, r: int) -> bool:
+        """True if no op that could overlap compute op i uses class r: every other op
+        using r in single mode is ordered with i by the DAG (an intra op never overlaps
+        i). Then class r is idle apart from i while i runs: i's energy on r is the full
+        capacity times its duration, whatever its mode."""
+        p = self.p
+        if p.core_class[i] == "net":
+            return False
+        return not any(j != i and self.demand(j, False)[r] > 0 and self.incomparable(i, j)
+                       for j in range(p.n))
+
     def incomparable(self, i: int, j: int) -> bool:
         return not (self.reach[i, j] or self.reach[j, i])
 

@@ -115,7 +115,7 @@ def solve(pr: Prep, formulation: str, settings: dict) -> RawSolution:
         for i in range(n):
             if p.core_class[i] == "net":
                 continue
-            w1 = d1[i] * pr.demand(i, False)[r]
+            w1 = d1[i] * (pr.cap[r] if pr.blocks_class(i, r) else pr.demand(i, False)[r])
             if lits[i] is None:
                 const += w1
             else:
