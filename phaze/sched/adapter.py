@@ -1,0 +1,57 @@
+"""LayerGraph pass + arch + cost model -> SchedProblem.
+
+The cost model (phaze.cost, branch `hwcost`) provides per-op single-core and all-core
+latencies; until it is merged, `layer_problems` raises a UserError naming the missing
+piece. `ops_to_problem` is independent of it and is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from phaze.errors import UserError
+from phaze.sched.problem import SchedProblem
+
+
+def ops_to_problem(ops: Sequence, lat_one_s: Sequence[float], lat_all_s: Sequence[float],
+                   n_tc: int, n_vc: int) -> SchedProblem:
+    """ops: phaze.model.ops.Op of one pass (deps by name, core_class property)."""
+    index = {op.name: k for k, op in enumerate(ops)}
+    if len(index) != len(ops):
+        raise UserError("duplicate op names in one pass", field="graph")
+    edges = []
+    for k, op in enumerate(ops):
+        for dep in op.deps:
+            if dep not in index:
+                raise UserError(f"op {op.name!r} depends on unknown op {dep!r}", field="graph")
+            edges.append((index[dep], k))
+    return SchedProblem(tuple(op.core_class for op in ops),
+                        tuple(float(x) for x in lat_one_s), tuple(float(x) for x in lat_all_s),
+                        tuple(sorted(set(edges))), int(n_tc), int(n_vc),
+                        names=tuple(op.name for op in ops))
+
+
+def _cost_api():
+    try:
+        from phaze.cost.api import op_latencies
+    except ImportError:
+        raise UserError("the cost model (phaze.cost.api.op_latencies) is not available in "
+                        "this build", field="cost", fix="merge the hwcost stage") from None
+    return op_latencies
+
+
+def layer_problems(graph, archs, network, tp: int | None = None):
+    """Yield (arch_index, layer_index, layer, pass, SchedProblem) for every arch row of
+    `archs` (DataFrame with the arch id fields) and every layer pass of `graph` (a
+    ModelGraph). The cost model is called once per pass, vectorised over all archs."""
+    op_latencies = _cost_api()
+    tp = graph.tp if tp is None else tp
+    n_tc = archs["n_tc"].to_numpy()
+    n_vc = archs["n_vc"].to_numpy()
+    for li, layer in enumerate(graph.layers):
+        for pass_ in ("fwd", "bwd"):
+            ops = layer.ops(pass_)
+            costs = op_latencies(ops, archs, network, tp=tp)
+            for a in range(len(archs)):
+                yield a, li, layer, pass_, ops_to_problem(
+                    ops, costs.lat_one_s[a], costs.lat_all_s[a], int(n_tc[a]), int(n_vc[a]))

@@ -1,0 +1,38 @@
+"""Solver backends behind one interface.
+
+Each backend module defines `solve(prep, formulation, settings) -> RawSolution`.
+Backends import their solver library lazily; `phaze.sched.worker` runs a backend in a
+separate process so that solver libraries never mix in one interpreter
+(/work/shared/INFRA_NOTES.md: highspy, ortools and PuLP's HiGHS can crash together).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+BACKENDS = ("cpsat", "highs", "cbc", "gurobi")
+
+
+class LicenceError(RuntimeError):
+    """The backend cannot run this model here (no licence / size-limited licence)."""
+
+
+@dataclass
+class RawSolution:
+    has_solution: bool
+    proven_optimal: bool
+    start_s: list[float] = field(default_factory=list)   # in the backend's time grid
+    mode: list[str] = field(default_factory=list)
+    dur_s: list[float] = field(default_factory=list)     # durations that produced start_s
+    bound_s: float = 0.0          # proven lower bound on the makespan (seconds)
+    solver_status: str = ""
+    n_vars: int = 0
+    n_rows: int = 0
+    slack_s: float = 0.0          # tolerance to use when reading the interval order
+
+
+def get(name: str):
+    if name not in BACKENDS:
+        raise KeyError(name)
+    return importlib.import_module(f"phaze.sched.backends.{name}")

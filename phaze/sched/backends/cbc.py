@@ -1,0 +1,64 @@
+"""CBC backend through PuLP 3.3's bundled binary.
+
+PuLP reports "Optimal" for a time-limited CBC run that stopped with an incumbent, so the
+status and bound are read from CBC's own solution-file header and log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+from phaze.sched.backends._milp_read import read
+from phaze.sched.milp import LinearModel
+from phaze.sched.prep import Prep
+
+
+def solve_model(pr: Prep, m: LinearModel, settings: dict):
+    import pulp
+
+    prob = pulp.LpProblem("sched", pulp.LpMinimize)
+    xs = []
+    for k in range(m.n_vars):
+        lb = m.lb[k] if m.lb[k] > -float("inf") else None
+        ub = m.ub[k] if m.ub[k] < float("inf") else None
+        xs.append(pulp.LpVariable(f"v{k}", lb, ub,
+                                  pulp.LpInteger if m.is_int[k] else pulp.LpContinuous))
+    prob += pulp.lpSum(v * xs[k] for k, v in m.obj.items())
+    for r, (coeffs, lo, hi) in enumerate(m.rows):
+        expr = pulp.lpSum(v * xs[k] for k, v in coeffs.items())
+        if lo == hi:
+            prob += (expr == lo), f"r{r}"
+        else:
+            if lo > -float("inf"):
+                prob += (expr >= lo), f"r{r}l"
+            if hi < float("inf"):
+                prob += (expr <= hi), f"r{r}u"
+    with tempfile.TemporaryDirectory(prefix="phaze-cbc-") as tmp:
+        log = os.path.join(tmp, "cbc.log")
+        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=float(settings["time_limit_s"]),
+                                   gapRel=float(settings["rel_gap"]),
+                                   threads=int(settings["threads"]), logPath=log)
+        prob.solve(solver)
+        text = open(log).read() if os.path.exists(log) else ""
+    result = re.search(r"Result - (.*)", text)
+    st = result.group(1).strip() if result else pulp.LpStatus[prob.status]
+    proven = st.startswith("Optimal solution found")
+    has = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    bound = 0.0
+    mb = re.search(r"Lower bound:\s*([-\d.eE+]+)", text)
+    if mb:
+        bound = float(mb.group(1))
+    obj = re.search(r"Objective value:\s*([-\d.eE+]+)", text)
+    if proven and obj:
+        bound = max(bound, float(obj.group(1)) * (1 - settings["rel_gap"]))
+    vals = [x.value() if x.value() is not None else 0.0 for x in xs] if has else None
+    return read(pr, m, vals, proven, bound, st)
+
+
+def solve(pr: Prep, formulation: str, settings: dict):
+    from phaze.sched.milp import build_compact, build_reference
+
+    m = build_reference(pr) if formulation == "reference" else build_compact(pr)
+    return solve_model(pr, m, settings)

@@ -1,0 +1,145 @@
+"""Lower bound and list-scheduling heuristic (serial schedule generation scheme).
+
+The heuristic gives an upper bound, a warm start for the exact solvers, and the answer
+when a solve hits its time limit. It runs a serial SGS (each op, in priority order, is
+placed at the earliest time its predecessors and the free capacity allow, in whichever
+mode finishes first) under several priority rules and keeps the best schedule.
+"""
+
+from __future__ import annotations
+
+import random
+
+from phaze.sched.problem import SchedProblem, Schedule, topo_order
+
+
+def critical_path_s(p: SchedProblem, durations: list[float] | None = None) -> float:
+    d = durations or [p.best_duration(i) for i in range(p.n)]
+    preds = p.preds()
+    finish = [0.0] * p.n
+    for j in topo_order(p.n, p.edges):
+        finish[j] = max((finish[i] for i in preds[j]), default=0.0) + d[j]
+    return max(finish, default=0.0)
+
+
+def lower_bound_s(p: SchedProblem) -> float:
+    """max(critical path with each op's faster mode, TC work / n_tc, VC work / n_vc,
+    link work). An op's work on a class is the cheaper of its modes: single uses 1 core
+    for lat_one, intra uses every core of the class for lat_all."""
+    tc_work = vc_work = link = 0.0
+    for i, c in enumerate(p.core_class):
+        if c == "net":
+            link += p.lat_one_s[i]
+            continue
+        if c in ("tc", "tc+vc"):
+            tc_work += min(p.lat_one_s[i], p.n_tc * p.lat_all_s[i])
+        if c in ("vc", "tc+vc"):
+            vc_work += min(p.lat_one_s[i], p.n_vc * p.lat_all_s[i])
+    return max(critical_path_s(p), tc_work / p.n_tc, vc_work / p.n_vc, link)
+
+
+class _Profile:
+    """Scheduled intervals with their (tc, vc, link) demands."""
+
+    def __init__(self, cap):
+        self.cap = cap
+        self.items: list[tuple[float, float, tuple[int, int, int]]] = []
+
+    def fits(self, t: float, d: float, dem) -> bool:
+        if d <= 0:
+            return True
+        end = t + d
+        points = [t] + [s for s, e, _ in self.items if t < s < end]
+        for x in points:
+            use = list(dem)
+            for s, e, dd in self.items:
+                if s <= x < e:
+                    for r in range(3):
+                        use[r] += dd[r]
+            if any(use[r] > self.cap[r] for r in range(3)):
+                return False
+        return True
+
+    def earliest(self, est: float, d: float, dem) -> float:
+        cands = sorted({est} | {e for _, e, _ in self.items if e > est})
+        for t in cands:
+            if self.fits(t, d, dem):
+                return t
+        return max(cands)  # unreachable: after the last end everything is free
+
+    def add(self, t: float, d: float, dem) -> None:
+        if d > 0:
+            self.items.append((t, t + d, dem))
+
+
+def serial_sgs(p: SchedProblem, priority: list[int], mode_rule: str = "greedy") -> Schedule:
+    """Schedule ops in `priority` order (must be a topological order)."""
+    preds = p.preds()
+    prof = _Profile((p.n_tc, p.n_vc, 1))
+    start = [0.0] * p.n
+    mode = ["single"] * p.n
+    end = [0.0] * p.n
+    for j in priority:
+        est = max((end[i] for i in preds[j]), default=0.0)
+        modes = ["single"]
+        if p.has_intra(j):
+            modes = {"greedy": ["single", "intra"], "single": ["single"],
+                     "intra": ["intra"]}[mode_rule]
+        best = None
+        for m in modes:
+            d = p.duration(j, m)
+            t = prof.earliest(est, d, p.demand(j, m))
+            if best is None or t + d < best[0] + best[1] - 1e-15:
+                best = (t, d, m)
+        t, d, m = best
+        start[j], mode[j], end[j] = t, m, t + d
+        prof.add(t, d, p.demand(j, m))
+    return Schedule(start, mode)
+
+
+def _priority_lists(p: SchedProblem, n_random: int, seed: int):
+    succs = p.succs()
+    preds = p.preds()
+    d = [p.best_duration(i) for i in range(p.n)]
+    tail = [0.0] * p.n
+    for i in reversed(topo_order(p.n, p.edges)):
+        tail[i] = d[i] + max((tail[j] for j in succs[i]), default=0.0)
+
+    def topo_by(key):
+        indeg = [len(set(preds[i])) for i in range(p.n)]
+        ready = [i for i in range(p.n) if indeg[i] == 0]
+        out = []
+        seen_edges = set()
+        while ready:
+            ready.sort(key=key)
+            i = ready.pop(0)
+            out.append(i)
+            for j in succs[i]:
+                if (i, j) in seen_edges:
+                    continue
+                seen_edges.add((i, j))
+                indeg[j] -= 1
+                if indeg[j] == 0:
+                    ready.append(j)
+        return out
+
+    yield topo_by(lambda i: (-tail[i], i))
+    yield topo_by(lambda i: (-len(succs[i]), -tail[i], i))
+    yield topo_by(lambda i: (i,))
+    rng = random.Random(seed)
+    for _ in range(n_random):
+        w = [rng.uniform(0.7, 1.3) for _ in range(p.n)]
+        yield topo_by(lambda i: (-tail[i] * w[i], i))
+
+
+def list_schedule(p: SchedProblem, n_random: int = 8, seed: int = 0) -> Schedule:
+    """Best serial-SGS schedule over several priority rules and mode rules."""
+    if p.n == 0:
+        return Schedule([], [])
+    best = None
+    for prio in _priority_lists(p, n_random, seed):
+        for rule in ("greedy", "single", "intra"):
+            s = serial_sgs(p, prio, rule)
+            if best is None or s.makespan(p) < best.makespan(p):
+                best = s
+    return best

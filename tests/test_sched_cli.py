@@ -1,0 +1,80 @@
+"""End-to-end CLI of the scheduling stage on real graphs and cost (graph + hw stages)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("phaze.model.graph")
+pytest.importorskip("phaze.cost.api")
+
+from phaze.cli import main  # noqa: E402
+from phaze.sched.heuristic import critical_path_s  # noqa: E402
+
+
+def _grid(tmp_path, n=4):
+    from phaze.hw.grid import enumerate_grid
+
+    g = enumerate_grid()
+    pick = pd.concat([g[g["n_tc"] == 1].head(1), g[g["n_vc"] == 1].head(1),
+                      g[(g["n_tc"] > 1) & (g["n_vc"] > 1)].head(n - 2)]).drop_duplicates("arch_id")
+    path = tmp_path / "grid.parquet"
+    pick.to_parquet(path, index=False)
+    return path, pick
+
+
+def test_schedule_json_bert_on_tpuv4(capsys):
+    assert main(["schedule", "--model", "bert-large", "--arch", "tpuv4", "--seq", "128",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    kinds = [layer["kind"] for layer in out["layers"]]
+    assert kinds == ["prologue", "block", "epilogue"]
+    for layer in out["layers"]:
+        assert {"kind", "fwd_s", "bwd_s", "status", "gap"} <= set(layer)
+        for ps in ("fwd", "bwd"):
+            d = layer[ps]
+            assert d["lower_bound_s"] <= layer[f"{ps}_s"] * (1 + 1e-12)
+            # the makespan is the latest end of the listed ops
+            assert max(o["end_s"] for o in d["ops"]) == pytest.approx(layer[f"{ps}_s"])
+
+
+def test_schedule_batch_cache_and_merge(tmp_path, capsys):
+    grid, pick = _grid(tmp_path)
+    gfile = tmp_path / "g.json"
+    assert main(["graph", "--model", "bert-large", "--seq", "128", "-o", str(gfile)]) == 0
+    capsys.readouterr()
+    net = json.dumps({"devices_per_node": 8, "intra_bw_Bps": 3e11, "intra_latency_s": 3e-6,
+                      "inter_bw_Bps": 2.5e10, "inter_latency_s": 6e-6})
+    shards = []
+    for chunk in range(2):
+        out = tmp_path / f"{chunk}.parquet"
+        assert main(["schedule-batch", "--graphs", str(gfile), "--grid", str(grid),
+                     "--chunk", str(chunk), "--n-chunks", "2", "--network", net,
+                     "--solver", "cpsat", "--time-limit", "10", "--cache",
+                     str(tmp_path / "cache"), "-o", str(out), "--json"]) == 0
+        first = json.loads(capsys.readouterr().out)
+        shards.append(out)
+        # rerun of the same sweep: zero solves, every row a cache hit, same latencies
+        out2 = tmp_path / f"{chunk}b.parquet"
+        assert main(["schedule-batch", "--graphs", str(gfile), "--grid", str(grid),
+                     "--chunk", str(chunk), "--n-chunks", "2", "--network", net,
+                     "--solver", "cpsat", "--time-limit", "10", "--cache",
+                     str(tmp_path / "cache"), "-o", str(out2), "--json"]) == 0
+        second = json.loads(capsys.readouterr().out)
+        assert second["solves"] == 0 and second["rows"] == first["rows"]
+        a, b = pd.read_parquet(out), pd.read_parquet(out2)
+        assert b["cache_hit"].all()
+        assert (a["latency_s"].to_numpy() == b["latency_s"].to_numpy()).all()
+    lat = tmp_path / "lat.parquet"
+    assert main(["merge-latency", *map(str, shards), "-o", str(lat)]) == 0
+    df = pd.read_parquet(lat)
+    assert sorted(df["arch_id"].unique()) == sorted(pick["arch_id"])
+    assert len(df) == len(pick) * 3
+    assert (df["fwd_s"] > 0).all() and (df["bwd_s"] > 0).all()
+
+
+def test_schedule_unknown_arch_is_user_error(capsys):
+    assert main(["schedule", "--model", "bert-large", "--arch", "nope"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
