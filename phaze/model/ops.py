@@ -83,6 +83,9 @@ class LayerGraph:
     activation_bytes: dict[str, float] = field(default_factory=dict)
     input_bytes: float = 0.0       # bytes of the activation entering the layer (p2p payload)
     output_bytes: float = 0.0      # bytes of the activation leaving it
+    # part of param_bytes that is a copy of weights another layer owns (tied LM head /
+    # embedding): count it once when both layers sit on the same device
+    shared_param_bytes: float = 0.0
 
     def ops(self, pass_: str) -> tuple[Op, ...]:
         return self.fwd if pass_ == "fwd" else self.bwd

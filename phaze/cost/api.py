@@ -1,0 +1,141 @@
+"""Public entry point of the cost model (what the scheduler calls).
+
+    costs = op_latencies(ops, archs, network, tp, params=None)
+    costs.lat_one_s[i, j]   seconds of op j on ONE core of its class on arch i
+    costs.lat_all_s[i, j]   seconds of op j spread over ALL cores of its class (intra-op)
+    costs.bound_one/_all    int8 codes into BOUND_NAMES (compute, glb, hbm, link)
+
+`ops` is a sequence of phaze.model.ops.Op (one pass of one layer, per-device shards);
+`archs` an Arch, a list of Archs or an arch table (DataFrame with ID_FIELDS columns);
+`network` the Network used by collectives; `tp` the tensor-parallel width (the size of
+group "tp"). Everything is computed with numpy over the whole (arch x op) matrix at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from phaze.cost.collective import collective_s
+from phaze.cost.gemm import BOUND_NAMES, COMPUTE, LINK, gemm_latency
+from phaze.cost.params import CostParams
+from phaze.cost.vector import vector_cycles, vector_latency
+from phaze.errors import UserError
+from phaze.hw.arch import INT_FIELDS, Network, arch_table, table_arrays
+from phaze.model.ops import Op
+
+
+class OpCosts(NamedTuple):
+    lat_one_s: np.ndarray      # (n_arch, n_op)
+    lat_all_s: np.ndarray      # (n_arch, n_op)
+    bound_one: np.ndarray      # (n_arch, n_op) int8, BOUND_NAMES codes
+    bound_all: np.ndarray
+    op_names: tuple
+
+
+def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
+                 params: CostParams | None = None, groups: dict | None = None) -> OpCosts:
+    """See the module docstring. `groups` maps extra collective group names to sizes
+    (default {"tp": tp})."""
+    params = params or CostParams()
+    if isinstance(tp, bool) or not isinstance(tp, (int, np.integer)) or tp < 1:
+        raise UserError(f"must be a positive integer, got {tp!r}", field="tp")
+    sizes = {"tp": int(tp), "": int(tp)}
+    sizes.update(groups or {})
+    a = _arch_arrays(archs)
+    n_arch, n_op = len(a["n_tc"]), len(ops)
+    lat_one = np.zeros((n_arch, n_op))
+    lat_all = np.zeros((n_arch, n_op))
+    b_one = np.zeros((n_arch, n_op), dtype=np.int8)
+    b_all = np.zeros((n_arch, n_op), dtype=np.int8)
+    col = {k: v[:, None] for k, v in a.items()}
+
+    gi = [j for j, o in enumerate(ops) if _check(o) == "gemm"]
+    vi = [j for j, o in enumerate(ops) if o.kind == "vector"]
+    ci = [j for j, o in enumerate(ops) if o.kind == "collective"]
+
+    if gi:
+        g = [ops[j] for j in gi]
+        dims = {x: np.array([[float(getattr(o.gemm, "batch" if x == "b" else x)) for o in g]])
+                for x in ("b", "m", "n", "k")}
+        op_bytes = np.array([[o.bytes_read + o.bytes_written for o in g]])
+        one, alls, bo, ba = gemm_latency(col, dims, params, op_bytes)
+        # fused vector epilogues run on one VC (one-core mode) or all VCs, overlapped
+        cpe = np.array([[sum(params.cpe(c) for c in o.fused) for o in g]])
+        if np.any(cpe > 0):
+            outs = dims["b"] * dims["m"] * dims["n"]
+            hz = col["clock_hz"] * params.compute_efficiency
+            v1 = vector_cycles(outs, col["vc_lanes"], 1, cpe) / hz
+            va = vector_cycles(outs, col["vc_lanes"], col["n_vc"], cpe) / hz
+            bo = np.where(v1 > one, COMPUTE, bo).astype(np.int8)
+            ba = np.where(va > alls, COMPUTE, ba).astype(np.int8)
+            one, alls = np.maximum(one, v1), np.maximum(alls, va)
+        lat_one[:, gi], lat_all[:, gi], b_one[:, gi], b_all[:, gi] = one, alls, bo, ba
+
+    if vi:
+        v = [ops[j] for j in vi]
+        dt = params.dtype_bytes
+        elements = np.array([[float(o.elements) for o in v]])
+        cpe = np.array([[params.cpe(o.vclass) for o in v]])
+        moved = np.array([[(o.bytes_read + o.bytes_written) or 2.0 * o.elements * dt for o in v]])
+        res = vector_latency(col, elements, cpe, moved, params)
+        lat_one[:, vi], lat_all[:, vi], b_one[:, vi], b_all[:, vi] = res
+
+    if params.op_overhead_s:
+        idx = gi + vi
+        lat_one[:, idx] += params.op_overhead_s
+        lat_all[:, idx] += params.op_overhead_s
+
+    for j in ci:
+        o = ops[j]
+        if o.group not in sizes:
+            raise UserError(f"op {o.name}: unknown communicator group {o.group!r}", field="group",
+                            fix=f"pass groups={{{o.group!r}: size}}")
+        t = collective_s(o.collective, o.comm_bytes, sizes[o.group], network, params)
+        lat_one[:, j] = lat_all[:, j] = t
+        b_one[:, j] = b_all[:, j] = LINK
+
+    return OpCosts(lat_one, lat_all, b_one, b_all, tuple(o.name for o in ops))
+
+
+def bound_names(codes: np.ndarray) -> np.ndarray:
+    return np.array(BOUND_NAMES, dtype=object)[codes]
+
+
+def _arch_arrays(archs) -> dict:
+    df = arch_table(archs)
+    if df.empty:
+        raise UserError("no architectures given", field="archs")
+    a = table_arrays(df)
+    for f, v in a.items():
+        if not np.all(np.isfinite(v)) or np.any(v <= 0):
+            raise UserError("values must be positive", field=f"archs.{f}")
+        if f in INT_FIELDS and np.any(v != np.floor(v)):
+            raise UserError("values must be positive integers", field=f"archs.{f}")
+    return a
+
+
+def _check(o: Op) -> str:
+    if o.kind == "gemm":
+        d = o.gemm
+        if d is None:
+            raise UserError(f"op {o.name}: a gemm op needs GEMM dims", field="gemm")
+        for x in ("batch", "m", "n", "k"):
+            v = getattr(d, x)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise UserError(f"op {o.name}: {x} must be a positive integer, got {v!r}",
+                                field=f"gemm.{x}")
+    elif o.kind == "vector":
+        if isinstance(o.elements, bool) or not isinstance(o.elements, (int, np.integer)) or o.elements <= 0:
+            raise UserError(f"op {o.name}: elements must be a positive integer, got {o.elements!r}",
+                            field="elements")
+    elif o.kind == "collective":
+        if not math.isfinite(o.comm_bytes) or o.comm_bytes < 0:
+            raise UserError(f"op {o.name}: comm_bytes must be >= 0", field="comm_bytes")
+    else:
+        raise UserError(f"op {o.name}: unknown kind {o.kind!r}", field="kind")
+    if o.bytes_read < 0 or o.bytes_written < 0:
+        raise UserError(f"op {o.name}: byte counts must be >= 0", field="bytes")
+    return o.kind

@@ -1,0 +1,55 @@
+"""The cost model's few tunable parameters, in one place, with documented defaults.
+
+A later validation stage calibrates these against measurements; nothing else in
+phaze.cost has per-case constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Cycles per produced element on one VC lane, by vector op class. The first five are the
+# reference's table (REFERENCE.md section 4: LayerNorm 1, GELU 1, Softmax ~10 plus a
+# reduction, Div 10, Tanh 27); softmax's reduction is counted as two extra passes (row max
+# and row sum, one cycle per element each). The others are simple element-wise ops at one
+# cycle per element (two for SwiGLU: SiLU then multiply; two for RoPE: rotate then add).
+DEFAULT_VECTOR_CPE = {
+    "layernorm": 1.0, "gelu": 1.0, "softmax": 12.0, "div": 10.0, "tanh": 27.0,
+    "rmsnorm": 1.0, "add": 1.0, "residual": 1.0, "bias": 1.0, "mul": 1.0, "scale": 1.0,
+    "mask": 1.0, "dropout": 1.0, "relu": 1.0, "silu": 1.0, "swiglu": 2.0, "rope": 2.0,
+    "embedding": 1.0, "copy": 1.0, "cross_entropy": 12.0, "optimizer": 1.0,
+    "default": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class CostParams:
+    dtype_bytes: int = 2                 # bf16 operands and results
+    # Fractions of the ideal rates the hardware achieves (1.0 = ideal).
+    compute_efficiency: float = 1.0      # multiplies systolic/vector throughput
+    glb_bw_efficiency: float = 1.0
+    hbm_bw_efficiency: float = 0.9       # typical sustained fraction of HBM peak
+    link_bw_efficiency: float = 0.8      # collective "bus bandwidth" fraction of link peak
+    # Fixed time added to every GEMM and vector op (kernel launch / synchronisation);
+    # 0 for an accelerator whose scheduler issues ops back to back.
+    op_overhead_s: float = 0.0
+    # Fraction of the GLB usable for a GEMM's resident tile (the rest double-buffers).
+    glb_usable_fraction: float = 0.5
+    # Bandwidth a single-core op may draw from the shared GLB and HBM:
+    # "fair" = 1 / (cores of its class) of the chip's bandwidth (so that ops the scheduler
+    # runs side by side never exceed the chip's bandwidth together); "full" = all of it.
+    one_core_bw_share: str = "fair"
+    vector_cpe: dict = field(default_factory=lambda: dict(DEFAULT_VECTOR_CPE))
+
+    def __post_init__(self):
+        for f in ("compute_efficiency", "glb_bw_efficiency", "hbm_bw_efficiency",
+                  "link_bw_efficiency", "glb_usable_fraction"):
+            v = getattr(self, f)
+            if not 0 < v <= 1:
+                raise ValueError(f"CostParams.{f} must be in (0, 1], got {v}")
+        if not self.op_overhead_s >= 0:
+            raise ValueError("CostParams.op_overhead_s must be >= 0")
+        if self.one_core_bw_share not in ("fair", "full"):
+            raise ValueError("CostParams.one_core_bw_share must be 'fair' or 'full'")
+
+    def cpe(self, vclass: str) -> float:
+        return float(self.vector_cpe.get(vclass, self.vector_cpe["default"]))

@@ -1,0 +1,131 @@
+"""`phaze arch show|list|grid`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from phaze.errors import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("arch", help="architecture presets and the architecture grid")
+    asub = p.add_subparsers(dest="arch_command", metavar="ARCH_COMMAND")
+
+    s = asub.add_parser("show", help="show one preset (or an arch_id of a grid file)")
+    s.add_argument("name", help="preset name (tpuv4, a100, h100) or arch_id with --grid")
+    s.add_argument("--grid", help="grid parquet to look an arch_id up in")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=_show)
+
+    ls = asub.add_parser("list", help="list presets")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_list)
+
+    g = asub.add_parser("grid", help="enumerate and area-filter the architecture grid")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--spec", help="JSON object: the config's arch: mapping (default: reference grid)")
+    src.add_argument("--config", help="YAML/JSON config file; its arch: key is the spec")
+    g.add_argument("-o", "--output", required=True, help="output parquet (written atomically)")
+    g.add_argument("--json", action="store_true", help="print a JSON summary")
+    g.set_defaults(func=_grid)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def resolve_arch(name: str, grid: str | None = None):
+    """A preset by name, or an arch_id looked up in a grid parquet."""
+    from phaze.hw.arch import arch_from_row
+    from phaze.hw.presets import PRESETS, get_preset
+
+    if name in PRESETS or not grid:
+        return get_preset(name)
+    import pandas as pd
+
+    df = pd.read_parquet(grid)
+    hit = df[df["arch_id"] == name]
+    if hit.empty:
+        raise UserError(f"arch_id {name!r} not in {grid}", field="arch")
+    return arch_from_row(hit.iloc[0])
+
+
+def _show(args) -> int:
+    from phaze.cli import emit_json
+    from phaze.hw.area import area_breakdown_mm2
+
+    a = resolve_arch(args.name, args.grid)
+    d = a.to_dict()
+    d.update(area_breakdown_mm2(a.n_tc, a.tc_rows, a.tc_cols, a.n_vc, a.vc_lanes, a.glb_bytes))
+    if args.json:
+        emit_json(d)
+        return 0
+    net = d.pop("network")
+    for k, v in d.items():
+        print(f"{k:16s} {_fmt(v)}")
+    print("network          " + ", ".join(f"{k}={_fmt(v)}" for k, v in net.items()))
+    return 0
+
+
+def _list(args) -> int:
+    from phaze.cli import emit_json
+    from phaze.hw.presets import PRESETS
+
+    rows = {n: {"area_mm2": a.area_mm2, "peak_flops": a.peak_flops, "arch_id": a.arch_id}
+            for n, a in PRESETS.items()}
+    if args.json:
+        emit_json({"presets": rows})
+        return 0
+    for n, r in rows.items():
+        print(f"{n:8s} {r['arch_id']}  {r['area_mm2']:8.1f} mm^2  {r['peak_flops'] / 1e12:8.1f} TFLOP/s")
+    return 0
+
+
+def _grid(args) -> int:
+    from phaze.atomic import atomic_path
+    from phaze.cli import emit_json
+    from phaze.hw.grid import PUBLISHED_KEPT, enumerate_grid, full_spec
+
+    spec = _read_spec(args)
+    df = enumerate_grid(spec)
+    total = len(enumerate_grid(spec, filter_area=False))
+    with atomic_path(args.output) as tmp:
+        df.to_parquet(tmp, index=False)
+    summary = {"output": args.output, "candidates": total, "kept": len(df),
+               "published_kept_reference_grid": PUBLISHED_KEPT,
+               "area_filter": full_spec(spec)["area"]}
+    if args.json:
+        emit_json(summary)
+    else:
+        print(f"{len(df)} of {total} candidate archs kept -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _read_spec(args) -> dict | None:
+    if args.spec:
+        try:
+            spec = json.loads(args.spec)
+        except json.JSONDecodeError as e:
+            raise UserError(f"not valid JSON ({e.msg})", field="--spec") from None
+    elif args.config:
+        import yaml
+
+        try:
+            with open(args.config) as f:
+                cfg = yaml.safe_load(f)
+        except OSError as e:
+            raise UserError(f"cannot read {args.config}: {e.strerror}", field="--config") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"not valid YAML: {e}".splitlines()[0], field="--config") from None
+        if not isinstance(cfg, dict) or "arch" not in cfg:
+            raise UserError("config has no arch: mapping", field="--config")
+        spec = cfg["arch"]
+    else:
+        return None
+    if spec is not None and not isinstance(spec, dict):
+        raise UserError(f"must be a mapping, got {type(spec).__name__}", field="arch")
+    return spec
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)

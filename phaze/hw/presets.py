@@ -1,0 +1,64 @@
+"""Named chips, expressed in this model's own terms (TC arrays, VCs, GLB, HBM, clock,
+network). Figures from GROUND_TRUTH.md / vendor data sheets; where a real chip is not a
+systolic-array machine (GPUs) the array shape is chosen so that peak FLOP/s and clock
+match the published numbers.
+
+tpuv4  The reference's A_max chip (8 TCs of 128x128, 2 VCs x 128 lanes, 128 MiB GLB,
+       1.05 GHz -> 275 TFLOP/s bf16) with TPUv4's real HBM (32 GiB at 1200 GB/s).
+       Network: ICI 3D torus; a "node" is a 4x4x4 cube (64 chips); a ring along one
+       torus dimension uses two ~50 GB/s links (100 GB/s per direction); between cubes
+       (optical switches) we assume one 50 GB/s link. Approximate.
+a100   A100-80GB SXM: 108 SMs; each SM's 4 tensor cores = one 32x32 TC (1024 bf16
+       MAC/cycle) -> 108*1024*2*1.41 GHz = 312 TFLOP/s; 64 FP32 lanes per SM as a VC;
+       40 MiB L2 as GLB; 80 GiB HBM2e at 2.039 TB/s; DGX node of 8 GPUs on NVLink3
+       (300 GB/s per direction), 8 x 200 Gb/s HDR IB per node (25 GB/s per GPU).
+h100   H100 SXM5: 132 SMs; one 64x32 TC per SM (2048 bf16 MAC/cycle) at 1.83 GHz
+       -> 989 TFLOP/s dense bf16; 128 FP32 lanes per SM; 50 MiB L2; 80 GiB HBM3 at
+       3.35 TB/s; 8 GPUs per node on NVLink4 (450 GB/s per direction), 400 Gb/s NDR IB
+       per GPU (50 GB/s).
+GLB bandwidth is left to the model's auto rule (enough to feed every core each cycle),
+since in this model the GLB stands for the whole on-chip SRAM hierarchy.
+"""
+
+from __future__ import annotations
+
+from phaze.errors import UserError
+from phaze.hw.arch import Arch, Network
+from phaze.units import GB, GiB, MiB
+
+NETWORKS = {
+    "tpuv4-ici": Network(devices_per_node=64, intra_bw_Bps=100e9, intra_latency_s=1e-6,
+                         inter_bw_Bps=50e9, inter_latency_s=3e-6, name="tpuv4-ici"),
+    "dgx-a100": Network(devices_per_node=8, intra_bw_Bps=300e9, intra_latency_s=3e-6,
+                        inter_bw_Bps=25e9, inter_latency_s=6e-6, name="dgx-a100"),
+    "dgx-h100": Network(devices_per_node=8, intra_bw_Bps=450e9, intra_latency_s=3e-6,
+                        inter_bw_Bps=50e9, inter_latency_s=6e-6, name="dgx-h100"),
+}
+
+PRESETS = {
+    "tpuv4": Arch(n_tc=8, tc_rows=128, tc_cols=128, n_vc=2, vc_lanes=128,
+                  glb_bytes=128 * MiB, clock_hz=1.05e9, hbm_bw_Bps=1200 * GB,
+                  hbm_bytes=32 * GiB, network=NETWORKS["tpuv4-ici"], name="tpuv4"),
+    "a100": Arch(n_tc=108, tc_rows=32, tc_cols=32, n_vc=108, vc_lanes=64,
+                 glb_bytes=40 * MiB, clock_hz=1.41e9, hbm_bw_Bps=2039 * GB,
+                 hbm_bytes=80 * GiB, network=NETWORKS["dgx-a100"], name="a100"),
+    "h100": Arch(n_tc=132, tc_rows=64, tc_cols=32, n_vc=132, vc_lanes=128,
+                 glb_bytes=50 * MiB, clock_hz=1.83e9, hbm_bw_Bps=3350 * GB,
+                 hbm_bytes=80 * GiB, network=NETWORKS["dgx-h100"], name="h100"),
+}
+
+
+def get_preset(name: str) -> Arch:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UserError(f"unknown arch preset {name!r}", field="arch",
+                        fix=f"use one of {sorted(PRESETS)} or an arch_id from a grid") from None
+
+
+def get_network(name: str) -> Network:
+    try:
+        return NETWORKS[name]
+    except KeyError:
+        raise UserError(f"unknown network {name!r}", field="network",
+                        fix=f"use one of {sorted(NETWORKS)} or a JSON object") from None

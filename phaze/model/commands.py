@@ -1,0 +1,134 @@
+"""`phaze models` (the zoo) and `phaze graph` (training operator graph of one model)."""
+
+from __future__ import annotations
+
+import argparse
+
+from phaze.model.graph import build_graph
+from phaze.model.ops import ModelGraph
+from phaze.model.zoo import ZOO, resolve_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the model zoo")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("graph", help="training operator graph of a model (per layer, fwd + bwd)",
+                       description="Build the forward and backward operator graph of a model for one "
+                                   "microbatch on one device of a tensor-parallel group.")
+    p.add_argument("--model", required=True, help="zoo name (`phaze models`) or path to a Hugging Face config.json")
+    p.add_argument("--seq", type=int, default=None, help="sequence length (default: the model's)")
+    p.add_argument("--mbs", type=int, default=1, help="microbatch size (default 1)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel width (default 1)")
+    p.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism")
+    p.add_argument("--fused", action="store_true", help="fuse GEMMs with their element-wise epilogues")
+    p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
+    p.add_argument("-o", "--output", help="write the graph as JSON to this file (atomic)")
+    p.add_argument("--json", action="store_true", help="print a one-object JSON summary")
+    p.set_defaults(func=cmd_graph)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from phaze.cli import emit_json
+
+    rows = []
+    for name, s in ZOO.items():
+        g = build_graph(s, seq=s.seq)  # parameter count from the graph itself
+        rows.append({"name": name, "layers": s.layers, "hidden": s.hidden, "heads": s.heads,
+                     "kv_heads": s.n_kv_heads, "ffn": s.ffn, "vocab": s.vocab, "seq": s.seq,
+                     "activation": s.activation, "norm": s.norm, "position": s.position,
+                     "params": g.params_total, "source": s.source})
+    if args.json:
+        emit_json({"models": rows})
+        return 0
+    print(f"{'name':18s} {'layers':>6s} {'hidden':>6s} {'heads':>5s} {'kv':>4s} {'ffn':>6s} "
+          f"{'vocab':>6s} {'seq':>5s} {'act':>6s} {'params':>10s}")
+    for r in rows:
+        print(f"{r['name']:18s} {r['layers']:6d} {r['hidden']:6d} {r['heads']:5d} {r['kv_heads']:4d} "
+              f"{r['ffn']:6d} {r['vocab']:6d} {r['seq']:5d} {r['activation']:>6s} {r['params'] / 1e9:9.3f}B")
+    return 0
+
+
+def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
+    """The stable `phaze graph --json` keys (documented in docs/model.md)."""
+    block = next(lg for lg in graph.layers if lg.kind == "block")
+    layers = [{"kind": lg.kind, "repeat": lg.repeat, "n_ops_fwd": len(lg.fwd), "n_ops_bwd": len(lg.bwd),
+               "flops_fwd": lg.flops("fwd"), "flops_bwd": lg.flops("bwd"),
+               "param_count": lg.param_count, "param_bytes": lg.param_bytes,
+               "shared_param_bytes": lg.shared_param_bytes,
+               "activation_bytes": dict(lg.activation_bytes),
+               "input_bytes": lg.input_bytes, "output_bytes": lg.output_bytes}
+              for lg in graph.layers]
+    return {
+        "model": graph.model, "seq": graph.seq, "mbs": graph.mbs, "tp": graph.tp,
+        "sequence_parallel": graph.sequence_parallel, "fused": graph.fused, "dtype_bytes": graph.dtype_bytes,
+        "params": graph.params_total,
+        "flops_fwd": model_graph_t1.flops("fwd"),
+        "flops_bwd": model_graph_t1.flops("bwd"),
+        "flops_fwd_per_device": graph.flops("fwd"),
+        "flops_bwd_per_device": graph.flops("bwd"),
+        "activation_bytes_per_layer": block.activation_bytes["none"],
+        "activation_bytes_per_layer_by_recompute": dict(block.activation_bytes),
+        "param_bytes_per_device": sum(lg.param_bytes * lg.repeat for lg in graph.layers),
+        "activation_bytes_per_device": sum(lg.activation_bytes["none"] * lg.repeat for lg in graph.layers),
+        "n_layers": graph.n_layers,
+        "layers": layers,
+    }
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from phaze.cli import emit_json
+    from phaze.model.serialize import save_graph
+
+    spec = resolve_model(args.model)
+    if args.dtype_bytes not in (1, 2, 4):
+        from phaze.errors import UserError
+
+        raise UserError(f"must be 1, 2 or 4, got {args.dtype_bytes}", field="dtype-bytes")
+    g = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp, sequence_parallel=args.sequence_parallel,
+                    fused=args.fused, dtype_bytes=args.dtype_bytes)
+    g1 = g if g.tp == 1 else build_graph(spec, seq=g.seq, mbs=g.mbs, tp=1, fused=args.fused,
+                                         dtype_bytes=args.dtype_bytes)
+    if args.output:
+        save_graph(g, args.output, spec=spec.to_dict())
+    summary = graph_summary(g, g1)
+    if args.json:
+        if args.output:
+            summary["output"] = str(args.output)
+        emit_json(summary)
+        return 0
+    _print_table(g, summary)
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _fmt_dims(o) -> str:
+    if o.gemm is None:
+        return o.collective or o.vclass
+    g = o.gemm
+    return (f"{g.batch}x" if g.batch > 1 else "") + f"{g.m}x{g.n}x{g.k}"
+
+
+def _print_table(g: ModelGraph, s: dict) -> None:
+    print(f"{g.model}: seq {g.seq}, microbatch {g.mbs}, tp {g.tp}"
+          f"{', sequence parallel' if g.sequence_parallel else ''}{', fused' if g.fused else ''}"
+          f" - sizes per device")
+    hdr = f"  {'pass':4s} {'op':32s} {'kind':10s} {'dims / class':22s} {'GFLOP':>10s} {'MB read':>9s} {'MB writ':>9s} {'MB saved':>9s}"
+    for lg in g.layers:
+        print(f"\n[{lg.kind}] x{lg.repeat}: params {lg.param_count / 1e6:.2f} M/device, activations kept "
+              + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in lg.activation_bytes.items()))
+        print(hdr)
+        for p in ("fwd", "bwd"):
+            for o in lg.ops(p):
+                kind = o.kind + ("+" + "+".join(o.fused) if o.fused else "")
+                print(f"  {p:4s} {o.name:32s} {kind[:10]:10s} {_fmt_dims(o)[:22]:22s} {o.flops / 1e9:10.3f} "
+                      f"{o.bytes_read / 1e6:9.2f} {o.bytes_written / 1e6:9.2f} {o.saved_bytes / 1e6:9.2f}")
+            print(f"  {p:4s} {'total':32s} {'':10s} {'':22s} {lg.flops(p) / 1e9:10.3f}")
+    print(f"\nmodel: params {s['params'] / 1e9:.3f} B (all shards); one microbatch: "
+          f"fwd {s['flops_fwd'] / 1e12:.3f} TFLOP, bwd {s['flops_bwd'] / 1e12:.3f} TFLOP (all devices); "
+          f"per device fwd {s['flops_fwd_per_device'] / 1e12:.3f}, bwd {s['flops_bwd_per_device'] / 1e12:.3f} TFLOP")
+    print(f"per device: params {s['param_bytes_per_device'] / 2**30:.2f} GiB, activations (no recompute) "
+          f"{s['activation_bytes_per_device'] / 2**30:.2f} GiB; per block "
+          f"{s['activation_bytes_per_layer'] / 2**20:.1f} MiB")

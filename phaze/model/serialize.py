@@ -1,0 +1,68 @@
+"""ModelGraph <-> JSON. The file is what `phaze graph -o FILE.json` writes and what the
+scheduling and placement stages read back (`load_graph`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from phaze.atomic import write_text_atomic
+from phaze.errors import UserError
+from phaze.model.ops import GemmDims, LayerGraph, ModelGraph, Op
+
+FORMAT = "phaze.model_graph/1"
+
+
+def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
+    layers = []
+    for lg in graph.layers:
+        layers.append({
+            "kind": lg.kind, "repeat": lg.repeat, "param_count": lg.param_count,
+            "param_bytes": lg.param_bytes, "shared_param_bytes": lg.shared_param_bytes,
+            "activation_bytes": dict(lg.activation_bytes), "input_bytes": lg.input_bytes,
+            "output_bytes": lg.output_bytes,
+            "fwd": [o.to_dict() for o in lg.fwd], "bwd": [o.to_dict() for o in lg.bwd],
+        })
+    d = {"format": FORMAT, "model": graph.model, "seq": graph.seq, "mbs": graph.mbs, "tp": graph.tp,
+         "sequence_parallel": graph.sequence_parallel, "fused": graph.fused,
+         "dtype_bytes": graph.dtype_bytes, "params_total": graph.params_total, "layers": layers}
+    if spec is not None:
+        d["spec"] = spec
+    return d
+
+
+def _op(d: dict) -> Op:
+    d = dict(d)
+    g = d.pop("gemm", None)
+    return Op(gemm=GemmDims(**g) if g else None, deps=tuple(d.pop("deps", ())),
+              fused=tuple(d.pop("fused", ())), **d)
+
+
+def graph_from_dict(d: dict) -> ModelGraph:
+    if d.get("format") != FORMAT:
+        raise UserError(f"not a phaze model graph (format {d.get('format')!r}, expected {FORMAT!r})",
+                        field="graph", fix="regenerate it with `phaze graph ... -o FILE.json`")
+    layers = []
+    for ld in d["layers"]:
+        ld = dict(ld)
+        fwd = tuple(_op(o) for o in ld.pop("fwd"))
+        bwd = tuple(_op(o) for o in ld.pop("bwd"))
+        layers.append(LayerGraph(fwd=fwd, bwd=bwd, **ld))
+    return ModelGraph(model=d["model"], seq=d["seq"], mbs=d["mbs"], tp=d["tp"],
+                      sequence_parallel=d["sequence_parallel"], fused=d["fused"],
+                      dtype_bytes=d["dtype_bytes"], layers=tuple(layers), params_total=d["params_total"])
+
+
+def save_graph(graph: ModelGraph, path: str | Path, spec: dict | None = None) -> None:
+    """Write atomically (a killed job leaves no file that looks finished)."""
+    write_text_atomic(path, json.dumps(graph_to_dict(graph, spec), separators=(",", ":")))
+
+
+def load_graph(path: str | Path) -> ModelGraph:
+    try:
+        d = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"no such file {str(path)!r}", field="graph") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})", field="graph") from None
+    return graph_from_dict(d)

@@ -1,0 +1,100 @@
+"""The model zoo: every model of the PHAZE paper (REFERENCE.md section 3), the GPT models
+of Narayanan et al. SC'21 Table 1 and Korthikanti et al. MLSys'23 Tables 3/5, plus
+Llama-2-70B (grouped-query attention) and Llama-3-8B. Sizes are published facts.
+
+`resolve_model(name_or_path)` returns a zoo spec, or a spec read from a Hugging Face
+config.json when given a path to one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from phaze.errors import UserError
+from phaze.model.spec import ModelSpec
+
+_NARAYANAN = "Narayanan et al. SC'21 Table 1 (V=51200, s=2048, ffn=4h)"
+_KORTHIKANTI = "Korthikanti et al. MLSys'23 Table 3 (V=51200, s=2048, ffn=4h)"
+
+
+def _megatron_gpt(name, layers, hidden, heads, seq=2048, vocab=51200, source=_NARAYANAN):
+    # Megatron-LM GPT: pre-LN, learned positions, biases, GELU, tied embeddings, fused QKV;
+    # vocabulary padded to 51,200 as in Narayanan's Eq. 2 and 3.
+    return ModelSpec(name=name, hidden=hidden, layers=layers, heads=heads, ffn=4 * hidden,
+                     vocab=vocab, seq=seq, max_positions=seq, source=source)
+
+
+def _build_zoo() -> dict[str, ModelSpec]:
+    z: list[ModelSpec] = [
+        # BERT-Large (Devlin et al. 2019; HF bert-large-uncased config): post-LN encoder.
+        ModelSpec(name="bert-large", hidden=1024, layers=24, heads=16, ffn=4096, vocab=30522,
+                  seq=512, max_positions=512, causal=False, pre_norm=False, final_norm=False,
+                  fused_qkv=False, token_types=2, embed_norm=True, mlm_head=True, pooler=True,
+                  source="HF bert-large-uncased config.json; 335M (Devlin et al.)"),
+        # GPT-2 XL (HF gpt2-xl config): 48 x 1600 x 25, vocab 50257, 1024 positions.
+        ModelSpec(name="gpt2-xl", hidden=1600, layers=48, heads=25, ffn=6400, vocab=50257,
+                  seq=1024, max_positions=1024, source="HF gpt2-xl config.json; 1.558B"),
+        # OPT-350M (HF facebook/opt-350m): post-LN, ReLU, 512-wide embeddings projected in/out,
+        # 2048 positions + OPT's offset of 2 rows.
+        ModelSpec(name="opt-350m", hidden=1024, layers=24, heads=16, ffn=4096, vocab=50272,
+                  seq=2048, max_positions=2050, activation="relu", pre_norm=False, final_norm=False,
+                  fused_qkv=False, embed_proj_dim=512, source="HF facebook/opt-350m config.json; 331M"),
+        # Llama-2 (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU, no biases, untied, no dropout.
+        ModelSpec(name="llama2-7b", hidden=4096, layers=32, heads=32, ffn=11008, vocab=32000,
+                  seq=4096, activation="swiglu", norm="rmsnorm", position="rope", bias=False,
+                  tied_embeddings=False, dropout=False, fused_qkv=False,
+                  source="HF meta-llama/Llama-2-7b-hf config.json; 6.74B"),
+        ModelSpec(name="llama2-70b", hidden=8192, layers=80, heads=64, kv_heads=8, ffn=28672,
+                  vocab=32000, seq=4096, activation="swiglu", norm="rmsnorm", position="rope",
+                  bias=False, tied_embeddings=False, dropout=False, fused_qkv=False,
+                  source="HF meta-llama/Llama-2-70b-hf config.json; 68.98B"),
+        ModelSpec(name="llama3-8b", hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336,
+                  vocab=128256, seq=8192, activation="swiglu", norm="rmsnorm", position="rope",
+                  bias=False, tied_embeddings=False, dropout=False, fused_qkv=False,
+                  source="HF meta-llama/Meta-Llama-3-8B config.json; 8.03B"),
+        # Megatron-LM (Shoeybi et al. 2019) BERT 336M: pre-LN BERT with tokentypes and pooler.
+        ModelSpec(name="megatron-bert", hidden=1024, layers=24, heads=16, ffn=4096, vocab=30522,
+                  seq=512, max_positions=512, causal=False, token_types=2, mlm_head=True,
+                  pooler=True, source="Shoeybi et al. 2019 (Megatron-LM) BERT 336M"),
+        _megatron_gpt("megatron-gpt2-54", 54, 1920, 20, seq=1024,
+                      source="Shoeybi et al. 2019 (Megatron-LM) GPT-2 2.5B"),
+        _megatron_gpt("megatron-gpt2-72", 72, 3072, 24, seq=1024,
+                      source="Shoeybi et al. 2019 (Megatron-LM) GPT-2 8.3B"),
+        _megatron_gpt("gpt3-175b", 96, 12288, 96, source="Brown et al. 2020; Narayanan Eq. 2: 174.6B"),
+        _megatron_gpt("gpt-1.7b", 24, 2304, 24),
+        _megatron_gpt("gpt-3.6b", 30, 3072, 32),
+        _megatron_gpt("gpt-7.5b", 36, 4096, 32),
+        _megatron_gpt("gpt-18.4b", 40, 6144, 48),
+        _megatron_gpt("gpt-39.1b", 48, 8192, 64),
+        _megatron_gpt("gpt-76.1b", 60, 10240, 80),
+        _megatron_gpt("gpt-145.6b", 80, 12288, 96),
+        _megatron_gpt("gpt-310.1b", 96, 16384, 128),
+        _megatron_gpt("gpt-529.6b", 105, 20480, 128),
+        _megatron_gpt("gpt-1t", 128, 25600, 160),
+        _megatron_gpt("gpt-22b", 48, 6144, 64, source=_KORTHIKANTI),
+        _megatron_gpt("gpt-530b", 105, 20480, 128, source=_KORTHIKANTI),
+    ]
+    return {m.name: m.validate() for m in z}
+
+
+ZOO: dict[str, ModelSpec] = _build_zoo()
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}", field="model",
+                        fix="run `phaze models` for the zoo, or pass a path to a Hugging Face config.json") from None
+
+
+def resolve_model(name_or_path: str) -> ModelSpec:
+    """A zoo name, or a path to a Hugging Face config.json (file or directory holding one)."""
+    if name_or_path in ZOO:
+        return ZOO[name_or_path]
+    p = Path(name_or_path)
+    if name_or_path.endswith(".json") or p.is_dir() or p.is_file():
+        from phaze.model.hf import load_hf_config
+
+        return load_hf_config(p)
+    return get_model(name_or_path)

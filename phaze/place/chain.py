@@ -1,0 +1,113 @@
+"""The default-mode DP's input: a model as a chain of layer instances for one TP width t.
+
+Everything is per device of a TP group of width t, for one microbatch of `mbs` samples:
+  fwd_s, bwd_s       forward / backward latency of the layer (TP collectives included)
+  tp_fwd_s, tp_bwd_s the part of fwd_s / bwd_s spent in TP collectives (breakdown only)
+  param_count        parameters of the layer's shard
+  act_bytes[mode]    activation bytes kept for backward per microbatch, mode "none"/"full"
+                     ("full" = only the layer input is kept; the layer's "none" activations
+                     are rematerialised for one microbatch at a time during its backward)
+  out_bytes          bytes of the activation leaving the layer (pipeline p2p payload)
+  flops_fwd/bwd      FLOP of the layer per microbatch on one device (MFU only)
+  kinds              "prologue" | "block" | "epilogue" (uniform Megatron splits use blocks)
+
+`chain_from_graph` adapts a ModelGraph (phaze/model/ops.py) plus per-layer latencies (the
+scheduler's merged table, or any per-op latency function summed serially) to a Chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Chain:
+    t: int
+    mbs: int
+    seq: int
+    fwd_s: np.ndarray
+    bwd_s: np.ndarray
+    param_count: np.ndarray
+    act_none_bytes: np.ndarray
+    act_full_bytes: np.ndarray
+    out_bytes: np.ndarray
+    kinds: tuple[str, ...]
+    tp_fwd_s: np.ndarray | None = None
+    tp_bwd_s: np.ndarray | None = None
+    flops_fwd: np.ndarray | None = None
+    flops_bwd: np.ndarray | None = None
+    model: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.fwd_s)
+        for name in ("fwd_s", "bwd_s", "param_count", "act_none_bytes", "act_full_bytes",
+                     "out_bytes", "tp_fwd_s", "tp_bwd_s", "flops_fwd", "flops_bwd"):
+            v = getattr(self, name)
+            if v is None:
+                v = np.zeros(n)
+            v = np.asarray(v, dtype=float)
+            if v.shape != (n,):
+                raise ValueError(f"Chain.{name} must have {n} entries, got shape {v.shape}")
+            if (v < 0).any() or not np.isfinite(v).all():
+                raise ValueError(f"Chain.{name} must be finite and >= 0")
+            object.__setattr__(self, name, v)
+        if len(self.kinds) != n:
+            raise ValueError("Chain.kinds must name every layer")
+        if self.t < 1 or self.mbs < 1:
+            raise ValueError("Chain.t and Chain.mbs must be >= 1")
+
+    @property
+    def n(self) -> int:
+        return len(self.fwd_s)
+
+    def act_bytes(self, recompute: str) -> np.ndarray:
+        return self.act_full_bytes if recompute == "full" else self.act_none_bytes
+
+    def block_span(self) -> tuple[int, int]:
+        """(first block index, one past the last block); prologue before, epilogue after."""
+        blocks = [k for k, kind in enumerate(self.kinds) if kind not in ("prologue", "epilogue")]
+        if not blocks:
+            return 0, self.n
+        return blocks[0], blocks[-1] + 1
+
+
+def chain_from_graph(graph, layer_latency: Mapping[int, tuple[float, float]] | None = None,
+                     op_latency_s: Callable | None = None,
+                     layer_tp_s: Mapping[int, tuple[float, float]] | None = None) -> Chain:
+    """Chain of a ModelGraph. Latencies per layer kind come from `layer_latency`
+    {index into graph.layers: (fwd_s, bwd_s)} (the scheduler's result), or else from summing
+    `op_latency_s(op)` over each pass's ops (a device runs ops serially when unscheduled).
+    TP collective time (ops of kind "collective") is summed for the breakdown (or given as
+    `layer_tp_s` {index: (fwd_s, bwd_s)} together with `layer_latency`)."""
+    if layer_latency is None and op_latency_s is None:
+        raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
+    rows = []
+    for li, layer in enumerate(graph.layers):
+        if op_latency_s is not None:
+            tpf = sum(op_latency_s(o) for o in layer.fwd if o.kind == "collective")
+            tpb = sum(op_latency_s(o) for o in layer.bwd if o.kind == "collective")
+        else:
+            tpf, tpb = (layer_tp_s or {}).get(li, (0.0, 0.0))
+        if layer_latency is not None:
+            f, b = layer_latency[li]
+        else:
+            f = sum(op_latency_s(o) for o in layer.fwd)
+            b = sum(op_latency_s(o) for o in layer.bwd)
+        acts = layer.activation_bytes or {}
+        a_none = acts.get("none", sum(o.saved_bytes for o in layer.fwd))
+        a_full = acts.get("full", layer.input_bytes)
+        pass_kind = layer.kind if layer.kind in ("prologue", "epilogue") else "block"
+        row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
+               layer.flops("fwd"), layer.flops("bwd"), pass_kind)
+        rows.extend([row] * layer.repeat)
+    cols = list(zip(*rows))
+    return Chain(t=graph.tp, mbs=graph.mbs, seq=graph.seq, fwd_s=np.array(cols[0]),
+                 bwd_s=np.array(cols[1]), tp_fwd_s=np.array(cols[2]), tp_bwd_s=np.array(cols[3]),
+                 param_count=np.array(cols[4], dtype=float), act_none_bytes=np.array(cols[5]),
+                 act_full_bytes=np.array(cols[6]), out_bytes=np.array(cols[7]),
+                 flops_fwd=np.array(cols[8]), flops_bwd=np.array(cols[9]),
+                 kinds=tuple(cols[10]), model=graph.model)

@@ -1,0 +1,241 @@
+"""Reference-mode placement instances: the published PHAZE DP's JSON format (REFERENCE.md 6).
+
+`load_instance(path)` / `parse_instance(dict)` validate the file and return a `RefInstance`
+whose layers are renumbered in one topological order shared by every TP width. Units are
+whatever the file uses (reference mode does not convert): sizes and communication costs
+in bytes, bandwidth in bytes per time unit, latencies in that time unit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from phaze.errors import UserError
+
+_TOP_KEYS = {
+    "maxMemoryPerDevice": (int, float),
+    "maxDevices": (int,),
+    "bandwidth": (int, float),
+    "mbsInBatch": (int,),
+    "activationRecomputation": (bool,),
+    "optimizerAlgorithm": (str,),
+    "fixedPP": (int,),
+    "fixedTMPC": (int,),
+    "fixedDP": (int,),
+    "numTransformerLayers": (int,),
+    "nodes": (dict,),
+    "edges": (dict,),
+}
+_NODE_NUM_KEYS = ("parameterSize", "activationSize", "optimalLatencyFw", "optimalLatencyBw")
+
+
+@dataclass(frozen=True)
+class WidthTable:
+    """All layers of one TP width t, in the shared topological order (index = new number)."""
+
+    t: int
+    param: np.ndarray        # parameterSize
+    act: np.ndarray          # activationSize
+    fw: np.ndarray           # optimalLatencyFw
+    bw: np.ndarray           # optimalLatencyBw
+    tp: np.ndarray           # isTensorParallelized (bool)
+    # edges as (src_index, dst_index, communicationCost), src < dst
+    edges: tuple[tuple[int, int, float], ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.fw)
+
+
+@dataclass(frozen=True)
+class RefInstance:
+    max_memory: float
+    max_devices: int
+    bandwidth: float
+    mbs_in_batch: int
+    recompute: bool
+    adam: bool
+    fixed_pp: int
+    fixed_tmpc: int
+    fixed_dp: int
+    num_transformer_layers: int
+    ids: tuple                       # original layer ids, in topological order
+    widths: dict[int, WidthTable]    # t -> table
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def is_chain(self) -> bool:
+        """True when the edges are exactly i -> i+1 for consecutive layers (a path)."""
+        table = next(iter(self.widths.values()))
+        n = table.n
+        if len(table.edges) != n - 1:
+            return False
+        return all(s == k and d == k + 1 for k, (s, d, _) in enumerate(sorted(table.edges)))
+
+
+def load_instance(path: str | Path) -> RefInstance:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"no such file {path}", field="--reference-instance") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON ({e})", field=str(path)) from None
+    return parse_instance(raw)
+
+
+def _num(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"must be a finite number, got {value!r}", field=field)
+    return float(value)
+
+
+def parse_instance(raw: dict) -> RefInstance:
+    if not isinstance(raw, dict):
+        raise UserError("the instance must be a JSON object", field="instance")
+    for key, types in _TOP_KEYS.items():
+        if key not in raw:
+            raise UserError("missing key", field=key, fix="write the published instance format")
+        v = raw[key]
+        if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
+            raise UserError(f"wrong type {type(v).__name__}", field=key)
+    if raw["maxDevices"] < 1:
+        raise UserError("must be >= 1", field="maxDevices")
+    if raw["mbsInBatch"] < 1:
+        raise UserError("must be >= 1", field="mbsInBatch")
+    if _num(raw["bandwidth"], "bandwidth") <= 0:
+        raise UserError("must be > 0", field="bandwidth")
+    if _num(raw["maxMemoryPerDevice"], "maxMemoryPerDevice") < 0:
+        raise UserError("must be >= 0 (a negative size)", field="maxMemoryPerDevice")
+    opt = raw["optimizerAlgorithm"]
+    if opt not in ("SGD", "Adam"):
+        raise UserError(f"must be SGD or Adam, got {opt!r}", field="optimizerAlgorithm")
+    for key in ("fixedPP", "fixedTMPC", "fixedDP", "numTransformerLayers"):
+        if raw[key] < 1:
+            raise UserError("must be >= 1", field=key)
+
+    nodes, edges = raw["nodes"], raw["edges"]
+    if not nodes:
+        raise UserError("no TP width given", field="nodes")
+    if set(nodes) != set(edges):
+        raise UserError(f"widths differ between nodes {sorted(nodes)} and edges {sorted(edges)}",
+                        field="edges")
+    widths: dict[int, tuple[list, list]] = {}
+    for key in nodes:
+        try:
+            t = int(key)
+        except ValueError:
+            raise UserError(f"width key {key!r} is not an integer", field="nodes") from None
+        if t < 1 or str(t) != key.strip():
+            raise UserError(f"width key {key!r} must be a positive integer", field="nodes")
+        if not isinstance(nodes[key], list) or not isinstance(edges[key], list):
+            raise UserError("must be a list", field=f"nodes/edges[{key}]")
+        widths[t] = (nodes[key], edges[key])
+
+    # node and edge sets per width, validated
+    per_width = {}
+    for t, (nlist, elist) in sorted(widths.items()):
+        fld = f"nodes[{t}]"
+        if not nlist:
+            raise UserError("no layers", field=fld)
+        recs = {}
+        for k, nd in enumerate(nlist):
+            if not isinstance(nd, dict) or "id" not in nd:
+                raise UserError(f"node {k} has no id", field=fld)
+            nid = nd["id"]
+            if not isinstance(nid, (int, str)) or isinstance(nid, bool):
+                raise UserError(f"node {k} id must be an int or a string", field=fld)
+            if nid in recs:
+                raise UserError(f"duplicate node id {nid!r}", field=fld)
+            vals = []
+            for key in _NODE_NUM_KEYS:
+                if key not in nd:
+                    raise UserError(f"node {nid!r} lacks {key}", field=fld)
+                v = _num(nd[key], f"{fld}.{nid}.{key}")
+                if v < 0:
+                    raise UserError(f"node {nid!r} has a negative {key} ({v})", field=fld,
+                                    fix="sizes and latencies must be >= 0")
+                vals.append(v)
+            tpf = nd.get("isTensorParallelized", False)
+            if not isinstance(tpf, bool):
+                raise UserError(f"node {nid!r} isTensorParallelized must be true/false", field=fld)
+            if tpf and t == 1:
+                raise UserError(f"node {nid!r} is tensor-parallelised at t = 1", field=fld,
+                                fix="set isTensorParallelized to false for width 1")
+            recs[nid] = (k, vals, tpf)
+        efld = f"edges[{t}]"
+        elist_out = {}
+        for e in elist:
+            if not isinstance(e, dict) or not {"sourceId", "destId", "communicationCost"} <= set(e):
+                raise UserError("every edge needs sourceId, destId, communicationCost", field=efld)
+            s, d = e["sourceId"], e["destId"]
+            if s not in recs or d not in recs:
+                raise UserError(f"edge {s!r}->{d!r} names an unknown node", field=efld)
+            if s == d:
+                raise UserError(f"self-loop on {s!r}", field=efld)
+            if (s, d) in elist_out:
+                raise UserError(f"parallel edges {s!r}->{d!r}", field=efld)
+            c = _num(e["communicationCost"], f"{efld}.{s}->{d}")
+            if c < 0:
+                raise UserError(f"edge {s!r}->{d!r} has a negative communicationCost", field=efld)
+            elist_out[(s, d)] = c
+        per_width[t] = (recs, elist_out)
+
+    ts = sorted(per_width)
+    ref_nodes = set(per_width[ts[0]][0])
+    ref_edges = set(per_width[ts[0]][1])
+    for t in ts[1:]:
+        if set(per_width[t][0]) != ref_nodes:
+            raise UserError(f"node set of width {t} differs from width {ts[0]}", field="nodes",
+                            fix="every width must list the same layer ids")
+        if set(per_width[t][1]) != ref_edges:
+            raise UserError(f"edge set of width {t} differs from width {ts[0]}", field="edges",
+                            fix="every width must list the same edges")
+
+    order = _topological_order(per_width[ts[0]][0], ref_edges)
+    index = {nid: k for k, nid in enumerate(order)}
+    tables = {}
+    for t in ts:
+        recs, el = per_width[t]
+        vals = np.array([recs[nid][1] for nid in order], dtype=float).reshape(len(order), 4)
+        tpf = np.array([recs[nid][2] for nid in order], dtype=bool)
+        etup = tuple(sorted((index[s], index[d], c) for (s, d), c in el.items()))
+        tables[t] = WidthTable(t, vals[:, 0].copy(), vals[:, 1].copy(), vals[:, 2].copy(),
+                               vals[:, 3].copy(), tpf, etup)
+    return RefInstance(
+        max_memory=float(raw["maxMemoryPerDevice"]), max_devices=raw["maxDevices"],
+        bandwidth=float(raw["bandwidth"]), mbs_in_batch=raw["mbsInBatch"],
+        recompute=raw["activationRecomputation"], adam=(opt == "Adam"),
+        fixed_pp=raw["fixedPP"], fixed_tmpc=raw["fixedTMPC"], fixed_dp=raw["fixedDP"],
+        num_transformer_layers=raw["numTransformerLayers"], ids=tuple(order), widths=tables)
+
+
+def _topological_order(recs: dict, edges: set) -> list:
+    """Kahn's algorithm; among ready layers the one listed first (smallest list position)
+    goes first, so a file listed in topological order keeps its order."""
+    succ: dict = {nid: [] for nid in recs}
+    indeg = {nid: 0 for nid in recs}
+    for s, d in edges:
+        succ[s].append(d)
+        indeg[d] += 1
+    heap = [(recs[nid][0], nid) for nid in recs if indeg[nid] == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        _, nid = heapq.heappop(heap)
+        order.append(nid)
+        for d in succ[nid]:
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                heapq.heappush(heap, (recs[d][0], d))
+    if len(order) != len(recs):
+        raise UserError("the layer graph has a cycle (not a DAG)", field="edges",
+                        fix="remove the back edge")
+    return order

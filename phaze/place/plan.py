@@ -1,0 +1,218 @@
+"""Default-mode cost terms of a training plan and the evaluation of one fixed plan.
+
+Device order follows Megatron (TP innermost, then DP, then PP): a TP group is t adjacent
+devices, a DP group strides by t, consecutive pipeline stages are t*d devices apart. So
+  * the DP all-reduce runs inside a node iff t * d <= node_size, else on inter-node links;
+  * pipeline p2p runs inside a node iff t * d * p <= node_size (else the pipeline spans
+    nodes and its slowest hop is inter-node).
+Terms (each explicit so that a validation can calibrate it):
+  stage load per microbatch  = cin + F + [F if full recompute] + B + cout
+      cin/cout: p2p of the boundary activation (forward in) / its gradient (backward in),
+      latency + bytes / bandwidth; 0 at the model's ends;
+  time per batch (1F1B, v chunks per device; v = 1 is plain 1F1B)
+      = (M + (p - 1) / v) * max device load + max over stages of the DP all-reduce;
+  DP all-reduce of a stage's gradients (ring): 2 (d-1)/d * grad bytes / bw + 2 (d-1) latency;
+  memory of a device = params * (weight + grad bytes) + optimizer bytes * params (/ d with
+      ZeRO-1) + in-flight microbatches * activations (+ one layer's full activations when
+      recomputing); in flight: 1F1B stage at position s keeps min(s, M); interleaved
+      (Megatron's warm-up count) rank r keeps min(2 (p-r-1) + (v-1) p + 1, M v) chunk-
+      microbatches, i.e. that many / v times the device's per-microbatch activations.
+TP collectives are already inside the layer latencies (scheduler / cost model); the
+breakdown reports their share as `tp_s` and does not add them again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+
+import numpy as np
+
+from phaze.place.chain import Chain
+
+
+@dataclass(frozen=True)
+class Links:
+    """The network as the DP sees it. Defaults: a DGX-A100-like node (8 devices, NVLink
+    300 GB/s per direction, InfiniBand ~25 GB/s per device)."""
+
+    node_size: int = 8
+    intra_bw_Bps: float = 300e9
+    intra_latency_s: float = 2e-6
+    inter_bw_Bps: float = 25e9
+    inter_latency_s: float = 5e-6
+
+    @classmethod
+    def from_any(cls, obj) -> "Links":
+        """From a dict (the CLI's --network JSON) or any object with these attributes
+        (aliases accepted for the hw stage's Network)."""
+        if obj is None:
+            return cls()
+        if isinstance(obj, Links):
+            return obj
+        get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
+        aliases = {
+            "node_size": ("node_size", "devices_per_node", "gpus_per_node"),
+            "intra_bw_Bps": ("intra_bw_Bps", "intra_node_bw_Bps", "intra_bw"),
+            "intra_latency_s": ("intra_latency_s", "intra_node_latency_s", "intra_lat_s"),
+            "inter_bw_Bps": ("inter_bw_Bps", "inter_node_bw_Bps", "inter_bw"),
+            "inter_latency_s": ("inter_latency_s", "inter_node_latency_s", "inter_lat_s"),
+        }
+        kw = {}
+        for key, names in aliases.items():
+            for nm in names:
+                v = get(nm, None)
+                if v is not None:
+                    kw[key] = type(getattr(cls(), key))(v)
+                    break
+        return cls(**kw)
+
+    def link(self, inter: bool) -> tuple[float, float]:
+        return ((self.inter_bw_Bps, self.inter_latency_s) if inter
+                else (self.intra_bw_Bps, self.intra_latency_s))
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Realistic-mode options (defaults in docs/place.md)."""
+
+    optimizer: str = "adam"          # "adam" (mixed precision) or "sgd" (no state)
+    zero1: bool = False              # shard optimizer state over the d replicas
+    weight_bytes: float = 2.0        # bf16 weights
+    grad_bytes: float = 2.0          # bf16 gradients (Megatron's fp32 main grads: 4)
+    adam_state_bytes: float = 12.0   # fp32 master copy + 2 fp32 moments: 2+2+12 = 16 B/param
+    exact_batch: bool = True         # d * mbs must divide the global batch (Megatron)
+
+    def opt_bytes(self) -> float:
+        return self.adam_state_bytes if self.optimizer == "adam" else 0.0
+
+    def static_bytes_per_param(self, d: int) -> float:
+        return self.weight_bytes + self.grad_bytes + self.opt_bytes() / (d if self.zero1 else 1)
+
+
+def p2p_time(nbytes, bw: float, lat: float):
+    return np.where(np.asarray(nbytes) > 0, lat + np.asarray(nbytes) / bw, 0.0)
+
+
+def allreduce_time(nbytes, n: int, bw: float, lat: float):
+    """Ring all-reduce of nbytes over n devices."""
+    if n <= 1:
+        return np.zeros_like(np.asarray(nbytes, dtype=float))
+    return 2.0 * (n - 1) / n * np.asarray(nbytes, dtype=float) / bw + 2.0 * (n - 1) * lat
+
+
+def pipeline_inter(t: int, d: int, p: int, links: Links) -> bool:
+    return t * d * p > links.node_size
+
+
+def dp_inter(t: int, d: int, links: Links) -> bool:
+    return t * d > links.node_size
+
+
+def uniform_stages(chain: Chain, chunks: int) -> list[tuple[int, int]]:
+    """Megatron's split: blocks evenly over `chunks`, prologue in the first, epilogue in the
+    last chunk. Raises ValueError when the blocks do not divide evenly."""
+    b0, b1 = chain.block_span()
+    nb = b1 - b0
+    if chunks < 1 or nb % chunks or (nb == 0 and chunks > 1):
+        raise ValueError(f"{nb} blocks do not split evenly into {chunks} chunks")
+    per = nb // chunks
+    bounds = [b0 + k * per for k in range(chunks + 1)]
+    bounds[0], bounds[-1] = 0, chain.n
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def inflight(p: int, v: int, M: int) -> np.ndarray:
+    """Microbatches whose activations rank r = 0..p-1 holds at its peak (in microbatch
+    units of the device's whole activations)."""
+    r = np.arange(p)
+    if v == 1:
+        return np.minimum(p - r, M).astype(float)
+    return np.minimum(2 * (p - r - 1) + (v - 1) * p + 1, M * v) / v
+
+
+def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "none",
+                  interleave: int = 1, *, hbm_bytes: float = math.inf, links: Links | None = None,
+                  options: PlanOptions | None = None, peak_flops: float = 0.0,
+                  stages: list[tuple[int, int]] | None = None, t: int | None = None,
+                  mbs: int | None = None) -> dict:
+    """Time, breakdown and memory of one plan. `stages` = p * interleave contiguous chunks
+    [i, j) covering the chain (chunk c on device c % p); default: Megatron's uniform split.
+    Returns the plan dict (feasible False with a reason when it does not fit)."""
+    links = links or Links()
+    options = options or PlanOptions()
+    if t is not None and t != chain.t:
+        raise ValueError(f"chain is for t = {chain.t}, not {t}")
+    if mbs is not None and mbs != chain.mbs:
+        raise ValueError(f"chain is for mbs = {chain.mbs}, not {mbs}")
+    if recompute not in ("none", "full"):
+        raise ValueError(f"recompute must be none or full, got {recompute!r}")
+    v = interleave
+    t, mbs, n = chain.t, chain.mbs, chain.n
+    if stages is None:
+        stages = uniform_stages(chain, p * v)
+    if len(stages) != p * v or stages[0][0] != 0 or stages[-1][1] != n or any(
+            a[1] != b[0] or a[0] >= a[1] for a, b in zip(stages, stages[1:])) or \
+            stages[-1][0] >= stages[-1][1]:
+        raise ValueError("stages must be p * interleave non-empty contiguous chunks covering "
+                         "the chain")
+    base = _base(chain, p, d, t, mbs, batch, recompute, v, stages)
+    if options.exact_batch and batch % (mbs * d):
+        return {**base, "feasible": False, "reason": f"batch {batch} not divisible by mbs*d"}
+    M = -(-batch // (mbs * d))
+    if v > 1 and M % p:
+        return {**base, "feasible": False, "reason": "interleaving needs M divisible by p"}
+
+    pbw, plat = links.link(pipeline_inter(t, d, p, links))
+    dbw, dlat = links.link(dp_inter(t, d, links))
+    st = np.array(stages)
+    lo, hi = st[:, 0], st[:, 1]
+    cs = lambda x: np.concatenate(([0.0], np.cumsum(x)))  # noqa: E731
+    Fp, Bp, Pp = cs(chain.fwd_s), cs(chain.bwd_s), cs(chain.param_count)
+    TFp, TBp = cs(chain.tp_fwd_s), cs(chain.tp_bwd_s)
+    Ap = cs(chain.act_bytes(recompute))
+    F, B, P = Fp[hi] - Fp[lo], Bp[hi] - Bp[lo], Pp[hi] - Pp[lo]
+    TP = TFp[hi] - TFp[lo] + TBp[hi] - TBp[lo]
+    full = recompute == "full"
+    if full:
+        TP = TP + TFp[hi] - TFp[lo]
+    cin = np.where(lo > 0, p2p_time(chain.out_bytes[np.maximum(lo - 1, 0)], pbw, plat), 0.0)
+    cout = np.where(hi < n, p2p_time(chain.out_bytes[hi - 1], pbw, plat), 0.0)
+    comp = F + B + (F if full else 0.0)
+    load = comp + cin + cout
+    work = np.array([chain.act_none_bytes[a:b].max() if full else 0.0 for a, b in stages])
+    dev = np.arange(p * v) % p
+    dev_load = np.bincount(dev, load, minlength=p)
+    dev_comp = np.bincount(dev, comp - TP, minlength=p)
+    dev_tp = np.bincount(dev, TP, minlength=p)
+    dev_p2p = np.bincount(dev, cin + cout, minlength=p)
+    dev_P = np.bincount(dev, P, minlength=p)
+    dev_A = np.bincount(dev, Ap[hi] - Ap[lo], minlength=p)
+    dev_work = np.array([work[dev == r].max() for r in range(p)])
+    mem = dev_P * options.static_bytes_per_param(d) + inflight(p, v, M) * dev_A + dev_work
+    ar = allreduce_time(dev_P * options.grad_bytes, d, dbw, dlat)
+    b = int(np.argmax(dev_load))
+    Lmax = float(dev_load[b])
+    bubble = (p - 1) / v * Lmax
+    time_s = M * Lmax + bubble + float(ar.max())
+    out = {**base, "M": M, "time_per_batch_s": time_s,
+           "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
+           "memory_per_device_bytes": float(mem.max()),
+           "compute_s": M * float(dev_comp[b]), "bubble_s": bubble,
+           "p2p_s": M * float(dev_p2p[b]), "dp_sync_s": float(ar.max()),
+           "tp_s": M * float(dev_tp[b]), "feasible": bool(mem.max() <= hbm_bytes)}
+    flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * t * (batch / mbs)
+    out["model_flops"] = flops
+    out["mfu"] = flops / (time_s * p * t * d * peak_flops) if peak_flops > 0 else None
+    if not out["feasible"]:
+        out["reason"] = f"needs {mem.max():.4g} B per device > HBM {hbm_bytes:.4g} B"
+    return out
+
+
+def _base(chain, p, d, t, mbs, batch, recompute, v, stages):
+    return {"p": p, "d": d, "t": t, "mbs": mbs, "batch": batch, "recompute": recompute,
+            "interleave": v, "devices": p * d * t, "stages": [list(s) for s in stages]}
+
+
+def options_dict(options: PlanOptions) -> dict:
+    return asdict(options)

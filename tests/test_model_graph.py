@@ -1,0 +1,215 @@
+"""Operator graphs against closed forms: Korthikanti's activation memory, Narayanan's Eq. 3,
+GEMM FLOPs by hand, Megatron TP/SP structure, DAG validity, fusion invariants."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from phaze.model.graph import build_graph, fuse_epilogues
+from phaze.model.spec import ModelSpec
+from phaze.model.zoo import ZOO
+
+KORTHIKANTI = ["gpt-22b", "gpt3-175b", "gpt-530b", "gpt-1t"]
+TABLE1 = ["gpt-1.7b", "gpt-3.6b", "gpt-7.5b", "gpt-18.4b", "gpt-39.1b", "gpt-76.1b", "gpt-145.6b",
+          "gpt-310.1b", "gpt-529.6b", "gpt-1t"]
+
+
+def _block(g):
+    return next(lg for lg in g.layers if lg.kind == "block")
+
+
+# --- Korthikanti et al. MLSys'23, Sec. 4 (bytes per layer, fp16) ---------------------------
+@pytest.mark.parametrize("name", KORTHIKANTI)
+@pytest.mark.parametrize("b", [1, 4])
+def test_activation_memory_korthikanti(name, b):
+    sp, s = ZOO[name], 2048
+    h, a, t = sp.hidden, sp.heads, 8
+    cases = [
+        (1, False, "none", s * b * h * (34 + 5 * a * s / h)),
+        (t, False, "none", s * b * h * (10 + 24 / t + 5 * a * s / (h * t))),
+        (t, True, "none", s * b * h / t * (34 + 5 * a * s / h)),
+        (t, True, "selective", 34 * s * b * h / t),
+        (t, False, "selective", s * b * h * (10 + 24 / t)),
+        (1, False, "full", 2 * s * b * h),
+        (t, False, "full", 2 * s * b * h),
+    ]
+    for tp, seqp, mode, ref in cases:
+        got = _block(build_graph(sp, s, b, tp, seqp)).activation_bytes[mode]
+        assert abs(got / ref - 1) < 0.02, (tp, seqp, mode, got, ref)
+
+
+# --- Narayanan et al. SC'21 Eq. 3 ----------------------------------------------------------
+@pytest.mark.parametrize("name", TABLE1)
+def test_flops_per_iteration_eq3(name):
+    sp, s, B = ZOO[name], 2048, 512
+    l, h, V = sp.layers, sp.hidden, sp.vocab
+    g = build_graph(sp, s, 1, 1)
+    per_mb = g.flops("fwd") + g.flops("bwd")
+    recompute = _block(g).flops("fwd") * l  # full recomputation runs every block's forward again
+    no_rc = 72 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
+    rc = 96 * B * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h))
+    assert abs(B * per_mb / no_rc - 1) < 0.02
+    assert abs(B * (per_mb + recompute) / rc - 1) < 0.02
+
+
+def _hand_gemm_flops_fwd(sp, s, b):
+    """Forward GEMM FLOPs of one block, written out by hand (2 * m * n * k per GEMM)."""
+    h, f, d, a, kv = sp.hidden, sp.ffn, sp.d_head, sp.heads, sp.n_kv_heads
+    T = s * b
+    proj = 2 * T * h * (a * d + 2 * kv * d) + 2 * T * a * d * h
+    attn = 2 * (2 * b * a * s * s * d)
+    mlp = (3 if sp.activation == "swiglu" else 2) * 2 * T * h * f
+    return proj + attn + mlp
+
+
+@pytest.mark.parametrize("name", ["bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "llama2-70b"])
+def test_block_gemm_flops_and_backward_twice(name):
+    sp = ZOO[name]
+    s, b = 256, 2
+    blk = _block(build_graph(sp, s, b, 1))
+    fwd_gemm = sum(o.flops for o in blk.fwd if o.kind == "gemm")
+    bwd_gemm = sum(o.flops for o in blk.bwd if o.kind == "gemm")
+    assert fwd_gemm == pytest.approx(_hand_gemm_flops_fwd(sp, s, b), rel=1e-12)
+    assert bwd_gemm == pytest.approx(2 * fwd_gemm, rel=1e-12)
+    # every forward GEMM has an input-gradient and a weight-gradient GEMM with its FLOPs
+    bwd = {o.name: o for o in blk.bwd}
+    for o in blk.fwd:
+        if o.kind == "gemm":
+            assert o.flops == o.gemm.flops
+            assert bwd[o.name + ".dX"].flops == o.flops == bwd[o.name + ".dW"].flops
+
+
+def _check_dag(ops):
+    seen = set()
+    names = [o.name for o in ops]
+    assert len(names) == len(set(names))
+    for o in ops:
+        assert all(d in seen for d in o.deps), (o.name, o.deps)  # listed in topological order
+        seen.add(o.name)
+        assert (o.gemm is not None) == (o.kind == "gemm")
+        if o.kind == "collective":
+            assert o.collective in ("all_reduce", "reduce_scatter", "all_gather") and o.group == "tp"
+            assert o.comm_bytes > 0
+        assert o.bytes_read >= 0 and o.bytes_written >= 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(["bert-large", "opt-350m", "llama2-70b", "gpt-22b", "megatron-gpt2-72"]),
+       t=st.sampled_from([1, 2, 4, 8]), seqp=st.booleans(), fused=st.booleans(), b=st.integers(1, 3))
+def test_tp_sharding_properties(name, t, seqp, fused, b):
+    sp, s = ZOO[name], 128
+    g1 = build_graph(sp, s, b, 1, fused=fused)
+    gt = build_graph(sp, s, b, t, seqp, fused=fused)
+    for lg in gt.layers:
+        _check_dag(lg.fwd)
+        _check_dag(lg.bwd)
+    assert gt.params_total == g1.params_total
+    blk1, blkt = _block(g1), _block(gt)
+    for p in ("fwd", "bwd"):
+        # block GEMMs are all sharded t ways
+        assert sum(o.flops for o in blkt.ops(p) if o.kind == "gemm") * t == pytest.approx(
+            sum(o.flops for o in blk1.ops(p) if o.kind == "gemm"), rel=1e-12)
+    colls = [o for o in blkt.fwd if o.kind == "collective"]
+    bcolls = [o for o in blkt.bwd if o.kind == "collective"]
+    full = s * b * sp.hidden * 2
+    if t == 1:
+        assert not colls and not bcolls
+    elif gt.sequence_parallel:
+        assert sorted(o.collective for o in colls) == ["all_gather"] * 2 + ["reduce_scatter"] * 2
+        # conjugates (2 RS + 2 AG) plus the all-gathers of the inputs for the weight gradients
+        assert sorted(o.collective for o in bcolls) == ["all_gather"] * 4 + ["reduce_scatter"] * 2
+        assert all(o.comm_bytes == full for o in colls + bcolls)
+    else:
+        assert [o.collective for o in colls] == ["all_reduce"] * 2
+        assert [o.collective for o in bcolls] == ["all_reduce"] * 2
+        assert all(o.comm_bytes == full for o in colls + bcolls)
+    # per-device parameters: sharded GEMM weights / t, the rest replicated
+    assert blkt.param_count * t >= blk1.param_count >= blkt.param_count
+
+
+def test_vocab_parallel_embedding_and_head():
+    sp = ZOO["gpt3-175b"]
+    g = build_graph(sp, 2048, 1, 8)
+    pro, epi = g.layers[0], g.layers[-1]
+    assert [o.collective for o in pro.fwd if o.kind == "collective"] == ["all_reduce"]
+    head = next(o for o in epi.fwd if o.name == "lm_head")
+    assert head.gemm.n == sp.vocab // 8 and head.tp_rule == "vocab"
+    assert any(o.collective == "all_reduce" for o in epi.bwd)  # f's backward on the head input
+    # tied embeddings: the head's weight is a copy of the embedding's
+    assert epi.shared_param_bytes == head.param_bytes == sp.vocab // 8 * sp.hidden * 2
+
+
+def test_fusion_keeps_gemms_and_dag():
+    sp = ZOO["gpt2-xl"]
+    plain = _block(build_graph(sp, 512, 1))
+    fused = _block(build_graph(sp, 512, 1, fused=True))
+    for p in ("fwd", "bwd"):
+        a, b = plain.ops(p), fused.ops(p)
+        assert len(b) < len(a)
+        assert sorted((o.name, o.flops) for o in a if o.kind == "gemm") == \
+            sorted((o.name, o.flops) for o in b if o.kind == "gemm")
+        _check_dag(b)
+        assert sum(o.saved_bytes for o in a) == sum(o.saved_bytes for o in b)
+    fc1 = next(o for o in fused.fwd if o.name == "mlp.fc1")
+    assert fc1.fused == ("gelu",) and fc1.core_class == "tc+vc"
+    assert fc1.bytes_written == next(o for o in plain.fwd if o.name == "mlp.act").bytes_written
+    # softmax and norms never fuse
+    assert {o.vclass for o in fused.fwd if o.kind == "vector"} == {"layernorm", "softmax", "dropout"}
+
+
+def test_fusion_rule_on_hand_graph():
+    from phaze.model.ops import GemmDims, Op
+    g = Op(name="g", kind="gemm", gemm=GemmDims(1, 2, 2, 2), flops=16, bytes_read=10, bytes_written=8)
+    h = Op(name="h", kind="gemm", deps=("g",), gemm=GemmDims(1, 2, 2, 2), flops=16, bytes_read=10,
+           bytes_written=8)
+    v = Op(name="v", kind="vector", deps=("g",), vclass="gelu", elements=4, bytes_read=8, bytes_written=8)
+    w = Op(name="w", kind="vector", deps=("v",), vclass="layernorm", elements=4)
+    # g has two consumers (h and v): nothing fuses
+    assert fuse_epilogues([g, h, v, w]) == [g, h, v, w]
+    out = fuse_epilogues([g, v, w])
+    assert [o.name for o in out] == ["g", "w"] and out[0].fused == ("gelu",) and out[1].deps == ("g",)
+    assert out[0].bytes_read == 10 and out[0].bytes_written == 8
+
+
+def test_causal_and_encoder_softmax_present():
+    for name in ("bert-large", "gpt2-xl"):
+        blk = _block(build_graph(ZOO[name], 128))
+        sm = next(o for o in blk.fwd if o.vclass == "softmax")
+        assert sm.elements == ZOO[name].heads * 128 * 128
+
+
+def test_gqa_shapes():
+    sp = ZOO["llama2-70b"]
+    blk = _block(build_graph(sp, 256, 1, 8))
+    ops = {o.name: o for o in blk.fwd}
+    assert ops["attn.k"].gemm.n == sp.n_kv_heads // 8 * sp.d_head
+    assert ops["attn.q"].gemm.n == sp.hidden // 8
+    assert ops["attn.scores"].gemm.batch == sp.heads // 8
+    assert "attn.rope" in ops and ops["mlp.act"].vclass == "swiglu"
+
+
+def test_model_graph_totals_consistent():
+    sp = ZOO["llama3-8b"]
+    g = build_graph(sp, 1024, 2, 4, True)
+    assert g.n_layers == sp.layers + 2
+    assert len(g.expanded()) == g.n_layers
+    pdev = sum(lg.param_count * lg.repeat for lg in g.layers) - sum(
+        lg.shared_param_bytes / 2 for lg in g.layers)
+    # per-device parameters times t bounds the whole model (replicated norms counted t times)
+    assert pdev * 4 >= g.params_total
+
+
+def test_small_spec_brute_force_saved_bytes():
+    # brute force: list every tensor a GPT block keeps for backward (Korthikanti's accounting)
+    s, b, h, a = 16, 2, 8, 2
+    sp = ModelSpec(name="tiny", hidden=h, layers=1, heads=a, ffn=4 * h, vocab=32, seq=s)
+    T = s * b
+    kept = {
+        "ln1 input": 2 * T * h, "qkv input": 2 * T * h, "q": 2 * T * h, "k": 2 * T * h,
+        "softmax output": 2 * b * a * s * s, "attn dropout mask": b * a * s * s,
+        "attn dropout output": 2 * b * a * s * s, "v": 2 * T * h, "proj input": 2 * T * h,
+        "attn out dropout mask": T * h, "ln2 input": 2 * T * h, "fc1 input": 2 * T * h,
+        "gelu input": 2 * T * 4 * h, "fc2 input": 2 * T * 4 * h, "mlp out dropout mask": T * h,
+    }
+    blk = _block(build_graph(sp, s, b))
+    assert blk.activation_bytes["none"] == sum(kept.values())
+    assert sum(o.saved_bytes for o in blk.fwd) == sum(kept.values())
