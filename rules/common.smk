@@ -23,6 +23,17 @@ def _field_path(path):
     return out or "(top level)"
 
 
+def _most_specific(err):
+    """For a oneOf/anyOf failure, the error of the branch that matched the value's type
+    (e.g. 'glb_mib[0]: 0 is not > 0' rather than '[0] is not valid under any schema')."""
+    while err.context:
+        candidates = [e for e in err.context if e.validator not in ("type", "required", "const")]
+        if not candidates:
+            break
+        err = max(candidates, key=lambda e: len(e.absolute_path))
+    return err
+
+
 def validate_config(cfg):
     """Schema check (filling defaults), then the semantic checks the schema cannot express.
     Raises WorkflowError naming the offending field."""
@@ -32,6 +43,7 @@ def validate_config(cfg):
         verr = e.__context__  # the jsonschema ValidationError snakemake wrapped
         if not hasattr(verr, "absolute_path"):
             raise
+        verr = _most_specific(verr)
         raise WorkflowError(
             f"invalid config: field {_field_path(verr.absolute_path)}: {verr.message}"
         ) from None
@@ -39,35 +51,17 @@ def validate_config(cfg):
         raise WorkflowError(f"invalid config: {msg}")
 
 
-# Canonical zoo names (foundation issue); used only if phaze.model's own listing is absent.
-_ZOO_FALLBACK = (
-    "bert-large gpt2-xl opt-350m llama2-7b llama2-70b llama3-8b megatron-bert "
-    "megatron-gpt2-54 megatron-gpt2-72 gpt3-175b gpt-1.7b gpt-3.6b gpt-7.5b gpt-18.4b "
-    "gpt-39.1b gpt-76.1b gpt-145.6b gpt-310.1b gpt-529.6b gpt-1t gpt-22b gpt-530b"
-).split()
+def zoo_models():
+    """name -> ModelSpec of phaze's model zoo (the names `phaze graph --model` accepts)."""
+    from phaze.model.zoo import ZOO  # noqa: PLC0415
 
-
-def zoo_names():
-    """Model names `phaze graph --model` accepts, from phaze's zoo when it is installed."""
-    try:
-        from phaze.model import zoo  # noqa: PLC0415
-    except ImportError:
-        return set(_ZOO_FALLBACK)
-    for attr in ("names", "list_models", "model_names"):
-        fn = getattr(zoo, attr, None)
-        if callable(fn):
-            return set(fn())
-    for attr in ("ZOO", "MODELS"):
-        table = getattr(zoo, attr, None)
-        if isinstance(table, dict):
-            return set(table)
-    return set(_ZOO_FALLBACK)
+    return ZOO
 
 
 def semantic_errors(cfg):
     """Errors a JSON schema cannot express, each naming its field."""
     errors = []
-    names = zoo_names()
+    zoo = zoo_models()
     seen = set()
     for i, m in enumerate(cfg["models"]):
         field = f"models[{i}].name"
@@ -75,32 +69,38 @@ def semantic_errors(cfg):
             errors.append(f"field {field}: model {m['name']!r} listed twice; merge its seq/tp lists")
         seen.add(m["name"])
         if "hf_config" in m:
-            if not os.path.isfile(m["hf_config"]):
+            if not os.path.exists(m["hf_config"]):
                 errors.append(f"field models[{i}].hf_config: no such file {m['hf_config']!r}")
-        elif m["name"] not in names:
+            continue
+        spec = zoo.get(m["name"])
+        if spec is None:
             errors.append(
-                f"field {field}: unknown model {m['name']!r}; known: {', '.join(sorted(names))}"
+                f"field {field}: unknown model {m['name']!r}; known: {', '.join(sorted(zoo))}"
                 " (or give hf_config: path/to/config.json)"
             )
-    errors += grid_errors(cfg["arch"])
+            continue
+        for j, t in enumerate(m["tp"]):
+            if spec.heads % t or spec.n_kv_heads % t:
+                errors.append(
+                    f"field models[{i}].tp[{j}]: TP width {t} does not divide the"
+                    f" {spec.heads} attention heads of {m['name']}"
+                )
+    if workflow.is_main_process:  # once, not again in every job
+        errors += grid_errors(cfg["arch"])
     return errors
 
 
 def grid_errors(arch_spec):
-    """An empty grid after the area filter, found by phaze's own grid code when present."""
+    """Bad axis values, or an empty grid after the area filter (phaze's own grid code)."""
+    from phaze.errors import UserError  # noqa: PLC0415
+    from phaze.hw.grid import enumerate_grid  # noqa: PLC0415
+
     try:
-        from phaze.hw import grid as hw_grid  # noqa: PLC0415
-    except ImportError:
-        return []
-    count = getattr(hw_grid, "count_grid", None)
-    if not callable(count):
-        return []
-    try:
-        n = count(arch_spec)
-    except Exception as e:  # a UserError names its field
-        return [f"field arch: {e}"]
+        n = len(enumerate_grid(arch_spec))
+    except UserError as e:
+        return [f"field {e}" if e.field else f"field arch: {e}"]
     if n == 0:
-        return ["field arch: the grid is empty after the area filter (arch.area); widen it"]
+        return ["field arch.area: no arch is left after the area filter; widen it"]
     return []
 
 

@@ -18,6 +18,11 @@ rule place:
         hbm_gib=",".join(f"{h:g}" for h in config["placement"]["hbm_gib"]),
         recompute=",".join(config["placement"]["recompute"]),
         optimizer=config["placement"]["optimizer"],
+        zero1="--zero1" if config["placement"]["zero1"] else "",
+        interleave=",".join(str(v) for v in config["placement"]["interleave"]),
+        fixed=lambda wc: (
+            f"--fixed {MODELS[wc.model]['fixed_plan']}" if "fixed_plan" in MODELS[wc.model] else ""
+        ),
         network=NETWORK_JSON,
     log:
         "results/logs/place/{model}_s{seq}.log",
@@ -33,4 +38,5 @@ rule place:
         "{params.launch} phaze place --mpi --latency {input.latency} --graphs {input.graphs}"
         " --grid {input.grid} --devices {params.devices} --batch {params.global_batch}"
         " --hbm-gib {params.hbm_gib} --recompute {params.recompute}"
-        " --optimizer {params.optimizer} --network {params.network:q} -o {output} > {log} 2>&1"
+        " --optimizer {params.optimizer} {params.zero1} --interleave {params.interleave}"
+        " {params.fixed} --network {params.network:q} -o {output} > {log} 2>&1"

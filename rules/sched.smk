@@ -12,7 +12,12 @@ rule schedule_chunk:
     params:
         n_chunks=N_CHUNKS,
         network=NETWORK_JSON,
-        solver=config["scheduling"]["solver"],
+        solver=(
+            ""
+            if config["scheduling"]["solver"] == "auto"
+            else f"--solver {config['scheduling']['solver']}"
+        ),
+        formulation=config["scheduling"]["formulation"],
         time_limit_s=config["scheduling"]["time_limit_s"],
         cache=(
             f"--cache {shlex.quote(config['scheduling']['cache_dir'])}"
@@ -30,5 +35,5 @@ rule schedule_chunk:
     shell:
         "phaze schedule-batch --graphs {input.graphs} --grid {input.grid}"
         " --chunk {wildcards.chunk} --n-chunks {params.n_chunks} --network {params.network:q}"
-        " --solver {params.solver} --time-limit {params.time_limit_s} {params.cache}"
+        " {params.solver} --formulation {params.formulation} --time-limit {params.time_limit_s} {params.cache}"
         " -o {output} > {log} 2>&1"

@@ -41,6 +41,18 @@ BAD_CONFIGS = {
         "placement.recompute[0]",
     ),
     "chunks zero": (_bad(lambda c: c["scheduling"].__setitem__("n_chunks", 0)), "scheduling.n_chunks"),
+    "TP width not dividing heads": (
+        _bad(lambda c: c["models"][0].__setitem__("tp", [1, 3])),
+        "models[0].tp[1]",
+    ),
+    "empty grid after the area filter": (
+        _bad(lambda c: c["arch"]["area"].update(a_max_mm2=1.0, keep_single_core="none")),
+        "arch.area",
+    ),
+    "missing hf config": (
+        _bad(lambda c: c["models"][0].update(hf_config="nowhere/config.json")),
+        "models[0].hf_config",
+    ),
 }
 
 
@@ -94,7 +106,7 @@ def test_paper_config_is_the_published_sweep():
     assert arch["n_tc"] == [2**i for i in range(13)] and arch["n_vc"] == arch["n_tc"]
     assert arch["tc_rows"] == [2**i for i in range(1, 9)] and arch["tc_cols"] == arch["tc_rows"]
     assert arch["glb_mib"] == [2**i for i in range(1, 8)]
-    assert arch["area"] == {"max_mm2": None, "min_fraction": 0.3, "keep_single_core": True}
+    assert arch["area"] == {"a_max_mm2": "tpuv4", "min_frac": 0.3, "keep_single_core": "under_max"}
     p = cfg["placement"]
     assert (p["devices"], p["global_batch"], sorted(p["hbm_gib"])) == (1024, 4096, [32, 64, 80])
     assert sorted(p["recompute"]) == ["full", "none"] and p["optimizer"] == "sgd"
@@ -106,7 +118,14 @@ def test_paper_config_is_the_published_sweep():
         "megatron-gpt2-54": ([1024], [1, 2, 4]), "megatron-gpt2-72": ([1024], [1, 2, 4, 8]),
         "gpt3-175b": ([2048], [4, 8]),
     }
-    assert cfg["network"]["inter_node_bw_Bps"] == cfg["network"]["intra_node_bw_Bps"] == 4 * 2**30
+    assert cfg["network"]["inter_bw_Bps"] == cfg["network"]["intra_bw_Bps"] == 4 * 2**30
+    # REFERENCE.md section 3: the published fixed Megatron-style strategies (p x d x t)
+    fixed = {m["name"]: m.get("fixed_plan") for m in cfg["models"]}
+    assert fixed == {
+        "opt-350m": "12x85x1", "bert-large": "8x128x1", "gpt2-xl": "32x32x1",
+        "megatron-gpt2-54": "8x32x4", "megatron-gpt2-72": "8x16x8", "gpt3-175b": "32x8x4",
+        "llama2-7b": "8x128x1", "megatron-bert": None,
+    }
 
 
 def _dry_run_shell_commands(workdir):
@@ -120,10 +139,10 @@ def _dry_run_shell_commands(workdir):
 def test_job_graph_of_tiny_sweep(tmp_path):
     cfg = tiny_config()
     cfg["microbatch_sizes"] = [1, 2]
-    cfg["models"][1]["tp"] = [1, 2]
+    cfg["models"][0]["tp"] = [1, 2]
     write_config(tmp_path, cfg)
     counts = dry_run_jobs(tmp_path)
-    # graphs: bert 2 mbs x 1 tp + gpt2 2 mbs x 2 tp; sched: 2 models x 2 mbs x 2 chunks
+    # graphs: bert 2 mbs x 2 tp + gpt2 2 mbs x 1 tp; sched: 2 models x 2 mbs x 2 chunks
     assert counts["graph"] == 2 + 4
     assert counts["arch_grid"] == 1
     assert counts["schedule_chunk"] == 2 * 2 * 2

@@ -103,15 +103,16 @@ def tiny_config(**overrides) -> dict:
             "glb_mib": [8],
             "clock_hz": [1.05e9],
             "hbm_bw_Bps": [1.2e12],
-            "area": {"max_mm2": None, "min_fraction": 0.0, "keep_single_core": True},
+            "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"},
         },
-        "scheduling": {"solver": "auto", "time_limit_s": 10, "n_chunks": 2,
-                       "cache_dir": "results/cache/sched"},
+        "scheduling": {"solver": "auto", "formulation": "compact", "time_limit_s": 10,
+                       "n_chunks": 2, "cache_dir": "results/cache/sched"},
         "placement": {"devices": 64, "global_batch": 256, "hbm_gib": [32],
-                      "recompute": ["none", "full"], "optimizer": "sgd", "ranks": 2},
-        "network": {"devices_per_node": 8, "intra_node_bw_Bps": 4294967296,
-                    "inter_node_bw_Bps": 4294967296, "intra_node_latency_s": 0,
-                    "inter_node_latency_s": 0},
+                      "recompute": ["none", "full"], "optimizer": "sgd", "zero1": False,
+                      "interleave": [1], "ranks": 2},
+        "network": {"devices_per_node": 8, "intra_bw_Bps": 4294967296,
+                    "inter_bw_Bps": 4294967296, "intra_latency_s": 0,
+                    "inter_latency_s": 0},
     }
     for key, value in overrides.items():
         cfg[key] = value
