@@ -19,7 +19,8 @@ COMMAND_MODULES = (
     "phaze.sched.commands",     # schedule, schedule-batch, merge-latency
     "phaze.place.commands",     # place, evaluate
     "phaze.search.commands",    # search
-    "phaze.report.commands",    # report, validate
+    "phaze.report.commands",    # report
+    "phaze.validate.commands",  # validate
 )
 
 

@@ -47,3 +47,22 @@ def test_overhead_param_adds_fixed_time():
     base = op_latencies(ops, [t], t.network).lat_all_s[0, 0]
     more = op_latencies(ops, [t], t.network, params=CostParams(op_overhead_s=1e-5)).lat_all_s[0, 0]
     assert more == pytest.approx(base + 1e-5)
+
+
+def test_cost_model_flag_covers_every_op_and_respects_peak(capsys):
+    """`phaze cost --model` costs the built graph: every op appears once per pass, and no
+    GEMM beats FLOPs / peak on all cores (closed-form lower bound)."""
+    from phaze.cli import main as phaze_main
+    from phaze.hw.presets import PRESETS
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import resolve_model
+
+    assert phaze_main(["cost", "--model", "bert-large", "--arch", "tpuv4", "--seq", "512", "--mbs", "2",
+                       "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    g = build_graph(resolve_model("bert-large"), seq=512, mbs=2, tp=1)
+    assert len(out["ops"]) == sum(len(layer.fwd) + len(layer.bwd) for layer in g.layers)
+    peak = PRESETS["tpuv4"].peak_flops
+    for r in out["ops"]:
+        if r["kind"] == "gemm":
+            assert r["lat_all_s"] >= r["flops"] / peak * (1 - 1e-9)

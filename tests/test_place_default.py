@@ -182,3 +182,106 @@ def test_allreduce_is_max_over_stages_not_first():
     links = Links(node_size=1, inter_bw_Bps=1e9, inter_latency_s=0.0)
     r = evaluate_plan(ch, 2, 4, 8, "none", 1, links=links, options=PlanOptions(grad_bytes=2))
     assert r["dp_sync_s"] == pytest.approx(2 * 3 / 4 * 9e6 * 2 / 1e9)
+
+
+# ----------------------------------------------- batched scenarios, block chains, edge cases
+def block_chain(rng, blocks):
+    """prologue + identical blocks + epilogue (the realistic shape the fast DP exploits)."""
+    n = blocks + 2
+    f = float(rng.uniform(0.5, 2.0))
+    fwd = np.array([0.1 * f] + [f] * blocks + [float(rng.uniform(0.5, 4.0)) * f])
+    P = np.array([float(rng.integers(20, 80))] + [float(rng.integers(5, 30))] * blocks +
+                 [float(rng.integers(20, 80))]) * 1e6
+    act = np.array([1.0] + [float(rng.integers(5, 40))] * blocks + [float(rng.integers(5, 40))]) * 1e6
+    out = np.array([4.0] * (n - 1) + [0.0]) * 1e6
+    return Chain(t=int(rng.choice([1, 2])), mbs=int(rng.choice([1, 2])), seq=64, fwd_s=fwd,
+                 bwd_s=2 * fwd, tp_fwd_s=0.05 * fwd, tp_bwd_s=0.05 * fwd, param_count=P,
+                 act_none_bytes=act, act_full_bytes=np.full(n, 2e6), out_bytes=out,
+                 flops_fwd=fwd * 1e12, flops_bwd=2 * fwd * 1e12,
+                 kinds=("prologue",) + ("block",) * blocks + ("epilogue",))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_best_plans_batch_equals_brute_force_per_scenario(seed):
+    """One best_plans call over 3 HBM sizes x 2 recompute flags agrees with brute force (and
+    with one best_plan call) for every scenario, on block-structured chains up to 10 layers."""
+    from phaze.place.dp import best_plans
+
+    rng = np.random.default_rng(900 + seed)
+    checked = 0
+    for _ in range(4):
+        ch = block_chain(rng, int(rng.integers(2, 9)))
+        links = rand_links(rng)
+        opt = PlanOptions(optimizer=str(rng.choice(["sgd", "adam"])), zero1=bool(rng.random() < .3))
+        devices = int(rng.integers(2, 33))
+        batch = ch.mbs * int(rng.choice([1, 2, 4, 8, 16]))
+        total = ch.param_count.sum() * 16 + ch.act_none_bytes.sum() * 4
+        hbms = sorted(float(x) for x in rng.uniform(0.05, 0.8, 3) * total)
+        got = best_plans(ch, devices, batch, hbms, ["none", "full"], links=links, options=opt)
+        assert set(got) == {(h, r) for h in hbms for r in ("none", "full")}
+        for (hbm, rec), plan in got.items():
+            want = brute_force(ch, devices, batch, rec, hbm, links, opt)
+            one = best_plan(ch, devices, batch, rec, hbm_bytes=hbm, links=links, options=opt)
+            if math.isinf(want):
+                assert plan is None and one is None
+                continue
+            checked += 1
+            assert plan["time_per_batch_s"] == pytest.approx(want, rel=1e-9)
+            assert one["time_per_batch_s"] == pytest.approx(want, rel=1e-9)
+            t2, m2 = my_eval(ch, [tuple(s) for s in plan["stages"]], plan["p"], plan["d"], batch,
+                             rec, 1, links, opt)
+            assert t2 == pytest.approx(plan["time_per_batch_s"], rel=1e-9) and m2 <= hbm
+    assert checked >= 10
+
+
+def test_single_data_parallel_replica_with_infeasible_small_p():
+    """nmb = 1 forces d = 1 (no all-reduce); p = 1 does not fit, p = 2 does: the DP must not
+    lose the p = 2 plan to the infeasible p = 1 entry (guards 0 x inf in the objective)."""
+    n = 4
+    ch = Chain(t=1, mbs=1, seq=16, fwd_s=np.ones(n), bwd_s=2 * np.ones(n),
+               param_count=np.full(n, 1e6), act_none_bytes=np.full(n, 1e6),
+               act_full_bytes=np.full(n, 1e6), out_bytes=np.zeros(n), kinds=("block",) * n)
+    opt = PlanOptions(optimizer="sgd")          # 4 B/param: 4 MB per layer + 1 MB activations
+    hbm = 12e6                                   # 2 layers fit (10 MB), 4 do not (20 MB)
+    got = best_plan(ch, 4, 1, "none", hbm_bytes=hbm, options=opt)
+    want = brute_force(ch, 4, 1, "none", hbm, Links(), opt)
+    assert got is not None and got["d"] == 1 and got["p"] >= 2
+    assert got["time_per_batch_s"] == pytest.approx(want, rel=1e-12)
+
+
+def test_fewest_stages_greedy_equals_brute_force():
+    """The fewest-stages greedy (used to skip stage counts memory rules out), run for several
+    scenarios and in-flight caps M at once, equals the least stage count of any
+    memory-feasible partition, by brute force."""
+    from phaze.place.dp import _fewest_stages, _Ranges
+
+    rng = np.random.default_rng(77)
+    Ms = [1, 2, 3, 5, 64]
+    for _ in range(30):
+        ch = rand_chain(rng, n=int(rng.integers(2, 8)))
+        opt = PlanOptions(optimizer="adam")
+        total = ch.param_count.sum() * 16 + ch.act_none_bytes.sum() * 4
+        scen = [(str(rng.choice(["none", "full"])), float(rng.uniform(0.05, 0.6) * total))
+                for _ in range(3)]
+        smaxes = [_Ranges(ch, rec).smax(opt.static_bytes_per_param(1), hbm) for rec, hbm in scen]
+        lo = _fewest_stages(smaxes, Ms, ch.n)
+        assert lo.shape == (len(scen), len(Ms))
+        for g, (rec, hbm) in enumerate(scen):
+            for k, M in enumerate(Ms):
+                # least p with a partition whose every stage fits at in-flight min(s, M)
+                want = math.inf
+                for cuts in itertools.product((0, 1), repeat=ch.n - 1):
+                    bounds = [0] + [q + 1 for q, c in enumerate(cuts) if c] + [ch.n]
+                    st = list(zip(bounds[:-1], bounds[1:]))
+                    p = len(st)
+                    fits = True
+                    for pos, (i, j) in enumerate(st):
+                        s = p - pos
+                        mem = ch.param_count[i:j].sum() * 16 + \
+                            min(s, M) * ch.act_bytes(rec)[i:j].sum() + \
+                            (ch.act_none_bytes[i:j].max() if rec == "full" else 0.0)
+                        fits &= mem <= hbm
+                    if fits:
+                        want = min(want, p)
+                # the greedy's own partition is feasible, and no feasible one has fewer stages
+                assert lo[g, k] == want

@@ -33,7 +33,8 @@ def test_evaluate_cli_json(capsys):
         assert k in out
     F = narayanan_flops(32, 2048, 24, 2304, 51200, True)
     assert out["tflops_per_gpu"] == pytest.approx(F / out["time_per_batch_s"] / 8 / 1e12)
-    parts = sum(out[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s"))
+    parts = sum(out[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s",
+                                 "optimizer_s"))
     assert parts == pytest.approx(out["time_per_batch_s"])
     # pp that does not divide the 24 blocks -> one-line user error, exit 2
     assert main(argv[:8] + ["5"] + argv[9:]) == 2

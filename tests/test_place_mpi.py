@@ -84,3 +84,45 @@ def test_bad_inputs_exit_2_no_output(tmp_path, capsys):
     assert main(["place", "--recompute", "bogus", "--work-items", "x.json", "-o", str(out)]) == 2
     assert main(["place", "-o", str(out)]) == 2
     assert not out.exists()
+
+
+def _grouped_items():
+    """2 archs x 2 HBM sizes x 2 recompute flags of one model: 2 groups of 4 items, listed
+    interleaved so that groups are not contiguous."""
+    items = []
+    for hbm in (2, 8):
+        for rec in ("none", "full"):
+            for arch, peak in (("a0", 100e12), ("a1", 150e12)):
+                items.append({"model": "tiny", "seq": 512, "arch_id": arch, "mbs": 1,
+                              "hbm_bytes": hbm * 1024**3, "recompute": rec,
+                              "synthetic": {"layers": 6, "hidden": 1024, "heads": 16,
+                                            "tps": [1, 2], "peak_flops": peak}})
+    return items
+
+
+def test_grouped_items_equal_one_item_at_a_time():
+    """The driver groups items differing only in HBM / recompute into one best_plans call;
+    every row equals the row of that item solved alone."""
+    from phaze.place.driver import group_items, run_item, run_items
+
+    items = _grouped_items()
+    assert sorted(len(g) for g in group_items(items)) == [4, 4]
+    ctx = {"devices": 32, "batch": 32, "links": Links(), "options": PlanOptions(),
+           "interleaves": (1,), "fixed": (2, 2, 2), "graphs": {}, "latency": {}, "peak": {}}
+    grouped = pd.DataFrame(run_items(items, ctx, use_mpi=False))
+    alone = pd.DataFrame([r for i, it in enumerate(items) for r in run_item(i, it, ctx)])
+    alone = alone.sort_values(["item", "row_kind"]).reset_index(drop=True)
+    assert list(grouped["item"]) == sorted(grouped["item"])
+    pd.testing.assert_frame_equal(grouped.drop(columns="solve_seconds"),
+                                  alone.drop(columns="solve_seconds"))
+    assert grouped[grouped.row_kind == "best"]["feasible"].any()
+
+
+@pytest.mark.skipif(not Path(MPIEXEC).exists(), reason="mpiexec not installed")
+def test_grouped_items_one_and_two_ranks_identical(tmp_path):
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps(_grouped_items()))
+    a = _run(1, items, tmp_path / "r1.parquet")
+    b = _run(2, items, tmp_path / "r2.parquet")
+    assert len(a) == len(_grouped_items())
+    pd.testing.assert_frame_equal(a.drop(columns="solve_seconds"), b.drop(columns="solve_seconds"))

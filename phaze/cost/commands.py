@@ -10,6 +10,11 @@ def register(sub) -> None:
     p.add_argument("--arch", required=True, help="preset (tpuv4, a100, h100) or arch_id with --grid")
     p.add_argument("--grid", help="grid parquet to look an arch_id up in")
     p.add_argument("--graph", help="ModelGraph JSON written by `phaze graph`")
+    p.add_argument("--model", help="zoo name or config.json (builds the graph; alternative to --graph)")
+    p.add_argument("--seq", type=int, help="sequence length with --model (default: the model's)")
+    p.add_argument("--mbs", type=int, default=1, help="microbatch size with --model (default 1)")
+    p.add_argument("--sequence-parallel", action="store_true", help="with --model: Megatron SP")
+    p.add_argument("--fused", action="store_true", help="with --model: fuse GEMM epilogues")
     p.add_argument("--gemm", action="append", default=[], metavar="B,M,N,K",
                    help="an ad-hoc bf16 GEMM (repeatable)")
     p.add_argument("--vector", action="append", default=[], metavar="CLASS:ELEMENTS",
@@ -30,13 +35,10 @@ def _cost(args) -> int:
     adhoc = _adhoc_ops(args.gemm, args.vector)
     if adhoc:
         groups.append(("adhoc", adhoc, args.tp or 1))
-    if args.graph:
-        try:
-            from phaze.model.serialize import load_graph
-        except ModuleNotFoundError:
-            raise UserError("this build has no graph loader yet", field="--graph",
-                            fix="use --gemm/--vector, or merge the graphs stage") from None
-        g = load_graph(args.graph)
+    if args.graph and args.model:
+        raise UserError("give either --graph or --model, not both", field="--model")
+    if args.graph or args.model:
+        g = _load_or_build_graph(args)
         tp = args.tp or g.tp
         passes = ("fwd", "bwd") if args.pass_ == "both" else (args.pass_,)
         for layer in g.layers:
@@ -65,6 +67,18 @@ def _cost(args) -> int:
         print(f"{r['group']:16s} {r['op']:24s} {r['core_class']:6s} {r['lat_one_s']:11.4e} {r['bound_one']:8s} "
               f"{r['lat_all_s']:13.4e} {r['bound_all']:8s}")
     return 0
+
+
+def _load_or_build_graph(args):
+    if args.graph:
+        from phaze.model.serialize import load_graph
+
+        return load_graph(args.graph)
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import resolve_model
+
+    return build_graph(resolve_model(args.model), seq=args.seq, mbs=args.mbs, tp=args.tp or 1,
+                       sequence_parallel=args.sequence_parallel, fused=args.fused)
 
 
 def _adhoc_ops(gemms, vectors):

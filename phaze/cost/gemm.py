@@ -20,6 +20,9 @@ per row; partial sums flow down and leave at the bottom into per-column accumula
 - Intra-op on n cores: work units = (one of the b * ceil(n/C) output-column tiles, one
   chunk of its m rows), dealt evenly to the cores; the number of m chunks is the best of
   1, 2, 4, ..., 32 and floor(n / tiles) (weights are multicast to the cores sharing them).
+  When cores outnumber tiles, N may also be cut at C/2, C/4, ... columns per tile (idle
+  columns), i.e. any narrower power-of-two array's tiling: latency is then non-increasing
+  in cores and in array size over power-of-two shapes (property-tested).
 Memory (roofline): the GLB holds an output tile Mt x Nt chosen to fit glb_usable_fraction of
 the buffer; when A, B and C do not all fit, A is re-read from HBM ceil(n/Nt) times and B
 ceil(m/Mt) times. GLB -> array traffic: A once per column fold, B once per GLB row tile, C
@@ -57,21 +60,34 @@ def gemm_core_cycles(b, m, n, k, R, C, n_cores):
     each candidate is non-increasing in n_cores, so the minimum is too."""
     b, m, n, k, R, C, n_cores = (np.asarray(x, dtype=float) for x in (b, m, n, k, R, C, n_cores))
     Fk = np.ceil(k / R)
-    Fn = np.ceil(n / C)
-    tiles = b * Fn
-    # rows/columns in use: the balanced fold size (unused ones are bypassed)
-    H = np.ceil(k / Fk) + np.ceil(n / Fn) - 1
 
-    def per_core(split):
+    def per_core(Fn, split):
+        # rows/columns in use: the balanced fold size (unused ones are bypassed)
+        H = np.ceil(k / Fk) + np.ceil(n / Fn) - 1
+        tiles = b * Fn
         split = np.minimum(m, split)
         units = np.ceil(tiles * split / n_cores)
         return fold_cycles(units * Fk, np.ceil(m / split), H)
 
-    best = per_core(np.maximum(1.0, np.floor(n_cores / tiles)))
+    def best_for(Fn):
+        best = per_core(Fn, np.maximum(1.0, np.floor(n_cores / (b * Fn))))
+        if np.any(n_cores > 1):
+            for s in M_SPLITS[1:]:
+                best = np.minimum(best, per_core(Fn, float(s)))
+        return np.minimum(best, per_core(Fn, 1.0))
+
+    Fn = np.ceil(n / C)
+    best = best_for(Fn)
     if np.any(n_cores > 1):
-        for s in M_SPLITS[1:]:
-            best = np.minimum(best, per_core(float(s)))
-    return np.minimum(best, per_core(1.0))
+        # With cores to spare a wide array may also cut N into narrower column tiles (leaving
+        # columns idle) to give every core work, as a narrower array would.
+        # Column widths C/2, C/4, ... (down to 1): exactly the narrower arrays of a
+        # power-of-two grid, so a wider array is never slower than a narrower one there.
+        # (One chunk of rows per core suffices here: these only matter when tiles are scarce.)
+        for halvings in range(1, 9):
+            narrow = np.maximum(Fn, np.ceil(n / np.maximum(1.0, np.floor(C / 2.0**halvings))))
+            best = np.minimum(best, per_core(narrow, np.maximum(1.0, np.floor(n_cores / (b * narrow)))))
+    return best
 
 
 def gemm_traffic_bytes(b, m, n, k, C, glb_bytes, params: CostParams):

@@ -110,4 +110,5 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple[float, float]] | N
                  param_count=np.array(cols[4], dtype=float), act_none_bytes=np.array(cols[5]),
                  act_full_bytes=np.array(cols[6]), out_bytes=np.array(cols[7]),
                  flops_fwd=np.array(cols[8]), flops_bwd=np.array(cols[9]),
-                 kinds=tuple(cols[10]), model=graph.model)
+                 kinds=tuple(cols[10]), model=graph.model,
+                 extra={"sequence_parallel": bool(graph.sequence_parallel)})

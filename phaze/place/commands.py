@@ -40,14 +40,21 @@ def register(sub) -> None:
         help="time and memory of one given training plan",
         description="Evaluate a fixed (tp, pp, dp, mbs, batch, recompute, interleave) plan of a "
         "model on an arch: time per batch, breakdown, memory per device, TFLOP/s per GPU.")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", help="zoo name or config.json (or give --hidden/--heads/--layers)")
+    e.add_argument("--hidden", type=int, help="inline GPT: hidden size")
+    e.add_argument("--heads", type=int, help="inline GPT: attention heads")
+    e.add_argument("--layers", type=int, help="inline GPT: transformer blocks")
+    e.add_argument("--vocab", type=int, default=51200,
+                   help="inline GPT: vocabulary (default 51,200 as in the Megatron papers)")
     e.add_argument("--arch", required=True, help="arch preset name or arch id")
     e.add_argument("--tp", type=int, required=True)
     e.add_argument("--pp", type=int, required=True)
     e.add_argument("--dp", type=int, required=True)
     e.add_argument("--mbs", type=int, required=True)
     e.add_argument("--batch", type=int, required=True, help="global batch in samples")
-    e.add_argument("--recompute", choices=("none", "full"), default="full")
+    e.add_argument("--recompute", choices=("none", "selective", "full"), default="full")
+    e.add_argument("--sequence-parallel", action="store_true",
+                   help="Megatron sequence parallelism (Korthikanti MLSys'23)")
     e.add_argument("--interleave", type=int, default=1)
     e.add_argument("--seq", type=int, default=None)
     e.add_argument("--optimizer", default="adam", choices=("sgd", "adam"))

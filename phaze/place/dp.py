@@ -8,13 +8,39 @@ subject to every stage's memory at its position fitting in HBM, p t d <= devices
 (by default) d mbs dividing the batch. Interleaved 1F1B (v >= 2) uses Megatron's uniform
 split and is evaluated directly for every admissible p.
 
-The max over stages of the all-reduce does not decompose over a suffix DP, so the DP is run
-for a set of caps c on a stage's parameters (stages with more are forbidden):
-    T* = min_c [ min_p B_c(p) (M + p - 1) + AR(c) ],
-exact because the optimum's own largest stage is one of the caps. Caps are pruned with
-bounds: only caps with AR(c) + min_p B_inf(p) (M + p - 1) <= the best plan found without a
-cap can win. The loads do not depend on d except through the link kind, so the range tables
-are built once per link kind.
+Exact algorithm. `best_plans` solves several scenarios (recompute flag, HBM size) of one
+chain at once: they are a batch dimension of every table below.
+  * B_c[s][i] = least max stage load of the suffix [i, n) cut into s stages whose params are
+    <= cap c and whose memory fits at their 1F1B position; the stage at suffix position s
+    keeps min(s, M) microbatches in flight. The DP runs over s (one numpy step per s over
+    all rows i, stage ends j and batch entries). For s <= M the table does not depend on d,
+    so one run serves every d; a d with pmax(d) > M continues from step M with the
+    in-flight count frozen at M (an "extension").
+  * Loads depend on d only through the p2p link kind (inter-node iff t d p > node size),
+    memory through M (above) and, with ZeRO-1, the bytes per parameter: d's with the same
+    (link kind, bytes per parameter) share runs.
+  * Band: memory only grows with a range, so a stage is at most w layers long, w the
+    longest range that fits at in-flight 1; step s only visits ends j <= i + w and rows
+    n - s w <= i <= n - s.
+  * Stage counts: a memory greedy (`_fewest_stages`, from the chain's end, each position
+    takes the longest range that fits) gives the least feasible p per scenario and M
+    exactly; counts below it are skipped, and a d with none feasible costs no step. Counts
+    are explored in windows 1..8, 9..16, 17..32, ...; before each window, (d, p) pairs whose
+    lower bound (M + p - 1) max(largest layer load, total load / p) + AR_d(max(largest layer
+    params, total params / p)) cannot beat the scenario's incumbent are dropped, so runs
+    stop early.
+  * The max over stages of the all-reduce does not decompose over the DP:
+        T*(d, p) = min_c [ (M + p - 1) B_c(p) + AR_d(c) ]
+    exact because the optimum's own largest stage is one of the caps. The uncapped run also
+    tracks the params of the largest stage of its argmin partition (an upper bound for every
+    (d, p) and the incumbent U); a cap c only needs a capped run when, for some (d, p),
+        max(largest layer params, total params / p) <= c < that largest stage's params
+        and (M + p - 1) B_inf(p) + AR_d(c) < U.
+    The surviving caps of every scenario run as one more batch (entries = (scenario, cap)),
+    shared by every d.
+Only each scenario's winner is evaluated with plan.evaluate_plan (the source of truth for
+the plan dict). The old per-d, per-cap version took 0.15-0.8 s per work item (4 TP widths);
+see benchmarks/bench_place_default.py for the current figures.
 """
 
 from __future__ import annotations
@@ -24,10 +50,11 @@ import math
 import numpy as np
 
 from phaze.place.chain import Chain
-from phaze.place.plan import (Links, PlanOptions, allreduce_time, dp_inter, evaluate_plan,
-                              p2p_time, pipeline_inter, uniform_stages)
+from phaze.place.plan import (Links, PlanOptions, dp_inter, evaluate_plan, p2p_time,
+                              pipeline_inter, uniform_stages)
 
 INF = math.inf
+_REL = 1e-12          # relative slack when pruning with bounds (never prunes a true optimum)
 
 
 def _prefix(x):
@@ -35,73 +62,175 @@ def _prefix(x):
 
 
 class _Ranges:
-    """[i, j) matrices of one chain for one pipeline link kind."""
+    """[i, j) matrices of one chain for one recompute flag (loads per pipeline link kind)."""
 
-    def __init__(self, chain: Chain, recompute: str, bw: float, lat: float):
+    def __init__(self, chain: Chain, recompute: str):
         n = chain.n
+        self.chain = chain
         ii = np.arange(n + 1)[:, None]
         jj = np.arange(n + 1)[None, :]
+        self.ii, self.jj = ii, jj
         self.valid = jj > ii
         Fp, Bp, Pp = _prefix(chain.fwd_s), _prefix(chain.bwd_s), _prefix(chain.param_count)
         Ap = _prefix(chain.act_bytes(recompute))
+        self.full = recompute == "full"
         F = Fp[jj] - Fp[ii]
-        B = Bp[jj] - Bp[ii]
-        full = recompute == "full"
-        comm = p2p_time(chain.out_bytes, bw, lat)       # comm[k]: boundary after layer k
-        cin = np.concatenate(([0.0], comm[:-1], [0.0]))   # cin[i] for a stage starting at i
-        cout = np.concatenate(([0.0], comm[:-1], [0.0]))  # cout[j] for a stage ending at j
-        load = cin[ii] + F + (F if full else 0.0) + B + cout[jj]
-        self.load = np.where(self.valid, load, INF)
+        self.comp = F + (F if self.full else 0.0) + (Bp[jj] - Bp[ii])
         self.P = np.where(self.valid, Pp[jj] - Pp[ii], 0.0)
         self.A = np.where(self.valid, Ap[jj] - Ap[ii], 0.0)
         work = np.zeros((n + 1, n + 1))
-        if full:
+        if self.full:
             a = chain.act_none_bytes
             for i in range(n):
                 work[i, i + 1:] = np.maximum.accumulate(a[i:])
         self.work = work
+        self._load = {}
+
+    def load(self, bw: float, lat: float) -> np.ndarray:
+        key = (bw, lat)
+        if key not in self._load:
+            comm = p2p_time(self.chain.out_bytes, bw, lat)     # boundary after layer k
+            edge = np.concatenate(([0.0], comm[:-1], [0.0]))   # cin[i] / cout[j]
+            load = edge[self.ii] + self.comp + edge[self.jj]
+            self._load[key] = np.where(self.valid, load, INF)
+        return self._load[key]
+
+    def smax(self, static_per_param: float, hbm: float) -> np.ndarray:
+        """Largest in-flight count m at which each stage fits (inf: any, -1: none)."""
+        base = self.P * static_per_param + self.work
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.floor((hbm - base) / np.where(self.A > 0, self.A, 1.0))
+        s = np.where(self.A > 0, s, INF)
+        s = np.where(base <= hbm, s, -1.0)
+        return np.where(self.valid, s, -1.0)
 
 
-def _smax(rg: _Ranges, static_per_param: float, M: int, hbm: float) -> np.ndarray:
-    """Largest 1F1B position s at which each stage fits (inf: any)."""
-    base = rg.P * static_per_param + rg.work
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.floor((hbm - base) / np.where(rg.A > 0, rg.A, 1.0))
-    s = np.where(base + M * rg.A <= hbm, INF, s)           # min(s, M) * A: all s fit
-    s = np.where(base <= hbm, s, 0.0)
-    return np.where(rg.valid, s, 0.0)
+class _Band:
+    """Banded tables of one (link kind, bytes per parameter) for a list of scenarios
+    (recompute flag, HBM size): a stage starting at i can only end at j = i + 1 + k, k < w,
+    w the longest stage that fits in HBM at in-flight count 1 in some scenario (memory only
+    grows with the range, so longer stages never fit)."""
+
+    def __init__(self, loads, P, smaxes):
+        n1 = P.shape[0]
+        n = n1 - 1
+        w = 1
+        for sm in smaxes:
+            fits = sm >= 1
+            ends = np.where(fits.any(axis=1), n1 - 1 - np.argmax(fits[:, ::-1], axis=1), 0)
+            w = max(w, int((ends - np.arange(n1)).max()))
+        J = np.arange(n1)[:, None] + 1 + np.arange(w)[None, :]
+        inb = J <= n
+        self.J = np.minimum(J, n)
+        rows = np.arange(n1)[:, None]
+        self.load = np.stack([np.where(inb, ld[rows, self.J], INF) for ld in loads])
+        self.smax = np.stack([np.where(inb, sm[rows, self.J], -1.0) for sm in smaxes])
+        self.P = P[rows, self.J]
+        self.n, self.w = n, w
 
 
-def _run_dp(rg: _Ranges, smax: np.ndarray, caps: np.ndarray, pmax: int):
-    """D[c, i, s]: least max stage load of the suffix [i, n) as s stages with every stage's
-    params <= caps[c]; arg[c, i, s]: end of the first stage."""
-    n = rg.load.shape[0] - 1
-    C = len(caps)
-    D = np.full((C, n + 1, pmax + 1), INF)
-    arg = np.zeros((C, n + 1, pmax + 1), dtype=np.int32)
-    D[:, n, 0] = 0.0
-    s_idx = np.arange(1, pmax + 1)
-    for i in range(n - 1, -1, -1):
-        js = np.arange(i + 1, n + 1)
-        L = rg.load[i, js]
-        ok = (s_idx[None, :] <= smax[i, js][:, None])                          # J x S
-        capok = rg.P[i, js][None, :] <= caps[:, None]                          # C x J
-        cand = np.maximum(L[None, :, None], D[:, js, :pmax])                   # C x J x S
-        cand = np.where(ok[None] & capok[:, :, None], cand, INF)
-        best = cand.argmin(axis=1)                                             # C x S
-        D[:, i, 1:] = np.take_along_axis(cand, best[:, None, :], axis=1)[:, 0, :]
-        arg[:, i, 1:] = js[best]
-    return D, arg
+class _Run:
+    """B_e[s][0] for s = 0..steps of a batch of entries e = (scenario sel[e], cap caps[e])
+    (`top_D[s, e]`; `top_PM[s, e]`: params of the largest stage of the argmin partition, when
+    tracked), plus the argmin tables to rebuild the partitions. Step s uses in-flight count
+    min(s, frozen_m) (frozen_m = None: s); an extension starts from `start`'s step s0 with
+    the in-flight count frozen. Only rows n - s w <= i <= n - s are computed at step s
+    (a suffix needs >= s layers and at most s w), over the band of stage ends. `advance(steps)`
+    continues a run (the search extends runs when the incumbent allows more stages)."""
 
+    def __init__(self, band: _Band, sel, caps, steps, frozen_m=None, start=None, s0=0,
+                 track_pm=False):
+        self.band = band
+        n1 = band.n + 1
+        self.n = band.n
+        G = len(caps)
+        self.G, self.frozen_m = G, frozen_m
+        self.s0, self.parent, self.track_pm = s0, start, track_pm
+        if start is not None:
+            self.loadc, self.smaxc = start.loadc, start.smaxc
+        else:
+            ld = band.load[sel]
+            self.loadc = ld if not np.isfinite(caps).any() else \
+                np.where(band.P[None] <= caps[:, None, None], ld, INF)
+            self.smaxc = band.smax[sel]
+        if start is None:
+            D = np.full((G, n1), INF)
+            D[:, self.n] = 0.0
+            PM = np.zeros((G, n1))
+            self._D0, self._PM0 = D, PM
+            self.top_D = D[:, 0][None].copy()
+            self.top_PM = PM[:, 0][None].copy()
+        else:
+            D, PM = start.D_at(s0), start.PM_at(s0)
+            self.top_D = start.top_D[:s0 + 1].copy()
+            self.top_PM = start.top_PM[:s0 + 1].copy() if track_pm else None
+        self._D, self._PM = D, PM
+        self.hist_D, self.hist_PM, self.hist_arg = [], [], []
+        self.steps = s0
+        self.advance(steps)
 
-def _stages(arg, c, s, n):
-    out, i = [], 0
-    for pos in range(s, 0, -1):
-        j = int(arg[c, i, pos])
-        out.append((i, j))
-        i = j
-    assert i == n
-    return out
+    def advance(self, steps):
+        if steps <= self.steps:
+            return
+        n, G, bd = self.n, self.G, self.band
+        n1 = n + 1
+        D, PM = self._D, self._PM
+        gi = np.arange(G)[:, None]
+        rows_all = np.arange(n1)[None, :]
+        s_hi = min(steps, n)
+        k_new = max(0, s_hi - self.steps)
+        Dbuf = np.full((k_new, G, n1), INF)
+        PMbuf = np.full((k_new, G, n1), INF) if self.track_pm else None
+        for q, s in enumerate(range(self.steps + 1, s_hi + 1)):
+            # rows lo..n-s: a suffix needs >= s layers and at most s * w (stages <= w long)
+            r, lo = n - s + 1, max(0, n - s * bd.w)
+            m = self.frozen_m if self.frozen_m is not None else s
+            Jr = bd.J[lo:r]
+            cand = np.maximum(self.loadc[:, lo:r], D[:, Jr])             # G x rows x w
+            cand[self.smaxc[:, lo:r] < m] = INF
+            k = cand.argmin(axis=2)                                      # G x rows
+            D = Dbuf[q]
+            D[:, lo:r] = cand.min(axis=2)
+            if self.track_pm:
+                ri = rows_all[:, :r - lo]
+                PMn = PMbuf[q]
+                PMn[:, lo:r] = np.maximum(bd.P[lo:r][ri, k], PM[gi, Jr[ri, k]])
+                PM = PMn
+            self.hist_D.append(D)
+            self.hist_PM.append(PM if self.track_pm else None)
+            self.hist_arg.append((lo, k))        # stage end of row i: J[i, k[:, i - lo]]
+        extra = steps - max(self.steps, s_hi)             # more stages than layers: none
+        self._D, self._PM = D, PM
+        parts = [self.top_D, Dbuf[:, :, 0], np.full((extra, G), INF)]
+        self.top_D = np.concatenate(parts)
+        if self.track_pm:
+            self.top_PM = np.concatenate([self.top_PM, PMbuf[:, :, 0], np.full((extra, G), INF)])
+        self.steps = steps
+
+    def D_at(self, s):
+        if s <= self.s0:
+            return self.parent.D_at(s) if self.parent is not None else self._D0
+        return self.hist_D[s - self.s0 - 1]
+
+    def PM_at(self, s):
+        if s <= self.s0:
+            return self.parent.PM_at(s) if self.parent is not None else self._PM0
+        return self.hist_PM[s - self.s0 - 1]
+
+    def arg_at(self, s):
+        if s <= self.s0:
+            return self.parent.arg_at(s)
+        return self.hist_arg[s - self.s0 - 1]
+
+    def stages(self, g: int, p: int, n: int) -> list[tuple[int, int]]:
+        out, i = [], 0
+        for pos in range(p, 0, -1):
+            lo, k = self.arg_at(pos)
+            j = int(self.band.J[i, k[g, i - lo]])
+            out.append((i, j))
+            i = j
+        assert i == n
+        return out
 
 
 def d_candidates(chain: Chain, devices: int, batch: int, options: PlanOptions) -> list[int]:
@@ -114,73 +243,291 @@ def d_candidates(chain: Chain, devices: int, batch: int, options: PlanOptions) -
     return list(range(1, min(top, -(-batch // chain.mbs)) + 1))
 
 
-def best_plan(chain: Chain, devices: int, batch: int, recompute: str = "none", *,
-              hbm_bytes: float, links: Links | None = None, options: PlanOptions | None = None,
-              peak_flops: float = 0.0, interleaves=(1,)) -> dict | None:
-    """Best plan for one chain (its t and mbs fixed); None when nothing fits."""
-    links = links or Links()
-    options = options or PlanOptions()
+def _ar_coeff(n: int, bw: float, lat: float, grad_bytes: float) -> tuple[float, float]:
+    """Ring all-reduce time = alpha * params + beta (plan.allreduce_time)."""
+    if n <= 1:
+        return 0.0, 0.0
+    return 2.0 * (n - 1) / n * grad_bytes / bw, 2.0 * (n - 1) * lat
+
+
+class _RunSet:
+    """One shared run (in-flight = position) plus an extension per M whose p goes past M."""
+
+    def __init__(self, band: _Band, sel, caps, track_pm=False):
+        self.args = (band, np.asarray(sel), np.asarray(caps, dtype=float))
+        self.track_pm = track_pm
+        self.base = None
+        self.ext = {}
+
+    def ensure(self, need: dict) -> dict:
+        """need {M: max p}; returns {M: run covering p = 1..max p}."""
+        shared = max((min(M, pm) for M, pm in need.items()), default=0)
+        if self.base is None:
+            self.base = _Run(*self.args, shared, track_pm=self.track_pm)
+        else:
+            self.base.advance(shared)
+        out = {}
+        for M, pm in need.items():
+            if pm <= M:
+                out[M] = self.base
+            elif M in self.ext:
+                self.ext[M].advance(pm)
+                out[M] = self.ext[M]
+            else:
+                self.ext[M] = out[M] = _Run(*self.args, pm, frozen_m=M, start=self.base, s0=M,
+                                            track_pm=self.track_pm)
+        return out
+
+
+def _fewest_stages(smaxes: list, Ms: list, n: int) -> np.ndarray:
+    """Least p for which the stages can fit in memory at all (inf: none), for every scenario
+    (smax table) and in-flight cap M: result[g, k] for smaxes[g], Ms[k]. From the chain's
+    end, the stage at position s = 1, 2, ... (in-flight min(s, M)) takes the longest range
+    ending at the current boundary that fits. Memory grows with a range, so any feasible
+    p-stage partition has its k-th stage from the end starting no earlier than the greedy's
+    (exchange argument), and the greedy's own partition is feasible: the result is exact.
+    All (scenario, M) pairs advance together, one numpy step per position."""
+    S = np.stack(smaxes)
+    G0, K = len(smaxes), len(Ms)
+    gg = np.repeat(np.arange(G0), K)
+    Mv = np.tile(np.asarray(Ms, dtype=float), G0)
+    E = len(gg)
+    j = np.full(E, n)
+    res = np.full(E, INF)
+    active = np.ones(E, dtype=bool)
+    iidx = np.arange(n + 1)[None, :]
+    for s in range(1, n + 1):
+        m = np.minimum(float(s), Mv)
+        ok = (S[gg, :, j] >= m[:, None]) & (iidx < j[:, None])         # E x (n + 1)
+        fit = ok.any(axis=1)
+        first = ok.argmax(axis=1)
+        active &= fit                                                   # stalled: infeasible
+        j = np.where(active, first, j)
+        done = active & (j == 0)
+        res[done] = s
+        active &= ~done
+        if not active.any():
+            break
+    return res.reshape(G0, K)
+
+
+def _need(pairs: dict, dinfo: dict) -> dict:
+    need: dict = {}
+    for d, ps in pairs.items():
+        if len(ps):
+            M = dinfo[d][0]
+            need[M] = max(need.get(M, 0), int(ps[-1]))
+    return need
+
+
+def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links: Links,
+           options: PlanOptions, peak_flops: float, interleaves) -> list:
+    """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`."""
     n, t = chain.n, chain.t
-    ranges = {}
-    best = None
-
-    def consider(plan):
-        nonlocal best
-        if plan["feasible"] and (best is None or plan["time_per_batch_s"] < best["time_per_batch_s"]):
-            best = plan
-
-    ev = dict(hbm_bytes=hbm_bytes, links=links, options=options, peak_flops=peak_flops)
+    G0 = len(scen)
+    # (d, p range) grouped by (link kind, bytes per param): {key: {d: p array}}
+    groups: dict = {}
+    dinfo = {}
     for d in d_candidates(chain, devices, batch, options):
         M = -(-batch // (chain.mbs * d))
         pmax = min(n, devices // (t * d))
         if pmax < 1:
             continue
+        ar = _ar_coeff(d, *links.link(dp_inter(t, d, links)), options.grad_bytes)
+        dinfo[d] = (M, pmax, ar)
         static = options.static_bytes_per_param(d)
-        dbw, dlat = links.link(dp_inter(t, d, links))
-        for inter in (False, True):
-            ps = [p for p in range(1, pmax + 1) if pipeline_inter(t, d, p, links) == inter]
-            if not ps:
+        ps = np.arange(1, pmax + 1)
+        inter = pipeline_inter(t, d, ps, links)          # numpy-aware
+        for kind in (False, True):
+            sel = ps[inter == kind]
+            if len(sel):
+                groups.setdefault((kind, static), {})[d] = sel
+
+    Pmax_layer = float(chain.param_count.max())
+    Ptot = float(chain.param_count.sum())
+    # lower bounds of any stage's max load: the largest layer, the average (loads >= compute)
+    Lmax_layer, Ltot = np.zeros(G0), np.zeros(G0)
+    for g, (rec, _h) in enumerate(scen):
+        comp = rgs[rec].comp[np.arange(n), np.arange(1, n + 1)]
+        Lmax_layer[g], Ltot[g] = comp.max(), comp.sum()
+    best = [None] * G0          # per scenario: (obj, run, entry, d, p)
+    U = np.full(G0, INF)
+    sets = {}
+    first = 8                   # pass 1: few stages, for incumbents; pass 2: what bounds allow
+
+    def lower_bound(d, ps):      # len(ps) x G0
+        M, _pm, (al, be) = dinfo[d]
+        return (M + ps[:, None] - 1) * np.maximum(Lmax_layer[None, :], Ltot[None, :] / ps[:, None]) \
+            + al * np.maximum(Pmax_layer, Ptot / ps[:, None]) + be
+
+    def scan(key, pairs):
+        runs = sets[key].ensure(_need(pairs, dinfo))
+        for d, ps in pairs.items():
+            if not len(ps):
                 continue
-            if inter not in ranges:
-                ranges[inter] = _Ranges(chain, recompute, *links.link(inter))
-            rg = ranges[inter]
-            smax = _smax(rg, static, M, hbm_bytes)
-            pm = max(ps)
-            D, arg = _run_dp(rg, smax, np.array([INF]), pm)
-            Binf = D[0, 0, 1:]
-            found = []
-            for p in ps:
-                if np.isfinite(Binf[p - 1]):
-                    plan = evaluate_plan(chain, p, d, batch, recompute, 1,
-                                         stages=_stages(arg, 0, p, n), **ev)
-                    found.append(plan)
-                    consider(plan)
-            if not found or d == 1:
+            M, _pm, (al, be) = dinfo[d]
+            run = runs[M]
+            B = run.top_D[ps]
+            with np.errstate(invalid="ignore"):                # 0 * inf where d = 1
+                obj = (M + ps[:, None] - 1) * B + al * run.top_PM[ps] + be     # p x G0
+            obj = np.where(np.isfinite(B), obj, INF)
+            k = np.argmin(obj, axis=0)
+            for g in range(G0):
+                o = obj[k[g], g]
+                if o < U[g]:
+                    U[g] = o
+                    best[g] = (float(o), run, g, d, int(ps[k[g]]))
+
+    p_lo: dict = {}             # (bytes per param, M) -> least feasible p per scenario
+    smax_cache: dict = {}
+    for key, dps in groups.items():
+        inter, static = key
+        if static not in smax_cache:
+            smax_cache[static] = [rgs[rec].smax(static, hbm) for rec, hbm in scen]
+        smaxes = smax_cache[static]
+        # stage counts below what memory allows are infinite in the DP anyway; a d whose
+        # M admits no feasible count in any scenario needs no steps at all
+        Ms = sorted({dinfo[d][0] for d in dps if (static, dinfo[d][0]) not in p_lo})
+        if Ms:
+            lo_all = _fewest_stages(smaxes, Ms, n)
+            for k, M in enumerate(Ms):
+                p_lo[(static, M)] = lo_all[:, k]
+        for d in list(dps):
+            dps[d] = dps[d][dps[d] >= p_lo[(static, dinfo[d][0])].min()]
+        band = _Band([rgs[rec].load(*links.link(inter)) for rec, _h in scen],
+                     rgs[scen[0][0]].P, smaxes)
+        sets[key] = _RunSet(band, np.arange(G0), np.full(G0, INF), track_pm=True)
+        scan(key, {d: ps[ps <= first] for d, ps in dps.items()})
+
+    def prune(key, dps, above=0, upto=None):
+        """Stage counts some scenario still needs: memory admits them (p >= least feasible
+        p of that scenario) and the bound does not rule them out."""
+        out = {}
+        for d, ps in dps.items():
+            ps = ps[(ps > above) & (ps <= (upto or ps[-1] if len(ps) else 0))]
+            if len(ps):
+                lo = p_lo[(key[1], dinfo[d][0])]
+                keep = (lower_bound(d, ps) < U[None, :] * (1 + _REL)) & (ps[:, None] >= lo[None, :])
+                ps = ps[keep.any(axis=1)]
+            out[d] = ps
+        return out
+
+    # pass 2, in doubling windows of stage counts: each window is pruned with the incumbents
+    # found so far (more stages cost steps; the bound drops hopeless counts before they run)
+    lo_p, hi_p = first, 2 * first
+    while lo_p < n:
+        for key, dps in groups.items():
+            scan(key, prune(key, dps, lo_p, hi_p))
+        lo_p, hi_p = hi_p, 2 * hi_p
+    # caps (see the module docstring); every (d, p) left was scanned uncapped
+    allP = None
+    for key, dps in groups.items():
+        dps = prune(key, dps)
+        runs = sets[key].ensure(_need(dps, dinfo))
+        band = sets[key].args[0]
+        sel_e, cap_e, pairs = [], [], {}
+        for g in range(G0):
+            if not np.isfinite(U[g]):
                 continue
-            # caps on a stage's parameters that could still beat the best plan found
-            U = min(pl["time_per_batch_s"] for pl in found)
-            L0 = min(Binf[p - 1] * (M + p - 1) for p in ps if np.isfinite(Binf[p - 1]))
-            cand = np.unique(rg.P[rg.valid])
-            cand = cand[cand >= chain.param_count.max()]
-            ar = allreduce_time(cand * options.grad_bytes, d, dbw, dlat)
-            cand = cand[ar + L0 <= U * (1 + 1e-12)]
-            for k in range(0, len(cand), 32):
-                caps = cand[k:k + 32]
-                D, arg = _run_dp(rg, smax, caps, pm)
-                arc = allreduce_time(caps * options.grad_bytes, d, dbw, dlat)
-                for p in ps:
-                    obj = D[:, 0, p] * (M + p - 1) + arc
-                    c = int(np.argmin(obj))
-                    if np.isfinite(obj[c]) and (best is None or obj[c] < best["time_per_batch_s"]):
-                        consider(evaluate_plan(chain, p, d, batch, recompute, 1,
-                                               stages=_stages(arg, c, p, n), **ev))
+            capmask = None
+            for d, ps in dps.items():
+                M, _pm, (al, be) = dinfo[d]
+                if d == 1 or al <= 0 or not len(ps):
+                    continue
+                run = runs[M]
+                B, pm = run.top_D[ps, g], run.top_PM[ps, g]
+                if allP is None:
+                    allP = np.unique(rgs[scen[0][0]].P[rgs[scen[0][0]].valid])
+                lo = np.maximum(Pmax_layer, Ptot / ps) * (1 - _REL)
+                with np.errstate(invalid="ignore"):
+                    hi = np.minimum((U[g] * (1 + _REL) - (M + ps - 1) * B - be) / al * (1 + _REL),
+                                    pm)
+                a = np.searchsorted(allP, lo, side="left")
+                b = np.minimum(np.searchsorted(allP, hi, side="right"),      # c <= hi, c < pm
+                               np.searchsorted(allP, pm, side="left"))
+                ok = np.isfinite(B) & (b > a)
+                if ok.any():
+                    if capmask is None:
+                        capmask = np.zeros(len(allP) + 1, dtype=int)
+                    old = pairs.get(d)
+                    pairs[d] = ps[ok] if old is None else np.union1d(old, ps[ok])
+                    np.add.at(capmask, a[ok], 1)
+                    np.add.at(capmask, b[ok], -1)
+            if capmask is not None:
+                caps = allP[np.cumsum(capmask[:-1]) > 0]
+                sel_e.append(np.full(len(caps), g))
+                cap_e.append(caps)
+        if not pairs:
+            continue
+        sel_e, cap_e = np.concatenate(sel_e), np.concatenate(cap_e)
+        need = _need(pairs, dinfo)
+        for k0 in range(0, len(cap_e), 64):
+            se, cb = sel_e[k0:k0 + 64], cap_e[k0:k0 + 64]
+            cruns = _RunSet(band, se, cb).ensure(need)
+            for d, ps in pairs.items():
+                M, _pm, (al, be) = dinfo[d]
+                run = cruns[M]
+                obj = (M + ps[:, None] - 1) * run.top_D[ps] + al * cb[None, :] + be   # p x E
+                kp = np.argmin(obj, axis=0)
+                o = obj[kp, np.arange(len(cb))]
+                for g in np.unique(se):
+                    idx = np.flatnonzero(se == g)
+                    e = int(idx[np.argmin(o[idx])])
+                    if o[e] < U[g]:
+                        U[g] = o[e]
+                        best[g] = (float(o[e]), run, e, d, int(ps[kp[e]]))
+    plans = []
+    for g, (rec, hbm) in enumerate(scen):
+        ev = dict(hbm_bytes=hbm, links=links, options=options, peak_flops=peak_flops)
+        plan = None
+        if best[g] is not None:
+            _obj, run, e, d, p = best[g]
+            plan = evaluate_plan(chain, p, d, batch, rec, 1, stages=run.stages(e, p, n), **ev)
+            assert plan["feasible"], "DP plan must fit"
+        # interleaved schedules: uniform split, evaluated directly
         for v in interleaves:
             if v < 2:
                 continue
-            for p in range(2, pmax + 1):
-                try:
-                    st = uniform_stages(chain, p * v)
-                except ValueError:
-                    continue
-                consider(evaluate_plan(chain, p, d, batch, recompute, v, stages=st, **ev))
-    return best
+            for d, (M, pmax, _ar) in dinfo.items():
+                for p in range(2, pmax + 1):
+                    try:
+                        st = uniform_stages(chain, p * v)
+                    except ValueError:
+                        continue
+                    cand = evaluate_plan(chain, p, d, batch, rec, v, stages=st, **ev)
+                    if cand["feasible"] and (plan is None or
+                                             cand["time_per_batch_s"] < plan["time_per_batch_s"]):
+                        plan = cand
+        plans.append(plan)
+    return plans
+
+
+def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=("none",), *,
+               links: Links | None = None, options: PlanOptions | None = None,
+               peak_flops: float = 0.0, interleaves=(1,)) -> dict:
+    """Best plan for one chain (its t and mbs fixed) for every (hbm_bytes, recompute) pair:
+    {(hbm_bytes, recompute): plan dict or None when nothing fits}. All pairs share one DP
+    run per link kind (a batch dimension), so a call with several costs far less than as
+    many best_plan calls."""
+    links = links or Links()
+    options = options or PlanOptions()
+    recs = list(dict.fromkeys(recompute_list))
+    for rec in recs:
+        if rec not in ("none", "full"):
+            raise ValueError(f"recompute must be none or full, got {rec!r}")
+    hbms = list(dict.fromkeys(float(h) for h in hbm_list))
+    if chain.n == 0 or not hbms or not recs:
+        return {(h, r): None for h in hbms for r in recs}
+    rgs = {rec: _Ranges(chain, rec) for rec in recs}
+    scen = [(rec, h) for rec in recs for h in hbms]
+    plans = _solve(rgs, chain, devices, batch, scen, links, options, peak_flops, interleaves)
+    return {(h, rec): pl for (rec, h), pl in zip(scen, plans)}
+
+
+def best_plan(chain: Chain, devices: int, batch: int, recompute: str = "none", *,
+              hbm_bytes: float, links: Links | None = None, options: PlanOptions | None = None,
+              peak_flops: float = 0.0, interleaves=(1,)) -> dict | None:
+    """Best plan for one chain (its t and mbs fixed); None when nothing fits."""
+    return best_plans(chain, devices, batch, [hbm_bytes], [recompute], links=links,
+                      options=options, peak_flops=peak_flops,
+                      interleaves=interleaves)[(float(hbm_bytes), recompute)]

@@ -2,8 +2,10 @@
 
 A work item is one (model, seq, arch, mbs, HBM size, recompute); its result row is the best
 plan over the available TP widths (and, with --fixed, the fixed baseline's row).
-Under MPI rank 0 hands out item indices on request (dynamic load balancing) and also works
-on items itself between requests; every result travels back to rank 0, which sorts rows by
+Items that differ only in HBM size and recompute flag form a group, solved by one
+phaze.place.dp.best_plans call per TP width (the DP runs once for all of them).
+Under MPI rank 0 hands out group indices on request (dynamic load balancing) and also works
+on groups itself between requests; every result travels back to rank 0, which sorts rows by
 item index and writes one parquet file atomically. Results do not depend on the number of
 ranks. Without mpi4py (or with one rank) the same code runs serially.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from phaze import __version__
 from phaze.errors import UserError
-from phaze.place.dp import best_plan
+from phaze.place.dp import best_plans
 from phaze.place.plan import Links, PlanOptions, evaluate_plan
 
 GiB = 1024**3
@@ -66,33 +68,60 @@ def _chains_for(item: dict, ctx: dict) -> dict:
     return out
 
 
-def run_item(index: int, item: dict, ctx: dict) -> list[dict]:
+def group_items(items: list[dict]) -> list[list[int]]:
+    """Item indices grouped by everything but hbm_bytes and recompute (first-seen order)."""
+    groups: dict = {}
+    for i, it in enumerate(items):
+        key = json.dumps({k: v for k, v in it.items() if k not in ("hbm_bytes", "recompute")},
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def run_group(indices: list[int], items: list[dict], ctx: dict) -> list[dict]:
+    """Rows of a group of items (same chains; HBM sizes / recompute flags vary). Each best
+    row's solve_seconds is the group's solve time divided by its item count."""
     t0 = time.perf_counter()
-    chains = _chains_for(item, ctx)
+    first = items[indices[0]]
+    chains = _chains_for(first, ctx)
     devices, batch = ctx["devices"], ctx["batch"]
     links, options = ctx["links"], ctx["options"]
-    peak = item.get("synthetic", {}).get("peak_flops") or ctx["peak"].get(item["arch_id"], 0.0)
-    hbm = float(item["hbm_bytes"])
-    best = None
+    peak = first.get("synthetic", {}).get("peak_flops") or ctx["peak"].get(first["arch_id"], 0.0)
+    hbms = sorted({float(items[i]["hbm_bytes"]) for i in indices})
+    recs = sorted({items[i]["recompute"] for i in indices})
+    best: dict = {}
     for t in sorted(chains):
-        plan = best_plan(chains[t], devices, batch, item["recompute"], hbm_bytes=hbm, links=links,
-                         options=options, peak_flops=peak, interleaves=ctx["interleaves"])
-        if plan and (best is None or plan["time_per_batch_s"] < best["time_per_batch_s"]):
-            best = plan
-    rows = [_row(index, item, "best", best, "dp-1f1b+interleaved", time.perf_counter() - t0)]
-    fixed = ctx.get("fixed")
-    if fixed:
-        p, d, t = fixed
-        t1 = time.perf_counter()
-        plan = None
-        if t in chains:
-            try:
-                plan = evaluate_plan(chains[t], p, d, batch, item["recompute"], 1, hbm_bytes=hbm,
-                                     links=links, options=options, peak_flops=peak)
-            except ValueError:
-                plan = None
-        rows.append(_row(index, item, "fixed", plan, "fixed-uniform", time.perf_counter() - t1))
+        plans = best_plans(chains[t], devices, batch, hbms, recs, links=links, options=options,
+                           peak_flops=peak, interleaves=ctx["interleaves"])
+        for key, plan in plans.items():
+            cur = best.get(key)
+            if plan and (cur is None or plan["time_per_batch_s"] < cur["time_per_batch_s"]):
+                best[key] = plan
+    per_item = (time.perf_counter() - t0) / len(indices)
+    rows = []
+    for i in indices:
+        item = items[i]
+        plan = best.get((float(item["hbm_bytes"]), item["recompute"]))
+        rows.append(_row(i, item, "best", plan, "dp-1f1b+interleaved", per_item))
+        fixed = ctx.get("fixed")
+        if fixed:
+            p, d, t = fixed
+            t1 = time.perf_counter()
+            plan = None
+            if t in chains:
+                try:
+                    plan = evaluate_plan(chains[t], p, d, batch, item["recompute"], 1,
+                                         hbm_bytes=float(item["hbm_bytes"]), links=links,
+                                         options=options, peak_flops=peak)
+                except ValueError:
+                    plan = None
+            rows.append(_row(i, item, "fixed", plan, "fixed-uniform", time.perf_counter() - t1))
     return rows
+
+
+def run_item(index: int, item: dict, ctx: dict) -> list[dict]:
+    """Rows of one item (a group of one)."""
+    return [dict(r, item=index) for r in run_group([0], [item], ctx)]
 
 
 def _row(index, item, kind, plan, method, seconds) -> dict:
@@ -122,10 +151,13 @@ def _mpi_comm():
 def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
     """All rows (on rank 0; None on other ranks)."""
     comm = _mpi_comm() if use_mpi else None
+    groups = group_items(items)
     if comm is None or comm.Get_size() == 1:
         if use_mpi and comm is None:
             print("phaze place: mpi4py not available, running serially", file=sys.stderr)
-        return [r for i, it in enumerate(items) for r in run_item(i, it, ctx)]
+        rows = [r for g in groups for r in run_group(g, items, ctx)]
+        rows.sort(key=lambda r: (r["item"], r["row_kind"]))
+        return rows
     from mpi4py import MPI
 
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -136,7 +168,7 @@ def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
             idx = _polite_wait(comm.irecv(source=0, tag=TAG_WORK))
             if idx is None:
                 return None
-            done = run_item(idx, items[idx], ctx)
+            done = run_group(groups[idx], items, ctx)
     rows: list = []
     nxt = 0
     active = size - 1
@@ -150,22 +182,22 @@ def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
             got = comm.recv(source=MPI.ANY_SOURCE, tag=TAG_REQ, status=status)
             rows.extend(got)
             src = status.Get_source()
-            if nxt < len(items):
+            if nxt < len(groups):
                 comm.send(nxt, dest=src, tag=TAG_WORK)
                 nxt += 1
             else:
                 comm.send(None, dest=src, tag=TAG_WORK)
                 active -= 1
-            if block and nxt < len(items):
+            if block and nxt < len(groups):
                 return
 
-    while nxt < len(items):
+    while nxt < len(groups):
         serve(block=False)
-        if nxt >= len(items):
+        if nxt >= len(groups):
             break
         idx = nxt
         nxt += 1
-        rows.extend(run_item(idx, items[idx], ctx))
+        rows.extend(run_group(groups[idx], items, ctx))
     while active:
         serve(block=True)
     rows.sort(key=lambda r: (r["item"], r["row_kind"]))

@@ -8,9 +8,13 @@ devices, a DP group strides by t, consecutive pipeline stages are t*d devices ap
 Terms (each explicit so that a validation can calibrate it):
   stage load per microbatch  = cin + F + [F if full recompute] + B + cout
       cin/cout: p2p of the boundary activation (forward in) / its gradient (backward in),
-      latency + bytes / bandwidth; 0 at the model's ends;
+      latency + bytes / (bandwidth * Links.bw_efficiency); 0 at the model's ends; with
+      p2p_scatter_gather the payload is 1/t (Narayanan SC'21 Section 4.1);
   time per batch (1F1B, v chunks per device; v = 1 is plain 1F1B)
-      = (M + (p - 1) / v) * max device load + max over stages of the DP all-reduce;
+      = (M + (p - 1) / v) * max device load + max over stages of the DP all-reduce
+        + optimizer step (busiest device's params * optimizer_bytes_per_param / HBM bw);
+      nothing overlaps (Megatron-LM of Narayanan SC'21 / Korthikanti MLSys'23: TP
+      all-reduces, p2p and the DP all-reduce all block compute);
   DP all-reduce of a stage's gradients (ring): 2 (d-1)/d * grad bytes / bw + 2 (d-1) latency;
   memory of a device = params * (weight + grad bytes) + optimizer bytes * params (/ d with
       ZeRO-1) + in-flight microbatches * activations (+ one layer's full activations when
@@ -41,6 +45,9 @@ class Links:
     intra_latency_s: float = 2e-6
     inter_bw_Bps: float = 25e9
     inter_latency_s: float = 5e-6
+    # achieved fraction of the link bandwidth for p2p and DP all-reduce (the cost model's
+    # CostParams.link_bw_efficiency, which its TP collectives use)
+    bw_efficiency: float = 1.0
 
     @classmethod
     def from_any(cls, obj) -> "Links":
@@ -68,8 +75,9 @@ class Links:
         return cls(**kw)
 
     def link(self, inter: bool) -> tuple[float, float]:
-        return ((self.inter_bw_Bps, self.inter_latency_s) if inter
-                else (self.intra_bw_Bps, self.intra_latency_s))
+        e = self.bw_efficiency
+        return ((self.inter_bw_Bps * e, self.inter_latency_s) if inter
+                else (self.intra_bw_Bps * e, self.intra_latency_s))
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,15 @@ class PlanOptions:
     grad_bytes: float = 2.0          # bf16 gradients (Megatron's fp32 main grads: 4)
     adam_state_bytes: float = 12.0   # fp32 master copy + 2 fp32 moments: 2+2+12 = 16 B/param
     exact_batch: bool = True         # d * mbs must divide the global batch (Megatron)
+    # Optimizer step time: a memory-bound pass over the busiest device's parameters moving
+    # this many HBM bytes per parameter (0 = not timed). Mixed-precision Adam reads the
+    # fp32 grad, master weight, m and v (16 B), writes master, m, v (12 B) and the bf16
+    # weight (2 B): 30 B.
+    optimizer_bytes_per_param: float = 0.0
+    # Narayanan SC'21 Section 4.1 scatter/gather: a stage boundary sends 1/t of the
+    # activation on each of the TP group's t links (then all-gathers it inside the node).
+    # Ignored when the chain's activations are already sequence-parallel (sharded by t).
+    p2p_scatter_gather: bool = False
 
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0
@@ -135,9 +152,11 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
                   interleave: int = 1, *, hbm_bytes: float = math.inf, links: Links | None = None,
                   options: PlanOptions | None = None, peak_flops: float = 0.0,
                   stages: list[tuple[int, int]] | None = None, t: int | None = None,
-                  mbs: int | None = None) -> dict:
+                  mbs: int | None = None, hbm_bw_Bps: float = 0.0) -> dict:
     """Time, breakdown and memory of one plan. `stages` = p * interleave contiguous chunks
     [i, j) covering the chain (chunk c on device c % p); default: Megatron's uniform split.
+    `hbm_bw_Bps` (achieved HBM bandwidth) times the optimizer step when
+    options.optimizer_bytes_per_param > 0.
     Returns the plan dict (feasible False with a reason when it does not fit)."""
     links = links or Links()
     options = options or PlanOptions()
@@ -176,8 +195,11 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     full = recompute == "full"
     if full:
         TP = TP + TFp[hi] - TFp[lo]
-    cin = np.where(lo > 0, p2p_time(chain.out_bytes[np.maximum(lo - 1, 0)], pbw, plat), 0.0)
-    cout = np.where(hi < n, p2p_time(chain.out_bytes[hi - 1], pbw, plat), 0.0)
+    out_b = chain.out_bytes
+    if options.p2p_scatter_gather and not chain.extra.get("sequence_parallel", False):
+        out_b = out_b / t
+    cin = np.where(lo > 0, p2p_time(out_b[np.maximum(lo - 1, 0)], pbw, plat), 0.0)
+    cout = np.where(hi < n, p2p_time(out_b[hi - 1], pbw, plat), 0.0)
     comp = F + B + (F if full else 0.0)
     load = comp + cin + cout
     work = np.array([chain.act_none_bytes[a:b].max() if full else 0.0 for a, b in stages])
@@ -194,13 +216,17 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     b = int(np.argmax(dev_load))
     Lmax = float(dev_load[b])
     bubble = (p - 1) / v * Lmax
-    time_s = M * Lmax + bubble + float(ar.max())
+    opt_s = 0.0
+    if options.optimizer_bytes_per_param > 0 and hbm_bw_Bps > 0:
+        opt_s = float(dev_P.max()) * options.optimizer_bytes_per_param / hbm_bw_Bps
+    time_s = M * Lmax + bubble + float(ar.max()) + opt_s
     out = {**base, "M": M, "time_per_batch_s": time_s,
            "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
            "memory_per_device_bytes": float(mem.max()),
            "compute_s": M * float(dev_comp[b]), "bubble_s": bubble,
            "p2p_s": M * float(dev_p2p[b]), "dp_sync_s": float(ar.max()),
-           "tp_s": M * float(dev_tp[b]), "feasible": bool(mem.max() <= hbm_bytes)}
+           "tp_s": M * float(dev_tp[b]), "optimizer_s": opt_s,
+           "feasible": bool(mem.max() <= hbm_bytes)}
     flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * t * (batch / mbs)
     out["model_flops"] = flops
     out["mfu"] = flops / (time_s * p * t * d * peak_flops) if peak_flops > 0 else None

@@ -245,12 +245,15 @@ def solve_width(inst: RefInstance, t: int, rc: RangeCosts | None = None) -> Widt
         return None
     tpb, d, k = best
     j, s, m = int(js[jj[k]]), int(sv1[k]), int(mm[k])
+    # m counts 1-device stages only when some stages use t devices (mcap > 0); otherwise
+    # every stage uses one device and the m axis is a single 0
+    track = 1 if mcap else 0
     stages = [(0, j, int(rc.a[0, j]))]
-    i, m = j, m - int(rc.small[0, j])
+    i, m = j, m - track * int(rc.small[0, j])
     for pos in range(s - 1, 0, -1):
         j2 = int(arg[i, pos, m])
         stages.append((i, j2, int(rc.a[i, j2])))
-        m -= int(rc.small[i, j2])
+        m -= track * int(rc.small[i, j2])
         i = j2
     assert i == n, "reconstruction did not reach the end"
     return WidthResult(t, tpb, d, stages)

@@ -1,0 +1,146 @@
+"""`phaze report`: summary table (terminal), or summary.csv + plots + report.html."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from phaze.atomic import atomic_path, write_text_atomic
+from phaze.errors import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "report", help="summary of the best designs vs baselines; plots and report.html",
+        description="Read placement tables (phaze place) and the arch grid; print the "
+                    "summary table, or with -o write summary.csv, PNG plots and a "
+                    "self-contained report.html.")
+    p.add_argument("--place", nargs="+", required=True, metavar="P",
+                   help="placement tables results/place/{model}_s{seq}.parquet")
+    p.add_argument("--grid", required=True, help="arch grid parquet (phaze arch grid)")
+    p.add_argument("--latency", nargs="*", default=(), metavar="L",
+                   help="merged latency tables, for the Spotlight-style pick when the "
+                        "placement tables carry no single_chip_latency_s")
+    p.add_argument("-o", "--out", default=None,
+                   help="output folder; without it the summary is printed only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _load_latency(paths):
+    frames = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"no such file {path}", field="--latency")
+        df = pd.read_parquet(path)
+        stem = path.stem  # {model}_s{seq}_b{mbs}
+        parts = stem.rsplit("_", 2)
+        if "model" not in df.columns and len(parts) == 3:
+            df["model"] = parts[0]
+        if "seq" not in df.columns and len(parts) == 3 and parts[1][1:].isdigit():
+            df["seq"] = int(parts[1][1:])
+        if "mbs" not in df.columns and len(parts) == 3 and parts[2][1:].isdigit():
+            df["mbs"] = int(parts[2][1:])
+        if "repeat" not in df.columns and "model" in df.columns:
+            df["repeat"] = _repeats(df)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _repeats(df):
+    """Instances of each layer kind, for latency tables without a `repeat` column: the
+    model's graph (phaze.model) gives every layer index its repeat count."""
+    import numpy as np
+
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import resolve_model
+
+    out = np.ones(len(df))
+    if "layer_index" not in df.columns:
+        return out
+    for model, idx in df.groupby("model").groups.items():
+        try:
+            g = build_graph(resolve_model(str(model)), seq=64, mbs=1, tp=1)
+        except Exception:  # not a zoo model: count each layer kind once
+            continue
+        reps = {i: layer.repeat for i, layer in enumerate(g.layers)}
+        out[df.index.get_indexer(idx)] = df.loc[idx, "layer_index"].map(reps).fillna(1).to_numpy()
+    return out
+
+
+def build(place_paths, grid_path, latency_paths=()):
+    from phaze.report.summary import summarise
+    from phaze.report.tables import load_grid, load_place
+
+    place = load_place(place_paths)
+    grid = load_grid(grid_path)
+    latency = _load_latency(latency_paths)
+    place = place.drop(columns=[c for c in ("area_mm2",) if c in place.columns]) \
+        .merge(grid[["arch_id", "area_mm2"]], on="arch_id", how="left")
+    return place, grid, summarise(place, grid, latency)
+
+
+def write_report(out_dir, place, grid, summary) -> dict[str, str]:
+    from phaze.report import html, plots
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    written["summary"] = str(out_dir / "summary.csv")
+    figures = {
+        "pareto": ("pareto.png", lambda p: plots.pareto_plot(place, summary, p),
+                   "Pareto front: training throughput vs chip area (star: TPUv4-like chip, "
+                   "diamond: best co-designed chip)"),
+        "per_area": ("throughput_per_area.png",
+                     lambda p: plots.pareto_plot(place, summary, p, per_area=True),
+                     "Throughput per mm^2 of chip area vs chip area"),
+        "breakdown": ("breakdown.png", lambda p: plots.breakdown_plot(place, summary, p),
+                      "Time per batch of the best plans, split into its parts"),
+        "memory": ("memory.png", lambda p: plots.memory_plot(place, summary, p),
+                   "Memory per device of the best plan and the baselines, per pipeline stage where "
+                   "the table has it (dashed: HBM)"),
+    }
+    shown = {}
+    with tempfile.TemporaryDirectory() as td:
+        for key, (name, draw, caption) in figures.items():
+            tmp_png = Path(td) / name
+            made = draw(tmp_png)
+            if made is None:
+                (out_dir / name).unlink(missing_ok=True)
+                continue
+            with atomic_path(out_dir / name) as tmp:
+                tmp.write_bytes(tmp_png.read_bytes())
+            written[key] = str(out_dir / name)
+            shown[key] = (out_dir / name, caption)
+        write_text_atomic(out_dir / "report.html", html.render(summary, shown))
+    written["html"] = str(out_dir / "report.html")
+    return written
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def run(args) -> int:
+    from phaze.cli import emit_json
+    from phaze.report.summary import format_terminal
+
+    place, grid, summary = build(args.place, args.grid, args.latency)
+    written = write_report(args.out, place, grid, summary) if args.out else {}
+    if args.json:
+        rows = [{k: _clean(v) for k, v in r.items()} for r in summary.to_dict("records")]
+        emit_json({"summary": rows, "files": written,
+                   "n_infeasible": int((summary["status"] != "ok").sum())})
+        return 0
+    print(format_terminal(summary))
+    for key, path in written.items():
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,70 @@
+"""`phaze validate`: predicted vs measured on the published Megatron-LM runs."""
+
+from __future__ import annotations
+
+import sys
+
+from phaze.validate.data import TABLE_KORTHIKANTI, TABLE_NARAYANAN, cases
+
+TABLE_CHOICES = {"korthikanti": (TABLE_KORTHIKANTI,), "narayanan": (TABLE_NARAYANAN,),
+                 "both": (TABLE_KORTHIKANTI, TABLE_NARAYANAN)}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="predicted vs measured time on published A100 training runs",
+        description="Evaluate every row of Narayanan SC'21 Table 1 and Korthikanti MLSys'23 "
+                    "Table 5 on the a100 preset with the default (calibrated) parameters and "
+                    "print predicted vs measured, per-row and mean absolute error.")
+    p.add_argument("--table", choices=sorted(TABLE_CHOICES), default="both")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured plot (png/pdf/svg)")
+    p.add_argument("--fit", action="store_true",
+                   help="re-fit the a100 parameters on Korthikanti Table 5 (about 30 s), "
+                        "print them and evaluate both tables with them instead of the "
+                        "shipped defaults")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from phaze.validate.evaluate import plan_evaluator, predict
+    from phaze.validate.report import plot, row_dict, summary, text_table
+
+    params, fitted = None, None
+    if args.fit:
+        from phaze.validate.calibrate import A100_FIT_PARAMS, FIT_START, FIT_TABLE, fit
+        print(f"fitting {[p.name for p in A100_FIT_PARAMS]} on {FIT_TABLE} ...", file=sys.stderr)
+        params, mae = fit(FIT_TABLE, plan_evaluator, A100_FIT_PARAMS, FIT_START)
+        fitted = {"table": FIT_TABLE, "mae_pct": mae, "params": params}
+    preds = {t: [predict(c, plan_evaluator, params) for c in cases(t)]
+             for t in TABLE_CHOICES[args.table]}
+    if args.plot:
+        plot(preds, args.plot)
+    if args.json:
+        from phaze.cli import emit_json
+        emit_json({"arch": "a100", "calibration": calibration_info(), "fit": fitted,
+                   "tables": summary(preds),
+                   "rows": [row_dict(p) for ps in preds.values() for p in ps]})
+        return 0
+    info = calibration_info()
+    print(f"a100 preset parameters ({'re-fitted' if fitted else 'shipped'}; fitted on "
+          f"{info['fit_table']}, held out: {info['held_out_table']}):")
+    for k, v in (fitted["params"] if fitted else info["params"]).items():
+        if k in info["params"]:
+            print(f"  {k:<20} {v:.4g}")
+    print()
+    for t, ps in preds.items():
+        print(text_table(ps))
+        print()
+    if args.plot:
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def calibration_info() -> dict:
+    from phaze.cost.params import PRESET_PARAMS
+    from phaze.validate.calibrate import FIT_TABLE, HELD_OUT_TABLE
+
+    return {"fit_table": FIT_TABLE, "held_out_table": HELD_OUT_TABLE,
+            "params": dict(PRESET_PARAMS["a100"])}

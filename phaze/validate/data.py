@@ -1,0 +1,115 @@
+"""Load the published measurements in phaze/data/ground_truth.yaml into plain rows.
+
+Each `Case` is one measured training run: a GPT model, a fixed Megatron strategy and the
+measured figure. Microbatch and interleave are None where the paper does not give them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from phaze.units import GiB
+
+DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "ground_truth.yaml"
+
+TABLE_NARAYANAN = "narayanan2021_table1"
+TABLE_KORTHIKANTI = "korthikanti2023_table5"
+TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN)
+
+
+@dataclass(frozen=True)
+class Case:
+    table: str                    # TABLE_NARAYANAN | TABLE_KORTHIKANTI
+    name: str                     # e.g. "145.6B" or "175B/selective"
+    hidden: int
+    heads: int
+    layers: int
+    seq: int
+    vocab: int
+    tp: int
+    pp: int
+    gpus: int
+    batch: int                    # global batch (sequences)
+    recompute: str                # "full" | "selective"
+    sequence_parallel: bool
+    metric: str                   # "tflops_per_gpu" | "seconds_per_iteration"
+    measured: float               # in the metric's unit
+    microbatch: int | None = None  # None: not published, searched
+    interleave: int | None = None  # None: not published, searched
+
+    @property
+    def dp(self) -> int:
+        return self.gpus // (self.tp * self.pp)
+
+
+@dataclass(frozen=True)
+class MemoryPoint:
+    model: str                    # Korthikanti model name (22B, 175B, 530B, 1T)
+    params_and_optimizer_bytes: float
+    activations_tp_only_bytes: float
+    activations_sp_selective_bytes: float
+
+
+@lru_cache(maxsize=1)
+def raw() -> dict:
+    with open(DATA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _rows(table: dict) -> list[dict]:
+    return [dict(zip(table["columns"], row)) for row in table["rows"]]
+
+
+def narayanan_cases() -> list[Case]:
+    t = raw()[TABLE_NARAYANAN]
+    out = []
+    for r in _rows(t):
+        out.append(Case(
+            table=TABLE_NARAYANAN, name=f"{r['params_billion']}B", hidden=r["hidden"],
+            heads=r["heads"], layers=r["layers"], seq=t["seq"], vocab=t["vocab"],
+            tp=r["tp"], pp=r["pp"], gpus=r["gpus"], batch=r["batch"],
+            recompute=t["recompute"], sequence_parallel=t["sequence_parallel"],
+            metric=t["metric"], measured=float(r["tflops_per_gpu"])))
+    return out
+
+
+def korthikanti_configs() -> list[dict]:
+    return _rows(raw()["korthikanti2023_table3"])
+
+
+def korthikanti_cases() -> list[Case]:
+    t3 = raw()["korthikanti2023_table3"]
+    t5 = raw()[TABLE_KORTHIKANTI]
+    out = []
+    for setting, opts in t5["settings"].items():
+        for r in _rows(t3):
+            out.append(Case(
+                table=TABLE_KORTHIKANTI, name=f"{r['model']}/{setting}", hidden=r["hidden"],
+                heads=r["heads"], layers=r["layers"], seq=t3["seq"], vocab=t3["vocab"],
+                tp=r["tp"], pp=r["pp"], gpus=r["gpus"], batch=r["batch"],
+                recompute=opts["recompute"], sequence_parallel=opts["sequence_parallel"],
+                metric=t5["metric"], measured=float(t5["seconds"][setting][r["model"]]),
+                microbatch=r["microbatch"], interleave=r["interleave"]))
+    return out
+
+
+def cases(table: str) -> list[Case]:
+    if table == TABLE_NARAYANAN:
+        return narayanan_cases()
+    if table == TABLE_KORTHIKANTI:
+        return korthikanti_cases()
+    raise KeyError(table)
+
+
+def memory_points() -> list[MemoryPoint]:
+    return [MemoryPoint(r["model"], r["params_and_optimizer"] * GiB,
+                        r["activations_tp_only"] * GiB, r["activations_sp_selective"] * GiB)
+            for r in _rows(raw()["korthikanti2023_figure1_gib"])]
+
+
+def calculon_mae_percent(table: str) -> float:
+    return float(raw()["calculon_reference_mae_percent"][table])

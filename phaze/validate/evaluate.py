@@ -1,0 +1,171 @@
+"""Evaluate each measured run's strategy with phaze's performance model and compare.
+
+The model itself is NOT here: a prediction comes from the placement stage's fixed-strategy
+evaluation (`phaze.place.evaluate_cli.evaluate_model`, the code behind `phaze evaluate`)
+on the a100 preset, which uses the operator graphs (phaze.model), the cost model
+(phaze.cost, the preset's calibrated parameters) and phaze.place.plan.evaluate_plan. This module only (1) turns a published row into a strategy, (2) searches
+the microbatch size and interleave depth where the paper does not give them, and
+(3) converts the predicted iteration time to the paper's metric (seconds, or Eq. 3
+TFLOP/s per GPU).
+
+An `Evaluator` is any callable (case, mbs, interleave, params) -> PlanResult; tests inject
+closed-form ones, `phaze validate` uses `plan_evaluator` (the real code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from phaze.errors import UserError
+from phaze.validate.data import Case
+from phaze.validate.flops import eq3_tflops_per_gpu
+
+ARCH_PRESET = "a100"
+MBS_CHOICES = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    time_per_batch_s: float
+    memory_per_device_bytes: float
+    breakdown: dict = field(default_factory=dict)   # seconds per term, as the evaluator reports
+    feasible: bool = True                           # fits the device memory
+
+
+Evaluator = Callable[[Case, int, int, dict | None], PlanResult]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    case: Case
+    mbs: int
+    interleave: int
+    searched: bool                  # True: mbs/interleave chosen by search (not published)
+    time_per_batch_s: float
+    tflops_per_gpu: float           # Eq. 3 convention
+    memory_per_device_bytes: float
+    breakdown: dict
+
+    @property
+    def predicted(self) -> float:
+        """The prediction in the table's metric."""
+        if self.case.metric == "tflops_per_gpu":
+            return self.tflops_per_gpu
+        return self.time_per_batch_s
+
+    @property
+    def error_pct(self) -> float:
+        """Signed relative error of the prediction, in percent of the measured figure."""
+        return 100.0 * (self.predicted - self.case.measured) / self.case.measured
+
+
+def candidates(case: Case) -> list[tuple[int, int]]:
+    """(microbatch, interleave) pairs to try. Published values are used as given.
+
+    Megatron-LM constraints: the microbatch divides the per-replica batch; interleave v
+    divides the layers per stage, needs p > 1, and (Narayanan SC'21 Section 2.2.2) the
+    number of microbatches per replica must be a multiple of p."""
+    per_replica = case.batch // case.dp
+    mbs_list = [case.microbatch] if case.microbatch else \
+        [b for b in MBS_CHOICES if per_replica % b == 0]
+    out = []
+    for b in mbs_list:
+        if case.interleave:
+            out.append((b, case.interleave))
+            continue
+        out.append((b, 1))
+        if case.pp > 1 and (per_replica // b) % case.pp == 0:
+            per_stage = case.layers // case.pp
+            out.extend((b, v) for v in range(2, per_stage + 1)
+                       if per_stage % v == 0 and case.layers % case.pp == 0)
+    return out
+
+
+def predict(case: Case, evaluator: Evaluator, params: dict | None = None) -> Prediction:
+    """Best prediction over the candidates (fastest memory-feasible plan, as a Megatron
+    user tunes them); published values leave a single candidate."""
+    cands = candidates(case)
+    if not cands:
+        raise UserError(f"no microbatch divides the per-replica batch {case.batch // case.dp}",
+                        field=case.name)
+    best = None
+    for b, v in cands:
+        r = evaluator(case, b, v, params)
+        key = (not r.feasible, r.time_per_batch_s)
+        if best is None or key < best[0]:
+            best = (key, b, v, r)
+    _, b, v, r = best
+    searched = case.microbatch is None or case.interleave is None
+    return Prediction(
+        case=case, mbs=b, interleave=v, searched=searched,
+        time_per_batch_s=r.time_per_batch_s,
+        tflops_per_gpu=eq3_tflops_per_gpu(r.time_per_batch_s, case.gpus, case.batch, case.seq,
+                                          case.layers, case.hidden, case.vocab),
+        memory_per_device_bytes=r.memory_per_device_bytes, breakdown=dict(r.breakdown))
+
+
+def mean_abs_error_pct(preds: list[Prediction]) -> float:
+    return sum(abs(p.error_pct) for p in preds) / len(preds)
+
+
+def max_abs_error_pct(preds: list[Prediction]) -> float:
+    return max(abs(p.error_pct) for p in preds)
+
+
+def model_spec_of(case: Case):
+    """The Megatron GPT of a published row: pre-LN, learned positions, biases, GELU,
+    FFN 4h, tied embeddings (as the zoo's gpt-* entries)."""
+    from phaze.model.spec import ModelSpec
+    return ModelSpec(name=f"gpt-{case.name.split('/')[0].lower()}", hidden=case.hidden,
+                     layers=case.layers, heads=case.heads, ffn=4 * case.hidden,
+                     vocab=case.vocab, seq=case.seq, max_positions=case.seq,
+                     source=case.table)
+
+
+def split_params(params: dict | None):
+    """(CostParams, PlanOptions overrides) from one flat dict of parameter overrides on top
+    of the a100 preset's calibrated defaults; keys are CostParams or PlanOptions fields."""
+    from dataclasses import fields, replace
+
+    from phaze.cost.params import CostParams
+    from phaze.hw.presets import get_preset
+    from phaze.place.evaluate_cli import default_cost_params
+    from phaze.place.plan import PlanOptions
+
+    cost_names = {f.name for f in fields(CostParams)}
+    opt_names = {f.name for f in fields(PlanOptions)}
+    params = dict(params or {})
+    unknown = set(params) - cost_names - opt_names
+    if unknown:
+        raise KeyError(f"unknown model parameters {sorted(unknown)}")
+    base = default_cost_params(get_preset(ARCH_PRESET))
+    cost = replace(base, **{k: v for k, v in params.items() if k in cost_names})
+    return cost, {k: v for k, v in params.items() if k in opt_names}
+
+
+def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = None) -> PlanResult:
+    """The real model: `phaze evaluate`'s code path (phaze.place.evaluate_cli.evaluate_model:
+    graphs -> op latencies summed per layer -> evaluate_plan) on the a100 preset.
+
+    `params` overrides model parameters by name (calibration only); None means the
+    shipped defaults, i.e. exactly what `phaze evaluate` uses."""
+    from phaze.hw.presets import get_preset
+    from phaze.place.evaluate_cli import evaluate_model
+
+    cost, opts = split_params(params)
+    try:
+        r = evaluate_model(model_spec_of(case), get_preset(ARCH_PRESET), tp=case.tp, pp=case.pp,
+                           dp=case.dp, mbs=mbs, batch=case.batch, recompute=case.recompute,
+                           interleave=interleave, seq=case.seq,
+                           sequence_parallel=case.sequence_parallel, cost_params=cost,
+                           options=opts)
+    except ValueError:
+        return PlanResult(float("inf"), float("inf"), {}, feasible=False)
+    if "time_per_batch_s" not in r:
+        return PlanResult(float("inf"), float("inf"), {}, feasible=False)
+    breakdown = {k: r[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s",
+                                   "optimizer_s")}
+    return PlanResult(time_per_batch_s=r["time_per_batch_s"],
+                      memory_per_device_bytes=r["memory_per_device_bytes"],
+                      breakdown=breakdown, feasible=r["feasible"])

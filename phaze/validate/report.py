@@ -1,0 +1,80 @@
+"""Tables, JSON and a predicted-vs-measured plot for `phaze validate`."""
+
+from __future__ import annotations
+
+from phaze.units import GiB
+from phaze.validate.data import TABLE_KORTHIKANTI, TABLE_NARAYANAN, calculon_mae_percent
+from phaze.validate.evaluate import Prediction, max_abs_error_pct, mean_abs_error_pct
+
+UNITS = {"tflops_per_gpu": "TFLOP/s/GPU", "seconds_per_iteration": "s/iter"}
+
+
+def row_dict(p: Prediction) -> dict:
+    c = p.case
+    return {
+        "table": c.table, "name": c.name, "tp": c.tp, "pp": c.pp, "dp": c.dp, "gpus": c.gpus,
+        "batch": c.batch, "recompute": c.recompute, "sequence_parallel": c.sequence_parallel,
+        "mbs": p.mbs, "interleave": p.interleave, "searched": p.searched,
+        "metric": c.metric, "measured": c.measured, "predicted": p.predicted,
+        "error_pct": p.error_pct, "time_per_batch_s": p.time_per_batch_s,
+        "tflops_per_gpu": p.tflops_per_gpu,
+        "memory_per_device_bytes": p.memory_per_device_bytes, "breakdown": p.breakdown,
+    }
+
+
+def summary(preds_by_table: dict[str, list[Prediction]]) -> dict:
+    return {t: {"mae_pct": mean_abs_error_pct(ps), "max_abs_error_pct": max_abs_error_pct(ps),
+                "calculon_mae_pct": calculon_mae_percent(t), "rows": len(ps)}
+            for t, ps in preds_by_table.items()}
+
+
+def text_table(preds: list[Prediction]) -> str:
+    c0 = preds[0].case
+    unit = UNITS[c0.metric]
+    lines = [f"{c0.table}  ({unit}; * = microbatch/interleave searched, not published)",
+             f"{'row':<16}{'t':>3}{'p':>4}{'d':>5}{'mbs':>5}{'v':>3} {'measured':>10}"
+             f"{'predicted':>11}{'error':>9}{'mem GiB':>9}"]
+    for p in preds:
+        c = p.case
+        star = "*" if p.searched else " "
+        lines.append(f"{c.name:<16}{c.tp:>3}{c.pp:>4}{c.dp:>5}{p.mbs:>4}{star}{p.interleave:>3} "
+                     f"{c.measured:>10.2f}{p.predicted:>11.2f}{p.error_pct:>+8.1f}%"
+                     f"{p.memory_per_device_bytes / GiB:>9.1f}")
+    lines.append(f"mean |error| {mean_abs_error_pct(preds):.2f}%  max {max_abs_error_pct(preds):.2f}%"
+                 f"  (Calculon: {calculon_mae_percent(c0.table):.2f}%)")
+    return "\n".join(lines)
+
+
+def plot(preds_by_table: dict[str, list[Prediction]], path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from phaze.atomic import atomic_path
+
+    tables = [t for t in (TABLE_KORTHIKANTI, TABLE_NARAYANAN) if t in preds_by_table]
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 5), squeeze=False)
+    for ax, t in zip(axes[0], tables):
+        ps = preds_by_table[t]
+        meas = [p.case.measured for p in ps]
+        pred = [p.predicted for p in ps]
+        ax.scatter(meas, pred, zorder=3)
+        for p in ps:
+            ax.annotate(f"{p.case.name} ({p.error_pct:+.1f}%)", (p.case.measured, p.predicted),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        lo, hi = min(meas + pred) * 0.9, max(meas + pred) * 1.1
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="predicted = measured")
+        if ps[0].case.metric == "seconds_per_iteration":
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        unit = UNITS[ps[0].case.metric]
+        ax.set_xlabel(f"measured ({unit})")
+        ax.set_ylabel(f"predicted ({unit})")
+        ax.set_title(f"{t}: MAE {mean_abs_error_pct(ps):.2f}%")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,166 @@
+"""Summary table, baselines, reasons and the `phaze report` CLI on synthetic tables."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phaze.cli import main
+from phaze.report.summary import summarise
+from phaze.report.tables import load_grid, load_place
+from phaze.search.baselines import spotlight_pick, spotlight_scores, tpuv4_arch_id
+from report_synth import make_grid, make_place
+
+
+@pytest.fixture
+def files(tmp_path):
+    grid = make_grid()
+    grid.to_parquet(tmp_path / "grid.parquet")
+    paths = []
+    for i, (m, s) in enumerate([("bert-large", 512), ("gpt2-xl", 1024)]):
+        p = tmp_path / f"{m}_s{s}.parquet"
+        make_place(grid, m, s, seed=i).drop(columns=["model", "seq"]).to_parquet(p)
+        paths.append(p)
+    return tmp_path, grid, paths
+
+
+def brute_summary_row(place, grid, model, seq):
+    """Independent restatement: best design = max samples/s over optimised rows (ties:
+    smaller area then id); TPUv4 baselines = best rows of its arch."""
+    rows = place[(place.model == model) & (place.seq == seq)].merge(grid[["arch_id", "area_mm2"]])
+    opt = rows[(rows.strategy == "optimised") & rows.samples_per_s.notna()]
+    best = sorted(opt.itertuples(), key=lambda r: (-r.samples_per_s, r.area_mm2, r.arch_id))[0]
+    tpu = grid[(grid.n_tc == 8) & (grid.tc_rows == 128) & (grid.n_vc == 2)
+               & (grid.glb_bytes == 128 * 1024**2)].arch_id.iloc[0]
+    t_opt = opt[opt.arch_id == tpu].samples_per_s.max()
+    fx = rows[(rows.strategy == "fixed") & (rows.arch_id == tpu)].samples_per_s.max()
+    lat = opt.assign(per=opt.single_chip_latency_s / opt.mbs).groupby("arch_id").per.min()
+    spot = lat.idxmin()
+    s_thr = opt[opt.arch_id == spot].samples_per_s.max()
+    return best, t_opt, fx, spot, s_thr
+
+
+def test_summary_matches_brute_force(files):
+    tmp, grid, paths = files
+    place = load_place(paths)
+    summ = summarise(place, load_grid(tmp / "grid.parquet"))
+    assert list(zip(summ.model, summ.seq)) == [("bert-large", 512), ("gpt2-xl", 1024)]
+    for _, r in summ.iterrows():
+        best, t_opt, fx, spot, s_thr = brute_summary_row(place, grid, r.model, r.seq)
+        assert r.status == "ok" and r.best_arch_id == best.arch_id
+        assert r.best_samples_per_s == best.samples_per_s
+        assert r.tpuv4_opt_samples_per_s == t_opt and r.tpuv4_fixed_samples_per_s == fx
+        assert r.speedup_vs_tpuv4_opt == pytest.approx(best.samples_per_s / t_opt)
+        assert r.speedup_vs_tpuv4_fixed == pytest.approx(best.samples_per_s / fx)
+        assert r.spotlight_arch_id == spot
+        assert r.speedup_vs_spotlight == pytest.approx(best.samples_per_s / s_thr)
+        assert r.tpuv4_fixed_strategy == "8x128x1"
+
+
+def test_says_why_when_tpuv4_is_the_best(files):
+    tmp, grid, _ = files
+    place = make_place(grid, "bert-large", 512)
+    tpu = tpuv4_arch_id(grid)
+    place.loc[place.arch_id == tpu, "samples_per_s"] *= 100
+    s = summarise(load_place_df(place), grid).iloc[0]
+    assert s.best_arch_id == tpu and s.speedup_vs_tpuv4_opt == 1.0
+    assert "TPUv4-like chip is itself the best design" in s.notes
+    assert "grid holds no faster chip within the area budget" in s.notes
+
+
+def test_says_why_when_tpuv4_is_outside_the_grid():
+    grid = make_grid().iloc[1:]  # drop the TPUv4-like chip
+    s = summarise(load_place_df(make_place(grid)), grid).iloc[0]
+    assert s.status == "ok" and np.isnan(s.speedup_vs_tpuv4_opt)
+    assert "TPUv4-like chip is outside the grid" in s.notes
+
+
+def load_place_df(df, tmp=None):
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp())
+    p = d / f"{df.model.iloc[0]}_s{df.seq.iloc[0]}.parquet"
+    df.to_parquet(p)
+    return load_place([p])
+
+
+def test_infeasible_sweep_is_reported_everywhere(tmp_path, capsys):
+    grid = make_grid()
+    grid.to_parquet(tmp_path / "grid.parquet")
+    make_place(grid, "llama2-7b", 4096, feasible=False).to_parquet(tmp_path / "llama2-7b_s4096.parquet")
+    make_place(grid, "bert-large", 512).to_parquet(tmp_path / "bert-large_s512.parquet")
+    args = ["report", "--place", str(tmp_path / "llama2-7b_s4096.parquet"),
+            str(tmp_path / "bert-large_s512.parquet"), "--grid", str(tmp_path / "grid.parquet")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "llama2-7b" in out and "INFEASIBLE" in out
+    assert "out of memory at every mbs/recompute/HBM" in out
+    assert main(args + ["-o", str(tmp_path / "rep")]) == 0
+    csv = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    row = csv[csv.model == "llama2-7b"].iloc[0]
+    assert row.status == "infeasible" and "out of memory" in row.notes
+    assert "32,64 GiB" in row.notes and "recompute full,none" in row.notes
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "llama2-7b, seq 4096: no feasible design" in html
+    assert csv[csv.model == "bert-large"].status.iloc[0] == "ok"
+
+
+def test_empty_place_table_is_infeasible_not_empty(tmp_path, capsys):
+    grid = make_grid()
+    grid.to_parquet(tmp_path / "grid.parquet")
+    make_place(grid).iloc[0:0].drop(columns=["model", "seq"]).to_parquet(tmp_path / "opt-350m_s2048.parquet")
+    assert main(["report", "--place", str(tmp_path / "opt-350m_s2048.parquet"),
+                 "--grid", str(tmp_path / "grid.parquet"), "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["n_infeasible"] == 1 and obj["summary"][0]["status"] == "infeasible"
+    assert obj["summary"][0]["model"] == "opt-350m" and "no rows" in obj["summary"][0]["notes"]
+
+
+def test_missing_file_is_a_user_error(tmp_path, capsys):
+    assert main(["report", "--place", str(tmp_path / "x_s1.parquet"), "--grid", "g"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--place" in err[0]
+
+
+def test_spotlight_from_latency_table_brute_force():
+    rng = np.random.default_rng(3)
+    rows = []
+    for a in ("a", "b", "c"):
+        for mbs in (1, 2, 4):
+            for tp in (1, 2):
+                for layer, rep in ((0, 1), (1, 24), (2, 1)):
+                    rows.append(dict(arch_id=a, mbs=mbs, tp=tp, layer_index=layer, repeat=rep,
+                                     fwd_s=rng.random(), bwd_s=rng.random()))
+    lat = pd.DataFrame(rows)
+    got = spotlight_scores(lat)
+    for a in ("a", "b", "c"):
+        want = min(sum((r.fwd_s + r.bwd_s) * r.repeat for r in lat.itertuples()
+                       if r.arch_id == a and r.mbs == m and r.tp == 1) / m for m in (1, 2, 4))
+        assert got[a] == pytest.approx(want)
+    assert spotlight_pick(got) == got.idxmin()
+
+
+def test_latency_tables_give_the_spotlight_pick(tmp_path, capsys):
+    """--latency tables in the merge-latency form (no repeat column): the block's time
+    counts once per block instance (24 for bert-large), from the model's graph."""
+    grid = make_grid()
+    grid.to_parquet(tmp_path / "grid.parquet")
+    place = make_place(grid).drop(columns=["single_chip_latency_s"])
+    place.to_parquet(tmp_path / "bert-large_s512.parquet")
+    ids = list(grid.arch_id)
+    rows = []
+    for k, a in enumerate(ids):
+        # arch 0: slow block, fast prologue/epilogue; arch 1: the reverse (wins only if
+        # the block is counted 24 times); others slow everywhere
+        blk, edge = {0: (1.0, 0.0), 1: (1.05 / 24, 0.5)}.get(k, (5.0, 5.0))
+        for li, t in ((0, edge), (1, blk), (2, edge)):
+            rows.append(dict(arch_id=a, tp=1, layer_index=li, fwd_s=t / 3, bwd_s=2 * t / 3))
+    pd.DataFrame(rows).to_parquet(tmp_path / "bert-large_s512_b1.parquet")
+    assert main(["report", "--place", str(tmp_path / "bert-large_s512.parquet"), "--grid",
+                 str(tmp_path / "grid.parquet"), "--latency",
+                 str(tmp_path / "bert-large_s512_b1.parquet"), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["summary"][0]
+    # per-sample latency: arch 0 = 24 * 1.0 + 0 = 24; arch 1 = 24 * 1.05/24 + 2 * 0.5 = 2.05
+    assert row["spotlight_arch_id"] == ids[1]

@@ -1,0 +1,86 @@
+"""Acceptance: the shipped (calibrated) a100 model against the published measurements.
+
+Calibration split: the four a100 parameters (phaze.cost.params.PRESET_PARAMS["a100"]) were
+fitted on Korthikanti Table 5; Narayanan Table 1 is held out. Bounds: Calculon's errors
+(SC'23), the best open analytical model."""
+
+import pytest
+
+from phaze.cost.params import PRESET_PARAMS
+from phaze.hw.presets import get_preset
+from phaze.model.zoo import get_model
+from phaze.place.evaluate_cli import evaluate_model
+from phaze.validate import data
+from phaze.validate.calibrate import A100_FIT_PARAMS, FIT_START, FIT_TABLE, fit
+from phaze.validate.evaluate import mean_abs_error_pct, plan_evaluator, predict
+
+
+@pytest.fixture(scope="module")
+def preds():
+    return {t: [predict(c, plan_evaluator) for c in data.cases(t)] for t in data.TABLES}
+
+
+def test_korthikanti_table5_mae_below_calculon(preds):
+    assert mean_abs_error_pct(preds[data.TABLE_KORTHIKANTI]) < 3.65
+
+
+def test_narayanan_table1_mae_below_calculon_held_out(preds):
+    assert mean_abs_error_pct(preds[data.TABLE_NARAYANAN]) < 12.4
+
+
+def test_searched_plans_fit_memory_and_published_ones_are_used(preds):
+    for p in preds[data.TABLE_NARAYANAN]:
+        assert p.searched and p.memory_per_device_bytes <= 80 * 1024**3
+    for p in preds[data.TABLE_KORTHIKANTI]:
+        assert not p.searched and (p.mbs, p.interleave) == (p.case.microbatch, p.case.interleave)
+
+
+def test_breakdown_terms_are_explicit_and_sum_to_the_time(preds):
+    for ps in preds.values():
+        for p in ps:
+            b = p.breakdown
+            assert sum(b.values()) == pytest.approx(p.time_per_batch_s, rel=1e-9)
+            assert b["optimizer_s"] > 0 and b["compute_s"] > 0
+            assert (b["tp_s"] > 0) == (p.case.tp > 1)
+            assert (b["bubble_s"] > 0) == (p.case.pp > 1)
+            assert (b["dp_sync_s"] > 0) == (p.case.dp > 1)
+
+
+def test_phaze_evaluate_defaults_are_the_validated_model():
+    # the zoo's gpt-22b through evaluate_model's defaults gives the same time as validate
+    c = data.korthikanti_cases()[0]
+    r = evaluate_model(get_model("gpt-22b"), get_preset("a100"), tp=8, pp=1, dp=1, mbs=4,
+                       batch=4, recompute="full")
+    assert r["time_per_batch_s"] == pytest.approx(plan_evaluator(c, 4, 1).time_per_batch_s)
+    assert PRESET_PARAMS["a100"]["compute_efficiency"] < 1.0
+
+
+@pytest.mark.slow
+def test_fit_on_table5_reproduces_the_shipped_parameters():
+    got, mae = fit(FIT_TABLE, plan_evaluator, A100_FIT_PARAMS, FIT_START, sweeps=3, iters=14)
+    assert mae < 3.65
+    for p in A100_FIT_PARAMS:
+        assert got[p.name] == pytest.approx(PRESET_PARAMS["a100"][p.name], rel=0.02, abs=1e-6)
+
+
+def test_phaze_evaluate_inline_gpt_matches_validate(capsys):
+    # Korthikanti 175B, SP + selective, through the CLI with an inline model: the same
+    # time as the validate row, and Eq. 3 TFLOP/s (no-recompute form) from that time
+    import json
+
+    from phaze.cli import main
+
+    c = [k for k in data.korthikanti_cases() if k.name == "175B/selective"][0]
+    argv = ["evaluate", "--hidden", "12288", "--heads", "96", "--layers", "96", "--seq", "2048",
+            "--arch", "a100", "--tp", "8", "--pp", "8", "--dp", "1", "--mbs", "1", "--batch",
+            "64", "--interleave", "3", "--recompute", "selective", "--sequence-parallel", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["time_per_batch_s"] == pytest.approx(plan_evaluator(c, 1, 3).time_per_batch_s)
+    B, s, l, h, V = 64, 2048, 96, 12288, 51200
+    F = 72 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
+    assert out["tflops_per_gpu"] == pytest.approx(F / out["time_per_batch_s"] / 64 / 1e12)
+    assert out["memory_per_device_bytes"] < 80 * 1024**3
+    # half an inline model is a user error
+    assert main(["evaluate", "--hidden", "12288", "--arch", "a100", "--tp", "1", "--pp", "1",
+                 "--dp", "1", "--mbs", "1", "--batch", "1"]) == 2

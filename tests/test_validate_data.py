@@ -1,0 +1,87 @@
+"""The shipped ground-truth tables and Eq. 3, checked against independent closed forms."""
+
+import pytest
+
+from phaze.units import GiB
+from phaze.validate import data
+from phaze.validate.flops import eq3_flops, eq3_time_s, eq3_tflops_per_gpu
+
+
+def test_tables_load_with_every_row():
+    n = data.narayanan_cases()
+    k = data.korthikanti_cases()
+    assert len(n) == 10 and len(k) == 8
+    assert all(c.measured > 0 for c in n + k)
+    assert all(c.gpus % (c.tp * c.pp) == 0 for c in n + k)
+    assert all(c.dp == 1 for c in k)
+    assert {c.recompute for c in k} == {"full", "selective"}
+    assert all(c.microbatch is None and c.interleave is None for c in n)
+
+
+def test_narayanan_percent_of_peak_matches_tflops():
+    # the published "% peak" column is TFLOP/s over the A100's 312 TFLOP/s, rounded
+    for r in data._rows(data.raw()[data.TABLE_NARAYANAN]):
+        assert abs(100 * r["tflops_per_gpu"] / 312 - r["percent_peak"]) <= 0.5 + 1e-9
+
+
+def test_narayanan_param_counts_match_eq2():
+    # Narayanan Eq. 2: P = 12 l h^2 (1 + 13/(12h) + (V + s)/(12 l h))
+    for c in data.narayanan_cases():
+        l, h, V, s = c.layers, c.hidden, c.vocab, c.seq
+        p = 12 * l * h * h * (1 + 13 / (12 * h) + (V + s) / (12 * l * h))
+        # the paper rounds to 0.1 B
+        assert p / 1e9 == pytest.approx(float(c.name[:-1]), rel=0.01, abs=0.05)
+
+
+def _explicit_training_flops(B, s, l, h, V):
+    """Sum of the GEMM FLOP of one iteration written out op by op (2 m n k each)."""
+    tok = B * s
+    per_layer_fwd = (2 * tok * h * 3 * h      # QKV projection
+                     + 2 * B * s * s * h      # Q K^T over all heads
+                     + 2 * B * s * s * h      # attention x V
+                     + 2 * tok * h * h        # output projection
+                     + 2 * tok * h * 4 * h    # MLP up
+                     + 2 * tok * 4 * h * h)   # MLP down
+    logits_fwd = 2 * tok * h * V
+    # full recomputation: forward, recomputed forward, backward = 2 x forward
+    return l * per_layer_fwd * 4 + logits_fwd * 3
+
+
+@pytest.mark.parametrize("case", data.narayanan_cases(), ids=lambda c: c.name)
+def test_eq3_equals_explicit_gemm_count(case):
+    f = eq3_flops(case.batch, case.seq, case.layers, case.hidden, case.vocab)
+    assert f == pytest.approx(_explicit_training_flops(case.batch, case.seq, case.layers,
+                                                       case.hidden, case.vocab), rel=1e-12)
+
+
+def test_eq3_time_roundtrip():
+    c = data.narayanan_cases()[6]
+    t = eq3_time_s(c.measured, c.gpus, c.batch, c.seq, c.layers, c.hidden, c.vocab)
+    assert eq3_tflops_per_gpu(t, c.gpus, c.batch, c.seq, c.layers, c.hidden, c.vocab) == \
+        pytest.approx(c.measured)
+    # 145.6B on 1536 GPUs at 148 TFLOP/s: a plausible iteration of tens of seconds
+    assert 20 < t < 60
+
+
+def test_figure1_params_optimizer_is_18_bytes_per_block_param():
+    # 18 B/param (fp16 weights, fp32 grads, fp32 master, Adam m and v) x 12 l h^2 / (t p)
+    cfg = {r["model"]: r for r in data.korthikanti_configs()}
+    for m in data.memory_points():
+        r = cfg[m.model]
+        per_gpu = 12 * r["layers"] * r["hidden"] ** 2 / (r["tp"] * r["pp"])
+        assert 18 * per_gpu / GiB == pytest.approx(m.params_and_optimizer_bytes / GiB, abs=0.01)
+
+
+def test_figure1_activations_match_korthikanti_formulas():
+    # first pipeline stage keeps p microbatches of l/p layers, times (1 + (p-1)/(p v))
+    # with interleaving v (Korthikanti Section 4.2.3 / Narayanan's interleaved schedule)
+    cfg = {r["model"]: r for r in data.korthikanti_configs()}
+    for m in data.memory_points():
+        r = cfg[m.model]
+        s, b, h, a, t = 2048, r["microbatch"], r["hidden"], r["heads"], r["tp"]
+        p, v, l = r["pp"], r["interleave"], r["layers"]
+        factor = l * (1 + (p - 1) / (p * v) if v > 1 else 1)
+        tp_only = s * b * h * (10 + 24 / t + 5 * a * s / (h * t)) * factor
+        sp_sel = 34 * s * b * h / t * factor
+        assert tp_only / GiB == pytest.approx(m.activations_tp_only_bytes / GiB, rel=0.01)
+        assert sp_sel / GiB == pytest.approx(m.activations_sp_selective_bytes / GiB, rel=0.01)

@@ -1,0 +1,111 @@
+"""The validation harness (search, errors, calibration, report) with closed-form
+evaluators written here, independent of the performance model."""
+
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from phaze.validate import data
+from phaze.validate.calibrate import FitParam, fit, table_mae
+from phaze.validate.evaluate import PlanResult, candidates, mean_abs_error_pct, predict
+from phaze.validate.flops import eq3_time_s
+
+N = data.narayanan_cases()
+K = data.korthikanti_cases()
+
+
+def _measured_time(c):
+    if c.metric == "seconds_per_iteration":
+        return c.measured
+    return eq3_time_s(c.measured, c.gpus, c.batch, c.seq, c.layers, c.hidden, c.vocab)
+
+
+def test_candidates_brute_force():
+    for c in N:
+        per_rep = c.batch // c.dp
+        want = set()
+        for b in (1, 2, 4, 8, 16):
+            if per_rep % b:
+                continue
+            for v in range(1, c.layers + 1):
+                if v == 1 or (c.pp > 1 and (c.layers // c.pp) % v == 0
+                              and (per_rep // b) % c.pp == 0):
+                    want.add((b, v))
+        assert set(candidates(c)) == want, c.name
+    for c in K:  # published values are used as given
+        assert candidates(c) == [(c.microbatch, c.interleave)]
+
+
+@given(st.integers(0, 9), st.integers(0, 10**6))
+@settings(max_examples=40, deadline=None)
+def test_predict_picks_fastest_feasible(i, seed):
+    c = N[i]
+
+    def ev(case, b, v, params):
+        h = hash((seed, b, v)) % 1000
+        return PlanResult(time_per_batch_s=1.0 + h, memory_per_device_bytes=0.0,
+                          feasible=(h % 3 != 0))
+    p = predict(c, ev)
+    allc = [(b, v, ev(c, b, v, None)) for b, v in candidates(c)]
+    feas = [x for x in allc if x[2].feasible] or allc
+    assert p.time_per_batch_s == min(x[2].time_per_batch_s for x in feas)
+    assert p.searched
+
+
+@pytest.mark.parametrize("table", data.TABLES)
+def test_errors_and_mae_from_known_offsets(table):
+    rows = data.cases(table)
+    deltas = {c.name: (-1) ** i * 0.01 * (i + 1) for i, c in enumerate(rows)}
+
+    def ev(case, b, v, params):
+        d = deltas[case.name]
+        t = _measured_time(case)
+        # a tflops table errs by +d when the time is t/(1+d); a seconds table when t(1+d)
+        t = t / (1 + d) if case.metric == "tflops_per_gpu" else t * (1 + d)
+        return PlanResult(time_per_batch_s=t, memory_per_device_bytes=1.0)
+
+    preds = [predict(c, ev) for c in rows]
+    for p in preds:
+        assert p.error_pct == pytest.approx(100 * deltas[p.case.name])
+    assert mean_abs_error_pct(preds) == pytest.approx(
+        100 * sum(abs(d) for d in deltas.values()) / len(rows))
+
+
+def test_calibration_recovers_a_hidden_efficiency():
+    # the "true" machine runs at efficiency 0.62 plus a fixed 0.05 s per iteration
+    def ev(case, b, v, params):
+        t = (_measured_time(case) - 0.05) * 0.62 / params["eff"] + params["iter_s"]
+        return PlanResult(time_per_batch_s=t, memory_per_device_bytes=0.0)
+
+    start = {"eff": 0.9, "iter_s": 0.5}
+    assert table_mae(data.TABLE_KORTHIKANTI, ev, start) > 20
+    got, mae = fit(data.TABLE_KORTHIKANTI, ev, [FitParam("eff", 0.3, 1.0),
+                                                 FitParam("iter_s", 0.0, 1.0)], start,
+                   sweeps=6, iters=30)
+    assert mae < 0.2
+    assert got["eff"] == pytest.approx(0.62, rel=0.01)
+    assert got["iter_s"] == pytest.approx(0.05, abs=0.01)
+    # the held-out table is then predicted too (same model, no refit)
+    assert table_mae(data.TABLE_NARAYANAN, ev, got) < 1.0
+
+
+def test_validate_cli_json_and_plot(tmp_path, monkeypatch, capsys):
+    from phaze.cli import main
+    from phaze.validate import evaluate
+
+    def ev(case, b, v, params):
+        return PlanResult(time_per_batch_s=_measured_time(case) * 1.02, memory_per_device_bytes=1.0)
+
+    monkeypatch.setattr(evaluate, "plan_evaluator", ev)
+    monkeypatch.setattr("phaze.cli.COMMAND_MODULES", ("phaze.validate.commands",))
+    out = tmp_path / "v.png"
+    assert main(["validate", "--json", "--plot", str(out)]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert len(obj["rows"]) == 18
+    assert obj["tables"][data.TABLE_KORTHIKANTI]["mae_pct"] == pytest.approx(2.0)
+    # Eq. 3 TFLOP/s fall by 1/1.02 when the time grows by 2 %
+    assert obj["tables"][data.TABLE_NARAYANAN]["mae_pct"] == pytest.approx(100 * (1 - 1 / 1.02))
+    assert out.stat().st_size > 1000
+    assert main(["validate", "--table", "korthikanti"]) == 0
+    assert "mean |error| 2.00%" in capsys.readouterr().out
