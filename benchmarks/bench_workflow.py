@@ -91,6 +91,7 @@ def extrapolate(workdir: Path) -> None:
     limited = solved["status"] == "time_limit"
     solve_s_def = solved["seconds"].sum()
     solve_s_pap_per_unit = (solved.loc[~limited, "seconds"].sum() + limited.sum() * tl_pap) / d["sched_units"]
+    solve_s_low_per_unit = solve_s_def / d["sched_units"]  # limited ILPs stop at the default's limit
     overhead_per_job = max(per_stage.loc["sched", "sum"] - solve_s_def, 0.0) / d["sched_jobs"]
     est = {
         "graphs": per_stage.loc["graphs", "mean"] * p["graphs"],
@@ -108,6 +109,10 @@ def extrapolate(workdir: Path) -> None:
     for k, v in est.items():
         print(f"  {k:8s} {v / 3600:10.1f} h")
     print(f"  {'total':8s} {sum(est.values()) / 3600:10.1f} h")
+    low = sum(est.values()) - est["sched"] + solve_s_low_per_unit * p["sched_units"] \
+        + overhead_per_job * p["sched_jobs"]
+    print(f"  (with every ILP stopped at the default's {tl_def:g} s limit instead: "
+          f"{low / 3600:.1f} h in total)")
 
 
 def main() -> int:

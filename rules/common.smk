@@ -157,11 +157,19 @@ def latency_tables(model, seq):
     return [f"results/latency/{model}_s{seq}_b{b}.parquet" for b in MBS]
 
 
+def all_latency_tables():
+    return [t for m, s in model_seqs() for t in latency_tables(m, s)]
+
+
 def place_tables():
     return [f"results/place/{m}_s{s}.parquet" for m, s in model_seqs()]
 
 
-REPORT_FILES = ["results/report/summary.csv", "results/report/pareto.png", "results/report/report.html"]
+REPORT_FILES = [
+    f"results/report/{name}"
+    for name in ("summary.csv", "pareto.png", "throughput_per_area.png", "breakdown.png",
+                 "memory.png", "report.html")
+]
 
 
 def report_available():

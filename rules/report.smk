@@ -1,9 +1,11 @@
-# Summary table, Pareto plot and HTML report over all placement tables.
+# Summary table, plots and a self-contained HTML report over all placement tables (the
+# latency tables give the placement-blind Spotlight-style baseline its single-chip scores).
 
 
 rule report:
     input:
         place=place_tables(),
+        latency=all_latency_tables(),
         grid=GRID,
     output:
         REPORT_FILES,
@@ -18,4 +20,5 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "phaze report --place {input.place} --grid {input.grid} -o {params.outdir} > {log} 2>&1"
+        "phaze report --place {input.place} --latency {input.latency} --grid {input.grid}"
+        " -o {params.outdir} > {log} 2>&1"
