@@ -1,0 +1,24 @@
+# phaze: co-search of accelerator architecture and distributed training plan.
+#
+#   snakemake --cores 2                                        # the embedded default sweep
+#   snakemake --profile cluster/slurm --configfile configs/paper.yaml   # the paper on SLURM
+#
+# The config is validated against configs/schema.yaml (defaults filled in) and checked for
+# semantic errors before any job starts. Results land under results/ (see docs/workflow.md).
+
+configfile: os.path.join(workflow.basedir, "configs", "default.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/graphs.smk"
+include: "rules/arch.smk"
+include: "rules/sched.smk"
+include: "rules/latency.smk"
+include: "rules/place.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

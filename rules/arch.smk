@@ -1,0 +1,19 @@
+# The architecture grid (stable arch ids, area filter): `phaze arch grid`.
+# Only the `arch:` block of the config reaches this rule.
+
+
+rule arch_grid:
+    output:
+        GRID,
+    params:
+        spec=as_json(config["arch"]),
+    log:
+        "results/logs/arch/grid.log",
+    benchmark:
+        "results/benchmarks/arch/grid.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "phaze arch grid --spec {params.spec:q} -o {output} > {log} 2>&1"

@@ -1,0 +1,42 @@
+# The placement DP under MPI: best plan per (arch, microbatch, HBM, recompute) for one
+# (model, seq). Launcher from the `mpi` resource: mpiexec on a laptop (or serial when no
+# MPI is installed), `srun --mpi=pmi2` in the SLURM profile. The DP-only axes (HBM sizes,
+# recomputation, devices, batch, optimizer) reach only this rule.
+
+
+rule place:
+    input:
+        latency=lambda wc: latency_tables(wc.model, wc.seq),
+        graphs=lambda wc: graph_files(wc.model, wc.seq),
+        grid=GRID,
+    output:
+        "results/place/{model}_s{seq}.parquet",
+    params:
+        launch=mpi_launch,
+        devices=config["placement"]["devices"],
+        global_batch=config["placement"]["global_batch"],
+        hbm_gib=",".join(f"{h:g}" for h in config["placement"]["hbm_gib"]),
+        recompute=",".join(config["placement"]["recompute"]),
+        optimizer=config["placement"]["optimizer"],
+        zero1="--zero1" if config["placement"]["zero1"] else "",
+        interleave=",".join(str(v) for v in config["placement"]["interleave"]),
+        fixed=lambda wc: (
+            f"--fixed {MODELS[wc.model]['fixed_plan']}" if "fixed_plan" in MODELS[wc.model] else ""
+        ),
+        network=NETWORK_JSON,
+    log:
+        "results/logs/place/{model}_s{seq}.log",
+    benchmark:
+        "results/benchmarks/place/{model}_s{seq}.tsv"
+    threads: config["placement"]["ranks"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        tasks=config["placement"]["ranks"],
+        mpi=local_mpi_launcher(),
+    shell:
+        "{params.launch} phaze place --mpi --latency {input.latency} --graphs {input.graphs}"
+        " --grid {input.grid} --devices {params.devices} --batch {params.global_batch}"
+        " --hbm-gib {params.hbm_gib} --recompute {params.recompute}"
+        " --optimizer {params.optimizer} {params.zero1} --interleave {params.interleave}"
+        " {params.fixed} --network {params.network:q} -o {output} > {log} 2>&1"

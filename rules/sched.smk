@@ -1,0 +1,39 @@
+# Per-layer operator scheduling ILPs, batched: one job = one chunk of archs for one
+# (model, seq, microbatch), all TP widths and layer kinds. An arch belongs to chunk
+# int(arch_id, 16) % n_chunks. HBM size, recomputation and devices never reach this rule.
+
+
+rule schedule_chunk:
+    input:
+        graphs=lambda wc: graph_files(wc.model, wc.seq, int(wc.mbs)),
+        grid=GRID,
+    output:
+        "results/sched/{model}/s{seq}_b{mbs}/{chunk}.parquet",
+    params:
+        n_chunks=N_CHUNKS,
+        network=NETWORK_JSON,
+        solver=(
+            ""
+            if config["scheduling"]["solver"] == "auto"
+            else f"--solver {config['scheduling']['solver']}"
+        ),
+        formulation=config["scheduling"]["formulation"],
+        time_limit_s=config["scheduling"]["time_limit_s"],
+        cache=(
+            f"--cache {shlex.quote(config['scheduling']['cache_dir'])}"
+            if config["scheduling"]["cache_dir"]
+            else ""
+        ),
+    log:
+        "results/logs/sched/{model}/s{seq}_b{mbs}/{chunk}.log",
+    benchmark:
+        "results/benchmarks/sched/{model}/s{seq}_b{mbs}/{chunk}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    shell:
+        "phaze schedule-batch --graphs {input.graphs} --grid {input.grid}"
+        " --chunk {wildcards.chunk} --n-chunks {params.n_chunks} --network {params.network:q}"
+        " {params.solver} --formulation {params.formulation} --time-limit {params.time_limit_s} {params.cache}"
+        " -o {output} > {log} 2>&1"

@@ -1,0 +1,212 @@
+"""Workflow checks that need no stage code: config validation before any job, the job
+graph of the shipped configs, and which config values reach which rules."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+
+import pytest
+import yaml
+from workflow_util import REPO, dry_run_jobs, snakemake, tiny_config, write_config
+
+SCHEMA = yaml.safe_load((REPO / "configs" / "schema.yaml").read_text())
+
+
+def _bad(mutate):
+    cfg = tiny_config()
+    mutate(cfg)
+    return cfg
+
+
+BAD_CONFIGS = {
+    "unknown model": (
+        _bad(lambda c: c["models"].__setitem__(0, {"name": "gpt-9000", "seq": [128], "tp": [1]})),
+        "models[0].name",
+    ),
+    "negative HBM": (
+        _bad(lambda c: c["placement"].__setitem__("hbm_gib", [32, -64])),
+        "placement.hbm_gib[1]",
+    ),
+    "empty grid axis": (_bad(lambda c: c["arch"].__setitem__("n_tc", [])), "arch.n_tc"),
+    "zero-size buffer": (_bad(lambda c: c["arch"].__setitem__("glb_mib", [0])), "arch.glb_mib[0]"),
+    "misspelled field": (
+        _bad(lambda c: c["placement"].__setitem__("hbm_gb", [32])),
+        "placement",
+    ),
+    "no microbatch": (_bad(lambda c: c.__setitem__("microbatch_sizes", [])), "microbatch_sizes"),
+    "bad recompute": (
+        _bad(lambda c: c["placement"].__setitem__("recompute", ["sometimes"])),
+        "placement.recompute[0]",
+    ),
+    "chunks zero": (_bad(lambda c: c["scheduling"].__setitem__("n_chunks", 0)), "scheduling.n_chunks"),
+    "TP width not dividing heads": (
+        _bad(lambda c: c["models"][0].__setitem__("tp", [1, 3])),
+        "models[0].tp[1]",
+    ),
+    "empty grid after the area filter": (
+        _bad(lambda c: c["arch"]["area"].update(a_max_mm2=1.0, keep_single_core="none")),
+        "arch.area",
+    ),
+    "missing hf config": (
+        _bad(lambda c: c["models"][0].update(hf_config="nowhere/config.json")),
+        "models[0].hf_config",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_rejected_before_any_job(tmp_path, case):
+    cfg, field = BAD_CONFIGS[case]
+    write_config(tmp_path, cfg)
+    # A real run (not -n): it must stop while parsing, before any job starts.
+    proc = snakemake(tmp_path, "--cores", "1", check=False, timeout_s=120)
+    assert proc.returncode != 0
+    err = proc.stderr
+    line = next((ln for ln in err.splitlines() if "invalid config" in ln), None)
+    assert line, err[-2000:]
+    assert f"field {field}" in line, line
+    assert not (tmp_path / "results").exists(), "a job ran although the config is invalid"
+
+
+def test_schema_describes_every_field():
+    missing = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        for name, sub in node.get("properties", {}).items():
+            if "description" not in sub:
+                missing.append(f"{path}.{name}")
+            walk(sub, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(SCHEMA, "config")
+    assert not missing, f"fields without a description: {missing}"
+
+
+def test_shipped_configs_validate():
+    import jsonschema
+
+    for name in ("default.yaml", "paper.yaml"):
+        cfg = yaml.safe_load((REPO / "configs" / name).read_text())
+        jsonschema.Draft202012Validator(SCHEMA).validate(cfg)
+
+
+def test_paper_config_is_the_published_sweep():
+    cfg = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    arch = cfg["arch"]
+    # REFERENCE.md section 2: 13 x 13 x 8 x 8 x 7 = 75,712 candidates before the area filter.
+    n = 1
+    for axis in ("n_tc", "n_vc", "tc_rows", "tc_cols", "glb_mib", "clock_hz", "hbm_bw_Bps"):
+        n *= len(arch[axis])
+    assert n == 75_712
+    assert arch["n_tc"] == [2**i for i in range(13)] and arch["n_vc"] == arch["n_tc"]
+    assert arch["tc_rows"] == [2**i for i in range(1, 9)] and arch["tc_cols"] == arch["tc_rows"]
+    assert arch["glb_mib"] == [2**i for i in range(1, 8)]
+    assert arch["area"] == {"a_max_mm2": "tpuv4", "min_frac": 0.3, "keep_single_core": "under_max"}
+    p = cfg["placement"]
+    assert (p["devices"], p["global_batch"], sorted(p["hbm_gib"])) == (1024, 4096, [32, 64, 80])
+    assert sorted(p["recompute"]) == ["full", "none"] and p["optimizer"] == "sgd"
+    models = {m["name"]: (m["seq"], m["tp"]) for m in cfg["models"]}
+    # REFERENCE.md section 3
+    assert models == {
+        "bert-large": ([512], [1]), "gpt2-xl": ([1024], [1]), "opt-350m": ([2048], [1]),
+        "llama2-7b": ([4096], [1]), "megatron-bert": ([512], [1, 2, 4, 8]),
+        "megatron-gpt2-54": ([1024], [1, 2, 4]), "megatron-gpt2-72": ([1024], [1, 2, 4, 8]),
+        "gpt3-175b": ([2048], [4, 8]),
+    }
+    assert cfg["network"]["inter_bw_Bps"] == cfg["network"]["intra_bw_Bps"] == 4 * 2**30
+    # REFERENCE.md section 3: the published fixed Megatron-style strategies (p x d x t)
+    fixed = {m["name"]: m.get("fixed_plan") for m in cfg["models"]}
+    assert fixed == {
+        "opt-350m": "12x85x1", "bert-large": "8x128x1", "gpt2-xl": "32x32x1",
+        "megatron-gpt2-54": "8x32x4", "megatron-gpt2-72": "8x16x8", "gpt3-175b": "32x8x4",
+        "llama2-7b": "8x128x1", "megatron-bert": None,
+    }
+
+
+def _dry_run_shell_commands(workdir):
+    proc = snakemake(workdir, "-n", "-p", "--cores", "2")
+    text = proc.stdout + proc.stderr
+    cmds = re.findall(r"^Shell command: (.+)$", text, re.M)
+    assert cmds, text[-2000:]
+    return [c for c in cmds if c != "None"]
+
+
+def test_job_graph_of_tiny_sweep(tmp_path):
+    cfg = tiny_config()
+    cfg["microbatch_sizes"] = [1, 2]
+    cfg["models"][0]["tp"] = [1, 2]
+    write_config(tmp_path, cfg)
+    counts = dry_run_jobs(tmp_path)
+    # graphs: bert 2 mbs x 2 tp + gpt2 2 mbs x 1 tp; sched: 2 models x 2 mbs x 2 chunks
+    assert counts["graph"] == 2 + 4
+    assert counts["arch_grid"] == 1
+    assert counts["schedule_chunk"] == 2 * 2 * 2
+    assert counts["merge_latency"] == 2 * 2
+    assert counts["place"] == 2
+
+
+def test_config_values_reach_only_their_rules(tmp_path):
+    """HBM sizes, recomputation and devices go only to placement; arch axes only to the
+    grid; chunking and solver only to scheduling. (This is what makes a config edit rerun
+    exactly the dependent jobs: Snakemake's params trigger.)"""
+    cfg = tiny_config()
+    cfg["placement"].update(hbm_gib=[33.5], devices=77, global_batch=4099)
+    cfg["arch"]["glb_mib"] = [7]
+    cfg["scheduling"].update(n_chunks=3, time_limit_s=4.25)
+    write_config(tmp_path, cfg)
+    cmds = _dry_run_shell_commands(tmp_path)
+    by_stage = {}
+    for c in cmds:
+        argv = shlex.split(c.split(">")[0])
+        i = argv.index("phaze")
+        by_stage.setdefault(" ".join(argv[i + 1:i + 3]) if argv[i + 1] == "arch" else argv[i + 1], []).append(argv)
+    assert set(by_stage) - {"report"} == {"graph", "arch grid", "schedule-batch", "merge-latency", "place"}
+    for stage, argvs in by_stage.items():
+        for argv in argvs:
+            text = " ".join(argv)
+            assert ("33.5" in text) == (stage == "place"), (stage, text)
+            assert ("4099" in text) == (stage == "place"), (stage, text)
+            assert ('"glb_mib":[7]' in text) == (stage == "arch grid"), (stage, text)
+            assert ("4.25" in text) == (stage == "schedule-batch"), (stage, text)
+            assert ("--n-chunks" in argv) == (stage == "schedule-batch"), (stage, text)
+    place = by_stage["place"][0]
+    assert place[place.index("--hbm-gib") + 1] == "33.5"
+    assert place[place.index("--recompute") + 1] == "none,full"
+    assert place[place.index("--devices") + 1] == "77"
+    sched_chunks = sorted(a[a.index("--chunk") + 1] for a in by_stage["schedule-batch"])
+    assert sched_chunks == sorted(["0", "1", "2"] * 2)
+
+
+def test_every_rule_has_log_benchmark_threads_resources(tmp_path):
+    write_config(tmp_path, tiny_config())
+    proc = snakemake(tmp_path, "-n", "--cores", "2")
+    text = proc.stdout + proc.stderr
+    blocks = [b for b in re.split(r"\n(?=(?:local)?rule \w+:)", text) if re.match(r"rule \w+:", b)]
+    rules = {}
+    for b in blocks:
+        rules.setdefault(re.match(r"rule (\w+):", b).group(1), b)
+    assert set(rules) >= {"graph", "arch_grid", "schedule_chunk", "merge_latency", "place"}
+    for name, b in rules.items():
+        if name == "all":
+            continue
+        assert re.search(r"^\s*log: results/logs/", b, re.M), name
+        assert re.search(r"^\s*benchmark: results/benchmarks/", b, re.M), name
+        res = re.search(r"^\s*resources: (.*)$", b, re.M).group(1)
+        assert "mem_mb=" in res and "runtime=" in res, (name, res)
+    assert "tasks=2" in rules["place"] and re.search(r"threads: 2", rules["place"])
+
+
+def test_paper_sweep_is_thousands_of_jobs_not_millions(tmp_path):
+    cfg = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    write_config(tmp_path, copy.deepcopy(cfg))
+    counts = dry_run_jobs(tmp_path)
+    n_model_seq = sum(len(m["seq"]) for m in cfg["models"])
+    expected_sched = n_model_seq * len(cfg["microbatch_sizes"]) * cfg["scheduling"]["n_chunks"]
+    assert counts["schedule_chunk"] == expected_sched
+    assert 1_000 <= sum(counts.values()) <= 10_000
+    assert counts["place"] == n_model_seq
