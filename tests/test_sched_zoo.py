@@ -70,9 +70,12 @@ def test_backends_agree_on_zoo_layers():
                    for b in backends}
             n_full += heur.gap > 1e-12
             ref = res["cpsat"]
-            assert ref.status == "optimal", (name, layer.kind, pass_, ref)
+            # some backward layers stay unproven at 20 s (docs/sched.md); then the check
+            # is that every backend's proven bound lies below every backend's schedule
             for b, r in res.items():
                 check_schedule(p, r.schedule())
-                assert r.lower_bound_s <= ref.makespan_s * (1 + 1e-6), (name, b)
+                assert r.status in ("optimal", "time_limit")
+                for other in res.values():
+                    assert r.lower_bound_s <= other.makespan_s * (1 + 1e-6), (name, b)
                 assert _agree(r, ref), (name, layer.kind, pass_, b, r.makespan_s, ref.makespan_s)
     assert len(seen) > 100

@@ -33,16 +33,37 @@ class Prep:
     def may_use(self, i: int, r: int) -> bool:
         return self.demand(i, False)[r] > 0 or (self.intra_ok[i] and self.demand(i, True)[r] > 0)
 
-    def blocks_class(self, i: int, r: int) -> bool:
-        """True if no op that could overlap compute op i uses class r: every other op
-        using r in single mode is ordered with i by the DAG (an intra op never overlaps
-        i). Then class r is idle apart from i while i runs: i's energy on r is the full
-        capacity times its duration, whatever its mode."""
+    def blocking_chain(self, r: int) -> set[int]:
+        """Ops whose whole duration can be charged at the full capacity of class r.
+
+        Op i "blocks" r if no op that could overlap it uses r: every other op with a
+        single-mode demand on r is ordered with i by the DAG (an intra op never overlaps
+        a compute op). Class r then idles, apart from i, while i runs. Two blocking ops
+        may still overlap each other, so only a CHAIN of them (pairwise ordered, hence
+        disjoint in time) is charged: the heaviest chain by best-mode duration.
+        """
         p = self.p
-        if p.core_class[i] == "net":
-            return False
-        return not any(j != i and self.demand(j, False)[r] > 0 and self.incomparable(i, j)
-                       for j in range(p.n))
+        blk = [p.core_class[i] != "net" and not any(
+            j != i and self.demand(j, False)[r] > 0 and self.incomparable(i, j)
+            for j in range(p.n)) for i in range(p.n)]
+        w = [p.best_duration(i) for i in range(p.n)]
+        best = [0.0] * p.n
+        prev = [-1] * p.n
+        for i in topo_order(p.n, p.edges):
+            if not blk[i]:
+                continue
+            best[i] = w[i]
+            for j in range(p.n):
+                if blk[j] and self.reach[j, i] and best[j] + w[i] > best[i]:
+                    best[i], prev[i] = best[j] + w[i], j
+        if not any(blk):
+            return set()
+        end = max(range(p.n), key=lambda i: best[i])
+        chain = set()
+        while end >= 0 and blk[end]:
+            chain.add(end)
+            end = prev[end]
+        return chain
 
     def incomparable(self, i: int, j: int) -> bool:
         return not (self.reach[i, j] or self.reach[j, i])

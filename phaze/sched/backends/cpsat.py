@@ -112,10 +112,11 @@ def solve(pr: Prep, formulation: str, settings: dict) -> RawSolution:
     #     so sum(single work on the class) + cap * sum(intra durations) <= cap * C.
     for r in (0, 1):
         terms, const = [], 0
+        chain = pr.blocking_chain(r)
         for i in range(n):
             if p.core_class[i] == "net":
                 continue
-            w1 = d1[i] * (pr.cap[r] if pr.blocks_class(i, r) else pr.demand(i, False)[r])
+            w1 = d1[i] * (pr.cap[r] if i in chain else pr.demand(i, False)[r])
             if lits[i] is None:
                 const += w1
             else:
