@@ -193,3 +193,18 @@ def test_merge_latency(tmp_path, capsys):
     assert "gap" in capsys.readouterr().err
     _shard(["ee"], ("fwd",)).to_parquet(tmp_path / "half.parquet")
     assert main(["merge-latency", str(tmp_path / "half.parquet"), "-o", str(out2)]) == 2
+
+
+def test_solver_schedule_off_by_tolerance_is_repaired(monkeypatch):
+    """A backend answer that overlaps by less than its tolerance (seen with a MILP on a
+    zoo epilogue) is repaired into a feasible schedule, never raised."""
+    from phaze.sched import solve as solve_mod
+    from phaze.sched.backends import RawSolution
+
+    p = SchedProblem(("vc", "vc", "tc"), (1e-7, 1.0, 0.3), (1e-7, 0.5, 0.2), ((2, 1),), 1, 2)
+    raw = RawSolution(True, True, [0.5 - 1e-9, 0.5, 0.0], ["single", "intra", "intra"],
+                      [1e-7, 0.5, 0.2], bound_s=0.7, solver_status="fake", slack_s=1e-6)
+    monkeypatch.setattr(solve_mod, "run_backend_inprocess", lambda *a, **k: raw)
+    res = solve_mod.solve_problem(p, "cpsat", isolate=False, shortcut=False)
+    check_schedule(p, res.schedule())
+    assert res.makespan_s == pytest.approx(0.7 + 1e-7, rel=1e-9)

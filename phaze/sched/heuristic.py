@@ -72,8 +72,10 @@ class _Profile:
             self.items.append((t, t + d, dem))
 
 
-def serial_sgs(p: SchedProblem, priority: list[int], mode_rule: str = "greedy") -> Schedule:
-    """Schedule ops in `priority` order (must be a topological order)."""
+def serial_sgs(p: SchedProblem, priority: list[int], mode_rule: str = "greedy",
+               modes: list[str] | None = None) -> Schedule:
+    """Schedule ops in `priority` order (must be a topological order); `modes` fixes
+    each op's mode (used to repair a solver schedule that is off by its tolerances)."""
     preds = p.preds()
     prof = _Profile((p.n_tc, p.n_vc, 1))
     start = [0.0] * p.n
@@ -81,12 +83,14 @@ def serial_sgs(p: SchedProblem, priority: list[int], mode_rule: str = "greedy") 
     end = [0.0] * p.n
     for j in priority:
         est = max((end[i] for i in preds[j]), default=0.0)
-        modes = ["single"]
-        if p.has_intra(j):
-            modes = {"greedy": ["single", "intra"], "single": ["single"],
-                     "intra": ["intra"]}[mode_rule]
+        cand = ["single"]
+        if modes is not None:
+            cand = [modes[j]]
+        elif p.has_intra(j):
+            cand = {"greedy": ["single", "intra"], "single": ["single"],
+                    "intra": ["intra"]}[mode_rule]
         best = None
-        for m in modes:
+        for m in cand:
             d = p.duration(j, m)
             t = prof.earliest(est, d, p.demand(j, m))
             if best is None or t + d < best[0] + best[1] - 1e-15:

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from phaze.sched.heuristic import list_schedule, lower_bound_s
+from phaze.sched.heuristic import list_schedule, lower_bound_s, serial_sgs
 from phaze.sched.prep import prepare
 from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact
 
@@ -126,7 +126,18 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     sched = hsched
     if raw.has_solution:
         cand = compact(p, Schedule(raw.start_s, raw.mode), raw.dur_s, slack_s=raw.slack_s)
-        check_schedule(p, cand)
+        try:
+            check_schedule(p, cand)
+        except ValueError:
+            # the solver's schedule overlaps within its feasibility tolerance: repair it
+            # with a serial schedule in the same start order and modes
+            from phaze.sched.problem import topo_order
+
+            pos = {k: i for i, k in enumerate(topo_order(p.n, p.edges))}
+            order = sorted(range(p.n), key=lambda k: (cand.start_s[k], pos[k]))
+            order = [k for k in topo_order_stable(p, order)]
+            cand = serial_sgs(p, order, modes=list(cand.mode))
+            check_schedule(p, cand)
         if cand.makespan(p) < ub:
             sched = cand
     ms = sched.makespan(p)
@@ -138,3 +149,20 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     return SolveResult(ms, lb, gap, status, solver, formulation, time.perf_counter() - t0,
                        list(sched.start_s), list(sched.mode), raw.solver_status,
                        raw.n_vars, raw.n_rows)
+
+
+def topo_order_stable(p: SchedProblem, order: list[int]) -> list[int]:
+    """The topological order closest to `order`: repeatedly take the first op of
+    `order` whose predecessors are all placed."""
+    preds = [set(x) for x in p.preds()]
+    done: set[int] = set()
+    out: list[int] = []
+    rest = list(order)
+    while rest:
+        for k, j in enumerate(rest):
+            if preds[j] <= done:
+                out.append(j)
+                done.add(j)
+                del rest[k]
+                break
+    return out
