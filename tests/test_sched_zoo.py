@@ -61,21 +61,24 @@ def test_backends_agree_on_zoo_layers():
                 continue
             seen.add(k)
             heur = solve_problem(p, "heuristic")
-            # layers the heuristic closes are cross-checked by two solvers on a few archs;
-            # every other layer by all four backends, without the heuristic shortcut
-            if heur.gap <= 1e-12 and a % 7:
-                continue
-            backends = BACKENDS if heur.gap > 1e-12 else ("cpsat", "highs")
-            res = {b: solve_problem(p, b, settings={"time_limit_s": 20.0}, shortcut=False)
-                   for b in backends}
-            n_full += heur.gap > 1e-12
+            if heur.gap <= 1e-12:
+                continue      # the list schedule meets the lower bound: nothing to compare
+            # CP-SAT on every arch; the MILP backends on every 4th arch (indices 0, 4,
+            # ... include archs with one TC and one VC), to keep the test bounded
+            backends = BACKENDS if a % 4 == 0 else ("cpsat",)
+            res = {b: solve_problem(p, b, settings={"time_limit_s": 10.0 if b == "cpsat" else 2.0},
+                                    shortcut=False) for b in backends}
+            n_full += len(backends) > 1
             ref = res["cpsat"]
-            # some backward layers stay unproven at 20 s (docs/sched.md); then the check
-            # is that every backend's proven bound lies below every backend's schedule
+            # some backward layers stay unproven at the limit (docs/sched.md); then the
+            # check is that every backend's proven bound lies below every schedule
             for b, r in res.items():
                 check_schedule(p, r.schedule())
                 assert r.status in ("optimal", "time_limit")
+                assert r.lower_bound_s >= heur.lower_bound_s * (1 - 1e-9)
+                assert r.makespan_s <= heur.makespan_s * (1 + 1e-9)
                 for other in res.values():
                     assert r.lower_bound_s <= other.makespan_s * (1 + 1e-6), (name, b)
                 assert _agree(r, ref), (name, layer.kind, pass_, b, r.makespan_s, ref.makespan_s)
+    assert n_full > 20
     assert len(seen) > 100
