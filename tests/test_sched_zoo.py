@@ -43,6 +43,16 @@ def _agree(a, b) -> bool:
 
 
 @pytest.mark.slow
+def _solve(p, backend, limit_s):
+    """One solve; a worker that died is restarted and asked once more (seen once in CI
+    for the CBC worker under load: EOFError from its pipe). Production keeps the list
+    schedule with a warning instead; a second crash fails the test."""
+    r = solve_problem(p, backend, settings={"time_limit_s": limit_s}, shortcut=False)
+    if r.solver_status == "crash":
+        r = solve_problem(p, backend, settings={"time_limit_s": limit_s}, shortcut=False)
+    return r
+
+
 def test_backends_agree_on_zoo_layers():
     from phaze.hw.presets import get_network
 
@@ -66,8 +76,7 @@ def test_backends_agree_on_zoo_layers():
             # CP-SAT on every arch; the MILP backends on every 4th arch (indices 0, 4,
             # ... include archs with one TC and one VC), to keep the test bounded
             backends = BACKENDS if a % 4 == 0 else ("cpsat",)
-            res = {b: solve_problem(p, b, settings={"time_limit_s": 10.0 if b == "cpsat" else 2.0},
-                                    shortcut=False) for b in backends}
+            res = {b: _solve(p, b, 10.0 if b == "cpsat" else 2.0) for b in backends}
             n_full += len(backends) > 1
             ref = res["cpsat"]
             # some backward layers stay unproven at the limit (docs/sched.md); then the
