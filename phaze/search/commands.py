@@ -173,9 +173,10 @@ def _search_one(spec, grid, args) -> dict:
         "buckets": lambda sp: area_buckets(sp, args.bucket_mm2, args.patience),
     }
     results = {}
+    solved, statuses = {}, {}   # ILP results shared between methods; each counts its own
     for m in methods:
         t0 = time.perf_counter()
-        sp = SweepProblem(spec, grid)   # fresh: no ILP shared between methods
+        sp = SweepProblem(spec, grid, solved=solved, statuses=statuses)
         res = runs[m](sp)
         results[m] = (res, sp.n_problems(), time.perf_counter() - t0)
         if not args.json:
