@@ -4,6 +4,7 @@ cost model (skipped until both stages are in the tree)."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -17,6 +18,9 @@ from phaze.sched.problem import check_schedule  # noqa: E402
 from phaze.sched.solve import solve_problem  # noqa: E402
 
 BACKENDS = ("cpsat", "highs", "cbc", "gurobi")
+# the whole zoo takes > 15 min on 2 cores: CI runs a spread of models (encoder, GPT-2,
+# OPT, Llama, Megatron with its own shapes); PHAZE_SCHED_ZOO_FULL=1 runs every zoo model
+CI_MODELS = ("bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "megatron-gpt2-54")
 
 
 def _archs(n=20, seed=1):
@@ -52,7 +56,8 @@ def test_backends_agree_on_zoo_layers():
     net = get_network("dgx-a100")
     seen = set()
     n_full = 0
-    for name in zoo.ZOO:
+    full = os.environ.get("PHAZE_SCHED_ZOO_FULL") == "1"
+    for name in (zoo.ZOO if full else CI_MODELS):
         spec = zoo.ZOO[name]
         graph = graph_mod.build_graph(spec, seq=min(spec.seq, 2048), tp=1)
         for a, li, layer, pass_, p in layer_problems(graph, archs, net):
@@ -66,7 +71,7 @@ def test_backends_agree_on_zoo_layers():
             # CP-SAT on every arch; the MILP backends on every 4th arch (indices 0, 4,
             # ... include archs with one TC and one VC), to keep the test bounded
             backends = BACKENDS if a % 4 == 0 else ("cpsat",)
-            res = {b: solve_problem(p, b, settings={"time_limit_s": 10.0 if b == "cpsat" else 2.0},
+            res = {b: solve_problem(p, b, settings={"time_limit_s": 5.0 if b == "cpsat" else 2.0},
                                     shortcut=False) for b in backends}
             n_full += len(backends) > 1
             ref = res["cpsat"]
@@ -80,5 +85,5 @@ def test_backends_agree_on_zoo_layers():
                 for other in res.values():
                     assert r.lower_bound_s <= other.makespan_s * (1 + 1e-6), (name, b)
                 assert _agree(r, ref), (name, layer.kind, pass_, b, r.makespan_s, ref.makespan_s)
-    assert n_full > 20
-    assert len(seen) > 100
+    assert n_full >= 5
+    assert len(seen) > 50
