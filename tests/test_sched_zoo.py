@@ -4,6 +4,7 @@ cost model (skipped until both stages are in the tree)."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -17,6 +18,9 @@ from phaze.sched.problem import check_schedule  # noqa: E402
 from phaze.sched.solve import solve_problem  # noqa: E402
 
 BACKENDS = ("cpsat", "highs", "cbc", "gurobi")
+# the whole zoo takes > 15 min on 2 cores: CI runs a spread of models (encoder, GPT-2,
+# OPT, Llama, Megatron with its own shapes); PHAZE_SCHED_ZOO_FULL=1 runs every zoo model
+CI_MODELS = ("bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "megatron-gpt2-54")
 
 
 def _archs(n=20, seed=1):
@@ -42,7 +46,6 @@ def _agree(a, b) -> bool:
     return abs(a.makespan_s - b.makespan_s) <= tol + 1e-15
 
 
-@pytest.mark.slow
 def _solve(p, backend, limit_s):
     """One solve; a worker that died is restarted and asked once more (seen once in CI
     for the CBC worker under load: EOFError from its pipe). Production keeps the list
@@ -53,6 +56,7 @@ def _solve(p, backend, limit_s):
     return r
 
 
+@pytest.mark.slow
 def test_backends_agree_on_zoo_layers():
     from phaze.hw.presets import get_network
 
@@ -62,7 +66,8 @@ def test_backends_agree_on_zoo_layers():
     net = get_network("dgx-a100")
     seen = set()
     n_full = 0
-    for name in zoo.ZOO:
+    full = os.environ.get("PHAZE_SCHED_ZOO_FULL") == "1"
+    for name in (zoo.ZOO if full else CI_MODELS):
         spec = zoo.ZOO[name]
         graph = graph_mod.build_graph(spec, seq=min(spec.seq, 2048), tp=1)
         for a, li, layer, pass_, p in layer_problems(graph, archs, net):
@@ -76,7 +81,7 @@ def test_backends_agree_on_zoo_layers():
             # CP-SAT on every arch; the MILP backends on every 4th arch (indices 0, 4,
             # ... include archs with one TC and one VC), to keep the test bounded
             backends = BACKENDS if a % 4 == 0 else ("cpsat",)
-            res = {b: _solve(p, b, 10.0 if b == "cpsat" else 2.0) for b in backends}
+            res = {b: _solve(p, b, 5.0 if b == "cpsat" else 2.0) for b in backends}
             n_full += len(backends) > 1
             ref = res["cpsat"]
             # some backward layers stay unproven at the limit (docs/sched.md); then the
@@ -89,5 +94,5 @@ def test_backends_agree_on_zoo_layers():
                 for other in res.values():
                     assert r.lower_bound_s <= other.makespan_s * (1 + 1e-6), (name, b)
                 assert _agree(r, ref), (name, layer.kind, pass_, b, r.makespan_s, ref.makespan_s)
-    assert n_full > 20
-    assert len(seen) > 100
+    assert n_full >= 5
+    assert len(seen) > 50
