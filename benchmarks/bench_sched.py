@@ -114,7 +114,8 @@ def main() -> int:
            f"{'A reference':>12} {'ratio med':>9} {'ratio min':>9} {'unpr c/r':>8} | "
            f"{'P pipeline':>12} {'unpr':>4} {'heur=LB':>7}")
     if args.milp:
-        hdr += f" | {args.milp + ' compact':>14} {args.milp + ' ref':>11} {'ratio med':>9} {'unpr c/r':>8}"
+        hdr += (f" | {args.milp + ' compact':>14} {args.milp + ' ref':>11} {'ratio med':>9} "
+                f"{'unpr c/r':>8}")
     print(hdr)
     all_cp, all_milp = Ratios(), Ratios()
     worst_pipe, worst_cmp, pipe_opt, cmp_opt = 0.0, 0.0, True, True

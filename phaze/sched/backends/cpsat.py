@@ -1,6 +1,7 @@
 """OR-Tools CP-SAT backend: interval variables and cumulative constraints.
 
-Time is integer ticks of tick_s = TICK_REL * UB / n (UB = heuristic makespan, n ops). Each latency is rounded UP to whole ticks. Soundness:
+Time is integer ticks of tick_s = TICK_REL * UB / n (UB = heuristic makespan, n ops).
+Each latency is rounded UP to whole ticks. Soundness:
 - The schedule found is re-timed with the exact latencies (problem.compact), which can
   only move ops earlier, so the reported makespan is exact and <= T * tick_s.
 - Bound: take a continuous optimum C*; re-time it over its own interval order with the
