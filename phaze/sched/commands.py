@@ -62,9 +62,6 @@ def _settings(args) -> dict:
         raise UserError(f"must be > 0, got {args.time_limit}", field="time-limit")
     if args.threads < 1:
         raise UserError(f"must be >= 1, got {args.threads}", field="threads")
-    if args.solver == "cpsat" and args.formulation == "reference":
-        raise UserError("the reference formulation is a MILP", field="formulation",
-                        fix="use --solver highs, cbc or gurobi with --formulation reference")
     return {"time_limit_s": float(args.time_limit), "rel_gap": 1e-6, "threads": int(args.threads)}
 
 

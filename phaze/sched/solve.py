@@ -105,8 +105,6 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     if shortcut and ub <= lb0 * (1 + 1e-12):     # the heuristic is provably optimal
         return heuristic_result(p, t0, solver=solver, formulation=formulation, sched=hsched,
                                 lb=lb0, status="optimal", solver_status="bound met")
-    if solver == "cpsat" and formulation == "reference":
-        raise ValueError("the reference formulation is a MILP: use highs, cbc or gurobi")
     if isolate is None:
         isolate = solver != DEFAULT_SOLVER
     try:

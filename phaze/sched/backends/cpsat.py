@@ -1,6 +1,7 @@
 """OR-Tools CP-SAT backend: interval variables and cumulative constraints.
 
-Time is integer ticks of tick_s = TICK_REL * UB / n (UB = heuristic makespan, n ops). Each latency is rounded UP to whole ticks. Soundness:
+Time is integer ticks of tick_s = TICK_REL * UB / n (UB = heuristic makespan, n ops).
+Each latency is rounded UP to whole ticks. Soundness:
 - The schedule found is re-timed with the exact latencies (problem.compact), which can
   only move ops earlier, so the reported makespan is exact and <= T * tick_s.
 - Bound: take a continuous optimum C*; re-time it over its own interval order with the
@@ -8,14 +9,21 @@ Time is integer ticks of tick_s = TICK_REL * UB / n (UB = heuristic makespan, n 
   gains < 1 tick per op, so a tick schedule of length <= C* + n * tick_s exists, i.e.
   C* >= (T_lb - n) * tick_s, with T_lb CP-SAT's proven bound in ticks. The reported
   lower bound is that value (error <= TICK_REL * UB).
-Per op: one mandatory interval, or, when intra-op may pay off, two optional intervals
-(single, intra) with exactly one present. TC and VC are cumulative resources (intra
-demands the whole capacity, making it exclusive); the link is a no-overlap resource.
+The argument holds for any formulation whose tick model has exactly the feasible tick
+schedules (and whose horizon admits that tick schedule): `compact` below and
+`reference` (backends/cpsat_reference.py) share the grid, the hint, the solver
+parameters and the result extraction of this module.
+
+`compact`: per op one mandatory interval, or, when intra-op may pay off, two optional
+intervals (single, intra) with exactly one present. TC and VC are cumulative resources
+(intra demands the whole capacity, making it exclusive); the link is a no-overlap
+resource.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from phaze.sched.backends import RawSolution
 from phaze.sched.prep import Prep
@@ -24,13 +32,17 @@ from phaze.sched.problem import topo_order
 TICK_REL = 1e-5
 
 
-def _depth(pr: Prep) -> int:
-    p = pr.p
-    preds = p.preds()
-    d = [1] * p.n
-    for j in topo_order(p.n, p.edges):
-        d[j] = 1 + max((d[i] for i in preds[j]), default=0)
-    return max(d, default=1)
+@dataclass
+class TickGrid:
+    """Integer time shared by the CP-SAT formulations."""
+    tick_s: float
+    depth: int               # longest chain of an interval order: up to every op (n)
+    horizon: int             # ticks; UB rounded up plus the rounding slack of a chain
+    d1: list[int]            # single-mode durations, ticks (rounded up)
+    da: list[int | None]     # intra durations, ticks, None where intra is dominated
+
+    def ticks(self, x_s: float) -> int:
+        return int(math.ceil(x_s / self.tick_s - 1e-9))
 
 
 # per-core sequencing only while it stays small (intervals = users x cores)
@@ -71,25 +83,32 @@ def _per_core_no_overlap(mdl, pr: Prep, S, d1, da, lits) -> None:
                     mdl.AddBoolOr([x[j, k - 1] for j in users[:a]] + [x[i, k].Not()])
 
 
-def solve(pr: Prep, formulation: str, settings: dict) -> RawSolution:
-    from ortools.sat.python import cp_model
-
-    if formulation == "reference":
-        raise ValueError("the reference formulation is a MILP: use highs, cbc or gurobi")
+def tick_grid(pr: Prep) -> TickGrid:
     p = pr.p
-    n = p.n
-    depth = max(1, n)   # longest chain of the interval order: up to every op
+    depth = max(1, p.n)
     ub = pr.ub if pr.ub > 0 else 1.0
     tick = TICK_REL * ub / depth
-    horizon = int(math.ceil(ub / tick)) + depth + 1
+    g = TickGrid(tick, depth, int(math.ceil(ub / tick)) + depth + 1, [], [])
+    g.d1 = [g.ticks(p.lat_one_s[i]) for i in range(p.n)]
+    g.da = [g.ticks(p.lat_all_s[i]) if pr.intra_ok[i] else None for i in range(p.n)]
+    return g
 
-    def ticks(x: float) -> int:
-        return int(math.ceil(x / tick - 1e-9))
 
+@dataclass
+class TickModel:
+    """A built CP-SAT model: start and intra-literal variables per op, the makespan."""
+    mdl: object
+    S: list
+    lits: list               # BoolVar (True = intra) or None per op
+    cmax: object
+
+
+def _build_compact(pr: Prep, g: TickGrid, cp_model) -> TickModel:
+    p = pr.p
+    n = p.n
+    d1, da, horizon, tick = g.d1, g.da, g.horizon, g.tick_s
     mdl = cp_model.CpModel()
     S, E, lits = [], [], []
-    d1 = [ticks(p.lat_one_s[i]) for i in range(n)]
-    da = [ticks(p.lat_all_s[i]) if pr.intra_ok[i] else None for i in range(n)]
     tc_iv, tc_dem, vc_iv, vc_dem, link_iv = [], [], [], [], []
     for i in range(n):
         lo = int(pr.head[i] / tick)
@@ -163,34 +182,59 @@ def solve(pr: Prep, formulation: str, settings: dict) -> RawSolution:
                 terms.append((da[i] * pr.cap[r] - w1, lits[i]))
         if terms or const:
             mdl.Add(sum(c * z for c, z in terms) + const <= pr.cap[r] * cmax)
-    mdl.Minimize(cmax)
-    # warm start: the heuristic's schedule (CP-SAT repairs the tick rounding)
-    h = settings.get("_hint")
-    if h is not None:
-        for i in range(n):
-            mdl.AddHint(S[i], int(h.start_s[i] / tick))
-            if lits[i] is not None:
-                mdl.AddHint(lits[i], h.mode[i] == "intra")
+    return TickModel(mdl, S, lits, cmax)
+
+
+def _solver(settings: dict, cp_model):
+    """Solver parameters, identical for every formulation."""
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(settings["time_limit_s"])
     solver.parameters.num_workers = int(settings["threads"])
     solver.parameters.random_seed = 0
     # With one worker the default search cannot close the bound on fine tick grids
     # (measured: an 8-op instance stuck at the static bound for 30 s); searching the
-    # objective's lower bound directly proves it in milliseconds.
-    solver.parameters.use_objective_lb_search = True
+    # objective's lower bound directly proves it in milliseconds. With a portfolio it
+    # hurts: 16 of 21 zoo backward blocks left open at 10 s on 8 workers were proven in
+    # 1-5 s without it (the portfolio has its own bound-raising workers).
+    solver.parameters.use_objective_lb_search = solver.parameters.num_workers == 1
     # stop once within the optimality tolerance (the tick rounding adds <= TICK_REL)
     solver.parameters.relative_gap_limit = float(settings.get("opt_gap", 1e-4)) / 2
+    return solver
+
+
+def solve(pr: Prep, formulation: str, settings: dict) -> RawSolution:
+    from ortools.sat.python import cp_model
+
+    g = tick_grid(pr)
+    if formulation == "reference":
+        from phaze.sched.backends.cpsat_reference import build_reference
+
+        tm = build_reference(pr, g, cp_model)
+    elif formulation == "compact":
+        tm = _build_compact(pr, g, cp_model)
+    else:
+        raise ValueError(f"unknown formulation {formulation!r}")
+    n, tick, mdl = pr.p.n, g.tick_s, tm.mdl
+    mdl.Minimize(tm.cmax)
+    # warm start, the same for every formulation: the heuristic's starts and modes
+    # (CP-SAT repairs the tick rounding)
+    h = settings.get("_hint")
+    if h is not None:
+        for i in range(n):
+            mdl.AddHint(tm.S[i], int(h.start_s[i] / tick))
+            if tm.lits[i] is not None:
+                mdl.AddHint(tm.lits[i], h.mode[i] == "intra")
+    solver = _solver(settings, cp_model)
     st = solver.Solve(mdl)
     name = solver.StatusName(st)
     has = st in (cp_model.OPTIMAL, cp_model.FEASIBLE)
-    bound = max(0.0, (solver.BestObjectiveBound() - depth) * tick) if has else 0.0
     if not has:
         return RawSolution(False, False, bound_s=0.0, solver_status=name)
-    start = [solver.Value(S[i]) * tick for i in range(n)]
-    mode = ["intra" if lits[i] is not None and solver.Value(lits[i]) else "single"
+    bound = max(0.0, (solver.BestObjectiveBound() - g.depth) * tick)
+    start = [solver.Value(tm.S[i]) * tick for i in range(n)]
+    mode = ["intra" if tm.lits[i] is not None and solver.Value(tm.lits[i]) else "single"
             for i in range(n)]
-    dur = [(da[i] if mode[i] == "intra" else d1[i]) * tick for i in range(n)]
+    dur = [(g.da[i] if mode[i] == "intra" else g.d1[i]) * tick for i in range(n)]
     return RawSolution(True, st == cp_model.OPTIMAL, start, mode, dur, bound_s=bound,
                        solver_status=name, n_vars=len(mdl.Proto().variables),
                        n_rows=len(mdl.Proto().constraints), slack_s=0.1 * tick)
