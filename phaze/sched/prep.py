@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phaze.sched.problem import SchedProblem, topo_order, transitive_closure
+from phaze.sched.problem import SchedProblem, Schedule, topo_order, transitive_closure
 
 
 @dataclass
@@ -75,6 +75,39 @@ class Prep:
             units[end] = own[end] + idle[end]
             end = prev[end]
         return units
+
+    def energy_bound_s(self) -> float:
+        """Static form of the energy rows: per class, each op at its cheaper mode
+        (single: charged units x lat_one; intra: the whole class for lat_all), over the
+        capacity. A valid lower bound on the makespan (see charge_units)."""
+        p = self.p
+        best = 0.0
+        for r in (0, 1):
+            units = self.charge_units(r)
+            total = 0.0
+            for i in range(p.n):
+                if p.core_class[i] == "net":
+                    continue
+                w = p.lat_one_s[i] * units.get(i, self.demand(i, False)[r])
+                if self.intra_ok[i]:
+                    w = min(w, p.lat_all_s[i] * self.cap[r])
+                total += w
+            best = max(best, total / self.cap[r])
+        return best
+
+    def respect_dominance(self, s: Schedule) -> Schedule:
+        """The same schedule with dominated pairs swapped (start and mode), so that it
+        satisfies every S_a <= S_b of ident_pairs (a warm start the model accepts).
+        Each swap keeps feasibility and removes inversions (see prepare), so this ends."""
+        start, mode = list(s.start_s), list(s.mode)
+        for _ in range(self.p.n ** 2 + 1):
+            bad = [(a, b) for a, b in self.ident_pairs if start[a] > start[b]]
+            if not bad:
+                break
+            a, b = bad[0]
+            start[a], start[b] = start[b], start[a]
+            mode[a], mode[b] = mode[b], mode[a]
+        return Schedule(start, mode)
 
     def incomparable(self, i: int, j: int) -> bool:
         return not (self.reach[i, j] or self.reach[j, i])

@@ -79,7 +79,7 @@ def run_backend_inprocess(p: SchedProblem, solver: str, formulation: str, settin
 
     pr = prepare(p, ub)
     st = dict(settings)
-    st["_hint"] = hint
+    st["_hint"] = pr.respect_dominance(hint)
     return backends.get(solver).solve(pr, formulation, st)
 
 
@@ -99,7 +99,9 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
         raise ValueError(f"unknown formulation {formulation!r}")
     hsched = list_schedule(p)
     ub = hsched.makespan(p)
-    lb0 = lower_bound_s(p)
+    # the energy bound with idle charges (prep) often meets the list schedule where
+    # the plain work bound does not, which skips the solve
+    lb0 = max(lower_bound_s(p), prepare(p, ub).energy_bound_s()) if p.n else 0.0
     if solver == "heuristic" or p.n == 0:
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
     if shortcut and ub <= lb0 * (1 + 1e-12):     # the heuristic is provably optimal
