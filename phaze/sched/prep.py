@@ -3,7 +3,7 @@ heads/tails for variable bounds, incomparable pairs, and groups of identical ops
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +20,7 @@ class Prep:
     tail: list[float]           # longest path from op start to the end, op included
     ub: float                   # heuristic makespan
     ident_pairs: list[tuple[int, int]]  # (i, j): some optimum has S_i <= S_j
+    _units: dict = field(default_factory=dict)   # charge_units per class, computed once
 
     def demand(self, i: int, intra: bool) -> tuple[int, int]:
         """(tc, vc) units with the effective capacities."""
@@ -46,6 +47,11 @@ class Prep:
         units. Generalises "blocking" ops (U_v = 0, charged the full capacity), which
         closed GPT-3 175B's block backward on TPUv4.
         """
+        if r not in self._units:
+            self._units[r] = self._charge_units(r)
+        return self._units[r]
+
+    def _charge_units(self, r: int) -> dict[int, int]:
         p = self.p
         cap = self.cap[r]
         own = [self.demand(i, False)[r] if p.core_class[i] != "net" else 0
