@@ -24,7 +24,9 @@ from pathlib import Path
 from phaze.sched.problem import SchedProblem
 from phaze.sched.solve import DEFAULT_SETTINGS, SolveResult, solve_problem
 
-CACHE_VERSION = 1
+# bumped when the models change what a solve can prove within its limit (2: dominance
+# rows, per-core model, idle charges), so that older time_limit entries are not reused
+CACHE_VERSION = 2
 
 
 class ScheduleCache:
