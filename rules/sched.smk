@@ -28,7 +28,8 @@ rule schedule_chunk:
         "results/logs/sched/{model}/s{seq}_b{mbs}/{chunk}.log",
     benchmark:
         "results/benchmarks/sched/{model}/s{seq}_b{mbs}/{chunk}.tsv"
-    threads: 1
+    # CP-SAT's 8 workers run on these CPUs (docs/sched.md)
+    threads: int(config["scheduling"]["cpus_per_job"])
     resources:
         mem_mb=2000,
         runtime=120,
