@@ -50,18 +50,16 @@ def test_schedule_batch_cache_and_merge(tmp_path, capsys):
     shards = []
     for chunk in range(2):
         out = tmp_path / f"{chunk}.parquet"
-        assert main(["schedule-batch", "--graphs", str(gfile), "--grid", str(grid),
-                     "--chunk", str(chunk), "--n-chunks", "2", "--network", net,
-                     "--solver", "cpsat", "--time-limit", "10", "--cache",
-                     str(tmp_path / "cache"), "-o", str(out), "--json"]) == 0
+        batch = ["schedule-batch", "--graphs", str(gfile), "--grid", str(grid),
+                 "--chunk", str(chunk), "--n-chunks", "2", "--network", net,
+                 "--solver", "cpsat", "--time-limit", "10", "--cache",
+                 str(tmp_path / "cache"), "--json"]
+        assert main(batch + ["-o", str(out)]) == 0
         first = json.loads(capsys.readouterr().out)
         shards.append(out)
         # rerun of the same sweep: zero solves, every row a cache hit, same latencies
         out2 = tmp_path / f"{chunk}b.parquet"
-        assert main(["schedule-batch", "--graphs", str(gfile), "--grid", str(grid),
-                     "--chunk", str(chunk), "--n-chunks", "2", "--network", net,
-                     "--solver", "cpsat", "--time-limit", "10", "--cache",
-                     str(tmp_path / "cache"), "-o", str(out2), "--json"]) == 0
+        assert main(batch + ["-o", str(out2)]) == 0
         second = json.loads(capsys.readouterr().out)
         assert second["solves"] == 0 and second["rows"] == first["rows"]
         a, b = pd.read_parquet(out), pd.read_parquet(out2)

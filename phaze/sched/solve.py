@@ -75,10 +75,10 @@ def heuristic_result(p: SchedProblem, t0: float, solver: str = "heuristic",
 
 
 def run_backend_inprocess(p: SchedProblem, solver: str, formulation: str, settings: dict,
-                          hint: Schedule, ub: float):
+                          hint: Schedule, ub: float, pr=None):
     from phaze.sched import backends
 
-    pr = prepare(p, ub)
+    pr = pr if pr is not None else prepare(p, ub)
     st = dict(settings)
     st["_hint"] = pr.respect_dominance(hint)
     return backends.get(solver).solve(pr, formulation, st)
@@ -102,7 +102,8 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     ub = hsched.makespan(p)
     # the energy bound with idle charges (prep) often meets the list schedule where
     # the plain work bound does not, which skips the solve
-    lb0 = max(lower_bound_s(p), prepare(p, ub).energy_bound_s()) if p.n else 0.0
+    pr = prepare(p, ub) if p.n else None
+    lb0 = max(lower_bound_s(p), pr.energy_bound_s()) if p.n else 0.0
     if solver == "heuristic" or p.n == 0:
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
     if shortcut and ub <= lb0 * (1 + 1e-12):     # the heuristic is provably optimal
@@ -115,7 +116,7 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
         if isolate:
             raw = worker.call(solver, p, formulation, settings, hsched, ub)
         else:
-            raw = run_backend_inprocess(p, solver, formulation, settings, hsched, ub)
+            raw = run_backend_inprocess(p, solver, formulation, settings, hsched, ub, pr)
     except backends.LicenceError as e:
         warn(f"{solver} unavailable for this model ({e}); falling back to {DEFAULT_SOLVER}")
         res = solve_problem(p, DEFAULT_SOLVER, "compact", settings, isolate=isolate, warn=warn)
