@@ -167,7 +167,8 @@ def _build_compact(pr: Prep, g: TickGrid, cp_model) -> TickModel:
         if after[i]:
             mdl.Add(cmax >= E[i] + after[i])
     # (2) energy per class: while any op runs intra, every core of the class is taken,
-    #     so sum(single work on the class) + cap * sum(intra durations) <= cap * C.
+    #     so sum(single work on the class) + cap * sum(intra durations) <= cap * C, with
+    #     the idle cores beside one chain of ops charged too (Prep.charge_units).
     for r in (0, 1):
         terms, const = [], 0
         units = pr.charge_units(r)
@@ -175,10 +176,8 @@ def _build_compact(pr: Prep, g: TickGrid, cp_model) -> TickModel:
             if p.core_class[i] == "net":
                 continue
             w1 = d1[i] * units.get(i, pr.demand(i, False)[r])
-            if lits[i] is None:
-                const += w1
-            else:
-                const += w1
+            const += w1
+            if lits[i] is not None:
                 terms.append((da[i] * pr.cap[r] - w1, lits[i]))
         if terms or const:
             mdl.Add(sum(c * z for c, z in terms) + const <= pr.cap[r] * cmax)
