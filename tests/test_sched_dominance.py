@@ -49,7 +49,7 @@ SEEDS = range(120)
 
 def test_instances_exercise_the_strengthening():
     pairs = sum(len(prepare(symmetric_instance(s), 1.0).ident_pairs) for s in SEEDS)
-    charged = sum(bool(prepare(symmetric_instance(s), 1.0).charge_units(0)) for s in SEEDS)
+    charged = sum(bool(prepare(symmetric_instance(s), 1.0).charged_chain(0)) for s in SEEDS)
     per_core = sum(any(cap > 1 and sum(prepare(p, 1.0).demand(i, False)[r] for i in range(p.n)) > cap
                        for r, cap in enumerate(prepare(p, 1.0).cap))
                    for p in map(symmetric_instance, SEEDS))
@@ -86,7 +86,8 @@ def test_energy_bound_charges_idle_cores_closed_form():
                      ((0, 1), (1, 2)), n_tc=3, n_vc=1)
     pr = prepare(p, 1.0)
     # v leaves 2 TCs idle; a and b in single mode leave 1 (only w beside them)
-    assert pr.charge_units(0) == {0: 2, 1: 2, 2: 2}
+    assert pr.charged_chain(0) == [0, 1, 2]
+    assert pr.single_energy(0, p.lat_one_s) == pytest.approx([2 * L, 2 * d, 2 * L, L])
     # every GEMM cheapest intra (3 x L/3 of work each), v charged 2 d: (3 L + 2 d) / 3,
     # above the plain work bound L
     assert pr.energy_bound_s() == pytest.approx(L + 2 * d / 3, rel=1e-12)

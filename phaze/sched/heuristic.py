@@ -8,6 +8,7 @@ mode finishes first) under several priority rules and keeps the best schedule.
 
 from __future__ import annotations
 
+import bisect
 import random
 
 from phaze.sched.problem import SchedProblem, Schedule, topo_order
@@ -39,37 +40,49 @@ def lower_bound_s(p: SchedProblem) -> float:
 
 
 class _Profile:
-    """Scheduled intervals with their (tc, vc, link) demands."""
+    """Resource usage over time as a step function: segment k is [t[k], t[k+1]) (the
+    last one is open-ended and empty) with (tc, vc, link) units in use[k]."""
 
     def __init__(self, cap):
         self.cap = cap
-        self.items: list[tuple[float, float, tuple[int, int, int]]] = []
+        self.t: list[float] = [0.0]
+        self.use: list[tuple[int, int, int]] = [(0, 0, 0)]
 
-    def fits(self, t: float, d: float, dem) -> bool:
-        if d <= 0:
-            return True
-        end = t + d
-        points = [t] + [s for s, e, _ in self.items if t < s < end]
-        for x in points:
-            use = list(dem)
-            for s, e, dd in self.items:
-                if s <= x < e:
-                    for r in range(3):
-                        use[r] += dd[r]
-            if any(use[r] > self.cap[r] for r in range(3)):
-                return False
-        return True
+    def _fits(self, u, dem) -> bool:
+        return u[0] + dem[0] <= self.cap[0] and u[1] + dem[1] <= self.cap[1] \
+            and u[2] + dem[2] <= self.cap[2]
 
     def earliest(self, est: float, d: float, dem) -> float:
-        cands = sorted({est} | {e for _, e, _ in self.items if e > est})
-        for t in cands:
-            if self.fits(t, d, dem):
-                return t
-        return max(cands)  # unreachable: after the last end everything is free
+        """The earliest start >= est at which dem fits for d seconds."""
+        if d <= 0:
+            return est
+        start = est
+        k = bisect.bisect_right(self.t, start) - 1
+        while True:
+            j = k
+            while j < len(self.t) and self.t[j] < start + d and self._fits(self.use[j], dem):
+                j += 1
+            if j == len(self.t) or self.t[j] >= start + d:
+                return start
+            # segment j conflicts: no start before its end can avoid it
+            k = j + 1
+            start = self.t[k]
+
+    def _split(self, x: float) -> int:
+        k = bisect.bisect_right(self.t, x) - 1
+        if self.t[k] != x:
+            k += 1
+            self.t.insert(k, x)
+            self.use.insert(k, self.use[k - 1])
+        return k
 
     def add(self, t: float, d: float, dem) -> None:
-        if d > 0:
-            self.items.append((t, t + d, dem))
+        if d <= 0:
+            return
+        a, b = self._split(t), self._split(t + d)
+        for k in range(a, b):
+            u = self.use[k]
+            self.use[k] = (u[0] + dem[0], u[1] + dem[1], u[2] + dem[2])
 
 
 def serial_sgs(p: SchedProblem, priority: list[int], mode_rule: str = "greedy",
@@ -136,14 +149,19 @@ def _priority_lists(p: SchedProblem, n_random: int, seed: int):
         yield topo_by(lambda i: (-tail[i] * w[i], i))
 
 
-def list_schedule(p: SchedProblem, n_random: int = 8, seed: int = 0) -> Schedule:
-    """Best serial-SGS schedule over several priority rules and mode rules."""
+def list_schedule(p: SchedProblem, n_random: int = 8, seed: int = 0,
+                  good_enough_s: float = 0.0) -> Schedule:
+    """Best serial-SGS schedule over several priority rules and mode rules; stops at the
+    first schedule no longer than `good_enough_s` (a proven bound's optimality level)."""
     if p.n == 0:
         return Schedule([], [])
-    best = None
+    best, best_s = None, float("inf")
     for prio in _priority_lists(p, n_random, seed):
         for rule in ("greedy", "single", "intra"):
             s = serial_sgs(p, prio, rule)
-            if best is None or s.makespan(p) < best.makespan(p):
-                best = s
+            ms = s.makespan(p)
+            if ms < best_s:
+                best, best_s = s, ms
+            if best_s <= good_enough_s:
+                return best
     return best

@@ -105,11 +105,11 @@ def _energy_rows(m: LinearModel, pr: Prep, cmax: int) -> None:
     p = pr.p
     for r in (0, 1):
         const, coeffs = 0.0, {cmax: -float(pr.cap[r])}
-        units = pr.charge_units(r)
+        single = pr.single_energy(r, [x / m.scale_s for x in p.lat_one_s])
         for i in range(p.n):
             if p.core_class[i] == "net":
                 continue
-            w1 = p.lat_one_s[i] / m.scale_s * units.get(i, pr.demand(i, False)[r])
+            w1 = single[i]
             const += w1
             z = m.intra_var[i]
             if z is not None:

@@ -98,15 +98,19 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     t0 = time.perf_counter()
     if formulation not in FORMULATIONS:
         raise ValueError(f"unknown formulation {formulation!r}")
-    hsched = list_schedule(p)
+    # the static bounds of the analysis (energetic heads and tails, energy with idle
+    # charges) often meet the list schedule where the plain bound does not: no solve
+    pr = prepare(p, 0.0) if p.n else None
+    lb0 = pr.lower_bound_s() if p.n else 0.0
+    # a list schedule within OPT_GAP of the bound is proven optimal: stop looking
+    good_enough = lb0 / (1 - OPT_GAP) if shortcut and solver != "heuristic" else 0.0
+    hsched = list_schedule(p, good_enough_s=good_enough)
     ub = hsched.makespan(p)
-    # the energy bound with idle charges (prep) often meets the list schedule where
-    # the plain work bound does not, which skips the solve
-    pr = prepare(p, ub) if p.n else None
-    lb0 = max(lower_bound_s(p), pr.energy_bound_s()) if p.n else 0.0
+    if pr is not None:
+        pr.ub = ub
     if solver == "heuristic" or p.n == 0:
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
-    if shortcut and ub <= lb0 * (1 + 1e-12):     # the heuristic is provably optimal
+    if shortcut and _gap(ub, lb0) <= OPT_GAP:     # the heuristic is provably optimal
         return heuristic_result(p, t0, solver=solver, formulation=formulation, sched=hsched,
                                 lb=lb0, status="optimal", solver_status="bound met")
     if isolate is None:

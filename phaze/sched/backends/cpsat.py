@@ -168,14 +168,14 @@ def _build_compact(pr: Prep, g: TickGrid, cp_model) -> TickModel:
             mdl.Add(cmax >= E[i] + after[i])
     # (2) energy per class: while any op runs intra, every core of the class is taken,
     #     so sum(single work on the class) + cap * sum(intra durations) <= cap * C, with
-    #     the idle cores beside one chain of ops charged too (Prep.charge_units).
+    #     the idle cores beside one chain of ops charged too (Prep.single_energy).
     for r in (0, 1):
         terms, const = [], 0
-        units = pr.charge_units(r)
+        single = pr.single_energy(r, d1)     # in ticks: valid for the tick schedules
         for i in range(n):
             if p.core_class[i] == "net":
                 continue
-            w1 = d1[i] * units.get(i, pr.demand(i, False)[r])
+            w1 = single[i]
             const += w1
             if lits[i] is not None:
                 terms.append((da[i] * pr.cap[r] - w1, lits[i]))
