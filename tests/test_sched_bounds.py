@@ -20,7 +20,7 @@ from test_sched_dominance import symmetric_instance  # noqa: E402
 from test_sched_exact import make_instance  # noqa: E402
 
 from phaze.sched.heuristic import lower_bound_s, serial_sgs  # noqa: E402
-from phaze.sched.prep import prepare  # noqa: E402
+from phaze.sched.prep import mode_fixing_bound, prepare  # noqa: E402
 from phaze.sched.problem import SchedProblem, check_schedule  # noqa: E402
 
 
@@ -102,3 +102,26 @@ def test_idle_charge_of_a_vector_op_outlasting_its_neighbour_closed_form():
     assert pr.energy_bound_s() == pytest.approx(2 * L + dw + (dv - dw), rel=1e-12)
     assert _opt(p) == pytest.approx(2 * L + dv, rel=1e-9)
 
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, 20_000), st.floats(0.5, 1.5))
+def test_mode_fixing_bound_at_most_the_optimum_for_any_level(seed, factor):
+    p = _instance(seed)
+    opt = _opt(p)
+    pr = prepare(p, 0.0)
+    assert mode_fixing_bound(pr, opt * factor) <= opt * (1 + 1e-9), (seed, factor)
+
+
+def test_mode_fixing_closes_the_exposed_last_vector_op_closed_form():
+    # loss -> {dX, dW}, dX -> norm on 4 TCs, 1 VC; GEMMs scale perfectly. dW could hide
+    # norm only in single mode, 4x longer: every schedule better than the serial one
+    # (loss, dX, dW intra, norm) runs dW intra, so norm is exposed.
+    L, a, b = 2.0, 3e-2, 4e-3
+    p = SchedProblem(("vc", "tc", "tc", "vc"), (a, L, L, b), (a, L / 4, L / 4, b),
+                     ((0, 1), (0, 2), (1, 3)), n_tc=4, n_vc=1)
+    pr = prepare(p, 0.0)
+    opt = a + L / 2 + b
+    assert _opt(p) == pytest.approx(opt, rel=1e-9)
+    assert pr.lower_bound_s() < opt * (1 - 1e-3)          # norm looks coverable by dW
+    assert mode_fixing_bound(pr, opt) == pytest.approx(opt, rel=1e-12)

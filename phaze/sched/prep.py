@@ -21,6 +21,7 @@ class Prep:
     tail: list[float]           # lower bound on makespan - start, op included
     ub: float                   # heuristic makespan
     ident_pairs: list[tuple[int, int]]  # (i, j): some optimum has S_i <= S_j
+    forced_intra: frozenset = frozenset()  # ops assumed intra (mode_fixing_bound only)
     _units: dict = field(default_factory=dict)   # charged chains, computed once
 
     def demand(self, i: int, intra: bool) -> tuple[int, int]:
@@ -54,7 +55,8 @@ class Prep:
         ops (nothing beside: the full capacity), which closed GPT-3 175B's block backward
         on TPUv4, and sees a vector op that outlasts the GEMMs beside it."""
         own = self.own(r)
-        e = [own[i] * dur[i] for i in range(self.p.n)]
+        e = [own[i] * dur[i] if i not in self.forced_intra else float("inf")
+             for i in range(self.p.n)]
         for v in self.charged_chain(r):
             cover = sum(own[j] * min(dur[j], dur[v]) for j in self._beside()[v])
             e[v] = max(e[v], self.cap[r] * dur[v] - cover)
@@ -66,7 +68,8 @@ class Prep:
             p = self.p
             self._units["beside"] = [
                 [j for j in range(p.n) if j != v and p.core_class[j] != "net"
-                 and self.incomparable(v, j)] if p.core_class[v] != "net" else []
+                 and j not in self.forced_intra and self.incomparable(v, j)]
+                if p.core_class[v] != "net" else []
                 for v in range(p.n)]
         return self._units["beside"]
 
@@ -96,7 +99,7 @@ class Prep:
             charged = max(own[v] * lat[v], self.cap[r] * lat[v] - cover)
             w[v] = (min(charged, intra_e[v]) - min(own[v] * lat[v], intra_e[v]),
                     charged - own[v] * lat[v])
-        eligible = [x[1] > 0 for x in w]
+        eligible = [x[1] > 0 and i not in self.forced_intra for i, x in enumerate(w)]
         best = list(w)
         prev = [-1] * p.n
         for i in topo_order(p.n, p.edges):
@@ -152,10 +155,11 @@ class Prep:
         return not (self.reach[i, j] or self.reach[j, i])
 
 
-def min_energy(p: SchedProblem, intra_ok: list[bool], cap: tuple[int, int]) -> list[list[float]]:
+def min_energy(p: SchedProblem, intra_ok: list[bool], cap: tuple[int, int],
+               forced_intra=frozenset()) -> list[list[float]]:
     """e[r][i]: the least units x seconds op i takes of resource r (tc, vc, link) over
     its allowed modes (single: its own demand x lat_one; intra: the whole class x
-    lat_all)."""
+    lat_all; `forced_intra`: intra only)."""
     e = [[0.0] * p.n for _ in range(3)]
     for i, c in enumerate(p.core_class):
         if c == "net":
@@ -163,7 +167,7 @@ def min_energy(p: SchedProblem, intra_ok: list[bool], cap: tuple[int, int]) -> l
             continue
         for r in (0, 1):
             own = int(c in (("tc", "tc+vc"), ("vc", "tc+vc"))[r])
-            w = own * p.lat_one_s[i]
+            w = own * p.lat_one_s[i] if i not in forced_intra else float("inf")
             if intra_ok[i]:
                 w = min(w, cap[r] * p.lat_all_s[i])
             e[r][i] = w
@@ -171,7 +175,8 @@ def min_energy(p: SchedProblem, intra_ok: list[bool], cap: tuple[int, int]) -> l
 
 
 def energetic_heads_tails(p: SchedProblem, intra_ok: list[bool], cap: tuple[int, int],
-                          reach: np.ndarray) -> tuple[list[float], list[float]]:
+                          reach: np.ndarray, forced_intra=frozenset()
+                          ) -> tuple[list[float], list[float]]:
     """head[j] <= S_j and tail[j] <= C - S_j for every schedule (C its makespan).
 
     Besides the longest path (each op at its faster mode), the ancestors of j must all
@@ -183,8 +188,9 @@ def energetic_heads_tails(p: SchedProblem, intra_ok: list[bool], cap: tuple[int,
     critical path misses: it closed most forward blocks where the list schedule was
     already optimal but the bound was 1-10 % short."""
     n = p.n
-    d = [p.lat_all_s[i] if intra_ok[i] else p.lat_one_s[i] for i in range(n)]
-    e = min_energy(p, intra_ok, cap)
+    d = [p.lat_all_s[i] if intra_ok[i] or i in forced_intra else p.lat_one_s[i]
+         for i in range(n)]
+    e = min_energy(p, intra_ok, cap, forced_intra)
     caps = (cap[0], cap[1], 1)
     order = topo_order(n, p.edges)
     preds, succs = p.preds(), p.succs()
@@ -213,13 +219,40 @@ def energetic_heads_tails(p: SchedProblem, intra_ok: list[bool], cap: tuple[int,
     return head, [d[i] + after[i] for i in range(n)]
 
 
-def prepare(p: SchedProblem, ub: float) -> Prep:
+def mode_fixing_bound(pr: Prep, level: float, rounds: int = 3) -> float:
+    """A lower bound on the makespan by mode fixing: ops whose single mode alone forces
+    a makespan >= `level` (head + lat_one + time after them; level = what would prove
+    the list schedule optimal) are assumed intra and the static bound recomputed
+    (`forced_intra`: they cover no vector op, take every core, and their intra
+    durations lengthen heads and tails), for a few rounds. Valid for any level: a
+    schedule either runs one of them single (makespan >= that op's single-mode bound)
+    or runs them all intra (the recomputed bound holds), so the minimum of the two
+    bounds it. Sees, e.g., a weight-gradient GEMM that could hide the last vector op
+    only by running 4x longer on one core."""
+    p = pr.p
+    best, floor, forced, q = 0.0, float("inf"), frozenset(), pr
+    for _ in range(rounds):
+        d = [p.lat_all_s[i] if q.intra_ok[i] or i in forced else p.lat_one_s[i]
+             for i in range(p.n)]
+        single_lb = {j: q.head[j] + p.lat_one_s[j] + (q.tail[j] - d[j])
+                     for j in range(p.n) if pr.intra_ok[j] and j not in forced}
+        more = frozenset(j for j, t in single_lb.items() if t >= level)
+        if not more:
+            break
+        floor = min(floor, min(single_lb[j] for j in more))   # some of them single
+        forced |= more
+        q = prepare(p, pr.ub, forced)
+        best = min(floor, q.lower_bound_s())
+    return best
+
+
+def prepare(p: SchedProblem, ub: float, forced_intra=frozenset()) -> Prep:
     n = p.n
     # Intra is dominated when it is not faster: it needs at least single's resources.
     intra_ok = [p.has_intra(i) and p.lat_all_s[i] < p.lat_one_s[i] for i in range(n)]
     cap = p.effective_cores()
     reach = transitive_closure(p)
-    head, tail = energetic_heads_tails(p, intra_ok, cap, reach)
+    head, tail = energetic_heads_tails(p, intra_ok, cap, reach, forced_intra)
     # Dominance (symmetry) breaking: ops a, b of equal class and latencies, incomparable,
     # with anc(a) <= anc(b) and desc(a) >= desc(b). Swapping a and b (start and mode)
     # in a schedule where b starts first keeps it feasible (a's preds are b's ancestors,
@@ -241,4 +274,4 @@ def prepare(p: SchedProblem, ub: float) -> Prep:
                 if anc[a] <= anc[b] and desc[a] >= desc[b] and (
                         anc[a] != anc[b] or desc[a] != desc[b] or a < b):
                     ident.append((a, b))
-    return Prep(p, intra_ok, cap, reach, head, tail, ub, ident)
+    return Prep(p, intra_ok, cap, reach, head, tail, ub, ident, forced_intra)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from phaze.sched.heuristic import list_schedule, lower_bound_s, serial_sgs
-from phaze.sched.prep import prepare
+from phaze.sched.prep import mode_fixing_bound, prepare
 from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact
 
 DEFAULT_SOLVER = "cpsat"
@@ -108,6 +108,10 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     ub = hsched.makespan(p)
     if pr is not None:
         pr.ub = ub
+    if shortcut and p.n and _gap(ub, lb0) > OPT_GAP:
+        # cheaper than a solve: assume intra the ops whose single mode cannot beat the
+        # list schedule, and bound again
+        lb0 = max(lb0, mode_fixing_bound(pr, ub * (1 - OPT_GAP)))
     if solver == "heuristic" or p.n == 0:
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
     if shortcut and _gap(ub, lb0) <= OPT_GAP:     # the heuristic is provably optimal
