@@ -6,7 +6,7 @@ transitivity rows, naive big-M, core-assignment binaries) on the SAME solver, th
 one (CP-SAT, same ticks, same hint, same parameters), both without the heuristic
 shortcut, so that each row times the formulation itself: `model_seconds`, the time in
 the exact backend (problem analysis, model build, solve), without the list heuristic
-that both share and that runs first (7-40 ms on a 17-op block). Per layer pass: median and max
+that both share and that runs first (1-5 ms on a 17-op block). Per layer pass: median and max
 seconds of each, the ratio reference / compact (median and min over archs) and the
 unproven counts. A reference run cut at its limit counts with its limit, so its ratio is
 a lower bound ('>='); a compact run cut at its limit makes the ratio unreliable ('?').
