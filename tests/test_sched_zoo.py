@@ -15,10 +15,10 @@ zoo = pytest.importorskip("phaze.model.zoo")
 
 from phaze.sched.adapter import layer_problems  # noqa: E402
 from phaze.sched.problem import check_schedule  # noqa: E402
-from phaze.sched.solve import solve_problem  # noqa: E402
+from phaze.sched.solve import OPT_GAP, solve_problem  # noqa: E402
 
 BACKENDS = ("cpsat", "highs", "cbc", "gurobi")
-# every zoo model (7.6 min on 2 cores); PHAZE_SCHED_ZOO_QUICK=1 runs a spread of models
+# every zoo model (14 min on 2 cores); PHAZE_SCHED_ZOO_QUICK=1 runs a spread of models
 # (encoder, GPT-2, OPT, Llama, Megatron with its own shapes) for quick local runs
 QUICK_MODELS = ("bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "megatron-gpt2-54")
 
@@ -42,8 +42,11 @@ def _archs(n=20, seed=1):
 
 
 def _agree(a, b) -> bool:
-    tol = max(a.gap, b.gap, 2e-6) * max(a.makespan_s, b.makespan_s)
-    return abs(a.makespan_s - b.makespan_s) <= tol + 1e-15
+    # a stopped backend's gap can be exactly the distance to the other's optimum (its
+    # bound is that optimum): allow the MILP tolerance of a bound (1e-6, as below)
+    ms = max(a.makespan_s, b.makespan_s)
+    tol = max(a.gap, b.gap, 2e-6) * ms
+    return abs(a.makespan_s - b.makespan_s) <= tol + 1e-6 * ms
 
 
 def _solve(p, backend, limit_s):
@@ -78,9 +81,10 @@ def test_backends_agree_on_zoo_layers():
             heur = solve_problem(p, "heuristic")
             if heur.gap <= 1e-12:
                 continue      # the list schedule meets the lower bound: nothing to compare
-            # CP-SAT on every arch; the MILP backends on every 4th arch (indices 0, 4,
-            # ... include archs with one TC and one VC), to keep the test bounded
-            backends = BACKENDS if a % 4 == 0 else ("cpsat",)
+            # every backend on every arch wherever a solve is needed (the static bounds
+            # do not meet the list schedule within OPT_GAP, so production would solve);
+            # CP-SAT alone where they meet within OPT_GAP but not exactly
+            backends = BACKENDS if heur.gap > OPT_GAP else ("cpsat",)
             res = {b: _solve(p, b, 5.0 if b == "cpsat" else 2.0) for b in backends}
             n_full += len(backends) > 1
             ref = res["cpsat"]
@@ -94,5 +98,5 @@ def test_backends_agree_on_zoo_layers():
                 for other in res.values():
                     assert r.lower_bound_s <= other.makespan_s * (1 + 1e-6), (name, b)
                 assert _agree(r, ref), (name, layer.kind, pass_, b, r.makespan_s, ref.makespan_s)
-    assert n_full >= 5
+    assert n_full >= 20
     assert len(seen) > 50

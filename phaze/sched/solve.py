@@ -108,9 +108,10 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     ub = hsched.makespan(p)
     if pr is not None:
         pr.ub = ub
-    if shortcut and p.n and _gap(ub, lb0) > OPT_GAP:
+    if p.n and _gap(ub, lb0) > OPT_GAP:
         # cheaper than a solve: assume intra the ops whose single mode cannot beat the
-        # list schedule, and bound again
+        # list schedule, and bound again (with or without the shortcut: every result
+        # carries the best bound known)
         lb0 = max(lb0, mode_fixing_bound(pr, ub * (1 - OPT_GAP)))
     if solver == "heuristic" or p.n == 0:
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
