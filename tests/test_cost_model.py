@@ -73,9 +73,11 @@ def test_gemm_monotone_in_cores(b, m, n, k, n1, dn):
        lr=st.integers(1, 8), lc=st.integers(1, 8), dlr=st.integers(0, 7), dlc=st.integers(0, 7))
 @example(b=1, m=1, n=3, k=1, n_tc=100, lr=1, lc=1, dlr=0, dlc=1)  # found by hypothesis
 @example(b=2, m=5, n=673, k=123, n_tc=100, lr=1, lc=7, dlr=0, dlc=1)  # near one found
+@example(b=1, m=1, n=1, k=4, n_tc=100, lr=1, lc=1, dlr=1, dlc=0)  # rows: found in CI
 def test_gemm_monotone_in_array_size(b, m, n, k, n_tc, lr, lc, dlr, dlc):
     # Array shapes are powers of two, as in every grid (REFERENCE.md section 2): a wider
-    # array can then run a narrower one's column tiling, so it is never slower. A bigger
+    # or taller array can then run a smaller one's column or row tiling, so it is never
+    # slower. A bigger
     # systolic array has a deeper pipeline (fill + drain = R + C - 1 cycles per stream);
     # for tiny streams (m below the pipeline depth) it can genuinely be a few cycles
     # slower, which the model keeps. Monotonicity is claimed for m >= 2 (R + C).

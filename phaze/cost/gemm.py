@@ -21,8 +21,10 @@ per row; partial sums flow down and leave at the bottom into per-column accumula
   chunk of its m rows), dealt evenly to the cores; the number of m chunks is the best of
   1, 2, 4, ..., 32 and floor(n / tiles) (weights are multicast to the cores sharing them).
   When cores outnumber tiles, N may also be cut at C/2, C/4, ... columns per tile (idle
-  columns), i.e. any narrower power-of-two array's tiling: latency is then non-increasing
-  in cores and in array size over power-of-two shapes (property-tested).
+  columns), i.e. any narrower power-of-two array's tiling; and, with one chunk of rows
+  per core, fewer rows may be used (R/2, R/4, ...: more K-folds, a shallower pipeline,
+  which pays on the short streams of a GEMM split over many cores): latency is then
+  non-increasing in cores and in array size over power-of-two shapes (property-tested).
 Memory (roofline): the GLB holds an output tile Mt x Nt chosen to fit glb_usable_fraction of
 the buffer; when A, B and C do not all fit, A is re-read from HBM ceil(n/Nt) times and B
 ceil(m/Mt) times. GLB -> array traffic: A once per column fold, B once per GLB row tile, C
@@ -57,11 +59,13 @@ def gemm_core_cycles(b, m, n, k, R, C, n_cores):
     Work units are (output-column tile, chunk of m rows); each unit is ceil(k/R) folds of
     its chunk's rows, and units are dealt evenly to cores. The m split is the best of
     M_SPLITS and of floor(n_cores / tiles) (one chunk per core when tiles are scarce);
-    each candidate is non-increasing in n_cores, so the minimum is too."""
+    each candidate is non-increasing in n_cores, so the minimum is too. With several
+    cores an array may also use fewer rows or columns (any narrower power-of-two array's
+    tiling, the others bypassed): a deeper pipeline only costs on the short per-core
+    streams of a split GEMM, and a bigger array is then never slower than a smaller one."""
     b, m, n, k, R, C, n_cores = (np.asarray(x, dtype=float) for x in (b, m, n, k, R, C, n_cores))
-    Fk = np.ceil(k / R)
 
-    def per_core(Fn, split):
+    def per_core(Fn, split, Fk):
         # rows/columns in use: the balanced fold size (unused ones are bypassed)
         H = np.ceil(k / Fk) + np.ceil(n / Fn) - 1
         tiles = b * Fn
@@ -69,24 +73,39 @@ def gemm_core_cycles(b, m, n, k, R, C, n_cores):
         units = np.ceil(tiles * split / n_cores)
         return fold_cycles(units * Fk, np.ceil(m / split), H)
 
-    def best_for(Fn):
-        best = per_core(Fn, np.maximum(1.0, np.floor(n_cores / (b * Fn))))
+    def best_for(Fn, Fk):
+        best = per_core(Fn, np.maximum(1.0, np.floor(n_cores / (b * Fn))), Fk)
         if np.any(n_cores > 1):
             for s in M_SPLITS[1:]:
-                best = np.minimum(best, per_core(Fn, float(s)))
-        return np.minimum(best, per_core(Fn, 1.0))
+                best = np.minimum(best, per_core(Fn, float(s), Fk))
+        return np.minimum(best, per_core(Fn, 1.0, Fk))
 
-    Fn = np.ceil(n / C)
-    best = best_for(Fn)
+    def best_for_rows(Fk):
+        Fn = np.ceil(n / C)
+        best = best_for(Fn, Fk)
+        if np.any(n_cores > 1):
+            # With cores to spare a wide array may also cut N into narrower column tiles
+            # (leaving columns idle) to give every core work, as a narrower array would.
+            # Column widths C/2, C/4, ... (down to 1): exactly the narrower arrays of a
+            # power-of-two grid. (One chunk of rows per core suffices here: these only
+            # matter when tiles are scarce.)
+            for halvings in range(1, 9):
+                narrow = np.maximum(Fn, np.ceil(n / np.maximum(1.0, np.floor(C / 2.0**halvings))))
+                best = np.minimum(best, per_core(narrow, np.maximum(1.0, np.floor(n_cores / (b * narrow))), Fk))
+        return best
+
+    Fk = np.ceil(k / R)
+    best = best_for_rows(Fk)
     if np.any(n_cores > 1):
-        # With cores to spare a wide array may also cut N into narrower column tiles (leaving
-        # columns idle) to give every core work, as a narrower array would.
-        # Column widths C/2, C/4, ... (down to 1): exactly the narrower arrays of a
-        # power-of-two grid, so a wider array is never slower than a narrower one there.
-        # (One chunk of rows per core suffices here: these only matter when tiles are scarce.)
+        # Fewer rows in use (R/2, R/4, ...): more K-folds, a shallower pipeline. That only
+        # pays on the shortest per-core streams, i.e. with one chunk of rows per core
+        # (the candidate tried here, to keep the cost model fast: 1.8 -> 11.7 s on
+        # benchmarks/bench_cost.py with every split).
+        Fn = np.ceil(n / C)
+        one_chunk = np.maximum(1.0, np.floor(n_cores / (b * Fn)))
         for halvings in range(1, 9):
-            narrow = np.maximum(Fn, np.ceil(n / np.maximum(1.0, np.floor(C / 2.0**halvings))))
-            best = np.minimum(best, per_core(narrow, np.maximum(1.0, np.floor(n_cores / (b * narrow)))))
+            more = np.maximum(Fk, np.ceil(k / np.maximum(1.0, np.floor(R / 2.0**halvings))))
+            best = np.minimum(best, per_core(Fn, one_chunk, more))
     return best
 
 
