@@ -3,6 +3,7 @@ heads/tails for variable bounds, incomparable pairs, and groups of identical ops
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ class Prep:
     ub: float                   # heuristic makespan
     ident_pairs: list[tuple[int, int]]  # (i, j): some optimum has S_i <= S_j
     forced_intra: frozenset = frozenset()  # ops assumed intra (mode_fixing_bound only)
-    _units: dict = field(default_factory=dict)   # charged chains, computed once
+    _cache: dict = field(default_factory=dict)   # charged chains, beside lists
 
     def demand(self, i: int, intra: bool) -> tuple[int, int]:
         """(tc, vc) units with the effective capacities."""
@@ -64,14 +65,14 @@ class Prep:
 
     def _beside(self) -> list[list[int]]:
         """Per op, the compute ops incomparable with it (those that may overlap it)."""
-        if "beside" not in self._units:
+        if "beside" not in self._cache:
             p = self.p
-            self._units["beside"] = [
+            self._cache["beside"] = [
                 [j for j in range(p.n) if j != v and p.core_class[j] != "net"
                  and j not in self.forced_intra and self.incomparable(v, j)]
                 if p.core_class[v] != "net" else []
                 for v in range(p.n)]
-        return self._units["beside"]
+        return self._cache["beside"]
 
     def intra_energy(self, r: int) -> list[float]:
         """Class-r energy of each op in intra mode (inf where intra is not allowed)."""
@@ -81,9 +82,9 @@ class Prep:
     def charged_chain(self, r: int) -> list[int]:
         """The chain whose idle charges raise the static energy bound of class r most
         (any chain is valid; cached per class)."""
-        if r not in self._units:
-            self._units[r] = self._charged_chain(r)
-        return self._units[r]
+        if r not in self._cache:
+            self._cache[r] = self._charged_chain(r)
+        return self._cache[r]
 
     def _charged_chain(self, r: int) -> list[int]:
         # weight of an op: (what charging it adds to the static bound, its idle energy
@@ -161,16 +162,13 @@ def min_energy(p: SchedProblem, intra_ok: list[bool], cap: tuple[int, int],
     its allowed modes (single: its own demand x lat_one; intra: the whole class x
     lat_all; `forced_intra`: intra only)."""
     e = [[0.0] * p.n for _ in range(3)]
-    for i, c in enumerate(p.core_class):
-        if c == "net":
-            e[2][i] = p.lat_one_s[i]
-            continue
-        for r in (0, 1):
-            own = int(c in (("tc", "tc+vc"), ("vc", "tc+vc"))[r])
-            w = own * p.lat_one_s[i] if i not in forced_intra else float("inf")
-            if intra_ok[i]:
-                w = min(w, cap[r] * p.lat_all_s[i])
-            e[r][i] = w
+    for i in range(p.n):
+        own = p.demand(i, "single")
+        for r in range(3):
+            single = own[r] * p.lat_one_s[i]
+            # intra takes the whole of both classes, no link (net ops: intra_ok False)
+            intra = (cap[r] if r < 2 else 0) * p.lat_all_s[i] if intra_ok[i] else float("inf")
+            e[r][i] = intra if i in forced_intra else min(single, intra)
     return e
 
 
@@ -232,7 +230,7 @@ def mode_fixing_bound(pr: Prep, level: float, rounds: int = 3) -> float:
     p = pr.p
     best, floor, forced, q = 0.0, float("inf"), frozenset(), pr
     for _ in range(rounds):
-        d = [p.lat_all_s[i] if q.intra_ok[i] or i in forced else p.lat_one_s[i]
+        d = [p.lat_all_s[i] if pr.intra_ok[i] or i in forced else p.lat_one_s[i]
              for i in range(p.n)]
         single_lb = {j: q.head[j] + p.lat_one_s[j] + (q.tail[j] - d[j])
                      for j in range(p.n) if pr.intra_ok[j] and j not in forced}
@@ -241,18 +239,20 @@ def mode_fixing_bound(pr: Prep, level: float, rounds: int = 3) -> float:
             break
         floor = min(floor, min(single_lb[j] for j in more))   # some of them single
         forced |= more
-        q = prepare(p, pr.ub, forced)
+        # same closure, capacities and dominance pairs; new heads, tails and charges
+        head, tail = energetic_heads_tails(p, pr.intra_ok, pr.cap, pr.reach, forced)
+        q = dataclasses.replace(pr, head=head, tail=tail, forced_intra=forced, _cache={})
         best = min(floor, q.lower_bound_s())
     return best
 
 
-def prepare(p: SchedProblem, ub: float, forced_intra=frozenset()) -> Prep:
+def prepare(p: SchedProblem, ub: float) -> Prep:
     n = p.n
     # Intra is dominated when it is not faster: it needs at least single's resources.
     intra_ok = [p.has_intra(i) and p.lat_all_s[i] < p.lat_one_s[i] for i in range(n)]
     cap = p.effective_cores()
     reach = transitive_closure(p)
-    head, tail = energetic_heads_tails(p, intra_ok, cap, reach, forced_intra)
+    head, tail = energetic_heads_tails(p, intra_ok, cap, reach)
     # Dominance (symmetry) breaking: ops a, b of equal class and latencies, incomparable,
     # with anc(a) <= anc(b) and desc(a) >= desc(b). Swapping a and b (start and mode)
     # in a schedule where b starts first keeps it feasible (a's preds are b's ancestors,
@@ -274,4 +274,4 @@ def prepare(p: SchedProblem, ub: float, forced_intra=frozenset()) -> Prep:
                 if anc[a] <= anc[b] and desc[a] >= desc[b] and (
                         anc[a] != anc[b] or desc[a] != desc[b] or a < b):
                     ident.append((a, b))
-    return Prep(p, intra_ok, cap, reach, head, tail, ub, ident, forced_intra)
+    return Prep(p, intra_ok, cap, reach, head, tail, ub, ident)
