@@ -76,3 +76,15 @@ def test_schedule_batch_cache_and_merge(tmp_path, capsys):
 def test_schedule_unknown_arch_is_user_error(capsys):
     assert main(["schedule", "--model", "bert-large", "--arch", "nope"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag,value", [("--bnb-share", "1.5"), ("--bnb-share", "-0.1"),
+                                        ("--time-limit", "0"), ("--threads", "0")])
+def test_schedule_bad_solver_setting_is_user_error(flag, value, tmp_path, capsys):
+    from phaze.sched.problem import SchedProblem
+
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(SchedProblem(("tc",), (1.0,), (0.5,), (), 1, 1).to_dict()))
+    assert main(["schedule", "--problem", str(f), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag.lstrip("-") in err and err.count("\n") == 1

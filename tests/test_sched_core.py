@@ -54,7 +54,8 @@ def test_exclusive_intra_vs_closed_form():
 def test_time_limit_is_never_optimal(solver, tmp_path):
     p = _hard()
     cache = ScheduleCache(tmp_path)
-    res = cache.solve(p, solver, settings={"time_limit_s": 0.05, "threads": 1})
+    res = cache.solve(p, solver, settings={"time_limit_s": 0.05, "threads": 1,
+                                                  "bnb_share": 0.0})
     check_schedule(p, res.schedule())
     assert res.lower_bound_s <= res.makespan_s
     if res.status == "optimal":      # only acceptable if the gap really is closed
@@ -62,14 +63,16 @@ def test_time_limit_is_never_optimal(solver, tmp_path):
     else:
         assert res.status == "time_limit" and res.gap >= 0
         stored = ScheduleCache(tmp_path).solve(p, solver, settings={"time_limit_s": 0.05,
-                                                                     "threads": 1})
+                                                                     "threads": 1,
+                                                                     "bnb_share": 0.0})
         assert stored.cache_hit and stored.status == "time_limit"
 
 
 def test_reference_solve_at_limit_reports_gap():
     # the reference formulation on 24 ops cannot be proven in 1 s by HiGHS
     p = _hard()
-    res = solve_problem(p, "highs", "reference", {"time_limit_s": 1.0, "threads": 1})
+    res = solve_problem(p, "highs", "reference", {"time_limit_s": 1.0, "threads": 1,
+                                                   "bnb_share": 0.0})
     assert res.status == "time_limit" and res.gap > 0
     assert res.lower_bound_s >= lower_bound_s(p) * (1 - 1e-12)
 
@@ -127,7 +130,7 @@ def test_cli_cpsat_reference(tmp_path, capsys):
 def test_gurobi_licence_fallback():
     p = _hard(14)          # reference model: 14^3 transitivity rows > 2000
     warnings = []
-    res = solve_problem(p, "gurobi", "reference", {"time_limit_s": 5.0},
+    res = solve_problem(p, "gurobi", "reference", {"time_limit_s": 5.0, "bnb_share": 0.0},
                         warn=warnings.append)
     if res.solver == "gurobi":      # a full licence is installed here
         assert not warnings

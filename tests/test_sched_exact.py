@@ -54,7 +54,8 @@ def _check_backend(solver: str, formulation: str, seeds, must_prove: bool = True
     bad = []
     for seed in seeds:
         p = make_instance(seed)
-        res = solve_problem(p, solver, formulation, {"time_limit_s": 20.0},
+        # bnb_share 0: the backend itself, not the branch and bound (test_sched_bnb.py)
+        res = solve_problem(p, solver, formulation, {"time_limit_s": 20.0, "bnb_share": 0.0},
                             shortcut=shortcut)
         check_schedule(p, res.schedule())
         assert abs(res.makespan_s - res.schedule().makespan(p)) <= 1e-12 * max(1.0, res.makespan_s)

@@ -17,7 +17,8 @@ from phaze.sched.adapter import layer_problems  # noqa: E402
 from phaze.sched.problem import check_schedule  # noqa: E402
 from phaze.sched.solve import OPT_GAP, solve_problem  # noqa: E402
 
-BACKENDS = ("cpsat", "highs", "cbc", "gurobi")
+# each backend alone (no shortcut, no branch and bound), and the default pipeline
+BACKENDS = ("cpsat", "highs", "cbc", "gurobi", "pipeline")
 # every zoo model (14 min on 2 cores); PHAZE_SCHED_ZOO_QUICK=1 runs a spread of models
 # (encoder, GPT-2, OPT, Llama, Megatron with its own shapes) for quick local runs
 QUICK_MODELS = ("bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "megatron-gpt2-54")
@@ -53,6 +54,8 @@ def _solve(p, backend, limit_s):
     """One solve; a worker that died is restarted and asked once more (seen once in CI
     for the CBC worker under load: EOFError from its pipe). Production keeps the list
     schedule with a warning instead; a second crash fails the test."""
+    if backend == "pipeline":      # the default: bounds, list schedule, branch and bound
+        return solve_problem(p, settings={"time_limit_s": limit_s})
     r = solve_problem(p, backend, settings={"time_limit_s": limit_s}, shortcut=False)
     if r.solver_status == "crash":
         r = solve_problem(p, backend, settings={"time_limit_s": limit_s}, shortcut=False)
@@ -68,7 +71,7 @@ def test_backends_agree_on_zoo_layers():
     assert ((archs["n_tc"] == 1) | (archs["n_vc"] == 1)).sum() >= 6
     net = get_network("dgx-a100")
     seen = set()
-    n_full = 0
+    n_full = n_bnb = 0
     quick = os.environ.get("PHAZE_SCHED_ZOO_QUICK") == "1"
     for name in (QUICK_MODELS if quick else zoo.ZOO):
         spec = zoo.ZOO[name]
@@ -85,8 +88,10 @@ def test_backends_agree_on_zoo_layers():
             # do not meet the list schedule within OPT_GAP, so production would solve);
             # CP-SAT alone where they meet within OPT_GAP but not exactly
             backends = BACKENDS if heur.gap > OPT_GAP else ("cpsat",)
-            res = {b: _solve(p, b, 5.0 if b == "cpsat" else 2.0) for b in backends}
+            limits = {"cpsat": 5.0, "pipeline": 10.0}
+            res = {b: _solve(p, b, limits.get(b, 2.0)) for b in backends}
             n_full += len(backends) > 1
+            n_bnb += "pipeline" in res and res["pipeline"].solver_status.startswith("branch")
             ref = res["cpsat"]
             # some backward layers stay unproven at the limit (docs/sched.md); then the
             # check is that every backend's proven bound lies below every schedule
@@ -99,4 +104,5 @@ def test_backends_agree_on_zoo_layers():
                     assert r.lower_bound_s <= other.makespan_s * (1 + 1e-6), (name, b)
                 assert _agree(r, ref), (name, layer.kind, pass_, b, r.makespan_s, ref.makespan_s)
     assert n_full >= 20
+    assert n_bnb >= 20 or quick      # the branch and bound's proofs are checked too
     assert len(seen) > 50

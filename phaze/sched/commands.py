@@ -9,7 +9,7 @@ from pathlib import Path
 
 from phaze.errors import UserError
 from phaze.sched.backends import BACKENDS
-from phaze.sched.solve import DEFAULT_SOLVER, FORMULATIONS
+from phaze.sched.solve import DEFAULT_SETTINGS, DEFAULT_SOLVER, FORMULATIONS
 
 SOLVERS = BACKENDS + ("heuristic",)
 
@@ -54,6 +54,9 @@ def _solver_args(p) -> None:
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds per layer solve")
     p.add_argument("--threads", type=int, default=8,
                    help="solver threads (CP-SAT needs its portfolio: 8 even on 2 cores)")
+    p.add_argument("--bnb-share", type=float, default=DEFAULT_SETTINGS["bnb_share"],
+                   help="fraction of the time limit for the branch and bound before the "
+                        "solver (0: solver only)")
     p.add_argument("--cache", default=None, help="cache directory (default: none)")
 
 
@@ -62,7 +65,10 @@ def _settings(args) -> dict:
         raise UserError(f"must be > 0, got {args.time_limit}", field="time-limit")
     if args.threads < 1:
         raise UserError(f"must be >= 1, got {args.threads}", field="threads")
-    return {"time_limit_s": float(args.time_limit), "rel_gap": 1e-6, "threads": int(args.threads)}
+    if not 0 <= args.bnb_share < 1:
+        raise UserError(f"must be in [0, 1), got {args.bnb_share}", field="bnb-share")
+    return {"time_limit_s": float(args.time_limit), "rel_gap": 1e-6, "threads": int(args.threads),
+            "bnb_share": float(args.bnb_share)}
 
 
 def _cache(args):

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+from phaze.sched.bnb import branch_and_bound
 from phaze.sched.heuristic import list_schedule, lower_bound_s, serial_sgs
 from phaze.sched.prep import mode_fixing_bound, prepare
 from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact
@@ -22,7 +23,9 @@ from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact
 DEFAULT_SOLVER = "cpsat"
 FORMULATIONS = ("compact", "reference")
 OPT_GAP = 1e-4            # a result is "optimal" only if its proven gap is within this
-DEFAULT_SETTINGS = {"time_limit_s": 10.0, "rel_gap": 1e-6, "threads": 8}
+# bnb_share: the fraction of the time limit given to the branch and bound (bnb.py)
+# before the backend; the backend gets the rest
+DEFAULT_SETTINGS = {"time_limit_s": 10.0, "rel_gap": 1e-6, "threads": 8, "bnb_share": 0.5}
 
 
 @dataclass
@@ -118,6 +121,20 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     if shortcut and _gap(ub, lb0) <= OPT_GAP:     # the heuristic is provably optimal
         return heuristic_result(p, t0, solver=solver, formulation=formulation, sched=hsched,
                                 lb=lb0, status="optimal", solver_status="bound met")
+    # the chronological branch and bound proves the packing-like layers whose optimum
+    # no relaxation sees (measured: all 137 zoo problems left open by the bound in
+    # <= 2.3 s, summed 11 s; CP-SAT: 5-6 unproven at 10 s, summed 136-147 s)
+    share = float(settings.get("bnb_share", 0.0)) if shortcut else 0.0
+    if share > 0:
+        bb = branch_and_bound(pr, ub * (1 - OPT_GAP / 2), share * settings["time_limit_s"])
+        if bb.best is not None:
+            hsched, ub = bb.best, bb.best_s
+            pr.ub = ub
+        if bb.proven:
+            return heuristic_result(p, t0, solver=solver, formulation=formulation,
+                                    sched=hsched, lb=max(lb0, bb.bound_s), status="time_limit",
+                                    solver_status=f"branch and bound ({bb.nodes} nodes)")
+        settings = {**settings, "time_limit_s": settings["time_limit_s"] * (1 - share)}
     if isolate is None:
         isolate = solver != DEFAULT_SOLVER
     t_model = time.perf_counter()
