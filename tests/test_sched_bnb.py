@@ -161,3 +161,16 @@ def test_time_limit_hands_over_to_the_backend():
     res = solve_problem(p, settings={"time_limit_s": 0.4})
     check_schedule(p, res.schedule())
     assert res.status in ("optimal", "time_limit") and res.lower_bound_s <= res.makespan_s
+
+
+def test_long_chain_and_oversized_problems_do_not_crash():
+    # a 64-op chain recurses deepest; above MAX_OPS the search is not tried
+    from phaze.sched.bnb import MAX_OPS
+
+    n = MAX_OPS
+    chain = SchedProblem(("tc",) * n, (1e-3,) * n, (4e-4,) * n,
+                         tuple((i, i + 1) for i in range(n - 1)), 2, 1)
+    assert _bnb_optimum(chain) == pytest.approx(n * 4e-4, rel=1e-9)
+    big = SchedProblem(("tc",) * (n + 1), (1e-3,) * (n + 1), (4e-4,) * (n + 1), (), 2, 1)
+    r = branch_and_bound(prepare(big, 1.0), 1.0, 1.0)
+    assert not r.proven and r.nodes == 0

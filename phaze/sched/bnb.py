@@ -26,6 +26,7 @@ Checked against the exhaustive enumeration of the tests.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,9 @@ from phaze.sched.prep import Prep, min_energy
 from phaze.sched.problem import Schedule
 
 REL_EPS = 1e-12     # relative rounding of remaining times in memo keys
+# the search recurses once per op considered at a decision point: up to n (n + 2) deep;
+# beyond this size it is not tried (the zoo's largest layer has 27 ops)
+MAX_OPS = 64
 
 
 @dataclass
@@ -181,11 +185,17 @@ def branch_and_bound(pr: Prep, target_s: float, time_limit_s: float,
         choose(0, u0, u1, u2, started, rem0, rem1, rem2)
 
     all_started = (1 << n) - 1
+    old_limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old_limit, (n + 2) ** 2 + 1000))
     try:
+        if n > MAX_OPS:
+            raise _Stop
         visit(0.0, 0, 0, (), 0, sum(e0), sum(e1), sum(e2))
         proven = True
-    except _Stop:
+    except (_Stop, RecursionError):
         proven = False
+    finally:
+        sys.setrecursionlimit(old_limit)
     # a finished search pruned only what could not beat best - eps
     bound = best["s"] - eps if proven else 0.0
     return BnbResult(proven, best["sched"], best["s"], bound, nodes[0],
