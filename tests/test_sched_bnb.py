@@ -174,3 +174,13 @@ def test_long_chain_and_oversized_problems_do_not_crash():
     big = SchedProblem(("tc",) * (n + 1), (1e-3,) * (n + 1), (4e-4,) * (n + 1), (), 2, 1)
     r = branch_and_bound(prepare(big, 1.0), 1.0, 1.0)
     assert not r.proven and r.nodes == 0
+
+
+def test_memo_cap_keeps_the_search_exact(monkeypatch):
+    # the memo only prunes: past its cap the search remembers nothing new, still exact
+    import phaze.sched.bnb as bnb
+
+    monkeypatch.setattr(bnb, "MEMO_MAX", 3)
+    for seed in range(0, 300, 5):
+        p = _tied_instance(seed)
+        assert _bnb_optimum(p) == pytest.approx(_brute(p), rel=1e-9, abs=1e-15)

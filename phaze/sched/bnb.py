@@ -37,6 +37,7 @@ REL_EPS = 1e-12     # relative rounding of remaining times in memo keys
 # the search recurses once per op considered at a decision point: up to n (n + 2) deep;
 # beyond this size it is not tried (the zoo's largest layer has 27 ops)
 MAX_OPS = 64
+MEMO_MAX = 1_000_000   # states remembered (~200 bytes each); beyond, new ones are not
 
 
 @dataclass
@@ -135,12 +136,15 @@ def branch_and_bound(pr: Prep, target_s: float, time_limit_s: float,
                     elig.append(j)
         key = (done, tuple(sorted((i, intra, round((end - t) / key_unit))
                                   for end, i, intra, _, _, _ in running)))
-        seen = memo.setdefault(key, [])
-        for t0, ban0 in seen:
+        seen = memo.get(key)
+        if seen is None and len(memo) < MEMO_MAX:
+            seen = memo[key] = []
+        for t0, ban0 in seen or ():
             if t0 <= t + eps and ban0 & ~banned == 0:
                 return
-        seen[:] = [(t0, b0) for t0, b0 in seen if not (t <= t0 and banned & ~b0 == 0)]
-        seen.append((t, banned))
+        if seen is not None:
+            seen[:] = [(t0, b0) for t0, b0 in seen if not (t <= t0 and banned & ~b0 == 0)]
+            seen.append((t, banned))
         elig.sort(key=rank.__getitem__)
         ne = len(elig)
         chosen: list = []
