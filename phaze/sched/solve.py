@@ -145,7 +145,9 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
             raw = run_backend_inprocess(p, solver, formulation, settings, hsched, ub, pr)
     except backends.LicenceError as e:
         warn(f"{solver} unavailable for this model ({e}); falling back to {DEFAULT_SOLVER}")
-        res = solve_problem(p, DEFAULT_SOLVER, "compact", settings, isolate=isolate, warn=warn)
+        # the branch and bound already ran: the fallback solver gets what is left
+        res = solve_problem(p, DEFAULT_SOLVER, "compact", {**settings, "bnb_share": 0.0},
+                            isolate=isolate, warn=warn)
         return res
     except worker.WorkerCrash as e:
         warn(f"{solver} worker failed ({e}); using the list schedule")
