@@ -81,7 +81,8 @@ def range_costs(inst: RefInstance, w: WidthTable, chain: bool | None = None) -> 
     const = 2.0 * P + (P if inst.adam else 0.0) + A
     stash = inc_bytes if inst.recompute else A
     M = inst.max_memory
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # a tiny stash gives an overflowing count: inf, i.e. no memory limit on microbatches
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         smax = np.where(stash > 0, np.floor((M - const) / np.where(stash > 0, stash, 1.0)) + 1,
                         INF)
     smax = np.where(const <= M, smax, 0.0)
