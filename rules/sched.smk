@@ -19,6 +19,7 @@ rule schedule_chunk:
         ),
         formulation=config["scheduling"]["formulation"],
         time_limit_s=config["scheduling"]["time_limit_s"],
+        bnb_share=config["scheduling"]["bnb_share"],
         cache=(
             f"--cache {shlex.quote(config['scheduling']['cache_dir'])}"
             if config["scheduling"]["cache_dir"]
@@ -36,5 +37,6 @@ rule schedule_chunk:
     shell:
         "phaze schedule-batch --graphs {input.graphs} --grid {input.grid}"
         " --chunk {wildcards.chunk} --n-chunks {params.n_chunks} --network {params.network:q}"
-        " {params.solver} --formulation {params.formulation} --time-limit {params.time_limit_s} {params.cache}"
+        " {params.solver} --formulation {params.formulation} --time-limit {params.time_limit_s}"
+        " --bnb-share {params.bnb_share} {params.cache}"
         " -o {output} > {log} 2>&1"
