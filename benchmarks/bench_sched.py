@@ -13,7 +13,8 @@ a lower bound ('>='); a compact run cut at its limit makes the ratio unreliable 
 
 Second headline, P: the default PIPELINE as users get it (solve_problem with
 shortcut=True: analysis and static bounds, list heuristic, mode-fixing bound, then the
-branch and bound and CP-SAT compact only when they do not meet), its whole wall time (heuristic included), against the reference
+branch and bound and CP-SAT compact only when they do not meet), its whole wall time
+(heuristic included), against the reference
 formulation's time on the same solver (model_seconds as above: the reference is not
 charged for the heuristic, and the published method has no shortcut). Per layer pass:
 the median and min ratio over archs and the ratio of the summed times (time to proven

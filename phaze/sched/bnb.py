@@ -12,12 +12,13 @@ Search: decision points are 0 and the end times of ops; at each, choose which el
 ops start (and in which mode). Every semi-active schedule (each op starting at 0 or at
 the end of another op) is reachable, and some optimum is semi-active. Pruning:
 - bounds: C >= S_i + tail_i (running and unstarted ops, prep's tails), and per resource
-  C >= t + (remaining work, least energy per unstarted op) / capacity;
+  C >= t + (remaining work: least energy per unstarted op, with the idle charges of the
+  charged chain) / capacity;
 - left shift: an op that was eligible and fitted at t but was left out may not start at
   the very next decision point in that mode (starting it at t is no worse);
 - dominance rows (prep.ident_pairs): b starts no earlier than a;
-- memo: a state (done ops, running ops with their remaining times, left-shift
-  restriction) already explored at an earlier or equal time is not explored again
+- memo: a state (done ops, running ops with their remaining times) already explored at
+  an earlier or equal time under no more left-shift bans is not explored again
   (shifting this state's completions earlier completes the stored one).
 Among the optimal schedules, one minimising the sum of starts (then the number of
 dominance inversions) survives every rule, so a finished search proves its incumbent.
@@ -54,8 +55,7 @@ class _Stop(Exception):
     pass
 
 
-def branch_and_bound(pr: Prep, target_s: float, time_limit_s: float,
-                     max_nodes: int = 10 ** 7) -> BnbResult:
+def branch_and_bound(pr: Prep, target_s: float, time_limit_s: float) -> BnbResult:
     """Search for a schedule with makespan < target_s (strictly better than a known one),
     improving on every one it finds. proven=True: no schedule beats best_s (target_s
     when nothing was found) by more than relative 1e-9."""
@@ -103,7 +103,7 @@ def branch_and_bound(pr: Prep, target_s: float, time_limit_s: float,
         """Decision point t: `running` = ((end, op, intra, tc, vc, link), ...) with end > t;
         rem*: least energy of the unstarted ops per resource."""
         nodes[0] += 1
-        if nodes[0] & 511 == 0 and (time.perf_counter() > deadline or nodes[0] > max_nodes):
+        if nodes[0] & 511 == 0 and time.perf_counter() > deadline:
             raise _Stop
         if not running and started == all_started:
             if t < best["s"] - eps:
