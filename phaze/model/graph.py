@@ -68,6 +68,7 @@ class _Node:
     tp_rule: str = "replicated"
     accumulate: bool = True            # several consumers -> a gradient add (False: disjoint slices)
     regather: float = 0.0              # SP: all-gather the input again in backward (bytes) for .dW
+    selective: bool = False            # re-run by selective recomputation (attention core)
 
 
 class _Layer:
@@ -143,7 +144,8 @@ class _Layer:
             deps = self._fwd_deps(n)
             common = dict(name=n.name, deps=deps, bytes_read=sum(n.in_bytes) + _wbytes(n, self.dt),
                           bytes_written=n.out_bytes, param_bytes=n.params_dev * self.dt,
-                          saved_bytes=n.saved, tp_rule=n.tp_rule)
+                          saved_bytes=n.saved, tp_rule=n.tp_rule,
+                          selective_recompute=n.selective)
             if n.kind == "gemm":
                 bread = n.in_bytes[0] + n.b_bytes + n.bias_n * self.dt
                 ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm,
@@ -489,6 +491,8 @@ def _block(c: _Ctx):
         probs = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True)
         ctx = L.bmm("attn.context", probs, v, batch=b * a, m=s, n=d, k=s, a_bytes=p_el * dt,
                     b_bytes=T * kv * d * dt, saved=p_el * dt + T * kv * d * dt, selective_drop=p_el * dt)
+        for core in {scores, probs, ctx, "attn.softmax"}:   # what selective recompute re-runs
+            L.nodes[core].selective = True
         proj = L.linear("attn.proj", ctx, T, a * d, h, rule="row", bias=sp.bias,
                         saved=T * a * d * dt)
         return _exit_tp(L, c, proj, "attn", h)

@@ -13,7 +13,7 @@ Units: FLOP, bytes, elements. Times are never stored here (the cost model comput
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 
 OP_KINDS = ("gemm", "vector", "collective")
 PASSES = ("fwd", "bwd")
@@ -53,6 +53,9 @@ class Op:
     saved_bytes: float = 0.0       # bytes this op keeps for backward (no recomputation)
     tp_rule: str = "replicated"    # column | row | vocab | replicated | sharded (SP)
     fused: tuple[str, ...] = ()    # vector epilogues fused into this GEMM (runs on TC + VC)
+    # forward op that selective recomputation re-runs before the backward (Korthikanti et
+    # al., MLSys'23 Section 5: the attention core QK^T, softmax, its dropout, attention x V)
+    selective_recompute: bool = False
 
     @property
     def core_class(self) -> str:
@@ -92,6 +95,13 @@ class LayerGraph:
 
     def flops(self, pass_: str) -> float:
         return sum(o.flops for o in self.ops(pass_))
+
+    def selective_recompute_ops(self) -> tuple[Op, ...]:
+        """The forward ops selective recomputation re-runs, as a DAG of their own (deps on
+        ops outside the set dropped: those inputs are kept from the forward pass)."""
+        keep = {o.name for o in self.fwd if o.selective_recompute}
+        return tuple(replace(o, deps=tuple(d for d in o.deps if d in keep))
+                     for o in self.fwd if o.name in keep)
 
 
 @dataclass(frozen=True)
