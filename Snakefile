@@ -3,7 +3,7 @@
 #   snakemake --cores 2                                        # the embedded default sweep
 #   snakemake --profile cluster/slurm --configfile configs/paper.yaml   # the paper on SLURM
 #
-# The config is validated against configs/schema.yaml (defaults filled in) and checked for
+# The config is validated against phaze/data/schema.yaml, built into phaze.settings and checked for
 # semantic errors before any job starts. Results land under results/ (see docs/workflow.md).
 
 configfile: os.path.join(workflow.basedir, "configs", "default.yaml")

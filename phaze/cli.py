@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
 from phaze import __version__
 from phaze.errors import UserError
+from phaze.jsonout import emit_json  # noqa: F401  (kept importable from here)
 
 # Modules that define subcommands, in the order `phaze --help` lists them.
 COMMAND_MODULES = (
+    "phaze.commands",           # check-config
     "phaze.model.commands",     # models, graph
     "phaze.hw.commands",        # arch show|grid|list
     "phaze.cost.commands",      # cost
@@ -24,24 +25,6 @@ COMMAND_MODULES = (
 )
 
 
-def emit_json(obj) -> None:
-    """Print exactly one JSON object on stdout (the --json contract)."""
-    json.dump(obj, sys.stdout, default=_json_default, separators=(",", ":"))
-    sys.stdout.write("\n")
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phaze",
@@ -50,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"phaze {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # stage not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -14,97 +14,38 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 # ---- config validation (before any job) -------------------------------------------------
-
-
-def _field_path(path):
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def _most_specific(err):
-    """For a oneOf/anyOf failure, the error of the branch that matched the value's type
-    (e.g. 'glb_mib[0]: 0 is not > 0' rather than '[0] is not valid under any schema')."""
-    while err.context:
-        candidates = [e for e in err.context if e.validator not in ("type", "required", "const")]
-        if not candidates:
-            break
-        err = max(candidates, key=lambda e: len(e.absolute_path))
-    return err
+from phaze.settings import SCHEMA_PATH, SweepSettings, field_path, most_specific  # noqa: E402
 
 
 def validate_config(cfg):
-    """Schema check (filling defaults), then the semantic checks the schema cannot express.
+    """Schema check (filling the arch grid's defaults), then the typed settings (their
+    defaults are phaze/settings.py's), then the semantic checks the schema cannot express.
     Raises WorkflowError naming the offending field."""
+    from phaze.errors import UserError  # noqa: PLC0415
+
     try:
-        validate(cfg, schema=os.path.join(workflow.basedir, "configs", "schema.yaml"))
+        validate(cfg, schema=str(SCHEMA_PATH))
     except WorkflowError as e:
         verr = e.__context__  # the jsonschema ValidationError snakemake wrapped
         if not hasattr(verr, "absolute_path"):
             raise
-        verr = _most_specific(verr)
+        verr = most_specific(verr)
         raise WorkflowError(
-            f"invalid config: field {_field_path(verr.absolute_path)}: {verr.message}"
+            f"invalid config: field {field_path(verr.absolute_path)}: {verr.message}"
         ) from None
-    for msg in semantic_errors(cfg):
-        raise WorkflowError(f"invalid config: {msg}")
-
-
-def zoo_models():
-    """name -> ModelSpec of phaze's model zoo (the names `phaze graph --model` accepts)."""
-    from phaze.model.zoo import ZOO  # noqa: PLC0415
-
-    return ZOO
-
-
-def semantic_errors(cfg):
-    """Errors a JSON schema cannot express, each naming its field."""
-    errors = []
-    zoo = zoo_models()
-    seen = set()
-    for i, m in enumerate(cfg["models"]):
-        field = f"models[{i}].name"
-        if m["name"] in seen:
-            errors.append(f"field {field}: model {m['name']!r} listed twice; merge its seq/tp lists")
-        seen.add(m["name"])
-        if "hf_config" in m:
-            if not os.path.exists(m["hf_config"]):
-                errors.append(f"field models[{i}].hf_config: no such file {m['hf_config']!r}")
-            continue
-        spec = zoo.get(m["name"])
-        if spec is None:
-            errors.append(
-                f"field {field}: unknown model {m['name']!r}; known: {', '.join(sorted(zoo))}"
-                " (or give hf_config: path/to/config.json)"
-            )
-            continue
-        for j, t in enumerate(m["tp"]):
-            if spec.heads % t or spec.n_kv_heads % t:
-                errors.append(
-                    f"field models[{i}].tp[{j}]: TP width {t} does not divide the"
-                    f" {spec.heads} attention heads of {m['name']}"
-                )
-    if workflow.is_main_process:  # once, not again in every job
-        errors += grid_errors(cfg["arch"])
-    return errors
-
-
-def grid_errors(arch_spec):
-    """Bad axis values, or an empty grid after the area filter (phaze's own grid code)."""
-    from phaze.errors import UserError  # noqa: PLC0415
-    from phaze.hw.grid import enumerate_grid  # noqa: PLC0415
-
     try:
-        n = len(enumerate_grid(arch_spec))
+        settings = SweepSettings.from_config(cfg)
     except UserError as e:
-        return [f"field {e}" if e.field else f"field arch: {e}"]
-    if n == 0:
-        return ["field arch.area: no arch is left after the area filter; widen it"]
-    return []
+        raise WorkflowError(f"invalid config: field {e}") from None
+    from phaze.configcheck import semantic_errors  # noqa: PLC0415
+
+    # the grid check runs once, not again in every job
+    for msg in semantic_errors(cfg, check_grid=workflow.is_main_process):
+        raise WorkflowError(f"invalid config: {msg}")
+    return settings
 
 
-validate_config(config)
+SETTINGS = validate_config(config)
 
 # ---- environment of every job -------------------------------------------------------------
 # `phaze` and `mpiexec` come from the environment snakemake itself runs in, even when that
@@ -121,8 +62,9 @@ def local_mpi_launcher():
 
 # ---- wildcard values ----------------------------------------------------------------------
 MODELS = {m["name"]: m for m in config["models"]}
-MBS = list(config["microbatch_sizes"])
-N_CHUNKS = int(config["scheduling"]["n_chunks"])
+MBS = list(SETTINGS.microbatch_sizes)
+N_CHUNKS = SETTINGS.jobs.n_chunks
+PLACE_RANKS = SETTINGS.jobs.ranks
 CHUNKS = list(range(N_CHUNKS))
 GRID = "results/arch/grid.parquet"
 
@@ -131,6 +73,7 @@ wildcard_constraints:
     seq=r"\d+",
     mbs=r"\d+",
     tp=r"\d+",
+    sp=r"[01]",
     chunk=r"\d+",
 
 
@@ -139,13 +82,18 @@ def model_seqs():
     return [(name, s) for name, m in MODELS.items() for s in m["seq"]]
 
 
+def graph_variants(model):
+    """(TP width, sequence parallel 0|1) of a model's graphs (SP only where t > 1)."""
+    return [(t, int(sp)) for t in MODELS[model]["tp"] for sp in SETTINGS.graph.sp_values(t)]
+
+
 def graph_files(model, seq, mbs=None):
-    """Graphs of one (model, seq) at one microbatch size (or all of them), every TP width."""
+    """Graphs of one (model, seq) at one microbatch size (or all of them), every variant."""
     sizes = MBS if mbs is None else [mbs]
     return [
-        f"results/graphs/{model}/s{seq}_b{b}_t{t}.json"
+        f"results/graphs/{model}/s{seq}_b{b}_t{t}_sp{sp}.json"
         for b in sizes
-        for t in MODELS[model]["tp"]
+        for t, sp in graph_variants(model)
     ]
 
 
@@ -172,18 +120,11 @@ REPORT_FILES = [
 ]
 
 
-def report_available():
-    """The report stage lands after the workflow; until then the sweep ends at placement."""
-    import importlib.util  # noqa: PLC0415
-
-    try:
-        return importlib.util.find_spec("phaze.report.commands") is not None
-    except ModuleNotFoundError:
-        return False
+SWEEP_CONFIG = "results/config.yaml"
 
 
 def all_targets():
-    return place_tables() + (REPORT_FILES if report_available() else [])
+    return place_tables() + REPORT_FILES
 
 
 # ---- params helpers (every value a rule depends on goes through params) --------------------
@@ -191,7 +132,7 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-NETWORK_JSON = as_json(config["network"])
+NETWORK_JSON = as_json(SETTINGS.net().to_dict())
 
 
 def model_arg(name):

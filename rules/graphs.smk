@@ -1,23 +1,23 @@
-# Operator graphs per (model, seq, microbatch, TP width): `phaze graph`.
+# Operator graphs per (model, seq, microbatch, TP width, sequence parallel): `phaze graph`.
 
 
 rule graph:
     input:
         model_inputs,
     output:
-        "results/graphs/{model}/s{seq}_b{mbs}_t{tp}.json",
+        "results/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.json",
     params:
         model=lambda wc: model_arg(wc.model),
-        fused="--fused" if config["graph"]["fused"] else "",
-        sp="--sequence-parallel" if config["graph"]["sequence_parallel"] else "",
+        fused="--fused" if SETTINGS.graph.fused else "",
+        sp=lambda wc: "--sequence-parallel" if wc.sp == "1" else "",
     log:
-        "results/logs/graphs/{model}/s{seq}_b{mbs}_t{tp}.log",
+        "results/logs/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.log",
     benchmark:
-        "results/benchmarks/graphs/{model}/s{seq}_b{mbs}_t{tp}.tsv"
+        "results/benchmarks/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "phaze graph --model {params.model:q} --seq {wildcards.seq} --mbs {wildcards.mbs}"
+        "phaze graph --model {params.model:q} --name {wildcards.model} --seq {wildcards.seq} --mbs {wildcards.mbs}"
         " --tp {wildcards.tp} {params.sp} {params.fused} -o {output} > {log} 2>&1"

@@ -13,13 +13,13 @@ rule place:
         "results/place/{model}_s{seq}.parquet",
     params:
         launch=mpi_launch,
-        devices=config["placement"]["devices"],
-        global_batch=config["placement"]["global_batch"],
-        hbm_gib=",".join(f"{h:g}" for h in config["placement"]["hbm_gib"]),
-        recompute=",".join(config["placement"]["recompute"]),
-        optimizer=config["placement"]["optimizer"],
-        zero1="--zero1" if config["placement"]["zero1"] else "",
-        interleave=",".join(str(v) for v in config["placement"]["interleave"]),
+        devices=SETTINGS.placement.devices,
+        global_batch=SETTINGS.placement.global_batch,
+        hbm_gib=",".join(f"{h:g}" for h in SETTINGS.placement.hbm_gib),
+        recompute=",".join(SETTINGS.placement.recompute),
+        optimizer=SETTINGS.placement.optimizer,
+        zero1="--zero1" if SETTINGS.placement.zero1 else "",
+        interleave=",".join(str(v) for v in SETTINGS.placement.interleave),
         fixed=lambda wc: (
             f"--fixed {MODELS[wc.model]['fixed_plan']}" if "fixed_plan" in MODELS[wc.model] else ""
         ),
@@ -28,11 +28,11 @@ rule place:
         "results/logs/place/{model}_s{seq}.log",
     benchmark:
         "results/benchmarks/place/{model}_s{seq}.tsv"
-    threads: config["placement"]["ranks"]
+    threads: PLACE_RANKS
     resources:
         mem_mb=4000,
         runtime=60,
-        tasks=config["placement"]["ranks"],
+        tasks=PLACE_RANKS,
         mpi=local_mpi_launcher(),
     shell:
         "{params.launch} phaze place --mpi --latency {input.latency} --graphs {input.graphs}"

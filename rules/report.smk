@@ -1,5 +1,24 @@
-# Summary table, plots and a self-contained HTML report over all placement tables (the
-# latency tables give the placement-blind Spotlight-style baseline its single-chip scores).
+# The sweep's config as checked (results/config.yaml, what the report's `phaze evaluate`
+# commands read), then the summary table, plots and a self-contained HTML report over all
+# placement tables (the latency tables give the placement-blind Spotlight-style baseline
+# its single-chip scores).
+
+
+rule sweep_config:
+    output:
+        SWEEP_CONFIG,
+    params:
+        cfg=as_json(config),
+    log:
+        "results/logs/report/config.log",
+    benchmark:
+        "results/benchmarks/report/config.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "phaze check-config --config-json {params.cfg:q} -o {output} > {log} 2>&1"
 
 
 rule report:
@@ -7,6 +26,7 @@ rule report:
         place=place_tables(),
         latency=all_latency_tables(),
         grid=GRID,
+        config=SWEEP_CONFIG,
     output:
         REPORT_FILES,
     params:
@@ -21,4 +41,4 @@ rule report:
         runtime=10,
     shell:
         "phaze report --place {input.place} --latency {input.latency} --grid {input.grid}"
-        " -o {params.outdir} > {log} 2>&1"
+        " --config {input.config} -o {params.outdir} > {log} 2>&1"

@@ -12,31 +12,23 @@ rule schedule_chunk:
     params:
         n_chunks=N_CHUNKS,
         network=NETWORK_JSON,
-        solver=(
-            ""
-            if config["scheduling"]["solver"] == "auto"
-            else f"--solver {config['scheduling']['solver']}"
-        ),
-        formulation=config["scheduling"]["formulation"],
-        time_limit_s=config["scheduling"]["time_limit_s"],
-        bnb_share=config["scheduling"]["bnb_share"],
-        cache=(
-            f"--cache {shlex.quote(config['scheduling']['cache_dir'])}"
-            if config["scheduling"]["cache_dir"]
-            else ""
-        ),
+        solver=SETTINGS.sched.solver,
+        formulation=SETTINGS.sched.formulation,
+        time_limit_s=SETTINGS.sched.time_limit_s,
+        bnb_share=SETTINGS.sched.bnb_share,
+        cache=shlex.quote(SETTINGS.sched.cache_dir),
     log:
         "results/logs/sched/{model}/s{seq}_b{mbs}/{chunk}.log",
     benchmark:
         "results/benchmarks/sched/{model}/s{seq}_b{mbs}/{chunk}.tsv"
     # CP-SAT's 8 workers run on these CPUs (docs/sched.md)
-    threads: int(config["scheduling"]["cpus_per_job"])
+    threads: SETTINGS.jobs.cpus_per_job
     resources:
         mem_mb=2000,
         runtime=120,
     shell:
         "phaze schedule-batch --graphs {input.graphs} --grid {input.grid}"
         " --chunk {wildcards.chunk} --n-chunks {params.n_chunks} --network {params.network:q}"
-        " {params.solver} --formulation {params.formulation} --time-limit {params.time_limit_s}"
-        " --bnb-share {params.bnb_share} {params.cache}"
+        " --solver {params.solver} --formulation {params.formulation}"
+        " --time-limit {params.time_limit_s} --bnb-share {params.bnb_share} --cache {params.cache}"
         " -o {output} > {log} 2>&1"

@@ -1,5 +1,5 @@
 """Small synthetic grid and placement tables that follow docs/cli-contract.md, for the
-report tests until (and besides) the real pipeline. Area from REFERENCE.md section 2's
+report tests until (and besides) the real pipeline. Area from the docs/reference.md#arch-space
 coefficients (TC 0.79 mm^2 per 1000 MACs, GLB 1.365 mm^2/MiB, VC 0.106 mm^2 per 128 lanes)."""
 
 import hashlib
@@ -61,6 +61,18 @@ def make_place(grid, model="bert-large", seq=512, seed=0, feasible=True, tpu_fix
     df = pd.DataFrame(rows)
     df.insert(0, "seq", seq)
     df.insert(0, "model", model)
+    # the placement table's schema (phaze.place.table.PLACE_SCHEMA)
+    df["row_kind"] = df.pop("strategy").map({"optimised": "best", "fixed": "fixed"})
+    df["item"] = np.arange(len(df)) // 2
+    df["feasible"] = df["samples_per_s"].notna()
+    df["sequence_parallel"], df["fused"], df["interleave"] = False, True, 1.0
+    for part, col in (("compute_s", "breakdown_compute_s"), ("bubble_s", "breakdown_bubble_s"),
+                      ("dp_sync_s", "breakdown_dp_allreduce_s")):
+        df[part] = df[col]
+    df["p2p_s"], df["tp_s"] = 0.0, 0.0
+    df["method"], df["solve_seconds"], df["phaze_version"] = "synthetic", 0.0, "test"
+    for c in ("p", "d", "t"):
+        df[c] = df[c].astype(float)
     return df
 
 
@@ -82,3 +94,20 @@ def place_work_items(grid, model="bert-large", seq=512, hbm_gib=(32, 80),
                                             "peak_flops": float(a["peak_flops"]),
                                             "efficiency": eff}})
     return items
+
+
+def latency_frame(rows, model, seq, mbs, tp=1):
+    """Latency-table rows (arch_id, layer_index, layer_repeat, fwd_s, bwd_s) completed to
+    phaze.sched.table.LATENCY_SCHEMA (proven optimal, no recompute pass)."""
+    from phaze.sched.table import LATENCY_SCHEMA
+
+    df = pd.DataFrame(rows)
+    df["model"], df["seq"], df["mbs"], df["tp"] = model, seq, mbs, tp
+    df["sequence_parallel"], df["fused"] = False, True
+    df["layer_kind"] = np.where(df["layer_index"] == 0, "prologue", "block")
+    df["recompute_s"] = 0.0
+    for p in ("fwd", "bwd", "recompute"):
+        df[f"{p}_lower_bound_s"] = df[f"{p}_s"]
+        df[f"{p}_status"], df[f"{p}_gap"] = "optimal", 0.0
+    df["solver"], df["seconds"], df["phaze_version"] = "synthetic", 0.0, "test"
+    return df[list(LATENCY_SCHEMA)]

@@ -75,7 +75,7 @@ def test_gemm_monotone_in_cores(b, m, n, k, n1, dn):
 @example(b=2, m=5, n=673, k=123, n_tc=100, lr=1, lc=7, dlr=0, dlc=1)  # near one found
 @example(b=1, m=1, n=1, k=4, n_tc=100, lr=1, lc=1, dlr=1, dlc=0)  # rows: found in CI
 def test_gemm_monotone_in_array_size(b, m, n, k, n_tc, lr, lc, dlr, dlc):
-    # Array shapes are powers of two, as in every grid (REFERENCE.md section 2): a wider
+    # Array shapes are powers of two, as in every grid (docs/reference.md#arch-space): a wider
     # or taller array can then run a smaller one's column or row tiling, so it is never
     # slower. A bigger
     # systolic array has a deeper pipeline (fill + drain = R + C - 1 cycles per stream);

@@ -26,12 +26,14 @@ def rand_chain(rng, n=None, t=None, mbs=None):
                  param_count=rng.integers(1, 100, n).astype(float) * 1e6,
                  act_none_bytes=rng.integers(1, 100, n).astype(float) * 1e6,
                  act_full_bytes=rng.integers(1, 10, n).astype(float) * 1e6,
+                 act_selective_bytes=rng.integers(1, 60, n).astype(float) * 1e6,
+                 recompute_selective_s=rng.uniform(0.0, 0.5, n) * fwd,
                  out_bytes=rng.integers(0, 50, n).astype(float) * 1e6,
                  flops_fwd=fwd * 1e12, flops_bwd=2 * fwd * 1e12, kinds=tuple(kinds))
 
 
 def rand_links(rng):
-    return Links(node_size=int(rng.choice([2, 4, 8])), intra_bw_Bps=float(rng.choice([50e6, 400e6])),
+    return Links(devices_per_node=int(rng.choice([2, 4, 8])), intra_bw_Bps=float(rng.choice([50e6, 400e6])),
                  intra_latency_s=1e-3, inter_bw_Bps=float(rng.choice([10e6, 40e6])),
                  inter_latency_s=5e-3)
 
@@ -41,10 +43,10 @@ def my_eval(ch, stages, p, d, batch, rec, v, links, opt):
     """Time and peak memory of a plan, straight from the documented formulas."""
     t, mbs, n = ch.t, ch.mbs, ch.n
     M = batch // (mbs * d)
-    inter_pp = t * d * p > links.node_size
+    inter_pp = t * d * p > links.devices_per_node
     bw, lat = (links.inter_bw_Bps, links.inter_latency_s) if inter_pp else \
         (links.intra_bw_Bps, links.intra_latency_s)
-    inter_dp = t * d > links.node_size
+    inter_dp = t * d > links.devices_per_node
     dbw, dlat = (links.inter_bw_Bps, links.inter_latency_s) if inter_dp else \
         (links.intra_bw_Bps, links.intra_latency_s)
 
@@ -62,11 +64,15 @@ def my_eval(ch, stages, p, d, batch, rec, v, links, opt):
         B = sum(ch.bwd_s[i:j])
         cin = p2p(i - 1) if i > 0 else 0.0
         cout = p2p(j - 1) if j < n else 0.0
-        loads[r] += cin + F + (F if rec == "full" else 0.0) + B + cout
+        kept = {"none": ch.act_none_bytes, "selective": ch.act_selective_bytes,
+                "full": ch.act_full_bytes}[rec]
+        redo = {"none": 0.0, "selective": sum(ch.recompute_selective_s[i:j]), "full": F}[rec]
+        loads[r] += cin + F + redo + B + cout
         params[r] += sum(ch.param_count[i:j])
-        acts[r] += sum((ch.act_full_bytes if rec == "full" else ch.act_none_bytes)[i:j])
-        if rec == "full":
-            work[r] = max(work[r], max(ch.act_none_bytes[i:j]))
+        acts[r] += sum(kept[i:j])
+        # recomputation rematerialises one layer at a time: what it did not keep
+        work[r] = max(work[r], max(max(a - k, 0.0) for a, k in zip(ch.act_none_bytes[i:j],
+                                                                     kept[i:j])))
     per_param = opt.weight_bytes + opt.grad_bytes + \
         (opt.adam_state_bytes if opt.optimizer == "adam" else 0.0) / (d if opt.zero1 else 1)
     mem = []
@@ -109,7 +115,7 @@ def test_default_dp_equals_brute_force(batch_no):
     feasible = 0
     for _ in range(32):
         ch = rand_chain(rng)
-        rec = str(rng.choice(["none", "full"]))
+        rec = str(rng.choice(["none", "selective", "full"]))
         opt = PlanOptions(optimizer=str(rng.choice(["sgd", "adam"])), zero1=bool(rng.random() < .5))
         links = rand_links(rng)
         devices = int(rng.integers(1, 17))
@@ -138,7 +144,7 @@ def test_evaluate_plan_matches_independent_evaluator_interleaved():
         ch = rand_chain(rng, n=int(rng.integers(2, 9)))
         links = rand_links(rng)
         opt = PlanOptions(optimizer=str(rng.choice(["sgd", "adam"])), zero1=bool(rng.random() < .5))
-        rec = str(rng.choice(["none", "full"]))
+        rec = str(rng.choice(["none", "selective", "full"]))
         v = int(rng.choice([1, 2, 3]))
         p = int(rng.integers(1, 5))
         if p * v > ch.n:
@@ -179,7 +185,7 @@ def test_allreduce_is_max_over_stages_not_first():
     ch = Chain(t=1, mbs=1, seq=16, fwd_s=np.ones(2), bwd_s=np.ones(2),
                param_count=np.array([1e6, 9e6]), act_none_bytes=np.zeros(2),
                act_full_bytes=np.zeros(2), out_bytes=np.zeros(2), kinds=("block", "block"))
-    links = Links(node_size=1, inter_bw_Bps=1e9, inter_latency_s=0.0)
+    links = Links(devices_per_node=1, inter_bw_Bps=1e9, inter_latency_s=0.0)
     r = evaluate_plan(ch, 2, 4, 8, "none", 1, links=links, options=PlanOptions(grad_bytes=2))
     assert r["dp_sync_s"] == pytest.approx(2 * 3 / 4 * 9e6 * 2 / 1e9)
 
@@ -217,8 +223,8 @@ def test_best_plans_batch_equals_brute_force_per_scenario(seed):
         batch = ch.mbs * int(rng.choice([1, 2, 4, 8, 16]))
         total = ch.param_count.sum() * 16 + ch.act_none_bytes.sum() * 4
         hbms = sorted(float(x) for x in rng.uniform(0.05, 0.8, 3) * total)
-        got = best_plans(ch, devices, batch, hbms, ["none", "full"], links=links, options=opt)
-        assert set(got) == {(h, r) for h in hbms for r in ("none", "full")}
+        got = best_plans(ch, devices, batch, hbms, ["none", "selective", "full"], links=links, options=opt)
+        assert set(got) == {(h, r) for h in hbms for r in ("none", "selective", "full")}
         for (hbm, rec), plan in got.items():
             want = brute_force(ch, devices, batch, rec, hbm, links, opt)
             one = best_plan(ch, devices, batch, rec, hbm_bytes=hbm, links=links, options=opt)
@@ -261,7 +267,7 @@ def test_fewest_stages_greedy_equals_brute_force():
         ch = rand_chain(rng, n=int(rng.integers(2, 8)))
         opt = PlanOptions(optimizer="adam")
         total = ch.param_count.sum() * 16 + ch.act_none_bytes.sum() * 4
-        scen = [(str(rng.choice(["none", "full"])), float(rng.uniform(0.05, 0.6) * total))
+        scen = [(str(rng.choice(["none", "selective", "full"])), float(rng.uniform(0.05, 0.6) * total))
                 for _ in range(3)]
         smaxes = [_Ranges(ch, rec).smax(opt.static_bytes_per_param(1), hbm) for rec, hbm in scen]
         lo = _fewest_stages(smaxes, Ms, ch.n)
@@ -279,7 +285,8 @@ def test_fewest_stages_greedy_equals_brute_force():
                         s = p - pos
                         mem = ch.param_count[i:j].sum() * 16 + \
                             min(s, M) * ch.act_bytes(rec)[i:j].sum() + \
-                            (ch.act_none_bytes[i:j].max() if rec == "full" else 0.0)
+                            max(max(a - k, 0.0) for a, k in zip(ch.act_none_bytes[i:j],
+                                                                ch.act_bytes(rec)[i:j]))
                         fits &= mem <= hbm
                     if fits:
                         want = min(want, p)

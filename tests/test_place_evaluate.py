@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from phaze.place.evaluate_cli import narayanan_flops
+from phaze.place.evaluate import narayanan_flops
 
 
 def test_narayanan_eq3_decomposition():

@@ -1,4 +1,4 @@
-"""Reference-mode placement DP (REFERENCE.md section 6) against an exhaustive search written
+"""Reference-mode placement DP (docs/reference.md#placement-dp) against an exhaustive search written
 here independently, hand-computed instances, and bad-instance rejection."""
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def test_hand_instance_fixed_with_empty_trailing_stage():
     # loads 0+2+1+4=7, 1+2+1+4=8, 1+1+0+2=4; M = 4: 8*(4+4-1) + 4*1*20/(10*2) = 56+4 = 60
     out = solve_reference(parse_instance(raw))
     assert out["fixedStrategyTimePerBatch"] == pytest.approx(60.0)
-    # the p = 12, L = 21 example of REFERENCE.md: stage 11 is empty
+    # the p = 12, L = 21 example of docs/reference.md#placement-dp: stage 11 is empty
     raw = chain_instance([(1, 1, 1, 1)] * 21, [0] * 20, mem=1e6, devices=64, mbs=4,
                          fixed=(12, 1, 1))
     # c = 2, stages of 2 layers (load 4) and stage 10 = [20, 21) (load 2): 4 * (4 + 11)

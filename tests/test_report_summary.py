@@ -20,7 +20,7 @@ def files(tmp_path):
     paths = []
     for i, (m, s) in enumerate([("bert-large", 512), ("gpt2-xl", 1024)]):
         p = tmp_path / f"{m}_s{s}.parquet"
-        make_place(grid, m, s, seed=i).drop(columns=["model", "seq"]).to_parquet(p)
+        make_place(grid, m, s, seed=i).to_parquet(p)
         paths.append(p)
     return tmp_path, grid, paths
 
@@ -107,15 +107,19 @@ def test_infeasible_sweep_is_reported_everywhere(tmp_path, capsys):
     assert csv[csv.model == "bert-large"].status.iloc[0] == "ok"
 
 
-def test_empty_place_table_is_infeasible_not_empty(tmp_path, capsys):
+def test_tables_carry_their_identity(tmp_path, capsys):
+    """Identities come from columns: a table without its model column, or an empty one, is
+    refused in one line naming the file (never guessed from the file name)."""
     grid = make_grid()
     grid.to_parquet(tmp_path / "grid.parquet")
-    make_place(grid).iloc[0:0].drop(columns=["model", "seq"]).to_parquet(tmp_path / "opt-350m_s2048.parquet")
-    assert main(["report", "--place", str(tmp_path / "opt-350m_s2048.parquet"),
-                 "--grid", str(tmp_path / "grid.parquet"), "--json"]) == 0
-    obj = json.loads(capsys.readouterr().out)
-    assert obj["n_infeasible"] == 1 and obj["summary"][0]["status"] == "infeasible"
-    assert obj["summary"][0]["model"] == "opt-350m" and "no rows" in obj["summary"][0]["notes"]
+    make_place(grid).drop(columns=["model"]).to_parquet(tmp_path / "bert-large_s512.parquet")
+    make_place(grid).iloc[0:0].to_parquet(tmp_path / "opt-350m_s2048.parquet")
+    for name, why in (("bert-large_s512", "missing column 'model'"),
+                      ("opt-350m_s2048", "holds no rows")):
+        assert main(["report", "--place", str(tmp_path / f"{name}.parquet"),
+                     "--grid", str(tmp_path / "grid.parquet")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0] and name in err[0]
 
 
 def test_missing_file_is_a_user_error(tmp_path, capsys):
@@ -143,8 +147,10 @@ def test_spotlight_from_latency_table_brute_force():
 
 
 def test_latency_tables_give_the_spotlight_pick(tmp_path, capsys):
-    """--latency tables in the merge-latency form (no repeat column): the block's time
-    counts once per block instance (24 for bert-large), from the model's graph."""
+    """--latency tables (merge-latency's schema): the block's time counts once per block
+    instance (its layer_repeat, 24 for bert-large)."""
+    from report_synth import latency_frame
+
     grid = make_grid()
     grid.to_parquet(tmp_path / "grid.parquet")
     place = make_place(grid).drop(columns=["single_chip_latency_s"])
@@ -155,12 +161,13 @@ def test_latency_tables_give_the_spotlight_pick(tmp_path, capsys):
         # arch 0: slow block, fast prologue/epilogue; arch 1: the reverse (wins only if
         # the block is counted 24 times); others slow everywhere
         blk, edge = {0: (1.0, 0.0), 1: (1.05 / 24, 0.5)}.get(k, (5.0, 5.0))
-        for li, t in ((0, edge), (1, blk), (2, edge)):
-            rows.append(dict(arch_id=a, tp=1, layer_index=li, fwd_s=t / 3, bwd_s=2 * t / 3))
-    pd.DataFrame(rows).to_parquet(tmp_path / "bert-large_s512_b1.parquet")
+        for li, t, rep in ((0, edge, 1), (1, blk, 24), (2, edge, 1)):
+            rows.append(dict(arch_id=a, layer_index=li, layer_repeat=rep, fwd_s=t / 3,
+                             bwd_s=2 * t / 3))
+    latency_frame(rows, "bert-large", 512, 1).to_parquet(tmp_path / "lat.parquet")
     assert main(["report", "--place", str(tmp_path / "bert-large_s512.parquet"), "--grid",
-                 str(tmp_path / "grid.parquet"), "--latency",
-                 str(tmp_path / "bert-large_s512_b1.parquet"), "--json"]) == 0
+                 str(tmp_path / "grid.parquet"), "--latency", str(tmp_path / "lat.parquet"),
+                 "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["summary"][0]
     # per-sample latency: arch 0 = 24 * 1.0 + 0 = 24; arch 1 = 24 * 1.05/24 + 2 * 0.5 = 2.05
     assert row["spotlight_arch_id"] == ids[1]

@@ -63,7 +63,9 @@ def test_schedule_batch_cache_and_merge(tmp_path, capsys):
         second = json.loads(capsys.readouterr().out)
         assert second["solves"] == 0 and second["rows"] == first["rows"]
         a, b = pd.read_parquet(out), pd.read_parquet(out2)
-        assert b["cache_hit"].all()
+        # every row a cache hit, but the empty passes (nothing to recompute): no ILP at all
+        assert (b["cache_hit"] | (b["solver"] == "none")).all()
+        assert set(b.loc[b["solver"] == "none", "pass"]) == {"recompute"}
         assert (a["latency_s"].to_numpy() == b["latency_s"].to_numpy()).all()
     lat = tmp_path / "lat.parquet"
     assert main(["merge-latency", *map(str, shards), "-o", str(lat)]) == 0
@@ -71,6 +73,9 @@ def test_schedule_batch_cache_and_merge(tmp_path, capsys):
     assert sorted(df["arch_id"].unique()) == sorted(pick["arch_id"])
     assert len(df) == len(pick) * 3
     assert (df["fwd_s"] > 0).all() and (df["bwd_s"] > 0).all()
+    # selective recomputation re-runs the attention core: blocks only
+    assert ((df["recompute_s"] > 0) == (df["layer_kind"] == "block")).all()
+    assert (df["recompute_s"] < df["fwd_s"]).all()
 
 
 def test_schedule_unknown_arch_is_user_error(capsys):

@@ -27,11 +27,16 @@ def grid():
     return g
 
 
-def spec(**kw):
-    base = dict(model="bert-large", seq=512, mbs=(1, 2), hbm_gib=(32.0,),
-                recompute=("none", "full"), solver="heuristic")
-    base.update(kw)
-    return SweepSpec(**base)
+def spec(model="bert-large", seq=512, mbs=(1, 2), hbm_gib=(32.0,), recompute=("none", "full"),
+         solver="heuristic", time_limit_s=10.0, devices=1024):
+    from phaze.hw.presets import get_network
+    from phaze.settings import PlacementSettings, SchedSettings, SweepSettings
+
+    st = SweepSettings(sched=SchedSettings(solver=solver, time_limit_s=time_limit_s),
+                       placement=PlacementSettings(devices=devices, hbm_gib=hbm_gib,
+                                                   recompute=recompute, optimizer="sgd"),
+                       network=get_network("tpuv4-ici"), microbatch_sizes=mbs)
+    return SweepSpec(model=model, seq=seq, settings=st)
 
 
 def test_pruned_equals_exhaustive_with_fewer_ilps(grid):

@@ -84,7 +84,7 @@ def test_pruned_detects_an_invalid_bound():
 
 
 def ref_bucket_stop(areas, thr, bucket, patience):
-    """Independent re-statement of REFERENCE.md section 7: returns the set of archs the
+    """Independent re-statement of docs/reference.md#outer-search: returns the set of archs the
     bucket search evaluates."""
     keys = sorted({math.floor(a / bucket + 1e-9) for a in areas}, reverse=True)
     seen, bests = set(), []

@@ -9,7 +9,7 @@ import pytest
 from phaze.cost.params import PRESET_PARAMS
 from phaze.hw.presets import get_preset
 from phaze.model.zoo import get_model
-from phaze.place.evaluate_cli import evaluate_model
+from phaze.place.evaluate import evaluate_model
 from phaze.validate import data
 from phaze.validate.calibrate import A100_FIT_PARAMS, FIT_START, FIT_TABLE, fit
 from phaze.validate.evaluate import mean_abs_error_pct, plan_evaluator, predict

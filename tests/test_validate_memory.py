@@ -7,7 +7,7 @@ import pytest
 from phaze.model.graph import build_graph
 from phaze.units import GiB
 from phaze.validate import data
-from phaze.place.evaluate_cli import EVALUATE_OPTIONS
+from phaze.place.evaluate import MEGATRON_OPTIONS
 from phaze.place.plan import PlanOptions
 from phaze.validate.evaluate import model_spec_of
 from phaze.validate.memory import params_per_device
@@ -15,7 +15,7 @@ from phaze.validate.memory import params_per_device
 CASES = {c.name.split("/")[0]: c for c in data.korthikanti_cases() if c.recompute == "full"}
 FIG1 = {m.model: m for m in data.memory_points()}
 # bytes per parameter of `phaze evaluate`'s Megatron settings (mixed-precision Adam, d = 1)
-BPP = PlanOptions(**EVALUATE_OPTIONS).static_bytes_per_param(1)
+BPP = PlanOptions(**MEGATRON_OPTIONS).static_bytes_per_param(1)
 
 
 @pytest.mark.parametrize("model", sorted(FIG1))

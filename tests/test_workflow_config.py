@@ -11,7 +11,7 @@ import pytest
 import yaml
 from workflow_util import REPO, dry_run_jobs, snakemake, tiny_config, write_config
 
-SCHEMA = yaml.safe_load((REPO / "configs" / "schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "phaze" / "data" / "schema.yaml").read_text())
 
 
 def _bad(mutate):
@@ -98,7 +98,7 @@ def test_shipped_configs_validate():
 def test_paper_config_is_the_published_sweep():
     cfg = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
     arch = cfg["arch"]
-    # REFERENCE.md section 2: 13 x 13 x 8 x 8 x 7 = 75,712 candidates before the area filter.
+    # docs/reference.md#arch-space: 13 x 13 x 8 x 8 x 7 = 75,712 candidates before the area filter.
     n = 1
     for axis in ("n_tc", "n_vc", "tc_rows", "tc_cols", "glb_mib", "clock_hz", "hbm_bw_Bps"):
         n *= len(arch[axis])
@@ -111,7 +111,7 @@ def test_paper_config_is_the_published_sweep():
     assert (p["devices"], p["global_batch"], sorted(p["hbm_gib"])) == (1024, 4096, [32, 64, 80])
     assert sorted(p["recompute"]) == ["full", "none"] and p["optimizer"] == "sgd"
     models = {m["name"]: (m["seq"], m["tp"]) for m in cfg["models"]}
-    # REFERENCE.md section 3
+    # docs/reference.md#models
     assert models == {
         "bert-large": ([512], [1]), "gpt2-xl": ([1024], [1]), "opt-350m": ([2048], [1]),
         "llama2-7b": ([4096], [1]), "megatron-bert": ([512], [1, 2, 4, 8]),
@@ -119,7 +119,7 @@ def test_paper_config_is_the_published_sweep():
         "gpt3-175b": ([2048], [4, 8]),
     }
     assert cfg["network"]["inter_bw_Bps"] == cfg["network"]["intra_bw_Bps"] == 4 * 2**30
-    # REFERENCE.md section 3: the published fixed Megatron-style strategies (p x d x t)
+    # docs/reference.md#models: the published fixed Megatron-style strategies (p x d x t)
     fixed = {m["name"]: m.get("fixed_plan") for m in cfg["models"]}
     assert fixed == {
         "opt-350m": "12x85x1", "bert-large": "8x128x1", "gpt2-xl": "32x32x1",

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def _cost(args) -> int:
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.cost.api import bound_names, op_latencies
     from phaze.hw.commands import resolve_arch
 

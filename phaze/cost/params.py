@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Cycles per produced element on one VC lane, by vector op class. The first five are the
-# reference's table (REFERENCE.md section 4: LayerNorm 1, GELU 1, Softmax ~10 plus a
+# reference's table (docs/reference.md#operator-latency: LayerNorm 1, GELU 1, Softmax ~10 plus a
 # reduction, Div 10, Tanh 27); softmax's reduction is counted as two extra passes (row max
 # and row sum, one cycle per element each). The others are simple element-wise ops at one
 # cycle per element (two for SwiGLU: SiLU then multiply; two for RoPE: rotate then add).

@@ -1,7 +1,7 @@
 """Chip area model (the one place where area coefficients live).
 
 Coefficients are the ones recovered from PHAZE's published config list (22 nm
-Accelergy/CACTI tables; see REFERENCE.md section 2):
+Accelergy/CACTI tables; see docs/reference.md#arch-space):
 
 - tensor core (TC): 0.79 mm^2 per 1000 MACs (register file and local buffer included,
   one 128x128 core ~12.9 mm^2);

@@ -49,7 +49,7 @@ def resolve_arch(name: str, grid: str | None = None):
 
 
 def _show(args) -> int:
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.hw.area import area_breakdown_mm2
 
     a = resolve_arch(args.name, args.grid)
@@ -66,7 +66,7 @@ def _show(args) -> int:
 
 
 def _list(args) -> int:
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.hw.presets import PRESETS
 
     rows = {n: {"area_mm2": a.area_mm2, "peak_flops": a.peak_flops, "arch_id": a.arch_id}
@@ -81,7 +81,7 @@ def _list(args) -> int:
 
 def _grid(args) -> int:
     from phaze.atomic import atomic_path
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.hw.grid import PUBLISHED_KEPT, enumerate_grid, full_spec
 
     spec = _read_spec(args)

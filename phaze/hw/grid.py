@@ -1,7 +1,7 @@
 """Enumerate the architecture grid from config ranges and filter it by area.
 
 Spec (the config's `arch:` mapping; every key optional, defaults = the reference grid of
-REFERENCE.md section 2). An axis is a list of values, {"pow2": [lo, hi]} (powers of two
+docs/reference.md#arch-space). An axis is a list of values, {"pow2": [lo, hi]} (powers of two
 from lo to hi) or {"range": [lo, hi, step]} (inclusive):
 
     n_tc:       {pow2: [1, 4096]}
@@ -208,3 +208,25 @@ def _is_num(v) -> bool:
 
 def _is_pow2(v) -> bool:
     return float(v) == int(v) and int(v) > 0 and (int(v) & (int(v) - 1)) == 0
+
+
+def read_grid(path) -> "pd.DataFrame":
+    """An arch grid parquet (`phaze arch grid -o`), arch_id as str; UserError naming --grid
+    when it is missing, unreadable or lacks the arch table's columns."""
+    import pandas as pd
+
+    from phaze.hw.arch import TABLE_COLUMNS
+
+    try:
+        grid = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise UserError(f"no such file {path}", field="--grid",
+                        fix="run `phaze arch grid` first or check the path") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({e})", field="--grid") from None
+    missing = [c for c in TABLE_COLUMNS if c not in grid.columns]
+    if missing:
+        raise UserError(f"{path} lacks columns {missing}", field="--grid",
+                        fix="regenerate it with `phaze arch grid`")
+    grid["arch_id"] = grid["arch_id"].astype(str)
+    return grid

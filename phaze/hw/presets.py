@@ -1,5 +1,5 @@
 """Named chips, expressed in this model's own terms (TC arrays, VCs, GLB, HBM, clock,
-network). Figures from GROUND_TRUTH.md / vendor data sheets; where a real chip is not a
+network). Figures from docs/validate.md#hardware-figures / vendor data sheets; where a real chip is not a
 systolic-array machine (GPUs) the array shape is chosen so that peak FLOP/s and clock
 match the published numbers.
 

@@ -24,13 +24,15 @@ def register(sub) -> None:
     p.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism")
     p.add_argument("--fused", action="store_true", help="fuse GEMMs with their element-wise epilogues")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
+    p.add_argument("--name", help="the model's name in the graph and every table built from it "
+                   "(default: the zoo name or the config's)")
     p.add_argument("-o", "--output", help="write the graph as JSON to this file (atomic)")
     p.add_argument("--json", action="store_true", help="print a one-object JSON summary")
     p.set_defaults(func=cmd_graph)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
 
     rows = []
     for name, s in ZOO.items():
@@ -78,10 +80,12 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.model.serialize import save_graph
 
     spec = resolve_model(args.model)
+    if args.name:
+        spec = spec.with_(name=args.name)
     if args.dtype_bytes not in (1, 2, 4):
         from phaze.errors import UserError
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, asdict, replace
 
+from phaze.settings import RECOMPUTE_MODES  # noqa: F401  (re-exported: recompute modes live there)
+
 OP_KINDS = ("gemm", "vector", "collective")
 PASSES = ("fwd", "bwd")
 COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
-RECOMPUTE_MODES = ("none", "selective", "full")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The model zoo: every model of the PHAZE paper (REFERENCE.md section 3), the GPT models
+"""The model zoo: every model of the PHAZE paper (docs/reference.md#models), the GPT models
 of Narayanan et al. SC'21 Table 1 and Korthikanti et al. MLSys'23 Tables 3/5, plus
 Llama-2-70B (grouped-query attention) and Llama-3-8B. Sizes are published facts.
 

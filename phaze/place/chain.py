@@ -4,9 +4,13 @@ Everything is per device of a TP group of width t, for one microbatch of `mbs` s
   fwd_s, bwd_s       forward / backward latency of the layer (TP collectives included)
   tp_fwd_s, tp_bwd_s the part of fwd_s / bwd_s spent in TP collectives (breakdown only)
   param_count        parameters of the layer's shard
-  act_bytes[mode]    activation bytes kept for backward per microbatch, mode "none"/"full"
-                     ("full" = only the layer input is kept; the layer's "none" activations
-                     are rematerialised for one microbatch at a time during its backward)
+  act_bytes(mode)    activation bytes kept for backward per microbatch, by recompute mode:
+                     none (everything), selective (the attention core's s^2 tensors are
+                     not kept), full (only a block's input is kept)
+  recompute_s(mode)  time re-run before the backward: full = the forward, selective = the
+                     attention core (recompute_selective_s, scheduled on its own)
+  work_bytes(mode)   what recomputation rematerialises for one layer at a time during its
+                     backward: act_none - act_bytes(mode) (0 for layers never recomputed)
   out_bytes          bytes of the activation leaving the layer (pipeline p2p payload)
   flops_fwd/bwd      FLOP of the layer per microbatch on one device (MFU only)
   kinds              "prologue" | "block" | "epilogue" (uniform Megatron splits use blocks)
@@ -35,6 +39,8 @@ class Chain:
     act_full_bytes: np.ndarray
     out_bytes: np.ndarray
     kinds: tuple[str, ...]
+    act_selective_bytes: np.ndarray | None = None     # default: act_none_bytes
+    recompute_selective_s: np.ndarray | None = None   # default: 0
     tp_fwd_s: np.ndarray | None = None
     tp_bwd_s: np.ndarray | None = None
     flops_fwd: np.ndarray | None = None
@@ -44,7 +50,9 @@ class Chain:
 
     def __post_init__(self):
         n = len(self.fwd_s)
-        for name in ("fwd_s", "bwd_s", "param_count", "act_none_bytes", "act_full_bytes",
+        if self.act_selective_bytes is None:
+            object.__setattr__(self, "act_selective_bytes", self.act_none_bytes)
+        for name in ("act_selective_bytes", "recompute_selective_s", "fwd_s", "bwd_s", "param_count", "act_none_bytes", "act_full_bytes",
                      "out_bytes", "tp_fwd_s", "tp_bwd_s", "flops_fwd", "flops_bwd"):
             v = getattr(self, name)
             if v is None:
@@ -65,7 +73,15 @@ class Chain:
         return len(self.fwd_s)
 
     def act_bytes(self, recompute: str) -> np.ndarray:
-        return self.act_full_bytes if recompute == "full" else self.act_none_bytes
+        return {"none": self.act_none_bytes, "selective": self.act_selective_bytes,
+                "full": self.act_full_bytes}[recompute]
+
+    def recompute_s(self, recompute: str) -> np.ndarray:
+        return {"none": np.zeros(self.n), "selective": self.recompute_selective_s,
+                "full": self.fwd_s}[recompute]
+
+    def work_bytes(self, recompute: str) -> np.ndarray:
+        return np.maximum(self.act_none_bytes - self.act_bytes(recompute), 0.0)
 
     def block_span(self) -> tuple[int, int]:
         """(first block index, one past the last block); prologue before, epilogue after."""
@@ -75,14 +91,15 @@ class Chain:
         return blocks[0], blocks[-1] + 1
 
 
-def chain_from_graph(graph, layer_latency: Mapping[int, tuple[float, float]] | None = None,
+def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                      op_latency_s: Callable | None = None,
                      layer_tp_s: Mapping[int, tuple[float, float]] | None = None) -> Chain:
     """Chain of a ModelGraph. Latencies per layer kind come from `layer_latency`
-    {index into graph.layers: (fwd_s, bwd_s)} (the scheduler's result), or else from summing
-    `op_latency_s(op)` over each pass's ops (a device runs ops serially when unscheduled).
-    TP collective time (ops of kind "collective") is summed for the breakdown (or given as
-    `layer_tp_s` {index: (fwd_s, bwd_s)} together with `layer_latency`)."""
+    {index into graph.layers: (fwd_s, bwd_s, recompute_selective_s)} (the scheduler's
+    result; a missing third entry means 0), or else from summing `op_latency_s(op)` over
+    each pass's ops (a device runs ops serially when unscheduled). TP collective time
+    (ops of kind "collective") is summed for the breakdown (or given as `layer_tp_s`
+    {index: (fwd_s, bwd_s)} together with `layer_latency`)."""
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
     rows = []
@@ -93,22 +110,25 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple[float, float]] | N
         else:
             tpf, tpb = (layer_tp_s or {}).get(li, (0.0, 0.0))
         if layer_latency is not None:
-            f, b = layer_latency[li]
+            f, b, *r = layer_latency[li]
+            r = r[0] if r else 0.0
         else:
             f = sum(op_latency_s(o) for o in layer.fwd)
             b = sum(op_latency_s(o) for o in layer.bwd)
+            r = sum(op_latency_s(o) for o in layer.selective_recompute_ops())
         acts = layer.activation_bytes or {}
         a_none = acts.get("none", sum(o.saved_bytes for o in layer.fwd))
         a_full = acts.get("full", layer.input_bytes)
+        a_sel = acts.get("selective", a_none)
         pass_kind = layer.kind if layer.kind in ("prologue", "epilogue") else "block"
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
-               layer.flops("fwd"), layer.flops("bwd"), pass_kind)
+               layer.flops("fwd"), layer.flops("bwd"), a_sel, r, pass_kind)
         rows.extend([row] * layer.repeat)
     cols = list(zip(*rows))
-    return Chain(t=graph.tp, mbs=graph.mbs, seq=graph.seq, fwd_s=np.array(cols[0]),
-                 bwd_s=np.array(cols[1]), tp_fwd_s=np.array(cols[2]), tp_bwd_s=np.array(cols[3]),
-                 param_count=np.array(cols[4], dtype=float), act_none_bytes=np.array(cols[5]),
-                 act_full_bytes=np.array(cols[6]), out_bytes=np.array(cols[7]),
-                 flops_fwd=np.array(cols[8]), flops_bwd=np.array(cols[9]),
-                 kinds=tuple(cols[10]), model=graph.model,
+    arr = [np.array(c, dtype=float) for c in cols[:-1]]
+    return Chain(t=graph.tp, mbs=graph.mbs, seq=graph.seq, fwd_s=arr[0], bwd_s=arr[1],
+                 tp_fwd_s=arr[2], tp_bwd_s=arr[3], param_count=arr[4], act_none_bytes=arr[5],
+                 act_full_bytes=arr[6], out_bytes=arr[7], flops_fwd=arr[8], flops_bwd=arr[9],
+                 act_selective_bytes=arr[10], recompute_selective_s=arr[11],
+                 kinds=tuple(cols[-1]), model=graph.model,
                  extra={"sequence_parallel": bool(graph.sequence_parallel)})

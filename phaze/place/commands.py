@@ -6,6 +6,8 @@ import json
 import sys
 
 from phaze.errors import UserError
+from phaze.settings import (RECOMPUTE_MODES, add_config_arg, add_graph_args, add_network_arg,
+                            add_placement_args, add_sched_args, sweep_settings)
 
 
 def register(sub) -> None:
@@ -16,21 +18,17 @@ def register(sub) -> None:
         "otherwise sweeps (model, seq, arch, mbs, HBM, recompute) work items with the "
         "realistic DP (optionally under MPI with --mpi) and writes one parquet table.")
     p.add_argument("--reference-instance", metavar="FILE.json",
-                   help="a published-format DP instance; prints/writes the reference output")
+                   help="a published-format DP instance (examples/reference_instance.json); "
+                        "prints/writes the reference output")
     p.add_argument("-o", "--output", help="output file (JSON in reference mode, parquet otherwise)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--mpi", action="store_true", help="split work items over MPI ranks")
     p.add_argument("--latency", nargs="+", default=[], help="merged latency tables (parquet)")
     p.add_argument("--graphs", nargs="+", default=[], help="ModelGraph JSON files")
-    p.add_argument("--grid", help="arch grid parquet")
-    p.add_argument("--devices", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=4096, help="global batch in samples")
-    p.add_argument("--hbm-gib", default="64", help="comma-separated HBM sizes in GiB")
-    p.add_argument("--recompute", default="none,full", help="comma-separated: none, full")
-    p.add_argument("--optimizer", default="adam", choices=("sgd", "adam"))
-    p.add_argument("--zero1", action="store_true", help="shard optimizer state over d (ZeRO-1)")
-    p.add_argument("--network", help="network JSON (node_size, intra/inter bandwidth and latency)")
-    p.add_argument("--interleave", default="1", help="comma-separated interleaving depths v to try")
+    p.add_argument("--grid", help="arch grid parquet (the archs placed; peak FLOP/s)")
+    add_config_arg(p)
+    add_placement_args(p)
+    add_network_arg(p)
     p.add_argument("--fixed", metavar="PxDxT", help="also evaluate this fixed baseline per item")
     p.add_argument("--work-items", help="JSON list of synthetic work items (tests, benchmarks)")
     p.set_defaults(func=_cmd_place)
@@ -39,27 +37,39 @@ def register(sub) -> None:
         "evaluate",
         help="time and memory of one given training plan",
         description="Evaluate a fixed (tp, pp, dp, mbs, batch, recompute, interleave) plan of a "
-        "model on an arch: time per batch, breakdown, memory per device, TFLOP/s per GPU.")
+        "model on an arch: time per batch, breakdown, memory per device, TFLOP/s per GPU. "
+        "With --arch PRESET (a100, h100, tpuv4): the validated Megatron-LM-on-GPU model "
+        "(kernels in order). With --grid G --arch ID: exactly what the sweep computes for "
+        "that chip (scheduled layers, the config's settings): a placement row's plan, "
+        "given with its --stages, reproduces the row.")
     e.add_argument("--model", help="zoo name or config.json (or give --hidden/--heads/--layers)")
     e.add_argument("--hidden", type=int, help="inline GPT: hidden size")
     e.add_argument("--heads", type=int, help="inline GPT: attention heads")
     e.add_argument("--layers", type=int, help="inline GPT: transformer blocks")
     e.add_argument("--vocab", type=int, default=51200,
                    help="inline GPT: vocabulary (default 51,200 as in the Megatron papers)")
-    e.add_argument("--arch", required=True, help="arch preset name or arch id")
+    e.add_argument("--arch", required=True, help="arch preset name, or an arch_id with --grid")
+    e.add_argument("--grid", help="arch grid parquet to look --arch up in")
     e.add_argument("--tp", type=int, required=True)
     e.add_argument("--pp", type=int, required=True)
     e.add_argument("--dp", type=int, required=True)
     e.add_argument("--mbs", type=int, required=True)
-    e.add_argument("--batch", type=int, required=True, help="global batch in samples")
-    e.add_argument("--recompute", choices=("none", "selective", "full"), default="full")
+    e.add_argument("--recompute", choices=RECOMPUTE_MODES, default="full")
     e.add_argument("--sequence-parallel", action="store_true",
                    help="Megatron sequence parallelism (Korthikanti MLSys'23)")
     e.add_argument("--interleave", type=int, default=1)
     e.add_argument("--seq", type=int, default=None)
-    e.add_argument("--optimizer", default="adam", choices=("sgd", "adam"))
-    e.add_argument("--zero1", action="store_true")
-    e.add_argument("--network", help="network JSON (default: the arch's own network)")
+    e.add_argument("--hbm-gib", type=float,
+                   help="HBM per device in GiB (default: the preset's; with --grid the "
+                        "largest of the config's sizes)")
+    e.add_argument("--stages", help="with --grid: the plan's layer ranges as JSON, e.g. "
+                   "[[0,13],[13,26]] (a placement row's stages column); default: Megatron's "
+                   "uniform split")
+    add_config_arg(e)
+    add_placement_args(e, axes=False)
+    add_graph_args(e, axes=False)
+    add_sched_args(e)
+    add_network_arg(e)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -67,14 +77,43 @@ def register(sub) -> None:
 def _cmd_place(args) -> int:
     if args.reference_instance:
         return _place_reference(args)
-    from phaze.place.driver import run_place_command
+    from pathlib import Path
 
-    return run_place_command(args)
+    from phaze.jsonout import emit_json
+    from phaze.place.driver import context, load_inputs, parse_fixed, run_items, write_rows
+
+    if not args.output:
+        raise UserError("an output parquet is required", field="-o")
+    settings, _cfg = sweep_settings(args)
+    ctx = context(settings, parse_fixed(args.fixed))
+    if args.work_items:
+        try:
+            items = json.loads(Path(args.work_items).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read work items ({e})", field="--work-items") from None
+    elif args.graphs and args.latency and args.grid:
+        items = load_inputs(args.graphs, args.latency, args.grid, ctx)
+    else:
+        raise UserError("needs --graphs, --latency and --grid (or --reference-instance / "
+                        "--work-items)", field="place")
+    rows = run_items(items, ctx, args.mpi)
+    if rows is None:            # non-root MPI rank
+        return 0
+    write_rows(rows, args.output)
+    best = [r for r in rows if r["row_kind"] == "best" and r["feasible"]]
+    summary = {"items": len(items), "rows": len(rows), "feasible": len(best),
+               "output": str(args.output)}
+    if args.json:
+        emit_json(summary)
+    else:
+        print(f"phaze place: {len(items)} items, {len(best)} feasible -> {args.output}",
+              file=sys.stderr)
+    return 0
 
 
 def _place_reference(args) -> int:
     from phaze.atomic import write_text_atomic
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.place.instance import load_instance
     from phaze.place.refdp import solve_reference
 
@@ -91,7 +130,126 @@ def _place_reference(args) -> int:
     return 0
 
 
-def _cmd_evaluate(args) -> int:
-    from phaze.place.evaluate_cli import run_evaluate
+def _model_of(args, cfg):
+    """--model NAME|config.json (a name of --config's models resolves to its hf_config),
+    or an inline Megatron GPT (--hidden --heads --layers [--seq] [--vocab]: FFN 4h,
+    learned positions, tied embeddings)."""
+    from phaze.model.zoo import resolve_model
+    from phaze.settings import model_source
 
-    return run_evaluate(args)
+    inline = [getattr(args, k, None) for k in ("hidden", "heads", "layers")]
+    if getattr(args, "model", None):
+        if any(v is not None for v in inline):
+            raise UserError("give either --model or --hidden/--heads/--layers, not both",
+                            field="--model")
+        src = model_source(cfg, args.model)
+        spec = resolve_model(src)
+        return spec.with_(name=args.model) if src != args.model else spec
+    if any(v is None for v in inline):
+        raise UserError("needs --model, or all of --hidden, --heads and --layers", field="--model",
+                        fix="e.g. --model gpt3-175b or --hidden 12288 --heads 96 --layers 96 --seq 2048")
+    from phaze.model.spec import ModelSpec
+
+    h, a, l = inline
+    seq = args.seq or 2048
+    for name, v in (("--hidden", h), ("--heads", a), ("--layers", l), ("--seq", seq),
+                    ("--vocab", args.vocab)):
+        if v < 1:
+            raise UserError("must be >= 1", field=name)
+    return ModelSpec(name=f"gpt-h{h}-a{a}-l{l}", hidden=h, layers=l, heads=a, ffn=4 * h,
+                     vocab=args.vocab, seq=seq, max_positions=seq, source="inline").validate()
+
+
+def _stages(text):
+    if not text:
+        return None
+    try:
+        st = json.loads(text)
+        assert isinstance(st, list) and all(isinstance(s, list) and len(s) == 2 and
+                                            all(isinstance(x, int) for x in s) for s in st)
+    except (json.JSONDecodeError, AssertionError):
+        raise UserError(f"expected a JSON list of [start, end] pairs, got {text!r}",
+                        field="--stages", fix="e.g. --stages '[[0,13],[13,26]]'") from None
+    return st
+
+
+def _cmd_evaluate(args) -> int:
+    from phaze.jsonout import emit_json
+
+    for name in ("tp", "pp", "dp", "mbs", "interleave"):
+        if getattr(args, name) < 1:
+            raise UserError("must be >= 1", field=f"--{name}")
+    if args.seq is not None and args.seq < 1:
+        raise UserError("must be >= 1", field="--seq")
+    settings, cfg = sweep_settings(args)
+    spec = _model_of(args, cfg)
+    seq = args.seq or spec.seq
+    try:
+        if args.grid:
+            plan, hbm, arch_label = _evaluate_grid(args, spec, settings, seq)
+        else:
+            if args.stages:
+                raise UserError("--stages needs --grid", field="--stages")
+            plan, hbm, arch_label = _evaluate_preset(args, spec, settings, seq)
+    except ValueError as e:
+        raise UserError(str(e), field="--pp/--interleave/--stages",
+                        fix="choose pp * interleave dividing the number of blocks") from None
+    if "time_per_batch_s" not in plan:
+        raise UserError(plan.get("reason", "plan not evaluable"), field="--batch")
+    plan["arch"] = arch_label
+    if args.json:
+        emit_json(plan)
+        return 0
+    _print_plan(spec, args, plan, hbm, settings.placement.global_batch)
+    return 0
+
+
+def _evaluate_grid(args, spec, settings, seq):
+    from phaze.hw.grid import read_grid
+    from phaze.place.evaluate import evaluate_sweep_plan
+
+    grid = read_grid(args.grid)
+    row = grid[grid["arch_id"] == args.arch].reset_index(drop=True)
+    if row.empty:
+        raise UserError(f"arch_id {args.arch!r} is not in {args.grid}", field="--arch",
+                        fix="use an arch_id of that grid (`phaze arch list --grid G`)")
+    hbm = (args.hbm_gib or max(settings.placement.hbm_gib)) * 1024**3
+    plan = evaluate_sweep_plan(spec, row, tp=args.tp, pp=args.pp, dp=args.dp, mbs=args.mbs,
+                               recompute=args.recompute, hbm_bytes=hbm, seq=seq,
+                               sequence_parallel=args.sequence_parallel,
+                               interleave=args.interleave, stages=_stages(args.stages),
+                               settings=settings)
+    return plan, hbm, args.arch
+
+
+def _evaluate_preset(args, spec, settings, seq):
+    from dataclasses import replace
+
+    from phaze.hw.presets import get_preset
+    from phaze.place.evaluate import evaluate_model
+
+    arch = get_preset(args.arch)
+    if args.hbm_gib:
+        arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
+    network = settings.net() if (args.network or args.config) else None
+    plan = evaluate_model(spec, arch, tp=args.tp, pp=args.pp, dp=args.dp, mbs=args.mbs,
+                          batch=settings.placement.global_batch, recompute=args.recompute,
+                          interleave=args.interleave, seq=seq,
+                          sequence_parallel=args.sequence_parallel, network=network,
+                          optimizer=settings.placement.optimizer,
+                          zero1=settings.placement.zero1)
+    return plan, arch.hbm_bytes, arch.name
+
+
+def _print_plan(spec, args, plan, hbm, batch) -> None:
+    GiB = 1024**3
+    w = sys.stdout.write
+    w(f"{spec.name} on {plan['arch']}: t={args.tp} p={args.pp} d={args.dp} mbs={args.mbs} "
+      f"batch={batch} recompute={args.recompute} interleave={args.interleave}\n")
+    extra = f", {plan['tflops_per_gpu']:.1f} TFLOP/s per device" if "tflops_per_gpu" in plan else ""
+    w(f"  time per batch   {plan['time_per_batch_s']:.6g} s   ({plan['samples_per_s']:.1f} "
+      f"samples/s{extra}, MFU {plan['mfu'] or 0:.1%})\n")
+    for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s", "optimizer_s"):
+        w(f"    {k[:-2]:<10} {plan[k]:.6g} s\n")
+    w(f"  memory per device {plan['memory_per_device_bytes'] / GiB:.2f} GiB of "
+      f"{hbm / GiB:.0f} GiB{'' if plan['feasible'] else '  (DOES NOT FIT)'}\n")

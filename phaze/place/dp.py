@@ -50,6 +50,7 @@ import math
 import numpy as np
 
 from phaze.place.chain import Chain
+from phaze.settings import RECOMPUTE_MODES
 from phaze.place.plan import (Links, PlanOptions, dp_inter, evaluate_plan, p2p_time,
                               pipeline_inter, uniform_stages)
 
@@ -73,14 +74,14 @@ class _Ranges:
         self.valid = jj > ii
         Fp, Bp, Pp = _prefix(chain.fwd_s), _prefix(chain.bwd_s), _prefix(chain.param_count)
         Ap = _prefix(chain.act_bytes(recompute))
-        self.full = recompute == "full"
-        F = Fp[jj] - Fp[ii]
-        self.comp = F + (F if self.full else 0.0) + (Bp[jj] - Bp[ii])
+        Rp = _prefix(chain.recompute_s(recompute))
+        self.comp = (Fp[jj] - Fp[ii]) + (Rp[jj] - Rp[ii]) + (Bp[jj] - Bp[ii])
         self.P = np.where(self.valid, Pp[jj] - Pp[ii], 0.0)
         self.A = np.where(self.valid, Ap[jj] - Ap[ii], 0.0)
+        # rematerialised activations of the stage's largest layer (plan.evaluate_plan)
         work = np.zeros((n + 1, n + 1))
-        if self.full:
-            a = chain.act_none_bytes
+        a = chain.work_bytes(recompute)
+        if a.any():
             for i in range(n):
                 work[i, i + 1:] = np.maximum.accumulate(a[i:])
         self.work = work
@@ -513,8 +514,8 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
     options = options or PlanOptions()
     recs = list(dict.fromkeys(recompute_list))
     for rec in recs:
-        if rec not in ("none", "full"):
-            raise ValueError(f"recompute must be none or full, got {rec!r}")
+        if rec not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {rec!r}")
     hbms = list(dict.fromkeys(float(h) for h in hbm_list))
     if chain.n == 0 or not hbms or not recs:
         return {(h, r): None for h in hbms for r in recs}

@@ -1,7 +1,11 @@
 """Work items of the placement sweep and the MPI driver.
 
 A work item is one (model, seq, arch, mbs, HBM size, recompute); its result row is the best
-plan over the available TP widths (and, with --fixed, the fixed baseline's row).
+plan over the graph variants of that (model, seq, mbs): every TP width t, with and without
+sequence parallelism where the sweep asks for both (and, with --fixed, the fixed
+baseline's row, at the variant with the fixed t and no sequence parallelism).
+Inputs are joined strictly (`load_inputs`): every graph's latency rows must cover exactly
+the grid's archs and the graph's layers, keyed by the columns the rows carry.
 Items that differ only in HBM size and recompute flag form a group, solved by one
 phaze.place.dp.best_plans call per TP width (the DP runs once for all of them).
 Under MPI rank 0 hands out group indices on request (dynamic load balancing) and also works
@@ -20,15 +24,12 @@ from pathlib import Path
 from phaze import __version__
 from phaze.errors import UserError
 from phaze.place.dp import best_plans
-from phaze.place.plan import Links, PlanOptions, evaluate_plan
+from phaze.place.plan import evaluate_plan
+from phaze.place.table import PLACE_SCHEMA
 
 GiB = 1024**3
 TAG_REQ, TAG_WORK = 1, 2
-ROW_COLUMNS = ("item", "model", "seq", "arch_id", "mbs", "hbm_bytes", "recompute", "row_kind",
-               "feasible", "p", "d", "t", "interleave", "stages", "time_per_batch_s",
-               "samples_per_s", "tokens_per_s", "mfu", "memory_per_device_bytes", "compute_s",
-               "bubble_s", "p2p_s", "dp_sync_s", "tp_s", "method", "solve_seconds",
-               "phaze_version")
+ROW_COLUMNS = tuple(PLACE_SCHEMA)
 
 
 # ------------------------------------------------------------------ items
@@ -48,24 +49,52 @@ def synthetic_items(count: int, seed: int = 0) -> list[dict]:
 
 
 def _chains_for(item: dict, ctx: dict) -> dict:
-    """{t: Chain} for an item."""
+    """{(t, sequence_parallel): Chain} for an item."""
     if "synthetic" in item:
         from phaze.place.synthetic import gpt_chain
 
         sy = dict(item["synthetic"])
         tps = sy.pop("tps", [1, 2, 4, 8])
-        return {t: gpt_chain(seq=item["seq"], mbs=item["mbs"], t=t, model=item["model"], **sy)
-                for t in tps}
+        return {(t, False): gpt_chain(seq=item["seq"], mbs=item["mbs"], t=t,
+                                      model=item["model"], **sy) for t in tps}
     from phaze.place.chain import chain_from_graph
 
     out = {}
-    for (model, seq, mbs, t), graph in ctx["graphs"].items():
-        if (model, seq, mbs) != (item["model"], item["seq"], item["mbs"]):
-            continue
-        lat = ctx["latency"].get((item["arch_id"], t, model, seq, mbs))
-        if lat:
-            out[t] = chain_from_graph(graph, layer_latency=lat)
+    for key, graph in ctx["graphs"].items():
+        if (graph.model, graph.seq, graph.mbs) == (item["model"], item["seq"], item["mbs"]):
+            lat = ctx["latency"][(key, item["arch_id"])]
+            out[(graph.tp, bool(graph.sequence_parallel))] = chain_from_graph(
+                graph, layer_latency=lat)
     return out
+
+
+def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float) -> dict:
+    """{(hbm_bytes, recompute): (plan, (t, sequence_parallel)) or None}: the DP on every
+    chain variant, the fastest fitting plan kept (ties: the first variant in sorted order)."""
+    best: dict = {(float(h), r): None for h in hbms for r in recs}
+    for var in sorted(chains):
+        plans = best_plans(chains[var], ctx["devices"], ctx["batch"], hbms, recs,
+                           links=ctx["links"], options=ctx["options"], peak_flops=peak,
+                           interleaves=ctx["interleaves"])
+        for key, plan in plans.items():
+            cur = best.get(key)
+            if plan and (cur is None or plan["time_per_batch_s"] < cur[0]["time_per_batch_s"]):
+                best[key] = (plan, var)
+    return best
+
+
+def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float):
+    """(plan, variant) of the fixed PxDxT strategy (Megatron's uniform split, no sequence
+    parallelism), or (None, None) when the model has no such TP width or split."""
+    p, d, t = ctx["fixed"]
+    if (t, False) not in chains:
+        return None, None
+    try:
+        return evaluate_plan(chains[(t, False)], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
+                             links=ctx["links"], options=ctx["options"],
+                             peak_flops=peak), (t, False)
+    except ValueError:
+        return None, None
 
 
 def group_items(items: list[dict]) -> list[list[int]]:
@@ -84,38 +113,22 @@ def run_group(indices: list[int], items: list[dict], ctx: dict) -> list[dict]:
     t0 = time.perf_counter()
     first = items[indices[0]]
     chains = _chains_for(first, ctx)
-    devices, batch = ctx["devices"], ctx["batch"]
-    links, options = ctx["links"], ctx["options"]
     peak = first.get("synthetic", {}).get("peak_flops") or ctx["peak"].get(first["arch_id"], 0.0)
     hbms = sorted({float(items[i]["hbm_bytes"]) for i in indices})
     recs = sorted({items[i]["recompute"] for i in indices})
-    best: dict = {}
-    for t in sorted(chains):
-        plans = best_plans(chains[t], devices, batch, hbms, recs, links=links, options=options,
-                           peak_flops=peak, interleaves=ctx["interleaves"])
-        for key, plan in plans.items():
-            cur = best.get(key)
-            if plan and (cur is None or plan["time_per_batch_s"] < cur["time_per_batch_s"]):
-                best[key] = plan
+    best = best_over_variants(chains, ctx, hbms, recs, peak)
     per_item = (time.perf_counter() - t0) / len(indices)
+    fused = ctx.get("fused")
     rows = []
     for i in indices:
         item = items[i]
-        plan = best.get((float(item["hbm_bytes"]), item["recompute"]))
-        rows.append(_row(i, item, "best", plan, "dp-1f1b+interleaved", per_item))
-        fixed = ctx.get("fixed")
-        if fixed:
-            p, d, t = fixed
+        plan, var = best.get((float(item["hbm_bytes"]), item["recompute"])) or (None, None)
+        rows.append(_row(i, item, "best", plan, var, fused, "dp-1f1b+interleaved", per_item))
+        if ctx.get("fixed"):
             t1 = time.perf_counter()
-            plan = None
-            if t in chains:
-                try:
-                    plan = evaluate_plan(chains[t], p, d, batch, item["recompute"], 1,
-                                         hbm_bytes=float(item["hbm_bytes"]), links=links,
-                                         options=options, peak_flops=peak)
-                except ValueError:
-                    plan = None
-            rows.append(_row(i, item, "fixed", plan, "fixed-uniform", time.perf_counter() - t1))
+            plan, var = fixed_plan(chains, ctx, float(item["hbm_bytes"]), item["recompute"], peak)
+            rows.append(_row(i, item, "fixed", plan, var, fused, "fixed-uniform",
+                             time.perf_counter() - t1))
     return rows
 
 
@@ -124,13 +137,14 @@ def run_item(index: int, item: dict, ctx: dict) -> list[dict]:
     return [dict(r, item=index) for r in run_group([0], [item], ctx)]
 
 
-def _row(index, item, kind, plan, method, seconds) -> dict:
+def _row(index, item, kind, plan, variant, fused, method, seconds) -> dict:
     row = {k: None for k in ROW_COLUMNS}
     row.update(item=index, model=item["model"], seq=item["seq"], arch_id=item["arch_id"],
                mbs=item["mbs"], hbm_bytes=float(item["hbm_bytes"]), recompute=item["recompute"],
-               row_kind=kind, feasible=bool(plan and plan["feasible"]), method=method,
-               solve_seconds=seconds, phaze_version=__version__)
+               row_kind=kind, feasible=bool(plan and plan["feasible"]), fused=fused,
+               method=method, solve_seconds=seconds, phaze_version=__version__)
     if plan:
+        row["sequence_parallel"] = bool(variant[1])
         for k in ("p", "d", "t", "interleave", "time_per_batch_s", "samples_per_s",
                   "tokens_per_s", "mfu", "memory_per_device_bytes", "compute_s", "bubble_s",
                   "p2p_s", "dp_sync_s", "tp_s"):
@@ -214,117 +228,121 @@ def _polite_wait(req):
 
 
 def write_rows(rows: list[dict], path: str) -> None:
-    import pandas as pd
-
     from phaze.atomic import atomic_path
+    from phaze.place.table import place_frame
 
-    df = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+    df = place_frame(rows)
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
 
 
-# ------------------------------------------------------------------ CLI glue
-def _parse_list(text: str, conv, field: str) -> list:
-    try:
-        return [conv(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"cannot parse {text!r}", field=field) from None
-
-
-def build_context(args) -> dict:
-    net = None
-    if args.network:
-        try:
-            net = json.loads(Path(args.network).read_text()) if Path(args.network).exists() \
-                else json.loads(args.network)
-        except json.JSONDecodeError as e:
-            raise UserError(f"not JSON ({e})", field="--network") from None
-    fixed = None
-    if getattr(args, "fixed", None):
-        try:
-            fixed = tuple(int(x) for x in args.fixed.lower().split("x"))
-            assert len(fixed) == 3 and min(fixed) >= 1
-        except (ValueError, AssertionError):
-            raise UserError(f"expected PxDxT, got {args.fixed!r}", field="--fixed") from None
-    if args.devices < 1 or args.batch < 1:
-        raise UserError("must be >= 1", field="--devices/--batch")
-    return {"devices": args.devices, "batch": args.batch, "links": Links.from_any(net),
-            "options": PlanOptions(optimizer=args.optimizer, zero1=args.zero1),
-            "interleaves": tuple(_parse_list(args.interleave, int, "--interleave")),
-            "fixed": fixed, "graphs": {}, "latency": {}, "peak": {}}
-
-
-def items_from_inputs(args, ctx: dict) -> list[dict]:
-    """Items from --graphs/--latency/--grid (the workflow form) or --work-items."""
-    hbms = [float(x) * GiB for x in _parse_list(args.hbm_gib, float, "--hbm-gib")]
-    recs = _parse_list(args.recompute, str, "--recompute")
-    for r in recs:
-        if r not in ("none", "full"):
-            raise UserError(f"unknown recompute mode {r!r}", field="--recompute", fix="none,full")
-    if args.work_items:
-        try:
-            items = json.loads(Path(args.work_items).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read work items ({e})", field="--work-items") from None
-        return items
-    if not (args.graphs and args.latency):
-        raise UserError("needs --graphs and --latency (or --reference-instance / --work-items)",
-                        field="place")
+# ------------------------------------------------------------------ inputs
+def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dict) -> list:
+    """Read graphs, latency tables and the grid into ctx (graphs, latency, peak, fused) with
+    a strict join; return the work items (model, seq, mbs) x grid archs x HBM x recompute.
+    UserError naming the file for a missing, extra, duplicated or mismatched key."""
+    import numpy as np
     import pandas as pd
 
+    from phaze.hw.grid import read_grid
+    from phaze.model.serialize import load_graph
+    from phaze.sched.layers import graph_identity
+    from phaze.sched.table import GRAPH_KEY, LATENCY_KEY, LATENCY_SCHEMA, validate
+
+    for path in graph_paths:
+        graph = load_graph(path)
+        key = tuple(graph_identity(graph)[k] for k in GRAPH_KEY)
+        if key in ctx["graphs"]:
+            raise UserError(f"{path} repeats the graph {dict(zip(GRAPH_KEY, key))}",
+                            field="--graphs", fix="pass each graph once")
+        ctx["graphs"][key] = graph
+    if len({g.fused for g in ctx["graphs"].values()}) > 1:
+        raise UserError("graphs mix fused and unfused builds", field="--graphs")
+    ctx["fused"] = next(iter(ctx["graphs"].values())).fused if ctx["graphs"] else None
+    grid = read_grid(grid_path)
+    arch_ids = list(grid["arch_id"])
+    ctx["peak"] = dict(zip(arch_ids, grid["peak_flops"].astype(float)))
+    frames = []
+    for path in latency_paths:
+        try:
+            df = pd.read_parquet(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path} ({e})", field="--latency") from None
+        validate(df, LATENCY_SCHEMA, f"--latency {path}")
+        frames.append(df.assign(_file=str(path)))
+    if not frames:
+        raise UserError("no latency tables given", field="--latency")
+    lat = pd.concat(frames, ignore_index=True)
+    lat["arch_id"] = lat["arch_id"].astype(str)
+    dup = lat.duplicated(list(LATENCY_KEY), keep=False)
+    if dup.any():
+        r = lat[dup].iloc[0]
+        raise UserError(f"{r['_file']} repeats the row {dict(r[list(LATENCY_KEY)])}",
+                        field="--latency", fix="pass each latency table once")
+    want_archs = set(arch_ids)
+    for key, rows in lat.groupby(list(GRAPH_KEY), sort=False):
+        key = tuple(v.item() if hasattr(v, "item") else v for v in key)
+        name = dict(zip(GRAPH_KEY, key))
+        where = rows["_file"].iloc[0]
+        graph = ctx["graphs"].get(key)
+        if graph is None:
+            raise UserError(f"{where} has latency rows of {name}, which no --graphs file "
+                            "describes", field="--latency",
+                            fix="pass the matching graphs or the right latency tables")
+        got = set(rows["arch_id"])
+        if got != want_archs:
+            miss, extra = sorted(want_archs - got), sorted(got - want_archs)
+            raise UserError(f"{where}: the archs of {name} differ from the grid's "
+                            f"({len(miss)} missing, e.g. {miss[:2]}; {len(extra)} not in the "
+                            f"grid, e.g. {extra[:2]})", field="--latency",
+                            fix="rerun the scheduling jobs of this grid")
+        n_layers = len(graph.layers)
+        li = rows["layer_index"].to_numpy()
+        counts = rows.groupby("arch_id").size()
+        if (li < 0).any() or (li >= n_layers).any() or (counts != n_layers).any():
+            raise UserError(f"{where}: the layers of {name} are not exactly the graph's "
+                            f"{n_layers} layers for every arch", field="--latency")
+        kinds = np.array([lg.kind for lg in graph.layers])[li]
+        if (rows["layer_kind"].to_numpy() != kinds).any():
+            raise UserError(f"{where}: layer kinds of {name} differ from the graph's",
+                            field="--latency", fix="regenerate the latency tables")
+        cols = [rows[c].to_numpy() for c in ("arch_id", "layer_index", "fwd_s", "bwd_s",
+                                             "recompute_s")]
+        per_arch: dict = {}
+        for aid, i, f, b, r in zip(*cols):
+            per_arch.setdefault(aid, {})[int(i)] = (float(f), float(b), float(r))
+        for aid, layers in per_arch.items():
+            ctx["latency"][(key, aid)] = layers
+    for key in ctx["graphs"]:
+        if (key, arch_ids[0] if arch_ids else None) not in ctx["latency"] and arch_ids:
+            raise UserError(f"no latency rows for the graph {dict(zip(GRAPH_KEY, key))}",
+                            field="--latency", fix="pass its latency table")
+    hbms, recs = ctx["hbm_bytes"], ctx["recompute"]
+    models = sorted({(g.model, g.seq, g.mbs) for g in ctx["graphs"].values()})
+    return [{"model": m, "seq": s, "arch_id": aid, "mbs": b, "hbm_bytes": hbm, "recompute": r}
+            for (m, s, b) in models for aid in arch_ids for hbm in hbms for r in recs]
+
+
+def context(settings, fixed=None) -> dict:
+    """The driver's context for a phaze.settings.SweepSettings (inputs added by
+    load_inputs)."""
+    from phaze.place.evaluate import plan_options
+    from phaze.place.plan import Links
+
+    pl = settings.placement
+    return {"devices": pl.devices, "batch": pl.global_batch, "links": Links.of(settings.net()),
+            "options": plan_options(pl), "interleaves": pl.interleave, "fixed": fixed,
+            "hbm_bytes": pl.hbm_bytes(), "recompute": pl.recompute,
+            "graphs": {}, "latency": {}, "peak": {}, "fused": None}
+
+
+def parse_fixed(text: str | None):
+    """'PxDxT' -> (p, d, t), or None."""
+    if not text:
+        return None
     try:
-        from phaze.model.serialize import load_graph
-    except ImportError:
-        raise UserError("the graph stage (phaze.model.serialize) is not installed",
-                        field="--graphs") from None
-    for g in args.graphs:
-        graph = load_graph(g)
-        ctx["graphs"][(graph.model, graph.seq, graph.mbs, graph.tp)] = graph
-    lat = pd.concat([pd.read_parquet(p) for p in args.latency], ignore_index=True)
-    need = {"arch_id", "tp", "layer_index", "fwd_s", "bwd_s"}
-    if not need <= set(lat.columns):
-        raise UserError(f"latency table lacks {sorted(need - set(lat.columns))}", field="--latency")
-    models = {(m, s, b) for (m, s, b, _t) in ctx["graphs"]}
-    arch_ids = sorted(lat["arch_id"].astype(str).unique())
-    for (m, s, b) in models:
-        sub = lat
-        for col, val in (("model", m), ("seq", s), ("mbs", b)):
-            if col in lat.columns:
-                sub = sub[sub[col] == val]
-        for (aid, t), grp in sub.groupby(["arch_id", "tp"]):
-            ctx["latency"][(str(aid), int(t), m, s, b)] = {
-                int(r.layer_index): (float(r.fwd_s), float(r.bwd_s)) for r in grp.itertuples()}
-    if args.grid:
-        grid = pd.read_parquet(args.grid)
-        if "peak_flops" in grid.columns:
-            ctx["peak"] = dict(zip(grid["arch_id"].astype(str), grid["peak_flops"].astype(float)))
-    items = []
-    for (m, s, b) in sorted(models):
-        for aid in arch_ids:
-            for hbm in hbms:
-                for r in recs:
-                    items.append({"model": m, "seq": s, "arch_id": aid, "mbs": b,
-                                  "hbm_bytes": hbm, "recompute": r})
-    return items
-
-
-def run_place_command(args) -> int:
-    from phaze.cli import emit_json
-
-    ctx = build_context(args)
-    items = items_from_inputs(args, ctx)
-    if not args.output:
-        raise UserError("an output parquet is required", field="-o")
-    rows = run_items(items, ctx, args.mpi)
-    if rows is None:            # non-root MPI rank
-        return 0
-    write_rows(rows, args.output)
-    best = [r for r in rows if r["row_kind"] == "best" and r["feasible"]]
-    summary = {"items": len(items), "rows": len(rows), "feasible": len(best),
-               "output": str(args.output)}
-    if args.json:
-        emit_json(summary)
-    else:
-        print(f"phaze place: {len(items)} items, {len(best)} feasible -> {args.output}",
-              file=sys.stderr)
-    return 0
+        fixed = tuple(int(x) for x in text.lower().split("x"))
+        assert len(fixed) == 3 and min(fixed) >= 1
+    except (ValueError, AssertionError):
+        raise UserError(f"expected PxDxT, got {text!r}", field="--fixed") from None
+    return fixed

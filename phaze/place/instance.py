@@ -1,4 +1,5 @@
-"""Reference-mode placement instances: the published PHAZE DP's JSON format (REFERENCE.md 6).
+"""Reference-mode placement instances: the published PHAZE DP's JSON format
+(docs/reference.md#placement-dp).
 
 `load_instance(path)` / `parse_instance(dict)` validate the file and return a `RefInstance`
 whose layers are renumbered in one topological order shared by every TP width. Units are

@@ -2,11 +2,12 @@
 
 Device order follows Megatron (TP innermost, then DP, then PP): a TP group is t adjacent
 devices, a DP group strides by t, consecutive pipeline stages are t*d devices apart. So
-  * the DP all-reduce runs inside a node iff t * d <= node_size, else on inter-node links;
-  * pipeline p2p runs inside a node iff t * d * p <= node_size (else the pipeline spans
+  * the DP all-reduce runs inside a node iff t * d <= devices_per_node, else on inter-node links;
+  * pipeline p2p runs inside a node iff t * d * p <= devices_per_node (else the pipeline spans
     nodes and its slowest hop is inter-node).
 Terms (each explicit so that a validation can calibrate it):
-  stage load per microbatch  = cin + F + [F if full recompute] + B + cout
+  stage load per microbatch  = cin + F + R + B + cout, R the recomputed part (full: F;
+      selective: the attention core, scheduled on its own; none: 0)
       cin/cout: p2p of the boundary activation (forward in) / its gradient (backward in),
       latency + bytes / (bandwidth * Links.bw_efficiency); 0 at the model's ends; with
       p2p_scatter_gather the payload is 1/t (Narayanan SC'21 Section 4.1);
@@ -17,8 +18,8 @@ Terms (each explicit so that a validation can calibrate it):
       all-reduces, p2p and the DP all-reduce all block compute);
   DP all-reduce of a stage's gradients (ring): 2 (d-1)/d * grad bytes / bw + 2 (d-1) latency;
   memory of a device = params * (weight + grad bytes) + optimizer bytes * params (/ d with
-      ZeRO-1) + in-flight microbatches * activations (+ one layer's full activations when
-      recomputing); in flight: 1F1B stage at position s keeps min(s, M); interleaved
+      ZeRO-1) + in-flight microbatches * activations (+ the largest layer's
+      rematerialised activations when recomputing, Chain.work_bytes); in flight: 1F1B stage at position s keeps min(s, M); interleaved
       (Megatron's warm-up count) rank r keeps min(2 (p-r-1) + (v-1) p + 1, M v) chunk-
       microbatches, i.e. that many / v times the device's per-microbatch activations.
 TP collectives are already inside the layer latencies (scheduler / cost model); the
@@ -32,47 +33,31 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
+from phaze.hw.arch import Network
+from phaze.settings import RECOMPUTE_MODES
 from phaze.place.chain import Chain
 
 
 @dataclass(frozen=True)
 class Links:
-    """The network as the DP sees it. Defaults: a DGX-A100-like node (8 devices, NVLink
-    300 GB/s per direction, InfiniBand ~25 GB/s per device)."""
+    """The network as the DP sees it: phaze.hw.arch.Network (the one network type, whose
+    defaults these are) plus the achieved fraction of link bandwidth for p2p and the DP
+    all-reduce (the cost model's CostParams.link_bw_efficiency, which its TP collectives
+    use). Build it with Links.of(network)."""
 
-    node_size: int = 8
-    intra_bw_Bps: float = 300e9
-    intra_latency_s: float = 2e-6
-    inter_bw_Bps: float = 25e9
-    inter_latency_s: float = 5e-6
-    # achieved fraction of the link bandwidth for p2p and DP all-reduce (the cost model's
-    # CostParams.link_bw_efficiency, which its TP collectives use)
+    devices_per_node: int = Network.devices_per_node
+    intra_bw_Bps: float = Network.intra_bw_Bps
+    intra_latency_s: float = Network.intra_latency_s
+    inter_bw_Bps: float = Network.inter_bw_Bps
+    inter_latency_s: float = Network.inter_latency_s
     bw_efficiency: float = 1.0
 
     @classmethod
-    def from_any(cls, obj) -> "Links":
-        """From a dict (the CLI's --network JSON) or any object with these attributes
-        (aliases accepted for the hw stage's Network)."""
-        if obj is None:
-            return cls()
-        if isinstance(obj, Links):
-            return obj
-        get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
-        aliases = {
-            "node_size": ("node_size", "devices_per_node", "gpus_per_node"),
-            "intra_bw_Bps": ("intra_bw_Bps", "intra_node_bw_Bps", "intra_bw"),
-            "intra_latency_s": ("intra_latency_s", "intra_node_latency_s", "intra_lat_s"),
-            "inter_bw_Bps": ("inter_bw_Bps", "inter_node_bw_Bps", "inter_bw"),
-            "inter_latency_s": ("inter_latency_s", "inter_node_latency_s", "inter_lat_s"),
-        }
-        kw = {}
-        for key, names in aliases.items():
-            for nm in names:
-                v = get(nm, None)
-                if v is not None:
-                    kw[key] = type(getattr(cls(), key))(v)
-                    break
-        return cls(**kw)
+    def of(cls, network: Network | None, bw_efficiency: float = 1.0) -> "Links":
+        n = network if network is not None else Network()
+        return cls(devices_per_node=n.devices_per_node, intra_bw_Bps=n.intra_bw_Bps,
+                   intra_latency_s=n.intra_latency_s, inter_bw_Bps=n.inter_bw_Bps,
+                   inter_latency_s=n.inter_latency_s, bw_efficiency=bw_efficiency)
 
     def link(self, inter: bool) -> tuple[float, float]:
         e = self.bw_efficiency
@@ -119,11 +104,11 @@ def allreduce_time(nbytes, n: int, bw: float, lat: float):
 
 
 def pipeline_inter(t: int, d: int, p: int, links: Links) -> bool:
-    return t * d * p > links.node_size
+    return t * d * p > links.devices_per_node
 
 
 def dp_inter(t: int, d: int, links: Links) -> bool:
-    return t * d > links.node_size
+    return t * d > links.devices_per_node
 
 
 def uniform_stages(chain: Chain, chunks: int) -> list[tuple[int, int]]:
@@ -164,8 +149,8 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         raise ValueError(f"chain is for t = {chain.t}, not {t}")
     if mbs is not None and mbs != chain.mbs:
         raise ValueError(f"chain is for mbs = {chain.mbs}, not {mbs}")
-    if recompute not in ("none", "full"):
-        raise ValueError(f"recompute must be none or full, got {recompute!r}")
+    if recompute not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}")
     v = interleave
     t, mbs, n = chain.t, chain.mbs, chain.n
     if stages is None:
@@ -188,21 +173,22 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     lo, hi = st[:, 0], st[:, 1]
     cs = lambda x: np.concatenate(([0.0], np.cumsum(x)))  # noqa: E731
     Fp, Bp, Pp = cs(chain.fwd_s), cs(chain.bwd_s), cs(chain.param_count)
+    Rp = cs(chain.recompute_s(recompute))
     TFp, TBp = cs(chain.tp_fwd_s), cs(chain.tp_bwd_s)
     Ap = cs(chain.act_bytes(recompute))
-    F, B, P = Fp[hi] - Fp[lo], Bp[hi] - Bp[lo], Pp[hi] - Pp[lo]
+    F, B, P, R = Fp[hi] - Fp[lo], Bp[hi] - Bp[lo], Pp[hi] - Pp[lo], Rp[hi] - Rp[lo]
     TP = TFp[hi] - TFp[lo] + TBp[hi] - TBp[lo]
-    full = recompute == "full"
-    if full:
+    if recompute == "full":        # the re-run forward repeats its TP collectives
         TP = TP + TFp[hi] - TFp[lo]
     out_b = chain.out_bytes
     if options.p2p_scatter_gather and not chain.extra.get("sequence_parallel", False):
         out_b = out_b / t
     cin = np.where(lo > 0, p2p_time(out_b[np.maximum(lo - 1, 0)], pbw, plat), 0.0)
     cout = np.where(hi < n, p2p_time(out_b[hi - 1], pbw, plat), 0.0)
-    comp = F + B + (F if full else 0.0)
+    comp = F + B + R
     load = comp + cin + cout
-    work = np.array([chain.act_none_bytes[a:b].max() if full else 0.0 for a, b in stages])
+    wb = chain.work_bytes(recompute)
+    work = np.array([wb[a:b].max() for a, b in stages])
     dev = np.arange(p * v) % p
     dev_load = np.bincount(dev, load, minlength=p)
     dev_comp = np.bincount(dev, comp - TP, minlength=p)

@@ -1,4 +1,5 @@
-"""Reference-mode placement DP: the published PHAZE DP's semantics (REFERENCE.md section 6).
+"""Reference-mode placement DP: the published PHAZE DP's semantics
+(docs/reference.md#placement-dp).
 
 For every TP width t separately (then the best t):
   * layers in topological order; a stage is a contiguous range [i, j);
@@ -96,7 +97,7 @@ def range_costs(inst: RefInstance, w: WidthTable, chain: bool | None = None) -> 
 
 
 def _walk_loads(w: WidthTable, bw: float, inc_bytes: np.ndarray):
-    """General DAG: the forward/backward walks of REFERENCE.md 6 for every range."""
+    """General DAG: the forward/backward walks of docs/reference.md#placement-dp for every range."""
     n = w.n
     preds = [[] for _ in range(n)]
     succs = [[] for _ in range(n)]

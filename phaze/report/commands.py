@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--latency", nargs="*", default=(), metavar="L",
                    help="merged latency tables, for the Spotlight-style pick when the "
                         "placement tables carry no single_chip_latency_s")
+    p.add_argument("--config", help="the sweep's config (the workflow's results/config.yaml): "
+                   "named in each best design's `phaze evaluate` command")
     p.add_argument("-o", "--out", default=None,
                    help="output folder; without it the summary is printed only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -31,48 +33,25 @@ def register(sub) -> None:
 
 
 def _load_latency(paths):
+    """Latency tables (phaze.sched.table.LATENCY_SCHEMA: every row names its model, seq,
+    mbs, graph variant, arch and layer, with the layer's repeat count)."""
+    from phaze.sched.table import LATENCY_SCHEMA, validate
+
     frames = []
     for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"no such file {path}", field="--latency")
-        df = pd.read_parquet(path)
-        stem = path.stem  # {model}_s{seq}_b{mbs}
-        parts = stem.rsplit("_", 2)
-        if "model" not in df.columns and len(parts) == 3:
-            df["model"] = parts[0]
-        if "seq" not in df.columns and len(parts) == 3 and parts[1][1:].isdigit():
-            df["seq"] = int(parts[1][1:])
-        if "mbs" not in df.columns and len(parts) == 3 and parts[2][1:].isdigit():
-            df["mbs"] = int(parts[2][1:])
-        if "repeat" not in df.columns and "model" in df.columns:
-            df["repeat"] = _repeats(df)
-        frames.append(df)
+        try:
+            df = pd.read_parquet(path)
+        except FileNotFoundError:
+            raise UserError(f"no such file {path}", field="--latency") from None
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise UserError(f"{path} is not a parquet table ({e.__class__.__name__})",
+                            field="--latency") from None
+        validate(df, LATENCY_SCHEMA, f"--latency {path}")
+        frames.append(df.rename(columns={"layer_repeat": "repeat"}))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def _repeats(df):
-    """Instances of each layer kind, for latency tables without a `repeat` column: the
-    model's graph (phaze.model) gives every layer index its repeat count."""
-    import numpy as np
-
-    from phaze.model.graph import build_graph
-    from phaze.model.zoo import resolve_model
-
-    out = np.ones(len(df))
-    if "layer_index" not in df.columns:
-        return out
-    for model, idx in df.groupby("model").groups.items():
-        try:
-            g = build_graph(resolve_model(str(model)), seq=64, mbs=1, tp=1)
-        except Exception:  # not a zoo model: count each layer kind once
-            continue
-        reps = {i: layer.repeat for i, layer in enumerate(g.layers)}
-        out[df.index.get_indexer(idx)] = df.loc[idx, "layer_index"].map(reps).fillna(1).to_numpy()
-    return out
-
-
-def build(place_paths, grid_path, latency_paths=()):
+def build(place_paths, grid_path, latency_paths=(), config_path=None):
     from phaze.report.summary import summarise
     from phaze.report.tables import load_grid, load_place
 
@@ -81,7 +60,8 @@ def build(place_paths, grid_path, latency_paths=()):
     latency = _load_latency(latency_paths)
     place = place.drop(columns=[c for c in ("area_mm2",) if c in place.columns]) \
         .merge(grid[["arch_id", "area_mm2"]], on="arch_id", how="left")
-    return place, grid, summarise(place, grid, latency)
+    return place, grid, summarise(place, grid, latency,
+                                  reproduce={"grid": str(grid_path), "config": config_path})
 
 
 def write_report(out_dir, place, grid, summary) -> dict[str, str]:
@@ -130,10 +110,10 @@ def _clean(v):
 
 
 def run(args) -> int:
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.report.summary import format_terminal
 
-    place, grid, summary = build(args.place, args.grid, args.latency)
+    place, grid, summary = build(args.place, args.grid, args.latency, args.config)
     written = write_report(args.out, place, grid, summary) if args.out else {}
     if args.json:
         rows = [{k: _clean(v) for k, v in r.items()} for r in summary.to_dict("records")]
@@ -141,6 +121,8 @@ def run(args) -> int:
                    "n_infeasible": int((summary["status"] != "ok").sum())})
         return 0
     print(format_terminal(summary))
+    for _, r in summary[summary["status"] == "ok"].iterrows():
+        print(f"reproduce {r['model']} (seq {r['seq']}): {r['evaluate_command']}")
     for key, path in written.items():
         print(f"wrote {path}")
     return 0

@@ -81,6 +81,18 @@ def _img(path: Path, caption: str, ident: str) -> str:
             f"</figcaption></figure>")
 
 
+def _reproduce(summary: pd.DataFrame) -> str:
+    """Each best design's `phaze evaluate` command (recomputes its row)."""
+    ok = summary[summary["status"] == "ok"]
+    if ok.empty or "evaluate_command" not in ok.columns:
+        return ""
+    items = "".join(f'<li>{html.escape(str(r["model"]))}, seq {int(r["seq"])}: '
+                    f'<code>{html.escape(str(r["evaluate_command"]))}</code></li>'
+                    for _, r in ok.iterrows())
+    return (f'<h2 id="reproduce">Reproduce a best design</h2><p>Each command recomputes the '
+            f'row of the best design (run it where the sweep ran):</p><ul>{items}</ul>')
+
+
 def render(summary: pd.DataFrame, plots: dict[str, tuple[Path | None, str]],
            extra_html: str = "") -> str:
     alerts = []
@@ -100,6 +112,7 @@ same cost model and placement DP.</p>
 {''.join(alerts)}
 <h2>Summary</h2>
 {summary_table(summary)}
+{_reproduce(summary)}
 {extra_html}
 <h2>Plots</h2>
 {''.join(figs) if figs else '<p>No feasible design, so nothing to plot.</p>'}

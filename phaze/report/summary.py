@@ -20,7 +20,7 @@ SUMMARY_COLUMNS = [
     "tpuv4_fixed_strategy", "tpuv4_fixed_samples_per_s",
     "spotlight_arch_id", "spotlight_arch", "spotlight_samples_per_s",
     "speedup_vs_tpuv4_opt", "speedup_vs_tpuv4_fixed", "speedup_vs_spotlight",
-    "n_archs", "n_feasible_archs", "notes",
+    "n_archs", "n_feasible_archs", "evaluate_command", "notes",
 ]
 WIN_RTOL = 1e-9
 
@@ -47,6 +47,29 @@ def plan_label(row) -> str:
     if "recompute" in row and pd.notna(row["recompute"]):
         parts.append(f"recompute={row['recompute']}")
     return " ".join(parts)
+
+
+def evaluate_command(row, grid_path: str, config_path: str | None) -> str:
+    """The `phaze evaluate` command that recomputes a placement row (same chip, plan,
+    stages and sweep settings), for the report's reader to paste."""
+    import json
+    import shlex
+
+    parts = ["phaze", "evaluate", "--model", str(row["model"]), "--seq", str(int(row["seq"]))]
+    if config_path:
+        parts += ["--config", str(config_path)]
+    parts += ["--grid", str(grid_path), "--arch", str(row["arch_id"]),
+              "--tp", str(int(row["t"])), "--pp", str(int(row["p"])),
+              "--dp", str(int(row["d"])), "--mbs", str(int(row["mbs"])),
+              "--recompute", str(row["recompute"]),
+              "--hbm-gib", f"{float(row['hbm_bytes']) / GiB:.17g}",
+              "--interleave", str(int(row["interleave"]))]
+    if row.get("sequence_parallel") is True or row.get("sequence_parallel") == 1:
+        parts.append("--sequence-parallel")
+    stages = row.get("stages")
+    if isinstance(stages, str) and stages:
+        parts += ["--stages", json.dumps(json.loads(stages), separators=(",", ":"))]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _best(rows: pd.DataFrame):
@@ -92,8 +115,10 @@ def _speedup(best: float, base: float) -> float:
 
 
 def summarise(place: pd.DataFrame, grid: pd.DataFrame,
-              latency: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (model, seq); see SUMMARY_COLUMNS."""
+              latency: pd.DataFrame | None = None, reproduce: dict | None = None) -> pd.DataFrame:
+    """One row per (model, seq); see SUMMARY_COLUMNS. `reproduce` {"grid": path,
+    "config": path or None} names the files in each best design's evaluate_command."""
+    reproduce = reproduce or {"grid": "GRID.parquet", "config": None}
     grid = grid.copy()
     grid["arch_id"] = grid["arch_id"].astype(str)
     info = grid.set_index("arch_id")
@@ -125,7 +150,8 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
                  if bid in info.index else bid,
                  best_plan=plan_label(best), best_samples_per_s=float(best["samples_per_s"]),
                  best_tokens_per_s=float(best.get("tokens_per_s", np.nan)),
-                 best_mfu=float(best.get("mfu", np.nan)))
+                 best_mfu=float(best.get("mfu", np.nan)),
+                 evaluate_command=evaluate_command(best, reproduce["grid"], reproduce["config"]))
         bthr = r["best_samples_per_s"]
 
         # TPUv4-like chip, optimised plan and fixed Megatron plan

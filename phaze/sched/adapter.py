@@ -40,17 +40,33 @@ def _cost_api():
     return op_latencies
 
 
+# Scheduled passes of a layer: forward, backward, and the forward ops that selective
+# recomputation re-runs before the backward (empty for layers without an attention core).
+SCHED_PASSES = ("fwd", "bwd", "recompute")
+
+
+def pass_ops(layer, pass_: str):
+    """The ops of one scheduled pass of a LayerGraph."""
+    return layer.selective_recompute_ops() if pass_ == "recompute" else layer.ops(pass_)
+
+
 def layer_problems(graph, archs, network, tp: int | None = None):
     """Yield (arch_index, layer_index, layer, pass, SchedProblem) for every arch row of
-    `archs` (DataFrame with the arch id fields) and every layer pass of `graph` (a
-    ModelGraph). The cost model is called once per pass, vectorised over all archs."""
+    `archs` (DataFrame with the arch id fields) and every pass in SCHED_PASSES of every
+    layer of `graph` (a ModelGraph). The cost model is called once per pass, vectorised
+    over all archs; an empty pass yields a problem with no ops (makespan 0)."""
     op_latencies = _cost_api()
     tp = graph.tp if tp is None else tp
     n_tc = archs["n_tc"].to_numpy()
     n_vc = archs["n_vc"].to_numpy()
     for li, layer in enumerate(graph.layers):
-        for pass_ in ("fwd", "bwd"):
-            ops = layer.ops(pass_)
+        for pass_ in SCHED_PASSES:
+            ops = pass_ops(layer, pass_)
+            if not ops:
+                for a in range(len(archs)):
+                    yield a, li, layer, pass_, SchedProblem((), (), (), (), int(n_tc[a]),
+                                                            int(n_vc[a]))
+                continue
             costs = op_latencies(ops, archs, network, tp=tp)
             for a in range(len(archs)):
                 yield a, li, layer, pass_, ops_to_problem(

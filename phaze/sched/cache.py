@@ -74,6 +74,8 @@ class ScheduleCache:
     def solve(self, p: SchedProblem, solver: str, formulation: str = "compact",
               settings: dict | None = None, **kw) -> SolveResult:
         settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        if p.n == 0:      # an empty pass (e.g. no op to recompute): nothing to schedule
+            return SolveResult(0.0, 0.0, 0.0, "optimal", "none", formulation, 0.0)
         key = self.key(p, solver, formulation, settings)
         hit = self._mem.get(key) or self.get(key)
         if hit is not None:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from phaze.errors import UserError
 from phaze.sched.backends import BACKENDS
-from phaze.sched.solve import DEFAULT_SETTINGS, DEFAULT_SOLVER, FORMULATIONS
+from phaze.sched.solve import FORMULATIONS
+from phaze.settings import SchedSettings, parse_network
 
-SOLVERS = BACKENDS + ("heuristic",)
+SOLVERS = ("auto",) + BACKENDS + ("heuristic",)
+_DEFAULT = SchedSettings()
 
 
 def register(sub) -> None:
@@ -49,54 +51,35 @@ def register(sub) -> None:
 
 
 def _solver_args(p) -> None:
-    p.add_argument("--solver", default=DEFAULT_SOLVER, choices=SOLVERS)
-    p.add_argument("--formulation", default="compact", choices=FORMULATIONS)
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per layer solve")
-    p.add_argument("--threads", type=int, default=8,
+    d = _DEFAULT
+    p.add_argument("--solver", default=d.solver, choices=SOLVERS,
+                   help=f"scheduling backend (default {d.solver}: the measured default)")
+    p.add_argument("--formulation", default=d.formulation, choices=FORMULATIONS)
+    p.add_argument("--time-limit", type=float, default=d.time_limit_s,
+                   help=f"seconds per layer solve (default {d.time_limit_s:g})")
+    p.add_argument("--threads", type=int, default=d.threads,
                    help="solver threads (CP-SAT needs its portfolio: 8 even on 2 cores)")
-    p.add_argument("--bnb-share", type=float, default=DEFAULT_SETTINGS["bnb_share"],
+    p.add_argument("--bnb-share", type=float, default=d.bnb_share,
                    help="fraction of the time limit for the branch and bound before the "
                         "solver (0: solver only)")
-    p.add_argument("--cache", default=None, help="cache directory (default: none)")
+    p.add_argument("--cache", default=d.cache_dir, help="ILP cache directory (default: none)")
 
 
-def _settings(args) -> dict:
-    if args.time_limit <= 0:
-        raise UserError(f"must be > 0, got {args.time_limit}", field="time-limit")
-    if args.threads < 1:
-        raise UserError(f"must be >= 1, got {args.threads}", field="threads")
-    if not 0 <= args.bnb_share < 1:
-        raise UserError(f"must be in [0, 1), got {args.bnb_share}", field="bnb-share")
-    return {"time_limit_s": float(args.time_limit), "rel_gap": 1e-6, "threads": int(args.threads),
-            "bnb_share": float(args.bnb_share)}
+def sched_settings(args) -> SchedSettings:
+    """SchedSettings from the flags of _solver_args."""
+    flags = {"time_limit_s": "--time-limit", "bnb_share": "--bnb-share", "threads": "--threads"}
+    try:
+        return SchedSettings(solver=args.solver, formulation=args.formulation,
+                             time_limit_s=float(args.time_limit), threads=int(args.threads),
+                             bnb_share=float(args.bnb_share), cache_dir=args.cache or "")
+    except UserError as e:       # name the flag, not the settings field
+        raise UserError(str(e).split(": ", 1)[1], field=flags.get(e.field, e.field)) from None
 
 
-def _cache(args):
+def _cache(sched: SchedSettings):
     from phaze.sched.cache import ScheduleCache
 
-    return ScheduleCache(args.cache)
-
-
-def _network(text, default=None):
-    if text is None:
-        if default is None:
-            from phaze.hw.arch import Network
-
-            return Network()
-        return default
-    from phaze.hw.arch import Network
-
-    t = text.strip()
-    if t.startswith("{"):
-        try:
-            return Network.from_dict(json.loads(t))
-        except json.JSONDecodeError as e:
-            raise UserError(f"invalid JSON: {e}", field="network") from None
-    if Path(t).is_file():
-        return Network.from_dict(json.loads(Path(t).read_text()))
-    from phaze.hw.presets import get_network
-
-    return get_network(t)
+    return ScheduleCache(sched.cache_dir or None)
 
 
 def _resolve_arch(name: str, grid: str | None):
@@ -156,10 +139,11 @@ def _worse(a: str, b: str) -> str:
 
 
 def cmd_schedule(args) -> int:
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
 
-    settings = _settings(args)
-    cache = _cache(args)
+    sched = sched_settings(args)
+    cache = _cache(sched)
+    solver, settings = sched.backend(), sched.solve_settings()
     if args.problem:
         from phaze.sched.problem import SchedProblem
 
@@ -167,7 +151,7 @@ def cmd_schedule(args) -> int:
             p = SchedProblem.from_dict(json.loads(Path(args.problem).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot read problem: {e}", field="problem") from None
-        res = cache.solve(p, args.solver, args.formulation, settings)
+        res = cache.solve(p, solver, sched.formulation, settings)
         if args.json:
             emit_json({"makespan_s": res.makespan_s, "lower_bound_s": res.lower_bound_s,
                        "status": res.status, "gap": res.gap, "solver": res.solver,
@@ -185,85 +169,67 @@ def cmd_schedule(args) -> int:
     graph = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp,
                         sequence_parallel=args.sequence_parallel, fused=args.fused)
     archs, net, arch_name = _resolve_arch(args.arch, args.grid)
-    net = _network(args.network, net)
+    net = parse_network(args.network, net)
     layers = {}
     for _, li, layer, pass_, p in layer_problems(graph, archs, net):
-        res = cache.solve(p, args.solver, args.formulation, settings)
+        res = cache.solve(p, solver, sched.formulation, settings)
         layers.setdefault(li, {"layer": layer})[pass_] = (p, res)
     out = []
     for li, d in sorted(layers.items()):
-        (pf, rf), (pb, rb) = d["fwd"], d["bwd"]
+        (pf, rf), (pb, rb), (pr, rr) = d["fwd"], d["bwd"], d["recompute"]
         item = {"index": li, "kind": d["layer"].kind, "repeat": d["layer"].repeat,
-                "fwd_s": rf.makespan_s, "bwd_s": rb.makespan_s,
-                "status": _worse(rf.status, rb.status), "gap": max(rf.gap, rb.gap),
-                "fwd": {"status": rf.status, "gap": rf.gap, "lower_bound_s": rf.lower_bound_s,
-                        "solver": rf.solver, "seconds": rf.seconds, "ops": _op_rows(pf, rf)},
-                "bwd": {"status": rb.status, "gap": rb.gap, "lower_bound_s": rb.lower_bound_s,
-                        "solver": rb.solver, "seconds": rb.seconds, "ops": _op_rows(pb, rb)}}
+                "fwd_s": rf.makespan_s, "bwd_s": rb.makespan_s, "recompute_s": rr.makespan_s,
+                "status": _worse(_worse(rf.status, rb.status), rr.status),
+                "gap": max(rf.gap, rb.gap, rr.gap)}
+        for name, (p, r) in (("fwd", (pf, rf)), ("bwd", (pb, rb)), ("recompute", (pr, rr))):
+            item[name] = {"status": r.status, "gap": r.gap, "lower_bound_s": r.lower_bound_s,
+                          "solver": r.solver, "seconds": r.seconds, "ops": _op_rows(p, r)}
         out.append(item)
         if not args.json:
             print(f"== layer {li} ({d['layer'].kind}, x{d['layer'].repeat})")
             _print_schedule("forward", pf, rf)
             _print_schedule("backward", pb, rb)
+            if pr.n:
+                _print_schedule("selective recompute", pr, rr)
     if args.json:
         emit_json({"model": graph.model, "arch": arch_name, "tp": graph.tp, "mbs": graph.mbs,
-                   "seq": graph.seq, "solver": args.solver, "formulation": args.formulation,
+                   "seq": graph.seq, "solver": solver, "formulation": sched.formulation,
                    "solves": cache.solves, "layers": out})
     return 0
 
 
 def cmd_schedule_batch(args) -> int:
-    import pandas as pd
-
-    from phaze import __version__
     from phaze.atomic import atomic_path
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
+    from phaze.hw.arch import chunk_of
     from phaze.model.serialize import load_graph
-    from phaze.sched.adapter import layer_problems
-    from phaze.sched.table import SHARD_SCHEMA, validate
+    from phaze.sched.adapter import SCHED_PASSES
+    from phaze.sched.layers import schedule_rows, shard_frame
 
-    settings = _settings(args)
+    sched = sched_settings(args)
     if args.n_chunks < 1 or not 0 <= args.chunk < args.n_chunks:
         raise UserError(f"need 0 <= chunk < n-chunks, got {args.chunk}/{args.n_chunks}",
                         field="chunk")
-    net = _network(args.network)
+    net = parse_network(args.network)
     grid = _read_parquet(args.grid, "grid")
     if "arch_id" not in grid.columns:
         raise UserError("grid has no arch_id column", field="grid")
-    from phaze.hw.arch import chunk_of
-
     mine = grid[[chunk_of(str(a), args.n_chunks) == args.chunk for a in grid["arch_id"]]]
     mine = mine.reset_index(drop=True)
-    cache = _cache(args)
-    rows = []
+    cache = _cache(sched)
     t0 = time.time()
-    graphs = []
-    for g in args.graphs:
-        try:
-            graphs.append(load_graph(g))
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"cannot read graph {g}: {e}", field="graphs") from None
-    total = len(mine) * sum(2 * len(g.layers) for g in graphs)
-    done = 0
-    for graph in graphs:
-        if len(mine) == 0:
-            break
-        for a, li, layer, pass_, p in layer_problems(graph, mine, net):
-            res = cache.solve(p, args.solver, args.formulation, settings)
-            rows.append({"arch_id": str(mine["arch_id"].iloc[a]), "tp": int(graph.tp),
-                         "layer_index": int(li), "pass": pass_, "layer_kind": layer.kind,
-                         "latency_s": res.makespan_s, "lower_bound_s": res.lower_bound_s,
-                         "status": res.status, "gap": res.gap, "solver": res.solver,
-                         "formulation": res.formulation, "seconds": res.seconds,
-                         "cache_hit": bool(res.cache_hit), "phaze_version": __version__})
-            done += 1
-            if sys.stderr.isatty() and done % 50 == 0:
-                print(f"\rschedule-batch: {done}/{total} ({time.time() - t0:.0f} s)",
-                      end="", file=sys.stderr)
-    df = pd.DataFrame(rows, columns=list(SHARD_SCHEMA))
-    df = df.astype({"tp": "int64", "layer_index": "int64", "latency_s": float,
-                    "lower_bound_s": float, "gap": float, "seconds": float, "cache_hit": bool})
-    validate(df, SHARD_SCHEMA, "shard")
+    graphs = [load_graph(g) for g in args.graphs]
+    total = len(mine) * sum(len(SCHED_PASSES) * len(g.layers) for g in graphs)
+    done = [0]
+
+    def progress():
+        done[0] += 1
+        if sys.stderr.isatty() and done[0] % 50 == 0:
+            print(f"\rschedule-batch: {done[0]}/{total} ({time.time() - t0:.0f} s)",
+                  end="", file=sys.stderr)
+
+    rows = [r for graph in graphs for r in schedule_rows(graph, mine, net, sched, cache, progress)]
+    df = shard_frame(rows)
     with atomic_path(args.output) as tmp:
         df.to_parquet(tmp, index=False)
     summary = {"output": args.output, "rows": len(df), "archs": len(mine),
@@ -280,7 +246,7 @@ def cmd_schedule_batch(args) -> int:
 
 def cmd_merge_latency(args) -> int:
     from phaze.atomic import atomic_path
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.sched.table import merge_shards
 
     shards = [_read_parquet(s, "shards") for s in args.shards]

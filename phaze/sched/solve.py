@@ -20,12 +20,13 @@ from phaze.sched.heuristic import list_schedule, lower_bound_s, serial_sgs
 from phaze.sched.prep import mode_fixing_bound, prepare
 from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact
 
-DEFAULT_SOLVER = "cpsat"
+from phaze.settings import DEFAULT_SOLVER, SchedSettings  # noqa: E402  (one place for defaults)
+
 FORMULATIONS = ("compact", "reference")
 OPT_GAP = 1e-4            # a result is "optimal" only if its proven gap is within this
 # bnb_share: the fraction of the time limit given to the branch and bound (bnb.py)
 # before the backend; the backend gets the rest
-DEFAULT_SETTINGS = {"time_limit_s": 10.0, "rel_gap": 1e-6, "threads": 8, "bnb_share": 0.5}
+DEFAULT_SETTINGS = SchedSettings().solve_settings()
 
 
 @dataclass

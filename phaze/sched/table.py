@@ -1,4 +1,8 @@
-"""Parquet schemas of scheduling shards and merged latency tables (docs/cli-contract.md)."""
+"""Parquet schemas of scheduling shards and merged latency tables (docs/cli-contract.md).
+
+Every row carries its identity: the graph it comes from (model, seq, mbs, tp,
+sequence_parallel, fused) and the arch (arch_id), so a reader never infers one from a
+file name. GRAPH_KEY + (arch_id, layer_index) is unique in a latency table."""
 
 from __future__ import annotations
 
@@ -7,17 +11,23 @@ import pandas as pd
 from phaze.errors import UserError
 
 STATUSES = ("optimal", "time_limit", "heuristic")
-# column -> pandas dtype kind ('O' object/string, 'i' int, 'f' float, 'b' bool)
+# column -> pandas dtype kind ('O' object/string, 'i' int, 'f' float, 'b' bool, 'B' bool
+# or None)
+GRAPH_KEY = ("model", "seq", "mbs", "tp", "sequence_parallel", "fused")
+LATENCY_KEY = GRAPH_KEY + ("arch_id", "layer_index")
+_IDENTITY = {"model": "O", "seq": "i", "mbs": "i", "tp": "i", "sequence_parallel": "b",
+             "fused": "b"}
 SHARD_SCHEMA = {
-    "arch_id": "O", "tp": "i", "layer_index": "i", "pass": "O", "layer_kind": "O",
+    **_IDENTITY, "arch_id": "O", "layer_repeat": "i", "layer_index": "i", "pass": "O", "layer_kind": "O",
     "latency_s": "f", "lower_bound_s": "f", "status": "O", "gap": "f", "solver": "O",
     "formulation": "O", "seconds": "f", "cache_hit": "b", "phaze_version": "O",
 }
+PASSES = ("fwd", "bwd", "recompute")
 LATENCY_SCHEMA = {
-    "arch_id": "O", "tp": "i", "layer_index": "i", "layer_kind": "O", "fwd_s": "f",
-    "bwd_s": "f", "fwd_lower_bound_s": "f", "bwd_lower_bound_s": "f", "fwd_status": "O",
-    "bwd_status": "O", "fwd_gap": "f", "bwd_gap": "f", "solver": "O", "seconds": "f",
-    "phaze_version": "O",
+    **_IDENTITY, "arch_id": "O", "layer_index": "i", "layer_kind": "O", "layer_repeat": "i",
+    **{f"{p}_{c}": k for p in PASSES for c, k in (("s", "f"), ("lower_bound_s", "f"),
+                                                  ("status", "O"), ("gap", "f"))},
+    "solver": "O", "seconds": "f", "phaze_version": "O",
 }
 
 
@@ -28,40 +38,47 @@ def validate(df: pd.DataFrame, schema: dict, what: str) -> None:
                             "this phaze version")
         k = df[col].dtype.kind
         ok = k == kind or (kind == "f" and k in "fi") or (kind == "O" and k in "OSU") \
-            or (kind == "O" and str(df[col].dtype) in ("string", "str"))
+            or (kind == "O" and str(df[col].dtype) in ("string", "str")) \
+            or (kind == "B" and k in "bO")
         if not ok:
             raise UserError(f"column {col!r} has dtype {df[col].dtype}, expected kind {kind}",
                             field=what)
     if "status" in schema and len(df) and not df["status"].isin(STATUSES).all():
         raise UserError("unknown status values", field=what)
-    if "pass" in schema and len(df) and not df["pass"].isin(("fwd", "bwd")).all():
-        raise UserError("pass must be fwd or bwd", field=what)
+    if "pass" in schema and len(df) and not df["pass"].isin(PASSES).all():
+        raise UserError(f"pass must be one of {PASSES}", field=what)
     if ("latency_s" in schema and len(df)
             and not ((df["latency_s"] >= 0) & (df["lower_bound_s"] <= df["latency_s"] * (1 + 1e-9))).all()):
         raise UserError("latency_s must be >= lower_bound_s >= 0", field=what)
 
 
 def merge_shards(shards: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    """One latency table (a row per LATENCY_KEY, the passes side by side) from shards;
+    UserError naming the shard on a schema failure, a duplicated or an incomplete key."""
     for df, name in zip(shards, names):
         validate(df, SHARD_SCHEMA, name)
     df = pd.concat(shards, ignore_index=True) if shards else pd.DataFrame(columns=list(SHARD_SCHEMA))
-    key = ["arch_id", "tp", "layer_index", "pass"]
-    dup = df.duplicated(key, keep=False)
+    key = list(LATENCY_KEY)
+    dup = df.duplicated(key + ["pass"], keep=False)
     if dup.any():
         row = df[dup].iloc[0]
-        raise UserError(f"duplicate row for {dict(row[key])}", field="shards",
+        raise UserError(f"duplicate row for {dict(row[key + ['pass']])}", field="shards",
                         fix="pass each shard once")
-    f = df[df["pass"] == "fwd"].set_index(key[:-1])
-    b = df[df["pass"] == "bwd"].set_index(key[:-1])
-    if set(f.index) != set(b.index):
-        raise UserError("some (arch_id, tp, layer_index) lack a fwd or bwd row", field="shards")
-    b = b.loc[f.index]
-    out = pd.DataFrame({
-        "layer_kind": f["layer_kind"], "fwd_s": f["latency_s"], "bwd_s": b["latency_s"],
-        "fwd_lower_bound_s": f["lower_bound_s"], "bwd_lower_bound_s": b["lower_bound_s"],
-        "fwd_status": f["status"], "bwd_status": b["status"], "fwd_gap": f["gap"],
-        "bwd_gap": b["gap"], "solver": f["solver"], "seconds": f["seconds"] + b["seconds"],
-        "phaze_version": f["phaze_version"],
-    }).reset_index().sort_values(key[:-1]).reset_index(drop=True)
+    by_pass = {p: df[df["pass"] == p].set_index(key) for p in PASSES}
+    f = by_pass["fwd"]
+    for p in PASSES[1:]:
+        if set(by_pass[p].index) != set(f.index):
+            raise UserError(f"some {LATENCY_KEY} lack a row of one of the passes {PASSES}",
+                            field="shards", fix="regenerate the shards with this phaze version")
+    cols = {"layer_kind": f["layer_kind"], "layer_repeat": f["layer_repeat"]}
+    for p in PASSES:
+        d = by_pass[p].loc[f.index]
+        cols.update({f"{p}_s": d["latency_s"], f"{p}_lower_bound_s": d["lower_bound_s"],
+                     f"{p}_status": d["status"], f"{p}_gap": d["gap"]})
+    cols.update(solver=f["solver"],
+                seconds=sum(by_pass[p].loc[f.index, "seconds"] for p in PASSES),
+                phaze_version=f["phaze_version"])
+    out = pd.DataFrame(cols).reset_index().sort_values(key).reset_index(drop=True)
+    out = out[list(LATENCY_SCHEMA)]
     validate(out, LATENCY_SCHEMA, "merged")
     return out

@@ -1,8 +1,8 @@
 """Baselines the co-designed chip is compared with, under the same cost model and DP.
 
-- TPUv4-like chip (REFERENCE.md section 2): 8 TCs of 128x128, 2 VCs of 128 lanes,
+- TPUv4-like chip (docs/reference.md#arch-space): 8 TCs of 128x128, 2 VCs of 128 lanes,
   128 MiB GLB, 1.05 GHz. Evaluated with the DP's optimised plan and with the published
-  fixed Megatron strategy of the model (REFERENCE.md section 3).
+  fixed Megatron strategy of the model (docs/reference.md#models).
 - Spotlight-style pick (Spotlight, HPCA 2023, as PHAZE uses it): the arch that minimises
   the single-chip latency of the model's layers, blind to placement, then placed by the DP.
 """
@@ -18,7 +18,7 @@ from phaze.units import MiB
 
 TPUV4_LIKE = dict(n_tc=8, tc_rows=128, tc_cols=128, n_vc=2, vc_lanes=128, glb_bytes=128 * MiB)
 
-# Published fixed "Megatron-style" strategies (p, d, t), REFERENCE.md section 3
+# Published fixed "Megatron-style" strategies (p, d, t), docs/reference.md#models
 # (PHAZE 1.0, ICML 2024). Keys are model names with everything but [a-z0-9] removed.
 MEGATRON_FIXED = {
     "opt350m": (12, 85, 1),

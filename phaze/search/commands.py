@@ -8,28 +8,10 @@ import sys
 import time
 
 from phaze.errors import UserError
+from phaze.settings import (SweepSettings, add_config_arg, add_graph_args, add_network_arg,
+                            add_placement_args, add_sched_args, parse_list, sweep_settings)
 
 METHODS = ("exhaustive", "pruned", "buckets")
-
-
-def _ints(s: str, field: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"expected comma-separated integers, got {s!r}", field=field) from None
-    if not vals or min(vals) < 1:
-        raise UserError(f"expected integers >= 1, got {s!r}", field=field)
-    return vals
-
-
-def _floats(s: str, field: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"expected comma-separated numbers, got {s!r}", field=field) from None
-    if not vals or min(vals) <= 0:
-        raise UserError(f"expected numbers > 0, got {s!r}", field=field)
-    return vals
 
 
 def register(sub) -> None:
@@ -43,23 +25,18 @@ def register(sub) -> None:
                     "its 5-bucket stop. 'all' runs the three and compares them.")
     p.add_argument("--model", help="model name (or use --config)")
     p.add_argument("--seq", type=int, help="sequence length (or use --config)")
-    p.add_argument("--config", help="sweep config (configs/default.yaml): every model and "
-                   "seq in it, with its microbatch sizes, placement and network settings "
-                   "(flags given explicitly override it)")
+    add_config_arg(p)
     p.add_argument("--grid", required=True, help="arch grid parquet (phaze arch grid)")
     p.add_argument("--method", default="pruned", choices=METHODS + ("all",))
-    p.add_argument("--mbs", default="1,2", help="microbatch sizes (default 1,2)")
-    p.add_argument("--tp", default="1", help="tensor-parallel widths (default 1)")
-    p.add_argument("--hbm-gib", default="32,64,80", help="HBM sizes in GiB (default 32,64,80)")
-    p.add_argument("--recompute", default="none,full", help="recompute modes (default none,full)")
-    p.add_argument("--devices", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=4096, help="global batch in samples")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
-    p.add_argument("--network", default="tpuv4-ici",
-                   help="network preset name or a JSON object of phaze.hw.arch.Network fields")
-    p.add_argument("--solver", default="cpsat",
-                   help="scheduling solver: cpsat, highs, cbc, gurobi or heuristic")
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per ILP")
+    p.add_argument("--mbs", help="microbatch sizes (default: the config's, else "
+                   f"{','.join(map(str, SweepSettings().microbatch_sizes))})")
+    p.add_argument("--tp", help="tensor-parallel widths (default: the config's, else 1)")
+    p.add_argument("--fixed", metavar="PxDxT", help="fixed baseline strategy (default: the "
+                   "config's fixed_plan of the model, else none)")
+    add_placement_args(p)
+    add_graph_args(p)
+    add_sched_args(p)
+    add_network_arg(p)
     p.add_argument("--dp", default="default", choices=("default", "reference"),
                    help="placement DP: phaze.place default mode, or the reference DP")
     p.add_argument("--bucket-mm2", type=float, default=0.01)
@@ -68,86 +45,49 @@ def register(sub) -> None:
                    help="only the first N archs of the grid (0: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
-    _PARSER_ACTIONS[:] = [a for a in p._actions if a.dest not in ("help",)]
 
 
 def _specs(args):
-    """SweepSpecs from flags, or from --config (one per model and seq)."""
+    """SweepSpecs: one per (model, seq) of --config (or the one of --model/--seq), with the
+    config's settings overridden by the flags given (phaze.settings.sweep_settings)."""
+    from dataclasses import replace
+
+    from phaze.place.driver import parse_fixed
     from phaze.search.pipeline import SweepSpec
 
-    common = dict(mbs=_ints(args.mbs, "--mbs"), tp=_ints(args.tp, "--tp"),
-                  hbm_gib=_floats(args.hbm_gib, "--hbm-gib"), recompute=_modes(args.recompute),
-                  devices=args.devices, batch=args.batch, optimizer=args.optimizer,
-                  network=args.network, solver=args.solver, time_limit_s=args.time_limit,
-                  dp=args.dp)
-    if not args.config:
+    settings, cfg = sweep_settings(args)
+    if args.mbs is not None:
+        settings = replace(settings, microbatch_sizes=parse_list(args.mbs, int, "--mbs",
+                                                                  minimum=1))
+    tp_flag = parse_list(args.tp, int, "--tp", minimum=1) if args.tp is not None else None
+    fixed_flag = parse_fixed(args.fixed)
+    if not cfg:
         if not args.model or not args.seq:
             raise UserError("give --model and --seq, or --config", field="--model",
                             fix="e.g. --model bert-large --seq 512")
         if args.seq < 1:
             raise UserError(f"must be >= 1, got {args.seq}", field="--seq")
-        return [SweepSpec(model=args.model, seq=args.seq, **common)]
-    import yaml
-
-    try:
-        with open(args.config) as f:
-            cfg = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise UserError(f"cannot read {args.config} ({e.strerror})", field="--config") from None
-    pl = cfg.get("placement", {})
-    sc = cfg.get("scheduling", {})
-    given = {a.dest for a in _PARSER_ACTIONS if getattr(args, a.dest) != a.default}
-    if "mbs" not in given and cfg.get("microbatch_sizes"):
-        common["mbs"] = tuple(int(x) for x in cfg["microbatch_sizes"])
-    for flag, key, conv in (("hbm_gib", "hbm_gib", lambda v: tuple(float(x) for x in v)),
-                            ("recompute", "recompute", lambda v: tuple(v)),
-                            ("devices", "devices", int), ("batch", "global_batch", int),
-                            ("optimizer", "optimizer", str)):
-        if flag not in given and key in pl:
-            common["batch" if flag == "batch" else flag] = conv(pl[key])
-    if "solver" not in given and sc.get("solver") not in (None, "auto"):
-        common["solver"] = sc["solver"]
-    if "time_limit" not in given and "time_limit_s" in sc:
-        common["time_limit_s"] = float(sc["time_limit_s"])
-    if "network" not in given and isinstance(cfg.get("network"), dict):
-        n = cfg["network"]
-        import json
-
-        common["network"] = json.dumps({
-            "devices_per_node": n.get("devices_per_node", 8),
-            "intra_bw_Bps": n.get("intra_node_bw_Bps", n.get("intra_bw_Bps")),
-            "inter_bw_Bps": n.get("inter_node_bw_Bps", n.get("inter_bw_Bps")),
-            "intra_latency_s": n.get("intra_node_latency_s", n.get("intra_latency_s", 0)),
-            "inter_latency_s": n.get("inter_node_latency_s", n.get("inter_latency_s", 0))})
+        return [SweepSpec(model=args.model, seq=args.seq, tp=tp_flag or (1,),
+                          settings=settings, fixed=fixed_flag, dp=args.dp)]
     specs = []
     for m in cfg.get("models", []):
-        seqs = m.get("seq", [])
-        for seq in (seqs if isinstance(seqs, list) else [seqs]):
-            if args.model and m["name"] != args.model:
+        if args.model and m["name"] != args.model:
+            continue
+        for seq in m["seq"]:
+            if args.seq and seq != args.seq:
                 continue
-            kw = dict(common)
-            if "tp" not in given and m.get("tp"):
-                kw["tp"] = tuple(int(x) for x in m["tp"])
-            specs.append(SweepSpec(model=m["name"], seq=int(seq), **kw))
+            specs.append(SweepSpec(model=m["name"], source=m.get("hf_config", ""), seq=int(seq),
+                                   tp=tp_flag or tuple(m["tp"]), settings=settings,
+                                   fixed=fixed_flag or parse_fixed(m.get("fixed_plan")),
+                                   dp=args.dp))
     if not specs:
-        raise UserError("no models in the config", field="--config", fix="add a models: list")
+        raise UserError("no model of the config matches", field="--config",
+                        fix="check --model/--seq against the config's models")
     return specs
 
 
-def _modes(s):
-    rec = tuple(x.strip() for x in s.split(",") if x.strip())
-    for r in rec:
-        if r not in ("none", "selective", "full"):
-            raise UserError(f"unknown recompute mode {r!r}", field="--recompute",
-                            fix="use none, selective or full")
-    return rec
-
-
-_PARSER_ACTIONS = []
-
-
 def run(args) -> int:
-    from phaze.cli import emit_json
+    from phaze.jsonout import emit_json
     from phaze.report.tables import load_grid
 
     grid = load_grid(args.grid)
@@ -184,9 +124,10 @@ def _search_one(spec, grid, args) -> dict:
                   f"evaluated, {res.n_ilps}/{sp.n_problems()} ILPs solved "
                   f"({res.n_ilps / max(sp.n_problems(), 1):.1%}), "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    st = spec.settings
     out = {"model": spec.model, "seq": spec.seq, "n_archs": len(grid),
-           "mbs": list(spec.mbs), "hbm_gib": list(spec.hbm_gib),
-           "recompute": list(spec.recompute), "methods": {}}
+           "mbs": list(st.microbatch_sizes), "hbm_gib": list(st.placement.hbm_gib),
+           "recompute": list(st.placement.recompute), "methods": {}}
     for m, (res, n_prob, secs) in results.items():
         b = res.best
         out["methods"][m] = {

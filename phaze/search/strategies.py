@@ -83,7 +83,7 @@ def pruned(problem: SearchProblem) -> SearchResult:
 
 
 def area_buckets(problem: SearchProblem, bucket_mm2: float = 0.01, patience: int = 5) -> SearchResult:
-    """The reference's outer loop (REFERENCE.md section 7): archs in decreasing area,
+    """The reference's outer loop (docs/reference.md#outer-search): archs in decreasing area,
     grouped in `bucket_mm2` buckets; after each bucket, stop once the best throughputs of
     the last `patience` buckets are non-increasing (infeasible buckets count as -1)."""
     archs = problem.archs()

@@ -42,7 +42,7 @@ def run(args) -> int:
     if args.plot:
         plot(preds, args.plot)
     if args.json:
-        from phaze.cli import emit_json
+        from phaze.jsonout import emit_json
         emit_json({"arch": "a100", "calibration": calibration_info(), "fit": fitted,
                    "tables": summary(preds),
                    "rows": [row_dict(p) for ps in preds.values() for p in ps]})

@@ -1,7 +1,7 @@
 """Evaluate each measured run's strategy with phaze's performance model and compare.
 
 The model itself is NOT here: a prediction comes from the placement stage's fixed-strategy
-evaluation (`phaze.place.evaluate_cli.evaluate_model`, the code behind `phaze evaluate`)
+evaluation (`phaze.place.evaluate.evaluate_model`, the code behind `phaze evaluate`)
 on the a100 preset, which uses the operator graphs (phaze.model), the cost model
 (phaze.cost, the preset's calibrated parameters) and phaze.place.plan.evaluate_plan. This module only (1) turns a published row into a strategy, (2) searches
 the microbatch size and interleave depth where the paper does not give them, and
@@ -130,7 +130,7 @@ def split_params(params: dict | None):
 
     from phaze.cost.params import CostParams
     from phaze.hw.presets import get_preset
-    from phaze.place.evaluate_cli import default_cost_params
+    from phaze.place.evaluate import default_cost_params
     from phaze.place.plan import PlanOptions
 
     cost_names = {f.name for f in fields(CostParams)}
@@ -145,13 +145,13 @@ def split_params(params: dict | None):
 
 
 def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = None) -> PlanResult:
-    """The real model: `phaze evaluate`'s code path (phaze.place.evaluate_cli.evaluate_model:
+    """The real model: `phaze evaluate`'s code path (phaze.place.evaluate.evaluate_model:
     graphs -> op latencies summed per layer -> evaluate_plan) on the a100 preset.
 
     `params` overrides model parameters by name (calibration only); None means the
     shipped defaults, i.e. exactly what `phaze evaluate` uses."""
     from phaze.hw.presets import get_preset
-    from phaze.place.evaluate_cli import evaluate_model
+    from phaze.place.evaluate import evaluate_model
 
     cost, opts = split_params(params)
     try:

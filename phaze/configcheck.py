@@ -1,0 +1,59 @@
+"""Checks of a sweep config that a JSON schema cannot express, run before any job (by the
+Snakefile and by `phaze check-config`): every model builds (zoo name or Hugging Face
+config.json) and every TP width divides its heads; the arch grid is not empty."""
+
+from __future__ import annotations
+
+import os
+
+from phaze.errors import UserError
+
+
+def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
+    """Messages 'field F: what is wrong; the fix', one per problem found."""
+    from phaze.model.zoo import ZOO, resolve_model
+
+    errors = []
+    seen = set()
+    for i, m in enumerate(cfg["models"]):
+        field = f"models[{i}].name"
+        if m["name"] in seen:
+            errors.append(f"field {field}: model {m['name']!r} listed twice; merge its seq/tp lists")
+        seen.add(m["name"])
+        if "hf_config" in m:
+            field = f"models[{i}].hf_config"
+            if not os.path.isfile(m["hf_config"]):
+                errors.append(f"field {field}: no such file {m['hf_config']!r}")
+                continue
+        elif m["name"] not in ZOO:
+            errors.append(
+                f"field {field}: unknown model {m['name']!r}; known: {', '.join(sorted(ZOO))}"
+                " (or give hf_config: path/to/config.json)")
+            continue
+        try:
+            spec = resolve_model(m.get("hf_config", m["name"]))
+        except UserError as e:
+            errors.append(f"field {field}: {e}")
+            continue
+        for j, t in enumerate(m["tp"]):
+            if spec.heads % t or spec.n_kv_heads % t:
+                errors.append(
+                    f"field models[{i}].tp[{j}]: TP width {t} does not divide the {spec.heads}"
+                    f" attention heads ({spec.n_kv_heads} KV heads) of {m['name']}; use a"
+                    " divisor")
+    if check_grid:
+        errors += grid_errors(cfg["arch"])
+    return errors
+
+
+def grid_errors(arch_spec: dict) -> list[str]:
+    """Bad axis values, or an empty grid after the area filter (phaze's own grid code)."""
+    from phaze.hw.grid import enumerate_grid
+
+    try:
+        n = len(enumerate_grid(arch_spec))
+    except UserError as e:
+        return [f"field {e}" if e.field else f"field arch: {e}"]
+    if n == 0:
+        return ["field arch.area: no arch is left after the area filter; widen it"]
+    return []

@@ -1,0 +1,135 @@
+"""One fixed training plan of a model on one arch: time per batch, breakdown, memory.
+
+Two models of a device, named by what they reproduce:
+  * evaluate_model (an arch preset such as a100/h100: Megatron-LM on GPUs, validated in
+    docs/validate.md): each op of a pass runs on all cores of its class (intra-op), one
+    after the other (a GPU runs a layer's kernels in order), from the cost model
+    (phaze.cost.api.op_latencies) with the preset's calibrated parameters, and Megatron's
+    training settings (MEGATRON_OPTIONS); TP collectives are summed apart for the
+    breakdown.
+  * evaluate_sweep_plan (an arch of a grid: exactly what the sweep computes): the layers
+    scheduled by the per-layer ILPs (phaze.sched.layers, through the same ILP cache as
+    the workflow) and the sweep's plan options, network and peak FLOP/s; given a
+    placement row's plan it reproduces the row. TFLOP/s per GPU uses Narayanan et al. (SC'21) Eq. 3:
+  with full recomputation    F = 96 B s l h^2 (1 + s/(6h) + V/(16 l h))
+  without recomputation      F = 72 B s l h^2 (1 + s/(6h) + V/(12 l h))
+(the logit layer is never recomputed: 6 B s h V FLOP either way), divided by time and GPUs.
+"""
+
+from __future__ import annotations
+
+from phaze.place.chain import chain_from_graph
+from phaze.place.plan import Links, PlanOptions, evaluate_plan
+from phaze.settings import check_recompute
+
+
+def narayanan_flops(batch: int, seq: int, layers: int, hidden: int, vocab: int,
+                    recompute: bool) -> float:
+    B, s, l, h, V = batch, seq, layers, hidden, vocab
+    if recompute:
+        return 96.0 * B * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h))
+    return 72.0 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
+
+
+# Megatron-LM's training settings that `phaze evaluate` models (docs/place.md):
+# fp32 main gradients (2 + 4 + 12 = 18 B/param with Adam, Korthikanti Figure 1), the
+# optimizer step timed as a memory-bound pass, scatter/gather pipeline p2p.
+MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scatter_gather=True)
+
+
+def layer_latencies(graph, arch, network, params=None):
+    """{layer index: (fwd_s, bwd_s, selective recompute_s)} and {index: (TP-collective
+    part of fwd_s, of bwd_s)}, each pass's ops run intra-op one after the other."""
+    from phaze.cost.api import op_latencies
+    from phaze.sched.adapter import SCHED_PASSES, pass_ops
+
+    lat, tp = {}, {}
+    for li, layer in enumerate(graph.layers):
+        total, coll = [], []
+        for pass_ in SCHED_PASSES:
+            ops = list(pass_ops(layer, pass_))
+            c = op_latencies(ops, arch, network, tp=graph.tp, params=params).lat_all_s[0] \
+                if ops else []
+            total.append(float(sum(c)))
+            coll.append(sum(float(c[k]) for k, o in enumerate(ops) if o.kind == "collective"))
+        lat[li] = tuple(total)
+        tp[li] = (coll[0], coll[1])
+    return lat, tp
+
+
+def default_cost_params(arch):
+    """The cost model's parameters for an arch: the calibrated set of its preset if any."""
+    from phaze.cost.params import preset_params
+
+    return preset_params(getattr(arch, "name", ""))
+
+
+def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: int,
+                   recompute: str = "full", interleave: int = 1, seq: int | None = None,
+                   sequence_parallel: bool = False, network=None, optimizer: str = "adam",
+                   zero1: bool = False, cost_params=None, options: dict | None = None) -> dict:
+    """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
+    -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
+    `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
+    calibrated parameters and MEGATRON_OPTIONS. Returns the plan dict plus tflops_per_gpu
+    (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
+    from phaze.model.graph import build_graph
+
+    check_recompute([recompute], "recompute")
+    seq = seq or spec.seq
+    network = network or arch.network
+    cost_params = cost_params or default_cost_params(arch)
+    graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel)
+    lat, tps = layer_latencies(graph, arch, network, cost_params)
+    chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps)
+    links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
+    opts = PlanOptions(**{**MEGATRON_OPTIONS, "optimizer": optimizer, "zero1": zero1,
+                          **(options or {})})
+    plan = evaluate_plan(chain, pp, dp, batch, recompute, interleave, hbm_bytes=arch.hbm_bytes,
+                         links=links, options=opts, peak_flops=arch.peak_flops,
+                         hbm_bw_Bps=arch.hbm_bw_Bps * cost_params.hbm_bw_efficiency)
+    if "time_per_batch_s" in plan:
+        F = narayanan_flops(batch, seq, spec.layers, spec.hidden, spec.vocab, recompute == "full")
+        plan["tflops_per_gpu"] = F / plan["time_per_batch_s"] / (tp * pp * dp) / 1e12
+    plan.update(model=spec.name, arch=getattr(arch, "name", ""), seq=seq,
+                hbm_bytes=arch.hbm_bytes, sequence_parallel=sequence_parallel)
+    return plan
+
+
+def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
+                        recompute: str, hbm_bytes: float, seq: int,
+                        sequence_parallel: bool = False, interleave: int = 1,
+                        stages: list | None = None, settings=None) -> dict:
+    """One plan of `spec` on a grid arch exactly as the sweep costs it. `arch_row`: the
+    arch's grid row (a one-row DataFrame); `settings`: phaze.settings.SweepSettings (graph
+    options, scheduling, placement job, network); `stages`: the plan's [start, end) layer
+    ranges (default Megatron's uniform split). Returns evaluate_plan's dict plus model,
+    arch_id, seq, hbm_bytes, sequence_parallel. Raises ValueError for stages that do not
+    cover the model."""
+    from phaze.model.graph import build_graph
+    from phaze.sched.cache import ScheduleCache
+    from phaze.sched.layers import scheduled_layer_latencies
+    from phaze.settings import SweepSettings
+
+    settings = settings or SweepSettings()
+    check_recompute([recompute], "recompute")
+    net = settings.net()
+    graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
+                        fused=settings.graph.fused)
+    cache = ScheduleCache(settings.sched.cache_dir or None)
+    arch_id = str(arch_row["arch_id"].iloc[0])
+    lat = scheduled_layer_latencies(graph, arch_row, net, settings.sched, cache)[arch_id]
+    chain = chain_from_graph(graph, layer_latency=lat)
+    pl = settings.placement
+    plan = evaluate_plan(chain, pp, dp, pl.global_batch, recompute, interleave,
+                         stages=[tuple(s) for s in stages] if stages else None,
+                         hbm_bytes=hbm_bytes, links=Links.of(net), options=plan_options(pl),
+                         peak_flops=float(arch_row["peak_flops"].iloc[0]))
+    plan.update(model=spec.name, arch_id=arch_id, seq=seq, hbm_bytes=hbm_bytes,
+                sequence_parallel=bool(graph.sequence_parallel))
+    return plan
+
+
+def plan_options(placement) -> PlanOptions:
+    """The DP's PlanOptions for phaze.settings.PlacementSettings (every sweep route)."""
+    return PlanOptions(optimizer=placement.optimizer, zero1=placement.zero1)

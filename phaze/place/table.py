@@ -1,0 +1,55 @@
+"""The placement table (`phaze place` output): one row per work item and row kind, keyed
+by PLACE_KEY, checked against PLACE_SCHEMA when written and when read."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from phaze.errors import UserError
+from phaze.sched.table import validate
+
+PLACE_KEY = ("model", "seq", "arch_id", "mbs", "hbm_bytes", "recompute", "row_kind")
+# column -> dtype kind ('O' str, 'i' int, 'f' float (NaN where a row has no plan), 'b' bool,
+# 'B' bool or None)
+PLACE_SCHEMA = {
+    "item": "i", "model": "O", "seq": "i", "arch_id": "O", "mbs": "i", "hbm_bytes": "f",
+    "recompute": "O", "row_kind": "O", "feasible": "b", "p": "f", "d": "f", "t": "f",
+    "sequence_parallel": "B", "fused": "B", "interleave": "f", "stages": "O",
+    "time_per_batch_s": "f", "samples_per_s": "f", "tokens_per_s": "f", "mfu": "f",
+    "memory_per_device_bytes": "f", "compute_s": "f", "bubble_s": "f", "p2p_s": "f",
+    "dp_sync_s": "f", "tp_s": "f", "method": "O", "solve_seconds": "f", "phaze_version": "O",
+}
+ROW_KINDS = ("best", "fixed")
+
+
+def place_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows as a typed, validated placement table."""
+    df = pd.DataFrame(rows, columns=list(PLACE_SCHEMA))
+    floats = [c for c, k in PLACE_SCHEMA.items() if k == "f"]
+    df[floats] = df[floats].astype(float)
+    df = df.astype({"item": "int64", "seq": "int64", "mbs": "int64", "feasible": bool})
+    check(df, "place table")
+    return df
+
+
+def check(df: pd.DataFrame, what: str) -> None:
+    """Schema, row kinds and key uniqueness (UserError naming `what`)."""
+    validate(df, PLACE_SCHEMA, what)
+    if len(df) and not df["row_kind"].isin(ROW_KINDS).all():
+        raise UserError(f"row_kind must be one of {ROW_KINDS}", field=what)
+    dup = df.duplicated(list(PLACE_KEY), keep=False)
+    if dup.any():
+        raise UserError(f"repeats the row {dict(df[dup].iloc[0][list(PLACE_KEY)])}", field=what)
+
+
+def read_place(path) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise UserError(f"no such file {path}", field="--place",
+                        fix="run `phaze place` first or check the path") from None
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise UserError(f"{path} is not a parquet table ({e.__class__.__name__})",
+                        field="--place") from None
+    check(df, f"--place {path}")
+    return df

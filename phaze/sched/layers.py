@@ -1,0 +1,71 @@
+"""Every layer pass of a graph scheduled on archs: the rows of a scheduling shard, and the
+per-layer latencies of one arch read back from them.
+
+The workflow writes these rows per arch chunk (`phaze schedule-batch`) and merges them
+into latency tables; `phaze evaluate|search --grid` call the same functions for the archs
+they need, through the same ILP cache, so both routes see the same layer times.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from phaze import __version__
+from phaze.sched.adapter import layer_problems
+from phaze.sched.table import SHARD_SCHEMA, merge_shards, validate
+
+
+def graph_identity(graph) -> dict:
+    """The columns that key a graph's rows (sched.table.GRAPH_KEY)."""
+    return {"model": graph.model, "seq": int(graph.seq), "mbs": int(graph.mbs),
+            "tp": int(graph.tp), "sequence_parallel": bool(graph.sequence_parallel),
+            "fused": bool(graph.fused)}
+
+
+def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=None) -> list:
+    """Shard rows (SHARD_SCHEMA) of every (arch, layer, pass) of `graph`. `sched` is a
+    phaze.settings.SchedSettings, `cache` a ScheduleCache."""
+    ident = graph_identity(graph)
+    solver, settings = sched.backend(), sched.solve_settings()
+    rows = []
+    for a, li, layer, pass_, p in layer_problems(graph, archs, network):
+        res = cache.solve(p, solver, sched.formulation, settings)
+        rows.append({**ident, "arch_id": str(archs["arch_id"].iloc[a]), "layer_index": int(li),
+                     "pass": pass_, "layer_kind": layer.kind, "layer_repeat": int(layer.repeat),
+                     "latency_s": res.makespan_s,
+                     "lower_bound_s": res.lower_bound_s, "status": res.status, "gap": res.gap,
+                     "solver": res.solver, "formulation": res.formulation,
+                     "seconds": res.seconds, "cache_hit": bool(res.cache_hit),
+                     "phaze_version": __version__})
+        if progress:
+            progress()
+    return rows
+
+
+def shard_frame(rows: list) -> pd.DataFrame:
+    """Rows as a typed, validated shard table."""
+    df = pd.DataFrame(rows, columns=list(SHARD_SCHEMA))
+    df = df.astype({"seq": "int64", "mbs": "int64", "tp": "int64", "layer_index": "int64",
+                    "layer_repeat": "int64",
+                    "sequence_parallel": bool, "fused": bool, "latency_s": float,
+                    "lower_bound_s": float, "gap": float, "seconds": float, "cache_hit": bool})
+    validate(df, SHARD_SCHEMA, "shard")
+    return df
+
+
+def latencies_by_arch(latency: pd.DataFrame) -> dict:
+    """{arch_id: {layer_index: (fwd_s, bwd_s, recompute_s)}} of one graph's latency rows."""
+    out: dict = {}
+    cols = [latency[c].to_numpy() for c in ("arch_id", "layer_index", "fwd_s", "bwd_s",
+                                             "recompute_s")]
+    for aid, li, f, b, r in zip(*cols):
+        out.setdefault(str(aid), {})[int(li)] = (float(f), float(b), float(r))
+    return out
+
+
+def scheduled_layer_latencies(graph, archs: pd.DataFrame, network, sched, cache) -> dict:
+    """{arch_id: {layer_index: (fwd_s, bwd_s, recompute_s)}}: the graph scheduled on the
+    archs (what the workflow's latency table holds for them)."""
+    merged = merge_shards([shard_frame(schedule_rows(graph, archs, network, sched, cache))],
+                          ["in-process schedule"])
+    return latencies_by_arch(merged)

@@ -1,0 +1,427 @@
+"""Typed settings of a sweep, one type per concept, defaults defined here and nowhere else.
+
+A sweep config (configs/default.yaml, checked against phaze/data/schema.yaml) and the CLI
+flags of `phaze graph|schedule|schedule-batch|place|search|evaluate` both build these
+objects, so every route to a result uses the same values:
+
+  GraphSettings      options of the operator-graph builder (`phaze graph`)
+  SchedSettings      per-layer scheduling (solver, formulation, limits, cache)
+  PlacementSettings  the placement DP's axes and the training job it plans
+  Network            phaze.hw.arch.Network, parsed by `parse_network` (preset name,
+                     inline JSON object or a JSON file; one set of key names)
+
+Recompute modes (none, selective, full) are checked by `check_recompute` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from phaze.errors import UserError
+
+RECOMPUTE_MODES = ("none", "selective", "full")
+OPTIMIZERS = ("sgd", "adam")
+# The scheduling backend `auto` resolves to (measured on the zoo's layers: docs/sched.md).
+DEFAULT_SOLVER = "cpsat"
+SCHEMA_PATH = Path(__file__).parent / "data" / "schema.yaml"
+
+
+def check_recompute(modes, field: str = "recompute") -> tuple[str, ...]:
+    """The recompute modes as a tuple, each one of RECOMPUTE_MODES (UserError otherwise)."""
+    if isinstance(modes, str):
+        modes = [m.strip() for m in modes.split(",") if m.strip()]
+    out = tuple(dict.fromkeys(modes))
+    bad = [m for m in out if m not in RECOMPUTE_MODES]
+    if bad or not out:
+        raise UserError(f"unknown recompute mode {bad[0] if bad else '(none given)'!r}",
+                        field=field, fix=f"use {', '.join(RECOMPUTE_MODES)}")
+    return out
+
+
+def parse_list(text, conv, field: str, *, minimum: float | None = None) -> tuple:
+    """Comma-separated values ("1,2,4") or an iterable, converted with `conv`, each finite
+    and >= minimum; UserError naming `field` otherwise."""
+    items = [x for x in str(text).split(",") if x.strip()] if isinstance(text, str) else text
+    try:
+        vals = tuple(conv(x) for x in items)
+    except (TypeError, ValueError):
+        raise UserError(f"cannot parse {text!r}", field=field,
+                        fix="give comma-separated values, e.g. 1,2,4") from None
+    for v in vals:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"must be finite, got {v}", field=field)
+        if minimum is not None and v < minimum:
+            raise UserError(f"must be >= {minimum:g}, got {v}", field=field)
+    if not vals:
+        raise UserError("needs at least one value", field=field)
+    return tuple(dict.fromkeys(vals))
+
+
+def _bool_axis(v, field: str) -> tuple[bool, ...]:
+    vals = (v,) if isinstance(v, bool) else tuple(v)
+    if not vals or not all(isinstance(x, bool) for x in vals):
+        raise UserError(f"expected true/false or a list of them, got {v!r}", field=field)
+    return tuple(dict.fromkeys(vals))
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """Options of the operator-graph builder.
+
+    fused               fuse each GEMM with its element-wise epilogue (one TC+VC op)
+    sequence_parallel   Megatron sequence parallelism values to sweep (an axis: the DP
+                        keeps the better of with/without for every TP width t > 1)
+    """
+
+    fused: bool = True
+    sequence_parallel: tuple[bool, ...] = (False,)
+
+    @classmethod
+    def from_config(cls, block: dict | None) -> "GraphSettings":
+        block = dict(block or {})
+        kw = {}
+        if "fused" in block:
+            kw["fused"] = bool(block["fused"])
+        if "sequence_parallel" in block:
+            kw["sequence_parallel"] = _bool_axis(block["sequence_parallel"],
+                                                 "graph.sequence_parallel")
+        return cls(**kw)
+
+    def sp_values(self, tp: int) -> tuple[bool, ...]:
+        """Sequence-parallel variants that differ at width tp (none at t = 1)."""
+        return (False,) if tp == 1 else self.sequence_parallel
+
+
+@dataclass(frozen=True)
+class SchedSettings:
+    """Per-layer scheduling: see docs/sched.md.
+
+    solver         auto (the measured default backend), cpsat, highs, cbc, gurobi, heuristic
+    formulation    compact | reference
+    time_limit_s   seconds per ILP; a solve that hits it keeps its incumbent and gap
+    bnb_share      fraction of the limit for the branch and bound before the backend
+    threads        solver threads (CP-SAT's portfolio)
+    rel_gap        relative gap at which a solve counts as optimal
+    cache_dir      content-addressed ILP cache directory ("" = none)
+    """
+
+    solver: str = "auto"
+    formulation: str = "compact"
+    time_limit_s: float = 10.0
+    bnb_share: float = 0.5
+    threads: int = 8
+    rel_gap: float = 1e-6
+    cache_dir: str = ""
+
+    def __post_init__(self):
+        if not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s)):
+            raise UserError(f"must be > 0 and finite, got {self.time_limit_s}",
+                            field="time_limit_s")
+        if not 0 <= self.bnb_share < 1:
+            raise UserError(f"must be in [0, 1), got {self.bnb_share}", field="bnb_share")
+        if self.threads < 1:
+            raise UserError(f"must be >= 1, got {self.threads}", field="threads")
+
+    @classmethod
+    def from_config(cls, block: dict | None) -> "SchedSettings":
+        block = dict(block or {})
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in block.items() if k in names})
+
+    def backend(self) -> str:
+        """The solver actually run (auto resolved)."""
+        return DEFAULT_SOLVER if self.solver == "auto" else self.solver
+
+    def solve_settings(self) -> dict:
+        """What phaze.sched.solve takes (part of every ILP cache key)."""
+        return {"time_limit_s": float(self.time_limit_s), "rel_gap": float(self.rel_gap),
+                "threads": int(self.threads), "bnb_share": float(self.bnb_share)}
+
+
+@dataclass(frozen=True)
+class PlacementSettings:
+    """The placement DP's axes and the training job it plans.
+
+    devices        accelerators in the cluster
+    global_batch   samples per global batch
+    hbm_gib        HBM capacities per device to sweep (GiB)
+    recompute      activation recomputation modes to sweep (none, selective, full)
+    optimizer      sgd (no state) | adam (mixed precision: fp32 master + 2 moments)
+    zero1          shard the optimizer state over the data-parallel replicas
+    interleave     interleaving depths v of the 1F1B schedule to try (1 = plain 1F1B)
+    """
+
+    devices: int = 1024
+    global_batch: int = 4096
+    hbm_gib: tuple[float, ...] = (32.0, 64.0, 80.0)
+    recompute: tuple[str, ...] = ("none", "selective", "full")
+    optimizer: str = "adam"
+    zero1: bool = False
+    interleave: tuple[int, ...] = (1,)
+
+    def __post_init__(self):
+        for name in ("devices", "global_batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"must be an integer >= 1, got {v!r}", field=name)
+        object.__setattr__(self, "hbm_gib", parse_list(self.hbm_gib, float, "hbm_gib",
+                                                       minimum=1e-9))
+        object.__setattr__(self, "recompute", check_recompute(self.recompute))
+        object.__setattr__(self, "interleave", parse_list(self.interleave, int, "interleave",
+                                                          minimum=1))
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}", field="optimizer",
+                            fix=f"use {' or '.join(OPTIMIZERS)}")
+
+    @classmethod
+    def from_config(cls, block: dict | None) -> "PlacementSettings":
+        block = dict(block or {})
+        kw = {k: block[k] for k in ("devices", "global_batch", "hbm_gib", "recompute",
+                                    "optimizer", "zero1", "interleave") if k in block}
+        return cls(**kw)
+
+    def hbm_bytes(self) -> tuple[float, ...]:
+        return tuple(h * 1024**3 for h in self.hbm_gib)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """How the workflow lays out its jobs (never changes a result).
+
+    n_chunks       scheduling jobs per (model, seq, microbatch): arch chunks
+    cpus_per_job   CPUs a scheduling job asks for (CP-SAT's portfolio runs on them)
+    ranks          MPI ranks of a placement job (1: serial)
+    """
+
+    n_chunks: int = 2
+    cpus_per_job: int = 2
+    ranks: int = 2
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "JobSettings":
+        sc, pl = cfg.get("scheduling") or {}, cfg.get("placement") or {}
+        kw = {k: sc[k] for k in ("n_chunks", "cpus_per_job") if k in sc}
+        if "ranks" in pl:
+            kw["ranks"] = pl["ranks"]
+        return cls(**kw)
+
+
+def parse_network(value, default=None):
+    """A Network from a preset name, an inline JSON object, a JSON file, a dict or a
+    Network; `default` (or Network()) when value is None or empty."""
+    from phaze.hw.arch import Network
+    from phaze.hw.presets import NETWORKS
+
+    if value is None or value == "":
+        return default if default is not None else Network()
+    if isinstance(value, Network):
+        return value
+    if isinstance(value, dict):
+        return Network.from_dict(value)
+    text = str(value).strip()
+    if text in NETWORKS:
+        return NETWORKS[text]
+    if not text.startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"{text!r} is neither a network preset, a JSON object nor a file",
+                            field="network", fix=f"use one of {sorted(NETWORKS)}, a JSON "
+                            "object or a JSON file")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {path} ({e})", field="network") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"not JSON ({e})", field="network") from None
+    if not isinstance(obj, dict):
+        raise UserError("must be a JSON object", field="network")
+    return Network.from_dict(obj)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything a sweep config sets besides its models and arch grid."""
+
+    graph: GraphSettings = GraphSettings()
+    sched: SchedSettings = SchedSettings()
+    placement: PlacementSettings = PlacementSettings()
+    network: object = None                      # phaze.hw.arch.Network (None: Network())
+    microbatch_sizes: tuple[int, ...] = (1, 2)
+    jobs: JobSettings = JobSettings()
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "SweepSettings":
+        return cls(graph=GraphSettings.from_config(cfg.get("graph")),
+                   sched=SchedSettings.from_config(cfg.get("scheduling")),
+                   placement=PlacementSettings.from_config(cfg.get("placement")),
+                   network=parse_network(cfg.get("network") or None),
+                   microbatch_sizes=parse_list(cfg.get("microbatch_sizes", (1, 2)), int,
+                                               "microbatch_sizes", minimum=1),
+                   jobs=JobSettings.from_config(cfg))
+
+    def net(self):
+        return parse_network(self.network)
+
+
+def load_config(path: str) -> dict:
+    """A sweep config file, checked against the schema (one line naming the field)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e})", field="--config") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})",
+                        field="--config") from None
+    check_config_schema(cfg)
+    return cfg
+
+
+def check_config_schema(cfg) -> None:
+    """Validate a config dict against phaze/data/schema.yaml (UserError naming the field)."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: len(list(e.absolute_path)))
+    if errors:
+        err = most_specific(errors[0])
+        raise UserError(f"invalid config: {err.message}", field=field_path(err.absolute_path))
+
+
+def model_source(cfg: dict, name: str) -> str:
+    """What builds the model a config calls `name`: its hf_config path, else `name` (a
+    zoo model). The graph then carries `name` (`phaze graph --name`)."""
+    for m in (cfg or {}).get("models", []):
+        if m.get("name") == name and m.get("hf_config"):
+            return m["hf_config"]
+    return name
+
+
+def field_path(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def most_specific(err):
+    """For a oneOf/anyOf failure, the error of the branch that matched the value's type
+    (e.g. 'glb_mib[0]: 0 is not > 0' rather than '[0] is not valid under any schema')."""
+    while err.context:
+        candidates = [e for e in err.context if e.validator not in ("type", "required", "const")]
+        if not candidates:
+            break
+        err = max(candidates, key=lambda e: len(e.absolute_path))
+    return err
+
+
+def settings_dict(obj) -> dict:
+    """A settings object as plain JSON-able values (provenance, tests)."""
+    return json.loads(json.dumps(asdict(obj), default=str))
+
+
+# ---- CLI flags ---------------------------------------------------------------------------
+# Every flag below defaults to None ("not given"): the value then comes from --config when
+# one is given, else from the dataclass default above. The help text shows that default.
+def add_config_arg(p) -> None:
+    p.add_argument("--config", help="sweep config (configs/default.yaml): its graph, "
+                   "scheduling, placement and network settings (flags given override it)")
+
+
+def add_placement_args(p, axes: bool = True) -> None:
+    """Flags of PlacementSettings (axes=False: one HBM size and recompute mode)."""
+    d = PlacementSettings()
+    p.add_argument("--devices", type=int, help=f"accelerators (default {d.devices})")
+    p.add_argument("--batch", type=int, help=f"global batch in samples (default {d.global_batch})")
+    if axes:
+        p.add_argument("--hbm-gib", help="comma-separated HBM sizes in GiB "
+                       f"(default {','.join(f'{h:g}' for h in d.hbm_gib)})")
+        p.add_argument("--recompute", help="comma-separated recompute modes of "
+                       f"{', '.join(RECOMPUTE_MODES)} (default {','.join(d.recompute)})")
+        p.add_argument("--interleave", help="comma-separated interleaving depths v to try "
+                       f"(default {','.join(map(str, d.interleave))})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
+    p.add_argument("--zero1", action=argparse.BooleanOptionalAction,
+                   help="shard the optimizer state over the data-parallel replicas (ZeRO-1)")
+
+
+def add_graph_args(p, axes: bool = True) -> None:
+    d = GraphSettings()
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction,
+                   help=f"fuse GEMM epilogues (default {str(d.fused).lower()})")
+    if axes:
+        p.add_argument("--sequence-parallel", dest="sequence_parallel",
+                       help="sequence-parallel values to sweep: false, true or false,true "
+                       "(default false)")
+
+
+def add_sched_args(p) -> None:
+    d = SchedSettings()
+    p.add_argument("--solver", help=f"scheduling backend (default {d.solver})")
+    p.add_argument("--time-limit", type=float, help=f"seconds per ILP (default {d.time_limit_s:g})")
+    p.add_argument("--cache", help="ILP cache directory (default: the config's, else none)")
+
+
+def add_network_arg(p) -> None:
+    p.add_argument("--network", help="network: a preset name (tpuv4-ici, dgx-a100, "
+                   "dgx-h100), a JSON object or a JSON file with the keys devices_per_node, "
+                   "intra_bw_Bps, intra_latency_s, inter_bw_Bps, inter_latency_s "
+                   "(default: the config's, else a DGX-A100-like node)")
+
+
+AXES = ("hbm_gib", "recompute", "interleave")
+
+
+def sweep_settings(args) -> tuple["SweepSettings", dict]:
+    """(SweepSettings, config dict or {}) from --config and the flags of the add_*_args
+    helpers that `args` has; a flag given explicitly overrides the config."""
+    from dataclasses import replace
+
+    cfg = load_config(args.config) if getattr(args, "config", None) else {}
+    s = SweepSettings.from_config(cfg)
+    g = lambda name: getattr(args, name, None)  # noqa: E731
+    pl = {}
+    for flag, key in (("devices", "devices"), ("batch", "global_batch"), ("hbm_gib", "hbm_gib"),
+                      ("recompute", "recompute"), ("optimizer", "optimizer"),
+                      ("zero1", "zero1"), ("interleave", "interleave")):
+        v = g(flag)
+        # axes come as comma-separated text; a command's own single value (evaluate's
+        # --interleave, --hbm-gib) is not an axis
+        if v is not None and (isinstance(v, str) or key not in AXES):
+            pl[key] = v
+    if "hbm_gib" in pl:
+        pl["hbm_gib"] = parse_list(pl["hbm_gib"], float, "--hbm-gib", minimum=1e-9)
+    if "interleave" in pl:
+        pl["interleave"] = parse_list(pl["interleave"], int, "--interleave", minimum=1)
+    if "recompute" in pl:
+        pl["recompute"] = check_recompute(pl["recompute"], "--recompute")
+    placement = replace(s.placement, **pl) if pl else s.placement
+    graph = s.graph
+    if g("fused") is not None:
+        graph = replace(graph, fused=bool(g("fused")))
+    if isinstance(g("sequence_parallel"), str):
+        graph = replace(graph, sequence_parallel=parse_list(
+            g("sequence_parallel"), _parse_bool, "--sequence-parallel"))
+    sched = s.sched
+    for flag, key in (("solver", "solver"), ("time_limit", "time_limit_s"), ("cache", "cache_dir")):
+        if g(flag) is not None:
+            sched = replace(sched, **{key: g(flag)})
+    network = parse_network(g("network"), s.net()) if g("network") is not None else s.net()
+    return replace(s, graph=graph, sched=sched, placement=placement, network=network), cfg
+
+
+def _parse_bool(x) -> bool:
+    v = str(x).strip().lower()
+    if v not in ("true", "false", "1", "0"):
+        raise ValueError(v)
+    return v in ("true", "1")

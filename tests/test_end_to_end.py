@@ -1,0 +1,182 @@
+"""One answer, end to end: the composed workflow (graphs -> ILP schedules -> latency tables
+-> placement DP -> report) against second routes to the same numbers:
+  * a sweep over two microbatch sizes equals, row for row, the sweeps of each size alone;
+  * a placement row's plan, fed to `phaze evaluate --grid --arch` (and each best design's
+    command printed by the report), gives the row's time per batch and memory;
+  * `phaze search --config --method all` finds the workflow's best design and throughput.
+Every recompute mode (none, selective, full), sequence parallelism as a DP axis, fused and
+unfused graphs. The runs share one ILP cache, which keys ILPs by content only: a run never
+sees another microbatch size's layer times through it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from workflow_util import env, snakemake, write_config
+
+from phaze.cli import main
+
+pytestmark = pytest.mark.slow
+
+GiB = 2**30
+PROVENANCE = ["item", "solve_seconds", "phaze_version"]
+
+
+def e2e_config(cache_dir: str, **over) -> dict:
+    cfg = {
+        "models": [
+            {"name": "bert-large", "seq": [128], "tp": [1, 2], "fixed_plan": "2x16x1"},
+            {"name": "gpt2-xl", "seq": [128], "tp": [1]},
+        ],
+        "microbatch_sizes": [1, 2],
+        "graph": {"fused": True, "sequence_parallel": [False, True]},
+        "arch": {"n_tc": [1, 2], "n_vc": [1, 2], "tc_rows": [64], "tc_cols": [64],
+                 "glb_mib": [8], "clock_hz": [1.05e9], "hbm_bw_Bps": [1.2e12],
+                 "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"}},
+        "scheduling": {"solver": "auto", "time_limit_s": 5, "n_chunks": 2,
+                       "cache_dir": cache_dir},
+        "placement": {"devices": 64, "global_batch": 256, "hbm_gib": [4, 32],
+                      "recompute": ["none", "selective", "full"], "optimizer": "adam",
+                      "ranks": 1},
+        "network": {"devices_per_node": 8, "intra_bw_Bps": 1e11, "inter_bw_Bps": 1.25e10,
+                    "intra_latency_s": 2e-6, "inter_latency_s": 5e-6},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def run(workdir, cfg):
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(workdir, cfg)
+    snakemake(workdir, "--cores", "2", timeout_s=900)
+    return workdir
+
+
+def place_rows(workdir) -> pd.DataFrame:
+    df = pd.concat([pd.read_parquet(p) for p in sorted((workdir / "results/place").glob("*.parquet"))],
+                   ignore_index=True)
+    keys = ["model", "seq", "arch_id", "mbs", "hbm_bytes", "recompute", "row_kind"]
+    return df.drop(columns=PROVENANCE).sort_values(keys).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    cache = str(base / "ilp-cache")
+    out = {"both": run(base / "both", e2e_config(cache))}
+    for b in (1, 2):
+        out[b] = run(base / f"mbs{b}", e2e_config(cache, microbatch_sizes=[b]))
+    unfused = e2e_config(cache, microbatch_sizes=[1])
+    unfused["graph"] = {"fused": False, "sequence_parallel": [False, True]}
+    out["unfused"] = run(base / "unfused", unfused)
+    return out
+
+
+def test_microbatch_sizes_together_equal_each_alone(runs):
+    both = place_rows(runs["both"])
+    alone = pd.concat([place_rows(runs[1]), place_rows(runs[2])], ignore_index=True)
+    alone = alone.sort_values(["model", "seq", "arch_id", "mbs", "hbm_bytes", "recompute",
+                               "row_kind"]).reset_index(drop=True)
+    assert set(both["recompute"]) == {"none", "selective", "full"}
+    assert both["feasible"].any() and not both["feasible"].all()
+    assert both["sequence_parallel"].eq(True).any(), "sequence parallelism never chosen"
+    pd.testing.assert_frame_equal(both, alone, check_exact=False, rtol=1e-12)
+
+
+def _evaluate_args(row, workdir) -> list[str]:
+    args = ["evaluate", "--config", str(workdir / "results/config.yaml"),
+            "--grid", str(workdir / "results/arch/grid.parquet"), "--arch", row.arch_id,
+            "--model", row.model, "--seq", str(row.seq), "--tp", str(int(row.t)),
+            "--pp", str(int(row.p)), "--dp", str(int(row.d)), "--mbs", str(row.mbs),
+            "--recompute", row.recompute, "--hbm-gib", repr(row.hbm_bytes / GiB),
+            "--interleave", str(int(row.interleave)), "--json"]
+    if row.sequence_parallel:
+        args.append("--sequence-parallel")
+    if row.row_kind == "best":        # the DP's stages; fixed rows use the uniform split
+        args += ["--stages", row.stages]
+    return args
+
+
+@pytest.mark.parametrize("which", ["both", "unfused"])
+def test_evaluate_reproduces_sampled_placement_rows(runs, which, capsys, monkeypatch):
+    workdir = runs[which]
+    monkeypatch.chdir(workdir)          # the config's cache_dir and paths are the run's
+    df = place_rows(workdir)
+    ok = df[df["feasible"]]
+    rng = np.random.default_rng(14)
+    # every (mbs, HBM, recompute, row kind) present, then random extra rows
+    picks = [g.index[rng.integers(len(g))] for _, g in
+             ok.groupby(["mbs", "hbm_bytes", "recompute", "row_kind"])]
+    picks += list(rng.choice(ok.index, size=min(6, len(ok)), replace=False))
+    assert len(picks) >= 8
+    for i in dict.fromkeys(picks):
+        row = ok.loc[i]
+        assert main(_evaluate_args(row, workdir)) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got["time_per_batch_s"] == pytest.approx(row.time_per_batch_s, rel=1e-9), dict(row)
+        assert got["memory_per_device_bytes"] == pytest.approx(row.memory_per_device_bytes,
+                                                               rel=1e-9)
+        assert got["feasible"]
+
+
+def test_report_commands_reproduce_best_designs(runs):
+    workdir = runs["both"]
+    summary = pd.read_csv(workdir / "results/report/summary.csv")
+    best = place_rows(workdir).query("row_kind == 'best' and feasible")
+    for _, r in summary[summary.status == "ok"].iterrows():
+        cmd = shlex.split(r.evaluate_command)
+        assert cmd[:2] == ["phaze", "evaluate"]
+        proc = subprocess.run([sys.executable, "-m", "phaze", *cmd[2:], "--json"], cwd=workdir,
+                              env=env(), capture_output=True, text=True, check=True)
+        got = json.loads(proc.stdout)
+        assert got["samples_per_s"] == pytest.approx(r.best_samples_per_s, rel=1e-9)
+        top = best[best.model == r.model]["samples_per_s"].max()
+        assert r.best_samples_per_s == pytest.approx(top, rel=1e-12)
+
+
+def test_search_finds_the_workflow_best(runs, capsys, monkeypatch):
+    workdir = runs["both"]
+    monkeypatch.chdir(workdir)
+    grid = pd.read_parquet(workdir / "results/arch/grid.parquet")
+    area = dict(zip(grid.arch_id, grid.area_mm2))
+    best = place_rows(workdir).query("row_kind == 'best' and feasible")
+    assert main(["search", "--config", "results/config.yaml", "--grid",
+                 "results/arch/grid.parquet", "--method", "all", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["model"] for r in out["runs"]} == {"bert-large", "gpt2-xl"}
+    for r in out["runs"]:
+        rows = best[best.model == r["model"]]
+        top = rows["samples_per_s"].max()
+        # the documented order: throughput, then smaller area, then arch id
+        winners = rows[rows.samples_per_s == top]
+        want = min(winners.arch_id, key=lambda a: (area[a], a))
+        for method in ("exhaustive", "pruned"):
+            m = r["methods"][method]
+            assert m["best_samples_per_s"] == pytest.approx(top, rel=1e-12), method
+            assert m["best_arch_id"] == want, method
+
+
+def test_hf_config_tp_width_rejected_before_any_job(tmp_path):
+    hf = tmp_path / "tiny-gpt2.json"
+    hf.write_text(json.dumps({"model_type": "gpt2", "n_embd": 256, "n_head": 4, "n_layer": 2,
+                              "vocab_size": 1000, "n_positions": 256}))
+    cfg = e2e_config(str(tmp_path / "cache"))
+    cfg["models"] = [{"name": "tiny", "hf_config": str(hf), "seq": [128], "tp": [1, 3]}]
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "-n", "--cores", "1", check=False)
+    assert proc.returncode != 0
+    assert "models[0].tp[1]" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+    good = copy.deepcopy(cfg)
+    good["models"][0]["tp"] = [1, 2]
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(good))
+    assert main(["check-config", "--config", str(tmp_path / "ok.yaml")]) == 0
+    assert main(["check-config", "--config", str(tmp_path / "config.yaml")]) == 2
