@@ -1,6 +1,6 @@
 """Benchmark: reference-mode placement DP on the 98-layer GPT-3-like instance.
 
-Instance (REFERENCE.md 6 format, generated from formulas, not from the published files):
+Instance (docs/reference.md#placement-dp format, generated from formulas, not from the published files):
 GPT-3 175B (96 blocks, h = 12288, 96 heads, seq 2048, vocab 51200, microbatch 1, bf16) as
 98 layers: embedding, 96 transformer blocks, LM head; TP widths t in {1, 2, 4, 8};
 1024 devices, 4096 microbatches per batch, 64 GiB per device, 4 GiB/s links.

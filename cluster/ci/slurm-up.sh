@@ -9,7 +9,7 @@
 # "phaze-slurm: already up" and exits 0. Otherwise it prints "phaze-slurm: started".
 # Exit codes: 0 up, 1 bring-up failed, 3 cannot install (not root / no apt / apt failed).
 #
-# Settings measured on this machine kind (see INFRA_NOTES): no systemd, cgroup v1 without
+# Settings measured on this machine kind (see docs/infra.md#slurm): no systemd, cgroup v1 without
 # a usable freezer, so proctrack/linuxproc, task/none, jobacct_gather/none, no accounting
 # daemon; the node line comes from `slurmd -C` so the node never claims more than it has.
 set -uo pipefail

@@ -8,10 +8,10 @@ The DP is phaze.place's default-mode DP (`best_plan` on `chain_from_graph(graph,
 layer_latency)`, the same code that writes the workflow's placement tables), best over
 the TP widths; the fixed Megatron strategy is `evaluate_plan` with its p x d x t.
 With dp="reference" it is the reference-mode DP (phaze.place.refdp,
-docs/reference.md#placement-dp) fed with an instance built here the way the reference's outer search builds
-it: one node per layer instance with its parameter and activation bytes and fwd/bwd
-times, a chain of edges carrying the layer's output bytes, one bandwidth (the network's
-inter-node link), and the model's fixed Megatron strategy.
+docs/reference.md#placement-dp) fed with an instance built here the way the reference's
+outer search builds it: one node per layer instance with its parameter and activation
+bytes and fwd/bwd times, a chain of edges carrying the layer's output bytes, one
+bandwidth (the network's inter-node link), and the model's fixed Megatron strategy.
 
 Identical scheduling problems are solved once per search (keyed by SchedProblem.key()),
 so `n_ilps` counts distinct ILPs actually solved.
