@@ -43,7 +43,7 @@ def e2e_config(cache_dir: str, **over) -> dict:
                  "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"}},
         "scheduling": {"solver": "auto", "time_limit_s": 5, "n_chunks": 2,
                        "cache_dir": cache_dir},
-        "placement": {"devices": 64, "global_batch": 256, "hbm_gib": [4, 32],
+        "placement": {"devices": 64, "global_batch": 256, "hbm_gib": [1, 32],
                       "recompute": ["none", "selective", "full"], "optimizer": "adam",
                       "ranks": 1},
         "network": {"devices_per_node": 8, "intra_bw_Bps": 1e11, "inter_bw_Bps": 1.25e10,
@@ -96,7 +96,7 @@ def _evaluate_args(row, workdir) -> list[str]:
             "--grid", str(workdir / "results/arch/grid.parquet"), "--arch", row.arch_id,
             "--model", row.model, "--seq", str(row.seq), "--tp", str(int(row.t)),
             "--pp", str(int(row.p)), "--dp", str(int(row.d)), "--mbs", str(row.mbs),
-            "--recompute", row.recompute, "--hbm-gib", repr(row.hbm_bytes / GiB),
+            "--recompute", row.recompute, "--hbm-gib", repr(float(row.hbm_bytes) / GiB),
             "--interleave", str(int(row.interleave)), "--json"]
     if row.sequence_parallel:
         args.append("--sequence-parallel")

@@ -165,6 +165,10 @@ def test_config_values_reach_only_their_rules(tmp_path):
         argv = shlex.split(c.split(">")[0])
         i = argv.index("phaze")
         by_stage.setdefault(" ".join(argv[i + 1:i + 3]) if argv[i + 1] == "arch" else argv[i + 1], []).append(argv)
+    # check-config writes the whole config for the report's evaluate commands: it and the
+    # report (cheap, after every placement) depend on everything
+    whole = by_stage.pop("check-config")
+    assert '"hbm_gib":[33.5]' in " ".join(whole[0])
     assert set(by_stage) - {"report"} == {"graph", "arch grid", "schedule-batch", "merge-latency", "place"}
     for stage, argvs in by_stage.items():
         for argv in argvs:

@@ -23,7 +23,6 @@ from workflow_util import (
     env,
     snakemake,
     snakemake_cmd,
-    stages_available,
     summary,
     tiny_config,
     write_config,
@@ -31,8 +30,6 @@ from workflow_util import (
 
 pytestmark = pytest.mark.slow
 
-_ok, _why = stages_available()
-requires_stages = pytest.mark.skipif(not _ok, reason=_why)
 
 GiB = 2**30
 # Columns that record how/when a row was obtained rather than what it is.
@@ -92,8 +89,6 @@ def edit_config(workdir: Path, mutate) -> dict:
 # ---- the reference run ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> Path:
-    if not _ok:
-        pytest.skip(_why)
     work = tmp_path_factory.mktemp("wf_base")
     write_config(work, tiny_config())
     t0 = time.time()
@@ -102,7 +97,6 @@ def base_run(tmp_path_factory) -> Path:
     return work
 
 
-@requires_stages
 def test_local_sweep_end_to_end(base_run):
     cfg = tiny_config()
     res = base_run / "results"
@@ -136,7 +130,6 @@ def test_local_sweep_end_to_end(base_run):
     assert not [p for p in res.rglob("*.tmp") if "cache" not in p.parts]
 
 
-@requires_stages
 @pytest.mark.slurm
 def test_slurm_run_equals_local_run(base_run, slurm_cluster, tmp_path):  # noqa: F811
     """The same sweep through the real one-node SLURM with the slurm executor: every rule
@@ -157,7 +150,6 @@ def test_slurm_run_equals_local_run(base_run, slurm_cluster, tmp_path):  # noqa:
     assert_same_results(tmp_path, base_run)
 
 
-@requires_stages
 def test_adding_hbm_size_reruns_only_placement(base_run, tmp_path):
     work = clone(base_run, tmp_path / "w")
     edit_config(work, lambda c: c["placement"]["hbm_gib"].append(64))
@@ -183,7 +175,6 @@ def test_adding_hbm_size_reruns_only_placement(base_run, tmp_path):
                                   old.drop(columns=["item"], errors="ignore"), check_exact=False)
 
 
-@requires_stages
 def test_adding_microbatch_size_reruns_no_existing_scheduling_job(base_run, tmp_path):
     work = clone(base_run, tmp_path / "w")
     edit_config(work, lambda c: c["microbatch_sizes"].append(2))
@@ -199,7 +190,6 @@ def test_adding_microbatch_size_reruns_no_existing_scheduling_job(base_run, tmp_
     assert "arch_grid" not in by_rule
 
 
-@requires_stages
 def test_adding_archs_solves_only_new_archs(base_run, tmp_path):
     work = clone(base_run, tmp_path / "w")
     edit_config(work, lambda c: c["arch"]["tc_cols"].append(128))
@@ -229,7 +219,6 @@ def test_adding_archs_solves_only_new_archs(base_run, tmp_path):
         check_exact=False)
 
 
-@requires_stages
 def test_changing_a_model_reruns_only_its_jobs(base_run, tmp_path):
     work = clone(base_run, tmp_path / "w")
     edit_config(work, lambda c: c["models"][1].update(seq=[256]))
@@ -246,7 +235,6 @@ def test_changing_a_model_reruns_only_its_jobs(base_run, tmp_path):
     assert "arch_grid" not in rules
 
 
-@requires_stages
 def test_killed_scheduling_job_then_rerun_equals_uninterrupted(base_run, tmp_path):
     work = tmp_path / "w"
     work.mkdir()

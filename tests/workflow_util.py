@@ -132,15 +132,3 @@ def tiny_config(**overrides) -> dict:
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
-
-
-def stages_available() -> tuple[bool, str]:
-    """Whether the phaze subcommands the rules call exist in this checkout."""
-    import importlib.util
-
-    missing = [
-        m for m in ("phaze.model.commands", "phaze.hw.commands", "phaze.sched.commands",
-                    "phaze.place.commands")
-        if importlib.util.find_spec(m) is None
-    ]
-    return (not missing, f"stages not merged yet: {', '.join(missing)}")

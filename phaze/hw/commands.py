@@ -37,14 +37,18 @@ def resolve_arch(name: str, grid: str | None = None):
     from phaze.hw.arch import arch_from_row
     from phaze.hw.presets import PRESETS, get_preset
 
-    if name in PRESETS or not grid:
-        return get_preset(name)
-    import pandas as pd
+    from phaze.hw.grid import read_grid
 
-    df = pd.read_parquet(grid)
+    if name in PRESETS:
+        return get_preset(name)
+    if not grid:
+        raise UserError(f"{name!r} is not an arch preset", field="--arch",
+                        fix=f"use one of {sorted(PRESETS)}, or an arch_id with --grid G.parquet")
+    df = read_grid(grid)
     hit = df[df["arch_id"] == name]
     if hit.empty:
-        raise UserError(f"arch_id {name!r} not in {grid}", field="arch")
+        raise UserError(f"arch_id {name!r} is not in {grid}", field="--arch",
+                        fix="use an arch_id of that grid")
     return arch_from_row(hit.iloc[0])
 
 
