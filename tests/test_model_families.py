@@ -92,6 +92,17 @@ def test_unsupported_values_refused_naming_the_field(cfg, field):
     assert e.value.field == field
 
 
+def test_sliding_window_null_and_absent():
+    base = dict(LLAMA32_1B, model_type="mistral", tie_word_embeddings=False)
+    base.pop("rope_scaling")
+    assert spec_from_hf_dict({**base, "sliding_window": None}).sliding_window == 0  # v0.2: no window
+    assert spec_from_hf_dict(base).sliding_window == 4096  # MistralConfig's default
+    assert spec_from_hf_dict({**base, "sliding_window": 1024}).sliding_window == 1024
+    with pytest.raises(UserError) as e:
+        spec_from_hf_dict({**base, "sliding_window": "4096"})
+    assert e.value.field == "sliding_window"
+
+
 def test_hf_seq_defaults_and_the_size_bound(tmp_path, capsys):
     f = tmp_path / "config.json"
     f.write_text(json.dumps(LLAMA32_1B))

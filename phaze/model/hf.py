@@ -178,6 +178,9 @@ def _layer_types(get, layers: int, sliding: bool, window: int) -> tuple[str, ...
 
 
 def _window(get, default=None) -> int:
+    """sliding_window; an explicit null means no window (Mistral-7B-v0.2), absent = default."""
+    if "sliding_window" in get.cfg and get.cfg["sliding_window"] is None:
+        return 0
     k, v = get.raw("sliding_window", default)
     return 0 if v is None else get.int("sliding_window", default)
 
