@@ -142,7 +142,7 @@ def _fmt_dims(o) -> str:
 def _print_table(g: ModelGraph, s: dict) -> None:
     print(f"{g.model}: seq {g.seq}, microbatch {g.mbs}, tp {g.tp}"
           f"{', sequence parallel' if g.sequence_parallel else ''}{', fused' if g.fused else ''}"
-          f" - sizes per device")
+          f", {g.attention} attention - sizes per device")
     hdr = f"  {'pass':4s} {'op':32s} {'kind':10s} {'dims / class':22s} {'GFLOP':>10s} {'MB read':>9s} {'MB writ':>9s} {'MB saved':>9s}"
     for lg in g.layers:
         print(f"\n[{lg.kind}] x{lg.repeat}: params {lg.param_count / 1e6:.2f} M/device, activations kept "
