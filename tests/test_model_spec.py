@@ -14,7 +14,7 @@ from phaze.model.zoo import ZOO, get_model, resolve_model
 ZOO_NAMES = ["bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "llama2-70b", "llama3-8b", "megatron-bert",
              "megatron-gpt2-54", "megatron-gpt2-72", "gpt3-175b", "gpt-1.7b", "gpt-3.6b", "gpt-7.5b",
              "gpt-18.4b", "gpt-39.1b", "gpt-76.1b", "gpt-145.6b", "gpt-310.1b", "gpt-529.6b", "gpt-1t",
-             "gpt-22b", "gpt-530b"]
+             "gpt-22b", "gpt-530b", "llama3-70b", "mistral-7b", "mixtral-8x7b", "qwen2.5-7b", "gemma2-9b"]
 
 # Published parameter counts (papers / model cards), not derived from our code.
 PUBLISHED = {
@@ -30,6 +30,11 @@ PUBLISHED = {
     "gpt3-175b": 174.6e9,       # Narayanan Eq. 2
     "gpt-22b": 22e9,            # Korthikanti Table 3
     "gpt-530b": 530e9,
+    "llama3-70b": 70.55e9,      # Meta Llama 3 model card (70,553,706,496)
+    "mistral-7b": 7.24e9,       # Jiang et al. 2023 / HF model card
+    "mixtral-8x7b": 46.7e9,     # Jiang et al. 2024 (46.7B total, 12.9B active)
+    "qwen2.5-7b": 7.61e9,       # Qwen2.5 report (7.61B)
+    "gemma2-9b": 9.24e9,        # Gemma 2 report / HF model card
 }
 # Narayanan et al. SC'21 Table 1, printed to 0.1 B (1T: 1008 B)
 TABLE1 = {"gpt-1.7b": 1.7e9, "gpt-3.6b": 3.6e9, "gpt-7.5b": 7.5e9, "gpt-18.4b": 18.4e9,

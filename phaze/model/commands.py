@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from phaze.model.graph import build_graph
+from phaze.errors import UserError
+from phaze.model.graph import ATTENTION, build_graph
 from phaze.model.ops import ModelGraph
 from phaze.model.zoo import ZOO, resolve_model
 
@@ -18,7 +19,9 @@ def register(sub) -> None:
                        description="Build the forward and backward operator graph of a model for one "
                                    "microbatch on one device of a tensor-parallel group.")
     p.add_argument("--model", required=True, help="zoo name (`phaze models`) or path to a Hugging Face config.json")
-    p.add_argument("--seq", type=int, default=None, help="sequence length (default: the model's)")
+    p.add_argument("--seq", type=int, default=None,
+                   help="sequence length (default: the zoo's, or min(max_position_embeddings, 4096) "
+                        "for a config.json)")
     p.add_argument("--mbs", type=int, default=1, help="microbatch size (default 1)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel width (default 1)")
     p.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism")
@@ -26,6 +29,12 @@ def register(sub) -> None:
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
     p.add_argument("--name", help="the model's name in the graph and every table built from it "
                    "(default: the zoo name or the config's)")
+    p.add_argument("--attention", choices=ATTENTION, default="eager",
+                   help="eager: s x s probabilities materialised and kept (HF eager, Megatron's unfused "
+                        "softmax); flash: one fused kernel, no s^2 tensor kept (default eager)")
+    p.add_argument("--vocab-pad-multiple", type=int, default=1,
+                   help="pad the vocabulary to a multiple of this x tp, as Megatron-LM's "
+                        "--make-vocab-size-divisible-by (128 there); default 1 = no padding")
     p.add_argument("-o", "--output", help="write the graph as JSON to this file (atomic)")
     p.add_argument("--json", action="store_true", help="print a one-object JSON summary")
     p.set_defaults(func=cmd_graph)
@@ -38,7 +47,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name, s in ZOO.items():
         g = build_graph(s, seq=s.seq)  # parameter count from the graph itself
         rows.append({"name": name, "layers": s.layers, "hidden": s.hidden, "heads": s.heads,
-                     "kv_heads": s.n_kv_heads, "ffn": s.ffn, "vocab": s.vocab, "seq": s.seq,
+                     "kv_heads": s.n_kv_heads, "ffn": s.ffn, "experts": s.experts, "top_k": s.top_k,
+                     "vocab": s.vocab, "seq": s.seq,
                      "activation": s.activation, "norm": s.norm, "position": s.position,
                      "params": g.params_total, "source": s.source})
     if args.json:
@@ -54,7 +64,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
     """The stable `phaze graph --json` keys (documented in docs/model.md)."""
-    block = next(lg for lg in graph.layers if lg.kind == "block")
+    # the largest block kind (a model may have several: sliding / full attention)
+    block = max((lg for lg in graph.layers if lg.kind not in ("prologue", "epilogue")),
+                key=lambda lg: lg.activation_bytes["none"])
     layers = [{"kind": lg.kind, "repeat": lg.repeat, "n_ops_fwd": len(lg.fwd), "n_ops_bwd": len(lg.bwd),
                "flops_fwd": lg.flops("fwd"), "flops_bwd": lg.flops("bwd"),
                "param_count": lg.param_count, "param_bytes": lg.param_bytes,
@@ -65,6 +77,7 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
     return {
         "model": graph.model, "seq": graph.seq, "mbs": graph.mbs, "tp": graph.tp,
         "sequence_parallel": graph.sequence_parallel, "fused": graph.fused, "dtype_bytes": graph.dtype_bytes,
+        "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple,
         "params": graph.params_total,
         "flops_fwd": model_graph_t1.flops("fwd"),
         "flops_bwd": model_graph_t1.flops("bwd"),
@@ -79,6 +92,19 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
     }
 
 
+# a block keeping more than this on one device is a mistake, not a plan (an H200 holds 141 GB)
+MAX_BLOCK_ACTIVATION_BYTES = 256 * 2**30
+
+
+def check_graph_size(g: ModelGraph) -> None:
+    """UserError naming --seq when one block keeps more than MAX_BLOCK_ACTIVATION_BYTES."""
+    worst = max(lg.activation_bytes.get("none", 0.0) for lg in g.layers)
+    if worst > MAX_BLOCK_ACTIVATION_BYTES:
+        raise UserError(f"{g.seq} makes one layer keep {worst / 2**30:,.0f} GiB of activations on one "
+                        f"device (bound {MAX_BLOCK_ACTIVATION_BYTES / 2**30:.0f} GiB)", field="seq",
+                        fix="pass a smaller --seq, --attention flash or a wider --tp")
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from phaze.jsonout import emit_json
     from phaze.model.serialize import save_graph
@@ -87,13 +113,15 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if args.name:
         spec = spec.with_(name=args.name)
     if args.dtype_bytes not in (1, 2, 4):
-        from phaze.errors import UserError
-
         raise UserError(f"must be 1, 2 or 4, got {args.dtype_bytes}", field="dtype-bytes")
+    if args.vocab_pad_multiple < 1:
+        raise UserError(f"must be a positive integer, got {args.vocab_pad_multiple}", field="vocab-pad-multiple")
+    opts = dict(fused=args.fused, dtype_bytes=args.dtype_bytes, attention=args.attention,
+                vocab_pad_multiple=args.vocab_pad_multiple)
     g = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp, sequence_parallel=args.sequence_parallel,
-                    fused=args.fused, dtype_bytes=args.dtype_bytes)
-    g1 = g if g.tp == 1 else build_graph(spec, seq=g.seq, mbs=g.mbs, tp=1, fused=args.fused,
-                                         dtype_bytes=args.dtype_bytes)
+                    **opts)
+    check_graph_size(g)
+    g1 = g if g.tp == 1 else build_graph(spec, seq=g.seq, mbs=g.mbs, tp=1, **opts)
     if args.output:
         save_graph(g, args.output, spec=spec.to_dict())
     summary = graph_summary(g, g1)
@@ -118,7 +146,7 @@ def _fmt_dims(o) -> str:
 def _print_table(g: ModelGraph, s: dict) -> None:
     print(f"{g.model}: seq {g.seq}, microbatch {g.mbs}, tp {g.tp}"
           f"{', sequence parallel' if g.sequence_parallel else ''}{', fused' if g.fused else ''}"
-          f" - sizes per device")
+          f", {g.attention} attention - sizes per device")
     hdr = f"  {'pass':4s} {'op':32s} {'kind':10s} {'dims / class':22s} {'GFLOP':>10s} {'MB read':>9s} {'MB writ':>9s} {'MB saved':>9s}"
     for lg in g.layers:
         print(f"\n[{lg.kind}] x{lg.repeat}: params {lg.param_count / 1e6:.2f} M/device, activations kept "

@@ -24,7 +24,8 @@ s b h (34 + 5 a s / h) bytes without parallelism.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from phaze.model.ops import GemmDims, LayerGraph, ModelGraph, Op
 from phaze.model.spec import ModelSpec
@@ -34,11 +35,13 @@ from phaze.model.spec import ModelSpec
 VECTOR_FLOPS = {
     "layernorm": (8, 16), "rmsnorm": (5, 10), "softmax": (5, 4), "dropout": (2, 1),
     "gelu": (10, 14), "relu": (1, 1), "swiglu": (6, 10), "add": (1, 0), "rope": (3, 3),
-    "embedding": (1, 1), "cross_entropy": (5, 2), "tanh": (5, 3),
+    "embedding": (1, 1), "cross_entropy": (5, 2), "tanh": (5, 3), "geglu": (11, 16),
+    "silu": (5, 8), "sigmoid": (5, 3), "permute": (1, 1),
 }
 # element-wise classes a GEMM can absorb as its epilogue (the reference's TC+VC ops)
-FUSABLE = {"gelu", "relu", "swiglu", "dropout", "add", "rope", "tanh",
-           "gelu_bwd", "relu_bwd", "swiglu_bwd", "dropout_bwd", "rope_bwd", "tanh_bwd"}
+FUSABLE = {"gelu", "relu", "silu", "swiglu", "geglu", "dropout", "add", "rope", "tanh",
+           "gelu_bwd", "relu_bwd", "silu_bwd", "swiglu_bwd", "geglu_bwd", "dropout_bwd", "rope_bwd",
+           "tanh_bwd"}
 MASK_BYTES = 1      # dropout mask, one byte per element (Korthikanti)
 LOGIT_BYTES = 4     # cross-entropy keeps fp32 logits (Korthikanti Sec. 4.3)
 TOKEN_ID_BYTES = 8  # int64 token ids
@@ -69,6 +72,8 @@ class _Node:
     accumulate: bool = True            # several consumers -> a gradient add (False: disjoint slices)
     regather: float = 0.0              # SP: all-gather the input again in backward (bytes) for .dW
     selective: bool = False            # re-run by selective recomputation (attention core)
+    experts: int = 0                   # routed-expert GEMM spanning this many experts (MoE)
+    fused_fwd: tuple[str, ...] = ()    # vector classes inside a fused kernel (flash attention)
 
 
 class _Layer:
@@ -88,11 +93,14 @@ class _Layer:
         return node.name
 
     # --- node helpers ------------------------------------------------------------
-    def linear(self, name, x, tokens, k, n, *, rule, bias, saved, unique=None, shared=0, regather=0.0):
-        """Y[tokens, n] = X[tokens, k] @ W[k, n] (+ bias), k and n already per-device shards."""
+    def linear(self, name, x, tokens, k, n, *, rule, bias, saved, unique=None, shared=0, regather=0.0,
+               experts=0):
+        """Y[tokens, n] = X[tokens, k] @ W[k, n] (+ bias), k and n already per-device shards.
+        experts > 0: a grouped GEMM of routed experts, `tokens` routed token slots in all,
+        each expert owning its own W[k, n] (and bias)."""
         dt = self.dt
-        w = k * n
-        b = n if bias else 0
+        w = k * n * max(experts, 1)
+        b = n * max(experts, 1) if bias else 0
         params_dev = w + b
         if unique is None:  # whole model: column/vocab shard weight and bias, row the weight only
             unique = {"column": params_dev * self.tp, "vocab": params_dev * self.tp,
@@ -101,7 +109,16 @@ class _Layer:
             name=name, inputs=(x,), in_bytes=(tokens * k * dt,), out_bytes=tokens * n * dt,
             out_elements=tokens * n, kind="gemm", bwd="gemm_linear", gemm=GemmDims(1, tokens, n, k),
             b_bytes=w * dt, params_dev=params_dev, params_unique=unique, params_shared=shared,
-            bias_n=b, saved=saved, tp_rule=rule, regather=regather))
+            bias_n=b, saved=saved, tp_rule=rule, regather=regather, experts=experts))
+
+    def flash(self, name, inputs, in_bytes, *, batch, s, keys, d, saved, selective_drop):
+        """Fused attention O = softmax(Q K^T) V (FlashAttention, Dao et al. 2022): one kernel,
+        two GEMMs of batch x s x keys x d, the s x keys probabilities never leave on-chip
+        memory. Expressed as one gemm op of batch 2 x `batch` (FLOP = 4 batch s keys d)."""
+        return self.add(_Node(
+            name=name, inputs=tuple(inputs), in_bytes=tuple(in_bytes), out_bytes=batch * s * d * self.dt,
+            out_elements=batch * s * keys, kind="gemm", bwd="flash", gemm=GemmDims(2 * batch, s, keys, d),
+            saved=saved, selective_drop=selective_drop, tp_rule="column", fused_fwd=("softmax",)))
 
     def bmm(self, name, a, b, *, batch, m, n, k, a_bytes, b_bytes, saved, selective_drop=0.0):
         return self.add(_Node(
@@ -146,9 +163,12 @@ class _Layer:
                           bytes_written=n.out_bytes, param_bytes=n.params_dev * self.dt,
                           saved_bytes=n.saved, tp_rule=n.tp_rule,
                           selective_recompute=n.selective)
-            if n.kind == "gemm":
+            if n.kind == "gemm" and n.bwd == "flash":
+                ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, fused=n.fused_fwd,
+                              elements=n.out_elements, **{**common, "bytes_read": sum(n.in_bytes)}))
+            elif n.kind == "gemm":
                 bread = n.in_bytes[0] + n.b_bytes + n.bias_n * self.dt
-                ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm,
+                ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, experts=n.experts,
                               **{**common, "bytes_read": bread}))
             elif n.kind == "vector":
                 if n.vclass == "embedding":  # a gather reads only the rows it looks up
@@ -180,100 +200,138 @@ class _Layer:
         return [p]
 
     def backward_ops(self) -> list[Op]:
-        dt = self.dt
-        ops: list[Op] = []
-        contrib: dict[str, list[tuple[str, ...]]] = defaultdict(list)
-        names = list(self.nodes)
-        regathered: set[str] = set()
-
-        def ready(name: str, elements: int, accumulate: bool) -> tuple[str, ...]:
-            cs = contrib.get(name, [])
-            if not cs:
-                return ()
-            if len(cs) == 1:
-                return cs[0]
-            union: list[str] = []
-            for c in cs:
-                union += [d for d in c if d not in union]
-            if not accumulate:
-                return tuple(union)
-            g = f"{'input' if name == 'in' else name}.gacc"
-            ops.append(Op(name=g, kind="vector", deps=tuple(union), vclass="add", elements=elements,
-                          flops=float((len(cs) - 1) * elements), bytes_read=len(cs) * elements * dt,
-                          bytes_written=elements * dt))
-            return (g,)
-
-        for name in reversed(names):
+        """Walk the forward dataflow backwards: for each node, gather its output gradient
+        (`_grad_ready`), emit its backward ops (`_bwd_*` by node.bwd) and record, per input,
+        which op produced that input's gradient contribution."""
+        st = _BwdState()
+        for name in reversed(list(self.nodes)):
             n = self.nodes[name]
-            gr = ready(name, n.out_elements, n.accumulate)
-            per_input: list[tuple[str, ...] | None] = [None] * len(n.inputs)
-            if n.bwd == "gemm_linear":
-                g = n.gemm
-                dx = Op(name=f"{name}.dX", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.m, g.k, g.n),
-                        flops=g.flops, bytes_read=n.out_bytes + n.b_bytes, bytes_written=n.in_bytes[0],
-                        tp_rule=n.tp_rule)
-                wdeps = gr
-                if n.regather:  # SP keeps only the shard of the input: gather it again for .dW
-                    rg = f"{n.inputs[0]}.regather"
-                    if rg not in regathered:
-                        regathered.add(rg)
-                        ops.append(Op(name=rg, kind="collective", collective="all_gather", group="tp",
-                                      comm_bytes=n.regather, bytes_read=n.regather / self.tp,
-                                      bytes_written=n.regather, tp_rule="sharded"))
-                    wdeps = gr + (rg,)
-                dw = Op(name=f"{name}.dW", kind="gemm", deps=wdeps, gemm=GemmDims(g.batch, g.k, g.n, g.m),
-                        flops=g.flops, bytes_read=n.in_bytes[0] + n.out_bytes,
-                        bytes_written=n.b_bytes + n.bias_n * dt, tp_rule=n.tp_rule)
-                ops += [dx, dw]
-                per_input[0] = (dx.name,)
-            elif n.bwd == "gemm_act":
-                g = n.gemm
-                da = Op(name=f"{name}.dX", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.m, g.k, g.n),
-                        flops=g.flops, bytes_read=n.out_bytes + n.in_bytes[1], bytes_written=n.in_bytes[0],
-                        tp_rule=n.tp_rule)
-                db = Op(name=f"{name}.dW", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.k, g.n, g.m),
-                        flops=g.flops, bytes_read=n.in_bytes[0] + n.out_bytes, bytes_written=n.in_bytes[1],
-                        tp_rule=n.tp_rule)
-                ops += [da, db]
-                per_input = [(da.name,), (db.name,)]
-            elif n.bwd in ("vector", "leaf", "pass_leaf"):
-                vc = f"{n.vclass}_bwd"
-                bread = n.out_bytes + sum(n.in_bytes) + n.params_dev * dt
-                bwritten = (sum(n.in_bytes) if n.bwd == "vector" else 0.0) + n.params_dev * dt
-                if n.vclass == "dropout":
-                    bread = n.out_bytes + n.out_elements * MASK_BYTES
-                elif n.vclass == "embedding":  # scatter-add of the touched rows
-                    bread = n.out_bytes + (sum(n.in_bytes) if n.bwd == "leaf" else 0.0)
-                    bwritten = n.out_bytes
-                op = Op(name=f"{name}.bwd", kind="vector", deps=gr, vclass=vc, elements=n.out_elements,
-                        flops=float(VECTOR_FLOPS[n.vclass][1] * n.out_elements), bytes_read=bread,
-                        bytes_written=bwritten, tp_rule=n.tp_rule)
-                ops.append(op)
-                if n.bwd == "vector":
-                    per_input = [(op.name,)] * len(n.inputs)
-                elif n.bwd == "pass_leaf":
-                    per_input = [gr] * len(n.inputs)
-            elif n.bwd == "pass":
-                per_input = [gr] * len(n.inputs)
-            elif n.bwd == "collective":
-                if n.bwd_collective:
-                    rd, wr = _coll_bytes(n.bwd_collective, n.comm_bytes, self.tp)
-                    op = Op(name=f"{name}.bwd", kind="collective", deps=gr, collective=n.bwd_collective,
-                            group="tp", comm_bytes=n.comm_bytes, bytes_read=rd, bytes_written=wr,
-                            tp_rule=n.tp_rule)
-                    ops.append(op)
-                    per_input = [(op.name,)]
-                else:
-                    per_input = [gr]
-            else:  # pragma: no cover - builder bug
-                raise AssertionError(n.bwd)
+            gr = self._grad_ready(st, name, n.out_elements, n.accumulate)
+            per_input = getattr(self, f"_bwd_{n.bwd}")(st, n, gr)
             for p, c in zip(n.inputs, per_input):
                 if c is not None:
-                    contrib[p].append(c)
+                    st.contrib[p].append(c)
         # the gradient of the layer input (sent to the previous layer) must be complete
-        n_in = self.out_of.get("in_elements", 0)
-        ready("in", int(n_in), True)
-        return ops
+        self._grad_ready(st, "in", int(self.out_of.get("in_elements", 0)), True)
+        return st.ops
+
+    def _grad_ready(self, st: "_BwdState", name: str, elements: int, accumulate: bool) -> tuple[str, ...]:
+        """Ops after which the gradient of `name`'s output is complete; several
+        contributions to one tensor are summed by a `.gacc` add (not for disjoint slices)."""
+        cs = st.contrib.get(name, [])
+        if not cs:
+            return ()
+        if len(cs) == 1:
+            return cs[0]
+        union: list[str] = []
+        for c in cs:
+            union += [d for d in c if d not in union]
+        if not accumulate:
+            return tuple(union)
+        g = f"{'input' if name == 'in' else name}.gacc"
+        dt = self.dt
+        st.ops.append(Op(name=g, kind="vector", deps=tuple(union), vclass="add", elements=elements,
+                         flops=float((len(cs) - 1) * elements), bytes_read=len(cs) * elements * dt,
+                         bytes_written=elements * dt))
+        return (g,)
+
+    def _bwd_gemm_linear(self, st, n: "_Node", gr):
+        """Linear Y = X W: dX = dY W^T and dW = X^T dY (bias gradient folded into .dW)."""
+        g, dt = n.gemm, self.dt
+        dx = Op(name=f"{n.name}.dX", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.m, g.k, g.n),
+                flops=g.flops, bytes_read=n.out_bytes + n.b_bytes, bytes_written=n.in_bytes[0],
+                tp_rule=n.tp_rule, experts=n.experts)
+        wdeps = gr
+        if n.regather:  # SP keeps only the shard of the input: gather it again for .dW
+            rg = f"{n.inputs[0]}.regather"
+            if rg not in st.regathered:
+                st.regathered.add(rg)
+                st.ops.append(Op(name=rg, kind="collective", collective="all_gather", group="tp",
+                                 comm_bytes=n.regather, bytes_read=n.regather / self.tp,
+                                 bytes_written=n.regather, tp_rule="sharded"))
+            wdeps = gr + (rg,)
+        dw = Op(name=f"{n.name}.dW", kind="gemm", deps=wdeps, gemm=GemmDims(g.batch, g.k, g.n, g.m),
+                flops=g.flops, bytes_read=n.in_bytes[0] + n.out_bytes,
+                bytes_written=n.b_bytes + n.bias_n * dt, tp_rule=n.tp_rule, experts=n.experts)
+        st.ops += [dx, dw]
+        return [(dx.name,)]
+
+    def _bwd_gemm_act(self, st, n: "_Node", gr):
+        """Activation x activation product C = A B: dA = dC B^T, dB = A^T dC."""
+        g = n.gemm
+        da = Op(name=f"{n.name}.dX", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.m, g.k, g.n),
+                flops=g.flops, bytes_read=n.out_bytes + n.in_bytes[1], bytes_written=n.in_bytes[0],
+                tp_rule=n.tp_rule)
+        db = Op(name=f"{n.name}.dW", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.k, g.n, g.m),
+                flops=g.flops, bytes_read=n.in_bytes[0] + n.out_bytes, bytes_written=n.in_bytes[1],
+                tp_rule=n.tp_rule)
+        st.ops += [da, db]
+        return [(da.name,), (db.name,)]
+
+    def _bwd_flash(self, st, n: "_Node", gr):
+        """Fused attention backward (FlashAttention-2, Dao 2023, Alg. 2): recomputes the
+        scores S = Q K^T from the saved Q, K and log-sum-exp, then dV = P^T dO, dP = dO V^T,
+        dQ = dS K, dK = dS^T Q: five GEMMs of the forward's shape (forward: two)."""
+        g = n.gemm
+        per = g.batch // 2
+        op = Op(name=f"{n.name}.bwd", kind="gemm", deps=gr, gemm=GemmDims(5 * per, g.m, g.n, g.k),
+                flops=2.5 * g.flops, bytes_read=sum(n.in_bytes) + 2 * n.out_bytes + n.saved,
+                bytes_written=sum(n.in_bytes), tp_rule=n.tp_rule, fused=("softmax_bwd",),
+                elements=n.out_elements)
+        st.ops.append(op)
+        return [(op.name,)] * len(n.inputs)
+
+    def _bwd_vector(self, st, n: "_Node", gr):
+        op = self._vector_bwd_op(st, n, gr)
+        return [(op.name,)] * len(n.inputs)
+
+    def _bwd_leaf(self, st, n: "_Node", gr):
+        self._vector_bwd_op(st, n, gr)
+        return [None] * len(n.inputs)
+
+    def _bwd_pass_leaf(self, st, n: "_Node", gr):
+        self._vector_bwd_op(st, n, gr)
+        return [gr] * len(n.inputs)
+
+    def _vector_bwd_op(self, st, n: "_Node", gr) -> Op:
+        """One backward vector op `NAME.bwd` (vclass `<class>_bwd`); `leaf` and `pass_leaf`
+        nodes (embeddings) only produce their parameters' gradient."""
+        dt = self.dt
+        bread = n.out_bytes + sum(n.in_bytes) + n.params_dev * dt
+        bwritten = (sum(n.in_bytes) if n.bwd == "vector" else 0.0) + n.params_dev * dt
+        if n.vclass == "dropout":
+            bread = n.out_bytes + n.out_elements * MASK_BYTES
+        elif n.vclass == "embedding":  # scatter-add of the touched rows
+            bread = n.out_bytes + (sum(n.in_bytes) if n.bwd == "leaf" else 0.0)
+            bwritten = n.out_bytes
+        op = Op(name=f"{n.name}.bwd", kind="vector", deps=gr, vclass=f"{n.vclass}_bwd",
+                elements=n.out_elements, flops=float(VECTOR_FLOPS[n.vclass][1] * n.out_elements),
+                bytes_read=bread, bytes_written=bwritten, tp_rule=n.tp_rule)
+        st.ops.append(op)
+        return op
+
+    def _bwd_pass(self, st, n: "_Node", gr):
+        return [gr] * len(n.inputs)
+
+    def _bwd_collective(self, st, n: "_Node", gr):
+        """Megatron conjugate of a forward collective (or of the identity f)."""
+        if not n.bwd_collective:
+            return [gr]
+        rd, wr = _coll_bytes(n.bwd_collective, n.comm_bytes, self.tp)
+        op = Op(name=f"{n.name}.bwd", kind="collective", deps=gr, collective=n.bwd_collective,
+                group="tp", comm_bytes=n.comm_bytes, bytes_read=rd, bytes_written=wr,
+                tp_rule=n.tp_rule)
+        st.ops.append(op)
+        return [(op.name,)]
+
+
+@dataclass
+class _BwdState:
+    """What the backward walk has produced so far."""
+    ops: list[Op] = field(default_factory=list)
+    # tensor (producer node name, "in") -> ops each producing one gradient contribution
+    contrib: dict[str, list[tuple[str, ...]]] = field(default_factory=lambda: defaultdict(list))
+    regathered: set[str] = field(default_factory=set)
 
 
 def _wbytes(n: _Node, dt: int) -> float:
@@ -352,6 +410,17 @@ def _topo(ops: list[Op]) -> list[Op]:
 
 
 # --- the model ------------------------------------------------------------------------
+ATTENTION = ("eager", "flash")
+
+
+class BuiltLayer(NamedTuple):
+    """What a layer builder returns: the dataflow and its boundary tensors (bytes, one device)."""
+    layer: _Layer
+    input_bytes: float     # activation entering the layer (pipeline p2p payload)
+    output_bytes: float    # activation leaving it
+    full_bytes: float      # what full recomputation keeps (the block input); 0 = not recomputed
+
+
 @dataclass
 class _Ctx:
     spec: ModelSpec
@@ -360,6 +429,8 @@ class _Ctx:
     t: int
     sp: bool
     dt: int
+    attention: str = "eager"
+    vocab_pad_multiple: int = 1
 
     @property
     def T(self) -> int:          # tokens of one microbatch
@@ -370,30 +441,74 @@ class _Ctx:
         return self.T // self.t if self.sp else self.T
 
     @property
-    def vt(self) -> int:         # vocabulary shard (Megatron pads V to a multiple of t)
-        return -(-self.spec.vocab // self.t)
+    def vocab(self) -> int:
+        """Rows of the embedding / LM head. Megatron-LM pads V up to a multiple of
+        make-vocab-size-divisible-by x t (`_vocab_size_with_padding`, default 128);
+        vocab_pad_multiple = 1 leaves V as Hugging Face has it."""
+        m = self.vocab_pad_multiple * self.t if self.vocab_pad_multiple > 1 else 1
+        return -(-self.spec.vocab // m) * m
+
+    @property
+    def vt(self) -> int:         # vocabulary shard: ceil(V / t) rows per device
+        return -(-self.vocab // self.t)
 
 
 def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int = 1,
-                sequence_parallel: bool = False, fused: bool = False, dtype_bytes: int = 2) -> ModelGraph:
-    """The training operator graph of `spec` for one microbatch on one device of a TP group."""
+                sequence_parallel: bool = False, fused: bool = False, dtype_bytes: int = 2,
+                attention: str = "eager", vocab_pad_multiple: int = 1) -> ModelGraph:
+    """The training operator graph of `spec` for one microbatch on one device of a TP group.
+
+    attention: "eager" materialises the s x s scores and probabilities (HF eager, Megatron's
+    unfused softmax); "flash" is one fused kernel per pass that keeps only Q, K, V, O and the
+    row log-sum-exp (FlashAttention-2). vocab_pad_multiple: Megatron's
+    make-vocab-size-divisible-by (128 there); 1 = no padding (Hugging Face counts)."""
+    from phaze.errors import UserError
+
     seq = spec.seq if seq is None else seq
     spec.check_run(seq, mbs, tp, sequence_parallel)
+    if attention not in ATTENTION:
+        raise UserError(f"unknown attention implementation {attention!r}", field="attention",
+                        fix=f"use one of {', '.join(ATTENTION)}")
+    if isinstance(vocab_pad_multiple, bool) or not isinstance(vocab_pad_multiple, int) \
+            or vocab_pad_multiple < 1:
+        raise UserError(f"must be a positive integer, got {vocab_pad_multiple!r}",
+                        field="vocab_pad_multiple")
     if tp == 1:
         sequence_parallel = False
-    c = _Ctx(spec, seq, mbs, tp, sequence_parallel, dtype_bytes)
+    c = _Ctx(spec, seq, mbs, tp, sequence_parallel, dtype_bytes, attention, vocab_pad_multiple)
     layers, uniques = [], 0
-    for kind, fn, rep in (("prologue", _prologue, 1), ("block", _block, spec.layers),
-                          ("epilogue", _epilogue, 1)):
+    for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         lg, unique = _finish(kind, rep, fn(c), c, fused)
         layers.append(lg)
         uniques += unique * rep
     return ModelGraph(model=spec.name, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
-                      fused=fused, dtype_bytes=dtype_bytes, layers=tuple(layers), params_total=uniques)
+                      fused=fused, dtype_bytes=dtype_bytes, layers=tuple(layers), params_total=uniques,
+                      attention=attention, vocab_pad_multiple=vocab_pad_multiple)
 
 
-def _finish(kind: str, repeat: int, built, c: _Ctx, fused: bool) -> tuple[LayerGraph, int]:
-    L, in_bytes, out_bytes, full_bytes = built
+def _block_runs(c: _Ctx):
+    """(kind, builder, repeat) for runs of equal consecutive blocks. A sliding-window layer
+    differs from a full one only where the window is visible: flash attention (the fused
+    kernel skips key blocks outside the band) and a window shorter than the sequence. Eager
+    attention computes the full s x s scores and masks them (HF eager / sdpa), so it is the
+    same block."""
+    sp = c.spec
+    kinds = []
+    for i in range(sp.layers):
+        sliding = (sp.layer_type(i) == "sliding" and c.attention == "flash"
+                   and 0 < sp.sliding_window < c.s)
+        kinds.append("block.sliding" if sliding else "block")
+    runs: list[list] = []
+    for k in kinds:
+        if runs and runs[-1][0] == k:
+            runs[-1][2] += 1
+        else:
+            runs.append([k, (lambda cc, sl=(k == "block.sliding"): _block(cc, sl)), 1])
+    return [tuple(r) for r in runs]
+
+
+def _finish(kind: str, repeat: int, built: BuiltLayer, c: _Ctx, fused: bool) -> tuple[LayerGraph, int]:
+    L = built.layer
     fwd, bwd = L.forward_ops(), L.backward_ops()
     if fused:
         fwd, bwd = fuse_epilogues(fwd), fuse_epilogues(bwd)
@@ -403,14 +518,12 @@ def _finish(kind: str, repeat: int, built, c: _Ctx, fused: bool) -> tuple[LayerG
     # blocks under full recomputation keep only their input; prologue and epilogue are
     # never recomputed (Megatron), so their three figures are equal
     acts = {"none": float(saved), "selective": float(saved - drop),
-            "full": float(full_bytes if full_bytes else saved - drop)}
+            "full": float(built.full_bytes if built.full_bytes else saved - drop)}
     pdev = sum(n.params_dev for n in nodes)
-    lg = LayerGraph(kind=kind, repeat=repeat, fwd=tuple(fwd), bwd=tuple(bwd), param_count=pdev,
-                    param_bytes=float(pdev * c.dt), activation_bytes=acts, input_bytes=in_bytes,
-                    output_bytes=out_bytes)
     shared = sum(n.params_shared for n in nodes)
-    if shared and hasattr(lg, "shared_param_bytes"):
-        lg = replace(lg, shared_param_bytes=float(shared * c.dt))
+    lg = LayerGraph(kind=kind, repeat=repeat, fwd=tuple(fwd), bwd=tuple(bwd), param_count=pdev,
+                    param_bytes=float(pdev * c.dt), activation_bytes=acts, input_bytes=built.input_bytes,
+                    output_bytes=built.output_bytes, shared_param_bytes=float(shared * c.dt))
     return lg, sum(n.params_unique for n in nodes)
 
 
@@ -435,12 +548,13 @@ def _exit_tp(L: _Layer, c: _Ctx, x: str, prefix: str, width: int) -> str:
     return L.collective(f"{prefix}.all_reduce", x, "all_reduce", "", full, full, full)
 
 
-def _norm(L: _Layer, c: _Ctx, name: str, x: str, width: int | None = None) -> str:
+def _norm(L: _Layer, c: _Ctx, name: str, x: str, width: int | None = None, keep_input=True) -> str:
+    """keep_input=False: the input is already kept by another op (a tensor is counted once)."""
     sp = c.spec
     w = width or sp.hidden
     n_params = w * (2 if sp.norm == "layernorm" else 1)
     el = c.Ts * w
-    return L.vector(name, (x,), sp.norm, el, saved=el * c.dt, params=n_params,
+    return L.vector(name, (x,), sp.norm, el, saved=el * c.dt if keep_input else 0.0, params=n_params,
                     rule="sharded" if c.sp else "replicated")
 
 
@@ -452,90 +566,195 @@ def _dropout(L: _Layer, c: _Ctx, name: str, x: str, elements: int, rule: str, se
                     selective_drop=saved if selective else 0.0)
 
 
-def _block(c: _Ctx):
-    sp, L, dt, t = c.spec, _Layer(c.dt, c.t), c.dt, c.t
+def _attention(L: _Layer, c: _Ctx, x: str, sliding: bool) -> str:
+    """Self-attention on the normed input `x` (Megatron column/row TP over heads).
+
+    Saved tensors (Korthikanti et al. 2023, Sec. 4.1, each counted once): the QKV input,
+    Q and K (scores), V (context), the projection input; eager adds the softmax output
+    (2 a s^2 b), and with dropout its mask (a s^2 b) and output (2 a s^2 b): 5 a s^2 b; without
+    dropout the softmax output is the tensor the context GEMM reads, kept once (2 a s^2 b).
+    Gemma2's score soft-capping keeps its tanh output (2 a s^2 b) too. Flash keeps no
+    s^2 tensor, only the fp32 row log-sum-exp (4 a s b)."""
+    sp, dt, t = c.spec, c.dt, c.t
     h, T, Ts, s, b = sp.hidden, c.T, c.Ts, c.s, c.b
     d, a, kv = sp.d_head, sp.heads // t, sp.n_kv_heads // t
-    srule = "sharded" if c.sp else "replicated"
-    L.out_of["in_elements"] = Ts * h
+    xin, regather = _enter_tp(L, c, x, "attn", h)
+    qb = sp.q_bias
+    if sp.fused_qkv:
+        qkv = L.linear("attn.qkv", xin, T, h, (a + 2 * kv) * d, rule="column", bias=qb,
+                       saved=Ts * h * dt, regather=regather)
+        q = k = v = qkv
+    else:
+        q = L.linear("attn.q", xin, T, h, a * d, rule="column", bias=qb, saved=Ts * h * dt,
+                     regather=regather)
+        k = L.linear("attn.k", xin, T, h, kv * d, rule="column", bias=qb, saved=0.0, regather=regather)
+        v = L.linear("attn.v", xin, T, h, kv * d, rule="column", bias=qb, saved=0.0, regather=regather)
+    def qk_in(q, k):  # (inputs, their bytes) of an op reading q and k
+        if q == k:
+            return (q,), ((a + 2 * kv if q == "attn.qkv" else a + kv) * T * d * dt,)
+        return (q, k), (T * a * d * dt, T * kv * d * dt)
 
-    def attention(x: str) -> str:
-        xin, regather = _enter_tp(L, c, x, "attn", h)
-        bias = sp.bias
-        if sp.fused_qkv:
-            n_out = (a + 2 * kv) * d
-            qkv = L.linear("attn.qkv", xin, T, h, n_out, rule="column", bias=bias,
-                           saved=Ts * h * dt, regather=regather)
-            q = k = v = qkv
+    el = T * (a + kv) * d
+    if sp.qk_norm:  # Qwen3: RMSNorm over head_dim on q and k (weights d each); keeps its inputs
+        ins, ib = qk_in(q, k)
+        q = k = L.vector("attn.qk_norm", ins, "rmsnorm", el, in_bytes=ib, saved=el * dt,
+                         params=2 * d, unique=2 * d, rule="column", accumulate=False)
+    if sp.position == "rope":
+        ins, ib = qk_in(q, k)
+        q = k = L.vector("attn.rope", ins, "rope", el, in_bytes=ib, rule="column", accumulate=False)
+    if sp.fused_qkv:
+        L.nodes["attn.qkv"].accumulate = False  # q, k, v are slices of one tensor
+    qk_bytes = T * (a + kv) * d * dt
+    v_bytes = T * kv * d * dt
+    if c.attention == "flash":
+        keys = min(s, sp.sliding_window) if sliding else s
+        lse = b * a * s * 4  # fp32 log-sum-exp per query row
+        if q == k == v:      # one fused QKV tensor
+            ins, in_b = (q,), (qk_bytes + v_bytes,)
+        elif q == k:         # q and k through RoPE / qk-norm together
+            ins, in_b = (q, v), (qk_bytes, v_bytes)
         else:
-            q = L.linear("attn.q", xin, T, h, a * d, rule="column", bias=bias,
-                         saved=Ts * h * dt, regather=regather)
-            k = L.linear("attn.k", xin, T, h, kv * d, rule="column", bias=bias,
-                         saved=0.0, regather=regather)
-            v = L.linear("attn.v", xin, T, h, kv * d, rule="column", bias=bias,
-                         saved=0.0, regather=regather)
-        if sp.position == "rope":
-            ins = (q,) if q == k else (q, k)
-            el = T * (a + kv) * d
-            rope = L.vector("attn.rope", ins, "rope", el, in_bytes=tuple(T * n * d * dt for n in
-                            ((a + 2 * kv,) if q == k else (a, kv))), rule="column", accumulate=False)
-            q = k = rope
-        if sp.fused_qkv:
-            L.nodes["attn.qkv"].accumulate = False  # q, k, v are slices of one tensor
-        qk_bytes = T * (a + kv) * d * dt
+            ins, in_b = (q, k, v), (T * a * d * dt, T * kv * d * dt, v_bytes)
+        ctx = L.flash("attn.core", ins, in_b, batch=b * a, s=s, keys=keys, d=d,
+                      saved=qk_bytes + v_bytes + lse, selective_drop=lse)
+        L.nodes[ctx].selective = True
+    else:
         scores = L.bmm("attn.scores", q, k, batch=b * a, m=s, n=s, k=d, a_bytes=T * a * d * dt,
                        b_bytes=T * kv * d * dt, saved=qk_bytes)
         p_el = b * a * s * s
+        core = [scores]
+        if sp.attn_softcap:  # cap * tanh(scores / cap): tanh's backward reads its output
+            scores = L.vector("attn.softcap", (scores,), "tanh", p_el, saved=p_el * dt, rule="column",
+                              selective_drop=p_el * dt)
+            core.append(scores)
         probs = L.vector("attn.softmax", (scores,), "softmax", p_el, saved=p_el * dt, rule="column",
                          selective_drop=p_el * dt)
-        probs = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True)
-        ctx = L.bmm("attn.context", probs, v, batch=b * a, m=s, n=d, k=s, a_bytes=p_el * dt,
-                    b_bytes=T * kv * d * dt, saved=p_el * dt + T * kv * d * dt, selective_drop=p_el * dt)
-        for core in {scores, probs, ctx, "attn.softmax"}:   # what selective recompute re-runs
-            L.nodes[core].selective = True
-        proj = L.linear("attn.proj", ctx, T, a * d, h, rule="row", bias=sp.bias,
-                        saved=T * a * d * dt)
-        return _exit_tp(L, c, proj, "attn", h)
+        core.append(probs)
+        dropped = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True)
+        own = p_el * dt if dropped != probs else 0.0  # the dropout output is a tensor of its own
+        if dropped != probs:
+            core.append(dropped)
+        ctx = L.bmm("attn.context", dropped, v, batch=b * a, m=s, n=d, k=s, a_bytes=p_el * dt,
+                    b_bytes=v_bytes, saved=own + v_bytes, selective_drop=own)
+        core.append(ctx)
+        for n in core:   # what selective recomputation re-runs (Korthikanti Sec. 5)
+            L.nodes[n].selective = True
+    proj = L.linear("attn.proj", ctx, T, a * d, h, rule="row", bias=sp.o_bias, saved=T * a * d * dt)
+    return _exit_tp(L, c, proj, "attn", h)
 
-    def mlp(x: str) -> str:
-        xin, regather = _enter_tp(L, c, x, "mlp", h)
-        f = sp.ffn // t
-        if sp.activation == "swiglu":
-            gate = L.linear("mlp.gate", xin, T, h, f, rule="column", bias=sp.bias,
-                            saved=Ts * h * dt, regather=regather)
-            up = L.linear("mlp.up", xin, T, h, f, rule="column", bias=sp.bias,
-                          saved=0.0, regather=regather)
-            act = L.vector("mlp.act", (gate, up), "swiglu", T * f, saved=2 * T * f * dt, rule="column")
-        else:
-            fc1 = L.linear("mlp.fc1", xin, T, h, f, rule="column", bias=sp.bias,
-                           saved=Ts * h * dt, regather=regather)
-            act = L.vector("mlp.act", (fc1,), sp.activation, T * f, saved=T * f * dt, rule="column")
-        fc2 = L.linear("mlp.fc2", act, T, f, h, rule="row", bias=sp.bias,
-                       saved=T * f * dt)
-        return _exit_tp(L, c, fc2, "mlp", h)
+
+def _ffn(L: _Layer, c: _Ctx, xin: str, prefix: str, width: int, *, regather: float, keep_input: bool,
+         bias: bool, experts: int = 0, tokens: int | None = None) -> str:
+    """fc1 + activation + fc2, or gate/up + gated activation + down (Shazeer 2020, GLU
+    variants: the gated MLP has three matrices whatever the activation). With experts > 0
+    the GEMMs are grouped over routed token slots (`tokens` = T x top_k)."""
+    sp, dt = c.spec, c.dt
+    h = sp.hidden
+    T = tokens or c.T
+    kept_in = (T * h * dt if experts else c.Ts * h * dt) if keep_input else 0.0
+    kw = dict(rule="column", bias=bias, regather=0.0 if experts else regather, experts=experts)
+    if sp.gated:
+        gate = L.linear(f"{prefix}.gate", xin, T, h, width, saved=kept_in, **kw)
+        up = L.linear(f"{prefix}.up", xin, T, h, width, saved=0.0, **kw)
+        act = L.vector(f"{prefix}.act", (gate, up), sp.activation, T * width, saved=2 * T * width * dt,
+                       rule="column")
+    else:
+        fc1 = L.linear(f"{prefix}.fc1", xin, T, h, width, saved=kept_in, **kw)
+        act = L.vector(f"{prefix}.act", (fc1,), sp.activation, T * width, saved=T * width * dt,
+                       rule="column")
+    # the dense MLP's second matrix keeps its historical name fc2 (gated or not)
+    second = "fc2" if prefix == "mlp" else "down"
+    return L.linear(f"{prefix}.{second}", act, T, width, h, rule="row", bias=bias,
+                    saved=T * width * dt, experts=experts)
+
+
+def _mlp(L: _Layer, c: _Ctx, x: str) -> str:
+    sp, t = c.spec, c.t
+    xin, regather = _enter_tp(L, c, x, "mlp", sp.hidden)
+    if not sp.experts:
+        out = _ffn(L, c, xin, "mlp", sp.ffn // t, regather=regather, keep_input=True, bias=sp.f_bias)
+        return _exit_tp(L, c, out, "mlp", sp.hidden)
+    return _exit_tp(L, c, _moe(L, c, xin, regather), "mlp", sp.hidden)
+
+
+def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
+    """Sparse MoE MLP (Mixtral, Qwen2-MoE; Shazeer et al. 2017, Fedus et al. 2022):
+
+    router h -> E (replicated), softmax + top-k over E, dispatch of each token to its k experts,
+    the experts' FFNs as grouped GEMMs over T k token slots ("moe.expert.*", Op.experts = E:
+    routed FLOPs are the top_k / E share of every expert's dense FLOPs), weighted combine;
+    Qwen2-MoE adds a dense shared expert ("moe.shared.*") scaled by sigmoid(x w_g).
+    Kept: the MoE input, fp32 router probabilities (T E), permuted tokens (T k h), expert
+    intermediates as in a dense MLP on T k tokens, expert outputs and weights for the combine."""
+    sp, dt, t = c.spec, c.dt, c.t
+    h, T, E, k = sp.hidden, c.T, sp.experts, sp.top_k
+    router = L.linear("moe.router", xin, T, h, E, rule="replicated", bias=False, saved=c.Ts * h * dt,
+                      regather=regather)
+    route = L.vector("moe.route", (router,), "softmax", T * E, saved=T * E * 4, out_bytes=T * k * dt)
+    disp = L.vector("moe.dispatch", (xin, route), "permute", T * k * h,
+                    in_bytes=(T * h * dt, T * k * dt))
+    down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True, bias=False,
+                experts=E, tokens=T * k)
+    out = L.vector("moe.combine", (down, route), "permute", T * h, in_bytes=(T * k * h * dt, T * k * dt),
+                   saved=T * k * h * dt + T * k * dt)
+    if sp.shared_ffn:
+        sh = _ffn(L, c, xin, "moe.shared", sp.shared_ffn // t, regather=regather, keep_input=False,
+                  bias=False)
+        if sp.shared_gate:
+            g = L.linear("moe.shared.gate_proj", xin, T, h, 1, rule="replicated", bias=False, saved=0.0)
+            sh = L.vector("moe.shared.scale", (g, sh), "sigmoid", T * h, in_bytes=(T * dt, T * h * dt),
+                          saved=T * dt + T * h * dt)
+        out = L.vector("moe.add", (out, sh), "add", T * h, bwd="pass")
+    return out
+
+
+def _block(c: _Ctx, sliding: bool = False) -> BuiltLayer:
+    """One transformer block: pre-norm (GPT-2, Llama), post-norm (BERT, OPT-350M), parallel
+    attention + MLP (GPT-J/NeoX, Falcon) or Gemma2's sandwich (norm before and after each)."""
+    sp, L, dt = c.spec, _Layer(c.dt, c.t), c.dt
+    h, Ts = sp.hidden, c.Ts
+    srule = "sharded" if c.sp else "replicated"
+    L.out_of["in_elements"] = Ts * h
+
+    def residual(name, y, x):
+        return L.vector(name, (y, x), "add", Ts * h, rule=srule, bwd="pass")
 
     x = "in"
-    if sp.pre_norm:
-        y = attention(_norm(L, c, "ln1", x))
+    if sp.parallel_block:
+        n1 = _norm(L, c, "ln1", x)
+        n2 = n1 if sp.shared_norm else _norm(L, c, "ln2", x, keep_input=False)
+        ya = _dropout(L, c, "attn.out_dropout", _attention(L, c, n1, sliding), Ts * h, srule)
+        ym = _dropout(L, c, "mlp.out_dropout", _mlp(L, c, n2), Ts * h, srule)
+        r1 = residual("residual1", ya, x)
+        out = residual("residual2", ym, r1)
+    elif sp.sandwich_norm:
+        y = _norm(L, c, "attn.post_norm", _attention(L, c, _norm(L, c, "ln1", x), sliding))
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
-        r1 = L.vector("residual1", (y, x), "add", Ts * h, rule=srule, bwd="pass")
-        y = mlp(_norm(L, c, "ln2", r1))
+        r1 = residual("residual1", y, x)
+        y = _norm(L, c, "mlp.post_norm", _mlp(L, c, _norm(L, c, "ln2", r1)))
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
-        out = L.vector("residual2", (y, r1), "add", Ts * h, rule=srule, bwd="pass")
+        out = residual("residual2", y, r1)
+    elif sp.pre_norm:
+        y = _attention(L, c, _norm(L, c, "ln1", x), sliding)
+        y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
+        r1 = residual("residual1", y, x)
+        y = _mlp(L, c, _norm(L, c, "ln2", r1))
+        y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
+        out = residual("residual2", y, r1)
     else:
-        y = attention(x)
+        y = _attention(L, c, x, sliding)
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
-        r1 = L.vector("residual1", (y, x), "add", Ts * h, rule=srule, bwd="pass")
+        r1 = residual("residual1", y, x)
         n1 = _norm(L, c, "ln1", r1)
-        y = mlp(n1)
+        y = _mlp(L, c, n1)
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
-        r2 = L.vector("residual2", (y, n1), "add", Ts * h, rule=srule, bwd="pass")
+        r2 = residual("residual2", y, n1)
         out = _norm(L, c, "ln2", r2)
     io = Ts * h * dt
-    return L, io, io, io
+    return BuiltLayer(L, io, io, io)
 
 
-def _prologue(c: _Ctx):
+def _prologue(c: _Ctx) -> BuiltLayer:
     sp, L, dt = c.spec, _Layer(c.dt, c.t), c.dt
     h, e, T, Ts = sp.hidden, sp.embed_dim, c.T, c.Ts
     srule = "sharded" if c.sp else "replicated"
@@ -543,7 +762,7 @@ def _prologue(c: _Ctx):
     # vocabulary-parallel lookup: each device holds ceil(V/t) rows, masked partial sums
     x = L.vector("embed.word", ("in",), "embedding", T * e, in_bytes=(T * TOKEN_ID_BYTES,),
                  saved=T * TOKEN_ID_BYTES, rule="vocab", bwd="leaf", params=c.vt * e,
-                 unique=sp.vocab * e)
+                 unique=c.vocab * e)
     if c.t > 1:
         full = T * e * dt
         if c.sp:
@@ -563,10 +782,10 @@ def _prologue(c: _Ctx):
     if sp.embed_norm:
         x = _norm(L, c, "embed.norm", x)
     x = _dropout(L, c, "embed.dropout", x, Ts * h, srule)
-    return L, T * TOKEN_ID_BYTES, Ts * h * dt, 0.0
+    return BuiltLayer(L, T * TOKEN_ID_BYTES, Ts * h * dt, 0.0)
 
 
-def _epilogue(c: _Ctx):
+def _epilogue(c: _Ctx) -> BuiltLayer:
     sp, L, dt = c.spec, _Layer(c.dt, c.t), c.dt
     h, e, T, Ts = sp.hidden, sp.embed_dim, c.T, c.Ts
     srule = "sharded" if c.sp else "replicated"
@@ -590,12 +809,15 @@ def _epilogue(c: _Ctx):
     tied = sp.tied_embeddings
     bias = sp.mlm_head  # BERT's decoder has an output bias
     vt = c.vt
+    # tied: the head's weight is the embedding's (shared_param_bytes); only a bias is its own
     logits = L.linear("lm_head", xin, T, e, vt, rule="vocab", bias=bias,
                       saved=Ts * e * dt, regather=regather,
-                      unique=(sp.vocab if bias else 0) + (0 if tied else sp.vocab * e),
+                      unique=(c.vocab if bias else 0) + (0 if tied else c.vocab * e),
                       shared=e * vt if tied else 0)
+    if sp.final_softcap:  # Gemma2: cap * tanh(logits / cap), tanh keeps its output
+        logits = L.vector("lm_head.softcap", (logits,), "tanh", T * vt, saved=T * vt * dt, rule="vocab")
     loss = L.vector("loss", (logits,), "cross_entropy", T * vt, saved=T * vt * LOGIT_BYTES, rule="vocab")
     if c.t > 1:  # vocab-parallel cross entropy: all-reduce max, sum of exp and target logit (fp32)
         stats = 3 * T * 4
         L.collective("loss.all_reduce", loss, "all_reduce", "", stats, stats, stats)
-    return L, Ts * h * dt, 0.0, 0.0
+    return BuiltLayer(L, Ts * h * dt, 0.0, 0.0)

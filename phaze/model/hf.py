@@ -1,7 +1,11 @@
-"""Read a Hugging Face config.json (GPT-2, BERT, OPT, Llama families) into a ModelSpec.
+"""Read a Hugging Face config.json into a ModelSpec.
 
-Plain JSON parsing: no torch, no transformers, no download. Field names and defaults
-follow the Hugging Face configuration classes of each family.
+Plain JSON parsing: no torch, no transformers, no download. Field names, defaults and the
+way each family turns them into tensors follow the transformers configuration and modeling
+code of each family (the table in docs/model.md lists, per family, the fields read and
+those deliberately ignored). Every field that changes a shape or a FLOP count is read; a
+value the graph cannot express is refused naming the field; a value of the wrong JSON type
+is refused naming the field (never coerced: "false" is not a boolean).
 """
 
 from __future__ import annotations
@@ -12,7 +16,13 @@ from pathlib import Path
 from phaze.errors import UserError
 from phaze.model.spec import ModelSpec
 
-FAMILIES = ("gpt2", "bert", "opt", "llama")
+# default training sequence of a spec read from a config.json: the config only says how far
+# the positions reach (max_position_embeddings, 131,072 for Llama-3.1), not what one trains on
+DEFAULT_SEQ = 4096
+
+FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "phi3",
+            "gpt_neox", "falcon", "gpt2", "opt", "bert")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
 def load_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
@@ -24,103 +34,356 @@ def load_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
                         fix="pass a zoo name (`phaze models`) or an existing config.json")
     try:
         cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path} as JSON ({e})", field="model") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path} does not hold a JSON object", field="model")
-    name = name or cfg.get("_name_or_path") or path.parent.name or path.stem
+    return spec_from_hf_dict(cfg, name=name, where=str(path))
+
+
+def spec_from_hf_dict(cfg: dict, name: str | None = None, where: str = "config") -> ModelSpec:
+    """A ModelSpec from the fields of a config.json (already parsed)."""
+    get = _Getter(cfg, where)
     mt = cfg.get("model_type")
     if mt is None:
-        raise UserError(f"{path}: missing field 'model_type'", field="model_type",
+        raise UserError(f"{where}: missing field 'model_type'", field="model_type",
                         fix=f"add \"model_type\": one of {', '.join(FAMILIES)}")
-    get = _Getter(cfg, path)
-    if mt == "gpt2":
-        spec = _gpt2(get, name)
-    elif mt == "bert":
-        spec = _bert(get, name)
-    elif mt == "opt":
-        spec = _opt(get, name)
-    elif mt in ("llama", "mistral"):
-        spec = _llama(get, name)
-    else:
-        raise UserError(f"{path}: unsupported model_type {mt!r}", field="model_type",
+    if mt not in _READERS:
+        raise UserError(f"{where}: unsupported model_type {mt!r}", field="model_type",
                         fix=f"supported families: {', '.join(FAMILIES)}")
-    return spec.with_(source=f"Hugging Face config {path}").validate()
+    nm = name or get.str("_name_or_path", "") or Path(where).parent.name or mt
+    spec = _READERS[mt](get, nm)
+    return spec.with_(source=f"Hugging Face config {where}").validate()
 
 
 class _Getter:
-    def __init__(self, cfg: dict, path: Path):
-        self.cfg, self.path = cfg, path
+    """Typed access to config fields; a wrong type or a missing required field is a UserError."""
 
-    def __call__(self, key: str, default=..., alt: tuple[str, ...] = ()):
+    def __init__(self, cfg: dict, where: str):
+        self.cfg, self.where = cfg, where
+
+    def raw(self, key: str, default=..., alt: tuple[str, ...] = ()):
         for k in (key, *alt):
             if k in self.cfg and self.cfg[k] is not None:
-                return self.cfg[k]
+                return k, self.cfg[k]
         if default is ...:
-            raise UserError(f"{self.path}: missing field {key!r}", field=key,
+            raise UserError(f"{self.where}: missing field {key!r}", field=key,
                             fix=f"add \"{key}\" to the config (see the Hugging Face "
                                 f"{self.cfg.get('model_type')} configuration)")
-        return default
+        return key, default
+
+    def _bad(self, k, v, what):
+        raise UserError(f"{self.where}: must be {what}, got {v!r} ({type(v).__name__})", field=k,
+                        fix=f"write \"{k}\" as a JSON {what}")
+
+    def int(self, key, default=..., alt=()) -> int:
+        k, v = self.raw(key, default, alt)
+        if isinstance(v, bool) or not isinstance(v, int):
+            self._bad(k, v, "an integer")
+        return v
+
+    def bool(self, key, default=..., alt=()) -> bool:
+        k, v = self.raw(key, default, alt)
+        if not isinstance(v, bool):
+            self._bad(k, v, "a boolean (true or false)")
+        return v
+
+    def float(self, key, default=..., alt=()) -> float:
+        k, v = self.raw(key, default, alt)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self._bad(k, v, "a number")
+        return float(v)
+
+    def str(self, key, default=..., alt=()) -> str:
+        k, v = self.raw(key, default, alt)
+        if not isinstance(v, str):
+            self._bad(k, v, "a string")
+        return v
+
+    def list(self, key, default=..., alt=()) -> list:
+        k, v = self.raw(key, default, alt)
+        if not isinstance(v, list):
+            self._bad(k, v, "a list")
+        return v
+
+    def refuse(self, key, default, why: str):
+        """Refuse a field whose value (other than `default`) the graph cannot express."""
+        if key in self.cfg and self.cfg[key] is not None and self.cfg[key] != default:
+            raise UserError(f"{self.where}: {key} = {self.cfg[key]!r} is not supported ({why})", field=key,
+                            fix=f"remove it or set it to {json.dumps(default)}")
+
+    def zero_dropout(self, *keys):
+        for k in keys:
+            if self.float(k, 0.0) != 0.0:
+                raise UserError(f"{self.where}: {k} = {self.cfg[k]!r} is not supported (the graph puts "
+                                "no dropout in this family; its public configs use 0.0)", field=k,
+                                fix=f"set \"{k}\": 0.0")
+
+    def dropout_all_or_none(self, *keys, default=0.0) -> bool:
+        vals = [self.float(k, default) for k in keys]
+        if any(vals) and not all(vals):
+            k = keys[vals.index(0.0)]
+            raise UserError(f"{self.where}: dropout on some sites only ({', '.join(keys)}) is not "
+                            "supported", field=k, fix="set all of them to 0.0 or all non-zero")
+        return all(vals)
 
 
-def _act(a: str) -> str:
-    a = str(a).lower()
-    if a in ("relu",):
-        return "relu"
-    if a.startswith("gelu"):
-        return "gelu"
+def _seq(get, key="max_position_embeddings", default=...) -> tuple[int, int]:
+    """(default training seq, positions): min(max positions, DEFAULT_SEQ)."""
+    n = get.int(key, default)
+    return min(n, DEFAULT_SEQ), n
+
+
+def _act(get, key, default, gated: bool, alt=()) -> str:
+    k, _ = get.raw(key, default, alt)
+    a = get.str(key, default, alt).lower()
+    if a.startswith("gelu"):  # gelu, gelu_new, gelu_pytorch_tanh, gelu_fast: same shapes
+        return "geglu" if gated else "gelu"
     if a in ("silu", "swish"):
-        return "swiglu"
-    raise UserError(f"unsupported activation {a!r}", field="activation", fix="gelu, relu or silu")
+        return "swiglu" if gated else "silu"
+    if a == "relu" and not gated:
+        return "relu"
+    raise UserError(f"unsupported activation {a!r}", field=k,
+                    fix="gelu*, silu" + ("" if gated else " or relu"))
 
 
-def _gpt2(get, name):
-    h = get("n_embd", alt=("hidden_size",))
-    n_pos = get("n_positions", alt=("n_ctx", "max_position_embeddings"))
-    return ModelSpec(
-        name=name, hidden=h, layers=get("n_layer", alt=("num_hidden_layers",)),
-        heads=get("n_head", alt=("num_attention_heads",)), ffn=get("n_inner", 4 * h),
-        vocab=get("vocab_size"), seq=n_pos, max_positions=n_pos,
-        activation=_act(get("activation_function", "gelu_new")),
-        tied_embeddings=bool(get("tie_word_embeddings", True)))
+def _rope(get):
+    """Rope scaling changes the rotation angles only (no shape, no FLOP): validated, not used."""
+    for key in ("rope_scaling", "rope_parameters"):
+        k, v = get.raw(key, None)
+        if v is None:
+            continue
+        if not isinstance(v, dict):
+            get._bad(k, v, "an object")
+        t = v.get("rope_type", v.get("type", "default"))
+        if t not in ROPE_TYPES:
+            raise UserError(f"{get.where}: unknown rope type {t!r}", field=key,
+                            fix=f"one of {', '.join(ROPE_TYPES)}")
 
 
-def _bert(get, name):
-    n_pos = get("max_position_embeddings")
-    return ModelSpec(
-        name=name, hidden=get("hidden_size"), layers=get("num_hidden_layers"),
-        heads=get("num_attention_heads"), ffn=get("intermediate_size"), vocab=get("vocab_size"),
-        seq=n_pos, max_positions=n_pos, activation=_act(get("hidden_act", "gelu")),
-        causal=False, pre_norm=False, final_norm=False, fused_qkv=False,
-        token_types=get("type_vocab_size", 2), embed_norm=True, mlm_head=True, pooler=True,
-        tied_embeddings=bool(get("tie_word_embeddings", True)))
+def _layer_types(get, layers: int, sliding: bool, window: int) -> tuple[str, ...]:
+    """transformers' `layer_types` ("full_attention" | "sliding_attention" per layer)."""
+    k, v = get.raw("layer_types", None)
+    if v is None:
+        return ()
+    lt = get.list("layer_types")
+    m = {"full_attention": "full", "sliding_attention": "sliding"}
+    if len(lt) != layers or any(x not in m for x in lt):
+        raise UserError(f"{get.where}: expected {layers} entries of full_attention / sliding_attention",
+                        field="layer_types")
+    out = tuple(m[x] for x in lt)
+    if "sliding" in out and not window:
+        raise UserError(f"{get.where}: sliding layers without a sliding_window", field="sliding_window")
+    return out
 
 
-def _opt(get, name):
-    h = get("hidden_size")
-    proj = get("word_embed_proj_dim", h)
-    pre = bool(get("do_layer_norm_before", True))
-    n_pos = get("max_position_embeddings")
-    return ModelSpec(
-        name=name, hidden=h, layers=get("num_hidden_layers"), heads=get("num_attention_heads"),
-        ffn=get("ffn_dim"), vocab=get("vocab_size"), seq=n_pos,
-        max_positions=n_pos + 2,  # OPT's learned positions are offset by 2 rows
-        activation=_act(get("activation_function", "relu")), pre_norm=pre,
-        final_norm=pre and not bool(get("_remove_final_layer_norm", False)),
-        bias=bool(get("enable_bias", True)), fused_qkv=False,
-        embed_proj_dim=proj if proj != h else 0,
-        tied_embeddings=bool(get("tie_word_embeddings", True)))
+def _window(get, default=None) -> int:
+    """sliding_window; an explicit null means no window (Mistral-7B-v0.2), absent = default."""
+    if "sliding_window" in get.cfg and get.cfg["sliding_window"] is None:
+        return 0
+    k, v = get.raw("sliding_window", default)
+    return 0 if v is None else get.int("sliding_window", default)
+
+
+def _common(get, name, *, kv_default=None, head_dim_default=0, tie_default=False):
+    heads = get.int("num_attention_heads")
+    h = get.int("hidden_size")
+    hd = get.int("head_dim", head_dim_default or 0)
+    seq, npos = _seq(get)
+    _rope(get)
+    return dict(name=name, hidden=h, layers=get.int("num_hidden_layers"), heads=heads,
+                kv_heads=get.int("num_key_value_heads", kv_default or heads), ffn=get.int("intermediate_size"),
+                vocab=get.int("vocab_size"), seq=seq, max_positions=npos, norm="rmsnorm", position="rope",
+                bias=False, dropout=False, fused_qkv=False,
+                head_dim=hd if hd and (h % heads or hd != h // heads) else 0,
+                tied_embeddings=get.bool("tie_word_embeddings", tie_default))
 
 
 def _llama(get, name):
-    heads = get("num_attention_heads")
-    h = get("hidden_size")
-    hd = get("head_dim", 0)
+    """LlamaForCausalLM: q/k/v/o carry `attention_bias`, gate/up/down `mlp_bias`; the MLP is
+    gated whatever `hidden_act` is (down(act(gate(x)) * up(x)))."""
+    get.zero_dropout("attention_dropout")
+    ab = get.bool("attention_bias", False)
+    return ModelSpec(**_common(get, name), activation=_act(get, "hidden_act", "silu", True),
+                     qkv_bias=ab, out_bias=ab, mlp_bias=get.bool("mlp_bias", False))
+
+
+def _mistral(get, name, kind="mistral"):
+    get.zero_dropout("attention_dropout")
+    w = _window(get, 4096 if kind == "mistral" else None)
+    return ModelSpec(**_common(get, name, kv_default=8), activation=_act(get, "hidden_act", "silu", True),
+                     sliding_window=w)
+
+
+def _mixtral(get, name):
+    base = _mistral(get, name, "mixtral")
+    return base.with_(experts=get.int("num_local_experts", 8), top_k=get.int("num_experts_per_tok", 2))
+
+
+def _qwen_window(get, layers):
+    """Qwen2/3: layer i slides iff use_sliding_window and i >= max_window_layers (or `layer_types`)."""
+    w = _window(get, 4096)
+    lt = _layer_types(get, layers, False, w)
+    if not lt and get.bool("use_sliding_window", False):
+        mw = get.int("max_window_layers", 28)
+        lt = tuple("sliding" if i >= mw else "full" for i in range(layers))
+    if "sliding" not in lt:
+        return 0, ()
+    return w, lt
+
+
+def _qwen2(get, name):
+    """Qwen2: q/k/v with bias, o and the MLP without."""
+    get.zero_dropout("attention_dropout")
+    c = _common(get, name)
+    w, lt = _qwen_window(get, c["layers"])
+    return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), qkv_bias=True, out_bias=False,
+                     mlp_bias=False, sliding_window=w, layer_types=lt)
+
+
+def _qwen2_moe(get, name):
+    """Qwen2-MoE: Qwen2 attention (`qkv_bias`), every block sparse: router, top-k of
+    `num_experts` experts of width moe_intermediate_size, a shared expert of width
+    shared_expert_intermediate_size scaled by sigmoid(shared_expert_gate(x))."""
+    get.zero_dropout("attention_dropout")
+    get.refuse("decoder_sparse_step", 1, "dense blocks between sparse ones are not modelled")
+    if get.list("mlp_only_layers", []):
+        raise UserError(f"{get.where}: mlp_only_layers is not supported (dense blocks between sparse "
+                        "ones are not modelled)", field="mlp_only_layers", fix="set it to []")
+    c = _common(get, name)
+    w, lt = _qwen_window(get, c["layers"])
+    qb = get.bool("qkv_bias", True)
+    sh = get.int("shared_expert_intermediate_size")
+    return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), qkv_bias=qb, out_bias=False,
+                     mlp_bias=False, sliding_window=w, layer_types=lt, experts=get.int("num_experts"),
+                     top_k=get.int("num_experts_per_tok"), moe_ffn=get.int("moe_intermediate_size"),
+                     shared_ffn=sh, shared_gate=sh > 0)
+
+
+def _qwen3(get, name):
+    """Qwen3: Llama layout with q/k RMSNorm over head_dim, head_dim 128 by default."""
+    get.zero_dropout("attention_dropout")
+    c = _common(get, name, head_dim_default=128)
+    w, lt = _qwen_window(get, c["layers"])
+    ab = get.bool("attention_bias", False)
+    return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), qkv_bias=ab, out_bias=ab,
+                     mlp_bias=False, qk_norm=True, sliding_window=w, layer_types=lt)
+
+
+def _gemma(get, name, v2=False):
+    """Gemma: gated GELU (GeGLU), head_dim 256, tied head, embeddings scaled by sqrt(h) (an
+    element-wise op, not modelled). Gemma2 adds norms after attention and after the MLP,
+    soft-capping of scores (50) and logits (30), and alternate sliding (4096) / full layers."""
+    get.zero_dropout("attention_dropout")
+    if get.bool("use_bidirectional_attention", False):
+        raise UserError(f"{get.where}: use_bidirectional_attention is not supported", field=
+                        "use_bidirectional_attention", fix="set it to false")
+    c = _common(get, name, head_dim_default=256, tie_default=True)
+    ab = get.bool("attention_bias", False)
+    act = _act(get, "hidden_activation", "gelu_pytorch_tanh", True, alt=("hidden_act",))
+    spec = ModelSpec(**c, activation=act, qkv_bias=ab, out_bias=ab, mlp_bias=False)
+    if not v2:
+        return spec
+    w = _window(get, 4096)
+    lt = _layer_types(get, c["layers"], True, w) or tuple(
+        "sliding" if (i + 1) % 2 else "full" for i in range(c["layers"]))
+    return spec.with_(sandwich_norm=True, sliding_window=w if "sliding" in lt else 0,
+                      layer_types=lt if "sliding" in lt else (),
+                      attn_softcap=get.float("attn_logit_softcapping", 50.0),
+                      final_softcap=get.float("final_logit_softcapping", 30.0))
+
+
+def _phi3(get, name):
+    """Phi-3: fused qkv_proj and gate_up_proj (same FLOPs as separate GEMMs), no biases."""
+    d = get.dropout_all_or_none("resid_pdrop", "embd_pdrop", "attention_dropout")
+    c = _common(get, name)
+    c.update(fused_qkv=True, dropout=d)
+    return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), sliding_window=_window(get))
+
+
+def _gpt_neox(get, name):
+    """GPT-NeoX / Pythia: fused QKV and dense with `attention_bias`, MLP with biases,
+    LayerNorm, partial rotary, parallel residual x + attn(ln1(x)) + mlp(ln2(x)), untied."""
+    d = get.dropout_all_or_none("hidden_dropout", "attention_dropout")
+    c = _common(get, name, kv_default=None)
+    if "num_key_value_heads" in get.cfg:
+        raise UserError(f"{get.where}: GPT-NeoX has no grouped-query attention", field="num_key_value_heads")
+    ab = get.bool("attention_bias", True)
+    c.update(norm="layernorm", fused_qkv=True, dropout=d)
+    return ModelSpec(**c, activation=_act(get, "hidden_act", "gelu", False), qkv_bias=ab, out_bias=ab,
+                     mlp_bias=True, parallel_block=get.bool("use_parallel_residual", True))
+
+
+def _falcon(get, name):
+    """Falcon: fused QKV (multi-query: 1 kv head; new_decoder_architecture: num_kv_heads),
+    `bias` on every linear, LayerNorm, parallel attention + MLP with one norm (7B) or two
+    (new architecture, num_ln_in_parallel_attn = 2), tied head."""
+    if get.bool("alibi", False):
+        raise UserError(f"{get.where}: alibi is not supported (rotary Falcon only)", field="alibi",
+                        fix="set it to false")
+    d = get.dropout_all_or_none("hidden_dropout", "attention_dropout")
+    h, heads = get.int("hidden_size"), get.int("num_attention_heads")
+    new = get.bool("new_decoder_architecture", False)
+    mq = get.bool("multi_query", True)
+    kv = get.int("num_kv_heads", heads) if new else (1 if mq else heads)
+    par = get.bool("parallel_attn", True)
+    n_ln = get.int("num_ln_in_parallel_attn", 2 if new else 1)
+    seq, npos = _seq(get, default=2048)
+    _rope(get)
+    b = get.bool("bias", False)
+    return ModelSpec(name=name, hidden=h, layers=get.int("num_hidden_layers"), heads=heads, kv_heads=kv,
+                     ffn=get.int("ffn_hidden_size", 4 * h), vocab=get.int("vocab_size"), seq=seq,
+                     max_positions=npos, activation=_act(get, "activation", "gelu", False),
+                     norm="layernorm", position="rope", bias=b, dropout=d, fused_qkv=True,
+                     parallel_block=par, shared_norm=par and not (new and n_ln == 2),
+                     tied_embeddings=get.bool("tie_word_embeddings", True))
+
+
+def _gpt2(get, name):
+    get.refuse("add_cross_attention", False, "encoder-decoder cross attention is not modelled")
+    h = get.int("n_embd", alt=("hidden_size",))
+    n_pos = get.int("n_positions", alt=("n_ctx", "max_position_embeddings"))
+    d = get.dropout_all_or_none("resid_pdrop", "embd_pdrop", "attn_pdrop", default=0.1)
     return ModelSpec(
-        name=name, hidden=h, layers=get("num_hidden_layers"), heads=heads,
-        kv_heads=get("num_key_value_heads", heads), ffn=get("intermediate_size"),
-        vocab=get("vocab_size"), seq=get("max_position_embeddings"),
-        activation=_act(get("hidden_act", "silu")), norm="rmsnorm", position="rope",
-        bias=bool(get("attention_bias", False)), dropout=False, fused_qkv=False,
-        head_dim=hd if hd and hd != h // heads else 0,
-        tied_embeddings=bool(get("tie_word_embeddings", False)))
+        name=name, hidden=h, layers=get.int("n_layer", alt=("num_hidden_layers",)),
+        heads=get.int("n_head", alt=("num_attention_heads",)), ffn=get.int("n_inner", 4 * h),
+        vocab=get.int("vocab_size"), seq=n_pos, max_positions=n_pos, dropout=d,
+        activation=_act(get, "activation_function", "gelu_new", False),
+        tied_embeddings=get.bool("tie_word_embeddings", True))
+
+
+def _bert(get, name):
+    get.refuse("add_cross_attention", False, "encoder-decoder cross attention is not modelled")
+    get.refuse("is_decoder", False, "BERT as a decoder is not modelled")
+    get.refuse("position_embedding_type", "absolute", "relative position embeddings are not modelled")
+    n_pos = get.int("max_position_embeddings")
+    return ModelSpec(
+        name=name, hidden=get.int("hidden_size"), layers=get.int("num_hidden_layers"),
+        heads=get.int("num_attention_heads"), ffn=get.int("intermediate_size"), vocab=get.int("vocab_size"),
+        seq=n_pos, max_positions=n_pos, activation=_act(get, "hidden_act", "gelu", False),
+        causal=False, pre_norm=False, final_norm=False, fused_qkv=False,
+        token_types=get.int("type_vocab_size", 2), embed_norm=True, mlm_head=True, pooler=True,
+        tied_embeddings=get.bool("tie_word_embeddings", True))
+
+
+def _opt(get, name):
+    h = get.int("hidden_size")
+    proj = get.int("word_embed_proj_dim", h)
+    pre = get.bool("do_layer_norm_before", True)
+    n_pos = get.int("max_position_embeddings")
+    return ModelSpec(
+        name=name, hidden=h, layers=get.int("num_hidden_layers"), heads=get.int("num_attention_heads"),
+        ffn=get.int("ffn_dim"), vocab=get.int("vocab_size"), seq=n_pos,
+        max_positions=n_pos + 2,  # OPT's learned positions are offset by 2 rows
+        activation=_act(get, "activation_function", "relu", False), pre_norm=pre,
+        final_norm=pre and not get.bool("_remove_final_layer_norm", False),
+        bias=get.bool("enable_bias", True), fused_qkv=False,
+        embed_proj_dim=proj if proj != h else 0,
+        tied_embeddings=get.bool("tie_word_embeddings", True))
+
+
+_READERS = {
+    "llama": _llama, "mistral": _mistral, "mixtral": _mixtral, "qwen2": _qwen2, "qwen2_moe": _qwen2_moe,
+    "qwen3": _qwen3, "gemma": _gemma, "gemma2": lambda g, n: _gemma(g, n, v2=True), "phi3": _phi3,
+    "gpt_neox": _gpt_neox, "falcon": _falcon, "gpt2": _gpt2, "bert": _bert, "opt": _opt,
+}

@@ -57,6 +57,10 @@ class Op:
     # forward op that selective recomputation re-runs before the backward (Korthikanti et
     # al., MLSys'23 Section 5: the attention core QK^T, softmax, its dropout, attention x V)
     selective_recompute: bool = False
+    # routed-expert op of an MoE block ("moe.expert.*"): the GEMM covers the tokens routed to
+    # all `experts` experts (m = tokens x top_k, weights = experts x k x n); expert
+    # parallelism divides it by the EP width. 0 = not an expert op.
+    experts: int = 0
 
     @property
     def core_class(self) -> str:
@@ -114,8 +118,10 @@ class ModelGraph:
     sequence_parallel: bool
     fused: bool
     dtype_bytes: int
-    layers: tuple[LayerGraph, ...]  # prologue, distinct block kinds, epilogue (in model order)
+    layers: tuple[LayerGraph, ...]  # prologue, block kinds (runs of equal blocks), epilogue, in model order
     params_total: int               # whole model, all shards
+    attention: str = "eager"        # eager | flash (phaze.model.graph.ATTENTION)
+    vocab_pad_multiple: int = 1     # Megatron's make-vocab-size-divisible-by (x t); 1 = none
 
     @property
     def n_layers(self) -> int:

@@ -25,7 +25,8 @@ def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
         })
     d = {"format": FORMAT, "model": graph.model, "seq": graph.seq, "mbs": graph.mbs, "tp": graph.tp,
          "sequence_parallel": graph.sequence_parallel, "fused": graph.fused,
-         "dtype_bytes": graph.dtype_bytes, "params_total": graph.params_total, "layers": layers}
+         "dtype_bytes": graph.dtype_bytes, "params_total": graph.params_total,
+         "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple, "layers": layers}
     if spec is not None:
         d["spec"] = spec
     return d
@@ -50,7 +51,9 @@ def graph_from_dict(d: dict) -> ModelGraph:
         layers.append(LayerGraph(fwd=fwd, bwd=bwd, **ld))
     return ModelGraph(model=d["model"], seq=d["seq"], mbs=d["mbs"], tp=d["tp"],
                       sequence_parallel=d["sequence_parallel"], fused=d["fused"],
-                      dtype_bytes=d["dtype_bytes"], layers=tuple(layers), params_total=d["params_total"])
+                      dtype_bytes=d["dtype_bytes"], layers=tuple(layers), params_total=d["params_total"],
+                      attention=d.get("attention", "eager"),
+                      vocab_pad_multiple=d.get("vocab_pad_multiple", 1))
 
 
 def save_graph(graph: ModelGraph, path: str | Path, spec: dict | None = None) -> None:

@@ -10,7 +10,10 @@ from dataclasses import dataclass, asdict, replace
 
 from phaze.errors import UserError
 
-ACTIVATIONS = ("gelu", "relu", "swiglu")
+# swiglu = silu(gate) * up, geglu = gelu(gate) * up (gated MLPs: gate, up and down GEMMs)
+ACTIVATIONS = ("gelu", "relu", "silu", "swiglu", "geglu")
+GATED = {"swiglu": "silu", "geglu": "gelu"}
+LAYER_TYPES = ("full", "sliding")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 
@@ -25,7 +28,7 @@ class ModelSpec:
     vocab: int                  # vocabulary V
     seq: int                    # default training sequence length
     kv_heads: int = 0           # key/value heads (grouped-query attention); 0 = heads
-    activation: str = "gelu"    # gelu | relu | swiglu
+    activation: str = "gelu"    # gelu | relu | silu | swiglu | geglu (the last two gated)
     norm: str = "layernorm"     # layernorm | rmsnorm
     pre_norm: bool = True       # norm before attention/MLP (GPT-2, Llama) or after (BERT, OPT-350M)
     final_norm: bool = True     # a norm after the last block (pre-norm models)
@@ -42,6 +45,23 @@ class ModelSpec:
     mlm_head: bool = False      # BERT MLM transform (dense h->h, GELU, LayerNorm) before the LM head
     pooler: bool = False        # BERT pooler (dense h->h + tanh on the first token)
     head_dim: int = 0           # per-head width; 0 = hidden / heads
+    # per-linear bias overrides (None = `bias`): q/k/v, attention output, MLP (Qwen2: q/k/v only)
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None
+    mlp_bias: bool | None = None
+    qk_norm: bool = False       # RMSNorm over head_dim on q and k (Qwen3)
+    sandwich_norm: bool = False # norms after attention and after the MLP too (Gemma2: 4 per block)
+    parallel_block: bool = False  # x + attn(n1(x)) + mlp(n2(x)) (GPT-NeoX, Falcon)
+    shared_norm: bool = False   # parallel block with one norm feeding both (Falcon-7B)
+    attn_softcap: float = 0.0   # cap * tanh(scores / cap) before the softmax (Gemma2); 0 = none
+    final_softcap: float = 0.0  # the same on the LM logits (Gemma2); 0 = none
+    sliding_window: int = 0     # keys a query sees in a sliding-window layer; 0 = none
+    layer_types: tuple[str, ...] = ()  # per block "full" | "sliding"; () = all sliding iff window
+    experts: int = 0            # routed experts per MoE block; 0 = dense MLP
+    top_k: int = 0              # experts each token is routed to
+    moe_ffn: int = 0            # inner width of one routed expert; 0 = ffn
+    shared_ffn: int = 0         # inner width of the shared expert (Qwen2-MoE); 0 = none
+    shared_gate: bool = False   # sigmoid gate on the shared expert (Qwen2-MoE)
     source: str = ""            # where the numbers come from (citation)
 
     # --- derived sizes ---------------------------------------------------------
@@ -52,6 +72,32 @@ class ModelSpec:
     @property
     def d_head(self) -> int:
         return self.head_dim or self.hidden // self.heads
+
+    @property
+    def gated(self) -> bool:
+        return self.activation in GATED
+
+    @property
+    def q_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def o_bias(self) -> bool:
+        return self.bias if self.out_bias is None else self.out_bias
+
+    @property
+    def f_bias(self) -> bool:
+        return self.bias if self.mlp_bias is None else self.mlp_bias
+
+    @property
+    def expert_ffn(self) -> int:
+        return self.moe_ffn or self.ffn
+
+    def layer_type(self, i: int) -> str:
+        """'full' or 'sliding' for block i (0-based)."""
+        if self.layer_types:
+            return self.layer_types[i]
+        return "sliding" if self.sliding_window else "full"
 
     @property
     def embed_dim(self) -> int:
@@ -67,6 +113,9 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
+        d = dict(d)
+        if "layer_types" in d:
+            d["layer_types"] = tuple(d["layer_types"])
         return cls(**d)
 
     def with_(self, **kw) -> "ModelSpec":
@@ -76,7 +125,8 @@ class ModelSpec:
     def validate(self) -> "ModelSpec":
         for f in ("hidden", "layers", "heads", "ffn", "vocab", "seq"):
             _positive(f, getattr(self, f))
-        for f in ("kv_heads", "max_positions", "embed_proj_dim", "token_types", "head_dim"):
+        for f in ("kv_heads", "max_positions", "embed_proj_dim", "token_types", "head_dim",
+                  "sliding_window", "experts", "top_k", "moe_ffn", "shared_ffn"):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 0:
                 raise UserError(f"must be a non-negative integer, got {v!r}", field=f)
@@ -94,6 +144,25 @@ class ModelSpec:
         if self.heads % self.n_kv_heads:
             raise UserError(f"heads {self.heads} is not a multiple of kv_heads {self.n_kv_heads}",
                             field="kv_heads")
+        if self.layer_types:
+            if len(self.layer_types) != self.layers:
+                raise UserError(f"has {len(self.layer_types)} entries for {self.layers} layers",
+                                field="layer_types")
+            bad = [t for t in self.layer_types if t not in LAYER_TYPES]
+            if bad:
+                raise UserError(f"unknown layer type {bad[0]!r}", field="layer_types",
+                                fix=f"use {' or '.join(LAYER_TYPES)}")
+            if "sliding" in self.layer_types and not self.sliding_window:
+                raise UserError("sliding layers need a window", field="sliding_window")
+        if bool(self.experts) != bool(self.top_k) or self.top_k > self.experts:
+            raise UserError(f"top_k {self.top_k} must be in 1..experts ({self.experts}) for an MoE "
+                            "model and 0 otherwise", field="top_k")
+        if self.shared_gate and not self.shared_ffn:
+            raise UserError("a shared-expert gate needs a shared expert", field="shared_ffn")
+        for f in ("attn_softcap", "final_softcap"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise UserError(f"must be a non-negative number, got {v!r}", field=f)
         return self
 
     def check_run(self, seq: int, mbs: int, tp: int, sequence_parallel: bool = False) -> None:
@@ -111,9 +180,13 @@ class ModelSpec:
         if self.n_kv_heads % tp:
             raise UserError(f"tensor-parallel width {tp} does not divide kv_heads {self.n_kv_heads} of "
                             f"{self.name}", field="tp", fix="pick a width that divides the key/value heads")
-        if self.ffn % tp:
-            raise UserError(f"tensor-parallel width {tp} does not divide ffn {self.ffn} of {self.name}",
-                            field="tp")
+        widths = [("ffn", self.ffn)] if not self.experts else [("moe_ffn", self.expert_ffn)]
+        if self.shared_ffn:
+            widths.append(("shared_ffn", self.shared_ffn))
+        for f, w in widths:
+            if w % tp:
+                raise UserError(f"tensor-parallel width {tp} does not divide {f} {w} of {self.name}",
+                                field="tp")
         if sequence_parallel and seq % tp:
             raise UserError(f"sequence parallelism needs tp {tp} to divide seq {seq}", field="seq")
 

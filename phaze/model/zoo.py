@@ -1,6 +1,9 @@
 """The model zoo: every model of the PHAZE paper (docs/reference.md#models), the GPT models
 of Narayanan et al. SC'21 Table 1 and Korthikanti et al. MLSys'23 Tables 3/5, plus
-Llama-2-70B (grouped-query attention) and Llama-3-8B. Sizes are published facts.
+Llama-2-70B (grouped-query attention), Llama-3-8B/70B, Mistral-7B (sliding window),
+Mixtral-8x7B (MoE), Qwen2.5-7B and Gemma-2-9B. Sizes are published facts; the Hugging Face
+models are the fields of their public config.json files, read by phaze.model.hf like a
+user's file (only the training sequence length is ours).
 
 `resolve_model(name_or_path)` returns a zoo spec, or a spec read from a Hugging Face
 config.json when given a path to one.
@@ -22,6 +25,46 @@ def _megatron_gpt(name, layers, hidden, heads, seq=2048, vocab=51200, source=_NA
     # vocabulary padded to 51,200 as in Narayanan's Eq. 2 and 3.
     return ModelSpec(name=name, hidden=hidden, layers=layers, heads=heads, ffn=4 * hidden,
                      vocab=vocab, seq=seq, max_positions=seq, source=source)
+
+
+# config.json fields of public Hugging Face models (the published values; fields that change
+# no shape, such as rope_theta or token ids, left out)
+HF_ZOO_CONFIGS = {
+    "llama3-70b": ("meta-llama/Meta-Llama-3-70B", 8192, 70.55e9, dict(
+        model_type="llama", hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=8, intermediate_size=28672, vocab_size=128256, max_position_embeddings=8192,
+        hidden_act="silu", attention_bias=False, mlp_bias=False, tie_word_embeddings=False)),
+    "mistral-7b": ("mistralai/Mistral-7B-v0.1", 8192, 7.24e9, dict(
+        model_type="mistral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, intermediate_size=14336, vocab_size=32000, max_position_embeddings=32768,
+        hidden_act="silu", sliding_window=4096, tie_word_embeddings=False)),
+    "mixtral-8x7b": ("mistralai/Mixtral-8x7B-v0.1", 4096, 46.7e9, dict(
+        model_type="mixtral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, intermediate_size=14336, vocab_size=32000, max_position_embeddings=32768,
+        hidden_act="silu", num_local_experts=8, num_experts_per_tok=2, sliding_window=None,
+        tie_word_embeddings=False)),
+    "qwen2.5-7b": ("Qwen/Qwen2.5-7B", 4096, 7.62e9, dict(
+        model_type="qwen2", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, intermediate_size=18944, vocab_size=152064, max_position_embeddings=131072,
+        hidden_act="silu", use_sliding_window=False, sliding_window=131072, max_window_layers=28,
+        tie_word_embeddings=False)),
+    "gemma2-9b": ("google/gemma-2-9b", 8192, 9.24e9, dict(
+        model_type="gemma2", hidden_size=3584, num_hidden_layers=42, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=256, intermediate_size=14336, vocab_size=256000,
+        max_position_embeddings=8192, hidden_activation="gelu_pytorch_tanh", sliding_window=4096,
+        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256,
+        tie_word_embeddings=True)),
+}
+
+
+def _hf_zoo() -> list[ModelSpec]:
+    from phaze.model.hf import spec_from_hf_dict
+
+    out = []
+    for name, (repo, seq, published, cfg) in HF_ZOO_CONFIGS.items():
+        spec = spec_from_hf_dict(cfg, name=name, where=f"{repo} config.json")
+        out.append(spec.with_(seq=seq, source=f"HF {repo} config.json; {published / 1e9:.2f}B"))
+    return out
 
 
 def _build_zoo() -> dict[str, ModelSpec]:
@@ -73,6 +116,7 @@ def _build_zoo() -> dict[str, ModelSpec]:
         _megatron_gpt("gpt-1t", 128, 25600, 160),
         _megatron_gpt("gpt-22b", 48, 6144, 64, source=_KORTHIKANTI),
         _megatron_gpt("gpt-530b", 105, 20480, 128, source=_KORTHIKANTI),
+        *_hf_zoo(),
     ]
     return {m.name: m.validate() for m in z}
 
