@@ -75,15 +75,35 @@ class GraphSettings:
     fused               fuse each GEMM with its element-wise epilogue (one TC+VC op)
     sequence_parallel   Megatron sequence parallelism values to sweep (an axis: the DP
                         keeps the better of with/without for every TP width t > 1)
+    attention           eager (s x s probabilities materialised) | flash (one fused kernel;
+                        docs/model.md says which frameworks default to which)
+    vocab_pad_multiple  pad the vocabulary to a multiple of this x t (Megatron-LM's
+                        --make-vocab-size-divisible-by, 128 there; 1 = as the config says)
     """
+
+    def __post_init__(self):
+        if self.attention not in ("eager", "flash"):
+            raise UserError(f"unknown attention {self.attention!r}", field="graph.attention",
+                            fix="use eager or flash")
+        if isinstance(self.vocab_pad_multiple, bool) or not isinstance(self.vocab_pad_multiple, int) \
+                or self.vocab_pad_multiple < 1:
+            raise UserError(f"must be an integer >= 1, got {self.vocab_pad_multiple!r}",
+                            field="graph.vocab_pad_multiple")
+
+    def build_kwargs(self) -> dict:
+        """build_graph's keyword arguments for these options (sequence parallelism apart)."""
+        return {"fused": self.fused, "attention": self.attention,
+                "vocab_pad_multiple": self.vocab_pad_multiple}
 
     fused: bool = True
     sequence_parallel: tuple[bool, ...] = (False,)
+    attention: str = "eager"
+    vocab_pad_multiple: int = 1
 
     @classmethod
     def from_config(cls, block: dict | None) -> "GraphSettings":
         block = dict(block or {})
-        kw = {}
+        kw = {k: block[k] for k in ("attention", "vocab_pad_multiple") if k in block}
         if "fused" in block:
             kw["fused"] = bool(block["fused"])
         if "sequence_parallel" in block:
@@ -359,6 +379,10 @@ def add_graph_args(p, axes: bool = True) -> None:
     d = GraphSettings()
     p.add_argument("--fused", action=argparse.BooleanOptionalAction,
                    help=f"fuse GEMM epilogues (default {str(d.fused).lower()})")
+    p.add_argument("--attention", choices=("eager", "flash"),
+                   help=f"attention kernel (default {d.attention})")
+    p.add_argument("--vocab-pad-multiple", type=int,
+                   help=f"pad the vocabulary to a multiple of this x t (default {d.vocab_pad_multiple})")
     if axes:
         p.add_argument("--sequence-parallel", dest="sequence_parallel",
                        help="sequence-parallel values to sweep: false, true or false,true "
@@ -409,6 +433,9 @@ def sweep_settings(args) -> tuple["SweepSettings", dict]:
     graph = s.graph
     if g("fused") is not None:
         graph = replace(graph, fused=bool(g("fused")))
+    for flag in ("attention", "vocab_pad_multiple"):
+        if g(flag) is not None:
+            graph = replace(graph, **{flag: g(flag)})
     if isinstance(g("sequence_parallel"), str):
         graph = replace(graph, sequence_parallel=parse_list(
             g("sequence_parallel"), _parse_bool, "--sequence-parallel"))

@@ -9,6 +9,8 @@ rule graph:
     params:
         model=lambda wc: model_arg(wc.model),
         fused="--fused" if SETTINGS.graph.fused else "",
+        attention=SETTINGS.graph.attention,
+        vocab_pad=SETTINGS.graph.vocab_pad_multiple,
         sp=lambda wc: "--sequence-parallel" if wc.sp == "1" else "",
     log:
         "results/logs/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.log",
@@ -20,4 +22,5 @@ rule graph:
         runtime=10,
     shell:
         "phaze graph --model {params.model:q} --name {wildcards.model} --seq {wildcards.seq} --mbs {wildcards.mbs}"
-        " --tp {wildcards.tp} {params.sp} {params.fused} -o {output} > {log} 2>&1"
+        " --tp {wildcards.tp} {params.sp} {params.fused} --attention {params.attention}"
+        " --vocab-pad-multiple {params.vocab_pad} -o {output} > {log} 2>&1"

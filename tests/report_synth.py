@@ -104,6 +104,7 @@ def latency_frame(rows, model, seq, mbs, tp=1):
     df = pd.DataFrame(rows)
     df["model"], df["seq"], df["mbs"], df["tp"] = model, seq, mbs, tp
     df["sequence_parallel"], df["fused"] = False, True
+    df["attention"], df["vocab_pad_multiple"] = "eager", 1
     df["layer_kind"] = np.where(df["layer_index"] == 0, "prologue", "block")
     df["recompute_s"] = 0.0
     for p in ("fwd", "bwd", "recompute"):

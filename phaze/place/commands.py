@@ -237,7 +237,9 @@ def _evaluate_preset(args, spec, settings, seq):
                           interleave=args.interleave, seq=seq,
                           sequence_parallel=args.sequence_parallel, network=network,
                           optimizer=settings.placement.optimizer,
-                          zero1=settings.placement.zero1)
+                          zero1=settings.placement.zero1,
+                          graph_options={"attention": settings.graph.attention,
+                                         "vocab_pad_multiple": settings.graph.vocab_pad_multiple})
     return plan, arch.hbm_bytes, arch.name
 
 

@@ -67,11 +67,13 @@ def default_cost_params(arch):
 def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: int,
                    recompute: str = "full", interleave: int = 1, seq: int | None = None,
                    sequence_parallel: bool = False, network=None, optimizer: str = "adam",
-                   zero1: bool = False, cost_params=None, options: dict | None = None) -> dict:
+                   zero1: bool = False, cost_params=None, options: dict | None = None,
+                   graph_options: dict | None = None) -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
-    calibrated parameters and MEGATRON_OPTIONS. Returns the plan dict plus tflops_per_gpu
+    calibrated parameters and MEGATRON_OPTIONS; `graph_options` are build_graph's (attention,
+    vocab_pad_multiple; the kernels run unfused, as a GPU runs them). Returns the plan dict plus tflops_per_gpu
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
     from phaze.model.graph import build_graph
 
@@ -79,7 +81,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     seq = seq or spec.seq
     network = network or arch.network
     cost_params = cost_params or default_cost_params(arch)
-    graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel)
+    graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
+                        **(graph_options or {}))
     lat, tps = layer_latencies(graph, arch, network, cost_params)
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
@@ -115,7 +118,7 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     check_recompute([recompute], "recompute")
     net = settings.net()
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
-                        fused=settings.graph.fused)
+                        **settings.graph.build_kwargs())
     cache = ScheduleCache(settings.sched.cache_dir or None)
     arch_id = str(arch_row["arch_id"].iloc[0])
     lat = scheduled_layer_latencies(graph, arch_row, net, settings.sched, cache)[arch_id]

@@ -19,7 +19,8 @@ def graph_identity(graph) -> dict:
     """The columns that key a graph's rows (sched.table.GRAPH_KEY)."""
     return {"model": graph.model, "seq": int(graph.seq), "mbs": int(graph.mbs),
             "tp": int(graph.tp), "sequence_parallel": bool(graph.sequence_parallel),
-            "fused": bool(graph.fused)}
+            "fused": bool(graph.fused), "attention": graph.attention,
+            "vocab_pad_multiple": int(graph.vocab_pad_multiple)}
 
 
 def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=None) -> list:
@@ -46,7 +47,7 @@ def shard_frame(rows: list) -> pd.DataFrame:
     """Rows as a typed, validated shard table."""
     df = pd.DataFrame(rows, columns=list(SHARD_SCHEMA))
     df = df.astype({"seq": "int64", "mbs": "int64", "tp": "int64", "layer_index": "int64",
-                    "layer_repeat": "int64",
+                    "layer_repeat": "int64", "vocab_pad_multiple": "int64",
                     "sequence_parallel": bool, "fused": bool, "latency_s": float,
                     "lower_bound_s": float, "gap": float, "seconds": float, "cache_hit": bool})
     validate(df, SHARD_SCHEMA, "shard")

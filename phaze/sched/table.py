@@ -13,10 +13,11 @@ from phaze.errors import UserError
 STATUSES = ("optimal", "time_limit", "heuristic")
 # column -> pandas dtype kind ('O' object/string, 'i' int, 'f' float, 'b' bool, 'B' bool
 # or None)
-GRAPH_KEY = ("model", "seq", "mbs", "tp", "sequence_parallel", "fused")
+GRAPH_KEY = ("model", "seq", "mbs", "tp", "sequence_parallel", "fused", "attention",
+             "vocab_pad_multiple")
 LATENCY_KEY = GRAPH_KEY + ("arch_id", "layer_index")
 _IDENTITY = {"model": "O", "seq": "i", "mbs": "i", "tp": "i", "sequence_parallel": "b",
-             "fused": "b"}
+             "fused": "b", "attention": "O", "vocab_pad_multiple": "i"}
 SHARD_SCHEMA = {
     **_IDENTITY, "arch_id": "O", "layer_repeat": "i", "layer_index": "i", "pass": "O", "layer_kind": "O",
     "latency_s": "f", "lower_bound_s": "f", "status": "O", "gap": "f", "solver": "O",

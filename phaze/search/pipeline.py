@@ -76,7 +76,7 @@ class SweepProblem:
             for tp in self.spec.tp:
                 for sp in st.graph.sp_values(tp):
                     g = build_graph(model, seq=self.spec.seq, mbs=mbs, tp=tp,
-                                    sequence_parallel=sp, fused=st.graph.fused)
+                                    sequence_parallel=sp, **st.graph.build_kwargs())
                     self.graphs[(mbs, tp, sp)] = g
                     for a, li, _layer, pass_, prob in layer_problems(g, self.grid, self.net):
                         self.problems[a][(mbs, tp, sp, li, pass_)] = prob
