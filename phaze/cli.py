@@ -25,13 +25,20 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line naming the argument (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"phaze: error: {message}; fix: see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="phaze",
         description="Co-search accelerator architecture and distributed training plan.",
     )
     parser.add_argument("--version", action="version", version=f"phaze {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
@@ -44,12 +51,38 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        for attr in ("output", "out"):       # `-o ''` is a mistake, never "no output"
+            if getattr(args, attr, None) == "":
+                raise UserError("empty output name", field="-o", fix="name a file or folder")
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"phaze: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
+    except Exception as e:  # noqa: BLE001  (an expected failure becomes one line; a bug re-raises)
+        msg = expected_failure(e)
+        if msg is None:
+            raise
+        print(f"phaze: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def expected_failure(e: BaseException) -> str | None:
+    """One line for a failure the user's input or machine causes (I/O, a corrupt file,
+    memory), naming the file where known; None for anything else (a bug: traceback)."""
+    if isinstance(e, OSError):
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        return f"cannot access{where}: {e.strerror or e}; fix: check the path, its " \
+               "permissions and free space"
+    if isinstance(e, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({e.reason}); fix: pass the right file"
+    if isinstance(e, MemoryError):
+        return "out of memory; fix: a smaller sweep (fewer archs, models or axis values)"
+    if type(e).__module__.startswith("pyarrow"):
+        return f"cannot read a parquet table ({str(e).splitlines()[0] if str(e) else type(e).__name__}); " \
+               "fix: regenerate it (delete it and rerun)"
+    return None
 
 
 if __name__ == "__main__":

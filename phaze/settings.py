@@ -25,6 +25,7 @@ from phaze.errors import UserError
 
 RECOMPUTE_MODES = ("none", "selective", "full")
 OPTIMIZERS = ("sgd", "adam")
+MAX_HBM_GIB = 2.0**20          # 1 PiB per device: beyond any memory, and far from overflow
 # The scheduling backend `auto` resolves to (measured on the zoo's layers: docs/sched.md).
 DEFAULT_SOLVER = "cpsat"
 SCHEMA_PATH = Path(__file__).parent / "data" / "schema.yaml"
@@ -42,7 +43,8 @@ def check_recompute(modes, field: str = "recompute") -> tuple[str, ...]:
     return out
 
 
-def parse_list(text, conv, field: str, *, minimum: float | None = None) -> tuple:
+def parse_list(text, conv, field: str, *, minimum: float | None = None,
+               maximum: float | None = None) -> tuple:
     """Comma-separated values ("1,2,4") or an iterable, converted with `conv`, each finite
     and >= minimum; UserError naming `field` otherwise."""
     items = [x for x in str(text).split(",") if x.strip()] if isinstance(text, str) else text
@@ -56,6 +58,8 @@ def parse_list(text, conv, field: str, *, minimum: float | None = None) -> tuple
             raise UserError(f"must be finite, got {v}", field=field)
         if minimum is not None and v < minimum:
             raise UserError(f"must be >= {minimum:g}, got {v}", field=field)
+        if maximum is not None and v > maximum:
+            raise UserError(f"must be <= {maximum:g}, got {v}", field=field)
     if not vals:
         raise UserError("needs at least one value", field=field)
     return tuple(dict.fromkeys(vals))
@@ -189,7 +193,7 @@ class PlacementSettings:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UserError(f"must be an integer >= 1, got {v!r}", field=name)
         object.__setattr__(self, "hbm_gib", parse_list(self.hbm_gib, float, "hbm_gib",
-                                                       minimum=1e-9))
+                                                       minimum=1e-9, maximum=MAX_HBM_GIB))
         object.__setattr__(self, "recompute", check_recompute(self.recompute))
         object.__setattr__(self, "interleave", parse_list(self.interleave, int, "interleave",
                                                           minimum=1))
@@ -311,7 +315,7 @@ def check_config_schema(cfg) -> None:
     import yaml
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = strict_validator()(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: len(list(e.absolute_path)))
     if errors:
         err = most_specific(errors[0])
@@ -325,6 +329,19 @@ def model_source(cfg: dict, name: str) -> str:
         if m.get("name") == name and m.get("hf_config"):
             return m["hf_config"]
     return name
+
+
+def strict_validator():
+    """Draft 2020-12 with JSON's types taken strictly: an integer is an int (1.0 is not),
+    a number is finite (YAML's .nan and .inf are not)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine_many({
+        "integer": lambda _c, x: isinstance(x, int) and not isinstance(x, bool),
+        "number": lambda _c, x: isinstance(x, (int, float)) and not isinstance(x, bool)
+        and math.isfinite(x)})
+    return jsonschema.validators.extend(base, type_checker=checker)
 
 
 def field_path(path) -> str:
@@ -424,7 +441,8 @@ def sweep_settings(args) -> tuple["SweepSettings", dict]:
         if v is not None and (isinstance(v, str) or key not in AXES):
             pl[key] = v
     if "hbm_gib" in pl:
-        pl["hbm_gib"] = parse_list(pl["hbm_gib"], float, "--hbm-gib", minimum=1e-9)
+        pl["hbm_gib"] = parse_list(pl["hbm_gib"], float, "--hbm-gib", minimum=1e-9,
+                                   maximum=MAX_HBM_GIB)
     if "interleave" in pl:
         pl["interleave"] = parse_list(pl["interleave"], int, "--interleave", minimum=1)
     if "recompute" in pl:

@@ -14,7 +14,8 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 # ---- config validation (before any job) -------------------------------------------------
-from phaze.settings import SCHEMA_PATH, SweepSettings, field_path, most_specific  # noqa: E402
+from phaze.settings import (SCHEMA_PATH, SweepSettings, check_config_schema,  # noqa: E402
+                            field_path, most_specific)
 
 
 def validate_config(cfg):
@@ -34,6 +35,7 @@ def validate_config(cfg):
             f"invalid config: field {field_path(verr.absolute_path)}: {verr.message}"
         ) from None
     try:
+        check_config_schema(cfg)      # strict types: 1.0 is no integer, .nan no number
         settings = SweepSettings.from_config(cfg)
     except UserError as e:
         raise WorkflowError(f"invalid config: field {e}") from None

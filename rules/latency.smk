@@ -4,9 +4,12 @@
 
 rule merge_latency:
     input:
-        lambda wc: sched_shards(wc.model, wc.seq, wc.mbs),
+        shards=lambda wc: sched_shards(wc.model, wc.seq, wc.mbs),
+        grid=GRID,
     output:
         "results/latency/{model}_s{seq}_b{mbs}.parquet",
+    params:
+        n_chunks=N_CHUNKS,
     log:
         "results/logs/latency/{model}_s{seq}_b{mbs}.log",
     benchmark:
@@ -16,4 +19,5 @@ rule merge_latency:
         mem_mb=2000,
         runtime=10,
     shell:
-        "phaze merge-latency {input} -o {output} > {log} 2>&1"
+        "phaze merge-latency {input.shards} --grid {input.grid} --n-chunks {params.n_chunks}"
+        " -o {output} > {log} 2>&1"

@@ -134,7 +134,7 @@ def test_report_commands_reproduce_best_designs(runs):
     for _, r in summary[summary.status == "ok"].iterrows():
         cmd = shlex.split(r.evaluate_command)
         assert cmd[:2] == ["phaze", "evaluate"]
-        proc = subprocess.run([sys.executable, "-m", "phaze", *cmd[2:], "--json"], cwd=workdir,
+        proc = subprocess.run([sys.executable, "-m", "phaze", *cmd[1:], "--json"], cwd=workdir,
                               env=env(), capture_output=True, text=True, check=True)
         got = json.loads(proc.stdout)
         assert got["samples_per_s"] == pytest.approx(r.best_samples_per_s, rel=1e-9)

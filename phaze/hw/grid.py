@@ -54,6 +54,12 @@ _AXES_FLOAT = ("glb_mib", "clock_hz", "hbm_bw_Bps", "glb_bw_Bps")
 _KEEP_MODES = ("under_max", "all", "none")
 
 
+# Bounds that keep a grid in memory and its integers far from int64 overflow.
+MAX_AXIS_VALUES = 4096
+MAX_INT_AXIS = 2**20
+MAX_CANDIDATES = 10_000_000
+
+
 def axis_values(spec, name: str, integer: bool) -> np.ndarray:
     """Values of one axis spec; raises UserError on non-positive or non-integer values."""
     if isinstance(spec, dict):
@@ -75,6 +81,9 @@ def axis_values(spec, name: str, integer: bool) -> np.ndarray:
             if not all(_is_num(x) for x in r) or step <= 0 or hi < lo:
                 raise UserError(f"range needs numbers lo <= hi and step > 0, got {r}", field=f"arch.{name}")
             n = int(math.floor((hi - lo) / step + 1e-9)) + 1
+            if n > MAX_AXIS_VALUES:
+                raise UserError(f"range gives {n} values, more than {MAX_AXIS_VALUES}",
+                                field=f"arch.{name}", fix="use a coarser step or a list")
             vals = [lo + i * step for i in range(n)]
         else:
             raise UserError(f"unknown axis form {sorted(spec)}", field=f"arch.{name}",
@@ -91,6 +100,8 @@ def axis_values(spec, name: str, integer: bool) -> np.ndarray:
     for v in vals:
         if not _is_num(v) or not math.isfinite(v) or v <= 0:
             raise UserError(f"values must be positive numbers, got {v!r}", field=f"arch.{name}")
+        if integer and v > MAX_INT_AXIS:
+            raise UserError(f"values must be <= {MAX_INT_AXIS}, got {v!r}", field=f"arch.{name}")
         if integer and float(v) != int(v):
             raise UserError(f"values must be positive integers, got {v!r}", field=f"arch.{name}")
     arr = np.array(sorted(set(float(v) for v in vals)))
@@ -138,6 +149,10 @@ def enumerate_grid(spec: dict | None = None, filter_area: bool = True) -> pd.Dat
     if not auto_glb:
         axes["glb_bw_Bps"] = axis_values(s["glb_bw_Bps"], "glb_bw_Bps", integer=False)
     names = list(axes)
+    n_cand = math.prod(len(axes[n]) for n in names)
+    if n_cand > MAX_CANDIDATES:
+        raise UserError(f"the axes give {n_cand:,} candidate archs, more than "
+                        f"{MAX_CANDIDATES:,}", field="arch", fix="use fewer axis values")
     mesh = np.meshgrid(*[axes[n] for n in names], indexing="ij")
     cols = {n: m.ravel() for n, m in zip(names, mesh)}
     if s["square"]:

@@ -6,7 +6,7 @@ import json
 import sys
 
 from phaze.errors import UserError
-from phaze.settings import (RECOMPUTE_MODES, add_config_arg, add_graph_args, add_network_arg,
+from phaze.settings import (MAX_HBM_GIB, RECOMPUTE_MODES, add_config_arg, add_graph_args, add_network_arg,
                             add_placement_args, add_sched_args, sweep_settings)
 
 
@@ -181,6 +181,8 @@ def _cmd_evaluate(args) -> int:
             raise UserError("must be >= 1", field=f"--{name}")
     if args.seq is not None and args.seq < 1:
         raise UserError("must be >= 1", field="--seq")
+    if args.hbm_gib is not None and not 0 < args.hbm_gib <= MAX_HBM_GIB:
+        raise UserError(f"must be in (0, {MAX_HBM_GIB:g}], got {args.hbm_gib}", field="--hbm-gib")
     settings, cfg = sweep_settings(args)
     spec = _model_of(args, cfg)
     seq = args.seq or spec.seq
@@ -213,7 +215,7 @@ def _evaluate_grid(args, spec, settings, seq):
     if row.empty:
         raise UserError(f"arch_id {args.arch!r} is not in {args.grid}", field="--arch",
                         fix="use an arch_id of that grid (`phaze arch list --grid G`)")
-    hbm = (args.hbm_gib or max(settings.placement.hbm_gib)) * 1024**3
+    hbm = (args.hbm_gib if args.hbm_gib is not None else max(settings.placement.hbm_gib)) * 1024**3
     plan = evaluate_sweep_plan(spec, row, tp=args.tp, pp=args.pp, dp=args.dp, mbs=args.mbs,
                                recompute=args.recompute, hbm_bytes=hbm, seq=seq,
                                sequence_parallel=args.sequence_parallel,
@@ -229,7 +231,7 @@ def _evaluate_preset(args, spec, settings, seq):
     from phaze.place.evaluate import evaluate_model
 
     arch = get_preset(args.arch)
-    if args.hbm_gib:
+    if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
     network = settings.net() if (args.network or args.config) else None
     plan = evaluate_model(spec, arch, tp=args.tp, pp=args.pp, dp=args.dp, mbs=args.mbs,

@@ -45,6 +45,8 @@ def register(sub) -> None:
 
     m = sub.add_parser("merge-latency", help="merge schedule shards into one latency table")
     m.add_argument("shards", nargs="+")
+    m.add_argument("--grid", help="arch grid: check that the shards hold exactly its archs")
+    m.add_argument("--n-chunks", type=int, default=1, help="chunks the grid was split into")
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_merge_latency)
@@ -251,6 +253,14 @@ def cmd_merge_latency(args) -> int:
 
     shards = [_read_parquet(s, "shards") for s in args.shards]
     out = merge_shards(shards, list(args.shards))
+    if args.grid:
+        from phaze.hw.grid import read_grid
+        from phaze.sched.table import check_against_grid
+
+        if args.n_chunks < 1:
+            raise UserError(f"must be >= 1, got {args.n_chunks}", field="--n-chunks")
+        check_against_grid(shards, list(args.shards), read_grid(args.grid)["arch_id"],
+                           args.n_chunks)
     with atomic_path(args.output) as tmp:
         out.to_parquet(tmp, index=False)
     if args.json:

@@ -83,3 +83,37 @@ def merge_shards(shards: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
     out = out[list(LATENCY_SCHEMA)]
     validate(out, LATENCY_SCHEMA, "merged")
     return out
+
+
+def check_against_grid(shards: list[pd.DataFrame], names: list[str], arch_ids, n_chunks: int):
+    """Each shard holds exactly the archs of one chunk of the grid (chunk = int(arch_id, 16)
+    % n_chunks) and together they cover the grid: a shard truncated, emptied or written for
+    another grid is named (UserError) with the fix."""
+    from phaze.hw.arch import chunk_of
+
+    want: dict = {}
+    for a in arch_ids:
+        want.setdefault(chunk_of(str(a), n_chunks), set()).add(str(a))
+    covered: set = set()
+    fix = "delete it and rerun the workflow (Snakemake reruns its job)"
+    for df, name in zip(shards, names):
+        got = set(df["arch_id"].astype(str))
+        chunks = {chunk_of(a, n_chunks) for a in got}
+        if len(chunks) > 1:
+            raise UserError(f"{name} mixes archs of chunks {sorted(chunks)}", field="shards",
+                            fix=fix)
+        if chunks:
+            c = chunks.pop()
+            if got != want.get(c, set()):
+                miss = sorted(want.get(c, set()) - got)
+                extra = sorted(got - want.get(c, set()))
+                raise UserError(f"{name} does not hold the archs of chunk {c} of the grid "
+                                f"({len(miss)} missing, {len(extra)} not in the grid)",
+                                field="shards", fix=fix)
+        covered |= got
+    missing = set(map(str, arch_ids)) - covered
+    if missing:
+        empty = [n for df, n in zip(shards, names) if df.empty]
+        raise UserError(f"no rows for {len(missing)} archs of the grid"
+                        + (f"; empty shards: {', '.join(empty)}" if empty else ""),
+                        field="shards", fix=fix)

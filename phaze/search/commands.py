@@ -87,13 +87,14 @@ def _specs(args):
 
 
 def run(args) -> int:
+    from phaze.hw.grid import read_grid
     from phaze.jsonout import emit_json
-    from phaze.report.tables import load_grid
 
-    grid = load_grid(args.grid)
+    specs = _specs(args)          # every flag and the config checked before any work
+    grid = read_grid(args.grid)
     if args.limit_archs > 0:
         grid = grid.iloc[: args.limit_archs]
-    reports = [_search_one(spec, grid, args) for spec in _specs(args)]
+    reports = [_search_one(spec, grid, args) for spec in specs]
     if args.json:
         emit_json(reports[0] if len(reports) == 1 and not args.config else {"runs": reports})
         return 0
