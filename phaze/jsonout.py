@@ -9,18 +9,19 @@ import sys
 
 def emit_json(obj) -> None:
     """Print exactly one JSON object on stdout (non-finite floats become null)."""
-    sys.stdout.write(json.dumps(_finite(obj), default=_json_default, separators=(",", ":"),
+    sys.stdout.write(json.dumps(finite(obj), default=_json_default, separators=(",", ":"),
                                 allow_nan=False))
     sys.stdout.write("\n")
 
 
-def _finite(o):
+def finite(o):
+    """`o` with every non-finite float (also inside dicts and lists) replaced by None."""
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
+        return {k: finite(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
+        return [finite(v) for v in o]
     return o
 
 
@@ -30,9 +31,9 @@ def _json_default(o):
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
-        return _finite(float(o))
+        return finite(float(o))
     if isinstance(o, np.bool_):
         return bool(o)
     if isinstance(o, np.ndarray):
-        return _finite(o.tolist())
+        return finite(o.tolist())
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

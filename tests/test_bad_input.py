@@ -128,3 +128,23 @@ def test_unreadable_inputs_are_one_line(tmp_path, content, monkeypatch):
         rc, err = _run(argv)
         assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("edit,field", [
+    ({"maxDevices": 10**12, "mbsInBatch": 10**12}, "maxDevices"),
+    ({"fixedPP": 10**9}, "fixedPP"),
+    ({"bandwidth": 1e308}, "bandwidth"),
+])
+def test_reference_instance_extremes_refused_fast(tmp_path, edit, field):
+    """Values that would make the reference DP loop for hours or overflow to Infinity."""
+    import json
+    from pathlib import Path
+
+    inst = json.loads((Path(__file__).resolve().parents[1] / "examples" /
+                       "reference_instance.json").read_text())
+    inst.update(edit)
+    f = tmp_path / "i.json"
+    f.write_text(json.dumps(inst))
+    rc, err = _run(["place", "--reference-instance", str(f), "-o", str(tmp_path / "o.json")])
+    assert rc == 2 and field in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o.json").exists()

@@ -113,14 +113,14 @@ def _cmd_place(args) -> int:
 
 def _place_reference(args) -> int:
     from phaze.atomic import write_text_atomic
-    from phaze.jsonout import emit_json
+    from phaze.jsonout import emit_json, finite
     from phaze.place.instance import load_instance
     from phaze.place.refdp import solve_reference
 
     inst = load_instance(args.reference_instance)
     out = solve_reference(inst)
     if args.output:
-        write_text_atomic(args.output, json.dumps(out, indent=1) + "\n")
+        write_text_atomic(args.output, json.dumps(finite(out), indent=1, allow_nan=False) + "\n")
     if args.json or not args.output:
         emit_json(out)
     else:

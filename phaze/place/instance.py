@@ -93,9 +93,19 @@ def load_instance(path: str | Path) -> RefInstance:
 
 
 def _num(value, field: str) -> float:
+    """A number of the instance, finite and of a magnitude whose sums cannot overflow (sizes,
+    latencies and bandwidths of any real instance are far below MAX_MAGNITUDE)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"must be a finite number, got {value!r}", field=field)
+    if abs(value) > MAX_MAGNITUDE:
+        raise UserError(f"must be at most {MAX_MAGNITUDE:g} in magnitude, got {value!r}",
+                        field=field)
     return float(value)
+
+
+MAX_DEVICES = 65536
+MAX_MAGNITUDE = 1e30
+MAX_MICROBATCHES = 2**31 - 1
 
 
 def parse_instance(raw: dict) -> RefInstance:
@@ -118,9 +128,18 @@ def parse_instance(raw: dict) -> RefInstance:
     opt = raw["optimizerAlgorithm"]
     if opt not in ("SGD", "Adam"):
         raise UserError(f"must be SGD or Adam, got {opt!r}", field="optimizerAlgorithm")
+    # bounds that keep the DP's loops (over d up to min(maxDevices, mbsInBatch), over the
+    # fixed strategy's stages) to seconds; far beyond any published instance
+    if raw["maxDevices"] > MAX_DEVICES:
+        raise UserError(f"must be <= {MAX_DEVICES}, got {raw['maxDevices']}", field="maxDevices")
+    if raw["mbsInBatch"] > MAX_MICROBATCHES:
+        raise UserError(f"must be <= {MAX_MICROBATCHES}, got {raw['mbsInBatch']}",
+                        field="mbsInBatch")
     for key in ("fixedPP", "fixedTMPC", "fixedDP", "numTransformerLayers"):
         if raw[key] < 1:
             raise UserError("must be >= 1", field=key)
+        if raw[key] > MAX_DEVICES:
+            raise UserError(f"must be <= {MAX_DEVICES}, got {raw[key]}", field=key)
 
     nodes, edges = raw["nodes"], raw["edges"]
     if not nodes:
