@@ -57,7 +57,7 @@ def sweep_context(cfg: dict | None, grid: pd.DataFrame, place: pd.DataFrame,
         n = len(latency) * 3
         out.append(("scheduling", f"{n} layer ILPs (fwd, bwd, recompute per layer, arch, "
                     f"graph); {latency['seconds'].sum():.1f} s of solver time recorded in the "
-                    f"latency tables (cache hits count their original time)"))
+                    f"latency tables"))
     if "solve_seconds" in place.columns:
         out.append(("placement", f"{len(place)} placement rows; "
                     f"{place['solve_seconds'].sum():.1f} s of DP time"))

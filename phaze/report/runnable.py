@@ -33,8 +33,8 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
     """Megatron-LM pretrain_gpt.py arguments of a placement row (one line per flag)."""
     t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
     stages = json.loads(r["stages"]) if isinstance(r["stages"], str) else list(r["stages"])
-    n = stages[-1][1]
-    split = block_split(stages, n)
+    split = block_split(stages, stages[-1][1]) if stages else {"first": 0, "middle": None,
+                                                               "last": 0, "chunks": p * v}
     lines = [f"# world size {p * d * t} devices: data parallel = world / (TP x PP) = {d}",
              f"--tensor-model-parallel-size {t}", f"--pipeline-model-parallel-size {p}",
              "--context-parallel-size 1", f"--micro-batch-size {int(r['mbs'])}",
@@ -49,11 +49,13 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
         lines.append("--sequence-parallel")
     if zero1:
         lines.append("--use-distributed-optimizer")
-    if split is None:
+    if not stages:
+        lines.append("# the table gives no stages: Megatron's uniform split assumed")
+    elif split is None:
         lines.append(f"# the stages {stages} are uneven in the middle: Megatron cannot express "
                      "them; run `phaze evaluate ... --stages` for this split")
     else:
-        even = split["middle"] is None or split["first"] == split["middle"] == split["last"]
+        even = split["first"] == split["last"] and split["middle"] in (None, split["first"])
         if v > 1:
             lines.append(f"--num-layers-per-virtual-pipeline-stage {split['first']}")
         if not even and p > 1:
