@@ -46,6 +46,8 @@ def make_place(grid, model="bert-large", seq=512, seed=0, feasible=True, tpu_fix
                         ok = feasible and not (rec == "none" and hbm == 32 and mbs == 2)
                         stages = [hbm * GiB * f for f in (0.8, 0.7, 0.6, 0.5)][:p]
                         tpb = 4096 / thr if ok else np.nan
+                        split = {"weights": 0.2, "grads": 0.2, "optimizer": 0.0,
+                                 "activations": 0.5, "buffers": 0.1}
                         rows.append(dict(
                             arch_id=a["arch_id"], mbs=mbs, hbm_bytes=hbm * GiB, recompute=rec,
                             strategy=strat, p=p, d=d, t=t, stages="[]",
@@ -53,6 +55,10 @@ def make_place(grid, model="bert-large", seq=512, seed=0, feasible=True, tpu_fix
                             tokens_per_s=thr * seq if ok else np.nan, mfu=0.4 if ok else np.nan,
                             memory_per_device_bytes=max(stages) if ok else np.nan,
                             stage_memory_bytes=json.dumps(stages if ok else []),
+                            stage_memory=json.dumps([{k: f * m for k, f in split.items()}
+                                                     for m in stages]) if ok else None,
+                            **{f"memory_{k}_bytes": f * max(stages) if ok else np.nan
+                               for k, f in split.items()},
                             breakdown_compute_s=0.7 * tpb, breakdown_bubble_s=0.2 * tpb,
                             breakdown_dp_allreduce_s=0.1 * tpb,
                             single_chip_latency_s=mbs * 1e3 / (a["peak_flops"] * (0.5 + rng.random()) / 1e12),

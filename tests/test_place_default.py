@@ -107,6 +107,18 @@ def brute_force(ch, devices, batch, rec, hbm, links, opt):
     return best
 
 
+def assert_memory_parts(plan):
+    """The busiest device's parts sum to memory_per_device_bytes; each rank's parts sum to
+    its memory, the largest of which is that peak."""
+    names = ("weights", "grads", "optimizer", "activations", "buffers")
+    split = sum(plan[f"memory_{k}_bytes"] for k in names)
+    assert split == pytest.approx(plan["memory_per_device_bytes"], rel=1e-12)
+    per_rank = [sum(r[k] for k in names) for r in plan["stage_memory"]]
+    assert len(per_rank) == plan["p"]
+    assert max(per_rank) == pytest.approx(plan["memory_per_device_bytes"], rel=1e-12)
+    assert min(min(r.values()) for r in plan["stage_memory"]) >= 0
+
+
 @pytest.mark.parametrize("batch_no", range(10))
 def test_default_dp_equals_brute_force(batch_no):
     """>= 300 random chains (<= 8 layers, <= 16 devices), random memory, recompute on/off,
@@ -134,6 +146,7 @@ def test_default_dp_equals_brute_force(batch_no):
                          links, opt)
         assert t2 == pytest.approx(got["time_per_batch_s"], rel=1e-9)
         assert m2 == pytest.approx(got["memory_per_device_bytes"], rel=1e-9) and m2 <= hbm
+        assert_memory_parts(got)
     assert feasible >= 8
 
 
@@ -157,6 +170,7 @@ def test_evaluate_plan_matches_independent_evaluator_interleaved():
         t2, m2 = my_eval(ch, stages, p, d, batch, rec, v, links, opt)
         assert got["time_per_batch_s"] == pytest.approx(t2, rel=1e-12)
         assert got["memory_per_device_bytes"] == pytest.approx(m2, rel=1e-12)
+        assert_memory_parts(got)
         parts = sum(got[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s"))
         assert parts == pytest.approx(got["time_per_batch_s"], rel=1e-12)
         checked += 1

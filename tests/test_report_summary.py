@@ -33,8 +33,9 @@ def brute_summary_row(place, grid, model, seq):
     best = sorted(opt.itertuples(), key=lambda r: (-r.samples_per_s, r.area_mm2, r.arch_id))[0]
     tpu = grid[(grid.n_tc == 8) & (grid.tc_rows == 128) & (grid.n_vc == 2)
                & (grid.glb_bytes == 128 * 1024**2)].arch_id.iloc[0]
-    t_opt = opt[opt.arch_id == tpu].samples_per_s.max()
-    fx = rows[(rows.strategy == "fixed") & (rows.arch_id == tpu)].samples_per_s.max()
+    fits = rows.memory_per_device_bytes <= 32 * 1024**3   # a TPUv4's HBM
+    t_opt = opt[(opt.arch_id == tpu) & fits].samples_per_s.max()
+    fx = rows[(rows.strategy == "fixed") & (rows.arch_id == tpu) & fits].samples_per_s.max()
     lat = opt.assign(per=opt.single_chip_latency_s / opt.mbs).groupby("arch_id").per.min()
     spot = lat.idxmin()
     s_thr = opt[opt.arch_id == spot].samples_per_s.max()
@@ -63,7 +64,7 @@ def test_says_why_when_tpuv4_is_the_best(files):
     place = make_place(grid, "bert-large", 512)
     tpu = tpuv4_arch_id(grid)
     place.loc[place.arch_id == tpu, "samples_per_s"] *= 100
-    s = summarise(load_place_df(place), grid).iloc[0]
+    s = summarise(load_place_df(place), grid, tpuv4_hbm_gib=64).iloc[0]
     assert s.best_arch_id == tpu and s.speedup_vs_tpuv4_opt == 1.0
     assert "TPUv4-like chip is itself the best design" in s.notes
     assert "grid holds no faster chip within the area budget" in s.notes
@@ -171,3 +172,15 @@ def test_latency_tables_give_the_spotlight_pick(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out)["summary"][0]
     # per-sample latency: arch 0 = 24 * 1.0 + 0 = 24; arch 1 = 24 * 1.05/24 + 2 * 0.5 = 2.05
     assert row["spotlight_arch_id"] == ids[1]
+
+
+def test_fixed_plan_only_where_configured():
+    """No published fallback: a model whose config has no fixed_plan has no fixed baseline,
+    even when the tables hold fixed rows."""
+    grid = make_grid()
+    s = summarise(load_place_df(make_place(grid)), grid, fixed_plans={}).iloc[0]
+    assert not isinstance(s.tpuv4_fixed_strategy, str) and np.isnan(s.speedup_vs_tpuv4_fixed)
+    assert "no fixed plan configured" in s.notes
+    s = summarise(load_place_df(make_place(grid)), grid,
+                  fixed_plans={"bert-large": "8x128x1"}).iloc[0]
+    assert s.tpuv4_fixed_strategy == "8x128x1" and s.speedup_vs_tpuv4_fixed > 0

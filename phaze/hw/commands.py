@@ -12,8 +12,9 @@ def register(sub) -> None:
     p = sub.add_parser("arch", help="architecture presets and the architecture grid")
     asub = p.add_subparsers(dest="arch_command", metavar="ARCH_COMMAND")
 
-    s = asub.add_parser("show", help="show one preset (or an arch_id of a grid file)")
-    s.add_argument("name", help="preset name (tpuv4, a100, h100) or arch_id with --grid")
+    s = asub.add_parser("show", help="show one preset, chip JSON file, or arch_id of a grid")
+    s.add_argument("name", help="preset name (tpuv4, a100, h100), a chip JSON file "
+                   "(phaze report's chip_*.json) or an arch_id with --grid")
     s.add_argument("--grid", help="grid parquet to look an arch_id up in")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_show)
@@ -33,14 +34,18 @@ def register(sub) -> None:
 
 
 def resolve_arch(name: str, grid: str | None = None):
-    """A preset by name, or an arch_id looked up in a grid parquet."""
+    """A preset by name, a chip JSON file (phaze.hw.chipfile), or an arch_id looked up in a
+    grid parquet."""
     from phaze.hw.arch import arch_from_row
+    from phaze.hw.chipfile import is_chip_file, read_chip
     from phaze.hw.presets import PRESETS, get_preset
 
     from phaze.hw.grid import read_grid
 
     if name in PRESETS:
         return get_preset(name)
+    if is_chip_file(name):
+        return read_chip(name)
     if not grid:
         raise UserError(f"{name!r} is not an arch preset", field="--arch",
                         fix=f"use one of {sorted(PRESETS)}, or an arch_id with --grid G.parquet")

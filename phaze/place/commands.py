@@ -37,8 +37,8 @@ def register(sub) -> None:
         "evaluate",
         help="time and memory of one given training plan",
         description="Evaluate a fixed (tp, pp, dp, mbs, batch, recompute, interleave) plan of a "
-        "model on an arch: time per batch, breakdown, memory per device, TFLOP/s per GPU. "
-        "With --arch PRESET (a100, h100, tpuv4): the validated Megatron-LM-on-GPU model "
+        "model on an arch: time per batch, breakdown, memory per device, TFLOP/s per device. "
+        "With --arch PRESET (a100, h100, tpuv4) or a chip JSON file: the validated Megatron-LM-on-GPU model "
         "(kernels in order). With --grid G --arch ID: exactly what the sweep computes for "
         "that chip (scheduled layers, the config's settings): a placement row's plan, "
         "given with its --stages, reproduces the row.")
@@ -48,7 +48,8 @@ def register(sub) -> None:
     e.add_argument("--layers", type=int, help="inline GPT: transformer blocks")
     e.add_argument("--vocab", type=int, default=51200,
                    help="inline GPT: vocabulary (default 51,200 as in the Megatron papers)")
-    e.add_argument("--arch", required=True, help="arch preset name, or an arch_id with --grid")
+    e.add_argument("--arch", required=True, help="arch preset name, a chip JSON file (phaze "
+                   "report's chip_*.json), or an arch_id with --grid")
     e.add_argument("--grid", help="arch grid parquet to look --arch up in")
     e.add_argument("--tp", type=int, required=True)
     e.add_argument("--pp", type=int, required=True)
@@ -227,10 +228,11 @@ def _evaluate_grid(args, spec, settings, seq):
 def _evaluate_preset(args, spec, settings, seq):
     from dataclasses import replace
 
+    from phaze.hw.chipfile import is_chip_file, read_chip
     from phaze.hw.presets import get_preset
     from phaze.place.evaluate import evaluate_model
 
-    arch = get_preset(args.arch)
+    arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
     network = settings.net() if (args.network or args.config) else None

@@ -147,9 +147,11 @@ def _row(index, item, kind, plan, variant, fused, method, seconds) -> dict:
         row["sequence_parallel"] = bool(variant[1])
         for k in ("p", "d", "t", "interleave", "time_per_batch_s", "samples_per_s",
                   "tokens_per_s", "mfu", "memory_per_device_bytes", "compute_s", "bubble_s",
-                  "p2p_s", "dp_sync_s", "tp_s"):
+                  "p2p_s", "dp_sync_s", "tp_s", "memory_weights_bytes", "memory_grads_bytes",
+                  "memory_optimizer_bytes", "memory_activations_bytes", "memory_buffers_bytes"):
             row[k] = plan.get(k)
         row["stages"] = json.dumps(plan["stages"])
+        row["stage_memory"] = json.dumps(plan["stage_memory"])
     return row
 
 

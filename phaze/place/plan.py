@@ -22,6 +22,8 @@ Terms (each explicit so that a validation can calibrate it):
       rematerialised activations when recomputing, Chain.work_bytes); in flight: 1F1B stage at position s keeps min(s, M); interleaved
       (Megatron's warm-up count) rank r keeps min(2 (p-r-1) + (v-1) p + 1, M v) chunk-
       microbatches, i.e. that many / v times the device's per-microbatch activations.
+The busiest-memory device's memory is also returned split (memory_{part}_bytes, MEMORY_PARTS),
+and every pipeline rank's split as `stage_memory` (a list of {part: bytes}).
 TP collectives are already inside the layer latencies (scheduler / cost model); the
 breakdown reports their share as `tp_s` and does not add them again.
 """
@@ -198,6 +200,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     dev_A = np.bincount(dev, Ap[hi] - Ap[lo], minlength=p)
     dev_work = np.array([work[dev == r].max() for r in range(p)])
     mem = dev_P * options.static_bytes_per_param(d) + inflight(p, v, M) * dev_A + dev_work
+    parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options)
     ar = allreduce_time(dev_P * options.grad_bytes, d, dbw, dlat)
     b = int(np.argmax(dev_load))
     Lmax = float(dev_load[b])
@@ -209,6 +212,8 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     out = {**base, "M": M, "time_per_batch_s": time_s,
            "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
            "memory_per_device_bytes": float(mem.max()),
+           **{f"memory_{k}_bytes": float(v[int(np.argmax(mem))]) for k, v in parts.items()},
+           "stage_memory": [{k: float(v[r]) for k, v in parts.items()} for r in range(p)],
            "compute_s": M * float(dev_comp[b]), "bubble_s": bubble,
            "p2p_s": M * float(dev_p2p[b]), "dp_sync_s": float(ar.max()),
            "tp_s": M * float(dev_tp[b]), "optimizer_s": opt_s,
@@ -219,6 +224,20 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     if not out["feasible"]:
         out["reason"] = f"needs {mem.max():.4g} B per device > HBM {hbm_bytes:.4g} B"
     return out
+
+
+MEMORY_PARTS = ("weights", "grads", "optimizer", "activations", "buffers")
+
+
+def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions) -> dict:
+    """Memory of each pipeline rank split into MEMORY_PARTS (bytes; arrays over ranks):
+    weights, gradients, optimizer state (/ d with ZeRO-1), activations kept for the
+    in-flight microbatches, and the recomputation working buffer. Their sum is the
+    rank's memory (up to rounding)."""
+    opt = options.opt_bytes() / (d if options.zero1 else 1)
+    return {"weights": dev_P * options.weight_bytes, "grads": dev_P * options.grad_bytes,
+            "optimizer": dev_P * opt, "activations": np.asarray(dev_act, dtype=float),
+            "buffers": np.asarray(dev_work, dtype=float)}
 
 
 def _base(chain, p, d, t, mbs, batch, recompute, v, stages):

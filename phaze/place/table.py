@@ -1,5 +1,8 @@
 """The placement table (`phaze place` output): one row per work item and row kind, keyed
-by PLACE_KEY, checked against PLACE_SCHEMA when written and when read."""
+by PLACE_KEY, checked against PLACE_SCHEMA when written and when read.
+memory_{weights,grads,optimizer,activations,buffers}_bytes split the busiest device's
+memory_per_device_bytes; stage_memory is a JSON list, per pipeline rank, of those parts
+(phaze.place.plan.memory_parts)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ PLACE_SCHEMA = {
     "recompute": "O", "row_kind": "O", "feasible": "b", "p": "f", "d": "f", "t": "f",
     "sequence_parallel": "B", "fused": "B", "interleave": "f", "stages": "O",
     "time_per_batch_s": "f", "samples_per_s": "f", "tokens_per_s": "f", "mfu": "f",
-    "memory_per_device_bytes": "f", "compute_s": "f", "bubble_s": "f", "p2p_s": "f",
+    "memory_per_device_bytes": "f", "memory_weights_bytes": "f", "memory_grads_bytes": "f",
+    "memory_optimizer_bytes": "f", "memory_activations_bytes": "f",
+    "memory_buffers_bytes": "f", "stage_memory": "O", "compute_s": "f", "bubble_s": "f", "p2p_s": "f",
     "dp_sync_s": "f", "tp_s": "f", "method": "O", "solve_seconds": "f", "phaze_version": "O",
 }
 ROW_KINDS = ("best", "fixed")

@@ -26,6 +26,9 @@ def register(sub) -> None:
                         "placement tables carry no single_chip_latency_s")
     p.add_argument("--config", help="the sweep's config (the workflow's results/config.yaml): "
                    "named in each best design's `phaze evaluate` command")
+    p.add_argument("--tpuv4-hbm-gib", type=float, default=None,
+                   help="HBM of the TPUv4-like baseline in GiB (default 32, a TPUv4's): its "
+                        "plans are the sweep's rows that fit in it")
     p.add_argument("-o", "--out", default=None,
                    help="output folder; without it the summary is printed only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -51,21 +54,78 @@ def _load_latency(paths):
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def build(place_paths, grid_path, latency_paths=(), config_path=None):
-    from phaze.report.summary import summarise
+class Sweep:
+    """Everything the report reads: placement rows, grid, latency rows, config."""
+
+    def __init__(self, place, grid, latency, cfg):
+        self.place, self.grid, self.latency, self.cfg = place, grid, latency, cfg
+
+
+def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_gib=None):
+    from phaze.report.context import read_config
+    from phaze.report.summary import TPUV4_HBM_GIB, fixed_plans_of, summarise
     from phaze.report.tables import load_grid, load_place
 
+    if tpuv4_hbm_gib is not None and not tpuv4_hbm_gib > 0:
+        raise UserError("must be > 0", field="--tpuv4-hbm-gib")
     place = load_place(place_paths)
     grid = load_grid(grid_path)
     latency = _load_latency(latency_paths)
+    cfg = read_config(config_path)
     place = place.drop(columns=[c for c in ("area_mm2",) if c in place.columns]) \
         .merge(grid[["arch_id", "area_mm2"]], on="arch_id", how="left")
-    return place, grid, summarise(place, grid, latency,
-                                  reproduce={"grid": str(grid_path), "config": config_path})
+    summary = summarise(place, grid, latency,
+                        reproduce={"grid": str(grid_path), "config": config_path},
+                        tpuv4_hbm_gib=tpuv4_hbm_gib or TPUV4_HBM_GIB,
+                        fixed_plans=fixed_plans_of(cfg))
+    return Sweep(place, grid, latency, cfg), summary
 
 
-def write_report(out_dir, place, grid, summary) -> dict[str, str]:
+def runnable_files(out_dir, sweep, summary) -> dict:
+    """Megatron arguments, NeMo keys and the chip JSON of every best design, written."""
+    from phaze.report.runnable import chip_json, megatron_args, nemo_yaml
+    from phaze.report.summary import role_rows
+
+    pl = (sweep.cfg or {}).get("placement", {})
+    net = (sweep.cfg or {}).get("network")
+    out = {}
+    for _, s in summary[summary["status"] == "ok"].iterrows():
+        r = role_rows(sweep.place, s)[0][1]
+        batch = int(pl.get("global_batch") or round(r["samples_per_s"] * r["time_per_batch_s"]))
+        kw = dict(zero1=bool(pl.get("zero1", False)), optimizer=pl.get("optimizer", "adam"))
+        stem = f"{s['model']}_s{int(s['seq'])}"
+        f = {"megatron": megatron_args(r, batch, **kw),
+             "nemo": nemo_yaml(r, batch, int((net or {}).get("devices_per_node", 8)), **kw),
+             "chip": chip_json(sweep.grid[sweep.grid["arch_id"] == r["arch_id"]].iloc[0],
+                               r["hbm_bytes"], net)}
+        for key, name in (("megatron", f"megatron_{stem}.txt"), ("nemo", f"nemo_{stem}.yaml"),
+                          ("chip", f"chip_{stem}.json")):
+            write_text_atomic(Path(out_dir) / name, f[key] + ("" if f[key].endswith("\n") else "\n"))
+            f[f"{key}_path"] = str(Path(out_dir) / name)
+        out[(s["model"], int(s["seq"]))] = f
+    return out
+
+
+def sections_html(sweep, summary, files) -> tuple[str, str]:
+    """(context section, the sections after the summary table)."""
+    from phaze.report import sections
+    from phaze.report.context import sweep_context
+
+    ctx = sections.context_section(sweep_context(sweep.cfg, sweep.grid, sweep.place,
+                                                 sweep.latency))
+    spec = (sweep.cfg or {}).get("arch") if sweep.cfg else None
+    body = "\n".join([sections.compare_section(sweep.place, sweep.grid, summary),
+                      sections.sensitivity_section(sweep.place, sweep.grid, summary, spec),
+                      sections.memory_section(sweep.place, summary),
+                      sections.solver_section(sweep.latency, sweep.place, summary),
+                      sections.runnable_section(files)])
+    return ctx, body
+
+
+def write_report(out_dir, sweep, summary) -> dict[str, str]:
     from phaze.report import html, plots
+
+    place, grid = sweep.place, sweep.grid
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +158,13 @@ def write_report(out_dir, place, grid, summary) -> dict[str, str]:
                 tmp.write_bytes(tmp_png.read_bytes())
             written[key] = str(out_dir / name)
             shown[key] = (out_dir / name, caption)
-        write_text_atomic(out_dir / "report.html", html.render(summary, shown))
+        files = runnable_files(out_dir, sweep, summary)
+        for (m, q), f in files.items():
+            for key in ("megatron", "nemo", "chip"):
+                written[f"{key}_{m}_s{q}"] = f[f"{key}_path"]
+        ctx, body = sections_html(sweep, summary, files)
+        write_text_atomic(out_dir / "report.html",
+                          html.render(summary, shown, extra_html=body, context_html=ctx))
     written["html"] = str(out_dir / "report.html")
     return written
 
@@ -113,8 +179,9 @@ def run(args) -> int:
     from phaze.jsonout import emit_json
     from phaze.report.summary import format_terminal
 
-    place, grid, summary = build(args.place, args.grid, args.latency, args.config)
-    written = write_report(args.out, place, grid, summary) if args.out else {}
+    sweep, summary = build(args.place, args.grid, args.latency, args.config,
+                           args.tpuv4_hbm_gib)
+    written = write_report(args.out, sweep, summary) if args.out else {}
     if args.json:
         rows = [{k: _clean(v) for k, v in r.items()} for r in summary.to_dict("records")]
         emit_json({"summary": rows, "files": written,

@@ -20,8 +20,12 @@ table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid #d5dbe3;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef2f7} td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.infeasible td{background:#fdecea}
-td.win{color:#1a7f37;font-weight:600} td.lose{color:#b42318;font-weight:600}
-div.alert{background:#fdecea;border:1px solid #f5c2bd;padding:8px 12px;margin:8px 0;font-size:14px}
+td.win,td.co{color:#1a7f37;font-weight:600} td.bad,td.lose{color:#b42318;font-weight:600}
+div.alert,div.warn{background:#fdecea;border:1px solid #f5c2bd;padding:8px 12px;margin:8px 0;font-size:14px}
+h3{font-size:15px;margin:18px 0 6px} pre{background:#f5f7fa;padding:8px;font-size:12px}
+table.compare th{background:#f7f9fb;font-weight:500;text-align:left}
+div.bar{width:260px;height:12px;background:#eef2f7;display:flex;border:1px solid #c8d0da}
+div.bar span{display:block;height:100%} span.sw{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 figure{margin:12px 0} figcaption{font-size:13px;color:#5b6675}
 img{max-width:100%;height:auto;border:1px solid #e3e8ee}
 """
@@ -36,13 +40,13 @@ def _num(v, spec):
 def _speed(v):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return '<td class="num">&ndash;</td>'
-    cls = "win" if v > 1 + 1e-9 else ("lose" if v < 1 - 1e-9 else "")
+    cls = "bad" if v < 1 - 1e-9 else ""   # red = a problem only; the chip is green
     return f'<td class="num {cls}">{v:.2f}&times;</td>'
 
 
 def summary_table(summary: pd.DataFrame) -> str:
     head = ["model", "seq", "co-designed chip", "plan", "area (mm&sup2;)", "samples/s",
-            "MFU", "TPUv4-like opt. plan (samples/s)", "TPUv4-like fixed Megatron (samples/s)",
+            "tokens/s", "MFU", "TFLOP/s per device", "TPUv4-like opt. plan (samples/s)", "TPUv4-like fixed Megatron (samples/s)",
             "Spotlight-style pick (samples/s)", "vs TPUv4 opt.", "vs TPUv4 fixed",
             "vs Spotlight", "notes"]
     out = ['<table id="summary"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
@@ -52,23 +56,26 @@ def summary_table(summary: pd.DataFrame) -> str:
         if r["status"] != "ok":
             out.append(f'<tr class="infeasible"><td>{e(str(r["model"]))}</td>'
                        f'<td class="num">{int(r["seq"])}</td>'
-                       f'<td colspan="12"><b>infeasible:</b> {e(str(r["notes"]))}</td></tr>')
+                       f'<td colspan="14"><b>infeasible:</b> {e(str(r["notes"]))}</td></tr>')
             continue
         fixed = r["tpuv4_fixed_strategy"]
         fixed_lab = f" [{e(str(fixed))}]" if isinstance(fixed, str) else ""
         out.append(
             "<tr>"
             f"<td>{e(str(r['model']))}</td><td class=\"num\">{int(r['seq'])}</td>"
-            f"<td>{e(str(r['best_arch']))}<br><small>{e(str(r['best_arch_id']))}</small></td>"
+            f"<td class=\"co\">{e(str(r['best_arch']))}<br><small>{e(str(r['best_arch_id']))}</small></td>"
             f"<td>{e(str(r['best_plan']))}</td>"
             f"<td class=\"num\">{_num(r['best_area_mm2'], '.1f')}</td>"
             f"<td class=\"num\">{_num(r['best_samples_per_s'], '.1f')}</td>"
-            f"<td class=\"num\">{_num(r['best_mfu'], '.2f')}</td>"
+            f"<td class=\"num\">{_num(r['best_tokens_per_s'], ',.0f')}</td>"
+            f"<td class=\"num\">{_num(r['best_mfu'], '.3f')}</td>"
+            f"<td class=\"num\">{_num(r['best_tflops_per_device'], '.1f')}</td>"
             f"<td class=\"num\">{_num(r['tpuv4_opt_samples_per_s'], '.1f')}</td>"
             f"<td class=\"num\">{_num(r['tpuv4_fixed_samples_per_s'], '.1f')}{fixed_lab}</td>"
             f"<td class=\"num\">{_num(r['spotlight_samples_per_s'], '.1f')}</td>"
             + _speed(r["speedup_vs_tpuv4_opt"]) + _speed(r["speedup_vs_tpuv4_fixed"])
-            + _speed(r["speedup_vs_spotlight"])
+            + ('<td class="num">same chip</td>' if r.get("spotlight_is_best") is True
+               else _speed(r["speedup_vs_spotlight"]))
             + f"<td>{e(str(r['notes']))}</td></tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -94,7 +101,7 @@ def _reproduce(summary: pd.DataFrame) -> str:
 
 
 def render(summary: pd.DataFrame, plots: dict[str, tuple[Path | None, str]],
-           extra_html: str = "") -> str:
+           extra_html: str = "", context_html: str = "") -> str:
     alerts = []
     for _, r in summary[summary["status"] != "ok"].iterrows():
         alerts.append(f'<div class="alert"><b>{html.escape(str(r["model"]))}, seq '
@@ -110,7 +117,8 @@ combinations, {n_ok} with a feasible design. Throughput in training samples/s fo
 cluster; speedups are the co-designed chip's throughput over each baseline's, under the
 same cost model and placement DP.</p>
 {''.join(alerts)}
-<h2>Summary</h2>
+{context_html}
+<h2 id="summary-head">Summary</h2>
 {summary_table(summary)}
 {_reproduce(summary)}
 {extra_html}

@@ -10,15 +10,17 @@ import math
 import numpy as np
 import pandas as pd
 
-from phaze.search.baselines import megatron_fixed, spotlight_pick, spotlight_scores, tpuv4_arch_id
+from phaze.search.baselines import spotlight_pick, spotlight_scores, tpuv4_arch_id
 from phaze.units import GiB, MiB
+
+TPUV4_HBM_GIB = 32.0  # a TPUv4 chip's HBM (the tpuv4 preset); `phaze report --tpuv4-hbm-gib`
 
 SUMMARY_COLUMNS = [
     "model", "seq", "status", "best_arch_id", "best_arch", "best_area_mm2", "best_plan",
-    "best_samples_per_s", "best_tokens_per_s", "best_mfu",
-    "tpuv4_arch_id", "tpuv4_opt_plan", "tpuv4_opt_samples_per_s",
+    "best_samples_per_s", "best_tokens_per_s", "best_mfu", "best_tflops_per_device",
+    "tpuv4_arch_id", "tpuv4_hbm_bytes", "tpuv4_opt_plan", "tpuv4_opt_samples_per_s",
     "tpuv4_fixed_strategy", "tpuv4_fixed_samples_per_s",
-    "spotlight_arch_id", "spotlight_arch", "spotlight_samples_per_s",
+    "spotlight_arch_id", "spotlight_arch", "spotlight_samples_per_s", "spotlight_is_best",
     "speedup_vs_tpuv4_opt", "speedup_vs_tpuv4_fixed", "speedup_vs_spotlight",
     "n_archs", "n_feasible_archs", "evaluate_command", "notes",
 ]
@@ -114,11 +116,29 @@ def _speedup(best: float, base: float) -> float:
     return best / base
 
 
+def fits(rows: pd.DataFrame, hbm_bytes: float) -> pd.DataFrame:
+    """Rows whose plan fits a chip of `hbm_bytes` (whatever HBM size the sweep assumed)."""
+    return rows[rows["memory_per_device_bytes"] <= hbm_bytes * (1 + 1e-12)]
+
+
+def fixed_plans_of(cfg: dict | None) -> dict | None:
+    """{model name: 'PxDxT'} of the config's models with a fixed_plan (None: no config)."""
+    if cfg is None:
+        return None
+    return {m["name"]: m["fixed_plan"] for m in cfg.get("models", []) if m.get("fixed_plan")}
+
+
 def summarise(place: pd.DataFrame, grid: pd.DataFrame,
-              latency: pd.DataFrame | None = None, reproduce: dict | None = None) -> pd.DataFrame:
+              latency: pd.DataFrame | None = None, reproduce: dict | None = None,
+              tpuv4_hbm_gib: float = TPUV4_HBM_GIB, fixed_plans: dict | None = None
+              ) -> pd.DataFrame:
     """One row per (model, seq); see SUMMARY_COLUMNS. `reproduce` {"grid": path,
-    "config": path or None} names the files in each best design's evaluate_command."""
+    "config": path or None} names the files in each best design's evaluate_command.
+    The TPUv4-like chip is compared with `tpuv4_hbm_gib` of HBM (its plans are the sweep's
+    rows that fit in it); its fixed plan is `fixed_plans[model]` (the config's fixed_plan;
+    None: whatever fixed rows the tables hold)."""
     reproduce = reproduce or {"grid": "GRID.parquet", "config": None}
+    tpu_hbm = tpuv4_hbm_gib * GiB
     grid = grid.copy()
     grid["arch_id"] = grid["arch_id"].astype(str)
     info = grid.set_index("arch_id")
@@ -145,7 +165,8 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
             continue
         r["status"] = "ok"
         bid = str(best["arch_id"])
-        r.update(best_arch_id=bid, best_area_mm2=float(best["area_mm2"]),
+        peak = float(info.loc[bid, "peak_flops"]) if bid in info.index else np.nan
+        r.update(best_arch_id=bid, best_tflops_per_device=float(best.get("mfu", np.nan)) * peak / 1e12, best_area_mm2=float(best["area_mm2"]),
                  best_arch=arch_label(info.loc[bid].to_dict() | {"arch_id": bid})
                  if bid in info.index else bid,
                  best_plan=plan_label(best), best_samples_per_s=float(best["samples_per_s"]),
@@ -159,10 +180,11 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
             notes.append("the TPUv4-like chip is outside the grid, so it was not evaluated "
                          "(add it to the sweep to compare)")
         else:
-            r["tpuv4_arch_id"] = tpu
-            t_opt = _best(opt[opt["arch_id"] == tpu])
+            r["tpuv4_arch_id"], r["tpuv4_hbm_bytes"] = tpu, tpu_hbm
+            t_opt = _best(fits(opt[opt["arch_id"] == tpu], tpu_hbm))
             if t_opt is None:
-                notes.append("the TPUv4-like chip has no plan that fits in HBM"
+                notes.append(f"the TPUv4-like chip has no plan that fits in its "
+                             f"{tpuv4_hbm_gib:g} GiB of HBM"
                              if (opt["arch_id"] == tpu).any()
                              else "the TPUv4-like chip is in the grid but not in the placement table")
             else:
@@ -172,25 +194,28 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
                 if bid == tpu:
                     notes.append(f"the TPUv4-like chip is itself the best design: the grid holds "
                                  f"no faster chip within the area budget ({a_max:.1f} mm^2)")
-            pdt = megatron_fixed(model)
             t_fix = fixed[fixed["arch_id"] == tpu]
-            if not t_fix.empty and {"p", "d", "t"} <= set(t_fix.columns):
+            pdt = fixed_plans.get(model) if fixed_plans is not None else None
+            if fixed_plans is None and not t_fix.empty:
                 f0 = t_fix.iloc[0]
                 if all(pd.notna(f0[k]) for k in "pdt"):
-                    pdt = (int(f0["p"]), int(f0["d"]), int(f0["t"]))
+                    pdt = "x".join(str(int(f0[k])) for k in "pdt")
             if pdt is not None:
-                r["tpuv4_fixed_strategy"] = "x".join(str(v) for v in pdt)
-            fbest = _best(t_fix)
+                r["tpuv4_fixed_strategy"] = str(pdt)
+            fbest = _best(fits(t_fix, tpu_hbm)) if pdt is not None else None
             if fbest is not None:
                 r["tpuv4_fixed_samples_per_s"] = float(fbest["samples_per_s"])
                 r["speedup_vs_tpuv4_fixed"] = _speedup(bthr, r["tpuv4_fixed_samples_per_s"])
             elif pdt is None:
-                notes.append("no published fixed Megatron strategy for this model")
+                notes.append("no fixed plan configured for this model (the config's "
+                             "fixed_plan: PxDxT)")
             elif t_fix.empty:
                 notes.append("no fixed-strategy rows for the TPUv4-like chip in the placement table")
             else:
-                notes.append(f"the fixed Megatron strategy p x d x t = {r['tpuv4_fixed_strategy']} "
-                             "does not fit on the TPUv4-like chip at any mbs/HBM/recompute")
+                notes.append(f"the fixed plan p x d x t = {r['tpuv4_fixed_strategy']} gives no "
+                             f"plan on the TPUv4-like chip: it does not fit in "
+                             f"{tpuv4_hbm_gib:g} GiB at any mbs/recompute, or p does not split "
+                             f"the model's blocks evenly")
 
         # Spotlight-style pick: single-chip latency only, then placed by the DP
         scores = None
@@ -209,7 +234,7 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
             notes.append("Spotlight-style pick unavailable: no single-chip latencies "
                          "(pass --latency)")
         else:
-            r["spotlight_arch_id"] = pick
+            r["spotlight_arch_id"], r["spotlight_is_best"] = pick, pick == bid
             r["spotlight_arch"] = arch_label(info.loc[pick].to_dict()) if pick in info.index else pick
             s_best = _best(opt[opt["arch_id"] == pick])
             if s_best is None:
@@ -217,10 +242,12 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
                              "(the operator-only search ignores memory)")
             else:
                 r["spotlight_samples_per_s"] = float(s_best["samples_per_s"])
-                r["speedup_vs_spotlight"] = _speedup(bthr, r["spotlight_samples_per_s"])
-                if pick == bid:
-                    notes.append("the Spotlight-style pick is the co-designed chip: placement "
-                                 "does not change the choice here")
+                if pick == bid:   # said once here; no 1.00x speedup column
+                    notes.append("the Spotlight-style pick (fastest single chip, placement-"
+                                 "blind) is the co-designed chip itself: here placement does "
+                                 "not change which chip wins")
+                else:
+                    r["speedup_vs_spotlight"] = _speedup(bthr, r["spotlight_samples_per_s"])
 
         sp = r["speedup_vs_tpuv4_opt"]
         if tpu is not None and bid != tpu and math.isfinite(sp) and sp <= 1 + WIN_RTOL:
@@ -229,28 +256,67 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
     return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
 
 
+def role_rows(place: pd.DataFrame, s) -> list[tuple[str, pd.Series]]:
+    """(role, placement row) of the co-designed chip and each baseline of one summary row,
+    selected exactly as summarise does (TPUv4-like rows fit its HBM; the Spotlight-style
+    pick left out when it is the co-designed chip)."""
+    if s["status"] != "ok":
+        return []
+    rows = place[(place["model"] == s["model"]) & (place["seq"] == s["seq"])
+                 & place["samples_per_s"].notna()]
+    if "area_mm2" not in rows.columns:
+        rows = rows.assign(area_mm2=0.0)
+    opt, fixed = rows[rows["strategy"] == "optimised"], rows[rows["strategy"] == "fixed"]
+    tpu, hbm = s.get("tpuv4_arch_id"), s.get("tpuv4_hbm_bytes")
+    out = [("co-design", _best(opt[opt["arch_id"] == s["best_arch_id"]]))]
+    if isinstance(tpu, str):
+        out.append(("TPUv4-like", _best(fits(opt[opt["arch_id"] == tpu], hbm))))
+        if isinstance(s.get("tpuv4_fixed_strategy"), str):
+            out.append(("TPUv4-like fixed", _best(fits(fixed[fixed["arch_id"] == tpu], hbm))))
+    spot = s.get("spotlight_arch_id")
+    if isinstance(spot, str) and spot != s["best_arch_id"]:
+        out.append(("Spotlight-style", _best(opt[opt["arch_id"] == spot])))
+    return [(k, r) for k, r in out if r is not None]
+
+
 def _fmt(v, spec):
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
+def _x(v):
+    return "-" if not (isinstance(v, float) and math.isfinite(v)) else f"{v:.2f}x"
+
+
 def format_terminal(summary: pd.DataFrame, width: int = 100) -> str:
-    """The summary as a terminal table, notes under each row."""
-    head = (f"{'model':<18} {'seq':>5}  {'best chip (area mm^2)':<30} {'samples/s':>10} "
-            f"{'xTPUv4':>7} {'xTPUfix':>7} {'xSpot':>7}")
-    lines = [head, "-" * len(head)]
+    """The summary as an aligned terminal table; plan and notes under each row."""
+    import textwrap
+
+    head = ["model", "seq", "best chip", "mm^2", "samples/s", "tokens/s", "MFU",
+            "vs TPUv4", "vs TPUv4 fixed", "vs Spotlight"]
+    right = {1, 3, 4, 5, 6, 7, 8, 9}
+    body, extra = [], []
     for _, r in summary.iterrows():
         if r["status"] != "ok":
-            lines.append(f"{r['model']:<18} {r['seq']:>5}  INFEASIBLE")
+            body.append([str(r["model"]), str(r["seq"]), "INFEASIBLE"] + [""] * 7)
+            extra.append([])
         else:
-            chip = f"{str(r['best_arch_id'])[:12]} ({r['best_area_mm2']:.1f})"
-            lines.append(f"{r['model']:<18} {r['seq']:>5}  {chip:<30} "
-                         f"{_fmt(r['best_samples_per_s'], '10.1f')} "
-                         f"{_fmt(r['speedup_vs_tpuv4_opt'], '7.2f')} "
-                         f"{_fmt(r['speedup_vs_tpuv4_fixed'], '7.2f')} "
-                         f"{_fmt(r['speedup_vs_spotlight'], '7.2f')}")
-            lines.append(f"{'':<25}{r['best_arch']}; {r['best_plan']}")
+            body.append([str(r["model"]), str(r["seq"]), str(r["best_arch"]),
+                         _fmt(r["best_area_mm2"], ".1f"), _fmt(r["best_samples_per_s"], ",.0f"),
+                         _fmt(r["best_tokens_per_s"], ",.0f"), _fmt(r["best_mfu"], ".3f"),
+                         _x(r["speedup_vs_tpuv4_opt"]), _x(r["speedup_vs_tpuv4_fixed"]),
+                         "same chip" if r.get("spotlight_is_best") is True
+                         else _x(r["speedup_vs_spotlight"])])
+            extra.append([f"arch {r['best_arch_id']}; plan {r['best_plan']}"])
         if r["notes"]:
-            import textwrap
-            for ln in textwrap.wrap("note: " + r["notes"], width=width - 25):
-                lines.append(" " * 25 + ln)
-    return "\n".join(lines)
+            extra[-1] += textwrap.wrap("note: " + r["notes"], width=width - 4)
+    w = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+
+    def line(cells):
+        return "  ".join(c.rjust(w[i]) if i in right else c.ljust(w[i])
+                         for i, c in enumerate(cells)).rstrip()
+
+    out = [line(head), "-" * len(line(head))]
+    for cells, more in zip(body, extra):
+        out.append(line(cells))
+        out += ["    " + m for m in more]
+    return "\n".join(out)

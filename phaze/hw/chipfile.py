@@ -1,0 +1,57 @@
+"""A chip as a JSON file: the Arch's fields (SI units) with its HBM capacity and network,
+as `phaze report` writes it (chip_{model}_s{seq}.json) and `phaze arch show FILE` /
+`phaze evaluate --arch FILE` read it. Derived values (arch_id, area_mm2, peak_flops,
+vector_peak_ops) may be present; they are checked, not read."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from phaze.errors import UserError
+from phaze.hw.arch import Arch, Network
+
+DERIVED = ("arch_id", "area_mm2", "peak_flops", "vector_peak_ops")
+
+
+def is_chip_file(name: str) -> bool:
+    return str(name).endswith(".json")
+
+
+def chip_dict(arch: Arch) -> dict:
+    """The JSON object of a chip (Arch.to_dict: fields, hbm_bytes, network, derived)."""
+    return arch.to_dict()
+
+
+def read_chip(path: str) -> Arch:
+    try:
+        d = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}", field="--arch") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not a JSON chip ({e.__class__.__name__})",
+                        field="--arch") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path} must hold a JSON object", field="--arch")
+    fields = set(Arch.__dataclass_fields__)
+    extra = set(d) - fields - set(DERIVED)
+    if extra:
+        raise UserError(f"{path}: unknown keys {sorted(extra)}", field="--arch",
+                        fix=f"use only {sorted(fields)}")
+    kw = {k: v for k, v in d.items() if k in fields}
+    if isinstance(kw.get("network"), dict):
+        kw["network"] = Network.from_dict(kw["network"])
+    try:
+        arch = Arch(**kw)
+    except TypeError as e:
+        raise UserError(f"{path}: {e}", field="--arch") from None
+    for k in DERIVED:
+        if k in d and k != "arch_id" and not math.isclose(float(d[k]), getattr(arch, k),
+                                                          rel_tol=1e-9):
+            raise UserError(f"{path}: {k} {d[k]} disagrees with the fields "
+                            f"({getattr(arch, k)})", field="--arch")
+    if "arch_id" in d and d["arch_id"] != arch.arch_id:
+        raise UserError(f"{path}: arch_id {d['arch_id']} disagrees with the fields "
+                        f"({arch.arch_id})", field="--arch")
+    return arch

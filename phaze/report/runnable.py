@@ -1,0 +1,106 @@
+"""Runnable outputs of a best design: its plan as Megatron-LM arguments and as NeMo
+config keys, and its chip as a JSON file (phaze.hw.chipfile) that `phaze arch show FILE`
+and `phaze evaluate --arch FILE` read.
+
+Megatron splits the transformer blocks evenly over pipeline stages; an uneven DP split is
+given with --decoder-first/last-pipeline-num-layers (Megatron-core) when only the first and
+last stages differ, else it is not expressible and the text says so. The chain's layer 0
+is the embedding (prologue) and its last layer the head (epilogue): they sit on the first
+and the last stage as in Megatron."""
+
+from __future__ import annotations
+
+import json
+
+from phaze.units import GiB
+
+
+def block_split(stages: list, n: int) -> dict | None:
+    """Blocks per chunk of a plan's stages over a chain of n layers (prologue + n-2 blocks
+    + epilogue): {"first", "middle", "last", "chunks"}, or None when the middle chunks
+    differ (not expressible in Megatron)."""
+    blocks = [(hi - lo) - (lo == 0) - (hi == n) for lo, hi in stages]
+    if len(blocks) == 1:
+        return {"first": blocks[0], "middle": None, "last": blocks[0], "chunks": 1}
+    mid = blocks[1:-1]
+    if mid and len(set(mid)) > 1:
+        return None
+    return {"first": blocks[0], "middle": mid[0] if mid else None, "last": blocks[-1],
+            "chunks": len(blocks)}
+
+
+def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "adam") -> str:
+    """Megatron-LM pretrain_gpt.py arguments of a placement row (one line per flag)."""
+    t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
+    stages = json.loads(r["stages"]) if isinstance(r["stages"], str) else list(r["stages"])
+    split = block_split(stages, stages[-1][1]) if stages else {"first": 0, "middle": None,
+                                                               "last": 0, "chunks": p * v}
+    lines = [f"# world size {p * d * t} devices: data parallel = world / (TP x PP) = {d}",
+             f"--tensor-model-parallel-size {t}", f"--pipeline-model-parallel-size {p}",
+             "--context-parallel-size 1", f"--micro-batch-size {int(r['mbs'])}",
+             f"--global-batch-size {global_batch}", f"--seq-length {int(r['seq'])}",
+             f"--optimizer {optimizer}"]
+    if r["recompute"] == "full":
+        lines += ["--recompute-granularity full", "--recompute-method uniform",
+                  "--recompute-num-layers 1"]
+    elif r["recompute"] == "selective":
+        lines.append("--recompute-granularity selective")
+    if r.get("sequence_parallel") is True:
+        lines.append("--sequence-parallel")
+    if zero1:
+        lines.append("--use-distributed-optimizer")
+    if not stages:
+        lines.append("# the table gives no stages: Megatron's uniform split assumed")
+    elif split is None:
+        lines.append(f"# the stages {stages} are uneven in the middle: Megatron cannot express "
+                     "them; run `phaze evaluate ... --stages` for this split")
+    else:
+        even = split["first"] == split["last"] and split["middle"] in (None, split["first"])
+        if v > 1:
+            lines.append(f"--num-layers-per-virtual-pipeline-stage {split['first']}")
+        if not even and p > 1:
+            lines += [f"--decoder-first-pipeline-num-layers {split['first']}",
+                      f"--decoder-last-pipeline-num-layers {split['last']}"]
+    return "\n".join(lines)
+
+
+def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
+              optimizer: str = "adam") -> str:
+    """NeMo (Megatron GPT) trainer/model config keys of a placement row, as YAML."""
+    t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
+    world = p * d * t
+    per_node = min(world, devices_per_node)
+    rec = {"full": "full", "selective": "selective"}.get(r["recompute"])
+    opt = ("distributed_fused_adam" if zero1 else "fused_adam") if optimizer == "adam" else "sgd"
+    lines = ["trainer:", f"  devices: {per_node}", f"  num_nodes: {-(-world // per_node)}",
+             "model:", f"  tensor_model_parallel_size: {t}",
+             f"  pipeline_model_parallel_size: {p}", "  context_parallel_size: 1",
+             f"  virtual_pipeline_model_parallel_size: {v if v > 1 else 'null'}",
+             f"  micro_batch_size: {int(r['mbs'])}", f"  global_batch_size: {global_batch}",
+             f"  encoder_seq_length: {int(r['seq'])}",
+             f"  sequence_parallel: {'true' if r.get('sequence_parallel') is True else 'false'}",
+             f"  activations_checkpoint_granularity: {rec or 'null'}"]
+    if rec == "full":
+        lines += ["  activations_checkpoint_method: uniform",
+                  "  activations_checkpoint_num_layers: 1"]
+    lines += ["  optim:", f"    name: {opt}"]
+    return "\n".join(lines) + "\n"
+
+
+def chip_arch(grid_row, hbm_bytes: float, network: dict | None):
+    """The Arch of a grid row with the plan's HBM capacity and the sweep's network."""
+    from phaze.hw.arch import Network, arch_from_row
+
+    net = Network.from_dict(dict(network)) if network else Network()
+    a = arch_from_row(grid_row, network=net, hbm_bytes=float(hbm_bytes))
+    return a.with_(name=f"phaze-{a.arch_id}")
+
+
+def chip_json(grid_row, hbm_bytes: float, network: dict | None) -> str:
+    from phaze.hw.chipfile import chip_dict
+
+    return json.dumps(chip_dict(chip_arch(grid_row, hbm_bytes, network)), indent=1) + "\n"
+
+
+def hbm_note(hbm_bytes: float) -> str:
+    return f"{hbm_bytes / GiB:g} GiB"
