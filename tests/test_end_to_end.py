@@ -77,6 +77,9 @@ def runs(tmp_path_factory):
     unfused = e2e_config(cache, microbatch_sizes=[1])
     unfused["graph"] = {"fused": False, "sequence_parallel": [False, True]}
     out["unfused"] = run(base / "unfused", unfused)
+    nothing_fits = e2e_config(cache, microbatch_sizes=[1])
+    nothing_fits["placement"]["hbm_gib"] = [0.001]
+    out["infeasible"] = run(base / "infeasible", nothing_fits)
     return out
 
 
@@ -180,3 +183,16 @@ def test_hf_config_tp_width_rejected_before_any_job(tmp_path):
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(good))
     assert main(["check-config", "--config", str(tmp_path / "ok.yaml")]) == 0
     assert main(["check-config", "--config", str(tmp_path / "config.yaml")]) == 2
+
+
+def test_infeasible_sweep_writes_the_whole_report(runs):
+    """HBM too small for every design: the workflow still ends, every declared report file
+    exists, and the page says INFEASIBLE for each model."""
+    rep = runs["infeasible"] / "results/report"
+    for name in ("summary.csv", "pareto.png", "throughput_per_area.png", "breakdown.png",
+                 "memory.png", "report.html"):
+        assert (rep / name).stat().st_size > 0, name
+    summary = pd.read_csv(rep / "summary.csv")
+    assert set(summary.status) == {"infeasible"}
+    html = (rep / "report.html").read_text()
+    assert html.count("no feasible design") >= 2

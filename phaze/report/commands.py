@@ -151,13 +151,13 @@ def write_report(out_dir, sweep, summary) -> dict[str, str]:
         for key, (name, draw, caption) in figures.items():
             tmp_png = Path(td) / name
             made = draw(tmp_png)
-            if made is None:
-                (out_dir / name).unlink(missing_ok=True)
-                continue
+            if made is None:     # the file still exists: the workflow declares every output
+                plots.nothing_to_plot(tmp_png, caption)
             with atomic_path(out_dir / name) as tmp:
                 tmp.write_bytes(tmp_png.read_bytes())
             written[key] = str(out_dir / name)
-            shown[key] = (out_dir / name, caption)
+            if made is not None:
+                shown[key] = (out_dir / name, caption)
         files = runnable_files(out_dir, sweep, summary)
         for (m, q), f in files.items():
             for key in ("megatron", "nemo", "chip"):

@@ -20,6 +20,18 @@ from phaze.units import GiB  # noqa: E402
 DPI = 110
 
 
+def nothing_to_plot(path, caption: str) -> str:
+    """A figure that says why it is empty (every declared output of the report exists, even
+    when no design is feasible)."""
+    fig, ax = plt.subplots(figsize=(6, 2), dpi=DPI)
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{caption}:\nnothing to plot (no feasible design)", ha="center",
+            va="center", fontsize=11)
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
 def per_arch_best(place: pd.DataFrame) -> pd.DataFrame:
     """Best optimised throughput per (model, seq, arch) over the DP-only axes."""
     opt = place[(place["strategy"] == "optimised") & place["samples_per_s"].notna()]
