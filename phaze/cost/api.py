@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from phaze.cost.collective import collective_s
+from phaze.cost.collective import collective_s, collective_time
 from phaze.cost.gemm import BOUND_NAMES, COMPUTE, LINK, gemm_latency
 from phaze.cost.params import CostParams
 from phaze.cost.vector import vector_cycles, vector_latency
@@ -66,12 +66,29 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         cpe = np.array([[sum(params.cpe(c) for c in o.fused) for o in g]])
         if np.any(cpe > 0):
             outs = dims["b"] * dims["m"] * dims["n"]
-            hz = col["clock_hz"] * params.compute_efficiency
+            hz = col["clock_hz"] * params.compute_efficiency * params.sustained_clock_fraction
             v1 = vector_cycles(outs, col["vc_lanes"], 1, cpe) / hz
             va = vector_cycles(outs, col["vc_lanes"], col["n_vc"], cpe) / hz
             bo = np.where(v1 > one, COMPUTE, bo).astype(np.int8)
             ba = np.where(va > alls, COMPUTE, ba).astype(np.int8)
             one, alls = np.maximum(one, v1), np.maximum(alls, va)
+        if params.fp8_gemm:   # weight GEMMs in FP8 (compute and operand bytes both halve)
+            w8 = np.array([[0.0 if _attention_core(o) else 1.0 for o in g]])
+            scale = 1.0 / (1.0 + w8 * (params.fp8_speedup - 1.0))
+            one, alls = one * scale, alls * scale
+        if params.flash_fwd_efficiency > 0:
+            peak = (col["n_tc"] * col["tc_rows"] * col["tc_cols"] * 2.0 * col["clock_hz"]
+                    * params.sustained_clock_fraction)
+            for jj, o in enumerate(g):
+                if not _flash(o):
+                    continue
+                eff = params.flash_fwd_efficiency if not o.name.endswith(".bwd") \
+                    else (params.flash_bwd_efficiency or params.flash_fwd_efficiency)
+                useful = o.flops * (0.5 if params.flash_causal else 1.0)
+                t_f = useful / (peak[:, 0] * eff)
+                one[:, jj] = t_f * col["n_tc"][:, 0]
+                alls[:, jj] = t_f
+                bo[:, jj] = ba[:, jj] = COMPUTE
         lat_one[:, gi], lat_all[:, gi], b_one[:, gi], b_all[:, gi] = one, alls, bo, ba
 
     if vi:
@@ -93,7 +110,11 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         if o.group not in sizes:
             raise UserError(f"op {o.name}: unknown communicator group {o.group!r}", field="group",
                             fix=f"pass groups={{{o.group!r}: size}}")
-        t = collective_s(o.collective, o.comm_bytes, sizes[o.group], network, params)
+        if params.collective_topology == "nccl":
+            t = collective_time(o.collective, o.comm_bytes, sizes[o.group], 1, network,
+                                params=params)
+        else:
+            t = collective_s(o.collective, o.comm_bytes, sizes[o.group], network, params)
         lat_one[:, j] = lat_all[:, j] = t
         b_one[:, j] = b_all[:, j] = LINK
 
@@ -115,6 +136,17 @@ def _arch_arrays(archs) -> dict:
         if f in INT_FIELDS and np.any(v != np.floor(v)):
             raise UserError("values must be positive integers", field=f"archs.{f}")
     return a
+
+
+def _flash(o: Op) -> bool:
+    """The fused attention kernel (phaze.model.graph: attn.core and attn.core.bwd)."""
+    return o.kind == "gemm" and o.name.split(".bwd")[0].endswith("attn.core")
+
+
+def _attention_core(o: Op) -> bool:
+    """GEMMs of the attention core (no weights; they stay bf16 under FP8 training)."""
+    base = o.name.split(".")[:2]
+    return ".".join(base) in ("attn.core", "attn.scores", "attn.context")
 
 
 def _check(o: Op) -> str:

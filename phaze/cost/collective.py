@@ -14,6 +14,8 @@ stride t * p (replicas of one shard sit t * p devices apart).
 
 from __future__ import annotations
 
+import math
+
 from phaze.cost.params import CostParams
 from phaze.errors import UserError
 from phaze.hw.arch import Network
@@ -54,3 +56,127 @@ def dp_allreduce_s(grad_bytes: float, d: int, network: Network, tp: int = 1, pp:
                    params: CostParams | None = None) -> float:
     """Gradient all-reduce across d data-parallel replicas (each holding grad_bytes)."""
     return collective_s("all_reduce", grad_bytes, d, network, params, stride=tp * pp)
+
+
+# ---------------------------------------------------------------------------------------
+# Collectives on real GPU clusters (NCCL on NVLink/NVSwitch nodes with one NIC per GPU).
+#
+# One module for every caller (the GPU-preset Megatron model, placement, later a multi-level
+# network DP): `collective_time(kind, nbytes, group_size, stride, network, ...)` and the
+# wrappers allreduce_time / reduce_scatter_time / all_gather_time.
+#
+# Definitions (NCCL, nccl-tests doc/PERFORMANCE.md): algbw = S / t; busbw = algbw x factor,
+# factor = 2 (n-1)/n for all-reduce and (n-1)/n for all-gather / reduce-scatter (S = the
+# full tensor; for all-gather the gathered result), 1 for send/recv and broadcast. busbw is
+# the per-device link rate a bandwidth-optimal algorithm needs, hence
+#     t = factor x S / busbw + latency.
+# Placement: a group of g devices `stride` apart in rank order (Megatron: tp innermost, then
+# cp, dp, pp: a TP group has stride 1, CP stride t, DP stride t c, PP stride t c d) has
+#     n_local = min(g, devices_per_node // stride) members per node (1 when stride >= node)
+#     n_nodes = ceil(g / n_local) nodes.
+# Bus bandwidth: inside one node the NVLink/NVSwitch rate; across nodes NCCL spreads its
+# rings/trees over the NICs of the n_local members (rail-optimised fabric: one NIC per GPU,
+# per-device `inter_bw_Bps`), so busbw = min(NVLink, n_local x NIC) (the node's NICs are
+# shared by the other groups of the same kind running at the same time, so a group never
+# gets more than its members' own NICs). Both times Links/CostParams efficiency.
+# Latency (alpha per step): ring 2(g-1) steps for all-reduce (g-1 for AG/RS), each at the
+# inter-node latency when the ring leaves the node; NCCL's tree (all-reduce only, inter-node
+# double binary tree + intra-node chain): 2 (log2(n_nodes) alpha_inter + (n_local-1)
+# alpha_intra), bandwidth term 2 S / busbw (no (n-1)/n saving). algo="auto" takes the faster
+# of the two, as NCCL's tuner does by message size (tree for small messages on many nodes,
+# ring for large ones).
+# Precision: `nbytes` counts elements of `src_dtype_bytes`; `dtype_bytes` (e.g. 4 for fp32
+# gradient reduction, 2 for bf16) rescales the payload.
+# topology="flat" is the older model above (one ring on the slowest link, one NIC).
+# ---------------------------------------------------------------------------------------
+
+BUS_FACTOR = {"all_reduce": lambda n: 2.0 * (n - 1) / n,
+              "reduce_scatter": lambda n: (n - 1) / n,
+              "all_gather": lambda n: (n - 1) / n,
+              "send_recv": lambda n: 1.0, "broadcast": lambda n: 1.0}
+TOPOLOGIES = ("flat", "nccl")
+ALGOS = ("auto", "ring", "tree")
+
+
+def bus_factor(kind: str, n: int) -> float:
+    """NCCL's busbw / algbw factor of a collective over n devices."""
+    if kind not in BUS_FACTOR:
+        raise UserError(f"unknown collective {kind!r}", field="collective",
+                        fix=f"use one of {sorted(BUS_FACTOR)}")
+    return BUS_FACTOR[kind](float(n)) if n > 1 else 0.0
+
+
+def group_layout(group_size: int, stride: int, devices_per_node: int) -> tuple[int, int]:
+    """(members per node, nodes) of a group of `group_size` devices `stride` apart."""
+    if group_size < 1 or stride < 1:
+        raise UserError(f"needs group_size, stride >= 1, got {group_size}, {stride}",
+                        field="collective")
+    n_local = 1 if stride >= devices_per_node else max(1, min(group_size, devices_per_node // stride))
+    return n_local, -(-group_size // n_local)
+
+
+def bus_bandwidth(group_size: int, stride: int, network, bw_efficiency: float = 1.0) -> float:
+    """Achieved bus bandwidth (B/s) of a group on `network` (see above)."""
+    n_local, n_nodes = group_layout(group_size, stride, network.devices_per_node)
+    if n_nodes == 1:
+        return network.intra_bw_Bps * bw_efficiency
+    return min(network.intra_bw_Bps, n_local * network.inter_bw_Bps) * bw_efficiency
+
+
+def collective_time(kind: str, nbytes: float, group_size: int, stride: int = 1, network=None, *,
+                    dtype_bytes: float | None = None, src_dtype_bytes: float = 2.0,
+                    bw_efficiency: float | None = None, params: CostParams | None = None,
+                    algo: str = "auto", topology: str = "nccl") -> float:
+    """Seconds of one collective of `nbytes` (full tensor per device) over a group. `network`:
+    anything with devices_per_node, intra/inter_bw_Bps and intra/inter_latency_s (Network,
+    phaze.place.plan.Links). Efficiency: `bw_efficiency`, else params.link_bw_efficiency,
+    else network.bw_efficiency when it has one, else 1."""
+    if network is None:
+        network = Network()
+    if topology not in TOPOLOGIES:
+        raise UserError(f"unknown topology {topology!r}", field="topology", fix=f"use one of {TOPOLOGIES}")
+    if algo not in ALGOS:
+        raise UserError(f"unknown algorithm {algo!r}", field="algo", fix=f"use one of {ALGOS}")
+    if nbytes < 0:
+        raise UserError(f"bytes must be >= 0, got {nbytes}", field="collective")
+    factor = bus_factor(kind, group_size)
+    if group_size == 1 or nbytes == 0:
+        return 0.0
+    if bw_efficiency is None:
+        bw_efficiency = (params.link_bw_efficiency if params is not None
+                         else getattr(network, "bw_efficiency", 1.0))
+    S = float(nbytes) * ((dtype_bytes / src_dtype_bytes) if dtype_bytes else 1.0)
+    dpn = network.devices_per_node
+    n_local, n_nodes = group_layout(group_size, stride, dpn)
+    if topology == "flat":
+        inter = n_nodes > 1
+        bw = (network.inter_bw_Bps if inter else network.intra_bw_Bps) * bw_efficiency
+        alpha = network.inter_latency_s if inter else network.intra_latency_s
+        steps = 2.0 if kind == "all_reduce" else 1.0
+        if kind in ("send_recv", "broadcast"):
+            return alpha + S / bw
+        return steps * (group_size - 1) * alpha + factor * S / bw
+    busbw = bus_bandwidth(group_size, stride, network, bw_efficiency)
+    a_ring = network.inter_latency_s if n_nodes > 1 else network.intra_latency_s
+    if kind in ("send_recv", "broadcast"):
+        return a_ring + S / busbw
+    steps = 2.0 if kind == "all_reduce" else 1.0
+    ring = steps * (group_size - 1) * a_ring + factor * S / busbw
+    if kind != "all_reduce" or n_nodes == 1 or algo == "ring":
+        return ring
+    tree = (2.0 * (math.log2(n_nodes) * network.inter_latency_s
+                   + (n_local - 1) * network.intra_latency_s) + 2.0 * S / busbw)
+    return tree if algo == "tree" else min(ring, tree)
+
+
+def allreduce_time(nbytes: float, group_size: int, stride: int = 1, network=None, **kw) -> float:
+    """All-reduce of `nbytes` per device over `group_size` devices `stride` apart."""
+    return collective_time("all_reduce", nbytes, group_size, stride, network, **kw)
+
+
+def reduce_scatter_time(nbytes: float, group_size: int, stride: int = 1, network=None, **kw) -> float:
+    return collective_time("reduce_scatter", nbytes, group_size, stride, network, **kw)
+
+
+def all_gather_time(nbytes: float, group_size: int, stride: int = 1, network=None, **kw) -> float:
+    return collective_time("all_gather", nbytes, group_size, stride, network, **kw)

@@ -140,7 +140,7 @@ def gemm_latency(a: dict, dims: dict, params: CostParams, op_bytes=None):
     Returns (lat_one_s, lat_all_s, bound_one, bound_all), each (n_arch, n_op)."""
     b, m, n, k = dims["b"], dims["m"], dims["n"], dims["k"]
     R, C, ntc = a["tc_rows"], a["tc_cols"], a["n_tc"]
-    hz = a["clock_hz"] * params.compute_efficiency
+    hz = a["clock_hz"] * params.compute_efficiency * params.sustained_clock_fraction
     hbm_bytes, glb_bytes = gemm_traffic_bytes(b, m, n, k, C, a["glb_bytes"], params)
     if op_bytes is not None:
         hbm_bytes = np.maximum(hbm_bytes, op_bytes)

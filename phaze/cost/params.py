@@ -39,15 +39,41 @@ class CostParams:
     # runs side by side never exceed the chip's bandwidth together); "full" = all of it.
     one_core_bw_share: str = "fair"
     vector_cpe: dict = field(default_factory=lambda: dict(DEFAULT_VECTOR_CPE))
+    # --- GPU-kernel terms (0 / False / "flat" = off: the sweep's default mode and every
+    # number before issue 16 are unchanged). docs/cost.md "Kernels".
+    # Collectives of op graphs (TP): "flat" = one ring on the slowest link; "nccl" =
+    # phaze.cost.collective.collective_time (NVLink inside a node, all NICs between nodes).
+    collective_topology: str = "flat"
+    # Fused attention (FlashAttention, op attn.core / attn.core.bwd): achieved fraction of
+    # the tensor-core peak on the kernel's useful FLOP (0 = cost it as a GEMM). Causal: the
+    # kernel skips the masked half of the score blocks (useful FLOP = half the square).
+    flash_fwd_efficiency: float = 0.0
+    flash_bwd_efficiency: float = 0.0
+    flash_causal: bool = False
+    # FP8 GEMMs (Transformer Engine): weight GEMMs run at fp8_speedup x the bf16 rate (H100:
+    # 1,979 / 989 TFLOP/s dense = 2); attention stays bf16.
+    fp8_gemm: bool = False
+    fp8_speedup: float = 2.0
+    # Clock a chip sustains under hours of full load (power/thermal limit) as a fraction of
+    # the clock its peak is quoted at; kernel micro-benchmarks run at the boost clock. 1 =
+    # no derating. Fitted for h100 on the Megatron-LM README H100 table (docs/validate.md).
+    sustained_clock_fraction: float = 1.0
 
     def __post_init__(self):
         for f in ("compute_efficiency", "glb_bw_efficiency", "hbm_bw_efficiency",
-                  "link_bw_efficiency", "glb_usable_fraction"):
+                  "link_bw_efficiency", "glb_usable_fraction", "sustained_clock_fraction"):
             v = getattr(self, f)
             if not 0 < v <= 1:
                 raise ValueError(f"CostParams.{f} must be in (0, 1], got {v}")
         if not self.op_overhead_s >= 0:
             raise ValueError("CostParams.op_overhead_s must be >= 0")
+        if self.collective_topology not in ("flat", "nccl"):
+            raise ValueError("CostParams.collective_topology must be 'flat' or 'nccl'")
+        for f in ("flash_fwd_efficiency", "flash_bwd_efficiency"):
+            if not 0 <= getattr(self, f) <= 1:
+                raise ValueError(f"CostParams.{f} must be in [0, 1]")
+        if not self.fp8_speedup >= 1:
+            raise ValueError("CostParams.fp8_speedup must be >= 1")
         if self.one_core_bw_share not in ("fair", "full"):
             raise ValueError("CostParams.one_core_bw_share must be 'fair' or 'full'")
 
@@ -65,10 +91,21 @@ class CostParams:
 # and vector kernel times measured with torch on an H100 80GB HBM3 (2026-11-26, file
 # benchmarks/data/h100_kernels_measured.csv); odd rows held out: mean |error| 11.2%
 # (uncalibrated defaults: 39%). op_overhead_s ~ eager-mode kernel launch gap.
+# Issue 16 additions (docs/validate.md "Calibration"): both presets cost TP collectives as
+# NCCL runs them (collective_topology "nccl"; identical to "flat" inside a node) and flash
+# attention at fixed efficiencies: h100 forward 0.50 fitted on the 5 attention kernels of
+# benchmarks/data/h100_kernels_measured.csv (mean |error| 11.6 %, overhead 32.5 us), backward
+# 0.43 = 0.50 x 0.63/0.73 (FlashAttention-2, Dao 2023: about 73 % of A100 peak forward,
+# 63 % backward); a100 0.70 / 0.60 from the same paper (not fitted: the A100 tables ran
+# eager attention). h100 sustained_clock_fraction: fitted on the Megatron-LM README H100
+# table (the only parameter fitted there).
 PRESET_PARAMS = {
-    "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6),
+    "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
+                 collective_topology="nccl", flash_fwd_efficiency=0.50,
+                 flash_bwd_efficiency=0.43, sustained_clock_fraction=1.0),
     "a100": dict(compute_efficiency=0.803, hbm_bw_efficiency=0.888, link_bw_efficiency=0.80,
-                 op_overhead_s=50e-6),
+                 op_overhead_s=50e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
+                 flash_bwd_efficiency=0.60),
 }
 
 

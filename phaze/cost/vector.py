@@ -22,7 +22,7 @@ def vector_cycles(elements, lanes, n_cores, cpe):
 def vector_latency(a: dict, elements, cpe, bytes_moved, params: CostParams):
     """`a`: arch arrays (n_arch, 1); elements, cpe, bytes_moved: (1, n_op).
     Returns (lat_one_s, lat_all_s, bound_one, bound_all)."""
-    hz = a["clock_hz"] * params.compute_efficiency
+    hz = a["clock_hz"] * params.compute_efficiency * params.sustained_clock_fraction
     glb_bw = a["glb_bw_Bps"] * params.glb_bw_efficiency
     hbm_bw = a["hbm_bw_Bps"] * params.hbm_bw_efficiency
     share = 1.0 / a["n_vc"] if params.one_core_bw_share == "fair" else 1.0

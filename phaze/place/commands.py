@@ -66,6 +66,22 @@ def register(sub) -> None:
     e.add_argument("--stages", help="with --grid: the plan's layer ranges as JSON, e.g. "
                    "[[0,13],[13,26]] (a placement row's stages column); default: Megatron's "
                    "uniform split")
+    e.add_argument("--framework", choices=["megatron-lm-2021", "megatron-core-2024", "nemo-2024",
+                                           "megatron-deepspeed"],
+                   help="with --arch PRESET: the framework's default overlaps, optimizer "
+                        "sharding, kernels (phaze.place.evaluate.FRAMEWORKS; default "
+                        "megatron-lm-2021, the validated A100 model)")
+    e.add_argument("--cp", type=int, default=1, help="context-parallel size (ring attention)")
+    e.add_argument("--first-stage-layers", type=int,
+                   help="Megatron --decoder-first-pipeline-num-layers")
+    e.add_argument("--last-stage-layers", type=int,
+                   help="Megatron --decoder-last-pipeline-num-layers")
+    e.add_argument("--fp8", action="store_true", help="FP8 GEMMs (Transformer Engine)")
+    e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
+                   help="ZeRO stage / FSDP (3) timing and memory")
+    e.add_argument("--overlap", action="append", default=[],
+                   choices=["grad_reduce", "param_gather", "tp_comm", "p2p"],
+                   help="switch one overlap on (repeatable; Megatron flag names)")
     add_config_arg(e)
     add_placement_args(e, axes=False)
     add_graph_args(e, axes=False)
@@ -242,9 +258,23 @@ def _evaluate_preset(args, spec, settings, seq):
                           sequence_parallel=args.sequence_parallel, network=network,
                           optimizer=settings.placement.optimizer,
                           zero1=settings.placement.zero1,
-                          graph_options={"attention": settings.graph.attention,
-                                         "vocab_pad_multiple": settings.graph.vocab_pad_multiple})
+                          graph_options={**({"attention": settings.graph.attention}
+                                            if args.framework is None else {}),
+                                         "vocab_pad_multiple": settings.graph.vocab_pad_multiple},
+                          framework=args.framework, cp=args.cp, fp8=args.fp8,
+                          first_stage_layers=args.first_stage_layers,
+                          last_stage_layers=args.last_stage_layers,
+                          options=_overlap_options(args) or None)
     return plan, arch.hbm_bytes, arch.name
+
+
+def _overlap_options(args) -> dict:
+    names = {"grad_reduce": "overlap_grad_reduce", "param_gather": "overlap_param_gather",
+             "tp_comm": "tp_comm_overlap", "p2p": "overlap_p2p"}
+    o = {names[x]: True for x in getattr(args, "overlap", [])}
+    if getattr(args, "zero_stage", None) is not None:
+        o["zero_stage"] = args.zero_stage
+    return o
 
 
 def _print_plan(spec, args, plan, hbm, batch) -> None:

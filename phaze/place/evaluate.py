@@ -34,7 +34,43 @@ def narayanan_flops(batch: int, seq: int, layers: int, hidden: int, vocab: int,
 # Megatron-LM's training settings that `phaze evaluate` models (docs/place.md):
 # fp32 main gradients (2 + 4 + 12 = 18 B/param with Adam, Korthikanti Figure 1), the
 # optimizer step timed as a memory-bound pass, scatter/gather pipeline p2p.
-MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scatter_gather=True)
+# DP/CP collectives as NCCL runs them (collectives="nccl": NVLink inside a node, every NIC
+# of a node between nodes, ring or tree; phaze.cost.collective).
+MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scatter_gather=True,
+                        collectives="nccl")
+
+# Framework profiles: the plan options (PlanOptions), graph options (build_graph) and kernel
+# switches (CostParams) a framework version uses BY DEFAULT or in its published runs
+# (docs/validate.md "Frameworks"). `evaluate_model(framework=...)`, `phaze evaluate
+# --framework`.
+#  megatron-lm-2021: Megatron-LM of Narayanan SC'21 / Korthikanti MLSys'23 (= MEGATRON_OPTIONS):
+#     fp32 main grads all-reduced fp32, nothing overlapped, eager attention (softmax
+#     materialised, Megatron's fused scale-mask-softmax), scatter/gather p2p.
+#  megatron-core-2024: Megatron-LM/Megatron-Core core_r0.6-0.9 as in its README's H100 weak
+#     scaling runs: --use-distributed-optimizer (reduce-scatter fp32 grads: bf16 training
+#     forces accumulate_allreduce_grads_in_fp32; all-gather bf16 params), --overlap-grad-
+#     reduce, --overlap-param-gather, --tp-comm-overlap, p2p overlap of the interleaved
+#     schedule (default on since core_r0.5), Transformer Engine flash attention
+#     (cuDNN/FA2, causal), bias-GELU / layernorm fused into the GEMMs (TE LayerNormLinear,
+#     fused epilogues).
+#  nemo-2024: NeMo 24.x runs Megatron-Core with the same defaults (its recipes switch the
+#     same overlaps on).
+#  megatron-deepspeed: DeepSpeed ZeRO-1 (optimizer state sharded; reduce-scatter + all-gather,
+#     not overlapped, overlap_comm False by default), fp32 gradient reduction, flash attention
+#     optional (eager by default).
+FRAMEWORKS = {
+    "megatron-lm-2021": dict(plan=dict(MEGATRON_OPTIONS), graph={}, cost={}),
+    "megatron-core-2024": dict(
+        plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
+                  dp_reduce_bytes=4.0, distributed_optimizer=True, overlap_grad_reduce=True,
+                  overlap_param_gather=True, tp_comm_overlap=True, overlap_p2p=True),
+        graph=dict(attention="flash", fused=True), cost={}),
+    "megatron-deepspeed": dict(
+        plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
+                  dp_reduce_bytes=4.0, zero_stage=1),
+        graph={}, cost={}),
+}
+FRAMEWORKS["nemo-2024"] = FRAMEWORKS["megatron-core-2024"]
 
 
 def layer_latencies(graph, arch, network, params=None):
@@ -57,6 +93,37 @@ def layer_latencies(graph, arch, network, params=None):
     return lat, tp
 
 
+def context_parallel_latencies(graph, arch, network, params, lat, cp, tp, kv_bytes):
+    """Layer latencies under context parallelism (Megatron-Core CP, ring attention with the
+    load-balanced causal split): the graph is built for seq / cp tokens per device, so every
+    op but the attention core is already right; the core sees all seq keys, i.e. cp times
+    the local square (each device holds 1/cp of the causal work), and the K, V chunks
+    travel cp - 1 steps around the CP group (stride t, Megatron's rank order) overlapped
+    with the attention steps: each step costs max(attention step, KV send). The backward
+    sends K, V and their gradients (twice the bytes). `kv_bytes`: K and V of one device's
+    chunk (2 mbs seq/cp kv_heads/t d_head x 2 B)."""
+    from phaze.cost.api import op_latencies
+    from phaze.cost.collective import collective_time
+    from phaze.sched.adapter import SCHED_PASSES, pass_ops
+
+    out = dict(lat)
+    for li, layer in enumerate(graph.layers):
+        tot = list(out[li])
+        for k, pass_ in enumerate(SCHED_PASSES):
+            ops = list(pass_ops(layer, pass_))
+            core = [j for j, o in enumerate(ops) if o.name.split(".bwd")[0].endswith("attn.core")
+                    or o.name.split(".")[:2] in (["attn", "scores"], ["attn", "context"])]
+            if not core:
+                continue
+            c = op_latencies(ops, arch, network, tp=tp, params=params).lat_all_s[0]
+            t_core = float(sum(c[j] for j in core))
+            kv = kv_bytes * (2.0 if pass_ == "bwd" else 1.0)
+            step = collective_time("send_recv", kv, cp, tp, network, params=params)
+            tot[k] += (cp - 1) * max(t_core, step)
+        out[li] = tuple(tot)
+    return out
+
+
 def default_cost_params(arch):
     """The cost model's parameters for an arch: the calibrated set of its preset if any."""
     from phaze.cost.params import preset_params
@@ -68,32 +135,54 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    recompute: str = "full", interleave: int = 1, seq: int | None = None,
                    sequence_parallel: bool = False, network=None, optimizer: str = "adam",
                    zero1: bool = False, cost_params=None, options: dict | None = None,
-                   graph_options: dict | None = None) -> dict:
+                   graph_options: dict | None = None, framework: str | None = None,
+                   cp: int = 1, first_stage_layers: int | None = None,
+                   last_stage_layers: int | None = None, fp8: bool = False) -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
     calibrated parameters and MEGATRON_OPTIONS; `graph_options` are build_graph's (attention,
     vocab_pad_multiple; the kernels run unfused, as a GPU runs them). Returns the plan dict plus tflops_per_gpu
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
+    from dataclasses import replace
+
     from phaze.model.graph import build_graph
 
     check_recompute([recompute], "recompute")
     seq = seq or spec.seq
     network = network or arch.network
     cost_params = cost_params or default_cost_params(arch)
-    graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
-                        **(graph_options or {}))
+    fw = FRAMEWORKS[framework] if framework else FRAMEWORKS["megatron-lm-2021"]
+    if framework is not None and framework not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}; use one of {sorted(FRAMEWORKS)}")
+    gopts = {**fw["graph"], **(graph_options or {})}
+    if gopts.get("attention") == "flash":
+        cost_params = replace(cost_params, flash_causal=bool(getattr(spec, "causal", True)))
+    if fp8:
+        cost_params = replace(cost_params, fp8_gemm=True)
+    if cp < 1 or seq % cp:
+        raise ValueError(f"context parallelism cp = {cp} must divide the sequence {seq}")
+    graph = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
+                        **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params)
+    if cp > 1:
+        kv = 2.0 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp) * spec.d_head * 2.0
+        lat = context_parallel_latencies(graph, arch, network, cost_params, lat, cp, tp, kv)
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
-    opts = PlanOptions(**{**MEGATRON_OPTIONS, "optimizer": optimizer, "zero1": zero1,
-                          **(options or {})})
+    plan_kw = {**fw["plan"], **({"fp8_weight_bytes": 2.0} if fp8 else {}), "cp": cp}
+    opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
+                          "zero1": zero1, **(options or {})})
+    stages = None
+    if first_stage_layers is not None or last_stage_layers is not None:
+        from phaze.place.plan import megatron_stages
+        stages = megatron_stages(chain, pp, interleave, first_stage_layers, last_stage_layers)
     plan = evaluate_plan(chain, pp, dp, batch, recompute, interleave, hbm_bytes=arch.hbm_bytes,
-                         links=links, options=opts, peak_flops=arch.peak_flops,
+                         links=links, options=opts, peak_flops=arch.peak_flops, stages=stages,
                          hbm_bw_Bps=arch.hbm_bw_Bps * cost_params.hbm_bw_efficiency)
     if "time_per_batch_s" in plan:
         F = narayanan_flops(batch, seq, spec.layers, spec.hidden, spec.vocab, recompute == "full")
-        plan["tflops_per_gpu"] = F / plan["time_per_batch_s"] / (tp * pp * dp) / 1e12
+        plan["tflops_per_gpu"] = F / plan["time_per_batch_s"] / (tp * pp * dp * cp) / 1e12
     plan.update(model=spec.name, arch=getattr(arch, "name", ""), seq=seq,
                 hbm_bytes=arch.hbm_bytes, sequence_parallel=sequence_parallel)
     return plan

@@ -86,12 +86,41 @@ class PlanOptions:
     # activation on each of the TP group's t links (then all-gathers it inside the node).
     # Ignored when the chain's activations are already sequence-parallel (sharded by t).
     p2p_scatter_gather: bool = False
+    # --- Megatron-Core / NCCL terms (issue 16). The defaults reproduce the model above
+    # (the sweep's default mode); phaze.place.evaluate.MEGATRON_OPTIONS and the framework
+    # profiles (FRAMEWORKS) set them as Megatron-LM / NeMo / Megatron-DeepSpeed do.
+    # Collectives of DP/CP: "flat" (one ring on the slowest link, one NIC) or "nccl"
+    # (phaze.cost.collective.collective_time: NVLink in a node, every NIC between nodes,
+    # ring or tree as NCCL picks, groups in Megatron's rank order tp, cp, dp, pp).
+    collectives: str = "flat"
+    dp_reduce_bytes: float = 0.0     # bytes/element of the gradient reduction (0: grad_bytes)
+    distributed_optimizer: bool = False  # Megatron --use-distributed-optimizer: reduce-scatter
+    # grads + all-gather params instead of one all-reduce; optimizer state sharded (ZeRO-1)
+    zero_stage: int = 0              # 0..3 (DeepSpeed ZeRO / FSDP): 2 shards grads, 3 weights
+    overlap_grad_reduce: bool = False    # --overlap-grad-reduce (bucketed, during backward)
+    overlap_param_gather: bool = False   # --overlap-param-gather (during the next forward)
+    tp_comm_overlap: bool = False        # --tp-comm-overlap (TE userbuffers, chunked)
+    overlap_p2p: bool = False            # --overlap-p2p-communication (interleaved 1F1B)
+    bucket_params: float = 40e6          # Megatron DDP bucket (parameters) for the overlaps
+    cp: int = 1                          # context-parallel size (chain built for seq / cp)
+    fp8_weight_bytes: float = 0.0        # extra bytes/param of FP8 weight copies (TE)
 
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0
 
     def static_bytes_per_param(self, d: int) -> float:
+        if self.extended():
+            n = d * self.cp
+            z = max(self.zero_stage, 1 if (self.zero1 or self.distributed_optimizer) else 0)
+            return (self.weight_bytes / (n if z >= 3 else 1) + self.fp8_weight_bytes
+                    + self.grad_bytes / (n if z >= 2 else 1) + self.opt_bytes() / (n if z >= 1 else 1))
         return self.weight_bytes + self.grad_bytes + self.opt_bytes() / (d if self.zero1 else 1)
+
+    def extended(self) -> bool:
+        """True when any Megatron-Core/NCCL term differs from the plain model."""
+        return (self.collectives != "flat" or self.dp_reduce_bytes > 0 or self.distributed_optimizer
+                or self.zero_stage > 0 or self.overlap_grad_reduce or self.overlap_param_gather
+                or self.tp_comm_overlap or self.overlap_p2p or self.cp > 1 or self.fp8_weight_bytes > 0)
 
 
 def p2p_time(nbytes, bw: float, lat: float):
@@ -202,12 +231,18 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     mem = dev_P * options.static_bytes_per_param(d) + inflight(p, v, M) * dev_A + dev_work
     parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options)
     ar = allreduce_time(dev_P * options.grad_bytes, d, dbw, dlat)
+    fsdp = np.zeros(p)
+    if options.extended():
+        dev_load, dev_tp, dev_p2p, ar, fsdp = extended_terms(
+            chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p)
     b = int(np.argmax(dev_load))
     Lmax = float(dev_load[b])
     bubble = (p - 1) / v * Lmax
     opt_s = 0.0
     if options.optimizer_bytes_per_param > 0 and hbm_bw_Bps > 0:
         opt_s = float(dev_P.max()) * options.optimizer_bytes_per_param / hbm_bw_Bps
+        if options.extended() and (options.zero_stage or options.zero1 or options.distributed_optimizer):
+            opt_s /= d * options.cp     # each rank steps its 1/(d cp) shard
     time_s = M * Lmax + bubble + float(ar.max()) + opt_s
     out = {**base, "M": M, "time_per_batch_s": time_s,
            "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
@@ -218,9 +253,12 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
            "p2p_s": M * float(dev_p2p[b]), "dp_sync_s": float(ar.max()),
            "tp_s": M * float(dev_tp[b]), "optimizer_s": opt_s,
            "feasible": bool(mem.max() <= hbm_bytes)}
-    flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * t * (batch / mbs)
+    if options.extended():      # FSDP's per-microbatch exposed gathers count as DP sync
+        out["dp_sync_s"] += M * float(fsdp[b])
+        out["devices"] = p * d * t * options.cp
+    flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * t * options.cp * (batch / mbs)
     out["model_flops"] = flops
-    out["mfu"] = flops / (time_s * p * t * d * peak_flops) if peak_flops > 0 else None
+    out["mfu"] = flops / (time_s * p * t * d * options.cp * peak_flops) if peak_flops > 0 else None
     if not out["feasible"]:
         out["reason"] = f"needs {mem.max():.4g} B per device > HBM {hbm_bytes:.4g} B"
     return out
@@ -238,6 +276,91 @@ def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions) -> dict
     return {"weights": dev_P * options.weight_bytes, "grads": dev_P * options.grad_bytes,
             "optimizer": dev_P * opt, "activations": np.asarray(dev_act, dtype=float),
             "buffers": np.asarray(dev_work, dtype=float)}
+
+
+def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p):
+    """Megatron-Core / NCCL terms (PlanOptions.extended()): returns (device load per
+    microbatch, exposed TP, exposed p2p, DP sync per batch, FSDP exposed per microbatch),
+    each per device. Groups in Megatron's rank order tp, cp, dp, pp: the gradient group is
+    dp x cp devices, stride t.
+      reduction: all-reduce of the grads (dp_reduce_bytes per element), or with the
+        distributed optimizer / ZeRO >= 1 a reduce-scatter of the grads + an all-gather of
+        the bf16 weights; ZeRO-2 reduce-scatters every microbatch, ZeRO-3 / FSDP also
+        all-gathers the weights in the forward and again in the backward of every
+        microbatch (prefetched: exposed = max(one layer's share, comm - compute));
+      overlap_grad_reduce: buckets reduce while the last microbatch's backward runs:
+        exposed = max(last bucket, reduction - one microbatch's backward);
+      overlap_param_gather: the all-gather hides behind the next forward, likewise;
+      tp_comm_overlap: TP collectives split in t chunks pipelined with the GEMMs (TE
+        userbuffers): one chunk stays exposed, TP / t;
+      overlap_p2p: p2p fully hidden behind the interleaved schedule's compute (v > 1)."""
+    from phaze.cost.collective import all_gather_time, allreduce_time as ar_time, \
+        reduce_scatter_time
+
+    o = options
+    topo = o.collectives
+    g, stride = d * o.cp, t
+    rb = o.dp_reduce_bytes or o.grad_bytes
+    z = max(o.zero_stage, 1 if (o.zero1 or o.distributed_optimizer) else 0)
+    kw = dict(topology=topo, bw_efficiency=links.bw_efficiency)
+    net = links
+    tp_exp = dev_tp / t if o.tp_comm_overlap else dev_tp
+    p2p_exp = np.zeros_like(dev_p2p) if (o.overlap_p2p and v > 1) else dev_p2p
+    fb = np.bincount(dev, [chain.fwd_s[a:b_].sum() for a, b_ in stages], minlength=p)
+    bb = np.bincount(dev, [chain.bwd_s[a:b_].sum() for a, b_ in stages], minlength=p)
+    blocks = np.maximum(np.bincount(dev, [b_ - a for a, b_ in stages], minlength=p), 1)
+    sync = np.zeros(p)
+    fsdp = np.zeros(p)
+    for r in range(p):
+        P = float(dev_P[r])
+        frac = min(1.0, o.bucket_params / P) if P > 0 else 1.0
+        if z == 0:
+            red = ar_time(P * rb, g, stride, net, src_dtype_bytes=1.0, **kw)
+            gather = 0.0
+        else:
+            red = reduce_scatter_time(P * rb, g, stride, net, src_dtype_bytes=1.0, **kw)
+            gather = all_gather_time(P * o.weight_bytes, g, stride, net, src_dtype_bytes=1.0, **kw)
+        if z >= 2:   # grads reduce-scattered every microbatch
+            per_mb = red + (2.0 * gather if z >= 3 else 0.0)
+            fsdp[r] = max(per_mb / blocks[r], per_mb - (fb[r] + bb[r]))
+            red = 0.0
+            if z >= 3:
+                gather = 0.0
+        if o.overlap_grad_reduce:
+            red = max(red * frac, red - bb[r])
+        if o.overlap_param_gather:
+            gather = max(gather * frac, gather - fb[r])
+        sync[r] = red + gather
+    load = dev_comp + tp_exp + p2p_exp + fsdp
+    return load, tp_exp, p2p_exp, sync, fsdp
+
+
+def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None = None,
+                    last: int | None = None) -> list[tuple[int, int]]:
+    """Megatron's split with uneven ends (--decoder-first-pipeline-num-layers, --decoder-
+    last-pipeline-num-layers): the first / last chunk holds `first` / `last` blocks and the
+    others the rest evenly (prologue in the first chunk, epilogue in the last). None = even.
+    Raises ValueError when the rest does not divide evenly."""
+    chunks = p * interleave
+    if first is None and last is None:
+        return uniform_stages(chain, chunks)
+    b0, b1 = chain.block_span()
+    nb = b1 - b0
+    rest_chunks = chunks - (first is not None) - (last is not None)
+    rest = nb - (first or 0) - (last or 0)
+    if rest_chunks < 0 or rest < 0 or (rest_chunks == 0 and rest) or (rest_chunks and rest % rest_chunks):
+        raise ValueError(f"{nb} blocks do not split into first={first}, last={last} and "
+                         f"{rest_chunks} even chunks")
+    per = rest // rest_chunks if rest_chunks else 0
+    sizes = ([first] if first is not None else []) + [per] * rest_chunks + \
+        ([last] if last is not None else [])
+    if any(x < 1 for x in sizes):
+        raise ValueError("every pipeline chunk needs at least one block")
+    bounds = [b0]
+    for x in sizes:
+        bounds.append(bounds[-1] + x)
+    bounds[0], bounds[-1] = 0, chain.n
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _base(chain, p, d, t, mbs, batch, recompute, v, stages):

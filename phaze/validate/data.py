@@ -18,7 +18,8 @@ DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "ground_truth.yaml
 
 TABLE_NARAYANAN = "narayanan2021_table1"
 TABLE_KORTHIKANTI = "korthikanti2023_table5"
-TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN)
+TABLE_H100 = "megatron_readme_2024_h100"
+TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class Case:
     measured: float               # in the metric's unit
     microbatch: int | None = None  # None: not published, searched
     interleave: int | None = None  # None: not published, searched
+    arch: str = "a100"             # preset the run is evaluated on
+    framework: str | None = None   # phaze.place.evaluate.FRAMEWORKS key (None: Megatron-LM 2021)
+    tied_embeddings: bool = True
+    recalled: str = ""             # transcription caveat (ground_truth.yaml), "" = quoted
 
     @property
     def dp(self) -> int:
@@ -97,7 +102,20 @@ def korthikanti_cases() -> list[Case]:
     return out
 
 
+def h100_cases() -> list[Case]:
+    t = raw()[TABLE_H100]
+    return [Case(table=TABLE_H100, name=str(r["name"]), hidden=r["hidden"], heads=r["heads"],
+                 layers=r["layers"], seq=t["seq"], vocab=t["vocab"], tp=r["tp"], pp=r["pp"],
+                 gpus=r["gpus"], batch=r["batch"], recompute=t["recompute"],
+                 sequence_parallel=t["sequence_parallel"], metric=t["metric"],
+                 measured=float(r["mfu_pct"]), arch=t["arch"], framework=t["framework"],
+                 tied_embeddings=bool(t["tied_embeddings"]), recalled=str(r["recalled"] or ""))
+            for r in _rows(t)]
+
+
 def cases(table: str) -> list[Case]:
+    if table == TABLE_H100:
+        return h100_cases()
     if table == TABLE_NARAYANAN:
         return narayanan_cases()
     if table == TABLE_KORTHIKANTI:
@@ -111,5 +129,6 @@ def memory_points() -> list[MemoryPoint]:
             for r in _rows(raw()["korthikanti2023_figure1_gib"])]
 
 
-def calculon_mae_percent(table: str) -> float:
-    return float(raw()["calculon_reference_mae_percent"][table])
+def calculon_mae_percent(table: str) -> float | None:
+    v = raw()["calculon_reference_mae_percent"].get(table)
+    return None if v is None else float(v)

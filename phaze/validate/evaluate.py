@@ -14,7 +14,7 @@ closed-form ones, `phaze validate` uses `plan_evaluator` (the real code).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from phaze.errors import UserError
@@ -52,12 +52,24 @@ class Prediction:
         """The prediction in the table's metric."""
         if self.case.metric == "tflops_per_gpu":
             return self.tflops_per_gpu
+        if self.case.metric == "mfu_pct":
+            return mfu_pct(self.case, self.time_per_batch_s)
         return self.time_per_batch_s
 
     @property
     def error_pct(self) -> float:
         """Signed relative error of the prediction, in percent of the measured figure."""
         return 100.0 * (self.predicted - self.case.measured) / self.case.measured
+
+
+def mfu_pct(case: Case, time_s: float) -> float:
+    """Megatron's MFU: num_floating_point_operations (no-recompute form, Narayanan Eq. 3
+    with 72 and V/12lh) over time x GPUs x the preset's dense bf16 peak."""
+    from phaze.hw.presets import get_preset
+    from phaze.place.evaluate import narayanan_flops
+
+    F = narayanan_flops(case.batch, case.seq, case.layers, case.hidden, case.vocab, False)
+    return 100.0 * F / (time_s * case.gpus * get_preset(case.arch).peak_flops)
 
 
 def candidates(case: Case) -> list[tuple[int, int]]:
@@ -89,13 +101,18 @@ def predict(case: Case, evaluator: Evaluator, params: dict | None = None) -> Pre
     if not cands:
         raise UserError(f"no microbatch divides the per-replica batch {case.batch // case.dp}",
                         field=case.name)
+    # recompute: as published, or (recompute "searched") none, then selective, then full:
+    # the least recomputation that fits the device, as a user tunes it
+    variants = [case] if case.recompute != "searched" else \
+        [replace(case, recompute=m) for m in ("none", "selective", "full")]
     best = None
-    for b, v in cands:
-        r = evaluator(case, b, v, params)
-        key = (not r.feasible, r.time_per_batch_s)
-        if best is None or key < best[0]:
-            best = (key, b, v, r)
-    _, b, v, r = best
+    for k, cv in enumerate(variants):
+        for b, v in cands:
+            r = evaluator(cv, b, v, params)
+            key = (not r.feasible, k if len(variants) > 1 else 0, r.time_per_batch_s)
+            if best is None or key < best[0]:
+                best = (key, b, v, r, cv)
+    _, b, v, r, case = best
     searched = case.microbatch is None or case.interleave is None
     return Prediction(
         case=case, mbs=b, interleave=v, searched=searched,
@@ -120,10 +137,10 @@ def model_spec_of(case: Case):
     return ModelSpec(name=f"gpt-{case.name.split('/')[0].lower()}", hidden=case.hidden,
                      layers=case.layers, heads=case.heads, ffn=4 * case.hidden,
                      vocab=case.vocab, seq=case.seq, max_positions=case.seq,
-                     source=case.table)
+                     tied_embeddings=case.tied_embeddings, source=case.table)
 
 
-def split_params(params: dict | None):
+def split_params(params: dict | None, arch: str = ARCH_PRESET):
     """(CostParams, PlanOptions overrides) from one flat dict of parameter overrides on top
     of the a100 preset's calibrated defaults; keys are CostParams or PlanOptions fields."""
     from dataclasses import fields, replace
@@ -139,7 +156,7 @@ def split_params(params: dict | None):
     unknown = set(params) - cost_names - opt_names
     if unknown:
         raise KeyError(f"unknown model parameters {sorted(unknown)}")
-    base = default_cost_params(get_preset(ARCH_PRESET))
+    base = default_cost_params(get_preset(arch))
     cost = replace(base, **{k: v for k, v in params.items() if k in cost_names})
     return cost, {k: v for k, v in params.items() if k in opt_names}
 
@@ -153,13 +170,13 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
     from phaze.hw.presets import get_preset
     from phaze.place.evaluate import evaluate_model
 
-    cost, opts = split_params(params)
+    cost, opts = split_params(params, case.arch)
     try:
-        r = evaluate_model(model_spec_of(case), get_preset(ARCH_PRESET), tp=case.tp, pp=case.pp,
+        r = evaluate_model(model_spec_of(case), get_preset(case.arch), tp=case.tp, pp=case.pp,
                            dp=case.dp, mbs=mbs, batch=case.batch, recompute=case.recompute,
                            interleave=interleave, seq=case.seq,
                            sequence_parallel=case.sequence_parallel, cost_params=cost,
-                           options=opts)
+                           options=opts, framework=case.framework)
     except ValueError:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:

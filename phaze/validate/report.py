@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from phaze.units import GiB
-from phaze.validate.data import TABLE_KORTHIKANTI, TABLE_NARAYANAN, calculon_mae_percent
+from phaze.validate.data import TABLE_H100, TABLE_KORTHIKANTI, TABLE_NARAYANAN, calculon_mae_percent
 from phaze.validate.evaluate import Prediction, max_abs_error_pct, mean_abs_error_pct
 
-UNITS = {"tflops_per_gpu": "TFLOP/s/GPU", "seconds_per_iteration": "s/iter"}
+UNITS = {"tflops_per_gpu": "TFLOP/s/GPU", "seconds_per_iteration": "s/iter", "mfu_pct": "MFU %"}
 
 
 def row_dict(p: Prediction) -> dict:
@@ -40,8 +40,12 @@ def text_table(preds: list[Prediction]) -> str:
         lines.append(f"{c.name:<16}{c.tp:>3}{c.pp:>4}{c.dp:>5}{p.mbs:>4}{star}{p.interleave:>3} "
                      f"{c.measured:>10.2f}{p.predicted:>11.2f}{p.error_pct:>+8.1f}%"
                      f"{p.memory_per_device_bytes / GiB:>9.1f}")
+    cal = calculon_mae_percent(c0.table)
     lines.append(f"mean |error| {mean_abs_error_pct(preds):.2f}%  max {max_abs_error_pct(preds):.2f}%"
-                 f"  (Calculon: {calculon_mae_percent(c0.table):.2f}%)")
+                 + (f"  (Calculon: {cal:.2f}%)" if cal is not None else ""))
+    rec = [p.case.name for p in preds if p.case.recalled]
+    if rec:
+        lines.append(f"rows transcribed from memory (verify, ground_truth.yaml): {', '.join(rec)}")
     return "\n".join(lines)
 
 
@@ -52,7 +56,7 @@ def plot(preds_by_table: dict[str, list[Prediction]], path) -> None:
 
     from phaze.atomic import atomic_path
 
-    tables = [t for t in (TABLE_KORTHIKANTI, TABLE_NARAYANAN) if t in preds_by_table]
+    tables = [t for t in (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100) if t in preds_by_table]
     fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 5), squeeze=False)
     for ax, t in zip(axes[0], tables):
         ps = preds_by_table[t]

@@ -1,0 +1,77 @@
+"""Plan-level terms of issue 16 (PlanOptions extensions) against closed forms."""
+
+import numpy as np
+import pytest
+
+from phaze.cost.collective import allreduce_time, reduce_scatter_time, all_gather_time
+from phaze.place.chain import Chain
+from phaze.place.plan import Links, PlanOptions, evaluate_plan, megatron_stages
+
+
+def chain(n=10, f=1.0, b=2.0, P=1e8, t=1):
+    kinds = ("prologue",) + ("block",) * (n - 2) + ("epilogue",)
+    z = np.zeros(n)
+    return Chain(t=t, mbs=1, seq=2048, fwd_s=np.full(n, f), bwd_s=np.full(n, b),
+                 param_count=np.full(n, P), act_none_bytes=z + 1e6, act_full_bytes=z + 1e5,
+                 out_bytes=z + 1e6, kinds=kinds)
+
+
+def test_defaults_unchanged_by_the_new_fields():
+    c = chain()
+    a = evaluate_plan(c, 2, 4, 64, links=Links())
+    o = PlanOptions()
+    assert not o.extended()
+    b = evaluate_plan(c, 2, 4, 64, links=Links(), options=o)
+    assert a["time_per_batch_s"] == b["time_per_batch_s"]
+
+
+def test_dp_reduction_nccl_exposed_and_overlapped():
+    c = chain()
+    L = Links(bw_efficiency=0.8)
+    d = 16
+    base = evaluate_plan(c, 1, d, 64, links=L, options=PlanOptions(collectives="nccl", grad_bytes=4.0))
+    P = c.param_count.sum()
+    want = allreduce_time(P * 4.0, d, 1, L, src_dtype_bytes=1.0, bw_efficiency=0.8)
+    assert base["dp_sync_s"] == pytest.approx(want)
+    ov = evaluate_plan(c, 1, d, 64, links=L, options=PlanOptions(
+        collectives="nccl", grad_bytes=4.0, overlap_grad_reduce=True))
+    bwd = c.bwd_s.sum()
+    assert ov["dp_sync_s"] == pytest.approx(max(want * 40e6 / P, want - bwd))
+
+
+def test_distributed_optimizer_is_rs_plus_ag_and_shards_state():
+    c = chain()
+    L = Links(bw_efficiency=1.0)
+    d = 8
+    o = PlanOptions(collectives="nccl", distributed_optimizer=True, grad_bytes=4.0)
+    r = evaluate_plan(c, 1, d, 64, links=L, options=o)
+    P = c.param_count.sum()
+    want = (reduce_scatter_time(P * 4, d, 1, L, src_dtype_bytes=1.0, bw_efficiency=1.0)
+            + all_gather_time(P * 2, d, 1, L, src_dtype_bytes=1.0, bw_efficiency=1.0))
+    assert r["dp_sync_s"] == pytest.approx(want)
+    assert o.static_bytes_per_param(d) == pytest.approx(2 + 4 + 12 / d)
+    assert PlanOptions(collectives="nccl", zero_stage=3).static_bytes_per_param(d) == \
+        pytest.approx((2 + 2 + 12) / d)
+
+
+def test_tp_overlap_leaves_one_chunk_and_p2p_overlap_hides_p2p():
+    c = chain(t=4)
+    c = Chain(**{**c.__dict__, "tp_fwd_s": np.full(c.n, 0.4), "tp_bwd_s": np.full(c.n, 0.4)})
+    a = evaluate_plan(c, 2, 1, 8, interleave=2, links=Links(), options=PlanOptions(collectives="nccl"))
+    b = evaluate_plan(c, 2, 1, 8, interleave=2, links=Links(),
+                      options=PlanOptions(collectives="nccl", tp_comm_overlap=True, overlap_p2p=True))
+    assert b["tp_s"] == pytest.approx(a["tp_s"] / 4)
+    assert b["p2p_s"] == 0 and a["p2p_s"] > 0
+
+
+def test_uneven_first_and_last_stages():
+    c = chain(n=12)        # 10 blocks
+    st = megatron_stages(c, 4, 1, first=1, last=3)
+    sizes = [b - a for a, b in st]
+    assert st[0][0] == 0 and st[-1][1] == 12
+    assert sizes == [2, 3, 3, 4]           # prologue + 1, 3, 3, 3 + epilogue
+    assert megatron_stages(c, 2) == [(0, 6), (6, 12)]
+    with pytest.raises(ValueError):
+        megatron_stages(c, 4, 1, first=2)  # 8 blocks left over 3 chunks
+    r = evaluate_plan(c, 4, 1, 8, stages=st, links=Links())
+    assert r["stages"][0] == [0, 2]
