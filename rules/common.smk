@@ -66,7 +66,9 @@ def semantic_errors(cfg):
     for i, m in enumerate(cfg["models"]):
         field = f"models[{i}].name"
         if m["name"] in seen:
-            errors.append(f"field {field}: model {m['name']!r} listed twice; merge its seq/tp lists")
+            errors.append(
+                f"field {field}: model {m['name']!r} listed twice; merge its seq/tp lists"
+            )
         seen.add(m["name"])
         if "hf_config" in m:
             if not os.path.exists(m["hf_config"]):
@@ -110,7 +112,7 @@ validate_config(config)
 # `phaze` and `mpiexec` come from the environment snakemake itself runs in, even when that
 # venv is not activated (e.g. `.venv/bin/snakemake --cores 2`).
 VENV_BIN = os.path.dirname(sys.executable)
-shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(VENV_BIN)}:\"$PATH\"; ")
+shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(VENV_BIN)}:"$PATH"; ')
 
 
 def local_mpi_launcher():
@@ -125,6 +127,7 @@ MBS = list(config["microbatch_sizes"])
 N_CHUNKS = int(config["scheduling"]["n_chunks"])
 CHUNKS = list(range(N_CHUNKS))
 GRID = "results/arch/grid.parquet"
+
 
 wildcard_constraints:
     model="|".join(re.escape(n) for n in MODELS),
@@ -143,9 +146,7 @@ def graph_files(model, seq, mbs=None):
     """Graphs of one (model, seq) at one microbatch size (or all of them), every TP width."""
     sizes = MBS if mbs is None else [mbs]
     return [
-        f"results/graphs/{model}/s{seq}_b{b}_t{t}.json"
-        for b in sizes
-        for t in MODELS[model]["tp"]
+        f"results/graphs/{model}/s{seq}_b{b}_t{t}.json" for b in sizes for t in MODELS[model]["tp"]
     ]
 
 
@@ -167,8 +168,14 @@ def place_tables():
 
 REPORT_FILES = [
     f"results/report/{name}"
-    for name in ("summary.csv", "pareto.png", "throughput_per_area.png", "breakdown.png",
-                 "memory.png", "report.html")
+    for name in (
+        "summary.csv",
+        "pareto.png",
+        "throughput_per_area.png",
+        "breakdown.png",
+        "memory.png",
+        "report.html",
+    )
 ]
 
 

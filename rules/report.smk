@@ -9,8 +9,6 @@ rule report:
         grid=GRID,
     output:
         REPORT_FILES,
-    params:
-        outdir="results/report/",
     log:
         "results/logs/report/report.log",
     benchmark:
@@ -19,6 +17,8 @@ rule report:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        outdir=lambda w, output: os.path.dirname(output[0]) + "/",
     shell:
         "phaze report --place {input.place} --latency {input.latency} --grid {input.grid}"
         " -o {params.outdir} > {log} 2>&1"

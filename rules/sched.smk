@@ -9,6 +9,15 @@ rule schedule_chunk:
         grid=GRID,
     output:
         "results/sched/{model}/s{seq}_b{mbs}/{chunk}.parquet",
+    log:
+        "results/logs/sched/{model}/s{seq}_b{mbs}/{chunk}.log",
+    benchmark:
+        "results/benchmarks/sched/{model}/s{seq}_b{mbs}/{chunk}.tsv"
+    # CP-SAT's 8 workers run on these CPUs (docs/sched.md)
+    threads: int(config["scheduling"]["cpus_per_job"])
+    resources:
+        mem_mb=2000,
+        runtime=120,
     params:
         n_chunks=N_CHUNKS,
         network=NETWORK_JSON,
@@ -25,15 +34,6 @@ rule schedule_chunk:
             if config["scheduling"]["cache_dir"]
             else ""
         ),
-    log:
-        "results/logs/sched/{model}/s{seq}_b{mbs}/{chunk}.log",
-    benchmark:
-        "results/benchmarks/sched/{model}/s{seq}_b{mbs}/{chunk}.tsv"
-    # CP-SAT's 8 workers run on these CPUs (docs/sched.md)
-    threads: int(config["scheduling"]["cpus_per_job"])
-    resources:
-        mem_mb=2000,
-        runtime=120,
     shell:
         "phaze schedule-batch --graphs {input.graphs} --grid {input.grid}"
         " --chunk {wildcards.chunk} --n-chunks {params.n_chunks} --network {params.network:q}"
