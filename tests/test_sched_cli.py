@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from phaze.cli import main
-from phaze.sched.heuristic import critical_path_s
 
 
 def _grid(tmp_path, n=4):

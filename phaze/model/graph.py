@@ -521,7 +521,7 @@ def _block(c: _Ctx):
         r1 = L.vector("residual1", (y, x), "add", Ts * h, rule=srule, bwd="pass")
         y = mlp(_norm(L, c, "ln2", r1))
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
-        out = L.vector("residual2", (y, r1), "add", Ts * h, rule=srule, bwd="pass")
+        L.vector("residual2", (y, r1), "add", Ts * h, rule=srule, bwd="pass")
     else:
         y = attention(x)
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
@@ -530,7 +530,7 @@ def _block(c: _Ctx):
         y = mlp(n1)
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
         r2 = L.vector("residual2", (y, n1), "add", Ts * h, rule=srule, bwd="pass")
-        out = _norm(L, c, "ln2", r2)
+        _norm(L, c, "ln2", r2)
     io = Ts * h * dt
     return L, io, io, io
 

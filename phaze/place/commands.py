@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-from phaze.errors import UserError
 
 
 def register(sub) -> None:
