@@ -6,6 +6,7 @@
 # The config is validated against phaze/data/schema.yaml, built into phaze.settings and checked for
 # semantic errors before any job starts. Results land under results/ (see docs/workflow.md).
 
+
 configfile: os.path.join(workflow.basedir, "configs", "default.yaml")
 
 
@@ -19,6 +20,6 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -65,7 +65,7 @@ def main(outdir):
             a2, w2 = a[0], w[0]
             t = time_cuda(lambda: torch.mm(a2, w2))
         else:
-            t = time_cuda(lambda: torch.bmm(a, w))
+            t = time_cuda(lambda a=a, w=w: torch.bmm(a, w))
         flops = 2.0 * b * m * n * k
         rows.append(dict(kind="gemm", b=b, m=m, n=n, k=k, extra="", seconds=t,
                          tflops=flops / t / 1e12, gbps=2 * (b * m * k + b * k * n + b * m * n) / t / 1e9))

@@ -5,8 +5,6 @@
 rule arch_grid:
     output:
         GRID,
-    params:
-        spec=as_json(config["arch"]),
     log:
         "results/logs/arch/grid.log",
     benchmark:
@@ -15,5 +13,7 @@ rule arch_grid:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        spec=as_json(config["arch"]),
     shell:
         "phaze arch grid --spec {params.spec:q} -o {output} > {log} 2>&1"

@@ -14,8 +14,13 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 # ---- config validation (before any job) -------------------------------------------------
-from phaze.settings import (SCHEMA_PATH, SweepSettings, check_config_schema,  # noqa: E402
-                            field_path, most_specific)
+from phaze.settings import (
+    SCHEMA_PATH,
+    SweepSettings,
+    check_config_schema,  # noqa: E402
+    field_path,
+    most_specific,
+)
 
 
 def validate_config(cfg):
@@ -35,7 +40,7 @@ def validate_config(cfg):
             f"invalid config: field {field_path(verr.absolute_path)}: {verr.message}"
         ) from None
     try:
-        check_config_schema(cfg)      # strict types: 1.0 is no integer, .nan no number
+        check_config_schema(cfg)  # strict types: 1.0 is no integer, .nan no number
         settings = SweepSettings.from_config(cfg)
     except UserError as e:
         raise WorkflowError(f"invalid config: field {e}") from None
@@ -53,7 +58,7 @@ SETTINGS = validate_config(config)
 # `phaze` and `mpiexec` come from the environment snakemake itself runs in, even when that
 # venv is not activated (e.g. `.venv/bin/snakemake --cores 2`).
 VENV_BIN = os.path.dirname(sys.executable)
-shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(VENV_BIN)}:\"$PATH\"; ")
+shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(VENV_BIN)}:"$PATH"; ')
 
 
 def local_mpi_launcher():
@@ -69,6 +74,7 @@ N_CHUNKS = SETTINGS.jobs.n_chunks
 PLACE_RANKS = SETTINGS.jobs.ranks
 CHUNKS = list(range(N_CHUNKS))
 GRID = "results/arch/grid.parquet"
+
 
 wildcard_constraints:
     model="|".join(re.escape(n) for n in MODELS),
@@ -117,8 +123,14 @@ def place_tables():
 
 REPORT_FILES = [
     f"results/report/{name}"
-    for name in ("summary.csv", "pareto.png", "throughput_per_area.png", "breakdown.png",
-                 "memory.png", "report.html")
+    for name in (
+        "summary.csv",
+        "pareto.png",
+        "throughput_per_area.png",
+        "breakdown.png",
+        "memory.png",
+        "report.html",
+    )
 ]
 
 

@@ -6,12 +6,6 @@ rule graph:
         model_inputs,
     output:
         "results/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.json",
-    params:
-        model=lambda wc: model_arg(wc.model),
-        fused="--fused" if SETTINGS.graph.fused else "",
-        attention=SETTINGS.graph.attention,
-        vocab_pad=SETTINGS.graph.vocab_pad_multiple,
-        sp=lambda wc: "--sequence-parallel" if wc.sp == "1" else "",
     log:
         "results/logs/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.log",
     benchmark:
@@ -20,6 +14,12 @@ rule graph:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        model=lambda wc: model_arg(wc.model),
+        fused="--fused" if SETTINGS.graph.fused else "",
+        attention=SETTINGS.graph.attention,
+        vocab_pad=SETTINGS.graph.vocab_pad_multiple,
+        sp=lambda wc: "--sequence-parallel" if wc.sp == "1" else "",
     shell:
         "phaze graph --model {params.model:q} --name {wildcards.model} --seq {wildcards.seq} --mbs {wildcards.mbs}"
         " --tp {wildcards.tp} {params.sp} {params.fused} --attention {params.attention}"

@@ -8,8 +8,6 @@ rule merge_latency:
         grid=GRID,
     output:
         "results/latency/{model}_s{seq}_b{mbs}.parquet",
-    params:
-        n_chunks=N_CHUNKS,
     log:
         "results/logs/latency/{model}_s{seq}_b{mbs}.log",
     benchmark:
@@ -18,6 +16,8 @@ rule merge_latency:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        n_chunks=N_CHUNKS,
     shell:
         "phaze merge-latency {input.shards} --grid {input.grid} --n-chunks {params.n_chunks}"
         " -o {output} > {log} 2>&1"

@@ -11,6 +11,16 @@ rule place:
         grid=GRID,
     output:
         "results/place/{model}_s{seq}.parquet",
+    log:
+        "results/logs/place/{model}_s{seq}.log",
+    benchmark:
+        "results/benchmarks/place/{model}_s{seq}.tsv"
+    threads: PLACE_RANKS
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        tasks=PLACE_RANKS,
+        mpi=local_mpi_launcher(),
     params:
         launch=mpi_launch,
         devices=SETTINGS.placement.devices,
@@ -24,16 +34,6 @@ rule place:
             f"--fixed {MODELS[wc.model]['fixed_plan']}" if "fixed_plan" in MODELS[wc.model] else ""
         ),
         network=NETWORK_JSON,
-    log:
-        "results/logs/place/{model}_s{seq}.log",
-    benchmark:
-        "results/benchmarks/place/{model}_s{seq}.tsv"
-    threads: PLACE_RANKS
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        tasks=PLACE_RANKS,
-        mpi=local_mpi_launcher(),
     shell:
         "{params.launch} phaze place --mpi --latency {input.latency} --graphs {input.graphs}"
         " --grid {input.grid} --devices {params.devices} --batch {params.global_batch}"

@@ -7,8 +7,6 @@
 rule sweep_config:
     output:
         SWEEP_CONFIG,
-    params:
-        cfg=as_json(config),
     log:
         "results/logs/report/config.log",
     benchmark:
@@ -17,6 +15,8 @@ rule sweep_config:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        cfg=as_json(config),
     shell:
         "phaze check-config --config-json {params.cfg:q} -o {output} > {log} 2>&1"
 
@@ -29,8 +29,6 @@ rule report:
         config=SWEEP_CONFIG,
     output:
         REPORT_FILES,
-    params:
-        outdir="results/report/",
     log:
         "results/logs/report/report.log",
     benchmark:
@@ -39,6 +37,8 @@ rule report:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        outdir=lambda w, output: os.path.dirname(output[0]) + "/",
     shell:
         "phaze report --place {input.place} --latency {input.latency} --grid {input.grid}"
         " --config {input.config} -o {params.outdir} > {log} 2>&1"

@@ -9,14 +9,6 @@ rule schedule_chunk:
         grid=GRID,
     output:
         "results/sched/{model}/s{seq}_b{mbs}/{chunk}.parquet",
-    params:
-        n_chunks=N_CHUNKS,
-        network=NETWORK_JSON,
-        solver=SETTINGS.sched.solver,
-        formulation=SETTINGS.sched.formulation,
-        time_limit_s=SETTINGS.sched.time_limit_s,
-        bnb_share=SETTINGS.sched.bnb_share,
-        cache=shlex.quote(SETTINGS.sched.cache_dir),
     log:
         "results/logs/sched/{model}/s{seq}_b{mbs}/{chunk}.log",
     benchmark:
@@ -26,6 +18,14 @@ rule schedule_chunk:
     resources:
         mem_mb=2000,
         runtime=120,
+    params:
+        n_chunks=N_CHUNKS,
+        network=NETWORK_JSON,
+        solver=SETTINGS.sched.solver,
+        formulation=SETTINGS.sched.formulation,
+        time_limit_s=SETTINGS.sched.time_limit_s,
+        bnb_share=SETTINGS.sched.bnb_share,
+        cache=shlex.quote(SETTINGS.sched.cache_dir),
     shell:
         "phaze schedule-batch --graphs {input.graphs} --grid {input.grid}"
         " --chunk {wildcards.chunk} --n-chunks {params.n_chunks} --network {params.network:q}"

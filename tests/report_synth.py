@@ -1,32 +1,26 @@
 """Small synthetic grid and placement tables that follow docs/cli-contract.md, for the
-report tests until (and besides) the real pipeline. Area from the docs/reference.md#arch-space
-coefficients (TC 0.79 mm^2 per 1000 MACs, GLB 1.365 mm^2/MiB, VC 0.106 mm^2 per 128 lanes)."""
+report tests. The grid's rows (arch id, area, peak FLOP/s) come from the library's arch
+table (phaze.hw.arch, area from phaze.hw.area)."""
 
-import hashlib
 import json
 
 import numpy as np
 import pandas as pd
 
-MiB = 1024**2
-GiB = 1024**3
+from phaze.hw.arch import Arch, arch_table
+from phaze.units import GiB, MiB
 
 
 def make_grid(extra=()):
-    rows = []
     specs = [(8, 128, 128, 2, 128, 128)] + [  # the TPUv4-like chip first
         (n, r, r, v, r, g) for n, r, v, g in
         [(4, 128, 2, 64), (16, 64, 4, 64), (2, 256, 2, 32), (8, 64, 8, 32), (1, 128, 1, 16),
          (32, 32, 16, 64), (4, 256, 4, 32), (16, 128, 2, 16), (2, 64, 2, 8), (64, 16, 8, 32)]
     ] + list(extra)
-    for n_tc, r, c, n_vc, lanes, glb in specs:
-        key = json.dumps([n_tc, r, c, n_vc, lanes, glb])
-        area = 0.79e-3 * n_tc * r * c + 1.365 * glb + 0.106 * n_vc * lanes / 128
-        rows.append(dict(arch_id=hashlib.sha1(key.encode()).hexdigest()[:16], n_tc=n_tc,
-                         tc_rows=r, tc_cols=c, n_vc=n_vc, vc_lanes=lanes,
-                         glb_bytes=glb * MiB, glb_bw_Bps=1e12, hbm_bw_Bps=1.2e12,
-                         clock_hz=1.05e9, area_mm2=area, peak_flops=2 * n_tc * r * c * 1.05e9))
-    return pd.DataFrame(rows)
+    return arch_table([Arch(n_tc=n_tc, tc_rows=r, tc_cols=c, n_vc=n_vc, vc_lanes=lanes,
+                            glb_bytes=glb * MiB, clock_hz=1.05e9, hbm_bw_Bps=1.2e12,
+                            glb_bw_Bps=1e12)
+                       for n_tc, r, c, n_vc, lanes, glb in specs])
 
 
 def make_place(grid, model="bert-large", seq=512, seed=0, feasible=True, tpu_fixed=(8, 128, 1)):

@@ -11,7 +11,6 @@ def test_help_lists_commands(capsys):
 
 
 def test_user_error_is_one_line_exit_2(monkeypatch, capsys):
-    import argparse
 
     def boom(args):
         raise UserError("must be positive, got -1", field="mbs", fix="pass --mbs 1 or more")

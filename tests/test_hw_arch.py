@@ -3,13 +3,12 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from phaze.cli import main
 from phaze.errors import UserError
-from phaze.hw.arch import Arch, Network, arch_id_of, chunk_of
+from phaze.hw.arch import Arch, arch_id_of, chunk_of
 from phaze.hw.grid import enumerate_grid
 from phaze.hw.presets import PRESETS
 from phaze.units import GB, MiB

@@ -83,8 +83,7 @@ def test_cpsat_reference_is_the_milp_reference_model():
     `x_ij == 1` per DAG edge (the MILP fixes those by a bound instead)."""
     from ortools.sat.python import cp_model
 
-    from phaze.sched.backends.cpsat import tick_grid
-    from phaze.sched.backends.cpsat_reference import build_reference
+    from phaze.sched.cpsat_models import build_reference, tick_grid
     from phaze.sched.heuristic import list_schedule
     from phaze.sched.milp import build_reference as milp_reference
     from phaze.sched.prep import prepare

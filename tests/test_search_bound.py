@@ -2,7 +2,6 @@
 non-decreasing in every layer latency (so lower bounds on layer times give an upper
 bound on throughput). Property-tested with hypothesis on the real DP."""
 
-import math
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -4,7 +4,6 @@ incremental reruns after config edits, and a scheduling job killed mid-way."""
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shutil

@@ -6,8 +6,9 @@ import json
 import sys
 
 from phaze.errors import UserError
-from phaze.settings import (MAX_HBM_GIB, RECOMPUTE_MODES, add_config_arg, add_graph_args, add_network_arg,
-                            add_placement_args, add_sched_args, sweep_settings)
+from phaze.settings import (MAX_HBM_GIB, RECOMPUTE_MODES, add_config_arg, add_graph_args,
+                            add_network_arg, add_placement_args, add_sched_args,
+                            sweep_settings)
 
 
 def register(sub) -> None:

@@ -25,10 +25,10 @@ chain at once: they are a batch dimension of every table below.
   * Stage counts: a memory greedy (`_fewest_stages`, from the chain's end, each position
     takes the longest range that fits) gives the least feasible p per scenario and M
     exactly; counts below it are skipped, and a d with none feasible costs no step. Counts
-    are explored in windows 1..8, 9..16, 17..32, ...; before each window, (d, p) pairs whose
-    lower bound (M + p - 1) max(largest layer load, total load / p) + AR_d(max(largest layer
-    params, total params / p)) cannot beat the scenario's incumbent are dropped, so runs
-    stop early.
+    are explored in windows 1..8, 9..16, 17..32, ... (FIRST_WINDOW = 8); before each window,
+    (d, p) pairs whose lower bound (M + p - 1) max(largest layer load, total load / p) +
+    AR_d(max(largest layer params, total params / p)) cannot beat the scenario's incumbent
+    are dropped, so runs stop early.
   * The max over stages of the all-reduce does not decompose over the DP:
         T*(d, p) = min_c [ (M + p - 1) B_c(p) + AR_d(c) ]
     exact because the optimum's own largest stage is one of the caps. The uncapped run also
@@ -321,152 +321,208 @@ def _need(pairs: dict, dinfo: dict) -> dict:
     return need
 
 
+FIRST_WINDOW = 8     # pass 1 scans stage counts 1..8 (incumbents); windows then double
+CAP_BATCH = 64       # (scenario, cap) entries per capped run (bounds one run's memory)
+
+
 def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links: Links,
            options: PlanOptions, peak_flops: float, interleaves) -> list:
     """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`."""
-    n, t = chain.n, chain.t
-    G0 = len(scen)
-    # (d, p range) grouped by (link kind, bytes per param): {key: {d: p array}}
-    groups: dict = {}
-    dinfo = {}
-    for d in d_candidates(chain, devices, batch, options):
-        M = -(-batch // (chain.mbs * d))
-        pmax = min(n, devices // (t * d))
-        if pmax < 1:
-            continue
-        ar = _ar_coeff(d, *links.link(dp_inter(t, d, links)), options.grad_bytes)
-        dinfo[d] = (M, pmax, ar)
-        static = options.static_bytes_per_param(d)
-        ps = np.arange(1, pmax + 1)
-        inter = pipeline_inter(t, d, ps, links)          # numpy-aware
-        for kind in (False, True):
-            sel = ps[inter == kind]
-            if len(sel):
-                groups.setdefault((kind, static), {})[d] = sel
+    search = _PlanSearch(rgs, chain, devices, batch, scen, links, options)
+    search.first_pass()
+    search.window_passes()
+    search.capped_runs()
+    return [search.plan(g, peak_flops, interleaves) for g in range(len(scen))]
 
-    Pmax_layer = float(chain.param_count.max())
-    Ptot = float(chain.param_count.sum())
-    # lower bounds of any stage's max load: the largest layer, the average (loads >= compute)
-    Lmax_layer, Ltot = np.zeros(G0), np.zeros(G0)
-    for g, (rec, _h) in enumerate(scen):
-        comp = rgs[rec].comp[np.arange(n), np.arange(1, n + 1)]
-        Lmax_layer[g], Ltot[g] = comp.max(), comp.sum()
-    best = [None] * G0          # per scenario: (obj, run, entry, d, p)
-    U = np.full(G0, INF)
-    sets = {}
-    first = 8                   # pass 1: few stages, for incumbents; pass 2: what bounds allow
 
-    def lower_bound(d, ps):      # len(ps) x G0
-        M, _pm, (al, be) = dinfo[d]
-        return (M + ps[:, None] - 1) * np.maximum(Lmax_layer[None, :], Ltot[None, :] / ps[:, None]) \
-            + al * np.maximum(Pmax_layer, Ptot / ps[:, None]) + be
+class _PlanSearch:
+    """The DP search of `_solve` over the scenarios `scen` of one chain: the (d, p) pairs
+    per (link kind, bytes per parameter) group, the layer bounds, and per scenario the
+    incumbent U[g] with its argmin best[g] = (obj, run, entry, d, p)."""
 
-    def scan(key, pairs):
-        runs = sets[key].ensure(_need(pairs, dinfo))
+    def __init__(self, rgs: dict, chain: Chain, devices: int, batch: int, scen: list,
+                 links: Links, options: PlanOptions):
+        self.rgs, self.chain, self.batch, self.scen = rgs, chain, batch, scen
+        self.links, self.options = links, options
+        self.n = chain.n
+        self.G0 = len(scen)
+        self.groups, self.dinfo = self._groups(devices)
+        self._layer_bounds()
+        self.best = [None] * self.G0
+        self.U = np.full(self.G0, INF)
+        self.sets: dict = {}
+        self.p_lo: dict = {}     # (bytes per param, M) -> least feasible p per scenario
+        self._allP = None
+
+    def _groups(self, devices: int):
+        """(d, p range) grouped by (link kind, bytes per param): {key: {d: p array}}, and
+        dinfo {d: (M, pmax, all-reduce coefficients)}."""
+        chain, links, options, t = self.chain, self.links, self.options, self.chain.t
+        groups: dict = {}
+        dinfo = {}
+        for d in d_candidates(chain, devices, self.batch, options):
+            M = -(-self.batch // (chain.mbs * d))
+            pmax = min(self.n, devices // (t * d))
+            if pmax < 1:
+                continue
+            ar = _ar_coeff(d, *links.link(dp_inter(t, d, links)), options.grad_bytes)
+            dinfo[d] = (M, pmax, ar)
+            static = options.static_bytes_per_param(d)
+            ps = np.arange(1, pmax + 1)
+            inter = pipeline_inter(t, d, ps, links)          # numpy-aware
+            for kind in (False, True):
+                sel = ps[inter == kind]
+                if len(sel):
+                    groups.setdefault((kind, static), {})[d] = sel
+        return groups, dinfo
+
+    def _layer_bounds(self) -> None:
+        """Lower bounds of any stage's max load (the largest layer, the average: loads >=
+        compute) and of its params."""
+        n = self.n
+        self.Pmax_layer = float(self.chain.param_count.max())
+        self.Ptot = float(self.chain.param_count.sum())
+        self.Lmax_layer, self.Ltot = np.zeros(self.G0), np.zeros(self.G0)
+        for g, (rec, _h) in enumerate(self.scen):
+            comp = self.rgs[rec].comp[np.arange(n), np.arange(1, n + 1)]
+            self.Lmax_layer[g], self.Ltot[g] = comp.max(), comp.sum()
+
+    def lower_bound(self, d, ps):      # len(ps) x G0
+        M, _pm, (al, be) = self.dinfo[d]
+        return (M + ps[:, None] - 1) * np.maximum(self.Lmax_layer[None, :],
+                                                  self.Ltot[None, :] / ps[:, None]) \
+            + al * np.maximum(self.Pmax_layer, self.Ptot / ps[:, None]) + be
+
+    def scan(self, key, pairs) -> None:
+        """Uncapped objective of every (d, p) in `pairs`; improves the incumbents."""
+        runs = self.sets[key].ensure(_need(pairs, self.dinfo))
         for d, ps in pairs.items():
             if not len(ps):
                 continue
-            M, _pm, (al, be) = dinfo[d]
+            M, _pm, (al, be) = self.dinfo[d]
             run = runs[M]
             B = run.top_D[ps]
             with np.errstate(invalid="ignore"):                # 0 * inf where d = 1
                 obj = (M + ps[:, None] - 1) * B + al * run.top_PM[ps] + be     # p x G0
             obj = np.where(np.isfinite(B), obj, INF)
             k = np.argmin(obj, axis=0)
-            for g in range(G0):
+            for g in range(self.G0):
                 o = obj[k[g], g]
-                if o < U[g]:
-                    U[g] = o
-                    best[g] = (float(o), run, g, d, int(ps[k[g]]))
+                if o < self.U[g]:
+                    self.U[g] = o
+                    self.best[g] = (float(o), run, g, d, int(ps[k[g]]))
 
-    p_lo: dict = {}             # (bytes per param, M) -> least feasible p per scenario
-    smax_cache: dict = {}
-    for key, dps in groups.items():
-        inter, static = key
-        if static not in smax_cache:
-            smax_cache[static] = [rgs[rec].smax(static, hbm) for rec, hbm in scen]
-        smaxes = smax_cache[static]
-        # stage counts below what memory allows are infinite in the DP anyway; a d whose
-        # M admits no feasible count in any scenario needs no steps at all
-        Ms = sorted({dinfo[d][0] for d in dps if (static, dinfo[d][0]) not in p_lo})
-        if Ms:
-            lo_all = _fewest_stages(smaxes, Ms, n)
-            for k, M in enumerate(Ms):
-                p_lo[(static, M)] = lo_all[:, k]
-        for d in list(dps):
-            dps[d] = dps[d][dps[d] >= p_lo[(static, dinfo[d][0])].min()]
-        band = _Band([rgs[rec].load(*links.link(inter)) for rec, _h in scen],
-                     rgs[scen[0][0]].P, smaxes)
-        sets[key] = _RunSet(band, np.arange(G0), np.full(G0, INF), track_pm=True)
-        scan(key, {d: ps[ps <= first] for d, ps in dps.items()})
+    def first_pass(self) -> None:
+        """Per group: least feasible stage counts, the band and the uncapped run set, and a
+        scan of the first FIRST_WINDOW stage counts (incumbents for the bounds)."""
+        rgs, scen, dinfo, p_lo = self.rgs, self.scen, self.dinfo, self.p_lo
+        smax_cache: dict = {}
+        for key, dps in self.groups.items():
+            inter, static = key
+            if static not in smax_cache:
+                smax_cache[static] = [rgs[rec].smax(static, hbm) for rec, hbm in scen]
+            smaxes = smax_cache[static]
+            # stage counts below what memory allows are infinite in the DP anyway; a d whose
+            # M admits no feasible count in any scenario needs no steps at all
+            Ms = sorted({dinfo[d][0] for d in dps if (static, dinfo[d][0]) not in p_lo})
+            if Ms:
+                lo_all = _fewest_stages(smaxes, Ms, self.n)
+                for k, M in enumerate(Ms):
+                    p_lo[(static, M)] = lo_all[:, k]
+            for d in list(dps):
+                dps[d] = dps[d][dps[d] >= p_lo[(static, dinfo[d][0])].min()]
+            band = _Band([rgs[rec].load(*self.links.link(inter)) for rec, _h in scen],
+                         rgs[scen[0][0]].P, smaxes)
+            self.sets[key] = _RunSet(band, np.arange(self.G0), np.full(self.G0, INF),
+                                     track_pm=True)
+            self.scan(key, {d: ps[ps <= FIRST_WINDOW] for d, ps in dps.items()})
 
-    def prune(key, dps, above=0, upto=None):
+    def prune(self, key, dps, above=0, upto=None):
         """Stage counts some scenario still needs: memory admits them (p >= least feasible
         p of that scenario) and the bound does not rule them out."""
         out = {}
         for d, ps in dps.items():
             ps = ps[(ps > above) & (ps <= (upto or ps[-1] if len(ps) else 0))]
             if len(ps):
-                lo = p_lo[(key[1], dinfo[d][0])]
-                keep = (lower_bound(d, ps) < U[None, :] * (1 + _REL)) & (ps[:, None] >= lo[None, :])
+                lo = self.p_lo[(key[1], self.dinfo[d][0])]
+                keep = (self.lower_bound(d, ps) < self.U[None, :] * (1 + _REL)) \
+                    & (ps[:, None] >= lo[None, :])
                 ps = ps[keep.any(axis=1)]
             out[d] = ps
         return out
 
-    # pass 2, in doubling windows of stage counts: each window is pruned with the incumbents
-    # found so far (more stages cost steps; the bound drops hopeless counts before they run)
-    lo_p, hi_p = first, 2 * first
-    while lo_p < n:
-        for key, dps in groups.items():
-            scan(key, prune(key, dps, lo_p, hi_p))
-        lo_p, hi_p = hi_p, 2 * hi_p
-    # caps (see the module docstring); every (d, p) left was scanned uncapped
-    allP = None
-    for key, dps in groups.items():
-        dps = prune(key, dps)
-        runs = sets[key].ensure(_need(dps, dinfo))
-        band = sets[key].args[0]
-        sel_e, cap_e, pairs = [], [], {}
-        for g in range(G0):
-            if not np.isfinite(U[g]):
+    def window_passes(self) -> None:
+        """Pass 2, in doubling windows of stage counts: each window is pruned with the
+        incumbents found so far (more stages cost steps; the bound drops hopeless counts
+        before they run)."""
+        lo_p, hi_p = FIRST_WINDOW, 2 * FIRST_WINDOW
+        while lo_p < self.n:
+            for key, dps in self.groups.items():
+                self.scan(key, self.prune(key, dps, lo_p, hi_p))
+            lo_p, hi_p = hi_p, 2 * hi_p
+
+    def all_params(self):
+        """Every distinct stage parameter count (the candidate caps), built on first use."""
+        if self._allP is None:
+            r = self.rgs[self.scen[0][0]]
+            self._allP = np.unique(r.P[r.valid])
+        return self._allP
+
+    def capped_runs(self) -> None:
+        """Caps (see the module docstring); every (d, p) left was scanned uncapped."""
+        for key, dps in self.groups.items():
+            dps = self.prune(key, dps)
+            runs = self.sets[key].ensure(_need(dps, self.dinfo))
+            sel_e, cap_e, pairs = [], [], {}
+            for g in range(self.G0):
+                if np.isfinite(self.U[g]):
+                    caps = self._caps_of(g, dps, runs, pairs)
+                    if caps is not None:
+                        sel_e.append(np.full(len(caps), g))
+                        cap_e.append(caps)
+            if pairs:
+                self._scan_caps(self.sets[key].args[0], np.concatenate(sel_e),
+                                np.concatenate(cap_e), pairs)
+
+    def _caps_of(self, g, dps, runs, pairs):
+        """Caps scenario g needs (None: none); adds the (d, p) pairs they serve to `pairs`."""
+        U = self.U
+        capmask = None
+        for d, ps in dps.items():
+            M, _pm, (al, be) = self.dinfo[d]
+            if d == 1 or al <= 0 or not len(ps):
                 continue
-            capmask = None
-            for d, ps in dps.items():
-                M, _pm, (al, be) = dinfo[d]
-                if d == 1 or al <= 0 or not len(ps):
-                    continue
-                run = runs[M]
-                B, pm = run.top_D[ps, g], run.top_PM[ps, g]
-                if allP is None:
-                    allP = np.unique(rgs[scen[0][0]].P[rgs[scen[0][0]].valid])
-                lo = np.maximum(Pmax_layer, Ptot / ps) * (1 - _REL)
-                with np.errstate(invalid="ignore"):
-                    hi = np.minimum((U[g] * (1 + _REL) - (M + ps - 1) * B - be) / al * (1 + _REL),
-                                    pm)
-                a = np.searchsorted(allP, lo, side="left")
-                b = np.minimum(np.searchsorted(allP, hi, side="right"),      # c <= hi, c < pm
-                               np.searchsorted(allP, pm, side="left"))
-                ok = np.isfinite(B) & (b > a)
-                if ok.any():
-                    if capmask is None:
-                        capmask = np.zeros(len(allP) + 1, dtype=int)
-                    old = pairs.get(d)
-                    pairs[d] = ps[ok] if old is None else np.union1d(old, ps[ok])
-                    np.add.at(capmask, a[ok], 1)
-                    np.add.at(capmask, b[ok], -1)
-            if capmask is not None:
-                caps = allP[np.cumsum(capmask[:-1]) > 0]
-                sel_e.append(np.full(len(caps), g))
-                cap_e.append(caps)
-        if not pairs:
-            continue
-        sel_e, cap_e = np.concatenate(sel_e), np.concatenate(cap_e)
-        need = _need(pairs, dinfo)
-        for k0 in range(0, len(cap_e), 64):
-            se, cb = sel_e[k0:k0 + 64], cap_e[k0:k0 + 64]
+            run = runs[M]
+            B, pm = run.top_D[ps, g], run.top_PM[ps, g]
+            allP = self.all_params()
+            lo = np.maximum(self.Pmax_layer, self.Ptot / ps) * (1 - _REL)
+            with np.errstate(invalid="ignore"):
+                hi = np.minimum((U[g] * (1 + _REL) - (M + ps - 1) * B - be) / al * (1 + _REL),
+                                pm)
+            a = np.searchsorted(allP, lo, side="left")
+            b = np.minimum(np.searchsorted(allP, hi, side="right"),      # c <= hi, c < pm
+                           np.searchsorted(allP, pm, side="left"))
+            ok = np.isfinite(B) & (b > a)
+            if ok.any():
+                if capmask is None:
+                    capmask = np.zeros(len(allP) + 1, dtype=int)
+                old = pairs.get(d)
+                pairs[d] = ps[ok] if old is None else np.union1d(old, ps[ok])
+                np.add.at(capmask, a[ok], 1)
+                np.add.at(capmask, b[ok], -1)
+        if capmask is None:
+            return None
+        return self.all_params()[np.cumsum(capmask[:-1]) > 0]
+
+    def _scan_caps(self, band, sel_e, cap_e, pairs) -> None:
+        """Capped runs of the entries (scenario sel_e, cap cap_e), CAP_BATCH at a time;
+        improves the incumbents."""
+        need = _need(pairs, self.dinfo)
+        for k0 in range(0, len(cap_e), CAP_BATCH):
+            se, cb = sel_e[k0:k0 + CAP_BATCH], cap_e[k0:k0 + CAP_BATCH]
             cruns = _RunSet(band, se, cb).ensure(need)
             for d, ps in pairs.items():
-                M, _pm, (al, be) = dinfo[d]
+                M, _pm, (al, be) = self.dinfo[d]
                 run = cruns[M]
                 obj = (M + ps[:, None] - 1) * run.top_D[ps] + al * cb[None, :] + be   # p x E
                 kp = np.argmin(obj, axis=0)
@@ -474,22 +530,26 @@ def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links:
                 for g in np.unique(se):
                     idx = np.flatnonzero(se == g)
                     e = int(idx[np.argmin(o[idx])])
-                    if o[e] < U[g]:
-                        U[g] = o[e]
-                        best[g] = (float(o[e]), run, e, d, int(ps[kp[e]]))
-    plans = []
-    for g, (rec, hbm) in enumerate(scen):
-        ev = dict(hbm_bytes=hbm, links=links, options=options, peak_flops=peak_flops)
+                    if o[e] < self.U[g]:
+                        self.U[g] = o[e]
+                        self.best[g] = (float(o[e]), run, e, d, int(ps[kp[e]]))
+
+    def plan(self, g: int, peak_flops: float, interleaves):
+        """Scenario g's plan dict (or None): its DP winner evaluated with plan.evaluate_plan,
+        or an interleaved schedule (uniform split, evaluated directly) when faster."""
+        chain, batch = self.chain, self.batch
+        rec, hbm = self.scen[g]
+        ev = dict(hbm_bytes=hbm, links=self.links, options=self.options, peak_flops=peak_flops)
         plan = None
-        if best[g] is not None:
-            _obj, run, e, d, p = best[g]
-            plan = evaluate_plan(chain, p, d, batch, rec, 1, stages=run.stages(e, p, n), **ev)
+        if self.best[g] is not None:
+            _obj, run, e, d, p = self.best[g]
+            plan = evaluate_plan(chain, p, d, batch, rec, 1, stages=run.stages(e, p, self.n),
+                                 **ev)
             assert plan["feasible"], "DP plan must fit"
-        # interleaved schedules: uniform split, evaluated directly
         for v in interleaves:
             if v < 2:
                 continue
-            for d, (M, pmax, _ar) in dinfo.items():
+            for d, (M, pmax, _ar) in self.dinfo.items():
                 for p in range(2, pmax + 1):
                     try:
                         st = uniform_stages(chain, p * v)
@@ -499,8 +559,7 @@ def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links:
                     if cand["feasible"] and (plan is None or
                                              cand["time_per_batch_s"] < plan["time_per_batch_s"]):
                         plan = cand
-        plans.append(plan)
-    return plans
+        return plan
 
 
 def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=("none",), *,

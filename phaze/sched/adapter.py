@@ -1,14 +1,14 @@
 """LayerGraph pass + arch + cost model -> SchedProblem.
 
-The cost model (phaze.cost, branch `hwcost`) provides per-op single-core and all-core
-latencies; until it is merged, `layer_problems` raises a UserError naming the missing
-piece. `ops_to_problem` is independent of it and is what the tests exercise.
+The cost model (phaze.cost.api.op_latencies) provides per-op single-core and all-core
+latencies for `layer_problems`; `ops_to_problem` builds one problem from given latencies.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from phaze.cost.api import op_latencies
 from phaze.errors import UserError
 from phaze.sched.problem import SchedProblem
 
@@ -31,15 +31,6 @@ def ops_to_problem(ops: Sequence, lat_one_s: Sequence[float], lat_all_s: Sequenc
                         names=tuple(op.name for op in ops))
 
 
-def _cost_api():
-    try:
-        from phaze.cost.api import op_latencies
-    except ImportError:
-        raise UserError("the cost model (phaze.cost.api.op_latencies) is not available in "
-                        "this build", field="cost", fix="merge the hwcost stage") from None
-    return op_latencies
-
-
 # Scheduled passes of a layer: forward, backward, and the forward ops that selective
 # recomputation re-runs before the backward (empty for layers without an attention core).
 SCHED_PASSES = ("fwd", "bwd", "recompute")
@@ -55,7 +46,6 @@ def layer_problems(graph, archs, network, tp: int | None = None):
     `archs` (DataFrame with the arch id fields) and every pass in SCHED_PASSES of every
     layer of `graph` (a ModelGraph). The cost model is called once per pass, vectorised
     over all archs; an empty pass yields a problem with no ops (makespan 0)."""
-    op_latencies = _cost_api()
     tp = graph.tp if tp is None else tp
     n_tc = archs["n_tc"].to_numpy()
     n_vc = archs["n_vc"].to_numpy()

@@ -59,65 +59,117 @@ def branch_and_bound(pr: Prep, target_s: float, time_limit_s: float) -> BnbResul
     """Search for a schedule with makespan < target_s (strictly better than a known one),
     improving on every one it finds. proven=True: no schedule beats best_s (target_s
     when nothing was found) by more than relative 1e-9."""
-    p = pr.p
-    n = p.n
+    n = pr.p.n
     t_start = time.perf_counter()
-    deadline = t_start + time_limit_s
-    preds_mask = [0] * n
-    for i, j in p.edges:
-        preds_mask[j] |= 1 << i
-    must_before = [0] * n            # dominance rows: b needs a started
-    for a, b in pr.ident_pairs:
-        must_before[b] |= 1 << a
-    # at a decision point a row's first op is considered before its second (both may start)
-    rank = _row_rank(n, pr.ident_pairs)
+    search = _Search(pr, target_s, t_start + time_limit_s)
+    old_limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old_limit, (n + 2) ** 2 + 1000))
+    try:
+        if n > MAX_OPS:
+            raise _Stop
+        search.visit(0.0, 0, 0, (), 0, sum(search.e0), sum(search.e1), sum(search.e2))
+        proven = True
+    except (_Stop, RecursionError):
+        proven = False
+    finally:
+        sys.setrecursionlimit(old_limit)
+    # a finished search pruned only what could not beat best - eps
+    bound = search.best_s - search.eps if proven else 0.0
+    return BnbResult(proven, search.best, search.best_s, bound, search.nodes,
+                     time.perf_counter() - t_start)
+
+
+def _mode_table(pr: Prep) -> list:
+    """Per op, its modes: (ban bit, intra?, duration, tc, vc, link demand); intra first."""
+    p = pr.p
     c0, c1 = pr.cap
-    # per op, its modes: (ban bit, intra?, duration, tc, vc, link demand); intra first
     modes = []
-    for i in range(n):
+    for i in range(p.n):
         d1 = pr.demand(i, False)
         m = [(1 << (2 * i), False, p.lat_one_s[i], d1[0], d1[1],
               int(p.core_class[i] == "net"))]
         if pr.intra_ok[i]:
             m.insert(0, (1 << (2 * i + 1), True, p.lat_all_s[i], c0, c1, 0))
         modes.append(m)
-    # least energy per op and resource; on TC and VC with the idle charges of the
-    # charged chain (the idle during an unstarted chain op lies after t, beside the work)
+    return modes
+
+
+def _least_energy(pr: Prep) -> list:
+    """Least energy per resource (TC, VC, link) and op; on TC and VC with the idle charges
+    of the charged chain (the idle during an unstarted chain op lies after t, beside the
+    work)."""
+    p = pr.p
     emin = min_energy(p, pr.intra_ok, pr.cap)
     for r in (0, 1):
         emin[r] = [min(a, b) for a, b in zip(pr.single_energy(r, p.lat_one_s),
                                              pr.intra_energy(r))]
-    e0, e1, e2 = emin
-    tail, head = pr.tail, pr.head
-    ops = range(n)
-    scale = max(target_s, 1e-30)
-    eps = 1e-9 * scale
-    key_unit = scale * REL_EPS
-    best = {"s": target_s, "sched": None}
-    nodes = [0]
-    memo: dict = {}
-    start = [0.0] * n
-    mode_of = [False] * n
+    return emin
 
-    def visit(t, done, started, running, banned, rem0, rem1, rem2):
+
+class _Search:
+    """One run of the search: the problem's tables, the incumbent (best_s, best), the
+    memo and the partial schedule (start, mode_of) of the branch being explored."""
+
+    def __init__(self, pr: Prep, target_s: float, deadline: float):
+        p = pr.p
+        n = p.n
+        self.deadline = deadline
+        self.preds_mask = [0] * n
+        for i, j in p.edges:
+            self.preds_mask[j] |= 1 << i
+        self.must_before = [0] * n            # dominance rows: b needs a started
+        for a, b in pr.ident_pairs:
+            self.must_before[b] |= 1 << a
+        # at a decision point a row's first op is considered before its second (both may
+        # start)
+        self.rank = _row_rank(n, pr.ident_pairs)
+        self.c0, self.c1 = pr.cap
+        self.modes = _mode_table(pr)
+        self.e0, self.e1, self.e2 = _least_energy(pr)
+        self.tail, self.head = pr.tail, pr.head
+        self.ops = range(n)
+        scale = max(target_s, 1e-30)
+        self.eps = 1e-9 * scale
+        self.key_unit = scale * REL_EPS
+        self.best_s = target_s
+        self.best: Schedule | None = None
+        self.nodes = 0
+        self.memo: dict = {}
+        self.start = [0.0] * n
+        self.mode_of = [False] * n
+        self.all_started = (1 << n) - 1
+
+    def visit(self, t, done, started, running, banned, rem0, rem1, rem2):
         """Decision point t: `running` = ((end, op, intra, tc, vc, link), ...) with end > t;
         rem*: least energy of the unstarted ops per resource."""
-        nodes[0] += 1
-        if nodes[0] & 511 == 0 and time.perf_counter() > deadline:
+        self.nodes += 1
+        if self.nodes & 511 == 0 and time.perf_counter() > self.deadline:
             raise _Stop
-        if not running and started == all_started:
-            if t < best["s"] - eps:
-                best["s"] = t
-                best["sched"] = Schedule(list(start),
-                                         ["intra" if m else "single" for m in mode_of])
+        if not running and started == self.all_started:
+            if t < self.best_s - self.eps:
+                self.best_s = t
+                self.best = Schedule(list(self.start),
+                                     ["intra" if m else "single" for m in self.mode_of])
             return
-        # bound: C >= S_i + tail_i; per resource, t + remaining work / capacity
-        limit = best["s"] - eps
+        limit = self.best_s - self.eps
+        used = self._used_unless_pruned(t, running, limit, rem0, rem1, rem2)
+        if used is None:
+            return
+        elig = self._eligible_unless_pruned(t, done, started, limit)
+        if elig is None or self._seen(t, done, running, banned):
+            return
+        elig.sort(key=self.rank.__getitem__)
+        self._branch(t, done, started, running, banned, elig, used, rem0, rem1, rem2)
+
+    def _used_unless_pruned(self, t, running, limit, rem0, rem1, rem2):
+        """Bound: C >= S_i + tail_i; per resource, t + remaining work / capacity. None when
+        the bound reaches `limit`, else the units the running ops hold per resource."""
+        start, tail = self.start, self.tail
         u0 = u1 = u2 = 0
         w0, w1, w2 = rem0, rem1, rem2
         for end, i, _, a0, a1, a2 in running:
             if start[i] + tail[i] >= limit:
-                return
+                return None
             left = end - t
             u0 += a0
             u1 += a1
@@ -125,27 +177,46 @@ def branch_and_bound(pr: Prep, target_s: float, time_limit_s: float) -> BnbResul
             w0 += a0 * left
             w1 += a1 * left
             w2 += a2 * left
-        if t + w0 / c0 >= limit or t + w1 / c1 >= limit or t + w2 >= limit:
-            return
+        if t + w0 / self.c0 >= limit or t + w1 / self.c1 >= limit or t + w2 >= limit:
+            return None
+        return u0, u1, u2
+
+    def _eligible_unless_pruned(self, t, done, started, limit):
+        """The unstarted ops whose predecessors are done; None when some unstarted op
+        cannot finish its tail before `limit`."""
+        head, tail, preds_mask = self.head, self.tail, self.preds_mask
         elig = []
-        for j in ops:
+        for j in self.ops:
             if not started >> j & 1:
                 if (head[j] if head[j] > t else t) + tail[j] >= limit:
-                    return
+                    return None
                 if preds_mask[j] & done == preds_mask[j]:
                     elig.append(j)
-        key = (done, tuple(sorted((i, intra, round((end - t) / key_unit))
+        return elig
+
+    def _seen(self, t, done, running, banned) -> bool:
+        """Memo: True when this state was explored at an earlier or equal time under no
+        more bans; else remember it (while the memo has room)."""
+        eps = self.eps
+        key = (done, tuple(sorted((i, intra, round((end - t) / self.key_unit))
                                   for end, i, intra, _, _, _ in running)))
-        seen = memo.get(key)
-        if seen is None and len(memo) < MEMO_MAX:
-            seen = memo[key] = []
+        seen = self.memo.get(key)
+        if seen is None and len(self.memo) < MEMO_MAX:
+            seen = self.memo[key] = []
         for t0, ban0 in seen or ():
             if t0 <= t + eps and ban0 & ~banned == 0:
-                return
+                return True
         if seen is not None:
             seen[:] = [(t0, b0) for t0, b0 in seen if not (t <= t0 and banned & ~b0 == 0)]
             seen.append((t, banned))
-        elig.sort(key=rank.__getitem__)
+        return False
+
+    def _branch(self, t, done, started, running, banned, elig, used, rem0, rem1, rem2):
+        """Every choice of eligible ops (and modes) to start at t, each followed by a visit
+        of the next decision point."""
+        modes, must_before, start, mode_of = self.modes, self.must_before, self.start, self.mode_of
+        c0, c1, e0, e1, e2 = self.c0, self.c1, self.e0, self.e1, self.e2
+        visit = self.visit
         ne = len(elig)
         chosen: list = []
 
@@ -186,24 +257,7 @@ def branch_and_bound(pr: Prep, target_s: float, time_limit_s: float) -> BnbResul
                     chosen.pop()
             choose(k + 1, u0, u1, u2, started_now, r0, r1, r2)
 
-        choose(0, u0, u1, u2, started, rem0, rem1, rem2)
-
-    all_started = (1 << n) - 1
-    old_limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old_limit, (n + 2) ** 2 + 1000))
-    try:
-        if n > MAX_OPS:
-            raise _Stop
-        visit(0.0, 0, 0, (), 0, sum(e0), sum(e1), sum(e2))
-        proven = True
-    except (_Stop, RecursionError):
-        proven = False
-    finally:
-        sys.setrecursionlimit(old_limit)
-    # a finished search pruned only what could not beat best - eps
-    bound = best["s"] - eps if proven else 0.0
-    return BnbResult(proven, best["sched"], best["s"], bound, nodes[0],
-                     time.perf_counter() - t_start)
+        choose(0, *used, started, rem0, rem1, rem2)
 
 
 def _row_rank(n: int, pairs) -> list[int]:

@@ -5,9 +5,9 @@ classes, deduplicated DAG, effective core counts; see SchedProblem.key) + formul
 solver + solver settings. Arch ids, model names, HBM sizes and recomputation flags are
 not part of the key, so identical layer problems are solved once across all of them.
 
-Entries are JSON files <dir>/<k[:2]>/<k>.json written to a unique temporary name in the
-same directory and renamed with os.replace (atomic on POSIX and on NFS/Lustre within a
-directory), so concurrent writers of the same key are safe: the last rename wins and
+Entries are JSON files <dir>/<k[:2]>/<k>.json written with phaze.atomic (a unique
+temporary name in the same directory, renamed with os.replace: atomic on POSIX and on
+NFS/Lustre within a directory), so concurrent writers of the same key are safe: the last rename wins and
 both wrote the same content. Results that are not proven optimal are cached with their
 status and gap (a rerun with the same settings would hit the same limit); a run with a
 longer time limit has a different key.
@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from phaze.atomic import write_text_atomic
 from phaze.sched.problem import SchedProblem
 from phaze.sched.solve import DEFAULT_SETTINGS, SolveResult, solve_problem
 
@@ -57,19 +57,7 @@ class ScheduleCache:
     def put(self, key: str, res: SolveResult) -> None:
         if self.root is None:
             return
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(res.to_dict(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_text_atomic(self._path(key), json.dumps(res.to_dict()))
 
     def solve(self, p: SchedProblem, solver: str, formulation: str = "compact",
               settings: dict | None = None, **kw) -> SolveResult:

@@ -15,10 +15,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+from phaze.sched import worker
+from phaze.sched.backends import LicenceError, run_backend_inprocess
 from phaze.sched.bnb import branch_and_bound
 from phaze.sched.heuristic import list_schedule, lower_bound_s, serial_sgs
 from phaze.sched.prep import mode_fixing_bound, prepare
-from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact
+from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact, topo_order
 
 from phaze.settings import DEFAULT_SOLVER, SchedSettings  # noqa: E402  (one place for defaults)
 
@@ -78,16 +80,6 @@ def heuristic_result(p: SchedProblem, t0: float, solver: str = "heuristic",
                        list(sched.start_s), list(sched.mode), solver_status)
 
 
-def run_backend_inprocess(p: SchedProblem, solver: str, formulation: str, settings: dict,
-                          hint: Schedule, ub: float, pr=None):
-    from phaze.sched import backends
-
-    pr = pr if pr is not None else prepare(p, ub)
-    st = dict(settings)
-    st["_hint"] = pr.respect_dominance(hint)
-    return backends.get(solver).solve(pr, formulation, st)
-
-
 def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: str = "compact",
                   settings: dict | None = None, isolate: bool | None = None,
                   warn=None, shortcut: bool = True) -> SolveResult:
@@ -95,28 +87,13 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     worker process (default: every backend except the in-process default). `shortcut`:
     return the list schedule without a solve when it meets the lower bound (benchmarks
     turn this off to time the formulations themselves)."""
-    from phaze.sched import backends, worker
-
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     warn = warn or (lambda msg: print(f"phaze: warning: {msg}", file=sys.stderr))
     t0 = time.perf_counter()
     if formulation not in FORMULATIONS:
         raise ValueError(f"unknown formulation {formulation!r}")
-    # the static bounds of the analysis (energetic heads and tails, energy with idle
-    # charges) often meet the list schedule where the plain bound does not: no solve
-    pr = prepare(p, 0.0) if p.n else None
-    lb0 = pr.lower_bound_s() if p.n else 0.0
-    # a list schedule within OPT_GAP of the bound is proven optimal: stop looking
-    good_enough = lb0 / (1 - OPT_GAP) if shortcut and solver != "heuristic" else 0.0
-    hsched = list_schedule(p, good_enough_s=good_enough)
+    pr, lb0, hsched = _bound_and_list_schedule(p, shortcut and solver != "heuristic")
     ub = hsched.makespan(p)
-    if pr is not None:
-        pr.ub = ub
-    if p.n and _gap(ub, lb0) > OPT_GAP:
-        # cheaper than a solve: assume intra the ops whose single mode cannot beat the
-        # list schedule, and bound again (with or without the shortcut: every result
-        # carries the best bound known)
-        lb0 = max(lb0, mode_fixing_bound(pr, ub * (1 - OPT_GAP)))
     if solver == "heuristic" or p.n == 0:
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
     if shortcut and _gap(ub, lb0) <= OPT_GAP:     # the heuristic is provably optimal
@@ -144,37 +121,19 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
             raw = worker.call(solver, p, formulation, settings, hsched, ub)
         else:
             raw = run_backend_inprocess(p, solver, formulation, settings, hsched, ub, pr)
-    except backends.LicenceError as e:
+    except LicenceError as e:
         warn(f"{solver} unavailable for this model ({e}); falling back to {DEFAULT_SOLVER}")
         # the branch and bound already ran: the fallback solver gets what is left
-        res = solve_problem(p, DEFAULT_SOLVER, "compact", {**settings, "bnb_share": 0.0},
-                            isolate=isolate, warn=warn)
-        return res
+        return solve_problem(p, DEFAULT_SOLVER, "compact", {**settings, "bnb_share": 0.0},
+                             isolate=isolate, warn=warn)
     except worker.WorkerCrash as e:
         warn(f"{solver} worker failed ({e}); using the list schedule")
         return heuristic_result(p, t0, solver=solver, formulation=formulation, sched=hsched,
                                 lb=lb0, solver_status="crash")
     model_s = time.perf_counter() - t_model
-    lb = max(lb0, raw.bound_s)
-    sched = hsched
-    if raw.has_solution:
-        cand = compact(p, Schedule(raw.start_s, raw.mode), raw.dur_s, slack_s=raw.slack_s)
-        try:
-            check_schedule(p, cand)
-        except ValueError:
-            # the solver's schedule overlaps within its feasibility tolerance: repair it
-            # with a serial schedule in the same start order and modes
-            from phaze.sched.problem import topo_order
-
-            pos = {k: i for i, k in enumerate(topo_order(p.n, p.edges))}
-            order = sorted(range(p.n), key=lambda k: (cand.start_s[k], pos[k]))
-            order = [k for k in topo_order_stable(p, order)]
-            cand = serial_sgs(p, order, modes=list(cand.mode))
-            check_schedule(p, cand)
-        if cand.makespan(p) < ub:
-            sched = cand
+    sched = _better_schedule(p, raw, hsched, ub)
     ms = sched.makespan(p)
-    lb = min(lb, ms)
+    lb = min(max(lb0, raw.bound_s), ms)
     gap = _gap(ms, lb)
     # optimal = proven within OPT_GAP (relative), whatever the solver's own status says;
     # otherwise the solve stopped early: best known schedule + proven bound + gap
@@ -182,6 +141,47 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     return SolveResult(ms, lb, gap, status, solver, formulation, time.perf_counter() - t0,
                        list(sched.start_s), list(sched.mode), raw.solver_status,
                        raw.n_vars, raw.n_rows, model_seconds=model_s)
+
+
+def _bound_and_list_schedule(p: SchedProblem, stop_at_bound: bool):
+    """(Prep or None when p has no op, best static lower bound, list schedule). The Prep's
+    ub is the list schedule's makespan. `stop_at_bound`: the list scheduler may stop once
+    it is within OPT_GAP of the bound (a solve would not improve on it)."""
+    # the static bounds of the analysis (energetic heads and tails, energy with idle
+    # charges) often meet the list schedule where the plain bound does not: no solve
+    pr = prepare(p, 0.0) if p.n else None
+    lb0 = pr.lower_bound_s() if p.n else 0.0
+    # a list schedule within OPT_GAP of the bound is proven optimal: stop looking
+    good_enough = lb0 / (1 - OPT_GAP) if stop_at_bound else 0.0
+    hsched = list_schedule(p, good_enough_s=good_enough)
+    ub = hsched.makespan(p)
+    if pr is not None:
+        pr.ub = ub
+    if p.n and _gap(ub, lb0) > OPT_GAP:
+        # cheaper than a solve: assume intra the ops whose single mode cannot beat the
+        # list schedule, and bound again (with or without the shortcut: every result
+        # carries the best bound known)
+        lb0 = max(lb0, mode_fixing_bound(pr, ub * (1 - OPT_GAP)))
+    return pr, lb0, hsched
+
+
+def _better_schedule(p: SchedProblem, raw, hsched: Schedule, ub: float) -> Schedule:
+    """The backend's schedule re-timed with the exact latencies (repaired if it overlaps
+    within the solver's tolerance) when it beats `hsched` (makespan `ub`), else hsched."""
+    if not raw.has_solution:
+        return hsched
+    cand = compact(p, Schedule(raw.start_s, raw.mode), raw.dur_s, slack_s=raw.slack_s)
+    try:
+        check_schedule(p, cand)
+    except ValueError:
+        # the solver's schedule overlaps within its feasibility tolerance: repair it
+        # with a serial schedule in the same start order and modes
+        pos = {k: i for i, k in enumerate(topo_order(p.n, p.edges))}
+        order = sorted(range(p.n), key=lambda k: (cand.start_s[k], pos[k]))
+        order = [k for k in topo_order_stable(p, order)]
+        cand = serial_sgs(p, order, modes=list(cand.mode))
+        check_schedule(p, cand)
+    return cand if cand.makespan(p) < ub else hsched
 
 
 def topo_order_stable(p: SchedProblem, order: list[int]) -> list[int]:

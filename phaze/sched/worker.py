@@ -13,6 +13,9 @@ import struct
 import subprocess
 import sys
 
+from phaze.sched.backends import LicenceError, run_backend_inprocess
+from phaze.sched.problem import SchedProblem
+
 _WORKERS: dict[str, subprocess.Popen] = {}
 
 
@@ -59,8 +62,6 @@ def _kill(solver: str) -> None:
 def call(solver, p, formulation, settings, hint, ub):
     """Run the backend in its worker. LicenceError propagates; a dead or hung worker
     (no answer within the time limit + 60 s) becomes WorkerCrash."""
-    from phaze.sched.backends import LicenceError
-
     proc = _WORKERS.get(solver)
     if proc is None or proc.poll() is not None:
         proc = _WORKERS[solver] = _start(solver)
@@ -98,10 +99,6 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)          # solver chatter goes to stderr, never into the protocol
     inp = sys.stdin.buffer
-    from phaze.sched.backends import LicenceError
-    from phaze.sched.problem import SchedProblem
-    from phaze.sched.solve import run_backend_inprocess
-
     while True:
         try:
             req = _recv(inp)

@@ -10,14 +10,13 @@ import os
 import re
 import tempfile
 
-from phaze.sched.backends._milp_read import read
+from phaze.sched.backends._milp import milp_backend
 from phaze.sched.milp import LinearModel
-from phaze.sched.prep import Prep
 
 PROVEN_SLACK = 2e-5   # relative; below the optimality tolerance OPT_GAP (1e-4)
 
 
-def solve_model(pr: Prep, m: LinearModel, settings: dict):
+def run(m: LinearModel, settings: dict):
     import pulp
 
     prob = pulp.LpProblem("sched", pulp.LpMinimize)
@@ -59,11 +58,7 @@ def solve_model(pr: Prep, m: LinearModel, settings: dict):
     if proven and obj:
         bound = float(obj.group(1)) * (1 - max(settings["rel_gap"], PROVEN_SLACK))
     vals = [x.value() if x.value() is not None else 0.0 for x in xs] if has else None
-    return read(pr, m, vals, proven, bound, st)
+    return vals, proven, bound, st
 
 
-def solve(pr: Prep, formulation: str, settings: dict):
-    from phaze.sched.milp import build_compact, build_reference
-
-    m = build_reference(pr) if formulation == "reference" else build_compact(pr)
-    return solve_model(pr, m, settings)
+solve = milp_backend(run)

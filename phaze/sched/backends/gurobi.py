@@ -5,14 +5,13 @@ falls back to the default open solver with a one-line warning."""
 from __future__ import annotations
 
 from phaze.sched.backends import LicenceError
-from phaze.sched.backends._milp_read import read
+from phaze.sched.backends._milp import milp_backend
 from phaze.sched.milp import LinearModel
-from phaze.sched.prep import Prep
 
 LICENCE_ERRNOS = (10009, 10010)
 
 
-def solve_model(pr: Prep, m: LinearModel, settings: dict):
+def run(m: LinearModel, settings: dict):
     import gurobipy as gp
     from gurobipy import GRB
 
@@ -38,7 +37,7 @@ def solve_model(pr: Prep, m: LinearModel, settings: dict):
                     g.addLConstr(expr, GRB.LESS_EQUAL, hi)
         g.optimize()
     except gp.GurobiError as e:
-        if getattr(e, "errno", None) in LICENCE_ERRNOS:
+        if e.errno in LICENCE_ERRNOS:
             raise LicenceError(f"gurobi errno {e.errno}: {e}") from None
         raise
     proven = g.Status == GRB.OPTIMAL
@@ -46,14 +45,9 @@ def solve_model(pr: Prep, m: LinearModel, settings: dict):
     bound = g.ObjBound if has or proven else 0.0
     vals = [x.X for x in xs] if has else None
     st = {GRB.OPTIMAL: "optimal", GRB.TIME_LIMIT: "time_limit"}.get(g.Status, f"status {g.Status}")
-    out = read(pr, m, vals, proven, bound, st)
     g.dispose()
     env.dispose()
-    return out
+    return vals, proven, bound, st
 
 
-def solve(pr: Prep, formulation: str, settings: dict):
-    from phaze.sched.milp import build_compact, build_reference
-
-    m = build_reference(pr) if formulation == "reference" else build_compact(pr)
-    return solve_model(pr, m, settings)
+solve = milp_backend(run)

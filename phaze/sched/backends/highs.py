@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from phaze.sched.backends._milp_read import read
+from phaze.sched.backends._milp import milp_backend
 from phaze.sched.milp import LinearModel
-from phaze.sched.prep import Prep
 
 
-def solve_model(pr: Prep, m: LinearModel, settings: dict):
+def run(m: LinearModel, settings: dict):
     import highspy
 
     h = highspy.Highs()
@@ -51,11 +50,7 @@ def solve_model(pr: Prep, m: LinearModel, settings: dict):
     if proven:
         bound = max(bound, info.objective_function_value * (1 - settings["rel_gap"]))
     vals = list(h.getSolution().col_value) if has else None
-    return read(pr, m, vals, proven, bound, st)
+    return vals, proven, bound, st
 
 
-def solve(pr: Prep, formulation: str, settings: dict):
-    from phaze.sched.milp import build_compact, build_reference
-
-    m = build_reference(pr) if formulation == "reference" else build_compact(pr)
-    return solve_model(pr, m, settings)
+solve = milp_backend(run)

@@ -1,9 +1,15 @@
-"""Turn a MILP's variable values into a RawSolution (shared by the MILP backends)."""
+"""What the MILP backends (cbc, highs, gurobi) share: build the formulation, hand the
+linear model to the solver-specific part, turn its variable values into a RawSolution.
+
+The solver-specific part is `run(m, settings) -> (values or None, proven, bound, status)`
+with `bound` a proven lower bound in model units (0 when none); a backend module defines
+`solve = milp_backend(run)`.
+"""
 
 from __future__ import annotations
 
 from phaze.sched.backends import RawSolution
-from phaze.sched.milp import LinearModel
+from phaze.sched.milp import LinearModel, build_compact, build_reference
 from phaze.sched.prep import Prep
 
 
@@ -22,3 +28,14 @@ def read(pr: Prep, m: LinearModel, values, proven: bool, bound_units: float,
     return RawSolution(True, proven, start, mode, dur,
                        bound_s=max(0.0, bound_units) * m.scale_s, solver_status=status,
                        n_vars=m.n_vars, n_rows=m.n_rows, slack_s=1e-6 * m.scale_s)
+
+
+def milp_backend(run):
+    """The backend interface `solve(prep, formulation, settings)` around a solver's `run`."""
+
+    def solve(pr: Prep, formulation: str, settings: dict) -> RawSolution:
+        m = build_reference(pr) if formulation == "reference" else build_compact(pr)
+        return read(pr, m, *run(m, settings))
+
+    solve.__doc__ = f"Build the MILP and solve it with {run.__module__}.{run.__name__}."
+    return solve
