@@ -311,7 +311,6 @@ def load_config(path: str) -> dict:
 
 def check_config_schema(cfg) -> None:
     """Validate a config dict against phaze/data/schema.yaml (UserError naming the field)."""
-    import jsonschema
     import yaml
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())

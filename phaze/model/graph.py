@@ -749,7 +749,7 @@ def _block(c: _Ctx, sliding: bool = False) -> BuiltLayer:
         y = _mlp(L, c, n1)
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
         r2 = residual("residual2", y, n1)
-        out = _norm(L, c, "ln2", r2)
+        _norm(L, c, "ln2", r2)          # post-norm: the block's output
     io = Ts * h * dt
     return BuiltLayer(L, io, io, io)
 

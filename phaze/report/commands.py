@@ -125,8 +125,7 @@ def sections_html(sweep, summary, files) -> tuple[str, str]:
 def write_report(out_dir, sweep, summary) -> dict[str, str]:
     from phaze.report import html, plots
 
-    place, grid = sweep.place, sweep.grid
-
+    place = sweep.place
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}

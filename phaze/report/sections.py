@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import math
 
-import pandas as pd
 
 from phaze.report import compare, sensitivity, solver
 from phaze.report.summary import role_rows
