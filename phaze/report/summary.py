@@ -138,122 +138,133 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
     rows that fit in it); its fixed plan is `fixed_plans[model]` (the config's fixed_plan;
     None: whatever fixed rows the tables hold)."""
     reproduce = reproduce or {"grid": "GRID.parquet", "config": None}
-    tpu_hbm = tpuv4_hbm_gib * GiB
     grid = grid.copy()
     grid["arch_id"] = grid["arch_id"].astype(str)
-    info = grid.set_index("arch_id")
     place = place.copy()
     place["arch_id"] = place["arch_id"].astype(object).where(place["arch_id"].notna(), None)
     place = place.merge(grid[["arch_id", "area_mm2"]], on="arch_id", how="left") \
         if "area_mm2" not in place.columns else place
-    tpu = tpuv4_arch_id(grid)
-    a_max = float(grid["area_mm2"].max()) if len(grid) else float("nan")
-    out = []
-    for (model, seq), rows in place.groupby(["model", "seq"], sort=True):
-        opt = rows[rows["strategy"] == "optimised"]
-        fixed = rows[rows["strategy"] == "fixed"]
-        r = {c: np.nan for c in SUMMARY_COLUMNS}
-        r.update(model=model, seq=int(seq), notes="",
-                 n_archs=int(opt["arch_id"].dropna().nunique()),
-                 n_feasible_archs=int(opt.loc[opt["samples_per_s"].notna(), "arch_id"].nunique()))
-        notes = []
-        best = _best(opt)
-        if best is None:
-            r["status"] = "infeasible"
-            r["notes"] = infeasible_reason(opt if not opt.empty else rows)
-            out.append(r)
-            continue
-        r["status"] = "ok"
-        bid = str(best["arch_id"])
-        peak = float(info.loc[bid, "peak_flops"]) if bid in info.index else np.nan
-        r.update(best_arch_id=bid, best_tflops_per_device=float(best.get("mfu", np.nan)) * peak / 1e12, best_area_mm2=float(best["area_mm2"]),
-                 best_arch=arch_label(info.loc[bid].to_dict() | {"arch_id": bid})
-                 if bid in info.index else bid,
-                 best_plan=plan_label(best), best_samples_per_s=float(best["samples_per_s"]),
-                 best_tokens_per_s=float(best.get("tokens_per_s", np.nan)),
-                 best_mfu=float(best.get("mfu", np.nan)),
-                 evaluate_command=evaluate_command(best, reproduce["grid"], reproduce["config"]))
-        bthr = r["best_samples_per_s"]
-
-        # TPUv4-like chip, optimised plan and fixed Megatron plan
-        if tpu is None:
-            notes.append("the TPUv4-like chip is outside the grid, so it was not evaluated "
-                         "(add it to the sweep to compare)")
-        else:
-            r["tpuv4_arch_id"], r["tpuv4_hbm_bytes"] = tpu, tpu_hbm
-            t_opt = _best(fits(opt[opt["arch_id"] == tpu], tpu_hbm))
-            if t_opt is None:
-                notes.append(f"the TPUv4-like chip has no plan that fits in its "
-                             f"{tpuv4_hbm_gib:g} GiB of HBM"
-                             if (opt["arch_id"] == tpu).any()
-                             else "the TPUv4-like chip is in the grid but not in the placement table")
-            else:
-                r["tpuv4_opt_plan"] = plan_label(t_opt)
-                r["tpuv4_opt_samples_per_s"] = float(t_opt["samples_per_s"])
-                r["speedup_vs_tpuv4_opt"] = _speedup(bthr, r["tpuv4_opt_samples_per_s"])
-                if bid == tpu:
-                    notes.append(f"the TPUv4-like chip is itself the best design: the grid holds "
-                                 f"no faster chip within the area budget ({a_max:.1f} mm^2)")
-            t_fix = fixed[fixed["arch_id"] == tpu]
-            pdt = fixed_plans.get(model) if fixed_plans is not None else None
-            if fixed_plans is None and not t_fix.empty:
-                f0 = t_fix.iloc[0]
-                if all(pd.notna(f0[k]) for k in "pdt"):
-                    pdt = "x".join(str(int(f0[k])) for k in "pdt")
-            if pdt is not None:
-                r["tpuv4_fixed_strategy"] = str(pdt)
-            fbest = _best(fits(t_fix, tpu_hbm)) if pdt is not None else None
-            if fbest is not None:
-                r["tpuv4_fixed_samples_per_s"] = float(fbest["samples_per_s"])
-                r["speedup_vs_tpuv4_fixed"] = _speedup(bthr, r["tpuv4_fixed_samples_per_s"])
-            elif pdt is None:
-                notes.append("no fixed plan configured for this model (the config's "
-                             "fixed_plan: PxDxT)")
-            elif t_fix.empty:
-                notes.append("no fixed-strategy rows for the TPUv4-like chip in the placement table")
-            else:
-                notes.append(f"the fixed plan p x d x t = {r['tpuv4_fixed_strategy']} gives no "
-                             f"plan on the TPUv4-like chip: it does not fit in "
-                             f"{tpuv4_hbm_gib:g} GiB at any mbs/recompute, or p does not split "
-                             f"the model's blocks evenly")
-
-        # Spotlight-style pick: single-chip latency only, then placed by the DP
-        scores = None
-        if latency is not None and not latency.empty:
-            lat = latency
-            if "model" in lat.columns:
-                lat = lat[(lat["model"] == model) & (lat.get("seq", seq) == seq)]
-            scores = spotlight_scores(lat) if not lat.empty else None
-        elif "single_chip_latency_s" in opt.columns:
-            s = opt.dropna(subset=["single_chip_latency_s"])
-            if not s.empty:
-                per = s["single_chip_latency_s"] / (s["mbs"] if "mbs" in s.columns else 1)
-                scores = per.groupby(s["arch_id"]).min()
-        pick = spotlight_pick(scores, grid) if scores is not None else None
-        if pick is None:
-            notes.append("Spotlight-style pick unavailable: no single-chip latencies "
-                         "(pass --latency)")
-        else:
-            r["spotlight_arch_id"], r["spotlight_is_best"] = pick, pick == bid
-            r["spotlight_arch"] = arch_label(info.loc[pick].to_dict()) if pick in info.index else pick
-            s_best = _best(opt[opt["arch_id"] == pick])
-            if s_best is None:
-                notes.append("the Spotlight-style pick has no plan that fits in HBM "
-                             "(the operator-only search ignores memory)")
-            else:
-                r["spotlight_samples_per_s"] = float(s_best["samples_per_s"])
-                if pick == bid:   # said once here; no 1.00x speedup column
-                    notes.append("the Spotlight-style pick (fastest single chip, placement-"
-                                 "blind) is the co-designed chip itself: here placement does "
-                                 "not change which chip wins")
-                else:
-                    r["speedup_vs_spotlight"] = _speedup(bthr, r["spotlight_samples_per_s"])
-
-        sp = r["speedup_vs_tpuv4_opt"]
-        if tpu is not None and bid != tpu and math.isfinite(sp) and sp <= 1 + WIN_RTOL:
-            notes.append("the co-designed chip only ties the TPUv4-like chip")
-        out.append({**r, "notes": "; ".join(notes)})
+    ctx = {"info": grid.set_index("arch_id"), "grid": grid, "tpu": tpuv4_arch_id(grid),
+           "a_max": float(grid["area_mm2"].max()) if len(grid) else float("nan"),
+           "tpu_hbm_gib": tpuv4_hbm_gib, "fixed_plans": fixed_plans, "latency": latency,
+           "reproduce": reproduce}
+    out = [_summary_row(model, int(seq), rows, ctx)
+           for (model, seq), rows in place.groupby(["model", "seq"], sort=True)]
     return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
+
+
+def _summary_row(model, seq, rows, ctx) -> dict:
+    """The summary row of one (model, seq): winner, TPUv4 baselines, Spotlight pick."""
+    opt = rows[rows["strategy"] == "optimised"]
+    r = {c: np.nan for c in SUMMARY_COLUMNS}
+    r.update(model=model, seq=seq, notes="",
+             n_archs=int(opt["arch_id"].dropna().nunique()),
+             n_feasible_archs=int(opt.loc[opt["samples_per_s"].notna(), "arch_id"].nunique()))
+    best = _best(opt)
+    if best is None:
+        r["status"] = "infeasible"
+        r["notes"] = infeasible_reason(opt if not opt.empty else rows)
+        return r
+    r["status"] = "ok"
+    _winner(r, best, ctx)
+    notes = _tpuv4_baselines(r, model, opt, rows[rows["strategy"] == "fixed"], ctx)
+    notes += _spotlight(r, model, seq, opt, ctx)
+    sp, tpu = r["speedup_vs_tpuv4_opt"], ctx["tpu"]
+    if tpu is not None and r["best_arch_id"] != tpu and math.isfinite(sp) and sp <= 1 + WIN_RTOL:
+        notes.append("the co-designed chip only ties the TPUv4-like chip")
+    return {**r, "notes": "; ".join(notes)}
+
+
+def _winner(r: dict, best, ctx) -> None:
+    info = ctx["info"]
+    bid = str(best["arch_id"])
+    peak = float(info.loc[bid, "peak_flops"]) if bid in info.index else np.nan
+    mfu = float(best.get("mfu", np.nan))
+    r.update(best_arch_id=bid, best_tflops_per_device=mfu * peak / 1e12,
+             best_area_mm2=float(best["area_mm2"]),
+             best_arch=arch_label(info.loc[bid].to_dict() | {"arch_id": bid})
+             if bid in info.index else bid,
+             best_plan=plan_label(best), best_samples_per_s=float(best["samples_per_s"]),
+             best_tokens_per_s=float(best.get("tokens_per_s", np.nan)), best_mfu=mfu,
+             evaluate_command=evaluate_command(best, ctx["reproduce"]["grid"],
+                                               ctx["reproduce"]["config"]))
+
+
+def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
+    """The TPUv4-like chip at its own HBM: its optimised plan and the configured fixed
+    plan. Fills r; returns the notes."""
+    tpu, gib = ctx["tpu"], ctx["tpu_hbm_gib"]
+    if tpu is None:
+        return ["the TPUv4-like chip is outside the grid, so it was not evaluated "
+                "(add it to the sweep to compare)"]
+    notes = []
+    tpu_hbm = gib * GiB
+    bthr = r["best_samples_per_s"]
+    r["tpuv4_arch_id"], r["tpuv4_hbm_bytes"] = tpu, tpu_hbm
+    t_opt = _best(fits(opt[opt["arch_id"] == tpu], tpu_hbm))
+    if t_opt is None:
+        notes.append(f"the TPUv4-like chip has no plan that fits in its {gib:g} GiB of HBM"
+                     if (opt["arch_id"] == tpu).any()
+                     else "the TPUv4-like chip is in the grid but not in the placement table")
+    else:
+        r["tpuv4_opt_plan"] = plan_label(t_opt)
+        r["tpuv4_opt_samples_per_s"] = float(t_opt["samples_per_s"])
+        r["speedup_vs_tpuv4_opt"] = _speedup(bthr, r["tpuv4_opt_samples_per_s"])
+        if r["best_arch_id"] == tpu:
+            notes.append(f"the TPUv4-like chip is itself the best design: the grid holds "
+                         f"no faster chip within the area budget ({ctx['a_max']:.1f} mm^2)")
+    t_fix = fixed[fixed["arch_id"] == tpu]
+    plans = ctx["fixed_plans"]
+    pdt = plans.get(model) if plans is not None else None
+    if plans is None and not t_fix.empty:
+        f0 = t_fix.iloc[0]
+        if all(pd.notna(f0[k]) for k in "pdt"):
+            pdt = "x".join(str(int(f0[k])) for k in "pdt")
+    if pdt is not None:
+        r["tpuv4_fixed_strategy"] = str(pdt)
+    fbest = _best(fits(t_fix, tpu_hbm)) if pdt is not None else None
+    if fbest is not None:
+        r["tpuv4_fixed_samples_per_s"] = float(fbest["samples_per_s"])
+        r["speedup_vs_tpuv4_fixed"] = _speedup(bthr, r["tpuv4_fixed_samples_per_s"])
+    elif pdt is None:
+        notes.append("no fixed plan configured for this model (the config's fixed_plan: PxDxT)")
+    elif t_fix.empty:
+        notes.append("no fixed-strategy rows for the TPUv4-like chip in the placement table")
+    else:
+        notes.append(f"the fixed plan p x d x t = {r['tpuv4_fixed_strategy']} gives no plan on "
+                     f"the TPUv4-like chip: it does not fit in {gib:g} GiB at any "
+                     f"mbs/recompute, or p does not split the model's blocks evenly")
+    return notes
+
+
+def _spotlight(r: dict, model, seq, opt, ctx) -> list[str]:
+    """The Spotlight-style pick: fastest single chip by layer latency (placement-blind),
+    then placed by the DP. Fills r; returns the notes."""
+    latency, info, bid = ctx["latency"], ctx["info"], r["best_arch_id"]
+    scores = None
+    if latency is not None and not latency.empty:
+        lat = latency[(latency["model"] == model) & (latency["seq"] == seq)]
+        scores = spotlight_scores(lat) if not lat.empty else None
+    elif "single_chip_latency_s" in opt.columns:
+        s = opt.dropna(subset=["single_chip_latency_s"])
+        if not s.empty:
+            per = s["single_chip_latency_s"] / s["mbs"]
+            scores = per.groupby(s["arch_id"]).min()
+    pick = spotlight_pick(scores, ctx["grid"]) if scores is not None else None
+    if pick is None:
+        return ["Spotlight-style pick unavailable: no single-chip latencies (pass --latency)"]
+    r["spotlight_arch_id"], r["spotlight_is_best"] = pick, pick == bid
+    r["spotlight_arch"] = arch_label(info.loc[pick].to_dict()) if pick in info.index else pick
+    s_best = _best(opt[opt["arch_id"] == pick])
+    if s_best is None:
+        return ["the Spotlight-style pick has no plan that fits in HBM (the operator-only "
+                "search ignores memory)"]
+    r["spotlight_samples_per_s"] = float(s_best["samples_per_s"])
+    if pick == bid:   # said once here; no 1.00x speedup column
+        return ["the Spotlight-style pick (fastest single chip, placement-blind) is the "
+                "co-designed chip itself: here placement does not change which chip wins"]
+    r["speedup_vs_spotlight"] = _speedup(r["best_samples_per_s"], r["spotlight_samples_per_s"])
+    return []
 
 
 def role_rows(place: pd.DataFrame, s) -> list[tuple[str, pd.Series]]:
