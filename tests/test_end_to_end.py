@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_util import env, snakemake, write_config
+from workflow_util import REPO, env, snakemake, write_config
 
 from phaze.cli import main
 
@@ -31,24 +31,9 @@ PROVENANCE = ["item", "solve_seconds", "phaze_version"]
 
 
 def e2e_config(cache_dir: str, **over) -> dict:
-    cfg = {
-        "models": [
-            {"name": "bert-large", "seq": [128], "tp": [1, 2], "fixed_plan": "2x16x1"},
-            {"name": "gpt2-xl", "seq": [128], "tp": [1]},
-        ],
-        "microbatch_sizes": [1, 2],
-        "graph": {"fused": True, "sequence_parallel": [False, True]},
-        "arch": {"n_tc": [1, 2], "n_vc": [1, 2], "tc_rows": [64], "tc_cols": [64],
-                 "glb_mib": [8], "clock_hz": [1.05e9], "hbm_bw_Bps": [1.2e12],
-                 "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"}},
-        "scheduling": {"solver": "auto", "time_limit_s": 5, "n_chunks": 2,
-                       "cache_dir": cache_dir},
-        "placement": {"devices": 64, "global_batch": 256, "hbm_gib": [1, 32],
-                      "recompute": ["none", "selective", "full"], "optimizer": "adam",
-                      "ranks": 1},
-        "network": {"devices_per_node": 8, "intra_bw_Bps": 1e11, "inter_bw_Bps": 1.25e10,
-                    "intra_latency_s": 2e-6, "inter_latency_s": 5e-6},
-    }
+    """.test/e2e.yaml (a runnable config) with its ILP cache at `cache_dir`."""
+    cfg = yaml.safe_load((REPO / ".test" / "e2e.yaml").read_text())
+    cfg["scheduling"]["cache_dir"] = cache_dir
     cfg.update(over)
     return cfg
 

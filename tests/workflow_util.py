@@ -101,34 +101,8 @@ def dry_run_jobs_detail(workdir: Path, *args: str) -> list[dict]:
 
 
 def tiny_config(**overrides) -> dict:
-    """The small sweep the tests run: two small zoo models, 8 one-tensor-core archs (their
-    layer ILPs are all proven optimal quickly, so reruns reproduce them exactly), 2 chunks."""
-    cfg = {
-        "models": [
-            {"name": "bert-large", "seq": [128], "tp": [1]},
-            {"name": "gpt2-xl", "seq": [128], "tp": [1]},
-        ],
-        "microbatch_sizes": [1],
-        "graph": {"fused": True, "sequence_parallel": False},
-        "arch": {
-            "n_tc": [1],
-            "n_vc": [1, 2],
-            "tc_rows": [32, 64],
-            "tc_cols": [32, 64],
-            "glb_mib": [8],
-            "clock_hz": [1.05e9],
-            "hbm_bw_Bps": [1.2e12],
-            "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"},
-        },
-        "scheduling": {"solver": "auto", "formulation": "compact", "time_limit_s": 10,
-                       "n_chunks": 2, "cache_dir": "results/cache/sched"},
-        "placement": {"devices": 64, "global_batch": 256, "hbm_gib": [32],
-                      "recompute": ["none", "full"], "optimizer": "sgd", "zero1": False,
-                      "interleave": [1], "ranks": 2},
-        "network": {"devices_per_node": 8, "intra_bw_Bps": 4294967296,
-                    "inter_bw_Bps": 4294967296, "intra_latency_s": 0,
-                    "inter_latency_s": 0},
-    }
+    """The small sweep the tests run (.test/config.yaml, a runnable config file)."""
+    cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
