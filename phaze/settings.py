@@ -175,7 +175,8 @@ class PlacementSettings:
     hbm_gib        HBM capacities per device to sweep (GiB)
     recompute      activation recomputation modes to sweep (none, selective, full)
     optimizer      sgd (no state) | adam (mixed precision: fp32 master + 2 moments)
-    zero1          shard the optimizer state over the data-parallel replicas
+    zero1          shard the optimizer state over the data-parallel replicas (ZeRO-1;
+                   on by default with adam; configs/paper.yaml sets sgd, off)
     interleave     interleaving depths v of the 1F1B schedule to try (1 = plain 1F1B)
     """
 
@@ -184,7 +185,7 @@ class PlacementSettings:
     hbm_gib: tuple[float, ...] = (32.0, 64.0, 80.0)
     recompute: tuple[str, ...] = ("none", "selective", "full")
     optimizer: str = "adam"
-    zero1: bool = False
+    zero1: bool = True               # mixed-precision Adam + ZeRO-1: the LLM default
     interleave: tuple[int, ...] = (1,)
 
     def __post_init__(self):

@@ -91,6 +91,7 @@ def dp_allreduce_s(grad_bytes: float, d: int, network: Network, tp: int = 1, pp:
 # ---------------------------------------------------------------------------------------
 
 BUS_FACTOR = {"all_reduce": lambda n: 2.0 * (n - 1) / n,
+              "all_to_all": lambda n: (n - 1) / n,
               "reduce_scatter": lambda n: (n - 1) / n,
               "all_gather": lambda n: (n - 1) / n,
               "send_recv": lambda n: 1.0, "broadcast": lambda n: 1.0}
@@ -146,6 +147,9 @@ def collective_time(kind: str, nbytes: float, group_size: int, stride: int = 1, 
         bw_efficiency = (params.link_bw_efficiency if params is not None
                          else getattr(network, "bw_efficiency", 1.0))
     S = float(nbytes) * ((dtype_bytes / src_dtype_bytes) if dtype_bytes else 1.0)
+    if topology == "nccl" and getattr(network, "levels", ()):
+        a, b = hierarchical_coeffs(kind, group_size, stride, network, bw_efficiency)
+        return a * S + b
     dpn = network.devices_per_node
     n_local, n_nodes = group_layout(group_size, stride, dpn)
     if topology == "flat":
@@ -167,6 +171,50 @@ def collective_time(kind: str, nbytes: float, group_size: int, stride: int = 1, 
     tree = (2.0 * (math.log2(n_nodes) * network.inter_latency_s
                    + (n_local - 1) * network.intra_latency_s) + 2.0 * S / busbw)
     return tree if algo == "tree" else min(ring, tree)
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-level networks (Network.levels: node, leaf/pod, spine, ...). A group of g devices
+# `stride` apart fans out k_i ways at level i (Network.group_levels); hierarchical
+# collectives (the 2D/hierarchical ring of Jia et al. 2018, "Highly scalable deep learning
+# training system with mixed-precision", and NCCL's intra-node-then-inter-node rings): an
+# all-reduce reduce-scatters inside the innermost groups, all-reduces the 1/n-th shards one
+# level up, and so on, then all-gathers back down. With D_i = S / (k_0 ... k_{i-1}) the data
+# a device still carries at level i:
+#   all-reduce      sum_i 2 (k_i-1)/k_i D_i / bw_i + 2 (k_i-1) lat_i
+#   reduce-scatter / all-gather: half of it
+#   all-to-all (S = a device's whole send buffer, S/g to each member): the share that
+#     leaves a level-(i-1) group but stays in the level-i group crosses level i:
+#                   sum_i S (n_i - n_{i-1}) / g / bw_i + (k_i - 1) lat_i,  n_i = k_0 ... k_i
+#   send/recv: latency + S / bw of the level holding both ends.
+# Every term is linear in S: hierarchical_coeffs returns (seconds per byte, seconds).
+# ---------------------------------------------------------------------------------------
+
+def hierarchical_coeffs(kind: str, group_size: int, stride: int, network,
+                        bw_efficiency: float = 1.0) -> tuple[float, float]:
+    """(seconds per byte of S, constant seconds) of a collective on a levelled network."""
+    if group_size <= 1:
+        return 0.0, 0.0
+    fan = network.group_levels(group_size, stride)
+    per_byte, const, below = 0.0, 0.0, 1
+    for k, bw, lat in fan:
+        bw = bw * bw_efficiency
+        if kind == "all_reduce":
+            per_byte += 2.0 * (k - 1) / k / below / bw
+            const += 2.0 * (k - 1) * lat
+        elif kind in ("reduce_scatter", "all_gather"):
+            per_byte += (k - 1) / k / below / bw
+            const += (k - 1) * lat
+        elif kind == "all_to_all":
+            per_byte += (below * k - below) / group_size / bw
+            const += (k - 1) * lat
+        elif kind in ("send_recv", "broadcast"):
+            per_byte, const = 1.0 / bw, lat        # the outermost level crossed
+        else:
+            raise UserError(f"unknown collective {kind!r}", field="collective",
+                            fix=f"use one of {sorted(BUS_FACTOR)}")
+        below *= k
+    return per_byte, const
 
 
 def allreduce_time(nbytes: float, group_size: int, stride: int = 1, network=None, **kw) -> float:

@@ -64,7 +64,14 @@ def chunk_of(arch_id: str, n_chunks: int) -> int:
 @dataclass(frozen=True)
 class Network:
     """Devices grouped in nodes: a fast intra-node fabric (NVLink, ICI within a cube) and
-    a slower inter-node one (InfiniBand, ...). Bandwidths are per device, per direction."""
+    a slower inter-node one (InfiniBand, ...). Bandwidths are per device, per direction.
+
+    Optional `levels`: the network as a hierarchy, innermost first, each level a tuple
+    (devices, bw_Bps, latency_s): `devices` = devices in one group of that level (node,
+    leaf/pod, spine: e.g. 8, 256, 0 where 0 = the whole cluster), bw/latency of a link
+    that leaves the group below and stays in this one (per device, per direction). With
+    levels, the two-level fields are level 0 (node) and level 1 (first switch level); they
+    keep their meaning for every caller that only knows two levels."""
 
     devices_per_node: int = 8
     intra_bw_Bps: float = 300e9
@@ -72,8 +79,17 @@ class Network:
     inter_bw_Bps: float = 25e9
     inter_latency_s: float = 5e-6
     name: str = ""
+    levels: tuple = ()
 
     def __post_init__(self):
+        if self.levels:
+            lv = _check_levels(self.levels)
+            object.__setattr__(self, "levels", lv)
+            object.__setattr__(self, "devices_per_node", lv[0][0])
+            object.__setattr__(self, "intra_bw_Bps", lv[0][1])
+            object.__setattr__(self, "intra_latency_s", lv[0][2])
+            object.__setattr__(self, "inter_bw_Bps", lv[1][1])
+            object.__setattr__(self, "inter_latency_s", lv[1][2])
         _check_pos_int(self.devices_per_node, "network.devices_per_node")
         for f in ("intra_bw_Bps", "inter_bw_Bps"):
             _check_pos(getattr(self, f), f"network.{f}")
@@ -81,6 +97,37 @@ class Network:
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
                 raise UserError(f"must be a number >= 0, got {v!r}", field=f"network.{f}")
+
+    def level_list(self) -> tuple:
+        """(devices per group, bw B/s, latency s) per level, innermost first; the last
+        level's group is the whole cluster (devices 0). Two-level networks: node, cluster."""
+        if self.levels:
+            return self.levels
+        return ((self.devices_per_node, self.intra_bw_Bps, self.intra_latency_s),
+                (0, self.inter_bw_Bps, self.inter_latency_s))
+
+    def level_of(self, span: int) -> int:
+        """Index of the innermost level whose group holds `span` consecutive devices
+        (aligned, as Megatron's rank blocks are)."""
+        for i, (g, _bw, _lat) in enumerate(self.level_list()):
+            if g == 0 or span <= g:
+                return i
+        return len(self.level_list()) - 1
+
+    def group_levels(self, group_size: int, stride: int = 1) -> list[tuple[int, float, float]]:
+        """Fan-out per level of a group of `group_size` devices `stride` apart in rank order:
+        [(members of one level-i group / members of one level-(i-1) group, bw, lat), ...]
+        for the levels the group spans (fan-out 1 levels left out)."""
+        out, below = [], 1
+        for g, bw, lat in self.level_list():
+            inside = group_size if g == 0 else max(1, min(group_size, g // stride))
+            inside = max(inside, below)
+            if inside > below:
+                out.append((inside // below, bw, lat))
+            below = inside
+            if below >= group_size:
+                break
+        return out
 
     def fits_in_node(self, group_size: int, stride: int = 1) -> bool:
         """True if a group of `group_size` devices, `stride` apart in device order, lies
@@ -91,10 +138,18 @@ class Network:
         """(bandwidth B/s, latency s, 'intra'|'inter') of the slowest link the group uses."""
         if self.fits_in_node(group_size, stride):
             return self.intra_bw_Bps, self.intra_latency_s, "intra"
+        if self.levels:
+            _g, bw, lat = self.level_list()[self.level_of(group_size * stride)]
+            return bw, lat, "inter"
         return self.inter_bw_Bps, self.inter_latency_s, "inter"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.levels:
+            d.pop("levels")
+        else:
+            d["levels"] = [list(x) for x in self.levels]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Network":
@@ -104,6 +159,43 @@ class Network:
             raise UserError(f"unknown keys {sorted(extra)}", field="network",
                             fix=f"use only {sorted(known)}")
         return cls(**d)
+
+
+def _check_levels(levels) -> tuple:
+    """Levels as ((devices, bw_Bps, latency_s), ...): at least 2, group sizes growing and
+    each a multiple of the one below (0 = the whole cluster, last level only)."""
+    f = "network.levels"
+    if not isinstance(levels, (list, tuple)) or len(levels) < 2:
+        raise UserError("must be a list of at least 2 levels", field=f,
+                        fix="e.g. [[8, 450e9, 3e-6], [256, 50e9, 6e-6], [0, 25e9, 1e-5]]")
+    out, prev = [], 1
+    for k, lv in enumerate(levels):
+        if isinstance(lv, dict):
+            try:
+                lv = (lv["devices"], lv["bw_Bps"], lv["latency_s"])
+            except KeyError as e:
+                raise UserError(f"level {k} lacks {e}", field=f,
+                                fix="give devices, bw_Bps and latency_s") from None
+        if not isinstance(lv, (list, tuple)) or len(lv) != 3:
+            raise UserError(f"level {k} must be [devices, bw_Bps, latency_s]", field=f)
+        g, bw, lat = lv
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise UserError(f"level {k}: devices must be an integer >= 0, got {g!r}", field=f)
+        _check_pos(bw, f"{f}[{k}].bw_Bps")
+        if isinstance(lat, bool) or not isinstance(lat, (int, float)) or not (
+                lat >= 0 and math.isfinite(lat)):
+            raise UserError(f"level {k}: latency must be a number >= 0, got {lat!r}", field=f)
+        if g == 0 and k != len(levels) - 1:
+            raise UserError(f"level {k}: devices 0 (whole cluster) only on the last level",
+                            field=f)
+        if g != 0 and (g % prev or g <= prev and k > 0):
+            raise UserError(f"level {k}: {g} devices is not a multiple > {prev} of the level "
+                            "below", field=f)
+        if k == 0 and g < 1:
+            raise UserError("level 0 (node) needs devices >= 1", field=f)
+        out.append((int(g), float(bw), float(lat)))
+        prev = max(g, 1)
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,22 @@ NETWORKS = {
                         inter_bw_Bps=25e9, inter_latency_s=6e-6, name="dgx-a100"),
     "dgx-h100": Network(devices_per_node=8, intra_bw_Bps=450e9, intra_latency_s=3e-6,
                         inter_bw_Bps=50e9, inter_latency_s=6e-6, name="dgx-h100"),
+    # DGX H100 SuperPOD (NVIDIA reference architecture): 8 GPUs per node on NVLink4
+    # (450 GB/s per direction), rail-optimised fat tree: one 400 Gb/s (50 GB/s) NIC per GPU,
+    # leaf switches join the same rail of the 32 nodes of a scalable unit (256 GPUs), spine
+    # switches join the units; full bisection, so the spine adds latency, not less bandwidth.
+    "dgx-h100-superpod": Network(levels=((8, 450e9, 3e-6), (256, 50e9, 6e-6), (0, 50e9, 9e-6)),
+                                 name="dgx-h100-superpod"),
+    # TPU v4 pod (Jouppi et al., ISCA 2023): 4x4x4 cubes of 64 chips on ICI (6 links of
+    # 50 GB/s per direction; a ring on one axis gets ~100 GB/s), cubes joined by optical
+    # circuit switches into a 4096-chip 3D torus; the OCS hop adds latency. Modelled as
+    # levels: a 4-chip board, the 64-chip cube, the pod.
+    "tpuv4-pod": Network(levels=((4, 100e9, 1e-6), (64, 100e9, 2e-6), (0, 50e9, 5e-6)),
+                         name="tpuv4-pod"),
+    # A generic 2-tier spine-leaf Ethernet cluster of 8-GPU servers: NVLink in a server,
+    # 16 servers (128 GPUs) per leaf at 400 Gb/s per GPU, 2:1 oversubscribed spine.
+    "spine-leaf": Network(levels=((8, 300e9, 3e-6), (128, 50e9, 5e-6), (0, 25e9, 1e-5)),
+                          name="spine-leaf"),
 }
 
 PRESETS = {

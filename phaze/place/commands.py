@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--reference-instance", metavar="FILE.json",
                    help="a published-format DP instance (examples/reference_instance.json); "
                         "prints/writes the reference output")
+    p.add_argument("--nest-instance", metavar="FILE.json",
+                   help="a NEST-format DP instance: reproduce NEST's DP optimum (compatibility "
+                        "mode, docs/nest.md)")
     p.add_argument("-o", "--output", help="output file (JSON in reference mode, parquet otherwise)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--mpi", action="store_true", help="split work items over MPI ranks")
@@ -93,7 +96,10 @@ def register(sub) -> None:
 
 
 def _cmd_place(args) -> int:
-    if args.reference_instance:
+    if args.reference_instance and args.nest_instance:
+        raise UserError("give one of --reference-instance and --nest-instance",
+                        field="--nest-instance")
+    if args.reference_instance or args.nest_instance:
         return _place_reference(args)
     from pathlib import Path
 
@@ -132,11 +138,15 @@ def _cmd_place(args) -> int:
 def _place_reference(args) -> int:
     from phaze.atomic import write_text_atomic
     from phaze.jsonout import emit_json, finite
-    from phaze.place.instance import load_instance
-    from phaze.place.refdp import solve_reference
+    if args.nest_instance:
+        from phaze.place.nest import load_nest_instance, solve_nest
 
-    inst = load_instance(args.reference_instance)
-    out = solve_reference(inst)
+        out = solve_nest(load_nest_instance(args.nest_instance))
+    else:
+        from phaze.place.instance import load_instance
+        from phaze.place.refdp import solve_reference
+
+        out = solve_reference(load_instance(args.reference_instance))
     if args.output:
         write_text_atomic(args.output, json.dumps(finite(out), indent=1, allow_nan=False) + "\n")
     if args.json or not args.output:

@@ -52,7 +52,7 @@ import numpy as np
 from phaze.place.chain import Chain
 from phaze.settings import RECOMPUTE_MODES
 from phaze.place.plan import (Links, PlanOptions, dp_inter, evaluate_plan, p2p_time,
-                              pipeline_inter, uniform_stages)
+                              pipeline_level, uniform_stages)
 
 INF = math.inf
 _REL = 1e-12          # relative slack when pruning with bounds (never prunes a true optimum)
@@ -365,12 +365,13 @@ class _PlanSearch:
             pmax = min(self.n, devices // (t * d))
             if pmax < 1:
                 continue
-            ar = _ar_coeff(d, *links.link(dp_inter(t, d, links)), options.grad_bytes)
+            ar = (links.dp_allreduce_coeffs(d, t, options.grad_bytes) if links.levels
+                  else _ar_coeff(d, *links.link(dp_inter(t, d, links)), options.grad_bytes))
             dinfo[d] = (M, pmax, ar)
             static = options.static_bytes_per_param(d)
             ps = np.arange(1, pmax + 1)
-            inter = pipeline_inter(t, d, ps, links)          # numpy-aware
-            for kind in (False, True):
+            inter = pipeline_level(t, d, ps, links)          # numpy-aware
+            for kind in ((False, True) if not links.levels else range(len(links.levels))):
                 sel = ps[inter == kind]
                 if len(sel):
                     groups.setdefault((kind, static), {})[d] = sel

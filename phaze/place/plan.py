@@ -53,18 +53,42 @@ class Links:
     inter_bw_Bps: float = Network.inter_bw_Bps
     inter_latency_s: float = Network.inter_latency_s
     bw_efficiency: float = 1.0
+    levels: tuple = ()               # Network.levels (empty: node + cluster)
 
     @classmethod
     def of(cls, network: Network | None, bw_efficiency: float = 1.0) -> "Links":
         n = network if network is not None else Network()
         return cls(devices_per_node=n.devices_per_node, intra_bw_Bps=n.intra_bw_Bps,
                    intra_latency_s=n.intra_latency_s, inter_bw_Bps=n.inter_bw_Bps,
-                   inter_latency_s=n.inter_latency_s, bw_efficiency=bw_efficiency)
+                   inter_latency_s=n.inter_latency_s, bw_efficiency=bw_efficiency,
+                   levels=n.levels)
 
-    def link(self, inter: bool) -> tuple[float, float]:
+    def network(self) -> Network:
+        return Network(devices_per_node=self.devices_per_node, intra_bw_Bps=self.intra_bw_Bps,
+                       intra_latency_s=self.intra_latency_s, inter_bw_Bps=self.inter_bw_Bps,
+                       inter_latency_s=self.inter_latency_s, levels=self.levels)
+
+    def link(self, level) -> tuple[float, float]:
+        """(bw B/s x efficiency, latency s) of network level `level` (0 = inside a node;
+        False/True = intra/inter on a two-level network)."""
         e = self.bw_efficiency
-        return ((self.inter_bw_Bps * e, self.inter_latency_s) if inter
+        if self.levels:
+            _g, bw, lat = self.levels[int(level)]
+            return bw * e, lat
+        return ((self.inter_bw_Bps * e, self.inter_latency_s) if level
                 else (self.intra_bw_Bps * e, self.intra_latency_s))
+
+    def dp_allreduce_coeffs(self, d: int, stride: int, nbytes_per_param: float) -> tuple[float, float]:
+        """All-reduce time of the DP group = slope * params + constant: a ring on the
+        slowest link (two levels, as before) or hierarchical (levels; collective.py)."""
+        if d <= 1:
+            return 0.0, 0.0
+        if not self.levels:
+            bw, lat = self.link(dp_inter(stride, d, self))
+            return 2.0 * (d - 1) / d * nbytes_per_param / bw, 2.0 * (d - 1) * lat
+        from phaze.cost.collective import hierarchical_coeffs
+        a, b = hierarchical_coeffs("all_reduce", d, stride, self.network(), self.bw_efficiency)
+        return a * nbytes_per_param, b
 
 
 @dataclass(frozen=True)
@@ -138,6 +162,20 @@ def pipeline_inter(t: int, d: int, p: int, links: Links) -> bool:
     return t * d * p > links.devices_per_node
 
 
+def pipeline_level(t: int, d: int, p, links: Links):
+    """Level of the pipeline's slowest hop (numpy-aware in p): the innermost level holding
+    all t d p devices of one pipeline's span (stages t d devices apart, Megatron's order).
+    Two-level networks: pipeline_inter (False/True = 0/1)."""
+    if not links.levels:
+        return pipeline_inter(t, d, p, links)
+    span = t * d * np.asarray(p)
+    lv = np.full(np.shape(span), len(links.levels) - 1)
+    for i in range(len(links.levels) - 2, -1, -1):
+        g = links.levels[i][0]
+        lv = np.where(span <= g, i, lv)
+    return lv if np.ndim(lv) else int(lv)
+
+
 def dp_inter(t: int, d: int, links: Links) -> bool:
     return t * d > links.devices_per_node
 
@@ -198,7 +236,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     if v > 1 and M % p:
         return {**base, "feasible": False, "reason": "interleaving needs M divisible by p"}
 
-    pbw, plat = links.link(pipeline_inter(t, d, p, links))
+    pbw, plat = links.link(pipeline_level(t, d, p, links))
     dbw, dlat = links.link(dp_inter(t, d, links))
     st = np.array(stages)
     lo, hi = st[:, 0], st[:, 1]
@@ -230,7 +268,11 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     dev_work = np.array([work[dev == r].max() for r in range(p)])
     mem = dev_P * options.static_bytes_per_param(d) + inflight(p, v, M) * dev_A + dev_work
     parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options)
-    ar = allreduce_time(dev_P * options.grad_bytes, d, dbw, dlat)
+    if links.levels:
+        al, be = links.dp_allreduce_coeffs(d, t, options.grad_bytes)
+        ar = np.where(d > 1, al * dev_P + be, 0.0) * np.ones(p)
+    else:
+        ar = allreduce_time(dev_P * options.grad_bytes, d, dbw, dlat)
     fsdp = np.zeros(p)
     if options.extended():
         dev_load, dev_tp, dev_p2p, ar, fsdp = extended_terms(
