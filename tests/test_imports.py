@@ -100,7 +100,6 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.xfail(strict=False, reason="being fixed on main")
 def test_only_the_cli_layer_imports_cli():
     cli_layer = {"phaze.cli", "phaze.__main__"}
     bad = sorted(m for m, deps in GRAPH.items() if "phaze.cli" in deps

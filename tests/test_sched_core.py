@@ -215,14 +215,17 @@ def test_cli_schedule_problem_json(tmp_path, capsys):
     assert out["status"] == "optimal" and {o["op"] for o in out["ops"]} == {"a", "b", "c"}
 
 
-def _shard(arch_ids, pass_rows=("fwd", "bwd")):
+def _shard(arch_ids, pass_rows=("fwd", "bwd", "recompute")):
+    ident = {"model": "m", "seq": 128, "mbs": 1, "tp": 1, "sequence_parallel": False,
+             "fused": True, "attention": "eager", "vocab_pad_multiple": 1}
     rows = []
     for a in arch_ids:
         for li in range(2):
             for ps in pass_rows:
-                rows.append({"arch_id": a, "tp": 1, "layer_index": li, "pass": ps,
-                             "layer_kind": "block", "latency_s": 2.0 if ps == "bwd" else 1.0,
-                             "lower_bound_s": 0.5, "status": "optimal", "gap": 0.0,
+                rows.append({**ident, "arch_id": a, "layer_index": li, "layer_repeat": 1,
+                             "pass": ps, "layer_kind": "block",
+                             "latency_s": {"fwd": 1.0, "bwd": 2.0, "recompute": 0.25}[ps],
+                             "lower_bound_s": 0.1, "status": "optimal", "gap": 0.0,
                              "solver": "cpsat", "formulation": "compact", "seconds": 0.1,
                              "cache_hit": False, "phaze_version": "0.1.0"})
     return pd.DataFrame(rows, columns=list(SHARD_SCHEMA))
@@ -236,6 +239,7 @@ def test_merge_latency(tmp_path, capsys):
                  "-o", str(out), "--json"]) == 0
     df = pd.read_parquet(out)
     assert len(df) == 6 and (df["fwd_s"] == 1.0).all() and (df["bwd_s"] == 2.0).all()
+    assert (df["recompute_s"] == 0.25).all() and (df["model"] == "m").all()
     assert json.loads(capsys.readouterr().out)["rows"] == 6
     bad = _shard(["dd"]).drop(columns=["gap"])
     bad.to_parquet(tmp_path / "bad.parquet")
@@ -243,8 +247,37 @@ def test_merge_latency(tmp_path, capsys):
     assert main(["merge-latency", str(tmp_path / "bad.parquet"), "-o", str(out2)]) == 2
     assert not out2.exists()
     assert "gap" in capsys.readouterr().err
-    _shard(["ee"], ("fwd",)).to_parquet(tmp_path / "half.parquet")
+    _shard(["ee"], ("fwd", "bwd")).to_parquet(tmp_path / "half.parquet")
     assert main(["merge-latency", str(tmp_path / "half.parquet"), "-o", str(out2)]) == 2
+
+
+def test_merge_checks_shards_against_the_grid(tmp_path, capsys):
+    """A shard truncated (an arch of its chunk missing) or emptied is named; a complete set
+    merges. Archs are put into chunks by int(arch_id, 16) % n, as the jobs do."""
+    from phaze.hw.arch import chunk_of
+
+    ids = [f"{k:016x}" for k in range(1, 9)]
+    pd.DataFrame({"arch_id": ids, **{c: 1 for c in ("n_tc", "tc_rows", "tc_cols", "n_vc",
+                                                   "vc_lanes", "glb_bytes")},
+                  **{c: 1.0 for c in ("glb_bw_Bps", "hbm_bw_Bps", "clock_hz", "area_mm2",
+                                      "peak_flops")}}).to_parquet(tmp_path / "grid.parquet")
+    by_chunk = {c: [a for a in ids if chunk_of(a, 2) == c] for c in (0, 1)}
+    paths = []
+    for c in (0, 1):
+        paths.append(tmp_path / f"{c}.parquet")
+        _shard(by_chunk[c]).to_parquet(paths[-1])
+    out = tmp_path / "lat.parquet"
+    args = ["merge-latency", *map(str, paths), "--grid", str(tmp_path / "grid.parquet"),
+            "--n-chunks", "2", "-o", str(out)]
+    assert main(args) == 0
+    _shard(by_chunk[1][:-1]).to_parquet(paths[1])          # truncated
+    out.unlink()
+    assert main(args) == 2 and not out.exists()
+    assert "1.parquet" in capsys.readouterr().err
+    _shard([]).to_parquet(paths[1])                         # zero rows
+    assert main(args) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "1.parquet" in err and err.count("\n") == 1
 
 
 def test_solver_schedule_off_by_tolerance_is_repaired(monkeypatch):
