@@ -20,8 +20,6 @@ def test_narayanan_eq3_decomposition():
 
 
 def test_evaluate_cli_json(capsys):
-    pytest.importorskip("phaze.model.graph")
-    pytest.importorskip("phaze.cost.api")
     from phaze.cli import main
 
     argv = ["evaluate", "--model", "gpt-1.7b", "--arch", "a100", "--tp", "1", "--pp", "2",

@@ -6,7 +6,7 @@ bound on throughput). Property-tested with hypothesis on the real DP."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-refdp = pytest.importorskip("phaze.place.refdp")
+from phaze.place import refdp  # noqa: E402
 from phaze.place.instance import parse_instance  # noqa: E402
 
 
@@ -90,7 +90,7 @@ def test_dp_time_per_batch_monotone_in_layer_latencies(args):
 
 
 # ---- the default-mode DP (phaze.place.dp.best_plan), which phaze search uses -----------
-dp = pytest.importorskip("phaze.place.dp")
+from phaze.place import dp  # noqa: E402
 from phaze.place.plan import Links, PlanOptions  # noqa: E402
 from phaze.place.synthetic import gpt_chain  # noqa: E402
 

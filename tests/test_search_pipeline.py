@@ -6,10 +6,6 @@ import math
 
 import pytest
 
-pytest.importorskip("phaze.sched.adapter")
-pytest.importorskip("phaze.place.refdp")
-pytest.importorskip("phaze.hw.grid")
-pytest.importorskip("phaze.model.graph")
 
 from phaze.cli import main  # noqa: E402
 from phaze.hw.grid import enumerate_grid  # noqa: E402
