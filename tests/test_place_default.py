@@ -29,7 +29,9 @@ def rand_chain(rng, n=None, t=None, mbs=None):
                  act_selective_bytes=rng.integers(1, 60, n).astype(float) * 1e6,
                  recompute_selective_s=rng.uniform(0.0, 0.5, n) * fwd,
                  out_bytes=rng.integers(0, 50, n).astype(float) * 1e6,
-                 flops_fwd=fwd * 1e12, flops_bwd=2 * fwd * 1e12, kinds=tuple(kinds))
+                 flops_fwd=fwd * 1e12, flops_bwd=2 * fwd * 1e12, kinds=tuple(kinds),
+                 # a tied head: part of the last layer's params is the first layer's copy
+                 shared_param_count=float(rng.choice([0.0, 1e6])) if n >= 2 else 0.0)
 
 
 def rand_links(rng):
@@ -73,6 +75,8 @@ def my_eval(ch, stages, p, d, batch, rec, v, links, opt):
         # recomputation rematerialises one layer at a time: what it did not keep
         work[r] = max(work[r], max(max(a - k, 0.0) for a, k in zip(ch.act_none_bytes[i:j],
                                                                      kept[i:j])))
+    if p == 1:      # embedding and tied head on one device: one copy
+        params[0] -= ch.shared_param_count
     per_param = opt.weight_bytes + opt.grad_bytes + \
         (opt.adam_state_bytes if opt.optimizer == "adam" else 0.0) / (d if opt.zero1 else 1)
     mem = []

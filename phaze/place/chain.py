@@ -41,6 +41,10 @@ class Chain:
     kinds: tuple[str, ...]
     act_selective_bytes: np.ndarray | None = None     # default: act_none_bytes
     recompute_selective_s: np.ndarray | None = None   # default: 0
+    flops_recompute_selective: np.ndarray | None = None  # FLOP selective recompute re-runs
+    # parameters of the epilogue (a tied LM head) that are the prologue's embedding: one
+    # copy when one device holds both (Megatron), i.e. a single pipeline stage
+    shared_param_count: float = 0.0
     tp_fwd_s: np.ndarray | None = None
     tp_bwd_s: np.ndarray | None = None
     flops_fwd: np.ndarray | None = None
@@ -52,7 +56,8 @@ class Chain:
         n = len(self.fwd_s)
         if self.act_selective_bytes is None:
             object.__setattr__(self, "act_selective_bytes", self.act_none_bytes)
-        for name in ("act_selective_bytes", "recompute_selective_s", "fwd_s", "bwd_s", "param_count", "act_none_bytes", "act_full_bytes",
+        for name in ("act_selective_bytes", "recompute_selective_s",
+                     "flops_recompute_selective", "fwd_s", "bwd_s", "param_count", "act_none_bytes", "act_full_bytes",
                      "out_bytes", "tp_fwd_s", "tp_bwd_s", "flops_fwd", "flops_bwd"):
             v = getattr(self, name)
             if v is None:
@@ -121,8 +126,9 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         a_full = acts.get("full", layer.input_bytes)
         a_sel = acts.get("selective", a_none)
         pass_kind = layer.kind if layer.kind in ("prologue", "epilogue") else "block"
+        f_sel = sum(o.flops for o in layer.selective_recompute_ops())
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
-               layer.flops("fwd"), layer.flops("bwd"), a_sel, r, pass_kind)
+               layer.flops("fwd"), layer.flops("bwd"), a_sel, r, f_sel, pass_kind)
         rows.extend([row] * layer.repeat)
     cols = list(zip(*rows))
     arr = [np.array(c, dtype=float) for c in cols[:-1]]
@@ -130,5 +136,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                  tp_fwd_s=arr[2], tp_bwd_s=arr[3], param_count=arr[4], act_none_bytes=arr[5],
                  act_full_bytes=arr[6], out_bytes=arr[7], flops_fwd=arr[8], flops_bwd=arr[9],
                  act_selective_bytes=arr[10], recompute_selective_s=arr[11],
-                 kinds=tuple(cols[-1]), model=graph.model,
+                 flops_recompute_selective=arr[12], kinds=tuple(cols[-1]), model=graph.model,
+                 shared_param_count=sum(lg.shared_param_bytes for lg in graph.layers
+                                        if lg.kind == "epilogue") / graph.dtype_bytes,
                  extra={"sequence_parallel": bool(graph.sequence_parallel)})

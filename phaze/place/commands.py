@@ -293,7 +293,10 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
     w = sys.stdout.write
     w(f"{spec.name} on {plan['arch']}: t={args.tp} p={args.pp} d={args.dp} mbs={args.mbs} "
       f"batch={batch} recompute={args.recompute} interleave={args.interleave}\n")
-    extra = f", {plan['tflops_per_gpu']:.1f} TFLOP/s per device" if "tflops_per_gpu" in plan else ""
+    extra = (f", {plan['tflops_per_device']:.1f} TFLOP/s per device"
+             if plan.get("tflops_per_device") else "")
+    if "tflops_per_gpu_eq3" in plan:
+        extra += f" ({plan['tflops_per_gpu_eq3']:.1f} by Narayanan Eq. 3)"
     w(f"  time per batch   {plan['time_per_batch_s']:.6g} s   ({plan['samples_per_s']:.1f} "
       f"samples/s{extra}, MFU {plan['mfu'] or 0:.1%})\n")
     for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s", "optimizer_s"):

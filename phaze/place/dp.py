@@ -77,6 +77,7 @@ class _Ranges:
         Rp = _prefix(chain.recompute_s(recompute))
         self.comp = (Fp[jj] - Fp[ii]) + (Rp[jj] - Rp[ii]) + (Bp[jj] - Bp[ii])
         self.P = np.where(self.valid, Pp[jj] - Pp[ii], 0.0)
+        self.P[0, n] -= chain.shared_param_count   # one stage: the tied head is no copy
         self.A = np.where(self.valid, Ap[jj] - Ap[ii], 0.0)
         # rematerialised activations of the stage's largest layer (plan.evaluate_plan)
         work = np.zeros((n + 1, n + 1))
@@ -381,8 +382,10 @@ class _PlanSearch:
         """Lower bounds of any stage's max load (the largest layer, the average: loads >=
         compute) and of its params."""
         n = self.n
-        self.Pmax_layer = float(self.chain.param_count.max())
-        self.Ptot = float(self.chain.param_count.sum())
+        # lower bounds on the largest stage's params; a single stage holds one copy of a
+        # tied head, so both stay below the whole chain less that copy
+        self.Ptot = float(self.chain.param_count.sum()) - self.chain.shared_param_count
+        self.Pmax_layer = min(float(self.chain.param_count.max()), self.Ptot)
         self.Lmax_layer, self.Ltot = np.zeros(self.G0), np.zeros(self.G0)
         for g, (rec, _h) in enumerate(self.scen):
             comp = self.rgs[rec].comp[np.arange(n), np.arange(1, n + 1)]

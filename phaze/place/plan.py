@@ -264,6 +264,8 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     dev_tp = np.bincount(dev, TP, minlength=p)
     dev_p2p = np.bincount(dev, cin + cout, minlength=p)
     dev_P = np.bincount(dev, P, minlength=p)
+    if p == 1:      # embedding and tied head on one device: one copy (Megatron)
+        dev_P = dev_P - chain.shared_param_count
     dev_A = np.bincount(dev, Ap[hi] - Ap[lo], minlength=p)
     dev_work = np.array([work[dev == r].max() for r in range(p)])
     mem = dev_P * options.static_bytes_per_param(d) + inflight(p, v, M) * dev_A + dev_work
@@ -298,9 +300,17 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     if options.extended():      # FSDP's per-microbatch exposed gathers count as DP sync
         out["dp_sync_s"] += M * float(fsdp[b])
         out["devices"] = p * d * t * options.cp
-    flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * t * options.cp * (batch / mbs)
-    out["model_flops"] = flops
-    out["mfu"] = flops / (time_s * p * t * d * options.cp * peak_flops) if peak_flops > 0 else None
+    # model FLOPs from the graph (per device x devices of a replica, x microbatches); hardware
+    # FLOPs add what recomputation runs again
+    n_mb = batch / mbs
+    flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * t * options.cp * n_mb
+    redo = {"none": 0.0, "selective": float(chain.flops_recompute_selective.sum()),
+            "full": float(chain.flops_fwd.sum())}[recompute] * t * options.cp * n_mb
+    devices = p * t * d * options.cp
+    out["model_flops"], out["hardware_flops"] = flops, flops + redo
+    out["mfu"] = flops / (time_s * devices * peak_flops) if peak_flops > 0 else None
+    out["hfu"] = (flops + redo) / (time_s * devices * peak_flops) if peak_flops > 0 else None
+    out["tflops_per_device"] = out["mfu"] * peak_flops / 1e12 if peak_flops > 0 else None
     if not out["feasible"]:
         out["reason"] = f"needs {mem.max():.4g} B per device > HBM {hbm_bytes:.4g} B"
     return out
