@@ -28,6 +28,9 @@ OPTIMIZERS = ("sgd", "adam")
 MAX_HBM_GIB = 2.0**20          # 1 PiB per device: beyond any memory, and far from overflow
 # The scheduling backend `auto` resolves to (measured on the zoo's layers: docs/sched.md).
 DEFAULT_SOLVER = "cpsat"
+# What runs when Gurobi was asked for and cannot run (not installed, no licence, a
+# size-limited licence too small for the model): the open MILP solver the users asked for.
+OPEN_FALLBACK_SOLVER = "cbc"
 SCHEMA_PATH = Path(__file__).parent / "data" / "schema.yaml"
 
 

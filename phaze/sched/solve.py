@@ -22,7 +22,7 @@ from phaze.sched.heuristic import list_schedule, lower_bound_s, serial_sgs
 from phaze.sched.prep import mode_fixing_bound, prepare
 from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact, topo_order
 
-from phaze.settings import DEFAULT_SOLVER, SchedSettings  # noqa: E402  (one place for defaults)
+from phaze.settings import DEFAULT_SOLVER, OPEN_FALLBACK_SOLVER, SchedSettings  # noqa: E402  (one place for defaults)
 
 FORMULATIONS = ("compact", "reference")
 OPT_GAP = 1e-4            # a result is "optimal" only if its proven gap is within this
@@ -97,7 +97,8 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
     if solver == "heuristic" or p.n == 0:
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
     if shortcut and _gap(ub, lb0) <= OPT_GAP:     # the heuristic is provably optimal
-        return heuristic_result(p, t0, solver=solver, formulation=formulation, sched=hsched,
+        # the row records what produced it: the list schedule, proven by the bound
+        return heuristic_result(p, t0, solver="bound", formulation=formulation, sched=hsched,
                                 lb=lb0, status="optimal", solver_status="bound met")
     # the chronological branch and bound proves the packing-like layers whose optimum
     # no relaxation sees (measured: all 137 zoo problems left open by the bound in
@@ -109,7 +110,7 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
             hsched, ub = bb.best, bb.best_s
             pr.ub = ub
         if bb.proven:
-            return heuristic_result(p, t0, solver=solver, formulation=formulation,
+            return heuristic_result(p, t0, solver="branch and bound", formulation=formulation,
                                     sched=hsched, lb=max(lb0, bb.bound_s), status="time_limit",
                                     solver_status=f"branch and bound ({bb.nodes} nodes)")
         settings = {**settings, "time_limit_s": settings["time_limit_s"] * (1 - share)}
@@ -122,14 +123,16 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
         else:
             raw = run_backend_inprocess(p, solver, formulation, settings, hsched, ub, pr)
     except LicenceError as e:
-        warn(f"{solver} unavailable for this model ({e}); falling back to {DEFAULT_SOLVER}")
-        # the branch and bound already ran: the fallback solver gets what is left
-        return solve_problem(p, DEFAULT_SOLVER, "compact", {**settings, "bnb_share": 0.0},
-                             isolate=isolate, warn=warn)
+        fallback = OPEN_FALLBACK_SOLVER if solver != OPEN_FALLBACK_SOLVER else DEFAULT_SOLVER
+        warn(f"{solver} unavailable ({e}); falling back to {fallback}")
+        # the branch and bound already ran: the fallback solver gets what is left; its
+        # result names the fallback (and is never cached under the requested solver)
+        return solve_problem(p, fallback, formulation, {**settings, "bnb_share": 0.0},
+                             isolate=None, warn=warn)
     except worker.WorkerCrash as e:
         warn(f"{solver} worker failed ({e}); using the list schedule")
-        return heuristic_result(p, t0, solver=solver, formulation=formulation, sched=hsched,
-                                lb=lb0, solver_status="crash")
+        return heuristic_result(p, t0, solver="heuristic", formulation=formulation,
+                                sched=hsched, lb=lb0, solver_status=f"{solver} crashed")
     model_s = time.perf_counter() - t_model
     sched = _better_schedule(p, raw, hsched, ub)
     ms = sched.makespan(p)

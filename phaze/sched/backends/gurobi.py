@@ -1,6 +1,6 @@
 """Gurobi (gurobipy) backend. Raises LicenceError when no licence is available (errno
-10009) or the model exceeds the size-limited pip licence (errno 10010); the caller then
-falls back to the default open solver with a one-line warning."""
+10009) or the model exceeds the size-limited pip licence (errno 10010), and when gurobipy is not installed; the caller then falls back to the open
+solver (settings.OPEN_FALLBACK_SOLVER, CBC) and records that solver in the result."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ LICENCE_ERRNOS = (10009, 10010)
 
 
 def run(m: LinearModel, settings: dict):
-    import gurobipy as gp
-    from gurobipy import GRB
+    try:
+        import gurobipy as gp
+        from gurobipy import GRB
+    except ImportError:          # not installed: as unlicensed, the open solver takes over
+        raise LicenceError("gurobipy is not installed (pip install gurobipy)") from None
 
     try:
         env = gp.Env(empty=True)
