@@ -28,6 +28,10 @@ OPTIMIZERS = ("sgd", "adam")
 MAX_HBM_GIB = 2.0**20          # 1 PiB per device: beyond any memory, and far from overflow
 # The scheduling backend `auto` resolves to (measured on the zoo's layers: docs/sched.md).
 DEFAULT_SOLVER = "cpsat"
+# choices the CLI offers before importing any stage (phaze --help stays fast)
+BACKENDS = ("cpsat", "highs", "cbc", "gurobi")
+FORMULATIONS = ("compact", "reference")
+ATTENTION_MODES = ("eager", "flash")
 SCHEMA_PATH = Path(__file__).parent / "data" / "schema.yaml"
 
 

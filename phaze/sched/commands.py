@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 
 from phaze.errors import UserError
-from phaze.sched.backends import BACKENDS
-from phaze.sched.solve import FORMULATIONS
-from phaze.settings import SchedSettings, parse_network
+from phaze.settings import BACKENDS, FORMULATIONS, SchedSettings, parse_network
 
 SOLVERS = ("auto",) + BACKENDS + ("heuristic",)
 _DEFAULT = SchedSettings()
