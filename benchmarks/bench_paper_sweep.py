@@ -33,7 +33,6 @@ Extrapolation (N_* counted on the whole paper config; the grid is enumerated):
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import subprocess
 import sys
@@ -114,7 +113,7 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory()
     cache = ScheduleCache(tmp.name)
-    rows_total = solve_cpu = sched_cpu = 0.0
+    solve_cpu = sched_cpu = 0.0
     n_rows = n_solved = 0
     place_cpu = 0.0
     n_groups = n_group_items = 0
