@@ -36,6 +36,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 import uuid
 import weakref
@@ -53,6 +54,7 @@ _STATUSES = ("optimal", "time_limit", "heuristic")
 _FIELDS = {"makespan_s": float, "lower_bound_s": float, "gap": float, "status": str,
            "solver": str, "formulation": str, "seconds": float, "start_s": list, "mode": list}
 _PENDING: dict[str, dict] = {}
+_LOCK = threading.Lock()
 _OPEN: "weakref.WeakSet[ScheduleCache]" = weakref.WeakSet()
 
 
@@ -215,8 +217,9 @@ class ScheduleCache:
 
     def get(self, key: str, p: SchedProblem | None = None, solver: str | None = None,
             formulation: str | None = None) -> SolveResult | None:
-        if key in self._pending:
-            return valid_entry(json.loads(self._pending[key]), key, solver, formulation, p)
+        text = self._pending.get(key)
+        if text is not None:
+            return valid_entry(json.loads(text), key, solver, formulation, p)
         if self.root is None:
             return None
         for d in self._stored([key]).get(key, []):
@@ -247,19 +250,29 @@ class ScheduleCache:
     def put(self, key: str, res: SolveResult) -> None:
         if self.root is None:
             return
-        self._pending[key] = json.dumps({**res.to_dict(), "cache_hit": False, "key": key},
-                                        separators=(",", ":"))
+        text = json.dumps({**res.to_dict(), "cache_hit": False, "key": key},
+                          separators=(",", ":"))
+        with _LOCK:
+            self._pending[key] = text
         if time.monotonic() - self._last_flush > FLUSH_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
         """Write the pending entries as one new shard (nothing when there are none)."""
         self._last_flush = time.monotonic()
-        if self.root is None or not self._pending:
+        with _LOCK:               # the pending dict is shared by the caches of a directory
+            entries = dict(self._pending)
+            self._pending.clear()
+        if self.root is None or not entries:
             return
-        _write_shard(self.root, self._pending)
+        try:
+            _write_shard(self.root, entries)
+        except BaseException:
+            with _LOCK:
+                for k, v in entries.items():
+                    self._pending.setdefault(k, v)
+            raise
         self.shards_written += 1
-        self._pending.clear()
         if len(shard_paths(self.root)) > MAX_SHARDS:
             compact(self.root)
 

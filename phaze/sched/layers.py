@@ -33,7 +33,9 @@ def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=No
     probs = list(layer_problems(graph, archs, network))
     # keys first: the stored results are looked up in bulk (one query per cache shard per
     # 500 keys), and each distinct ILP of the job is solved once
-    keys = [cache.key(p, solver, sched.formulation, settings) if p.n else None
+    by_obj: dict = {}          # layer_problems shares one object between identical archs
+    keys = [(by_obj[id(p)] if id(p) in by_obj else by_obj.setdefault(
+        id(p), cache.key(p, solver, sched.formulation, settings))) if p.n else None
             for *_x, p in probs]
     cache.prefetch((k, p, solver, sched.formulation) for k, (*_x, p) in zip(keys, probs) if k)
     arch_ids = [str(a) for a in archs["arch_id"]]
