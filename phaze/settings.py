@@ -31,6 +31,10 @@ DEFAULT_SOLVER = "cpsat"
 # What runs when Gurobi was asked for and cannot run (not installed, no licence, a
 # size-limited licence too small for the model): the open MILP solver the users asked for.
 OPEN_FALLBACK_SOLVER = "cbc"
+# choices the CLI offers before importing any stage (phaze --help stays fast)
+BACKENDS = ("cpsat", "highs", "cbc", "gurobi")
+FORMULATIONS = ("compact", "reference")
+ATTENTION_MODES = ("eager", "flash")
 SCHEMA_PATH = Path(__file__).parent / "data" / "schema.yaml"
 
 

@@ -104,3 +104,19 @@ def test_only_the_cli_layer_imports_cli():
     bad = sorted(m for m, deps in GRAPH.items() if "phaze.cli" in deps
                  and m not in cli_layer and MODULES[m].name != "commands.py")
     assert not bad, f"modules outside the CLI layer import phaze.cli: {bad}"
+
+
+def test_cli_start_imports_no_heavy_library():
+    """`phaze --version` and `phaze <cmd> --help` build the whole parser: none of the
+    command modules may import pandas, numpy or a solver at module level (each phaze
+    process would pay ~0.5 s of CPU before doing anything)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from phaze.cli import build_parser; build_parser(); "
+            "print(','.join(m for m in ('pandas', 'numpy', 'scipy', 'ortools', 'highspy', "
+            "'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                         check=True)
+    assert out.stdout.strip() == ""

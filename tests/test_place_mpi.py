@@ -126,3 +126,22 @@ def test_grouped_items_one_and_two_ranks_identical(tmp_path):
     b = _run(2, items, tmp_path / "r2.parquet")
     assert len(a) == len(_grouped_items())
     pd.testing.assert_frame_equal(a.drop(columns="solve_seconds"), b.drop(columns="solve_seconds"))
+
+
+def test_identical_dp_inputs_solved_once_fanned_out_to_archs():
+    """Archs whose DP inputs are identical (same peak, same chains) share one group; the
+    fanned-out rows equal those of each item solved alone, with each item's arch id."""
+    from phaze.place.driver import group_items, run_item, run_items
+
+    items = _grouped_items()
+    for it in items:
+        it["synthetic"]["peak_flops"] = 100e12       # a0 and a1 now differ only in name
+    assert sorted(len(g) for g in group_items(items)) == [8]
+    ctx = {"devices": 32, "batch": 32, "links": Links(), "options": PlanOptions(),
+           "interleaves": (1,), "fixed": (2, 2, 2), "graphs": {}, "latency": {}, "peak": {}}
+    grouped = pd.DataFrame(run_items(items, ctx, use_mpi=False))
+    alone = pd.DataFrame([r for i, it in enumerate(items) for r in run_item(i, it, ctx)])
+    alone = alone.sort_values(["item", "row_kind"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(grouped.drop(columns="solve_seconds"),
+                                  alone.drop(columns="solve_seconds"))
+    assert set(grouped["arch_id"]) == {"a0", "a1"}

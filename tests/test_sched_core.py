@@ -177,8 +177,10 @@ def test_cache_concurrent_writers(tmp_path):
     def writer():
         try:
             for _ in range(30):
-                ScheduleCache(tmp_path).put(key, res)
-                got = ScheduleCache(tmp_path).get(key)
+                w = ScheduleCache(tmp_path)
+                w.put(key, res)
+                w.flush()                    # one immutable shard per writer
+                got = ScheduleCache(tmp_path).get(key, p)
                 assert got is not None and got.makespan_s == res.makespan_s
         except Exception as e:       # pragma: no cover - reported below
             errors.append(e)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from phaze.errors import UserError
-from phaze.model.graph import ATTENTION, build_graph
-from phaze.model.ops import ModelGraph
-from phaze.model.zoo import ZOO, resolve_model
+from phaze.settings import ATTENTION_MODES as ATTENTION
+
+if TYPE_CHECKING:
+    from phaze.model.ops import ModelGraph
 
 
 def register(sub) -> None:
@@ -41,6 +43,9 @@ def register(sub) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import ZOO
+
     from phaze.jsonout import emit_json
 
     rows = []
@@ -106,6 +111,9 @@ def check_graph_size(g: ModelGraph) -> None:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import resolve_model
+
     from phaze.jsonout import emit_json
     from phaze.model.serialize import save_graph
 

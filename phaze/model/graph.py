@@ -410,7 +410,7 @@ def _topo(ops: list[Op]) -> list[Op]:
 
 
 # --- the model ------------------------------------------------------------------------
-ATTENTION = ("eager", "flash")
+from phaze.settings import ATTENTION_MODES as ATTENTION  # noqa: E402
 
 
 class BuiltLayer(NamedTuple):

@@ -120,13 +120,17 @@ def _cmd_place(args) -> int:
     else:
         raise UserError("needs --graphs, --latency and --grid (or --reference-instance / "
                         "--work-items)", field="place")
+    import time
+
+    t0 = time.perf_counter()
     rows = run_items(items, ctx, args.mpi)
+    run_s = time.perf_counter() - t0
     if rows is None:            # non-root MPI rank
         return 0
     write_rows(rows, args.output)
     best = [r for r in rows if r["row_kind"] == "best" and r["feasible"]]
     summary = {"items": len(items), "rows": len(rows), "feasible": len(best),
-               "output": str(args.output)}
+               "groups": ctx.get("n_groups"), "run_seconds": run_s, "output": str(args.output)}
     if args.json:
         emit_json(summary)
     else:

@@ -6,12 +6,17 @@ sequence parallelism where the sweep asks for both (and, with --fixed, the fixed
 baseline's row, at the variant with the fixed t and no sequence parallelism).
 Inputs are joined strictly (`load_inputs`): every graph's latency rows must cover exactly
 the grid's archs and the graph's layers, keyed by the columns the rows carry.
-Items that differ only in HBM size and recompute flag form a group, solved by one
-phaze.place.dp.best_plans call per TP width (the DP runs once for all of them).
-Under MPI rank 0 hands out group indices on request (dynamic load balancing) and also works
-on groups itself between requests; every result travels back to rank 0, which sorts rows by
-item index and writes one parquet file atomically. Results do not depend on the number of
-ranks. Without mpi4py (or with one rank) the same code runs serially.
+Items are grouped by content: items whose DP inputs are identical (same model, seq,
+microbatch size, peak FLOP/s and bit-identical per-layer latencies of every graph variant;
+archs that differ only in on-chip buffer size often are) form one group whatever their
+arch, HBM size or recompute flag. A group is solved by one phaze.place.dp.best_plans call
+per graph variant (the DP runs once for all of its HBM sizes and recompute flags, and
+once for all of its archs), and its result is fanned out to one row per item.
+Under MPI the groups are split statically (group k to rank k % size, no dispatcher: every
+rank works); each rank sends its groups' results (not rows) to rank 0, which fans them
+out, sorts rows by item index and writes one parquet file atomically. Results do not
+depend on the number of ranks. Without mpi4py (or with one rank) the same code runs
+serially.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from phaze.place.plan import evaluate_plan
 from phaze.place.table import PLACE_SCHEMA
 
 GiB = 1024**3
-TAG_REQ, TAG_WORK = 1, 2
+TAG_WORK = 2
 ROW_COLUMNS = tuple(PLACE_SCHEMA)
 
 
@@ -96,19 +101,41 @@ def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float):
         return None, None
 
 
-def group_items(items: list[dict]) -> list[list[int]]:
-    """Item indices grouped by everything but hbm_bytes and recompute (first-seen order)."""
+def _content_key(item: dict, ctx: dict, memo: dict):
+    """What a group's DP result depends on, besides HBM size and recompute flag."""
+    if "synthetic" in item:
+        return json.dumps({k: v for k, v in item.items()
+                           if k not in ("hbm_bytes", "recompute", "arch_id")},
+                          sort_keys=True, default=str)
+    mk = (item["model"], item["seq"], item["mbs"], item["arch_id"])
+    got = memo.get(mk)
+    if got is None:
+        lat = ctx["latency"]
+        sig = tuple(lat.signature(k, item["arch_id"]) if hasattr(lat, "signature")
+                    else repr(sorted(lat[(k, item["arch_id"])].items()))
+                    for k in sorted(ctx["graphs"], key=repr)
+                    if (ctx["graphs"][k].model, ctx["graphs"][k].seq, ctx["graphs"][k].mbs)
+                    == mk[:3])
+        got = memo[mk] = (mk[:3], float(ctx["peak"].get(item["arch_id"], 0.0)), sig)
+    return got
+
+
+def group_items(items: list[dict], ctx: dict | None = None) -> list[list[int]]:
+    """Item indices grouped by DP input content (first-seen order): one group per distinct
+    (model, seq, mbs, peak FLOP/s, latency chains of every graph variant); HBM sizes,
+    recompute flags and arch ids vary inside a group. Without ctx (synthetic items only)
+    the content is the item minus arch_id, hbm_bytes and recompute."""
+    ctx = ctx or {"graphs": {}, "latency": {}, "peak": {}}
     groups: dict = {}
+    memo: dict = {}
     for i, it in enumerate(items):
-        key = json.dumps({k: v for k, v in it.items() if k not in ("hbm_bytes", "recompute")},
-                         sort_keys=True, default=str)
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(_content_key(it, ctx, memo), []).append(i)
     return list(groups.values())
 
 
-def run_group(indices: list[int], items: list[dict], ctx: dict) -> list[dict]:
-    """Rows of a group of items (same chains; HBM sizes / recompute flags vary). Each best
-    row's solve_seconds is the group's solve time divided by its item count."""
+def solve_group(indices: list[int], items: list[dict], ctx: dict) -> tuple:
+    """(best, fixed, seconds) of a group: best = {(hbm_bytes, recompute): (plan, variant)
+    or None}, fixed = {(hbm_bytes, recompute): (plan, variant)} (empty without --fixed)."""
     t0 = time.perf_counter()
     first = items[indices[0]]
     chains = _chains_for(first, ctx)
@@ -116,19 +143,40 @@ def run_group(indices: list[int], items: list[dict], ctx: dict) -> list[dict]:
     hbms = sorted({float(items[i]["hbm_bytes"]) for i in indices})
     recs = sorted({items[i]["recompute"] for i in indices})
     best = best_over_variants(chains, ctx, hbms, recs, peak)
-    per_item = (time.perf_counter() - t0) / len(indices)
+    t_best = time.perf_counter() - t0
+    fixed: dict = {}
+    t_fixed = 0.0
+    if ctx.get("fixed"):
+        t1 = time.perf_counter()
+        for h in hbms:
+            for r in recs:
+                fixed[(h, r)] = fixed_plan(chains, ctx, h, r, peak)
+        t_fixed = (time.perf_counter() - t1) / max(1, len(fixed))
+    return best, fixed, (t_best, t_fixed)
+
+
+def expand_group(indices: list[int], items: list[dict], ctx: dict, result: tuple) -> list[dict]:
+    """Rows of a group's items from solve_group's result. Each best row's solve_seconds
+    is the group's DP time divided by its item count; a fixed row's is the time of one
+    fixed evaluation."""
+    best, fixed, (t_best, t_fixed) = result
+    per_item = t_best / len(indices)
     fused = ctx.get("fused")
     rows = []
     for i in indices:
         item = items[i]
-        plan, var = best.get((float(item["hbm_bytes"]), item["recompute"])) or (None, None)
+        key = (float(item["hbm_bytes"]), item["recompute"])
+        plan, var = best.get(key) or (None, None)
         rows.append(_row(i, item, "best", plan, var, fused, "dp-1f1b+interleaved", per_item))
         if ctx.get("fixed"):
-            t1 = time.perf_counter()
-            plan, var = fixed_plan(chains, ctx, float(item["hbm_bytes"]), item["recompute"], peak)
-            rows.append(_row(i, item, "fixed", plan, var, fused, "fixed-uniform",
-                             time.perf_counter() - t1))
+            plan, var = fixed.get(key, (None, None))
+            rows.append(_row(i, item, "fixed", plan, var, fused, "fixed-uniform", t_fixed))
     return rows
+
+
+def run_group(indices: list[int], items: list[dict], ctx: dict) -> list[dict]:
+    """Rows of a group of items (same DP inputs; archs, HBM sizes, recompute flags vary)."""
+    return expand_group(indices, items, ctx, solve_group(indices, items, ctx))
 
 
 def run_item(index: int, item: dict, ctx: dict) -> list[dict]:
@@ -166,7 +214,8 @@ def _mpi_comm():
 def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
     """All rows (on rank 0; None on other ranks)."""
     comm = _mpi_comm() if use_mpi else None
-    groups = group_items(items)
+    groups = group_items(items, ctx)
+    ctx["n_groups"] = len(groups)
     if comm is None or comm.Get_size() == 1:
         if use_mpi and comm is None:
             print("phaze place: mpi4py not available, running serially", file=sys.stderr)
@@ -176,45 +225,20 @@ def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
     from mpi4py import MPI
 
     rank, size = comm.Get_rank(), comm.Get_size()
+    # static split: every rank works, nobody dispatches; groups of one job cost about the
+    # same (same model, same chain lengths), and consecutive groups differ in microbatch
+    # size and arch, so a round-robin split balances within a few groups
+    mine = {k: solve_group(groups[k], items, ctx) for k in range(rank, len(groups), size)}
     if rank != 0:
-        done: list = []
-        while True:
-            comm.send(done, dest=0, tag=TAG_REQ)
-            idx = _polite_wait(comm.irecv(source=0, tag=TAG_WORK))
-            if idx is None:
-                return None
-            done = run_group(groups[idx], items, ctx)
-    rows: list = []
-    nxt = 0
-    active = size - 1
+        _polite_wait(comm.isend(mine, dest=0, tag=TAG_WORK))
+        return None
+    results = dict(mine)
     status = MPI.Status()
-
-    def serve(block: bool):
-        nonlocal nxt, active
-        while active and (block or comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQ)):
-            while block and not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQ):
-                time.sleep(0.002)      # MPICH's blocking receive spins a core: poll politely
-            got = comm.recv(source=MPI.ANY_SOURCE, tag=TAG_REQ, status=status)
-            rows.extend(got)
-            src = status.Get_source()
-            if nxt < len(groups):
-                comm.send(nxt, dest=src, tag=TAG_WORK)
-                nxt += 1
-            else:
-                comm.send(None, dest=src, tag=TAG_WORK)
-                active -= 1
-            if block and nxt < len(groups):
-                return
-
-    while nxt < len(groups):
-        serve(block=False)
-        if nxt >= len(groups):
-            break
-        idx = nxt
-        nxt += 1
-        rows.extend(run_group(groups[idx], items, ctx))
-    while active:
-        serve(block=True)
+    for _ in range(size - 1):
+        while not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_WORK, status=status):
+            time.sleep(0.002)      # MPICH's blocking receive spins a core: poll politely
+        results.update(comm.recv(source=status.Get_source(), tag=TAG_WORK))
+    rows = [r for k, g in enumerate(groups) for r in expand_group(g, items, ctx, results[k])]
     rows.sort(key=lambda r: (r["item"], r["row_kind"]))
     return rows
 
@@ -263,6 +287,7 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     grid = read_grid(grid_path)
     arch_ids = list(grid["arch_id"])
     ctx["peak"] = dict(zip(arch_ids, grid["peak_flops"].astype(float)))
+    ctx["latency"] = LatencyView(arch_ids)
     frames = []
     for path in latency_paths:
         try:
@@ -281,6 +306,7 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
         raise UserError(f"{r['_file']} repeats the row {dict(r[list(LATENCY_KEY)])}",
                         field="--latency", fix="pass each latency table once")
     want_archs = set(arch_ids)
+    arch_index = pd.Index([str(a) for a in arch_ids])
     for key, rows in lat.groupby(list(GRAPH_KEY), sort=False):
         key = tuple(v.item() if hasattr(v, "item") else v for v in key)
         name = dict(zip(GRAPH_KEY, key))
@@ -307,13 +333,11 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
         if (rows["layer_kind"].to_numpy() != kinds).any():
             raise UserError(f"{where}: layer kinds of {name} differ from the graph's",
                             field="--latency", fix="regenerate the latency tables")
-        cols = [rows[c].to_numpy() for c in ("arch_id", "layer_index", "fwd_s", "bwd_s",
-                                             "recompute_s")]
-        per_arch: dict = {}
-        for aid, i, f, b, r in zip(*cols):
-            per_arch.setdefault(aid, {})[int(i)] = (float(f), float(b), float(r))
-        for aid, layers in per_arch.items():
-            ctx["latency"][(key, aid)] = layers
+        # vectorised: one (archs x layers x passes) array per graph, no per-row Python
+        a_idx = arch_index.get_indexer(rows["arch_id"])
+        arr = np.zeros((len(arch_ids), n_layers, 3))
+        arr[a_idx, li] = rows[["fwd_s", "bwd_s", "recompute_s"]].to_numpy(dtype=float)
+        ctx["latency"].add(key, arr)
     for key in ctx["graphs"]:
         if (key, arch_ids[0] if arch_ids else None) not in ctx["latency"] and arch_ids:
             raise UserError(f"no latency rows for the graph {dict(zip(GRAPH_KEY, key))}",
@@ -322,6 +346,30 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     models = sorted({(g.model, g.seq, g.mbs) for g in ctx["graphs"].values()})
     return [{"model": m, "seq": s, "arch_id": aid, "mbs": b, "hbm_bytes": hbm, "recompute": r}
             for (m, s, b) in models for aid in arch_ids for hbm in hbms for r in recs]
+
+
+class LatencyView:
+    """ctx["latency"] of the sweep: {(graph key, arch_id): {layer_index: (fwd_s, bwd_s,
+    recompute_s)}} backed by one (archs x layers x 3) array per graph, read vectorised;
+    signature() is the bit pattern of an arch's row, the content key of the DP input."""
+
+    def __init__(self, arch_ids):
+        self._index = {str(a): k for k, a in enumerate(arch_ids)}
+        self._arr: dict = {}
+
+    def add(self, key, arr) -> None:
+        self._arr[key] = arr
+
+    def signature(self, key, arch_id) -> bytes:
+        return self._arr[key][self._index[arch_id]].tobytes()
+
+    def __getitem__(self, k):
+        key, arch_id = k
+        a = self._arr[key][self._index[arch_id]]
+        return {li: (float(f), float(b), float(r)) for li, (f, b, r) in enumerate(a)}
+
+    def __contains__(self, k) -> bool:
+        return k[0] in self._arr and k[1] in self._index
 
 
 def context(settings, fixed=None) -> dict:

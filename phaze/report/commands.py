@@ -6,7 +6,6 @@ import math
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 
 from phaze.atomic import atomic_path, write_text_atomic
 from phaze.errors import UserError
@@ -36,6 +35,8 @@ def register(sub) -> None:
 
 
 def _load_latency(paths):
+    import pandas as pd
+
     """Latency tables (phaze.sched.table.LATENCY_SCHEMA: every row names its model, seq,
     mbs, graph variant, arch and layer, with the layer's repeat count)."""
     from phaze.sched.table import LATENCY_SCHEMA, validate

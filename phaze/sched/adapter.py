@@ -58,6 +58,16 @@ def layer_problems(graph, archs, network, tp: int | None = None):
                                                             int(n_vc[a]))
                 continue
             costs = op_latencies(ops, archs, network, tp=tp)
+            # archs with the same op latencies and core counts (e.g. differing only in
+            # buffer size) share one problem object: built and hashed once
+            memo: dict = {}
             for a in range(len(archs)):
-                yield a, li, layer, pass_, ops_to_problem(
-                    ops, costs.lat_one_s[a], costs.lat_all_s[a], int(n_tc[a]), int(n_vc[a]))
+                one, all_ = costs.lat_one_s[a], costs.lat_all_s[a]
+                k = (one.tobytes(), all_.tobytes(), int(n_tc[a]), int(n_vc[a])) \
+                    if hasattr(one, "tobytes") else None
+                p = memo.get(k) if k is not None else None
+                if p is None:
+                    p = ops_to_problem(ops, one, all_, int(n_tc[a]), int(n_vc[a]))
+                    if k is not None:
+                        memo[k] = p
+                yield a, li, layer, pass_, p

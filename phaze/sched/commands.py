@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 
 from phaze.errors import UserError
-from phaze.sched.backends import BACKENDS
-from phaze.sched.solve import FORMULATIONS
-from phaze.settings import SchedSettings, parse_network
+from phaze.settings import BACKENDS, FORMULATIONS, SchedSettings, parse_network
 
 SOLVERS = ("auto",) + BACKENDS + ("heuristic",)
 _DEFAULT = SchedSettings()
@@ -42,6 +40,12 @@ def register(sub) -> None:
     b.add_argument("-o", "--output", required=True)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_schedule_batch)
+
+    c = sub.add_parser("cache-compact", help="merge the ILP cache's shards into one file")
+    c.add_argument("cache_dir")
+    c.add_argument("-o", "--output", help="also write this summary line (a workflow marker)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cache_compact)
 
     m = sub.add_parser("merge-latency", help="merge schedule shards into one latency table")
     m.add_argument("shards", nargs="+")
@@ -232,10 +236,12 @@ def cmd_schedule_batch(args) -> int:
 
     rows = [r for graph in graphs for r in schedule_rows(graph, mine, net, sched, cache, progress)]
     df = shard_frame(rows)
+    cache.close()                 # the new ILP results: one cache shard, before the output
     with atomic_path(args.output) as tmp:
         df.to_parquet(tmp, index=False)
     summary = {"output": args.output, "rows": len(df), "archs": len(mine),
                "solves": cache.solves, "cache_hits": cache.hits,
+               "cache_rejected": cache.rejected, "cache_shards_written": cache.shards_written,
                "not_optimal": int((df["status"] != "optimal").sum()) if len(df) else 0,
                "seconds": time.time() - t0}
     if args.json:
@@ -267,4 +273,23 @@ def cmd_merge_latency(args) -> int:
         emit_json({"output": args.output, "rows": len(out), "shards": len(shards)})
     else:
         print(f"wrote {args.output}: {len(out)} rows from {len(shards)} shards")
+    return 0
+
+
+def cmd_cache_compact(args) -> int:
+    from phaze.jsonout import emit_json
+    from phaze.sched.cache import compact, shard_paths
+
+    merged, entries = compact(args.cache_dir)
+    summary = {"cache_dir": args.cache_dir, "shards_merged": merged, "entries": entries,
+               "shards": len(shard_paths(args.cache_dir))}
+    if args.output:
+        from phaze.atomic import write_text_atomic
+
+        write_text_atomic(args.output, json.dumps(summary) + "\n")
+    if args.json:
+        emit_json(summary)
+    else:
+        print(f"{args.cache_dir}: {merged} shards merged, {entries} entries, "
+              f"{summary['shards']} shard(s) now")
     return 0

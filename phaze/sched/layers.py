@@ -12,6 +12,7 @@ import pandas as pd
 
 from phaze import __version__
 from phaze.sched.adapter import layer_problems
+from phaze.sched.solve import DEFAULT_SETTINGS
 from phaze.sched.table import SHARD_SCHEMA, merge_shards, validate
 
 
@@ -28,10 +29,20 @@ def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=No
     phaze.settings.SchedSettings, `cache` a ScheduleCache."""
     ident = graph_identity(graph)
     solver, settings = sched.backend(), sched.solve_settings()
+    settings = {**DEFAULT_SETTINGS, **settings}
+    probs = list(layer_problems(graph, archs, network))
+    # keys first: the stored results are looked up in bulk (one query per cache shard per
+    # 500 keys), and each distinct ILP of the job is solved once
+    by_obj: dict = {}          # layer_problems shares one object between identical archs
+    keys = [(by_obj[id(p)] if id(p) in by_obj else by_obj.setdefault(
+        id(p), cache.key(p, solver, sched.formulation, settings))) if p.n else None
+            for *_x, p in probs]
+    cache.prefetch((k, p, solver, sched.formulation) for k, (*_x, p) in zip(keys, probs) if k)
+    arch_ids = [str(a) for a in archs["arch_id"]]
     rows = []
-    for a, li, layer, pass_, p in layer_problems(graph, archs, network):
-        res = cache.solve(p, solver, sched.formulation, settings)
-        rows.append({**ident, "arch_id": str(archs["arch_id"].iloc[a]), "layer_index": int(li),
+    for key, (a, li, layer, pass_, p) in zip(keys, probs):
+        res = cache.solve(p, solver, sched.formulation, settings, key=key)
+        rows.append({**ident, "arch_id": arch_ids[a], "layer_index": int(li),
                      "pass": pass_, "layer_kind": layer.kind, "layer_repeat": int(layer.repeat),
                      "latency_s": res.makespan_s,
                      "lower_bound_s": res.lower_bound_s, "status": res.status, "gap": res.gap,

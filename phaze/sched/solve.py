@@ -24,7 +24,7 @@ from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact,
 
 from phaze.settings import DEFAULT_SOLVER, OPEN_FALLBACK_SOLVER, SchedSettings  # noqa: E402  (one place for defaults)
 
-FORMULATIONS = ("compact", "reference")
+from phaze.settings import FORMULATIONS  # noqa: E402,F401
 OPT_GAP = 1e-4            # a result is "optimal" only if its proven gap is within this
 # bnb_share: the fraction of the time limit given to the branch and bound (bnb.py)
 # before the backend; the backend gets the rest

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from phaze.sched.prep import prepare
 from phaze.sched.problem import SchedProblem, Schedule
 
-BACKENDS = ("cpsat", "highs", "cbc", "gurobi")
+from phaze.settings import BACKENDS  # noqa: E402,F401  (one definition, importable from here)
 
 
 class LicenceError(RuntimeError):

@@ -1,0 +1,214 @@
+"""The paper sweep's (configs/paper.yaml) CPU-hours and files written, from a measured sample.
+
+Sample (documented, reproducible): F arch "families" of the paper grid (an arch without its
+on-chip buffer size: n_tc, n_vc, tc_rows, tc_cols, clocks, bandwidths), drawn with a fixed
+seed stratified by tensor-core count, each with ALL of its buffer sizes present in the
+grid (so the sample sees the duplicates that differ only in buffer size, the main source
+of identical ILPs and identical DP inputs); every paper model at every TP width of the
+config, microbatch size 1 and the largest one (8); the paper's solver settings (60 s limit).
+
+Measured on the sample, in this process (cold ILP cache in a scratch directory):
+  t_row     seconds per scheduling row outside the solver (cost model, problem, key,
+            cache lookup, row): (sched wall - wall spent in solves) / rows
+  t_ilp     mean seconds per distinct ILP solved (SolveResult.seconds, wall; one thread)
+  f_ilp     distinct ILPs / rows of the sample (an upper bound for the whole grid, where
+            more problems coincide across families)
+  t_group   CPU per placement DP group (one distinct (latency chains, peak) input of one
+            (model, seq, mbs), all HBM sizes and recompute flags)
+  f_group   DP groups / (archs x mbs) of the sample
+  t_item    CPU per placement item outside the DP (fan-out, rows, table)
+  t_start   CPU of a phaze process that imports pandas (per job)
+Extrapolation (N_* counted on the whole paper config; the grid is enumerated):
+  rows      = N_archs x sum over graphs (layers x 3 passes)
+  sched CPU = rows x t_row + rows x f_ilp x t_ilp + sched_jobs x t_start
+  place CPU = N_archs x N_mbs x N_model_seqs x f_group x t_group (per-model t_group)
+              + items x t_item + place_jobs x ranks x t_start
+  other     = (graph + merge + report jobs) x t_start + merge rows x t_row_merge
+  files     = per job: output(s) + log + benchmark tsv, plus one ILP cache shard per
+              scheduling job (at most 1 + runtime / 600 s; compaction merges them)
+
+    PYTHONPATH=. python benchmarks/bench_paper_sweep.py [--families 6] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CPU_HOURS_TARGET = 2.0
+FILES_TARGET = 20_000
+FAMILY = ("n_tc", "n_vc", "tc_rows", "tc_cols", "vc_lanes", "clock_hz", "hbm_bw_Bps")
+
+
+def cpu() -> float:
+    return time.process_time()
+
+
+def sample_grid(grid, families: int, seed: int):
+    fam = grid.groupby([c for c in FAMILY if c in grid.columns], sort=True).ngroup()
+    grid = grid.assign(_fam=fam)
+    rng = random.Random(seed)
+    # stratified by tensor-core count: one family per n_tc value in turn
+    by_tc: dict = {}
+    for f, n_tc in grid.drop_duplicates("_fam")[["_fam", "n_tc"]].itertuples(index=False):
+        by_tc.setdefault(int(n_tc), []).append(int(f))
+    tcs = sorted(by_tc)
+    rng.shuffle(tcs)
+    chosen = []
+    while len(chosen) < families and any(by_tc.values()):
+        for t in tcs:
+            if by_tc[t] and len(chosen) < families:
+                chosen.append(by_tc[t].pop(rng.randrange(len(by_tc[t]))))
+    return grid[grid["_fam"].isin(chosen)].drop(columns="_fam").reset_index(drop=True)
+
+
+def start_cpu() -> float:
+    """CPU seconds of a phaze process that loads pandas and a parquet reader (a job)."""
+    code = "import time, pandas, pyarrow; from phaze.cli import build_parser; build_parser()"
+    r = subprocess.run(["bash", "-c", f"TIMEFORMAT=%U+%S; time {sys.executable} -c '{code}'"],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(REPO),
+                                                            "PATH": "/usr/bin:/bin"})
+    return float(eval(r.stderr.strip().splitlines()[-1]))  # noqa: S307 - "user+sys"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--families", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import numpy as np
+    import pandas as pd
+
+    from phaze.hw.grid import enumerate_grid
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import resolve_model
+    from phaze.place.driver import context, group_items, run_items, LatencyView
+    from phaze.sched.cache import ScheduleCache
+    from phaze.sched.layers import schedule_rows, shard_frame
+    from phaze.sched.table import GRAPH_KEY, merge_shards
+    from phaze.sched.layers import graph_identity
+    from phaze.settings import SweepSettings
+
+    cfg = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    st = SweepSettings.from_config(cfg)
+    full = enumerate_grid(cfg["arch"])
+    grid = sample_grid(full, args.families, args.seed)
+    n_archs, n_mbs = len(full), len(st.microbatch_sizes)
+    sample_mbs = sorted({min(st.microbatch_sizes), max(st.microbatch_sizes)})
+    print(f"paper grid: {n_archs} archs; sample: {len(grid)} archs in {args.families} "
+          f"families (n_tc {sorted(set(grid['n_tc']))}), microbatch sizes {sample_mbs}")
+    net = st.net()
+    models = [(m["name"], s, tuple(m["tp"])) for m in cfg["models"] for s in m["seq"]]
+
+    tmp = tempfile.TemporaryDirectory()
+    cache = ScheduleCache(tmp.name)
+    solve_cpu = sched_cpu = 0.0
+    n_rows = n_solved = 0
+    place_cpu = 0.0
+    n_groups = n_group_items = 0
+    full_rows = 0            # rows of the whole paper sweep
+    groups_per_model = {}
+    for name, seq, tps in models:
+        spec = resolve_model(name)
+        layers_per_mbs = []
+        lat_frames, graphs = [], {}
+        for mbs in st.microbatch_sizes:
+            for tp in tps:
+                g = build_graph(spec, seq=seq, mbs=mbs, tp=tp, **st.graph.build_kwargs())
+                full_rows += n_archs * len(g.layers) * 3
+                if mbs not in sample_mbs:
+                    continue
+                layers_per_mbs.append(len(g.layers))
+                c0, s0 = time.perf_counter(), cache.solves
+                rows = schedule_rows(g, grid, net, st.sched, cache)
+                sched_cpu += time.perf_counter() - c0
+                solve_cpu += sum(r["seconds"] for r in rows if not r["cache_hit"]
+                                 and r["solver"] != "none")
+                n_rows += len(rows)
+                n_solved += cache.solves - s0
+                lat_frames.append(shard_frame(rows))
+                graphs[tuple(graph_identity(g)[k] for k in GRAPH_KEY)] = g
+        # placement of the sample: the workflow's driver on the merged sample tables
+        lat = merge_shards(lat_frames, ["sample"] * len(lat_frames))
+        ctx = context(st, None)
+        ctx["graphs"] = graphs
+        ctx["peak"] = dict(zip(grid["arch_id"].astype(str), grid["peak_flops"].astype(float)))
+        view = LatencyView(list(grid["arch_id"].astype(str)))
+        idx = pd.Index(grid["arch_id"].astype(str))
+        for key, g in graphs.items():
+            sel = lat
+            for k, v in zip(GRAPH_KEY, key):
+                sel = sel[sel[k] == v]
+            arr = np.zeros((len(grid), len(g.layers), 3))
+            arr[idx.get_indexer(sel["arch_id"]), sel["layer_index"].to_numpy()] = \
+                sel[["fwd_s", "bwd_s", "recompute_s"]].to_numpy(dtype=float)
+            view.add(key, arr)
+        ctx["latency"] = view
+        ctx["fused"] = st.graph.fused
+        items = [{"model": name, "seq": seq, "arch_id": a, "mbs": b, "hbm_bytes": h,
+                  "recompute": r} for b in sample_mbs for a in ctx["peak"]
+                 for h in ctx["hbm_bytes"] for r in ctx["recompute"]]
+        c0 = cpu()
+        groups = group_items(items, ctx)
+        run_items(items, ctx, use_mpi=False)
+        dt = cpu() - c0
+        place_cpu += dt
+        n_groups += len(groups)
+        n_group_items += len(grid) * len(sample_mbs)
+        groups_per_model[name] = (len(groups), dt)
+        print(f"  {name:18s} s{seq}: {sum(layers_per_mbs) * 3 * len(grid)} rows, "
+              f"DP groups {len(groups)} of {len(grid) * len(sample_mbs)} (arch, mbs), "
+              f"place {dt:.1f} s CPU", flush=True)
+    cache.close()
+
+    t_row = (sched_cpu - solve_cpu) / n_rows
+    t_ilp = solve_cpu / max(n_solved, 1)
+    f_ilp = n_solved / n_rows
+    f_group = n_groups / n_group_items
+    t_group = place_cpu / n_groups
+    t_start = start_cpu()
+    n_model_seqs = len(models)
+    n_graph_jobs = sum(len(t) for *_x, t in models) * n_mbs
+    sched_jobs = n_model_seqs * n_mbs * st.jobs.n_chunks
+    merge_jobs = n_model_seqs * n_mbs
+    place_jobs = n_model_seqs
+    ranks = st.jobs.ranks
+
+    sched_h = (full_rows * t_row + full_rows * f_ilp * t_ilp + sched_jobs * t_start) / 3600
+    place_h = (n_archs * n_mbs * n_model_seqs * f_group * t_group
+               + place_jobs * ranks * t_start) / 3600
+    other_h = ((n_graph_jobs + merge_jobs + 3) * t_start + full_rows * 2e-6) / 3600
+    total_h = sched_h + place_h + other_h
+    files = (3 * (n_graph_jobs + sched_jobs + merge_jobs + place_jobs + 2) + 8
+             + sched_jobs * 1)                        # one cache shard per scheduling job
+    print()
+    print(f"measured on the sample: t_row {t_row * 1e6:.0f} us, t_ilp {t_ilp * 1e3:.2f} ms "
+          f"({n_solved} distinct ILPs solved of {n_rows} rows, f_ilp {f_ilp:.4f}), "
+          f"DP groups {n_groups} of {n_group_items} (f_group {f_group:.3f}), "
+          f"t_group {t_group * 1e3:.1f} ms, t_start {t_start:.2f} s")
+    print(f"paper sweep: {n_archs} archs, {full_rows:,} scheduling rows, "
+          f"~{full_rows * f_ilp:,.0f} distinct ILPs (upper bound), "
+          f"{n_archs * n_mbs * n_model_seqs * f_group:,.0f} DP groups; jobs: {n_graph_jobs} "
+          f"graph, {sched_jobs} scheduling, {merge_jobs} merge, {place_jobs} placement")
+    print(f"CPU-hours: scheduling {sched_h:.2f} + placement {place_h:.2f} + other "
+          f"{other_h:.2f} = {total_h:.2f} (target {CPU_HOURS_TARGET}, ratio "
+          f"{total_h / CPU_HOURS_TARGET:.2f})")
+    print(f"files written: {files:,} (target {FILES_TARGET:,}, ratio {files / FILES_TARGET:.2f}); "
+          f"before the sqlite shards: + one JSON file per distinct ILP "
+          f"(~{full_rows * f_ilp:,.0f})")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
