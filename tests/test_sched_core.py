@@ -152,6 +152,7 @@ def test_cache_second_run_zero_solves_and_key(tmp_path):
     c1 = ScheduleCache(tmp_path)
     first = [c1.solve(p, "cpsat") for p in probs + probs]   # duplicates dedup in-run
     assert c1.solves == len(probs)
+    c1.flush()          # a job's new entries reach the disk when it ends (or on flush)
     c2 = ScheduleCache(tmp_path)
     second = [c2.solve(p, "cpsat") for p in probs]
     assert c2.solves == 0 and c2.hits == len(probs)

@@ -125,6 +125,16 @@ def compact(root) -> tuple[int, int]:
     return len(used), len(merged)
 
 
+def answers(produced_by: str, requested: str) -> bool:
+    """Whether a result produced by `produced_by` answers a request for `requested`: the
+    solver itself, or the pipeline's proof before any backend ran (the same for every
+    solver). A fallback (CBC for an unlicensed Gurobi, the list schedule after a crash)
+    does not."""
+    from phaze.sched.solve import PROVEN_BEFORE_BACKEND
+
+    return produced_by == requested or produced_by in PROVEN_BEFORE_BACKEND
+
+
 def valid_entry(d, key: str, solver: str | None = None, formulation: str | None = None,
                 p: SchedProblem | None = None) -> SolveResult | None:
     """The SolveResult of a stored entry, or None when anything about it is off."""
@@ -140,7 +150,7 @@ def valid_entry(d, key: str, solver: str | None = None, formulation: str | None 
                 return None
         if d["status"] not in _STATUSES or d["makespan_s"] < 0:
             return None
-        if solver is not None and d["solver"] != solver:
+        if solver is not None and not answers(d["solver"], solver):
             return None
         if formulation is not None and d["status"] != "heuristic" \
                 and d["formulation"] != formulation:
@@ -308,6 +318,6 @@ class ScheduleCache:
         self._mem[key] = res
         # a fallback (another solver after a licence failure, the list schedule after a
         # crash) is not what this key asks for: used, never stored under it
-        if res.solver == solver and res.solver_status != "crash":
+        if answers(res.solver, solver):
             self.put(key, res)
         return res

@@ -25,7 +25,10 @@ from phaze.sched.problem import SchedProblem, Schedule, check_schedule, compact,
 from phaze.settings import DEFAULT_SOLVER, OPEN_FALLBACK_SOLVER, SchedSettings  # noqa: E402  (one place for defaults)
 
 from phaze.settings import FORMULATIONS  # noqa: E402,F401
-OPT_GAP = 1e-4            # a result is "optimal" only if its proven gap is within this
+OPT_GAP = 1e-4
+# what a result names as its solver when the pipeline proved it before the backend ran
+# (the list schedule meeting the bound; the chronological branch and bound)
+PROVEN_BEFORE_BACKEND = ("bound", "branch and bound")            # a result is "optimal" only if its proven gap is within this
 # bnb_share: the fraction of the time limit given to the branch and bound (bnb.py)
 # before the backend; the backend gets the rest
 DEFAULT_SETTINGS = SchedSettings().solve_settings()
@@ -98,7 +101,7 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
         return heuristic_result(p, t0, sched=hsched, lb=lb0)
     if shortcut and _gap(ub, lb0) <= OPT_GAP:     # the heuristic is provably optimal
         # the row records what produced it: the list schedule, proven by the bound
-        return heuristic_result(p, t0, solver="bound", formulation=formulation, sched=hsched,
+        return heuristic_result(p, t0, solver=PROVEN_BEFORE_BACKEND[0], formulation=formulation, sched=hsched,
                                 lb=lb0, status="optimal", solver_status="bound met")
     # the chronological branch and bound proves the packing-like layers whose optimum
     # no relaxation sees (measured: all 137 zoo problems left open by the bound in
@@ -110,7 +113,7 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
             hsched, ub = bb.best, bb.best_s
             pr.ub = ub
         if bb.proven:
-            return heuristic_result(p, t0, solver="branch and bound", formulation=formulation,
+            return heuristic_result(p, t0, solver=PROVEN_BEFORE_BACKEND[1], formulation=formulation,
                                     sched=hsched, lb=max(lb0, bb.bound_s), status="time_limit",
                                     solver_status=f"branch and bound ({bb.nodes} nodes)")
         settings = {**settings, "time_limit_s": settings["time_limit_s"] * (1 - share)}
