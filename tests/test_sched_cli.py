@@ -89,3 +89,50 @@ def test_schedule_bad_solver_setting_is_user_error(flag, value, tmp_path, capsys
     assert main(["schedule", "--problem", str(f), flag, value]) == 2
     err = capsys.readouterr().err
     assert flag.lstrip("-") in err and err.count("\n") == 1
+
+
+def test_unavailable_gurobi_falls_back_to_cbc_with_one_warning_per_job(tmp_path, capsys):
+    """The pip Gurobi's size-limited licence cannot hold the reference formulation of a
+    BERT block: CBC solves instead, every such row names CBC, and the job prints the
+    warning once with its count, not once per ILP."""
+    grid, pick = _grid(tmp_path, n=3)
+    gfile = tmp_path / "g.json"
+    assert main(["graph", "--model", "bert-large", "--seq", "128", "-o", str(gfile)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "s.parquet"
+    assert main(["schedule-batch", "--graphs", str(gfile), "--grid", str(grid),
+                 "--network", "dgx-a100", "--solver", "gurobi", "--formulation", "reference",
+                 "--bnb-share", "0", "--time-limit", "2", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    df = pd.read_parquet(out)
+    assert set(df["solver"]) <= {"gurobi", "cbc", "bound", "none", "cpsat"}
+    fell_back = (df["solver"] == "cbc").sum()
+    warn_lines = [ln for ln in err.splitlines() if "warning" in ln]
+    if fell_back:
+        assert 1 <= len(warn_lines) < fell_back + 1 and "of this job" in warn_lines[0]
+        assert "cbc" in warn_lines[0]
+
+
+def test_solver_worker_dies_with_its_parent():
+    """A job killed with SIGKILL leaves no solver worker running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("from phaze.sched import worker\n"
+            "p = worker._start('cbc')\nprint(p.pid, flush=True)\nimport time\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        try:
+            state = open(f"/proc/{pid}/stat").read().split()[2]
+        except FileNotFoundError:
+            return                                  # gone
+        if state in ("Z", "X"):                     # dead, waiting to be reaped
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"worker {pid} still running (state {state})")

@@ -234,7 +234,13 @@ def cmd_schedule_batch(args) -> int:
             print(f"\rschedule-batch: {done[0]}/{total} ({time.time() - t0:.0f} s)",
                   end="", file=sys.stderr)
 
-    rows = [r for graph in graphs for r in schedule_rows(graph, mine, net, sched, cache, progress)]
+    warnings: dict = {}        # once per job, with a count (not once per ILP)
+    collect = lambda msg: warnings.__setitem__(msg, warnings.get(msg, 0) + 1)  # noqa: E731
+    rows = [r for graph in graphs
+            for r in schedule_rows(graph, mine, net, sched, cache, progress, warn=collect)]
+    for msg, n in warnings.items():
+        print(f"phaze: warning: {msg} ({n} ILP{'s' if n > 1 else ''} of this job)",
+              file=sys.stderr)
     df = shard_frame(rows)
     cache.close()                 # the new ILP results: one cache shard, before the output
     with atomic_path(args.output) as tmp:

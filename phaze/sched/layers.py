@@ -24,9 +24,11 @@ def graph_identity(graph) -> dict:
             "vocab_pad_multiple": int(graph.vocab_pad_multiple)}
 
 
-def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=None) -> list:
+def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=None,
+                  warn=None) -> list:
     """Shard rows (SHARD_SCHEMA) of every (arch, layer, pass) of `graph`. `sched` is a
-    phaze.settings.SchedSettings, `cache` a ScheduleCache."""
+    phaze.settings.SchedSettings, `cache` a ScheduleCache, `warn` what solver warnings go
+    to (default: stderr, one line each)."""
     ident = graph_identity(graph)
     solver, settings = sched.backend(), sched.solve_settings()
     settings = {**DEFAULT_SETTINGS, **settings}
@@ -41,7 +43,8 @@ def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=No
     arch_ids = [str(a) for a in archs["arch_id"]]
     rows = []
     for key, (a, li, layer, pass_, p) in zip(keys, probs):
-        res = cache.solve(p, solver, sched.formulation, settings, key=key)
+        res = cache.solve(p, solver, sched.formulation, settings, key=key,
+                          **({"warn": warn} if warn else {}))
         rows.append({**ident, "arch_id": arch_ids[a], "layer_index": int(li),
                      "pass": pass_, "layer_kind": layer.kind, "layer_repeat": int(layer.repeat),
                      "latency_s": res.makespan_s,

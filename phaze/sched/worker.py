@@ -49,7 +49,19 @@ def _start(solver: str) -> subprocess.Popen:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return subprocess.Popen([sys.executable, "-m", "phaze.sched.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the worker (Linux): SIGKILL when the parent dies, so a killed job never leaves a
+    solver running (prctl PR_SET_PDEATHSIG). Elsewhere the pipe's EOF ends it."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill(solver: str) -> None:
