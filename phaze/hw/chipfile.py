@@ -5,9 +5,7 @@ vector_peak_ops) may be present; they are checked, not read."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 from phaze.errors import UserError
 from phaze.hw.arch import Arch, Network
@@ -25,15 +23,9 @@ def chip_dict(arch: Arch) -> dict:
 
 
 def read_chip(path: str) -> Arch:
-    try:
-        d = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}", field="--arch") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not a JSON chip ({e.__class__.__name__})",
-                        field="--arch") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{path} must hold a JSON object", field="--arch")
+    from phaze.files import read_json
+
+    d = read_json(path, "--arch")
     fields = set(Arch.__dataclass_fields__)
     extra = set(d) - fields - set(DERIVED)
     if extra:

@@ -32,12 +32,9 @@ def load_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
     if not path.is_file():
         raise UserError(f"no such file {str(path)!r}", field="model",
                         fix="pass a zoo name (`phaze models`) or an existing config.json")
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} as JSON ({e})", field="model") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path} does not hold a JSON object", field="model")
+    from phaze.files import read_json
+
+    cfg = read_json(path, "model")
     return spec_from_hf_dict(cfg, name=name, where=str(path))
 
 

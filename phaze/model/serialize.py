@@ -62,10 +62,6 @@ def save_graph(graph: ModelGraph, path: str | Path, spec: dict | None = None) ->
 
 
 def load_graph(path: str | Path) -> ModelGraph:
-    try:
-        d = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"no such file {str(path)!r}", field="graph") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e})", field="graph") from None
-    return graph_from_dict(d)
+    from phaze.files import read_json
+
+    return graph_from_dict(read_json(path, "graph"))

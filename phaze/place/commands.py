@@ -101,7 +101,6 @@ def _cmd_place(args) -> int:
                         field="--nest-instance")
     if args.reference_instance or args.nest_instance:
         return _place_reference(args)
-    from pathlib import Path
 
     from phaze.jsonout import emit_json
     from phaze.place.driver import context, load_inputs, parse_fixed, run_items, write_rows
@@ -111,10 +110,9 @@ def _cmd_place(args) -> int:
     settings, _cfg = sweep_settings(args)
     ctx = context(settings, parse_fixed(args.fixed))
     if args.work_items:
-        try:
-            items = json.loads(Path(args.work_items).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read work items ({e})", field="--work-items") from None
+        from phaze.files import read_json
+
+        items = read_json(args.work_items, "--work-items", want=list)
     elif args.graphs and args.latency and args.grid:
         items = load_inputs(args.graphs, args.latency, args.grid, ctx)
     else:

@@ -10,7 +10,6 @@ in bytes, bandwidth in bytes per time unit, latencies in that time unit.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,13 +82,9 @@ class RefInstance:
 
 
 def load_instance(path: str | Path) -> RefInstance:
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"no such file {path}", field="--reference-instance") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"not valid JSON ({e})", field=str(path)) from None
-    return parse_instance(raw)
+    from phaze.files import read_json
+
+    return parse_instance(read_json(path, "--reference-instance", want=None))
 
 
 def _num(value, field: str) -> float:

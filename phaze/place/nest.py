@@ -35,7 +35,6 @@ from an external network simulator, so such instances are refused (one line, exi
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,13 +86,9 @@ class NestInstance:
 # --------------------------------------------------------------------------- reading
 
 def load_nest_instance(path: str | Path) -> NestInstance:
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"no such file {path}", field=FIELD) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"not a readable JSON file ({e})", field=FIELD) from None
-    return parse_nest_instance(raw)
+    from phaze.files import read_json
+
+    return parse_nest_instance(read_json(path, FIELD, want=None))
 
 
 def _number(raw: dict, key: str, positive: bool = False) -> float:
