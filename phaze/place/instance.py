@@ -104,8 +104,36 @@ MAX_MICROBATCHES = 2**31 - 1
 
 
 def parse_instance(raw: dict) -> RefInstance:
+    """A RefInstance from the published JSON (docs/reference.md#placement-dp); UserError
+    naming the field for anything the reference rejects or that is out of bounds."""
     if not isinstance(raw, dict):
         raise UserError("the instance must be a JSON object", field="instance")
+    _check_top(raw)
+    per_width = {t: _parse_width(t, nlist, elist)
+                 for t, (nlist, elist) in sorted(_width_lists(raw).items())}
+    ts = sorted(per_width)
+    _check_same_sets(per_width)
+    ref_edges = set(per_width[ts[0]][1])
+    order = _topological_order(per_width[ts[0]][0], ref_edges)
+    index = {nid: k for k, nid in enumerate(order)}
+    tables = {}
+    for t in ts:
+        recs, el = per_width[t]
+        vals = np.array([recs[nid][1] for nid in order], dtype=float).reshape(len(order), 4)
+        tpf = np.array([recs[nid][2] for nid in order], dtype=bool)
+        etup = tuple(sorted((index[s], index[d], c) for (s, d), c in el.items()))
+        tables[t] = WidthTable(t, vals[:, 0].copy(), vals[:, 1].copy(), vals[:, 2].copy(),
+                               vals[:, 3].copy(), tpf, etup)
+    return RefInstance(
+        max_memory=float(raw["maxMemoryPerDevice"]), max_devices=raw["maxDevices"],
+        bandwidth=float(raw["bandwidth"]), mbs_in_batch=raw["mbsInBatch"],
+        recompute=raw["activationRecomputation"], adam=(raw["optimizerAlgorithm"] == "Adam"),
+        fixed_pp=raw["fixedPP"], fixed_tmpc=raw["fixedTMPC"], fixed_dp=raw["fixedDP"],
+        num_transformer_layers=raw["numTransformerLayers"], ids=tuple(order), widths=tables)
+
+
+def _check_top(raw: dict) -> None:
+    """The top-level keys: present, typed, in range."""
     for key, types in _TOP_KEYS.items():
         if key not in raw:
             raise UserError("missing key", field=key, fix="write the published instance format")
@@ -136,6 +164,9 @@ def parse_instance(raw: dict) -> RefInstance:
         if raw[key] > MAX_DEVICES:
             raise UserError(f"must be <= {MAX_DEVICES}, got {raw[key]}", field=key)
 
+
+def _width_lists(raw: dict) -> dict[int, tuple[list, list]]:
+    """{t: (node list, edge list)} with the width keys checked."""
     nodes, edges = raw["nodes"], raw["edges"]
     if not nodes:
         raise UserError("no TP width given", field="nodes")
@@ -153,59 +184,63 @@ def parse_instance(raw: dict) -> RefInstance:
         if not isinstance(nodes[key], list) or not isinstance(edges[key], list):
             raise UserError("must be a list", field=f"nodes/edges[{key}]")
         widths[t] = (nodes[key], edges[key])
+    return widths
 
-    # node and edge sets per width, validated
-    per_width = {}
-    for t, (nlist, elist) in sorted(widths.items()):
-        fld = f"nodes[{t}]"
-        if not nlist:
-            raise UserError("no layers", field=fld)
-        recs = {}
-        for k, nd in enumerate(nlist):
-            if not isinstance(nd, dict) or "id" not in nd:
-                raise UserError(f"node {k} has no id", field=fld)
-            nid = nd["id"]
-            if not isinstance(nid, (int, str)) or isinstance(nid, bool):
-                raise UserError(f"node {k} id must be an int or a string", field=fld)
-            if nid in recs:
-                raise UserError(f"duplicate node id {nid!r}", field=fld)
-            vals = []
-            for key in _NODE_NUM_KEYS:
-                if key not in nd:
-                    raise UserError(f"node {nid!r} lacks {key}", field=fld)
-                v = _num(nd[key], f"{fld}.{nid}.{key}")
-                if v < 0:
-                    raise UserError(f"node {nid!r} has a negative {key} ({v})", field=fld,
-                                    fix="sizes and latencies must be >= 0")
-                vals.append(v)
-            tpf = nd.get("isTensorParallelized", False)
-            if not isinstance(tpf, bool):
-                raise UserError(f"node {nid!r} isTensorParallelized must be true/false", field=fld)
-            if tpf and t == 1:
-                raise UserError(f"node {nid!r} is tensor-parallelised at t = 1", field=fld,
-                                fix="set isTensorParallelized to false for width 1")
-            recs[nid] = (k, vals, tpf)
-        efld = f"edges[{t}]"
-        elist_out = {}
-        for e in elist:
-            if not isinstance(e, dict) or not {"sourceId", "destId", "communicationCost"} <= set(e):
-                raise UserError("every edge needs sourceId, destId, communicationCost", field=efld)
-            s, d = e["sourceId"], e["destId"]
-            if s not in recs or d not in recs:
-                raise UserError(f"edge {s!r}->{d!r} names an unknown node", field=efld)
-            if s == d:
-                raise UserError(f"self-loop on {s!r}", field=efld)
-            if (s, d) in elist_out:
-                raise UserError(f"parallel edges {s!r}->{d!r}", field=efld)
-            c = _num(e["communicationCost"], f"{efld}.{s}->{d}")
-            if c < 0:
-                raise UserError(f"edge {s!r}->{d!r} has a negative communicationCost", field=efld)
-            elist_out[(s, d)] = c
-        per_width[t] = (recs, elist_out)
 
+def _parse_width(t: int, nlist: list, elist: list) -> tuple[dict, dict]:
+    """({node id: (list position, [param, act, fw, bw], isTensorParallelized)},
+    {(src id, dst id): communicationCost}) of one width, validated."""
+    fld = f"nodes[{t}]"
+    if not nlist:
+        raise UserError("no layers", field=fld)
+    recs = {}
+    for k, nd in enumerate(nlist):
+        if not isinstance(nd, dict) or "id" not in nd:
+            raise UserError(f"node {k} has no id", field=fld)
+        nid = nd["id"]
+        if not isinstance(nid, (int, str)) or isinstance(nid, bool):
+            raise UserError(f"node {k} id must be an int or a string", field=fld)
+        if nid in recs:
+            raise UserError(f"duplicate node id {nid!r}", field=fld)
+        vals = []
+        for key in _NODE_NUM_KEYS:
+            if key not in nd:
+                raise UserError(f"node {nid!r} lacks {key}", field=fld)
+            v = _num(nd[key], f"{fld}.{nid}.{key}")
+            if v < 0:
+                raise UserError(f"node {nid!r} has a negative {key} ({v})", field=fld,
+                                fix="sizes and latencies must be >= 0")
+            vals.append(v)
+        tpf = nd.get("isTensorParallelized", False)
+        if not isinstance(tpf, bool):
+            raise UserError(f"node {nid!r} isTensorParallelized must be true/false", field=fld)
+        if tpf and t == 1:
+            raise UserError(f"node {nid!r} is tensor-parallelised at t = 1", field=fld,
+                            fix="set isTensorParallelized to false for width 1")
+        recs[nid] = (k, vals, tpf)
+    efld = f"edges[{t}]"
+    edges = {}
+    for e in elist:
+        if not isinstance(e, dict) or not {"sourceId", "destId", "communicationCost"} <= set(e):
+            raise UserError("every edge needs sourceId, destId, communicationCost", field=efld)
+        s, d = e["sourceId"], e["destId"]
+        if s not in recs or d not in recs:
+            raise UserError(f"edge {s!r}->{d!r} names an unknown node", field=efld)
+        if s == d:
+            raise UserError(f"self-loop on {s!r}", field=efld)
+        if (s, d) in edges:
+            raise UserError(f"parallel edges {s!r}->{d!r}", field=efld)
+        c = _num(e["communicationCost"], f"{efld}.{s}->{d}")
+        if c < 0:
+            raise UserError(f"edge {s!r}->{d!r} has a negative communicationCost", field=efld)
+        edges[(s, d)] = c
+    return recs, edges
+
+
+def _check_same_sets(per_width: dict) -> None:
+    """Every width lists the same layer ids and the same edges (the reference's rule)."""
     ts = sorted(per_width)
-    ref_nodes = set(per_width[ts[0]][0])
-    ref_edges = set(per_width[ts[0]][1])
+    ref_nodes, ref_edges = set(per_width[ts[0]][0]), set(per_width[ts[0]][1])
     for t in ts[1:]:
         if set(per_width[t][0]) != ref_nodes:
             raise UserError(f"node set of width {t} differs from width {ts[0]}", field="nodes",
@@ -213,23 +248,6 @@ def parse_instance(raw: dict) -> RefInstance:
         if set(per_width[t][1]) != ref_edges:
             raise UserError(f"edge set of width {t} differs from width {ts[0]}", field="edges",
                             fix="every width must list the same edges")
-
-    order = _topological_order(per_width[ts[0]][0], ref_edges)
-    index = {nid: k for k, nid in enumerate(order)}
-    tables = {}
-    for t in ts:
-        recs, el = per_width[t]
-        vals = np.array([recs[nid][1] for nid in order], dtype=float).reshape(len(order), 4)
-        tpf = np.array([recs[nid][2] for nid in order], dtype=bool)
-        etup = tuple(sorted((index[s], index[d], c) for (s, d), c in el.items()))
-        tables[t] = WidthTable(t, vals[:, 0].copy(), vals[:, 1].copy(), vals[:, 2].copy(),
-                               vals[:, 3].copy(), tpf, etup)
-    return RefInstance(
-        max_memory=float(raw["maxMemoryPerDevice"]), max_devices=raw["maxDevices"],
-        bandwidth=float(raw["bandwidth"]), mbs_in_batch=raw["mbsInBatch"],
-        recompute=raw["activationRecomputation"], adam=(opt == "Adam"),
-        fixed_pp=raw["fixedPP"], fixed_tmpc=raw["fixedTMPC"], fixed_dp=raw["fixedDP"],
-        num_transformer_layers=raw["numTransformerLayers"], ids=tuple(order), widths=tables)
 
 
 def _topological_order(recs: dict, edges: set) -> list:
