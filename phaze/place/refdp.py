@@ -162,60 +162,71 @@ class WidthResult:
 
 
 def solve_width(inst: RefInstance, t: int, rc: RangeCosts | None = None) -> WidthResult | None:
+    """The reference DP for one TP width (docs/reference.md#placement-dp): the suffix table
+    over (first layer, stages, 1-device stages), then the final round over the first stage
+    and d, then the stages rebuilt; None when nothing fits."""
     w = inst.widths[t]
-    n = w.n
     if rc is None:
         rc = range_costs(inst, w)
-    maxdev = inst.max_devices
-    n_small_layers = int((~w.tp).sum()) if (t > 1 and w.tp.any()) else 0
-    mcap = n_small_layers
+    mcap = int((~w.tp).sum()) if (t > 1 and w.tp.any()) else 0
     abig = t if (t > 1 and w.tp.any()) else 1
-    S = min(n, maxdev)
+    S = min(w.n, inst.max_devices)
     # devices used by a suffix with s stages of which m are 1-device stages
     sv = np.arange(S + 1)[:, None]
     mv = np.arange(mcap + 1)[None, :]
-    dev_used = mv + (sv - mv) * abig
-    dev_ok = (mv <= sv) & (dev_used <= maxdev)
+    dev_ok = (mv <= sv) & (mv + (sv - mv) * abig <= inst.max_devices)
+    D, arg = _suffix_table(inst, rc, w.n, S, mcap, dev_ok)
+    pick = _final_round(inst, rc, D, w.n, S, mcap, abig, dev_ok)
+    if pick is None:
+        return None
+    tpb, d, j, s, m = pick
+    return WidthResult(t, tpb, d, _rebuild(rc, arg, w.n, j, s, m, track=1 if mcap else 0))
 
+
+def _stage_loads(rc: RangeCosts, i: int, js, S: int, recompute: bool):
+    """Load of stage [i, j) at each position s = 1..S (recompute from s >= 2) and whether
+    it fits there: (J x S loads, J x S fits)."""
+    s_idx = np.arange(1, S + 1)
+    L0 = rc.load0[i, js]
+    LR = rc.loadR[i, js] if recompute else L0
+    L = np.where(s_idx[None, :] >= 2, LR[:, None], L0[:, None])
+    return L, s_idx[None, :] <= rc.smax[i, js][:, None]
+
+
+def _shift_small(rc: RangeCosts, i: int, js, prev, mcap: int):
+    """The rest's table seen from a stage [i, j): one more 1-device stage when it is one."""
+    if not mcap:
+        return prev
+    shifted = np.full_like(prev, INF)
+    shifted[:, :, 1:] = prev[:, :, :-1]
+    return np.where(rc.small[i, js][:, None, None], shifted, prev)
+
+
+def _suffix_table(inst, rc, n, S, mcap, dev_ok):
+    """D[i, s, m] = least max stage load placing layers [i, n) as s stages, m of them on
+    one device; arg[i, s, m] = the first stage's end."""
     D = np.full((n + 1, S + 1, mcap + 1), INF)
     arg = np.zeros((n + 1, S + 1, mcap + 1), dtype=np.int32)
     D[n, 0, 0] = 0.0
-    s_idx = np.arange(1, S + 1)
-    recompute = inst.recompute
     for i in range(n - 1, -1, -1):
         js = np.arange(i + 1, n + 1)
-        L0 = rc.load0[i, js]
-        LR = rc.loadR[i, js] if recompute else L0
-        Lmat = np.where(s_idx[None, :] >= 2, LR[:, None], L0[:, None])        # J x S
-        fit = s_idx[None, :] <= rc.smax[i, js][:, None]                        # J x S
-        prev = D[js, :S, :]                                                   # J x S x m (s-1)
-        if mcap:
-            sm = rc.small[i, js]
-            shifted = np.full_like(prev, INF)
-            shifted[:, :, 1:] = prev[:, :, :-1]
-            prev = np.where(sm[:, None, None], shifted, prev)
-        cand = np.maximum(Lmat[:, :, None], prev)
-        cand = np.where(fit[:, :, None], cand, INF)
+        L, fit = _stage_loads(rc, i, js, S, inst.recompute)
+        prev = _shift_small(rc, i, js, D[js, :S, :], mcap)               # J x S x m (s-1)
+        cand = np.where(fit[:, :, None], np.maximum(L[:, :, None], prev), INF)
         best = cand.argmin(axis=0)                                             # S x m
         val = np.take_along_axis(cand, best[None], axis=0)[0]
-        val = np.where(dev_ok[1:], val, INF)
-        D[i, 1:] = val
+        D[i, 1:] = np.where(dev_ok[1:], val, INF)
         arg[i, 1:] = js[best]
+    return D, arg
 
-    # final round: plans = (first stage [0, j), position s, m total 1-device stages)
+
+def _final_round(inst, rc, D, n, S, mcap, abig, dev_ok):
+    """(time per batch, d, first stage end j, stages s, 1-device stages m) of the best plan
+    over first stage, position and d, or None."""
     js = np.arange(1, n + 1)
-    L0 = rc.load0[0, js]
-    LR = rc.loadR[0, js] if recompute else L0
-    Lfirst = np.where(s_idx[None, :] >= 2, LR[:, None], L0[:, None])           # J x S
-    fit = s_idx[None, :] <= rc.smax[0, js][:, None]
-    rest = D[js, :S, :]                                                        # (s-1)
-    if mcap:
-        sm = rc.small[0, js]
-        shifted = np.full_like(rest, INF)
-        shifted[:, :, 1:] = rest[:, :, :-1]
-        rest = np.where(sm[:, None, None], shifted, rest)
-    Bpl = np.maximum(Lfirst[:, :, None], rest)
-    Bpl = np.where(fit[:, :, None] & dev_ok[1:][None], Bpl, INF)
+    L, fit = _stage_loads(rc, 0, js, S, inst.recompute)
+    rest = _shift_small(rc, 0, js, D[js, :S, :], mcap)                          # (s-1)
+    Bpl = np.where(fit[:, :, None] & dev_ok[1:][None], np.maximum(L[:, :, None], rest), INF)
     jj, ss, mm = np.nonzero(np.isfinite(Bpl))
     if len(jj) == 0:
         return None
@@ -225,31 +236,30 @@ def solve_width(inst: RefInstance, t: int, rc: RangeCosts | None = None) -> Widt
     Pv = rc.param[0, js[jj]]
     # only the smallest d with each M = ceil(mbs / d) can be optimal (same M, fewer devices
     # needed, smaller resync term 4 (d-1) P / (bw d)); ties go to the smaller d
-    mbs = inst.mbs_in_batch
+    mbs, maxdev = inst.mbs_in_batch, inst.max_devices
     best = (INF, 0, -1)
     last_M = None
-    bwidth = inst.bandwidth
     for d in range(1, min(maxdev, mbs) + 1):
         M = -(-mbs // d)
         if M == last_M:
             continue
         last_M = M
-        K = maxdev // d
-        ok = Uv <= K
+        ok = Uv <= maxdev // d
         if not ok.any():
             break
-        tpb = Bv * (M + sv1 - 1) + 4.0 * (d - 1) * Pv / (bwidth * d)
-        tpb = np.where(ok, tpb, INF)
+        tpb = np.where(ok, Bv * (M + sv1 - 1) + 4.0 * (d - 1) * Pv / (inst.bandwidth * d), INF)
         k = int(tpb.argmin())
         if tpb[k] < best[0]:
             best = (float(tpb[k]), d, k)
     if best[2] < 0:
         return None
     tpb, d, k = best
-    j, s, m = int(js[jj[k]]), int(sv1[k]), int(mm[k])
-    # m counts 1-device stages only when some stages use t devices (mcap > 0); otherwise
-    # every stage uses one device and the m axis is a single 0
-    track = 1 if mcap else 0
+    return tpb, d, int(js[jj[k]]), int(sv1[k]), int(mm[k])
+
+
+def _rebuild(rc, arg, n, j, s, m, track):
+    """The stages (start, end, devices) of the plan whose first stage is [0, j). `track`:
+    1 when m counts 1-device stages (some stages use t devices), else 0."""
     stages = [(0, j, int(rc.a[0, j]))]
     i, m = j, m - track * int(rc.small[0, j])
     for pos in range(s - 1, 0, -1):
@@ -258,7 +268,7 @@ def solve_width(inst: RefInstance, t: int, rc: RangeCosts | None = None) -> Widt
         m -= track * int(rc.small[i, j2])
         i = j2
     assert i == n, "reconstruction did not reach the end"
-    return WidthResult(t, tpb, d, stages)
+    return stages
 
 
 def fixed_strategy(inst: RefInstance, rcs: dict[int, RangeCosts]) -> float | None:
