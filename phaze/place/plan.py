@@ -221,14 +221,8 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     if recompute not in RECOMPUTE_MODES:
         raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}")
     v = interleave
-    t, mbs, n = chain.t, chain.mbs, chain.n
-    if stages is None:
-        stages = uniform_stages(chain, p * v)
-    if len(stages) != p * v or stages[0][0] != 0 or stages[-1][1] != n or any(
-            a[1] != b[0] or a[0] >= a[1] for a, b in zip(stages, stages[1:])) or \
-            stages[-1][0] >= stages[-1][1]:
-        raise ValueError("stages must be p * interleave non-empty contiguous chunks covering "
-                         "the chain")
+    t, mbs = chain.t, chain.mbs
+    stages = _checked_stages(chain, p * v, stages)
     base = _base(chain, p, d, t, mbs, batch, recompute, v, stages)
     if options.exact_batch and batch % (mbs * d):
         return {**base, "feasible": False, "reason": f"batch {batch} not divisible by mbs*d"}
@@ -236,8 +230,66 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     if v > 1 and M % p:
         return {**base, "feasible": False, "reason": "interleaving needs M divisible by p"}
 
+    dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work = _per_device(
+        chain, p, v, d, recompute, stages, links, options)
+    mem = dev_P * options.static_bytes_per_param(d) + inflight(p, v, M) * dev_A + dev_work
+    parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options)
+    if links.levels:
+        al, be = links.dp_allreduce_coeffs(d, t, options.grad_bytes)
+        ar = np.where(d > 1, al * dev_P + be, 0.0) * np.ones(p)
+    else:
+        ar = allreduce_time(dev_P * options.grad_bytes, d, *links.link(dp_inter(t, d, links)))
+    fsdp = np.zeros(p)
+    if options.extended():
+        dev = np.arange(p * v) % p
+        dev_load, dev_tp, dev_p2p, ar, fsdp = extended_terms(
+            chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p)
+    b = int(np.argmax(dev_load))
+    Lmax = float(dev_load[b])
+    bubble = (p - 1) / v * Lmax
+    opt_s = 0.0
+    if options.optimizer_bytes_per_param > 0 and hbm_bw_Bps > 0:
+        opt_s = float(dev_P.max()) * options.optimizer_bytes_per_param / hbm_bw_Bps
+        if options.extended() and (options.zero_stage or options.zero1 or options.distributed_optimizer):
+            opt_s /= d * options.cp     # each rank steps its 1/(d cp) shard
+    time_s = M * Lmax + bubble + float(ar.max()) + opt_s
+    out = {**base, "M": M, "time_per_batch_s": time_s,
+           "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
+           "memory_per_device_bytes": float(mem.max()),
+           **{f"memory_{k}_bytes": float(v[int(np.argmax(mem))]) for k, v in parts.items()},
+           "stage_memory": [{k: float(v[r]) for k, v in parts.items()} for r in range(p)],
+           "compute_s": M * float(dev_comp[b]), "bubble_s": bubble,
+           "p2p_s": M * float(dev_p2p[b]), "dp_sync_s": float(ar.max()),
+           "tp_s": M * float(dev_tp[b]), "optimizer_s": opt_s,
+           "feasible": bool(mem.max() <= hbm_bytes)}
+    if options.extended():      # FSDP's per-microbatch exposed gathers count as DP sync
+        out["dp_sync_s"] += M * float(fsdp[b])
+        out["devices"] = p * d * t * options.cp
+    out.update(_flop_metrics(chain, recompute, batch, p * t * d * options.cp, options.cp,
+                             time_s, peak_flops))
+    if not out["feasible"]:
+        out["reason"] = f"needs {mem.max():.4g} B per device > HBM {hbm_bytes:.4g} B"
+    return out
+
+
+def _checked_stages(chain: Chain, chunks: int, stages):
+    """`stages`, or Megatron's uniform split; ValueError unless they are `chunks` non-empty
+    contiguous ranges covering the chain."""
+    stages = uniform_stages(chain, chunks) if stages is None else stages
+    if len(stages) != chunks or stages[0][0] != 0 or stages[-1][1] != chain.n or any(
+            a[1] != b[0] or a[0] >= a[1] for a, b in zip(stages, stages[1:])) or \
+            stages[-1][0] >= stages[-1][1]:
+        raise ValueError("stages must be p * interleave non-empty contiguous chunks covering "
+                         "the chain")
+    return stages
+
+
+def _per_device(chain, p, v, d, recompute, stages, links, options):
+    """Per pipeline rank (chunk c on rank c % p), per microbatch: load (compute with its
+    recomputation, TP collectives, p2p), compute without TP, TP, p2p; and params,
+    activations kept per microbatch and the recomputation working buffer."""
+    t, n = chain.t, chain.n
     pbw, plat = links.link(pipeline_level(t, d, p, links))
-    dbw, dlat = links.link(dp_inter(t, d, links))
     st = np.array(stages)
     lo, hi = st[:, 0], st[:, 1]
     cs = lambda x: np.concatenate(([0.0], np.cumsum(x)))  # noqa: E731
@@ -268,52 +320,22 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         dev_P = dev_P - chain.shared_param_count
     dev_A = np.bincount(dev, Ap[hi] - Ap[lo], minlength=p)
     dev_work = np.array([work[dev == r].max() for r in range(p)])
-    mem = dev_P * options.static_bytes_per_param(d) + inflight(p, v, M) * dev_A + dev_work
-    parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options)
-    if links.levels:
-        al, be = links.dp_allreduce_coeffs(d, t, options.grad_bytes)
-        ar = np.where(d > 1, al * dev_P + be, 0.0) * np.ones(p)
-    else:
-        ar = allreduce_time(dev_P * options.grad_bytes, d, dbw, dlat)
-    fsdp = np.zeros(p)
-    if options.extended():
-        dev_load, dev_tp, dev_p2p, ar, fsdp = extended_terms(
-            chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p)
-    b = int(np.argmax(dev_load))
-    Lmax = float(dev_load[b])
-    bubble = (p - 1) / v * Lmax
-    opt_s = 0.0
-    if options.optimizer_bytes_per_param > 0 and hbm_bw_Bps > 0:
-        opt_s = float(dev_P.max()) * options.optimizer_bytes_per_param / hbm_bw_Bps
-        if options.extended() and (options.zero_stage or options.zero1 or options.distributed_optimizer):
-            opt_s /= d * options.cp     # each rank steps its 1/(d cp) shard
-    time_s = M * Lmax + bubble + float(ar.max()) + opt_s
-    out = {**base, "M": M, "time_per_batch_s": time_s,
-           "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
-           "memory_per_device_bytes": float(mem.max()),
-           **{f"memory_{k}_bytes": float(v[int(np.argmax(mem))]) for k, v in parts.items()},
-           "stage_memory": [{k: float(v[r]) for k, v in parts.items()} for r in range(p)],
-           "compute_s": M * float(dev_comp[b]), "bubble_s": bubble,
-           "p2p_s": M * float(dev_p2p[b]), "dp_sync_s": float(ar.max()),
-           "tp_s": M * float(dev_tp[b]), "optimizer_s": opt_s,
-           "feasible": bool(mem.max() <= hbm_bytes)}
-    if options.extended():      # FSDP's per-microbatch exposed gathers count as DP sync
-        out["dp_sync_s"] += M * float(fsdp[b])
-        out["devices"] = p * d * t * options.cp
-    # model FLOPs from the graph (per device x devices of a replica, x microbatches); hardware
-    # FLOPs add what recomputation runs again
-    n_mb = batch / mbs
-    flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * t * options.cp * n_mb
+    return dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work
+
+
+def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops) -> dict:
+    """Model FLOPs from the graph (per device x a replica's devices x microbatches), MFU
+    and TFLOP/s per device from them; hardware FLOPs and HFU add what recomputation runs
+    again."""
+    n_mb = batch / chain.mbs
+    flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * chain.t * cp * n_mb
     redo = {"none": 0.0, "selective": float(chain.flops_recompute_selective.sum()),
-            "full": float(chain.flops_fwd.sum())}[recompute] * t * options.cp * n_mb
-    devices = p * t * d * options.cp
-    out["model_flops"], out["hardware_flops"] = flops, flops + redo
-    out["mfu"] = flops / (time_s * devices * peak_flops) if peak_flops > 0 else None
-    out["hfu"] = (flops + redo) / (time_s * devices * peak_flops) if peak_flops > 0 else None
-    out["tflops_per_device"] = out["mfu"] * peak_flops / 1e12 if peak_flops > 0 else None
-    if not out["feasible"]:
-        out["reason"] = f"needs {mem.max():.4g} B per device > HBM {hbm_bytes:.4g} B"
-    return out
+            "full": float(chain.flops_fwd.sum())}[recompute] * chain.t * cp * n_mb
+    ok = peak_flops > 0
+    mfu = flops / (time_s * devices * peak_flops) if ok else None
+    return {"model_flops": flops, "hardware_flops": flops + redo, "mfu": mfu,
+            "hfu": (flops + redo) / (time_s * devices * peak_flops) if ok else None,
+            "tflops_per_device": mfu * peak_flops / 1e12 if ok else None}
 
 
 MEMORY_PARTS = ("weights", "grads", "optimizer", "activations", "buffers")
