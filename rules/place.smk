@@ -28,7 +28,7 @@ rule place:
         hbm_gib=",".join(f"{h:g}" for h in SETTINGS.placement.hbm_gib),
         recompute=",".join(SETTINGS.placement.recompute),
         optimizer=SETTINGS.placement.optimizer,
-        zero1="--zero1" if SETTINGS.placement.zero1 else "",
+        zero1="--zero1" if SETTINGS.placement.zero1 else "--no-zero1",
         interleave=",".join(str(v) for v in SETTINGS.placement.interleave),
         fixed=lambda wc: (
             f"--fixed {MODELS[wc.model]['fixed_plan']}" if "fixed_plan" in MODELS[wc.model] else ""
