@@ -244,7 +244,7 @@ def _evaluate_grid(args, spec, settings, seq):
     row = grid[grid["arch_id"] == args.arch].reset_index(drop=True)
     if row.empty:
         raise UserError(f"arch_id {args.arch!r} is not in {args.grid}", field="--arch",
-                        fix="use an arch_id of that grid (`phaze arch list --grid G`)")
+                        fix="use an arch_id of that grid (a report's best design, or `phaze arch show ID --grid G` to check one)")
     hbm = (args.hbm_gib if args.hbm_gib is not None else max(settings.placement.hbm_gib)) * 1024**3
     plan = evaluate_sweep_plan(spec, row, tp=args.tp, pp=args.pp, dp=args.dp, mbs=args.mbs,
                                recompute=args.recompute, hbm_bytes=hbm, seq=seq,

@@ -58,7 +58,7 @@ def run(args) -> int:
         if k in info["params"]:
             print(f"  {k:<26} {v:.4g}" if isinstance(v, float) else f"  {k:<26} {v}")
     print("h100 preset parameters (kernels: benchmarks/data/h100_kernels_measured.csv; "
-          "the README H100 table fits none of them, docs/validate.md):")
+          "nothing is fitted on the Megatron-LM README's H100 rows, docs/validate.md):")
     for k, v in info["h100_params"].items():
         print(f"  {k:<26} {v:.4g}" if isinstance(v, float) else f"  {k:<26} {v}")
     print()
