@@ -41,6 +41,14 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                     f"field models[{i}].tp[{j}]: TP width {t} does not divide the {spec.heads}"
                     f" attention heads ({spec.n_kv_heads} KV heads) of {m['name']}; use a"
                     " divisor")
+                continue
+            for k, seq in enumerate(m["seq"]):      # what a graph job would refuse, now
+                try:
+                    spec.check_run(seq, 1, t)
+                except UserError as e:
+                    where = "seq" if e.field == "seq" else "tp"
+                    idx = k if where == "seq" else j
+                    errors.append(f"field models[{i}].{where}[{idx}]: {str(e).split(': ', 1)[-1]}")
     if check_grid:
         errors += grid_errors(cfg["arch"])
     return errors

@@ -49,6 +49,10 @@ BAD_CONFIGS = {
         _bad(lambda c: c["arch"]["area"].update(a_max_mm2=1.0, keep_single_core="none")),
         "arch.area",
     ),
+    "seq beyond the learned positions": (
+        _bad(lambda c: c["models"][0].update(seq=[100000])),
+        "models[0].seq[0]",
+    ),
     "missing hf config": (
         _bad(lambda c: c["models"][0].update(hf_config="nowhere/config.json")),
         "models[0].hf_config",

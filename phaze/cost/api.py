@@ -35,6 +35,8 @@ class OpCosts(NamedTuple):
     op_names: tuple
 
 
+# long: one vectorised pass over ops x archs whose steps share every array; split, they
+# would pass a dozen arrays between them
 def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
                  params: CostParams | None = None, groups: dict | None = None) -> OpCosts:
     """See the module docstring. `groups` maps extra collective group names to sizes

@@ -11,7 +11,7 @@ from phaze.settings import (MAX_HBM_GIB, RECOMPUTE_MODES, add_config_arg, add_gr
                             sweep_settings)
 
 
-def register(sub) -> None:
+def register(sub) -> None:    # long: the two commands' argparse declarations, nothing else
     p = sub.add_parser(
         "place",
         help="placement DP: best pipeline/data/tensor-parallel plan",

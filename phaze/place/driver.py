@@ -262,6 +262,7 @@ def write_rows(rows: list[dict], path: str) -> None:
 
 
 # ------------------------------------------------------------------ inputs
+# long: the strict join is one sequence of checks, each naming the file it refuses
 def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dict) -> list:
     """Read graphs, latency tables and the grid into ctx (graphs, latency, peak, fused) with
     a strict join; return the work items (model, seq, mbs) x grid archs x HBM x recompute.
