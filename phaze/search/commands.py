@@ -59,6 +59,10 @@ def _specs(args):
     if args.mbs is not None:
         settings = replace(settings, microbatch_sizes=parse_list(args.mbs, int, "--mbs",
                                                                   minimum=1))
+    if args.dp == "reference" and "selective" in settings.placement.recompute:
+        # the published DP knows recomputation on or off only: say so, once
+        print("phaze search: the reference DP has no selective recomputation; searching "
+              "recompute none/full only", file=sys.stderr)
     tp_flag = parse_list(args.tp, int, "--tp", minimum=1) if args.tp is not None else None
     fixed_flag = parse_fixed(args.fixed)
     if not cfg:
