@@ -308,8 +308,10 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
                         field="--latency", fix="pass each latency table once")
     want_archs = set(arch_ids)
     arch_index = pd.Index([str(a) for a in arch_ids])
+    seen = set()
     for key, rows in lat.groupby(list(GRAPH_KEY), sort=False):
         key = tuple(v.item() if hasattr(v, "item") else v for v in key)
+        seen.add(key)
         name = dict(zip(GRAPH_KEY, key))
         where = rows["_file"].iloc[0]
         graph = ctx["graphs"].get(key)
@@ -339,10 +341,10 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
         arr = np.zeros((len(arch_ids), n_layers, 3))
         arr[a_idx, li] = rows[["fwd_s", "bwd_s", "recompute_s"]].to_numpy(dtype=float)
         ctx["latency"].add(key, arr)
-    for key in ctx["graphs"]:
-        if (key, arch_ids[0] if arch_ids else None) not in ctx["latency"] and arch_ids:
-            raise UserError(f"no latency rows for the graph {dict(zip(GRAPH_KEY, key))}",
-                            field="--latency", fix="pass its latency table")
+    unseen = [k for k in ctx["graphs"] if k not in seen]
+    if unseen and arch_ids:
+        raise UserError(f"no latency rows for the graph {dict(zip(GRAPH_KEY, unseen[0]))}",
+                        field="--latency", fix="pass its latency table")
     hbms, recs = ctx["hbm_bytes"], ctx["recompute"]
     models = sorted({(g.model, g.seq, g.mbs) for g in ctx["graphs"].values()})
     return [{"model": m, "seq": s, "arch_id": aid, "mbs": b, "hbm_bytes": hbm, "recompute": r}
