@@ -14,6 +14,10 @@ Everything is per device of a TP group of width t, for one microbatch of `mbs` s
   out_bytes          bytes of the activation leaving the layer (pipeline p2p payload)
   flops_fwd/bwd      FLOP of the layer per microbatch on one device (MFU only)
   kinds              "prologue" | "block" | "epilogue" (uniform Megatron splits use blocks)
+  expert_param_count parameters of the layer's routed experts (part of param_count; 0 for
+                     dense layers): expert parallelism shards them (phaze.place.plan)
+  a2a_bytes          bytes one device sends in one all-to-all of an MoE layer per
+                     microbatch (the dispatched token slots, T top_k h x 2 B; 0 if dense)
 
 `chain_from_graph` adapts a ModelGraph (phaze/model/ops.py) plus per-layer latencies (the
 scheduler's merged table, or any per-op latency function summed serially) to a Chain.
@@ -47,6 +51,8 @@ class Chain:
     shared_param_count: float = 0.0
     tp_fwd_s: np.ndarray | None = None
     tp_bwd_s: np.ndarray | None = None
+    expert_param_count: np.ndarray | None = None      # default: 0 (dense)
+    a2a_bytes: np.ndarray | None = None               # default: 0 (dense)
     flops_fwd: np.ndarray | None = None
     flops_bwd: np.ndarray | None = None
     model: str = ""
@@ -58,7 +64,8 @@ class Chain:
             object.__setattr__(self, "act_selective_bytes", self.act_none_bytes)
         for name in ("act_selective_bytes", "recompute_selective_s",
                      "flops_recompute_selective", "fwd_s", "bwd_s", "param_count", "act_none_bytes", "act_full_bytes",
-                     "out_bytes", "tp_fwd_s", "tp_bwd_s", "flops_fwd", "flops_bwd"):
+                     "out_bytes", "tp_fwd_s", "tp_bwd_s", "flops_fwd", "flops_bwd",
+                     "expert_param_count", "a2a_bytes"):
             v = getattr(self, name)
             if v is None:
                 v = np.zeros(n)
@@ -70,6 +77,8 @@ class Chain:
             object.__setattr__(self, name, v)
         if len(self.kinds) != n:
             raise ValueError("Chain.kinds must name every layer")
+        if (self.expert_param_count > self.param_count).any():
+            raise ValueError("Chain.expert_param_count must not exceed param_count")
         if self.t < 1 or self.mbs < 1:
             raise ValueError("Chain.t and Chain.mbs must be >= 1")
 
@@ -127,8 +136,12 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         a_sel = acts.get("selective", a_none)
         pass_kind = layer.kind if layer.kind in ("prologue", "epilogue") else "block"
         f_sel = sum(o.flops for o in layer.selective_recompute_ops())
+        # routed experts: their weights (Op.experts > 0) and the dispatch's token slots
+        ex = sum(o.param_bytes for o in layer.fwd if o.experts) / graph.dtype_bytes
+        a2a = sum(o.bytes_written for o in layer.fwd if o.name.endswith("moe.dispatch"))
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
-               layer.flops("fwd"), layer.flops("bwd"), a_sel, r, f_sel, pass_kind)
+               layer.flops("fwd"), layer.flops("bwd"), a_sel, r, f_sel,
+               min(ex, layer.param_count), a2a, pass_kind)
         rows.extend([row] * layer.repeat)
     cols = list(zip(*rows))
     arr = [np.array(c, dtype=float) for c in cols[:-1]]
@@ -136,7 +149,8 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                  tp_fwd_s=arr[2], tp_bwd_s=arr[3], param_count=arr[4], act_none_bytes=arr[5],
                  act_full_bytes=arr[6], out_bytes=arr[7], flops_fwd=arr[8], flops_bwd=arr[9],
                  act_selective_bytes=arr[10], recompute_selective_s=arr[11],
-                 flops_recompute_selective=arr[12], kinds=tuple(cols[-1]), model=graph.model,
+                 flops_recompute_selective=arr[12], expert_param_count=arr[13],
+                 a2a_bytes=arr[14], kinds=tuple(cols[-1]), model=graph.model,
                  shared_param_count=sum(lg.shared_param_bytes for lg in graph.layers
                                         if lg.kind == "epilogue") / graph.dtype_bytes,
                  extra={"sequence_parallel": bool(graph.sequence_parallel)})

@@ -51,8 +51,9 @@ import numpy as np
 
 from phaze.place.chain import Chain
 from phaze.settings import RECOMPUTE_MODES
-from phaze.place.plan import (Links, PlanOptions, dp_inter, evaluate_plan, p2p_time,
-                              pipeline_level, uniform_stages)
+from phaze.place.plan import (Links, PlanOptions, dp_sync_coeffs, evaluate_plan,
+                              expert_parallel_chain, p2p_time, pipeline_level, uniform_stages,
+                              with_axes)
 
 INF = math.inf
 _REL = 1e-12          # relative slack when pruning with bounds (never prunes a true optimum)
@@ -76,6 +77,7 @@ class _Ranges:
         Ap = _prefix(chain.act_bytes(recompute))
         Rp = _prefix(chain.recompute_s(recompute))
         self.comp = (Fp[jj] - Fp[ii]) + (Rp[jj] - Rp[ii]) + (Bp[jj] - Bp[ii])
+        self.fb = (Fp[jj] - Fp[ii]) + (Bp[jj] - Bp[ii])     # ZeRO-2/3 overlap window
         self.P = np.where(self.valid, Pp[jj] - Pp[ii], 0.0)
         self.P[0, n] -= chain.shared_param_count   # one stage: the tied head is no copy
         self.A = np.where(self.valid, Ap[jj] - Ap[ii], 0.0)
@@ -88,12 +90,19 @@ class _Ranges:
         self.work = work
         self._load = {}
 
-    def load(self, bw: float, lat: float) -> np.ndarray:
-        key = (bw, lat)
+    def load(self, bw: float, lat: float, a_mb: float = 0.0, b_mb: float = 0.0) -> np.ndarray:
+        """Load per microbatch of every range for a p2p link (bw, lat), plus ZeRO-2/3's
+        exposed per-microbatch communication a_mb P + b_mb (plan.extended_terms: the larger
+        of one layer's share and what the stage's forward + backward cannot hide)."""
+        key = (bw, lat, a_mb, b_mb)
         if key not in self._load:
             comm = p2p_time(self.chain.out_bytes, bw, lat)     # boundary after layer k
             edge = np.concatenate(([0.0], comm[:-1], [0.0]))   # cin[i] / cout[j]
             load = edge[self.ii] + self.comp + edge[self.jj]
+            if a_mb or b_mb:
+                per = np.where(self.P > 0, a_mb * self.P + b_mb, 0.0)
+                layers = np.maximum(self.jj - self.ii, 1)
+                load = load + np.maximum(per / layers, per - self.fb)
             self._load[key] = np.where(self.valid, load, INF)
         return self._load[key]
 
@@ -236,20 +245,17 @@ class _Run:
 
 
 def d_candidates(chain: Chain, devices: int, batch: int, options: PlanOptions) -> list[int]:
-    top = devices // chain.t
+    """Data-parallel degrees to try: t cp d <= devices, ep dividing d cp (the EP group is
+    carved out of the d x cp ranks, Megatron-Core), d mbs dividing the batch if exact."""
+    top = devices // (chain.t * options.cp)
     if options.exact_batch:
         if batch % chain.mbs:
             return []
         nmb = batch // chain.mbs
-        return [d for d in range(1, min(top, nmb) + 1) if nmb % d == 0]
-    return list(range(1, min(top, -(-batch // chain.mbs)) + 1))
-
-
-def _ar_coeff(n: int, bw: float, lat: float, grad_bytes: float) -> tuple[float, float]:
-    """Ring all-reduce time = alpha * params + beta (plan.allreduce_time)."""
-    if n <= 1:
-        return 0.0, 0.0
-    return 2.0 * (n - 1) / n * grad_bytes / bw, 2.0 * (n - 1) * lat
+        ds = [d for d in range(1, min(top, nmb) + 1) if nmb % d == 0]
+    else:
+        ds = list(range(1, min(top, -(-batch // chain.mbs)) + 1))
+    return [d for d in ds if (d * options.cp) % options.ep == 0]
 
 
 class _RunSet:
@@ -326,10 +332,15 @@ FIRST_WINDOW = 8     # pass 1 scans stage counts 1..8 (incumbents); windows then
 CAP_BATCH = 64       # (scenario, cap) entries per capped run (bounds one run's memory)
 
 
-def _solve(rgs: dict, chain: Chain, devices: int, batch: int, scen: list, links: Links,
+def _solve(chain: Chain, devices: int, batch: int, scen: list, links: Links,
            options: PlanOptions, peak_flops: float, interleaves) -> list:
-    """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`."""
-    search = _PlanSearch(rgs, chain, devices, batch, scen, links, options)
+    """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`. The DP runs
+    on the chain as expert parallelism makes it (plan.expert_parallel_chain); winners are
+    evaluated from `chain` by evaluate_plan, which applies the same transformation."""
+    run_chain = expert_parallel_chain(chain, options.ep, links, options)
+    rgs = {rec: _Ranges(run_chain, rec) for rec, _h in scen}
+    search = _PlanSearch(rgs, run_chain, devices, batch, scen, links, options)
+    search.source_chain = chain
     search.first_pass()
     search.window_passes()
     search.capped_runs()
@@ -344,6 +355,7 @@ class _PlanSearch:
     def __init__(self, rgs: dict, chain: Chain, devices: int, batch: int, scen: list,
                  links: Links, options: PlanOptions):
         self.rgs, self.chain, self.batch, self.scen = rgs, chain, batch, scen
+        self.source_chain = chain        # what evaluate_plan gets (before EP)
         self.links, self.options = links, options
         self.n = chain.n
         self.G0 = len(scen)
@@ -361,21 +373,21 @@ class _PlanSearch:
         chain, links, options, t = self.chain, self.links, self.options, self.chain.t
         groups: dict = {}
         dinfo = {}
+        cp = options.cp
         for d in d_candidates(chain, devices, self.batch, options):
             M = -(-self.batch // (chain.mbs * d))
-            pmax = min(self.n, devices // (t * d))
+            pmax = min(self.n, devices // (t * cp * d))
             if pmax < 1:
                 continue
-            ar = (links.dp_allreduce_coeffs(d, t, options.grad_bytes) if links.levels
-                  else _ar_coeff(d, *links.link(dp_inter(t, d, links)), options.grad_bytes))
-            dinfo[d] = (M, pmax, ar)
+            al, be, a_mb, b_mb = dp_sync_coeffs(options, links, t, d)
+            dinfo[d] = (M, pmax, (al, be))
             static = options.static_bytes_per_param(d)
             ps = np.arange(1, pmax + 1)
-            inter = pipeline_level(t, d, ps, links)          # numpy-aware
+            inter = pipeline_level(t * cp, d, ps, links)     # numpy-aware
             for kind in ((False, True) if not links.levels else range(len(links.levels))):
                 sel = ps[inter == kind]
                 if len(sel):
-                    groups.setdefault((kind, static), {})[d] = sel
+                    groups.setdefault((kind, static, (a_mb, b_mb)), {})[d] = sel
         return groups, dinfo
 
     def _layer_bounds(self) -> None:
@@ -422,7 +434,7 @@ class _PlanSearch:
         rgs, scen, dinfo, p_lo = self.rgs, self.scen, self.dinfo, self.p_lo
         smax_cache: dict = {}
         for key, dps in self.groups.items():
-            inter, static = key
+            inter, static, mb = key
             if static not in smax_cache:
                 smax_cache[static] = [rgs[rec].smax(static, hbm) for rec, hbm in scen]
             smaxes = smax_cache[static]
@@ -435,7 +447,7 @@ class _PlanSearch:
                     p_lo[(static, M)] = lo_all[:, k]
             for d in list(dps):
                 dps[d] = dps[d][dps[d] >= p_lo[(static, dinfo[d][0])].min()]
-            band = _Band([rgs[rec].load(*self.links.link(inter)) for rec, _h in scen],
+            band = _Band([rgs[rec].load(*self.links.link(inter), *mb) for rec, _h in scen],
                          rgs[scen[0][0]].P, smaxes)
             self.sets[key] = _RunSet(band, np.arange(self.G0), np.full(self.G0, INF),
                                      track_pm=True)
@@ -541,7 +553,7 @@ class _PlanSearch:
     def plan(self, g: int, peak_flops: float, interleaves):
         """Scenario g's plan dict (or None): its DP winner evaluated with plan.evaluate_plan,
         or an interleaved schedule (uniform split, evaluated directly) when faster."""
-        chain, batch = self.chain, self.batch
+        chain, batch = self.source_chain, self.batch
         rec, hbm = self.scen[g]
         ev = dict(hbm_bytes=hbm, links=self.links, options=self.options, peak_flops=peak_flops)
         plan = None
@@ -568,11 +580,29 @@ class _PlanSearch:
 
 def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=("none",), *,
                links: Links | None = None, options: PlanOptions | None = None,
-               peak_flops: float = 0.0, interleaves=(1,)) -> dict:
+               peak_flops: float = 0.0, interleaves=(1,), eps=None, zero_stages=None) -> dict:
     """Best plan for one chain (its t and mbs fixed) for every (hbm_bytes, recompute) pair:
     {(hbm_bytes, recompute): plan dict or None when nothing fits}. All pairs share one DP
     run per link kind (a batch dimension), so a call with several costs far less than as
-    many best_plan calls."""
+    many best_plan calls.
+    Axes beyond d, p: `eps` (expert-parallel sizes; None: options.ep) and `zero_stages`
+    (0..3; None: as options say) are searched too, one DP per (ep, stage) (plan.with_axes),
+    the fastest plan kept (ties: the first in (ep, stage) order). Context parallelism is
+    options.cp with `chain` built for seq / cp (like t, the chain's own width)."""
+    options = options or PlanOptions()
+    if eps is not None or zero_stages is not None:
+        best: dict = {}
+        for ep in (eps if eps is not None else (options.ep,)):
+            for z in (zero_stages if zero_stages is not None else (None,)):
+                got = best_plans(chain, devices, batch, hbm_list, recompute_list, links=links,
+                                 options=with_axes(options, int(ep), z), peak_flops=peak_flops,
+                                 interleaves=interleaves)
+                for key, pl in got.items():
+                    cur = best.get(key)
+                    if key not in best or (pl is not None and (
+                            cur is None or pl["time_per_batch_s"] < cur["time_per_batch_s"])):
+                        best[key] = pl
+        return best
     links = links or Links()
     options = options or PlanOptions()
     recs = list(dict.fromkeys(recompute_list))
@@ -582,16 +612,16 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
     hbms = list(dict.fromkeys(float(h) for h in hbm_list))
     if chain.n == 0 or not hbms or not recs:
         return {(h, r): None for h in hbms for r in recs}
-    rgs = {rec: _Ranges(chain, rec) for rec in recs}
     scen = [(rec, h) for rec in recs for h in hbms]
-    plans = _solve(rgs, chain, devices, batch, scen, links, options, peak_flops, interleaves)
+    plans = _solve(chain, devices, batch, scen, links, options, peak_flops, interleaves)
     return {(h, rec): pl for (rec, h), pl in zip(scen, plans)}
 
 
 def best_plan(chain: Chain, devices: int, batch: int, recompute: str = "none", *,
               hbm_bytes: float, links: Links | None = None, options: PlanOptions | None = None,
-              peak_flops: float = 0.0, interleaves=(1,)) -> dict | None:
+              peak_flops: float = 0.0, interleaves=(1,), eps=None,
+              zero_stages=None) -> dict | None:
     """Best plan for one chain (its t and mbs fixed); None when nothing fits."""
     return best_plans(chain, devices, batch, [hbm_bytes], [recompute], links=links,
-                      options=options, peak_flops=peak_flops,
-                      interleaves=interleaves)[(float(hbm_bytes), recompute)]
+                      options=options, peak_flops=peak_flops, interleaves=interleaves,
+                      eps=eps, zero_stages=zero_stages)[(float(hbm_bytes), recompute)]

@@ -68,6 +68,10 @@ class Links:
                        intra_latency_s=self.intra_latency_s, inter_bw_Bps=self.inter_bw_Bps,
                        inter_latency_s=self.inter_latency_s, levels=self.levels)
 
+    def group_levels(self, group_size: int, stride: int = 1) -> list:
+        """Network.group_levels (the collectives of phaze.cost.collective take Links too)."""
+        return self.network().group_levels(group_size, stride)
+
     def link(self, level) -> tuple[float, float]:
         """(bw B/s x efficiency, latency s) of network level `level` (0 = inside a node;
         False/True = intra/inter on a two-level network)."""
@@ -127,6 +131,7 @@ class PlanOptions:
     overlap_p2p: bool = False            # --overlap-p2p-communication (interleaved 1F1B)
     bucket_params: float = 40e6          # Megatron DDP bucket (parameters) for the overlaps
     cp: int = 1                          # context-parallel size (chain built for seq / cp)
+    ep: int = 1                          # expert-parallel size (MoE layers; expert_parallel_chain)
     fp8_weight_bytes: float = 0.0        # extra bytes/param of FP8 weight copies (TE)
 
     def opt_bytes(self) -> float:
@@ -224,6 +229,11 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     t, mbs = chain.t, chain.mbs
     stages = _checked_stages(chain, p * v, stages)
     base = _base(chain, p, d, t, mbs, batch, recompute, v, stages)
+    base.update(ep=options.ep, cp=options.cp, zero_stage=zero_stage_of(options))
+    if (d * options.cp) % options.ep:
+        return {**base, "feasible": False,
+                "reason": f"ep {options.ep} must divide d x cp = {d * options.cp}"}
+    chain = expert_parallel_chain(chain, options.ep, links, options)
     if options.exact_batch and batch % (mbs * d):
         return {**base, "feasible": False, "reason": f"batch {batch} not divisible by mbs*d"}
     M = -(-batch // (mbs * d))
@@ -289,7 +299,7 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
     recomputation, TP collectives, p2p), compute without TP, TP, p2p; and params,
     activations kept per microbatch and the recomputation working buffer."""
     t, n = chain.t, chain.n
-    pbw, plat = links.link(pipeline_level(t, d, p, links))
+    pbw, plat = links.link(pipeline_level(t * options.cp, d, p, links))
     st = np.array(stages)
     lo, hi = st[:, 0], st[:, 1]
     cs = lambda x: np.concatenate(([0.0], np.cumsum(x)))  # noqa: E731
@@ -347,7 +357,13 @@ def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions) -> dict
     in-flight microbatches, and the recomputation working buffer. Their sum is the
     rank's memory (up to rounding)."""
     opt = options.opt_bytes() / (d if options.zero1 else 1)
-    return {"weights": dev_P * options.weight_bytes, "grads": dev_P * options.grad_bytes,
+    wb, gb = options.weight_bytes, options.grad_bytes
+    if options.extended():      # ZeRO-1/2/3 shard over the d x cp gradient group
+        n, z = d * options.cp, zero_stage_of(options)
+        wb = wb / (n if z >= 3 else 1) + options.fp8_weight_bytes
+        gb = gb / (n if z >= 2 else 1)
+        opt = options.opt_bytes() / (n if z >= 1 else 1)
+    return {"weights": dev_P * wb, "grads": dev_P * gb,
             "optimizer": dev_P * opt, "activations": np.asarray(dev_act, dtype=float),
             "buffers": np.asarray(dev_work, dtype=float)}
 
@@ -407,6 +423,111 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
         sync[r] = red + gather
     load = dev_comp + tp_exp + p2p_exp + fsdp
     return load, tp_exp, p2p_exp, sync, fsdp
+
+
+def zero_stage_of(options: PlanOptions) -> int:
+    """The ZeRO stage a PlanOptions amounts to: zero_stage, at least 1 with zero1 or the
+    distributed optimizer (0: nothing sharded)."""
+    return max(options.zero_stage, 1 if (options.zero1 or options.distributed_optimizer) else 0)
+
+
+def with_axes(options: PlanOptions, ep: int = 1, zero_stage: int | None = None) -> PlanOptions:
+    """`options` with expert-parallel size `ep` and ZeRO stage `zero_stage` (None: as is).
+    Stage 0/1 keep the plain model (zero1 off/on); 2/3 use extended_terms' ZeRO terms."""
+    from dataclasses import replace
+
+    if zero_stage is None:
+        return replace(options, ep=ep)
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage!r}")
+    return replace(options, ep=ep, zero1=zero_stage == 1, distributed_optimizer=False,
+                   zero_stage=zero_stage if zero_stage >= 2 else 0)
+
+
+def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOptions) -> Chain:
+    """The chain under expert parallelism of width ep (Megatron-Core MoE; Lepikhin et al.
+    2021, GShard): each device keeps 1/ep of every MoE layer's routed experts
+    (param_count - expert_param_count (1 - 1/ep)); the tokens a device computes stay
+    T top_k slots on average (ep devices' tokens spread over its E/ep experts), so the
+    expert GEMM time is unchanged; every MoE layer adds an all-to-all dispatch and an
+    all-to-all combine of a2a_bytes in the forward and two more in the backward
+    (phaze.cost.collective.collective_time "all_to_all" over the EP group: ep members
+    stride t cp, Megatron's rank order tp, cp, ep, dp, pp; topology options.collectives).
+    Recomputing a forward re-runs its all-to-alls (recompute_s("full") = fwd_s). The chain
+    returned has a2a_bytes 0 (no second application) and extra["ep_a2a_s"] per layer.
+    ep = 1 or a dense chain: `chain` unchanged."""
+    from dataclasses import replace
+
+    from phaze.cost.collective import collective_time
+
+    if ep <= 1 or not chain.a2a_bytes.any():
+        return chain
+    a2a = np.array([collective_time("all_to_all", float(b), ep, chain.t * options.cp, links,
+                                    src_dtype_bytes=1.0, topology=options.collectives,
+                                    bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
+                    for b in chain.a2a_bytes])
+    return replace(chain, fwd_s=chain.fwd_s + 2.0 * a2a, bwd_s=chain.bwd_s + 2.0 * a2a,
+                   param_count=chain.param_count - chain.expert_param_count * (1.0 - 1.0 / ep),
+                   expert_param_count=chain.expert_param_count / ep,
+                   a2a_bytes=np.zeros(chain.n), extra={**chain.extra, "ep_a2a_s": 4.0 * a2a})
+
+
+def _linear(f, what: str) -> tuple[float, float]:
+    """(a, b) with f(S) = a S + b for S > 0; ValueError when f is not linear (NCCL's
+    ring/tree choice on a two-level network)."""
+    f1, f2, f3 = f(1.0e9), f(2.0e9), f(3.0e9)
+    a = (f2 - f1) / 1.0e9
+    b = f1 - a * 1.0e9
+    if abs(f3 - (3.0e9 * a + b)) > 1e-9 * max(f3, 1e-30):
+        raise ValueError(f"{what} is not linear in the bytes: the DP needs collectives "
+                         "'flat' or a network with levels")
+    return a, b
+
+
+def dp_sync_coeffs(options: PlanOptions, links: Links, t: int, d: int) -> tuple:
+    """What the DP needs of a stage holding P parameters (P > 0), as linear functions of P:
+    (a, b, a_mb, b_mb) with the sync per batch a P + b and the exposed-before-overlap
+    communication per microbatch a_mb P + b_mb (ZeRO-2/3; extended_terms adds
+    max(that / layers, that - stage forward - backward) to the stage's load). The same
+    collectives as evaluate_plan: the plain model's all-reduce (Links.dp_allreduce_coeffs,
+    ring on the slowest link or hierarchical on levels), or extended_terms' choice per
+    ZeRO stage over the d x cp group, stride t (0: all-reduce; 1: reduce-scatter of the
+    gradients + all-gather of the weights; 2: the reduce-scatter every microbatch, the
+    all-gather per batch; 3: reduce-scatter + 2 all-gathers every microbatch).
+    ValueError for terms the DP cannot keep exact (overlaps of the DP collectives, TP
+    overlap, non-linear collectives)."""
+    from phaze.cost.collective import collective_time
+
+    if not options.extended():
+        if d <= 1:
+            return 0.0, 0.0, 0.0, 0.0
+        if links.levels:
+            return (*links.dp_allreduce_coeffs(d, t, options.grad_bytes), 0.0, 0.0)
+        bw, lat = links.link(dp_inter(t, d, links))
+        return 2.0 * (d - 1) / d * options.grad_bytes / bw, 2.0 * (d - 1) * lat, 0.0, 0.0
+    o = options
+    if o.overlap_grad_reduce or o.overlap_param_gather or o.tp_comm_overlap:
+        raise ValueError("the DP does not search with overlap_grad_reduce, "
+                         "overlap_param_gather or tp_comm_overlap; evaluate such plans")
+    g = d * o.cp
+    if g <= 1:
+        return 0.0, 0.0, 0.0, 0.0
+    rb = o.dp_reduce_bytes or o.grad_bytes
+    kw = dict(src_dtype_bytes=1.0, topology=o.collectives, bw_efficiency=links.bw_efficiency)
+
+    def coeff(kind, per_param):
+        a, b = _linear(lambda S: collective_time(kind, S, g, t, links, **kw), kind)
+        return a * per_param, b
+
+    z = zero_stage_of(o)
+    if z == 0:
+        return (*coeff("all_reduce", rb), 0.0, 0.0)
+    rs, ag = coeff("reduce_scatter", rb), coeff("all_gather", o.weight_bytes)
+    if z == 1:
+        return rs[0] + ag[0], rs[1] + ag[1], 0.0, 0.0
+    if z == 2:
+        return ag[0], ag[1], rs[0], rs[1]
+    return 0.0, 0.0, rs[0] + 2.0 * ag[0], rs[1] + 2.0 * ag[1]
 
 
 def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None = None,

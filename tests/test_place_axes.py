@@ -1,0 +1,210 @@
+"""The default DP's axes beyond d, p, t (expert parallelism, context parallelism, ZeRO-0..3)
+on multi-level networks: its optimum equals an exhaustive search over (ep, ZeRO stage, d,
+p, every contiguous partition) with an evaluator written here from the documented
+formulas (docs/place.md#axes), none of phaze's cost helpers used."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from phaze.place.chain import Chain
+from phaze.place.dp import best_plans
+from phaze.place.plan import Links, PlanOptions, evaluate_plan
+
+GB, WB, ADAM = 2.0, 2.0, 12.0      # bf16 grads and weights, fp32 master + 2 moments
+
+
+def rand_levels(rng):
+    k = int(rng.integers(2, 4))
+    sizes, g = [], 1
+    for _ in range(k - 1):
+        g *= int(rng.integers(2, 5))
+        sizes.append(g)
+    sizes.append(0)
+    bws = sorted(rng.uniform(5e6, 500e6, k), reverse=True)
+    lats = sorted(rng.uniform(1e-4, 5e-3, k))
+    return tuple((s, float(b), float(a)) for s, b, a in zip(sizes, bws, lats))
+
+
+def rand_moe_chain(rng):
+    """Alternating attention-like and MoE-like layers; MoE layers carry expert weights and
+    an all-to-all payload."""
+    n = int(rng.integers(2, 7))
+    fwd = rng.uniform(0.5, 3.0, n)
+    P = rng.integers(1, 100, n).astype(float) * 1e6
+    moe = rng.random(n) < 0.5
+    E = np.where(moe, P * rng.uniform(0.5, 0.95, n), 0.0)
+    return Chain(t=int(rng.choice([1, 2])), mbs=1, seq=128, fwd_s=fwd,
+                 bwd_s=2 * fwd * rng.uniform(0.8, 1.2, n), tp_fwd_s=0.1 * fwd, tp_bwd_s=0.1 * fwd,
+                 param_count=P, expert_param_count=E,
+                 a2a_bytes=np.where(moe, rng.integers(1, 40, n) * 1e6, 0.0),
+                 act_none_bytes=rng.integers(1, 100, n).astype(float) * 1e6,
+                 act_full_bytes=rng.integers(1, 10, n).astype(float) * 1e6,
+                 act_selective_bytes=rng.integers(1, 60, n).astype(float) * 1e6,
+                 recompute_selective_s=rng.uniform(0.0, 0.5, n) * fwd,
+                 out_bytes=rng.integers(0, 50, n).astype(float) * 1e6,
+                 flops_fwd=fwd * 1e12, flops_bwd=2 * fwd * 1e12, kinds=("block",) * n)
+
+
+# ------------------------------------------------------------- independent evaluator
+def fanout(levels, g, stride):
+    """[(k, bw, lat)]: a group of g members `stride` apart in rank order has, inside one
+    level-i group, min(g, level size // stride) members."""
+    out, below = [], 1
+    for size, bw, lat in levels:
+        inside = g if size == 0 else max(1, min(g, size // stride))
+        inside = max(inside, below)
+        if inside > below:
+            out.append((inside // below, bw, lat))
+        below = inside
+    return out
+
+
+def coll(kind, levels, nbytes, g, stride):
+    if g <= 1 or nbytes <= 0:
+        return 0.0
+    t, below = 0.0, 1
+    for k, bw, lat in fanout(levels, g, stride):
+        if kind == "ar":
+            t += 2 * (k - 1) / k * nbytes / below / bw + 2 * (k - 1) * lat
+        elif kind in ("rs", "ag"):
+            t += (k - 1) / k * nbytes / below / bw + (k - 1) * lat
+        else:   # all-to-all: the share leaving the level below crosses this level
+            t += nbytes * (below * k - below) / g / bw + (k - 1) * lat
+        below *= k
+    return t
+
+
+def my_eval(ch, stages, d, batch, rec, levels, ep, cp, z):
+    p, t, n = len(stages), ch.t, ch.n
+    g = d * cp
+    M = batch // (ch.mbs * d)
+    a2a = np.array([coll("a2a", levels, b, ep, t * cp) for b in ch.a2a_bytes])
+    F, B = ch.fwd_s + 2 * a2a, ch.bwd_s + 2 * a2a
+    P = ch.param_count - ch.expert_param_count * (1 - 1 / ep)
+    R = {"none": 0 * F, "selective": ch.recompute_selective_s, "full": F}[rec]
+    kept = {"none": ch.act_none_bytes, "selective": ch.act_selective_bytes,
+            "full": ch.act_full_bytes}[rec]
+    work = np.maximum(ch.act_none_bytes - kept, 0.0)     # never negative (Chain.work_bytes)
+    span = t * cp * d * p
+    lv = next(i for i, (s, _b, _a) in enumerate(levels) if s == 0 or span <= s)
+    _s, bw, lat = levels[lv]
+    hop = lambda k: lat + ch.out_bytes[k] / bw if ch.out_bytes[k] > 0 else 0.0  # noqa: E731
+    per_param = WB / (g if z >= 3 else 1) + GB / (g if z >= 2 else 1) + ADAM / (g if z >= 1 else 1)
+    loads, syncs, mem = [], [], 0.0
+    for k, (i, j) in enumerate(stages):
+        Ps = P[i:j].sum()
+        if z == 0:
+            sync, per_mb = coll("ar", levels, GB * Ps, g, t), 0.0
+        elif z == 1:
+            sync, per_mb = coll("rs", levels, GB * Ps, g, t) + coll("ag", levels, WB * Ps, g, t), 0.0
+        elif z == 2:
+            sync, per_mb = coll("ag", levels, WB * Ps, g, t), coll("rs", levels, GB * Ps, g, t)
+        else:
+            sync = 0.0
+            per_mb = coll("rs", levels, GB * Ps, g, t) + 2 * coll("ag", levels, WB * Ps, g, t)
+        fb = F[i:j].sum() + B[i:j].sum()
+        zero_mb = max(per_mb / (j - i), per_mb - fb)
+        cin = hop(i - 1) if i > 0 else 0.0
+        cout = hop(j - 1) if j < n else 0.0
+        loads.append(cin + fb + R[i:j].sum() + cout + zero_mb)
+        syncs.append(sync)
+        inflight = min(p - k, M)
+        mem = max(mem, Ps * per_param + inflight * kept[i:j].sum() + work[i:j].max())
+    return (M + p - 1) * max(loads) + max(syncs), mem
+
+
+def partitions(n, p):
+    for cuts in itertools.combinations(range(1, n), p - 1):
+        b = (0,) + cuts + (n,)
+        yield list(zip(b[:-1], b[1:]))
+
+
+def brute(ch, devices, batch, rec, hbm, levels, cp, eps, zs):
+    best = np.inf
+    nmb = batch // ch.mbs
+    for ep in eps:
+        for z in zs:
+            for d in range(1, nmb + 1):
+                if nmb % d or (d * cp) % ep:
+                    continue
+                for p in range(1, ch.n + 1):
+                    if ch.t * cp * d * p > devices:
+                        break
+                    for st in partitions(ch.n, p):
+                        tm, mem = my_eval(ch, st, d, batch, rec, levels, ep, cp, z)
+                        if mem <= hbm:
+                            best = min(best, tm)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_dp_with_ep_cp_zero_equals_bruteforce(seed):
+    rng = np.random.default_rng(1000 + seed)
+    ch = rand_moe_chain(rng)
+    levels = rand_levels(rng)
+    cp = int(rng.choice([1, 2]))
+    devices = int(rng.choice([4, 8, 16]))
+    batch = int(rng.choice([4, 8]))
+    eps = (1, 2, 4)
+    zs = (0, 1, 2, 3)
+    recs = ("none", "selective", "full")
+    # one tight and one loose memory limit
+    hbms = (float(rng.uniform(0.2, 1.0) * 1e10), 1e12)
+    links = Links(levels=levels)
+    opts = PlanOptions(optimizer="adam", collectives="nccl", cp=cp)
+    got = best_plans(ch, devices, batch, hbms, recs, links=links, options=opts, eps=eps,
+                     zero_stages=zs)
+    for (h, rec), plan in got.items():
+        want = brute(ch, devices, batch, rec, h, levels, cp, eps, zs)
+        if not np.isfinite(want):
+            assert plan is None
+            continue
+        assert plan is not None and plan["feasible"]
+        assert plan["time_per_batch_s"] == pytest.approx(want, rel=1e-9)
+        # the plan's own figures under the independent evaluator
+        tm, mem = my_eval(ch, [tuple(s) for s in plan["stages"]], plan["d"], batch, rec, levels,
+                          plan["ep"], plan["cp"], plan["zero_stage"])
+        assert tm == pytest.approx(plan["time_per_batch_s"], rel=1e-9)
+        assert mem == pytest.approx(plan["memory_per_device_bytes"], rel=1e-9)
+        assert plan["devices"] == plan["p"] * plan["d"] * plan["t"] * cp
+
+
+def test_axes_change_the_answer():
+    """The instances above exercise every axis: some optimum uses ep > 1, some ZeRO-2/3."""
+    seen = set()
+    for seed in range(60):
+        rng = np.random.default_rng(1000 + seed)
+        ch = rand_moe_chain(rng)
+        levels = rand_levels(rng)
+        cp = int(rng.choice([1, 2]))
+        devices = int(rng.choice([4, 8, 16]))
+        batch = int(rng.choice([4, 8]))
+        hbms = (float(rng.uniform(0.2, 1.0) * 1e10), 1e12)
+        got = best_plans(ch, devices, batch, hbms, ("none", "full"), links=Links(levels=levels),
+                         options=PlanOptions(collectives="nccl", cp=cp), eps=(1, 2, 4),
+                         zero_stages=(0, 1, 2, 3))
+        for pl in got.values():
+            if pl:
+                seen.add(("ep", pl["ep"] > 1))
+                seen.add(("zero", pl["zero_stage"]))
+    assert ("ep", True) in seen and ("ep", False) in seen
+    assert {("zero", 2), ("zero", 3)} & seen
+
+
+def test_expert_parallelism_shards_expert_weights_only():
+    rng = np.random.default_rng(7)
+    ch = rand_moe_chain(rng)
+    opts = PlanOptions(collectives="nccl", ep=2)
+    links = Links(levels=((4, 1e9, 1e-5), (0, 1e8, 1e-4)))
+    one = evaluate_plan(ch, 1, 2, 4, links=links, options=PlanOptions(collectives="nccl"))
+    two = evaluate_plan(ch, 1, 2, 4, links=links, options=opts)
+    dense = ch.param_count.sum() - ch.expert_param_count.sum()
+    per_param = (one["memory_weights_bytes"]) / ch.param_count.sum()
+    assert two["memory_weights_bytes"] == pytest.approx(
+        per_param * (dense + ch.expert_param_count.sum() / 2))
+    bad = evaluate_plan(ch, 1, 1, 4, links=links, options=PlanOptions(collectives="nccl", ep=4))
+    assert not bad["feasible"] and "ep 4" in bad["reason"]
