@@ -185,6 +185,11 @@ class PlacementSettings:
     zero1          shard the optimizer state over the data-parallel replicas (ZeRO-1;
                    on by default with adam; configs/paper.yaml sets sgd, off)
     interleave     interleaving depths v of the 1F1B schedule to try (1 = plain 1F1B)
+    ep             expert-parallel sizes to search (MoE layers; 1 = none; dense models
+                   ignore it)
+    zero_stage     ZeRO stages to search (0..3: optimizer state, + gradients, + weights
+                   sharded over the data-parallel replicas); empty = the one zero1 says
+                   (1 if zero1 else 0)
     """
 
     devices: int = 1024
@@ -194,6 +199,8 @@ class PlacementSettings:
     optimizer: str = "adam"
     zero1: bool = True               # mixed-precision Adam + ZeRO-1: the LLM default
     interleave: tuple[int, ...] = (1,)
+    ep: tuple[int, ...] = (1,)
+    zero_stage: tuple[int, ...] = ()
 
     def __post_init__(self):
         for name in ("devices", "global_batch"):
@@ -208,12 +215,23 @@ class PlacementSettings:
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}", field="optimizer",
                             fix=f"use {' or '.join(OPTIMIZERS)}")
+        object.__setattr__(self, "ep", parse_list(self.ep, int, "ep", minimum=1))
+        if self.zero_stage not in ((), [], None, ""):
+            object.__setattr__(self, "zero_stage", parse_list(self.zero_stage, int, "zero_stage",
+                                                              minimum=0, maximum=3))
+        else:
+            object.__setattr__(self, "zero_stage", ())
+
+    def zero_stages(self) -> tuple[int, ...]:
+        """The ZeRO stages the DP searches: zero_stage, else (1,) with zero1, (0,) without."""
+        return self.zero_stage or ((1,) if self.zero1 else (0,))
 
     @classmethod
     def from_config(cls, block: dict | None) -> "PlacementSettings":
         block = dict(block or {})
         kw = {k: block[k] for k in ("devices", "global_batch", "hbm_gib", "recompute",
-                                    "optimizer", "zero1", "interleave") if k in block}
+                                    "optimizer", "zero1", "interleave", "ep", "zero_stage")
+              if k in block}
         return cls(**kw)
 
     def hbm_bytes(self) -> tuple[float, ...]:
@@ -394,6 +412,10 @@ def add_placement_args(p, axes: bool = True) -> None:
                        f"{', '.join(RECOMPUTE_MODES)} (default {','.join(d.recompute)})")
         p.add_argument("--interleave", help="comma-separated interleaving depths v to try "
                        f"(default {','.join(map(str, d.interleave))})")
+        p.add_argument("--ep", help="comma-separated expert-parallel sizes to search "
+                       f"(MoE models; default {','.join(map(str, d.ep))})")
+        p.add_argument("--zero-stage", dest="zero_stage", help="comma-separated ZeRO stages "
+                       "0..3 to search (default: 1 with --zero1, else 0)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
     p.add_argument("--zero1", action=argparse.BooleanOptionalAction,
                    help="shard the optimizer state over the data-parallel replicas (ZeRO-1)")
@@ -427,7 +449,7 @@ def add_network_arg(p) -> None:
                    "(default: the config's, else a DGX-A100-like node)")
 
 
-AXES = ("hbm_gib", "recompute", "interleave")
+AXES = ("hbm_gib", "recompute", "interleave", "ep", "zero_stage")
 
 
 def sweep_settings(args) -> tuple["SweepSettings", dict]:
@@ -441,7 +463,8 @@ def sweep_settings(args) -> tuple["SweepSettings", dict]:
     pl = {}
     for flag, key in (("devices", "devices"), ("batch", "global_batch"), ("hbm_gib", "hbm_gib"),
                       ("recompute", "recompute"), ("optimizer", "optimizer"),
-                      ("zero1", "zero1"), ("interleave", "interleave")):
+                      ("zero1", "zero1"), ("interleave", "interleave"), ("ep", "ep"),
+                      ("zero_stage", "zero_stage")):
         v = g(flag)
         # axes come as comma-separated text; a command's own single value (evaluate's
         # --interleave, --hbm-gib) is not an axis
@@ -454,6 +477,10 @@ def sweep_settings(args) -> tuple["SweepSettings", dict]:
         pl["interleave"] = parse_list(pl["interleave"], int, "--interleave", minimum=1)
     if "recompute" in pl:
         pl["recompute"] = check_recompute(pl["recompute"], "--recompute")
+    if "ep" in pl:
+        pl["ep"] = parse_list(pl["ep"], int, "--ep", minimum=1)
+    if "zero_stage" in pl:
+        pl["zero_stage"] = parse_list(pl["zero_stage"], int, "--zero-stage", minimum=0, maximum=3)
     placement = replace(s.placement, **pl) if pl else s.placement
     graph = s.graph
     if g("fused") is not None:

@@ -30,6 +30,8 @@ rule place:
         optimizer=SETTINGS.placement.optimizer,
         zero1="--zero1" if SETTINGS.placement.zero1 else "--no-zero1",
         interleave=",".join(str(v) for v in SETTINGS.placement.interleave),
+        ep=",".join(str(v) for v in SETTINGS.placement.ep),
+        zero_stage=",".join(str(v) for v in SETTINGS.placement.zero_stages()),
         fixed=lambda wc: (
             f"--fixed {MODELS[wc.model]['fixed_plan']}" if "fixed_plan" in MODELS[wc.model] else ""
         ),
@@ -39,4 +41,5 @@ rule place:
         " --grid {input.grid} --devices {params.devices} --batch {params.global_batch}"
         " --hbm-gib {params.hbm_gib} --recompute {params.recompute}"
         " --optimizer {params.optimizer} {params.zero1} --interleave {params.interleave}"
+        " --ep {params.ep} --zero-stage {params.zero_stage}"
         " {params.fixed} --network {params.network:q} -o {output} > {log} 2>&1"

@@ -76,6 +76,8 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                         "sharding, kernels (phaze.place.evaluate.FRAMEWORKS; default "
                         "megatron-lm-2021, the validated A100 model)")
     e.add_argument("--cp", type=int, default=1, help="context-parallel size (ring attention)")
+    e.add_argument("--ep", type=int, default=1,
+                   help="expert-parallel size (MoE layers; a placement row's ep)")
     e.add_argument("--first-stage-layers", type=int,
                    help="Megatron --decoder-first-pipeline-num-layers")
     e.add_argument("--last-stage-layers", type=int,
@@ -240,6 +242,10 @@ def _evaluate_grid(args, spec, settings, seq):
     from phaze.hw.grid import read_grid
     from phaze.place.evaluate import evaluate_sweep_plan
 
+    if args.cp != 1:
+        raise UserError("context parallelism needs graphs built for seq / cp, which the sweep "
+                        "route does not build", field="--cp",
+                        fix="drop --cp with --grid, or use --arch PRESET --cp N")
     grid = read_grid(args.grid)
     row = grid[grid["arch_id"] == args.arch].reset_index(drop=True)
     if row.empty:
@@ -250,7 +256,7 @@ def _evaluate_grid(args, spec, settings, seq):
                                recompute=args.recompute, hbm_bytes=hbm, seq=seq,
                                sequence_parallel=args.sequence_parallel,
                                interleave=args.interleave, stages=_stages(args.stages),
-                               settings=settings)
+                               settings=settings, ep=args.ep, zero_stage=args.zero_stage)
     return plan, hbm, args.arch
 
 

@@ -79,7 +79,8 @@ def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float) -> dict
     for var in sorted(chains):
         plans = best_plans(chains[var], ctx["devices"], ctx["batch"], hbms, recs,
                            links=ctx["links"], options=ctx["options"], peak_flops=peak,
-                           interleaves=ctx["interleaves"])
+                           interleaves=ctx["interleaves"], eps=ctx.get("eps"),
+                           zero_stages=ctx.get("zero_stages"))
         for key, plan in plans.items():
             cur = best.get(key)
             if plan and (cur is None or plan["time_per_batch_s"] < cur[0]["time_per_batch_s"]):
@@ -195,7 +196,8 @@ def _row(index, item, kind, plan, variant, fused, method, seconds) -> dict:
         for k in ("p", "d", "t", "interleave", "time_per_batch_s", "samples_per_s",
                   "tokens_per_s", "mfu", "memory_per_device_bytes", "compute_s", "bubble_s",
                   "p2p_s", "dp_sync_s", "tp_s", "memory_weights_bytes", "memory_grads_bytes",
-                  "memory_optimizer_bytes", "memory_activations_bytes", "memory_buffers_bytes"):
+                  "memory_optimizer_bytes", "memory_activations_bytes", "memory_buffers_bytes",
+                  "ep", "cp", "zero_stage"):
             row[k] = plan.get(k)
         row["stages"] = json.dumps(plan["stages"])
         row["stage_memory"] = json.dumps(plan["stage_memory"])
@@ -383,7 +385,8 @@ def context(settings, fixed=None) -> dict:
 
     pl = settings.placement
     return {"devices": pl.devices, "batch": pl.global_batch, "links": Links.of(settings.net()),
-            "options": plan_options(pl), "interleaves": pl.interleave, "fixed": fixed,
+            "options": plan_options(pl, settings.net()), "interleaves": pl.interleave,
+            "eps": pl.ep, "zero_stages": pl.zero_stages(), "fixed": fixed,
             "hbm_bytes": pl.hbm_bytes(), "recompute": pl.recompute,
             "graphs": {}, "latency": {}, "peak": {}, "fused": None}
 

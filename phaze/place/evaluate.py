@@ -194,13 +194,15 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
 def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
                         recompute: str, hbm_bytes: float, seq: int,
                         sequence_parallel: bool = False, interleave: int = 1,
-                        stages: list | None = None, settings=None) -> dict:
+                        stages: list | None = None, settings=None, ep: int = 1,
+                        zero_stage: int | None = None) -> dict:
     """One plan of `spec` on a grid arch exactly as the sweep costs it. `arch_row`: the
     arch's grid row (a one-row DataFrame); `settings`: phaze.settings.SweepSettings (graph
     options, scheduling, placement job, network); `stages`: the plan's [start, end) layer
     ranges (default Megatron's uniform split). Returns evaluate_plan's dict plus model,
-    arch_id, seq, hbm_bytes, sequence_parallel. Raises ValueError for stages that do not
-    cover the model."""
+    arch_id, seq, hbm_bytes, sequence_parallel. `ep`, `zero_stage` (None: the settings'
+    first ZeRO stage): the plan's expert-parallel size and ZeRO stage (a placement row's ep,
+    zero_stage). Raises ValueError for stages that do not cover the model."""
     from phaze.model.graph import build_graph
     from phaze.sched.cache import ScheduleCache
     from phaze.sched.layers import scheduled_layer_latencies
@@ -218,13 +220,24 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     pl = settings.placement
     plan = evaluate_plan(chain, pp, dp, pl.global_batch, recompute, interleave,
                          stages=[tuple(s) for s in stages] if stages else None,
-                         hbm_bytes=hbm_bytes, links=Links.of(net), options=plan_options(pl),
+                         hbm_bytes=hbm_bytes, links=Links.of(net),
+                         options=plan_options(pl, net, ep, zero_stage if zero_stage is not None
+                                              else pl.zero_stages()[0]),
                          peak_flops=float(arch_row["peak_flops"].iloc[0]))
     plan.update(model=spec.name, arch_id=arch_id, seq=seq, hbm_bytes=hbm_bytes,
                 sequence_parallel=bool(graph.sequence_parallel))
     return plan
 
 
-def plan_options(placement) -> PlanOptions:
-    """The DP's PlanOptions for phaze.settings.PlacementSettings (every sweep route)."""
-    return PlanOptions(optimizer=placement.optimizer, zero1=placement.zero1)
+def plan_options(placement, network=None, ep: int = 1, zero_stage: int | None = None) -> PlanOptions:
+    """The DP's PlanOptions for phaze.settings.PlacementSettings (every sweep route): on a
+    network with levels the DP's collectives are hierarchical (collectives "nccl" ->
+    phaze.cost.collective.hierarchical_coeffs, ZeRO's reduce-scatters and all-gathers
+    too); `ep` and `zero_stage` (None: placement.zero1's) fix those axes
+    (phaze.place.plan.with_axes)."""
+    from phaze.place.plan import with_axes
+
+    levels = bool(getattr(network, "levels", ()))
+    base = PlanOptions(optimizer=placement.optimizer, zero1=placement.zero1,
+                       collectives="nccl" if levels else "flat")
+    return with_axes(base, ep, zero_stage)

@@ -29,15 +29,35 @@ def block_split(stages: list, n: int) -> dict | None:
             "chunks": len(blocks)}
 
 
+def plan_axes(r, zero1: bool = False) -> tuple[int, int, int]:
+    """(ep, cp, ZeRO stage) of a placement row; a table without those columns (older
+    rows): (1, 1, 1 if zero1 else 0)."""
+    def col(k, default):
+        v = r.get(k) if hasattr(r, "get") else None
+        return int(v) if v is not None and v == v else default
+    return col("ep", 1), col("cp", 1), col("zero_stage", 1 if zero1 else 0)
+
+
+# Megatron-Core's data-parallel sharding per ZeRO stage (custom FSDP, core_r0.11+:
+# --use-custom-fsdp --data-parallel-sharding-strategy; stage 1 is the distributed optimizer)
+ZERO_MEGATRON = {1: ["--use-distributed-optimizer"],
+                 2: ["--use-distributed-optimizer", "--use-custom-fsdp",
+                     "--data-parallel-sharding-strategy optim_grads"],
+                 3: ["--use-distributed-optimizer", "--use-custom-fsdp",
+                     "--data-parallel-sharding-strategy optim_grads_params"]}
+
+
 def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "adam") -> str:
-    """Megatron-LM pretrain_gpt.py arguments of a placement row (one line per flag)."""
+    """Megatron-LM pretrain_gpt.py arguments of a placement row (one line per flag): the
+    row's TP, PP, CP, EP sizes and ZeRO stage (plan_axes)."""
     t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
+    ep, cp, zero = plan_axes(r, zero1)
     stages = json.loads(r["stages"]) if isinstance(r["stages"], str) else list(r["stages"])
     split = block_split(stages, stages[-1][1]) if stages else {"first": 0, "middle": None,
                                                                "last": 0, "chunks": p * v}
-    lines = [f"# world size {p * d * t} devices: data parallel = world / (TP x PP) = {d}",
+    lines = [f"# world size {p * d * t * cp} devices: data parallel = world / (TP x CP x PP) = {d}",
              f"--tensor-model-parallel-size {t}", f"--pipeline-model-parallel-size {p}",
-             "--context-parallel-size 1", f"--micro-batch-size {int(r['mbs'])}",
+             f"--context-parallel-size {cp}", f"--micro-batch-size {int(r['mbs'])}",
              f"--global-batch-size {global_batch}", f"--seq-length {int(r['seq'])}",
              f"--optimizer {optimizer}"]
     if r["recompute"] == "full":
@@ -47,8 +67,11 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
         lines.append("--recompute-granularity selective")
     if r.get("sequence_parallel") is True:
         lines.append("--sequence-parallel")
-    if zero1:
-        lines.append("--use-distributed-optimizer")
+    if ep > 1:
+        lines.append(f"--expert-model-parallel-size {ep}")
+    lines += ZERO_MEGATRON.get(zero, [])
+    if zero >= 2:
+        lines.append(f"# ZeRO-{zero}: DeepSpeed (Megatron-DeepSpeed) names it --zero-stage {zero}")
     if not stages:
         lines.append("# the table gives no stages: Megatron's uniform split assumed")
     elif split is None:
@@ -68,13 +91,15 @@ def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
               optimizer: str = "adam") -> str:
     """NeMo (Megatron GPT) trainer/model config keys of a placement row, as YAML."""
     t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
-    world = p * d * t
+    ep, cp, zero = plan_axes(r, zero1)
+    world = p * d * t * cp
     per_node = min(world, devices_per_node)
     rec = {"full": "full", "selective": "selective"}.get(r["recompute"])
-    opt = ("distributed_fused_adam" if zero1 else "fused_adam") if optimizer == "adam" else "sgd"
+    opt = ("distributed_fused_adam" if zero >= 1 else "fused_adam") if optimizer == "adam" else "sgd"
     lines = ["trainer:", f"  devices: {per_node}", f"  num_nodes: {-(-world // per_node)}",
              "model:", f"  tensor_model_parallel_size: {t}",
-             f"  pipeline_model_parallel_size: {p}", "  context_parallel_size: 1",
+             f"  pipeline_model_parallel_size: {p}", f"  context_parallel_size: {cp}",
+             f"  expert_model_parallel_size: {ep}",
              f"  virtual_pipeline_model_parallel_size: {v if v > 1 else 'null'}",
              f"  micro_batch_size: {int(r['mbs'])}", f"  global_batch_size: {global_batch}",
              f"  encoder_seq_length: {int(r['seq'])}",
