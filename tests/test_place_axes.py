@@ -89,10 +89,15 @@ def my_eval(ch, stages, d, batch, rec, levels, ep, cp, z):
     kept = {"none": ch.act_none_bytes, "selective": ch.act_selective_bytes,
             "full": ch.act_full_bytes}[rec]
     work = np.maximum(ch.act_none_bytes - kept, 0.0)     # never negative (Chain.work_bytes)
-    span = t * cp * d * p
-    lv = next(i for i, (s, _b, _a) in enumerate(levels) if s == 0 or span <= s)
-    _s, bw, lat = levels[lv]
-    hop = lambda k: lat + ch.out_bytes[k] / bw if ch.out_bytes[k] > 0 else 0.0  # noqa: E731
+    S = t * cp * d                     # devices of one pipeline rank
+    bound = {}
+    for r, (i, _j) in enumerate(stages):
+        if r:   # hop into rank r: device x of rank r - 1 to device x of rank r, slowest pair
+            lv = max(next(k for k, (g, _b, _a) in enumerate(levels)
+                          if g == 0 or ((r - 1) * S + x) // g == (r * S + x) // g)
+                     for x in range(S))
+            bound[i - 1] = levels[lv][1:]
+    hop = lambda k: bound[k][1] + ch.out_bytes[k] / bound[k][0] if ch.out_bytes[k] > 0 else 0.0  # noqa: E731
     per_param = WB / (g if z >= 3 else 1) + GB / (g if z >= 2 else 1) + ADAM / (g if z >= 1 else 1)
     loads, syncs, mem = [], [], 0.0
     for k, (i, j) in enumerate(stages):

@@ -47,12 +47,6 @@ def rand_levels(rng):
 
 
 # ------------------------------------------------------------- independent evaluator
-def level_of(levels, span):
-    for i, (g, _b, _a) in enumerate(levels):
-        if g == 0 or span <= g:
-            return i
-
-
 def hier_allreduce(levels, nbytes, d, stride):
     """Reduce-scatter up the levels, all-gather down: members of the group inside one
     level-i group = min(d, group devices // stride)."""
@@ -68,11 +62,26 @@ def hier_allreduce(levels, nbytes, d, stride):
     return t
 
 
+def pair_level(levels, a, b):
+    """Innermost level whose group (aligned blocks of its size) holds devices a and b."""
+    return next(i for i, (g, _b, _a) in enumerate(levels) if g == 0 or a // g == b // g)
+
+
+def hop_link(levels, stride, r):
+    """The hop into pipeline rank r: device x of rank r - 1 sends to device x of rank r
+    (ranks `stride` devices apart); the slowest pair sets the hop's level."""
+    lv = max(pair_level(levels, (r - 1) * stride + x, r * stride + x) for x in range(stride))
+    return levels[lv][1], levels[lv][2]
+
+
 def my_eval(ch, stages, d, batch, rec, levels, opt):
     p, t, n = len(stages), ch.t, ch.n
     M = batch // (ch.mbs * d)
-    _g, bw, lat = levels[level_of(levels, t * d * p)]
-    p2p = lambda k: lat + ch.out_bytes[k] / bw if ch.out_bytes[k] > 0 else 0.0  # noqa: E731
+    bound = {}      # layer k -> (bw, lat) of the hop after it (the stage boundary there)
+    for r, (i, _j) in enumerate(stages):
+        if r:
+            bound[i - 1] = hop_link(levels, t * d, r)
+    p2p = lambda k: bound[k][1] + ch.out_bytes[k] / bound[k][0] if ch.out_bytes[k] > 0 else 0.0  # noqa: E731
     kept = {"none": ch.act_none_bytes, "selective": ch.act_selective_bytes,
             "full": ch.act_full_bytes}[rec]
     per_param = opt.weight_bytes + opt.grad_bytes + \

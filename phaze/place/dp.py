@@ -52,8 +52,8 @@ import numpy as np
 from phaze.place.chain import Chain
 from phaze.settings import RECOMPUTE_MODES
 from phaze.place.plan import (Links, PlanOptions, dp_sync_coeffs, evaluate_plan,
-                              expert_parallel_chain, p2p_time, pipeline_level, uniform_stages,
-                              with_axes)
+                              expert_parallel_chain, hop_pattern, p2p_time, pipeline_level,
+                              uniform_stages, with_axes)
 
 INF = math.inf
 _REL = 1e-12          # relative slack when pruning with bounds (never prunes a true optimum)
@@ -90,15 +90,18 @@ class _Ranges:
         self.work = work
         self._load = {}
 
-    def load(self, bw: float, lat: float, a_mb: float = 0.0, b_mb: float = 0.0) -> np.ndarray:
-        """Load per microbatch of every range for a p2p link (bw, lat), plus ZeRO-2/3's
-        exposed per-microbatch communication a_mb P + b_mb (plan.extended_terms: the larger
-        of one layer's share and what the stage's forward + backward cannot hide)."""
-        key = (bw, lat, a_mb, b_mb)
+    def load(self, link_in: tuple, link_out: tuple, a_mb: float = 0.0,
+             b_mb: float = 0.0) -> np.ndarray:
+        """Load per microbatch of every range whose incoming hop runs on link_in (bw, lat)
+        and outgoing hop on link_out, plus ZeRO-2/3's exposed per-microbatch communication
+        a_mb P + b_mb (plan.extended_terms: the larger of one layer's share and what the
+        stage's forward + backward cannot hide)."""
+        key = (link_in, link_out, a_mb, b_mb)
         if key not in self._load:
-            comm = p2p_time(self.chain.out_bytes, bw, lat)     # boundary after layer k
-            edge = np.concatenate(([0.0], comm[:-1], [0.0]))   # cin[i] / cout[j]
-            load = edge[self.ii] + self.comp + edge[self.jj]
+            def edge(link):      # cin[i] / cout[j]: boundary after layer i - 1 / j - 1
+                comm = p2p_time(self.chain.out_bytes, *link)
+                return np.concatenate(([0.0], comm[:-1], [0.0]))
+            load = edge(link_in)[self.ii] + self.comp + edge(link_out)[self.jj]
             if a_mb or b_mb:
                 per = np.where(self.P > 0, a_mb * self.P + b_mb, 0.0)
                 layers = np.maximum(self.jj - self.ii, 1)
@@ -117,12 +120,14 @@ class _Ranges:
 
 
 class _Band:
-    """Banded tables of one (link kind, bytes per parameter) for a list of scenarios
+    """Banded tables of one (hop schedule, bytes per parameter) for a list of scenarios
     (recompute flag, HBM size): a stage starting at i can only end at j = i + 1 + k, k < w,
     w the longest stage that fits in HBM at in-flight count 1 in some scenario (memory only
-    grows with the range, so longer stages never fit)."""
+    grows with the range, so longer stages never fit). `loads` {(in level, out level):
+    per-scenario [i, j) loads}; `combo_of(s)` the (in, out) hop levels of the stage at
+    suffix position s."""
 
-    def __init__(self, loads, P, smaxes):
+    def __init__(self, loads: dict, P, smaxes, combo_of):
         n1 = P.shape[0]
         n = n1 - 1
         w = 1
@@ -134,7 +139,9 @@ class _Band:
         inb = J <= n
         self.J = np.minimum(J, n)
         rows = np.arange(n1)[:, None]
-        self.load = np.stack([np.where(inb, ld[rows, self.J], INF) for ld in loads])
+        self.load = {c: np.stack([np.where(inb, ld[rows, self.J], INF) for ld in lds])
+                     for c, lds in loads.items()}
+        self.combo_of = combo_of
         self.smax = np.stack([np.where(inb, sm[rows, self.J], -1.0) for sm in smaxes])
         self.P = P[rows, self.J]
         self.n, self.w = n, w
@@ -158,11 +165,11 @@ class _Run:
         self.G, self.frozen_m = G, frozen_m
         self.s0, self.parent, self.track_pm = s0, start, track_pm
         if start is not None:
-            self.loadc, self.smaxc = start.loadc, start.smaxc
+            self._loadc, self.smaxc = start._loadc, start.smaxc
+            self._sel, self._caps = start._sel, start._caps
         else:
-            ld = band.load[sel]
-            self.loadc = ld if not np.isfinite(caps).any() else \
-                np.where(band.P[None] <= caps[:, None, None], ld, INF)
+            self._loadc = {}                 # (in, out) hop levels -> capped loads
+            self._sel, self._caps = sel, caps
             self.smaxc = band.smax[sel]
         if start is None:
             D = np.full((G, n1), INF)
@@ -179,6 +186,15 @@ class _Run:
         self.hist_D, self.hist_PM, self.hist_arg = [], [], []
         self.steps = s0
         self.advance(steps)
+
+    def loadc(self, s):
+        """Loads of the entries (scenario, cap) for the stage at suffix position s."""
+        combo = self.band.combo_of(s)
+        if combo not in self._loadc:
+            ld = self.band.load[combo][self._sel]
+            self._loadc[combo] = ld if not np.isfinite(self._caps).any() else \
+                np.where(self.band.P[None] <= self._caps[:, None, None], ld, INF)
+        return self._loadc[combo]
 
     def advance(self, steps):
         if steps <= self.steps:
@@ -197,7 +213,7 @@ class _Run:
             r, lo = n - s + 1, max(0, n - s * bd.w)
             m = self.frozen_m if self.frozen_m is not None else s
             Jr = bd.J[lo:r]
-            cand = np.maximum(self.loadc[:, lo:r], D[:, Jr])             # G x rows x w
+            cand = np.maximum(self.loadc(s)[:, lo:r], D[:, Jr])          # G x rows x w
             cand[self.smaxc[:, lo:r] < m] = INF
             k = cand.argmin(axis=2)                                      # G x rows
             D = Dbuf[q]
@@ -319,6 +335,22 @@ def _fewest_stages(smaxes: list, Ms: list, n: int) -> np.ndarray:
     return res.reshape(G0, K)
 
 
+def _hop_schedule(kind, n: int):
+    """(combo_of, combos) of a group key's hop part: combo_of(s) = (level of the hop into,
+    level of the hop out of) the stage at suffix position s. Two-level networks: one level
+    (`kind`) for every hop. Levels: kind = (pattern, phase), the pipelines of p = phase
+    (mod q) whose stage at suffix position s has index k = p - s, entered by hop k and left
+    by hop k + 1 (plan.hop_pattern)."""
+    if not isinstance(kind, tuple):
+        return (lambda s: (kind, kind)), [(kind, kind)]
+    pattern, phase = kind
+    q = len(pattern)
+
+    def combo_of(s):
+        return pattern[(phase - s) % q], pattern[(phase - s + 1) % q]
+    return combo_of, sorted({combo_of(s) for s in range(1, min(n, q) + 1)})
+
+
 def _need(pairs: dict, dinfo: dict) -> dict:
     need: dict = {}
     for d, ps in pairs.items():
@@ -383,8 +415,15 @@ class _PlanSearch:
             dinfo[d] = (M, pmax, (al, be))
             static = options.static_bytes_per_param(d)
             ps = np.arange(1, pmax + 1)
+            if links.levels:     # per-hop levels: runs shared by the p of one phase p % q
+                q, pattern = hop_pattern(t * cp * d, links)
+                for phase in range(q):
+                    sel = ps[ps % q == phase]
+                    if len(sel):
+                        groups.setdefault(((pattern, phase), static, (a_mb, b_mb)), {})[d] = sel
+                continue
             inter = pipeline_level(t * cp, d, ps, links)     # numpy-aware
-            for kind in ((False, True) if not links.levels else range(len(links.levels))):
+            for kind in (False, True):
                 sel = ps[inter == kind]
                 if len(sel):
                     groups.setdefault((kind, static, (a_mb, b_mb)), {})[d] = sel
@@ -447,8 +486,11 @@ class _PlanSearch:
                     p_lo[(static, M)] = lo_all[:, k]
             for d in list(dps):
                 dps[d] = dps[d][dps[d] >= p_lo[(static, dinfo[d][0])].min()]
-            band = _Band([rgs[rec].load(*self.links.link(inter), *mb) for rec, _h in scen],
-                         rgs[scen[0][0]].P, smaxes)
+            combo_of, combos = _hop_schedule(inter, self.n)
+            lk = self.links.link
+            loads = {c: [rgs[rec].load(lk(c[0]), lk(c[1]), *mb) for rec, _h in scen]
+                     for c in combos}
+            band = _Band(loads, rgs[scen[0][0]].P, smaxes, combo_of)
             self.sets[key] = _RunSet(band, np.arange(self.G0), np.full(self.G0, INF),
                                      track_pm=True)
             self.scan(key, {d: ps[ps <= FIRST_WINDOW] for d, ps in dps.items()})

@@ -181,6 +181,30 @@ def pipeline_level(t: int, d: int, p, links: Links):
     return lv if np.ndim(lv) else int(lv)
 
 
+def hop_level(stride: int, a: int, b: int, links: Links) -> int:
+    """Network level of a pipeline hop between pipeline ranks a < b on a network with
+    levels (rank r holds devices [r stride, (r + 1) stride), stride = t cp d, Megatron's
+    rank order tp, cp, dp, pp): device x of rank a talks to device x of rank b, and the
+    slowest pair gates the hop, so it costs the innermost level whose aligned group holds
+    both ranks' whole device blocks, i.e. [a stride, (b + 1) stride)."""
+    lo, hi = a * stride, (b + 1) * stride - 1
+    for i, (g, _bw, _lat) in enumerate(links.levels):
+        if g == 0 or lo // g == hi // g:
+            return i
+    return len(links.levels) - 1
+
+
+def hop_pattern(stride: int, links: Links) -> tuple[int, tuple]:
+    """(q, levels): the level of the hop into pipeline rank k (from rank k - 1, k >= 1) is
+    levels[k % q] (hop_level). Periodic: shifting k by q moves both ranks by a multiple of
+    every finite level's group, q = lcm over levels of g / gcd(g, stride)."""
+    q = 1
+    for g, _bw, _lat in links.levels:
+        if g:
+            q = math.lcm(q, g // math.gcd(g, stride))
+    return q, tuple(hop_level(stride, (r or q) - 1, r or q, links) for r in range(q))
+
+
 def dp_inter(t: int, d: int, links: Links) -> bool:
     return t * d > links.devices_per_node
 
@@ -299,7 +323,6 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
     recomputation, TP collectives, p2p), compute without TP, TP, p2p; and params,
     activations kept per microbatch and the recomputation working buffer."""
     t, n = chain.t, chain.n
-    pbw, plat = links.link(pipeline_level(t * options.cp, d, p, links))
     st = np.array(stages)
     lo, hi = st[:, 0], st[:, 1]
     cs = lambda x: np.concatenate(([0.0], np.cumsum(x)))  # noqa: E731
@@ -314,8 +337,20 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
     out_b = chain.out_bytes
     if options.p2p_scatter_gather and not chain.extra.get("sequence_parallel", False):
         out_b = out_b / t
-    cin = np.where(lo > 0, p2p_time(out_b[np.maximum(lo - 1, 0)], pbw, plat), 0.0)
-    cout = np.where(hi < n, p2p_time(out_b[hi - 1], pbw, plat), 0.0)
+    chunks = len(stages)
+    if links.levels:     # every hop at the level it crosses (chunk c on rank c % p)
+        stride = t * options.cp * d
+        lv = [hop_level(stride, min((c - 1) % p, c % p), max((c - 1) % p, c % p), links)
+              if c % p != (c - 1) % p else 0 for c in range(chunks + 1)]
+        link_in = [links.link(lv[c]) for c in range(chunks)]        # hop into chunk c
+        link_out = [links.link(lv[c + 1]) for c in range(chunks)]   # hop out of chunk c
+    else:                # two levels: the pipeline's slowest hop for every hop
+        one = links.link(pipeline_level(t * options.cp, d, p, links))
+        link_in = link_out = [one] * chunks
+    cin = np.array([float(p2p_time(out_b[lo[c] - 1], *link_in[c])) if lo[c] > 0 else 0.0
+                    for c in range(chunks)])
+    cout = np.array([float(p2p_time(out_b[hi[c] - 1], *link_out[c])) if hi[c] < n else 0.0
+                     for c in range(chunks)])
     comp = F + B + R
     load = comp + cin + cout
     wb = chain.work_bytes(recompute)
