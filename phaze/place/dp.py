@@ -119,15 +119,13 @@ class _Ranges:
         return np.where(self.valid, s, -1.0)
 
 
-class _Band:
-    """Banded tables of one (hop schedule, bytes per parameter) for a list of scenarios
-    (recompute flag, HBM size): a stage starting at i can only end at j = i + 1 + k, k < w,
-    w the longest stage that fits in HBM at in-flight count 1 in some scenario (memory only
-    grows with the range, so longer stages never fit). `loads` {(in level, out level):
-    per-scenario [i, j) loads}; `combo_of(s)` the (in, out) hop levels of the stage at
-    suffix position s."""
+class _BandShape:
+    """The band of one bytes-per-parameter value for a list of scenarios (recompute flag,
+    HBM size): a stage starting at i can only end at j = i + 1 + k, k < w, w the longest
+    stage that fits in HBM at in-flight count 1 in some scenario (memory only grows with
+    the range, so longer stages never fit); the banded memory and parameter tables."""
 
-    def __init__(self, loads: dict, P, smaxes, combo_of):
+    def __init__(self, P, smaxes):
         n1 = P.shape[0]
         n = n1 - 1
         w = 1
@@ -136,15 +134,32 @@ class _Band:
             ends = np.where(fits.any(axis=1), n1 - 1 - np.argmax(fits[:, ::-1], axis=1), 0)
             w = max(w, int((ends - np.arange(n1)).max()))
         J = np.arange(n1)[:, None] + 1 + np.arange(w)[None, :]
-        inb = J <= n
+        self.inb = J <= n
         self.J = np.minimum(J, n)
-        rows = np.arange(n1)[:, None]
-        self.load = {c: np.stack([np.where(inb, ld[rows, self.J], INF) for ld in lds])
-                     for c, lds in loads.items()}
-        self.combo_of = combo_of
-        self.smax = np.stack([np.where(inb, sm[rows, self.J], -1.0) for sm in smaxes])
-        self.P = P[rows, self.J]
+        self.rows = np.arange(n1)[:, None]
+        self.smax = np.stack([np.where(self.inb, sm[self.rows, self.J], -1.0) for sm in smaxes])
+        self.P = P[self.rows, self.J]
         self.n, self.w = n, w
+
+
+class _Band:
+    """A _BandShape with the loads of one hop schedule: `load_of((in level, out level))`
+    the banded per-scenario loads (built on first use from `loads_fn(combo)`, a list of
+    [i, j) tables); `combo_of(s)` the (in, out) hop levels of the stage at suffix
+    position s."""
+
+    def __init__(self, shape: _BandShape, loads_fn, combo_of):
+        self.J, self.smax, self.P = shape.J, shape.smax, shape.P
+        self.n, self.w = shape.n, shape.w
+        self._shape, self._fn, self.combo_of = shape, loads_fn, combo_of
+        self._load: dict = {}
+
+    def load_of(self, combo):
+        if combo not in self._load:
+            sh = self._shape
+            self._load[combo] = np.stack([np.where(sh.inb, ld[sh.rows, sh.J], INF)
+                                          for ld in self._fn(combo)])
+        return self._load[combo]
 
 
 class _Run:
@@ -191,7 +206,7 @@ class _Run:
         """Loads of the entries (scenario, cap) for the stage at suffix position s."""
         combo = self.band.combo_of(s)
         if combo not in self._loadc:
-            ld = self.band.load[combo][self._sel]
+            ld = self.band.load_of(combo)[self._sel]
             self._loadc[combo] = ld if not np.isfinite(self._caps).any() else \
                 np.where(self.band.P[None] <= self._caps[:, None, None], ld, INF)
         return self._loadc[combo]
@@ -335,20 +350,20 @@ def _fewest_stages(smaxes: list, Ms: list, n: int) -> np.ndarray:
     return res.reshape(G0, K)
 
 
-def _hop_schedule(kind, n: int):
-    """(combo_of, combos) of a group key's hop part: combo_of(s) = (level of the hop into,
+def _hop_schedule(kind):
+    """combo_of of a group key's hop part: combo_of(s) = (level of the hop into,
     level of the hop out of) the stage at suffix position s. Two-level networks: one level
     (`kind`) for every hop. Levels: kind = (pattern, phase), the pipelines of p = phase
     (mod q) whose stage at suffix position s has index k = p - s, entered by hop k and left
     by hop k + 1 (plan.hop_pattern)."""
     if not isinstance(kind, tuple):
-        return (lambda s: (kind, kind)), [(kind, kind)]
+        return lambda s: (kind, kind)
     pattern, phase = kind
     q = len(pattern)
 
     def combo_of(s):
         return pattern[(phase - s) % q], pattern[(phase - s + 1) % q]
-    return combo_of, sorted({combo_of(s) for s in range(1, min(n, q) + 1)})
+    return combo_of
 
 
 def _need(pairs: dict, dinfo: dict) -> dict:
@@ -365,14 +380,20 @@ CAP_BATCH = 64       # (scenario, cap) entries per capped run (bounds one run's 
 
 
 def _solve(chain: Chain, devices: int, batch: int, scen: list, links: Links,
-           options: PlanOptions, peak_flops: float, interleaves) -> list:
+           options: PlanOptions, peak_flops: float, interleaves, bound=None) -> list:
     """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`. The DP runs
     on the chain as expert parallelism makes it (plan.expert_parallel_chain); winners are
-    evaluated from `chain` by evaluate_plan, which applies the same transformation."""
+    evaluated from `chain` by evaluate_plan, which applies the same transformation.
+    `bound` (per scenario): a time some other plan already reaches (another axis value);
+    (d, p) pairs that cannot beat it are pruned, and a scenario with nothing faster
+    answers None (or an interleaved plan, evaluated directly)."""
     run_chain = expert_parallel_chain(chain, options.ep, links, options)
     rgs = {rec: _Ranges(run_chain, rec) for rec, _h in scen}
     search = _PlanSearch(rgs, run_chain, devices, batch, scen, links, options)
     search.source_chain = chain
+    if bound is not None:
+        search.U = np.asarray(bound, dtype=float).copy()
+        search.bound = search.U.copy()
     search.first_pass()
     search.window_passes()
     search.capped_runs()
@@ -388,6 +409,7 @@ class _PlanSearch:
                  links: Links, options: PlanOptions):
         self.rgs, self.chain, self.batch, self.scen = rgs, chain, batch, scen
         self.source_chain = chain        # what evaluate_plan gets (before EP)
+        self.bound = np.full(len(scen), INF)     # a time reached elsewhere (other axes)
         self.links, self.options = links, options
         self.n = chain.n
         self.G0 = len(scen)
@@ -396,6 +418,9 @@ class _PlanSearch:
         self.best = [None] * self.G0
         self.U = np.full(self.G0, INF)
         self.sets: dict = {}
+        self._smax: dict = {}        # bytes per parameter -> per-scenario smax tables
+        self._shapes: dict = {}      # bytes per parameter -> _BandShape
+        self._lb: dict = {}          # d -> lower bounds for p = 1..pmax
         self.p_lo: dict = {}     # (bytes per param, M) -> least feasible p per scenario
         self._allP = None
 
@@ -442,15 +467,21 @@ class _PlanSearch:
             comp = self.rgs[rec].comp[np.arange(n), np.arange(1, n + 1)]
             self.Lmax_layer[g], self.Ltot[g] = comp.max(), comp.sum()
 
-    def lower_bound(self, d, ps):      # len(ps) x G0
-        M, _pm, (al, be) = self.dinfo[d]
-        return (M + ps[:, None] - 1) * np.maximum(self.Lmax_layer[None, :],
-                                                  self.Ltot[None, :] / ps[:, None]) \
-            + al * np.maximum(self.Pmax_layer, self.Ptot / ps[:, None]) + be
+    def lower_bound(self, d, ps):      # len(ps) x G0 (one table per d, built once)
+        tab = self._lb.get(d)
+        if tab is None:
+            M, pm, (al, be) = self.dinfo[d]
+            a = np.arange(1, pm + 1)[:, None]
+            tab = self._lb[d] = (M + a - 1) * np.maximum(self.Lmax_layer[None, :],
+                                                         self.Ltot[None, :] / a) \
+                + al * np.maximum(self.Pmax_layer, self.Ptot / a) + be
+        return tab[np.asarray(ps) - 1]
 
     def scan(self, key, pairs) -> None:
         """Uncapped objective of every (d, p) in `pairs`; improves the incumbents."""
-        runs = self.sets[key].ensure(_need(pairs, self.dinfo))
+        if not any(len(ps) for ps in pairs.values()):
+            return
+        runs = self._runset(key).ensure(_need(pairs, self.dinfo))
         for d, ps in pairs.items():
             if not len(ps):
                 continue
@@ -471,7 +502,7 @@ class _PlanSearch:
         """Per group: least feasible stage counts, the band and the uncapped run set, and a
         scan of the first FIRST_WINDOW stage counts (incumbents for the bounds)."""
         rgs, scen, dinfo, p_lo = self.rgs, self.scen, self.dinfo, self.p_lo
-        smax_cache: dict = {}
+        smax_cache = self._smax
         for key, dps in self.groups.items():
             inter, static, mb = key
             if static not in smax_cache:
@@ -486,14 +517,25 @@ class _PlanSearch:
                     p_lo[(static, M)] = lo_all[:, k]
             for d in list(dps):
                 dps[d] = dps[d][dps[d] >= p_lo[(static, dinfo[d][0])].min()]
-            combo_of, combos = _hop_schedule(inter, self.n)
-            lk = self.links.link
-            loads = {c: [rgs[rec].load(lk(c[0]), lk(c[1]), *mb) for rec, _h in scen]
-                     for c in combos}
-            band = _Band(loads, rgs[scen[0][0]].P, smaxes, combo_of)
+            self.scan(key, self.prune(key, dps, 0, FIRST_WINDOW))
+
+    def _runset(self, key) -> "_RunSet":
+        """The uncapped run set of a group, built on first use (groups whose pairs are all
+        pruned never build one)."""
+        if key not in self.sets:
+            inter, static, mb = key
+            if static not in self._shapes:
+                self._shapes[static] = _BandShape(self.rgs[self.scen[0][0]].P,
+                                                  self._smax[static])
+            combo_of = _hop_schedule(inter)
+            lk, rgs, scen = self.links.link, self.rgs, self.scen
+
+            def loads_fn(c):
+                return [rgs[rec].load(lk(c[0]), lk(c[1]), *mb) for rec, _h in scen]
+            band = _Band(self._shapes[static], loads_fn, combo_of)
             self.sets[key] = _RunSet(band, np.arange(self.G0), np.full(self.G0, INF),
                                      track_pm=True)
-            self.scan(key, {d: ps[ps <= FIRST_WINDOW] for d, ps in dps.items()})
+        return self.sets[key]
 
     def prune(self, key, dps, above=0, upto=None):
         """Stage counts some scenario still needs: memory admits them (p >= least feasible
@@ -530,7 +572,9 @@ class _PlanSearch:
         """Caps (see the module docstring); every (d, p) left was scanned uncapped."""
         for key, dps in self.groups.items():
             dps = self.prune(key, dps)
-            runs = self.sets[key].ensure(_need(dps, self.dinfo))
+            if not any(len(ps) for ps in dps.values()):
+                continue
+            runs = self._runset(key).ensure(_need(dps, self.dinfo))
             sel_e, cap_e, pairs = [], [], {}
             for g in range(self.G0):
                 if np.isfinite(self.U[g]):
@@ -604,11 +648,19 @@ class _PlanSearch:
             plan = evaluate_plan(chain, p, d, batch, rec, 1, stages=run.stages(e, p, self.n),
                                  **ev)
             assert plan["feasible"], "DP plan must fit"
+        total = float(self.rgs[rec].comp[0, self.n])      # a device runs >= total / p
         for v in interleaves:
             if v < 2:
                 continue
-            for d, (M, pmax, _ar) in self.dinfo.items():
+            for d, (M, pmax, (al, be)) in self.dinfo.items():
                 for p in range(2, pmax + 1):
+                    limit = min(self.bound[g], plan["time_per_batch_s"] if plan else INF)
+                    # bound: every device runs >= total / p per microbatch, the largest
+                    # device holds >= the average params (the DP's own bound, plus bubble)
+                    lb = (M + (p - 1) / v) * total / p + al * max(self.Pmax_layer,
+                                                                 self.Ptot / p) + be
+                    if M % p or lb >= limit * (1 + _REL):      # infeasible / cannot win
+                        continue
                     try:
                         st = uniform_stages(chain, p * v)
                     except ValueError:
@@ -622,23 +674,33 @@ class _PlanSearch:
 
 def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=("none",), *,
                links: Links | None = None, options: PlanOptions | None = None,
-               peak_flops: float = 0.0, interleaves=(1,), eps=None, zero_stages=None) -> dict:
+               peak_flops: float = 0.0, interleaves=(1,), eps=None, zero_stages=None,
+               bound: dict | None = None) -> dict:
     """Best plan for one chain (its t and mbs fixed) for every (hbm_bytes, recompute) pair:
     {(hbm_bytes, recompute): plan dict or None when nothing fits}. All pairs share one DP
     run per link kind (a batch dimension), so a call with several costs far less than as
     many best_plan calls.
     Axes beyond d, p: `eps` (expert-parallel sizes; None: options.ep) and `zero_stages`
     (0..3; None: as options say) are searched too, one DP per (ep, stage) (plan.with_axes),
-    the fastest plan kept (ties: the first in (ep, stage) order). Context parallelism is
-    options.cp with `chain` built for seq / cp (like t, the chain's own width)."""
+    the fastest plan kept (ties: the larger ep, then the larger stage: they run first). Context parallelism is
+    options.cp with `chain` built for seq / cp (like t, the chain's own width).
+    `bound` {(hbm_bytes, recompute): seconds} (optional): times other plans already reach
+    (another chain variant); a pair answers None unless a plan beats its bound, and
+    the DP prunes with it."""
     options = options or PlanOptions()
     if eps is not None or zero_stages is not None:
         best: dict = {}
-        for ep in (eps if eps is not None else (options.ep,)):
-            for z in (zero_stages if zero_stages is not None else (None,)):
+        # widest EP and deepest ZeRO first: they tend to win on large models, and a good
+        # incumbent early prunes most (d, p) pairs of the other values
+        for ep in sorted(eps if eps is not None else (options.ep,), reverse=True):
+            if ep > 1 and not chain.a2a_bytes.any():
+                continue                 # a dense model: EP changes nothing
+            for z in (sorted(zero_stages, reverse=True) if zero_stages is not None else (None,)):
+                inc = {k: (pl["time_per_batch_s"] if pl else INF) for k, pl in best.items()}
                 got = best_plans(chain, devices, batch, hbm_list, recompute_list, links=links,
                                  options=with_axes(options, int(ep), z), peak_flops=peak_flops,
-                                 interleaves=interleaves)
+                                 interleaves=interleaves, bound={**(bound or {}), **{
+                                     k: min(v, (bound or {}).get(k, INF)) for k, v in inc.items()}})
                 for key, pl in got.items():
                     cur = best.get(key)
                     if key not in best or (pl is not None and (
@@ -655,7 +717,8 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
     if chain.n == 0 or not hbms or not recs:
         return {(h, r): None for h in hbms for r in recs}
     scen = [(rec, h) for rec in recs for h in hbms]
-    plans = _solve(chain, devices, batch, scen, links, options, peak_flops, interleaves)
+    lim = [(bound or {}).get((h, rec), INF) for rec, h in scen]
+    plans = _solve(chain, devices, batch, scen, links, options, peak_flops, interleaves, lim)
     return {(h, rec): pl for (rec, h), pl in zip(scen, plans)}
 
 

@@ -80,7 +80,8 @@ def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float) -> dict
         plans = best_plans(chains[var], ctx["devices"], ctx["batch"], hbms, recs,
                            links=ctx["links"], options=ctx["options"], peak_flops=peak,
                            interleaves=ctx["interleaves"], eps=ctx.get("eps"),
-                           zero_stages=ctx.get("zero_stages"))
+                           zero_stages=ctx.get("zero_stages"),
+                           bound={k: b[0]["time_per_batch_s"] for k, b in best.items() if b})
         for key, plan in plans.items():
             cur = best.get(key)
             if plan and (cur is None or plan["time_per_batch_s"] < cur[0]["time_per_batch_s"]):

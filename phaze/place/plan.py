@@ -30,6 +30,7 @@ breakdown reports their share as `tp_s` and does not add them again.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, asdict
 
@@ -70,7 +71,7 @@ class Links:
 
     def group_levels(self, group_size: int, stride: int = 1) -> list:
         """Network.group_levels (the collectives of phaze.cost.collective take Links too)."""
-        return self.network().group_levels(group_size, stride)
+        return _network_of(self).group_levels(group_size, stride)
 
     def link(self, level) -> tuple[float, float]:
         """(bw B/s x efficiency, latency s) of network level `level` (0 = inside a node;
@@ -150,6 +151,11 @@ class PlanOptions:
         return (self.collectives != "flat" or self.dp_reduce_bytes > 0 or self.distributed_optimizer
                 or self.zero_stage > 0 or self.overlap_grad_reduce or self.overlap_param_gather
                 or self.tp_comm_overlap or self.overlap_p2p or self.cp > 1 or self.fp8_weight_bytes > 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _network_of(links: Links) -> Network:
+    return links.network()
 
 
 def p2p_time(nbytes, bw: float, lat: float):
@@ -497,10 +503,11 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
 
     if ep <= 1 or not chain.a2a_bytes.any():
         return chain
+    sizes, inv = np.unique(chain.a2a_bytes, return_inverse=True)
     a2a = np.array([collective_time("all_to_all", float(b), ep, chain.t * options.cp, links,
                                     src_dtype_bytes=1.0, topology=options.collectives,
                                     bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
-                    for b in chain.a2a_bytes])
+                    for b in sizes])[inv.reshape(-1)]
     return replace(chain, fwd_s=chain.fwd_s + 2.0 * a2a, bwd_s=chain.bwd_s + 2.0 * a2a,
                    param_count=chain.param_count - chain.expert_param_count * (1.0 - 1.0 / ep),
                    expert_param_count=chain.expert_param_count / ep,
