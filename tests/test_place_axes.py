@@ -213,3 +213,59 @@ def test_expert_parallelism_shards_expert_weights_only():
         per_param * (dense + ch.expert_param_count.sum() / 2))
     bad = evaluate_plan(ch, 1, 1, 4, links=links, options=PlanOptions(collectives="nccl", ep=4))
     assert not bad["feasible"] and "ep 4" in bad["reason"]
+
+
+def test_driver_rows_carry_the_axes_and_reproduce():
+    """A sweep row's ep / cp / zero_stage columns name the plan: evaluate_plan with those
+    axes gives the row's time and memory."""
+    from phaze.hw.presets import NETWORKS
+    from phaze.place.driver import context, run_item
+    from phaze.place.plan import with_axes
+    from phaze.place.synthetic import gpt_chain
+    from phaze.settings import PlacementSettings, SweepSettings
+
+    pl = PlacementSettings(devices=64, global_batch=64, hbm_gib=(16,), recompute=("full",),
+                           zero_stage=(0, 1, 2, 3))
+    ctx = context(SweepSettings(placement=pl, network=NETWORKS["dgx-h100-superpod"]))
+    assert ctx["zero_stages"] == (0, 1, 2, 3) and ctx["options"].collectives == "nccl"
+    syn = {"layers": 8, "hidden": 2048, "heads": 16, "vocab": 32000, "tps": [1, 2],
+           "peak_flops": 300e12}
+    item = {"model": "m", "seq": 1024, "arch_id": "a", "mbs": 1, "hbm_bytes": 16 * 2**30,
+            "recompute": "full", "synthetic": syn}
+    row = [r for r in run_item(0, item, ctx) if r["row_kind"] == "best"][0]
+    assert row["feasible"] and row["zero_stage"] in (0, 1, 2, 3) and row["ep"] == 1
+    ch = gpt_chain(seq=1024, mbs=1, t=int(row["t"]), model="m", layers=8, hidden=2048,
+                   heads=16, vocab=32000, peak_flops=300e12)
+    import json
+    ev = evaluate_plan(ch, int(row["p"]), int(row["d"]), 64, "full", int(row["interleave"]),
+                       stages=[tuple(s) for s in json.loads(row["stages"])],
+                       hbm_bytes=16 * 2**30, links=ctx["links"],
+                       options=with_axes(ctx["options"], int(row["ep"]), int(row["zero_stage"])))
+    assert ev["time_per_batch_s"] == pytest.approx(row["time_per_batch_s"], rel=1e-12)
+    assert ev["memory_per_device_bytes"] == pytest.approx(row["memory_per_device_bytes"], rel=1e-12)
+
+
+def test_megatron_export_names_the_axes():
+    from phaze.report.runnable import megatron_args, nemo_yaml
+
+    row = {"t": 2, "p": 4, "d": 8, "interleave": 1, "stages": "[]", "mbs": 1, "seq": 4096,
+           "recompute": "none", "ep": 4.0, "cp": 2.0, "zero_stage": 3.0}
+    text = megatron_args(row, 1024)
+    for flag in ("--expert-model-parallel-size 4", "--context-parallel-size 2",
+                 "--use-distributed-optimizer", "--use-custom-fsdp",
+                 "--data-parallel-sharding-strategy optim_grads_params", "world size 128"):
+        assert flag in text
+    assert "expert_model_parallel_size: 4" in nemo_yaml(row, 1024, 8)
+    old = {k: v for k, v in row.items() if k not in ("ep", "cp", "zero_stage")}
+    assert "--use-distributed-optimizer" not in megatron_args(old, 1024)
+    assert "--use-distributed-optimizer" in megatron_args(old, 1024, zero1=True)
+
+
+@pytest.mark.parametrize("field,value", [("zero_stage", (4,)), ("ep", (0,)), ("ep", ("x",))])
+def test_bad_axis_settings_name_the_field(field, value):
+    from phaze.errors import UserError
+    from phaze.settings import PlacementSettings
+
+    with pytest.raises(UserError) as e:
+        PlacementSettings(**{field: value})
+    assert field in str(e.value)
