@@ -350,6 +350,21 @@ def _fewest_stages(smaxes: list, Ms: list, n: int) -> np.ndarray:
     return res.reshape(G0, K)
 
 
+def _used_pattern(q: int, pattern: tuple, pmax: int) -> tuple[int, tuple]:
+    """The shortest period of the hop levels of the hops 1..pmax-1 that pipelines of at
+    most pmax ranks use (level h of hop b = pattern[b % q]): p and p' = p (mod q') then
+    see the same level at every stage index, so they share runs. E.g. 8-device nodes,
+    256-device pods, one device per rank and pmax 98: q = 256 but q' = 8."""
+    seq = [pattern[b % q] for b in range(1, pmax)]
+    for qq in range(1, q + 1):
+        if all(seq[i] == seq[i + qq] for i in range(len(seq) - qq)):
+            out = [0] * qq
+            for b in range(1, pmax):
+                out[b % qq] = seq[b - 1]
+            return qq, tuple(out)
+    return q, pattern
+
+
 def _hop_schedule(kind):
     """combo_of of a group key's hop part: combo_of(s) = (level of the hop into,
     level of the hop out of) the stage at suffix position s. Two-level networks: one level
@@ -441,7 +456,7 @@ class _PlanSearch:
             static = options.static_bytes_per_param(d)
             ps = np.arange(1, pmax + 1)
             if links.levels:     # per-hop levels: runs shared by the p of one phase p % q
-                q, pattern = hop_pattern(t * cp * d, links)
+                q, pattern = _used_pattern(*hop_pattern(t * cp * d, links), pmax)
                 for phase in range(q):
                     sel = ps[ps % q == phase]
                     if len(sel):
