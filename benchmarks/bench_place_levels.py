@@ -8,7 +8,8 @@ groups items). Flat: Network() (8 per node + cluster); levels: dgx-h100-superpod
 256-GPU scalable unit, spine). CPU time, least of 3 runs. Prints the ratio levels / flat
 (target: <= 10).
 
-Not covered (not yet DP axes): expert and context parallelism as searched dimensions.
+Pipeline hops cost the level they cross (docs/place.md#levels). Expert / context
+parallelism and ZeRO-2/3 as searched axes: benchmarks/bench_place_axes.py.
 
 Run: PYTHONPATH=. python benchmarks/bench_place_levels.py
 """
