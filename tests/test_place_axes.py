@@ -269,3 +269,19 @@ def test_bad_axis_settings_name_the_field(field, value):
     with pytest.raises(UserError) as e:
         PlacementSettings(**{field: value})
     assert field in str(e.value)
+
+
+def test_moe_graph_gives_expert_weights_and_all_to_all_payload():
+    """chain_from_graph on Mixtral-8x7B (t = 2): every block's routed experts hold
+    8 x 3 h ffn / t parameters, and one all-to-all moves the T top_k h token slots (bf16)."""
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import get_model
+    from phaze.place.chain import chain_from_graph
+
+    g = build_graph(get_model("mixtral-8x7b"), seq=512, mbs=1, tp=2)
+    ch = chain_from_graph(g, op_latency_s=lambda o: 1e-6)
+    blocks = [k for k, kind in enumerate(ch.kinds) if kind == "block"]
+    assert len(blocks) == 32
+    assert ch.expert_param_count[blocks] == pytest.approx(8 * 3 * 4096 * 14336 / 2)
+    assert ch.a2a_bytes[blocks] == pytest.approx(512 * 2 * 4096 * 2)
+    assert ch.expert_param_count[0] == 0 and ch.a2a_bytes[-1] == 0
