@@ -49,3 +49,16 @@ def test_nest_chain_units():
     job = nest_job(inst)
     assert [g for g, _b, _l in job["links"].levels] == [8, 32, 0]
     assert job["recompute"] == "full" and job["batch"] == 1024
+
+
+def test_cli_vs_default(capsys):
+    import json
+
+    from phaze.cli import main
+
+    f = DATA / "nest_dp_input_mixtral_ep4_mbs1_128dev_h100_spineLeaf.json"
+    assert main(["place", "--nest-instance", str(f), "--vs-default", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["speedup"] == pytest.approx(CASES[f.name][0], abs=1e-4)
+    assert out["phaze_plan"]["time_per_batch_s"] <= out["nest_plan"]["time_per_batch_s"]
+    assert main(["place", "--reference-instance", str(f), "--vs-default"]) == 2

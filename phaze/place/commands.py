@@ -24,6 +24,9 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     p.add_argument("--nest-instance", metavar="FILE.json",
                    help="a NEST-format DP instance: reproduce NEST's DP optimum (compatibility "
                         "mode, docs/nest.md)")
+    p.add_argument("--vs-default", action="store_true",
+                   help="with --nest-instance: NEST's optimum plan under phaze's cost model "
+                        "against phaze's DP optimum on the same instance (docs/nest.md)")
     p.add_argument("-o", "--output", help="output file (JSON in reference mode, parquet otherwise)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--mpi", action="store_true", help="split work items over MPI ranks")
@@ -142,6 +145,27 @@ def _cmd_place(args) -> int:
 def _place_reference(args) -> int:
     from phaze.atomic import write_text_atomic
     from phaze.jsonout import emit_json, finite
+    if args.vs_default and not args.nest_instance:
+        raise UserError("--vs-default needs --nest-instance", field="--vs-default")
+    if args.nest_instance and args.vs_default:
+        from phaze.place.nest import load_nest_instance
+        from phaze.place.nest_compare import compare_with_nest
+
+        try:
+            r = compare_with_nest(load_nest_instance(args.nest_instance))
+        except ValueError as e:
+            raise UserError(str(e), field="--vs-default") from None
+        keys = ("p", "d", "t", "stages", "time_per_batch_s", "memory_per_device_bytes",
+                "compute_s", "bubble_s", "p2p_s", "dp_sync_s")
+        out = {"nest_plan": {k: r["nest"][k] for k in keys},
+               "phaze_plan": {k: r["phaze"][k] for k in keys} if r["phaze"] else None,
+               "speedup": r["speedup"], "nest_finalTimePerBatch": r["nest_raw"]["finalTimePerBatch"],
+               "method": "nest-instance under phaze's default-mode cost model (phaze.place.nest_compare)"}
+        if args.output:
+            write_text_atomic(args.output, json.dumps(finite(out), indent=1, allow_nan=False) + "\n")
+        if args.json or not args.output:
+            emit_json(out)
+        return 0
     if args.nest_instance:
         from phaze.place.nest import load_nest_instance, solve_nest
 
