@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from phaze.cost.api import op_latencies
-from phaze.cost.params import CostParams, preset_params
+from phaze.cost.params import CostParams, kernel_params
 from phaze.hw.presets import get_preset
 from phaze.model.ops import GemmDims, Op
 
@@ -30,7 +30,7 @@ def test_flash_closed_form():
 
 def test_flash_h100_preset_against_measured_kernels():
     # benchmarks/data: torch SDPA forward on H100; preset fitted on these 5 rows (<= 15 % mean)
-    p = preset_params("h100")
+    p = kernel_params("h100")
     p = CostParams(**{**p.__dict__, "flash_causal": True})
     rows = [r for r in csv.DictReader(open(Path(__file__).parent.parent / "benchmarks/data/h100_kernels_measured.csv"))
             if r["kind"] == "attention"]

@@ -45,7 +45,7 @@ def text_table(preds: list[Prediction]) -> str:
                  + (f"  (Calculon: {cal:.2f}%)" if cal is not None else ""))
     rec = [p.case.name for p in preds if p.case.recalled]
     if rec:
-        lines.append(f"rows transcribed from memory (verify, ground_truth.yaml): {', '.join(rec)}")
+        lines.append(f"rows with a transcription caveat (ground_truth.yaml; never fitted): {', '.join(rec)}")
     return "\n".join(lines)
 
 
