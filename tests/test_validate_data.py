@@ -85,3 +85,24 @@ def test_figure1_activations_match_korthikanti_formulas():
         sp_sel = 34 * s * b * h / t * factor
         assert tp_only / GiB == pytest.approx(m.activations_tp_only_bytes / GiB, rel=0.01)
         assert sp_sel / GiB == pytest.approx(m.activations_sp_selective_bytes / GiB, rel=0.01)
+
+
+def test_h100_readme_table_columns_agree():
+    # Megatron-LM README (commit 937571cf, images/model_table.png): the transcribed columns
+    # check each other: d = GPUs / (t p), aggregate PFLOP/s = TFLOP/s x GPUs / 1000, MFU =
+    # TFLOP/s / 989 rounded, and the model size = 12 l h^2 + 2 V h (untied embeddings,
+    # Megatron's count without biases/layernorms) to the README's rounding.
+    rows = data._rows(data.raw()[data.TABLE_H100])
+    read = [r for r in rows if not r["caveat"]]
+    assert len(read) == 9 and len(rows) == 11
+    V = data.raw()[data.TABLE_H100]["vocab"]
+    for r in rows:
+        assert r["gpus"] == r["tp"] * r["pp"] * r["dp"]
+    for r in read:
+        assert r["tflops_per_gpu"] * r["gpus"] / 1000 == pytest.approx(r["aggregate_pflops"], abs=0.051)
+        assert abs(100 * r["tflops_per_gpu"] / 989 - r["mfu_pct"]) <= 0.5 + 1e-9
+        p = 12 * r["layers"] * r["hidden"] ** 2 + 2 * V * r["hidden"]
+        assert p / 1e9 == pytest.approx(float(r["name"][:-1]), rel=0.03)
+    for c in data.h100_cases():
+        assert c.arch == "h100" and c.recompute == "searched" and not c.tied_embeddings
+        assert (c.recalled == "") == (c.name in {r["name"] for r in read})
