@@ -16,7 +16,7 @@ from phaze.model.zoo import get_model
 from phaze.place.evaluate import evaluate_model
 from phaze.validate import data
 from phaze.validate.calibrate import (A100_FIT_PARAMS, FIT_START, FIT_TABLE, H100_FIT_PARAMS,
-                                      H100_FIT_TABLE, fit)
+                                      H100_FIT_TABLE, fit, table_mae)
 from phaze.validate.evaluate import mean_abs_error_pct, plan_evaluator, predict
 
 
@@ -30,16 +30,17 @@ def test_korthikanti_table5_mae_within_2_percent(preds):
 
 
 def test_narayanan_table1_mae_held_out(preds):
-    # achieved 9.03 % (Calculon 12.4 %); the issue's 6 % is not reached (docs/validate.md)
-    assert mean_abs_error_pct(preds[data.TABLE_NARAYANAN]) <= 9.5
+    # achieved 8.54 % (Calculon 12.4 %); the issue's 6 % is not reached: the big rows repeat
+    # Table 5's configurations and were measured 9-10 % slower (docs/validate.md)
+    assert mean_abs_error_pct(preds[data.TABLE_NARAYANAN]) <= 9.0
 
 
 def test_h100_readme_table_mae_within_8_percent(preds):
     h = preds[data.TABLE_H100]
     weak = [p for p in h if not p.case.recalled]
     assert len(weak) == 9
-    assert mean_abs_error_pct(weak) <= 6.0       # 5.52 %, the fitted rows
-    assert mean_abs_error_pct(h) <= 8.0          # 4.99 % with the strong-scaling endpoints
+    assert mean_abs_error_pct(weak) <= 5.0       # 4.55 %, the fitted rows
+    assert mean_abs_error_pct(h) <= 5.0          # 4.59 % with the strong-scaling endpoints
     for p in h:   # searched plans fit 80 GB; nothing is published about mbs/v/recompute
         assert p.searched and p.memory_per_device_bytes <= 80 * 1024**3
 
@@ -80,12 +81,13 @@ def test_fit_on_table5_reproduces_the_shipped_parameters():
 
 
 @pytest.mark.slow
-def test_h100_fit_on_readme_table_reproduces_the_shipped_fraction():
-    got, mae = fit(H100_FIT_TABLE, plan_evaluator, H100_FIT_PARAMS,
-                   {"sustained_clock_fraction": 1.0}, sweeps=1, iters=12)
-    assert mae <= 6.0
-    assert got["sustained_clock_fraction"] == pytest.approx(
-        PRESET_PARAMS["h100"]["sustained_clock_fraction"], abs=0.01)
+def test_h100_shipped_fraction_is_the_fit_on_the_readme_rows():
+    # cheaper than re-running the fit (`phaze validate --fit`): the shipped value is the
+    # minimum of the fitted rows' MAE against its neighbours 0.01 away
+    f0 = PRESET_PARAMS["h100"]["sustained_clock_fraction"]
+    (p,) = H100_FIT_PARAMS
+    maes = [table_mae(H100_FIT_TABLE, plan_evaluator, {p.name: f}) for f in (f0 - 0.01, f0, f0 + 0.01)]
+    assert maes[1] <= 5.0 and maes[1] < min(maes[0], maes[2])
 
 
 def test_phaze_evaluate_inline_gpt_matches_validate(capsys):
