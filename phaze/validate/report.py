@@ -38,7 +38,7 @@ def text_table(preds: list[Prediction]) -> str:
     for p in preds:
         c = p.case
         star = "*" if p.searched else " "
-        rc = c.recompute[:4] + ("*" if p.recompute_searched else "")
+        rc = {"selective": "sel"}.get(c.recompute, c.recompute) + ("*" if p.recompute_searched else "")
         lines.append(f"{c.name:<16}{c.tp:>3}{c.pp:>4}{c.dp:>5}{p.mbs:>4}{star}{p.interleave:>3} {rc:<5}"
                      f"{c.measured:>10.2f}{p.predicted:>11.2f}{p.error_pct:>+8.1f}%"
                      f"{p.memory_per_device_bytes / GiB:>9.1f}")
