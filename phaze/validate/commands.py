@@ -15,9 +15,10 @@ TABLE_CHOICES = {"korthikanti": (TABLE_KORTHIKANTI,), "narayanan": (TABLE_NARAYA
 def register(sub) -> None:
     p = sub.add_parser(
         "validate",
-        help="predicted vs measured time on published A100 training runs",
+        help="predicted vs measured time on published A100 and H100 training runs",
         description="Evaluate every row of Narayanan SC'21 Table 1 and Korthikanti MLSys'23 "
-                    "Table 5 on the a100 preset with the default (calibrated) parameters and "
+                    "Table 5 on the a100 preset and of the Megatron-LM README's 2024 H100 "
+                    "table on the h100 preset, with the default (calibrated) parameters, and "
                     "print predicted vs measured, per-row and mean absolute error.")
     p.add_argument("--table", choices=sorted(TABLE_CHOICES), default="all",
                    help="all (default): the two A100 tables and the Megatron-LM README H100 "
