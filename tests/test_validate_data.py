@@ -105,7 +105,7 @@ def test_h100_readme_table_columns_agree():
         assert p / 1e9 == pytest.approx(float(r["name"][:-1]), rel=0.03)
     for c in data.h100_cases():
         assert c.arch == "h100" and c.recompute == "searched" and not c.tied_embeddings
-        assert (c.recalled == "") == (c.name in {r["name"] for r in read})
+        assert (c.caveat == "") == (c.name in {r["name"] for r in read})
 
 
 def test_narayanan_big_rows_repeat_korthikanti_configs_but_run_slower():

@@ -29,7 +29,7 @@ class FitParam:
 def fit_cases(table: str):
     """The rows of a table a fit may use: those read from the source (a row with a
     transcription caveat, e.g. an inferred layout, is only ever reported)."""
-    return [c for c in cases(table) if not c.recalled]
+    return [c for c in cases(table) if not c.caveat]
 
 
 def table_mae(table: str, evaluator: Evaluator, params: dict | None) -> float:

@@ -44,7 +44,7 @@ class Case:
     arch: str = "a100"             # preset the run is evaluated on
     framework: str | None = None   # phaze.place.evaluate.FRAMEWORKS key (None: Megatron-LM 2021)
     tied_embeddings: bool = True
-    recalled: str = ""             # transcription caveat (ground_truth.yaml), "" = read from the source
+    caveat: str = ""               # transcription caveat (ground_truth.yaml), "" = read from the source
 
     @property
     def dp(self) -> int:
@@ -117,7 +117,7 @@ def h100_cases() -> list[Case]:
                         recompute=t["recompute"], sequence_parallel=t["sequence_parallel"],
                         metric=t["metric"], measured=mfu, arch=t["arch"],
                         framework=t["framework"], tied_embeddings=bool(t["tied_embeddings"]),
-                        recalled=str(r["caveat"] or "")))
+                        caveat=str(r["caveat"] or "")))
     return out
 
 

@@ -45,7 +45,7 @@ def text_table(preds: list[Prediction]) -> str:
     cal = calculon_mae_percent(c0.table)
     lines.append(f"mean |error| {mean_abs_error_pct(preds):.2f}%  max {max_abs_error_pct(preds):.2f}%"
                  + (f"  (Calculon: {cal:.2f}%)" if cal is not None else ""))
-    rec = [p.case.name for p in preds if p.case.recalled]
+    rec = [p.case.name for p in preds if p.case.caveat]
     if rec:
         lines.append(f"rows with a transcription caveat (ground_truth.yaml; never fitted): {', '.join(rec)}")
     return "\n".join(lines)
