@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phaze.cost.params import CostParams, preset_params
+from phaze.cost.params import CostParams, kernel_params
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_h100_preset.py"
 
@@ -23,7 +23,7 @@ def test_h100_preset_held_out_error():
     b = _bench()
     ops, meas, _ = b.load()
     held = np.arange(len(ops)) % 2 == 1
-    calibrated, _ = b.model_s(ops, preset_params("h100"))
+    calibrated, _ = b.model_s(ops, kernel_params("h100"))
     default, _ = b.model_s(ops, CostParams())
     err_cal = np.mean(np.abs(calibrated[held] / meas[held] - 1))
     err_def = np.mean(np.abs(default[held] / meas[held] - 1))

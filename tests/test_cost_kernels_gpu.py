@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from phaze.cost.api import op_latencies
-from phaze.cost.params import CostParams, preset_params
+from phaze.cost.params import CostParams, kernel_params
 from phaze.hw.presets import get_preset
 from phaze.model.ops import GemmDims, Op
 
@@ -30,7 +30,7 @@ def test_flash_closed_form():
 
 def test_flash_h100_preset_against_measured_kernels():
     # benchmarks/data: torch SDPA forward on H100; preset fitted on these 5 rows (<= 15 % mean)
-    p = preset_params("h100")
+    p = kernel_params("h100")
     p = CostParams(**{**p.__dict__, "flash_causal": True})
     rows = [r for r in csv.DictReader(open(Path(__file__).parent.parent / "benchmarks/data/h100_kernels_measured.csv"))
             if r["kind"] == "attention"]
@@ -59,3 +59,30 @@ def test_sustained_clock_scales_compute_bound_kernels():
     a = op_latencies([lin], H100, H100.network, params=CostParams()).lat_all_s[0][0]
     b = op_latencies([lin], H100, H100.network, params=CostParams(sustained_clock_fraction=0.8)).lat_all_s[0][0]
     assert b == pytest.approx(a / 0.8)
+
+
+# Megatron-LM's unfused vocab-parallel cross entropy, kernel by kernel (bytes read, written
+# per fp32 logit element; megatron/core/tensor_parallel/cross_entropy.py at the README's
+# commit 937571cf): logits.float(), max, sub_, exp (out=), sum, div_ | mul_, cast back.
+CE_FWD_KERNELS = [(2, 4), (4, 0), (4, 4), (4, 4), (4, 0), (4, 4)]
+CE_BWD_KERNELS = [(4, 4), (4, 2)]
+
+
+@pytest.mark.parametrize("arch", ["h100", "a100"])
+def test_unfused_cross_entropy_bytes_closed_form(arch):
+    from phaze.cost.api import bound_names
+
+    a = get_preset(arch)
+    E = 8 * 2048 * 51200   # tokens x vocabulary shard
+    ops = [Op(name="loss", kind="vector", vclass="cross_entropy", elements=E,
+              bytes_read=2 * E, bytes_written=4 * E),
+           Op(name="loss.bwd", kind="vector", vclass="cross_entropy_bwd", elements=E,
+              bytes_read=4 * E, bytes_written=2 * E)]
+    p = CostParams(unfused_cross_entropy=True, hbm_bw_efficiency=0.8)
+    c = op_latencies(ops, a, a.network, params=p)
+    assert list(bound_names(c.bound_all[0])) == ["hbm", "hbm"]
+    for t, kernels in zip(c.lat_all_s[0], (CE_FWD_KERNELS, CE_BWD_KERNELS)):
+        assert t == pytest.approx(sum(r + w for r, w in kernels) * E / (a.hbm_bw_Bps * 0.8))
+    # off (the sweep's default): the graph's own bytes
+    off = op_latencies(ops, a, a.network, params=CostParams(hbm_bw_efficiency=0.8)).lat_all_s[0]
+    assert off[0] == pytest.approx(6 * E / (a.hbm_bw_Bps * 0.8))

@@ -1,8 +1,12 @@
-"""Acceptance: the shipped (calibrated) a100 model against the published measurements.
+"""Acceptance: the shipped (calibrated) a100 and h100 models against the published
+measurements.
 
 Calibration split: the four a100 parameters (phaze.cost.params.PRESET_PARAMS["a100"]) were
-fitted on Korthikanti Table 5; Narayanan Table 1 is held out. Bounds: Calculon's errors
-(SC'23), the best open analytical model."""
+fitted on Korthikanti Table 5; Narayanan Table 1 is held out. The h100 preset's one
+run-level parameter (sustained_clock_fraction) is fitted on the nine weak-scaling rows of
+the Megatron-LM README's H100 table; its two strong-scaling rows (inferred layout) are
+only reported. Bounds: the achieved errors (docs/validate.md) with a small margin; the
+issue-16 targets are Korthikanti <= 2 %, Narayanan <= 6 % (not reached: 9.0 %), H100 <= 8 %."""
 
 import pytest
 
@@ -11,7 +15,8 @@ from phaze.hw.presets import get_preset
 from phaze.model.zoo import get_model
 from phaze.place.evaluate import evaluate_model
 from phaze.validate import data
-from phaze.validate.calibrate import A100_FIT_PARAMS, FIT_START, FIT_TABLE, fit
+from phaze.validate.calibrate import (A100_FIT_PARAMS, FIT_START, FIT_TABLE, H100_FIT_PARAMS,
+                                      H100_FIT_TABLE, fit, table_mae)
 from phaze.validate.evaluate import mean_abs_error_pct, plan_evaluator, predict
 
 
@@ -20,12 +25,24 @@ def preds():
     return {t: [predict(c, plan_evaluator) for c in data.cases(t)] for t in data.TABLES}
 
 
-def test_korthikanti_table5_mae_below_calculon(preds):
-    assert mean_abs_error_pct(preds[data.TABLE_KORTHIKANTI]) < 3.65
+def test_korthikanti_table5_mae_within_2_percent(preds):
+    assert mean_abs_error_pct(preds[data.TABLE_KORTHIKANTI]) <= 2.0   # 1.42 %
 
 
-def test_narayanan_table1_mae_below_calculon_held_out(preds):
-    assert mean_abs_error_pct(preds[data.TABLE_NARAYANAN]) < 12.4
+def test_narayanan_table1_mae_held_out(preds):
+    # achieved 8.54 % (Calculon 12.4 %); the issue's 6 % is not reached: the big rows repeat
+    # Table 5's configurations and were measured 9-10 % slower (docs/validate.md)
+    assert mean_abs_error_pct(preds[data.TABLE_NARAYANAN]) <= 9.0
+
+
+def test_h100_readme_table_mae_within_8_percent(preds):
+    h = preds[data.TABLE_H100]
+    weak = [p for p in h if not p.case.caveat]
+    assert len(weak) == 9
+    assert mean_abs_error_pct(weak) <= 5.0       # 4.55 %, the fitted rows
+    assert mean_abs_error_pct(h) <= 5.0          # 4.59 % with the strong-scaling endpoints
+    for p in h:   # searched plans fit 80 GB; nothing is published about mbs/v/recompute
+        assert p.searched and p.memory_per_device_bytes <= 80 * 1024**3
 
 
 def test_searched_plans_fit_memory_and_published_ones_are_used(preds):
@@ -61,6 +78,16 @@ def test_fit_on_table5_reproduces_the_shipped_parameters():
     assert mae < 3.65
     for p in A100_FIT_PARAMS:
         assert got[p.name] == pytest.approx(PRESET_PARAMS["a100"][p.name], rel=0.02, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_h100_shipped_fraction_is_the_fit_on_the_readme_rows():
+    # cheaper than re-running the fit (`phaze validate --fit`): the shipped value is the
+    # minimum of the fitted rows' MAE against its neighbours 0.01 away
+    f0 = PRESET_PARAMS["h100"]["sustained_clock_fraction"]
+    (p,) = H100_FIT_PARAMS
+    maes = [table_mae(H100_FIT_TABLE, plan_evaluator, {p.name: f}) for f in (f0 - 0.01, f0, f0 + 0.01)]
+    assert maes[1] <= 5.0 and maes[1] < min(maes[0], maes[2])
 
 
 def test_phaze_evaluate_inline_gpt_matches_validate(capsys):

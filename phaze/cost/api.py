@@ -20,7 +20,7 @@ import numpy as np
 
 from phaze.cost.collective import collective_s, collective_time
 from phaze.cost.gemm import BOUND_NAMES, COMPUTE, LINK, gemm_latency
-from phaze.cost.params import CostParams
+from phaze.cost.params import UNFUSED_CROSS_ENTROPY_BYTES, CostParams
 from phaze.cost.vector import vector_cycles, vector_latency
 from phaze.errors import UserError
 from phaze.hw.arch import INT_FIELDS, Network, arch_table, table_arrays
@@ -98,7 +98,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         dt = params.dtype_bytes
         elements = np.array([[float(o.elements) for o in v]])
         cpe = np.array([[params.cpe(o.vclass) for o in v]])
-        moved = np.array([[(o.bytes_read + o.bytes_written) or 2.0 * o.elements * dt for o in v]])
+        moved = np.array([[_vector_bytes(o, dt, params) for o in v]])
         res = vector_latency(col, elements, cpe, moved, params)
         lat_one[:, vi], lat_all[:, vi], b_one[:, vi], b_all[:, vi] = res
 
@@ -121,6 +121,15 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         b_one[:, j] = b_all[:, j] = LINK
 
     return OpCosts(lat_one, lat_all, b_one, b_all, tuple(o.name for o in ops))
+
+
+def _vector_bytes(o: Op, dtype_bytes: int, params: CostParams) -> float:
+    """Bytes a vector op moves: the graph's (default one read and one write per element),
+    or for cross entropy with params.unfused_cross_entropy Megatron-LM's unfused fp32
+    kernels (phaze.cost.params.UNFUSED_CROSS_ENTROPY_BYTES per logit element)."""
+    if params.unfused_cross_entropy and o.vclass in UNFUSED_CROSS_ENTROPY_BYTES:
+        return UNFUSED_CROSS_ENTROPY_BYTES[o.vclass] * float(o.elements)
+    return (o.bytes_read + o.bytes_written) or 2.0 * o.elements * dtype_bytes
 
 
 def bound_names(codes: np.ndarray) -> np.ndarray:

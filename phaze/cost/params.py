@@ -20,6 +20,18 @@ DEFAULT_VECTOR_CPE = {
     "default": 1.0,
 }
 
+# Bytes moved per logit element by Megatron-LM's unfused vocabulary-parallel cross entropy
+# (megatron/mpu/cross_entropy.py of 2021 and megatron/core/tensor_parallel/cross_entropy.py
+# of 2024, identical in this respect; --cross-entropy-loss-fusion is off by default), fp32
+# logits (the model casts them with .float() unless --fp16-lm-cross-entropy):
+#   forward  .float() 2 + 4, max 4, in-place subtract 4 + 4, exp 4 + 4, sum 4,
+#            in-place divide 4 + 4                                              = 38 B
+#   backward in-place multiply by the loss gradient 4 + 4, the cast back to the
+#            logits' dtype 4 + 2                                                = 14 B
+# (the one-element-per-row target updates are negligible). Each term is one PyTorch
+# elementwise or reduction kernel reading or writing the whole logit tensor.
+UNFUSED_CROSS_ENTROPY_BYTES = {"cross_entropy": 38.0, "cross_entropy_bwd": 14.0}
+
 
 @dataclass(frozen=True)
 class CostParams:
@@ -58,6 +70,9 @@ class CostParams:
     # the clock its peak is quoted at; kernel micro-benchmarks run at the boost clock. 1 =
     # no derating. Fitted for h100 on the Megatron-LM README H100 table (docs/validate.md).
     sustained_clock_fraction: float = 1.0
+    # Cross entropy as Megatron-LM runs it unfused (UNFUSED_CROSS_ENTROPY_BYTES per logit
+    # element instead of the graph's one read and one write); False: the graph's bytes.
+    unfused_cross_entropy: bool = False
 
     def __post_init__(self):
         for f in ("compute_efficiency", "glb_bw_efficiency", "hbm_bw_efficiency",
@@ -97,18 +112,30 @@ class CostParams:
 # benchmarks/data/h100_kernels_measured.csv (mean |error| 11.6 %, overhead 32.5 us), backward
 # 0.43 = 0.50 x 0.63/0.73 (FlashAttention-2, Dao 2023: about 73 % of A100 peak forward,
 # 63 % backward); a100 0.70 / 0.60 from the same paper (not fitted: the A100 tables ran
-# eager attention). h100 sustained_clock_fraction: fitted on the Megatron-LM README H100
-# table (the only parameter fitted there).
+# eager attention). h100 sustained_clock_fraction 0.711: fitted by `phaze validate --fit`
+# on the nine weak-scaling rows of the Megatron-LM README's H100 table (commit 937571cf,
+# images/model_table.png; MAE 5.5 %), the only parameter fitted there: the kernels above
+# were timed in isolation at boost clock, a training run sustains about 0.71 of that rate
+# (power-capped clock under hours of load, and SMs shared with the communication kernels
+# that Megatron-Core overlaps with compute; the split between the two is not measured).
 PRESET_PARAMS = {
     "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
                  collective_topology="nccl", flash_fwd_efficiency=0.50,
-                 flash_bwd_efficiency=0.43, sustained_clock_fraction=1.0),
-    "a100": dict(compute_efficiency=0.803, hbm_bw_efficiency=0.888, link_bw_efficiency=0.80,
-                 op_overhead_s=50e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
-                 flash_bwd_efficiency=0.60),
+                 flash_bwd_efficiency=0.43, sustained_clock_fraction=0.715,
+                 unfused_cross_entropy=True),
+    "a100": dict(compute_efficiency=0.806, hbm_bw_efficiency=0.880, link_bw_efficiency=0.80,
+                 op_overhead_s=49.5e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
+                 flash_bwd_efficiency=0.60, unfused_cross_entropy=True),
 }
 
 
 def preset_params(name: str) -> CostParams:
     """CostParams of a preset: its calibrated set, else the defaults above."""
     return CostParams(**PRESET_PARAMS.get(name, {}))
+
+
+def kernel_params(name: str) -> CostParams:
+    """CostParams of a preset for kernels timed one at a time (a micro-benchmark at boost
+    clock, as benchmarks/data/h100_kernels_measured.csv): the calibrated set without the
+    training-run derating (sustained_clock_fraction = 1)."""
+    return CostParams(**{**PRESET_PARAMS.get(name, {}), "sustained_clock_fraction": 1.0})

@@ -420,7 +420,9 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
         all-gathers the weights in the forward and again in the backward of every
         microbatch (prefetched: exposed = max(one layer's share, comm - compute));
       overlap_grad_reduce: buckets reduce while the last microbatch's backward runs:
-        exposed = max(last bucket, reduction - one microbatch's backward);
+        exposed = max(last bucket, reduction - one microbatch's backward); interleaved,
+        each chunk's reduction also hides behind the later chunks' cooldown backwards
+        (`overlap_exposed`);
       overlap_param_gather: the all-gather hides behind the next forward, likewise;
       tp_comm_overlap: TP collectives split in t chunks pipelined with the GEMMs (TE
         userbuffers): one chunk stays exposed, TP / t;
@@ -458,9 +460,9 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
             if z >= 3:
                 gather = 0.0
         if o.overlap_grad_reduce:
-            red = max(red * frac, red - bb[r])
+            red = overlap_exposed(red, bb[r] / v, v, p, frac)
         if o.overlap_param_gather:
-            gather = max(gather * frac, gather - fb[r])
+            gather = overlap_exposed(gather, fb[r] / v, v, p, frac)
         sync[r] = red + gather
     load = dev_comp + tp_exp + p2p_exp + fsdp
     return load, tp_exp, p2p_exp, sync, fsdp
@@ -570,6 +572,22 @@ def dp_sync_coeffs(options: PlanOptions, links: Links, t: int, d: int) -> tuple:
     if z == 2:
         return ag[0], ag[1], rs[0], rs[1]
     return 0.0, 0.0, rs[0] + 2.0 * ag[0], rs[1] + 2.0 * ag[1]
+
+
+def overlap_exposed(comm: float, unit: float, v: int, p: int, frac: float) -> float:
+    """Exposed part of a DP reduction (or parameter all-gather) that Megatron-Core overlaps
+    chunk by chunk (overlap_grad_reduce / overlap_param_gather), seconds. `comm`: the whole
+    collective; `unit`: one model chunk's backward (forward) of one microbatch on the
+    device; `frac`: one bucket's share (the floor: the last bucket is always exposed).
+    Source: megatron/core/pipeline_parallel/schedules.py (core_r0.8): a chunk's reduction
+    starts, bucket by bucket, during its last backward; the interleaved schedule runs the
+    last backwards in blocks of p microbatches per chunk, chunk v-1 first, so chunk j's
+    reduction has j p later chunk-backwards to hide behind. The chunks' reductions queue on
+    the network (each comm / v): the exposed time is the latest queue end,
+    max over k of ((k + 1) comm / v - (k p + 1) unit), at k = 0 or k = v - 1. Waits in the
+    cooldown are ignored (conservative). v = 1: max(comm frac, comm - one backward). The
+    parameter all-gather of the next iteration is the mirror image in the warm-up."""
+    return max(comm * frac, comm / v - unit, comm - ((v - 1) * p + 1) * unit)
 
 
 def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None = None,

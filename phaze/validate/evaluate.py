@@ -46,6 +46,7 @@ class Prediction:
     tflops_per_gpu: float           # Eq. 3 convention
     memory_per_device_bytes: float
     breakdown: dict
+    recompute_searched: bool = False  # True: case.recompute chosen by search (not published)
 
     @property
     def predicted(self) -> float:
@@ -119,7 +120,8 @@ def predict(case: Case, evaluator: Evaluator, params: dict | None = None) -> Pre
         time_per_batch_s=r.time_per_batch_s,
         tflops_per_gpu=eq3_tflops_per_gpu(r.time_per_batch_s, case.gpus, case.batch, case.seq,
                                           case.layers, case.hidden, case.vocab),
-        memory_per_device_bytes=r.memory_per_device_bytes, breakdown=dict(r.breakdown))
+        memory_per_device_bytes=r.memory_per_device_bytes, breakdown=dict(r.breakdown),
+        recompute_searched=len(variants) > 1)
 
 
 def mean_abs_error_pct(preds: list[Prediction]) -> float:

@@ -15,6 +15,7 @@ def row_dict(p: Prediction) -> dict:
         "table": c.table, "name": c.name, "tp": c.tp, "pp": c.pp, "dp": c.dp, "gpus": c.gpus,
         "batch": c.batch, "recompute": c.recompute, "sequence_parallel": c.sequence_parallel,
         "mbs": p.mbs, "interleave": p.interleave, "searched": p.searched,
+        "recompute_searched": p.recompute_searched,
         "metric": c.metric, "measured": c.measured, "predicted": p.predicted,
         "error_pct": p.error_pct, "time_per_batch_s": p.time_per_batch_s,
         "tflops_per_gpu": p.tflops_per_gpu,
@@ -31,21 +32,22 @@ def summary(preds_by_table: dict[str, list[Prediction]]) -> dict:
 def text_table(preds: list[Prediction]) -> str:
     c0 = preds[0].case
     unit = UNITS[c0.metric]
-    lines = [f"{c0.table}  ({unit}; * = microbatch/interleave searched, not published)",
-             f"{'row':<16}{'t':>3}{'p':>4}{'d':>5}{'mbs':>5}{'v':>3} {'measured':>10}"
+    lines = [f"{c0.table}  ({unit}; * = microbatch/interleave/recompute searched, not published)",
+             f"{'row':<16}{'t':>3}{'p':>4}{'d':>5}{'mbs':>5}{'v':>3} {'rc':<5}{'measured':>10}"
              f"{'predicted':>11}{'error':>9}{'mem GiB':>9}"]
     for p in preds:
         c = p.case
         star = "*" if p.searched else " "
-        lines.append(f"{c.name:<16}{c.tp:>3}{c.pp:>4}{c.dp:>5}{p.mbs:>4}{star}{p.interleave:>3} "
+        rc = {"selective": "sel"}.get(c.recompute, c.recompute) + ("*" if p.recompute_searched else "")
+        lines.append(f"{c.name:<16}{c.tp:>3}{c.pp:>4}{c.dp:>5}{p.mbs:>4}{star}{p.interleave:>3} {rc:<5}"
                      f"{c.measured:>10.2f}{p.predicted:>11.2f}{p.error_pct:>+8.1f}%"
                      f"{p.memory_per_device_bytes / GiB:>9.1f}")
     cal = calculon_mae_percent(c0.table)
     lines.append(f"mean |error| {mean_abs_error_pct(preds):.2f}%  max {max_abs_error_pct(preds):.2f}%"
                  + (f"  (Calculon: {cal:.2f}%)" if cal is not None else ""))
-    rec = [p.case.name for p in preds if p.case.recalled]
+    rec = [p.case.name for p in preds if p.case.caveat]
     if rec:
-        lines.append(f"rows transcribed from memory (verify, ground_truth.yaml): {', '.join(rec)}")
+        lines.append(f"rows with a transcription caveat (ground_truth.yaml; never fitted): {', '.join(rec)}")
     return "\n".join(lines)
 
 
