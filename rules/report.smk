@@ -21,10 +21,24 @@ rule sweep_config:
         "phaze check-config --config-json {params.cfg:q} -o {output} > {log} 2>&1"
 
 
+def report_latency(wildcards):
+    """Every merged latency table: in a pruned run, those of the waves that ran."""
+    if SETTINGS.search.method == "pruned":
+        return [t for m, s in model_seqs() for t in pruned_latency_tables(m, s)]
+    return all_latency_tables()
+
+
+def report_waves(wildcards):
+    if SETTINGS.search.method == "pruned":
+        return [f"results/prune/{m}_s{s}/waves.parquet" for m, s in model_seqs()]
+    return []
+
+
 rule report:
     input:
         place=place_tables(),
-        latency=all_latency_tables(),
+        latency=report_latency,
+        waves=report_waves,
         grid=GRID,
         config=SWEEP_CONFIG,
     output:
@@ -39,6 +53,7 @@ rule report:
         runtime=10,
     params:
         outdir=lambda w, output: os.path.dirname(output[0]) + "/",
+        waves=lambda w, input: f"--waves {' '.join(input.waves)}" if input.waves else "",
     shell:
         "phaze report --place {input.place} --latency {input.latency} --grid {input.grid}"
-        " --config {input.config} -o {params.outdir} > {log} 2>&1"
+        " --config {input.config} {params.waves} -o {params.outdir} > {log} 2>&1"

@@ -85,13 +85,19 @@ class SweepProblem:
     def archs(self):
         return list(zip(self.grid["arch_id"], self.grid["area_mm2"].astype(float)))
 
-    def bound(self, arch_id: str) -> float:
+    def bound(self, arch_id: str, times: dict | None = None) -> float:
+        """Optimistic samples/s: the DP fed with `times` (default: lower_times(arch_id))."""
+        times = self.lower_times(arch_id) if times is None else times
+        self._peak = self._peak_of(arch_id)
+        return self.place(times)["samples_per_s"]
+
+    def lower_times(self, arch_id: str) -> dict:
+        """{(mbs, tp, sp, layer_index, pass): seconds} lower bounds on the arch's layer times
+        (sched.heuristic.lower_bound_s: critical path and work / cores, no ILP)."""
         from phaze.sched.heuristic import lower_bound_s
 
         probs = self.problems[self._row[arch_id]]
-        self._peak = self._peak_of(arch_id)
-        times = {k: lower_bound_s(p) if p.n else 0.0 for k, p in probs.items()}
-        return self.place(times)["samples_per_s"]
+        return {k: lower_bound_s(p) if p.n else 0.0 for k, p in probs.items()}
 
     def evaluate(self, arch_id: str) -> Design:
         sched = self.spec.settings.sched
