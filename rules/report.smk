@@ -21,19 +21,6 @@ rule sweep_config:
         "phaze check-config --config-json {params.cfg:q} -o {output} > {log} 2>&1"
 
 
-def report_latency(wildcards):
-    """Every merged latency table: in a pruned run, those of the waves that ran."""
-    if SETTINGS.search.method == "pruned":
-        return [t for m, s in model_seqs() for t in pruned_latency_tables(m, s)]
-    return all_latency_tables()
-
-
-def report_waves(wildcards):
-    if SETTINGS.search.method == "pruned":
-        return [f"results/prune/{m}_s{s}/waves.parquet" for m, s in model_seqs()]
-    return []
-
-
 rule report:
     input:
         place=place_tables(),
