@@ -18,6 +18,14 @@ Measured on the sample, in this process (cold ILP cache in a scratch directory):
   f_group   DP groups / (archs x mbs) of the sample
   t_item    CPU per placement item outside the DP (fan-out, rows, table)
   t_start   CPU of a phaze process that imports pandas (per job)
+  t_bound   CPU of the pruned workflow's bound pass (`phaze prune-bound`: graphs, cost
+            model and problems of every (arch, layer, pass), lower bounds, the DP per arch)
+            per scheduling row of the sample
+  f_eval    archs the pruned workflow evaluates exactly (waves 1 + 2) / archs, per
+            (model, seq), on the sample: phaze.search.waves on the sample's exact
+            placement rows with wave1_archs = 1 (the paper config's 8 of 29,158 archs
+            scaled to the sample, rounded up), i.e. an incumbent from one arch's bound;
+            pessimistic for the whole grid, whose wave 1 and incumbent are better
 Extrapolation (N_* counted on the whole paper config; the grid is enumerated):
   rows      = N_archs x sum over graphs (layers x 3 passes)
   sched CPU = rows x t_row + rows x f_ilp x t_ilp + sched_jobs x t_start
@@ -26,6 +34,14 @@ Extrapolation (N_* counted on the whole paper config; the grid is enumerated):
   other     = (graph + merge + report jobs) x t_start + merge rows x t_row_merge
   files     = per job: output(s) + log + benchmark tsv, plus one ILP cache shard per
               scheduling job (at most 1 + runtime / 600 s; compaction merges them)
+Pruned (search.method: pruned, the default):
+  bound CPU = rows x t_bound + N_model_seqs x t_start
+  sched CPU = sum over (model, seq) of f_eval x its exhaustive scheduling CPU
+              + 2 waves x sched_jobs x t_start
+  place CPU = sum over (model, seq) of f_eval x its exhaustive placement CPU
+              + 2 waves x place_jobs x ranks x t_start
+  files     = the exhaustive count with every scheduling, merge and placement job twice
+              (two waves), plus bound, next and collect jobs (3 files each, next 4)
 
     PYTHONPATH=. python benchmarks/bench_paper_sweep.py [--families 6] [--seed 0]
 """
@@ -47,6 +63,7 @@ sys.path.insert(0, str(REPO))
 
 CPU_HOURS_TARGET = 2.0
 FILES_TARGET = 20_000
+WAVE1_SAMPLE = 1          # search.wave1_archs scaled to the sample (8 of 29,158 -> 1)
 FAMILY = ("n_tc", "n_vc", "tc_rows", "tc_cols", "vc_lanes", "clock_hz", "hbm_bw_Bps")
 
 
@@ -99,6 +116,10 @@ def main() -> None:
     from phaze.sched.table import GRAPH_KEY, merge_shards
     from phaze.sched.layers import graph_identity
     from phaze.settings import SweepSettings
+    from dataclasses import replace
+    from phaze.place.table import place_frame
+    from phaze.search.pipeline import SweepSpec
+    from phaze.search.waves import bound_table, summary_line, survivors
 
     cfg = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
     st = SweepSettings.from_config(cfg)
@@ -119,8 +140,12 @@ def main() -> None:
     n_groups = n_group_items = 0
     full_rows = 0            # rows of the whole paper sweep
     groups_per_model = {}
+    per_model = {}           # (name, seq) -> dict(rows_full, sched_s, rows, f_eval, ...)
+    bound_cpu = 0.0
     for name, seq, tps in models:
         spec = resolve_model(name)
+        m_full_rows0, m_sched0, m_solve0, m_rows0, m_solved0 = \
+            full_rows, sched_cpu, solve_cpu, n_rows, n_solved
         layers_per_mbs = []
         lat_frames, graphs = [], {}
         for mbs in st.microbatch_sizes:
@@ -161,15 +186,33 @@ def main() -> None:
                  for h in ctx["hbm_bytes"] for r in ctx["recompute"]]
         c0 = cpu()
         groups = group_items(items, ctx)
-        run_items(items, ctx, use_mpi=False)
+        place_rows = run_items(items, ctx, use_mpi=False)
         dt = cpu() - c0
         place_cpu += dt
         n_groups += len(groups)
         n_group_items += len(grid) * len(sample_mbs)
         groups_per_model[name] = (len(groups), dt)
+        # the pruned workflow on the sample: bound pass, then the waves from exact rows
+        b_spec = SweepSpec(model=name, seq=seq, tp=tps,
+                           settings=replace(st, microbatch_sizes=tuple(sample_mbs)))
+        c0 = cpu()
+        waves = bound_table(b_spec, grid, WAVE1_SAMPLE)
+        dt_bound = cpu() - c0
+        bound_cpu += dt_bound
+        place = place_frame(place_rows)
+        first = set(waves.loc[waves["wave"] == 1, "arch_id"])
+        final, info = survivors(waves, place[place["arch_id"].isin(first)],
+                                lat[lat["arch_id"].isin(first)])
+        f_eval = float((final["wave"] > 0).mean())
+        per_model[(name, seq)] = dict(
+            rows_full=full_rows - m_full_rows0, rows=n_rows - m_rows0,
+            sched_s=sched_cpu - m_sched0, solve_s=solve_cpu - m_solve0,
+            solved=n_solved - m_solved0, f_eval=f_eval, groups=len(groups),
+            place_s=dt, items=len(grid) * len(sample_mbs))
         print(f"  {name:18s} s{seq}: {sum(layers_per_mbs) * 3 * len(grid)} rows, "
               f"DP groups {len(groups)} of {len(grid) * len(sample_mbs)} (arch, mbs), "
-              f"place {dt:.1f} s CPU", flush=True)
+              f"place {dt:.1f} s CPU; bound pass {dt_bound:.1f} s CPU, "
+              f"{summary_line(final)}", flush=True)
     cache.close()
 
     t_row = (sched_cpu - solve_cpu) / n_rows
@@ -207,6 +250,32 @@ def main() -> None:
     print(f"files written: {files:,} (target {FILES_TARGET:,}, ratio {files / FILES_TARGET:.2f}); "
           f"before the sqlite shards: + one JSON file per distinct ILP "
           f"(~{full_rows * f_ilp:,.0f})")
+
+    # ---- pruned (search.method: pruned): the bound pass + the evaluated fraction
+    t_bound = bound_cpu / n_rows
+    p_sched = p_place = 0.0
+    for m in per_model.values():
+        t_row_m = (m["sched_s"] - m["solve_s"]) / m["rows"]
+        f_ilp_m = m["solved"] / m["rows"]
+        t_ilp_m = m["solve_s"] / max(m["solved"], 1)
+        p_sched += m["f_eval"] * m["rows_full"] * (t_row_m + f_ilp_m * t_ilp_m)
+        p_place += m["f_eval"] * n_archs * n_mbs * (m["groups"] / m["items"]) \
+            * (m["place_s"] / m["groups"])
+    f_eval_all = sum(m["f_eval"] * m["rows_full"] for m in per_model.values()) / full_rows
+    bound_h = (full_rows * t_bound + n_model_seqs * t_start) / 3600
+    p_sched_h = (p_sched + 2 * sched_jobs * t_start) / 3600
+    p_place_h = (p_place + 2 * place_jobs * ranks * t_start) / 3600
+    p_total = bound_h + p_sched_h + p_place_h + other_h
+    p_files = files + 3 * (sched_jobs + merge_jobs + place_jobs) + sched_jobs \
+        + n_model_seqs * (3 + 4 + 3)
+    print()
+    print(f"pruned: t_bound {t_bound * 1e6:.0f} us per row; archs evaluated exactly "
+          + ", ".join(f"{k[0]} {m['f_eval']:.0%}" for k, m in per_model.items())
+          + f" (row-weighted f_eval {f_eval_all:.3f}; wave1_archs {WAVE1_SAMPLE} on the sample)")
+    print(f"pruned CPU-hours: bound pass {bound_h:.2f} + scheduling {p_sched_h:.2f} + placement "
+          f"{p_place_h:.2f} + other {other_h:.2f} = {p_total:.2f} (target {CPU_HOURS_TARGET}, "
+          f"ratio {p_total / CPU_HOURS_TARGET:.2f}); files {p_files:,} (target "
+          f"{FILES_TARGET:,}, ratio {p_files / FILES_TARGET:.2f})")
     tmp.cleanup()
 
 

@@ -115,6 +115,8 @@ def survivors(waves: pd.DataFrame, place: pd.DataFrame, latency: pd.DataFrame | 
     incumbent = float(per_arch.max()) if len(per_arch) else math.nan
     spot_min = math.nan
     if latency is not None and len(latency):
+        if "layer_repeat" in latency.columns:      # a merged table's name (sched.table)
+            latency = latency.rename(columns={"layer_repeat": "repeat"})
         scores = spotlight_scores(latency)
         scores = scores[np.isfinite(scores.to_numpy(dtype=float))]
         if len(scores):
