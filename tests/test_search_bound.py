@@ -125,3 +125,20 @@ def test_default_dp_monotone_in_layer_latencies(ch_f_b, devices, batch, rec, hbm
     assert (lo is None) == (hi is None)          # memory decides feasibility, not times
     if lo is not None:
         assert _le(lo["time_per_batch_s"], hi["time_per_batch_s"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(chains(), st.sampled_from([4, 8, 16]), st.sampled_from([16, 64]),
+       st.sampled_from(["none", "selective", "full"]),
+       st.lists(st.sampled_from([0.05, 0.2, 0.5, 2.0, 80.0]), min_size=2, max_size=3,
+                unique=True), st.sampled_from(["sgd", "adam"]))
+def test_default_dp_best_over_hbm_sizes_is_the_largest(ch_f_b, devices, batch, rec, gibs, opt):
+    """SweepProblem.bound places the largest HBM size only: HBM size is the DP's memory
+    limit and nothing else, so every plan that fits a smaller one fits the largest."""
+    ch, _f, _b = ch_f_b
+    kw = dict(links=Links(), options=PlanOptions(optimizer=opt))
+    best = {g: dp.best_plan(ch, devices, batch, rec, hbm_bytes=g * 2**30, **kw) for g in gibs}
+    top = best[max(gibs)]
+    for g, plan in best.items():
+        if plan is not None:
+            assert top is not None and _le(top["time_per_batch_s"], plan["time_per_batch_s"])
