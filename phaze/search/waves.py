@@ -37,6 +37,7 @@ WAVES_KEY = ("model", "seq", "arch_id")
 WAVES_SCHEMA = {"model": "O", "seq": "i", "arch_id": "O", "area_mm2": "f",
                 "bound_samples_per_s": "f", "spotlight_lb_s": "f", "wave": "i"}
 SLACK = 1e-9
+SLICE = 512          # archs whose scheduling problems the bound pass holds at once
 
 
 def spotlight_lower_bound(sp, times: dict) -> float:
@@ -60,13 +61,16 @@ def bound_table(spec, grid: pd.DataFrame, wave1_archs: int) -> pd.DataFrame:
     from phaze.search.baselines import tpuv4_arch_id
     from phaze.search.pipeline import SweepProblem
 
-    sp = SweepProblem(spec, grid)
-    rows = []
-    for arch_id, area in sp.archs():
-        times = sp.lower_times(arch_id)
-        rows.append({"model": spec.model, "seq": int(spec.seq), "arch_id": arch_id,
-                     "area_mm2": float(area), "bound_samples_per_s": float(sp.bound(arch_id, times)),
-                     "spotlight_lb_s": float(spotlight_lower_bound(sp, times)), "wave": 0})
+    rows, memo = [], {}
+    for start in range(0, len(grid), SLICE):      # bounded memory: problems of SLICE archs
+        sp = SweepProblem(spec, grid.iloc[start:start + SLICE])
+        sp._bounds = memo                          # one DP per distinct input, all slices
+        for arch_id, area in sp.archs():
+            times = sp.lower_times(arch_id)
+            rows.append({"model": spec.model, "seq": int(spec.seq), "arch_id": arch_id,
+                         "area_mm2": float(area),
+                         "bound_samples_per_s": float(sp.bound(arch_id, times)),
+                         "spotlight_lb_s": float(spotlight_lower_bound(sp, times)), "wave": 0})
     df = pd.DataFrame(rows, columns=list(WAVES_SCHEMA)).astype({"seq": "int64", "wave": "int64"})
     first = set(_best_bounds(df, wave1_archs))
     tpu = tpuv4_arch_id(grid)
@@ -121,16 +125,23 @@ def survivors(waves: pd.DataFrame, place: pd.DataFrame, latency: pd.DataFrame | 
         scores = scores[np.isfinite(scores.to_numpy(dtype=float))]
         if len(scores):
             spot_min = float(scores.min())
+    out = waves.copy()
+    out.loc[(out["wave"] != 1) & may_matter(waves, incumbent, spot_min), "wave"] = 2
+    check(out, "waves table")
+    return out, {"incumbent_samples_per_s": incumbent, "spotlight_min_s": spot_min}
+
+
+def may_matter(waves: pd.DataFrame, incumbent: float, spot_min: float) -> pd.Series:
+    """Archs that could still be the best design (bound >= incumbent; any feasible bound
+    when there is no incumbent) or the Spotlight pick (spotlight_lb_s <= spot_min; any
+    finite one when spot_min is NaN). Ties kept (relative slack SLACK)."""
     b = waves["bound_samples_per_s"]
     can_win = np.isfinite(b) & (b > 0)
     if math.isfinite(incumbent):
         can_win &= b >= incumbent * (1 - SLACK)
-    near_spot = waves["spotlight_lb_s"] <= spot_min * (1 + SLACK) if math.isfinite(spot_min) \
-        else np.isfinite(waves["spotlight_lb_s"])
-    out = waves.copy()
-    out.loc[(out["wave"] != 1) & (can_win | near_spot), "wave"] = 2
-    check(out, "waves table")
-    return out, {"incumbent_samples_per_s": incumbent, "spotlight_min_s": spot_min}
+    lb = waves["spotlight_lb_s"]
+    near_spot = lb <= spot_min * (1 + SLACK) if math.isfinite(spot_min) else np.isfinite(lb)
+    return can_win | near_spot
 
 
 def check(df: pd.DataFrame, what: str) -> None:
