@@ -18,9 +18,10 @@ Measured on the sample, in this process (cold ILP cache in a scratch directory):
   f_group   DP groups / (archs x mbs) of the sample
   t_item    CPU per placement item outside the DP (fan-out, rows, table)
   t_start   CPU of a phaze process that imports pandas (per job)
-  t_bound   CPU of the pruned workflow's bound pass (`phaze prune-bound`: graphs, cost
-            model and problems of every (arch, layer, pass), lower bounds, the DP per arch)
-            per scheduling row of the sample
+  t_bound   CPU of the pruned workflow's bounds (`phaze prune-bound`: graphs, cost model
+            and problems of every (arch, layer, pass), lower bounds, work bounds, DP bounds
+            of the top archs; plus prune-next's DP bounds of the archs whose work bound
+            reaches the incumbent) per scheduling row of the sample
   f_eval    archs the pruned workflow evaluates exactly (waves 1 + 2) / archs, per
             (model, seq), on a second sample: B archs drawn uniformly (--bound-archs,
             fixed seed), every paper microbatch size; the bound pass (phaze.search.waves.
@@ -109,7 +110,8 @@ def pruned_sample(name, seq, tps, st, bgrid, cache_dir):
     import math
 
     from phaze.search.pipeline import SweepProblem, SweepSpec
-    from phaze.search.waves import bound_table, may_matter, spotlight_lower_bound, wave_grid
+    from phaze.search.waves import (bound_table, may_matter, refine, spotlight_lower_bound,
+                                    wave_grid)
 
     spec = SweepSpec(model=name, seq=seq, tp=tps,
                      settings=replace(st, sched=replace(st.sched, cache_dir=cache_dir)))
@@ -126,10 +128,14 @@ def pruned_sample(name, seq, tps, st, bgrid, cache_dir):
         spot.append(spotlight_lower_bound(sp, exact))
     inc = max(thr) if thr else math.nan
     spot_min = min((s for s in spot if math.isfinite(s)), default=math.nan)
+    c0 = cpu()
+    waves = refine(waves, inc, spec, bgrid)     # prune-next's DP bounds
+    dt += cpu() - c0
     evaluated = (waves["wave"] == 1) | may_matter(waves, inc, spot_min)
     rows = len(bgrid) * sum(3 * len(g.layers) for g in sp.graphs.values())
     line = (f"{int(evaluated.sum())} of {len(bgrid)} sampled archs evaluated "
-            f"(wave 1: {int((waves['wave'] == 1).sum())})")
+            f"(wave 1: {int((waves['wave'] == 1).sum())}), DP bounds of "
+            f"{int(waves['bound_dp'].sum())}")
     return float(evaluated.mean()), dt, rows, line
 
 

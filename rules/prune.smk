@@ -87,11 +87,13 @@ checkpoint prune_next:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=60,
+    params:
+        cfg=bound_config,
     shell:
         "phaze prune-next --waves {input.waves} --place {input.place} --latency {input.latency}"
-        " --grid {input.grid} -o {output.waves} --wave-grid {output.grid}"
-        " --summary {output.summary} > {log} 2>&1"
+        " --grid {input.grid} --config-json {params.cfg:q} -o {output.waves}"
+        " --wave-grid {output.grid} --summary {output.summary} > {log} 2>&1"
 
 
 rule prune_collect:

@@ -93,9 +93,13 @@ class SweepProblem:
         over all (tests/test_search_bound.py). Archs with identical times and peak FLOP/s
         (often those that differ only in GLB size) share one DP run."""
         times = self.lower_times(arch_id) if times is None else times
-        self._peak = self._peak_of(arch_id)
-        key = (self._peak, tuple(sorted(times.items())))
+        return self.bound_of(times, self._peak_of(arch_id))
+
+    def bound_of(self, times: dict, peak_flops: float) -> float:
+        """bound() of any arch with these layer times and peak FLOP/s (memoised)."""
+        key = (peak_flops, tuple(sorted(times.items())))
         if key not in self._bounds:
+            self._peak = peak_flops
             self._bounds[key] = self.place(times, largest_hbm_only=True)["samples_per_s"]
         return self._bounds[key]
 

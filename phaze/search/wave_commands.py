@@ -27,6 +27,9 @@ def register(sub) -> None:
     n.add_argument("--place", required=True, help="wave 1's placement table")
     n.add_argument("--latency", nargs="*", default=(), help="wave 1's merged latency tables")
     n.add_argument("--grid", required=True, help="the sweep's arch grid")
+    n.add_argument("--config-json", required=True,
+                   help="prune-bound's config (the DP bounds of the archs whose work bound "
+                        "reaches the incumbent are computed with it)")
     n.add_argument("-o", "--output", required=True, help="waves table with wave 2 marked")
     n.add_argument("--wave-grid", required=True, help="write wave 2's grid rows here")
     n.add_argument("--summary", help="also write the incumbent and wave sizes here (JSON; "
@@ -87,17 +90,20 @@ def cmd_bound(args) -> int:
 
 
 def cmd_next(args) -> int:
+    from dataclasses import replace
+
     from phaze.hw.grid import read_grid
     from phaze.jsonout import emit_json
     from phaze.place.table import read_place
     from phaze.report.commands import _load_latency
     from phaze.search.waves import read_waves, summary_line, survivors, wave_grid
 
+    spec = replace(_spec(args.config_json), fixed=None)
     waves = read_waves(args.waves)
     place = read_place(args.place)
     latency = _load_latency(args.latency) if args.latency else None
     grid = read_grid(args.grid)
-    out, info = survivors(waves, place, latency)
+    out, info = survivors(waves, place, latency, spec, grid)
     _write(wave_grid(grid, out, 2), args.wave_grid)
     _write(out, args.output)
     info["summary"] = summary_line(out)

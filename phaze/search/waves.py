@@ -3,15 +3,20 @@
 The in-process `strategies.pruned` evaluates archs one by one in bound order; the workflow
 cannot (each evaluation is many jobs), so it prunes in two waves per (model, seq):
 
-  bound pass   every arch: bound_samples_per_s = the placement DP fed with lower bounds
-               on its layer times (SweepProblem.bound, no ILP) and spotlight_lb_s = a lower
-               bound on its Spotlight-style score (baselines.spotlight_scores of the lower
-               bounds, TP width 1); wave 1 = the `wave1_archs` archs with the best bounds,
-               the TPUv4-like chip and the arch with the smallest spotlight_lb_s.
+  bound pass   every arch: lower bounds on its layer times (no ILP), from them a work
+               bound (work_bound: no DP) and spotlight_lb_s, a lower bound on its
+               Spotlight-style score (baselines.spotlight_scores of the lower bounds, TP
+               width 1); then, in decreasing work bound, the DP bound (the placement DP fed
+               with the lower bounds, SweepProblem.bound) until the `wave1_archs` best DP
+               bounds are certain. bound_samples_per_s is the DP bound where computed
+               (bound_dp), else the work bound (>= the DP bound, checked on every arch
+               whose DP bound is computed). Wave 1 = the `wave1_archs` best DP bounds, the
+               TPUv4-like chip and the arch with the smallest spotlight_lb_s.
   wave 1       ILPs + DP of wave 1 (the workflow's own schedule/merge/place jobs).
-  survivors    incumbent = wave 1's best samples/s; wave 2 = every other arch whose bound
-               is >= the incumbent, or whose spotlight_lb_s is <= wave 1's smallest exact
-               Spotlight score.
+  survivors    incumbent = wave 1's best samples/s; the DP bound of every arch whose work
+               bound is >= the incumbent; wave 2 = every other arch whose bound is >= the
+               incumbent, or whose spotlight_lb_s is <= wave 1's smallest exact Spotlight
+               score.
   wave 2       ILPs + DP of the survivors; the placement table = wave 1 + wave 2 rows.
 
 Exact: an arch outside both waves has a true throughput <= its bound < the incumbent <=
@@ -35,7 +40,8 @@ from phaze.errors import UserError
 
 WAVES_KEY = ("model", "seq", "arch_id")
 WAVES_SCHEMA = {"model": "O", "seq": "i", "arch_id": "O", "area_mm2": "f",
-                "bound_samples_per_s": "f", "spotlight_lb_s": "f", "wave": "i"}
+                "peak_flops": "f", "bound_samples_per_s": "f", "bound_dp": "b",
+                "spotlight_lb_s": "f", "wave": "i"}
 SLACK = 1e-9
 SLICE = 512          # archs whose scheduling problems the bound pass holds at once
 
@@ -55,24 +61,81 @@ def spotlight_lower_bound(sp, times: dict) -> float:
     return best
 
 
+def work_bound(sp, times: dict) -> float:
+    """Upper bound on samples/s without the DP. The DP's time per batch is >= M x the
+    busiest device's load (phaze.place.plan: (M + (p - 1) / v) x max device load + ...),
+    a device's load is >= its share 1/p of the chain's forward + backward times, M =
+    ceil(batch / (d mbs)) and p d t <= devices, so samples/s <= devices x mbs / (t x W)
+    with W = sum over layer instances of (fwd + bwd) at that (mbs, t, sp); the max over
+    the sweep's graphs. Units: samples/s; inf when W = 0."""
+    devices = sp.spec.settings.placement.devices
+    best = 0.0
+    for (mbs, tp, seqpar), g in sp.graphs.items():
+        w = sum((times[(mbs, tp, seqpar, li, "fwd")] + times[(mbs, tp, seqpar, li, "bwd")])
+                * layer.repeat for li, layer in enumerate(g.layers))
+        best = max(best, math.inf if w <= 0 else devices * mbs / (tp * w))
+    return best
+
+
+class _Bounds:
+    """Lower-bound layer times of every arch (one array per arch over shared keys) and
+    their DP bounds on demand, the scheduling problems built SLICE archs at a time."""
+
+    def __init__(self, spec, grid: pd.DataFrame):
+        from phaze.search.pipeline import SweepProblem
+
+        self.rows, self.times, self.keys, self.sp, memo = [], [], None, None, {}
+        for start in range(0, len(grid), SLICE):
+            sp = SweepProblem(spec, grid.iloc[start:start + SLICE])
+            sp._bounds = memo                      # one DP per distinct input, all slices
+            for arch_id, area in sp.archs():
+                times = sp.lower_times(arch_id)
+                if self.keys is None:
+                    self.keys = list(times)
+                self.times.append(np.array([times[k] for k in self.keys]))
+                self.rows.append({"model": spec.model, "seq": int(spec.seq),
+                                  "arch_id": arch_id, "area_mm2": float(area),
+                                  "peak_flops": sp._peak_of(arch_id),
+                                  "bound_samples_per_s": float(work_bound(sp, times)),
+                                  "bound_dp": False,
+                                  "spotlight_lb_s": float(spotlight_lower_bound(sp, times)),
+                                  "wave": 0})
+            self.sp = sp
+        self.index = {r["arch_id"]: i for i, r in enumerate(self.rows)}
+
+    def dp_bound(self, arch_id: str) -> float:
+        """The DP bound of one arch; UserError when its work bound is below it."""
+        i = self.index[arch_id]
+        row = self.rows[i]
+        b = float(self.sp.bound_of(dict(zip(self.keys, self.times[i])), row["peak_flops"]))
+        if b > row["bound_samples_per_s"] * (1 + SLACK):
+            raise UserError(f"arch {arch_id}: work bound {row['bound_samples_per_s']:.6g} "
+                            f"below its DP bound {b:.6g} samples/s", field="bound",
+                            fix="report this; run with search.method: exhaustive meanwhile")
+        return b
+
+
 def bound_table(spec, grid: pd.DataFrame, wave1_archs: int) -> pd.DataFrame:
     """The bound pass of one (model, seq): WAVES_SCHEMA rows for every arch of `grid`,
     wave 1 marked, the others 0 (decided by `survivors`). `spec` is a pipeline.SweepSpec."""
     from phaze.search.baselines import tpuv4_arch_id
-    from phaze.search.pipeline import SweepProblem
 
-    rows, memo = [], {}
-    for start in range(0, len(grid), SLICE):      # bounded memory: problems of SLICE archs
-        sp = SweepProblem(spec, grid.iloc[start:start + SLICE])
-        sp._bounds = memo                          # one DP per distinct input, all slices
-        for arch_id, area in sp.archs():
-            times = sp.lower_times(arch_id)
-            rows.append({"model": spec.model, "seq": int(spec.seq), "arch_id": arch_id,
-                         "area_mm2": float(area),
-                         "bound_samples_per_s": float(sp.bound(arch_id, times)),
-                         "spotlight_lb_s": float(spotlight_lower_bound(sp, times)), "wave": 0})
-    df = pd.DataFrame(rows, columns=list(WAVES_SCHEMA)).astype({"seq": "int64", "wave": "int64"})
-    first = set(_best_bounds(df, wave1_archs))
+    bounds = _Bounds(spec, grid)
+    df = pd.DataFrame(bounds.rows, columns=list(WAVES_SCHEMA)) \
+        .astype({"seq": "int64", "wave": "int64", "bound_dp": bool})
+    # DP bounds in decreasing work bound, until no further arch can enter the top k
+    order = df.assign(_neg=-df["bound_samples_per_s"]) \
+        .sort_values(["_neg", "area_mm2", "arch_id"], kind="mergesort").index
+    found: list[float] = []
+    for i in order:
+        w = df.at[i, "bound_samples_per_s"]
+        if not (w > 0) or (len(found) >= wave1_archs and w < found[wave1_archs - 1]):
+            break
+        b = bounds.dp_bound(df.at[i, "arch_id"])
+        df.at[i, "bound_samples_per_s"], df.at[i, "bound_dp"] = b, True
+        if math.isfinite(b) and b > 0:
+            found = sorted(found + [b], reverse=True)
+    first = set(_best_bounds(df[df["bound_dp"]], wave1_archs))
     tpu = tpuv4_arch_id(grid)
     if tpu is not None:
         first.add(tpu)
@@ -85,6 +148,25 @@ def bound_table(spec, grid: pd.DataFrame, wave1_archs: int) -> pd.DataFrame:
     return df
 
 
+def refine(waves: pd.DataFrame, incumbent: float, spec, grid: pd.DataFrame) -> pd.DataFrame:
+    """The waves table with the DP bound of every arch outside wave 1 whose work bound is
+    >= `incumbent` (all such archs when it is NaN): the only ones the DP bound can still
+    prune or keep. `spec`/`grid` as for bound_table."""
+    b = waves["bound_samples_per_s"]
+    need = (waves["wave"] != 1) & ~waves["bound_dp"] & np.isfinite(b) & (b > 0)
+    if math.isfinite(incumbent):
+        need &= b >= incumbent * (1 - SLACK)
+    out = waves.copy()
+    if not need.any():
+        return out
+    ids = set(out.loc[need, "arch_id"])
+    bounds = _Bounds(spec, grid[grid["arch_id"].astype(str).isin(ids)])
+    for i in out.index[need]:
+        out.at[i, "bound_samples_per_s"] = bounds.dp_bound(out.at[i, "arch_id"])
+        out.at[i, "bound_dp"] = True
+    return out
+
+
 def _best_bounds(df: pd.DataFrame, k: int) -> list[str]:
     """The k archs with the largest finite positive bounds (ties: smaller area, then id)."""
     ok = df[np.isfinite(df["bound_samples_per_s"]) & (df["bound_samples_per_s"] > 0)]
@@ -93,10 +175,12 @@ def _best_bounds(df: pd.DataFrame, k: int) -> list[str]:
                 ["arch_id"].iloc[:k])
 
 
-def survivors(waves: pd.DataFrame, place: pd.DataFrame, latency: pd.DataFrame | None
-              ) -> tuple[pd.DataFrame, dict]:
+def survivors(waves: pd.DataFrame, place: pd.DataFrame, latency: pd.DataFrame | None,
+              spec=None, grid: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
     """Wave 2 from wave 1's placement rows (phaze.place.table) and merged latency tables:
     (the waves table with wave 2 marked, {incumbent_samples_per_s, spotlight_min_s}).
+    With spec and grid (as for bound_table) the work bounds that reach the incumbent are
+    first replaced by DP bounds (`refine`); without, they prune as they are (valid, looser).
     UserError when a wave-1 arch beats its own bound (invalid lower bounds) or the tables
     do not hold exactly wave 1's archs."""
     from phaze.search.baselines import spotlight_scores
@@ -125,8 +209,8 @@ def survivors(waves: pd.DataFrame, place: pd.DataFrame, latency: pd.DataFrame | 
         scores = scores[np.isfinite(scores.to_numpy(dtype=float))]
         if len(scores):
             spot_min = float(scores.min())
-    out = waves.copy()
-    out.loc[(out["wave"] != 1) & may_matter(waves, incumbent, spot_min), "wave"] = 2
+    out = refine(waves, incumbent, spec, grid) if spec is not None else waves.copy()
+    out.loc[(out["wave"] != 1) & may_matter(out, incumbent, spot_min), "wave"] = 2
     check(out, "waves table")
     return out, {"incumbent_samples_per_s": incumbent, "spotlight_min_s": spot_min}
 
