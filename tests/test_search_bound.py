@@ -142,3 +142,31 @@ def test_default_dp_best_over_hbm_sizes_is_the_largest(ch_f_b, devices, batch, r
     for g, plan in best.items():
         if plan is not None:
             assert top is not None and _le(top["time_per_batch_s"], plan["time_per_batch_s"])
+
+
+@pytest.mark.parametrize("recompute", [("none",), ("none", "selective", "full")])
+def test_work_bound_is_above_the_dp_bound(recompute):
+    """waves.work_bound (no DP) gates the DP bound, so it must never be below it: checked
+    on real archs and graphs, TP widths 1 and 2, every microbatch size of the sweep."""
+    import math
+    from dataclasses import replace
+
+    from phaze.hw.grid import enumerate_grid
+    from phaze.search.pipeline import SweepProblem, SweepSpec
+    from phaze.search.waves import work_bound
+    from phaze.settings import PlacementSettings, SweepSettings
+
+    grid = enumerate_grid({"n_tc": [1, 4, 16], "n_vc": [1, 4], "tc_rows": [32, 128],
+                           "tc_cols": [32, 128], "glb_mib": [32],
+                           "area": {"min_frac": 0.0, "keep_single_core": "all"}})
+    st = replace(SweepSettings(), microbatch_sizes=(1, 4),
+                 placement=PlacementSettings(devices=64, global_batch=256, hbm_gib=(16.0, 80.0),
+                                             recompute=recompute, optimizer="sgd"))
+    sp = SweepProblem(SweepSpec(model="bert-large", seq=128, tp=(1, 2), settings=st), grid)
+    n_feasible = 0
+    for arch_id, _area in sp.archs():
+        times = sp.lower_times(arch_id)
+        b = sp.bound(arch_id, times)
+        assert math.isnan(b) or b <= work_bound(sp, times) * (1 + 1e-12), arch_id
+        n_feasible += b > 0
+    assert n_feasible >= 4
