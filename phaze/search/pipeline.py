@@ -95,12 +95,14 @@ class SweepProblem:
         times = self.lower_times(arch_id) if times is None else times
         return self.bound_of(times, self._peak_of(arch_id))
 
-    def bound_of(self, times: dict, peak_flops: float) -> float:
-        """bound() of any arch with these layer times and peak FLOP/s (memoised)."""
-        key = (peak_flops, tuple(sorted(times.items())))
+    def bound_of(self, times: dict, peak_flops: float, mbs: tuple | None = None) -> float:
+        """bound() of any arch with these layer times and peak FLOP/s (memoised), over the
+        microbatch sizes `mbs` only (default: all of the sweep's)."""
+        key = (peak_flops, mbs, tuple(sorted(times.items())))
         if key not in self._bounds:
             self._peak = peak_flops
-            self._bounds[key] = self.place(times, largest_hbm_only=True)["samples_per_s"]
+            self._bounds[key] = self.place(times, largest_hbm_only=True,
+                                           mbs=mbs)["samples_per_s"]
         return self._bounds[key]
 
     def lower_times(self, arch_id: str) -> dict:
@@ -146,11 +148,13 @@ class SweepProblem:
         return len({p.key() for probs in self.problems for p in probs.values()})
 
     # --- placement ------------------------------------------------------------------
-    def place(self, times: dict, largest_hbm_only: bool = False) -> dict:
+    def place(self, times: dict, largest_hbm_only: bool = False,
+              mbs: tuple | None = None) -> dict:
         """Best plan over mbs x HBM x recompute x graph variants with these layer times
         (phaze.place.driver's code, as the workflow's placement jobs run it);
         samples_per_s is NaN when no plan fits. Also the fixed strategy's best samples/s
-        (not with largest_hbm_only: then only the largest HBM size is placed)."""
+        (not with largest_hbm_only: then only the largest HBM size is placed); `mbs`:
+        only these microbatch sizes (default: the sweep's)."""
         if self.spec.dp == "reference":
             return self.place_reference(times)
         from phaze.place.chain import chain_from_graph
@@ -162,7 +166,8 @@ class SweepProblem:
         if largest_hbm_only:
             hbms = [max(hbms)]
         best = {"samples_per_s": math.nan, "fixed_samples_per_s": math.nan}
-        for mbs in st.microbatch_sizes:
+        sizes = st.microbatch_sizes
+        for mbs in (sizes if mbs is None else [b for b in sizes if b in mbs]):
             chains = {}
             for (b, tp, sp), g in self.graphs.items():
                 if b == mbs:

@@ -39,6 +39,8 @@ import pandas as pd
 from phaze.errors import UserError
 
 WAVES_KEY = ("model", "seq", "arch_id")
+# bound_dp: bound_samples_per_s is the DP bound (its microbatch sizes whose work bound is
+# below the threshold it was computed for counted with that work bound); else the work bound
 WAVES_SCHEMA = {"model": "O", "seq": "i", "arch_id": "O", "area_mm2": "f",
                 "peak_flops": "f", "bound_samples_per_s": "f", "bound_dp": "b",
                 "spotlight_lb_s": "f", "wave": "i"}
@@ -62,18 +64,23 @@ def spotlight_lower_bound(sp, times: dict) -> float:
 
 
 def work_bound(sp, times: dict) -> float:
+    """max over microbatch sizes of work_bounds(sp, times) (see there)."""
+    return max(work_bounds(sp, times).values(), default=0.0)
+
+
+def work_bounds(sp, times: dict) -> dict:
     """Upper bound on samples/s without the DP. The DP's time per batch is >= M x the
     busiest device's load (phaze.place.plan: (M + (p - 1) / v) x max device load + ...),
     a device's load is >= its share 1/p of the chain's forward + backward times, M =
     ceil(batch / (d mbs)) and p d t <= devices, so samples/s <= devices x mbs / (t x W)
     with W = sum over layer instances of (fwd + bwd) at that (mbs, t, sp); the max over
-    the sweep's graphs. Units: samples/s; inf when W = 0."""
+    the sweep's graphs of each microbatch size. Returns {mbs: samples/s} (inf when W = 0)."""
     devices = sp.spec.settings.placement.devices
-    best = 0.0
+    best: dict = {}
     for (mbs, tp, seqpar), g in sp.graphs.items():
         w = sum((times[(mbs, tp, seqpar, li, "fwd")] + times[(mbs, tp, seqpar, li, "bwd")])
                 * layer.repeat for li, layer in enumerate(g.layers))
-        best = max(best, math.inf if w <= 0 else devices * mbs / (tp * w))
+        best[mbs] = max(best.get(mbs, 0.0), math.inf if w <= 0 else devices * mbs / (tp * w))
     return best
 
 
@@ -103,16 +110,24 @@ class _Bounds:
             self.sp = sp
         self.index = {r["arch_id"]: i for i, r in enumerate(self.rows)}
 
-    def dp_bound(self, arch_id: str) -> float:
-        """The DP bound of one arch; UserError when its work bound is below it."""
+    def dp_bound(self, arch_id: str, threshold: float = 0.0) -> float:
+        """The arch's bound with the DP run only for the microbatch sizes whose work bound
+        reaches `threshold`: max(DP bound over those, work bound of the others). Below
+        `threshold` exactly when the full DP bound is; equal to it when threshold <= 0.
+        UserError when a work bound is below the DP bound of its microbatch sizes."""
         i = self.index[arch_id]
-        row = self.rows[i]
-        b = float(self.sp.bound_of(dict(zip(self.keys, self.times[i])), row["peak_flops"]))
-        if b > row["bound_samples_per_s"] * (1 + SLACK):
-            raise UserError(f"arch {arch_id}: work bound {row['bound_samples_per_s']:.6g} "
-                            f"below its DP bound {b:.6g} samples/s", field="bound",
+        times = dict(zip(self.keys, self.times[i]))
+        works = work_bounds(self.sp, times)
+        run = tuple(m for m, w in works.items() if w >= threshold * (1 - SLACK))
+        rest = max((w for m, w in works.items() if m not in run), default=math.nan)
+        b = float(self.sp.bound_of(times, self.rows[i]["peak_flops"], run)) if run else math.nan
+        top = max((works[m] for m in run), default=math.nan)
+        if b > top * (1 + SLACK):
+            raise UserError(f"arch {arch_id}: work bound {top:.6g} below its DP bound "
+                            f"{b:.6g} samples/s", field="bound",
                             fix="report this; run with search.method: exhaustive meanwhile")
-        return b
+        return float(np.nanmax([b, rest])) if not (math.isnan(b) and math.isnan(rest)) \
+            else math.nan
 
 
 def bound_table(spec, grid: pd.DataFrame, wave1_archs: int) -> pd.DataFrame:
@@ -131,7 +146,8 @@ def bound_table(spec, grid: pd.DataFrame, wave1_archs: int) -> pd.DataFrame:
         w = df.at[i, "bound_samples_per_s"]
         if not (w > 0) or (len(found) >= wave1_archs and w < found[wave1_archs - 1]):
             break
-        b = bounds.dp_bound(df.at[i, "arch_id"])
+        kth = found[wave1_archs - 1] if len(found) >= wave1_archs else 0.0
+        b = bounds.dp_bound(df.at[i, "arch_id"], kth)
         df.at[i, "bound_samples_per_s"], df.at[i, "bound_dp"] = b, True
         if math.isfinite(b) and b > 0:
             found = sorted(found + [b], reverse=True)
@@ -162,7 +178,8 @@ def refine(waves: pd.DataFrame, incumbent: float, spec, grid: pd.DataFrame) -> p
     ids = set(out.loc[need, "arch_id"])
     bounds = _Bounds(spec, grid[grid["arch_id"].astype(str).isin(ids)])
     for i in out.index[need]:
-        out.at[i, "bound_samples_per_s"] = bounds.dp_bound(out.at[i, "arch_id"])
+        out.at[i, "bound_samples_per_s"] = bounds.dp_bound(
+            out.at[i, "arch_id"], incumbent if math.isfinite(incumbent) else 0.0)
         out.at[i, "bound_dp"] = True
     return out
 
