@@ -19,6 +19,11 @@ include: "rules/place.smk"
 include: "rules/report.smk"
 
 
+if SETTINGS.search.method == "pruned":
+
+    include: "rules/prune.smk"
+
+
 rule all:
     default_target: True
     input:

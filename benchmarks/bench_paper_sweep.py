@@ -18,6 +18,19 @@ Measured on the sample, in this process (cold ILP cache in a scratch directory):
   f_group   DP groups / (archs x mbs) of the sample
   t_item    CPU per placement item outside the DP (fan-out, rows, table)
   t_start   CPU of a phaze process that imports pandas (per job)
+  t_bound   CPU of the pruned workflow's bounds (`phaze prune-bound`: graphs, cost model
+            and problems of every (arch, layer, pass), lower bounds, work bounds, DP bounds
+            of the top archs; plus prune-next's DP bounds of the archs whose work bound
+            reaches the incumbent) per scheduling row of the sample
+  f_eval    archs the pruned workflow evaluates exactly (waves 1 + 2) / archs, per
+            (model, seq), on a second sample: B archs drawn uniformly (--bound-archs,
+            fixed seed), every paper microbatch size; the bound pass (phaze.search.waves.
+            bound_table, wave1_archs = 1: the paper config's 8 of 29,158 archs scaled to
+            the sample, rounded up), wave 1 evaluated exactly (SweepProblem.evaluate: the
+            same ILPs, cache and DP), then the survivors rule of waves.survivors. An
+            incumbent from 1 of B archs is pessimistic for the whole grid (8 of 29,158).
+            t_bound is measured on this sample too (the cost model is vectorised over
+            archs, so a 13-arch sample would overstate it).
 Extrapolation (N_* counted on the whole paper config; the grid is enumerated):
   rows      = N_archs x sum over graphs (layers x 3 passes)
   sched CPU = rows x t_row + rows x f_ilp x t_ilp + sched_jobs x t_start
@@ -26,6 +39,14 @@ Extrapolation (N_* counted on the whole paper config; the grid is enumerated):
   other     = (graph + merge + report jobs) x t_start + merge rows x t_row_merge
   files     = per job: output(s) + log + benchmark tsv, plus one ILP cache shard per
               scheduling job (at most 1 + runtime / 600 s; compaction merges them)
+Pruned (search.method: pruned, the default):
+  bound CPU = rows x t_bound + N_model_seqs x t_start
+  sched CPU = sum over (model, seq) of f_eval x its exhaustive scheduling CPU
+              + 2 waves x sched_jobs x t_start
+  place CPU = sum over (model, seq) of f_eval x its exhaustive placement CPU
+              + 2 waves x place_jobs x ranks x t_start
+  files     = the exhaustive count with every scheduling, merge and placement job twice
+              (two waves), plus bound, next and collect jobs (3 files each, next 4)
 
     PYTHONPATH=. python benchmarks/bench_paper_sweep.py [--families 6] [--seed 0]
 """
@@ -33,6 +54,7 @@ Extrapolation (N_* counted on the whole paper config; the grid is enumerated):
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import random
 import subprocess
 import sys
@@ -47,6 +69,7 @@ sys.path.insert(0, str(REPO))
 
 CPU_HOURS_TARGET = 2.0
 FILES_TARGET = 20_000
+WAVE1_SAMPLE = 1          # search.wave1_archs scaled to the sample (8 of 29,158 -> 1)
 FAMILY = ("n_tc", "n_vc", "tc_rows", "tc_cols", "vc_lanes", "clock_hz", "hbm_bw_Bps")
 
 
@@ -81,10 +104,47 @@ def start_cpu() -> float:
     return float(eval(r.stderr.strip().splitlines()[-1]))  # noqa: S307 - "user+sys"
 
 
+def pruned_sample(name, seq, tps, st, bgrid, cache_dir):
+    """(f_eval, bound-pass CPU s, bound rows, summary) of the pruned workflow for one
+    (model, seq) on the arch sample `bgrid` (every microbatch size of `st`)."""
+    import math
+
+    from phaze.search.pipeline import SweepProblem, SweepSpec
+    from phaze.search.waves import (bound_table, may_matter, refine, spotlight_lower_bound,
+                                    wave_grid)
+
+    spec = SweepSpec(model=name, seq=seq, tp=tps,
+                     settings=replace(st, sched=replace(st.sched, cache_dir=cache_dir)))
+    c0 = cpu()
+    waves = bound_table(spec, bgrid, WAVE1_SAMPLE)
+    dt = cpu() - c0
+    sp = SweepProblem(spec, wave_grid(bgrid, waves, 1))
+    thr, spot = [], []
+    for arch_id, _area in sp.archs():
+        d = sp.evaluate(arch_id)
+        if d.feasible:
+            thr.append(d.samples_per_s)
+        exact = {k: sp.solved[p.key()] for k, p in sp.problems[sp._row[arch_id]].items()}
+        spot.append(spotlight_lower_bound(sp, exact))
+    inc = max(thr) if thr else math.nan
+    spot_min = min((s for s in spot if math.isfinite(s)), default=math.nan)
+    c0 = cpu()
+    waves = refine(waves, inc, spec, bgrid)     # prune-next's DP bounds
+    dt += cpu() - c0
+    evaluated = (waves["wave"] == 1) | may_matter(waves, inc, spot_min)
+    rows = len(bgrid) * sum(3 * len(g.layers) for g in sp.graphs.values())
+    line = (f"{int(evaluated.sum())} of {len(bgrid)} sampled archs evaluated "
+            f"(wave 1: {int((waves['wave'] == 1).sum())}), DP bounds of "
+            f"{int(waves['bound_dp'].sum())}")
+    return float(evaluated.mean()), dt, rows, line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--families", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bound-archs", type=int, default=400,
+                    help="archs of the uniform sample for the bound pass and f_eval")
     args = ap.parse_args()
 
     import numpy as np
@@ -119,8 +179,15 @@ def main() -> None:
     n_groups = n_group_items = 0
     full_rows = 0            # rows of the whole paper sweep
     groups_per_model = {}
+    per_model = {}           # (name, seq) -> dict(rows_full, sched_s, rows, f_eval, ...)
+    bound_cpu = 0.0
+    bound_rows = 0
+    bgrid = full.sample(n=min(args.bound_archs, len(full)), random_state=args.seed) \
+        .reset_index(drop=True)
     for name, seq, tps in models:
         spec = resolve_model(name)
+        m_full_rows0, m_sched0, m_solve0, m_rows0, m_solved0 = \
+            full_rows, sched_cpu, solve_cpu, n_rows, n_solved
         layers_per_mbs = []
         lat_frames, graphs = [], {}
         for mbs in st.microbatch_sizes:
@@ -167,9 +234,19 @@ def main() -> None:
         n_groups += len(groups)
         n_group_items += len(grid) * len(sample_mbs)
         groups_per_model[name] = (len(groups), dt)
+        # the pruned workflow on a uniform sample of archs: bound pass, exact wave 1
+        f_eval, dt_bound, b_rows, line = pruned_sample(name, seq, tps, st, bgrid, tmp.name)
+        bound_cpu += dt_bound
+        bound_rows += b_rows
+        per_model[(name, seq)] = dict(
+            rows_full=full_rows - m_full_rows0, rows=n_rows - m_rows0,
+            sched_s=sched_cpu - m_sched0, solve_s=solve_cpu - m_solve0,
+            solved=n_solved - m_solved0, f_eval=f_eval, groups=len(groups),
+            place_s=dt, items=len(grid) * len(sample_mbs))
         print(f"  {name:18s} s{seq}: {sum(layers_per_mbs) * 3 * len(grid)} rows, "
               f"DP groups {len(groups)} of {len(grid) * len(sample_mbs)} (arch, mbs), "
-              f"place {dt:.1f} s CPU", flush=True)
+              f"place {dt:.1f} s CPU; bound pass {dt_bound:.1f} s CPU for {len(bgrid)} "
+              f"archs; {line}", flush=True)
     cache.close()
 
     t_row = (sched_cpu - solve_cpu) / n_rows
@@ -207,6 +284,33 @@ def main() -> None:
     print(f"files written: {files:,} (target {FILES_TARGET:,}, ratio {files / FILES_TARGET:.2f}); "
           f"before the sqlite shards: + one JSON file per distinct ILP "
           f"(~{full_rows * f_ilp:,.0f})")
+
+    # ---- pruned (search.method: pruned): the bound pass + the evaluated fraction
+    t_bound = bound_cpu / bound_rows
+    p_sched = p_place = 0.0
+    for m in per_model.values():
+        t_row_m = (m["sched_s"] - m["solve_s"]) / m["rows"]
+        f_ilp_m = m["solved"] / m["rows"]
+        t_ilp_m = m["solve_s"] / max(m["solved"], 1)
+        p_sched += m["f_eval"] * m["rows_full"] * (t_row_m + f_ilp_m * t_ilp_m)
+        p_place += m["f_eval"] * n_archs * n_mbs * (m["groups"] / m["items"]) \
+            * (m["place_s"] / m["groups"])
+    f_eval_all = sum(m["f_eval"] * m["rows_full"] for m in per_model.values()) / full_rows
+    bound_h = (full_rows * t_bound + n_model_seqs * t_start) / 3600
+    p_sched_h = (p_sched + 2 * sched_jobs * t_start) / 3600
+    p_place_h = (p_place + 2 * place_jobs * ranks * t_start) / 3600
+    p_total = bound_h + p_sched_h + p_place_h + other_h
+    p_files = files + 3 * (sched_jobs + merge_jobs + place_jobs) + sched_jobs \
+        + n_model_seqs * (3 + 4 + 3)
+    print()
+    print(f"pruned: t_bound {t_bound * 1e6:.0f} us per row; archs evaluated exactly "
+          + ", ".join(f"{k[0]} {m['f_eval']:.0%}" for k, m in per_model.items())
+          + f" (row-weighted f_eval {f_eval_all:.3f}; wave1_archs {WAVE1_SAMPLE} of "
+          f"{len(bgrid)} sampled archs)")
+    print(f"pruned CPU-hours: bound pass {bound_h:.2f} + scheduling {p_sched_h:.2f} + placement "
+          f"{p_place_h:.2f} + other {other_h:.2f} = {p_total:.2f} (target {CPU_HOURS_TARGET}, "
+          f"ratio {p_total / CPU_HOURS_TARGET:.2f}); files {p_files:,} (target "
+          f"{FILES_TARGET:,}, ratio {p_files / FILES_TARGET:.2f})")
     tmp.cleanup()
 
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "phaze.sched.commands",     # schedule, schedule-batch, merge-latency
     "phaze.place.commands",     # place, evaluate
     "phaze.search.commands",    # search
+    "phaze.search.wave_commands",  # prune-bound, prune-next, prune-collect
     "phaze.report.commands",    # report
     "phaze.validate.commands",  # validate
 )

@@ -260,6 +260,35 @@ class JobSettings:
         return cls(**kw)
 
 
+SEARCH_METHODS = ("pruned", "exhaustive")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the workflow searches the archs (never changes the best design).
+
+    method        pruned: bound pass, then ILPs + placement in two waves for the archs
+                  whose bound can beat the incumbent (phaze.search.waves); exhaustive: all
+    wave1_archs   archs with the best bounds in wave 1 (plus the baselines)
+    """
+
+    method: str = "pruned"
+    wave1_archs: int = 8
+
+    def __post_init__(self):
+        if self.method not in SEARCH_METHODS:
+            raise UserError(f"must be one of {SEARCH_METHODS}, got {self.method!r}",
+                            field="search.method")
+        if isinstance(self.wave1_archs, bool) or not isinstance(self.wave1_archs, int) \
+                or self.wave1_archs < 1:
+            raise UserError(f"must be an integer >= 1, got {self.wave1_archs!r}",
+                            field="search.wave1_archs")
+
+    @classmethod
+    def from_config(cls, block: dict | None) -> "SearchSettings":
+        return cls(**(block or {}))
+
+
 def parse_network(value, default=None):
     """A Network from a preset name, an inline JSON object, a JSON file, a dict or a
     Network; `default` (or Network()) when value is None or empty."""
@@ -304,6 +333,7 @@ class SweepSettings:
     network: object = None                      # phaze.hw.arch.Network (None: Network())
     microbatch_sizes: tuple[int, ...] = (1, 2)
     jobs: JobSettings = JobSettings()
+    search: SearchSettings = SearchSettings()
 
     @classmethod
     def from_config(cls, cfg: dict) -> "SweepSettings":
@@ -313,7 +343,8 @@ class SweepSettings:
                    network=parse_network(cfg.get("network") or None),
                    microbatch_sizes=parse_list(cfg.get("microbatch_sizes", (1, 2)), int,
                                                "microbatch_sizes", minimum=1),
-                   jobs=JobSettings.from_config(cfg))
+                   jobs=JobSettings.from_config(cfg),
+                   search=SearchSettings.from_config(cfg.get("search")))
 
     def net(self):
         return parse_network(self.network)

@@ -166,3 +166,51 @@ def mpi_launch(wildcards, resources):
     if not resources.mpi or int(resources.tasks) < 2:
         return ""
     return f"{resources.mpi} -n {resources.tasks}"
+
+
+# ---- the pruned search (rules/prune.smk, search.method: pruned) -------------------------
+PRUNE_DIR = "results/prune/{model}_s{seq}"
+
+
+def bound_config(wildcards):
+    """The config blocks the bound pass depends on, for one (model, seq) only: editing
+    another model, the scheduling or the job layout never reruns it."""
+    m = dict(MODELS[wildcards.model], seq=[int(wildcards.seq)])
+    keys = ("microbatch_sizes", "graph", "placement", "network")
+    return as_json({"models": [m], **{k: config[k] for k in keys if k in config}})
+
+
+def wave_shards(wildcards):
+    return [
+        f"results/prune/{wildcards.model}_s{wildcards.seq}/sched_b{wildcards.mbs}"
+        f"_w{wildcards.wave}/{c}.parquet"
+        for c in CHUNKS
+    ]
+
+
+def wave_latency(model, seq, wave):
+    return [f"results/prune/{model}_s{seq}/latency_b{b}_w{wave}.parquet" for b in MBS]
+
+
+def waves_of(model, seq):
+    """The waves run for (model, seq): 1, and 2 when the checkpoint left any arch to it."""
+    info = checkpoints.prune_next.get(model=model, seq=seq).output.summary
+    with open(info, encoding="utf-8") as f:
+        return [1, 2] if json.load(f)["wave2_archs"] > 0 else [1]
+
+
+def pruned_latency_tables(model, seq):
+    return [t for w in waves_of(model, seq) for t in wave_latency(model, seq, w)]
+
+
+def report_latency(wildcards):
+    """Every merged latency table: in a pruned run, those of the waves that ran."""
+    if SETTINGS.search.method == "pruned":
+        return [t for m, s in model_seqs() for t in pruned_latency_tables(m, s)]
+    return all_latency_tables()
+
+
+def report_waves(wildcards):
+    if SETTINGS.search.method == "pruned":
+        return [f"results/prune/{m}_s{s}/waves.parquet" for m, s in model_seqs()]
+    return []

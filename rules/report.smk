@@ -24,7 +24,8 @@ rule sweep_config:
 rule report:
     input:
         place=place_tables(),
-        latency=all_latency_tables(),
+        latency=report_latency,
+        waves=report_waves,
         grid=GRID,
         config=SWEEP_CONFIG,
     output:
@@ -39,6 +40,7 @@ rule report:
         runtime=10,
     params:
         outdir=lambda w, output: os.path.dirname(output[0]) + "/",
+        waves=lambda w, input: f"--waves {' '.join(input.waves)}" if input.waves else "",
     shell:
         "phaze report --place {input.place} --latency {input.latency} --grid {input.grid}"
-        " --config {input.config} -o {params.outdir} > {log} 2>&1"
+        " --config {input.config} {params.waves} -o {params.outdir} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Per-layer operator scheduling ILPs, batched: one job = one chunk of archs for one
-# (model, seq, microbatch), all TP widths and layer kinds. An arch belongs to chunk
-# int(arch_id, 16) % n_chunks. HBM size, recomputation and devices never reach this rule.
+# (model, seq, microbatch), all TP widths and layer kinds. An arch belongs to the chunk of
+# its family (phaze.hw.arch.chunk_of: the arch without its GLB size), so archs with the same
+# ILPs are solved by one job. HBM size, recomputation and devices never reach this rule.
 
 
 rule schedule_chunk:

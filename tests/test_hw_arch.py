@@ -1,3 +1,4 @@
+import hashlib
 import itertools
 import json
 import subprocess
@@ -8,7 +9,7 @@ import pytest
 
 from phaze.cli import main
 from phaze.errors import UserError
-from phaze.hw.arch import Arch, arch_id_of, chunk_of
+from phaze.hw.arch import Arch, arch_id_of, chunk_of, grid_chunks
 from phaze.hw.grid import enumerate_grid
 from phaze.hw.presets import PRESETS
 from phaze.units import GB, MiB
@@ -72,11 +73,24 @@ def test_ids_stable_when_grid_changes():
     assert arch_id_of(row.to_dict()) == row.arch_id
 
 
-def test_chunk_of_partitions_and_never_moves():
-    ids = enumerate_grid({"n_tc": [1, 2, 4]}).arch_id
-    chunks = [chunk_of(i, 7) for i in ids]
-    assert set(chunks) == set(range(7))
-    assert all(chunk_of(i, 7) == int(i, 16) % 7 for i in ids)
+def test_chunk_of_partitions_by_family_and_never_moves():
+    """Archs differing only in GLB size share a chunk (their ILPs are often identical);
+    the chunk depends on the arch's own fields only, so a larger grid moves no arch."""
+    grid = enumerate_grid({"n_tc": [1, 2, 4], "glb_mib": [32, 64, 128]})
+    chunks = grid_chunks(grid, 7)
+    assert set(chunks.values()) == set(range(7))
+    fam = grid.groupby(["n_tc", "n_vc", "tc_rows", "tc_cols"])["arch_id"].apply(list)
+    for ids in fam:
+        assert len({chunks[a] for a in ids}) == 1
+    # an independent route: sha1 of the family fields, without GLB size
+    row = grid.iloc[0].to_dict()
+    text = ";".join(f"{f}={int(row[f])}" if f in ("n_tc", "tc_rows", "tc_cols", "n_vc",
+                                                     "vc_lanes") else f"{f}={float(row[f]):.12g}"
+                    for f in ("n_tc", "tc_rows", "tc_cols", "n_vc", "vc_lanes", "glb_bw_Bps",
+                              "hbm_bw_Bps", "clock_hz"))
+    assert chunk_of(row, 7) == int(hashlib.sha1(text.encode()).hexdigest()[:16], 16) % 7
+    bigger = grid_chunks(enumerate_grid({"n_tc": [1, 2, 4, 8], "glb_mib": [16, 32, 64, 128]}), 7)
+    assert all(bigger[a] == c for a, c in chunks.items())
 
 
 def test_extra_axes_and_ranges():

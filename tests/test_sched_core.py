@@ -257,15 +257,19 @@ def test_merge_latency(tmp_path, capsys):
 
 def test_merge_checks_shards_against_the_grid(tmp_path, capsys):
     """A shard truncated (an arch of its chunk missing) or emptied is named; a complete set
-    merges. Archs are put into chunks by int(arch_id, 16) % n, as the jobs do."""
-    from phaze.hw.arch import chunk_of
+    merges. Archs are put into chunks by family (phaze.hw.arch.chunk_of), as the jobs do."""
+    from phaze.hw.arch import grid_chunks
 
     ids = [f"{k:016x}" for k in range(1, 9)]
-    pd.DataFrame({"arch_id": ids, **{c: 1 for c in ("n_tc", "tc_rows", "tc_cols", "n_vc",
-                                                   "vc_lanes", "glb_bytes")},
-                  **{c: 1.0 for c in ("glb_bw_Bps", "hbm_bw_Bps", "clock_hz", "area_mm2",
-                                      "peak_flops")}}).to_parquet(tmp_path / "grid.parquet")
-    by_chunk = {c: [a for a in ids if chunk_of(a, 2) == c] for c in (0, 1)}
+    grid = pd.DataFrame({"arch_id": ids, "n_tc": range(1, 9),
+                         **{c: 1 for c in ("tc_rows", "tc_cols", "n_vc", "vc_lanes",
+                                           "glb_bytes")},
+                         **{c: 1.0 for c in ("glb_bw_Bps", "hbm_bw_Bps", "clock_hz", "area_mm2",
+                                             "peak_flops")}})
+    grid.to_parquet(tmp_path / "grid.parquet")
+    of = grid_chunks(grid, 2)
+    by_chunk = {c: [a for a in ids if of[a] == c] for c in (0, 1)}
+    assert by_chunk[0] and by_chunk[1]
     paths = []
     for c in (0, 1):
         paths.append(tmp_path / f"{c}.parquet")

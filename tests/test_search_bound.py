@@ -125,3 +125,48 @@ def test_default_dp_monotone_in_layer_latencies(ch_f_b, devices, batch, rec, hbm
     assert (lo is None) == (hi is None)          # memory decides feasibility, not times
     if lo is not None:
         assert _le(lo["time_per_batch_s"], hi["time_per_batch_s"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(chains(), st.sampled_from([4, 8, 16]), st.sampled_from([16, 64]),
+       st.sampled_from(["none", "selective", "full"]),
+       st.lists(st.sampled_from([0.05, 0.2, 0.5, 2.0, 80.0]), min_size=2, max_size=3,
+                unique=True), st.sampled_from(["sgd", "adam"]))
+def test_default_dp_best_over_hbm_sizes_is_the_largest(ch_f_b, devices, batch, rec, gibs, opt):
+    """SweepProblem.bound places the largest HBM size only: HBM size is the DP's memory
+    limit and nothing else, so every plan that fits a smaller one fits the largest."""
+    ch, _f, _b = ch_f_b
+    kw = dict(links=Links(), options=PlanOptions(optimizer=opt))
+    best = {g: dp.best_plan(ch, devices, batch, rec, hbm_bytes=g * 2**30, **kw) for g in gibs}
+    top = best[max(gibs)]
+    for g, plan in best.items():
+        if plan is not None:
+            assert top is not None and _le(top["time_per_batch_s"], plan["time_per_batch_s"])
+
+
+@pytest.mark.parametrize("recompute", [("none",), ("none", "selective", "full")])
+def test_work_bound_is_above_the_dp_bound(recompute):
+    """waves.work_bound (no DP) gates the DP bound, so it must never be below it: checked
+    on real archs and graphs, TP widths 1 and 2, every microbatch size of the sweep."""
+    import math
+    from dataclasses import replace
+
+    from phaze.hw.grid import enumerate_grid
+    from phaze.search.pipeline import SweepProblem, SweepSpec
+    from phaze.search.waves import work_bound
+    from phaze.settings import PlacementSettings, SweepSettings
+
+    grid = enumerate_grid({"n_tc": [1, 4, 16], "n_vc": [1, 4], "tc_rows": [32, 128],
+                           "tc_cols": [32, 128], "glb_mib": [32],
+                           "area": {"min_frac": 0.0, "keep_single_core": "all"}})
+    st = replace(SweepSettings(), microbatch_sizes=(1, 4),
+                 placement=PlacementSettings(devices=64, global_batch=256, hbm_gib=(16.0, 80.0),
+                                             recompute=recompute, optimizer="sgd"))
+    sp = SweepProblem(SweepSpec(model="bert-large", seq=128, tp=(1, 2), settings=st), grid)
+    n_feasible = 0
+    for arch_id, _area in sp.archs():
+        times = sp.lower_times(arch_id)
+        b = sp.bound(arch_id, times)
+        assert math.isnan(b) or b <= work_bound(sp, times) * (1 + 1e-12), arch_id
+        n_feasible += b > 0
+    assert n_feasible >= 4

@@ -54,11 +54,36 @@ def arch_id_of(values: dict) -> str:
     return hashlib.sha1(";".join(parts).encode()).hexdigest()[:16]
 
 
-def chunk_of(arch_id: str, n_chunks: int) -> int:
-    """Chunk of an arch: int(arch_id, 16) % n_chunks (adding archs never moves others)."""
+# An arch's "family": its ID_FIELDS without the on-chip buffer size. Archs of one family
+# differ only in GLB size and often have identical layer ILPs (the cache key ignores arch
+# ids), so the workflow puts a whole family into one scheduling chunk.
+FAMILY_FIELDS = tuple(f for f in ID_FIELDS if f != "glb_bytes")
+
+
+def family_id_of(values) -> str:
+    """Stable 16-hex-digit id of an arch's family (FAMILY_FIELDS, hashed as arch_id_of)."""
+    parts = []
+    for f in FAMILY_FIELDS:
+        v = values[f]
+        parts.append(f"{f}={int(v)}" if f in INT_FIELDS else f"{f}={float(v):.12g}")
+    return hashlib.sha1(";".join(parts).encode()).hexdigest()[:16]
+
+
+def chunk_of(values, n_chunks: int) -> int:
+    """Scheduling chunk of an arch (a mapping with the FAMILY_FIELDS, e.g. a grid row):
+    int(family_id_of(values), 16) % n_chunks. Archs that differ only in GLB size share a
+    chunk, so each job solves the ILPs they have in common once; adding archs never moves
+    others."""
     if n_chunks < 1:
         raise UserError(f"must be >= 1, got {n_chunks}", field="n_chunks")
-    return int(arch_id, 16) % n_chunks
+    return int(family_id_of(values), 16) % n_chunks
+
+
+def grid_chunks(grid: pd.DataFrame, n_chunks: int) -> dict[str, int]:
+    """{arch_id: chunk_of(row)} of every arch of an arch table."""
+    cols = list(FAMILY_FIELDS)
+    return {str(a): chunk_of(dict(zip(cols, vals)), n_chunks)
+            for a, vals in zip(grid["arch_id"], grid[cols].itertuples(index=False))}
 
 
 @dataclass(frozen=True)

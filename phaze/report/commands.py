@@ -25,6 +25,10 @@ def register(sub) -> None:
                         "placement tables carry no single_chip_latency_s")
     p.add_argument("--config", help="the sweep's config (the workflow's results/config.yaml): "
                    "named in each best design's `phaze evaluate` command")
+    p.add_argument("--waves", nargs="*", default=(), metavar="W",
+                   help="a pruned run's waves tables (results/prune/*/waves.parquet): the "
+                        "report then says which archs were evaluated and that pruned archs "
+                        "have no Pareto points")
     p.add_argument("--tpuv4-hbm-gib", type=float, default=None,
                    help="HBM of the TPUv4-like baseline in GiB (default 32, a TPUv4's): its "
                         "plans are the sweep's rows that fit in it")
@@ -60,6 +64,20 @@ class Sweep:
 
     def __init__(self, place, grid, latency, cfg):
         self.place, self.grid, self.latency, self.cfg = place, grid, latency, cfg
+
+
+def pruned_notes(waves_paths) -> list[str]:
+    """One line per (model, seq) of a pruned run: how many archs were evaluated exactly."""
+    from phaze.search.waves import read_waves, summary_line
+
+    notes = []
+    for path in waves_paths:
+        w = read_waves(path)
+        for (model, seq), g in w.groupby(["model", "seq"], sort=True):
+            notes.append(f"{model} (seq {seq}), pruned search: {summary_line(g)}. The best "
+                         "design and the baselines are exact; the Pareto front, sensitivity "
+                         "and comparison sections show the evaluated archs only.")
+    return notes
 
 
 def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_gib=None):
@@ -112,8 +130,12 @@ def sections_html(sweep, summary, files) -> tuple[str, str]:
     from phaze.report import sections
     from phaze.report.context import sweep_context
 
+    import html as _html
+
     ctx = sections.context_section(sweep_context(sweep.cfg, sweep.grid, sweep.place,
                                                  sweep.latency))
+    ctx += "".join(f"\n<p class=\"pruned\">{_html.escape(n)}</p>"
+                   for n in getattr(sweep, "pruned_notes", ()))
     spec = (sweep.cfg or {}).get("arch") if sweep.cfg else None
     body = "\n".join([sections.compare_section(sweep.place, sweep.grid, summary),
                       sections.sensitivity_section(sweep.place, sweep.grid, summary, spec),
@@ -181,13 +203,16 @@ def run(args) -> int:
 
     sweep, summary = build(args.place, args.grid, args.latency, args.config,
                            args.tpuv4_hbm_gib)
+    sweep.pruned_notes = pruned_notes(args.waves)
     written = write_report(args.out, sweep, summary) if args.out else {}
     if args.json:
         rows = [{k: _clean(v) for k, v in r.items()} for r in summary.to_dict("records")]
-        emit_json({"summary": rows, "files": written,
+        emit_json({"summary": rows, "files": written, "pruned": sweep.pruned_notes,
                    "n_infeasible": int((summary["status"] != "ok").sum())})
         return 0
     print(format_terminal(summary))
+    for note in sweep.pruned_notes:
+        print(note)
     for _, r in summary[summary["status"] == "ok"].iterrows():
         print(f"reproduce {r['model']} (seq {r['seq']}): {r['evaluate_command']}")
     for key, path in written.items():

@@ -207,7 +207,7 @@ def cmd_schedule(args) -> int:
 def cmd_schedule_batch(args) -> int:
     from phaze.atomic import atomic_path
     from phaze.jsonout import emit_json
-    from phaze.hw.arch import chunk_of
+    from phaze.hw.arch import grid_chunks
     from phaze.model.serialize import load_graph
     from phaze.sched.adapter import SCHED_PASSES
     from phaze.sched.layers import schedule_rows, shard_frame
@@ -220,7 +220,8 @@ def cmd_schedule_batch(args) -> int:
     grid = _read_parquet(args.grid, "grid")
     if "arch_id" not in grid.columns:
         raise UserError("grid has no arch_id column", field="grid")
-    mine = grid[[chunk_of(str(a), args.n_chunks) == args.chunk for a in grid["arch_id"]]]
+    of = grid_chunks(grid, args.n_chunks)
+    mine = grid[[of[str(a)] == args.chunk for a in grid["arch_id"]]]
     mine = mine.reset_index(drop=True)
     cache = _cache(sched)
     t0 = time.time()
@@ -271,8 +272,7 @@ def cmd_merge_latency(args) -> int:
 
         if args.n_chunks < 1:
             raise UserError(f"must be >= 1, got {args.n_chunks}", field="--n-chunks")
-        check_against_grid(shards, list(args.shards), read_grid(args.grid)["arch_id"],
-                           args.n_chunks)
+        check_against_grid(shards, list(args.shards), read_grid(args.grid), args.n_chunks)
     with atomic_path(args.output) as tmp:
         out.to_parquet(tmp, index=False)
     if args.json:

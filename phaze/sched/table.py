@@ -85,20 +85,23 @@ def merge_shards(shards: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
     return out
 
 
-def check_against_grid(shards: list[pd.DataFrame], names: list[str], arch_ids, n_chunks: int):
-    """Each shard holds exactly the archs of one chunk of the grid (chunk = int(arch_id, 16)
-    % n_chunks) and together they cover the grid: a shard truncated, emptied or written for
-    another grid is named (UserError) with the fix."""
-    from phaze.hw.arch import chunk_of
+def check_against_grid(shards: list[pd.DataFrame], names: list[str], grid: pd.DataFrame,
+                       n_chunks: int):
+    """Each shard holds exactly the archs of one chunk of the grid (phaze.hw.arch.chunk_of:
+    by arch family, GLB size left out) and together they cover the grid: a shard truncated,
+    emptied or written for another grid is named (UserError) with the fix."""
+    from phaze.hw.arch import grid_chunks
 
+    of = grid_chunks(grid, n_chunks)
+    arch_ids = list(of)
     want: dict = {}
-    for a in arch_ids:
-        want.setdefault(chunk_of(str(a), n_chunks), set()).add(str(a))
+    for a, c in of.items():
+        want.setdefault(c, set()).add(a)
     covered: set = set()
     fix = "delete it and rerun the workflow (Snakemake reruns its job)"
     for df, name in zip(shards, names):
         got = set(df["arch_id"].astype(str))
-        chunks = {chunk_of(a, n_chunks) for a in got}
+        chunks = {of.get(a, -1) for a in got}
         if len(chunks) > 1:
             raise UserError(f"{name} mixes archs of chunks {sorted(chunks)}", field="shards",
                             fix=fix)

@@ -66,6 +66,7 @@ class SweepProblem:
         self.grid["arch_id"] = self.grid["arch_id"].astype(str)
         self._row = {a: i for i, a in enumerate(self.grid["arch_id"])}
         self._peak = 0.0
+        self._bounds: dict = {}      # (peak, layer times) -> bound samples/s
         self.net = st.net()
         self.cache = ScheduleCache(st.sched.cache_dir or None)
         model = resolve_model(self.spec.source or self.spec.model).with_(name=self.spec.model)
@@ -85,13 +86,32 @@ class SweepProblem:
     def archs(self):
         return list(zip(self.grid["arch_id"], self.grid["area_mm2"].astype(float)))
 
-    def bound(self, arch_id: str) -> float:
+    def bound(self, arch_id: str, times: dict | None = None) -> float:
+        """Optimistic samples/s: the DP fed with `times` (default: lower_times(arch_id)).
+        Only the largest HBM size is placed: HBM size enters the DP as its memory limit
+        alone, so the largest one admits every plan of the others and its best is the best
+        over all (tests/test_search_bound.py). Archs with identical times and peak FLOP/s
+        (often those that differ only in GLB size) share one DP run."""
+        times = self.lower_times(arch_id) if times is None else times
+        return self.bound_of(times, self._peak_of(arch_id))
+
+    def bound_of(self, times: dict, peak_flops: float, mbs: tuple | None = None) -> float:
+        """bound() of any arch with these layer times and peak FLOP/s (memoised), over the
+        microbatch sizes `mbs` only (default: all of the sweep's)."""
+        key = (peak_flops, mbs, tuple(sorted(times.items())))
+        if key not in self._bounds:
+            self._peak = peak_flops
+            self._bounds[key] = self.place(times, largest_hbm_only=True,
+                                           mbs=mbs)["samples_per_s"]
+        return self._bounds[key]
+
+    def lower_times(self, arch_id: str) -> dict:
+        """{(mbs, tp, sp, layer_index, pass): seconds} lower bounds on the arch's layer times
+        (sched.heuristic.lower_bound_s: critical path and work / cores, no ILP)."""
         from phaze.sched.heuristic import lower_bound_s
 
         probs = self.problems[self._row[arch_id]]
-        self._peak = self._peak_of(arch_id)
-        times = {k: lower_bound_s(p) if p.n else 0.0 for k, p in probs.items()}
-        return self.place(times)["samples_per_s"]
+        return {k: lower_bound_s(p) if p.n else 0.0 for k, p in probs.items()}
 
     def evaluate(self, arch_id: str) -> Design:
         sched = self.spec.settings.sched
@@ -128,20 +148,26 @@ class SweepProblem:
         return len({p.key() for probs in self.problems for p in probs.values()})
 
     # --- placement ------------------------------------------------------------------
-    def place(self, times: dict) -> dict:
+    def place(self, times: dict, largest_hbm_only: bool = False,
+              mbs: tuple | None = None) -> dict:
         """Best plan over mbs x HBM x recompute x graph variants with these layer times
         (phaze.place.driver's code, as the workflow's placement jobs run it);
-        samples_per_s is NaN when no plan fits. Also the fixed strategy's best samples/s."""
+        samples_per_s is NaN when no plan fits. Also the fixed strategy's best samples/s
+        (not with largest_hbm_only: then only the largest HBM size is placed); `mbs`:
+        only these microbatch sizes (default: the sweep's)."""
         if self.spec.dp == "reference":
             return self.place_reference(times)
         from phaze.place.chain import chain_from_graph
         from phaze.place.driver import best_over_variants, context, fixed_plan
 
         st = self.spec.settings
-        ctx = context(st, self.spec.fixed)
+        ctx = context(st, None if largest_hbm_only else self.spec.fixed)
         hbms, recs = ctx["hbm_bytes"], ctx["recompute"]
+        if largest_hbm_only:
+            hbms = [max(hbms)]
         best = {"samples_per_s": math.nan, "fixed_samples_per_s": math.nan}
-        for mbs in st.microbatch_sizes:
+        sizes = st.microbatch_sizes
+        for mbs in (sizes if mbs is None else [b for b in sizes if b in mbs]):
             chains = {}
             for (b, tp, sp), g in self.graphs.items():
                 if b == mbs:
