@@ -34,7 +34,7 @@ def brute_summary_row(place, grid, model, seq):
     tpu = grid[(grid.n_tc == 8) & (grid.tc_rows == 128) & (grid.n_vc == 2)
                & (grid.glb_bytes == 128 * 1024**2)].arch_id.iloc[0]
     fits = rows.memory_per_device_bytes <= 32 * 1024**3   # a TPUv4's HBM
-    t_opt = opt[(opt.arch_id == tpu) & fits].samples_per_s.max()
+    t_opt = opt[(opt.arch_id == tpu) & fits.loc[opt.index]].samples_per_s.max()
     fx = rows[(rows.strategy == "fixed") & (rows.arch_id == tpu) & fits].samples_per_s.max()
     lat = opt.assign(per=opt.single_chip_latency_s / opt.mbs).groupby("arch_id").per.min()
     spot = lat.idxmin()
