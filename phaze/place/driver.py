@@ -196,17 +196,16 @@ _OWN = ("item", "hbm_bytes", "row_kind", "feasible", "sequence_parallel", "fused
 METHODS = {"best": "dp-1f1b+interleaved", "fixed": "fixed-uniform"}
 
 
-def _plan_columns() -> list[str]:
-    return [c for c in ROW_COLUMNS if c not in ITEM_COLUMNS and c not in _OWN]
+PLAN_COLUMNS = tuple(c for c in ROW_COLUMNS if c not in ITEM_COLUMNS and c not in _OWN)
 
 
 def _template(kind: str, plan, variant, fused, seconds) -> tuple:
     """The row values shared by every item of a group with the same (HBM, recompute) and
     kind, in the order ("row_kind", "feasible", "sequence_parallel", "fused", "method",
-    "solve_seconds", "phaze_version", *_plan_columns())."""
+    "solve_seconds", "phaze_version", *PLAN_COLUMNS)."""
     vals = [kind, bool(plan and plan["feasible"]), bool(variant[1]) if plan else None, fused,
             METHODS[kind], seconds, __version__]
-    for c in _plan_columns():
+    for c in PLAN_COLUMNS:
         v = plan.get(c) if plan else None
         vals.append(json.dumps(v) if isinstance(v, (list, tuple, dict)) else v)
     return tuple(vals)
@@ -244,7 +243,7 @@ def place_table(groups: list[list[int]], results: dict, items: list[dict], ctx: 
             pick[i] = range(index[key], index[key] + len(kinds))
     head = ["row_kind", "feasible", "sequence_parallel", "fused", "method", "solve_seconds",
             "phaze_version"]
-    table = pd.DataFrame.from_records(templates, columns=head + _plan_columns())
+    table = pd.DataFrame.from_records(templates, columns=head + list(PLAN_COLUMNS))
     rows = table.take(pick.ravel()).reset_index(drop=True)
     rows["item"] = np.repeat(np.arange(len(items)), len(kinds))
     for c in ITEM_COLUMNS:
