@@ -160,10 +160,11 @@ def solve_group(indices: list[int], items: list[dict], ctx: dict) -> tuple:
 
 def estimated_cost(indices: list[int], items: list[dict], ctx: dict) -> float:
     """Relative DP cost of a group, for balancing ranks: layer instances summed over its
-    graph variants x its (HBM size, recompute flag) pairs. Dimensionless; measured on a
-    paper-like job (benchmarks/bench_place_mpi.py) the DP time of a best_plans call grows
-    with the chain length and the scenario count; its other factors (how many stage counts
-    memory admits) are unknown before solving."""
+    graph variants x its (HBM size, recompute flag) pairs. Dimensionless: the DP's arrays
+    grow with the chain length and the scenario batch; what else sets its time (how many
+    stage counts memory admits, the microbatch size) is unknown before solving. Inside one
+    job the estimates are nearly equal and the split is close to round-robin
+    (docs/place.md has the measured balance)."""
     first = items[indices[0]]
     if "synthetic" in first:
         layers = (first["synthetic"]["layers"] + 2) * len(first["synthetic"].get("tps", [1, 2, 4, 8]))
@@ -177,7 +178,8 @@ def estimated_cost(indices: list[int], items: list[dict], ctx: dict) -> float:
 def assign_groups(costs: list[float], size: int) -> list[list[int]]:
     """Group indices per rank: longest processing time first (Graham 1969): groups in
     decreasing cost, each to the rank with the least total so far (ties: the lower rank,
-    then the earlier group), so the largest rank total is at most 4/3 of the optimum.
+    then the earlier group), so the largest rank total is at most 4/3 - 1/(3 size) of the
+    optimum.
     Deterministic: every rank computes the same split."""
     load = [0.0] * size
     out: list[list[int]] = [[] for _ in range(size)]
@@ -194,8 +196,6 @@ ITEM_COLUMNS = ("model", "seq", "arch_id", "mbs", "recompute")
 _OWN = ("item", "hbm_bytes", "row_kind", "feasible", "sequence_parallel", "fused", "method",
         "solve_seconds", "phaze_version")
 METHODS = {"best": "dp-1f1b+interleaved", "fixed": "fixed-uniform"}
-
-
 PLAN_COLUMNS = tuple(c for c in ROW_COLUMNS if c not in ITEM_COLUMNS and c not in _OWN)
 
 
