@@ -232,7 +232,8 @@ def test_driver_rows_carry_the_axes_and_reproduce():
            "peak_flops": 300e12}
     item = {"model": "m", "seq": 1024, "arch_id": "a", "mbs": 1, "hbm_bytes": 16 * 2**30,
             "recompute": "full", "synthetic": syn}
-    row = [r for r in run_item(0, item, ctx) if r["row_kind"] == "best"][0]
+    table = run_item(0, item, ctx)
+    row = table[table.row_kind == "best"].iloc[0]
     assert row["feasible"] and row["zero_stage"] in (0, 1, 2, 3) and row["ep"] == 1
     ch = gpt_chain(seq=1024, mbs=1, t=int(row["t"]), model="m", layers=8, hidden=2048,
                    heads=16, vocab=32000, peak_flops=300e12)

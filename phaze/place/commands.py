@@ -108,7 +108,7 @@ def _cmd_place(args) -> int:
         return _place_reference(args)
 
     from phaze.jsonout import emit_json
-    from phaze.place.driver import context, load_inputs, parse_fixed, run_items, write_rows
+    from phaze.place.driver import context, load_inputs, parse_fixed, run_items, write_table
 
     if not args.output:
         raise UserError("an output parquet is required", field="-o")
@@ -126,18 +126,19 @@ def _cmd_place(args) -> int:
     import time
 
     t0 = time.perf_counter()
-    rows = run_items(items, ctx, args.mpi)
+    table = run_items(items, ctx, args.mpi)
     run_s = time.perf_counter() - t0
-    if rows is None:            # non-root MPI rank
+    if table is None:           # non-root MPI rank
         return 0
-    write_rows(rows, args.output)
-    best = [r for r in rows if r["row_kind"] == "best" and r["feasible"]]
-    summary = {"items": len(items), "rows": len(rows), "feasible": len(best),
-               "groups": ctx.get("n_groups"), "run_seconds": run_s, "output": str(args.output)}
+    write_table(table, args.output)
+    best = int(((table["row_kind"] == "best") & table["feasible"]).sum())
+    summary = {"items": len(items), "rows": len(table), "feasible": best,
+               "groups": ctx.get("n_groups"), "run_seconds": run_s, "ranks": ctx.get("ranks"),
+               "output": str(args.output)}
     if args.json:
         emit_json(summary)
     else:
-        print(f"phaze place: {len(items)} items, {len(best)} feasible -> {args.output}",
+        print(f"phaze place: {len(items)} items, {best} feasible -> {args.output}",
               file=sys.stderr)
     return 0
 

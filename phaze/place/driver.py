@@ -12,10 +12,13 @@ archs that differ only in on-chip buffer size often are) form one group whatever
 arch, HBM size or recompute flag. A group is solved by one phaze.place.dp.best_plans call
 per graph variant (the DP runs once for all of its HBM sizes and recompute flags, and
 once for all of its archs), and its result is fanned out to one row per item.
-Under MPI the groups are split statically (group k to rank k % size, no dispatcher: every
-rank works); each rank sends its groups' results (not rows) to rank 0, which fans them
-out, sorts rows by item index and writes one parquet file atomically. Results do not
-depend on the number of ranks. Without mpi4py (or with one rank) the same code runs
+Under MPI every rank reads the inputs itself (vectorised; measured cheaper than one
+reader broadcasting, and no rank waits on another's reading) and groups the items the same
+way; the groups are split statically by estimated cost, largest first to the least loaded
+rank (`assign_groups`; no dispatcher: every rank works). Each rank sends its groups'
+results (not rows) to rank 0, which fans them out into the table column by column
+(`place_table`), sorted by item index, and writes one parquet file atomically. Results do
+not depend on the number of ranks. Without mpi4py (or with one rank) the same code runs
 serially.
 """
 
@@ -157,52 +160,105 @@ def solve_group(indices: list[int], items: list[dict], ctx: dict) -> tuple:
     return best, fixed, (t_best, t_fixed)
 
 
-def expand_group(indices: list[int], items: list[dict], ctx: dict, result: tuple) -> list[dict]:
-    """Rows of a group's items from solve_group's result. Each best row's solve_seconds
-    is the group's DP time divided by its item count; a fixed row's is the time of one
-    fixed evaluation."""
-    best, fixed, (t_best, t_fixed) = result
-    per_item = t_best / len(indices)
+def estimated_cost(indices: list[int], items: list[dict], ctx: dict) -> float:
+    """Relative DP cost of a group, for balancing ranks: layer instances summed over its
+    graph variants x its (HBM size, recompute flag) pairs. Dimensionless: the DP's arrays
+    grow with the chain length and the scenario batch; what else sets its time (how many
+    stage counts memory admits, the microbatch size) is unknown before solving. Inside one
+    job the estimates are nearly equal and the split is close to round-robin
+    (docs/place.md has the measured balance)."""
+    first = items[indices[0]]
+    if "synthetic" in first:
+        layers = (first["synthetic"]["layers"] + 2) * len(first["synthetic"].get("tps", [1, 2, 4, 8]))
+    else:
+        layers = sum(g.n_layers for g in ctx["graphs"].values()
+                     if (g.model, g.seq, g.mbs) == (first["model"], first["seq"], first["mbs"]))
+    pairs = len({(float(items[i]["hbm_bytes"]), items[i]["recompute"]) for i in indices})
+    return float(max(layers, 1) * pairs)
+
+
+def assign_groups(costs: list[float], size: int) -> list[list[int]]:
+    """Group indices per rank: longest processing time first (Graham 1969): groups in
+    decreasing cost, each to the rank with the least total so far (ties: the lower rank,
+    then the earlier group), so the largest rank total is at most 4/3 - 1/(3 size) of the
+    optimum.
+    Deterministic: every rank computes the same split."""
+    load = [0.0] * size
+    out: list[list[int]] = [[] for _ in range(size)]
+    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        r = min(range(size), key=lambda r: (load[r], r))
+        out[r].append(k)
+        load[r] += costs[k]
+    return out
+
+
+# columns a row takes from its item; every other column of PLACE_SCHEMA comes from the
+# plan (a list or dict as JSON) or from the row's kind, method and timing
+ITEM_COLUMNS = ("model", "seq", "arch_id", "mbs", "recompute")
+_OWN = ("item", "hbm_bytes", "row_kind", "feasible", "sequence_parallel", "fused", "method",
+        "solve_seconds", "phaze_version")
+METHODS = {"best": "dp-1f1b+interleaved", "fixed": "fixed-uniform"}
+PLAN_COLUMNS = tuple(c for c in ROW_COLUMNS if c not in ITEM_COLUMNS and c not in _OWN)
+
+
+def _template(kind: str, plan, variant, fused, seconds) -> tuple:
+    """The row values shared by every item of a group with the same (HBM, recompute) and
+    kind, in the order ("row_kind", "feasible", "sequence_parallel", "fused", "method",
+    "solve_seconds", "phaze_version", *PLAN_COLUMNS)."""
+    vals = [kind, bool(plan and plan["feasible"]), bool(variant[1]) if plan else None, fused,
+            METHODS[kind], seconds, __version__]
+    for c in PLAN_COLUMNS:
+        v = plan.get(c) if plan else None
+        vals.append(json.dumps(v) if isinstance(v, (list, tuple, dict)) else v)
+    return tuple(vals)
+
+
+def place_table(groups: list[list[int]], results: dict, items: list[dict], ctx: dict):
+    """The placement table (phaze.place.table.place_frame: typed, checked) of all items
+    from the groups' solve_group results: one best row per item (and a fixed row with
+    --fixed), sorted by item then row kind. Columnar: the values shared by the items of a
+    group (the plan's columns, JSON encoded once) form one template row per (group, HBM,
+    recompute, kind), taken per item by index; only the item's own columns are per row.
+    A best row's solve_seconds is its group's DP time / its item count; a fixed row's the
+    time of one fixed evaluation."""
+    import numpy as np
+    import pandas as pd
+
+    from phaze.place.table import place_frame
+
+    kinds = ("best", "fixed") if ctx.get("fixed") else ("best",)
     fused = ctx.get("fused")
-    rows = []
-    for i in indices:
-        item = items[i]
-        key = (float(item["hbm_bytes"]), item["recompute"])
-        plan, var = best.get(key) or (None, None)
-        rows.append(_row(i, item, "best", plan, var, fused, "dp-1f1b+interleaved", per_item))
-        if ctx.get("fixed"):
-            plan, var = fixed.get(key, (None, None))
-            rows.append(_row(i, item, "fixed", plan, var, fused, "fixed-uniform", t_fixed))
-    return rows
+    templates: list[tuple] = []
+    pick = np.empty((len(items), len(kinds)), dtype=np.int64)
+    for k, indices in enumerate(groups):
+        best, fixed, (t_best, t_fixed) = results[k]
+        index: dict = {}
+        for i in indices:
+            key = (float(items[i]["hbm_bytes"]), items[i]["recompute"])
+            if key not in index:
+                index[key] = len(templates)
+                plan, var = best.get(key) or (None, None)
+                templates.append(_template("best", plan, var, fused, t_best / len(indices)))
+                if len(kinds) == 2:
+                    plan, var = fixed.get(key, (None, None))
+                    templates.append(_template("fixed", plan, var, fused, t_fixed))
+            pick[i] = range(index[key], index[key] + len(kinds))
+    head = ["row_kind", "feasible", "sequence_parallel", "fused", "method", "solve_seconds",
+            "phaze_version"]
+    table = pd.DataFrame.from_records(templates, columns=head + list(PLAN_COLUMNS))
+    rows = table.take(pick.ravel()).reset_index(drop=True)
+    rows["item"] = np.repeat(np.arange(len(items)), len(kinds))
+    for c in ITEM_COLUMNS:
+        rows[c] = np.repeat(np.array([it[c] for it in items], dtype=object), len(kinds))
+    rows["hbm_bytes"] = np.repeat(np.array([float(it["hbm_bytes"]) for it in items]),
+                                  len(kinds))
+    return place_frame(rows)
 
 
-def run_group(indices: list[int], items: list[dict], ctx: dict) -> list[dict]:
-    """Rows of a group of items (same DP inputs; archs, HBM sizes, recompute flags vary)."""
-    return expand_group(indices, items, ctx, solve_group(indices, items, ctx))
-
-
-def run_item(index: int, item: dict, ctx: dict) -> list[dict]:
-    """Rows of one item (a group of one)."""
-    return [dict(r, item=index) for r in run_group([0], [item], ctx)]
-
-
-def _row(index, item, kind, plan, variant, fused, method, seconds) -> dict:
-    row = {k: None for k in ROW_COLUMNS}
-    row.update(item=index, model=item["model"], seq=item["seq"], arch_id=item["arch_id"],
-               mbs=item["mbs"], hbm_bytes=float(item["hbm_bytes"]), recompute=item["recompute"],
-               row_kind=kind, feasible=bool(plan and plan["feasible"]), fused=fused,
-               method=method, solve_seconds=seconds, phaze_version=__version__)
-    if plan:
-        row["sequence_parallel"] = bool(variant[1])
-        for k in ("p", "d", "t", "interleave", "time_per_batch_s", "samples_per_s",
-                  "tokens_per_s", "mfu", "memory_per_device_bytes", "compute_s", "bubble_s",
-                  "p2p_s", "dp_sync_s", "tp_s", "memory_weights_bytes", "memory_grads_bytes",
-                  "memory_optimizer_bytes", "memory_activations_bytes", "memory_buffers_bytes",
-                  "ep", "cp", "zero_stage"):
-            row[k] = plan.get(k)
-        row["stages"] = json.dumps(plan["stages"])
-        row["stage_memory"] = json.dumps(plan["stage_memory"])
-    return row
+def run_item(index: int, item: dict, ctx: dict):
+    """The rows of one item (a group of one) as a placement table, item column = index."""
+    table = place_table([[0]], {0: solve_group([0], [item], ctx)}, [item], ctx)
+    return table.assign(item=index)
 
 
 # ------------------------------------------------------------------ running
@@ -214,40 +270,61 @@ def _mpi_comm():
     return MPI.COMM_WORLD
 
 
-def run_items(items: list[dict], ctx: dict, use_mpi: bool) -> list[dict] | None:
-    """All rows (on rank 0; None on other ranks)."""
+def _solve_mine(mine: list[int], groups, items, ctx) -> tuple[dict, dict]:
+    """({group index: result}, this rank's figures: groups, busy CPU and wall seconds)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    results = {k: solve_group(groups[k], items, ctx) for k in mine}
+    return results, {"groups": len(mine), "cpu_s": time.process_time() - c0,
+                     "busy_s": time.perf_counter() - t0}
+
+
+def run_items(items: list[dict], ctx: dict, use_mpi: bool):
+    """The placement table (on rank 0; None on other ranks). Under MPI every rank reads the
+    inputs itself (vectorised, no rank waits on another's reading), groups the items the
+    same way and solves the groups assign_groups gives it; the others send their results
+    to rank 0, which builds the table. ctx["ranks"] gets each rank's figures (groups, busy
+    CPU and wall seconds; rank 0 also wait_s, its wait for the others, and table_s, the
+    time to build the table)."""
     comm = _mpi_comm() if use_mpi else None
     groups = group_items(items, ctx)
     ctx["n_groups"] = len(groups)
     if comm is None or comm.Get_size() == 1:
         if use_mpi and comm is None:
             print("phaze place: mpi4py not available, running serially", file=sys.stderr)
-        rows = [r for g in groups for r in run_group(g, items, ctx)]
-        rows.sort(key=lambda r: (r["item"], r["row_kind"]))
-        return rows
+        results, stats = _solve_mine(list(range(len(groups))), groups, items, ctx)
+        ctx["ranks"] = [stats]
+        return _timed_table(groups, results, items, ctx, stats)
     from mpi4py import MPI
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    # static split: every rank works, nobody dispatches; groups of one job cost about the
-    # same (same model, same chain lengths), and consecutive groups differ in microbatch
-    # size and arch, so a round-robin split balances within a few groups
-    mine = {k: solve_group(groups[k], items, ctx) for k in range(rank, len(groups), size)}
+    share = assign_groups([estimated_cost(g, items, ctx) for g in groups], size)
+    results, stats = _solve_mine(share[rank], groups, items, ctx)
     if rank != 0:
-        _polite_wait(comm.isend(mine, dest=0, tag=TAG_WORK))
+        _polite_wait(comm.isend((results, stats), dest=0, tag=TAG_WORK))
         return None
-    results = dict(mine)
+    t0 = time.perf_counter()
+    per_rank = {0: stats}
     status = MPI.Status()
     for _ in range(size - 1):
         while not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_WORK, status=status):
             time.sleep(0.002)      # MPICH's blocking receive spins a core: poll politely
-        results.update(comm.recv(source=status.Get_source(), tag=TAG_WORK))
-    rows = [r for k, g in enumerate(groups) for r in expand_group(g, items, ctx, results[k])]
-    rows.sort(key=lambda r: (r["item"], r["row_kind"]))
-    return rows
+        src = status.Get_source()
+        got, per_rank[src] = comm.recv(source=src, tag=TAG_WORK)
+        results.update(got)
+    stats["wait_s"] = time.perf_counter() - t0
+    ctx["ranks"] = [per_rank[r] for r in range(size)]
+    return _timed_table(groups, results, items, ctx, stats)
+
+
+def _timed_table(groups, results, items, ctx, stats):
+    t0 = time.perf_counter()
+    table = place_table(groups, results, items, ctx)
+    stats["table_s"] = time.perf_counter() - t0
+    return table
 
 
 def _polite_wait(req):
-    """Wait for a non-blocking receive without spinning a core (ranks share cores)."""
+    """Wait for a non-blocking request without spinning a core (ranks share cores)."""
     while True:
         done, value = req.test()
         if done:
@@ -255,13 +332,12 @@ def _polite_wait(req):
         time.sleep(0.002)
 
 
-def write_rows(rows: list[dict], path: str) -> None:
+def write_table(table, path: str) -> None:
+    """The placement table as one parquet file, written atomically."""
     from phaze.atomic import atomic_path
-    from phaze.place.table import place_frame
 
-    df = place_frame(rows)
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        table.to_parquet(tmp, index=False)
 
 
 # ------------------------------------------------------------------ inputs
