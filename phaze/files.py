@@ -27,3 +27,19 @@ def read_json(path, field: str, want=dict):
         raise UserError(f"{p} must hold a JSON {'object' if want is dict else want.__name__}",
                         field=field)
     return value
+
+
+def read_parquet(path, field: str, fix: str | None = None):
+    """The parquet table in file `path` (a pandas DataFrame). UserError naming `field` and
+    the file when it is missing (with `fix`, e.g. the command that writes it) or is not a
+    readable parquet table (pyarrow raises several exception types for a bad file)."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise UserError(f"no such file {path}", field=field, fix=fix) from None
+    except Exception as e:  # noqa: BLE001 - any reader failure is the file's fault
+        first = (str(e).splitlines() or [""])[0][:200]     # one line, whatever pyarrow says
+        raise UserError(f"{path} is not a readable parquet table ({e.__class__.__name__}: "
+                        f"{first})", field=field) from None

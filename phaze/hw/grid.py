@@ -228,17 +228,12 @@ def _is_pow2(v) -> bool:
 def read_grid(path) -> "pd.DataFrame":
     """An arch grid parquet (`phaze arch grid -o`), arch_id as str; UserError naming --grid
     when it is missing, unreadable or lacks the arch table's columns."""
-    import pandas as pd
 
     from phaze.hw.arch import TABLE_COLUMNS
 
-    try:
-        grid = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise UserError(f"no such file {path}", field="--grid",
-                        fix="run `phaze arch grid` first or check the path") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({e})", field="--grid") from None
+    from phaze.files import read_parquet
+
+    grid = read_parquet(path, "--grid", fix="run `phaze arch grid` first or check the path")
     missing = [c for c in TABLE_COLUMNS if c not in grid.columns]
     if missing:
         raise UserError(f"{path} lacks columns {missing}", field="--grid",

@@ -349,6 +349,7 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     import numpy as np
     import pandas as pd
 
+    from phaze.files import read_parquet
     from phaze.hw.grid import read_grid
     from phaze.model.serialize import load_graph
     from phaze.sched.layers import graph_identity
@@ -370,10 +371,7 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     ctx["latency"] = LatencyView(arch_ids)
     frames = []
     for path in latency_paths:
-        try:
-            df = pd.read_parquet(path)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {path} ({e})", field="--latency") from None
+        df = read_parquet(path, "--latency")
         validate(df, LATENCY_SCHEMA, f"--latency {path}")
         frames.append(df.assign(_file=str(path)))
     if not frames:

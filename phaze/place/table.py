@@ -48,13 +48,8 @@ def check(df: pd.DataFrame, what: str) -> None:
 
 
 def read_place(path) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise UserError(f"no such file {path}", field="--place",
-                        fix="run `phaze place` first or check the path") from None
-    except Exception as e:  # pyarrow raises several types for a bad file
-        raise UserError(f"{path} is not a parquet table ({e.__class__.__name__})",
-                        field="--place") from None
+    from phaze.files import read_parquet
+
+    df = read_parquet(path, "--place", fix="run `phaze place` first or check the path")
     check(df, f"--place {path}")
     return df

@@ -43,17 +43,12 @@ def _load_latency(paths):
 
     """Latency tables (phaze.sched.table.LATENCY_SCHEMA: every row names its model, seq,
     mbs, graph variant, arch and layer, with the layer's repeat count)."""
+    from phaze.files import read_parquet
     from phaze.sched.table import LATENCY_SCHEMA, validate
 
     frames = []
     for path in paths:
-        try:
-            df = pd.read_parquet(path)
-        except FileNotFoundError:
-            raise UserError(f"no such file {path}", field="--latency") from None
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise UserError(f"{path} is not a parquet table ({e.__class__.__name__})",
-                            field="--latency") from None
+        df = read_parquet(path, "--latency")
         validate(df, LATENCY_SCHEMA, f"--latency {path}")
         frames.append(df.rename(columns={"layer_repeat": "repeat"}))
     return pd.concat(frames, ignore_index=True) if frames else None

@@ -107,12 +107,9 @@ def _resolve_arch(name: str, grid: str | None):
 
 
 def _read_parquet(path, field):
-    import pandas as pd
+    from phaze.files import read_parquet
 
-    try:
-        return pd.read_parquet(path)
-    except (FileNotFoundError, OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}", field=field) from None
+    return read_parquet(path, field)
 
 
 def _op_rows(p, res) -> list[dict]:

@@ -257,14 +257,9 @@ def check(df: pd.DataFrame, what: str) -> None:
 
 
 def read_waves(path) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise UserError(f"no such file {path}", field="--waves",
-                        fix="run `phaze prune-bound` first or check the path") from None
-    except Exception as e:  # pyarrow raises several types for a bad file
-        raise UserError(f"{path} is not a parquet table ({e.__class__.__name__})",
-                        field="--waves") from None
+    from phaze.files import read_parquet
+
+    df = read_parquet(path, "--waves", fix="run `phaze prune-bound` first or check the path")
     check(df, f"--waves {path}")
     return df
 
