@@ -31,22 +31,27 @@ def rand_levels(rng):
 
 def rand_moe_chain(rng):
     """Alternating attention-like and MoE-like layers; MoE layers carry expert weights and
-    an all-to-all payload."""
+    an all-to-all payload, attention-like ones an attention core and a K, V chunk (the
+    context-parallel ring's payload)."""
     n = int(rng.integers(2, 7))
     fwd = rng.uniform(0.5, 3.0, n)
+    bwd = 2 * fwd * rng.uniform(0.8, 1.2, n)
     P = rng.integers(1, 100, n).astype(float) * 1e6
     moe = rng.random(n) < 0.5
     E = np.where(moe, P * rng.uniform(0.5, 0.95, n), 0.0)
-    return Chain(t=int(rng.choice([1, 2])), mbs=1, seq=128, fwd_s=fwd,
-                 bwd_s=2 * fwd * rng.uniform(0.8, 1.2, n), tp_fwd_s=0.1 * fwd, tp_bwd_s=0.1 * fwd,
-                 param_count=P, expert_param_count=E,
-                 a2a_bytes=np.where(moe, rng.integers(1, 40, n) * 1e6, 0.0),
-                 act_none_bytes=rng.integers(1, 100, n).astype(float) * 1e6,
-                 act_full_bytes=rng.integers(1, 10, n).astype(float) * 1e6,
-                 act_selective_bytes=rng.integers(1, 60, n).astype(float) * 1e6,
-                 recompute_selective_s=rng.uniform(0.0, 0.5, n) * fwd,
-                 out_bytes=rng.integers(0, 50, n).astype(float) * 1e6,
-                 flops_fwd=fwd * 1e12, flops_bwd=2 * fwd * 1e12, kinds=("block",) * n)
+    kw = dict(a2a_bytes=np.where(moe, rng.integers(1, 40, n) * 1e6, 0.0),
+              act_none_bytes=rng.integers(1, 100, n).astype(float) * 1e6,
+              act_full_bytes=rng.integers(1, 10, n).astype(float) * 1e6,
+              act_selective_bytes=rng.integers(1, 60, n).astype(float) * 1e6,
+              recompute_selective_s=rng.uniform(0.0, 0.5, n) * fwd,
+              out_bytes=rng.integers(0, 50, n).astype(float) * 1e6)
+    core = rng.uniform(0.05, 0.6, n)
+    kw.update(core_fwd_s=core * fwd, core_bwd_s=core * bwd,
+              core_recompute_s=kw["recompute_selective_s"] * rng.uniform(0.3, 1.0, n),
+              kv_bytes=np.where(moe, 0.0, rng.integers(1, 200, n) * 1e6))
+    return Chain(t=int(rng.choice([1, 2])), mbs=1, seq=128, fwd_s=fwd, bwd_s=bwd,
+                 tp_fwd_s=0.1 * fwd, tp_bwd_s=0.1 * fwd, param_count=P, expert_param_count=E,
+                 flops_fwd=fwd * 1e12, flops_bwd=2 * fwd * 1e12, kinds=("block",) * n, **kw)
 
 
 # ------------------------------------------------------------- independent evaluator
@@ -78,6 +83,16 @@ def coll(kind, levels, nbytes, g, stride):
     return t
 
 
+def send(levels, nbytes, g, stride):
+    """Send/recv between neighbours of a g-member ring `stride` apart: latency + bytes / bw
+    of the outermost level the group spans."""
+    fan = fanout(levels, g, stride)
+    if g <= 1 or nbytes <= 0 or not fan:
+        return 0.0
+    _k, bw, lat = fan[-1]
+    return lat + nbytes / bw
+
+
 def my_eval(ch, stages, d, batch, rec, levels, ep, cp, z):
     """Megatron-Core's groups: dense grads over d cp devices stride t; with ep > 1 the
     expert grid is tp, ep, dp, pp (CP folded in): the all-to-all over ep devices stride t,
@@ -87,11 +102,20 @@ def my_eval(ch, stages, d, batch, rec, levels, ep, cp, z):
     g = d * cp
     M = batch // (ch.mbs * d)
     a2a = np.array([coll("a2a", levels, b, ep, t) for b in ch.a2a_bytes])
-    F, B = ch.fwd_s + 2 * a2a, ch.bwd_s + 2 * a2a
+    # ring attention over cp devices stride t: cp - 1 steps, each max(core, K V send)
+    ring_f, ring_b, ring_r = (np.zeros(n) for _ in range(3))
+    for k in range(n):
+        if ch.kv_bytes[k] > 0:
+            sf, sb = send(levels, ch.kv_bytes[k], cp, t), send(levels, 2 * ch.kv_bytes[k], cp, t)
+            ring_f[k] = (cp - 1) * max(ch.core_fwd_s[k], sf)
+            ring_b[k] = (cp - 1) * max(ch.core_bwd_s[k], sb)
+            if ch.core_recompute_s[k] > 0:
+                ring_r[k] = (cp - 1) * max(ch.core_recompute_s[k], sf)
+    F, B = ch.fwd_s + ring_f + 2 * a2a, ch.bwd_s + ring_b + 2 * a2a
     E = ch.expert_param_count / ep if ep > 1 else 0 * ch.expert_param_count
     D = ch.param_count - ch.expert_param_count + (0 if ep > 1 else ch.expert_param_count)
     groups = ((D, g, t), (E, g // ep, t * ep))      # (params per layer, group, stride)
-    R = {"none": 0 * F, "selective": ch.recompute_selective_s, "full": F}[rec]
+    R = {"none": 0 * F, "selective": ch.recompute_selective_s + ring_r, "full": F}[rec]
     kept = {"none": ch.act_none_bytes, "selective": ch.act_selective_bytes,
             "full": ch.act_full_bytes}[rec]
     work = np.maximum(ch.act_none_bytes - kept, 0.0)     # never negative (Chain.work_bytes)
@@ -187,6 +211,15 @@ def test_dp_with_ep_cp_zero_equals_bruteforce(seed):
         assert tm == pytest.approx(plan["time_per_batch_s"], rel=1e-9)
         assert mem == pytest.approx(plan["memory_per_device_bytes"], rel=1e-9)
         assert plan["devices"] == plan["p"] * plan["d"] * plan["t"] * cp
+    # the DP's own objective is the evaluator's (not just its argmin): bounded just below
+    # the optimum no plan beats it (no term missing), just above the optimum is found
+    for (h, rec), plan in got.items():
+        if plan is not None:
+            for f, found in ((1 - 1e-7, False), (1 + 1e-7, True)):
+                lim = {(h, rec): plan["time_per_batch_s"] * f}
+                pl = best_plans(ch, devices, batch, [h], [rec], links=links, options=opts,
+                                eps=eps, zero_stages=zs, bound=lim)[(h, rec)]
+                assert (pl is not None) == found
 
 
 def test_axes_change_the_answer():

@@ -51,8 +51,8 @@ import numpy as np
 
 from phaze.place.chain import Chain
 from phaze.settings import RECOMPUTE_MODES
-from phaze.place.plan import (Links, PlanOptions, dp_sync_coeffs, evaluate_plan,
-                              expert_parallel_chain, hop_pattern, p2p_time, pipeline_level,
+from phaze.place.plan import (Links, PlanOptions, axes_chain, dp_sync_coeffs, evaluate_plan,
+                              hop_pattern, p2p_time, pipeline_level,
                               uniform_stages, with_axes)
 
 INF = math.inf
@@ -420,12 +420,13 @@ CAP_BATCH = 64       # (scenario, cap) entries per capped run (bounds one run's 
 def _solve(chain: Chain, devices: int, batch: int, scen: list, links: Links,
            options: PlanOptions, peak_flops: float, interleaves, bound=None) -> list:
     """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`. The DP runs
-    on the chain as expert parallelism makes it (plan.expert_parallel_chain); winners are
-    evaluated from `chain` by evaluate_plan, which applies the same transformation.
+    on the chain as context and expert parallelism make it (plan.axes_chain: the CP ring
+    steps, the EP all-to-alls); winners are evaluated from `chain` by evaluate_plan,
+    which applies the same transformation.
     `bound` (per scenario): a time some other plan already reaches (another axis value);
     (d, p) pairs that cannot beat it are pruned, and a scenario with nothing faster
     answers None (or an interleaved plan, evaluated directly)."""
-    run_chain = expert_parallel_chain(chain, options.ep, links, options)
+    run_chain = axes_chain(chain, links, options)
     rgs = {rec: _Ranges(run_chain, rec, split_experts=options.ep > 1) for rec, _h in scen}
     search = _PlanSearch(rgs, run_chain, devices, batch, scen, links, options)
     search.source_chain = chain

@@ -283,7 +283,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     if (d * options.cp) % options.ep:
         return {**base, "feasible": False,
                 "reason": f"ep {options.ep} must divide d x cp = {d * options.cp}"}
-    chain = expert_parallel_chain(chain, options.ep, links, options)
+    chain = axes_chain(chain, links, options)
     if options.exact_batch and batch % (mbs * d):
         return {**base, "feasible": False, "reason": f"batch {batch} not divisible by mbs*d"}
     M = -(-batch // (mbs * d))
@@ -562,6 +562,52 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
                    param_count=chain.param_count - chain.expert_param_count * (1.0 - 1.0 / ep),
                    expert_param_count=chain.expert_param_count / ep,
                    a2a_bytes=np.zeros(chain.n), extra={**chain.extra, "ep_a2a_s": 4.0 * a2a})
+
+
+def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOptions) -> Chain:
+    """The chain under context parallelism of size cp (Megatron-Core CP: Transformer
+    Engine's ring attention with the load-balanced causal split; Liu et al. 2023, "Ring
+    Attention with Blockwise Transformers"). The chain is built for seq / cp tokens per
+    device, so every op but the attention core is already right; the core sees all seq
+    keys: cp steps of the local core each (each device holds 1/cp of the causal work),
+    the K, V chunk (Chain.kv_bytes) travelling cp - 1 send/recv steps around the CP group
+    (cp devices stride t, Megatron's rank order tp, cp, dp, pp; collective_time
+    "send_recv", topology options.collectives) overlapped with the steps: every attention
+    layer adds (cp - 1) max(core, send) to its forward (core_fwd_s, kv_bytes), backward
+    (core_bwd_s, 2 kv_bytes: K, V and their gradients) and selective recomputation
+    (core_recompute_s, kv_bytes; only where it re-runs a core). Full recomputation re-runs
+    the forward, ring included. Returns the chain with kv_bytes 0 (no second application)
+    and extra["cp_ring_s"] per layer (fwd + bwd); cp = 1 or no kv_bytes: `chain`."""
+    from dataclasses import replace
+
+    from phaze.cost.collective import collective_time
+
+    if cp <= 1 or not chain.kv_bytes.any():
+        return chain
+    sizes, inv = np.unique(chain.kv_bytes, return_inverse=True)
+    inv = inv.reshape(-1)
+
+    def send(mult):
+        return np.array([collective_time("send_recv", float(b) * mult, cp, chain.t, links,
+                                         src_dtype_bytes=1.0, topology=options.collectives,
+                                         bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
+                         for b in sizes])[inv]
+    on = chain.kv_bytes > 0
+    sf, sb = send(1.0), send(2.0)
+    ring_f = np.where(on, (cp - 1) * np.maximum(chain.core_fwd_s, sf), 0.0)
+    ring_b = np.where(on, (cp - 1) * np.maximum(chain.core_bwd_s, sb), 0.0)
+    ring_r = np.where(on & (chain.core_recompute_s > 0),
+                      (cp - 1) * np.maximum(chain.core_recompute_s, sf), 0.0)
+    return replace(chain, fwd_s=chain.fwd_s + ring_f, bwd_s=chain.bwd_s + ring_b,
+                   recompute_selective_s=chain.recompute_selective_s + ring_r,
+                   kv_bytes=np.zeros(chain.n), extra={**chain.extra, "cp_ring_s": ring_f + ring_b})
+
+
+def axes_chain(chain: Chain, links: Links, options: PlanOptions) -> Chain:
+    """The chain a plan with options.cp and options.ep runs: context_parallel_chain, then
+    expert_parallel_chain (evaluate_plan and the DP both start from it)."""
+    return expert_parallel_chain(context_parallel_chain(chain, options.cp, links, options),
+                                 options.ep, links, options)
 
 
 def _linear(f, what: str) -> tuple[float, float]:
