@@ -38,6 +38,10 @@ chain at once: they are a batch dimension of every table below.
         and (M + p - 1) B_inf(p) + AR_d(c) < U.
     The surviving caps of every scenario run as one more batch (entries = (scenario, cap)),
     shared by every d.
+With expert parallelism (ep > 1) the routed experts' gradients go over their own group
+(plan.grad_groups), so a stage's sync is al Pd + be + [Pe > 0] (ale Pe + bee): "params"
+above is then the stage weight W = Pd + (ale / al) Pe + (bee / al) [Pe > 0] of its d
+(_Ranges.weight; monotone in the range like params, so every argument above holds).
 Only each scenario's winner is evaluated with plan.evaluate_plan (the source of truth for
 the plan dict). The old per-d, per-cap version took 0.15-0.8 s per work item (4 TP widths);
 see benchmarks/bench_place_default.py for the current figures.

@@ -22,6 +22,10 @@ Terms (each explicit so that a validation can calibrate it):
       rematerialised activations when recomputing, Chain.work_bytes); in flight: 1F1B stage at position s keeps min(s, M); interleaved
       (Megatron's warm-up count) rank r keeps min(2 (p-r-1) + (v-1) p + 1, M v) chunk-
       microbatches, i.e. that many / v times the device's per-microbatch activations.
+With expert parallelism (ep > 1) the routed experts' part of a stage's params has its own
+gradient group (grad_groups: d cp / ep devices, Megatron-Core's expert-data-parallel
+group) for the reduction and the ZeRO shards; ring attention (cp > 1) and the EP all-to-
+alls are added to the chain first (axes_chain).
 The busiest-memory device's memory is also returned split (memory_{part}_bytes, MEMORY_PARTS),
 and every pipeline rank's split as `stage_memory` (a list of {part: bytes}).
 TP collectives are already inside the layer latencies (scheduler / cost model); the
