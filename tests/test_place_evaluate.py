@@ -36,3 +36,49 @@ def test_evaluate_cli_json(capsys):
     assert parts == pytest.approx(out["time_per_batch_s"])
     # pp that does not divide the 24 blocks -> one-line user error, exit 2
     assert main(argv[:8] + ["5"] + argv[9:]) == 2
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_context_parallel_ring_in_the_chain_matches_per_layer_ring(recompute):
+    """The preset route now leaves the ring attention to plan.context_parallel_chain (the
+    DP's chain too). Second route written here: add (cp - 1) max(core, K V send) to each
+    layer's pass latencies (send: latency + bytes / bus bandwidth of a cp-ring stride t on
+    the preset's network; bwd sends K, V and their grads) and evaluate that chain as cp 1
+    work with the plan's cp group terms."""
+    from phaze.cost.collective import collective_time
+    from phaze.hw.presets import get_preset
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import get_model
+    from phaze.place.chain import chain_from_graph
+    from phaze.place.evaluate import (MEGATRON_OPTIONS, attention_core_latencies,
+                                      default_cost_params, evaluate_model, layer_latencies)
+    from phaze.place.plan import Links, PlanOptions, evaluate_plan
+
+    spec, arch = get_model("llama2-7b"), get_preset("h100")
+    seq, cp, tp, mbs = 8192, 4, 2, 1
+    got = evaluate_model(spec, arch, tp=tp, pp=2, dp=2, mbs=mbs, batch=16, recompute=recompute,
+                         seq=seq, cp=cp)
+    prm = default_cost_params(arch)
+    g = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp)
+    lat, tps = layer_latencies(g, arch, arch.network, prm)
+    core = attention_core_latencies(g, arch, arch.network, prm)
+    kv = 2 * mbs * (seq // cp) * (spec.n_kv_heads // tp) * spec.d_head * 2
+    links = Links.of(arch.network, bw_efficiency=prm.link_bw_efficiency)
+    ring = {}
+    for li, c in core.items():
+        if c[0] > 0:
+            send = [collective_time("send_recv", kv * m, cp, tp, links, src_dtype_bytes=1.0,
+                                    bw_efficiency=prm.link_bw_efficiency) for m in (1, 2, 1)]
+            ring[li] = tuple(x + (cp - 1) * max(ci, s) if ci > 0 else x
+                             for x, ci, s in zip(lat[li], c, send))
+    assert ring, "llama2-7b has attention layers"
+    ch = chain_from_graph(g, layer_latency={**lat, **ring}, layer_tp_s=tps)
+    want = evaluate_plan(ch, 2, 2, 16, recompute, hbm_bytes=arch.hbm_bytes, links=links,
+                         options=PlanOptions(**MEGATRON_OPTIONS, cp=cp),
+                         peak_flops=arch.peak_flops,
+                         hbm_bw_Bps=arch.hbm_bw_Bps * prm.hbm_bw_efficiency)
+    assert got["time_per_batch_s"] == pytest.approx(want["time_per_batch_s"], rel=1e-12)
+    bare = evaluate_plan(chain_from_graph(g, layer_latency=lat, layer_tp_s=tps), 2, 2, 16,
+                         recompute, links=links, options=PlanOptions(**MEGATRON_OPTIONS, cp=cp),
+                         hbm_bw_Bps=arch.hbm_bw_Bps * prm.hbm_bw_efficiency)
+    assert got["time_per_batch_s"] > bare["time_per_batch_s"]     # the ring is charged

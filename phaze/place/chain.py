@@ -18,6 +18,12 @@ Everything is per device of a TP group of width t, for one microbatch of `mbs` s
                      dense layers): expert parallelism shards them (phaze.place.plan)
   a2a_bytes          bytes one device sends in one all-to-all of an MoE layer per
                      microbatch (the dispatched token slots, T top_k h x 2 B; 0 if dense)
+  core_fwd_s, core_bwd_s, core_recompute_s
+                     the attention core's part of fwd_s, bwd_s, recompute_selective_s
+                     (context parallelism repeats it per ring step: phaze.place.plan.
+                     context_parallel_chain)
+  kv_bytes           K and V of one device's sequence chunk per microbatch (attention
+                     layers; 0 elsewhere): what a context-parallel ring step sends
 
 `chain_from_graph` adapts a ModelGraph (phaze/model/ops.py) plus per-layer latencies (the
 scheduler's merged table, or any per-op latency function summed serially) to a Chain.
@@ -53,6 +59,10 @@ class Chain:
     tp_bwd_s: np.ndarray | None = None
     expert_param_count: np.ndarray | None = None      # default: 0 (dense)
     a2a_bytes: np.ndarray | None = None               # default: 0 (dense)
+    core_fwd_s: np.ndarray | None = None              # default: 0 (no CP ring modelled)
+    core_bwd_s: np.ndarray | None = None
+    core_recompute_s: np.ndarray | None = None
+    kv_bytes: np.ndarray | None = None                # default: 0
     flops_fwd: np.ndarray | None = None
     flops_bwd: np.ndarray | None = None
     model: str = ""
@@ -65,7 +75,8 @@ class Chain:
         for name in ("act_selective_bytes", "recompute_selective_s",
                      "flops_recompute_selective", "fwd_s", "bwd_s", "param_count", "act_none_bytes", "act_full_bytes",
                      "out_bytes", "tp_fwd_s", "tp_bwd_s", "flops_fwd", "flops_bwd",
-                     "expert_param_count", "a2a_bytes"):
+                     "expert_param_count", "a2a_bytes", "core_fwd_s", "core_bwd_s",
+                     "core_recompute_s", "kv_bytes"):
             v = getattr(self, name)
             if v is None:
                 v = np.zeros(n)
@@ -105,15 +116,27 @@ class Chain:
         return blocks[0], blocks[-1] + 1
 
 
+def is_attention_core(op) -> bool:
+    """The ops of the attention core (the s x keys part: flash `attn.core`, or eager
+    `attn.scores` and `attn.context`, and their backward ops)."""
+    return (op.name.split(".bwd")[0].endswith("attn.core")
+            or op.name.split(".")[:2] in (["attn", "scores"], ["attn", "context"]))
+
+
 def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                      op_latency_s: Callable | None = None,
-                     layer_tp_s: Mapping[int, tuple[float, float]] | None = None) -> Chain:
+                     layer_tp_s: Mapping[int, tuple[float, float]] | None = None,
+                     layer_core_s: Mapping[int, tuple] | None = None,
+                     kv_bytes: float = 0.0) -> Chain:
     """Chain of a ModelGraph. Latencies per layer kind come from `layer_latency`
     {index into graph.layers: (fwd_s, bwd_s, recompute_selective_s)} (the scheduler's
     result; a missing third entry means 0), or else from summing `op_latency_s(op)` over
     each pass's ops (a device runs ops serially when unscheduled). TP collective time
     (ops of kind "collective") is summed for the breakdown (or given as `layer_tp_s`
-    {index: (fwd_s, bwd_s)} together with `layer_latency`)."""
+    {index: (fwd_s, bwd_s)} together with `layer_latency`); likewise the attention core's
+    time (`is_attention_core` ops; or `layer_core_s` {index: (fwd_s, bwd_s, recompute_s)}).
+    `kv_bytes` (bytes): K and V of one device's chunk per microbatch, set on the layers
+    with an attention core (context parallelism's ring payload; 0: none)."""
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
     rows = []
@@ -123,6 +146,12 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
             tpb = sum(op_latency_s(o) for o in layer.bwd if o.kind == "collective")
         else:
             tpf, tpb = (layer_tp_s or {}).get(li, (0.0, 0.0))
+        if op_latency_s is not None and layer_core_s is None:
+            core = tuple(sum(op_latency_s(o) for o in ops if is_attention_core(o))
+                         for ops in (layer.fwd, layer.bwd, layer.selective_recompute_ops()))
+        else:
+            core = tuple((layer_core_s or {}).get(li, (0.0, 0.0, 0.0)))
+        kv = kv_bytes if any(is_attention_core(o) for o in layer.fwd) else 0.0
         if layer_latency is not None:
             f, b, *r = layer_latency[li]
             r = r[0] if r else 0.0
@@ -141,7 +170,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         a2a = sum(o.bytes_written for o in layer.fwd if o.name.endswith("moe.dispatch"))
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
                layer.flops("fwd"), layer.flops("bwd"), a_sel, r, f_sel,
-               min(ex, layer.param_count), a2a, pass_kind)
+               min(ex, layer.param_count), a2a, *core, kv, pass_kind)
         rows.extend([row] * layer.repeat)
     cols = list(zip(*rows))
     arr = [np.array(c, dtype=float) for c in cols[:-1]]
@@ -150,7 +179,9 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                  act_full_bytes=arr[6], out_bytes=arr[7], flops_fwd=arr[8], flops_bwd=arr[9],
                  act_selective_bytes=arr[10], recompute_selective_s=arr[11],
                  flops_recompute_selective=arr[12], expert_param_count=arr[13],
-                 a2a_bytes=arr[14], kinds=tuple(cols[-1]), model=graph.model,
+                 a2a_bytes=arr[14], core_fwd_s=arr[15], core_bwd_s=arr[16],
+                 core_recompute_s=arr[17], kv_bytes=arr[18], kinds=tuple(cols[-1]),
+                 model=graph.model,
                  shared_param_count=sum(lg.shared_param_bytes for lg in graph.layers
                                         if lg.kind == "epilogue") / graph.dtype_bytes,
                  extra={"sequence_parallel": bool(graph.sequence_parallel)})

@@ -38,6 +38,10 @@ chain at once: they are a batch dimension of every table below.
         and (M + p - 1) B_inf(p) + AR_d(c) < U.
     The surviving caps of every scenario run as one more batch (entries = (scenario, cap)),
     shared by every d.
+With expert parallelism (ep > 1) the routed experts' gradients go over their own group
+(plan.grad_groups), so a stage's sync is al Pd + be + [Pe > 0] (ale Pe + bee): "params"
+above is then the stage weight W = Pd + (ale / al) Pe + (bee / al) [Pe > 0] of its d
+(_Ranges.weight; monotone in the range like params, so every argument above holds).
 Only each scenario's winner is evaluated with plan.evaluate_plan (the source of truth for
 the plan dict). The old per-d, per-cap version took 0.15-0.8 s per work item (4 TP widths);
 see benchmarks/bench_place_default.py for the current figures.
@@ -51,8 +55,8 @@ import numpy as np
 
 from phaze.place.chain import Chain
 from phaze.settings import RECOMPUTE_MODES
-from phaze.place.plan import (Links, PlanOptions, dp_sync_coeffs, evaluate_plan,
-                              expert_parallel_chain, hop_pattern, p2p_time, pipeline_level,
+from phaze.place.plan import (Links, PlanOptions, axes_chain, dp_sync_coeffs, evaluate_plan,
+                              hop_pattern, p2p_time, pipeline_level,
                               uniform_stages, with_axes)
 
 INF = math.inf
@@ -64,9 +68,11 @@ def _prefix(x):
 
 
 class _Ranges:
-    """[i, j) matrices of one chain for one recompute flag (loads per pipeline link kind)."""
+    """[i, j) matrices of one chain for one recompute flag (loads per pipeline link kind).
+    `split_experts` (ep > 1): the routed experts' params Pe are kept apart from the dense
+    ones Pd (their own gradient group, plan.grad_groups); else Pe = 0."""
 
-    def __init__(self, chain: Chain, recompute: str):
+    def __init__(self, chain: Chain, recompute: str, split_experts: bool = False):
         n = chain.n
         self.chain = chain
         ii = np.arange(n + 1)[:, None]
@@ -80,6 +86,10 @@ class _Ranges:
         self.fb = (Fp[jj] - Fp[ii]) + (Bp[jj] - Bp[ii])     # ZeRO-2/3 overlap window
         self.P = np.where(self.valid, Pp[jj] - Pp[ii], 0.0)
         self.P[0, n] -= chain.shared_param_count   # one stage: the tied head is no copy
+        Ep = _prefix(chain.expert_param_count if split_experts else np.zeros(n))
+        self.Pe = np.where(self.valid, Ep[jj] - Ep[ii], 0.0)
+        self.Pd = self.P - self.Pe
+        self._W = {}
         self.A = np.where(self.valid, Ap[jj] - Ap[ii], 0.0)
         # rematerialised activations of the stage's largest layer (plan.evaluate_plan)
         work = np.zeros((n + 1, n + 1))
@@ -90,28 +100,45 @@ class _Ranges:
         self.work = work
         self._load = {}
 
+    def weight(self, r: float, c: float) -> np.ndarray:
+        """W = Pd + r Pe + c [Pe > 0] of every range: a stage's DP sync per batch is
+        al W + be when its dense params cost al Pd + be and its experts r al Pe + c al
+        (plan.dp_sync_coeffs; nothing when it holds no experts). W grows with the range,
+        so the caps on the largest stage's W stay exact (module docstring)."""
+        if (r, c) == (1.0, 0.0):
+            return self.P
+        if (r, c) not in self._W:
+            self._W[(r, c)] = np.where(self.valid, self.Pd + r * self.Pe
+                                       + c * (self.Pe > 0), 0.0)
+        return self._W[(r, c)]
+
     def load(self, link_in: tuple, link_out: tuple, a_mb: float = 0.0,
-             b_mb: float = 0.0) -> np.ndarray:
+             b_mb: float = 0.0, a_mb_e: float = 0.0, b_mb_e: float = 0.0) -> np.ndarray:
         """Load per microbatch of every range whose incoming hop runs on link_in (bw, lat)
         and outgoing hop on link_out, plus ZeRO-2/3's exposed per-microbatch communication
-        a_mb P + b_mb (plan.extended_terms: the larger of one layer's share and what the
-        stage's forward + backward cannot hide)."""
-        key = (link_in, link_out, a_mb, b_mb)
+        a_mb Pd + b_mb (+ a_mb_e Pe + b_mb_e for the experts' group, when the range holds
+        any) (plan.extended_terms: the larger of one layer's share and what the stage's
+        forward + backward cannot hide)."""
+        key = (link_in, link_out, a_mb, b_mb, a_mb_e, b_mb_e)
         if key not in self._load:
             def edge(link):      # cin[i] / cout[j]: boundary after layer i - 1 / j - 1
                 comm = p2p_time(self.chain.out_bytes, *link)
                 return np.concatenate(([0.0], comm[:-1], [0.0]))
             load = edge(link_in)[self.ii] + self.comp + edge(link_out)[self.jj]
-            if a_mb or b_mb:
-                per = np.where(self.P > 0, a_mb * self.P + b_mb, 0.0)
+            if a_mb or b_mb or a_mb_e or b_mb_e:
+                per = np.where(self.Pd > 0, a_mb * self.Pd + b_mb, 0.0) + \
+                    np.where(self.Pe > 0, a_mb_e * self.Pe + b_mb_e, 0.0)
                 layers = np.maximum(self.jj - self.ii, 1)
                 load = load + np.maximum(per / layers, per - self.fb)
             self._load[key] = np.where(self.valid, load, INF)
         return self._load[key]
 
-    def smax(self, static_per_param: float, hbm: float) -> np.ndarray:
-        """Largest in-flight count m at which each stage fits (inf: any, -1: none)."""
-        base = self.P * static_per_param + self.work
+    def smax(self, static_per_param, hbm: float) -> np.ndarray:
+        """Largest in-flight count m at which each stage fits (inf: any, -1: none).
+        `static_per_param`: bytes per parameter, or (dense, expert) bytes per parameter."""
+        sd, se = static_per_param if isinstance(static_per_param, tuple) else \
+            (static_per_param, static_per_param)
+        base = (self.Pd * sd + self.Pe * se if self.Pe.any() else self.P * sd) + self.work
         with np.errstate(divide="ignore", invalid="ignore"):
             s = np.floor((hbm - base) / np.where(self.A > 0, self.A, 1.0))
         s = np.where(self.A > 0, s, INF)
@@ -397,13 +424,14 @@ CAP_BATCH = 64       # (scenario, cap) entries per capped run (bounds one run's 
 def _solve(chain: Chain, devices: int, batch: int, scen: list, links: Links,
            options: PlanOptions, peak_flops: float, interleaves, bound=None) -> list:
     """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`. The DP runs
-    on the chain as expert parallelism makes it (plan.expert_parallel_chain); winners are
-    evaluated from `chain` by evaluate_plan, which applies the same transformation.
+    on the chain as context and expert parallelism make it (plan.axes_chain: the CP ring
+    steps, the EP all-to-alls); winners are evaluated from `chain` by evaluate_plan,
+    which applies the same transformation.
     `bound` (per scenario): a time some other plan already reaches (another axis value);
     (d, p) pairs that cannot beat it are pruned, and a scenario with nothing faster
     answers None (or an interleaved plan, evaluated directly)."""
-    run_chain = expert_parallel_chain(chain, options.ep, links, options)
-    rgs = {rec: _Ranges(run_chain, rec) for rec, _h in scen}
+    run_chain = axes_chain(chain, links, options)
+    rgs = {rec: _Ranges(run_chain, rec, split_experts=options.ep > 1) for rec, _h in scen}
     search = _PlanSearch(rgs, run_chain, devices, batch, scen, links, options)
     search.source_chain = chain
     if bound is not None:
@@ -428,24 +456,31 @@ class _PlanSearch:
         self.links, self.options = links, options
         self.n = chain.n
         self.G0 = len(scen)
+        self.wkey: dict = {}         # d -> (r, c) of its stage weight W (_Ranges.weight)
+        self._wb: dict = {}          # (r, c) -> (largest layer W, total W), lower bounds
+        self._allW: dict = {}        # (r, c) -> every distinct stage W (the candidate caps)
         self.groups, self.dinfo = self._groups(devices)
         self._layer_bounds()
         self.best = [None] * self.G0
         self.U = np.full(self.G0, INF)
         self.sets: dict = {}
         self._smax: dict = {}        # bytes per parameter -> per-scenario smax tables
-        self._shapes: dict = {}      # bytes per parameter -> _BandShape
+        self._shapes: dict = {}      # (bytes per parameter, W key) -> _BandShape
         self._lb: dict = {}          # d -> lower bounds for p = 1..pmax
         self.p_lo: dict = {}     # (bytes per param, M) -> least feasible p per scenario
-        self._allP = None
 
     def _groups(self, devices: int):
-        """(d, p range) grouped by (link kind, bytes per param): {key: {d: p array}}, and
-        dinfo {d: (M, pmax, all-reduce coefficients)}."""
+        """(d, p range) grouped by (link kind, bytes per param, ZeRO-2/3 per-microbatch
+        coefficients, W key): {key: {d: p array}}, and dinfo {d: (M, pmax, all-reduce
+        coefficients of the dense params)}. With ep > 1 the routed experts have their own
+        group (plan.grad_groups): bytes per parameter and per-microbatch coefficients come
+        in (dense, expert) pairs and a stage's sync is al W + be, W = Pd + r Pe + c [Pe > 0]
+        with r, c the expert group's coefficients over al (self.wkey[d])."""
         chain, links, options, t = self.chain, self.links, self.options, self.chain.t
         groups: dict = {}
         dinfo = {}
         cp = options.cp
+        split = options.ep > 1
         for d in d_candidates(chain, devices, self.batch, options):
             M = -(-self.batch // (chain.mbs * d))
             pmax = min(self.n, devices // (t * cp * d))
@@ -454,42 +489,60 @@ class _PlanSearch:
             al, be, a_mb, b_mb = dp_sync_coeffs(options, links, t, d)
             dinfo[d] = (M, pmax, (al, be))
             static = options.static_bytes_per_param(d)
+            wkey = (1.0, 0.0)
+            mb = (a_mb, b_mb)
+            if split:
+                ale, bee, a_mbe, b_mbe = dp_sync_coeffs(options, links, t, d, expert=True)
+                static = (static, options.static_bytes_per_param(d, expert=True))
+                mb = (a_mb, b_mb, a_mbe, b_mbe)
+                if al > 0:
+                    wkey = (ale / al, bee / al)
+            self.wkey[d] = wkey
             ps = np.arange(1, pmax + 1)
             if links.levels:     # per-hop levels: runs shared by the p of one phase p % q
                 q, pattern = _used_pattern(*hop_pattern(t * cp * d, links), pmax)
                 for phase in range(q):
                     sel = ps[ps % q == phase]
                     if len(sel):
-                        groups.setdefault(((pattern, phase), static, (a_mb, b_mb)), {})[d] = sel
+                        groups.setdefault(((pattern, phase), static, mb, wkey), {})[d] = sel
                 continue
             inter = pipeline_level(t * cp, d, ps, links)     # numpy-aware
             for kind in (False, True):
                 sel = ps[inter == kind]
                 if len(sel):
-                    groups.setdefault((kind, static, (a_mb, b_mb)), {})[d] = sel
+                    groups.setdefault((kind, static, mb, wkey), {})[d] = sel
         return groups, dinfo
 
     def _layer_bounds(self) -> None:
         """Lower bounds of any stage's max load (the largest layer, the average: loads >=
-        compute) and of its params."""
+        compute); those of its params (stage weight W) are `wbounds`."""
         n = self.n
-        # lower bounds on the largest stage's params; a single stage holds one copy of a
-        # tied head, so both stay below the whole chain less that copy
-        self.Ptot = float(self.chain.param_count.sum()) - self.chain.shared_param_count
-        self.Pmax_layer = min(float(self.chain.param_count.max()), self.Ptot)
         self.Lmax_layer, self.Ltot = np.zeros(self.G0), np.zeros(self.G0)
         for g, (rec, _h) in enumerate(self.scen):
             comp = self.rgs[rec].comp[np.arange(n), np.arange(1, n + 1)]
             self.Lmax_layer[g], self.Ltot[g] = comp.max(), comp.sum()
+
+    def wbounds(self, wkey) -> tuple[float, float]:
+        """(largest layer's W, total W) of the stage weight `wkey` (_Ranges.weight): any
+        stage (device) holding a layer has W >= that layer's (a single stage: >= the whole
+        chain's, less a tied head's copy), and the stages' W add up to >= the total."""
+        if wkey not in self._wb:
+            r0 = self.rgs[self.scen[0][0]]
+            W, n = r0.weight(*wkey), self.n
+            tot = float(r0.Pd[0, n] + wkey[0] * r0.Pe[0, n])
+            self._wb[wkey] = (min(float(W[np.arange(n), np.arange(1, n + 1)].max()),
+                                  float(W[0, n])), tot)
+        return self._wb[wkey]
 
     def lower_bound(self, d, ps):      # len(ps) x G0 (one table per d, built once)
         tab = self._lb.get(d)
         if tab is None:
             M, pm, (al, be) = self.dinfo[d]
             a = np.arange(1, pm + 1)[:, None]
+            wmax, wtot = self.wbounds(self.wkey[d])
             tab = self._lb[d] = (M + a - 1) * np.maximum(self.Lmax_layer[None, :],
                                                          self.Ltot[None, :] / a) \
-                + al * np.maximum(self.Pmax_layer, self.Ptot / a) + be
+                + al * np.maximum(wmax, wtot / a) + be
         return tab[np.asarray(ps) - 1]
 
     def scan(self, key, pairs) -> None:
@@ -519,7 +572,7 @@ class _PlanSearch:
         rgs, scen, dinfo, p_lo = self.rgs, self.scen, self.dinfo, self.p_lo
         smax_cache = self._smax
         for key, dps in self.groups.items():
-            inter, static, mb = key
+            inter, static, mb, _w = key
             if static not in smax_cache:
                 smax_cache[static] = [rgs[rec].smax(static, hbm) for rec, hbm in scen]
             smaxes = smax_cache[static]
@@ -538,16 +591,16 @@ class _PlanSearch:
         """The uncapped run set of a group, built on first use (groups whose pairs are all
         pruned never build one)."""
         if key not in self.sets:
-            inter, static, mb = key
-            if static not in self._shapes:
-                self._shapes[static] = _BandShape(self.rgs[self.scen[0][0]].P,
-                                                  self._smax[static])
+            inter, static, mb, wkey = key
+            if (static, wkey) not in self._shapes:
+                self._shapes[(static, wkey)] = _BandShape(self.rgs[self.scen[0][0]].weight(*wkey),
+                                                          self._smax[static])
             combo_of = _hop_schedule(inter)
             lk, rgs, scen = self.links.link, self.rgs, self.scen
 
             def loads_fn(c):
                 return [rgs[rec].load(lk(c[0]), lk(c[1]), *mb) for rec, _h in scen]
-            band = _Band(self._shapes[static], loads_fn, combo_of)
+            band = _Band(self._shapes[(static, wkey)], loads_fn, combo_of)
             self.sets[key] = _RunSet(band, np.arange(self.G0), np.full(self.G0, INF),
                                      track_pm=True)
         return self.sets[key]
@@ -576,12 +629,13 @@ class _PlanSearch:
                 self.scan(key, self.prune(key, dps, lo_p, hi_p))
             lo_p, hi_p = hi_p, 2 * hi_p
 
-    def all_params(self):
-        """Every distinct stage parameter count (the candidate caps), built on first use."""
-        if self._allP is None:
+    def all_params(self, wkey=(1.0, 0.0)):
+        """Every distinct stage weight W (_Ranges.weight; the candidate caps), built on
+        first use."""
+        if wkey not in self._allW:
             r = self.rgs[self.scen[0][0]]
-            self._allP = np.unique(r.P[r.valid])
-        return self._allP
+            self._allW[wkey] = np.unique(r.weight(*wkey)[r.valid])
+        return self._allW[wkey]
 
     def capped_runs(self) -> None:
         """Caps (see the module docstring); every (d, p) left was scanned uncapped."""
@@ -593,7 +647,7 @@ class _PlanSearch:
             sel_e, cap_e, pairs = [], [], {}
             for g in range(self.G0):
                 if np.isfinite(self.U[g]):
-                    caps = self._caps_of(g, dps, runs, pairs)
+                    caps = self._caps_of(g, dps, runs, pairs, key[3])
                     if caps is not None:
                         sel_e.append(np.full(len(caps), g))
                         cap_e.append(caps)
@@ -601,8 +655,9 @@ class _PlanSearch:
                 self._scan_caps(self.sets[key].args[0], np.concatenate(sel_e),
                                 np.concatenate(cap_e), pairs)
 
-    def _caps_of(self, g, dps, runs, pairs):
-        """Caps scenario g needs (None: none); adds the (d, p) pairs they serve to `pairs`."""
+    def _caps_of(self, g, dps, runs, pairs, wkey=(1.0, 0.0)):
+        """Caps (on the stage weight `wkey`) scenario g needs (None: none); adds the (d, p)
+        pairs they serve to `pairs`."""
         U = self.U
         capmask = None
         for d, ps in dps.items():
@@ -611,8 +666,9 @@ class _PlanSearch:
                 continue
             run = runs[M]
             B, pm = run.top_D[ps, g], run.top_PM[ps, g]
-            allP = self.all_params()
-            lo = np.maximum(self.Pmax_layer, self.Ptot / ps) * (1 - _REL)
+            allP = self.all_params(wkey)
+            wmax, wtot = self.wbounds(wkey)
+            lo = np.maximum(wmax, wtot / ps) * (1 - _REL)
             with np.errstate(invalid="ignore"):
                 hi = np.minimum((U[g] * (1 + _REL) - (M + ps - 1) * B - be) / al * (1 + _REL),
                                 pm)
@@ -629,7 +685,7 @@ class _PlanSearch:
                 np.add.at(capmask, b[ok], -1)
         if capmask is None:
             return None
-        return self.all_params()[np.cumsum(capmask[:-1]) > 0]
+        return self.all_params(wkey)[np.cumsum(capmask[:-1]) > 0]
 
     def _scan_caps(self, band, sel_e, cap_e, pairs) -> None:
         """Capped runs of the entries (scenario sel_e, cap cap_e), CAP_BATCH at a time;
@@ -672,8 +728,8 @@ class _PlanSearch:
                     limit = min(self.bound[g], plan["time_per_batch_s"] if plan else INF)
                     # bound: every device runs >= total / p per microbatch, the largest
                     # device holds >= the average params (the DP's own bound, plus bubble)
-                    lb = (M + (p - 1) / v) * total / p + al * max(self.Pmax_layer,
-                                                                 self.Ptot / p) + be
+                    wmax, wtot = self.wbounds(self.wkey[d])
+                    lb = (M + (p - 1) / v) * total / p + al * max(wmax, wtot / p) + be
                     if M % p or lb >= limit * (1 + _REL):      # infeasible / cannot win
                         continue
                     try:

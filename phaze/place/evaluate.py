@@ -93,33 +93,26 @@ def layer_latencies(graph, arch, network, params=None):
     return lat, tp
 
 
-def context_parallel_latencies(graph, arch, network, params, lat, cp, tp, kv_bytes):
-    """Layer latencies under context parallelism (Megatron-Core CP, ring attention with the
-    load-balanced causal split): the graph is built for seq / cp tokens per device, so every
-    op but the attention core is already right; the core sees all seq keys, i.e. cp times
-    the local square (each device holds 1/cp of the causal work), and the K, V chunks
-    travel cp - 1 steps around the CP group (stride t, Megatron's rank order) overlapped
-    with the attention steps: each step costs max(attention step, KV send). The backward
-    sends K, V and their gradients (twice the bytes). `kv_bytes`: K and V of one device's
-    chunk (2 mbs seq/cp kv_heads/t d_head x 2 B)."""
+def attention_core_latencies(graph, arch, network, params):
+    """{layer index: (fwd_s, bwd_s, selective recompute_s)} of the attention core's ops
+    (chain.is_attention_core) per pass, run intra-op one after the other as in
+    layer_latencies: what context parallelism repeats per ring step
+    (plan.context_parallel_chain, through chain_from_graph's layer_core_s)."""
     from phaze.cost.api import op_latencies
-    from phaze.cost.collective import collective_time
+    from phaze.place.chain import is_attention_core
     from phaze.sched.adapter import SCHED_PASSES, pass_ops
 
-    out = dict(lat)
+    out = {}
     for li, layer in enumerate(graph.layers):
-        tot = list(out[li])
-        for k, pass_ in enumerate(SCHED_PASSES):
+        tot = []
+        for pass_ in SCHED_PASSES:
             ops = list(pass_ops(layer, pass_))
-            core = [j for j, o in enumerate(ops) if o.name.split(".bwd")[0].endswith("attn.core")
-                    or o.name.split(".")[:2] in (["attn", "scores"], ["attn", "context"])]
+            core = [j for j, o in enumerate(ops) if is_attention_core(o)]
             if not core:
+                tot.append(0.0)
                 continue
-            c = op_latencies(ops, arch, network, tp=tp, params=params).lat_all_s[0]
-            t_core = float(sum(c[j] for j in core))
-            kv = kv_bytes * (2.0 if pass_ == "bwd" else 1.0)
-            step = collective_time("send_recv", kv, cp, tp, network, params=params)
-            tot[k] += (cp - 1) * max(t_core, step)
+            c = op_latencies(ops, arch, network, tp=graph.tp, params=params).lat_all_s[0]
+            tot.append(float(sum(c[j] for j in core)))
         out[li] = tuple(tot)
     return out
 
@@ -166,10 +159,12 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     graph = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
                         **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params)
-    if cp > 1:
+    core, kv = None, 0.0
+    if cp > 1:       # the ring steps: plan.context_parallel_chain, applied by evaluate_plan
         kv = 2.0 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp) * spec.d_head * 2.0
-        lat = context_parallel_latencies(graph, arch, network, cost_params, lat, cp, tp, kv)
-    chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps)
+        core = attention_core_latencies(graph, arch, network, cost_params)
+    chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core,
+                             kv_bytes=kv)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
     plan_kw = {**fw["plan"], **({"fp8_weight_bytes": 2.0} if fp8 else {}), "cp": cp}
     opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,

@@ -22,6 +22,10 @@ Terms (each explicit so that a validation can calibrate it):
       rematerialised activations when recomputing, Chain.work_bytes); in flight: 1F1B stage at position s keeps min(s, M); interleaved
       (Megatron's warm-up count) rank r keeps min(2 (p-r-1) + (v-1) p + 1, M v) chunk-
       microbatches, i.e. that many / v times the device's per-microbatch activations.
+With expert parallelism (ep > 1) the routed experts' part of a stage's params has its own
+gradient group (grad_groups: d cp / ep devices, Megatron-Core's expert-data-parallel
+group) for the reduction and the ZeRO shards; ring attention (cp > 1) and the EP all-to-
+alls are added to the chain first (axes_chain).
 The busiest-memory device's memory is also returned split (memory_{part}_bytes, MEMORY_PARTS),
 and every pipeline rank's split as `stage_memory` (a list of {part: bytes}).
 TP collectives are already inside the layer latencies (scheduler / cost model); the
@@ -138,19 +142,39 @@ class PlanOptions:
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0
 
-    def static_bytes_per_param(self, d: int) -> float:
+    def static_bytes_per_param(self, d: int, expert: bool = False) -> float:
+        """Weight + gradient + optimizer bytes a device keeps per parameter of its shard,
+        for a dense parameter (sharded, per ZeRO stage, over the d x cp gradient group) or,
+        `expert`, a routed-expert parameter (over the expert-data-parallel group of
+        d x cp / ep devices; grad_groups)."""
+        n = grad_groups(self, 1, d)[1 if expert else 0][0]
         if self.extended():
-            n = d * self.cp
             z = max(self.zero_stage, 1 if (self.zero1 or self.distributed_optimizer) else 0)
             return (self.weight_bytes / (n if z >= 3 else 1) + self.fp8_weight_bytes
                     + self.grad_bytes / (n if z >= 2 else 1) + self.opt_bytes() / (n if z >= 1 else 1))
-        return self.weight_bytes + self.grad_bytes + self.opt_bytes() / (d if self.zero1 else 1)
+        return self.weight_bytes + self.grad_bytes + self.opt_bytes() / (n if self.zero1 else 1)
 
     def extended(self) -> bool:
         """True when any Megatron-Core/NCCL term differs from the plain model."""
         return (self.collectives != "flat" or self.dp_reduce_bytes > 0 or self.distributed_optimizer
                 or self.zero_stage > 0 or self.overlap_grad_reduce or self.overlap_param_gather
                 or self.tp_comm_overlap or self.overlap_p2p or self.cp > 1 or self.fp8_weight_bytes > 0)
+
+
+def grad_groups(options: PlanOptions, t: int, d: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((size, stride), (size, stride)) of the groups that reduce (and with ZeRO shard) the
+    dense parameters' and the routed experts' gradients, in devices. Dense: d x cp devices
+    stride t (Megatron's rank order tp, cp, dp, pp). Experts under expert parallelism
+    ep > 1: the expert-data-parallel group of d x cp / ep devices stride t ep
+    (Megatron-Core parallel_state.initialize_model_parallel: the expert rank generator
+    has tp = expert tensor parallel size (= t here), ep, dp = world / (t ep pp), cp = 1,
+    order tp-ep-dp-pp; DistributedDataParallel puts expert parameters in their own
+    buffers over that group, and the distributed optimizer shards them over it).
+    ep = 1: the experts are reduced with the dense parameters (one group)."""
+    g = d * options.cp
+    if options.ep <= 1:
+        return (g, t), (g, t)
+    return (g, t), (g // options.ep, t * options.ep)
 
 
 @functools.lru_cache(maxsize=64)
@@ -263,35 +287,45 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     if (d * options.cp) % options.ep:
         return {**base, "feasible": False,
                 "reason": f"ep {options.ep} must divide d x cp = {d * options.cp}"}
-    chain = expert_parallel_chain(chain, options.ep, links, options)
+    chain = axes_chain(chain, links, options)
     if options.exact_batch and batch % (mbs * d):
         return {**base, "feasible": False, "reason": f"batch {batch} not divisible by mbs*d"}
     M = -(-batch // (mbs * d))
     if v > 1 and M % p:
         return {**base, "feasible": False, "reason": "interleaving needs M divisible by p"}
 
-    dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work = _per_device(
+    dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe = _per_device(
         chain, p, v, d, recompute, stages, links, options)
-    mem = dev_P * options.static_bytes_per_param(d) + inflight(p, v, M) * dev_A + dev_work
-    parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options)
+    dev_Pd = dev_P - dev_Pe
+    mem = dev_Pd * options.static_bytes_per_param(d) + \
+        dev_Pe * options.static_bytes_per_param(d, expert=True) + inflight(p, v, M) * dev_A + dev_work
+    parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options, dev_Pe)
+    (_g, _s), (ge, se) = grad_groups(options, t, d)
+    gb = options.grad_bytes
     if links.levels:
-        al, be = links.dp_allreduce_coeffs(d, t, options.grad_bytes)
-        ar = np.where(d > 1, al * dev_P + be, 0.0) * np.ones(p)
+        al, be = links.dp_allreduce_coeffs(d, t, gb)
+        ale, bee = links.dp_allreduce_coeffs(ge, se, gb)
+        ar = np.where(d > 1, al * dev_Pd + be, 0.0) * np.ones(p) + \
+            np.where(dev_Pe > 0, ale * dev_Pe + bee, 0.0)
     else:
-        ar = allreduce_time(dev_P * options.grad_bytes, d, *links.link(dp_inter(t, d, links)))
+        ar = allreduce_time(dev_Pd * gb, d, *links.link(dp_inter(t, d, links))) + \
+            np.where(dev_Pe > 0, allreduce_time(dev_Pe * gb, ge, *links.link(dp_inter(se, ge, links))),
+                     0.0)
     fsdp = np.zeros(p)
     if options.extended():
         dev = np.arange(p * v) % p
         dev_load, dev_tp, dev_p2p, ar, fsdp = extended_terms(
-            chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p)
+            chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p,
+            dev_Pe)
     b = int(np.argmax(dev_load))
     Lmax = float(dev_load[b])
     bubble = (p - 1) / v * Lmax
     opt_s = 0.0
     if options.optimizer_bytes_per_param > 0 and hbm_bw_Bps > 0:
-        opt_s = float(dev_P.max()) * options.optimizer_bytes_per_param / hbm_bw_Bps
+        stepped = dev_P
         if options.extended() and (options.zero_stage or options.zero1 or options.distributed_optimizer):
-            opt_s /= d * options.cp     # each rank steps its 1/(d cp) shard
+            stepped = dev_Pd / (d * options.cp) + dev_Pe / ge   # each rank steps its shards
+        opt_s = float(stepped.max()) * options.optimizer_bytes_per_param / hbm_bw_Bps
     time_s = M * Lmax + bubble + float(ar.max()) + opt_s
     out = {**base, "M": M, "time_per_batch_s": time_s,
            "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
@@ -327,7 +361,8 @@ def _checked_stages(chain: Chain, chunks: int, stages):
 def _per_device(chain, p, v, d, recompute, stages, links, options):
     """Per pipeline rank (chunk c on rank c % p), per microbatch: load (compute with its
     recomputation, TP collectives, p2p), compute without TP, TP, p2p; and params,
-    activations kept per microbatch and the recomputation working buffer."""
+    activations kept per microbatch, the recomputation working buffer and the routed-
+    expert part of the params (0 unless options.ep > 1: grad_groups)."""
     t, n = chain.t, chain.n
     st = np.array(stages)
     lo, hi = st[:, 0], st[:, 1]
@@ -371,7 +406,9 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
         dev_P = dev_P - chain.shared_param_count
     dev_A = np.bincount(dev, Ap[hi] - Ap[lo], minlength=p)
     dev_work = np.array([work[dev == r].max() for r in range(p)])
-    return dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work
+    Ep = cs(chain.expert_param_count) if options.ep > 1 else np.zeros(n + 1)
+    dev_Pe = np.bincount(dev, Ep[hi] - Ep[lo], minlength=p)
+    return dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe
 
 
 def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops) -> dict:
@@ -392,28 +429,37 @@ def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops) -> d
 MEMORY_PARTS = ("weights", "grads", "optimizer", "activations", "buffers")
 
 
-def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions) -> dict:
+def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions, dev_Pe=None) -> dict:
     """Memory of each pipeline rank split into MEMORY_PARTS (bytes; arrays over ranks):
     weights, gradients, optimizer state (/ d with ZeRO-1), activations kept for the
     in-flight microbatches, and the recomputation working buffer. Their sum is the
-    rank's memory (up to rounding)."""
-    opt = options.opt_bytes() / (d if options.zero1 else 1)
-    wb, gb = options.weight_bytes, options.grad_bytes
-    if options.extended():      # ZeRO-1/2/3 shard over the d x cp gradient group
-        n, z = d * options.cp, zero_stage_of(options)
-        wb = wb / (n if z >= 3 else 1) + options.fp8_weight_bytes
-        gb = gb / (n if z >= 2 else 1)
-        opt = options.opt_bytes() / (n if z >= 1 else 1)
-    return {"weights": dev_P * wb, "grads": dev_P * gb,
-            "optimizer": dev_P * opt, "activations": np.asarray(dev_act, dtype=float),
+    rank's memory (up to rounding). `dev_Pe`: the routed-expert part of dev_P, sharded
+    over the expert-data-parallel group instead (grad_groups; None: none)."""
+    dev_Pe = np.zeros_like(np.asarray(dev_P, dtype=float)) if dev_Pe is None else dev_Pe
+    out = {"weights": 0.0, "grads": 0.0, "optimizer": 0.0}
+    for P, (n, _s) in zip((dev_P - dev_Pe, dev_Pe), grad_groups(options, 1, d)):
+        opt = options.opt_bytes() / (n if options.zero1 else 1)
+        wb, gb = options.weight_bytes, options.grad_bytes
+        if options.extended():      # ZeRO-1/2/3 shard over the group
+            z = zero_stage_of(options)
+            wb = wb / (n if z >= 3 else 1) + options.fp8_weight_bytes
+            gb = gb / (n if z >= 2 else 1)
+            opt = options.opt_bytes() / (n if z >= 1 else 1)
+        out["weights"] = out["weights"] + P * wb
+        out["grads"] = out["grads"] + P * gb
+        out["optimizer"] = out["optimizer"] + P * opt
+    return {**out, "activations": np.asarray(dev_act, dtype=float),
             "buffers": np.asarray(dev_work, dtype=float)}
 
 
-def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p):
+def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p,
+                   dev_Pe=None):
     """Megatron-Core / NCCL terms (PlanOptions.extended()): returns (device load per
     microbatch, exposed TP, exposed p2p, DP sync per batch, FSDP exposed per microbatch),
     each per device. Groups in Megatron's rank order tp, cp, dp, pp: the gradient group is
-    dp x cp devices, stride t.
+    dp x cp devices, stride t; the routed experts' part `dev_Pe` of dev_P (ep > 1) runs
+    the same collectives over the expert-data-parallel group (grad_groups), each group's
+    collective costing nothing when it has no bytes.
       reduction: all-reduce of the grads (dp_reduce_bytes per element), or with the
         distributed optimizer / ZeRO >= 1 a reduce-scatter of the grads + an all-gather of
         the bf16 weights; ZeRO-2 reduce-scatters every microbatch, ZeRO-3 / FSDP also
@@ -432,7 +478,8 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
 
     o = options
     topo = o.collectives
-    g, stride = d * o.cp, t
+    (g, stride), (ge, se) = grad_groups(o, t, d)
+    dev_Pe = np.zeros(p) if dev_Pe is None else dev_Pe
     rb = o.dp_reduce_bytes or o.grad_bytes
     z = max(o.zero_stage, 1 if (o.zero1 or o.distributed_optimizer) else 0)
     kw = dict(topology=topo, bw_efficiency=links.bw_efficiency)
@@ -445,14 +492,17 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
     sync = np.zeros(p)
     fsdp = np.zeros(p)
     for r in range(p):
-        P = float(dev_P[r])
+        P, Pe = float(dev_P[r]), float(dev_Pe[r])
         frac = min(1.0, o.bucket_params / P) if P > 0 else 1.0
+        groups = ((P - Pe, g, stride), (Pe, ge, se))
         if z == 0:
-            red = ar_time(P * rb, g, stride, net, src_dtype_bytes=1.0, **kw)
+            red = sum(ar_time(x * rb, n, s, net, src_dtype_bytes=1.0, **kw) for x, n, s in groups)
             gather = 0.0
         else:
-            red = reduce_scatter_time(P * rb, g, stride, net, src_dtype_bytes=1.0, **kw)
-            gather = all_gather_time(P * o.weight_bytes, g, stride, net, src_dtype_bytes=1.0, **kw)
+            red = sum(reduce_scatter_time(x * rb, n, s, net, src_dtype_bytes=1.0, **kw)
+                      for x, n, s in groups)
+            gather = sum(all_gather_time(x * o.weight_bytes, n, s, net, src_dtype_bytes=1.0, **kw)
+                         for x, n, s in groups)
         if z >= 2:   # grads reduce-scattered every microbatch
             per_mb = red + (2.0 * gather if z >= 3 else 0.0)
             fsdp[r] = max(per_mb / blocks[r], per_mb - (fb[r] + bb[r]))
@@ -495,7 +545,9 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     expert GEMM time is unchanged; every MoE layer adds an all-to-all dispatch and an
     all-to-all combine of a2a_bytes in the forward and two more in the backward
     (phaze.cost.collective.collective_time "all_to_all" over the EP group: ep members
-    stride t cp, Megatron's rank order tp, cp, ep, dp, pp; topology options.collectives).
+    stride t, Megatron-Core's expert rank order tp, ep, dp, pp with the expert tensor
+    parallel size = t and CP folded into the expert grid (grad_groups);
+    topology options.collectives).
     Recomputing a forward re-runs its all-to-alls (recompute_s("full") = fwd_s). The chain
     returned has a2a_bytes 0 (no second application) and extra["ep_a2a_s"] per layer.
     ep = 1 or a dense chain: `chain` unchanged."""
@@ -506,7 +558,7 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     if ep <= 1 or not chain.a2a_bytes.any():
         return chain
     sizes, inv = np.unique(chain.a2a_bytes, return_inverse=True)
-    a2a = np.array([collective_time("all_to_all", float(b), ep, chain.t * options.cp, links,
+    a2a = np.array([collective_time("all_to_all", float(b), ep, chain.t, links,
                                     src_dtype_bytes=1.0, topology=options.collectives,
                                     bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
                     for b in sizes])[inv.reshape(-1)]
@@ -514,6 +566,52 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
                    param_count=chain.param_count - chain.expert_param_count * (1.0 - 1.0 / ep),
                    expert_param_count=chain.expert_param_count / ep,
                    a2a_bytes=np.zeros(chain.n), extra={**chain.extra, "ep_a2a_s": 4.0 * a2a})
+
+
+def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOptions) -> Chain:
+    """The chain under context parallelism of size cp (Megatron-Core CP: Transformer
+    Engine's ring attention with the load-balanced causal split; Liu et al. 2023, "Ring
+    Attention with Blockwise Transformers"). The chain is built for seq / cp tokens per
+    device, so every op but the attention core is already right; the core sees all seq
+    keys: cp steps of the local core each (each device holds 1/cp of the causal work),
+    the K, V chunk (Chain.kv_bytes) travelling cp - 1 send/recv steps around the CP group
+    (cp devices stride t, Megatron's rank order tp, cp, dp, pp; collective_time
+    "send_recv", topology options.collectives) overlapped with the steps: every attention
+    layer adds (cp - 1) max(core, send) to its forward (core_fwd_s, kv_bytes), backward
+    (core_bwd_s, 2 kv_bytes: K, V and their gradients) and selective recomputation
+    (core_recompute_s, kv_bytes; only where it re-runs a core). Full recomputation re-runs
+    the forward, ring included. Returns the chain with kv_bytes 0 (no second application)
+    and extra["cp_ring_s"] per layer (fwd + bwd); cp = 1 or no kv_bytes: `chain`."""
+    from dataclasses import replace
+
+    from phaze.cost.collective import collective_time
+
+    if cp <= 1 or not chain.kv_bytes.any():
+        return chain
+    sizes, inv = np.unique(chain.kv_bytes, return_inverse=True)
+    inv = inv.reshape(-1)
+
+    def send(mult):
+        return np.array([collective_time("send_recv", float(b) * mult, cp, chain.t, links,
+                                         src_dtype_bytes=1.0, topology=options.collectives,
+                                         bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
+                         for b in sizes])[inv]
+    on = chain.kv_bytes > 0
+    sf, sb = send(1.0), send(2.0)
+    ring_f = np.where(on, (cp - 1) * np.maximum(chain.core_fwd_s, sf), 0.0)
+    ring_b = np.where(on, (cp - 1) * np.maximum(chain.core_bwd_s, sb), 0.0)
+    ring_r = np.where(on & (chain.core_recompute_s > 0),
+                      (cp - 1) * np.maximum(chain.core_recompute_s, sf), 0.0)
+    return replace(chain, fwd_s=chain.fwd_s + ring_f, bwd_s=chain.bwd_s + ring_b,
+                   recompute_selective_s=chain.recompute_selective_s + ring_r,
+                   kv_bytes=np.zeros(chain.n), extra={**chain.extra, "cp_ring_s": ring_f + ring_b})
+
+
+def axes_chain(chain: Chain, links: Links, options: PlanOptions) -> Chain:
+    """The chain a plan with options.cp and options.ep runs: context_parallel_chain, then
+    expert_parallel_chain (evaluate_plan and the DP both start from it)."""
+    return expert_parallel_chain(context_parallel_chain(chain, options.cp, links, options),
+                                 options.ep, links, options)
 
 
 def _linear(f, what: str) -> tuple[float, float]:
@@ -528,7 +626,8 @@ def _linear(f, what: str) -> tuple[float, float]:
     return a, b
 
 
-def dp_sync_coeffs(options: PlanOptions, links: Links, t: int, d: int) -> tuple:
+def dp_sync_coeffs(options: PlanOptions, links: Links, t: int, d: int,
+                   expert: bool = False) -> tuple:
     """What the DP needs of a stage holding P parameters (P > 0), as linear functions of P:
     (a, b, a_mb, b_mb) with the sync per batch a P + b and the exposed-before-overlap
     communication per microbatch a_mb P + b_mb (ZeRO-2/3; extended_terms adds
@@ -539,21 +638,25 @@ def dp_sync_coeffs(options: PlanOptions, links: Links, t: int, d: int) -> tuple:
     gradients + all-gather of the weights; 2: the reduce-scatter every microbatch, the
     all-gather per batch; 3: reduce-scatter + 2 all-gathers every microbatch).
     ValueError for terms the DP cannot keep exact (overlaps of the DP collectives, TP
-    overlap, non-linear collectives)."""
+    overlap, non-linear collectives). `expert`: the same for a stage's routed-expert
+    parameters, whose collectives run over the expert-data-parallel group (grad_groups;
+    evaluate_plan charges them only on stages holding experts)."""
     from phaze.cost.collective import collective_time
 
+    (g, stride), (ge, se) = grad_groups(options, t, d)
+    if expert:
+        g, t = ge, se
     if not options.extended():
-        if d <= 1:
+        if g <= 1:
             return 0.0, 0.0, 0.0, 0.0
         if links.levels:
-            return (*links.dp_allreduce_coeffs(d, t, options.grad_bytes), 0.0, 0.0)
-        bw, lat = links.link(dp_inter(t, d, links))
-        return 2.0 * (d - 1) / d * options.grad_bytes / bw, 2.0 * (d - 1) * lat, 0.0, 0.0
+            return (*links.dp_allreduce_coeffs(g, t, options.grad_bytes), 0.0, 0.0)
+        bw, lat = links.link(dp_inter(t, g, links))
+        return 2.0 * (g - 1) / g * options.grad_bytes / bw, 2.0 * (g - 1) * lat, 0.0, 0.0
     o = options
     if o.overlap_grad_reduce or o.overlap_param_gather or o.tp_comm_overlap:
         raise ValueError("the DP does not search with overlap_grad_reduce, "
                          "overlap_param_gather or tp_comm_overlap; evaluate such plans")
-    g = d * o.cp
     if g <= 1:
         return 0.0, 0.0, 0.0, 0.0
     rb = o.dp_reduce_bytes or o.grad_bytes
