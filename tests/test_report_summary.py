@@ -184,3 +184,31 @@ def test_fixed_plan_only_where_configured():
     s = summarise(load_place_df(make_place(grid)), grid,
                   fixed_plans={"bert-large": "8x128x1"}).iloc[0]
     assert s.tpuv4_fixed_strategy == "8x128x1" and s.speedup_vs_tpuv4_fixed > 0
+
+
+def test_report_results_folder_equals_explicit_flags(files, capsys, tmp_path):
+    """`phaze report --results DIR` reads a workflow's folder (the config's (model, seq)
+    pairs only: a stale table of another model is left out) and reports what the
+    explicit flags report; a folder without config.yaml is one line, exit 2."""
+    import yaml
+
+    d, grid, paths = files
+    res = tmp_path / "results"
+    (res / "place").mkdir(parents=True)
+    (res / "arch").mkdir()
+    grid.to_parquet(res / "arch" / "grid.parquet")
+    for p in paths:
+        (res / "place" / p.name).write_bytes(p.read_bytes())
+    make_place(grid, "opt-350m", 2048, seed=9).to_parquet(res / "place" / "opt-350m_s2048.parquet")
+    cfg = {"models": [{"name": "bert-large", "seq": [512]}, {"name": "gpt2-xl", "seq": [1024]}],
+           "microbatch_sizes": [1], "search": {"method": "exhaustive"}}
+    (res / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["report", "--results", str(res), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["summary"]
+    assert main(["report", "--place", *map(str, paths), "--grid", str(res / "arch/grid.parquet"),
+                 "--config", str(res / "config.yaml"), "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)["summary"]
+    assert got == want and {r["model"] for r in got} == {"bert-large", "gpt2-xl"}
+    assert main(["report", "--results", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--results" in err[0]

@@ -17,9 +17,13 @@ def register(sub) -> None:
         description="Read placement tables (phaze place) and the arch grid; print the "
                     "summary table, or with -o write summary.csv, PNG plots and a "
                     "self-contained report.html.")
-    p.add_argument("--place", nargs="+", required=True, metavar="P",
+    p.add_argument("--results", metavar="DIR",
+                   help="a workflow's results folder: reads the placement, latency and waves "
+                        "tables of the (model, seq) pairs of DIR/config.yaml, DIR/arch/grid."
+                        "parquet and DIR/config.yaml (flags given as well override these)")
+    p.add_argument("--place", nargs="+", metavar="P",
                    help="placement tables results/place/{model}_s{seq}.parquet")
-    p.add_argument("--grid", required=True, help="arch grid parquet (phaze arch grid)")
+    p.add_argument("--grid", help="arch grid parquet (phaze arch grid)")
     p.add_argument("--latency", nargs="*", default=(), metavar="L",
                    help="merged latency tables, for the Spotlight-style pick when the "
                         "placement tables carry no single_chip_latency_s")
@@ -192,10 +196,60 @@ def _clean(v):
     return v
 
 
+def results_inputs(results_dir) -> dict:
+    """The report's inputs in a workflow's results folder, for the (model, seq) pairs of its
+    config.yaml (stale tables of other pairs are left out): {"place", "latency", "waves",
+    "grid", "config"}. A pruned run (search.method pruned) has its latency tables per wave
+    under prune/; an exhaustive one under latency/. UserError naming --results when the
+    folder holds no finished sweep."""
+    import yaml
+
+    root = Path(results_dir)
+    cfg_path = root / "config.yaml"
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"no {cfg_path}: not a finished workflow's results folder",
+                        field="--results", fix="run the workflow (snakemake) first, or pass "
+                        "--place/--grid/--latency/--config") from None
+    pairs = [(m["name"], int(q)) for m in cfg.get("models", []) for q in m.get("seq", [])]
+    mbs = cfg.get("microbatch_sizes", [])
+    from phaze.settings import SearchSettings
+
+    pruned = SearchSettings(**(cfg.get("search") or {})).method == "pruned"
+    found = {"place": [], "latency": [], "waves": [], "grid": str(root / "arch" / "grid.parquet"),
+             "config": str(cfg_path)}
+    for model, seq in pairs:
+        found["place"].append(str(root / "place" / f"{model}_s{seq}.parquet"))
+        if pruned:
+            d = root / "prune" / f"{model}_s{seq}"
+            found["waves"].append(str(d / "waves.parquet"))
+            found["latency"] += sorted(str(f) for b in mbs
+                                       for f in d.glob(f"latency_b{b}_w[12].parquet"))
+        else:
+            found["latency"] += [str(f) for b in mbs
+                                 if (f := root / "latency" / f"{model}_s{seq}_b{b}.parquet").exists()]
+    missing = [f for f in found["place"] + [found["grid"]] if not Path(f).exists()]
+    if missing:
+        raise UserError(f"{missing[0]} is missing: the sweep has not finished",
+                        field="--results", fix="run the workflow (snakemake) to the end first")
+    return found
+
+
 def run(args) -> int:
     from phaze.jsonout import emit_json
     from phaze.report.summary import format_terminal
 
+    if args.results:
+        found = results_inputs(args.results)
+        args.place = args.place or found["place"]
+        args.grid = args.grid or found["grid"]
+        args.latency = args.latency or found["latency"]
+        args.waves = args.waves or found["waves"]
+        args.config = args.config or found["config"]
+    for flag in ("place", "grid"):
+        if not getattr(args, flag):
+            raise UserError("is required (or give --results DIR)", field=f"--{flag}")
     sweep, summary = build(args.place, args.grid, args.latency, args.config,
                            args.tpuv4_hbm_gib)
     sweep.pruned_notes = pruned_notes(args.waves)
