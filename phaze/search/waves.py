@@ -179,13 +179,18 @@ def bound_table(spec, grid: pd.DataFrame, wave1_archs: int) -> pd.DataFrame:
 
 
 def refine(waves: pd.DataFrame, incumbent: float, spec, grid: pd.DataFrame) -> pd.DataFrame:
-    """The waves table with the DP bound of every arch outside wave 1 whose work bound is
-    >= `incumbent` (all such archs when it is NaN): the only ones the DP bound can still
-    prune or keep. `spec`/`grid` as for bound_table."""
+    """The waves table with the DP bound, thresholded at `incumbent`, of every arch outside
+    wave 1 whose bound is >= `incumbent`: the only ones the DP bound can still prune or
+    keep. That includes archs the bound pass already gave a DP bound: it ran the DP only
+    for the microbatch sizes whose work bound reached its own (higher) threshold and kept
+    the work bound of the others, which may still reach the incumbent. With no incumbent
+    (NaN): the DP bound of every arch that has none. `spec`/`grid` as for bound_table."""
     b = waves["bound_samples_per_s"]
-    need = (waves["wave"] != 1) & ~waves["bound_dp"] & np.isfinite(b) & (b > 0)
+    need = (waves["wave"] != 1) & np.isfinite(b) & (b > 0)
     if math.isfinite(incumbent):
         need &= b >= incumbent * (1 - SLACK)
+    else:
+        need &= ~waves["bound_dp"]
     out = waves.copy()
     if not need.any():
         return out
