@@ -12,14 +12,17 @@ evaluate_plan) time per batch
 
 with M = ceil(B / (mbs d)), d a data-parallel degree of dp.d_candidates, p <= min(n,
 devices / (t cp d)). Each term is bounded from below:
-  Lmax    >= max(L, W / p): a rank's load per microbatch is its layers' fwd + recompute +
-          bwd plus p2p and exposed communication (all >= 0); W = the sum of that compute over
-          the chain, L = its largest layer (expert parallelism adds its all-to-alls,
-          4 x a2a per MoE layer, to W: plan.expert_parallel_chain);
+  Lmax    >= max(W / p, max over c of ceil(n_c / p) c): a rank's load per microbatch is
+          its layers' fwd + recompute + bwd plus p2p and exposed communication (all >= 0);
+          W = the sum of that compute over the chain, n_c = the layer instances whose
+          compute is >= c (p ranks hold them, so one holds >= ceil(n_c / p) of them;
+          c = the largest layer gives L); expert parallelism adds its all-to-alls,
+          4 x a2a per MoE layer, to W (plan.expert_parallel_chain);
   bubble  (p - 1) / v with v the deepest interleave the plan may use (v >= 2 needs p >= 2
           and M divisible by p; else v = 1);
-  sync    a P + b, P >= max(largest layer's params, total params / p) (the busiest rank
-          holds at least the average and the largest layer), (a, b) = plan.dp_sync_coeffs
+  sync    a P + b, P >= the busiest rank's params >= max(total / p, max over q of
+          ceil(n_q / p) q) with n_q the layer instances of >= q params (p = 1: the total
+          less a tied head's shared copy), (a, b) = plan.dp_sync_coeffs
           (the DP's own per-batch sync: ring or hierarchical all-reduce; with ZeRO-1 a
           reduce-scatter + all-gather; ZeRO-2 the per-batch all-gather; ZeRO-3 nothing,
           its per-microbatch gathers are dropped, >= 0);
@@ -64,7 +67,6 @@ def pair_tables(chain, ctx: dict) -> list[tuple]:
             ch = expert_parallel_chain(chain, o.ep, links, o)
             a2a_s = float(np.sum(ch.extra.get("ep_a2a_s", 0.0)))
             ptot = float(ch.param_count.sum()) - ch.shared_param_count
-            pl = min(float(ch.param_count.max()), ptot) if ch.n else 0.0
             mb, pp, ss = [], [], []
             for d in d_candidates(ch, devices, batch, o):
                 pmax = min(ch.n, devices // (ch.t * o.cp * d))
@@ -72,7 +74,8 @@ def pair_tables(chain, ctx: dict) -> list[tuple]:
                     continue
                 M = -(-batch // (ch.mbs * d))
                 ps = np.arange(1, pmax + 1)
-                big = np.maximum(pl, ptot / ps)
+                big = np.where(ps == 1, ptot, np.maximum(ptot / ps, rank_floor(
+                    *np.unique(ch.param_count, return_counts=True), ps)))
                 fits = big * o.static_bytes_per_param(d) <= hbm
                 if not fits.any():
                     continue
@@ -92,14 +95,28 @@ def pair_tables(chain, ctx: dict) -> list[tuple]:
     return out
 
 
-def time_floor(tables: list, work_s: float, largest_s: float) -> float:
-    """Least time per batch (s) any plan can reach when the chain's summed per-microbatch
-    compute is `work_s` and its largest layer's `largest_s` (module docstring); inf when
-    no (d, p) fits in memory."""
+def rank_floor(values, counts, p) -> np.ndarray:
+    """Per p (array): max over v of ceil(n_v / p) v, n_v = sum of `counts` of values >= v:
+    a lower bound on the largest sum any split of the multiset into p groups has (one
+    group holds >= ceil(n_v / p) of the n_v items >= v). 0 for no values."""
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return np.zeros(len(p))
+    order = np.argsort(-v)
+    v, n = v[order], np.cumsum(np.asarray(counts, dtype=float)[order])
+    return (np.ceil(n[None, :] / np.asarray(p, dtype=float)[:, None]) * v[None, :]).max(axis=1)
+
+
+def time_floor(tables: list, work_s: float, comp_s, counts) -> float:
+    """Least time per batch (s) any plan can reach when the chain's layer instances have
+    per-microbatch compute `comp_s` (`counts` instances each) summing to `work_s` (module
+    docstring); inf when no (d, p) fits in memory."""
     best = math.inf
+    keep = np.asarray(counts) > 0
+    comp_s, counts = np.asarray(comp_s, dtype=float)[keep], np.asarray(counts)[keep]
     for a2a_s, mb, p, s in tables:
-        t = float(np.min(mb * np.maximum(largest_s, (work_s + a2a_s) / p) + s))
-        best = min(best, t)
+        load = np.maximum(rank_floor(comp_s, counts, p), (work_s + a2a_s) / p)
+        best = min(best, float(np.min(mb * load + s)))
     return best * (1 - SLACK)
 
 
@@ -115,7 +132,7 @@ def chain_samples_per_s(chain, ctx: dict) -> float:
     chain's own layer times; for tests and as the second route of PlanFloor)."""
     r = min_recompute(chain.fwd_s, chain.recompute_selective_s, ctx["recompute"])
     comp = chain.fwd_s + chain.bwd_s + r
-    t = time_floor(pair_tables(chain, ctx), float(comp.sum()), float(comp.max(initial=0.0)))
+    t = time_floor(pair_tables(chain, ctx), float(comp.sum()), comp, np.ones(chain.n))
     return ctx["batch"] / t if t > 0 else math.inf
 
 
@@ -149,8 +166,7 @@ class PlanFloor:
             rs = np.array([times[(*key, li, "recompute")] for li in range(n)])
             comp = f + b + min_recompute(f, rs, recs)
             rep = np.array([layer.repeat for layer in g.layers], dtype=float)
-            largest = float(comp[rep > 0].max(initial=0.0))
-            t = time_floor(self.tables[key], float((comp * rep).sum()), largest)
+            t = time_floor(self.tables[key], float((comp * rep).sum()), comp, rep)
             s = self.batch / t if t > 0 else math.inf
             best[mbs] = max(best.get(mbs, 0.0), s)
         return best
