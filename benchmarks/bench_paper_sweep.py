@@ -25,9 +25,10 @@ Measured on the sample, in this process (cold ILP cache in a scratch directory):
   t_item    CPU per placement item outside the DP (fan-out, rows, table)
   t_start   CPU of a phaze process that imports pandas (per job)
   t_bound   CPU of the pruned workflow's bounds (`phaze prune-bound`: graphs, cost model
-            and problems of every (arch, layer, pass), lower bounds, work bounds, DP bounds
-            of the top archs; plus prune-next's DP bounds of the archs whose work bound
-            reaches the incumbent) per scheduling row of the sample
+            and problems of every (arch, layer, pass), lower bounds, DP-free bounds
+            (phaze.search.plan_floor), DP bounds of the top archs; plus prune-next's DP
+            bounds of the archs whose bound reaches the incumbent) per scheduling row of
+            the sample
   f_eval    archs the pruned workflow evaluates exactly (waves 1 + 2) / archs, per
             (model, seq), on a second sample: B archs drawn uniformly (--bound-archs,
             fixed seed), every paper microbatch size; the bound pass (phaze.search.waves.
