@@ -7,10 +7,16 @@ grid (so the sample sees the duplicates that differ only in buffer size, the mai
 of identical ILPs and identical DP inputs); every paper model at every TP width of the
 config, microbatch size 1 and the largest one (8); the paper's solver settings (60 s limit).
 
+Every figure is CPU time (user + system), never wall clock, so that other processes'
+load does not inflate it: this process's (time.process_time: all its threads, so a
+multi-threaded solver counts in full) plus its solver worker processes' (phaze.sched.
+worker runs every non-default backend in a child process; psutil reads their CPU, reaped
+children count through RUSAGE_CHILDREN). Wall clock is only printed next to them.
 Measured on the sample, in this process (cold ILP cache in a scratch directory):
-  t_row     seconds per scheduling row outside the solver (cost model, problem, key,
-            cache lookup, row): (sched wall - wall spent in solves) / rows
-  t_ilp     mean seconds per distinct ILP solved (SolveResult.seconds, wall; one thread)
+  t_row     CPU seconds per scheduling row outside the solver (cost model, problem, key,
+            cache lookup, row): (scheduling CPU - CPU inside solve_problem) / rows
+  t_ilp     mean CPU seconds per distinct ILP solved (solve_problem: list schedule, bound,
+            branch and bound and the backend, with its worker process's CPU)
   f_ilp     distinct ILPs / rows of the sample (an upper bound for the whole grid, where
             more problems coincide across families)
   t_group   CPU per placement DP group (one distinct (latency chains, peak) input of one
@@ -19,9 +25,10 @@ Measured on the sample, in this process (cold ILP cache in a scratch directory):
   t_item    CPU per placement item outside the DP (fan-out, rows, table)
   t_start   CPU of a phaze process that imports pandas (per job)
   t_bound   CPU of the pruned workflow's bounds (`phaze prune-bound`: graphs, cost model
-            and problems of every (arch, layer, pass), lower bounds, work bounds, DP bounds
-            of the top archs; plus prune-next's DP bounds of the archs whose work bound
-            reaches the incumbent) per scheduling row of the sample
+            and problems of every (arch, layer, pass), lower bounds, DP-free bounds
+            (phaze.search.plan_floor), DP bounds of the top archs; plus prune-next's DP
+            bounds of the archs whose bound reaches the incumbent) per scheduling row of
+            the sample
   f_eval    archs the pruned workflow evaluates exactly (waves 1 + 2) / archs, per
             (model, seq), on a second sample: B archs drawn uniformly (--bound-archs,
             fixed seed), every paper microbatch size; the bound pass (phaze.search.waves.
@@ -54,6 +61,7 @@ Pruned (search.method: pruned, the default):
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 import random
 import subprocess
@@ -74,7 +82,39 @@ FAMILY = ("n_tc", "n_vc", "tc_rows", "tc_cols", "vc_lanes", "clock_hz", "hbm_bw_
 
 
 def cpu() -> float:
-    return time.process_time()
+    """CPU seconds (user + system) of this process, all threads, and of its children:
+    live ones (the solver workers, psutil) and reaped ones (RUSAGE_CHILDREN)."""
+    import resource
+
+    import psutil
+
+    total = time.process_time()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:          # ended meanwhile: counted by RUSAGE_CHILDREN below
+            pass
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total + r.ru_utime + r.ru_stime
+
+
+class _SolveCPU:
+    """Wraps phaze.sched.cache.solve_problem (what ScheduleCache.solve calls for a
+    miss) to add up the CPU spent in solves."""
+
+    def __init__(self):
+        import phaze.sched.cache as cache_mod
+
+        self.mod, self.inner, self.seconds = cache_mod, cache_mod.solve_problem, 0.0
+        cache_mod.solve_problem = self
+
+    def __call__(self, *a, **kw):
+        c0 = cpu()
+        try:
+            return self.inner(*a, **kw)
+        finally:
+            self.seconds += cpu() - c0
 
 
 def sample_grid(grid, families: int, seed: int):
@@ -173,6 +213,8 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory()
     cache = ScheduleCache(tmp.name)
+    solves_cpu = _SolveCPU()
+    wall0 = time.perf_counter()
     solve_cpu = sched_cpu = 0.0
     n_rows = n_solved = 0
     place_cpu = 0.0
@@ -197,11 +239,10 @@ def main() -> None:
                 if mbs not in sample_mbs:
                     continue
                 layers_per_mbs.append(len(g.layers))
-                c0, s0 = time.perf_counter(), cache.solves
+                c0, s0, v0 = cpu(), cache.solves, solves_cpu.seconds
                 rows = schedule_rows(g, grid, net, st.sched, cache)
-                sched_cpu += time.perf_counter() - c0
-                solve_cpu += sum(r["seconds"] for r in rows if not r["cache_hit"]
-                                 and r["solver"] != "none")
+                sched_cpu += cpu() - c0
+                solve_cpu += solves_cpu.seconds - v0
                 n_rows += len(rows)
                 n_solved += cache.solves - s0
                 lat_frames.append(shard_frame(rows))
@@ -248,6 +289,7 @@ def main() -> None:
               f"place {dt:.1f} s CPU; bound pass {dt_bound:.1f} s CPU for {len(bgrid)} "
               f"archs; {line}", flush=True)
     cache.close()
+    wall = time.perf_counter() - wall0
 
     t_row = (sched_cpu - solve_cpu) / n_rows
     t_ilp = solve_cpu / max(n_solved, 1)
@@ -273,7 +315,8 @@ def main() -> None:
     print(f"measured on the sample: t_row {t_row * 1e6:.0f} us, t_ilp {t_ilp * 1e3:.2f} ms "
           f"({n_solved} distinct ILPs solved of {n_rows} rows, f_ilp {f_ilp:.4f}), "
           f"DP groups {n_groups} of {n_group_items} (f_group {f_group:.3f}), "
-          f"t_group {t_group * 1e3:.1f} ms, t_start {t_start:.2f} s")
+          f"t_group {t_group * 1e3:.1f} ms, t_start {t_start:.2f} s (all CPU; "
+          f"sample wall {wall:.0f} s, load average {os.getloadavg()[0]:.1f})")
     print(f"paper sweep: {n_archs} archs, {full_rows:,} scheduling rows, "
           f"~{full_rows * f_ilp:,.0f} distinct ILPs (upper bound), "
           f"{n_archs * n_mbs * n_model_seqs * f_group:,.0f} DP groups; jobs: {n_graph_jobs} "

@@ -144,6 +144,103 @@ def test_default_dp_best_over_hbm_sizes_is_the_largest(ch_f_b, devices, batch, r
             assert top is not None and _le(top["time_per_batch_s"], plan["time_per_batch_s"])
 
 
+@pytest.mark.parametrize("recompute", [("none",), ("selective", "full")])
+def test_plan_floor_is_above_the_dp_bound(recompute):
+    """waves' DP-free bound (plan_floor.PlanFloor) gates the DP bound, so it must never be
+    below it: checked on real archs and graphs, TP widths 1 and 2, every microbatch size
+    of the sweep; it equals the chain route (chain_samples_per_s of chain_from_graph) and
+    is never looser than the plain work bound."""
+    import math
+    from dataclasses import replace
+
+    from phaze.hw.grid import enumerate_grid
+    from phaze.place.chain import chain_from_graph
+    from phaze.search.pipeline import SweepProblem, SweepSpec
+    from phaze.search.plan_floor import PlanFloor, chain_samples_per_s
+    from phaze.search.waves import work_bounds
+    from phaze.settings import PlacementSettings, SweepSettings
+
+    grid = enumerate_grid({"n_tc": [1, 4, 16], "n_vc": [1, 4], "tc_rows": [32, 128],
+                           "tc_cols": [32, 128], "glb_mib": [32],
+                           "area": {"min_frac": 0.0, "keep_single_core": "all"}})
+    st = replace(SweepSettings(), microbatch_sizes=(1, 4),
+                 placement=PlacementSettings(devices=64, global_batch=256, hbm_gib=(16.0, 80.0),
+                                             recompute=recompute, optimizer="sgd"))
+    sp = SweepProblem(SweepSpec(model="bert-large", seq=128, tp=(1, 2), settings=st), grid)
+    floor = PlanFloor(sp)
+    n_feasible = n_tighter = 0
+    for arch_id, _area in sp.archs():
+        times = sp.lower_times(arch_id)
+        fl, wb = floor.samples_per_s(times), work_bounds(sp, times)
+        for mbs in st.microbatch_sizes:
+            b = sp.bound_of(times, sp._peak_of(arch_id), (mbs,))
+            assert math.isnan(b) or b <= fl[mbs] * (1 + 1e-12), (arch_id, mbs)
+            assert fl[mbs] <= wb[mbs] * (1 + 1e-12)
+            n_tighter += fl[mbs] < 0.9 * wb[mbs]
+            chains = [chain_from_graph(g, layer_latency={
+                li: tuple(times[(mbs, tp, s, li, ps)] for ps in ("fwd", "bwd", "recompute"))
+                for li in range(len(g.layers))}) for (m, tp, s), g in sp.graphs.items() if m == mbs]
+            assert fl[mbs] == pytest.approx(max(chain_samples_per_s(c, floor.ctx)
+                                                for c in chains), rel=1e-9)
+            n_feasible += b > 0
+    assert n_feasible >= 4 and n_tighter >= 4
+
+
+@st.composite
+def moe_or_dense(draw):
+    """A synthetic GPT chain (gpt_chain), its blocks MoE (expert weights, all-to-all bytes)
+    when drawn so."""
+    import dataclasses
+
+    import numpy as np
+
+    ch, _f, _b = draw(chains())
+    if draw(st.booleans()):
+        blocks = np.array([k == "block" for k in ch.kinds], dtype=float)
+        frac = draw(st.sampled_from([0.5, 0.9]))
+        ch = dataclasses.replace(
+            ch, expert_param_count=ch.param_count * frac * blocks,
+            a2a_bytes=blocks * draw(st.sampled_from([1e5, 1e8])))
+    if draw(st.booleans()):     # a selective recompute pass of its own
+        ch = dataclasses.replace(ch, recompute_selective_s=0.3 * ch.fwd_s)
+    return ch
+
+
+@settings(max_examples=150, deadline=None)
+@given(moe_or_dense(), st.sampled_from([4, 8, 16]), st.sampled_from([16, 64]),
+       st.lists(st.sampled_from(["none", "selective", "full"]), min_size=1, max_size=3,
+                unique=True),
+       st.sampled_from([0.05, 0.5, 80.0]), st.sampled_from(["sgd", "adam"]),
+       st.sampled_from([(1,), (1, 2), (1, 2, 4)]), st.sampled_from([(1,), (1, 2), (1, 2, 4)]),
+       st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+       st.sampled_from([2, 8]), st.booleans())
+def test_plan_floor_is_above_the_dp_on_every_axis(ch, devices, batch, recs, hbm_gib, opt,
+                                                  interleaves, eps, zs, node, levels):
+    """plan_floor.chain_samples_per_s >= the DP's best samples/s over every axis the sweep
+    searches (ep, ZeRO stages, recompute modes, interleave, optimizer, HBM, networks with
+    or without levels; dp.best_plans is the placement jobs' DP)."""
+    from phaze.hw.arch import Network
+    from phaze.place.evaluate import plan_options
+    from phaze.search.plan_floor import chain_samples_per_s
+    from phaze.settings import PlacementSettings
+
+    net = Network(devices_per_node=node, levels=((node, 300e9, 1e-6), (0, 25e9, 5e-6))) \
+        if levels else Network(devices_per_node=node)
+    pl = PlacementSettings(devices=devices, global_batch=batch, hbm_gib=(hbm_gib,),
+                           recompute=tuple(recs), optimizer=opt, interleave=interleaves,
+                           ep=eps, zero_stage=tuple(zs))
+    links = Links.of(net)
+    ctx = {"devices": devices, "batch": batch, "links": links,
+           "options": plan_options(pl, net), "interleaves": interleaves, "eps": eps,
+           "zero_stages": pl.zero_stages(), "hbm_bytes": pl.hbm_bytes(), "recompute": recs}
+    got = dp.best_plans(ch, devices, batch, pl.hbm_bytes(), recs, links=links,
+                        options=ctx["options"], interleaves=interleaves, eps=eps,
+                        zero_stages=pl.zero_stages())
+    best = max((plan["samples_per_s"] for plan in got.values() if plan), default=0.0)
+    bound = chain_samples_per_s(ch, ctx)
+    assert best <= bound * (1 + 1e-12), (best, bound)
+
+
 @pytest.mark.parametrize("recompute", [("none",), ("none", "selective", "full")])
 def test_work_bound_is_above_the_dp_bound(recompute):
     """waves.work_bound (no DP) gates the DP bound, so it must never be below it: checked

@@ -3,14 +3,16 @@
 The in-process `strategies.pruned` evaluates archs one by one in bound order; the workflow
 cannot (each evaluation is many jobs), so it prunes in two waves per (model, seq):
 
-  bound pass   every arch: lower bounds on its layer times (no ILP), from them a work
-               bound (work_bound: no DP) and spotlight_lb_s, a lower bound on its
-               Spotlight-style score (baselines.spotlight_scores of the lower bounds, TP
-               width 1); then, in decreasing work bound, the DP bound (the placement DP fed
-               with the lower bounds, SweepProblem.bound) until the `wave1_archs` best DP
-               bounds are certain. bound_samples_per_s is the DP bound where computed
-               (bound_dp), else the work bound (>= the DP bound, checked on every arch
-               whose DP bound is computed). Wave 1 = the `wave1_archs` best DP bounds, the
+  bound pass   every arch: lower bounds on its layer times (no ILP), from them a DP-free
+               bound per microbatch size (the "work bound": plan_floor.PlanFloor, per
+               (d, p) the compute, bubble and DP-sync floors under the memory floor; the
+               reference DP keeps the plain work_bounds) and spotlight_lb_s, a lower bound
+               on its Spotlight-style score (baselines.spotlight_scores of the lower
+               bounds, TP width 1); then, in decreasing work bound, the DP bound (the
+               placement DP fed with the lower bounds, SweepProblem.bound) until the
+               `wave1_archs` best DP bounds are certain. bound_samples_per_s is the DP
+               bound where computed (bound_dp), else the work bound (>= the DP bound,
+               checked on every arch whose DP bound is computed). Wave 1 = the `wave1_archs` best DP bounds, the
                TPUv4-like chip and the arch with the smallest spotlight_lb_s.
   wave 1       ILPs + DP of wave 1 (the workflow's own schedule/merge/place jobs).
   survivors    incumbent = wave 1's best samples/s; the DP bound of every arch whose work
@@ -37,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from phaze.errors import UserError
+from phaze.search.plan_floor import PlanFloor
 
 WAVES_KEY = ("model", "seq", "arch_id")
 # bound_dp: bound_samples_per_s is the DP bound (its microbatch sizes whose work bound is
@@ -92,9 +95,13 @@ class _Bounds:
         from phaze.search.pipeline import SweepProblem
 
         self.rows, self.times, self.keys, self.sp, memo = [], [], None, None, {}
+        self.floor = None
         for start in range(0, len(grid), SLICE):
             sp = SweepProblem(spec, grid.iloc[start:start + SLICE])
             sp._bounds = memo                      # one DP per distinct input, all slices
+            if self.floor is None and spec.dp == "default":
+                self.floor = PlanFloor(sp)         # arch-independent: built once
+            self.sp = sp
             for arch_id, area in sp.archs():
                 times = sp.lower_times(arch_id)
                 if self.keys is None:
@@ -103,12 +110,19 @@ class _Bounds:
                 self.rows.append({"model": spec.model, "seq": int(spec.seq),
                                   "arch_id": arch_id, "area_mm2": float(area),
                                   "peak_flops": sp._peak_of(arch_id),
-                                  "bound_samples_per_s": float(work_bound(sp, times)),
+                                  "bound_samples_per_s": float(max(
+                                      self.work_bounds(times).values(), default=0.0)),
                                   "bound_dp": False,
                                   "spotlight_lb_s": float(spotlight_lower_bound(sp, times)),
                                   "wave": 0})
-            self.sp = sp
         self.index = {r["arch_id"]: i for i, r in enumerate(self.rows)}
+
+    def work_bounds(self, times: dict) -> dict:
+        """{mbs: DP-free bound}: plan_floor.PlanFloor for the default-mode DP, else (the
+        reference DP) work_bounds."""
+        if self.floor is not None:
+            return self.floor.samples_per_s(times)
+        return work_bounds(self.sp, times)
 
     def dp_bound(self, arch_id: str, threshold: float = 0.0) -> float:
         """The arch's bound with the DP run only for the microbatch sizes whose work bound
@@ -117,7 +131,7 @@ class _Bounds:
         UserError when a work bound is below the DP bound of its microbatch sizes."""
         i = self.index[arch_id]
         times = dict(zip(self.keys, self.times[i]))
-        works = work_bounds(self.sp, times)
+        works = self.work_bounds(times)
         run = tuple(m for m, w in works.items() if w >= threshold * (1 - SLACK))
         rest = max((w for m, w in works.items() if m not in run), default=math.nan)
         b = float(self.sp.bound_of(times, self.rows[i]["peak_flops"], run)) if run else math.nan
@@ -165,13 +179,18 @@ def bound_table(spec, grid: pd.DataFrame, wave1_archs: int) -> pd.DataFrame:
 
 
 def refine(waves: pd.DataFrame, incumbent: float, spec, grid: pd.DataFrame) -> pd.DataFrame:
-    """The waves table with the DP bound of every arch outside wave 1 whose work bound is
-    >= `incumbent` (all such archs when it is NaN): the only ones the DP bound can still
-    prune or keep. `spec`/`grid` as for bound_table."""
+    """The waves table with the DP bound, thresholded at `incumbent`, of every arch outside
+    wave 1 whose bound is >= `incumbent`: the only ones the DP bound can still prune or
+    keep. That includes archs the bound pass already gave a DP bound: it ran the DP only
+    for the microbatch sizes whose work bound reached its own (higher) threshold and kept
+    the work bound of the others, which may still reach the incumbent. With no incumbent
+    (NaN): the DP bound of every arch that has none. `spec`/`grid` as for bound_table."""
     b = waves["bound_samples_per_s"]
-    need = (waves["wave"] != 1) & ~waves["bound_dp"] & np.isfinite(b) & (b > 0)
+    need = (waves["wave"] != 1) & np.isfinite(b) & (b > 0)
     if math.isfinite(incumbent):
         need &= b >= incumbent * (1 - SLACK)
+    else:
+        need &= ~waves["bound_dp"]
     out = waves.copy()
     if not need.any():
         return out
