@@ -25,10 +25,13 @@ devices / (t cp d)). Each term is bounded from below:
           less a tied head's shared copy), (a, b) = plan.dp_sync_coeffs
           (the DP's own per-batch sync: ring or hierarchical all-reduce; with ZeRO-1 a
           reduce-scatter + all-gather; ZeRO-2 the per-batch all-gather; ZeRO-3 nothing,
-          its per-microbatch gathers are dropped, >= 0);
+          its per-microbatch gathers are dropped, >= 0); with expert parallelism the
+          routed experts' share syncs over the expert-data-parallel group
+          (plan.grad_groups), so (a, b) is the lesser of the dense and expert rates;
   memory  a (d, p) is admitted only when static_bytes_per_param(d) x P <= the largest HBM
           size (weights + gradients + optimizer state with the ZeRO stage's sharding;
-          activations and buffers only add), the memory every plan must fit.
+          activations and buffers only add; a routed-expert parameter keeps at least the dense
+          bytes, its group being smaller), the memory every plan must fit.
 T_floor = min over ep, ZeRO stage, (d, p) of the above; samples/s <= B / T_floor (0 when no
 (d, p) fits). Recompute modes enter through the compute of each layer: the least over the
 configured modes (none: 0, selective: the recompute pass, full: the forward).
@@ -81,6 +84,12 @@ def pair_tables(chain, ctx: dict) -> list[tuple]:
                     continue
                 try:
                     a, b = dp_sync_coeffs(o, links, ch.t, d)[:2]
+                    if o.ep > 1 and ch.expert_param_count.any():
+                        # routed experts sync over their own (expert-data-parallel) group,
+                        # at another rate: the busiest rank's P mixes both, so only the
+                        # lesser rate (and constant) of the two bounds its sync
+                        ae, be = dp_sync_coeffs(o, links, ch.t, d, expert=True)[:2]
+                        a, b = min(a, ae), min(b, be)
                 except ValueError:        # terms the DP refuses: no sync term charged
                     a = b = 0.0
                 sync = a * big + b if ptot > 0 else np.zeros(len(ps))
