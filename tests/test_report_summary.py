@@ -212,3 +212,42 @@ def test_report_results_folder_equals_explicit_flags(files, capsys, tmp_path):
     assert main(["report", "--results", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--results" in err[0]
+
+
+def test_every_plot_draws_the_rows_the_summary_names(files, tmp_path):
+    """The figures mark the summary's rows: the TPUv4-like chip's plan within its own HBM
+    (the synthetic table's faster 64 GiB rows of that chip must not be drawn), the fixed
+    plan, the Spotlight-style pick and the winner; checked against the summary's columns."""
+    from phaze.report import plots
+
+    tmp, grid, paths = files
+    place = load_place(paths).merge(grid[["arch_id", "area_mm2"]], on="arch_id")
+    summ = summarise(place, grid)
+    cols = {"co-design": ("best_arch_id", "best_samples_per_s"),
+            "TPUv4-like": ("tpuv4_arch_id", "tpuv4_opt_samples_per_s"),
+            "TPUv4-like fixed": ("tpuv4_arch_id", "tpuv4_fixed_samples_per_s"),
+            "Spotlight-style": ("spotlight_arch_id", "speedup_vs_spotlight")}
+    tpu = tpuv4_arch_id(grid)
+    faster_elsewhere = place[(place.arch_id == tpu) & (place.strategy == "optimised")]
+    assert faster_elsewhere.samples_per_s.max() > summ.tpuv4_opt_samples_per_s.max()
+    for name, draw, roles in [
+            ("pareto", lambda p: plots.pareto_plot(place, summ, p), {"co-design", "TPUv4-like"}),
+            ("per_area", lambda p: plots.pareto_plot(place, summ, p, per_area=True),
+             {"co-design", "TPUv4-like"}),
+            ("breakdown", lambda p: plots.breakdown_plot(place, summ, p), set(cols)),
+            ("memory", lambda p: plots.memory_plot(place, summ, p), set(cols))]:
+        made = draw(tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+        drawn = {(m, q, role): r for m, q, role, r in made.rows}
+        for _, s in summ.iterrows():
+            want = {role for role in roles if pd.notna(s[cols[role][1]])}
+            assert {role for m, q, role in drawn if (m, q) == (s.model, s.seq)} == want, name
+            for role in want:
+                r, (aid, thr) = drawn[(s.model, s.seq, role)], cols[role]
+                assert r["arch_id"] == s[aid], (name, role)
+                if role == "Spotlight-style":
+                    assert s.best_samples_per_s / r["samples_per_s"] == s[thr]
+                else:
+                    assert r["samples_per_s"] == s[thr], (name, role)
+                if role.startswith("TPUv4"):
+                    assert r["memory_per_device_bytes"] <= s.tpuv4_hbm_bytes

@@ -156,8 +156,8 @@ def write_report(out_dir, sweep, summary) -> dict[str, str]:
     written["summary"] = str(out_dir / "summary.csv")
     figures = {
         "pareto": ("pareto.png", lambda p: plots.pareto_plot(place, summary, p),
-                   "Pareto front: training throughput vs chip area (star: TPUv4-like chip, "
-                   "diamond: best co-designed chip)"),
+                   "Pareto front: training throughput vs chip area (star: TPUv4-like chip at "
+                   "its own HBM, the summary's baseline row; diamond: best co-designed chip)"),
         "per_area": ("throughput_per_area.png",
                      lambda p: plots.pareto_plot(place, summary, p, per_area=True),
                      "Throughput per mm^2 of chip area vs chip area"),
