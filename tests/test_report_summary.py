@@ -251,3 +251,27 @@ def test_every_plot_draws_the_rows_the_summary_names(files, tmp_path):
                     assert r["samples_per_s"] == s[thr], (name, role)
                 if role.startswith("TPUv4"):
                     assert r["memory_per_device_bytes"] <= s.tpuv4_hbm_bytes
+
+
+def test_fixed_plan_note_names_the_cause_that_holds():
+    """gpt2-xl has 48 blocks: p = 32 cannot split them (the default sweep's case); p = 8
+    can, and then memory is the cause; t outside the config's tp widths is named."""
+    from phaze.model.zoo import get_model
+
+    grid = make_grid()
+    assert get_model("gpt2-xl").layers % 32 != 0 and get_model("gpt2-xl").layers % 8 == 0
+    place = make_place(grid, "gpt2-xl", 1024, tpu_fixed=(8, 128, 1))
+    fixed = place.row_kind == "fixed"
+    place.loc[fixed, "memory_per_device_bytes"] = 40 * 2**30      # > 32 GiB everywhere
+    cfg = {"models": [{"name": "gpt2-xl", "tp": [1]}], "microbatch_sizes": [1, 2],
+           "placement": {"global_batch": 4096}}
+    notes = {}
+    for pdt in ("32x32x1", "8x128x1", "8x128x2"):
+        s = summarise(load_place_df(place), grid, fixed_plans={"gpt2-xl": pdt},
+                      config=cfg).iloc[0]
+        assert np.isnan(s.tpuv4_fixed_samples_per_s)
+        notes[pdt] = s.notes
+    assert "p = 32 does not divide gpt2-xl's 48 transformer blocks" in notes["32x32x1"]
+    assert "does not fit in 32 GiB" in notes["8x128x1"] and "40.00 GiB" in notes["8x128x1"]
+    assert "t = 2 is not among the config's tp widths [1]" in notes["8x128x2"]
+    assert all(" or " not in n.split("gives no plan")[1].split(";")[0] for n in notes.values())

@@ -95,7 +95,7 @@ def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_
     summary = summarise(place, grid, latency,
                         reproduce={"grid": str(grid_path), "config": config_path},
                         tpuv4_hbm_gib=tpuv4_hbm_gib or TPUV4_HBM_GIB,
-                        fixed_plans=fixed_plans_of(cfg))
+                        fixed_plans=fixed_plans_of(cfg), config=cfg)
     return Sweep(place, grid, latency, cfg), summary
 
 
