@@ -106,6 +106,14 @@ def test_infeasible_sweep_is_reported_everywhere(tmp_path, capsys):
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "llama2-7b, seq 4096: no feasible design" in html
     assert csv[csv.model == "bert-large"].status.iloc[0] == "ok"
+    # "Run it": the command that recomputes the row is the summary's evaluate_command
+    # (--grid G --arch ID); the chip JSON is not offered as a reproduction
+    import html as _html
+
+    run_it = html.split('id="runnable"', 1)[1]
+    cmd = csv[csv.model == "bert-large"].evaluate_command.iloc[0]
+    assert "--grid" in cmd and _html.escape(cmd) in run_it
+    assert "It does not reproduce this row" in run_it and f"evaluate --arch {tmp_path}" not in run_it
 
 
 def test_tables_carry_their_identity(tmp_path, capsys):

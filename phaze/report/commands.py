@@ -112,7 +112,7 @@ def runnable_files(out_dir, sweep, summary) -> dict:
         batch = int(pl.get("global_batch") or round(r["samples_per_s"] * r["time_per_batch_s"]))
         kw = dict(zero1=bool(pl.get("zero1", False)), optimizer=pl.get("optimizer", "adam"))
         stem = f"{s['model']}_s{int(s['seq'])}"
-        f = {"megatron": megatron_args(r, batch, **kw),
+        f = {"evaluate": s["evaluate_command"], "megatron": megatron_args(r, batch, **kw),
              "nemo": nemo_yaml(r, batch, int((net or {}).get("devices_per_node", 8)), **kw),
              "chip": chip_json(sweep.grid[sweep.grid["arch_id"] == r["arch_id"]].iloc[0],
                                r["hbm_bytes"], net)}
