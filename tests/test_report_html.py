@@ -123,3 +123,37 @@ def test_report_on_real_placement_tables(tmp_path):
     keep = os.environ.get("PHAZE_KEEP_SCREENSHOT_REAL")
     if keep:
         shutil.copy(shot, keep)
+
+
+PROBE = """<script>
+const w = window.innerWidth, cells = [...document.querySelectorAll('#summary td')];
+const over = cells.filter(c => c.getBoundingClientRect().right > w + 0.5).length;
+const note = Math.min(...cells.filter(c => c.textContent.includes('32x32x1'))
+                            .map(c => c.getBoundingClientRect().width));
+const tab = document.querySelector('#summary').getBoundingClientRect().width;
+document.body.setAttribute('data-probe',
+  `over=${over} scroll=${document.documentElement.scrollWidth} w=${w} note=${Math.round(note)} table=${Math.round(tab)}`);
+</script>"""
+
+
+def test_long_notes_wrap_within_the_page(report_dir, tmp_path):
+    """At 1400 px the summary table, long notes included, lies within the page and each
+    note is readable (the notes column was squeezed to 91 px and clipped; notes now sit in a full-width row under each
+    design). The report has no scripts: the page gets a probe that measures every summary
+    cell's right edge as laid out."""
+    import pandas as pd
+
+    from phaze.report.html import render
+
+    long_note = "the fixed plan p x d x t = 32x32x1 gives no plan on the TPUv4-like chip " * 3
+    summary = pd.read_csv(report_dir / "summary.csv")
+    summary["notes"] = summary["notes"].fillna("").astype(object)
+    summary.loc[summary["status"] == "ok", "notes"] = long_note.strip()
+    html = render(summary, {})
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE + "</body>"))
+    dom = _run_chromium(["--window-size=1400,2400", "--dump-dom", probe.as_uri()], tmp_path).stdout
+    got = dom.split('data-probe="', 1)[1].split('"', 1)[0]
+    over, scroll, w, note, tab = (int(x.split("=")[1]) for x in got.split())
+    assert long_note.strip() in dom and over == 0 and scroll <= w, got
+    assert note >= 0.9 * tab, got      # the note spans the table (a 91 px column before)

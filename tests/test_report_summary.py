@@ -106,6 +106,14 @@ def test_infeasible_sweep_is_reported_everywhere(tmp_path, capsys):
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "llama2-7b, seq 4096: no feasible design" in html
     assert csv[csv.model == "bert-large"].status.iloc[0] == "ok"
+    # "Run it": the command that recomputes the row is the summary's evaluate_command
+    # (--grid G --arch ID); the chip JSON is not offered as a reproduction
+    import html as _html
+
+    run_it = html.split('id="runnable"', 1)[1]
+    cmd = csv[csv.model == "bert-large"].evaluate_command.iloc[0]
+    assert "--grid" in cmd and _html.escape(cmd) in run_it
+    assert "It does not reproduce this row" in run_it and f"evaluate --arch {tmp_path}" not in run_it
 
 
 def test_tables_carry_their_identity(tmp_path, capsys):
@@ -212,3 +220,66 @@ def test_report_results_folder_equals_explicit_flags(files, capsys, tmp_path):
     assert main(["report", "--results", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--results" in err[0]
+
+
+def test_every_plot_draws_the_rows_the_summary_names(files, tmp_path):
+    """The figures mark the summary's rows: the TPUv4-like chip's plan within its own HBM
+    (the synthetic table's faster 64 GiB rows of that chip must not be drawn), the fixed
+    plan, the Spotlight-style pick and the winner; checked against the summary's columns."""
+    from phaze.report import plots
+
+    tmp, grid, paths = files
+    place = load_place(paths).merge(grid[["arch_id", "area_mm2"]], on="arch_id")
+    summ = summarise(place, grid)
+    cols = {"co-design": ("best_arch_id", "best_samples_per_s"),
+            "TPUv4-like": ("tpuv4_arch_id", "tpuv4_opt_samples_per_s"),
+            "TPUv4-like fixed": ("tpuv4_arch_id", "tpuv4_fixed_samples_per_s"),
+            "Spotlight-style": ("spotlight_arch_id", "speedup_vs_spotlight")}
+    tpu = tpuv4_arch_id(grid)
+    faster_elsewhere = place[(place.arch_id == tpu) & (place.strategy == "optimised")]
+    assert faster_elsewhere.samples_per_s.max() > summ.tpuv4_opt_samples_per_s.max()
+    for name, draw, roles in [
+            ("pareto", lambda p: plots.pareto_plot(place, summ, p), {"co-design", "TPUv4-like"}),
+            ("per_area", lambda p: plots.pareto_plot(place, summ, p, per_area=True),
+             {"co-design", "TPUv4-like"}),
+            ("breakdown", lambda p: plots.breakdown_plot(place, summ, p), set(cols)),
+            ("memory", lambda p: plots.memory_plot(place, summ, p), set(cols))]:
+        made = draw(tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+        drawn = {(m, q, role): r for m, q, role, r in made.rows}
+        for _, s in summ.iterrows():
+            want = {role for role in roles if pd.notna(s[cols[role][1]])}
+            assert {role for m, q, role in drawn if (m, q) == (s.model, s.seq)} == want, name
+            for role in want:
+                r, (aid, thr) = drawn[(s.model, s.seq, role)], cols[role]
+                assert r["arch_id"] == s[aid], (name, role)
+                if role == "Spotlight-style":
+                    assert s.best_samples_per_s / r["samples_per_s"] == s[thr]
+                else:
+                    assert r["samples_per_s"] == s[thr], (name, role)
+                if role.startswith("TPUv4"):
+                    assert r["memory_per_device_bytes"] <= s.tpuv4_hbm_bytes
+
+
+def test_fixed_plan_note_names_the_cause_that_holds():
+    """gpt2-xl has 48 blocks: p = 32 cannot split them (the default sweep's case); p = 8
+    can, and then memory is the cause; t outside the config's tp widths is named."""
+    from phaze.model.zoo import get_model
+
+    grid = make_grid()
+    assert get_model("gpt2-xl").layers % 32 != 0 and get_model("gpt2-xl").layers % 8 == 0
+    place = make_place(grid, "gpt2-xl", 1024, tpu_fixed=(8, 128, 1))
+    fixed = place.row_kind == "fixed"
+    place.loc[fixed, "memory_per_device_bytes"] = 40 * 2**30      # > 32 GiB everywhere
+    cfg = {"models": [{"name": "gpt2-xl", "tp": [1]}], "microbatch_sizes": [1, 2],
+           "placement": {"global_batch": 4096}}
+    notes = {}
+    for pdt in ("32x32x1", "8x128x1", "8x128x2"):
+        s = summarise(load_place_df(place), grid, fixed_plans={"gpt2-xl": pdt},
+                      config=cfg).iloc[0]
+        assert np.isnan(s.tpuv4_fixed_samples_per_s)
+        notes[pdt] = s.notes
+    assert "p = 32 does not divide gpt2-xl's 48 transformer blocks" in notes["32x32x1"]
+    assert "does not fit in 32 GiB" in notes["8x128x1"] and "40.00 GiB" in notes["8x128x1"]
+    assert "t = 2 is not among the config's tp widths [1]" in notes["8x128x2"]
+    assert all(" or " not in n.split("gives no plan")[1].split(";")[0] for n in notes.values())

@@ -95,7 +95,7 @@ def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_
     summary = summarise(place, grid, latency,
                         reproduce={"grid": str(grid_path), "config": config_path},
                         tpuv4_hbm_gib=tpuv4_hbm_gib or TPUV4_HBM_GIB,
-                        fixed_plans=fixed_plans_of(cfg))
+                        fixed_plans=fixed_plans_of(cfg), config=cfg)
     return Sweep(place, grid, latency, cfg), summary
 
 
@@ -112,7 +112,7 @@ def runnable_files(out_dir, sweep, summary) -> dict:
         batch = int(pl.get("global_batch") or round(r["samples_per_s"] * r["time_per_batch_s"]))
         kw = dict(zero1=bool(pl.get("zero1", False)), optimizer=pl.get("optimizer", "adam"))
         stem = f"{s['model']}_s{int(s['seq'])}"
-        f = {"megatron": megatron_args(r, batch, **kw),
+        f = {"evaluate": s["evaluate_command"], "megatron": megatron_args(r, batch, **kw),
              "nemo": nemo_yaml(r, batch, int((net or {}).get("devices_per_node", 8)), **kw),
              "chip": chip_json(sweep.grid[sweep.grid["arch_id"] == r["arch_id"]].iloc[0],
                                r["hbm_bytes"], net)}
@@ -156,8 +156,8 @@ def write_report(out_dir, sweep, summary) -> dict[str, str]:
     written["summary"] = str(out_dir / "summary.csv")
     figures = {
         "pareto": ("pareto.png", lambda p: plots.pareto_plot(place, summary, p),
-                   "Pareto front: training throughput vs chip area (star: TPUv4-like chip, "
-                   "diamond: best co-designed chip)"),
+                   "Pareto front: training throughput vs chip area (star: TPUv4-like chip at "
+                   "its own HBM, the summary's baseline row; diamond: best co-designed chip)"),
         "per_area": ("throughput_per_area.png",
                      lambda p: plots.pareto_plot(place, summary, p, per_area=True),
                      "Throughput per mm^2 of chip area vs chip area"),

@@ -17,6 +17,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde3ea}
 p.meta{color:#5b6675;font-size:13px;margin:0 0 16px}
 table{border-collapse:collapse;font-size:13px}
+td.notes{overflow-wrap:anywhere;color:#3d4756;border-top:none}
 th,td{border:1px solid #d5dbe3;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef2f7} td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.infeasible td{background:#fdecea}
@@ -48,7 +49,7 @@ def summary_table(summary: pd.DataFrame) -> str:
     head = ["model", "seq", "co-designed chip", "plan", "area (mm&sup2;)", "samples/s",
             "tokens/s", "MFU", "TFLOP/s per device", "TPUv4-like opt. plan (samples/s)", "TPUv4-like fixed Megatron (samples/s)",
             "Spotlight-style pick (samples/s)", "vs TPUv4 opt.", "vs TPUv4 fixed",
-            "vs Spotlight", "notes"]
+            "vs Spotlight"]
     out = ['<table id="summary"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
            + "</tr></thead><tbody>"]
     for _, r in summary.iterrows():
@@ -56,7 +57,7 @@ def summary_table(summary: pd.DataFrame) -> str:
         if r["status"] != "ok":
             out.append(f'<tr class="infeasible"><td>{e(str(r["model"]))}</td>'
                        f'<td class="num">{int(r["seq"])}</td>'
-                       f'<td colspan="14"><b>infeasible:</b> {e(str(r["notes"]))}</td></tr>')
+                       f'<td colspan="{len(head) - 2}"><b>infeasible:</b> {e(str(r["notes"]))}</td></tr>')
             continue
         fixed = r["tpuv4_fixed_strategy"]
         fixed_lab = f" [{e(str(fixed))}]" if isinstance(fixed, str) else ""
@@ -76,7 +77,10 @@ def summary_table(summary: pd.DataFrame) -> str:
             + _speed(r["speedup_vs_tpuv4_opt"]) + _speed(r["speedup_vs_tpuv4_fixed"])
             + ('<td class="num">same chip</td>' if r.get("spotlight_is_best") is True
                else _speed(r["speedup_vs_spotlight"]))
-            + f"<td>{e(str(r['notes']))}</td></tr>")
+            + "</tr>")
+        if r["notes"]:   # a full-width row under the numbers: long notes wrap in the page
+            out.append(f'<tr class="notes"><td class="notes" colspan="{len(head)}">'
+                       f"<b>note:</b> {e(str(r['notes']))}</td></tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 

@@ -1,11 +1,13 @@
 """Report figures (matplotlib, Agg backend): Pareto front of throughput vs chip area with
 the TPUv4-like chip marked, throughput per mm^2, time breakdown of the best plans, and
-per-stage memory of the best plans. Each function writes one PNG and returns its path,
-or None when there is nothing to draw."""
+per-stage memory of the best plans. Each function writes one PNG and returns a Plot (its
+path and the summary's role rows it drew: phaze.report.summary.role_rows, the same rows
+the summary, compare and memory sections name), or None when there is nothing to draw."""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import matplotlib
 
@@ -14,10 +16,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from phaze.report.summary import role_rows  # noqa: E402
 from phaze.search.pareto import pareto_mask  # noqa: E402
 from phaze.units import GiB  # noqa: E402
 
 DPI = 110
+
+
+class Plot(NamedTuple):
+    """A written figure: its path and the rows it drew, as (model, seq, role, placement
+    row) with role one of summary.role_rows' names."""
+    path: str
+    rows: list
 
 
 def nothing_to_plot(path, caption: str) -> str:
@@ -63,7 +73,8 @@ def pareto_plot(place, summary, path, per_area: bool = False):
     if not groups:
         return None
     fig, axes = _grid_axes(len(groups))
-    srow = summary.set_index(["model", "seq"])
+    srow = {(s["model"], s["seq"]): s for _, s in summary.iterrows()}
+    drawn = []
     for ax, ((model, seq), g) in zip(axes, groups):
         area = g["area_mm2"].to_numpy(float)
         thr = g["samples_per_s"].to_numpy(float)
@@ -76,25 +87,24 @@ def pareto_plot(place, summary, path, per_area: bool = False):
         else:
             ax.plot(area[front][order], y[front][order], "-o", c="#1f77b4", ms=4,
                     label="Pareto front")
-        info = srow.loc[(model, seq)] if (model, seq) in srow.index else None
-        if info is not None:
-            tpu = info["tpuv4_arch_id"]
-            hit = g[g["arch_id"] == tpu] if isinstance(tpu, str) else g.iloc[0:0]
-            if not hit.empty:
-                ty = hit["samples_per_s"].iloc[0] / (hit["area_mm2"].iloc[0] if per_area else 1)
-                ax.scatter(hit["area_mm2"], [ty], marker="*", s=180, c="#d62728",
-                           zorder=5, label="TPUv4-like")
-            b = g[g["arch_id"] == info["best_arch_id"]]
-            if not b.empty:
-                by = b["samples_per_s"].iloc[0] / (b["area_mm2"].iloc[0] if per_area else 1)
-                ax.scatter(b["area_mm2"], [by], marker="D", s=60, facecolors="none",
-                           edgecolors="#2ca02c", linewidths=2, zorder=6, label="best co-design")
+        style = {"TPUv4-like": dict(marker="*", s=180, c="#d62728", zorder=5),
+                 "co-design": dict(marker="D", s=60, facecolors="none", edgecolors="#2ca02c",
+                                   linewidths=2, zorder=6)}
+        label = {"TPUv4-like": "TPUv4-like", "co-design": "best co-design"}
+        info = srow.get((model, seq))
+        for role, r in (role_rows(place, info) if info is not None else []):
+            if role not in style:
+                continue
+            a = float(r["area_mm2"])
+            y1 = float(r["samples_per_s"]) / (a if per_area else 1.0)
+            ax.scatter([a], [y1], label=label[role], **style[role])
+            drawn.append((model, seq, role, r))
         ax.set_title(f"{model}, seq {seq}", fontsize=10)
         ax.set_xlabel("chip area (mm$^2$)")
         ax.set_ylabel("samples/s per mm$^2$" if per_area else "training throughput (samples/s)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return Plot(_save(fig, path), drawn)
 
 
 BREAKDOWN_PREFIX = "breakdown_"
@@ -111,22 +121,11 @@ def _part_label(col: str) -> str:
 
 
 def _pick_rows(place, summary):
-    """(label, row) of the best plan and the baselines for every feasible (model, seq)."""
-    out = []
-    for _, s in summary[summary["status"] == "ok"].iterrows():
-        rows = place[(place["model"] == s["model"]) & (place["seq"] == s["seq"])
-                     & place["samples_per_s"].notna()]
-        picks = [("co-design", "optimised", s["best_arch_id"]),
-                 ("TPUv4 opt", "optimised", s["tpuv4_arch_id"]),
-                 ("TPUv4 fixed", "fixed", s["tpuv4_arch_id"]),
-                 ("Spotlight", "optimised", s["spotlight_arch_id"])]
-        for label, strat, aid in picks:
-            if not isinstance(aid, str):
-                continue
-            r = rows[(rows["strategy"] == strat) & (rows["arch_id"] == aid)]
-            if not r.empty:
-                out.append((s["model"], s["seq"], label, r.loc[r["samples_per_s"].idxmax()]))
-    return out
+    """(model, seq, role, row) of the best plan and the baselines for every feasible
+    (model, seq): summary.role_rows, the rows the summary table names."""
+    return [(s["model"], s["seq"], role, r)
+            for _, s in summary[summary["status"] == "ok"].iterrows()
+            for role, r in role_rows(place, s)]
 
 
 def breakdown_plot(place, summary, path):
@@ -157,7 +156,7 @@ def breakdown_plot(place, summary, path):
         ax.set_title(f"{key[0]}, seq {key[1]}", fontsize=10)
         ax.legend(fontsize=7, ncol=3, loc="upper left")
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return Plot(_save(fig, path), picks)
 
 
 def memory_plot(place, summary, path):
@@ -217,4 +216,4 @@ def memory_plot(place, summary, path):
         ax.set_title(f"{key[0]}, seq {key[1]}", fontsize=10)
         ax.legend(fontsize=7, loc="upper right")
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return Plot(_save(fig, path), picks)

@@ -1,6 +1,8 @@
 """Runnable outputs of a best design: its plan as Megatron-LM arguments and as NeMo
 config keys, and its chip as a JSON file (phaze.hw.chipfile) that `phaze arch show FILE`
-and `phaze evaluate --arch FILE` read.
+and `phaze evaluate --arch FILE` read. The chip file is a hardware description, not a
+reproduction: `phaze evaluate --arch FILE` costs it by the GPU-preset route (no layer
+ILPs); the sweep's row is recomputed by the summary's evaluate_command (--grid G --arch ID).
 
 Megatron splits the transformer blocks evenly over pipeline stages; an uneven DP split is
 given with --decoder-first/last-pipeline-num-layers (Megatron-core) when only the first and

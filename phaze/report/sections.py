@@ -173,7 +173,14 @@ def runnable_section(files: dict) -> str:
                    f"<pre>{E(f['megatron'])}</pre>"
                    f"<p>NeMo config keys (<code>{E(f['nemo_path'])}</code>):</p>"
                    f"<pre>{E(f['nemo'])}</pre>"
-                   f"<p>The chip: <code>{E(f['chip_path'])}</code> "
-                   f"(<code>phaze arch show {E(f['chip_path'])}</code>, "
-                   f"<code>phaze evaluate --arch {E(f['chip_path'])} ...</code>)</p>")
+                   f"<p>This row, recomputed from scratch (the sweep's chip, plan, stages "
+                   f"and settings; same samples/s):</p><pre>{E(f['evaluate'])}</pre>"
+                   f"<p>The chip: <code>{E(f['chip_path'])}</code>, a hardware description "
+                   f"to hand to others (its fields in SI units, the plan's HBM and the "
+                   f"sweep's network; <code>phaze arch show {E(f['chip_path'])}</code> "
+                   f"prints it). It does not reproduce this row: <code>phaze evaluate --arch "
+                   f"FILE</code> costs a chip the way it costs GPU presets (each operator on all "
+                   f"cores of its class, one after the other, and Megatron's training "
+                   f"settings; no per-layer ILP schedule), so its samples/s differ from the "
+                   f"sweep's; the command above gives the sweep's number.</p>")
     return "\n".join(out)

@@ -131,15 +131,42 @@ def fixed_plans_of(cfg: dict | None) -> dict | None:
     return {m["name"]: m["fixed_plan"] for m in cfg.get("models", []) if m.get("fixed_plan")}
 
 
+def fixed_plan_obstacle(model: str, pdt: str, cfg: dict | None) -> str | None:
+    """Why the fixed plan 'PxDxT' cannot run at all, checked explicitly (None: none of
+    these holds, so only memory is left): p must divide the model's transformer blocks
+    (Megatron's uniform split, place.plan.uniform_stages), t must be one of the config's tp
+    widths, d x mbs must divide the global batch for some microbatch size."""
+    from phaze.model.zoo import resolve_model
+
+    p, d, t = (int(x) for x in str(pdt).split("x"))
+    try:
+        blocks = resolve_model(model).layers
+    except Exception:           # a model the zoo cannot resolve here: skip that check
+        blocks = None
+    if blocks is not None and blocks % p:
+        return (f"p = {p} does not divide {model}'s {blocks} transformer blocks "
+                f"(Megatron's uniform split); choose a p dividing {blocks}")
+    entry = next((m for m in (cfg or {}).get("models", []) if m.get("name") == model), {})
+    if entry.get("tp") and t not in entry["tp"]:
+        return f"t = {t} is not among the config's tp widths {entry['tp']} for {model}"
+    batch, mbs = ((cfg or {}).get("placement") or {}).get("global_batch"), \
+        (cfg or {}).get("microbatch_sizes") or []
+    if batch and mbs and all(int(batch) % (d * int(b)) for b in mbs):
+        return (f"d x mbs does not divide the global batch {batch} for any mbs in "
+                f"{list(mbs)} (d = {d})")
+    return None
+
+
 def summarise(place: pd.DataFrame, grid: pd.DataFrame,
               latency: pd.DataFrame | None = None, reproduce: dict | None = None,
-              tpuv4_hbm_gib: float = TPUV4_HBM_GIB, fixed_plans: dict | None = None
-              ) -> pd.DataFrame:
+              tpuv4_hbm_gib: float = TPUV4_HBM_GIB, fixed_plans: dict | None = None,
+              config: dict | None = None) -> pd.DataFrame:
     """One row per (model, seq); see SUMMARY_COLUMNS. `reproduce` {"grid": path,
     "config": path or None} names the files in each best design's evaluate_command.
     The TPUv4-like chip is compared with `tpuv4_hbm_gib` of HBM (its plans are the sweep's
     rows that fit in it); its fixed plan is `fixed_plans[model]` (the config's fixed_plan;
-    None: whatever fixed rows the tables hold)."""
+    None: whatever fixed rows the tables hold); `config` (the sweep's config, optional)
+    lets a fixed plan without rows say why (fixed_plan_obstacle)."""
     reproduce = reproduce or {"grid": "GRID.parquet", "config": None}
     grid = grid.copy()
     grid["arch_id"] = grid["arch_id"].astype(str)
@@ -150,6 +177,7 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
     ctx = {"info": grid.set_index("arch_id"), "grid": grid, "tpu": tpuv4_arch_id(grid),
            "a_max": float(grid["area_mm2"].max()) if len(grid) else float("nan"),
            "tpu_hbm_gib": tpuv4_hbm_gib, "fixed_plans": fixed_plans, "latency": latency,
+           "config": config,
            "reproduce": reproduce}
     out = [_summary_row(model, int(seq), rows, ctx)
            for (model, seq), rows in place.groupby(["model", "seq"], sort=True)]
@@ -234,10 +262,22 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
     elif t_fix.empty:
         notes.append("no fixed-strategy rows for the TPUv4-like chip in the placement table")
     else:
-        notes.append(f"the fixed plan p x d x t = {r['tpuv4_fixed_strategy']} gives no plan on "
-                     f"the TPUv4-like chip: it does not fit in {gib:g} GiB at any "
-                     f"mbs/recompute, or p does not split the model's blocks evenly")
+        notes.append(f"the fixed plan p x d x t = {pdt} gives no plan on the TPUv4-like "
+                     f"chip: " + _fixed_cause(model, pdt, t_fix, gib, ctx["config"]))
     return notes
+
+
+def _fixed_cause(model, pdt, t_fix, gib, cfg) -> str:
+    """Which cause holds for a fixed plan without a fitting row: an explicit obstacle
+    (fixed_plan_obstacle), else memory (with the smallest need when the rows carry it)."""
+    why = fixed_plan_obstacle(model, pdt, cfg)
+    if why is not None:
+        return why
+    need = t_fix["memory_per_device_bytes"].dropna() if "memory_per_device_bytes" in t_fix \
+        else pd.Series(dtype=float)
+    least = f" (the smallest plan needs {need.min() / GiB:.2f} GiB per device)" \
+        if not need.empty else ""
+    return f"it does not fit in {gib:g} GiB at any mbs/recompute tried{least}"
 
 
 def _spotlight(r: dict, model, seq, opt, ctx) -> list[str]:
