@@ -96,6 +96,9 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     add_graph_args(e, axes=False)
     add_sched_args(e)
     add_network_arg(e)
+    e.add_argument("--allow-infeasible", action="store_true",
+                   help="print (or --json) the time and memory of a plan that does not fit "
+                        "in HBM and exit 0 (default: such a plan is a user error, exit 2)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -256,11 +259,37 @@ def _cmd_evaluate(args) -> int:
     if "time_per_batch_s" not in plan:
         raise UserError(plan.get("reason", "plan not evaluable"), field="--batch")
     plan["arch"] = arch_label
+    if not plan.get("feasible", True) and not args.allow_infeasible:
+        raise UserError(*_does_not_fit(plan, hbm, args))
     if args.json:
         emit_json(plan)
         return 0
     _print_plan(spec, args, plan, hbm, settings.placement.global_batch)
     return 0
+
+
+def _does_not_fit(plan, hbm, args) -> tuple[str, str, str]:
+    """(message, field, fix) of a plan whose memory per device exceeds the HBM: the
+    memory needed against the HBM with its two largest parts, and the flags that shrink it."""
+    GiB = 1024**3
+    parts = sorted(((plan.get(f"memory_{k}_bytes") or 0.0, k) for k in
+                    ("weights", "grads", "optimizer", "activations", "buffers")), reverse=True)
+    largest = ", ".join(f"{k} {v / GiB:.2f} GiB" for v, k in parts[:2] if v > 0)
+    msg = (f"memory per device {plan['memory_per_device_bytes'] / GiB:.2f} GiB exceeds the "
+           f"{hbm / GiB:.4g} GiB HBM" + (f" (largest: {largest})" if largest else ""))
+    fixes = []
+    stronger = RECOMPUTE_MODES[RECOMPUTE_MODES.index(args.recompute) + 1:]
+    if stronger:
+        fixes.append("--recompute " + " or ".join(stronger))
+    fixes.append("a larger --pp or --tp")
+    if (args.zero_stage or 0) < 3:
+        fixes.append("--zero-stage " + ("1, 2 or 3" if not args.zero_stage else
+                                        ", ".join(map(str, range(args.zero_stage + 1, 4)))))
+    if args.mbs > 1:
+        fixes.append("a smaller --mbs")
+    fixes.append("a larger --hbm-gib")
+    return (msg, "memory",
+            ", ".join(fixes) + " (or --allow-infeasible to print the plan anyway)")
 
 
 def _evaluate_grid(args, spec, settings, seq):
