@@ -254,8 +254,7 @@ def _cmd_evaluate(args) -> int:
                 raise UserError("--stages needs --grid", field="--stages")
             plan, hbm, arch_label = _evaluate_preset(args, spec, settings, seq)
     except ValueError as e:
-        raise UserError(str(e), field="--pp/--interleave/--stages",
-                        fix="choose pp * interleave dividing the number of blocks") from None
+        raise _plan_error(str(e), args) from None
     if "time_per_batch_s" not in plan:
         raise UserError(plan.get("reason", "plan not evaluable"), field="--batch")
     plan["arch"] = arch_label
@@ -266,6 +265,30 @@ def _cmd_evaluate(args) -> int:
         return 0
     _print_plan(spec, args, plan, hbm, settings.placement.global_batch)
     return 0
+
+
+def _plan_error(message: str, args) -> UserError:
+    """The UserError of a plan the placement code refuses (ValueError): the field and fix
+    that match what is wrong (phaze.place.plan's stage checks, evaluate's cp check)."""
+    if message.startswith("stages must be"):
+        return UserError(message, field="--stages",
+                         fix="give --pp x --interleave ranges [[0,a],[a,b],...,[y,N]] "
+                             "(a placement row's stages column), or drop --stages for "
+                             "Megatron's uniform split")
+    if "first=" in message or "at least one block" in message:
+        return UserError(message, field="--first-stage-layers/--last-stage-layers",
+                         fix="leave at least one block to every other pipeline chunk, "
+                             "the rest dividing evenly")
+    if "do not split" in message:
+        fix = "choose --pp and --interleave whose product divides the blocks"
+        if args.grid:
+            fix += ", or give the split with --stages"
+        else:
+            fix += ", or set --first-stage-layers/--last-stage-layers"
+        return UserError(message, field="--pp/--interleave", fix=fix)
+    if message.startswith("context parallelism"):
+        return UserError(message, field="--cp", fix="use a --cp dividing --seq")
+    return UserError(message, field="--pp/--interleave/--stages")
 
 
 def _does_not_fit(plan, hbm, args) -> tuple[str, str, str]:
