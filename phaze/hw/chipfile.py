@@ -25,7 +25,11 @@ def chip_dict(arch: Arch) -> dict:
 def read_chip(path: str) -> Arch:
     from phaze.files import read_json
 
-    d = read_json(path, "--arch")
+    from phaze.hw.presets import PRESETS
+
+    d = read_json(path, "--arch", fix=f"give a preset ({', '.join(sorted(PRESETS))}), a chip "
+                  "JSON file (phaze report's chip_*.json) or --grid G --arch ID (`phaze arch "
+                  "grid` writes G)")
     fields = set(Arch.__dataclass_fields__)
     extra = set(d) - fields - set(DERIVED)
     if extra:

@@ -176,7 +176,8 @@ class ModelSpec:
                             field="seq", fix=f"use --seq {self.position_rows} or less")
         self.check_tp(tp)
         if sequence_parallel and seq % tp:
-            raise UserError(f"sequence parallelism needs tp {tp} to divide seq {seq}", field="seq")
+            raise UserError(f"sequence parallelism needs tp {tp} to divide seq {seq}", field="seq",
+                            fix="use a seq divisible by tp, or drop sequence parallelism")
 
 
     def tp_widths(self) -> list[tuple[str, int]]:

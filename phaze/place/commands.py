@@ -236,7 +236,7 @@ def _stages(text):
 def _cmd_evaluate(args) -> int:
     from phaze.jsonout import emit_json
 
-    for name in ("tp", "pp", "dp", "mbs", "interleave"):
+    for name in ("tp", "pp", "dp", "mbs", "interleave", "cp", "ep"):
         if getattr(args, name) < 1:
             raise UserError("must be >= 1", field=f"--{name}")
     if args.seq is not None and args.seq < 1:
@@ -251,12 +251,14 @@ def _cmd_evaluate(args) -> int:
             plan, hbm, arch_label = _evaluate_grid(args, spec, settings, seq)
         else:
             if args.stages:
-                raise UserError("--stages needs --grid", field="--stages")
+                raise UserError("--stages needs --grid", field="--stages",
+                                fix="add --grid G --arch ID (the sweep route), or drop --stages")
             plan, hbm, arch_label = _evaluate_preset(args, spec, settings, seq)
     except ValueError as e:
         raise _plan_error(str(e), args) from None
     if "time_per_batch_s" not in plan:
-        raise UserError(plan.get("reason", "plan not evaluable"), field="--batch")
+        raise UserError(*_not_evaluable(plan.get("reason", "plan not evaluable"), args,
+                                        settings.placement.global_batch))
     plan["arch"] = arch_label
     if not plan.get("feasible", True) and not args.allow_infeasible:
         raise UserError(*_does_not_fit(plan, hbm, args))
@@ -289,6 +291,35 @@ def _plan_error(message: str, args) -> UserError:
     if message.startswith("context parallelism"):
         return UserError(message, field="--cp", fix="use a --cp dividing --seq")
     return UserError(message, field="--pp/--interleave/--stages")
+
+
+def _not_evaluable(reason: str, args, batch: int) -> tuple[str, str, str | None]:
+    """(message, field, fix) of a plan evaluate_plan refuses before timing it (its
+    "reason"): the batch not a multiple of mbs x dp, ep not dividing dp x cp, interleaving
+    with a microbatch count that pp does not divide; the fix names values that work."""
+    def few(xs):
+        xs = list(xs)
+        return ", ".join(map(str, xs[:8])) + (", ..." if len(xs) > 8 else "")
+
+    if reason.startswith("batch"):
+        k = args.mbs * args.dp
+        lo, hi = batch // k * k, (batch // k + 1) * k
+        fix = f"a --batch multiple of --mbs x --dp = {k} ({few(x for x in (lo, hi) if x)})"
+        if batch % args.mbs == 0:
+            fix += f", or a --dp dividing batch / mbs = {batch // args.mbs} " \
+                   f"({few(x for x in range(1, batch // args.mbs + 1) if batch // args.mbs % x == 0)})"
+        return f"{reason} = {k}", "--batch", fix
+    if reason.startswith("ep"):
+        dc = args.dp * args.cp
+        return reason, "--ep", f"an --ep dividing --dp x --cp = {dc} " \
+                               f"({few(x for x in range(1, dc + 1) if dc % x == 0)})"
+    if reason.startswith("interleaving"):
+        m = -(-batch // (args.mbs * args.dp))
+        return (f"interleaving needs the {m} microbatches per batch (batch / (mbs x dp)) to be "
+                f"a multiple of --pp {args.pp}", "--interleave",
+                "--interleave 1, or a --batch, --mbs or --dp giving a multiple of --pp "
+                "microbatches")
+    return reason, "--batch", None
 
 
 def _does_not_fit(plan, hbm, args) -> tuple[str, str, str]:
@@ -344,6 +375,9 @@ def _evaluate_preset(args, spec, settings, seq):
     from phaze.hw.presets import get_preset
     from phaze.place.evaluate import evaluate_model
 
+    if args.ep != 1:            # evaluate_model has no expert-parallel term: never ignore it
+        raise UserError("expert parallelism is evaluated on the sweep route only", field="--ep",
+                        fix="use --grid G --arch ID --ep N, or drop --ep")
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
