@@ -471,7 +471,8 @@ def add_placement_args(p, axes: bool = True) -> None:
                        "0..3 to search (default: 1 with --zero1, else 0)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
     p.add_argument("--zero1", action=argparse.BooleanOptionalAction,
-                   help="shard the optimizer state over the data-parallel replicas (ZeRO-1)")
+                   help="shard the optimizer state over the data-parallel replicas (ZeRO-1; "
+                        f"default {str(d.zero1).lower()})")
 
 
 def add_graph_args(p, axes: bool = True) -> None:

@@ -58,15 +58,18 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--arch", required=True, help="arch preset name, a chip JSON file (phaze "
                    "report's chip_*.json), or an arch_id with --grid")
     e.add_argument("--grid", help="arch grid parquet to look --arch up in")
-    e.add_argument("--tp", type=int, required=True)
-    e.add_argument("--pp", type=int, required=True)
-    e.add_argument("--dp", type=int, required=True)
-    e.add_argument("--mbs", type=int, required=True)
-    e.add_argument("--recompute", choices=RECOMPUTE_MODES, default="full")
+    e.add_argument("--tp", type=int, required=True, help="tensor-parallel size")
+    e.add_argument("--pp", type=int, required=True, help="pipeline-parallel size")
+    e.add_argument("--dp", type=int, required=True, help="data-parallel size")
+    e.add_argument("--mbs", type=int, required=True, help="microbatch size in samples")
+    e.add_argument("--recompute", choices=RECOMPUTE_MODES, default="full",
+                   help="activation recomputation")
     e.add_argument("--sequence-parallel", action="store_true",
                    help="Megatron sequence parallelism (Korthikanti MLSys'23)")
-    e.add_argument("--interleave", type=int, default=1)
-    e.add_argument("--seq", type=int, default=None)
+    e.add_argument("--interleave", type=int, default=1,
+                   help="pipeline chunks per device (Megatron's interleaved schedule)")
+    e.add_argument("--seq", type=int, default=None,
+                   help="sequence length in tokens (default: the model's)")
     e.add_argument("--hbm-gib", type=float,
                    help="HBM per device in GiB (default: the preset's; with --grid the "
                         "largest of the config's sizes)")
@@ -87,7 +90,8 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="Megatron --decoder-last-pipeline-num-layers")
     e.add_argument("--fp8", action="store_true", help="FP8 GEMMs (Transformer Engine)")
     e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
-                   help="ZeRO stage / FSDP (3) timing and memory")
+                   help="ZeRO stage / FSDP (3) timing and memory (default: 1 with --zero1, "
+                        "else 0)")
     e.add_argument("--overlap", action="append", default=[],
                    choices=["grad_reduce", "param_gather", "tp_comm", "p2p"],
                    help="switch one overlap on (repeatable; Megatron flag names)")
@@ -99,7 +103,7 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--allow-infeasible", action="store_true",
                    help="print (or --json) the time and memory of a plan that does not fit "
                         "in HBM and exit 0 (default: such a plan is a user error, exit 2)")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.set_defaults(func=_cmd_evaluate)
 
 
