@@ -383,7 +383,7 @@ def schema_error(err) -> UserError:
     """The UserError of one jsonschema ValidationError: the field's full path, the message,
     and for a misspelled field the closest field the schema knows ("did you mean
     placement.hbm_gib?", difflib's close matches over the properties at that level)."""
-    import difflib
+    from phaze.errors import unknown_field_fix
 
     err = most_specific(err)
     where = list(err.absolute_path)
@@ -391,12 +391,10 @@ def schema_error(err) -> UserError:
         known = sorted(err.schema.get("properties", {}))
         extra = [k for k in err.instance if k not in known]
         if extra:
-            name = field_path([*where, str(extra[0])])
-            near = difflib.get_close_matches(str(extra[0]), known, n=1, cutoff=0.6)
-            fix = (f"did you mean {field_path([*where, near[0]])}?" if near else
-                   "remove it; known fields here: " + ", ".join(known))
             return UserError("unknown config field (not in phaze/data/schema.yaml)",
-                             field=name, fix=fix)
+                             field=field_path([*where, str(extra[0])]),
+                             fix=unknown_field_fix(extra[0], known,
+                                                   field_path(where) if where else ""))
     return UserError(f"invalid config: {err.message}", field=field_path(where))
 
 

@@ -199,3 +199,15 @@ def test_help_shows_every_default_that_matters(command):
     if command == "evaluate":
         assert re.search(r"--recompute \{none,selective,full\}\s+activation recomputation "
                          r"\(default: full\)", text)
+
+
+@pytest.mark.parametrize("argv,field,want", [
+    (["arch", "grid", "--spec", '{"n_tcc": [1]}', "-o", "g.parquet"], "arch.n_tcc",
+     "did you mean arch.n_tc?"),
+    (GPT3 + ["--network", '{"intra_bw": 1}'], "network.intra_bw",
+     "did you mean network.intra_bw_Bps?"),
+])
+def test_misspelled_keys_outside_the_config_suggest_too(tmp_path, monkeypatch, argv, field, want):
+    monkeypatch.chdir(tmp_path)
+    assert _one_line_error(argv, field).endswith(want)
+    assert not (tmp_path / "g.parquet").exists()

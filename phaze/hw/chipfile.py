@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from phaze.errors import UserError
+from phaze.errors import UserError, unknown_field_fix
 from phaze.hw.arch import Arch, Network
 
 DERIVED = ("arch_id", "area_mm2", "peak_flops", "vector_peak_ops")
@@ -33,8 +33,9 @@ def read_chip(path: str) -> Arch:
     fields = set(Arch.__dataclass_fields__)
     extra = set(d) - fields - set(DERIVED)
     if extra:
-        raise UserError(f"{path}: unknown keys {sorted(extra)}", field="--arch",
-                        fix=f"use only {sorted(fields)}")
+        bad = sorted(extra)[0]
+        raise UserError(f"{path}: unknown key {bad!r}", field="--arch",
+                        fix=unknown_field_fix(bad, fields | set(DERIVED)))
     kw = {k: v for k, v in d.items() if k in fields}
     if isinstance(kw.get("network"), dict):
         kw["network"] = Network.from_dict(kw["network"])
