@@ -26,8 +26,27 @@ COMMAND_MODULES = (
 )
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each option's text with its default, where it has one that matters
+    (not None, False or empty) and the text does not already state it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        empty = d is None or d is False or d is argparse.SUPPRESS or \
+            (isinstance(d, (list, tuple)) and not d)
+        if empty or "default" in text.lower() or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line naming the argument (exit 2)."""
+    """argparse, with a usage error as one line naming the argument (exit 2), and every
+    option's default in its help (DefaultsFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"phaze: error: {message}; fix: see `{self.prog} --help`\n")

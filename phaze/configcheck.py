@@ -36,11 +36,10 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
             errors.append(f"field {field}: {e}")
             continue
         for j, t in enumerate(m["tp"]):
-            if spec.heads % t or spec.n_kv_heads % t:
-                errors.append(
-                    f"field models[{i}].tp[{j}]: TP width {t} does not divide the {spec.heads}"
-                    f" attention heads ({spec.n_kv_heads} KV heads) of {m['name']}; use a"
-                    " divisor")
+            try:
+                spec.check_tp(t)                    # the check `phaze evaluate` and graphs run
+            except UserError as e:
+                errors.append(f"field models[{i}].tp[{j}]: {str(e).split(': ', 1)[-1]}")
                 continue
             for k, seq in enumerate(m["seq"]):      # what a graph job would refuse, now
                 try:

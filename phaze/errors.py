@@ -11,3 +11,15 @@ class UserError(Exception):
         if fix:
             parts.append(f"fix: {fix}")
         super().__init__("; ".join(parts))
+
+
+def unknown_field_fix(name: str, known, prefix: str = "") -> str:
+    """The fix for an unknown field `name`: "did you mean PREFIX.X?" for the closest known
+    field (difflib.get_close_matches, ratio >= 0.6), else the known fields listed."""
+    import difflib
+
+    known = sorted(map(str, known))
+    near = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    if near:
+        return f"did you mean {prefix + '.' if prefix else ''}{near[0]}?"
+    return "remove it; known fields here: " + ", ".join(known)

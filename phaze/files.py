@@ -8,15 +8,16 @@ from pathlib import Path
 from phaze.errors import UserError
 
 
-def read_json(path, field: str, want=dict):
+def read_json(path, field: str, want=dict, fix: str | None = None):
     """The JSON value in file `path` (of type `want`, None for any). UserError naming
-    `field` and the file when it is missing, unreadable, not UTF-8, not JSON or of
-    another type."""
+    `field` and the file when it is missing (with `fix`, e.g. what else the flag takes),
+    unreadable, not UTF-8, not JSON or of another type."""
     p = Path(path)
     try:
         value = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"no such file {str(p)!r}", field=field) from None
+        raise UserError(f"no such file {str(p)!r}", field=field,
+                        fix=fix or "check the path") from None
     except OSError as e:
         raise UserError(f"cannot read {p} ({e.strerror or e})", field=field) from None
     except UnicodeDecodeError:

@@ -358,10 +358,12 @@ def load_config(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} ({e})", field="--config") from None
+        raise UserError(f"cannot read {path} ({e})", field="--config",
+                        fix="give an existing YAML file (copy configs/default.yaml)") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})",
-                        field="--config") from None
+                        field="--config", fix="correct the YAML (spaces, not tabs, indent "
+                        "it; configs/default.yaml is an example)") from None
     check_config_schema(cfg)
     return cfg
 
@@ -374,8 +376,26 @@ def check_config_schema(cfg) -> None:
     validator = strict_validator()(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: len(list(e.absolute_path)))
     if errors:
-        err = most_specific(errors[0])
-        raise UserError(f"invalid config: {err.message}", field=field_path(err.absolute_path))
+        raise schema_error(errors[0])
+
+
+def schema_error(err) -> UserError:
+    """The UserError of one jsonschema ValidationError: the field's full path, the message,
+    and for a misspelled field the closest field the schema knows ("did you mean
+    placement.hbm_gib?", difflib's close matches over the properties at that level)."""
+    from phaze.errors import unknown_field_fix
+
+    err = most_specific(err)
+    where = list(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = sorted(err.schema.get("properties", {}))
+        extra = [k for k in err.instance if k not in known]
+        if extra:
+            return UserError("unknown config field (not in phaze/data/schema.yaml)",
+                             field=field_path([*where, str(extra[0])]),
+                             fix=unknown_field_fix(extra[0], known,
+                                                   field_path(where) if where else ""))
+    return UserError(f"invalid config: {err.message}", field=field_path(where))
 
 
 def model_source(cfg: dict, name: str) -> str:
@@ -449,7 +469,8 @@ def add_placement_args(p, axes: bool = True) -> None:
                        "0..3 to search (default: 1 with --zero1, else 0)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
     p.add_argument("--zero1", action=argparse.BooleanOptionalAction,
-                   help="shard the optimizer state over the data-parallel replicas (ZeRO-1)")
+                   help="shard the optimizer state over the data-parallel replicas (ZeRO-1; "
+                        f"default {str(d.zero1).lower()})")
 
 
 def add_graph_args(p, axes: bool = True) -> None:

@@ -18,15 +18,22 @@ from phaze.settings import (
     SCHEMA_PATH,
     SweepSettings,
     check_config_schema,  # noqa: E402
-    field_path,
-    most_specific,
+    schema_error,
 )
+
+
+def refuse_config(message):
+    """A user error in the config: one line on stderr, exit code 2, before any job
+    (Snakemake 9 passes a SystemExit raised while parsing the Snakefile straight through;
+    a WorkflowError would print its file, line and two stack lines and exit 1)."""
+    print(f"phaze: error: invalid config: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def validate_config(cfg):
     """Schema check (filling the arch grid's defaults), then the typed settings (their
     defaults are phaze/settings.py's), then the semantic checks the schema cannot express.
-    Raises WorkflowError naming the offending field."""
+    A problem ends the run in `refuse_config` naming the offending field."""
     from phaze.errors import UserError  # noqa: PLC0415
 
     try:
@@ -35,20 +42,17 @@ def validate_config(cfg):
         verr = e.__context__  # the jsonschema ValidationError snakemake wrapped
         if not hasattr(verr, "absolute_path"):
             raise
-        verr = most_specific(verr)
-        raise WorkflowError(
-            f"invalid config: field {field_path(verr.absolute_path)}: {verr.message}"
-        ) from None
+        refuse_config(f"field {schema_error(verr)}")
     try:
         check_config_schema(cfg)  # strict types: 1.0 is no integer, .nan no number
         settings = SweepSettings.from_config(cfg)
     except UserError as e:
-        raise WorkflowError(f"invalid config: field {e}") from None
+        refuse_config(f"field {e}")
     from phaze.configcheck import semantic_errors  # noqa: PLC0415
 
     # the grid check runs once, not again in every job
     for msg in semantic_errors(cfg, check_grid=workflow.is_main_process):
-        raise WorkflowError(f"invalid config: {msg}")
+        refuse_config(msg)
     return settings
 
 

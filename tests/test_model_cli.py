@@ -75,8 +75,8 @@ def test_hf_config_via_cli(tmp_path, capsys):
 
 BAD = [
     (["graph", "--model", "gpt-5"], "unknown model 'gpt-5'"),
-    (["graph", "--model", "gpt2-xl", "--tp", "2"], "does not divide heads 25"),
-    (["graph", "--model", "llama2-70b", "--tp", "16"], "does not divide kv_heads 8"),
+    (["graph", "--model", "gpt2-xl", "--tp", "2"], "does not divide the 25 attention heads"),
+    (["graph", "--model", "llama2-70b", "--tp", "16"], "does not divide the 8 key/value heads"),
     (["graph", "--model", "gpt-1.7b", "--mbs", "0"], "mbs: must be a positive integer"),
     (["graph", "--model", "gpt-1.7b", "--seq", "-4"], "seq: must be a positive integer"),
     (["graph", "--model", "gpt-1.7b", "--tp", "0"], "tp: must be a positive integer"),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, asdict, field, replace
 import numpy as np
 import pandas as pd
 
-from phaze.errors import UserError
+from phaze.errors import UserError, unknown_field_fix
 from phaze.hw.area import area_mm2
 from phaze.units import BF16_BYTES
 
@@ -181,8 +181,9 @@ class Network:
         known = {f for f in cls.__dataclass_fields__}
         extra = set(d) - known
         if extra:
-            raise UserError(f"unknown keys {sorted(extra)}", field="network",
-                            fix=f"use only {sorted(known)}")
+            bad = sorted(extra)[0]
+            raise UserError("unknown key", field=f"network.{bad}",
+                            fix=unknown_field_fix(bad, known, "network"))
         return cls(**d)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from phaze.errors import UserError
+from phaze.errors import UserError, unknown_field_fix
 from phaze.hw.arch import Arch, Network
 
 DERIVED = ("arch_id", "area_mm2", "peak_flops", "vector_peak_ops")
@@ -25,12 +25,17 @@ def chip_dict(arch: Arch) -> dict:
 def read_chip(path: str) -> Arch:
     from phaze.files import read_json
 
-    d = read_json(path, "--arch")
+    from phaze.hw.presets import PRESETS
+
+    d = read_json(path, "--arch", fix=f"give a preset ({', '.join(sorted(PRESETS))}), a chip "
+                  "JSON file (phaze report's chip_*.json) or --grid G --arch ID (`phaze arch "
+                  "grid` writes G)")
     fields = set(Arch.__dataclass_fields__)
     extra = set(d) - fields - set(DERIVED)
     if extra:
-        raise UserError(f"{path}: unknown keys {sorted(extra)}", field="--arch",
-                        fix=f"use only {sorted(fields)}")
+        bad = sorted(extra)[0]
+        raise UserError(f"{path}: unknown key {bad!r}", field="--arch",
+                        fix=unknown_field_fix(bad, fields | set(DERIVED)))
     kw = {k: v for k, v in d.items() if k in fields}
     if isinstance(kw.get("network"), dict):
         kw["network"] = Network.from_dict(kw["network"])

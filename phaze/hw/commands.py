@@ -125,7 +125,8 @@ def _read_spec(args) -> dict | None:
         except yaml.YAMLError as e:
             raise UserError(f"not valid YAML: {e}".splitlines()[0], field="--config") from None
         if not isinstance(cfg, dict) or "arch" not in cfg:
-            raise UserError("config has no arch: mapping", field="--config")
+            raise UserError("config has no arch: mapping", field="--config",
+                            fix="add an arch: block (configs/default.yaml has one)")
         spec = cfg["arch"]
     else:
         return None

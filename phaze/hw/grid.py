@@ -29,7 +29,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from phaze.errors import UserError
+from phaze.errors import UserError, unknown_field_fix
 from phaze.hw.arch import ID_FIELDS, INT_FIELDS, TABLE_COLUMNS, auto_glb_bw_Bps
 from phaze.hw.area import area_mm2
 from phaze.hw.presets import PRESETS
@@ -113,8 +113,9 @@ def full_spec(spec: dict | None) -> dict:
     spec = dict(spec or {})
     unknown = set(spec) - set(REFERENCE_SPEC)
     if unknown:
-        raise UserError(f"unknown keys {sorted(unknown)}", field="arch",
-                        fix=f"use only {sorted(REFERENCE_SPEC)}")
+        bad = sorted(unknown)[0]
+        raise UserError("unknown key", field=f"arch.{bad}",
+                        fix=unknown_field_fix(bad, REFERENCE_SPEC, "arch"))
     out = {k: spec.get(k, v) for k, v in REFERENCE_SPEC.items()}
     area = dict(REFERENCE_SPEC["area"])
     user_area = spec.get("area") or {}

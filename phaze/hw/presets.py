@@ -69,7 +69,9 @@ def get_preset(name: str) -> Arch:
         return PRESETS[name]
     except KeyError:
         raise UserError(f"unknown arch preset {name!r}", field="arch",
-                        fix=f"use one of {sorted(PRESETS)} or an arch_id from a grid") from None
+                        fix=f"use a preset ({', '.join(sorted(PRESETS))}), a chip JSON file "
+                            "(phaze report's chip_*.json) or --grid G --arch ID (`phaze arch "
+                            "grid` writes G)") from None
 
 
 def get_network(name: str) -> Network:

@@ -174,21 +174,34 @@ class ModelSpec:
         if self.position == "learned" and seq > self.position_rows:
             raise UserError(f"{seq} exceeds the {self.position_rows} learned positions of {self.name}",
                             field="seq", fix=f"use --seq {self.position_rows} or less")
-        if self.heads % tp:
-            raise UserError(f"tensor-parallel width {tp} does not divide heads {self.heads} of {self.name}",
-                            field="tp", fix="pick a width that divides the number of heads")
-        if self.n_kv_heads % tp:
-            raise UserError(f"tensor-parallel width {tp} does not divide kv_heads {self.n_kv_heads} of "
-                            f"{self.name}", field="tp", fix="pick a width that divides the key/value heads")
-        widths = [("ffn", self.ffn)] if not self.experts else [("moe_ffn", self.expert_ffn)]
+        self.check_tp(tp)
+        if sequence_parallel and seq % tp:
+            raise UserError(f"sequence parallelism needs tp {tp} to divide seq {seq}", field="seq",
+                            fix="use a seq divisible by tp, or drop sequence parallelism")
+
+
+    def tp_widths(self) -> list[tuple[str, int]]:
+        """(name, width) of every dimension a tensor-parallel width must divide: the
+        attention heads, the key/value heads, the FFN (or expert FFN) and shared-expert
+        widths (Megatron-LM splits each of them evenly across the TP ranks)."""
+        widths = [("attention heads", self.heads), ("key/value heads", self.n_kv_heads)]
+        widths.append(("ffn", self.ffn) if not self.experts else ("moe_ffn", self.expert_ffn))
         if self.shared_ffn:
             widths.append(("shared_ffn", self.shared_ffn))
-        for f, w in widths:
+        return widths
+
+    def check_tp(self, tp: int) -> None:
+        """UserError (field "tp") naming the first dimension of `tp_widths` that `tp` does
+        not divide, and the widths that divide them all."""
+        _positive("tp", tp)
+        for f, w in self.tp_widths():
             if w % tp:
-                raise UserError(f"tensor-parallel width {tp} does not divide {f} {w} of {self.name}",
-                                field="tp")
-        if sequence_parallel and seq % tp:
-            raise UserError(f"sequence parallelism needs tp {tp} to divide seq {seq}", field="seq")
+                ok = [t for t in range(1, min(x for _, x in self.tp_widths()) + 1)
+                      if all(x % t == 0 for _, x in self.tp_widths())]
+                raise UserError(f"tensor-parallel width {tp} does not divide the {w} {f} of "
+                                f"{self.name}", field="tp",
+                                fix="use a width dividing every split dimension: "
+                                    + ", ".join(map(str, ok)))
 
 
 def _positive(field: str, v) -> None:

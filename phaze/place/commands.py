@@ -58,15 +58,18 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--arch", required=True, help="arch preset name, a chip JSON file (phaze "
                    "report's chip_*.json), or an arch_id with --grid")
     e.add_argument("--grid", help="arch grid parquet to look --arch up in")
-    e.add_argument("--tp", type=int, required=True)
-    e.add_argument("--pp", type=int, required=True)
-    e.add_argument("--dp", type=int, required=True)
-    e.add_argument("--mbs", type=int, required=True)
-    e.add_argument("--recompute", choices=RECOMPUTE_MODES, default="full")
+    e.add_argument("--tp", type=int, required=True, help="tensor-parallel size")
+    e.add_argument("--pp", type=int, required=True, help="pipeline-parallel size")
+    e.add_argument("--dp", type=int, required=True, help="data-parallel size")
+    e.add_argument("--mbs", type=int, required=True, help="microbatch size in samples")
+    e.add_argument("--recompute", choices=RECOMPUTE_MODES, default="full",
+                   help="activation recomputation")
     e.add_argument("--sequence-parallel", action="store_true",
                    help="Megatron sequence parallelism (Korthikanti MLSys'23)")
-    e.add_argument("--interleave", type=int, default=1)
-    e.add_argument("--seq", type=int, default=None)
+    e.add_argument("--interleave", type=int, default=1,
+                   help="pipeline chunks per device (Megatron's interleaved schedule)")
+    e.add_argument("--seq", type=int, default=None,
+                   help="sequence length in tokens (default: the model's)")
     e.add_argument("--hbm-gib", type=float,
                    help="HBM per device in GiB (default: the preset's; with --grid the "
                         "largest of the config's sizes)")
@@ -87,7 +90,8 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="Megatron --decoder-last-pipeline-num-layers")
     e.add_argument("--fp8", action="store_true", help="FP8 GEMMs (Transformer Engine)")
     e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
-                   help="ZeRO stage / FSDP (3) timing and memory")
+                   help="ZeRO stage / FSDP (3) timing and memory (default: 1 with --zero1, "
+                        "else 0)")
     e.add_argument("--overlap", action="append", default=[],
                    choices=["grad_reduce", "param_gather", "tp_comm", "p2p"],
                    help="switch one overlap on (repeatable; Megatron flag names)")
@@ -96,7 +100,10 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     add_graph_args(e, axes=False)
     add_sched_args(e)
     add_network_arg(e)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--allow-infeasible", action="store_true",
+                   help="print (or --json) the time and memory of a plan that does not fit "
+                        "in HBM and exit 0 (default: such a plan is a user error, exit 2)")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.set_defaults(func=_cmd_evaluate)
 
 
@@ -233,7 +240,7 @@ def _stages(text):
 def _cmd_evaluate(args) -> int:
     from phaze.jsonout import emit_json
 
-    for name in ("tp", "pp", "dp", "mbs", "interleave"):
+    for name in ("tp", "pp", "dp", "mbs", "interleave", "cp", "ep"):
         if getattr(args, name) < 1:
             raise UserError("must be >= 1", field=f"--{name}")
     if args.seq is not None and args.seq < 1:
@@ -248,19 +255,99 @@ def _cmd_evaluate(args) -> int:
             plan, hbm, arch_label = _evaluate_grid(args, spec, settings, seq)
         else:
             if args.stages:
-                raise UserError("--stages needs --grid", field="--stages")
+                raise UserError("--stages needs --grid", field="--stages",
+                                fix="add --grid G --arch ID (the sweep route), or drop --stages")
             plan, hbm, arch_label = _evaluate_preset(args, spec, settings, seq)
     except ValueError as e:
-        raise UserError(str(e), field="--pp/--interleave/--stages",
-                        fix="choose pp * interleave dividing the number of blocks") from None
+        raise _plan_error(str(e), args) from None
     if "time_per_batch_s" not in plan:
-        raise UserError(plan.get("reason", "plan not evaluable"), field="--batch")
+        raise UserError(*_not_evaluable(plan.get("reason", "plan not evaluable"), args,
+                                        settings.placement.global_batch))
     plan["arch"] = arch_label
+    if not plan.get("feasible", True) and not args.allow_infeasible:
+        raise UserError(*_does_not_fit(plan, hbm, args))
     if args.json:
         emit_json(plan)
         return 0
     _print_plan(spec, args, plan, hbm, settings.placement.global_batch)
     return 0
+
+
+def _plan_error(message: str, args) -> UserError:
+    """The UserError of a plan the placement code refuses (ValueError): the field and fix
+    that match what is wrong (phaze.place.plan's stage checks, evaluate's cp check)."""
+    if message.startswith("stages must be"):
+        return UserError(message, field="--stages",
+                         fix="give --pp x --interleave ranges [[0,a],[a,b],...,[y,N]] "
+                             "(a placement row's stages column), or drop --stages for "
+                             "Megatron's uniform split")
+    if "first=" in message or "at least one block" in message:
+        return UserError(message, field="--first-stage-layers/--last-stage-layers",
+                         fix="leave at least one block to every other pipeline chunk, "
+                             "the rest dividing evenly")
+    if "do not split" in message:
+        fix = "choose --pp and --interleave whose product divides the blocks"
+        if args.grid:
+            fix += ", or give the split with --stages"
+        else:
+            fix += ", or set --first-stage-layers/--last-stage-layers"
+        return UserError(message, field="--pp/--interleave", fix=fix)
+    if message.startswith("context parallelism"):
+        return UserError(message, field="--cp", fix="use a --cp dividing --seq")
+    return UserError(message, field="--pp/--interleave/--stages")
+
+
+def _not_evaluable(reason: str, args, batch: int) -> tuple[str, str, str | None]:
+    """(message, field, fix) of a plan evaluate_plan refuses before timing it (its
+    "reason"): the batch not a multiple of mbs x dp, ep not dividing dp x cp, interleaving
+    with a microbatch count that pp does not divide; the fix names values that work."""
+    def few(xs):
+        xs = list(xs)
+        return ", ".join(map(str, xs[:8])) + (", ..." if len(xs) > 8 else "")
+
+    if reason.startswith("batch"):
+        k = args.mbs * args.dp
+        lo, hi = batch // k * k, (batch // k + 1) * k
+        fix = f"a --batch multiple of --mbs x --dp = {k} ({few(x for x in (lo, hi) if x)})"
+        if batch % args.mbs == 0:
+            fix += f", or a --dp dividing batch / mbs = {batch // args.mbs} " \
+                   f"({few(x for x in range(1, batch // args.mbs + 1) if batch // args.mbs % x == 0)})"
+        return f"{reason} = {k}", "--batch", fix
+    if reason.startswith("ep"):
+        dc = args.dp * args.cp
+        return reason, "--ep", f"an --ep dividing --dp x --cp = {dc} " \
+                               f"({few(x for x in range(1, dc + 1) if dc % x == 0)})"
+    if reason.startswith("interleaving"):
+        m = -(-batch // (args.mbs * args.dp))
+        return (f"interleaving needs the {m} microbatches per batch (batch / (mbs x dp)) to be "
+                f"a multiple of --pp {args.pp}", "--interleave",
+                "--interleave 1, or a --batch, --mbs or --dp giving a multiple of --pp "
+                "microbatches")
+    return reason, "--batch", None
+
+
+def _does_not_fit(plan, hbm, args) -> tuple[str, str, str]:
+    """(message, field, fix) of a plan whose memory per device exceeds the HBM: the
+    memory needed against the HBM with its two largest parts, and the flags that shrink it."""
+    GiB = 1024**3
+    parts = sorted(((plan.get(f"memory_{k}_bytes") or 0.0, k) for k in
+                    ("weights", "grads", "optimizer", "activations", "buffers")), reverse=True)
+    largest = ", ".join(f"{k} {v / GiB:.2f} GiB" for v, k in parts[:2] if v > 0)
+    msg = (f"memory per device {plan['memory_per_device_bytes'] / GiB:.2f} GiB exceeds the "
+           f"{hbm / GiB:.4g} GiB HBM" + (f" (largest: {largest})" if largest else ""))
+    fixes = []
+    stronger = RECOMPUTE_MODES[RECOMPUTE_MODES.index(args.recompute) + 1:]
+    if stronger:
+        fixes.append("--recompute " + " or ".join(stronger))
+    fixes.append("a larger --pp or --tp")
+    if (args.zero_stage or 0) < 3:
+        fixes.append("--zero-stage " + ("1, 2 or 3" if not args.zero_stage else
+                                        ", ".join(map(str, range(args.zero_stage + 1, 4)))))
+    if args.mbs > 1:
+        fixes.append("a smaller --mbs")
+    fixes.append("a larger --hbm-gib")
+    return (msg, "memory",
+            ", ".join(fixes) + " (or --allow-infeasible to print the plan anyway)")
 
 
 def _evaluate_grid(args, spec, settings, seq):
@@ -292,6 +379,9 @@ def _evaluate_preset(args, spec, settings, seq):
     from phaze.hw.presets import get_preset
     from phaze.place.evaluate import evaluate_model
 
+    if args.ep != 1:            # evaluate_model has no expert-parallel term: never ignore it
+        raise UserError("expert parallelism is evaluated on the sweep route only", field="--ep",
+                        fix="use --grid G --arch ID --ep N, or drop --ep")
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)

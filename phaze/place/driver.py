@@ -363,7 +363,8 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
                             field="--graphs", fix="pass each graph once")
         ctx["graphs"][key] = graph
     if len({g.fused for g in ctx["graphs"].values()}) > 1:
-        raise UserError("graphs mix fused and unfused builds", field="--graphs")
+        raise UserError("graphs mix fused and unfused builds", field="--graphs",
+                        fix="pass graphs built with one graph.fused setting")
     ctx["fused"] = next(iter(ctx["graphs"].values())).fused if ctx["graphs"] else None
     grid = read_grid(grid_path)
     arch_ids = list(grid["arch_id"])

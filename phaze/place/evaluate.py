@@ -19,7 +19,7 @@ Two models of a device, named by what they reproduce:
 from __future__ import annotations
 
 from phaze.place.chain import chain_from_graph
-from phaze.place.plan import Links, PlanOptions, evaluate_plan
+from phaze.place.plan import Links, PlanOptions, check_stages, evaluate_plan
 from phaze.settings import check_recompute
 
 
@@ -208,6 +208,8 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     net = settings.net()
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
                         **settings.graph.build_kwargs())
+    if stages:                # before any layer is scheduled (evaluate_plan checks it too)
+        check_stages([tuple(s) for s in stages], pp * interleave, graph.n_layers)
     cache = ScheduleCache(settings.sched.cache_dir or None)
     arch_id = str(arch_row["arch_id"].iloc[0])
     lat = scheduled_layer_latencies(graph, arch_row, net, settings.sched, cache)[arch_id]

@@ -245,7 +245,9 @@ def uniform_stages(chain: Chain, chunks: int) -> list[tuple[int, int]]:
     b0, b1 = chain.block_span()
     nb = b1 - b0
     if chunks < 1 or nb % chunks or (nb == 0 and chunks > 1):
-        raise ValueError(f"{nb} blocks do not split evenly into {chunks} chunks")
+        ok = [k for k in range(1, nb + 1) if nb % k == 0]
+        raise ValueError(f"{nb} blocks do not split evenly into pp x interleave = {chunks} "
+                         f"chunks (divisors of {nb}: {', '.join(map(str, ok))})")
     per = nb // chunks
     bounds = [b0 + k * per for k in range(chunks + 1)]
     bounds[0], bounds[-1] = 0, chain.n
@@ -350,12 +352,32 @@ def _checked_stages(chain: Chain, chunks: int, stages):
     """`stages`, or Megatron's uniform split; ValueError unless they are `chunks` non-empty
     contiguous ranges covering the chain."""
     stages = uniform_stages(chain, chunks) if stages is None else stages
-    if len(stages) != chunks or stages[0][0] != 0 or stages[-1][1] != chain.n or any(
-            a[1] != b[0] or a[0] >= a[1] for a, b in zip(stages, stages[1:])) or \
-            stages[-1][0] >= stages[-1][1]:
-        raise ValueError("stages must be p * interleave non-empty contiguous chunks covering "
-                         "the chain")
+    check_stages(stages, chunks, chain.n)
     return stages
+
+
+def check_stages(stages, chunks: int, n: int) -> None:
+    """ValueError naming the first fault of `stages` as `chunks` non-empty contiguous
+    [start, end) ranges covering layers 0..n (count, start, gap or overlap, empty, end)."""
+    problem = _stages_problem(stages, chunks, n)
+    if problem:
+        raise ValueError(f"stages must be p * interleave = {chunks} non-empty contiguous "
+                         f"[start, end) ranges covering layers 0..{n}: {problem}")
+
+
+def _stages_problem(stages, chunks: int, n: int) -> str | None:
+    if len(stages) != chunks:
+        return f"{len(stages)} ranges given, {chunks} needed"
+    for i, (a, b) in enumerate(stages):
+        if i == 0 and a != 0:
+            return f"the first range starts at {a}, not 0"
+        if i and a != stages[i - 1][1]:
+            return f"range {i} starts at {a}, not where range {i - 1} ends ({stages[i - 1][1]})"
+        if a >= b:
+            return f"range {i} [{a}, {b}) is empty"
+    if stages[-1][1] != n:
+        return f"the last range ends at {stages[-1][1]}, not at the {n} layers' end"
+    return None
 
 
 def _per_device(chain, p, v, d, recompute, stages, links, options):

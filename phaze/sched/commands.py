@@ -102,7 +102,8 @@ def _resolve_arch(name: str, grid: str | None):
     df = _read_parquet(grid, "grid")
     rows = df[df["arch_id"] == name]
     if rows.empty:
-        raise UserError(f"arch_id {name!r} not in {grid}", field="arch")
+        raise UserError(f"arch_id {name!r} not in {grid}", field="arch",
+                        fix="use an arch_id of that grid (its arch_id column; a report names the best ones)")
     return rows.reset_index(drop=True), None, name
 
 

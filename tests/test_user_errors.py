@@ -1,0 +1,213 @@
+"""The user errors a new user met, each as a test: one line on stderr naming the field and a
+fix that works, exit code 2, nothing on stdout (the fix is checked against a second route
+written here: the model's dimensions, divisors, the plan's own memory breakdown)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from phaze.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+GiB = 1024**3
+GPT3 = ["evaluate", "--model", "gpt3-175b", "--arch", "a100", "--tp", "8", "--pp", "8",
+        "--dp", "1", "--mbs", "1", "--batch", "64"]
+
+
+def _run(argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _one_line_error(argv, field: str) -> str:
+    rc, out, err = _run(argv)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"phaze: error: {field}: ") and "; fix: " in err, err
+    return err.strip()
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def test_infeasible_plan_is_a_user_error_with_its_memory_and_the_fix():
+    err = _one_line_error(GPT3 + ["--recompute", "none", "--json"], "memory")
+    rc, out, _ = _run(GPT3 + ["--recompute", "none", "--json", "--allow-infeasible"])
+    plan = json.loads(out)
+    assert rc == 0 and plan["feasible"] is False
+    need, hbm = plan["memory_per_device_bytes"] / GiB, 80
+    assert f"memory per device {need:.2f} GiB exceeds the {hbm} GiB HBM" in err, err
+    parts = sorted(((plan[f"memory_{k}_bytes"], k) for k in
+                    ("weights", "grads", "optimizer", "activations", "buffers")), reverse=True)
+    assert f"largest: {parts[0][1]} {parts[0][0] / GiB:.2f} GiB, {parts[1][1]}" in err, err
+    assert "--recompute selective or full" in err and "--pp" in err and "--zero-stage" in err
+    # the first fix offered works: the same plan with selective recomputation fits or not,
+    # and the exit code says which
+    rc, out, _ = _run(GPT3 + ["--recompute", "full", "--json", "--allow-infeasible"])
+    fits = json.loads(out)["memory_per_device_bytes"] <= hbm * GiB
+    assert fits and _run(GPT3 + ["--recompute", "full", "--json"])[0] == 0
+
+
+def test_tp_width_names_the_dimension_it_does_not_divide(tmp_path):
+    from phaze.model.zoo import resolve_model
+
+    for model, tp in (("llama2-70b", 16), ("gpt2-xl", 2)):
+        spec = resolve_model(model)
+        dims = [("attention heads", spec.heads), ("key/value heads", spec.n_kv_heads),
+                ("ffn", spec.ffn)]
+        name, width = next((n, w) for n, w in dims if w % tp)
+        ok = [t for t in _divisors(min(w for _, w in dims)) if all(w % t == 0 for _, w in dims)]
+        want = (f"tensor-parallel width {tp} does not divide the {width} {name} of {model}; "
+                f"fix: use a width dividing every split dimension: {', '.join(map(str, ok))}")
+        cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+        cfg["models"] = [{"name": model, "seq": [1024], "tp": [tp]}]
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
+                               str(tmp_path / "out.yaml")], "config")
+        assert err.endswith(f"models[0].tp[0]: {want}"), err
+        assert not (tmp_path / "out.yaml").exists()
+        ev = _one_line_error(["evaluate", "--model", model, "--arch", "a100", "--tp", str(tp),
+                              "--pp", "1", "--dp", "1", "--mbs", "1"], "tp")
+        assert ev.endswith(want), ev          # one check, the same words on both routes
+
+
+@pytest.mark.parametrize("path,bad,want", [
+    (("placement",), "hbm_gb", "placement.hbm_gib"),
+    ((), "microbatch_size", "microbatch_sizes"),
+    (("scheduling",), "time_limt_s", "scheduling.time_limit_s"),
+])
+def test_misspelled_config_field_names_its_path_and_the_closest_field(tmp_path, path, bad, want):
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    node = cfg
+    for k in path:
+        node = node[k]
+    node[bad] = node.pop(want.split(".")[-1], 1)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    full = ".".join((*path, bad))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
+                           str(tmp_path / "out.yaml")], full)
+    assert err.endswith(f"fix: did you mean {want}?"), err
+    assert not (tmp_path / "out.yaml").exists()
+
+
+def test_unknown_config_field_without_a_close_match_lists_the_known_fields(tmp_path):
+    from phaze.settings import SCHEMA_PATH
+
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg["placement"]["qqqq"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml")],
+                          "placement.qqqq")
+    known = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["placement"]["properties"]
+    assert err.endswith("known fields here: " + ", ".join(sorted(known))), err
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grid")
+    assert main(["arch", "grid", "--config", str(REPO / "configs" / "default.yaml"),
+                 "-o", str(d / "grid.parquet")]) == 0
+    import pandas as pd
+
+    return d / "grid.parquet", str(pd.read_parquet(d / "grid.parquet").arch_id.iloc[0])
+
+
+@pytest.mark.parametrize("pp,stages,want", [
+    (4, [[0, 10], [10, 20], [20, 26]], "3 ranges given, 4 needed"),
+    (2, [[0, 10], [10, 40]], "the last range ends at 40, not at the 26 layers' end"),
+    (2, [[0, 10], [11, 26]], "range 1 starts at 11, not where range 0 ends (10)"),
+    (2, [[1, 10], [10, 26]], "the first range starts at 1, not 0"),
+    (3, [[0, 10], [10, 10], [10, 26]], "range 1 [10, 10) is empty"),
+])
+def test_bad_stages_say_what_is_wrong(grid, tmp_path, monkeypatch, pp, stages, want):
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import resolve_model
+
+    n = build_graph(resolve_model("bert-large"), seq=128, mbs=1, tp=1).n_layers   # 26
+    monkeypatch.chdir(tmp_path)
+    path, arch = grid
+    err = _one_line_error(["evaluate", "--config", str(REPO / "configs" / "default.yaml"),
+                           "--grid", str(path), "--arch", arch, "--model", "bert-large",
+                           "--seq", "128", "--tp", "1", "--pp", str(pp), "--dp", "1", "--mbs",
+                           "1", "--stages", json.dumps(stages)], "--stages")
+    assert f"= {pp} non-empty contiguous [start, end) ranges covering layers 0..{n}: {want};" \
+        in err, err
+    assert "dividing the number of blocks" not in err
+
+
+def test_pp_not_dividing_the_blocks_lists_the_divisors():
+    err = _one_line_error(["evaluate", "--model", "bert-large", "--arch", "a100", "--tp", "1",
+                           "--pp", "5", "--dp", "1", "--mbs", "1"], "--pp/--interleave")
+    assert f"(divisors of 24: {', '.join(map(str, _divisors(24)))})" in err, err
+
+
+def test_batch_not_divisible_names_batches_and_dp_values_that_work():
+    argv = GPT3[:-2] + ["--batch", "64"]
+    argv[argv.index("--dp") + 1], argv[argv.index("--mbs") + 1] = "3", "2"
+    err = _one_line_error(argv, "--batch")
+    m = re.search(r"multiple of --mbs x --dp = 6 \((\d+), (\d+)\), or a --dp dividing "
+                  r"batch / mbs = 32 \(([\d, ]+)\)", err)
+    assert m, err
+    assert [int(x) for x in m.group(3).split(", ")] == _divisors(32)
+    for b in (m.group(1), m.group(2)):        # the batches offered pass the batch check
+        rc, _, e = _run(argv[:-1] + [b, "--allow-infeasible", "--json"])
+        assert rc == 0, e
+
+
+def test_missing_chip_file_and_unknown_preset_name_the_alternatives():
+    from phaze.hw.presets import PRESETS
+
+    for arch, field in (("nope.json", "--arch"), ("nope", "arch")):
+        argv = GPT3.copy()
+        argv[argv.index("--arch") + 1] = arch
+        err = _one_line_error(argv, field)
+        assert f"a preset ({', '.join(sorted(PRESETS))})" in err and "--grid G --arch ID" in err
+
+
+def test_expert_parallelism_with_a_preset_is_refused_not_ignored():
+    err = _one_line_error(GPT3 + ["--ep", "2"], "--ep")
+    assert "--grid" in err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "place"])
+def test_help_shows_every_default_that_matters(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    text = sub.format_help()
+    body = text[text.index("options:"):]
+    for action in sub._actions:
+        d = action.default
+        if not action.option_strings or d is None or d is False or d == [] or action.help \
+                == "==SUPPRESS==" or action.dest == "help":
+            continue
+        flag = action.option_strings[-1]
+        start = body.index(f"  {flag}")
+        chunk = re.split(r"\n  -", body[start + 2:], maxsplit=1)[0]
+        assert "default" in chunk and str(d) in chunk.replace(",", ""), (flag, chunk)
+    if command == "evaluate":
+        assert re.search(r"--recompute \{none,selective,full\}\s+activation recomputation "
+                         r"\(default: full\)", text)
+
+
+@pytest.mark.parametrize("argv,field,want", [
+    (["arch", "grid", "--spec", '{"n_tcc": [1]}', "-o", "g.parquet"], "arch.n_tcc",
+     "did you mean arch.n_tc?"),
+    (GPT3 + ["--network", '{"intra_bw": 1}'], "network.intra_bw",
+     "did you mean network.intra_bw_Bps?"),
+])
+def test_misspelled_keys_outside_the_config_suggest_too(tmp_path, monkeypatch, argv, field, want):
+    monkeypatch.chdir(tmp_path)
+    assert _one_line_error(argv, field).endswith(want)
+    assert not (tmp_path / "g.parquet").exists()
