@@ -11,11 +11,18 @@ from phaze.cli import main
 
 
 def _grid(tmp_path, n=4):
+    from phaze.hw.arch import grid_chunks
     from phaze.hw.grid import enumerate_grid
 
     g = enumerate_grid()
     pick = pd.concat([g[g["n_tc"] == 1].head(1), g[g["n_vc"] == 1].head(1),
                       g[(g["n_tc"] > 1) & (g["n_vc"] > 1)].head(n - 2)]).drop_duplicates("arch_id")
+    # both of the tests' 2 scheduling chunks (by arch family) hold an arch
+    of = grid_chunks(pick, 2)
+    if len(set(of.values())) < 2:
+        other = 1 - next(iter(of.values()))
+        every = grid_chunks(g, 2)
+        pick = pd.concat([pick, g[[every[str(a)] == other for a in g["arch_id"]]].head(1)])
     path = tmp_path / "grid.parquet"
     pick.to_parquet(path, index=False)
     return path, pick
@@ -72,6 +79,35 @@ def test_schedule_batch_cache_and_merge(tmp_path, capsys):
     # selective recomputation re-runs the attention core: blocks only
     assert ((df["recompute_s"] > 0) == (df["layer_kind"] == "block")).all()
     assert (df["recompute_s"] < df["fwd_s"]).all()
+
+
+def test_schedule_batch_empty_chunk_writes_an_empty_shard(tmp_path, capsys):
+    """A chunk that holds no arch (a small grid or pruning wave; archs hashed by family)
+    is not an error: its shard has no rows, and merging it with the others loses nothing."""
+    from phaze.hw.arch import grid_chunks
+    from phaze.hw.grid import enumerate_grid
+
+    one = enumerate_grid().head(1)
+    grid = tmp_path / "grid.parquet"
+    one.to_parquet(grid, index=False)
+    empty = 1 - grid_chunks(one, 2)[str(one["arch_id"].iloc[0])]
+    gfile = tmp_path / "g.json"
+    assert main(["graph", "--model", "bert-large", "--seq", "128", "-o", str(gfile)]) == 0
+    net = json.dumps({"devices_per_node": 8, "intra_bw_Bps": 3e11, "intra_latency_s": 3e-6,
+                      "inter_bw_Bps": 2.5e10, "inter_latency_s": 6e-6})
+    shards = []
+    for chunk in range(2):
+        shards.append(tmp_path / f"{chunk}.parquet")
+        assert main(["schedule-batch", "--graphs", str(gfile), "--grid", str(grid), "--chunk",
+                     str(chunk), "--n-chunks", "2", "--network", net, "--solver", "cpsat",
+                     "--time-limit", "5", "--cache", str(tmp_path / "cache"),
+                     "-o", str(shards[-1])]) == 0
+    assert len(pd.read_parquet(shards[empty])) == 0
+    lat = tmp_path / "lat.parquet"
+    assert main(["merge-latency", *map(str, shards), "--grid", str(grid), "--n-chunks", "2",
+                 "-o", str(lat)]) == 0
+    assert len(pd.read_parquet(lat)) == 3          # prologue, block, epilogue of the one arch
+    capsys.readouterr()
 
 
 def test_schedule_unknown_arch_is_user_error(capsys):

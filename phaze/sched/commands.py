@@ -235,7 +235,9 @@ def cmd_schedule_batch(args) -> int:
 
     warnings: dict = {}        # once per job, with a count (not once per ILP)
     collect = lambda msg: warnings.__setitem__(msg, warnings.get(msg, 0) + 1)  # noqa: E731
-    rows = [r for graph in graphs
+    # a chunk may hold no arch (a small grid or wave, archs hashed by family): its shard
+    # is empty, so the merge still sees every chunk of the job layout
+    rows = [r for graph in graphs if len(mine)
             for r in schedule_rows(graph, mine, net, sched, cache, progress, warn=collect)]
     for msg, n in warnings.items():
         print(f"phaze: warning: {msg} ({n} ILP{'s' if n > 1 else ''} of this job)",
