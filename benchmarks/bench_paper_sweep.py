@@ -83,15 +83,20 @@ FAMILY = ("n_tc", "n_vc", "tc_rows", "tc_cols", "vc_lanes", "clock_hz", "hbm_bw_
 
 def cpu() -> float:
     """CPU seconds (user + system) of this process, all threads, and of its children:
-    live ones (the solver workers, psutil) and reaped ones (RUSAGE_CHILDREN)."""
+    the live solver workers (phaze.sched.worker's registry, psutil) and reaped ones
+    (RUSAGE_CHILDREN; a worker is reaped when it ends). Not psutil's children(), which
+    reads every process of the machine (~1.7 ms CPU a call here, twice per ILP: it
+    inflated t_row and t_ilp)."""
     import resource
 
     import psutil
 
+    from phaze.sched.worker import _WORKERS
+
     total = time.process_time()
-    for child in psutil.Process().children(recursive=True):
+    for proc in list(_WORKERS.values()):
         try:
-            t = child.cpu_times()
+            t = psutil.Process(proc.pid).cpu_times()
             total += t.user + t.system
         except psutil.Error:          # ended meanwhile: counted by RUSAGE_CHILDREN below
             pass

@@ -6,7 +6,8 @@
     costs.bound_one/_all    int8 codes into BOUND_NAMES (compute, glb, hbm, link)
 
 `ops` is a sequence of phaze.model.ops.Op (one pass of one layer, per-device shards);
-`archs` an Arch, a list of Archs or an arch table (DataFrame with ID_FIELDS columns);
+`archs` an Arch, a list of Archs or an arch table (DataFrame with ID_FIELDS columns),
+or the ArchArrays of one (arch_arrays, to convert a table once for many calls);
 `network` the Network used by collectives; `tp` the tensor-parallel width (the size of
 group "tp"). Everything is computed with numpy over the whole (arch x op) matrix at once.
 """
@@ -46,7 +47,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         raise UserError(f"must be a positive integer, got {tp!r}", field="tp")
     sizes = {"tp": int(tp), "": int(tp)}
     sizes.update(groups or {})
-    a = _arch_arrays(archs)
+    a = archs if isinstance(archs, ArchArrays) else _arch_arrays(archs)
     n_arch, n_op = len(a["n_tc"]), len(ops)
     lat_one = np.zeros((n_arch, n_op))
     lat_all = np.zeros((n_arch, n_op))
@@ -134,6 +135,18 @@ def _vector_bytes(o: Op, dtype_bytes: int, params: CostParams) -> float:
 
 def bound_names(codes: np.ndarray) -> np.ndarray:
     return np.array(BOUND_NAMES, dtype=object)[codes]
+
+
+class ArchArrays(dict):
+    """{ID field: float array, one entry per arch}, checked (arch_arrays): what
+    op_latencies takes in place of `archs` when many calls share one arch table, so the
+    table is converted and checked once."""
+
+
+def arch_arrays(archs) -> ArchArrays:
+    """The checked arrays of `archs` (an Arch, a list of Archs or an arch table).
+    UserError on an empty table or a non-positive (or non-integer count) field."""
+    return ArchArrays(_arch_arrays(archs))
 
 
 def _arch_arrays(archs) -> dict:

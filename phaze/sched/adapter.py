@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from phaze.cost.api import op_latencies
+import numpy as np
+
+from phaze.cost.api import arch_arrays, op_latencies
 from phaze.errors import UserError
 from phaze.sched.problem import SchedProblem
 
@@ -16,6 +18,13 @@ from phaze.sched.problem import SchedProblem
 def ops_to_problem(ops: Sequence, lat_one_s: Sequence[float], lat_all_s: Sequence[float],
                    n_tc: int, n_vc: int) -> SchedProblem:
     """ops: phaze.model.ops.Op of one pass (deps by name, core_class property)."""
+    return _problem(pass_structure(ops), lat_one_s, lat_all_s, n_tc, n_vc)
+
+
+def pass_structure(ops: Sequence) -> tuple:
+    """(core classes, sorted deduplicated edges by op index, names) of one pass's ops:
+    what every arch's problem of the pass shares. UserError on a duplicate name or a
+    dependency on an unknown op."""
     index = {op.name: k for k, op in enumerate(ops)}
     if len(index) != len(ops):
         raise UserError("duplicate op names in one pass", field="graph")
@@ -25,10 +34,16 @@ def ops_to_problem(ops: Sequence, lat_one_s: Sequence[float], lat_all_s: Sequenc
             if dep not in index:
                 raise UserError(f"op {op.name!r} depends on unknown op {dep!r}", field="graph")
             edges.append((index[dep], k))
-    return SchedProblem(tuple(op.core_class for op in ops),
-                        tuple(float(x) for x in lat_one_s), tuple(float(x) for x in lat_all_s),
-                        tuple(sorted(set(edges))), int(n_tc), int(n_vc),
-                        names=tuple(op.name for op in ops))
+    return (tuple(op.core_class for op in ops), tuple(sorted(set(edges))),
+            tuple(op.name for op in ops))
+
+
+def _problem(structure: tuple, lat_one_s, lat_all_s, n_tc: int, n_vc: int) -> SchedProblem:
+    core_class, edges, names = structure
+    # tolist() of a float64 array gives the same Python floats as float(x) of each element
+    return SchedProblem(core_class, tuple(np.asarray(lat_one_s, dtype=float).tolist()),
+                        tuple(np.asarray(lat_all_s, dtype=float).tolist()), edges,
+                        int(n_tc), int(n_vc), names=names)
 
 
 # Scheduled passes of a layer: forward, backward, and the forward ops that selective
@@ -49,6 +64,7 @@ def layer_problems(graph, archs, network, tp: int | None = None):
     tp = graph.tp if tp is None else tp
     n_tc = archs["n_tc"].to_numpy()
     n_vc = archs["n_vc"].to_numpy()
+    arrays = None                     # converted and checked once, at the first pass with ops
     for li, layer in enumerate(graph.layers):
         for pass_ in SCHED_PASSES:
             ops = pass_ops(layer, pass_)
@@ -57,17 +73,16 @@ def layer_problems(graph, archs, network, tp: int | None = None):
                     yield a, li, layer, pass_, SchedProblem((), (), (), (), int(n_tc[a]),
                                                             int(n_vc[a]))
                 continue
-            costs = op_latencies(ops, archs, network, tp=tp)
+            arrays = arch_arrays(archs) if arrays is None else arrays
+            costs = op_latencies(ops, arrays, network, tp=tp)
+            structure = pass_structure(ops)
             # archs with the same op latencies and core counts (e.g. differing only in
             # buffer size) share one problem object: built and hashed once
             memo: dict = {}
             for a in range(len(archs)):
                 one, all_ = costs.lat_one_s[a], costs.lat_all_s[a]
-                k = (one.tobytes(), all_.tobytes(), int(n_tc[a]), int(n_vc[a])) \
-                    if hasattr(one, "tobytes") else None
-                p = memo.get(k) if k is not None else None
+                k = (one.tobytes(), all_.tobytes(), int(n_tc[a]), int(n_vc[a]))
+                p = memo.get(k)
                 if p is None:
-                    p = ops_to_problem(ops, one, all_, int(n_tc[a]), int(n_vc[a]))
-                    if k is not None:
-                        memo[k] = p
+                    p = memo[k] = _problem(structure, one, all_, n_tc[a], n_vc[a])
                 yield a, li, layer, pass_, p

@@ -11,15 +11,18 @@ from __future__ import annotations
 import bisect
 import random
 
-from phaze.sched.problem import SchedProblem, Schedule, topo_order
+from phaze.sched.problem import SchedProblem, Schedule, dag_order, topo_order
 
 
 def critical_path_s(p: SchedProblem, durations: list[float] | None = None) -> float:
-    d = durations or [p.best_duration(i) for i in range(p.n)]
-    preds = p.preds()
+    # default: each op's faster mode (SchedProblem.best_duration, inlined)
+    d = durations or [one if c == "net" else min(one, all_)
+                      for c, one, all_ in zip(p.core_class, p.lat_one_s, p.lat_all_s)]
+    order, preds = dag_order(p.n, p.edges)
     finish = [0.0] * p.n
-    for j in topo_order(p.n, p.edges):
-        finish[j] = max((finish[i] for i in preds[j]), default=0.0) + d[j]
+    for j in order:
+        pj = preds[j]
+        finish[j] = (max([finish[i] for i in pj]) if pj else 0.0) + d[j]
     return max(finish, default=0.0)
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -55,14 +57,11 @@ class SchedProblem:
         if self.n_tc < 1 or self.n_vc < 1:
             raise ValueError("n_tc and n_vc must be >= 1")
         for a, b in zip(self.lat_one_s, self.lat_all_s):
-            if not (np.isfinite(a) and np.isfinite(b)) or a < 0 or b < 0:
+            if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < 0:
                 raise ValueError("latencies must be finite and >= 0")
-        for i, j in self.edges:
-            if not (0 <= i < n and 0 <= j < n) or i == j:
-                raise ValueError(f"bad edge {(i, j)}")
+        dag_order(n, self.edges)  # raises on a bad edge or a cycle
         if self.names and len(self.names) != n:
             raise ValueError("names must match ops")
-        topo_order(n, self.edges)  # raises on a cycle
 
     @property
     def n(self) -> int:
@@ -135,6 +134,28 @@ class SchedProblem:
         n_tc_users = sum(c in ("tc", "tc+vc") for c in self.core_class)
         n_vc_users = sum(c in ("vc", "tc+vc") for c in self.core_class)
         return (min(self.n_tc, max(n_tc_users, 1)), min(self.n_vc, max(n_vc_users, 1)))
+
+
+def dag_order(n: int, edges) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """(topo_order(n, edges), predecessors of each op in edge order) of a DAG given as
+    (i, j) pairs; memoised when `edges` is hashable (a tuple of tuples): every arch's
+    problem of one layer pass has the same DAG. ValueError on an edge out of range or a
+    self-loop, or on a cycle."""
+    try:
+        return _dag_order(n, edges)
+    except TypeError:                 # unhashable edges (lists): not memoised
+        return _dag_order.__wrapped__(n, edges)
+
+
+@lru_cache(maxsize=4096)
+def _dag_order(n: int, edges) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    for i, j in edges:
+        if not (0 <= i < n and 0 <= j < n) or i == j:
+            raise ValueError(f"bad edge {(i, j)}")
+    preds: list[list[int]] = [[] for _ in range(n)]
+    for i, j in edges:
+        preds[j].append(i)
+    return tuple(topo_order(n, edges)), tuple(tuple(p) for p in preds)
 
 
 def topo_order(n: int, edges) -> list[int]:

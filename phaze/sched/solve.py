@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from phaze.sched import worker
 from phaze.sched.backends import LicenceError, run_backend_inprocess
@@ -52,7 +52,11 @@ class SolveResult:
     model_seconds: float = 0.0   # in the exact backend: prep, model build and solve
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict (what dataclasses.asdict gives, without its deep copy:
+        the two lists are copied, every other field is a scalar)."""
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d["start_s"], d["mode"] = list(self.start_s), list(self.mode)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SolveResult":
