@@ -101,8 +101,12 @@ def test_local_sweep_end_to_end(base_run):
     res = base_run / "results"
     ids = grid_ids(base_run)
     assert len(ids) == 8
-    # Chunking (docs/cli-contract.md): arch -> chunk int(arch_id, 16) % N, every arch once.
+    # Chunking (docs/cli-contract.md): arch -> the chunk of its family (the arch without its
+    # GLB size, phaze.hw.arch.chunk_of), every arch once.
+    from phaze.hw.arch import grid_chunks
+
     n = cfg["scheduling"]["n_chunks"]
+    chunk = grid_chunks(pd.read_parquet(res / "arch" / "grid.parquet"), n)
     for m in cfg["models"]:
         for s in m["seq"]:
             for b in cfg["microbatch_sizes"]:
@@ -110,7 +114,7 @@ def test_local_sweep_end_to_end(base_run):
                 for c in range(n):
                     shard = pd.read_parquet(res / "sched" / m["name"] / f"s{s}_b{b}" / f"{c}.parquet")
                     archs = set(shard["arch_id"])
-                    assert archs == {a for a in ids if int(a, 16) % n == c}
+                    assert archs == {a for a in ids if chunk[a] == c}
                     seen |= archs
                 assert seen == ids
                 lat = pd.read_parquet(res / "latency" / f"{m['name']}_s{s}_b{b}.parquet")
