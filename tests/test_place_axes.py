@@ -13,20 +13,9 @@ import pytest
 from phaze.place.chain import Chain
 from phaze.place.dp import best_plans
 from phaze.place.plan import Links, PlanOptions, evaluate_plan
+from test_place_levels import rand_levels  # 2-3 random network levels, one generator
 
 GB, WB, ADAM = 2.0, 2.0, 12.0      # bf16 grads and weights, fp32 master + 2 moments
-
-
-def rand_levels(rng):
-    k = int(rng.integers(2, 4))
-    sizes, g = [], 1
-    for _ in range(k - 1):
-        g *= int(rng.integers(2, 5))
-        sizes.append(g)
-    sizes.append(0)
-    bws = sorted(rng.uniform(5e6, 500e6, k), reverse=True)
-    lats = sorted(rng.uniform(1e-4, 5e-3, k))
-    return tuple((s, float(b), float(a)) for s, b, a in zip(sizes, bws, lats))
 
 
 def rand_moe_chain(rng):

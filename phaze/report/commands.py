@@ -202,16 +202,15 @@ def results_inputs(results_dir) -> dict:
     "grid", "config"}. A pruned run (search.method pruned) has its latency tables per wave
     under prune/; an exhaustive one under latency/. UserError naming --results when the
     folder holds no finished sweep."""
-    import yaml
+    from phaze.report.context import read_config
 
     root = Path(results_dir)
     cfg_path = root / "config.yaml"
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    except FileNotFoundError:
+    if not cfg_path.is_file():
         raise UserError(f"no {cfg_path}: not a finished workflow's results folder",
                         field="--results", fix="run the workflow (snakemake) first, or pass "
-                        "--place/--grid/--latency/--config") from None
+                        "--place/--grid/--latency/--config")
+    cfg = read_config(str(cfg_path))
     pairs = [(m["name"], int(q)) for m in cfg.get("models", []) for q in m.get("seq", [])]
     mbs = cfg.get("microbatch_sizes", [])
     from phaze.settings import SearchSettings
