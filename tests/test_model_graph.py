@@ -213,3 +213,13 @@ def test_small_spec_brute_force_saved_bytes():
     blk = _block(build_graph(sp, s, b))
     assert blk.activation_bytes["none"] == sum(kept.values())
     assert sum(o.saved_bytes for o in blk.fwd) == sum(kept.values())
+
+
+def test_dropout_forward_writes_its_mask():
+    # a dropout reads x and writes y and the 1-byte mask its backward reads
+    g = build_graph(ZOO["gpt-1.7b"], seq=2048, mbs=2, tp=1)
+    drops = [o for o in g.layers[1].fwd if o.vclass == "dropout"]
+    assert drops
+    for o in drops:
+        assert o.bytes_written == pytest.approx(o.elements * (2 + 1))
+        assert o.bytes_read == pytest.approx(o.elements * 2)

@@ -32,7 +32,7 @@ def test_evaluate_cli_json(capsys):
     F = narayanan_flops(32, 2048, 24, 2304, 51200, True)
     assert out["tflops_per_gpu_eq3"] == pytest.approx(F / out["time_per_batch_s"] / 8 / 1e12)
     parts = sum(out[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s",
-                                 "optimizer_s"))
+                                 "optimizer_s", "grad_accum_s"))
     assert parts == pytest.approx(out["time_per_batch_s"])
     # pp that does not divide the 24 blocks -> one-line user error, exit 2
     assert main(argv[:8] + ["5"] + argv[9:]) == 2
@@ -82,3 +82,29 @@ def test_context_parallel_ring_in_the_chain_matches_per_layer_ring(recompute):
                          recompute, links=links, options=PlanOptions(**MEGATRON_OPTIONS, cp=cp),
                          hbm_bw_Bps=arch.hbm_bw_Bps * prm.hbm_bw_efficiency)
     assert got["time_per_batch_s"] > bare["time_per_batch_s"]     # the ring is charged
+
+
+def test_megatron_2021_profile_fp16_reduction_accumulation_and_ddp_impl():
+    # Narayanan SC'21 run scripts (--fp16): gradients reduced in fp16 (half the 2022
+    # profile's fp32 bytes), accumulated by AccumulateGrad at 6 B/param per microbatch after
+    # the first, a 52 B/param fp16-optimizer step; PyTorch DDP hides the reduction behind
+    # the last microbatch's backward
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+
+    m, a = get_model("gpt-1.7b"), get_preset("a100")
+    kw = dict(tp=1, pp=1, dp=32, mbs=4, batch=512, recompute="full")
+    new = evaluate_model(m, a, framework="megatron-lm-2022", **kw)
+    old = evaluate_model(m, a, framework="megatron-lm-2021", **kw)
+    torch_ddp = evaluate_model(m, a, framework="megatron-lm-2021", ddp_impl="torch", **kw)
+    assert old["dp_sync_s"] == pytest.approx(new["dp_sync_s"] / 2, rel=0.05)
+    assert new["grad_accum_s"] == 0.0
+    M = 512 // (32 * 4)
+    assert old["grad_accum_s"] > 0 and old["optimizer_s"] == pytest.approx(
+        new["optimizer_s"] * 52 / 30)
+    assert old["grad_accum_s"] == pytest.approx(old["optimizer_s"] * 6 / 52 * (M - 1))
+    assert torch_ddp["dp_sync_s"] < 0.2 * old["dp_sync_s"]
+    assert torch_ddp["time_per_batch_s"] < old["time_per_batch_s"]
+    with pytest.raises(ValueError, match="DDP"):
+        evaluate_model(m, a, ddp_impl="apex", **kw)

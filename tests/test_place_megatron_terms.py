@@ -113,3 +113,23 @@ def test_interleaved_reduction_hides_behind_later_chunks():
     flat = evaluate_plan(c, 2, 8, 64, links=L, options=o)
     inter = evaluate_plan(c, 2, 8, 64, interleave=2, links=L, options=o)
     assert 0 < inter["dp_sync_s"] < flat["dp_sync_s"]
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_unfused_grad_accumulation_is_one_pass_per_microbatch_after_the_first(extended):
+    # eager AccumulateGrad (fp16 `grad += new`: 6 B/param) on every microbatch but the
+    # first; the pass lengthens each microbatch's load, so the bubble grows with it
+    c, bw, p, d, mbs_batch = chain(), 1.5e12, 2, 4, 64
+    base = PlanOptions(collectives="nccl" if extended else "flat")
+    plain = evaluate_plan(c, p, d, mbs_batch, links=Links(), options=base, hbm_bw_Bps=bw)
+    acc = evaluate_plan(c, p, d, mbs_batch, links=Links(), hbm_bw_Bps=bw, options=PlanOptions(
+        collectives=base.collectives, grad_accum_bytes_per_param=6.0))
+    M = mbs_batch // d
+    per_mb = c.param_count[:5].sum() * 6.0 / bw * (M - 1) / M    # rank 0: chunks 0..4
+    assert acc["grad_accum_s"] == pytest.approx(M * per_mb)
+    assert acc["time_per_batch_s"] - plain["time_per_batch_s"] == \
+        pytest.approx((M + p - 1) * per_mb)
+    assert plain["grad_accum_s"] == 0.0
+    one = evaluate_plan(c, p, d, d, links=Links(), hbm_bw_Bps=bw,    # M = 1: nothing to add
+                        options=PlanOptions(grad_accum_bytes_per_param=6.0))
+    assert one["grad_accum_s"] == 0.0

@@ -6,7 +6,7 @@ fitted on Korthikanti Table 5; Narayanan Table 1 is held out. The h100 preset's 
 run-level parameter (sustained_clock_fraction) is fitted on the nine weak-scaling rows of
 the Megatron-LM README's H100 table; its two strong-scaling rows (inferred layout) are
 only reported. Bounds: the achieved errors (docs/validate.md) with a small margin; the
-issue-16 targets are Korthikanti <= 2 %, Narayanan <= 6 % (not reached: 9.0 %), H100 <= 8 %."""
+issue-16 targets are Korthikanti <= 2 %, Narayanan <= 6 % (not reached: 8.1 %), H100 <= 8 %."""
 
 import pytest
 
@@ -26,13 +26,14 @@ def preds():
 
 
 def test_korthikanti_table5_mae_within_2_percent(preds):
-    assert mean_abs_error_pct(preds[data.TABLE_KORTHIKANTI]) <= 2.0   # 1.42 %
+    assert mean_abs_error_pct(preds[data.TABLE_KORTHIKANTI]) <= 2.0   # 1.49 %
 
 
 def test_narayanan_table1_mae_held_out(preds):
-    # achieved 8.54 % (Calculon 12.4 %); the issue's 6 % is not reached: the big rows repeat
-    # Table 5's configurations and were measured 9-10 % slower (docs/validate.md)
-    assert mean_abs_error_pct(preds[data.TABLE_NARAYANAN]) <= 9.0
+    # achieved 8.06 % (Calculon 12.4 %) with the run scripts' microbatch, interleave and DDP;
+    # the issue's 6 % is not reached: the pipeline-free rows (PyTorch DDP, mbs 16) are
+    # 9-15 % fast, the pipelined ones 2-8 % (docs/validate.md)
+    assert mean_abs_error_pct(preds[data.TABLE_NARAYANAN]) <= 8.5
 
 
 def test_h100_readme_table_mae_within_8_percent(preds):
@@ -45,11 +46,11 @@ def test_h100_readme_table_mae_within_8_percent(preds):
         assert p.searched and p.memory_per_device_bytes <= 80 * 1024**3
 
 
-def test_searched_plans_fit_memory_and_published_ones_are_used(preds):
-    for p in preds[data.TABLE_NARAYANAN]:
-        assert p.searched and p.memory_per_device_bytes <= 80 * 1024**3
-    for p in preds[data.TABLE_KORTHIKANTI]:
-        assert not p.searched and (p.mbs, p.interleave) == (p.case.microbatch, p.case.interleave)
+def test_published_plans_are_used_and_fit_memory(preds):
+    for t in (data.TABLE_NARAYANAN, data.TABLE_KORTHIKANTI):
+        for p in preds[t]:
+            assert not p.searched and (p.mbs, p.interleave) == (p.case.microbatch, p.case.interleave)
+            assert p.memory_per_device_bytes <= 80 * 1024**3
 
 
 def test_breakdown_terms_are_explicit_and_sum_to_the_time(preds):
@@ -61,6 +62,9 @@ def test_breakdown_terms_are_explicit_and_sum_to_the_time(preds):
             assert (b["tp_s"] > 0) == (p.case.tp > 1)
             assert (b["bubble_s"] > 0) == (p.case.pp > 1)
             assert (b["dp_sync_s"] > 0) == (p.case.dp > 1)
+            # unfused accumulation over microbatches: only the 2021 (fp16, SC'21) runs
+            assert (b["grad_accum_s"] > 0) == (p.case.framework == "megatron-lm-2021"
+                                                and p.case.batch > p.case.dp * p.mbs)
 
 
 def test_phaze_evaluate_defaults_are_the_validated_model():

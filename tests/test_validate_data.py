@@ -15,7 +15,21 @@ def test_tables_load_with_every_row():
     assert all(c.gpus % (c.tp * c.pp) == 0 for c in n + k)
     assert all(c.dp == 1 for c in k)
     assert {c.recompute for c in k} == {"full", "selective"}
-    assert all(c.microbatch is None and c.interleave is None for c in n)
+    assert all(c.framework == "megatron-lm-2021" for c in n)
+
+
+def test_narayanan_run_script_configs_are_valid_megatron_plans():
+    # microbatch, interleave and --DDP-impl from examples/sc21/run_table_1.sh: the microbatch
+    # divides the per-replica batch, the interleave the layers per stage, and interleaving
+    # needs the microbatch count to be a multiple of p (Narayanan Sec. 2.2.2)
+    for c in data.narayanan_cases():
+        per_replica = c.batch // c.dp
+        assert per_replica % c.microbatch == 0
+        assert (c.layers // c.pp) % c.interleave == 0
+        if c.interleave > 1:
+            assert (per_replica // c.microbatch) % c.pp == 0
+        # PyTorch DDP for the pipeline-free rows, Megatron's local DDP with pipelines
+        assert c.ddp_impl == ("torch" if c.pp == 1 else "local")
 
 
 def test_narayanan_percent_of_peak_matches_tflops():

@@ -123,8 +123,8 @@ PRESET_PARAMS = {
                  collective_topology="nccl", flash_fwd_efficiency=0.50,
                  flash_bwd_efficiency=0.43, sustained_clock_fraction=0.715,
                  unfused_cross_entropy=True),
-    "a100": dict(compute_efficiency=0.806, hbm_bw_efficiency=0.880, link_bw_efficiency=0.80,
-                 op_overhead_s=49.5e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
+    "a100": dict(compute_efficiency=0.804, hbm_bw_efficiency=0.890, link_bw_efficiency=0.80,
+                 op_overhead_s=45.4e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
                  flash_bwd_efficiency=0.60, unfused_cross_entropy=True),
 }
 

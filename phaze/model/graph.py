@@ -173,6 +173,8 @@ class _Layer:
             elif n.kind == "vector":
                 if n.vclass == "embedding":  # a gather reads only the rows it looks up
                     common["bytes_read"] = sum(n.in_bytes) + n.out_bytes
+                elif n.vclass == "dropout":  # writes its output and the mask it keeps
+                    common["bytes_written"] = n.out_bytes + n.out_elements * MASK_BYTES
                 ops.append(Op(kind="vector", vclass=n.vclass, elements=n.out_elements,
                               flops=float(VECTOR_FLOPS[n.vclass][0] * n.out_elements), **common))
             else:

@@ -76,11 +76,14 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--stages", help="with --grid: the plan's layer ranges as JSON, e.g. "
                    "[[0,13],[13,26]] (a placement row's stages column); default: Megatron's "
                    "uniform split")
-    e.add_argument("--framework", choices=["megatron-lm-2021", "megatron-core-2024", "nemo-2024",
-                                           "megatron-deepspeed"],
+    e.add_argument("--framework", choices=["megatron-lm-2022", "megatron-lm-2021",
+                                           "megatron-core-2024", "nemo-2024", "megatron-deepspeed"],
                    help="with --arch PRESET: the framework's default overlaps, optimizer "
                         "sharding, kernels (phaze.place.evaluate.FRAMEWORKS; default "
-                        "megatron-lm-2021, the validated A100 model)")
+                        "megatron-lm-2022, the validated A100 model)")
+    e.add_argument("--ddp-impl", choices=["local", "torch"], default="local",
+                   help="Megatron-LM --DDP-impl: torch reduces fp16/bf16 gradient buckets during "
+                        "the last microbatch's backward, local after it")
     e.add_argument("--cp", type=int, default=1, help="context-parallel size (ring attention)")
     e.add_argument("--ep", type=int, default=1,
                    help="expert-parallel size (MoE layers; a placement row's ep)")
@@ -397,7 +400,7 @@ def _evaluate_preset(args, spec, settings, seq):
                                          "vocab_pad_multiple": settings.graph.vocab_pad_multiple},
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
                           first_stage_layers=args.first_stage_layers,
-                          last_stage_layers=args.last_stage_layers,
+                          last_stage_layers=args.last_stage_layers, ddp_impl=args.ddp_impl,
                           options=_overlap_options(args) or None)
     return plan, arch.hbm_bytes, arch.name
 
@@ -422,7 +425,8 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
         extra += f" ({plan['tflops_per_gpu_eq3']:.1f} by Narayanan Eq. 3)"
     w(f"  time per batch   {plan['time_per_batch_s']:.6g} s   ({plan['samples_per_s']:.1f} "
       f"samples/s{extra}, MFU {plan['mfu'] or 0:.1%})\n")
-    for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s", "optimizer_s"):
+    from phaze.place.plan import BREAKDOWN_KEYS
+    for k in BREAKDOWN_KEYS:
         w(f"    {k[:-2]:<10} {plan[k]:.6g} s\n")
     w(f"  memory per device {plan['memory_per_device_bytes'] / GiB:.2f} GiB of "
       f"{hbm / GiB:.0f} GiB{'' if plan['feasible'] else '  (DOES NOT FIT)'}\n")

@@ -31,9 +31,11 @@ def narayanan_flops(batch: int, seq: int, layers: int, hidden: int, vocab: int,
     return 72.0 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
 
 
-# Megatron-LM's training settings that `phaze evaluate` models (docs/place.md):
-# fp32 main gradients (2 + 4 + 12 = 18 B/param with Adam, Korthikanti Figure 1), the
-# optimizer step timed as a memory-bound pass, scatter/gather pipeline p2p.
+# Megatron-LM's training settings that `phaze evaluate` models by default (docs/place.md):
+# the Megatron-LM of Korthikanti MLSys'23 (2022): bf16 with fp32 main gradients (2 + 4 + 12
+# = 18 B/param with Adam, Korthikanti Figure 1) accumulated inside the dW GEMM
+# (--gradient-accumulation-fusion, Megatron-LM since 2022-02), the optimizer step timed as
+# a memory-bound pass, scatter/gather pipeline p2p.
 # DP/CP collectives as NCCL runs them (collectives="nccl": NVLink inside a node, every NIC
 # of a node between nodes, ring or tree; phaze.cost.collective).
 MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scatter_gather=True,
@@ -43,9 +45,16 @@ MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scat
 # switches (CostParams) a framework version uses BY DEFAULT or in its published runs
 # (docs/validate.md "Frameworks"). `evaluate_model(framework=...)`, `phaze evaluate
 # --framework`.
-#  megatron-lm-2021: Megatron-LM of Narayanan SC'21 / Korthikanti MLSys'23 (= MEGATRON_OPTIONS):
+#  megatron-lm-2022 (default): Megatron-LM of Korthikanti MLSys'23 (= MEGATRON_OPTIONS):
 #     fp32 main grads all-reduced fp32, nothing overlapped, eager attention (softmax
 #     materialised, Megatron's fused scale-mask-softmax), scatter/gather p2p.
+#  megatron-lm-2021: Megatron-LM of Narayanan SC'21 as its reproduction scripts run it
+#     (examples/sc21: --fp16, static loss scale): fp16 gradients (2 B/param) all-reduced in
+#     fp16 (accumulate_allreduce_grads_in_fp32 is off for fp16), accumulated over
+#     microbatches by PyTorch's AccumulateGrad (`grad += new`: 6 B/param per microbatch;
+#     gradient-accumulation fusion came in 2022), and the fp16 optimizer's step: fp16 ->
+#     fp32 grad copy (2 + 4), unscale + inf check (4 + 4), grad-norm (4), Adam (28), fp32
+#     -> fp16 param copy (4 + 2) = 52 B/param. DDP implementation per run (DDP_IMPLS).
 #  megatron-core-2024: Megatron-LM/Megatron-Core core_r0.6-0.9 as in its README's H100 weak
 #     scaling runs: --use-distributed-optimizer (reduce-scatter fp32 grads: bf16 training
 #     forces accumulate_allreduce_grads_in_fp32; all-gather bf16 params), --overlap-grad-
@@ -58,8 +67,13 @@ MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scat
 #  megatron-deepspeed: DeepSpeed ZeRO-1 (optimizer state sharded; reduce-scatter + all-gather,
 #     not overlapped, overlap_comm False by default), fp32 gradient reduction, flash attention
 #     optional (eager by default).
+DEFAULT_FRAMEWORK = "megatron-lm-2022"
 FRAMEWORKS = {
-    "megatron-lm-2021": dict(plan=dict(MEGATRON_OPTIONS), graph={}, cost={}),
+    "megatron-lm-2022": dict(plan=dict(MEGATRON_OPTIONS), graph={}, cost={}),
+    "megatron-lm-2021": dict(
+        plan=dict(MEGATRON_OPTIONS, grad_bytes=2.0, dp_reduce_bytes=2.0,
+                  grad_accum_bytes_per_param=6.0, optimizer_bytes_per_param=52.0),
+        graph={}, cost={}),
     "megatron-core-2024": dict(
         plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
                   dp_reduce_bytes=4.0, distributed_optimizer=True, overlap_grad_reduce=True,
@@ -70,6 +84,11 @@ FRAMEWORKS = {
                   dp_reduce_bytes=4.0, zero_stage=1),
         graph={}, cost={}),
 }
+# Megatron-LM's --DDP-impl (2021): "local" reduces after the backward (nothing overlapped);
+# "torch" is PyTorch DDP: buckets of 25 MB (bucket_cap_mb; 12.5 M fp16 gradients) reduce
+# while the last microbatch's backward runs (Megatron wraps the other microbatches in
+# no_sync()).
+DDP_IMPLS = {"local": {}, "torch": dict(overlap_grad_reduce=True, bucket_params=12.5e6)}
 FRAMEWORKS["nemo-2024"] = FRAMEWORKS["megatron-core-2024"]
 
 
@@ -130,12 +149,14 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    zero1: bool = False, cost_params=None, options: dict | None = None,
                    graph_options: dict | None = None, framework: str | None = None,
                    cp: int = 1, first_stage_layers: int | None = None,
-                   last_stage_layers: int | None = None, fp8: bool = False) -> dict:
+                   last_stage_layers: int | None = None, fp8: bool = False,
+                   ddp_impl: str = "local") -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
     calibrated parameters and MEGATRON_OPTIONS; `graph_options` are build_graph's (attention,
-    vocab_pad_multiple; the kernels run unfused, as a GPU runs them). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
+    vocab_pad_multiple; the kernels run unfused, as a GPU runs them); `framework`: a FRAMEWORKS
+    key (default DEFAULT_FRAMEWORK); `ddp_impl`: a DDP_IMPLS key. Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
     plus tflops_per_gpu_eq3
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
     from dataclasses import replace
@@ -146,9 +167,11 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     seq = seq or spec.seq
     network = network or arch.network
     cost_params = cost_params or default_cost_params(arch)
-    fw = FRAMEWORKS[framework] if framework else FRAMEWORKS["megatron-lm-2021"]
     if framework is not None and framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r}; use one of {sorted(FRAMEWORKS)}")
+    if ddp_impl not in DDP_IMPLS:
+        raise ValueError(f"unknown DDP implementation {ddp_impl!r}; use one of {sorted(DDP_IMPLS)}")
+    fw = FRAMEWORKS[framework or DEFAULT_FRAMEWORK]
     gopts = {**fw["graph"], **(graph_options or {})}
     if gopts.get("attention") == "flash":
         cost_params = replace(cost_params, flash_causal=bool(getattr(spec, "causal", True)))
@@ -166,7 +189,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core,
                              kv_bytes=kv)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
-    plan_kw = {**fw["plan"], **({"fp8_weight_bytes": 2.0} if fp8 else {}), "cp": cp}
+    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], **({"fp8_weight_bytes": 2.0} if fp8 else {}),
+               "cp": cp}
     opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
                           "zero1": zero1, **(options or {})})
     stages = None

@@ -138,6 +138,11 @@ class PlanOptions:
     cp: int = 1                          # context-parallel size (chain built for seq / cp)
     ep: int = 1                          # expert-parallel size (MoE layers; expert_parallel_chain)
     fp8_weight_bytes: float = 0.0        # extra bytes/param of FP8 weight copies (TE)
+    # Weight-gradient accumulation over microbatches as its own memory pass (bytes/param
+    # per microbatch after the first): eager PyTorch's AccumulateGrad `grad += new` in the
+    # gradient dtype (fp16: read 2 + 2, write 2 = 6 B). 0: fused into the dW GEMM
+    # (Megatron's --gradient-accumulation-fusion, cuBLAS beta = 1 into main_grad, since 2022).
+    grad_accum_bytes_per_param: float = 0.0
 
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0
@@ -263,6 +268,12 @@ def inflight(p: int, v: int, M: int) -> np.ndarray:
     return np.minimum(2 * (p - r - 1) + (v - 1) * p + 1, M * v) / v
 
 
+# The terms of time_per_batch_s in evaluate_plan's dict; they sum to it (tp_s is the TP
+# collectives' share of the layer loads, compute_s the rest).
+BREAKDOWN_KEYS = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s", "optimizer_s",
+                  "grad_accum_s")
+
+
 def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "none",
                   interleave: int = 1, *, hbm_bytes: float = math.inf, links: Links | None = None,
                   options: PlanOptions | None = None, peak_flops: float = 0.0,
@@ -299,6 +310,11 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe = _per_device(
         chain, p, v, d, recompute, stages, links, options)
     dev_Pd = dev_P - dev_Pe
+    accum = np.zeros(p)
+    if options.grad_accum_bytes_per_param > 0 and hbm_bw_Bps > 0 and M > 1:
+        # every microbatch's backward but the first adds its dW into the gradient buffer
+        accum = dev_P * options.grad_accum_bytes_per_param / hbm_bw_Bps * (M - 1) / M
+        dev_load = dev_load + accum
     mem = dev_Pd * options.static_bytes_per_param(d) + \
         dev_Pe * options.static_bytes_per_param(d, expert=True) + inflight(p, v, M) * dev_A + dev_work
     parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options, dev_Pe)
@@ -319,6 +335,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         dev_load, dev_tp, dev_p2p, ar, fsdp = extended_terms(
             chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p,
             dev_Pe)
+        dev_load = dev_load + accum
     b = int(np.argmax(dev_load))
     Lmax = float(dev_load[b])
     bubble = (p - 1) / v * Lmax
@@ -337,6 +354,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
            "compute_s": M * float(dev_comp[b]), "bubble_s": bubble,
            "p2p_s": M * float(dev_p2p[b]), "dp_sync_s": float(ar.max()),
            "tp_s": M * float(dev_tp[b]), "optimizer_s": opt_s,
+           "grad_accum_s": M * float(accum[b]),
            "feasible": bool(mem.max() <= hbm_bytes)}
     if options.extended():      # FSDP's per-microbatch exposed gathers count as DP sync
         out["dp_sync_s"] += M * float(fsdp[b])

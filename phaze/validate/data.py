@@ -1,7 +1,8 @@
 """Load the published measurements in phaze/data/ground_truth.yaml into plain rows.
 
 Each `Case` is one measured training run: a GPT model, a fixed Megatron strategy and the
-measured figure. Microbatch and interleave are None where the paper does not give them.
+measured figure. Microbatch and interleave are None where neither the paper nor its
+authors' run scripts give them.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Case:
     microbatch: int | None = None  # None: not published, searched
     interleave: int | None = None  # None: not published, searched
     arch: str = "a100"             # preset the run is evaluated on
-    framework: str | None = None   # phaze.place.evaluate.FRAMEWORKS key (None: Megatron-LM 2021)
+    framework: str | None = None   # phaze.place.evaluate.FRAMEWORKS key (None: its default)
+    ddp_impl: str = "local"        # Megatron-LM --DDP-impl (phaze.place.evaluate.DDP_IMPLS)
     tied_embeddings: bool = True
     caveat: str = ""               # transcription caveat (ground_truth.yaml), "" = read from the source
 
@@ -78,7 +80,9 @@ def narayanan_cases() -> list[Case]:
             heads=r["heads"], layers=r["layers"], seq=t["seq"], vocab=t["vocab"],
             tp=r["tp"], pp=r["pp"], gpus=r["gpus"], batch=r["batch"],
             recompute=t["recompute"], sequence_parallel=t["sequence_parallel"],
-            metric=t["metric"], measured=float(r["tflops_per_gpu"])))
+            metric=t["metric"], measured=float(r["tflops_per_gpu"]),
+            microbatch=r["microbatch"], interleave=r["interleave"],
+            framework=t["framework"], ddp_impl=r["ddp"]))
     return out
 
 

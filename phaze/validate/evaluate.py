@@ -178,13 +178,13 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                            dp=case.dp, mbs=mbs, batch=case.batch, recompute=case.recompute,
                            interleave=interleave, seq=case.seq,
                            sequence_parallel=case.sequence_parallel, cost_params=cost,
-                           options=opts, framework=case.framework)
+                           options=opts, framework=case.framework, ddp_impl=case.ddp_impl)
     except ValueError:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
-    breakdown = {k: r[k] for k in ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s",
-                                   "optimizer_s")}
+    from phaze.place.plan import BREAKDOWN_KEYS
+    breakdown = {k: r[k] for k in BREAKDOWN_KEYS}
     return PlanResult(time_per_batch_s=r["time_per_batch_s"],
                       memory_per_device_bytes=r["memory_per_device_bytes"],
                       breakdown=breakdown, feasible=r["feasible"])
