@@ -108,3 +108,23 @@ def test_megatron_2021_profile_fp16_reduction_accumulation_and_ddp_impl():
     assert torch_ddp["time_per_batch_s"] < old["time_per_batch_s"]
     with pytest.raises(ValueError, match="DDP"):
         evaluate_model(m, a, ddp_impl="apex", **kw)
+
+
+def test_evaluate_cli_overlap_switches_and_fused_cross_entropy(capsys):
+    # --no-overlap turns a framework's overlap off (exposed TP collectives cost more);
+    # --cross-entropy-fusion drops the unfused fp32 loss passes; both at once is an error
+    from phaze.cli import main
+
+    base = ["evaluate", "--model", "llama3-8b", "--arch", "h100", "--tp", "2", "--pp", "1",
+            "--dp", "4", "--mbs", "1", "--batch", "32", "--recompute", "none",
+            "--sequence-parallel", "--framework", "nemo-2024", "--json"]
+
+    def run(*extra):
+        assert main(base + list(extra)) == 0
+        return json.loads(capsys.readouterr().out)
+
+    on, off, fused = run(), run("--no-overlap", "tp_comm"), run("--cross-entropy-fusion")
+    assert off["tp_s"] > on["tp_s"] and off["time_per_batch_s"] > on["time_per_batch_s"]
+    assert fused["time_per_batch_s"] < on["time_per_batch_s"]
+    assert fused["memory_per_device_bytes"] == on["memory_per_device_bytes"]
+    assert main(base + ["--overlap", "p2p", "--no-overlap", "p2p"]) == 2

@@ -133,3 +133,13 @@ def test_unfused_grad_accumulation_is_one_pass_per_microbatch_after_the_first(ex
     one = evaluate_plan(c, p, d, d, links=Links(), hbm_bw_Bps=bw,    # M = 1: nothing to add
                         options=PlanOptions(grad_accum_bytes_per_param=6.0))
     assert one["grad_accum_s"] == 0.0
+
+
+def test_grad_accumulation_on_every_microbatch_counts_the_first_too():
+    # DeepSpeed's bf16 path copies each microbatch's grads into fp32: M passes, not M - 1
+    c, bw, d = chain(), 1.5e12, 4
+    for batch in (d, 64):
+        M = batch // d
+        r = evaluate_plan(c, 2, d, batch, links=Links(), hbm_bw_Bps=bw, options=PlanOptions(
+            grad_accum_bytes_per_param=18.0, grad_accum_every_microbatch=True))
+        assert r["grad_accum_s"] == pytest.approx(M * c.param_count[:5].sum() * 18.0 / bw)

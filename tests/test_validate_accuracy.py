@@ -46,6 +46,18 @@ def test_h100_readme_table_mae_within_8_percent(preds):
         assert p.searched and p.memory_per_device_bytes <= 80 * 1024**3
 
 
+def test_nemo_h100_fp8_table_held_out(preds):
+    # NeMo 24.07 DGX-H100 FP8 rows (held out; nothing fitted on them): 4.90 % with the
+    # launcher configs' settings. Every row runs without recomputation, so every one must
+    # fit 80 GB in the memory model, or phaze would call a measured run infeasible
+    n = preds[data.TABLE_NEMO]
+    assert len(n) == 8
+    assert mean_abs_error_pct(n) <= 6.0
+    for p in n:
+        assert p.case.recompute == "none" and not p.searched
+        assert p.memory_per_device_bytes <= get_preset("h100").hbm_bytes, p.case.name
+
+
 def test_published_plans_are_used_and_fit_memory(preds):
     for t in (data.TABLE_NARAYANAN, data.TABLE_KORTHIKANTI):
         for p in preds[t]:

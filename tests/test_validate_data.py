@@ -151,3 +151,18 @@ def test_table5_selective_times_match_the_2022_readme_mfu():
         B, s, l, h, V = c.batch, c.seq, c.layers, c.hidden, c.vocab
         F = 72 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
         assert 100 * F / (c.measured * c.gpus * 312e12) == pytest.approx(mfu[c.name.split("/")[0]], abs=0.2)
+
+
+def test_nemo_rows_are_consistent_megatron_plans():
+    # t p cp d = GPUs; the microbatch divides the per-replica batch; the interleave divides
+    # the layers per stage; CP divides the sequence; vocab padded to 128 t
+    rows = data.nemo_cases()
+    assert len(rows) == 8 and {c.family for c in rows} == {"gpt", "llama"}
+    for c in rows:
+        assert c.tp * c.pp * c.cp * c.dp == c.gpus
+        assert (c.batch // c.dp) % c.microbatch == 0
+        assert (c.layers // c.pp) % c.interleave == 0 and c.seq % c.cp == 0
+        assert c.vocab % (128 * c.tp) == 0 and c.vocab - 128 * c.tp < {"gpt": 50257}.get(
+            c.family, c.vocab)
+        assert c.fp8 and c.arch == "h100" and c.framework == "nemo-2024"
+        assert c.tied_embeddings == (c.family == "gpt")

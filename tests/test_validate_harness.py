@@ -25,6 +25,8 @@ def _measured_time(c):
     if c.metric == "mfu_pct":
         from phaze.validate.evaluate import mfu_pct
         return mfu_pct(c, 1.0) / c.measured
+    if c.metric == "tokens_per_s_per_gpu":
+        return c.batch * c.seq / (c.measured * c.gpus)
     return eq3_time_s(c.measured, c.gpus, c.batch, c.seq, c.layers, c.hidden, c.vocab)
 
 
@@ -68,8 +70,9 @@ def test_errors_and_mae_from_known_offsets(table):
     def ev(case, b, v, params):
         d = deltas[case.name]
         t = _measured_time(case)
-        # a tflops table errs by +d when the time is t/(1+d); a seconds table when t(1+d)
-        t = t / (1 + d) if case.metric in ("tflops_per_gpu", "mfu_pct") else t * (1 + d)
+        # a rate table errs by +d when the time is t/(1+d); a seconds table when t(1+d)
+        t = t / (1 + d) if case.metric in ("tflops_per_gpu", "mfu_pct", "tokens_per_s_per_gpu") \
+            else t * (1 + d)
         return PlanResult(time_per_batch_s=t, memory_per_device_bytes=1.0)
 
     preds = [predict(c, ev) for c in rows]
@@ -109,10 +112,10 @@ def test_validate_cli_json_and_plot(tmp_path, monkeypatch, capsys):
     out = tmp_path / "v.png"
     assert main(["validate", "--json", "--plot", str(out)]) == 0
     obj = json.loads(capsys.readouterr().out)
-    # every row of the shipped tables (both A100 tables + the H100 README rows)
-    assert len(obj["rows"]) == sum(len(data.cases(t)) for t in
-                                   (data.TABLE_KORTHIKANTI, data.TABLE_NARAYANAN, data.TABLE_H100))
+    # every row of the shipped tables (both A100 tables, the H100 README and NeMo rows)
+    assert len(obj["rows"]) == sum(len(data.cases(t)) for t in data.TABLES)
     assert obj["tables"][data.TABLE_H100]["mae_pct"] == pytest.approx(100 * (1 - 1 / 1.02))
+    assert obj["tables"][data.TABLE_NEMO]["mae_pct"] == pytest.approx(100 * (1 - 1 / 1.02))
     assert obj["tables"][data.TABLE_KORTHIKANTI]["mae_pct"] == pytest.approx(2.0)
     # Eq. 3 TFLOP/s fall by 1/1.02 when the time grows by 2 %
     assert obj["tables"][data.TABLE_NARAYANAN]["mae_pct"] == pytest.approx(100 * (1 - 1 / 1.02))

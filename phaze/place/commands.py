@@ -98,6 +98,11 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--overlap", action="append", default=[],
                    choices=["grad_reduce", "param_gather", "tp_comm", "p2p"],
                    help="switch one overlap on (repeatable; Megatron flag names)")
+    e.add_argument("--no-overlap", action="append", default=[],
+                   choices=["grad_reduce", "param_gather", "tp_comm", "p2p"],
+                   help="switch one of --framework's overlaps off (repeatable)")
+    e.add_argument("--cross-entropy-fusion", action="store_true",
+                   help="Megatron-Core --cross-entropy-loss-fusion (NeMo cross_entropy_loss_fusion)")
     add_config_arg(e)
     add_placement_args(e, axes=False)
     add_graph_args(e, axes=False)
@@ -401,6 +406,7 @@ def _evaluate_preset(args, spec, settings, seq):
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
                           first_stage_layers=args.first_stage_layers,
                           last_stage_layers=args.last_stage_layers, ddp_impl=args.ddp_impl,
+                          cross_entropy_fusion=args.cross_entropy_fusion,
                           options=_overlap_options(args) or None)
     return plan, arch.hbm_bytes, arch.name
 
@@ -409,6 +415,11 @@ def _overlap_options(args) -> dict:
     names = {"grad_reduce": "overlap_grad_reduce", "param_gather": "overlap_param_gather",
              "tp_comm": "tp_comm_overlap", "p2p": "overlap_p2p"}
     o = {names[x]: True for x in getattr(args, "overlap", [])}
+    both = set(getattr(args, "overlap", [])) & set(getattr(args, "no_overlap", []))
+    if both:
+        raise UserError(f"{sorted(both)[0]} is both in --overlap and --no-overlap",
+                        field="--no-overlap", fix="give each overlap once")
+    o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
     if getattr(args, "zero_stage", None) is not None:
         o["zero_stage"] = args.zero_stage
     return o

@@ -66,7 +66,9 @@ MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scat
 #     same overlaps on).
 #  megatron-deepspeed: DeepSpeed ZeRO-1 (optimizer state sharded; reduce-scatter + all-gather,
 #     not overlapped, overlap_comm False by default), fp32 gradient reduction, flash attention
-#     optional (eager by default).
+#     optional (eager by default); bf16 gradients copied into fp32 after every microbatch's
+#     backward (BF16_Optimizer.update_hp_grads, DeepSpeed since 2022-04: `hp.add_(lp.to(fp32))`
+#     reads 2, writes a 4 B temporary, reads 4 + 4 and writes 4 = 18 B/param).
 DEFAULT_FRAMEWORK = "megatron-lm-2022"
 FRAMEWORKS = {
     "megatron-lm-2022": dict(plan=dict(MEGATRON_OPTIONS), graph={}, cost={}),
@@ -81,7 +83,8 @@ FRAMEWORKS = {
         graph=dict(attention="flash", fused=True), cost={}),
     "megatron-deepspeed": dict(
         plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
-                  dp_reduce_bytes=4.0, zero_stage=1),
+                  dp_reduce_bytes=4.0, zero_stage=1, grad_accum_bytes_per_param=18.0,
+                  grad_accum_every_microbatch=True),
         graph={}, cost={}),
 }
 # Megatron-LM's --DDP-impl (2021): "local" reduces after the backward (nothing overlapped);
@@ -150,13 +153,15 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    graph_options: dict | None = None, framework: str | None = None,
                    cp: int = 1, first_stage_layers: int | None = None,
                    last_stage_layers: int | None = None, fp8: bool = False,
-                   ddp_impl: str = "local") -> dict:
+                   ddp_impl: str = "local", cross_entropy_fusion: bool = False) -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
     calibrated parameters and MEGATRON_OPTIONS; `graph_options` are build_graph's (attention,
     vocab_pad_multiple; the kernels run unfused, as a GPU runs them); `framework`: a FRAMEWORKS
-    key (default DEFAULT_FRAMEWORK); `ddp_impl`: a DDP_IMPLS key. Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
+    key (default DEFAULT_FRAMEWORK); `ddp_impl`: a DDP_IMPLS key; `cross_entropy_fusion`:
+    Megatron-Core's --cross-entropy-loss-fusion (one kernel instead of the fp32 passes of
+    CostParams.unfused_cross_entropy). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
     plus tflops_per_gpu_eq3
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
     from dataclasses import replace
@@ -176,7 +181,15 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     if gopts.get("attention") == "flash":
         cost_params = replace(cost_params, flash_causal=bool(getattr(spec, "causal", True)))
     if fp8:
+        # FP8 GEMMs; memory: the weights stay 2 B/param. Transformer Engine keeps an FP8
+        # copy and its transpose (1 + 1 B) of each linear weight, beside a bf16 weight or
+        # instead of it (FP8 primary weights, --fp8-param-gather / NeMo fp8_params). Measured
+        # runs only fit the second way: NeMo 24.07's GPT3-20B (t = 2, 10 B params per GPU,
+        # fp32 grads, no recompute) and Llama3-8B (cp = 2 on 8 GPUs) would need over 80 GB
+        # with a bf16 weight plus the copies (docs/validate.md, held-out NeMo table).
         cost_params = replace(cost_params, fp8_gemm=True)
+    if cross_entropy_fusion:
+        cost_params = replace(cost_params, unfused_cross_entropy=False)
     if cp < 1 or seq % cp:
         raise ValueError(f"context parallelism cp = {cp} must divide the sequence {seq}")
     graph = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
@@ -189,8 +202,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core,
                              kv_bytes=kv)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
-    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], **({"fp8_weight_bytes": 2.0} if fp8 else {}),
-               "cp": cp}
+    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp}
     opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
                           "zero1": zero1, **(options or {})})
     stages = None

@@ -143,6 +143,9 @@ class PlanOptions:
     # gradient dtype (fp16: read 2 + 2, write 2 = 6 B). 0: fused into the dW GEMM
     # (Megatron's --gradient-accumulation-fusion, cuBLAS beta = 1 into main_grad, since 2022).
     grad_accum_bytes_per_param: float = 0.0
+    # True: the pass runs after every microbatch, the first included (a copy into a
+    # separate fp32 buffer, as DeepSpeed's BF16_Optimizer.update_hp_grads does).
+    grad_accum_every_microbatch: bool = False
 
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0
@@ -311,9 +314,11 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         chain, p, v, d, recompute, stages, links, options)
     dev_Pd = dev_P - dev_Pe
     accum = np.zeros(p)
-    if options.grad_accum_bytes_per_param > 0 and hbm_bw_Bps > 0 and M > 1:
-        # every microbatch's backward but the first adds its dW into the gradient buffer
-        accum = dev_P * options.grad_accum_bytes_per_param / hbm_bw_Bps * (M - 1) / M
+    if options.grad_accum_bytes_per_param > 0 and hbm_bw_Bps > 0:
+        # each microbatch's backward (but the first, unless every) adds its dW into the
+        # gradient buffer
+        share = 1.0 if options.grad_accum_every_microbatch else (M - 1) / M
+        accum = dev_P * options.grad_accum_bytes_per_param / hbm_bw_Bps * share
         dev_load = dev_load + accum
     mem = dev_Pd * options.static_bytes_per_param(d) + \
         dev_Pe * options.static_bytes_per_param(d, expert=True) + inflight(p, v, M) * dev_A + dev_work

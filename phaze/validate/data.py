@@ -20,7 +20,8 @@ DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "ground_truth.yaml
 TABLE_NARAYANAN = "narayanan2021_table1"
 TABLE_KORTHIKANTI = "korthikanti2023_table5"
 TABLE_H100 = "megatron_readme_2024_h100"
-TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100)
+TABLE_NEMO = "nemo_2407_h100_fp8"
+TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO)
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,20 @@ class Case:
     arch: str = "a100"             # preset the run is evaluated on
     framework: str | None = None   # phaze.place.evaluate.FRAMEWORKS key (None: its default)
     ddp_impl: str = "local"        # Megatron-LM --DDP-impl (phaze.place.evaluate.DDP_IMPLS)
+    family: str = "gpt"            # gpt (Megatron GPT) | llama (RMSNorm, SwiGLU, RoPE, untied)
+    ffn: int = 0                   # MLP inner width; 0 = 4 x hidden
+    kv_heads: int = 0              # key/value heads (GQA); 0 = heads
+    cp: int = 1                    # context-parallel size
+    fp8: bool = False              # FP8 GEMMs (Transformer Engine)
+    dropout: bool = True           # hidden and attention dropout (GPT family)
+    tp_overlap: bool | None = None  # tp_comm_overlap as the run set it (None: the framework's)
+    ce_fusion: bool = False        # fused cross entropy (--cross-entropy-loss-fusion)
     tied_embeddings: bool = True
     caveat: str = ""               # transcription caveat (ground_truth.yaml), "" = read from the source
 
     @property
     def dp(self) -> int:
-        return self.gpus // (self.tp * self.pp)
+        return self.gpus // (self.tp * self.pp * self.cp)
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,30 @@ def h100_cases() -> list[Case]:
     return out
 
 
+def nemo_cases() -> list[Case]:
+    """NeMo 24.07's DGX-H100 FP8 rows (held out). Vocabulary padded to a multiple of
+    128 x t as NeMo's make_vocab_size_divisible_by does."""
+    t = raw()[TABLE_NEMO]
+    out = []
+    for r in _rows(t):
+        pad = 128 * r["tp"]
+        llama = r["family"] == "llama"
+        out.append(Case(table=TABLE_NEMO, name=r["name"], hidden=r["hidden"], heads=r["heads"],
+                        layers=r["layers"], seq=r["seq"], vocab=-(-r["vocab"] // pad) * pad,
+                        tp=r["tp"], pp=r["pp"], gpus=r["gpus"], batch=r["batch"],
+                        recompute=t["recompute"], sequence_parallel=r["tp"] > 1,
+                        metric=t["metric"], measured=float(r["tokens_per_s_per_gpu"]),
+                        microbatch=r["microbatch"], interleave=r["vp"], arch=t["arch"],
+                        framework=t["framework"], tied_embeddings=not llama,
+                        family=r["family"], ffn=r["ffn"], kv_heads=r["kv_heads"], cp=r["cp"],
+                        fp8=bool(t["fp8"]), dropout=not llama, tp_overlap=bool(r["tp_overlap"]),
+                        ce_fusion=bool(r["ce_fusion"])))
+    return out
+
+
 def cases(table: str) -> list[Case]:
+    if table == TABLE_NEMO:
+        return nemo_cases()
     if table == TABLE_H100:
         return h100_cases()
     if table == TABLE_NARAYANAN:

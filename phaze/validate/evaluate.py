@@ -55,6 +55,9 @@ class Prediction:
             return self.tflops_per_gpu
         if self.case.metric == "mfu_pct":
             return mfu_pct(self.case, self.time_per_batch_s)
+        if self.case.metric == "tokens_per_s_per_gpu":
+            c = self.case
+            return c.batch * c.seq / self.time_per_batch_s / c.gpus
         return self.time_per_batch_s
 
     @property
@@ -133,13 +136,20 @@ def max_abs_error_pct(preds: list[Prediction]) -> float:
 
 
 def model_spec_of(case: Case):
-    """The Megatron GPT of a published row: pre-LN, learned positions, biases, GELU,
-    FFN 4h, tied embeddings (as the zoo's gpt-* entries)."""
+    """The model of a published row. family "gpt": Megatron GPT (pre-LN, learned positions,
+    biases, GELU, FFN 4h unless given, tied embeddings as the row says; the zoo's gpt-*
+    entries); "llama": RMSNorm, SwiGLU, RoPE, no biases, untied, no dropout, Megatron's
+    fused QKV (Hugging Face Llama shapes)."""
     from phaze.model.spec import ModelSpec
-    return ModelSpec(name=f"gpt-{case.name.split('/')[0].lower()}", hidden=case.hidden,
-                     layers=case.layers, heads=case.heads, ffn=4 * case.hidden,
-                     vocab=case.vocab, seq=case.seq, max_positions=case.seq,
-                     tied_embeddings=case.tied_embeddings, source=case.table)
+    name = case.name.split("/")[0].lower()
+    common = dict(hidden=case.hidden, layers=case.layers, heads=case.heads,
+                  ffn=case.ffn or 4 * case.hidden, vocab=case.vocab, seq=case.seq,
+                  kv_heads=case.kv_heads, tied_embeddings=case.tied_embeddings, source=case.table)
+    if case.family == "llama":
+        return ModelSpec(name=name, activation="swiglu", norm="rmsnorm", position="rope",
+                         bias=False, dropout=False, **common)
+    return ModelSpec(name=f"gpt-{name}" if not name.startswith("gpt") else name,
+                     max_positions=case.seq, dropout=case.dropout, **common)
 
 
 def split_params(params: dict | None, arch: str = ARCH_PRESET):
@@ -178,7 +188,10 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                            dp=case.dp, mbs=mbs, batch=case.batch, recompute=case.recompute,
                            interleave=interleave, seq=case.seq,
                            sequence_parallel=case.sequence_parallel, cost_params=cost,
-                           options=opts, framework=case.framework, ddp_impl=case.ddp_impl)
+                           options={**({} if case.tp_overlap is None
+                                       else {"tp_comm_overlap": case.tp_overlap}), **opts},
+                           framework=case.framework, ddp_impl=case.ddp_impl, cp=case.cp,
+                           fp8=case.fp8, cross_entropy_fusion=case.ce_fusion)
     except ValueError:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:

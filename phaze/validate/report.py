@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from phaze.units import GiB
-from phaze.validate.data import TABLE_H100, TABLE_KORTHIKANTI, TABLE_NARAYANAN, calculon_mae_percent
+from phaze.validate.data import (TABLE_H100, TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_NEMO,
+                                 calculon_mae_percent)
 from phaze.validate.evaluate import Prediction, max_abs_error_pct, mean_abs_error_pct
 
-UNITS = {"tflops_per_gpu": "TFLOP/s/GPU", "seconds_per_iteration": "s/iter", "mfu_pct": "MFU %"}
+UNITS = {"tflops_per_gpu": "TFLOP/s/GPU", "seconds_per_iteration": "s/iter", "mfu_pct": "MFU %",
+         "tokens_per_s_per_gpu": "tokens/s/GPU"}
 
 
 def row_dict(p: Prediction) -> dict:
@@ -58,7 +60,8 @@ def plot(preds_by_table: dict[str, list[Prediction]], path) -> None:
 
     from phaze.atomic import atomic_path
 
-    tables = [t for t in (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100) if t in preds_by_table]
+    tables = [t for t in (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO)
+              if t in preds_by_table]
     fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 5), squeeze=False)
     for ax, t in zip(axes[0], tables):
         ps = preds_by_table[t]
@@ -70,7 +73,7 @@ def plot(preds_by_table: dict[str, list[Prediction]], path) -> None:
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
         lo, hi = min(meas + pred) * 0.9, max(meas + pred) * 1.1
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="predicted = measured")
-        if ps[0].case.metric == "seconds_per_iteration":
+        if ps[0].case.metric in ("seconds_per_iteration", "tokens_per_s_per_gpu"):
             ax.set_xscale("log")
             ax.set_yscale("log")
         ax.set_xlim(lo, hi)
