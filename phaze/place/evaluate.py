@@ -60,8 +60,12 @@ MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scat
 #     forces accumulate_allreduce_grads_in_fp32; all-gather bf16 params), --overlap-grad-
 #     reduce, --overlap-param-gather, --tp-comm-overlap, p2p overlap of the interleaved
 #     schedule (default on since core_r0.5), Transformer Engine flash attention
-#     (cuDNN/FA2, causal), bias-GELU / layernorm fused into the GEMMs (TE LayerNormLinear,
-#     fused epilogues).
+#     (cuDNN/FA2, causal). Kernels as Megatron-Core's TE layer spec
+#     (get_gpt_layer_with_transformer_engine_spec) runs them: TE LayerNormLinear runs the
+#     norm as its own kernel before the GEMM; bias-GELU / SwiGLU and bias-dropout-add are
+#     Megatron's jit-fused functions, kernels of their own and not GEMM epilogues (phaze's
+#     fused=False graph; it counts dropout and add as two passes where the jit kernel
+#     makes one: a slight over-count).
 #  nemo-2024: NeMo 24.x runs Megatron-Core with the same defaults (its recipes switch the
 #     same overlaps on).
 #  megatron-deepspeed: DeepSpeed ZeRO-1 (optimizer state sharded; reduce-scatter + all-gather,
@@ -80,7 +84,7 @@ FRAMEWORKS = {
         plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
                   dp_reduce_bytes=4.0, distributed_optimizer=True, overlap_grad_reduce=True,
                   overlap_param_gather=True, tp_comm_overlap=True, overlap_p2p=True),
-        graph=dict(attention="flash", fused=True), cost={}),
+        graph=dict(attention="flash"), cost={}),
     "megatron-deepspeed": dict(
         plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
                   dp_reduce_bytes=4.0, zero_stage=1, grad_accum_bytes_per_param=18.0,
