@@ -128,3 +128,28 @@ def test_evaluate_cli_overlap_switches_and_fused_cross_entropy(capsys):
     assert fused["time_per_batch_s"] < on["time_per_batch_s"]
     assert fused["memory_per_device_bytes"] == on["memory_per_device_bytes"]
     assert main(base + ["--overlap", "p2p", "--no-overlap", "p2p"]) == 2
+
+
+def test_preset_route_expert_parallelism_shards_experts_and_adds_all_to_all(capsys):
+    # Mixtral-8x7B on H100: ep 8 keeps 1/8 of the routed experts per device and adds the
+    # dispatch/combine all-to-alls; the same plan through the CLI gives the same time
+    from phaze.cli import main
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+
+    m, h = get_model("mixtral-8x7b"), get_preset("h100")
+    kw = dict(tp=1, pp=4, dp=16, mbs=1, batch=256, recompute="full", seq=4096, interleave=8,
+              framework="nemo-2024")
+    one, eight = evaluate_model(m, h, **kw), evaluate_model(m, h, ep=8, **kw)
+    assert eight["memory_per_device_bytes"] < 0.5 * one["memory_per_device_bytes"]
+    assert eight["time_per_batch_s"] > one["time_per_batch_s"]      # the all-to-alls
+    with pytest.raises(ValueError, match="expert parallelism"):
+        evaluate_model(m, h, ep=3, **kw)
+    argv = ["evaluate", "--model", "mixtral-8x7b", "--arch", "h100", "--tp", "1", "--pp", "4",
+            "--dp", "16", "--mbs", "1", "--batch", "256", "--seq", "4096", "--interleave", "8",
+            "--framework", "nemo-2024", "--ep", "8", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["time_per_batch_s"] == pytest.approx(eight["time_per_batch_s"])
+    assert out["ep"] == 8

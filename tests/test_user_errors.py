@@ -176,9 +176,10 @@ def test_missing_chip_file_and_unknown_preset_name_the_alternatives():
         assert f"a preset ({', '.join(sorted(PRESETS))})" in err and "--grid G --arch ID" in err
 
 
-def test_expert_parallelism_with_a_preset_is_refused_not_ignored():
+def test_expert_parallelism_on_a_dense_model_is_one_line():
+    # a preset evaluates EP (MoE models); on a dense model it is a user error, not ignored
     err = _one_line_error(GPT3 + ["--ep", "2"], "--ep")
-    assert "--grid" in err
+    assert "dense model" in err and "dividing the experts" in err
 
 
 @pytest.mark.parametrize("command", ["evaluate", "place"])

@@ -302,6 +302,9 @@ def _plan_error(message: str, args) -> UserError:
         return UserError(message, field="--pp/--interleave", fix=fix)
     if message.startswith("context parallelism"):
         return UserError(message, field="--cp", fix="use a --cp dividing --seq")
+    if message.startswith("expert parallelism"):
+        return UserError(message, field="--ep",
+                         fix="use an --ep dividing the experts (and --dp x --cp), or drop it")
     return UserError(message, field="--pp/--interleave/--stages")
 
 
@@ -387,9 +390,6 @@ def _evaluate_preset(args, spec, settings, seq):
     from phaze.hw.presets import get_preset
     from phaze.place.evaluate import evaluate_model
 
-    if args.ep != 1:            # evaluate_model has no expert-parallel term: never ignore it
-        raise UserError("expert parallelism is evaluated on the sweep route only", field="--ep",
-                        fix="use --grid G --arch ID --ep N, or drop --ep")
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
@@ -406,7 +406,7 @@ def _evaluate_preset(args, spec, settings, seq):
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
                           first_stage_layers=args.first_stage_layers,
                           last_stage_layers=args.last_stage_layers, ddp_impl=args.ddp_impl,
-                          cross_entropy_fusion=args.cross_entropy_fusion,
+                          cross_entropy_fusion=args.cross_entropy_fusion, ep=args.ep,
                           options=_overlap_options(args) or None)
     return plan, arch.hbm_bytes, arch.name
 

@@ -157,7 +157,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    graph_options: dict | None = None, framework: str | None = None,
                    cp: int = 1, first_stage_layers: int | None = None,
                    last_stage_layers: int | None = None, fp8: bool = False,
-                   ddp_impl: str = "local", cross_entropy_fusion: bool = False) -> dict:
+                   ddp_impl: str = "local", cross_entropy_fusion: bool = False,
+                   ep: int = 1) -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
@@ -165,7 +166,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     vocab_pad_multiple; the kernels run unfused, as a GPU runs them); `framework`: a FRAMEWORKS
     key (default DEFAULT_FRAMEWORK); `ddp_impl`: a DDP_IMPLS key; `cross_entropy_fusion`:
     Megatron-Core's --cross-entropy-loss-fusion (one kernel instead of the fp32 passes of
-    CostParams.unfused_cross_entropy). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
+    CostParams.unfused_cross_entropy); `ep`: expert-parallel size of an MoE model
+    (plan.expert_parallel_chain: 1/ep of the routed experts per device, all-to-all
+    dispatch and combine). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
     plus tflops_per_gpu_eq3
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
     from dataclasses import replace
@@ -192,6 +195,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         # fp32 grads, no recompute) and Llama3-8B (cp = 2 on 8 GPUs) would need over 80 GB
         # with a bf16 weight plus the copies (docs/validate.md, held-out NeMo table).
         cost_params = replace(cost_params, fp8_gemm=True)
+    if ep < 1 or (ep > 1 and (not spec.experts or spec.experts % ep)):
+        raise ValueError(f"expert parallelism ep = {ep} must divide the model's routed experts "
+                         f"({spec.experts or 'none: a dense model'})")
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
     if cp < 1 or seq % cp:
@@ -206,7 +212,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core,
                              kv_bytes=kv)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
-    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp}
+    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp, "ep": ep}
     opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
                           "zero1": zero1, **(options or {})})
     stages = None
