@@ -212,3 +212,15 @@ def test_misspelled_keys_outside_the_config_suggest_too(tmp_path, monkeypatch, a
     monkeypatch.chdir(tmp_path)
     assert _one_line_error(argv, field).endswith(want)
     assert not (tmp_path / "g.parquet").exists()
+
+
+@pytest.mark.parametrize("flag", [["--framework", "nemo-2024"], ["--fp8"], ["--overlap", "p2p"],
+                                  ["--no-overlap", "tp_comm"], ["--ddp-impl", "torch"],
+                                  ["--cross-entropy-fusion"], ["--first-stage-layers", "2"]])
+def test_preset_only_switches_are_refused_on_the_grid_route(flag, tmp_path):
+    # the sweep route has no GPU-framework model: a framework switch there is an error
+    # naming it (checked before the grid is read), never silently ignored
+    argv = ["evaluate", "--model", "gpt2-xl", "--grid", str(tmp_path / "none.parquet"),
+            "--arch", "0", "--tp", "1", "--pp", "1", "--dp", "1", "--mbs", "1"] + flag
+    err = _one_line_error(argv, flag[0])
+    assert "--arch PRESET" in err

@@ -369,6 +369,18 @@ def _evaluate_grid(args, spec, settings, seq):
         raise UserError("context parallelism needs graphs built for seq / cp, which the sweep "
                         "route does not build", field="--cp",
                         fix="drop --cp with --grid, or use --arch PRESET --cp N")
+    # framework switches describe a GPU software stack: the sweep route has its own settings
+    # (the config); never ignore them silently
+    preset_only = {"framework": None, "fp8": False, "overlap": [], "no_overlap": [],
+                   "ddp_impl": "local", "cross_entropy_fusion": False,
+                   "first_stage_layers": None, "last_stage_layers": None}
+    for name, default in preset_only.items():
+        if getattr(args, name, default) != default:
+            flag = "--" + name.replace("_", "-")
+            raise UserError("is a setting of the GPU model (--arch PRESET), not of the sweep "
+                            "route", field=flag,
+                            fix=f"drop {flag} with --grid (use --stages for uneven stages), "
+                                "or evaluate on --arch PRESET")
     grid = read_grid(args.grid)
     row = grid[grid["arch_id"] == args.arch].reset_index(drop=True)
     if row.empty:
