@@ -49,7 +49,9 @@ def text_table(preds: list[Prediction]) -> str:
                  + (f"  (Calculon: {cal:.2f}%)" if cal is not None else ""))
     rec = [p.case.name for p in preds if p.case.caveat]
     if rec:
-        lines.append(f"rows with a transcription caveat (ground_truth.yaml; never fitted): {', '.join(rec)}")
+        clean = [p for p in preds if not p.case.caveat]
+        lines.append(f"rows with a transcription caveat (ground_truth.yaml; never fitted): {', '.join(rec)}; "
+                     f"without them: mean |error| {mean_abs_error_pct(clean):.2f}%")
     return "\n".join(lines)
 
 
