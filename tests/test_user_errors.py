@@ -52,7 +52,8 @@ def test_infeasible_plan_is_a_user_error_with_its_memory_and_the_fix():
     parts = sorted(((plan[f"memory_{k}_bytes"], k) for k in
                     ("weights", "grads", "optimizer", "activations", "buffers")), reverse=True)
     assert f"largest: {parts[0][1]} {parts[0][0] / GiB:.2f} GiB, {parts[1][1]}" in err, err
-    assert "--recompute selective or full" in err and "--pp" in err and "--zero-stage" in err
+    assert "--recompute selective or full" in err and "--pp" in err
+    assert "--zero-stage" not in err     # dp = 1: sharding over one replica saves nothing
     # the first fix offered works: the same plan with selective recomputation fits or not,
     # and the exit code says which
     rc, out, _ = _run(GPT3 + ["--recompute", "full", "--json", "--allow-infeasible"])
@@ -179,7 +180,7 @@ def test_missing_chip_file_and_unknown_preset_name_the_alternatives():
 def test_expert_parallelism_on_a_dense_model_is_one_line():
     # a preset evaluates EP (MoE models); on a dense model it is a user error, not ignored
     err = _one_line_error(GPT3 + ["--ep", "2"], "--ep")
-    assert "dense model" in err and "dividing the experts" in err
+    assert "dense model" in err and "drop --ep" in err
 
 
 @pytest.mark.parametrize("command", ["evaluate", "place"])
@@ -224,3 +225,33 @@ def test_preset_only_switches_are_refused_on_the_grid_route(flag, tmp_path):
             "--arch", "0", "--tp", "1", "--pp", "1", "--dp", "1", "--mbs", "1"] + flag
     err = _one_line_error(argv, flag[0])
     assert "--arch PRESET" in err
+
+
+def test_fp8_needs_an_arch_with_fp8_tensor_cores():
+    err = _one_line_error(GPT3 + ["--fp8"], "--fp8")
+    assert "a100 has no FP8" in err and "--arch h100" in err
+
+
+def test_interleave_without_a_pipeline_and_devices_that_disagree_are_refused():
+    base = ["evaluate", "--model", "gpt-1.7b", "--arch", "a100", "--tp", "1", "--pp", "1",
+            "--dp", "2", "--mbs", "1", "--batch", "64"]
+    assert "pp > 1" in _one_line_error(base + ["--interleave", "4"], "--interleave")
+    assert "give 2" in _one_line_error(base + ["--devices", "100"], "--devices")
+    assert _run(base + ["--devices", "2"])[0] == 0
+
+
+def test_preset_optimizer_sharding_is_the_frameworks_unless_given(capsys):
+    # megatron-lm-2022 (default) shards nothing, megatron-core-2024 uses the distributed
+    # optimizer; --zero-stage 0 / --no-zero1 turn it off, --zero1 turns ZeRO-1 on
+    base = ["evaluate", "--model", "llama2-7b", "--arch", "h100", "--tp", "2", "--pp", "2",
+            "--dp", "2", "--mbs", "1", "--batch", "64", "--json"]
+
+    def stage(*extra):
+        rc, out, err = _run(base + list(extra))
+        assert rc == 0, err
+        return json.loads(out)["zero_stage"]
+
+    assert stage() == 0 and stage("--zero1") == 1
+    core = ["--framework", "megatron-core-2024"]
+    assert stage(*core) == 1 and stage(*core, "--zero-stage", "0") == 0
+    assert stage(*core, "--no-zero1") == 0 and stage(*core, "--zero-stage", "3") == 3

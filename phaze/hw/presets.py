@@ -64,6 +64,11 @@ PRESETS = {
 }
 
 
+# Presets whose tensor cores run FP8 GEMMs (Hopper's; A100 and TPUv4 have none): the only
+# archs `phaze evaluate --fp8` accepts.
+FP8_PRESETS = frozenset({"h100"})
+
+
 def get_preset(name: str) -> Arch:
     try:
         return PRESETS[name]

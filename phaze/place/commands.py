@@ -79,8 +79,9 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--framework", choices=["megatron-lm-2022", "megatron-lm-2021",
                                            "megatron-core-2024", "nemo-2024", "megatron-deepspeed"],
                    help="with --arch PRESET: the framework's default overlaps, optimizer "
-                        "sharding, kernels (phaze.place.evaluate.FRAMEWORKS; default "
-                        "megatron-lm-2022, the validated A100 model)")
+                        "sharding (unless --zero1, --no-zero1 or --zero-stage is given), "
+                        "kernels (phaze.place.evaluate.FRAMEWORKS; default megatron-lm-2022, "
+                        "the validated A100 model)")
     e.add_argument("--ddp-impl", choices=["local", "torch"], default="local",
                    help="Megatron-LM --DDP-impl: torch reduces fp16/bf16 gradient buckets during "
                         "the last microbatch's backward, local after it")
@@ -253,6 +254,10 @@ def _cmd_evaluate(args) -> int:
             raise UserError("must be >= 1", field=f"--{name}")
     if args.seq is not None and args.seq < 1:
         raise UserError("must be >= 1", field="--seq")
+    used = args.tp * args.pp * args.dp * args.cp
+    if getattr(args, "devices", None) is not None and int(args.devices) != used:
+        raise UserError(f"{args.devices} devices, but the plan uses tp x pp x dp x cp = {used}",
+                        field="--devices", fix=f"drop --devices, or give {used}")
     if args.hbm_gib is not None and not 0 < args.hbm_gib <= MAX_HBM_GIB:
         raise UserError(f"must be in (0, {MAX_HBM_GIB:g}], got {args.hbm_gib}", field="--hbm-gib")
     settings, cfg = sweep_settings(args)
@@ -303,8 +308,14 @@ def _plan_error(message: str, args) -> UserError:
     if message.startswith("context parallelism"):
         return UserError(message, field="--cp", fix="use a --cp dividing --seq")
     if message.startswith("expert parallelism"):
-        return UserError(message, field="--ep",
-                         fix="use an --ep dividing the experts (and --dp x --cp), or drop it")
+        fix = ("drop --ep: a dense model has no experts to spread" if "dense model" in message
+               else "use an --ep dividing the experts (and --dp x --cp), or drop it")
+        return UserError(message, field="--ep", fix=fix)
+    if message.startswith("fp8:"):
+        return UserError(message[5:], field="--fp8", fix="drop --fp8, or use --arch h100")
+    if message.startswith("interleave ="):
+        return UserError(message, field="--interleave",
+                         fix="drop --interleave, or use --pp 2 or more")
     return UserError(message, field="--pp/--interleave/--stages")
 
 
@@ -351,9 +362,9 @@ def _does_not_fit(plan, hbm, args) -> tuple[str, str, str]:
     if stronger:
         fixes.append("--recompute " + " or ".join(stronger))
     fixes.append("a larger --pp or --tp")
-    if (args.zero_stage or 0) < 3:
-        fixes.append("--zero-stage " + ("1, 2 or 3" if not args.zero_stage else
-                                        ", ".join(map(str, range(args.zero_stage + 1, 4)))))
+    stage = plan.get("zero_stage", args.zero_stage or 0) or 0
+    if stage < 3 and args.dp * args.cp > 1:
+        fixes.append("--zero-stage " + ", ".join(map(str, range(stage + 1, 4))))
     if args.mbs > 1:
         fixes.append("a smaller --mbs")
     fixes.append("a larger --hbm-gib")
@@ -377,10 +388,10 @@ def _evaluate_grid(args, spec, settings, seq):
     for name, default in preset_only.items():
         if getattr(args, name, default) != default:
             flag = "--" + name.replace("_", "-")
+            uneven = " (with --grid, --stages gives uneven stages)" if "stage" in name else ""
             raise UserError("is a setting of the GPU model (--arch PRESET), not of the sweep "
                             "route", field=flag,
-                            fix=f"drop {flag} with --grid (use --stages for uneven stages), "
-                                "or evaluate on --arch PRESET")
+                            fix=f"drop {flag} with --grid{uneven}, or evaluate on --arch PRESET")
     grid = read_grid(args.grid)
     row = grid[grid["arch_id"] == args.arch].reset_index(drop=True)
     if row.empty:
@@ -411,7 +422,7 @@ def _evaluate_preset(args, spec, settings, seq):
                           interleave=args.interleave, seq=seq,
                           sequence_parallel=args.sequence_parallel, network=network,
                           optimizer=settings.placement.optimizer,
-                          zero1=settings.placement.zero1,
+                          zero1=bool(args.zero1),
                           graph_options={**({"attention": settings.graph.attention}
                                             if args.framework is None else {}),
                                          "vocab_pad_multiple": settings.graph.vocab_pad_multiple},
@@ -432,8 +443,15 @@ def _overlap_options(args) -> dict:
         raise UserError(f"{sorted(both)[0]} is both in --overlap and --no-overlap",
                         field="--no-overlap", fix="give each overlap once")
     o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
-    if getattr(args, "zero_stage", None) is not None:
-        o["zero_stage"] = args.zero_stage
+    # optimizer sharding: the framework's own unless the command line says otherwise
+    # (--zero-stage N, or --no-zero1 = stage 0); the sweep config's zero1 is a sweep setting
+    stage = getattr(args, "zero_stage", None)
+    if stage is None and getattr(args, "zero1", None) is False:
+        stage = 0
+    if stage is not None:
+        o.update(zero_stage=stage, distributed_optimizer=False)
+        if stage == 1:
+            o["zero1"] = True
     return o
 
 

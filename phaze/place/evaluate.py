@@ -176,6 +176,18 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     from phaze.model.graph import build_graph
 
     check_recompute([recompute], "recompute")
+    for name, v in (("tp", tp), ("pp", pp), ("dp", dp), ("mbs", mbs), ("batch", batch),
+                    ("interleave", interleave), ("cp", cp), ("ep", ep)):
+        if v < 1:
+            raise ValueError(f"{name} = {v} must be >= 1")
+    if interleave > 1 and pp == 1:
+        raise ValueError(f"interleave = {interleave} needs pipeline parallelism (pp > 1): "
+                         "Megatron's virtual pipeline stages")
+    if fp8:
+        from phaze.hw.presets import FP8_PRESETS
+        if getattr(arch, "name", "") not in FP8_PRESETS:
+            raise ValueError(f"fp8: {getattr(arch, 'name', '') or 'this arch'} has no FP8 "
+                             f"tensor cores (presets with FP8: {', '.join(sorted(FP8_PRESETS))})")
     seq = seq or spec.seq
     network = network or arch.network
     cost_params = cost_params or default_cost_params(arch)
@@ -195,7 +207,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         # fp32 grads, no recompute) and Llama3-8B (cp = 2 on 8 GPUs) would need over 80 GB
         # with a bf16 weight plus the copies (docs/validate.md, held-out NeMo table).
         cost_params = replace(cost_params, fp8_gemm=True)
-    if ep < 1 or (ep > 1 and (not spec.experts or spec.experts % ep)):
+    if ep > 1 and (not spec.experts or spec.experts % ep):
         raise ValueError(f"expert parallelism ep = {ep} must divide the model's routed experts "
                          f"({spec.experts or 'none: a dense model'})")
     if cross_entropy_fusion:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from phaze.errors import UserError
 from phaze.validate.data import TABLE_H100, TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_NEMO, cases
 
 TABLE_CHOICES = {"korthikanti": (TABLE_KORTHIKANTI,), "narayanan": (TABLE_NARAYANAN,),
@@ -39,6 +40,8 @@ def run(args) -> int:
     from phaze.validate.report import plot, row_dict, summary, text_table
 
     params, fitted = None, None
+    if args.plot:
+        _check_plot_path(args.plot)
     if args.fit:
         from phaze.validate.calibrate import (A100_FIT_PARAMS, FIT_START, FIT_TABLE,
                                               H100_FIT_PARAMS, H100_FIT_TABLE, fit)
@@ -56,7 +59,11 @@ def run(args) -> int:
                  for c in cases(t)]
              for t in TABLE_CHOICES[args.table]}
     if args.plot:
-        plot(preds, args.plot)
+        try:
+            plot(preds, args.plot)
+        except OSError as e:
+            raise UserError(f"cannot write {args.plot}: {e.strerror or e}", field="--plot",
+                            fix="name a file in a writable directory") from None
     if args.json:
         from phaze.jsonout import emit_json
         emit_json({"arch": "a100", "calibration": calibration_info(), "fit": fitted,
@@ -81,6 +88,28 @@ def run(args) -> int:
     if args.plot:
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0
+
+
+# file types matplotlib writes (savefig's format is taken from the name)
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+
+
+def _check_plot_path(path) -> None:
+    """UserError (field --plot) unless `path` is a new or regular file of a plot format."""
+    from pathlib import Path
+
+    from phaze.atomic import check_output_path
+
+    ext = Path(str(path)).suffix.lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise UserError(f"cannot tell a plot format from {str(path)!r}", field="--plot",
+                        fix=f"end the name in .{', .'.join(PLOT_FORMATS[:4])} or another of "
+                            f"{', '.join(PLOT_FORMATS[4:])}")
+    try:
+        check_output_path(path)
+    except UserError as e:
+        raise UserError(str(e).split(": ", 1)[-1].split("; fix:")[0], field="--plot",
+                        fix=e.fix) from None
 
 
 def calibration_info() -> dict:

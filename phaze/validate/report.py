@@ -14,7 +14,8 @@ UNITS = {"tflops_per_gpu": "TFLOP/s/GPU", "seconds_per_iteration": "s/iter", "mf
 def row_dict(p: Prediction) -> dict:
     c = p.case
     return {
-        "table": c.table, "name": c.name, "tp": c.tp, "pp": c.pp, "dp": c.dp, "gpus": c.gpus,
+        "table": c.table, "name": c.name, "tp": c.tp, "pp": c.pp, "dp": c.dp, "cp": c.cp,
+        "gpus": c.gpus,
         "batch": c.batch, "recompute": c.recompute, "sequence_parallel": c.sequence_parallel,
         "mbs": p.mbs, "interleave": p.interleave, "searched": p.searched,
         "recompute_searched": p.recompute_searched,
@@ -35,13 +36,13 @@ def text_table(preds: list[Prediction]) -> str:
     c0 = preds[0].case
     unit = UNITS[c0.metric]
     lines = [f"{c0.table}  ({unit}; * = microbatch/interleave/recompute searched, not published)",
-             f"{'row':<16}{'t':>3}{'p':>4}{'d':>5}{'mbs':>5}{'v':>3} {'rc':<5}{'measured':>10}"
+             f"{'row':<16}{'t':>3}{'p':>4}{'d':>5}{'cp':>3}{'mbs':>5}{'v':>3} {'rc':<5}{'measured':>10}"
              f"{'predicted':>11}{'error':>9}{'mem GiB':>9}"]
     for p in preds:
         c = p.case
         star = "*" if p.searched else " "
         rc = {"selective": "sel"}.get(c.recompute, c.recompute) + ("*" if p.recompute_searched else "")
-        lines.append(f"{c.name:<16}{c.tp:>3}{c.pp:>4}{c.dp:>5}{p.mbs:>4}{star}{p.interleave:>3} {rc:<5}"
+        lines.append(f"{c.name:<16}{c.tp:>3}{c.pp:>4}{c.dp:>5}{c.cp:>3}{p.mbs:>4}{star}{p.interleave:>3} {rc:<5}"
                      f"{c.measured:>10.2f}{p.predicted:>11.2f}{p.error_pct:>+8.1f}%"
                      f"{p.memory_per_device_bytes / GiB:>9.1f}")
     cal = calculon_mae_percent(c0.table)
