@@ -153,3 +153,8 @@ def test_preset_route_expert_parallelism_shards_experts_and_adds_all_to_all(caps
     out = json.loads(capsys.readouterr().out)
     assert out["time_per_batch_s"] == pytest.approx(eight["time_per_batch_s"])
     assert out["ep"] == 8
+    # the result records how it was obtained: profile, plan options, cost parameters
+    assert out["framework"] == "nemo-2024" and out["plan_options"]["ep"] == 8
+    assert out["plan_options"]["distributed_optimizer"] is True
+    assert out["cost_params"]["sustained_clock_fraction"] == pytest.approx(0.727)
+    assert out["graph_options"]["attention"] == "flash"

@@ -239,8 +239,13 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         # Narayanan et al.'s Eq. 3 convention (GPT with a 4h MLP and full multi-head
         # attention), labelled as such: what the Megatron papers' tables report
         plan["tflops_per_gpu_eq3"] = F / plan["time_per_batch_s"] / (tp * pp * dp * cp) / 1e12
+    from dataclasses import asdict
     plan.update(model=spec.name, arch=getattr(arch, "name", ""), seq=seq,
-                hbm_bytes=arch.hbm_bytes, sequence_parallel=sequence_parallel)
+                hbm_bytes=arch.hbm_bytes, sequence_parallel=sequence_parallel,
+                # how the figure was obtained: the framework profile and every setting used
+                framework=framework or DEFAULT_FRAMEWORK, ddp_impl=ddp_impl, fp8=fp8,
+                cross_entropy_fusion=cross_entropy_fusion, graph_options=dict(gopts),
+                plan_options=asdict(opts), cost_params=asdict(cost_params))
     return plan
 
 
