@@ -255,3 +255,11 @@ def test_preset_optimizer_sharding_is_the_frameworks_unless_given(capsys):
     core = ["--framework", "megatron-core-2024"]
     assert stage(*core) == 1 and stage(*core, "--zero-stage", "0") == 0
     assert stage(*core, "--no-zero1") == 0 and stage(*core, "--zero-stage", "3") == 3
+
+
+def test_sizes_below_one_name_the_flag_and_the_fix():
+    for flag in ("--ep", "--cp", "--interleave"):
+        err = _one_line_error(GPT3 + [flag, "0"], flag)
+        assert "got 0" in err
+    base = [a for a in GPT3 if a not in ("--batch", "64")]
+    assert "multiple of --mbs x --dp" in _one_line_error(base + ["--batch", "0"], "--batch")

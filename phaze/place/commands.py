@@ -251,7 +251,11 @@ def _cmd_evaluate(args) -> int:
 
     for name in ("tp", "pp", "dp", "mbs", "interleave", "cp", "ep"):
         if getattr(args, name) < 1:
-            raise UserError("must be >= 1", field=f"--{name}")
+            raise UserError(f"must be >= 1, got {getattr(args, name)}", field=f"--{name}",
+                            fix=f"give --{name} 1 or more (1: no {name} splitting)")
+    if getattr(args, "batch", None) is not None and args.batch < 1:
+        raise UserError(f"must be >= 1, got {args.batch}", field="--batch",
+                        fix="give the global batch in samples, a multiple of --mbs x --dp")
     if args.seq is not None and args.seq < 1:
         raise UserError("must be >= 1", field="--seq")
     used = args.tp * args.pp * args.dp * args.cp

@@ -71,16 +71,19 @@ def run(args) -> int:
                    "rows": [row_dict(p) for ps in preds.values() for p in ps]})
         return 0
     info = calibration_info()
-    print(f"a100 preset parameters ({'re-fitted' if fitted else 'shipped'}; fitted on "
-          f"{info['fit_table']}, held out: {info['held_out_table']}):")
-    for k, v in (fitted["params"] if fitted else info["params"]).items():
-        if k in info["params"]:
+    archs = {c.arch for t in preds for c in cases(t)}   # print the presets the tables use
+    if "a100" in archs:
+        print(f"a100 preset parameters ({'re-fitted' if fitted else 'shipped'}; fitted on "
+              f"{info['fit_table']}, held out: {info['held_out_table']}):")
+        for k, v in (fitted["params"] if fitted else info["params"]).items():
+            if k in info["params"]:
+                print(f"  {k:<26} {v:.4g}" if isinstance(v, float) else f"  {k:<26} {v}")
+    if "h100" in archs:
+        print("h100 preset parameters (kernels: benchmarks/data/h100_kernels_measured.csv; "
+              "sustained_clock_fraction fitted on the Megatron-LM README's H100 weak-scaling "
+              "rows, docs/validate.md)" + (" [re-fitted]" if h_params else "") + ":")
+        for k, v in {**info["h100_params"], **(h_params or {})}.items():
             print(f"  {k:<26} {v:.4g}" if isinstance(v, float) else f"  {k:<26} {v}")
-    print("h100 preset parameters (kernels: benchmarks/data/h100_kernels_measured.csv; "
-          "sustained_clock_fraction fitted on the README's H100 weak-scaling rows, "
-          "docs/validate.md)" + (" [re-fitted]" if h_params else "") + ":")
-    for k, v in {**info["h100_params"], **(h_params or {})}.items():
-        print(f"  {k:<26} {v:.4g}" if isinstance(v, float) else f"  {k:<26} {v}")
     print()
     for t, ps in preds.items():
         print(text_table(ps))
