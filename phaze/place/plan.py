@@ -14,6 +14,9 @@ Terms (each explicit so that a validation can calibrate it):
   time per batch (1F1B, v chunks per device; v = 1 is plain 1F1B)
       = (M + (p - 1) / v) * max device load + max over stages of the DP all-reduce
         + optimizer step (busiest device's params * optimizer_bytes_per_param / HBM bw);
+      an unfused gradient accumulation (grad_accum_bytes_per_param > 0) adds its memory
+      pass over the device's params to each microbatch's load ((M - 1) / M of one pass per
+      microbatch, or a whole pass with grad_accum_every_microbatch);
       nothing overlaps (Megatron-LM of Narayanan SC'21 / Korthikanti MLSys'23: TP
       all-reduces, p2p and the DP all-reduce all block compute);
   DP all-reduce of a stage's gradients (ring): 2 (d-1)/d * grad bytes / bw + 2 (d-1) latency;
