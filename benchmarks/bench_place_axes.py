@@ -24,7 +24,6 @@ Run: PYTHONPATH=. python benchmarks/bench_place_axes.py
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -34,6 +33,8 @@ from phaze.hw.presets import NETWORKS
 from phaze.place.dp import best_plans
 from phaze.place.plan import Links, PlanOptions
 from phaze.place.synthetic import gpt_chain
+
+from cpu_timing import timed  # benchmarks/ (the script's own folder)
 
 GiB = 1024**3
 TODAY_FLAT_MS = 181.5      # the flat item with the DP before issue 19's axes (6f94d9b)
@@ -51,15 +52,6 @@ def moe_chain(t: int, seq: int):
     return replace(ch, param_count=ch.param_count - dense_mlp + expert, expert_param_count=expert,
                    a2a_bytes=np.where(blocks, seq * TOPK * H * 2.0, 0.0), fwd_s=fwd,
                    bwd_s=2 * fwd)
-
-
-def timed(fn, repeat=3):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.process_time()
-        out = fn()
-        best = min(best, time.process_time() - t0)
-    return out, best
 
 
 HBMS, RECS, SEQ = [80 * GiB, 141 * GiB], ["none", "selective", "full"], 4096

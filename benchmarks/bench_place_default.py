@@ -22,20 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-
-REPEAT = 3
-
-
-def timed(fn):
-    """(result, least CPU seconds over REPEAT runs): CPU time, as the 2-core machine is
-    shared with other jobs and wall time swings with their load."""
-    best = float("inf")
-    for _ in range(REPEAT):
-        t0 = time.process_time()
-        out = fn()
-        best = min(best, time.process_time() - t0)
-    return out, best
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +32,8 @@ from phaze.model.zoo import resolve_model  # noqa: E402
 from phaze.place import dp  # noqa: E402
 from phaze.place.chain import chain_from_graph  # noqa: E402
 from phaze.place.synthetic import gpt_chain  # noqa: E402
+
+from cpu_timing import timed  # noqa: E402  (benchmarks/, the script's own folder)
 
 GiB = 1024**3
 DEVICES, BATCH, PEAK = 1024, 1024, 312e12

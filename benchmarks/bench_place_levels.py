@@ -16,24 +16,15 @@ Run: PYTHONPATH=. python benchmarks/bench_place_levels.py
 
 from __future__ import annotations
 
-import time
-
 from phaze.hw.arch import Network
 from phaze.hw.presets import NETWORKS
 from phaze.place.dp import best_plans
 from phaze.place.plan import Links, PlanOptions
 from phaze.place.synthetic import gpt_chain
 
+from cpu_timing import timed  # benchmarks/ (the script's own folder)
+
 GiB = 1024**3
-
-
-def timed(fn, repeat=3):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.process_time()
-        out = fn()
-        best = min(best, time.process_time() - t0)
-    return out, best
 
 
 def run(network: Network):

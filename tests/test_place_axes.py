@@ -170,19 +170,25 @@ def brute(ch, devices, batch, rec, hbm, levels, cp, eps, zs):
     return best
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_dp_with_ep_cp_zero_equals_bruteforce(seed):
+def instance(seed):
+    """(chain, network levels, cp, devices, batch, HBM limits) of one random instance:
+    an MoE chain on a random multi-level network, one tight and one loose memory limit."""
     rng = np.random.default_rng(1000 + seed)
     ch = rand_moe_chain(rng)
     levels = rand_levels(rng)
     cp = int(rng.choice([1, 2]))
     devices = int(rng.choice([4, 8, 16]))
     batch = int(rng.choice([4, 8]))
+    hbms = (float(rng.uniform(0.2, 1.0) * 1e10), 1e12)
+    return ch, levels, cp, devices, batch, hbms
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_dp_with_ep_cp_zero_equals_bruteforce(seed):
+    ch, levels, cp, devices, batch, hbms = instance(seed)
     eps = (1, 2, 4)
     zs = (0, 1, 2, 3)
     recs = ("none", "selective", "full")
-    # one tight and one loose memory limit
-    hbms = (float(rng.uniform(0.2, 1.0) * 1e10), 1e12)
     links = Links(levels=levels)
     opts = PlanOptions(optimizer="adam", collectives="nccl", cp=cp)
     got = best_plans(ch, devices, batch, hbms, recs, links=links, options=opts, eps=eps,
@@ -215,13 +221,7 @@ def test_axes_change_the_answer():
     """The instances above exercise every axis: some optimum uses ep > 1, some ZeRO-2/3."""
     seen = set()
     for seed in range(60):
-        rng = np.random.default_rng(1000 + seed)
-        ch = rand_moe_chain(rng)
-        levels = rand_levels(rng)
-        cp = int(rng.choice([1, 2]))
-        devices = int(rng.choice([4, 8, 16]))
-        batch = int(rng.choice([4, 8]))
-        hbms = (float(rng.uniform(0.2, 1.0) * 1e10), 1e12)
+        ch, levels, cp, devices, batch, hbms = instance(seed)
         got = best_plans(ch, devices, batch, hbms, ("none", "full"), links=Links(levels=levels),
                          options=PlanOptions(collectives="nccl", cp=cp), eps=(1, 2, 4),
                          zero_stages=(0, 1, 2, 3))

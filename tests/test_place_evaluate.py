@@ -158,3 +158,44 @@ def test_preset_route_expert_parallelism_shards_experts_and_adds_all_to_all(caps
     assert out["plan_options"]["distributed_optimizer"] is True
     assert out["cost_params"]["sustained_clock_fraction"] == pytest.approx(0.727)
     assert out["graph_options"]["attention"] == "flash"
+
+
+def test_cli_choices_are_the_profiles():
+    # the CLI lists --framework / --ddp-impl literally (no import of the model at start-up):
+    # they must be exactly phaze.place.evaluate's tables
+    from phaze.cli import build_parser
+    from phaze.place.evaluate import DDP_IMPLS, FRAMEWORKS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["evaluate"]
+    choices = {a.dest: a.choices for a in sub._actions if a.choices}
+    assert set(choices["framework"]) == set(FRAMEWORKS)
+    assert set(choices["ddp_impl"]) == set(DDP_IMPLS)
+
+
+@pytest.mark.parametrize("table", ["narayanan2021_table1", "nemo_2407_h100_fp8"])
+def test_cli_reproduces_the_validate_rows(table, capsys):
+    # two routes to one figure: `phaze evaluate` with a row's published flags gives the time
+    # `phaze validate` reports (d > 1, the 2021 DDP, FP8, fused CE, overlaps switched per
+    # row). The inline model is a Megatron GPT (tied, dropout): the GPT rows of each table.
+    from phaze.cli import main
+    from phaze.validate import data
+    from phaze.validate.evaluate import plan_evaluator
+
+    rows = [c for c in data.cases(table) if c.family == "gpt"]
+    assert rows
+    for c in rows:
+        argv = ["evaluate", "--hidden", str(c.hidden), "--heads", str(c.heads), "--layers",
+                str(c.layers), "--vocab", str(c.vocab), "--seq", str(c.seq), "--arch", c.arch,
+                "--tp", str(c.tp), "--pp", str(c.pp), "--dp", str(c.dp), "--cp", str(c.cp),
+                "--mbs", str(c.microbatch), "--batch", str(c.batch), "--interleave",
+                str(c.interleave), "--recompute", c.recompute, "--json", "--allow-infeasible",
+                "--framework", c.framework or "megatron-lm-2022", "--ddp-impl", c.ddp_impl]
+        argv += ["--sequence-parallel"] if c.sequence_parallel else []
+        argv += ["--fp8"] if c.fp8 else []
+        argv += ["--cross-entropy-fusion"] if c.ce_fusion else []
+        if c.tp_overlap is not None:
+            argv += ["--overlap" if c.tp_overlap else "--no-overlap", "tp_comm"]
+        assert main(argv) == 0, c.name
+        got = json.loads(capsys.readouterr().out)["time_per_batch_s"]
+        want = plan_evaluator(c, c.microbatch, c.interleave).time_per_batch_s
+        assert got == pytest.approx(want, rel=1e-9), c.name

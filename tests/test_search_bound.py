@@ -144,20 +144,13 @@ def test_default_dp_best_over_hbm_sizes_is_the_largest(ch_f_b, devices, batch, r
             assert top is not None and _le(top["time_per_batch_s"], plan["time_per_batch_s"])
 
 
-@pytest.mark.parametrize("recompute", [("none",), ("selective", "full")])
-def test_plan_floor_is_above_the_dp_bound(recompute):
-    """waves' DP-free bound (plan_floor.PlanFloor) gates the DP bound, so it must never be
-    below it: checked on real archs and graphs, TP widths 1 and 2, every microbatch size
-    of the sweep; it equals the chain route (chain_samples_per_s of chain_from_graph) and
-    is never looser than the plain work bound."""
-    import math
+def _bert_sweep(recompute):
+    """A small real sweep (bert-large s128, 24 archs of three core counts, TP 1 and 2,
+    microbatches 1 and 4, HBM 16 and 80 GiB) that the bound tests check their bounds on."""
     from dataclasses import replace
 
     from phaze.hw.grid import enumerate_grid
-    from phaze.place.chain import chain_from_graph
     from phaze.search.pipeline import SweepProblem, SweepSpec
-    from phaze.search.plan_floor import PlanFloor, chain_samples_per_s
-    from phaze.search.waves import work_bounds
     from phaze.settings import PlacementSettings, SweepSettings
 
     grid = enumerate_grid({"n_tc": [1, 4, 16], "n_vc": [1, 4], "tc_rows": [32, 128],
@@ -167,12 +160,28 @@ def test_plan_floor_is_above_the_dp_bound(recompute):
                  placement=PlacementSettings(devices=64, global_batch=256, hbm_gib=(16.0, 80.0),
                                              recompute=recompute, optimizer="sgd"))
     sp = SweepProblem(SweepSpec(model="bert-large", seq=128, tp=(1, 2), settings=st), grid)
+    return sp
+
+
+@pytest.mark.parametrize("recompute", [("none",), ("selective", "full")])
+def test_plan_floor_is_above_the_dp_bound(recompute):
+    """waves' DP-free bound (plan_floor.PlanFloor) gates the DP bound, so it must never be
+    below it: checked on real archs and graphs, TP widths 1 and 2, every microbatch size
+    of the sweep; it equals the chain route (chain_samples_per_s of chain_from_graph) and
+    is never looser than the plain work bound."""
+    import math
+
+    from phaze.place.chain import chain_from_graph
+    from phaze.search.plan_floor import PlanFloor, chain_samples_per_s
+    from phaze.search.waves import work_bounds
+
+    sp = _bert_sweep(recompute)
     floor = PlanFloor(sp)
     n_feasible = n_tighter = 0
     for arch_id, _area in sp.archs():
         times = sp.lower_times(arch_id)
         fl, wb = floor.samples_per_s(times), work_bounds(sp, times)
-        for mbs in st.microbatch_sizes:
+        for mbs in sp.spec.settings.microbatch_sizes:
             b = sp.bound_of(times, sp._peak_of(arch_id), (mbs,))
             assert math.isnan(b) or b <= fl[mbs] * (1 + 1e-12), (arch_id, mbs)
             assert fl[mbs] <= wb[mbs] * (1 + 1e-12)
@@ -266,20 +275,10 @@ def test_work_bound_is_above_the_dp_bound(recompute):
     """waves.work_bound (no DP) gates the DP bound, so it must never be below it: checked
     on real archs and graphs, TP widths 1 and 2, every microbatch size of the sweep."""
     import math
-    from dataclasses import replace
 
-    from phaze.hw.grid import enumerate_grid
-    from phaze.search.pipeline import SweepProblem, SweepSpec
     from phaze.search.waves import work_bound
-    from phaze.settings import PlacementSettings, SweepSettings
 
-    grid = enumerate_grid({"n_tc": [1, 4, 16], "n_vc": [1, 4], "tc_rows": [32, 128],
-                           "tc_cols": [32, 128], "glb_mib": [32],
-                           "area": {"min_frac": 0.0, "keep_single_core": "all"}})
-    st = replace(SweepSettings(), microbatch_sizes=(1, 4),
-                 placement=PlacementSettings(devices=64, global_batch=256, hbm_gib=(16.0, 80.0),
-                                             recompute=recompute, optimizer="sgd"))
-    sp = SweepProblem(SweepSpec(model="bert-large", seq=128, tp=(1, 2), settings=st), grid)
+    sp = _bert_sweep(recompute)
     n_feasible = 0
     for arch_id, _area in sp.archs():
         times = sp.lower_times(arch_id)
