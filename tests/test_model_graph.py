@@ -223,3 +223,49 @@ def test_dropout_forward_writes_its_mask():
     for o in drops:
         assert o.bytes_written == pytest.approx(o.elements * (2 + 1))
         assert o.bytes_read == pytest.approx(o.elements * 2)
+
+
+@pytest.mark.parametrize("t,sp", [(1, False), (8, False), (8, True)])
+def test_unfused_bias_kernels_as_megatron_runs_them(t, sp):
+    # eager linears: QKV adds its bias in a kernel of its own (its consumers are GEMMs);
+    # fc1 (bias-GELU), proj and fc2 (bias-dropout-add) leave it to their jit consumer; every
+    # biased linear's backward sums dY over the tokens in a reduction (.dbias) and its dW
+    # no longer writes the bias. GEMMs and FLOPs are unchanged.
+    spec = ZOO["gpt-1.7b"]
+    plain = build_graph(spec, seq=2048, mbs=2, tp=t, sequence_parallel=sp)
+    eager = build_graph(spec, seq=2048, mbs=2, tp=t, sequence_parallel=sp, unfused_bias=True)
+    assert eager.unfused_bias and not plain.unfused_bias
+    blk, blk0 = eager.layers[1], plain.layers[1]
+    fwd = {o.name: o for o in blk.fwd}
+    assert [o.name for o in blk.fwd if o.vclass == "bias"] == ["attn.qkv.bias"]
+    qkv = fwd["attn.qkv"]
+    b = fwd["attn.qkv.bias"]
+    assert b.deps == ("attn.qkv",)
+    assert b.bytes_written == qkv.bytes_written and b.elements == qkv.gemm.m * qkv.gemm.n
+    # the attention core now reads the biased tensor
+    assert all("attn.qkv.bias" in o.deps for o in blk.fwd if o.name in ("attn.scores",))
+    dbias = sorted(o.name for o in blk.bwd if o.vclass == "bias_bwd")
+    assert dbias == sorted(f"{n}.dbias" for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))
+    for o in blk.bwd:
+        if o.name.endswith(".dbias"):
+            lin = {x.name: x for x in blk0.fwd}[o.name[:-len(".dbias")]]
+            assert o.bytes_read == lin.bytes_written            # reads dY once
+            assert o.bytes_written == lin.gemm.n * 2             # writes the bias gradient
+    dw = {o.name: o for o in blk.bwd if o.name.endswith(".dW")}
+    dw0 = {o.name: o for o in blk0.bwd if o.name.endswith(".dW")}
+    assert dw["mlp.fc1.dW"].bytes_written == dw0["mlp.fc1.dW"].bytes_written - 4 * spec.hidden // t * 2
+    gemm_flops = [sum(o.flops for layer in g.layers for o in layer.fwd + layer.bwd
+                      if o.kind == "gemm") for g in (plain, eager)]
+    assert gemm_flops[0] == gemm_flops[1]
+    # a model without biases is unchanged
+    ll = ZOO["llama2-7b"]
+    assert build_graph(ll, seq=512, mbs=1, tp=t, unfused_bias=True).layers[1].bwd == \
+        build_graph(ll, seq=512, mbs=1, tp=t).layers[1].bwd
+
+
+def test_unfused_bias_survives_serialisation(tmp_path):
+    from phaze.model.serialize import load_graph, save_graph
+
+    g = build_graph(ZOO["gpt-1.7b"], seq=256, mbs=1, tp=2, unfused_bias=True)
+    save_graph(g, tmp_path / "g.json")
+    assert load_graph(tmp_path / "g.json") == g

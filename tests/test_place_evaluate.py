@@ -59,8 +59,9 @@ def test_context_parallel_ring_in_the_chain_matches_per_layer_ring(recompute):
     got = evaluate_model(spec, arch, tp=tp, pp=2, dp=2, mbs=mbs, batch=16, recompute=recompute,
                          seq=seq, cp=cp)
     prm = default_cost_params(arch)
-    g = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp)
-    lat, tps = layer_latencies(g, arch, arch.network, prm)
+    # the default profile (megatron-lm-2022): eager bias kernels, async TP backward overlap
+    g = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp, unfused_bias=True)
+    lat, tps = layer_latencies(g, arch, arch.network, prm, async_tp=True)
     core = attention_core_latencies(g, arch, arch.network, prm)
     kv = 2 * mbs * (seq // cp) * (spec.n_kv_heads // tp) * spec.d_head * 2
     links = Links.of(arch.network, bw_efficiency=prm.link_bw_efficiency)
@@ -102,7 +103,7 @@ def test_megatron_2021_profile_fp16_reduction_accumulation_and_ddp_impl():
     assert new["grad_accum_s"] == 0.0
     M = 512 // (32 * 4)
     assert old["grad_accum_s"] > 0 and old["optimizer_s"] == pytest.approx(
-        new["optimizer_s"] * 52 / 30)
+        new["optimizer_s"] * 52 / 42)
     assert old["grad_accum_s"] == pytest.approx(old["optimizer_s"] * 6 / 52 * (M - 1))
     assert torch_ddp["dp_sync_s"] < 0.2 * old["dp_sync_s"]
     assert torch_ddp["time_per_batch_s"] < old["time_per_batch_s"]

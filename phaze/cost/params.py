@@ -73,6 +73,11 @@ class CostParams:
     # Cross entropy as Megatron-LM runs it unfused (UNFUSED_CROSS_ENTROPY_BYTES per logit
     # element instead of the graph's one read and one write); False: the graph's bytes.
     unfused_cross_entropy: bool = False
+    # SMs an NCCL collective occupies while it overlaps a GEMM (one SM per NCCL channel; 0 =
+    # no contention). NCCL opens 24 channels for an 8-GPU NVSwitch node on A100 and on H100
+    # (NCCL_DEBUG logs: NVIDIA/nccl issue 578 and nccl-tests issue 100 on A100, NVIDIA/nccl
+    # issue 1367 on H100, NCCL 2.19: 12 rings duplicated to 24 channels).
+    nccl_channels: int = 0
 
     def __post_init__(self):
         for f in ("compute_efficiency", "glb_bw_efficiency", "hbm_bw_efficiency",
@@ -82,6 +87,9 @@ class CostParams:
                 raise ValueError(f"CostParams.{f} must be in (0, 1], got {v}")
         if not self.op_overhead_s >= 0:
             raise ValueError("CostParams.op_overhead_s must be >= 0")
+        if isinstance(self.nccl_channels, bool) or not isinstance(self.nccl_channels, int) \
+                or self.nccl_channels < 0:
+            raise ValueError("CostParams.nccl_channels must be an integer >= 0")
         if self.collective_topology not in ("flat", "nccl"):
             raise ValueError("CostParams.collective_topology must be 'flat' or 'nccl'")
         for f in ("flash_fwd_efficiency", "flash_bwd_efficiency"):
@@ -122,10 +130,10 @@ PRESET_PARAMS = {
     "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
                  collective_topology="nccl", flash_fwd_efficiency=0.50,
                  flash_bwd_efficiency=0.43, sustained_clock_fraction=0.727,
-                 unfused_cross_entropy=True),
-    "a100": dict(compute_efficiency=0.804, hbm_bw_efficiency=0.890, link_bw_efficiency=0.80,
-                 op_overhead_s=45.4e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
-                 flash_bwd_efficiency=0.60, unfused_cross_entropy=True),
+                 unfused_cross_entropy=True, nccl_channels=24),
+    "a100": dict(compute_efficiency=0.8005, hbm_bw_efficiency=0.9194, link_bw_efficiency=0.80,
+                 op_overhead_s=55.6e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
+                 flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24),
 }
 
 

@@ -42,6 +42,9 @@ VECTOR_FLOPS = {
 FUSABLE = {"gelu", "relu", "silu", "swiglu", "geglu", "dropout", "add", "rope", "tanh",
            "gelu_bwd", "relu_bwd", "silu_bwd", "swiglu_bwd", "geglu_bwd", "dropout_bwd", "rope_bwd",
            "tanh_bwd"}
+# element-wise classes whose Megatron jit kernels add a linear's bias themselves
+# (bias-GELU, bias-SwiGLU, bias-dropout-add; Megatron's skip_bias_add)
+BIAS_ABSORBING = {"gelu", "swiglu", "geglu", "dropout", "add"}
 MASK_BYTES = 1      # dropout mask, one byte per element (Korthikanti)
 LOGIT_BYTES = 4     # cross-entropy keeps fp32 logits (Korthikanti Sec. 4.3)
 TOKEN_ID_BYTES = 8  # int64 token ids
@@ -82,6 +85,8 @@ class _Layer:
     def __init__(self, dt: int, tp: int):
         self.dt = dt
         self.tp = tp
+        self.unfused_bias = False      # eager linears: bias add and bias gradient as kernels
+        self.apex_layernorm = False    # LayerNorm backward as apex's MixedFusedLayerNorm
         self.nodes: dict[str, _Node] = {}
         self.out_of: dict[str, float] = {"in": 0.0}
 
@@ -155,10 +160,11 @@ class _Layer:
     # --- passes ---------------------------------------------------------------------
     def forward_ops(self) -> list[Op]:
         ops = []
+        biased: dict[str, str] = {}   # linear -> its separate bias-add op (unfused_bias)
         for n in self.nodes.values():
             if n.kind == "identity":
                 continue
-            deps = self._fwd_deps(n)
+            deps = tuple(biased.get(d, d) for d in self._fwd_deps(n))
             common = dict(name=n.name, deps=deps, bytes_read=sum(n.in_bytes) + _wbytes(n, self.dt),
                           bytes_written=n.out_bytes, param_bytes=n.params_dev * self.dt,
                           saved_bytes=n.saved, tp_rule=n.tp_rule,
@@ -170,6 +176,13 @@ class _Layer:
                 bread = n.in_bytes[0] + n.b_bytes + n.bias_n * self.dt
                 ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, experts=n.experts,
                               **{**common, "bytes_read": bread}))
+                if self._bias_kernel(n):
+                    b = f"{n.name}.bias"
+                    ops.append(Op(name=b, kind="vector", deps=(n.name,), vclass="bias",
+                                  elements=n.out_elements, flops=float(n.out_elements),
+                                  bytes_read=n.out_bytes + n.bias_n * self.dt,
+                                  bytes_written=n.out_bytes, tp_rule=n.tp_rule))
+                    biased[n.name] = b
             elif n.kind == "vector":
                 if n.vclass == "embedding":  # a gather reads only the rows it looks up
                     common["bytes_read"] = sum(n.in_bytes) + n.out_bytes
@@ -181,6 +194,26 @@ class _Layer:
                 ops.append(Op(kind="collective", collective=n.collective, group="tp",
                               comm_bytes=n.comm_bytes, **common))
         return ops
+
+    def _bias_kernel(self, n: _Node) -> bool:
+        """With unfused_bias, a biased linear whose bias no consumer absorbs gets a bias-add
+        kernel of its own (Megatron-LM's eager linears: PyTorch matmul then `+ bias`; the
+        bias of a linear feeding bias-GELU or bias-dropout-add is added inside those jit
+        kernels, Megatron's skip_bias_add)."""
+        if not (self.unfused_bias and n.bias_n and n.kind == "gemm" and n.bwd == "gemm_linear"):
+            return False
+        users = self._users_past_collectives(n.name)
+        return not users or any(m.kind != "vector" or m.vclass not in BIAS_ABSORBING for m in users)
+
+    def _users_past_collectives(self, name: str) -> list[_Node]:
+        """Nodes consuming `name`'s output, looking through TP collectives (a row-parallel
+        linear's bias is added after its all-reduce / reduce-scatter)."""
+        out: list[_Node] = []
+        for m in self.nodes.values():
+            if name in m.inputs:
+                out += (self._users_past_collectives(m.name)
+                        if m.kind in ("collective", "identity") else [m])
+        return out
 
     def _fwd_deps(self, n: _Node) -> tuple[str, ...]:
         out: list[str] = []
@@ -252,10 +285,17 @@ class _Layer:
                                  comm_bytes=n.regather, bytes_read=n.regather / self.tp,
                                  bytes_written=n.regather, tp_rule="sharded"))
             wdeps = gr + (rg,)
+        eager_bias = self.unfused_bias and n.bias_n > 0
         dw = Op(name=f"{n.name}.dW", kind="gemm", deps=wdeps, gemm=GemmDims(g.batch, g.k, g.n, g.m),
                 flops=g.flops, bytes_read=n.in_bytes[0] + n.out_bytes,
-                bytes_written=n.b_bytes + n.bias_n * dt, tp_rule=n.tp_rule, experts=n.experts)
+                bytes_written=n.b_bytes + (0 if eager_bias else n.bias_n * dt), tp_rule=n.tp_rule,
+                experts=n.experts)
         st.ops += [dx, dw]
+        if eager_bias:   # PyTorch's sum of dY over the tokens, a reduction kernel of its own
+            st.ops.append(Op(name=f"{n.name}.dbias", kind="vector", deps=gr, vclass="bias_bwd",
+                             elements=n.out_elements, flops=float(n.out_elements),
+                             bytes_read=n.out_bytes, bytes_written=n.bias_n * dt,
+                             tp_rule=n.tp_rule))
         return [(dx.name,)]
 
     def _bwd_gemm_act(self, st, n: "_Node", gr):
@@ -306,6 +346,16 @@ class _Layer:
         elif n.vclass == "embedding":  # scatter-add of the touched rows
             bread = n.out_bytes + (sum(n.in_bytes) if n.bwd == "leaf" else 0.0)
             bwritten = n.out_bytes
+        if self.apex_layernorm and n.vclass == "layernorm":
+            # Megatron-LM 2021's fused_mix_prec_layer_norm_cuda (megatron/fused_kernels/
+            # layer_norm_cuda_kernel.cu at de7dc40f, apex's MixedFusedLayerNorm):
+            # cuComputePartGradGammaBeta reads dy and x in a pass of its own before
+            # cuComputeGradInput reads them again for dx (the partial sums it writes, 16 rows
+            # of fp32 gamma and beta, and their tiny reduction kernel are left out)
+            st.ops.append(Op(name=f"{n.name}.bwd.dgamma", kind="vector", deps=gr,
+                             vclass="layernorm_bwd", elements=n.out_elements,
+                             flops=float(2 * n.out_elements), bytes_read=2.0 * n.out_bytes,
+                             bytes_written=0.0, tp_rule=n.tp_rule))
         op = Op(name=f"{n.name}.bwd", kind="vector", deps=gr, vclass=f"{n.vclass}_bwd",
                 elements=n.out_elements, flops=float(VECTOR_FLOPS[n.vclass][1] * n.out_elements),
                 bytes_read=bread, bytes_written=bwritten, tp_rule=n.tp_rule)
@@ -457,13 +507,21 @@ class _Ctx:
 
 def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int = 1,
                 sequence_parallel: bool = False, fused: bool = False, dtype_bytes: int = 2,
-                attention: str = "eager", vocab_pad_multiple: int = 1) -> ModelGraph:
+                attention: str = "eager", vocab_pad_multiple: int = 1,
+                unfused_bias: bool = False, apex_layernorm: bool = False) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     attention: "eager" materialises the s x s scores and probabilities (HF eager, Megatron's
     unfused softmax); "flash" is one fused kernel per pass that keeps only Q, K, V, O and the
     row log-sum-exp (FlashAttention-2). vocab_pad_multiple: Megatron's
-    make-vocab-size-divisible-by (128 there); 1 = no padding (Hugging Face counts)."""
+    make-vocab-size-divisible-by (128 there); 1 = no padding (Hugging Face counts).
+    unfused_bias: linear biases as eager PyTorch runs them (Megatron-LM's own linears): a
+    bias-add kernel after a linear whose consumer does not absorb it (BIAS_ABSORBING) and a
+    bias-gradient reduction (`.dbias`, reads dY) beside each biased dW; False: both inside
+    the GEMM (cuBLASLt bias / bgrad epilogues, Transformer Engine). apex_layernorm: the
+    LayerNorm backward as apex's MixedFusedLayerNorm (Megatron-LM 2021): gamma and beta
+    gradients in a pass of their own over dy and x (`.bwd.dgamma`) before the input
+    gradient; False: one pass (Megatron's persistent LayerNorm of 2022, TE)."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -480,12 +538,16 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     c = _Ctx(spec, seq, mbs, tp, sequence_parallel, dtype_bytes, attention, vocab_pad_multiple)
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
-        lg, unique = _finish(kind, rep, fn(c), c, fused)
+        built = fn(c)
+        built.layer.unfused_bias = bool(unfused_bias)
+        built.layer.apex_layernorm = bool(apex_layernorm)
+        lg, unique = _finish(kind, rep, built, c, fused)
         layers.append(lg)
         uniques += unique * rep
     return ModelGraph(model=spec.name, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
                       fused=fused, dtype_bytes=dtype_bytes, layers=tuple(layers), params_total=uniques,
-                      attention=attention, vocab_pad_multiple=vocab_pad_multiple)
+                      attention=attention, vocab_pad_multiple=vocab_pad_multiple,
+                      unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm))
 
 
 def _block_runs(c: _Ctx):

@@ -122,6 +122,8 @@ class ModelGraph:
     params_total: int               # whole model, all shards
     attention: str = "eager"        # eager | flash (phaze.model.graph.ATTENTION)
     vocab_pad_multiple: int = 1     # Megatron's make-vocab-size-divisible-by (x t); 1 = none
+    unfused_bias: bool = False      # eager bias kernels (phaze.model.graph.build_graph)
+    apex_layernorm: bool = False    # two-pass LayerNorm backward (build_graph)
 
     @property
     def n_layers(self) -> int:

@@ -26,7 +26,9 @@ def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
     d = {"format": FORMAT, "model": graph.model, "seq": graph.seq, "mbs": graph.mbs, "tp": graph.tp,
          "sequence_parallel": graph.sequence_parallel, "fused": graph.fused,
          "dtype_bytes": graph.dtype_bytes, "params_total": graph.params_total,
-         "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple, "layers": layers}
+         "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple,
+         "unfused_bias": graph.unfused_bias, "apex_layernorm": graph.apex_layernorm,
+         "layers": layers}
     if spec is not None:
         d["spec"] = spec
     return d
@@ -53,7 +55,9 @@ def graph_from_dict(d: dict) -> ModelGraph:
                       sequence_parallel=d["sequence_parallel"], fused=d["fused"],
                       dtype_bytes=d["dtype_bytes"], layers=tuple(layers), params_total=d["params_total"],
                       attention=d.get("attention", "eager"),
-                      vocab_pad_multiple=d.get("vocab_pad_multiple", 1))
+                      vocab_pad_multiple=d.get("vocab_pad_multiple", 1),
+                      unfused_bias=d.get("unfused_bias", False),
+                      apex_layernorm=d.get("apex_layernorm", False))
 
 
 def save_graph(graph: ModelGraph, path: str | Path, spec: dict | None = None) -> None:

@@ -96,11 +96,11 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
                    help="ZeRO stage / FSDP (3) timing and memory (default: 1 with --zero1, "
                         "else 0)")
-    e.add_argument("--overlap", action="append", default=[],
-                   choices=["grad_reduce", "param_gather", "tp_comm", "p2p"],
-                   help="switch one overlap on (repeatable; Megatron flag names)")
-    e.add_argument("--no-overlap", action="append", default=[],
-                   choices=["grad_reduce", "param_gather", "tp_comm", "p2p"],
+    overlaps = ["grad_reduce", "param_gather", "tp_comm", "p2p", "async_tp"]
+    e.add_argument("--overlap", action="append", default=[], choices=overlaps,
+                   help="switch one overlap on (repeatable; Megatron flag names; async_tp: "
+                        "--async-tensor-model-parallel-allreduce)")
+    e.add_argument("--no-overlap", action="append", default=[], choices=overlaps,
                    help="switch one of --framework's overlaps off (repeatable)")
     e.add_argument("--cross-entropy-fusion", action="store_true",
                    help="Megatron-Core --cross-entropy-loss-fusion (NeMo cross_entropy_loss_fusion)")
@@ -440,7 +440,8 @@ def _evaluate_preset(args, spec, settings, seq):
 
 def _overlap_options(args) -> dict:
     names = {"grad_reduce": "overlap_grad_reduce", "param_gather": "overlap_param_gather",
-             "tp_comm": "tp_comm_overlap", "p2p": "overlap_p2p"}
+             "tp_comm": "tp_comm_overlap", "p2p": "overlap_p2p",
+             "async_tp": "async_tensor_model_parallel_allreduce"}
     o = {names[x]: True for x in getattr(args, "overlap", [])}
     both = set(getattr(args, "overlap", [])) & set(getattr(args, "no_overlap", []))
     if both:

@@ -38,8 +38,8 @@ def narayanan_flops(batch: int, seq: int, layers: int, hidden: int, vocab: int,
 # a memory-bound pass, scatter/gather pipeline p2p.
 # DP/CP collectives as NCCL runs them (collectives="nccl": NVLink inside a node, every NIC
 # of a node between nodes, ring or tree; phaze.cost.collective).
-MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scatter_gather=True,
-                        collectives="nccl")
+MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=42.0, p2p_scatter_gather=True,
+                        collectives="nccl", async_tensor_model_parallel_allreduce=True)
 
 # Framework profiles: the plan options (PlanOptions), graph options (build_graph) and kernel
 # switches (CostParams) a framework version uses BY DEFAULT or in its published runs
@@ -75,21 +75,23 @@ MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, p2p_scat
 #     reads 2, writes a 4 B temporary, reads 4 + 4 and writes 4 = 18 B/param).
 DEFAULT_FRAMEWORK = "megatron-lm-2022"
 FRAMEWORKS = {
-    "megatron-lm-2022": dict(plan=dict(MEGATRON_OPTIONS), graph={}, cost={}),
+    "megatron-lm-2022": dict(plan=dict(MEGATRON_OPTIONS), graph=dict(unfused_bias=True), cost={}),
     "megatron-lm-2021": dict(
         plan=dict(MEGATRON_OPTIONS, grad_bytes=2.0, dp_reduce_bytes=2.0,
-                  grad_accum_bytes_per_param=6.0, optimizer_bytes_per_param=52.0),
-        graph={}, cost={}),
+                  grad_accum_bytes_per_param=6.0, optimizer_bytes_per_param=52.0,
+                  async_tensor_model_parallel_allreduce=False),
+        graph=dict(unfused_bias=True, apex_layernorm=True), cost={}),
     "megatron-core-2024": dict(
-        plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
+        plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=38.0, collectives="nccl",
                   dp_reduce_bytes=4.0, distributed_optimizer=True, overlap_grad_reduce=True,
-                  overlap_param_gather=True, tp_comm_overlap=True, overlap_p2p=True),
+                  overlap_param_gather=True, tp_comm_overlap=True, overlap_p2p=True,
+                  async_tensor_model_parallel_allreduce=True),
         graph=dict(attention="flash"), cost={}),
     "megatron-deepspeed": dict(
         plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
                   dp_reduce_bytes=4.0, zero_stage=1, grad_accum_bytes_per_param=18.0,
-                  grad_accum_every_microbatch=True),
-        graph={}, cost={}),
+                  grad_accum_every_microbatch=True, async_tensor_model_parallel_allreduce=False),
+        graph=dict(unfused_bias=True, apex_layernorm=True), cost={}),
 }
 # Megatron-LM's --DDP-impl (2021): "local" reduces after the backward (nothing overlapped);
 # "torch" is PyTorch DDP: buckets of 25 MB (bucket_cap_mb; 12.5 M fp16 gradients) reduce
@@ -99,9 +101,12 @@ DDP_IMPLS = {"local": {}, "torch": dict(overlap_grad_reduce=True, bucket_params=
 FRAMEWORKS["nemo-2024"] = FRAMEWORKS["megatron-core-2024"]
 
 
-def layer_latencies(graph, arch, network, params=None):
+def layer_latencies(graph, arch, network, params=None, async_tp: bool = False):
     """{layer index: (fwd_s, bwd_s, selective recompute_s)} and {index: (TP-collective
-    part of fwd_s, of bwd_s)}, each pass's ops run intra-op one after the other."""
+    part of fwd_s, of bwd_s)}, each pass's ops run intra-op one after the other.
+    async_tp: the backward TP collectives of column-parallel linears overlap their weight
+    GEMMs (Megatron's async_tensor_model_parallel_allreduce; `async_tp_exposed`, contention
+    = the params' nccl_channels over the arch's SMs, n_tc on the GPU presets)."""
     from phaze.cost.api import op_latencies
     from phaze.sched.adapter import SCHED_PASSES, pass_ops
 
@@ -110,13 +115,53 @@ def layer_latencies(graph, arch, network, params=None):
         total, coll = [], []
         for pass_ in SCHED_PASSES:
             ops = list(pass_ops(layer, pass_))
-            c = op_latencies(ops, arch, network, tp=graph.tp, params=params).lat_all_s[0] \
-                if ops else []
-            total.append(float(sum(c)))
-            coll.append(sum(float(c[k]) for k, o in enumerate(ops) if o.kind == "collective"))
+            c = [float(x) for x in op_latencies(ops, arch, network, tp=graph.tp,
+                                                params=params).lat_all_s[0]] if ops else []
+            if async_tp and pass_ == "bwd":
+                c = async_tp_exposed(ops, c, _channel_share(arch, params))
+            total.append(sum(c))
+            coll.append(sum(c[k] for k, o in enumerate(ops) if o.kind == "collective"))
         lat[li] = tuple(total)
         tp[li] = (coll[0], coll[1])
     return lat, tp
+
+
+def _channel_share(arch, params) -> float:
+    """Fraction of a GPU's SMs an NCCL collective occupies (CostParams.nccl_channels, one
+    SM per channel, over the preset's SMs: n_tc)."""
+    channels = getattr(params, "nccl_channels", 0) if params is not None else 0
+    return min(1.0, channels / max(1, int(getattr(arch, "n_tc", 1))))
+
+
+def async_tp_exposed(ops, lat_s, contention: float = 0.0):
+    """Backward op latencies (seconds, one per op of `ops`) with the TP collectives that
+    Megatron overlaps replaced by their exposed part. Megatron-LM's
+    LinearWithGradAccumulationAndAsyncCommunication (since 2021-09, on by default;
+    --no-async-tensor-model-parallel-allreduce turns it off; Transformer Engine's linears do
+    the same without userbuffers) launches the all-reduce (SP: reduce-scatter) of a
+    column-parallel linear's input gradient right after its dX GEMM and runs the dW GEMM
+    meanwhile; with sequence parallelism the all-gather of the input that dW needs runs
+    during the dX GEMM. A collective that depends only on dX GEMMs of linears L hides
+    behind their dW GEMMs; an all-gather that L's dW GEMMs wait for hides behind L's dX.
+    While the collective runs, its NCCL channels occupy SMs: the GEMM progresses at
+    (1 - contention) of its rate, so a collective of C seconds beside GEMMs of G seconds
+    adds max(C - G, contention x C) (C when nothing hides it)."""
+    idx = {o.name: k for k, o in enumerate(ops)}
+    out = list(lat_s)
+    for k, o in enumerate(ops):
+        if o.kind != "collective":
+            continue
+        if o.deps and all(d.endswith(".dX") and ops[idx[d]].kind == "gemm" for d in o.deps):
+            hide = [d[:-3] + ".dW" for d in o.deps]                 # reduce dX during dW
+        elif not o.deps and o.collective == "all_gather":
+            hide = [p.name[:-3] + ".dX" for p in ops                # SP regather during dX
+                    if p.name.endswith(".dW") and o.name in p.deps]
+        else:
+            continue
+        gemm_s = sum(lat_s[idx[h]] for h in hide if h in idx)
+        if gemm_s > 0:
+            out[k] = max(lat_s[k] - gemm_s, contention * lat_s[k])
+    return out
 
 
 def attention_core_latencies(graph, arch, network, params):
@@ -216,7 +261,13 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         raise ValueError(f"context parallelism cp = {cp} must divide the sequence {seq}")
     graph = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
                         **gopts)
-    lat, tps = layer_latencies(graph, arch, network, cost_params)
+    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp, "ep": ep}
+    opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
+                          "zero1": zero1, **(options or {})})
+    # userbuffers (tp_comm_overlap) replace the asynchronous path: plan.py models those
+    lat, tps = layer_latencies(graph, arch, network, cost_params,
+                               async_tp=opts.async_tensor_model_parallel_allreduce
+                               and not opts.tp_comm_overlap)
     core, kv = None, 0.0
     if cp > 1:       # the ring steps: plan.context_parallel_chain, applied by evaluate_plan
         kv = 2.0 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp) * spec.d_head * 2.0
@@ -224,9 +275,6 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core,
                              kv_bytes=kv)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
-    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp, "ep": ep}
-    opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
-                          "zero1": zero1, **(options or {})})
     stages = None
     if first_stage_layers is not None or last_stage_layers is not None:
         from phaze.place.plan import megatron_stages

@@ -149,6 +149,12 @@ class PlanOptions:
     # True: the pass runs after every microbatch, the first included (a copy into a
     # separate fp32 buffer, as DeepSpeed's BF16_Optimizer.update_hp_grads does).
     grad_accum_every_microbatch: bool = False
+    # Megatron's async_tensor_model_parallel_allreduce (Megatron-LM 2021-09 on, default on;
+    # Transformer Engine's linears alike): the backward TP collective of a column-parallel
+    # linear runs during its weight GEMM. Applied to the layer latencies by
+    # phaze.place.evaluate.evaluate_model (async_tp_exposed); userbuffers (tp_comm_overlap)
+    # take its place when on. No effect on evaluate_plan itself.
+    async_tensor_model_parallel_allreduce: bool = False
 
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0

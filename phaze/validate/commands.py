@@ -58,6 +58,11 @@ def run(args) -> int:
     preds = {t: [predict(c, plan_evaluator, h_params if c.arch == "h100" else params)
                  for c in cases(t)]
              for t in TABLE_CHOICES[args.table]}
+    layer_rows = None
+    if TABLE_KORTHIKANTI in TABLE_CHOICES[args.table]:   # its per-layer companion, held out
+        from phaze.validate.evaluate import split_params
+        from phaze.validate.layer_times import predict_layer_times
+        layer_rows = predict_layer_times(split_params(params)[0])
     if args.plot:
         try:
             plot(preds, args.plot)
@@ -68,7 +73,8 @@ def run(args) -> int:
         from phaze.jsonout import emit_json
         emit_json({"arch": "a100", "calibration": calibration_info(), "fit": fitted,
                    "tables": summary(preds),
-                   "rows": [row_dict(p) for ps in preds.values() for p in ps]})
+                   "rows": [row_dict(p) for ps in preds.values() for p in ps],
+                   "layer_times": layer_rows})
         return 0
     info = calibration_info()
     archs = {c.arch for t in preds for c in cases(t)}   # print the presets the tables use
@@ -88,6 +94,10 @@ def run(args) -> int:
     for t, ps in preds.items():
         print(text_table(ps))
         print()
+        if t == TABLE_KORTHIKANTI and layer_rows:
+            from phaze.validate.layer_times import text_table as layer_table
+            print(layer_table(layer_rows))
+            print()
     if args.plot:
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0

@@ -115,6 +115,18 @@ def korthikanti_cases() -> list[Case]:
     return out
 
 
+TABLE_LAYER_TIMES = "korthikanti2023_table4"
+
+
+def korthikanti_layer_rows() -> list[dict]:
+    """Korthikanti Table 4 (held out): forward / backward milliseconds of one 22B layer per
+    experiment, with the Table 3 configuration of that model under key `config`."""
+    t4 = raw()[TABLE_LAYER_TIMES]
+    cfg = [r for r in korthikanti_configs() if r["model"] == t4["model"]][0]
+    t3 = raw()["korthikanti2023_table3"]
+    return [{**r, "config": {**cfg, "seq": t3["seq"], "vocab": t3["vocab"]}} for r in _rows(t4)]
+
+
 def h100_cases() -> list[Case]:
     """The Megatron-LM README's H100 rows. Measured MFU % = the per-GPU TFLOP/s column /
     the bf16 peak (989) where the table gives TFLOP/s, else the MFU column (the strong-
