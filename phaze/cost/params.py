@@ -107,9 +107,11 @@ class CostParams:
 # Calibrated parameter sets of named presets (used by `phaze evaluate`, `phaze validate`
 # and every plan evaluated on that preset). a100: fitted by `phaze validate --fit` on
 # Korthikanti et al. (MLSys'23) Table 5 (8 measured iteration times of Megatron-LM on
-# Selene), four parameters, no per-row factor; Narayanan et al. (SC'21) Table 1 is held
-# out (errors in docs/validate.md). op_overhead_s is an effective per-kernel cost: launch
-# and tail effects plus the small-GEMM inefficiency the array model does not capture.
+# Selene), three parameters (compute, HBM <= 0.92, per-kernel overhead), no per-row
+# factor; link_bw_efficiency 0.80 is nccl-tests' DGX A100 all-reduce bus bandwidth (~230
+# GB/s of 300), not fitted; Narayanan et al. (SC'21) Table 1 and Korthikanti Table 4 are
+# held out (errors in docs/validate.md). op_overhead_s is an effective per-kernel cost:
+# launch and tail effects plus the small-GEMM inefficiency the array model does not capture.
 # h100: fitted by `benchmarks/bench_h100_preset.py --fit` on the even rows of 37 bf16 GEMM
 # and vector kernel times measured with torch on an H100 80GB HBM3 (2026-11-26, file
 # benchmarks/data/h100_kernels_measured.csv); odd rows held out: mean |error| 11.2%

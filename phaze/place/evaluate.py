@@ -45,16 +45,23 @@ MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=42.0, p2p_scat
 # switches (CostParams) a framework version uses BY DEFAULT or in its published runs
 # (docs/validate.md "Frameworks"). `evaluate_model(framework=...)`, `phaze evaluate
 # --framework`.
-#  megatron-lm-2022 (default): Megatron-LM of Korthikanti MLSys'23 (= MEGATRON_OPTIONS):
-#     fp32 main grads all-reduced fp32, nothing overlapped, eager attention (softmax
-#     materialised, Megatron's fused scale-mask-softmax), scatter/gather p2p.
+#  megatron-lm-2022 (default): Megatron-LM of Korthikanti MLSys'23 (= MEGATRON_OPTIONS; read
+#     at commit 2e90a342): fp32 main grads all-reduced fp32, eager attention (softmax
+#     materialised, Megatron's fused scale-mask-softmax), scatter/gather p2p; the backward
+#     TP collectives of column-parallel linears beside their weight GEMMs
+#     (async_tensor_model_parallel_allreduce, on by default), bias add / bias gradient as
+#     eager kernels (graph unfused_bias), optimizer step 42 B/param: grad norm 4, apex
+#     FusedAdam 16 + 12, fp32 -> bf16 copy 4 + 2, grad-buffer zeroing 4.
 #  megatron-lm-2021: Megatron-LM of Narayanan SC'21 as its reproduction scripts run it
 #     (examples/sc21: --fp16, static loss scale): fp16 gradients (2 B/param) all-reduced in
 #     fp16 (accumulate_allreduce_grads_in_fp32 is off for fp16), accumulated over
 #     microbatches by PyTorch's AccumulateGrad (`grad += new`: 6 B/param per microbatch;
 #     gradient-accumulation fusion came in 2022), and the fp16 optimizer's step: fp16 ->
 #     fp32 grad copy (2 + 4), unscale + inf check (4 + 4), grad-norm (4), Adam (28), fp32
-#     -> fp16 param copy (4 + 2) = 52 B/param. DDP implementation per run (DDP_IMPLS).
+#     -> fp16 param copy (4 + 2) = 52 B/param. DDP implementation per run (DDP_IMPLS). No
+#     asynchronous TP backward (it came 2021-09, commit 16c90445); LayerNorm backward in two
+#     passes (graph apex_layernorm: the code's fused_mix_prec_layer_norm_cuda); bias kernels
+#     as in 2022.
 #  megatron-core-2024: Megatron-LM/Megatron-Core core_r0.6-0.9 as in its README's H100 weak
 #     scaling runs: --use-distributed-optimizer (reduce-scatter fp32 grads: bf16 training
 #     forces accumulate_allreduce_grads_in_fp32; all-gather bf16 params), --overlap-grad-
@@ -65,14 +72,18 @@ MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=42.0, p2p_scat
 #     norm as its own kernel before the GEMM; bias-GELU / SwiGLU and bias-dropout-add are
 #     Megatron's jit-fused functions, kernels of their own and not GEMM epilogues (phaze's
 #     fused=False graph; it counts dropout and add as two passes where the jit kernel
-#     makes one: a slight over-count).
+#     makes one: a slight over-count); biases in the GEMM epilogues (TE); the optimizer
+#     step 38 B/param of each rank's shard; without --tp-comm-overlap TE's linears overlap
+#     the backward TP collectives like Megatron's asynchronous path.
 #  nemo-2024: NeMo 24.x runs Megatron-Core with the same defaults (its recipes switch the
 #     same overlaps on).
 #  megatron-deepspeed: DeepSpeed ZeRO-1 (optimizer state sharded; reduce-scatter + all-gather,
 #     not overlapped, overlap_comm False by default), fp32 gradient reduction, flash attention
 #     optional (eager by default); bf16 gradients copied into fp32 after every microbatch's
 #     backward (BF16_Optimizer.update_hp_grads, DeepSpeed since 2022-04: `hp.add_(lp.to(fp32))`
-#     reads 2, writes a 4 B temporary, reads 4 + 4 and writes 4 = 18 B/param).
+#     reads 2, writes a 4 B temporary, reads 4 + 4 and writes 4 = 18 B/param). Kernels of
+#     the Megatron-LM 2021 it forked (bias kernels, two-pass LayerNorm backward, no
+#     asynchronous TP backward; assumed from the fork point, not read in the fork).
 DEFAULT_FRAMEWORK = "megatron-lm-2022"
 FRAMEWORKS = {
     "megatron-lm-2022": dict(plan=dict(MEGATRON_OPTIONS), graph=dict(unfused_bias=True), cost={}),
