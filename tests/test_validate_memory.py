@@ -1,5 +1,5 @@
 """Korthikanti Figure 1: parameters + optimizer state per GPU, predicted from phaze's
-operator graphs with the model's bytes per parameter, within 10 % of the paper."""
+operator graphs with the model's bytes per parameter, within 5 % of the paper (issue 16: memory per device within 5 % where a paper states it)."""
 
 import numpy as np
 import pytest
@@ -27,7 +27,7 @@ def test_params_and_optimizer_within_10pct_of_figure1(model):
     # p > 1: an interior stage, without the embedding tables of the first and last)
     got = np.median(per_dev) * BPP
     want = FIG1[model].params_and_optimizer_bytes
-    assert abs(got - want) / want < 0.10, (got / GiB, want / GiB)
+    assert abs(got - want) / want < 0.05, (got / GiB, want / GiB)
     # the first stage adds the word (V h / t) and position (s h) embeddings
     extra = (c.vocab * c.hidden / c.tp + c.seq * c.hidden) * BPP
     if c.pp > 1:
