@@ -269,3 +269,34 @@ def test_unfused_bias_survives_serialisation(tmp_path):
     g = build_graph(ZOO["gpt-1.7b"], seq=256, mbs=1, tp=2, unfused_bias=True)
     save_graph(g, tmp_path / "g.json")
     assert load_graph(tmp_path / "g.json") == g
+
+
+def test_row_parallel_bias_goes_after_its_collective():
+    # a biased row-parallel linear whose consumer does not absorb the bias (post-norm
+    # sandwich, no dropout): Megatron adds the bias after the all-reduce / reduce-scatter,
+    # on that collective's output (the 1/t shard under SP)
+    from dataclasses import replace
+
+    spec = replace(ZOO["gemma2-9b"], bias=True, out_bias=True, mlp_bias=True)
+    for sp in (False, True):
+        g = build_graph(spec, seq=256, mbs=1, tp=4, sequence_parallel=sp, unfused_bias=True)
+        fwd = {o.name: o for o in g.layers[1].fwd}
+        order = [o.name for o in g.layers[1].fwd]
+        b = fwd["attn.proj.bias"]
+        (coll,) = b.deps
+        assert fwd[coll].kind == "collective" and order.index(coll) < order.index(b.name)
+        assert b.elements == (256 * spec.hidden // 4 if sp else 256 * spec.hidden)
+        # what consumed the reduced output now reads the biased one
+        assert not any(coll in o.deps for o in g.layers[1].fwd if o is not b)
+        assert any(b.name in o.deps for o in g.layers[1].fwd)
+
+
+def test_apex_layernorm_backward_runs_its_two_passes_in_order():
+    g = build_graph(ZOO["gpt-1.7b"], seq=256, mbs=1, tp=1, apex_layernorm=True)
+    bwd = {o.name: o for o in g.layers[1].bwd}
+    plain = {o.name: o for o in build_graph(ZOO["gpt-1.7b"], seq=256, mbs=1, tp=1).layers[1].bwd}
+    for ln in ("ln1", "ln2"):
+        dg, dx = bwd[f"{ln}.bwd.dgamma"], bwd[f"{ln}.bwd"]
+        assert dg.name in dx.deps                                    # one stream, in order
+        assert dg.bytes_read == 2 * dx.elements * 2                  # dy and x again
+        assert dg.bytes_written + dx.bytes_written == plain[f"{ln}.bwd"].bytes_written

@@ -140,3 +140,65 @@ def test_nccl_channels_checked():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="nccl_channels"):
             CostParams(nccl_channels=bad)
+
+
+def test_gradient_all_gather_a_dx_waits_for_stays_exposed():
+    # Llama (no dropout) with SP: the backward all-gather of the row-parallel output's
+    # gradient has no deps and feeds fc2's dX and dW; it cannot hide behind fc2.dX
+    arch, prm = get_preset("a100"), default_cost_params(get_preset("a100"))
+    g = build_graph(get_model("llama3-8b"), seq=2048, mbs=1, tp=8, sequence_parallel=True)
+    ops = list(g.layers[1].bwd)
+    lat = [float(x) for x in op_latencies(ops, arch, arch.network, tp=8, params=prm).lat_all_s[0]]
+    got = async_tp_exposed(ops, lat, 0.22)
+    for k, o in enumerate(ops):
+        if o.kind == "collective" and any(o.name in p.deps and p.name.endswith(".dX") for p in ops):
+            assert got[k] == lat[k], o.name          # a dX GEMM waits for it
+    hidden = [o.name for k, o in enumerate(ops) if got[k] < lat[k]]
+    assert any(n.endswith(".regather") for n in hidden)
+
+
+def test_separate_qkv_and_gate_up_hide_behind_their_dw_gemms():
+    # Llama's q/k/v (and gate/up) are separate linears in the graph: their dX sum (.gacc)
+    # feeds the all-reduce, which hides behind the three (two) dW GEMMs as Megatron's
+    # fused linear_qkv / linear_fc1 do
+    arch, prm = get_preset("a100"), default_cost_params(get_preset("a100"))
+    g = build_graph(get_model("llama3-8b"), seq=2048, mbs=1, tp=8)
+    ops = list(g.layers[1].bwd)
+    lat = [float(x) for x in op_latencies(ops, arch, arch.network, tp=8, params=prm).lat_all_s[0]]
+    got = async_tp_exposed(ops, lat, 0.22)
+    idx = {o.name: k for k, o in enumerate(ops)}
+    for name, lin in (("attn.f.bwd", ("attn.q", "attn.k", "attn.v")),
+                      ("mlp.f.bwd", ("mlp.gate", "mlp.up"))):
+        k = idx[name]
+        gemm = sum(lat[idx[f"{n}.dW"]] for n in lin)
+        assert got[k] == pytest.approx(max(lat[k] - gemm, 0.22 * lat[k]))
+        assert got[k] < lat[k]
+
+
+def test_contention_outside_0_1_refused():
+    with pytest.raises(ValueError, match="contention"):
+        async_tp_exposed(_ops(), [1.0] * 8, 1.5)
+
+
+def test_recorded_only_where_applied():
+    # userbuffers replace it; a TPU or searched chip has no NCCL stream (nor eager CUDA
+    # bias / LayerNorm kernels): the JSON says what was applied
+    m = get_model("gpt-22b")
+    kw = dict(tp=8, pp=1, dp=1, mbs=4, batch=4, recompute="full")
+    ub = evaluate_model(m, get_preset("a100"), options={"tp_comm_overlap": True}, **kw)
+    assert ub["plan_options"]["async_tensor_model_parallel_allreduce"] is False
+    tpu = evaluate_model(m, get_preset("tpuv4"), **kw)
+    assert tpu["plan_options"]["async_tensor_model_parallel_allreduce"] is False
+    assert "unfused_bias" not in tpu["graph_options"]
+    gpu = evaluate_model(m, get_preset("a100"), **kw)
+    assert gpu["graph_options"]["unfused_bias"] is True
+
+
+def test_schedule_tables_refuse_gpu_kernel_graphs():
+    from phaze.errors import UserError
+    from phaze.sched.layers import graph_identity
+
+    g = build_graph(get_model("gpt-1.7b"), seq=256, mbs=1, tp=1, unfused_bias=True)
+    with pytest.raises(UserError, match="unfused_bias"):
+        graph_identity(g)
+    assert graph_identity(build_graph(get_model("gpt-1.7b"), seq=256, mbs=1, tp=1))

@@ -90,7 +90,7 @@ def test_phaze_evaluate_defaults_are_the_validated_model():
 
 @pytest.mark.slow
 def test_fit_on_table5_reproduces_the_shipped_parameters():
-    got, mae = fit(FIT_TABLE, plan_evaluator, A100_FIT_PARAMS, FIT_START, sweeps=3, iters=14)
+    got, mae = fit(FIT_TABLE, plan_evaluator, A100_FIT_PARAMS, FIT_START)   # = validate --fit
     assert mae < 3.65
     for p in A100_FIT_PARAMS:
         assert got[p.name] == pytest.approx(PRESET_PARAMS["a100"][p.name], rel=0.02, abs=1e-6)

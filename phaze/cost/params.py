@@ -5,6 +5,7 @@ phaze.cost has per-case constants."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 # Cycles per produced element on one VC lane, by vector op class. The first five are the
@@ -87,9 +88,10 @@ class CostParams:
                 raise ValueError(f"CostParams.{f} must be in (0, 1], got {v}")
         if not self.op_overhead_s >= 0:
             raise ValueError("CostParams.op_overhead_s must be >= 0")
-        if isinstance(self.nccl_channels, bool) or not isinstance(self.nccl_channels, int) \
-                or self.nccl_channels < 0:
-            raise ValueError("CostParams.nccl_channels must be an integer >= 0")
+        if isinstance(self.nccl_channels, bool) \
+                or not isinstance(self.nccl_channels, numbers.Integral) or self.nccl_channels < 0:
+            raise ValueError(f"CostParams.nccl_channels must be an integer >= 0, "
+                             f"got {self.nccl_channels!r}")
         if self.collective_topology not in ("flat", "nccl"):
             raise ValueError("CostParams.collective_topology must be 'flat' or 'nccl'")
         for f in ("flash_fwd_efficiency", "flash_bwd_efficiency"):
@@ -133,8 +135,8 @@ PRESET_PARAMS = {
                  collective_topology="nccl", flash_fwd_efficiency=0.50,
                  flash_bwd_efficiency=0.43, sustained_clock_fraction=0.727,
                  unfused_cross_entropy=True, nccl_channels=24),
-    "a100": dict(compute_efficiency=0.8005, hbm_bw_efficiency=0.9194, link_bw_efficiency=0.80,
-                 op_overhead_s=55.6e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
+    "a100": dict(compute_efficiency=0.8008, hbm_bw_efficiency=0.920, link_bw_efficiency=0.80,
+                 op_overhead_s=55.72e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
                  flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24),
 }
 

@@ -67,6 +67,9 @@ PRESETS = {
 # Presets whose tensor cores run FP8 GEMMs (Hopper's; A100 and TPUv4 have none): the only
 # archs `phaze evaluate --fp8` accepts.
 FP8_PRESETS = frozenset({"h100"})
+# presets that are NVIDIA GPUs: the framework profiles' CUDA-kernel terms (eager bias and
+# LayerNorm kernels, NCCL-overlapped TP backward) apply to them only
+GPU_PRESETS = frozenset({"a100", "h100"})
 
 
 def get_preset(name: str) -> Arch:

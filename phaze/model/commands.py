@@ -83,6 +83,7 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
         "model": graph.model, "seq": graph.seq, "mbs": graph.mbs, "tp": graph.tp,
         "sequence_parallel": graph.sequence_parallel, "fused": graph.fused, "dtype_bytes": graph.dtype_bytes,
         "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple,
+        "unfused_bias": graph.unfused_bias, "apex_layernorm": graph.apex_layernorm,
         "params": graph.params_total,
         "flops_fwd": model_graph_t1.flops("fwd"),
         "flops_bwd": model_graph_t1.flops("bwd"),

@@ -160,7 +160,10 @@ class _Layer:
     # --- passes ---------------------------------------------------------------------
     def forward_ops(self) -> list[Op]:
         ops = []
-        biased: dict[str, str] = {}   # linear -> its separate bias-add op (unfused_bias)
+        biased: dict[str, str] = {}   # tensor -> the separate bias-add op on it (unfused_bias)
+        # where each unabsorbed bias is added: after the linear, or after the collective
+        # that reduces a row-parallel linear's output (on that collective's output)
+        anchors = {self._bias_anchor(n): n for n in self.nodes.values() if self._bias_kernel(n)}
         for n in self.nodes.values():
             if n.kind == "identity":
                 continue
@@ -176,13 +179,6 @@ class _Layer:
                 bread = n.in_bytes[0] + n.b_bytes + n.bias_n * self.dt
                 ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, experts=n.experts,
                               **{**common, "bytes_read": bread}))
-                if self._bias_kernel(n):
-                    b = f"{n.name}.bias"
-                    ops.append(Op(name=b, kind="vector", deps=(n.name,), vclass="bias",
-                                  elements=n.out_elements, flops=float(n.out_elements),
-                                  bytes_read=n.out_bytes + n.bias_n * self.dt,
-                                  bytes_written=n.out_bytes, tp_rule=n.tp_rule))
-                    biased[n.name] = b
             elif n.kind == "vector":
                 if n.vclass == "embedding":  # a gather reads only the rows it looks up
                     common["bytes_read"] = sum(n.in_bytes) + n.out_bytes
@@ -193,7 +189,24 @@ class _Layer:
             else:
                 ops.append(Op(kind="collective", collective=n.collective, group="tp",
                               comm_bytes=n.comm_bytes, **common))
+            if n.name in anchors:
+                lin = anchors[n.name]
+                b = f"{lin.name}.bias"
+                ops.append(Op(name=b, kind="vector", deps=(n.name,), vclass="bias",
+                              elements=n.out_elements, flops=float(n.out_elements),
+                              bytes_read=n.out_bytes + lin.bias_n * self.dt,
+                              bytes_written=n.out_bytes, tp_rule=n.tp_rule))
+                biased[n.name] = b
         return ops
+
+    def _bias_anchor(self, n: _Node) -> str:
+        """The node after whose output a linear's own bias kernel runs: the linear, or the
+        collective reducing a row-parallel linear's output (Megatron adds the bias after
+        the all-reduce / reduce-scatter)."""
+        users = [m for m in self.nodes.values() if n.name in m.inputs]
+        if len(users) == 1 and users[0].kind == "collective":
+            return users[0].name
+        return n.name
 
     def _bias_kernel(self, n: _Node) -> bool:
         """With unfused_bias, a biased linear whose bias no consumer absorbs gets a bias-add
@@ -350,12 +363,15 @@ class _Layer:
             # Megatron-LM 2021's fused_mix_prec_layer_norm_cuda (megatron/fused_kernels/
             # layer_norm_cuda_kernel.cu at de7dc40f, apex's MixedFusedLayerNorm):
             # cuComputePartGradGammaBeta reads dy and x in a pass of its own before
-            # cuComputeGradInput reads them again for dx (the partial sums it writes, 16 rows
-            # of fp32 gamma and beta, and their tiny reduction kernel are left out)
-            st.ops.append(Op(name=f"{n.name}.bwd.dgamma", kind="vector", deps=gr,
-                             vclass="layernorm_bwd", elements=n.out_elements,
-                             flops=float(2 * n.out_elements), bytes_read=2.0 * n.out_bytes,
-                             bytes_written=0.0, tp_rule=n.tp_rule))
+            # cuComputeGradInput reads them again for dx (its 16 rows of fp32 partial sums
+            # and their tiny reduction kernel are folded into this pass, which writes the
+            # gamma and beta gradients)
+            dg = Op(name=f"{n.name}.bwd.dgamma", kind="vector", deps=gr,
+                    vclass="layernorm_bwd", elements=n.out_elements,
+                    flops=float(2 * n.out_elements), bytes_read=2.0 * n.out_bytes,
+                    bytes_written=n.params_dev * dt, tp_rule=n.tp_rule)
+            st.ops.append(dg)
+            gr, bwritten = gr + (dg.name,), bwritten - n.params_dev * dt   # one stream: in order
         op = Op(name=f"{n.name}.bwd", kind="vector", deps=gr, vclass=f"{n.vclass}_bwd",
                 elements=n.out_elements, flops=float(VECTOR_FLOPS[n.vclass][1] * n.out_elements),
                 bytes_read=bread, bytes_written=bwritten, tp_rule=n.tp_rule)

@@ -152,21 +152,38 @@ def async_tp_exposed(ops, lat_s, contention: float = 0.0):
     the same without userbuffers) launches the all-reduce (SP: reduce-scatter) of a
     column-parallel linear's input gradient right after its dX GEMM and runs the dW GEMM
     meanwhile; with sequence parallelism the all-gather of the input that dW needs runs
-    during the dX GEMM. A collective that depends only on dX GEMMs of linears L hides
-    behind their dW GEMMs; an all-gather that L's dW GEMMs wait for hides behind L's dX.
-    While the collective runs, its NCCL channels occupy SMs: the GEMM progresses at
-    (1 - contention) of its rate, so a collective of C seconds beside GEMMs of G seconds
-    adds max(C - G, contention x C) (C when nothing hides it)."""
+    during the dX GEMM. A collective whose input is the dX of linears L (directly, or
+    summed by a `.gacc` add when q/k/v or gate/up are separate linears, which Megatron
+    fuses into one) hides behind their dW GEMMs; an all-gather that L's dW GEMMs wait for
+    and no dX GEMM needs (the SP regather) hides behind L's dX. While the collective runs
+    its NCCL channels occupy SMs: the GEMM progresses at (1 - contention) of its rate, so a
+    collective of C seconds beside GEMMs of G seconds adds max(C - G, contention x C) (C
+    when nothing hides it). Raises ValueError for a contention outside [0, 1]."""
+    if not 0.0 <= contention <= 1.0:
+        raise ValueError(f"contention must be in [0, 1], got {contention}")
     idx = {o.name: k for k, o in enumerate(ops)}
     out = list(lat_s)
+
+    def dx_sources(name):   # dX GEMMs feeding `name` through .gacc adds, or None
+        o = ops[idx[name]] if name in idx else None
+        if o is not None and o.kind == "gemm" and name.endswith(".dX"):
+            return [name]
+        if o is not None and o.kind == "vector" and name.endswith(".gacc") and o.deps:
+            srcs = [dx_sources(d) for d in o.deps]
+            return None if any(x is None for x in srcs) else [n for x in srcs for n in x]
+        return None
+
     for k, o in enumerate(ops):
         if o.kind != "collective":
             continue
-        if o.deps and all(d.endswith(".dX") and ops[idx[d]].kind == "gemm" for d in o.deps):
-            hide = [d[:-3] + ".dW" for d in o.deps]                 # reduce dX during dW
+        srcs = [dx_sources(d) for d in o.deps]
+        if o.deps and all(x is not None for x in srcs):
+            hide = [n[:-3] + ".dW" for x in srcs for n in x]      # reduce dX during dW
         elif not o.deps and o.collective == "all_gather":
-            hide = [p.name[:-3] + ".dX" for p in ops                # SP regather during dX
-                    if p.name.endswith(".dW") and o.name in p.deps]
+            users = [p for p in ops if o.name in p.deps]
+            if not users or any(not p.name.endswith(".dW") for p in users):
+                continue   # a gradient all-gather that a dX GEMM waits for: exposed
+            hide = [p.name[:-3] + ".dX" for p in users]             # SP regather during dX
         else:
             continue
         gemm_s = sum(lat_s[idx[h]] for h in hide if h in idx)
@@ -252,7 +269,11 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     if ddp_impl not in DDP_IMPLS:
         raise ValueError(f"unknown DDP implementation {ddp_impl!r}; use one of {sorted(DDP_IMPLS)}")
     fw = FRAMEWORKS[framework or DEFAULT_FRAMEWORK]
-    gopts = {**fw["graph"], **(graph_options or {})}
+    from phaze.hw.presets import GPU_PRESETS
+    gpu = getattr(arch, "name", "") in GPU_PRESETS
+    cuda_kernels = ("unfused_bias", "apex_layernorm")   # not on a TPU or a searched chip
+    gopts = {**{k: v for k, v in fw["graph"].items() if gpu or k not in cuda_kernels},
+             **(graph_options or {})}
     if gopts.get("attention") == "flash":
         cost_params = replace(cost_params, flash_causal=bool(getattr(spec, "causal", True)))
     if fp8:
@@ -275,10 +296,12 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp, "ep": ep}
     opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
                           "zero1": zero1, **(options or {})})
-    # userbuffers (tp_comm_overlap) replace the asynchronous path: plan.py models those
+    if opts.async_tensor_model_parallel_allreduce and (opts.tp_comm_overlap or not gpu):
+        # userbuffers (tp_comm_overlap) replace the asynchronous path (plan.py models them);
+        # off a GPU preset there is no NCCL stream to overlap: recorded as not applied
+        opts = replace(opts, async_tensor_model_parallel_allreduce=False)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
-                               async_tp=opts.async_tensor_model_parallel_allreduce
-                               and not opts.tp_comm_overlap)
+                               async_tp=opts.async_tensor_model_parallel_allreduce)
     core, kv = None, 0.0
     if cp > 1:       # the ring steps: plan.context_parallel_chain, applied by evaluate_plan
         kv = 2.0 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp) * spec.d_head * 2.0

@@ -87,14 +87,18 @@ def _simplex_polish(table, evaluator, fit_params, cur, best, iters: int = 60):
     hi = [p.hi for p in fit_params]
 
     def clip(x):
-        return [min(max(v, a), b) for v, a, b in zip(x, lo, hi)]
+        return [float(min(max(v, a), b)) for v, a, b in zip(x, lo, hi)]
+
+    def vertex(x, i):   # step 5 % of the range along i, inwards at an upper bound
+        step = 0.05 * (hi[i] - lo[i])
+        return clip([v + (step if v + step <= hi[i] else -step) if j == i else v
+                     for j, v in enumerate(x)])
 
     def f(x):
         return table_mae(table, evaluator, {**cur, **dict(zip(names, x))})
 
-    x0 = [cur[n] for n in names]
-    pts = [x0] + [clip([v + (0.05 * (hi[i] - lo[i]) if j == i else 0.0) for j, v in enumerate(x0)])
-                  for i in range(len(x0))]
+    x0 = [float(cur[n]) for n in names]
+    pts = [x0] + [vertex(x0, i) for i in range(len(x0))]
     vals = [best] + [f(x) for x in pts[1:]]
     for _ in range(iters):
         order = sorted(range(len(pts)), key=vals.__getitem__)
