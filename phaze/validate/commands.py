@@ -21,7 +21,8 @@ def register(sub) -> None:
                     "Table 5 on the a100 preset and of the Megatron-LM README's 2024 H100 "
                     "table and NeMo 24.07's DGX-H100 FP8 table (held out) on the h100 preset, "
                     "with the default (calibrated) parameters, and print predicted vs "
-                    "measured, per-row and mean absolute error.")
+                    "measured, per-row and mean absolute error; with Table 5, Korthikanti "
+                    "Table 4's per-layer forward/backward times (held out).")
     p.add_argument("--table", choices=sorted(TABLE_CHOICES), default="all",
                    help="all (default): the two A100 tables, the Megatron-LM README H100 "
                         "table and the NeMo 24.07 H100 FP8 table; both: the two A100 tables")
