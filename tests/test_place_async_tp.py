@@ -103,9 +103,6 @@ def test_korthikanti_table4_layer_times_held_out():
     # one 22B layer (never fitted): the backward with the overlap lands within 3 % on every
     # experiment; without it the baseline backward is 5 % slow. The forward is 6-8 % slow
     # (docs/validate.md: the fitted per-kernel overhead weighs on the forward's small ops)
-    from dataclasses import replace
-
-    from phaze.place import evaluate as ev
     from phaze.validate.layer_times import predict_layer_times
 
     rows = predict_layer_times()
@@ -120,18 +117,11 @@ def test_korthikanti_table4_layer_times_held_out():
     sel = {r["experiment"]: r for r in rows}
     core = sel["selective"]["pred_backward_ms"] - sel["baseline"]["pred_backward_ms"]
     assert core == pytest.approx(13.2 - 11.9, rel=0.15)
-    # second route: the same code with the overlap switched off, through the profile table
-    prof = FRAMEWORKS["megatron-lm-2022"]
-    try:
-        FRAMEWORKS["megatron-lm-2022"] = {
-            **prof, "plan": {**prof["plan"], "async_tensor_model_parallel_allreduce": False}}
-        sync = predict_layer_times()
-    finally:
-        FRAMEWORKS["megatron-lm-2022"] = prof
+    # the same layer with the overlap switched off (as the 2021 code ran): the backward is
+    # 4-6 % slow, the forward unchanged
+    sync = predict_layer_times(options={"async_tensor_model_parallel_allreduce": False})
     assert sync[0]["err_backward_pct"] > 4.0
     assert sync[0]["pred_forward_ms"] == pytest.approx(rows[0]["pred_forward_ms"])
-    assert ev.FRAMEWORKS is FRAMEWORKS
-    assert replace(default_cost_params(get_preset("a100"))).nccl_channels == 24
 
 
 def test_nccl_channels_checked():

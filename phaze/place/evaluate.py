@@ -223,6 +223,37 @@ def default_cost_params(arch):
     return preset_params(getattr(arch, "name", ""))
 
 
+def profile_options(arch, framework: str | None = None, *, ddp_impl: str = "local",
+                    cp: int = 1, ep: int = 1, optimizer: str = "adam", zero1: bool = False,
+                    graph_options: dict | None = None,
+                    options: dict | None = None) -> tuple[dict, PlanOptions]:
+    """(build_graph options, PlanOptions) of a framework profile (FRAMEWORKS key, default
+    DEFAULT_FRAMEWORK) on `arch`, the caller's overrides on top, as they apply there: the
+    CUDA-kernel terms (eager bias and LayerNorm kernels, the asynchronous TP backward) only
+    on a GPU preset, the asynchronous path not where userbuffers (tp_comm_overlap) replace
+    it; what does not apply is recorded off. Raises ValueError for an unknown framework or
+    DDP implementation."""
+    from dataclasses import replace
+
+    from phaze.hw.presets import GPU_PRESETS
+
+    if framework is not None and framework not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}; use one of {sorted(FRAMEWORKS)}")
+    if ddp_impl not in DDP_IMPLS:
+        raise ValueError(f"unknown DDP implementation {ddp_impl!r}; use one of {sorted(DDP_IMPLS)}")
+    fw = FRAMEWORKS[framework or DEFAULT_FRAMEWORK]
+    gpu = getattr(arch, "name", "") in GPU_PRESETS
+    cuda_kernels = ("unfused_bias", "apex_layernorm")   # not on a TPU or a searched chip
+    gopts = {**{k: v for k, v in fw["graph"].items() if gpu or k not in cuda_kernels},
+             **(graph_options or {})}
+    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp, "ep": ep}
+    opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
+                          "zero1": zero1, **(options or {})})
+    if opts.async_tensor_model_parallel_allreduce and (opts.tp_comm_overlap or not gpu):
+        opts = replace(opts, async_tensor_model_parallel_allreduce=False)
+    return gopts, opts
+
+
 def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: int,
                    recompute: str = "full", interleave: int = 1, seq: int | None = None,
                    sequence_parallel: bool = False, network=None, optimizer: str = "adam",
@@ -264,16 +295,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     seq = seq or spec.seq
     network = network or arch.network
     cost_params = cost_params or default_cost_params(arch)
-    if framework is not None and framework not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {framework!r}; use one of {sorted(FRAMEWORKS)}")
-    if ddp_impl not in DDP_IMPLS:
-        raise ValueError(f"unknown DDP implementation {ddp_impl!r}; use one of {sorted(DDP_IMPLS)}")
-    fw = FRAMEWORKS[framework or DEFAULT_FRAMEWORK]
-    from phaze.hw.presets import GPU_PRESETS
-    gpu = getattr(arch, "name", "") in GPU_PRESETS
-    cuda_kernels = ("unfused_bias", "apex_layernorm")   # not on a TPU or a searched chip
-    gopts = {**{k: v for k, v in fw["graph"].items() if gpu or k not in cuda_kernels},
-             **(graph_options or {})}
+    gopts, opts = profile_options(arch, framework, ddp_impl=ddp_impl, cp=cp, ep=ep,
+                                  optimizer=optimizer, zero1=zero1, graph_options=graph_options,
+                                  options=options)
     if gopts.get("attention") == "flash":
         cost_params = replace(cost_params, flash_causal=bool(getattr(spec, "causal", True)))
     if fp8:
@@ -293,13 +317,6 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         raise ValueError(f"context parallelism cp = {cp} must divide the sequence {seq}")
     graph = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
                         **gopts)
-    plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp, "ep": ep}
-    opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
-                          "zero1": zero1, **(options or {})})
-    if opts.async_tensor_model_parallel_allreduce and (opts.tp_comm_overlap or not gpu):
-        # userbuffers (tp_comm_overlap) replace the asynchronous path (plan.py models them);
-        # off a GPU preset there is no NCCL stream to overlap: recorded as not applied
-        opts = replace(opts, async_tensor_model_parallel_allreduce=False)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
                                async_tp=opts.async_tensor_model_parallel_allreduce)
     core, kv = None, 0.0

@@ -82,7 +82,7 @@ def run(args) -> int:
     if "a100" in archs:
         print(f"a100 preset parameters ({'re-fitted' if fitted else 'shipped'}; fitted on "
               f"{info['fit_table']}, held out: {info['held_out_table']}):")
-        for k, v in (fitted["params"] if fitted else info["params"]).items():
+        for k, v in {**info["params"], **(fitted["params"] if fitted else {})}.items():
             if k in info["params"]:
                 print(f"  {k:<26} {v:.4g}" if isinstance(v, float) else f"  {k:<26} {v}")
     if "h100" in archs:

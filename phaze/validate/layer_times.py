@@ -13,39 +13,36 @@ re-run. Never fitted on (docs/validate.md).
 from __future__ import annotations
 
 
-def predict_layer_times(params=None) -> list[dict]:
+def predict_layer_times(params=None, options: dict | None = None) -> list[dict]:
     """Rows of Table 4 with the model's figures: experiment, forward_ms, backward_ms
     (measured), pred_forward_ms, pred_backward_ms, err_forward_pct, err_backward_pct.
-    `params`: CostParams of the a100 preset (default: the shipped calibration)."""
+    `params`: CostParams of the a100 preset (default: the shipped calibration); `options`:
+    PlanOptions overrides on the default profile (as evaluate_model's)."""
     from phaze.hw.presets import get_preset
     from phaze.model.graph import build_graph
-    from phaze.model.spec import ModelSpec
-    from phaze.place.evaluate import (DEFAULT_FRAMEWORK, FRAMEWORKS, default_cost_params,
-                                      layer_latencies)
-    from phaze.validate.data import korthikanti_layer_rows
+    from phaze.place.evaluate import default_cost_params, layer_latencies, profile_options
+    from phaze.validate.data import korthikanti_cases, korthikanti_layer_rows
+    from phaze.validate.evaluate import model_spec_of
 
     arch = get_preset("a100")
     params = params or default_cost_params(arch)
-    fw = FRAMEWORKS[DEFAULT_FRAMEWORK]
     rows = korthikanti_layer_rows()
-    cfg = rows[0]["config"]
-    spec = ModelSpec(name="gpt-22b-table4", hidden=cfg["hidden"], layers=cfg["layers"],
-                     heads=cfg["heads"], ffn=4 * cfg["hidden"], vocab=cfg["vocab"],
-                     seq=cfg["seq"], max_positions=cfg["seq"], dropout=True, tied_embeddings=True)
+    case = next(c for c in korthikanti_cases() if c.name.split("/")[0] == rows[0]["model"])
+    spec = model_spec_of(case)
+    gopts, opts = profile_options(arch, options=options)
     passes = {}
     for sp in (False, True):
-        g = build_graph(spec, seq=cfg["seq"], mbs=cfg["microbatch"], tp=cfg["tp"],
-                        sequence_parallel=sp, **fw["graph"])
+        g = build_graph(spec, seq=case.seq, mbs=case.microbatch, tp=case.tp,
+                        sequence_parallel=sp, **gopts)
         lat, _ = layer_latencies(g, arch, arch.network, params,
-                                 async_tp=fw["plan"]["async_tensor_model_parallel_allreduce"])
+                                 async_tp=opts.async_tensor_model_parallel_allreduce)
         block = [i for i, layer in enumerate(g.layers) if layer.kind == "block"][0]
         passes[sp] = [1e3 * x for x in lat[block]]      # fwd, bwd, selective re-run (ms)
     out = []
     for r in rows:
         f, b, sel = passes[bool(r["sequence_parallel"])]
         b = b + {"none": 0.0, "full": f, "selective": sel}[r["recompute"]]
-        out.append({**{k: v for k, v in r.items() if k != "config"},
-                    "pred_forward_ms": f, "pred_backward_ms": b,
+        out.append({**r, "pred_forward_ms": f, "pred_backward_ms": b,
                     "err_forward_pct": 100.0 * (f - r["forward_ms"]) / r["forward_ms"],
                     "err_backward_pct": 100.0 * (b - r["backward_ms"]) / r["backward_ms"]})
     return out
