@@ -192,8 +192,6 @@ def main() -> None:
                     help="archs of the uniform sample for the bound pass and f_eval")
     args = ap.parse_args()
 
-    import numpy as np
-    import pandas as pd
 
     from phaze.hw.grid import enumerate_grid
     from phaze.model.graph import build_graph
@@ -258,15 +256,11 @@ def main() -> None:
         ctx["graphs"] = graphs
         ctx["peak"] = dict(zip(grid["arch_id"].astype(str), grid["peak_flops"].astype(float)))
         view = LatencyView(list(grid["arch_id"].astype(str)))
-        idx = pd.Index(grid["arch_id"].astype(str))
         for key, g in graphs.items():
             sel = lat
             for k, v in zip(GRAPH_KEY, key):
                 sel = sel[sel[k] == v]
-            arr = np.zeros((len(grid), len(g.layers), 3))
-            arr[idx.get_indexer(sel["arch_id"]), sel["layer_index"].to_numpy()] = \
-                sel[["fwd_s", "bwd_s", "recompute_s"]].to_numpy(dtype=float)
-            view.add(key, arr)
+            view.add_rows(key, sel, len(g.layers))
         ctx["latency"] = view
         ctx["fused"] = st.graph.fused
         items = [{"model": name, "seq": seq, "arch_id": a, "mbs": b, "hbm_bytes": h,

@@ -1,6 +1,7 @@
 """Checks of a sweep config that a JSON schema cannot express, run before any job (by the
 Snakefile and by `phaze check-config`): every model builds (zoo name or Hugging Face
-config.json) and every TP width divides its heads; the arch grid is not empty."""
+config.json), every TP width divides its heads and every CP size splits its sequences;
+the arch grid is not empty."""
 
 from __future__ import annotations
 
@@ -42,15 +43,17 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                 errors.append(f"field models[{i}].tp[{j}]: {str(e).split(': ', 1)[-1]}")
                 continue
             for k, seq in enumerate(m["seq"]):      # what a graph job would refuse, now
-                try:
-                    spec.check_run(seq, 1, t)
-                except UserError as e:
-                    where = "seq" if e.field == "seq" else "tp"
-                    idx = k if where == "seq" else j
-                    errors.append(f"field models[{i}].{where}[{idx}]: {str(e).split(': ', 1)[-1]}")
+                for n, cp in enumerate(m.get("cp", [1])):
+                    try:
+                        spec.check_run(seq, 1, t, cp=cp)
+                    except UserError as e:
+                        where = e.field if e.field in ("seq", "cp") else "tp"
+                        idx = {"seq": k, "cp": n, "tp": j}[where]
+                        errors.append(f"field models[{i}].{where}[{idx}]: "
+                                      f"{str(e).split(': ', 1)[-1]}")
     if check_grid:
         errors += grid_errors(cfg["arch"])
-    return errors
+    return list(dict.fromkeys(errors))   # a seq refused at every cp is one message
 
 
 def grid_errors(arch_spec: dict) -> list[str]:

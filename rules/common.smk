@@ -86,6 +86,7 @@ wildcard_constraints:
     mbs=r"\d+",
     tp=r"\d+",
     sp=r"[01]",
+    cp=r"\d+",
     chunk=r"\d+",
 
 
@@ -95,17 +96,22 @@ def model_seqs():
 
 
 def graph_variants(model):
-    """(TP width, sequence parallel 0|1) of a model's graphs (SP only where t > 1)."""
-    return [(t, int(sp)) for t in MODELS[model]["tp"] for sp in SETTINGS.graph.sp_values(t)]
+    """(TP width, sequence parallel 0|1, CP size) of a model's graphs (SP only where t > 1)."""
+    return [
+        (t, int(sp), cp)
+        for t in MODELS[model]["tp"]
+        for sp in SETTINGS.graph.sp_values(t)
+        for cp in MODELS[model].get("cp", [1])
+    ]
 
 
 def graph_files(model, seq, mbs=None):
     """Graphs of one (model, seq) at one microbatch size (or all of them), every variant."""
     sizes = MBS if mbs is None else [mbs]
     return [
-        f"results/graphs/{model}/s{seq}_b{b}_t{t}_sp{sp}.json"
+        f"results/graphs/{model}/s{seq}_b{b}_t{t}_sp{sp}_cp{cp}.json"
         for b in sizes
-        for t, sp in graph_variants(model)
+        for t, sp, cp in graph_variants(model)
     ]
 
 

@@ -1,15 +1,16 @@
-# Operator graphs per (model, seq, microbatch, TP width, sequence parallel): `phaze graph`.
+# Operator graphs per (model, seq, microbatch, TP width, sequence parallel, CP size):
+# `phaze graph` (a graph of cp > 1 is one device's seq / cp chunk).
 
 
 rule graph:
     input:
         model_inputs,
     output:
-        "results/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.json",
+        "results/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}_cp{cp}.json",
     log:
-        "results/logs/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.log",
+        "results/logs/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}_cp{cp}.log",
     benchmark:
-        "results/benchmarks/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}.tsv"
+        "results/benchmarks/graphs/{model}/s{seq}_b{mbs}_t{tp}_sp{sp}_cp{cp}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -22,5 +23,5 @@ rule graph:
         sp=lambda wc: "--sequence-parallel" if wc.sp == "1" else "",
     shell:
         "phaze graph --model {params.model:q} --name {wildcards.model} --seq {wildcards.seq} --mbs {wildcards.mbs}"
-        " --tp {wildcards.tp} {params.sp} {params.fused} --attention {params.attention}"
+        " --tp {wildcards.tp} --cp {wildcards.cp} {params.sp} {params.fused} --attention {params.attention}"
         " --vocab-pad-multiple {params.vocab_pad} -o {output} > {log} 2>&1"

@@ -105,11 +105,12 @@ def latency_frame(rows, model, seq, mbs, tp=1):
     df = pd.DataFrame(rows)
     df["model"], df["seq"], df["mbs"], df["tp"] = model, seq, mbs, tp
     df["sequence_parallel"], df["fused"] = False, True
-    df["attention"], df["vocab_pad_multiple"] = "eager", 1
+    df["attention"], df["vocab_pad_multiple"], df["cp"] = "eager", 1, 1
     df["layer_kind"] = np.where(df["layer_index"] == 0, "prologue", "block")
     df["recompute_s"] = 0.0
     for p in ("fwd", "bwd", "recompute"):
         df[f"{p}_lower_bound_s"] = df[f"{p}_s"]
+        df[f"{p}_core_s"] = 0.0
         df[f"{p}_status"], df[f"{p}_gap"] = "optimal", 0.0
     df["solver"], df["seconds"], df["phaze_version"] = "synthetic", 0.0, "test"
     return df[list(LATENCY_SCHEMA)]

@@ -4,8 +4,8 @@
   * a placement row's plan, fed to `phaze evaluate --grid --arch` (and each best design's
     command printed by the report), gives the row's time per batch and memory;
   * `phaze search --config --method all` finds the workflow's best design and throughput.
-Every recompute mode (none, selective, full), sequence parallelism as a DP axis, fused and
-unfused graphs. The runs share one ILP cache, which keys ILPs by content only: a run never
+Every recompute mode (none, selective, full), sequence parallelism and context parallelism
+as DP axes, fused and unfused graphs. The runs share one ILP cache, which keys ILPs by content only: a run never
 sees another microbatch size's layer times through it."""
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def test_microbatch_sizes_together_equal_each_alone(runs):
     assert set(both["recompute"]) == {"none", "selective", "full"}
     assert both["feasible"].any() and not both["feasible"].all()
     assert both["sequence_parallel"].eq(True).any(), "sequence parallelism never chosen"
+    assert set(both.loc[both.model == "gpt2-xl", "cp"].dropna()) == {1, 2}, "cp never chosen"
     pd.testing.assert_frame_equal(both, alone, check_exact=False, rtol=1e-12)
 
 
@@ -85,7 +86,7 @@ def _evaluate_args(row, workdir) -> list[str]:
             "--model", row.model, "--seq", str(row.seq), "--tp", str(int(row.t)),
             "--pp", str(int(row.p)), "--dp", str(int(row.d)), "--mbs", str(row.mbs),
             "--recompute", row.recompute, "--hbm-gib", repr(float(row.hbm_bytes) / GiB),
-            "--interleave", str(int(row.interleave)), "--json"]
+            "--interleave", str(int(row.interleave)), "--cp", str(int(row.cp)), "--json"]
     if row.sequence_parallel:
         args.append("--sequence-parallel")
     if row.row_kind == "best":        # the DP's stages; fixed rows use the uniform split

@@ -221,7 +221,7 @@ def test_cli_schedule_problem_json(tmp_path, capsys):
 
 def _shard(arch_ids, pass_rows=("fwd", "bwd", "recompute")):
     ident = {"model": "m", "seq": 128, "mbs": 1, "tp": 1, "sequence_parallel": False,
-             "fused": True, "attention": "eager", "vocab_pad_multiple": 1}
+             "fused": True, "attention": "eager", "vocab_pad_multiple": 1, "cp": 1}
     rows = []
     for a in arch_ids:
         for li in range(2):
@@ -229,8 +229,8 @@ def _shard(arch_ids, pass_rows=("fwd", "bwd", "recompute")):
                 rows.append({**ident, "arch_id": a, "layer_index": li, "layer_repeat": 1,
                              "pass": ps, "layer_kind": "block",
                              "latency_s": {"fwd": 1.0, "bwd": 2.0, "recompute": 0.25}[ps],
-                             "lower_bound_s": 0.1, "status": "optimal", "gap": 0.0,
-                             "solver": "cpsat", "formulation": "compact", "seconds": 0.1,
+                             "lower_bound_s": 0.1, "core_s": 0.0, "status": "optimal",
+                             "gap": 0.0, "solver": "cpsat", "formulation": "compact", "seconds": 0.1,
                              "cache_hit": False, "phaze_version": "0.1.0"})
     return pd.DataFrame(rows, columns=list(SHARD_SCHEMA))
 

@@ -145,7 +145,7 @@ def test_default_dp_best_over_hbm_sizes_is_the_largest(ch_f_b, devices, batch, r
 
 
 def _bert_sweep(recompute):
-    """A small real sweep (bert-large s128, 24 archs of three core counts, TP 1 and 2,
+    """A small real sweep (bert-large s128, 24 archs of three core counts, TP 1 and 2, CP 1 and 2,
     microbatches 1 and 4, HBM 16 and 80 GiB) that the bound tests check their bounds on."""
     from dataclasses import replace
 
@@ -159,7 +159,8 @@ def _bert_sweep(recompute):
     st = replace(SweepSettings(), microbatch_sizes=(1, 4),
                  placement=PlacementSettings(devices=64, global_batch=256, hbm_gib=(16.0, 80.0),
                                              recompute=recompute, optimizer="sgd"))
-    sp = SweepProblem(SweepSpec(model="bert-large", seq=128, tp=(1, 2), settings=st), grid)
+    sp = SweepProblem(SweepSpec(model="bert-large", seq=128, tp=(1, 2), settings=st,
+                                cp=(1, 2)), grid)
     return sp
 
 
@@ -168,8 +169,10 @@ def test_plan_floor_is_above_the_dp_bound(recompute):
     """waves' DP-free bound (plan_floor.PlanFloor) gates the DP bound, so it must never be
     below it: checked on real archs and graphs, TP widths 1 and 2, every microbatch size
     of the sweep; it equals the chain route (chain_samples_per_s of chain_from_graph) and
-    is never looser than the plain work bound."""
+    is never looser than the plain work bound. CP sizes 1 and 2 (the ring only adds
+    time, so the floor leaves it out)."""
     import math
+    from dataclasses import replace
 
     from phaze.place.chain import chain_from_graph
     from phaze.search.plan_floor import PlanFloor, chain_samples_per_s
@@ -186,11 +189,13 @@ def test_plan_floor_is_above_the_dp_bound(recompute):
             assert math.isnan(b) or b <= fl[mbs] * (1 + 1e-12), (arch_id, mbs)
             assert fl[mbs] <= wb[mbs] * (1 + 1e-12)
             n_tighter += fl[mbs] < 0.9 * wb[mbs]
-            chains = [chain_from_graph(g, layer_latency={
-                li: tuple(times[(mbs, tp, s, li, ps)] for ps in ("fwd", "bwd", "recompute"))
-                for li in range(len(g.layers))}) for (m, tp, s), g in sp.graphs.items() if m == mbs]
-            assert fl[mbs] == pytest.approx(max(chain_samples_per_s(c, floor.ctx)
-                                                for c in chains), rel=1e-9)
+            chains = [(chain_from_graph(g, layer_latency={
+                li: tuple(times[(mbs, tp, s, cp, li, ps)] for ps in ("fwd", "bwd", "recompute"))
+                for li in range(len(g.layers))}), cp) for (m, tp, s, cp), g in sp.graphs.items()
+                if m == mbs]
+            assert fl[mbs] == pytest.approx(max(chain_samples_per_s(c, {
+                **floor.ctx, "options": replace(floor.ctx["options"], cp=cp)})
+                for c, cp in chains), rel=1e-9)
             n_feasible += b > 0
     assert n_feasible >= 4 and n_tighter >= 4
 

@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--mbs", type=int, default=1, help="microbatch size (default 1)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel width (default 1)")
     p.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism")
+    p.add_argument("--cp", type=int, default=1,
+                   help="context-parallel size: the graph of one device's seq / cp chunk, its "
+                        "attention core one ring step (default 1; 2 cp must divide --seq)")
     p.add_argument("--fused", action="store_true", help="fuse GEMMs with their element-wise epilogues")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
     p.add_argument("--name", help="the model's name in the graph and every table built from it "
@@ -84,6 +87,7 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
         "sequence_parallel": graph.sequence_parallel, "fused": graph.fused, "dtype_bytes": graph.dtype_bytes,
         "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple,
         "unfused_bias": graph.unfused_bias, "apex_layernorm": graph.apex_layernorm,
+        "cp": graph.cp, "kv_bytes": graph.kv_bytes,
         "params": graph.params_total,
         "flops_fwd": model_graph_t1.flops("fwd"),
         "flops_bwd": model_graph_t1.flops("bwd"),
@@ -128,7 +132,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     opts = dict(fused=args.fused, dtype_bytes=args.dtype_bytes, attention=args.attention,
                 vocab_pad_multiple=args.vocab_pad_multiple)
     g = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp, sequence_parallel=args.sequence_parallel,
-                    **opts)
+                    cp=args.cp, **opts)
     check_graph_size(g)
     g1 = g if g.tp == 1 else build_graph(spec, seq=g.seq, mbs=g.mbs, tp=1, **opts)
     if args.output:
@@ -154,6 +158,7 @@ def _fmt_dims(o) -> str:
 
 def _print_table(g: ModelGraph, s: dict) -> None:
     print(f"{g.model}: seq {g.seq}, microbatch {g.mbs}, tp {g.tp}"
+          f"{f', cp {g.cp} ({g.tokens_per_device} tokens per device)' if g.cp > 1 else ''}"
           f"{', sequence parallel' if g.sequence_parallel else ''}{', fused' if g.fused else ''}"
           f", {g.attention} attention - sizes per device")
     hdr = f"  {'pass':4s} {'op':32s} {'kind':10s} {'dims / class':22s} {'GFLOP':>10s} {'MB read':>9s} {'MB writ':>9s} {'MB saved':>9s}"

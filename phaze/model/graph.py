@@ -34,14 +34,14 @@ from phaze.model.spec import ModelSpec
 # the usual kernels; they matter only for roofline estimates (GEMMs dominate).
 VECTOR_FLOPS = {
     "layernorm": (8, 16), "rmsnorm": (5, 10), "softmax": (5, 4), "dropout": (2, 1),
-    "gelu": (10, 14), "relu": (1, 1), "swiglu": (6, 10), "add": (1, 0), "rope": (3, 3),
+    "gelu": (10, 14), "relu": (1, 1), "relu2": (2, 3), "swiglu": (6, 10), "add": (1, 0), "rope": (3, 3),
     "embedding": (1, 1), "cross_entropy": (5, 2), "tanh": (5, 3), "geglu": (11, 16),
     "silu": (5, 8), "sigmoid": (5, 3), "permute": (1, 1),
 }
 # element-wise classes a GEMM can absorb as its epilogue (the reference's TC+VC ops)
-FUSABLE = {"gelu", "relu", "silu", "swiglu", "geglu", "dropout", "add", "rope", "tanh",
-           "gelu_bwd", "relu_bwd", "silu_bwd", "swiglu_bwd", "geglu_bwd", "dropout_bwd", "rope_bwd",
-           "tanh_bwd"}
+FUSABLE = {"gelu", "relu", "relu2", "silu", "swiglu", "geglu", "dropout", "add", "rope", "tanh",
+           "gelu_bwd", "relu_bwd", "relu2_bwd", "silu_bwd", "swiglu_bwd", "geglu_bwd",
+           "dropout_bwd", "rope_bwd", "tanh_bwd"}
 # element-wise classes whose Megatron jit kernels add a linear's bias themselves
 # (bias-GELU, bias-SwiGLU, bias-dropout-add; Megatron's skip_bias_add)
 BIAS_ABSORBING = {"gelu", "swiglu", "geglu", "dropout", "add"}
@@ -524,8 +524,16 @@ class _Ctx:
 def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int = 1,
                 sequence_parallel: bool = False, fused: bool = False, dtype_bytes: int = 2,
                 attention: str = "eager", vocab_pad_multiple: int = 1,
-                unfused_bias: bool = False, apex_layernorm: bool = False) -> ModelGraph:
+                unfused_bias: bool = False, apex_layernorm: bool = False,
+                cp: int = 1) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
+
+    cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
+    CP), so every op is built for seq / cp tokens, its attention core included (one ring
+    step: seq / cp queries against a seq / cp chunk of keys; the cp - 1 further steps are
+    phaze.place.plan.context_parallel_chain's); graph.seq stays the full sequence and
+    graph.kv_bytes holds the K and V one step sends (2 x mbs x seq / cp x kv heads / tp x
+    head dim x dtype bytes).
 
     attention: "eager" materialises the s x s scores and probabilities (HF eager, Megatron's
     unfused softmax); "flash" is one fused kernel per pass that keeps only Q, K, V, O and the
@@ -541,7 +549,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
-    spec.check_run(seq, mbs, tp, sequence_parallel)
+    spec.check_run(seq, mbs, tp, sequence_parallel, cp=cp)
     if attention not in ATTENTION:
         raise UserError(f"unknown attention implementation {attention!r}", field="attention",
                         fix=f"use one of {', '.join(ATTENTION)}")
@@ -551,7 +559,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                         field="vocab_pad_multiple")
     if tp == 1:
         sequence_parallel = False
-    c = _Ctx(spec, seq, mbs, tp, sequence_parallel, dtype_bytes, attention, vocab_pad_multiple)
+    c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
+             vocab_pad_multiple)
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -563,7 +572,9 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     return ModelGraph(model=spec.name, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
                       fused=fused, dtype_bytes=dtype_bytes, layers=tuple(layers), params_total=uniques,
                       attention=attention, vocab_pad_multiple=vocab_pad_multiple,
-                      unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm))
+                      unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
+                      cp=cp, kv_bytes=float(2 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp)
+                                            * spec.d_head * dtype_bytes))
 
 
 def _block_runs(c: _Ctx):

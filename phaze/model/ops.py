@@ -109,6 +109,21 @@ class LayerGraph:
                      for o in self.fwd if o.name in keep)
 
 
+# the eager attention ops whose work scales with queries x keys (scores, their soft cap,
+# softmax, dropout on the probabilities, probabilities x V)
+_QUERY_KEY_OPS = ("scores", "softcap", "softmax", "dropout", "context")
+
+
+def is_attention_core(op) -> bool:
+    """The ops of the attention core, the part whose work scales with queries x keys (what a
+    context-parallel ring step repeats): flash `attn.core`, or eager `attn.scores`,
+    `attn.softcap`, `attn.softmax`, `attn.dropout` and `attn.context`, and their backward
+    ops."""
+    parts = op.name.split(".")
+    return (op.name.split(".bwd")[0].endswith("attn.core")
+            or (parts[0] == "attn" and len(parts) > 1 and parts[1] in _QUERY_KEY_OPS))
+
+
 @dataclass(frozen=True)
 class ModelGraph:
     model: str
@@ -124,6 +139,13 @@ class ModelGraph:
     vocab_pad_multiple: int = 1     # Megatron's make-vocab-size-divisible-by (x t); 1 = none
     unfused_bias: bool = False      # eager bias kernels (phaze.model.graph.build_graph)
     apex_layernorm: bool = False    # two-pass LayerNorm backward (build_graph)
+    cp: int = 1                     # context-parallel size: ops are for seq / cp tokens
+    kv_bytes: float = 0.0           # K and V of one device's seq / cp chunk per microbatch
+
+    @property
+    def tokens_per_device(self) -> int:
+        """Sequence positions one device's ops process (seq / cp)."""
+        return self.seq // self.cp
 
     @property
     def n_layers(self) -> int:

@@ -10,8 +10,9 @@ from dataclasses import dataclass, asdict, replace
 
 from phaze.errors import UserError
 
-# swiglu = silu(gate) * up, geglu = gelu(gate) * up (gated MLPs: gate, up and down GEMMs)
-ACTIVATIONS = ("gelu", "relu", "silu", "swiglu", "geglu")
+# swiglu = silu(gate) * up, geglu = gelu(gate) * up (gated MLPs: gate, up and down GEMMs);
+# relu2 = relu(x)^2, squared ReLU (So et al. 2021, "Primer"; Nemotron-4's MLP)
+ACTIVATIONS = ("gelu", "relu", "relu2", "silu", "swiglu", "geglu")
 GATED = {"swiglu": "silu", "geglu": "gelu"}
 LAYER_TYPES = ("full", "sliding")
 NORMS = ("layernorm", "rmsnorm")
@@ -165,19 +166,28 @@ class ModelSpec:
                 raise UserError(f"must be a non-negative number, got {v!r}", field=f)
         return self
 
-    def check_run(self, seq: int, mbs: int, tp: int, sequence_parallel: bool = False) -> None:
-        """Check that (seq, mbs, tp) is a valid way to run this model; UserError if not."""
+    def check_run(self, seq: int, mbs: int, tp: int, sequence_parallel: bool = False,
+                  cp: int = 1) -> None:
+        """Check that (seq, mbs, tp, cp) is a valid way to run this model; UserError if not.
+        Context parallelism cp > 1 splits the sequence into 2 cp chunks (Megatron-Core's
+        load-balanced causal split, `get_batch_on_this_cp_rank`), so 2 cp must divide seq."""
         self.validate()
         _positive("seq", seq)
         _positive("mbs", mbs)
         _positive("tp", tp)
+        _positive("cp", cp)
+        if cp > 1 and seq % (2 * cp):
+            raise UserError(f"context parallelism cp = {cp} needs 2 cp = {2 * cp} to divide seq "
+                            f"{seq} (the load-balanced causal split)", field="cp",
+                            fix=f"use a cp whose double divides {seq}, or cp 1")
         if self.position == "learned" and seq > self.position_rows:
             raise UserError(f"{seq} exceeds the {self.position_rows} learned positions of {self.name}",
                             field="seq", fix=f"use --seq {self.position_rows} or less")
         self.check_tp(tp)
-        if sequence_parallel and seq % tp:
-            raise UserError(f"sequence parallelism needs tp {tp} to divide seq {seq}", field="seq",
-                            fix="use a seq divisible by tp, or drop sequence parallelism")
+        if sequence_parallel and (seq // cp) % tp:
+            raise UserError(f"sequence parallelism needs tp {tp} to divide the {seq // cp} "
+                            "tokens of a device's sequence chunk", field="seq",
+                            fix="use a seq divisible by tp x cp, or drop sequence parallelism")
 
 
     def tp_widths(self) -> list[tuple[str, int]]:

@@ -24,6 +24,9 @@ Everything is per device of a TP group of width t, for one microbatch of `mbs` s
                      context_parallel_chain)
   kv_bytes           K and V of one device's sequence chunk per microbatch (attention
                      layers; 0 elsewhere): what a context-parallel ring step sends
+  core_flops_fwd, core_flops_bwd, core_flops_recompute
+                     the attention core's part of flops_fwd, flops_bwd,
+                     flops_recompute_selective (one ring step; MFU only)
 
 `chain_from_graph` adapts a ModelGraph (phaze/model/ops.py) plus per-layer latencies (the
 scheduler's merged table, or any per-op latency function summed serially) to a Chain.
@@ -35,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
+
+from phaze.model.ops import is_attention_core
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class Chain:
     core_bwd_s: np.ndarray | None = None
     core_recompute_s: np.ndarray | None = None
     kv_bytes: np.ndarray | None = None                # default: 0
+    core_flops_fwd: np.ndarray | None = None          # default: 0
+    core_flops_bwd: np.ndarray | None = None
+    core_flops_recompute: np.ndarray | None = None
     flops_fwd: np.ndarray | None = None
     flops_bwd: np.ndarray | None = None
     model: str = ""
@@ -76,7 +84,8 @@ class Chain:
                      "flops_recompute_selective", "fwd_s", "bwd_s", "param_count", "act_none_bytes", "act_full_bytes",
                      "out_bytes", "tp_fwd_s", "tp_bwd_s", "flops_fwd", "flops_bwd",
                      "expert_param_count", "a2a_bytes", "core_fwd_s", "core_bwd_s",
-                     "core_recompute_s", "kv_bytes"):
+                     "core_recompute_s", "kv_bytes", "core_flops_fwd", "core_flops_bwd",
+                     "core_flops_recompute"):
             v = getattr(self, name)
             if v is None:
                 v = np.zeros(n)
@@ -116,18 +125,11 @@ class Chain:
         return blocks[0], blocks[-1] + 1
 
 
-def is_attention_core(op) -> bool:
-    """The ops of the attention core (the s x keys part: flash `attn.core`, or eager
-    `attn.scores` and `attn.context`, and their backward ops)."""
-    return (op.name.split(".bwd")[0].endswith("attn.core")
-            or op.name.split(".")[:2] in (["attn", "scores"], ["attn", "context"]))
-
-
 def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                      op_latency_s: Callable | None = None,
                      layer_tp_s: Mapping[int, tuple[float, float]] | None = None,
                      layer_core_s: Mapping[int, tuple] | None = None,
-                     kv_bytes: float = 0.0) -> Chain:
+                     kv_bytes: float | None = None) -> Chain:
     """Chain of a ModelGraph. Latencies per layer kind come from `layer_latency`
     {index into graph.layers: (fwd_s, bwd_s, recompute_selective_s)} (the scheduler's
     result; a missing third entry means 0), or else from summing `op_latency_s(op)` over
@@ -136,7 +138,13 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
     {index: (fwd_s, bwd_s)} together with `layer_latency`); likewise the attention core's
     time (`is_attention_core` ops; or `layer_core_s` {index: (fwd_s, bwd_s, recompute_s)}).
     `kv_bytes` (bytes): K and V of one device's chunk per microbatch, set on the layers
-    with an attention core (context parallelism's ring payload; 0: none)."""
+    with an attention core (context parallelism's ring payload; 0: none; default: the
+    graph's own, graph.kv_bytes, when it was built for cp > 1, else 0).
+    The chain's seq is the full sequence (graph.seq; a device's ops hold seq / graph.cp).
+    Its FLOPs are those of the graph's ops (one ring step of the attention core under
+    cp > 1; plan.context_parallel_chain adds the other cp - 1, `core_flops_*`)."""
+    if kv_bytes is None:
+        kv_bytes = graph.kv_bytes if getattr(graph, "cp", 1) > 1 else 0.0
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
     rows = []
@@ -152,6 +160,8 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         else:
             core = tuple((layer_core_s or {}).get(li, (0.0, 0.0, 0.0)))
         kv = kv_bytes if any(is_attention_core(o) for o in layer.fwd) else 0.0
+        core_flops = tuple(sum(o.flops for o in ops if is_attention_core(o))
+                           for ops in (layer.fwd, layer.bwd, layer.selective_recompute_ops()))
         if layer_latency is not None:
             f, b, *r = layer_latency[li]
             r = r[0] if r else 0.0
@@ -170,7 +180,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         a2a = sum(o.bytes_written for o in layer.fwd if o.name.endswith("moe.dispatch"))
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
                layer.flops("fwd"), layer.flops("bwd"), a_sel, r, f_sel,
-               min(ex, layer.param_count), a2a, *core, kv, pass_kind)
+               min(ex, layer.param_count), a2a, *core, kv, *core_flops, pass_kind)
         rows.extend([row] * layer.repeat)
     cols = list(zip(*rows))
     arr = [np.array(c, dtype=float) for c in cols[:-1]]
@@ -180,7 +190,8 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                  act_selective_bytes=arr[10], recompute_selective_s=arr[11],
                  flops_recompute_selective=arr[12], expert_param_count=arr[13],
                  a2a_bytes=arr[14], core_fwd_s=arr[15], core_bwd_s=arr[16],
-                 core_recompute_s=arr[17], kv_bytes=arr[18], kinds=tuple(cols[-1]),
+                 core_recompute_s=arr[17], kv_bytes=arr[18], core_flops_fwd=arr[19],
+                 core_flops_bwd=arr[20], core_flops_recompute=arr[21], kinds=tuple(cols[-1]),
                  model=graph.model,
                  shared_param_count=sum(lg.shared_param_bytes for lg in graph.layers
                                         if lg.kind == "epilogue") / graph.dtype_bytes,

@@ -310,7 +310,7 @@ def _plan_error(message: str, args) -> UserError:
             fix += ", or set --first-stage-layers/--last-stage-layers"
         return UserError(message, field="--pp/--interleave", fix=fix)
     if message.startswith("context parallelism"):
-        return UserError(message, field="--cp", fix="use a --cp dividing --seq")
+        return UserError(message, field="--cp", fix="use a --cp whose double divides --seq")
     if message.startswith("expert parallelism"):
         fix = ("drop --ep: a dense model has no experts to spread" if "dense model" in message
                else "use an --ep dividing the experts (and --dp x --cp), or drop it")
@@ -380,10 +380,6 @@ def _evaluate_grid(args, spec, settings, seq):
     from phaze.hw.grid import read_grid
     from phaze.place.evaluate import evaluate_sweep_plan
 
-    if args.cp != 1:
-        raise UserError("context parallelism needs graphs built for seq / cp, which the sweep "
-                        "route does not build", field="--cp",
-                        fix="drop --cp with --grid, or use --arch PRESET --cp N")
     # framework switches describe a GPU software stack: the sweep route has its own settings
     # (the config); never ignore them silently
     preset_only = {"framework": None, "fp8": False, "overlap": [], "no_overlap": [],
@@ -406,7 +402,8 @@ def _evaluate_grid(args, spec, settings, seq):
                                recompute=args.recompute, hbm_bytes=hbm, seq=seq,
                                sequence_parallel=args.sequence_parallel,
                                interleave=args.interleave, stages=_stages(args.stages),
-                               settings=settings, ep=args.ep, zero_stage=args.zero_stage)
+                               settings=settings, ep=args.ep, zero_stage=args.zero_stage,
+                               cp=args.cp)
     return plan, hbm, args.arch
 
 

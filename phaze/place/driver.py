@@ -56,32 +56,38 @@ def synthetic_items(count: int, seed: int = 0) -> list[dict]:
 
 
 def _chains_for(item: dict, ctx: dict) -> dict:
-    """{(t, sequence_parallel): Chain} for an item."""
+    """{(t, sequence_parallel, cp): Chain} for an item: one per graph variant of its
+    (model, seq, mbs), a graph of cp > 1 with its attention core's times (the ring)."""
     if "synthetic" in item:
         from phaze.place.synthetic import gpt_chain
 
         sy = dict(item["synthetic"])
         tps = sy.pop("tps", [1, 2, 4, 8])
-        return {(t, False): gpt_chain(seq=item["seq"], mbs=item["mbs"], t=t,
-                                      model=item["model"], **sy) for t in tps}
+        return {(t, False, 1): gpt_chain(seq=item["seq"], mbs=item["mbs"], t=t,
+                                         model=item["model"], **sy) for t in tps}
     from phaze.place.chain import chain_from_graph
 
     out = {}
     for key, graph in ctx["graphs"].items():
         if (graph.model, graph.seq, graph.mbs) == (item["model"], item["seq"], item["mbs"]):
             lat = ctx["latency"][(key, item["arch_id"])]
-            out[(graph.tp, bool(graph.sequence_parallel))] = chain_from_graph(
-                graph, layer_latency=lat)
+            core = ctx["latency"].core(key, item["arch_id"]) if graph.cp > 1 else None
+            out[(graph.tp, bool(graph.sequence_parallel), graph.cp)] = chain_from_graph(
+                graph, layer_latency=lat, layer_core_s=core)
     return out
 
 
 def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float) -> dict:
-    """{(hbm_bytes, recompute): (plan, (t, sequence_parallel)) or None}: the DP on every
-    chain variant, the fastest fitting plan kept (ties: the first variant in sorted order)."""
+    """{(hbm_bytes, recompute): (plan, (t, sequence_parallel, cp)) or None}: the DP on
+    every chain variant (its context-parallel size set in the plan options), the fastest
+    fitting plan kept (ties: the first variant in sorted order)."""
+    from dataclasses import replace
+
     best: dict = {(float(h), r): None for h in hbms for r in recs}
     for var in sorted(chains):
         plans = best_plans(chains[var], ctx["devices"], ctx["batch"], hbms, recs,
-                           links=ctx["links"], options=ctx["options"], peak_flops=peak,
+                           links=ctx["links"], options=replace(ctx["options"], cp=var[2]),
+                           peak_flops=peak,
                            interleaves=ctx["interleaves"], eps=ctx.get("eps"),
                            zero_stages=ctx.get("zero_stages"),
                            bound={k: b[0]["time_per_batch_s"] for k, b in best.items() if b})
@@ -96,12 +102,12 @@ def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float):
     """(plan, variant) of the fixed PxDxT strategy (Megatron's uniform split, no sequence
     parallelism), or (None, None) when the model has no such TP width or split."""
     p, d, t = ctx["fixed"]
-    if (t, False) not in chains:
+    if (t, False, 1) not in chains:
         return None, None
     try:
-        return evaluate_plan(chains[(t, False)], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
+        return evaluate_plan(chains[(t, False, 1)], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
                              links=ctx["links"], options=ctx["options"],
-                             peak_flops=peak), (t, False)
+                             peak_flops=peak), (t, False, 1)
     except ValueError:
         return None, None
 
@@ -385,7 +391,6 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
         raise UserError(f"{r['_file']} repeats the row {dict(r[list(LATENCY_KEY)])}",
                         field="--latency", fix="pass each latency table once")
     want_archs = set(arch_ids)
-    arch_index = pd.Index([str(a) for a in arch_ids])
     seen = set()
     for key, rows in lat.groupby(list(GRAPH_KEY), sort=False):
         key = tuple(v.item() if hasattr(v, "item") else v for v in key)
@@ -414,11 +419,7 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
         if (rows["layer_kind"].to_numpy() != kinds).any():
             raise UserError(f"{where}: layer kinds of {name} differ from the graph's",
                             field="--latency", fix="regenerate the latency tables")
-        # vectorised: one (archs x layers x passes) array per graph, no per-row Python
-        a_idx = arch_index.get_indexer(rows["arch_id"])
-        arr = np.zeros((len(arch_ids), n_layers, 3))
-        arr[a_idx, li] = rows[["fwd_s", "bwd_s", "recompute_s"]].to_numpy(dtype=float)
-        ctx["latency"].add(key, arr)
+        ctx["latency"].add_rows(key, rows, n_layers)
     unseen = [k for k in ctx["graphs"] if k not in seen]
     if unseen and arch_ids:
         raise UserError(f"no latency rows for the graph {dict(zip(GRAPH_KEY, unseen[0]))}",
@@ -431,8 +432,9 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
 
 class LatencyView:
     """ctx["latency"] of the sweep: {(graph key, arch_id): {layer_index: (fwd_s, bwd_s,
-    recompute_s)}} backed by one (archs x layers x 3) array per graph, read vectorised;
-    signature() is the bit pattern of an arch's row, the content key of the DP input."""
+    recompute_s)}} backed by one (archs x layers x 6) array per graph (the three passes'
+    times, then their attention-core times: core()), read vectorised; signature() is the
+    bit pattern of an arch's row, the content key of the DP input."""
 
     def __init__(self, arch_ids):
         self._index = {str(a): k for k, a in enumerate(arch_ids)}
@@ -441,13 +443,32 @@ class LatencyView:
     def add(self, key, arr) -> None:
         self._arr[key] = arr
 
+    # the columns of a latency table (sched.table.LATENCY_SCHEMA) the array holds
+    COLUMNS = ("fwd_s", "bwd_s", "recompute_s", "fwd_core_s", "bwd_core_s", "recompute_core_s")
+
+    def add_rows(self, key, rows, n_layers: int) -> None:
+        """One graph's latency rows (every arch of the view, layer_index < n_layers),
+        vectorised: one (archs x layers x 6) array, no per-row Python."""
+        import numpy as np
+        import pandas as pd
+
+        a_idx = pd.Index(list(self._index)).get_indexer(rows["arch_id"].astype(str))
+        arr = np.zeros((len(self._index), n_layers, len(self.COLUMNS)))
+        arr[a_idx, rows["layer_index"].to_numpy()] = rows[list(self.COLUMNS)].to_numpy(dtype=float)
+        self._arr[key] = arr
+
     def signature(self, key, arch_id) -> bytes:
         return self._arr[key][self._index[arch_id]].tobytes()
 
     def __getitem__(self, k):
         key, arch_id = k
         a = self._arr[key][self._index[arch_id]]
-        return {li: (float(f), float(b), float(r)) for li, (f, b, r) in enumerate(a)}
+        return {li: (float(f), float(b), float(r)) for li, (f, b, r) in enumerate(a[:, :3])}
+
+    def core(self, key, arch_id) -> dict:
+        """{layer_index: (fwd_core_s, bwd_core_s, recompute_core_s)} of one arch."""
+        a = self._arr[key][self._index[arch_id]]
+        return {li: (float(f), float(b), float(r)) for li, (f, b, r) in enumerate(a[:, 3:])}
 
     def __contains__(self, k) -> bool:
         return k[0] in self._arr and k[1] in self._index

@@ -193,27 +193,14 @@ def async_tp_exposed(ops, lat_s, contention: float = 0.0):
 
 
 def attention_core_latencies(graph, arch, network, params):
-    """{layer index: (fwd_s, bwd_s, selective recompute_s)} of the attention core's ops
-    (chain.is_attention_core) per pass, run intra-op one after the other as in
-    layer_latencies: what context parallelism repeats per ring step
-    (plan.context_parallel_chain, through chain_from_graph's layer_core_s)."""
-    from phaze.cost.api import op_latencies
-    from phaze.place.chain import is_attention_core
-    from phaze.sched.adapter import SCHED_PASSES, pass_ops
+    """{layer index: (fwd_s, bwd_s, selective recompute_s)} of the attention core on one
+    arch with the preset's cost parameters (sched.adapter.attention_core_times): what
+    context parallelism repeats per ring step (plan.context_parallel_chain, through
+    chain_from_graph's layer_core_s)."""
+    from phaze.sched.adapter import attention_core_times
 
-    out = {}
-    for li, layer in enumerate(graph.layers):
-        tot = []
-        for pass_ in SCHED_PASSES:
-            ops = list(pass_ops(layer, pass_))
-            core = [j for j, o in enumerate(ops) if is_attention_core(o)]
-            if not core:
-                tot.append(0.0)
-                continue
-            c = op_latencies(ops, arch, network, tp=graph.tp, params=params).lat_all_s[0]
-            tot.append(float(sum(c[j] for j in core)))
-        out[li] = tuple(tot)
-    return out
+    core = attention_core_times(graph, arch, network, params)[0]
+    return {li: tuple(float(x) for x in core[li]) for li in range(len(graph.layers))}
 
 
 def default_cost_params(arch):
@@ -313,18 +300,13 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                          f"({spec.experts or 'none: a dense model'})")
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
-    if cp < 1 or seq % cp:
-        raise ValueError(f"context parallelism cp = {cp} must divide the sequence {seq}")
-    graph = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
-                        **gopts)
+    graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
+                        cp=cp, **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
                                async_tp=opts.async_tensor_model_parallel_allreduce)
-    core, kv = None, 0.0
-    if cp > 1:       # the ring steps: plan.context_parallel_chain, applied by evaluate_plan
-        kv = 2.0 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp) * spec.d_head * 2.0
-        core = attention_core_latencies(graph, arch, network, cost_params)
-    chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core,
-                             kv_bytes=kv)
+    # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core
+    core = attention_core_latencies(graph, arch, network, cost_params) if cp > 1 else None
+    chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
     stages = None
     if first_stage_layers is not None or last_stage_layers is not None:
@@ -352,14 +334,15 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
                         recompute: str, hbm_bytes: float, seq: int,
                         sequence_parallel: bool = False, interleave: int = 1,
                         stages: list | None = None, settings=None, ep: int = 1,
-                        zero_stage: int | None = None) -> dict:
+                        zero_stage: int | None = None, cp: int = 1) -> dict:
     """One plan of `spec` on a grid arch exactly as the sweep costs it. `arch_row`: the
     arch's grid row (a one-row DataFrame); `settings`: phaze.settings.SweepSettings (graph
     options, scheduling, placement job, network); `stages`: the plan's [start, end) layer
     ranges (default Megatron's uniform split). Returns evaluate_plan's dict plus model,
     arch_id, seq, hbm_bytes, sequence_parallel. `ep`, `zero_stage` (None: the settings'
-    first ZeRO stage): the plan's expert-parallel size and ZeRO stage (a placement row's ep,
-    zero_stage). Raises ValueError for stages that do not cover the model."""
+    first ZeRO stage), `cp`: the plan's expert-parallel size, ZeRO stage and context-
+    parallel size (a placement row's ep, zero_stage, cp). Raises ValueError for stages that
+    do not cover the model."""
     from phaze.model.graph import build_graph
     from phaze.sched.cache import ScheduleCache
     from phaze.sched.layers import scheduled_layer_latencies
@@ -369,34 +352,35 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     check_recompute([recompute], "recompute")
     net = settings.net()
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
-                        **settings.graph.build_kwargs())
+                        cp=cp, **settings.graph.build_kwargs())
     if stages:                # before any layer is scheduled (evaluate_plan checks it too)
         check_stages([tuple(s) for s in stages], pp * interleave, graph.n_layers)
     cache = ScheduleCache(settings.sched.cache_dir or None)
     arch_id = str(arch_row["arch_id"].iloc[0])
-    lat = scheduled_layer_latencies(graph, arch_row, net, settings.sched, cache)[arch_id]
-    chain = chain_from_graph(graph, layer_latency=lat)
+    lat, core = scheduled_layer_latencies(graph, arch_row, net, settings.sched, cache)
+    chain = chain_from_graph(graph, layer_latency=lat[arch_id], layer_core_s=core[arch_id])
     pl = settings.placement
     plan = evaluate_plan(chain, pp, dp, pl.global_batch, recompute, interleave,
                          stages=[tuple(s) for s in stages] if stages else None,
                          hbm_bytes=hbm_bytes, links=Links.of(net),
                          options=plan_options(pl, net, ep, zero_stage if zero_stage is not None
-                                              else pl.zero_stages()[0]),
+                                              else pl.zero_stages()[0], cp=cp),
                          peak_flops=float(arch_row["peak_flops"].iloc[0]))
     plan.update(model=spec.name, arch_id=arch_id, seq=seq, hbm_bytes=hbm_bytes,
                 sequence_parallel=bool(graph.sequence_parallel))
     return plan
 
 
-def plan_options(placement, network=None, ep: int = 1, zero_stage: int | None = None) -> PlanOptions:
+def plan_options(placement, network=None, ep: int = 1, zero_stage: int | None = None,
+                 cp: int = 1) -> PlanOptions:
     """The DP's PlanOptions for phaze.settings.PlacementSettings (every sweep route): on a
     network with levels the DP's collectives are hierarchical (collectives "nccl" ->
     phaze.cost.collective.hierarchical_coeffs, ZeRO's reduce-scatters and all-gathers
     too); `ep` and `zero_stage` (None: placement.zero1's) fix those axes
-    (phaze.place.plan.with_axes)."""
+    (phaze.place.plan.with_axes), `cp` the context-parallel size (the graph's)."""
     from phaze.place.plan import with_axes
 
     levels = bool(getattr(network, "levels", ()))
     base = PlanOptions(optimizer=placement.optimizer, zero1=placement.zero1,
-                       collectives="nccl" if levels else "flat")
+                       collectives="nccl" if levels else "flat", cp=cp)
     return with_axes(base, ep, zero_stage)

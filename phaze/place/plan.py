@@ -635,7 +635,8 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
     (core_bwd_s, 2 kv_bytes: K, V and their gradients) and selective recomputation
     (core_recompute_s, kv_bytes; only where it re-runs a core). Full recomputation re-runs
     the forward, ring included. Returns the chain with kv_bytes 0 (no second application)
-    and extra["cp_ring_s"] per layer (fwd + bwd); cp = 1 or no kv_bytes: `chain`."""
+    and extra["cp_ring_s"] per layer (fwd + bwd), its FLOPs counting the cp - 1 further
+    core steps (Chain.core_flops_*); cp = 1 or no kv_bytes: `chain`."""
     from dataclasses import replace
 
     from phaze.cost.collective import collective_time
@@ -656,8 +657,14 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
     ring_b = np.where(on, (cp - 1) * np.maximum(chain.core_bwd_s, sb), 0.0)
     ring_r = np.where(on & (chain.core_recompute_s > 0),
                       (cp - 1) * np.maximum(chain.core_recompute_s, sf), 0.0)
+    # the model FLOPs of the other cp - 1 steps (the device's 1/cp of the causal work)
+    steps = np.where(on, cp - 1.0, 0.0)
     return replace(chain, fwd_s=chain.fwd_s + ring_f, bwd_s=chain.bwd_s + ring_b,
                    recompute_selective_s=chain.recompute_selective_s + ring_r,
+                   flops_fwd=chain.flops_fwd + steps * chain.core_flops_fwd,
+                   flops_bwd=chain.flops_bwd + steps * chain.core_flops_bwd,
+                   flops_recompute_selective=chain.flops_recompute_selective
+                   + steps * chain.core_flops_recompute,
                    kv_bytes=np.zeros(chain.n), extra={**chain.extra, "cp_ring_s": ring_f + ring_b})
 
 

@@ -68,7 +68,7 @@ def evaluate_command(row, grid_path: str, config_path: str | None) -> str:
               "--interleave", str(int(row["interleave"]))]
     if row.get("sequence_parallel") is True or row.get("sequence_parallel") == 1:
         parts.append("--sequence-parallel")
-    for col, flag in (("ep", "--ep"), ("zero_stage", "--zero-stage")):
+    for col, flag in (("ep", "--ep"), ("cp", "--cp"), ("zero_stage", "--zero-stage")):
         if pd.notna(row.get(col, None)):
             parts += [flag, str(int(row[col]))]
     stages = row.get("stages")

@@ -56,6 +56,26 @@ def pass_ops(layer, pass_: str):
     return layer.selective_recompute_ops() if pass_ == "recompute" else layer.ops(pass_)
 
 
+def attention_core_times(graph, archs, network, params=None) -> np.ndarray:
+    """(archs, graph.layers, SCHED_PASSES) array of seconds: per layer and pass, the
+    attention core's ops (phaze.model.ops.is_attention_core) run intra-op one after the
+    other (their all-core latencies summed): the time one ring step of context
+    parallelism repeats (phaze.place.plan.context_parallel_chain). `archs`: an Arch, a
+    list of them or an arch table; `params`: phaze.cost.params.CostParams (default: the
+    cost model's defaults, as layer_problems). Zero for a pass without a core op."""
+    from phaze.model.ops import is_attention_core
+
+    arrays = arch_arrays(archs)
+    out = np.zeros((len(arrays["n_tc"]), len(graph.layers), len(SCHED_PASSES)))
+    for li, layer in enumerate(graph.layers):
+        for k, pass_ in enumerate(SCHED_PASSES):
+            core = [o for o in pass_ops(layer, pass_) if is_attention_core(o)]
+            if core:
+                lat = op_latencies(core, arrays, network, tp=graph.tp, params=params).lat_all_s
+                out[:, li, k] = lat.sum(axis=1)
+    return out
+
+
 def layer_problems(graph, archs, network, tp: int | None = None):
     """Yield (arch_index, layer_index, layer, pass, SchedProblem) for every arch row of
     `archs` (DataFrame with the arch id fields) and every pass in SCHED_PASSES of every

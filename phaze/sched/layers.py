@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from phaze import __version__
-from phaze.sched.adapter import layer_problems
+from phaze.sched.adapter import SCHED_PASSES, attention_core_times, layer_problems
 from phaze.sched.solve import DEFAULT_SETTINGS
 from phaze.sched.table import SHARD_SCHEMA, merge_shards, validate
 
@@ -30,7 +30,7 @@ def graph_identity(graph) -> dict:
     return {"model": graph.model, "seq": int(graph.seq), "mbs": int(graph.mbs),
             "tp": int(graph.tp), "sequence_parallel": bool(graph.sequence_parallel),
             "fused": bool(graph.fused), "attention": graph.attention,
-            "vocab_pad_multiple": int(graph.vocab_pad_multiple)}
+            "vocab_pad_multiple": int(graph.vocab_pad_multiple), "cp": int(graph.cp)}
 
 
 def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=None,
@@ -42,6 +42,8 @@ def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=No
     solver, settings = sched.backend(), sched.solve_settings()
     settings = {**DEFAULT_SETTINGS, **settings}
     probs = list(layer_problems(graph, archs, network))
+    # the ring step of context parallelism (0 where the graph has no CP: nothing reads it)
+    core = attention_core_times(graph, archs, network) if graph.cp > 1 else None
     # keys first: the stored results are looked up in bulk (one query per cache shard per
     # 500 keys), and each distinct ILP of the job is solved once
     by_obj: dict = {}          # layer_problems shares one object between identical archs
@@ -57,7 +59,9 @@ def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=No
         rows.append({**ident, "arch_id": arch_ids[a], "layer_index": int(li),
                      "pass": pass_, "layer_kind": layer.kind, "layer_repeat": int(layer.repeat),
                      "latency_s": res.makespan_s,
-                     "lower_bound_s": res.lower_bound_s, "status": res.status, "gap": res.gap,
+                     "lower_bound_s": res.lower_bound_s,
+                     "core_s": float(core[a, li, SCHED_PASSES.index(pass_)]) if core is not None
+                     else 0.0, "status": res.status, "gap": res.gap,
                      "solver": res.solver, "formulation": res.formulation,
                      "seconds": res.seconds, "cache_hit": bool(res.cache_hit),
                      "phaze_version": __version__})
@@ -70,26 +74,31 @@ def shard_frame(rows: list) -> pd.DataFrame:
     """Rows as a typed, validated shard table."""
     df = pd.DataFrame(rows, columns=list(SHARD_SCHEMA))
     df = df.astype({"seq": "int64", "mbs": "int64", "tp": "int64", "layer_index": "int64",
-                    "layer_repeat": "int64", "vocab_pad_multiple": "int64",
+                    "layer_repeat": "int64", "vocab_pad_multiple": "int64", "cp": "int64",
                     "sequence_parallel": bool, "fused": bool, "latency_s": float,
-                    "lower_bound_s": float, "gap": float, "seconds": float, "cache_hit": bool})
+                    "lower_bound_s": float, "core_s": float, "gap": float, "seconds": float,
+                    "cache_hit": bool})
     validate(df, SHARD_SCHEMA, "shard")
     return df
 
 
-def latencies_by_arch(latency: pd.DataFrame) -> dict:
-    """{arch_id: {layer_index: (fwd_s, bwd_s, recompute_s)}} of one graph's latency rows."""
-    out: dict = {}
+def latencies_by_arch(latency: pd.DataFrame) -> tuple[dict, dict]:
+    """({arch_id: {layer_index: (fwd_s, bwd_s, recompute_s)}}, {arch_id: {layer_index:
+    (fwd_core_s, bwd_core_s, recompute_core_s)}}) of one graph's latency rows."""
+    lat: dict = {}
+    core: dict = {}
     cols = [latency[c].to_numpy() for c in ("arch_id", "layer_index", "fwd_s", "bwd_s",
-                                             "recompute_s")]
-    for aid, li, f, b, r in zip(*cols):
-        out.setdefault(str(aid), {})[int(li)] = (float(f), float(b), float(r))
-    return out
+                                             "recompute_s", "fwd_core_s", "bwd_core_s",
+                                             "recompute_core_s")]
+    for aid, li, f, b, r, cf, cb, cr in zip(*cols):
+        lat.setdefault(str(aid), {})[int(li)] = (float(f), float(b), float(r))
+        core.setdefault(str(aid), {})[int(li)] = (float(cf), float(cb), float(cr))
+    return lat, core
 
 
-def scheduled_layer_latencies(graph, archs: pd.DataFrame, network, sched, cache) -> dict:
-    """{arch_id: {layer_index: (fwd_s, bwd_s, recompute_s)}}: the graph scheduled on the
-    archs (what the workflow's latency table holds for them)."""
+def scheduled_layer_latencies(graph, archs: pd.DataFrame, network, sched, cache) -> tuple:
+    """latencies_by_arch of the graph scheduled on the archs (what the workflow's latency
+    table holds for them): (layer times, attention-core times) per arch."""
     merged = merge_shards([shard_frame(schedule_rows(graph, archs, network, sched, cache))],
                           ["in-process schedule"])
     return latencies_by_arch(merged)

@@ -1,8 +1,10 @@
 """Parquet schemas of scheduling shards and merged latency tables (docs/cli-contract.md).
 
 Every row carries its identity: the graph it comes from (model, seq, mbs, tp,
-sequence_parallel, fused) and the arch (arch_id), so a reader never infers one from a
-file name. GRAPH_KEY + (arch_id, layer_index) is unique in a latency table."""
+sequence_parallel, fused, attention, vocab_pad_multiple, cp) and the arch (arch_id), so a
+reader never infers one from a file name. GRAPH_KEY + (arch_id, layer_index) is unique in
+a latency table. A row's core_s is its pass's attention core run alone (what a context-
+parallel ring step repeats; sched.adapter.attention_core_times), 0 for graphs of cp 1."""
 
 from __future__ import annotations
 
@@ -14,20 +16,21 @@ STATUSES = ("optimal", "time_limit", "heuristic")
 # column -> pandas dtype kind ('O' object/string, 'i' int, 'f' float, 'b' bool, 'B' bool
 # or None)
 GRAPH_KEY = ("model", "seq", "mbs", "tp", "sequence_parallel", "fused", "attention",
-             "vocab_pad_multiple")
+             "vocab_pad_multiple", "cp")
 LATENCY_KEY = GRAPH_KEY + ("arch_id", "layer_index")
 _IDENTITY = {"model": "O", "seq": "i", "mbs": "i", "tp": "i", "sequence_parallel": "b",
-             "fused": "b", "attention": "O", "vocab_pad_multiple": "i"}
+             "fused": "b", "attention": "O", "vocab_pad_multiple": "i", "cp": "i"}
 SHARD_SCHEMA = {
     **_IDENTITY, "arch_id": "O", "layer_repeat": "i", "layer_index": "i", "pass": "O", "layer_kind": "O",
-    "latency_s": "f", "lower_bound_s": "f", "status": "O", "gap": "f", "solver": "O",
+    "latency_s": "f", "lower_bound_s": "f", "core_s": "f", "status": "O", "gap": "f", "solver": "O",
     "formulation": "O", "seconds": "f", "cache_hit": "b", "phaze_version": "O",
 }
 PASSES = ("fwd", "bwd", "recompute")
 LATENCY_SCHEMA = {
     **_IDENTITY, "arch_id": "O", "layer_index": "i", "layer_kind": "O", "layer_repeat": "i",
     **{f"{p}_{c}": k for p in PASSES for c, k in (("s", "f"), ("lower_bound_s", "f"),
-                                                  ("status", "O"), ("gap", "f"))},
+                                                  ("core_s", "f"), ("status", "O"),
+                                                  ("gap", "f"))},
     "solver": "O", "seconds": "f", "phaze_version": "O",
 }
 
@@ -75,7 +78,8 @@ def merge_shards(shards: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
     for p in PASSES:
         d = by_pass[p].loc[f.index]
         cols.update({f"{p}_s": d["latency_s"], f"{p}_lower_bound_s": d["lower_bound_s"],
-                     f"{p}_status": d["status"], f"{p}_gap": d["gap"]})
+                     f"{p}_core_s": d["core_s"], f"{p}_status": d["status"],
+                     f"{p}_gap": d["gap"]})
     cols.update(solver=f["solver"],
                 seconds=sum(by_pass[p].loc[f.index, "seconds"] for p in PASSES),
                 phaze_version=f["phaze_version"])

@@ -54,11 +54,13 @@ def tpuv4_arch_id(grid: pd.DataFrame) -> str | None:
 def spotlight_scores(latency: pd.DataFrame) -> pd.Series:
     """Single-chip latency per sample of the whole model, per arch, at TP width 1, best
     microbatch: sum over layer instances of (fwd_s + bwd_s) / mbs. `latency` has arch_id,
-    mbs, fwd_s, bwd_s and optionally tp (only tp == 1 kept) and repeat (instances of the
-    layer kind; 1 when absent). Returns seconds per sample indexed by arch_id."""
+    mbs, fwd_s, bwd_s and optionally tp and cp (only tp == 1 and cp == 1 kept: one chip
+    runs the whole sequence) and repeat (instances of the layer kind; 1 when absent).
+    Returns seconds per sample indexed by arch_id."""
     lat = latency
-    if "tp" in lat.columns:
-        lat = lat[lat["tp"] == 1]
+    for col in ("tp", "cp"):
+        if col in lat.columns:
+            lat = lat[lat[col] == 1]
     rep = lat["repeat"] if "repeat" in lat.columns else 1.0
     per = lat.assign(_s=(lat["fwd_s"] + lat["bwd_s"]) * rep)
     per_mbs = per.groupby(["arch_id", "mbs"], sort=True)["_s"].sum().reset_index()

@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--mbs", help="microbatch sizes (default: the config's, else "
                    f"{','.join(map(str, SweepSettings().microbatch_sizes))})")
     p.add_argument("--tp", help="tensor-parallel widths (default: the config's, else 1)")
+    p.add_argument("--cp", help="context-parallel sizes, e.g. 1,2 (default: the config's "
+                   "models[].cp, else 1)")
     p.add_argument("--fixed", metavar="PxDxT", help="fixed baseline strategy (default: the "
                    "config's fixed_plan of the model, else none)")
     add_placement_args(p)
@@ -64,6 +66,7 @@ def _specs(args):
         print("phaze search: the reference DP has no selective recomputation; searching "
               "recompute none/full only", file=sys.stderr)
     tp_flag = parse_list(args.tp, int, "--tp", minimum=1) if args.tp is not None else None
+    cp_flag = parse_list(args.cp, int, "--cp", minimum=1) if args.cp is not None else None
     fixed_flag = parse_fixed(args.fixed)
     if not cfg:
         if not args.model or not args.seq:
@@ -71,22 +74,28 @@ def _specs(args):
                             fix="e.g. --model bert-large --seq 512")
         if args.seq < 1:
             raise UserError(f"must be >= 1, got {args.seq}", field="--seq")
-        return [SweepSpec(model=args.model, seq=args.seq, tp=tp_flag or (1,),
-                          settings=settings, fixed=fixed_flag, dp=args.dp)]
-    specs = []
-    for m in cfg.get("models", []):
-        if args.model and m["name"] != args.model:
-            continue
-        for seq in m["seq"]:
-            if args.seq and seq != args.seq:
+        specs = [SweepSpec(model=args.model, seq=args.seq, tp=tp_flag or (1,),
+                           settings=settings, fixed=fixed_flag, dp=args.dp,
+                           cp=cp_flag or (1,))]
+    else:
+        specs = []
+        for m in cfg.get("models", []):
+            if args.model and m["name"] != args.model:
                 continue
-            specs.append(SweepSpec(model=m["name"], source=m.get("hf_config", ""), seq=int(seq),
-                                   tp=tp_flag or tuple(m["tp"]), settings=settings,
-                                   fixed=fixed_flag or parse_fixed(m.get("fixed_plan")),
-                                   dp=args.dp))
+            for seq in m["seq"]:
+                if args.seq and seq != args.seq:
+                    continue
+                specs.append(SweepSpec(
+                    model=m["name"], source=m.get("hf_config", ""), seq=int(seq),
+                    tp=tp_flag or tuple(m["tp"]), settings=settings,
+                    fixed=fixed_flag or parse_fixed(m.get("fixed_plan")), dp=args.dp,
+                    cp=cp_flag or tuple(m.get("cp", (1,)))))
     if not specs:
         raise UserError("no model of the config matches", field="--config",
                         fix="check --model/--seq against the config's models")
+    if args.dp == "reference" and any(sp.cp != (1,) for sp in specs):
+        raise UserError("the reference DP has no context parallelism", field="--dp",
+                        fix="use --dp default, or drop the models' cp sizes above 1")
     return specs
 
 

@@ -42,6 +42,7 @@ class SweepSpec:
     settings: SweepSettings = field(default_factory=SweepSettings)
     fixed: tuple[int, int, int] | None = None
     dp: str = "default"
+    cp: tuple[int, ...] = (1,)  # context-parallel sizes (graphs of seq / cp per device)
     source: str = ""            # hf config.json building `model` (default: the zoo's model)
 
 
@@ -58,7 +59,7 @@ class SweepProblem:
     def __post_init__(self):
         from phaze.model.graph import build_graph
         from phaze.model.zoo import resolve_model
-        from phaze.sched.adapter import layer_problems
+        from phaze.sched.adapter import attention_core_times, layer_problems
         from phaze.sched.cache import ScheduleCache
 
         st = self.spec.settings
@@ -71,16 +72,22 @@ class SweepProblem:
         self.cache = ScheduleCache(st.sched.cache_dir or None)
         model = resolve_model(self.spec.source or self.spec.model).with_(name=self.spec.model)
         self.graphs = {}
-        # problems[arch_index][(mbs, tp, sp, layer_index, pass)] = SchedProblem
+        # problems[arch_index][(mbs, tp, sp, cp, layer_index, pass)] = SchedProblem
         self.problems = [dict() for _ in range(len(self.grid))]
+        # core[(mbs, tp, sp, cp)] = (archs x layers x passes) attention-core seconds (cp > 1)
+        self.core = {}
         for mbs in st.microbatch_sizes:
             for tp in self.spec.tp:
                 for sp in st.graph.sp_values(tp):
-                    g = build_graph(model, seq=self.spec.seq, mbs=mbs, tp=tp,
-                                    sequence_parallel=sp, **st.graph.build_kwargs())
-                    self.graphs[(mbs, tp, sp)] = g
-                    for a, li, _layer, pass_, prob in layer_problems(g, self.grid, self.net):
-                        self.problems[a][(mbs, tp, sp, li, pass_)] = prob
+                    for cp in self.spec.cp:
+                        g = build_graph(model, seq=self.spec.seq, mbs=mbs, tp=tp,
+                                        sequence_parallel=sp, cp=cp, **st.graph.build_kwargs())
+                        self.graphs[(mbs, tp, sp, cp)] = g
+                        for a, li, _layer, pass_, prob in layer_problems(g, self.grid, self.net):
+                            self.problems[a][(mbs, tp, sp, cp, li, pass_)] = prob
+                        if cp > 1:
+                            self.core[(mbs, tp, sp, cp)] = attention_core_times(g, self.grid,
+                                                                                self.net)
 
     # --- SearchProblem -------------------------------------------------------------
     def archs(self):
@@ -106,12 +113,24 @@ class SweepProblem:
         return self._bounds[key]
 
     def lower_times(self, arch_id: str) -> dict:
-        """{(mbs, tp, sp, layer_index, pass): seconds} lower bounds on the arch's layer times
+        """{(mbs, tp, sp, cp, layer_index, pass): seconds} lower bounds on the arch's layer times
         (sched.heuristic.lower_bound_s: critical path and work / cores, no ILP)."""
         from phaze.sched.heuristic import lower_bound_s
 
         probs = self.problems[self._row[arch_id]]
-        return {k: lower_bound_s(p) if p.n else 0.0 for k, p in probs.items()}
+        return self._with_core(self._row[arch_id],
+                               {k: lower_bound_s(p) if p.n else 0.0 for k, p in probs.items()})
+
+    def _with_core(self, a: int, times: dict) -> dict:
+        """`times` plus, for every graph of cp > 1, its attention core's seconds on arch
+        index `a` under the keys (mbs, tp, sp, cp, layer_index, pass + "_core") (the ring
+        steps of context parallelism: not a scheduled time, the same in bounds and
+        evaluations)."""
+        for key, arr in self.core.items():
+            for li in range(arr.shape[1]):
+                for k, ps in enumerate(SCHED_PASSES):
+                    times[(*key, li, f"{ps}_core")] = float(arr[a, li, k])
+        return times
 
     def evaluate(self, arch_id: str) -> Design:
         sched = self.spec.settings.sched
@@ -133,6 +152,7 @@ class SweepProblem:
                 self.solved[key] = r.makespan_s
                 self.statuses[key] = r.status
             times[k] = self.solved[key]
+        self._with_core(self._row[arch_id], times)
         self._peak = self._peak_of(arch_id)
         best = self.place(times)
         area = float(self.grid.loc[self._row[arch_id], "area_mm2"])
@@ -169,17 +189,21 @@ class SweepProblem:
         sizes = st.microbatch_sizes
         for mbs in (sizes if mbs is None else [b for b in sizes if b in mbs]):
             chains = {}
-            for (b, tp, sp), g in self.graphs.items():
+            for (b, tp, sp, cp), g in self.graphs.items():
                 if b == mbs:
-                    lat = {li: tuple(times[(mbs, tp, sp, li, ps)] for ps in SCHED_PASSES)
+                    lat = {li: tuple(times[(mbs, tp, sp, cp, li, ps)] for ps in SCHED_PASSES)
                            for li in range(len(g.layers))}
-                    chains[(tp, sp)] = chain_from_graph(g, layer_latency=lat)
+                    core = {li: tuple(times[(mbs, tp, sp, cp, li, f"{ps}_core")]
+                                      for ps in SCHED_PASSES)
+                            for li in range(len(g.layers))} if cp > 1 else None
+                    chains[(tp, sp, cp)] = chain_from_graph(g, layer_latency=lat,
+                                                            layer_core_s=core)
             plans = best_over_variants(chains, ctx, hbms, recs, self._peak)
             for hbm in hbms:
                 for rec in recs:
                     got = plans[(float(hbm), rec)]
                     if got and not (got[0]["samples_per_s"] <= best["samples_per_s"]):
-                        plan, (_t, sp) = got
+                        plan, (_t, sp, _cp) = got
                         best.update({k: v for k, v in plan.items()
                                      if isinstance(v, (int, float, str))})
                         best.update(hbm_bytes=float(hbm), stages=plan.get("stages"),
@@ -224,15 +248,15 @@ class SweepProblem:
         nodes, edges = {}, {}
         n_blocks = 0
         for tp in self.spec.tp:
-            g = self.graphs[(mbs, tp, False)]
+            g = self.graphs[(mbs, tp, False, 1)]
             kinds = [li for li, layer in enumerate(g.layers) for _ in range(layer.repeat)]
             chain = g.expanded()
             n_blocks = sum(1 for layer in chain if layer.kind not in ("prologue", "epilogue"))
             nodes[str(tp)] = [dict(
                 id=i, parameterSize=float(layer.param_bytes),
                 activationSize=float(layer.activation_bytes.get("none", 0.0)),
-                optimalLatencyFw=float(times[(mbs, tp, False, kinds[i], "fwd")]),
-                optimalLatencyBw=float(times[(mbs, tp, False, kinds[i], "bwd")]),
+                optimalLatencyFw=float(times[(mbs, tp, False, 1, kinds[i], "fwd")]),
+                optimalLatencyBw=float(times[(mbs, tp, False, 1, kinds[i], "bwd")]),
                 isTensorParallelized=tp > 1) for i, layer in enumerate(chain)]
             edges[str(tp)] = [dict(sourceId=i, destId=i + 1,
                                    communicationCost=float(chain[i].output_bytes))

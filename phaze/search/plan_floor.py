@@ -151,6 +151,8 @@ class PlanFloor:
     compute. `samples_per_s(times)` -> {mbs: samples/s bound}."""
 
     def __init__(self, sp):
+        from dataclasses import replace
+
         from phaze.place.chain import chain_from_graph
         from phaze.place.driver import context
 
@@ -160,10 +162,12 @@ class PlanFloor:
         self.tables = {}
         for key, g in sp.graphs.items():
             zero = {li: (0.0, 0.0, 0.0) for li in range(len(g.layers))}
-            self.tables[key] = pair_tables(chain_from_graph(g, layer_latency=zero), self.ctx)
+            # a graph of cp > 1: its plans use t cp d p devices (the ring's time only adds)
+            ctx = {**self.ctx, "options": replace(self.ctx["options"], cp=g.cp)}
+            self.tables[key] = pair_tables(chain_from_graph(g, layer_latency=zero), ctx)
 
     def samples_per_s(self, times: dict) -> dict:
-        """{mbs: upper bound on samples/s} from layer times {(mbs, tp, sp, layer_index,
+        """{mbs: upper bound on samples/s} from layer times {(mbs, tp, sp, cp, layer_index,
         pass): s} (pipeline.SweepProblem.lower_times's keys); 0 when nothing fits."""
         recs = self.ctx["recompute"]
         best: dict = {}

@@ -61,7 +61,7 @@ def _spec(cfg_text: str):
     settings = SweepSettings.from_config(cfg)
     return SweepSpec(model=m["name"], source=m.get("hf_config", ""), seq=int(m["seq"][0]),
                      tp=tuple(m.get("tp", (1,))), settings=settings,
-                     fixed=parse_fixed(m.get("fixed_plan")))
+                     fixed=parse_fixed(m.get("fixed_plan")), cp=tuple(m.get("cp", (1,))))
 
 
 def _write(df, path) -> None:

@@ -56,10 +56,10 @@ def spotlight_lower_bound(sp, times: dict) -> float:
     spotlight_scores: sum over layer instances of (fwd + bwd) / mbs at TP width 1, best
     mbs) from lower bounds on its layer times; NaN when the sweep has no TP width 1."""
     best = math.nan
-    for (mbs, tp, seqpar), g in sp.graphs.items():
-        if tp != 1 or seqpar:
+    for (mbs, tp, seqpar, cp), g in sp.graphs.items():
+        if tp != 1 or seqpar or cp != 1:
             continue
-        s = sum((times[(mbs, 1, False, li, "fwd")] + times[(mbs, 1, False, li, "bwd")])
+        s = sum((times[(mbs, 1, False, 1, li, "fwd")] + times[(mbs, 1, False, 1, li, "bwd")])
                 * layer.repeat for li, layer in enumerate(g.layers)) / mbs
         if not (s >= best):
             best = s
@@ -75,15 +75,18 @@ def work_bounds(sp, times: dict) -> dict:
     """Upper bound on samples/s without the DP. The DP's time per batch is >= M x the
     busiest device's load (phaze.place.plan: (M + (p - 1) / v) x max device load + ...),
     a device's load is >= its share 1/p of the chain's forward + backward times, M =
-    ceil(batch / (d mbs)) and p d t <= devices, so samples/s <= devices x mbs / (t x W)
-    with W = sum over layer instances of (fwd + bwd) at that (mbs, t, sp); the max over
-    the sweep's graphs of each microbatch size. Returns {mbs: samples/s} (inf when W = 0)."""
+    ceil(batch / (d mbs)) and p d t cp <= devices, so samples/s <= devices x mbs / (t cp W)
+    with W = sum over layer instances of (fwd + bwd) at that (mbs, t, sp, cp) (a device's
+    seq / cp chunk; the ring steps of cp > 1 only add); the max over the sweep's graphs
+    of each microbatch size. Returns {mbs: samples/s} (inf when W = 0)."""
     devices = sp.spec.settings.placement.devices
     best: dict = {}
-    for (mbs, tp, seqpar), g in sp.graphs.items():
-        w = sum((times[(mbs, tp, seqpar, li, "fwd")] + times[(mbs, tp, seqpar, li, "bwd")])
+    for (mbs, tp, seqpar, cp), g in sp.graphs.items():
+        key = (mbs, tp, seqpar, cp)
+        w = sum((times[(*key, li, "fwd")] + times[(*key, li, "bwd")])
                 * layer.repeat for li, layer in enumerate(g.layers))
-        best[mbs] = max(best.get(mbs, 0.0), math.inf if w <= 0 else devices * mbs / (tp * w))
+        best[mbs] = max(best.get(mbs, 0.0),
+                        math.inf if w <= 0 else devices * mbs / (tp * cp * w))
     return best
 
 

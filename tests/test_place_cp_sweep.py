@@ -1,0 +1,197 @@
+"""Context parallelism as an axis of the sweep: a graph of cp > 1 is one device's seq / cp
+chunk (its attention core one ring step), the scheduling rows carry the core's time, and
+the placement DP picks the best CP size like a TP width. Checked by second routes: the
+chunk graph against the graph of the shorter sequence, the model FLOPs against cp 1,
+the sweep's rows against the best of one DP run per CP size (a brute force over the axis)
+and against `phaze evaluate --grid --cp`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phaze.cli import main
+from phaze.errors import UserError
+from phaze.model.graph import build_graph
+from phaze.model.ops import is_attention_core
+from phaze.model.serialize import graph_from_dict, graph_to_dict
+from phaze.model.zoo import resolve_model
+
+GiB = 2**30
+NET = {"devices_per_node": 8, "intra_bw_Bps": 1e11, "inter_bw_Bps": 1.25e10,
+       "intra_latency_s": 2e-6, "inter_latency_s": 5e-6}
+
+
+def _ops(g):
+    return [[o.to_dict() for o in layer.fwd + layer.bwd] for layer in g.layers]
+
+
+@pytest.mark.parametrize("model,attention", [("bert-large", "eager"), ("llama2-7b", "flash")])
+def test_cp_graph_is_the_chunk_graph(model, attention):
+    spec = resolve_model(model)
+    g = build_graph(spec, seq=512, mbs=2, tp=2, cp=4, attention=attention)
+    chunk = build_graph(spec, seq=128, mbs=2, tp=2, attention=attention)
+    assert _ops(g) == _ops(chunk)
+    assert (g.seq, g.cp, g.tokens_per_device) == (512, 4, 128)
+    # K and V of the chunk, bf16: 2 x mbs x 128 tokens x kv heads / tp x head dim x 2 B
+    assert g.kv_bytes == 2 * 2 * 128 * (spec.n_kv_heads // 2) * spec.d_head * 2
+    back = graph_from_dict(json.loads(json.dumps(graph_to_dict(g))))
+    assert (back.cp, back.kv_bytes, back.seq) == (4, g.kv_bytes, 512)
+
+
+def test_attention_core_is_every_query_key_op():
+    """Eager attention's s x keys ops (scores, softmax, dropout, context) all repeat per
+    ring step; the projections and the output dropout do not."""
+    g = build_graph(resolve_model("gpt2-xl"), seq=256, tp=1)
+    core = {o.name for o in g.layers[1].fwd if is_attention_core(o)}
+    assert core == {"attn.scores", "attn.softmax", "attn.dropout", "attn.context"}
+    flash = build_graph(resolve_model("llama2-7b"), seq=256, attention="flash")
+    assert {o.name for o in flash.layers[1].bwd if is_attention_core(o)} == {"attn.core.bwd"}
+
+
+def test_cp_must_split_the_sequence_in_2cp_chunks():
+    spec = resolve_model("gpt2-xl")
+    with pytest.raises(UserError) as e:
+        build_graph(spec, seq=1000, cp=8)          # 16 does not divide 1000
+    assert e.value.field == "cp"
+    from phaze.configcheck import semantic_errors
+
+    cfg = {"models": [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "cp": [1, 2, 3]}]}
+    errs = semantic_errors(cfg, check_grid=False)
+    assert errs == [e for e in errs if "models[0].cp[2]" in e] and len(errs) == 1
+
+
+def _chain(g, params=None):
+    from phaze.cost.api import op_latencies
+    from phaze.hw.presets import get_preset
+    from phaze.place.chain import chain_from_graph
+
+    arch = get_preset("a100")
+    memo = {}
+
+    def lat(o):
+        if o.name not in memo:
+            memo[o.name] = float(op_latencies([o], arch, arch.network, tp=g.tp).lat_all_s[0][0])
+        return memo[o.name]
+    return chain_from_graph(g, op_latency_s=lat)
+
+
+def test_model_flops_and_tokens_do_not_depend_on_cp():
+    """The model FLOPs of a batch and its tokens are the model's, whatever the CP size: the
+    ring's cp - 1 further core steps are counted (a device does 1/cp of the causal core)."""
+    from phaze.place.plan import Links, PlanOptions, evaluate_plan
+
+    spec = resolve_model("gpt2-xl")
+    links = Links.of(__import__("phaze.hw.presets", fromlist=["x"]).get_preset("a100").network)
+    got = {}
+    for cp in (1, 2, 4):
+        g = build_graph(spec, seq=1024, mbs=1, tp=1, cp=cp)
+        plan = evaluate_plan(_chain(g), 2, 4, 64, "selective", links=links,
+                             options=PlanOptions(cp=cp), peak_flops=312e12)
+        got[cp] = plan
+        assert plan["tokens_per_s"] == pytest.approx(64 * 1024 / plan["time_per_batch_s"])
+        assert plan["devices"] == 2 * 4 * cp
+    for cp in (2, 4):
+        assert got[cp]["model_flops"] == pytest.approx(got[1]["model_flops"], rel=1e-12)
+        assert got[cp]["hardware_flops"] == pytest.approx(got[1]["hardware_flops"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- the sweep's stages
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """The workflow's commands on gpt2-xl s1024 (cp 1 and 2) and one arch: graphs,
+    scheduling, merged latency tables per CP size and together."""
+    d = tmp_path_factory.mktemp("cp")
+    net = json.dumps(NET)
+    assert main(["arch", "grid", "--spec", json.dumps(
+        {"n_tc": [2], "n_vc": [2], "tc_rows": [64], "tc_cols": [64], "glb_mib": [8],
+         "clock_hz": [1.05e9], "hbm_bw_Bps": [1.2e12],
+         "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"}}),
+                 "-o", str(d / "grid.parquet")]) == 0
+    for cp in (1, 2):
+        g = str(d / f"g{cp}.json")
+        assert main(["graph", "--model", "gpt2-xl", "--seq", "1024", "--mbs", "1", "--tp", "1",
+                     "--cp", str(cp), "--fused", "-o", g]) == 0
+        assert main(["schedule-batch", "--graphs", g, "--grid", str(d / "grid.parquet"),
+                     "--chunk", "0", "--n-chunks", "1", "--network", net, "--solver", "auto",
+                     "--formulation", "compact", "--time-limit", "2", "--bnb-share", "0.5",
+                     "--cache", str(d / "cache"), "-o", str(d / f"shard{cp}.parquet")]) == 0
+        assert main(["merge-latency", str(d / f"shard{cp}.parquet"), "--grid",
+                     str(d / "grid.parquet"), "--n-chunks", "1", "-o",
+                     str(d / f"lat{cp}.parquet")]) == 0
+    return d
+
+
+def _place(d, cps, capsys):
+    out = d / f"place{''.join(map(str, cps))}.parquet"
+    args = ["place", "--latency", *[str(d / f"lat{c}.parquet") for c in cps],
+            "--graphs", *[str(d / f"g{c}.json") for c in cps], "--grid", str(d / "grid.parquet"),
+            "--devices", "64", "--batch", "256", "--hbm-gib", "0.9,1,2,4,32",
+            "--recompute", "none,full", "--optimizer", "adam", "--interleave", "1",
+            "--network", json.dumps(NET), "-o", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    return pd.read_parquet(out).set_index(["hbm_bytes", "recompute"]).sort_index()
+
+
+def test_latency_rows_carry_the_core_time(stages):
+    from phaze.hw.grid import read_grid
+    from phaze.model.serialize import load_graph
+    from phaze.sched.adapter import SCHED_PASSES, attention_core_times
+
+    grid = read_grid(str(stages / "grid.parquet"))
+    for cp in (1, 2):
+        lat = pd.read_parquet(stages / f"lat{cp}.parquet").sort_values("layer_index")
+        assert (lat["cp"] == cp).all() and (lat["seq"] == 1024).all()
+        cols = [f"{p}_core_s" for p in SCHED_PASSES]
+        want = attention_core_times(load_graph(stages / f"g{cp}.json"), grid, None)[0]
+        if cp == 1:       # no ring: nothing reads it, nothing is computed
+            assert (lat[cols].to_numpy() == 0).all()
+            continue
+        np.testing.assert_allclose(lat[cols].to_numpy(), want, rtol=1e-12)
+        block = lat[lat.layer_kind == "block"].iloc[0]
+        assert 0 < block["fwd_core_s"] < block["fwd_s"] and block["bwd_core_s"] > 0
+
+
+def test_the_dp_picks_the_best_cp_size(stages, capsys):
+    """Rows of the sweep over cp 1 and 2 = per (HBM, recompute) the better of the runs
+    on each CP size alone; CP 2 wins somewhere (it halves the activations)."""
+    both, one, two = (_place(stages, c, capsys) for c in ((1, 2), (1,), (2,)))
+    assert set(both["cp"].dropna()) <= {1, 2}
+    for key, row in both.iterrows():
+        alone = [r for r in (one.loc[key], two.loc[key]) if r["feasible"]]
+        if not alone:
+            assert not row["feasible"]
+            continue
+        best = min(alone, key=lambda r: r["time_per_batch_s"])
+        assert row["time_per_batch_s"] == pytest.approx(best["time_per_batch_s"], rel=1e-12)
+        assert row["cp"] == best["cp"]
+    assert (both["cp"] == 2).any()
+    # the tightest HBM only fits with the sequence split (cp 1 runs out of memory)
+    tight = (0.9 * GiB, "full")
+    assert not one.loc[tight, "feasible"] and both.loc[tight, "feasible"]
+    assert both.loc[tight, "cp"] == 2
+
+
+def test_evaluate_reproduces_the_cp_rows(stages, capsys):
+    both = _place(stages, (1, 2), capsys)
+    arch = str(pd.read_parquet(stages / "grid.parquet")["arch_id"].iloc[0])
+    ok = both[both["feasible"]]
+    assert len(ok) >= 4
+    for (hbm, rec), r in ok.iterrows():
+        args = ["evaluate", "--model", "gpt2-xl", "--seq", "1024", "--grid",
+                str(stages / "grid.parquet"), "--arch", arch, "--tp", str(int(r.t)),
+                "--pp", str(int(r.p)), "--dp", str(int(r.d)), "--cp", str(int(r.cp)),
+                "--mbs", "1", "--recompute", rec, "--hbm-gib", repr(hbm / GiB),
+                "--batch", "256", "--optimizer", "adam", "--fused",
+                "--zero-stage", str(int(r.zero_stage)), "--network", json.dumps(NET),
+                "--cache", str(stages / "cache"), "--stages", r.stages, "--json"]
+        assert main(args) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got["time_per_batch_s"] == pytest.approx(r.time_per_batch_s, rel=1e-9)
+        assert got["memory_per_device_bytes"] == pytest.approx(r.memory_per_device_bytes,
+                                                               rel=1e-9)
+        assert got["cp"] == r.cp and got["tokens_per_s"] == pytest.approx(r.tokens_per_s)
