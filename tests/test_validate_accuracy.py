@@ -47,14 +47,16 @@ def test_h100_readme_table_mae_within_8_percent(preds):
 
 
 def test_nemo_h100_fp8_table_held_out(preds):
-    # NeMo 24.07 DGX-H100 FP8 rows (held out; nothing fitted on them): 3.56 % with the
-    # launcher configs' settings. Every row runs without recomputation, so every one must
-    # fit 80 GB in the memory model, or phaze would call a measured run infeasible
+    # NeMo 24.07 DGX-H100 FP8 rows (held out; nothing fitted on them): 4.81 % with the
+    # launcher configs' settings. Every row runs as its config says (no recomputation but
+    # Nemotron-340B's selective), so every one must fit 80 GB in the memory model, or phaze
+    # would call a measured run infeasible; the Nemotron rows are expressible (squared ReLU)
     n = preds[data.TABLE_NEMO]
-    assert len(n) == 8
+    assert len(n) == 11 and {p.case.family for p in n} == {"gpt", "llama", "nemotron"}
     assert mean_abs_error_pct(n) <= 5.0
     for p in n:
-        assert p.case.recompute == "none" and not p.searched
+        assert p.case.recompute == ("selective" if p.case.name == "Nemotron-340B" else "none")
+        assert not p.searched
         assert p.memory_per_device_bytes <= get_preset("h100").hbm_bytes, p.case.name
 
 

@@ -157,7 +157,7 @@ def test_nemo_rows_are_consistent_megatron_plans():
     # t p cp d = GPUs; the microbatch divides the per-replica batch; the interleave divides
     # the layers per stage; CP divides the sequence; vocab padded to 128 t
     rows = data.nemo_cases()
-    assert len(rows) == 8 and {c.family for c in rows} == {"gpt", "llama"}
+    assert len(rows) == 11 and {c.family for c in rows} == {"gpt", "llama", "nemotron"}
     for c in rows:
         assert c.tp * c.pp * c.cp * c.dp == c.gpus
         assert (c.batch // c.dp) % c.microbatch == 0

@@ -76,7 +76,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
             ba = np.where(va > alls, COMPUTE, ba).astype(np.int8)
             one, alls = np.maximum(one, v1), np.maximum(alls, va)
         if params.fp8_gemm:   # weight GEMMs in FP8 (compute and operand bytes both halve)
-            w8 = np.array([[0.0 if _attention_core(o) else 1.0 for o in g]])
+            w8 = np.array([[1.0 if _fp8_gemm(o) else 0.0 for o in g]])
             scale = 1.0 / (1.0 + w8 * (params.fp8_speedup - 1.0))
             one, alls = one * scale, alls * scale
         if params.flash_fwd_efficiency > 0:
@@ -171,6 +171,14 @@ def _attention_core(o: Op) -> bool:
     """GEMMs of the attention core (no weights; they stay bf16 under FP8 training)."""
     base = o.name.split(".")[:2]
     return ".".join(base) in ("attn.core", "attn.scores", "attn.context")
+
+
+def _fp8_gemm(o: Op) -> bool:
+    """GEMMs Transformer Engine runs in FP8 under fp8_autocast: the linears of the blocks
+    (TE modules). Not the attention core (no weights) nor the LM head: Megatron-Core's
+    output layer is its own tensor_parallel.ColumnParallelLinear, not a TE module, so it
+    stays bf16 (megatron/core/models/gpt/gpt_model.py, core_r0.8 and later)."""
+    return not _attention_core(o) and o.name.split(".")[0] != "lm_head"
 
 
 def _check(o: Op) -> str:

@@ -63,8 +63,9 @@ class CostParams:
     flash_fwd_efficiency: float = 0.0
     flash_bwd_efficiency: float = 0.0
     flash_causal: bool = False
-    # FP8 GEMMs (Transformer Engine): weight GEMMs run at fp8_speedup x the bf16 rate (H100:
-    # 1,979 / 989 TFLOP/s dense = 2); attention stays bf16.
+    # FP8 GEMMs (Transformer Engine): the blocks' weight GEMMs run at fp8_speedup x the bf16
+    # rate (H100: 1,979 / 989 TFLOP/s dense = 2); attention and the LM head (Megatron-Core's
+    # own ColumnParallelLinear, not a TE module) stay bf16.
     fp8_gemm: bool = False
     fp8_speedup: float = 2.0
     # Clock a chip sustains under hours of full load (power/thermal limit) as a fraction of

@@ -21,7 +21,7 @@ from phaze.model.spec import ModelSpec
 DEFAULT_SEQ = 4096
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "phi3",
-            "gpt_neox", "falcon", "gpt2", "opt", "bert")
+            "nemotron", "gpt_neox", "falcon", "gpt2", "opt", "bert")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
@@ -138,10 +138,10 @@ def _act(get, key, default, gated: bool, alt=()) -> str:
         return "geglu" if gated else "gelu"
     if a in ("silu", "swish"):
         return "swiglu" if gated else "silu"
-    if a == "relu" and not gated:
-        return "relu"
+    if a in ("relu", "relu2") and not gated:
+        return a
     raise UserError(f"unsupported activation {a!r}", field=k,
-                    fix="gelu*, silu" + ("" if gated else " or relu"))
+                    fix="gelu*, silu" + ("" if gated else ", relu or relu2"))
 
 
 def _rope(get):
@@ -298,6 +298,18 @@ def _phi3(get, name):
     return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), sliding_window=_window(get))
 
 
+def _nemotron(get, name):
+    """Nemotron (NemotronForCausalLM; Nemotron-4, Minitron): LayerNorm1P (a LayerNorm with
+    bias whose weight is stored zero-centred: same shapes), an ungated MLP up -> act ->
+    down with squared ReLU (`relu2`), attention_bias / mlp_bias, partial rotary, untied."""
+    get.zero_dropout("attention_dropout")
+    c = _common(get, name, head_dim_default=0)
+    c.update(norm="layernorm")
+    ab = get.bool("attention_bias", False)
+    return ModelSpec(**c, activation=_act(get, "hidden_act", "relu2", False), qkv_bias=ab,
+                     out_bias=ab, mlp_bias=get.bool("mlp_bias", False))
+
+
 def _gpt_neox(get, name):
     """GPT-NeoX / Pythia: fused QKV and dense with `attention_bias`, MLP with biases,
     LayerNorm, partial rotary, parallel residual x + attn(ln1(x)) + mlp(ln2(x)), untied."""
@@ -382,5 +394,6 @@ def _opt(get, name):
 _READERS = {
     "llama": _llama, "mistral": _mistral, "mixtral": _mixtral, "qwen2": _qwen2, "qwen2_moe": _qwen2_moe,
     "qwen3": _qwen3, "gemma": _gemma, "gemma2": lambda g, n: _gemma(g, n, v2=True), "phi3": _phi3,
+    "nemotron": _nemotron,
     "gpt_neox": _gpt_neox, "falcon": _falcon, "gpt2": _gpt2, "bert": _bert, "opt": _opt,
 }

@@ -46,7 +46,8 @@ class Case:
     arch: str = "a100"             # preset the run is evaluated on
     framework: str | None = None   # phaze.place.evaluate.FRAMEWORKS key (None: its default)
     ddp_impl: str = "local"        # Megatron-LM --DDP-impl (phaze.place.evaluate.DDP_IMPLS)
-    family: str = "gpt"            # gpt (Megatron GPT) | llama (RMSNorm, SwiGLU, RoPE, untied)
+    family: str = "gpt"            # gpt (Megatron GPT) | llama (RMSNorm, SwiGLU, RoPE, untied) |
+    #                                nemotron (LayerNorm, squared ReLU, RoPE, untied)
     ffn: int = 0                   # MLP inner width; 0 = 4 x hidden
     kv_heads: int = 0              # key/value heads (GQA); 0 = heads
     cp: int = 1                    # context-parallel size
@@ -54,6 +55,8 @@ class Case:
     dropout: bool = True           # hidden and attention dropout (GPT family)
     tp_overlap: bool | None = None  # tp_comm_overlap as the run set it (None: the framework's)
     ce_fusion: bool = False        # fused cross entropy (--cross-entropy-loss-fusion)
+    # PlanOptions the run's config sets beyond its framework profile, as (name, value) pairs
+    plan_options: tuple = ()
     tied_embeddings: bool = True
     caveat: str = ""               # transcription caveat (ground_truth.yaml), "" = read from the source
 
@@ -151,18 +154,25 @@ def nemo_cases() -> list[Case]:
     out = []
     for r in _rows(t):
         pad = 128 * r["tp"]
-        llama = r["family"] == "llama"
+        gpt = r["family"] == "gpt"        # GPT3: tied, dropout; Llama, Nemotron: neither
         out.append(Case(table=TABLE_NEMO, name=r["name"], hidden=r["hidden"], heads=r["heads"],
                         layers=r["layers"], seq=r["seq"], vocab=-(-r["vocab"] // pad) * pad,
                         tp=r["tp"], pp=r["pp"], gpus=r["gpus"], batch=r["batch"],
-                        recompute=t["recompute"], sequence_parallel=r["tp"] > 1,
+                        recompute=r["recompute"], sequence_parallel=r["tp"] > 1,
                         metric=t["metric"], measured=float(r["tokens_per_s_per_gpu"]),
                         microbatch=r["microbatch"], interleave=r["vp"], arch=t["arch"],
-                        framework=t["framework"], tied_embeddings=not llama,
+                        framework=t["framework"], tied_embeddings=gpt,
                         family=r["family"], ffn=r["ffn"], kv_heads=r["kv_heads"], cp=r["cp"],
-                        fp8=bool(t["fp8"]), dropout=not llama, tp_overlap=bool(r["tp_overlap"]),
-                        ce_fusion=bool(r["ce_fusion"])))
+                        fp8=bool(t["fp8"]), dropout=gpt, tp_overlap=bool(r["tp_overlap"]),
+                        ce_fusion=bool(r["ce_fusion"]),
+                        plan_options=OPTIM_DTYPES[r["optim_dtype"]]))
     return out
+
+
+# distributed Adam's gradient-sync and state dtype (Apex DistributedFusedAdam grad_sync_dtype
+# and dtype, NeMo's optim config): fp32 is the profile's own (4 B gradients, 12 B state)
+OPTIM_DTYPES = {"fp32": (),
+                "bf16": (("grad_bytes", 2.0), ("dp_reduce_bytes", 2.0), ("adam_state_bytes", 6.0))}
 
 
 def cases(table: str) -> list[Case]:

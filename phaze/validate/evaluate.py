@@ -139,7 +139,8 @@ def model_spec_of(case: Case):
     """The model of a published row. family "gpt": Megatron GPT (pre-LN, learned positions,
     biases, GELU, FFN 4h unless given, tied embeddings as the row says; the zoo's gpt-*
     entries); "llama": RMSNorm, SwiGLU, RoPE, no biases, untied, no dropout, Megatron's
-    fused QKV (Hugging Face Llama shapes)."""
+    fused QKV (Hugging Face Llama shapes); "nemotron": LayerNorm, squared ReLU (ungated), RoPE,
+    no biases, untied, no dropout (Nemotron-4)."""
     from phaze.model.spec import ModelSpec
     name = case.name.split("/")[0].lower()
     common = dict(hidden=case.hidden, layers=case.layers, heads=case.heads,
@@ -147,6 +148,9 @@ def model_spec_of(case: Case):
                   kv_heads=case.kv_heads, tied_embeddings=case.tied_embeddings, source=case.table)
     if case.family == "llama":
         return ModelSpec(name=name, activation="swiglu", norm="rmsnorm", position="rope",
+                         bias=False, dropout=False, **common)
+    if case.family == "nemotron":
+        return ModelSpec(name=name, activation="relu2", norm="layernorm", position="rope",
                          bias=False, dropout=False, **common)
     return ModelSpec(name=f"gpt-{name}" if not name.startswith("gpt") else name,
                      max_positions=case.seq, dropout=case.dropout, **common)
@@ -189,7 +193,8 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                            interleave=interleave, seq=case.seq,
                            sequence_parallel=case.sequence_parallel, cost_params=cost,
                            options={**({} if case.tp_overlap is None
-                                       else {"tp_comm_overlap": case.tp_overlap}), **opts},
+                                       else {"tp_comm_overlap": case.tp_overlap}),
+                                    **dict(case.plan_options), **opts},
                            framework=case.framework, ddp_impl=case.ddp_impl, cp=case.cp,
                            fp8=case.fp8, cross_entropy_fusion=case.ce_fusion)
     except ValueError:
