@@ -300,3 +300,42 @@ def test_apex_layernorm_backward_runs_its_two_passes_in_order():
         assert dg.name in dx.deps                                    # one stream, in order
         assert dg.bytes_read == 2 * dx.elements * 2                  # dy and x again
         assert dg.bytes_written + dx.bytes_written == plain[f"{ln}.bwd"].bytes_written
+
+
+def test_fused_gate_up_is_one_gemm_of_the_same_work():
+    """Megatron-Core's linear_fc1 of a gated MLP (fused_gate_up): gate and up as one GEMM of
+    width 2 ffn. Same parameters, same GEMM FLOPs and saved activations as two GEMMs; one
+    GEMM fewer and the input read once."""
+    from phaze.model.zoo import resolve_model
+
+    spec = resolve_model("llama3-8b")
+    two = build_graph(spec, seq=512, mbs=1, tp=2, sequence_parallel=True)
+    one = build_graph(spec.with_(fused_gate_up=True), seq=512, mbs=1, tp=2, sequence_parallel=True)
+    assert one.params_total == two.params_total
+    a, b = two.layers[1], one.layers[1]
+    gemm = lambda L, ps: sum(o.flops for o in getattr(L, ps) if o.kind == "gemm")  # noqa: E731
+    for ps in ("fwd", "bwd"):
+        assert gemm(a, ps) == gemm(b, ps)
+    assert a.activation_bytes == b.activation_bytes
+    names = [o.name for o in b.fwd]
+    assert "mlp.fc1" in names and "mlp.gate" not in names and "mlp.up" not in names
+    read = lambda L: sum(o.bytes_read for o in L.fwd if o.name.startswith("mlp."))  # noqa: E731
+    x = 512 * spec.hidden * 2            # the MLP input, bf16, gathered over the TP group
+    assert read(a) - read(b) == pytest.approx(x)
+
+
+def test_evaluate_runs_megatron_linears_whatever_the_checkpoint_layout():
+    """`phaze evaluate` (every Megatron-family profile) builds one QKV and one gate+up GEMM:
+    the Hugging Face Llama (separate q, k, v, gate, up) and a spec already fused give the
+    same plan time (two routes to one model)."""
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import resolve_model
+    from phaze.place.evaluate import evaluate_model
+
+    hf = resolve_model("llama3-8b")
+    assert not hf.fused_qkv and not hf.fused_gate_up
+    kw = dict(tp=2, pp=1, dp=4, mbs=1, batch=32, recompute="none", seq=2048,
+              sequence_parallel=True, framework="megatron-core-2024")
+    a = evaluate_model(hf, get_preset("h100"), **kw)
+    b = evaluate_model(hf.with_(fused_qkv=True, fused_gate_up=True), get_preset("h100"), **kw)
+    assert a["time_per_batch_s"] == b["time_per_batch_s"]

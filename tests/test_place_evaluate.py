@@ -51,7 +51,8 @@ def test_context_parallel_ring_in_the_chain_matches_per_layer_ring(recompute):
     from phaze.model.zoo import get_model
     from phaze.place.chain import chain_from_graph
     from phaze.place.evaluate import (MEGATRON_OPTIONS, attention_core_latencies,
-                                      default_cost_params, evaluate_model, layer_latencies)
+                                      default_cost_params, evaluate_model, layer_latencies,
+                                      megatron_layout)
     from phaze.place.plan import Links, PlanOptions, evaluate_plan
 
     spec, arch = get_model("llama2-7b"), get_preset("h100")
@@ -59,8 +60,9 @@ def test_context_parallel_ring_in_the_chain_matches_per_layer_ring(recompute):
     got = evaluate_model(spec, arch, tp=tp, pp=2, dp=2, mbs=mbs, batch=16, recompute=recompute,
                          seq=seq, cp=cp)
     prm = default_cost_params(arch)
-    # the default profile (megatron-lm-2022): eager bias kernels, async TP backward overlap
-    g = build_graph(spec, seq=seq // cp, mbs=mbs, tp=tp, unfused_bias=True)
+    # the default profile (megatron-lm-2022): eager bias kernels, async TP backward overlap,
+    # Megatron's fused QKV and gate+up GEMMs
+    g = build_graph(megatron_layout(spec), seq=seq // cp, mbs=mbs, tp=tp, unfused_bias=True)
     lat, tps = layer_latencies(g, arch, arch.network, prm, async_tp=True)
     core = attention_core_latencies(g, arch, arch.network, prm)
     kv = 2 * mbs * (seq // cp) * (spec.n_kv_heads // tp) * spec.d_head * 2
@@ -200,3 +202,28 @@ def test_cli_reproduces_the_validate_rows(table, capsys):
         got = json.loads(capsys.readouterr().out)["time_per_batch_s"]
         want = plan_evaluator(c, c.microbatch, c.interleave).time_per_batch_s
         assert got == pytest.approx(want, rel=1e-9), c.name
+
+
+def test_cli_gradient_and_optimizer_state_dtypes(capsys):
+    """--grad-sync-dtype / --optimizer-state-dtype bf16 (NeMo's distributed Adam
+    grad_sync_dtype and dtype): 2 B gradients and 6 B of Adam state per parameter instead of
+    4 and 12; the optimizer and gradient memory halve, the weights stay. Refused with --grid
+    (a GPU-stack setting, like --framework)."""
+    from phaze.cli import main
+
+    base = ["evaluate", "--arch", "h100", "--framework", "megatron-core-2024", "--model",
+            "llama3-8b", "--seq", "2048", "--tp", "2", "--pp", "1", "--dp", "4", "--mbs", "1",
+            "--batch", "32", "--recompute", "none", "--sequence-parallel", "--json"]
+    got = []
+    for extra in ([], ["--grad-sync-dtype", "bf16", "--optimizer-state-dtype", "bf16"]):
+        assert main(base + extra) == 0
+        got.append(json.loads(capsys.readouterr().out))
+    a, b = got
+    assert (b["plan_options"]["grad_bytes"], b["plan_options"]["adam_state_bytes"]) == (2.0, 6.0)
+    assert b["memory_grads_bytes"] == pytest.approx(a["memory_grads_bytes"] / 2)
+    assert b["memory_optimizer_bytes"] == pytest.approx(a["memory_optimizer_bytes"] / 2)
+    assert b["memory_weights_bytes"] == a["memory_weights_bytes"]
+    assert main(["evaluate", "--grid", "g.parquet", "--arch", "x", "--model", "gpt2-xl",
+                 "--tp", "1", "--pp", "1", "--dp", "1", "--mbs", "1",
+                 "--grad-sync-dtype", "bf16"]) == 2
+    assert "--grad-sync-dtype" in capsys.readouterr().err

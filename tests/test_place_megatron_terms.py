@@ -64,6 +64,46 @@ def test_tp_overlap_leaves_one_chunk_and_p2p_overlap_hides_p2p():
     assert b["p2p_s"] == 0 and a["p2p_s"] > 0
 
 
+def test_blocking_p2p_sends_both_directions_one_after_the_other():
+    """DeepSpeed's pipeline engine (p2p_blocking): a middle stage receives the activation,
+    sends the gradient, sends the activation, receives the gradient, one blocking call after
+    another: 4 transfers per microbatch where Megatron's paired sends cost 2. Closed form on
+    3 stages of equal layers (4, 3, 4 with the prologue and epilogue): the end stages are
+    the busiest, their one transfer x per microbatch becomes 2, the time grows by
+    (M + p - 1) x; nothing else moves."""
+    from phaze.place.plan import p2p_time
+
+    c = chain(n=11)
+    L = Links(devices_per_node=1, inter_bw_Bps=1e9, inter_latency_s=1e-5)
+    a = evaluate_plan(c, 3, 1, 8, links=L)
+    b = evaluate_plan(c, 3, 1, 8, links=L, options=PlanOptions(p2p_blocking=True))
+    x = float(p2p_time(1e6, *L.link(True)))
+    assert b["p2p_s"] == pytest.approx(2 * a["p2p_s"]) and a["p2p_s"] == pytest.approx(8 * x)
+    assert b["time_per_batch_s"] - a["time_per_batch_s"] == pytest.approx((8 + 2) * x)
+    assert b["compute_s"] == a["compute_s"]
+    from phaze.place.evaluate import FRAMEWORKS
+
+    assert FRAMEWORKS["megatron-deepspeed"]["plan"]["p2p_blocking"]
+    assert not FRAMEWORKS["megatron-deepspeed"]["plan"]["p2p_scatter_gather"]
+
+
+def test_embedding_and_loss_accounted_in_the_pipeline_split():
+    """Megatron-Core --account-for-embedding-in-pipeline-split / --account-for-loss-in-
+    pipeline-split: 126 blocks + the embedding + the loss = 128 layers over 64 chunks, 2
+    each, the first and last chunk one block each beside the prologue / epilogue; without
+    the accounting 126 does not split into 64; one-sided and mixed uses."""
+    c = chain(n=128)                          # prologue, 126 blocks, epilogue
+    st = megatron_stages(c, 8, 8, account_embedding=True, account_loss=True)
+    assert len(st) == 64 and st[0] == (0, 2) and st[-1] == (126, 128)
+    assert all(b - a == 2 for a, b in st)
+    with pytest.raises(ValueError, match="do not split evenly"):
+        megatron_stages(c, 8, 8)
+    one = megatron_stages(chain(n=10), 3, 1, account_embedding=True)   # 8 blocks + 1 = 9
+    assert one == [(0, 3), (3, 6), (6, 10)]
+    with pytest.raises(ValueError, match="accounting both"):
+        megatron_stages(c, 8, 8, first=1, account_loss=True)
+
+
 def test_uneven_first_and_last_stages():
     c = chain(n=12)        # 10 blocks
     st = megatron_stages(c, 4, 1, first=1, last=3)

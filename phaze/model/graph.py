@@ -744,7 +744,11 @@ def _ffn(L: _Layer, c: _Ctx, xin: str, prefix: str, width: int, *, regather: flo
     T = tokens or c.T
     kept_in = (T * h * dt if experts else c.Ts * h * dt) if keep_input else 0.0
     kw = dict(rule="column", bias=bias, regather=0.0 if experts else regather, experts=experts)
-    if sp.gated:
+    if sp.gated and sp.fused_gate_up:   # one GEMM of 2 x width, its halves gate and up
+        fc1 = L.linear(f"{prefix}.fc1", xin, T, h, 2 * width, saved=kept_in, **kw)
+        act = L.vector(f"{prefix}.act", (fc1,), sp.activation, T * width,
+                       in_bytes=(2 * T * width * dt,), saved=2 * T * width * dt, rule="column")
+    elif sp.gated:
         gate = L.linear(f"{prefix}.gate", xin, T, h, width, saved=kept_in, **kw)
         up = L.linear(f"{prefix}.up", xin, T, h, width, saved=0.0, **kw)
         act = L.vector(f"{prefix}.act", (gate, up), sp.activation, T * width, saved=2 * T * width * dt,

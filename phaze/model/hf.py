@@ -20,7 +20,8 @@ from phaze.model.spec import ModelSpec
 # the positions reach (max_position_embeddings, 131,072 for Llama-3.1), not what one trains on
 DEFAULT_SEQ = 4096
 
-FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "phi3",
+FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
+            "gemma2", "phi3",
             "nemotron", "gpt_neox", "falcon", "gpt2", "opt", "bert")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
@@ -267,6 +268,25 @@ def _qwen3(get, name):
                      mlp_bias=False, qk_norm=True, sliding_window=w, layer_types=lt)
 
 
+def _qwen3_moe(get, name):
+    """Qwen3-MoE (Qwen3-30B-A3B, Qwen3-235B-A22B): Qwen3 attention (q/k RMSNorm, head_dim
+    128 by default), every block sparse: router, top-k of `num_experts` experts of width
+    moe_intermediate_size, no shared expert (norm_topk_prob rescales the top-k weights:
+    element-wise, not modelled)."""
+    get.zero_dropout("attention_dropout")
+    get.refuse("decoder_sparse_step", 1, "dense blocks between sparse ones are not modelled")
+    if get.list("mlp_only_layers", []):
+        raise UserError(f"{get.where}: mlp_only_layers is not supported (dense blocks between sparse "
+                        "ones are not modelled)", field="mlp_only_layers", fix="set it to []")
+    c = _common(get, name, head_dim_default=128)
+    w, lt = _qwen_window(get, c["layers"])
+    ab = get.bool("attention_bias", False)
+    return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), qkv_bias=ab, out_bias=ab,
+                     mlp_bias=False, qk_norm=True, sliding_window=w, layer_types=lt,
+                     experts=get.int("num_experts", alt=("num_local_experts",)),
+                     top_k=get.int("num_experts_per_tok"), moe_ffn=get.int("moe_intermediate_size"))
+
+
 def _gemma(get, name, v2=False):
     """Gemma: gated GELU (GeGLU), head_dim 256, tied head, embeddings scaled by sqrt(h) (an
     element-wise op, not modelled). Gemma2 adds norms after attention and after the MLP,
@@ -393,7 +413,7 @@ def _opt(get, name):
 
 _READERS = {
     "llama": _llama, "mistral": _mistral, "mixtral": _mixtral, "qwen2": _qwen2, "qwen2_moe": _qwen2_moe,
-    "qwen3": _qwen3, "gemma": _gemma, "gemma2": lambda g, n: _gemma(g, n, v2=True), "phi3": _phi3,
+    "qwen3": _qwen3, "qwen3_moe": _qwen3_moe, "gemma": _gemma, "gemma2": lambda g, n: _gemma(g, n, v2=True), "phi3": _phi3,
     "nemotron": _nemotron,
     "gpt_neox": _gpt_neox, "falcon": _falcon, "gpt2": _gpt2, "bert": _bert, "opt": _opt,
 }

@@ -40,6 +40,7 @@ class ModelSpec:
     tied_embeddings: bool = True
     dropout: bool = True        # dropout after attention probs, attention out, MLP out, embeddings
     fused_qkv: bool = True      # one QKV GEMM (Megatron, GPT-2) or three (HF BERT, OPT, Llama)
+    fused_gate_up: bool = False  # gated MLP: one gate+up GEMM (Megatron-Core linear_fc1) or two (HF)
     embed_proj_dim: int = 0     # OPT word_embed_proj_dim when != hidden (project_in/out); 0 = none
     token_types: int = 0        # BERT token-type (segment) embeddings rows; 0 = none
     embed_norm: bool = False    # norm right after the embeddings (BERT)

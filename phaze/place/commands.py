@@ -92,6 +92,14 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="Megatron --decoder-first-pipeline-num-layers")
     e.add_argument("--last-stage-layers", type=int,
                    help="Megatron --decoder-last-pipeline-num-layers")
+    e.add_argument("--account-for-embedding-in-pipeline-split", action="store_true",
+                   dest="account_embedding",
+                   help="Megatron-Core: the embedding counts as one layer of the first "
+                        "pipeline chunk (the blocks plus it split evenly)")
+    e.add_argument("--account-for-loss-in-pipeline-split", action="store_true",
+                   dest="account_loss",
+                   help="Megatron-Core: the output layer and loss count as one layer of the "
+                        "last pipeline chunk")
     e.add_argument("--fp8", action="store_true", help="FP8 GEMMs (Transformer Engine)")
     e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
                    help="ZeRO stage / FSDP (3) timing and memory (default: 1 with --zero1, "
@@ -104,6 +112,13 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="switch one of --framework's overlaps off (repeatable)")
     e.add_argument("--cross-entropy-fusion", action="store_true",
                    help="Megatron-Core --cross-entropy-loss-fusion (NeMo cross_entropy_loss_fusion)")
+    e.add_argument("--grad-sync-dtype", choices=["fp32", "bf16"],
+                   help="gradient buffer and reduction dtype (NeMo distributed Adam "
+                        "grad_sync_dtype, Megatron-Core --grad-reduce-in-bf16; default: the "
+                        "framework's)")
+    e.add_argument("--optimizer-state-dtype", choices=["fp32", "bf16"],
+                   help="Adam's master weight, m and v (NeMo distributed Adam dtype, "
+                        "Megatron-Core --exp-avg-dtype etc.; default fp32: 12 B per parameter)")
     add_config_arg(e)
     add_placement_args(e, axes=False)
     add_graph_args(e, axes=False)
@@ -298,6 +313,9 @@ def _plan_error(message: str, args) -> UserError:
                          fix="give --pp x --interleave ranges [[0,a],[a,b],...,[y,N]] "
                              "(a placement row's stages column), or drop --stages for "
                              "Megatron's uniform split")
+    if "accounting both" in message:
+        return UserError(message, field="--account-for-embedding-in-pipeline-split",
+                         fix="give either --first/--last-stage-layers or the accounting flags")
     if "first=" in message or "at least one block" in message:
         return UserError(message, field="--first-stage-layers/--last-stage-layers",
                          fix="leave at least one block to every other pipeline chunk, "
@@ -307,7 +325,9 @@ def _plan_error(message: str, args) -> UserError:
         if args.grid:
             fix += ", or give the split with --stages"
         else:
-            fix += ", or set --first-stage-layers/--last-stage-layers"
+            fix += (", or set --first-stage-layers/--last-stage-layers or "
+                    "--account-for-embedding-in-pipeline-split/--account-for-loss-in-"
+                    "pipeline-split")
         return UserError(message, field="--pp/--interleave", fix=fix)
     if message.startswith("context parallelism"):
         return UserError(message, field="--cp", fix="use a --cp whose double divides --seq")
@@ -384,11 +404,16 @@ def _evaluate_grid(args, spec, settings, seq):
     # (the config); never ignore them silently
     preset_only = {"framework": None, "fp8": False, "overlap": [], "no_overlap": [],
                    "ddp_impl": "local", "cross_entropy_fusion": False,
-                   "first_stage_layers": None, "last_stage_layers": None}
+                   "grad_sync_dtype": None, "optimizer_state_dtype": None,
+                   "first_stage_layers": None, "last_stage_layers": None,
+                   "account_embedding": False, "account_loss": False}
     for name, default in preset_only.items():
         if getattr(args, name, default) != default:
-            flag = "--" + name.replace("_", "-")
-            uneven = " (with --grid, --stages gives uneven stages)" if "stage" in name else ""
+            flag = {"account_embedding": "--account-for-embedding-in-pipeline-split",
+                    "account_loss": "--account-for-loss-in-pipeline-split"}.get(
+                        name, "--" + name.replace("_", "-"))
+            uneven = (" (with --grid, --stages gives uneven stages)"
+                      if "stage" in name or "account" in name else "")
             raise UserError("is a setting of the GPU model (--arch PRESET), not of the sweep "
                             "route", field=flag,
                             fix=f"drop {flag} with --grid{uneven}, or evaluate on --arch PRESET")
@@ -430,6 +455,8 @@ def _evaluate_preset(args, spec, settings, seq):
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
                           first_stage_layers=args.first_stage_layers,
                           last_stage_layers=args.last_stage_layers, ddp_impl=args.ddp_impl,
+                          account_embedding=args.account_embedding,
+                          account_loss=args.account_loss,
                           cross_entropy_fusion=args.cross_entropy_fusion, ep=args.ep,
                           options=_overlap_options(args) or None)
     return plan, arch.hbm_bytes, arch.name
@@ -445,6 +472,12 @@ def _overlap_options(args) -> dict:
         raise UserError(f"{sorted(both)[0]} is both in --overlap and --no-overlap",
                         field="--no-overlap", fix="give each overlap once")
     o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
+    from phaze.place.evaluate import GRAD_SYNC_DTYPES, OPTIMIZER_STATE_DTYPES
+
+    if getattr(args, "grad_sync_dtype", None):
+        o.update(GRAD_SYNC_DTYPES[args.grad_sync_dtype])
+    if getattr(args, "optimizer_state_dtype", None):
+        o.update(OPTIMIZER_STATE_DTYPES[args.optimizer_state_dtype])
     # optimizer sharding: the framework's own unless the command line says otherwise
     # (--zero-stage N, or --no-zero1 = stage 0); the sweep config's zero1 is a sweep setting
     stage = getattr(args, "zero_stage", None)

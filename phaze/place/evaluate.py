@@ -84,6 +84,12 @@ MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=42.0, p2p_scat
 #     reads 2, writes a 4 B temporary, reads 4 + 4 and writes 4 = 18 B/param). Kernels of
 #     the Megatron-LM 2021 it forked (bias kernels, two-pass LayerNorm backward, no
 #     asynchronous TP backward; assumed from the fork point, not read in the fork).
+#     DeepSpeed's pipeline engine sends whole activations and gradients between stages
+#     (PipelineEngine._exec_send_activations / _exec_send_grads: p2p.send of the full
+#     tensor, DeepSpeed 559c4ce1, 2021-12): no scatter-gather over the TP group; and its
+#     TrainSchedule issues each receive and send as a blocking command of its own
+#     (RecvActivation, SendGrad, SendActivation, RecvGrad), so they do not overlap
+#     (PlanOptions.p2p_blocking).
 DEFAULT_FRAMEWORK = "megatron-lm-2022"
 FRAMEWORKS = {
     "megatron-lm-2022": dict(plan=dict(MEGATRON_OPTIONS), graph=dict(unfused_bias=True), cost={}),
@@ -101,7 +107,8 @@ FRAMEWORKS = {
     "megatron-deepspeed": dict(
         plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
                   dp_reduce_bytes=4.0, zero_stage=1, grad_accum_bytes_per_param=18.0,
-                  grad_accum_every_microbatch=True, async_tensor_model_parallel_allreduce=False),
+                  grad_accum_every_microbatch=True, async_tensor_model_parallel_allreduce=False,
+                  p2p_scatter_gather=False, p2p_blocking=True),
         graph=dict(unfused_bias=True, apex_layernorm=True), cost={}),
 }
 # Megatron-LM's --DDP-impl (2021): "local" reduces after the backward (nothing overlapped);
@@ -110,6 +117,13 @@ FRAMEWORKS = {
 # no_sync()).
 DDP_IMPLS = {"local": {}, "torch": dict(overlap_grad_reduce=True, bucket_params=12.5e6)}
 FRAMEWORKS["nemo-2024"] = FRAMEWORKS["megatron-core-2024"]
+# Gradient-sync and optimizer-state dtypes a run may set beyond its profile (NeMo's
+# distributed Adam `grad_sync_dtype` and `dtype`; Megatron-Core --grad-reduce-in-bf16 and
+# --exp-avg-dtype / --exp-avg-sq-dtype / --main-params-dtype): gradients (buffer and
+# reduction) of 4 or 2 B, Adam's master weight, m and v of 12 or 6 B per parameter.
+GRAD_SYNC_DTYPES = {"fp32": dict(grad_bytes=4.0, dp_reduce_bytes=4.0),
+                    "bf16": dict(grad_bytes=2.0, dp_reduce_bytes=2.0)}
+OPTIMIZER_STATE_DTYPES = {"fp32": dict(adam_state_bytes=12.0), "bf16": dict(adam_state_bytes=6.0)}
 
 
 def layer_latencies(graph, arch, network, params=None, async_tp: bool = False):
@@ -203,6 +217,15 @@ def attention_core_latencies(graph, arch, network, params):
     return {li: tuple(float(x) for x in core[li]) for li in range(len(graph.layers))}
 
 
+def megatron_layout(spec):
+    """`spec` with its linears as Megatron-LM and Megatron-Core lay them out, which every
+    FRAMEWORKS profile runs: one QKV GEMM (linear_qkv) and, in a gated MLP, one gate + up
+    GEMM (linear_fc1 of width 2 ffn with gated_linear_unit), whatever the checkpoint's
+    layout (Hugging Face Llama keeps q, k, v, gate and up apart). Same FLOPs and
+    parameters; fewer kernels and one read of the input."""
+    return spec.with_(fused_qkv=True, fused_gate_up=spec.gated)
+
+
 def default_cost_params(arch):
     """The cost model's parameters for an arch: the calibrated set of its preset if any."""
     from phaze.cost.params import preset_params
@@ -249,7 +272,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    cp: int = 1, first_stage_layers: int | None = None,
                    last_stage_layers: int | None = None, fp8: bool = False,
                    ddp_impl: str = "local", cross_entropy_fusion: bool = False,
-                   ep: int = 1) -> dict:
+                   ep: int = 1, account_embedding: bool = False,
+                   account_loss: bool = False) -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
@@ -259,7 +283,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     Megatron-Core's --cross-entropy-loss-fusion (one kernel instead of the fp32 passes of
     CostParams.unfused_cross_entropy); `ep`: expert-parallel size of an MoE model
     (plan.expert_parallel_chain: 1/ep of the routed experts per device, all-to-all
-    dispatch and combine). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
+    dispatch and combine); `first_stage_layers`, `last_stage_layers`, `account_embedding`,
+    `account_loss`: Megatron's uneven pipeline ends (plan.megatron_stages). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
     plus tflops_per_gpu_eq3
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
     from dataclasses import replace
@@ -300,8 +325,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                          f"({spec.experts or 'none: a dense model'})")
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
-    graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
-                        cp=cp, **gopts)
+    graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
+                        sequence_parallel=sequence_parallel, cp=cp, **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
                                async_tp=opts.async_tensor_model_parallel_allreduce)
     # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core
@@ -309,9 +334,11 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
     stages = None
-    if first_stage_layers is not None or last_stage_layers is not None:
+    if first_stage_layers is not None or last_stage_layers is not None or account_embedding \
+            or account_loss:
         from phaze.place.plan import megatron_stages
-        stages = megatron_stages(chain, pp, interleave, first_stage_layers, last_stage_layers)
+        stages = megatron_stages(chain, pp, interleave, first_stage_layers, last_stage_layers,
+                                 account_embedding, account_loss)
     plan = evaluate_plan(chain, pp, dp, batch, recompute, interleave, hbm_bytes=arch.hbm_bytes,
                          links=links, options=opts, peak_flops=arch.peak_flops, stages=stages,
                          hbm_bw_Bps=arch.hbm_bw_Bps * cost_params.hbm_bw_efficiency)

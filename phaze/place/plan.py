@@ -10,7 +10,9 @@ Terms (each explicit so that a validation can calibrate it):
       selective: the attention core, scheduled on its own; none: 0)
       cin/cout: p2p of the boundary activation (forward in) / its gradient (backward in),
       latency + bytes / (bandwidth * Links.bw_efficiency); 0 at the model's ends; with
-      p2p_scatter_gather the payload is 1/t (Narayanan SC'21 Section 4.1);
+      p2p_scatter_gather the payload is 1/t (Narayanan SC'21 Section 4.1); with
+      p2p_blocking (DeepSpeed's pipeline engine) both directions of a slot are sent one
+      after the other, 2 (cin + cout);
   time per batch (1F1B, v chunks per device; v = 1 is plain 1F1B)
       = (M + (p - 1) / v) * max device load + max over stages of the DP all-reduce
         + optimizer step (busiest device's params * optimizer_bytes_per_param / HBM bw);
@@ -122,6 +124,12 @@ class PlanOptions:
     # activation on each of the TP group's t links (then all-gathers it inside the node).
     # Ignored when the chain's activations are already sequence-parallel (sharded by t).
     p2p_scatter_gather: bool = False
+    # Pipeline sends and receives as blocking calls issued one after another (DeepSpeed's
+    # PipelineEngine: TrainSchedule issues RecvActivation, SendGrad, SendActivation,
+    # RecvGrad as separate p2p.send / p2p.recv commands): a stage's activation and gradient
+    # transfers of one slot do not overlap, 2 (cin + cout) per microbatch. False: Megatron's
+    # 1F1B pairs each send with the opposite receive (batch_isend_irecv), cin + cout.
+    p2p_blocking: bool = False
     # --- Megatron-Core / NCCL terms (issue 16). The defaults reproduce the model above
     # (the sweep's default mode); phaze.place.evaluate.MEGATRON_OPTIONS and the framework
     # profiles (FRAMEWORKS) set them as Megatron-LM / NeMo / Megatron-DeepSpeed do.
@@ -446,6 +454,8 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
                     for c in range(chunks)])
     cout = np.array([float(p2p_time(out_b[hi[c] - 1], *link_out[c])) if hi[c] < n else 0.0
                      for c in range(chunks)])
+    if options.p2p_blocking:    # the gradient transfers after the activation ones
+        cin, cout = 2.0 * cin, 2.0 * cout
     comp = F + B + R
     load = comp + cin + cout
     wb = chain.work_bytes(recompute)
@@ -755,16 +765,36 @@ def overlap_exposed(comm: float, unit: float, v: int, p: int, frac: float) -> fl
 
 
 def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None = None,
-                    last: int | None = None) -> list[tuple[int, int]]:
+                    last: int | None = None, account_embedding: bool = False,
+                    account_loss: bool = False) -> list[tuple[int, int]]:
     """Megatron's split with uneven ends (--decoder-first-pipeline-num-layers, --decoder-
     last-pipeline-num-layers): the first / last chunk holds `first` / `last` blocks and the
     others the rest evenly (prologue in the first chunk, epilogue in the last). None = even.
-    Raises ValueError when the rest does not divide evenly."""
+    account_embedding / account_loss (Megatron-Core --account-for-embedding-in-pipeline-
+    split / --account-for-loss-in-pipeline-split): the embedding / the output layer and loss
+    count as one layer of the first / last chunk, the blocks plus those layers split evenly
+    (so that chunk holds one block fewer). Raises ValueError when the rest does not divide
+    evenly, or when both ways of unevening an end are given."""
     chunks = p * interleave
-    if first is None and last is None:
-        return uniform_stages(chain, chunks)
     b0, b1 = chain.block_span()
     nb = b1 - b0
+    if account_embedding or account_loss:
+        if first is not None or last is not None:
+            raise ValueError("first=/last= and the embedding/loss accounting both set the end "
+                             "chunks: give one of them")
+        units = nb + account_embedding + account_loss
+        if units % chunks:
+            ok = [k for k in range(1, units + 1) if units % k == 0]
+            raise ValueError(f"{nb} blocks + {int(account_embedding) + int(account_loss)} "
+                             f"accounted layers do not split evenly into pp x interleave = "
+                             f"{chunks} chunks (divisors of {units}: {', '.join(map(str, ok))})")
+        per = units // chunks
+        first = per - 1 if account_embedding else None
+        last = per - 1 if account_loss else None
+        if chunks == 1:
+            return uniform_stages(chain, 1)
+    if first is None and last is None:
+        return uniform_stages(chain, chunks)
     rest_chunks = chunks - (first is not None) - (last is not None)
     rest = nb - (first or 0) - (last or 0)
     if rest_chunks < 0 or rest < 0 or (rest_chunks == 0 and rest) or (rest_chunks and rest % rest_chunks):
