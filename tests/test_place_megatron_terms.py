@@ -83,6 +83,11 @@ def test_blocking_p2p_sends_both_directions_one_after_the_other():
     assert b["compute_s"] == a["compute_s"]
     from phaze.place.evaluate import FRAMEWORKS
 
+    from phaze.place.dp import best_plans
+
+    for flag in ("p2p_blocking", "p2p_scatter_gather"):   # the DP costs neither: refused
+        with pytest.raises(ValueError, match=flag):
+            best_plans(c, 3, 8, [1e12], links=L, options=PlanOptions(**{flag: True}))
     assert FRAMEWORKS["megatron-deepspeed"]["plan"]["p2p_blocking"]
     assert not FRAMEWORKS["megatron-deepspeed"]["plan"]["p2p_scatter_gather"]
 
