@@ -14,6 +14,14 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     """Messages 'field F: what is wrong; the fix', one per problem found."""
     from phaze.model.zoo import ZOO, resolve_model
 
+    from phaze.model.graph import check_context_parallel
+    from phaze.settings import GraphSettings
+
+    try:
+        graph = GraphSettings.from_config(cfg.get("graph"))
+    except UserError as e:
+        return [f"field {e}"]
+    attention = graph.attention
     errors = []
     seen = set()
     for i, m in enumerate(cfg["models"]):
@@ -36,6 +44,10 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
         except UserError as e:
             errors.append(f"field {field}: {e}")
             continue
+        if m.get("fixed_plan") and 1 not in m.get("cp", [1]):
+            errors.append(f"field models[{i}].cp: the fixed baseline {m['fixed_plan']} runs "
+                          "without context parallelism, which the cp list leaves out; add 1 "
+                          "to it (or drop fixed_plan)")
         for j, t in enumerate(m["tp"]):
             try:
                 spec.check_tp(t)                    # the check `phaze evaluate` and graphs run
@@ -45,9 +57,14 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
             for k, seq in enumerate(m["seq"]):      # what a graph job would refuse, now
                 for n, cp in enumerate(m.get("cp", [1])):
                     try:
-                        spec.check_run(seq, 1, t, cp=cp)
+                        for sp in graph.sp_values(t):
+                            spec.check_run(seq, 1, t, sp, cp=cp)
+                        if cp > 1:
+                            check_context_parallel(spec, seq, attention)
                     except UserError as e:
                         where = e.field if e.field in ("seq", "cp") else "tp"
+                        if e.field == "attention":
+                            where = "cp"
                         idx = {"seq": k, "cp": n, "tp": j}[where]
                         errors.append(f"field models[{i}].{where}[{idx}]: "
                                       f"{str(e).split(': ', 1)[-1]}")

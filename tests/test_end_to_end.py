@@ -60,7 +60,7 @@ def runs(tmp_path_factory):
     for b in (1, 2):
         out[b] = run(base / f"mbs{b}", e2e_config(cache, microbatch_sizes=[b]))
     unfused = e2e_config(cache, microbatch_sizes=[1])
-    unfused["graph"] = {"fused": False, "sequence_parallel": [False, True]}
+    unfused["graph"] = {"fused": False, "sequence_parallel": [False, True], "attention": "flash"}
     out["unfused"] = run(base / "unfused", unfused)
     nothing_fits = e2e_config(cache, microbatch_sizes=[1])
     nothing_fits["placement"]["hbm_gib"] = [0.001]

@@ -290,6 +290,16 @@ def test_megatron_export_names_the_axes():
                  "--data-parallel-sharding-strategy optim_grads_params", "world size 128"):
         assert flag in text
     assert "expert_model_parallel_size: 4" in nemo_yaml(row, 1024, 8)
+    # a table of feasible rows only stores sequence_parallel as numpy bools
+    import numpy as np
+
+    from phaze.report.summary import plan_label
+
+    sp = dict(row, sequence_parallel=np.True_)
+    assert "--sequence-parallel" in megatron_args(sp, 1024)
+    assert "sequence_parallel: true" in nemo_yaml(sp, 1024, 8)
+    assert "--sequence-parallel" not in megatron_args(dict(row, sequence_parallel=np.False_), 1024)
+    assert "cp=2 ep=4" in plan_label(row) and "cp=" not in plan_label(dict(row, cp=1.0))
     old = {k: v for k, v in row.items() if k not in ("ep", "cp", "zero_stage")}
     assert "--use-distributed-optimizer" not in megatron_args(old, 1024)
     assert "--use-distributed-optimizer" in megatron_args(old, 1024, zero1=True)

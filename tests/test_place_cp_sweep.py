@@ -29,11 +29,11 @@ def _ops(g):
     return [[o.to_dict() for o in layer.fwd + layer.bwd] for layer in g.layers]
 
 
-@pytest.mark.parametrize("model,attention", [("bert-large", "eager"), ("llama2-7b", "flash")])
-def test_cp_graph_is_the_chunk_graph(model, attention):
+@pytest.mark.parametrize("model", ["bert-large", "llama2-7b"])
+def test_cp_graph_is_the_chunk_graph(model):
     spec = resolve_model(model)
-    g = build_graph(spec, seq=512, mbs=2, tp=2, cp=4, attention=attention)
-    chunk = build_graph(spec, seq=128, mbs=2, tp=2, attention=attention)
+    g = build_graph(spec, seq=512, mbs=2, tp=2, cp=4, attention="flash")
+    chunk = build_graph(spec, seq=128, mbs=2, tp=2, attention="flash")
     assert _ops(g) == _ops(chunk)
     assert (g.seq, g.cp, g.tokens_per_device) == (512, 4, 128)
     # K and V of the chunk, bf16: 2 x mbs x 128 tokens x kv heads / tp x head dim x 2 B
@@ -55,13 +55,35 @@ def test_attention_core_is_every_query_key_op():
 def test_cp_must_split_the_sequence_in_2cp_chunks():
     spec = resolve_model("gpt2-xl")
     with pytest.raises(UserError) as e:
-        build_graph(spec, seq=1000, cp=8)          # 16 does not divide 1000
+        build_graph(spec, seq=1000, cp=8, attention="flash")   # 16 does not divide 1000
     assert e.value.field == "cp"
     from phaze.configcheck import semantic_errors
 
-    cfg = {"models": [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "cp": [1, 2, 3]}]}
+    cfg = {"models": [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "cp": [1, 2, 3]}],
+           "graph": {"attention": "flash"}}
     errs = semantic_errors(cfg, check_grid=False)
     assert errs == [e for e in errs if "models[0].cp[2]" in e] and len(errs) == 1
+
+
+def test_cp_needs_fused_attention_and_no_sliding_window():
+    """Megatron-Core runs context parallelism through Transformer Engine's fused attention
+    only (its own DotProductAttention asserts cp 1), a ring of full causal steps (no
+    window); the config check says so before any job, naming models[i].cp[j]."""
+    from phaze.configcheck import semantic_errors
+
+    with pytest.raises(UserError) as e:
+        build_graph(resolve_model("gpt2-xl"), seq=1024, cp=2)             # eager
+    assert e.value.field == "attention"
+    with pytest.raises(UserError) as e:
+        build_graph(resolve_model("mistral-7b"), seq=32768, cp=2, attention="flash")
+    assert e.value.field == "cp" and "sliding" in str(e.value)
+    build_graph(resolve_model("mistral-7b"), seq=4096, cp=2, attention="flash")  # window = seq
+    cfg = {"models": [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "cp": [1, 2]}]}
+    assert [e.split(":")[0] for e in semantic_errors(cfg, check_grid=False)] == \
+        ["field models[0].cp[1]"]
+    cfg = {"models": [{"name": "llama2-7b", "seq": [1032], "tp": [8], "cp": [2]}],
+           "graph": {"attention": "flash", "sequence_parallel": True}}
+    assert "tp 8 to divide the 516 tokens" in semantic_errors(cfg, check_grid=False)[0]
 
 
 def _chain(g, params=None):
@@ -88,7 +110,7 @@ def test_model_flops_and_tokens_do_not_depend_on_cp():
     links = Links.of(__import__("phaze.hw.presets", fromlist=["x"]).get_preset("a100").network)
     got = {}
     for cp in (1, 2, 4):
-        g = build_graph(spec, seq=1024, mbs=1, tp=1, cp=cp)
+        g = build_graph(spec, seq=1024, mbs=1, tp=1, cp=cp, attention="flash")
         plan = evaluate_plan(_chain(g), 2, 4, 64, "selective", links=links,
                              options=PlanOptions(cp=cp), peak_flops=312e12)
         got[cp] = plan
@@ -114,7 +136,7 @@ def stages(tmp_path_factory):
     for cp in (1, 2):
         g = str(d / f"g{cp}.json")
         assert main(["graph", "--model", "gpt2-xl", "--seq", "1024", "--mbs", "1", "--tp", "1",
-                     "--cp", str(cp), "--fused", "-o", g]) == 0
+                     "--cp", str(cp), "--fused", "--attention", "flash", "-o", g]) == 0
         assert main(["schedule-batch", "--graphs", g, "--grid", str(d / "grid.parquet"),
                      "--chunk", "0", "--n-chunks", "1", "--network", net, "--solver", "auto",
                      "--formulation", "compact", "--time-limit", "2", "--bnb-share", "0.5",
@@ -186,7 +208,7 @@ def test_evaluate_reproduces_the_cp_rows(stages, capsys):
                 str(stages / "grid.parquet"), "--arch", arch, "--tp", str(int(r.t)),
                 "--pp", str(int(r.p)), "--dp", str(int(r.d)), "--cp", str(int(r.cp)),
                 "--mbs", "1", "--recompute", rec, "--hbm-gib", repr(hbm / GiB),
-                "--batch", "256", "--optimizer", "adam", "--fused",
+                "--batch", "256", "--optimizer", "adam", "--fused", "--attention", "flash",
                 "--zero-stage", str(int(r.zero_stage)), "--network", json.dumps(NET),
                 "--cache", str(stages / "cache"), "--stages", r.stages, "--json"]
         assert main(args) == 0

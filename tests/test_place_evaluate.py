@@ -58,11 +58,14 @@ def test_context_parallel_ring_in_the_chain_matches_per_layer_ring(recompute):
     spec, arch = get_model("llama2-7b"), get_preset("h100")
     seq, cp, tp, mbs = 8192, 4, 2, 1
     got = evaluate_model(spec, arch, tp=tp, pp=2, dp=2, mbs=mbs, batch=16, recompute=recompute,
-                         seq=seq, cp=cp)
-    prm = default_cost_params(arch)
+                         seq=seq, cp=cp, graph_options={"attention": "flash"})
+    from dataclasses import replace
+
+    prm = replace(default_cost_params(arch), flash_causal=True)   # flash: the causal kernel
     # the default profile (megatron-lm-2022): eager bias kernels, async TP backward overlap,
     # Megatron's fused QKV and gate+up GEMMs
-    g = build_graph(megatron_layout(spec), seq=seq // cp, mbs=mbs, tp=tp, unfused_bias=True)
+    g = build_graph(megatron_layout(spec), seq=seq // cp, mbs=mbs, tp=tp, unfused_bias=True,
+                    attention="flash")
     lat, tps = layer_latencies(g, arch, arch.network, prm, async_tp=True)
     core = attention_core_latencies(g, arch, arch.network, prm)
     kv = 2 * mbs * (seq // cp) * (spec.n_kv_heads // tp) * spec.d_head * 2

@@ -151,12 +151,12 @@ def _bert_sweep(recompute):
 
     from phaze.hw.grid import enumerate_grid
     from phaze.search.pipeline import SweepProblem, SweepSpec
-    from phaze.settings import PlacementSettings, SweepSettings
+    from phaze.settings import GraphSettings, PlacementSettings, SweepSettings
 
     grid = enumerate_grid({"n_tc": [1, 4, 16], "n_vc": [1, 4], "tc_rows": [32, 128],
                            "tc_cols": [32, 128], "glb_mib": [32],
                            "area": {"min_frac": 0.0, "keep_single_core": "all"}})
-    st = replace(SweepSettings(), microbatch_sizes=(1, 4),
+    st = replace(SweepSettings(), microbatch_sizes=(1, 4), graph=GraphSettings(attention="flash"),
                  placement=PlacementSettings(devices=64, global_batch=256, hbm_gib=(16.0, 80.0),
                                              recompute=recompute, optimizer="sgd"))
     sp = SweepProblem(SweepSpec(model="bert-large", seq=128, tp=(1, 2), settings=st,

@@ -134,7 +134,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     g = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp, sequence_parallel=args.sequence_parallel,
                     cp=args.cp, **opts)
     check_graph_size(g)
-    g1 = g if g.tp == 1 else build_graph(spec, seq=g.seq, mbs=g.mbs, tp=1, **opts)
+    # the model's FLOPs: the whole sequence on one device (no TP shard, no CP chunk)
+    g1 = g if g.tp == 1 and g.cp == 1 else build_graph(spec, seq=g.seq, mbs=g.mbs, tp=1, **opts)
     if args.output:
         save_graph(g, args.output, spec=spec.to_dict())
     summary = graph_summary(g, g1)

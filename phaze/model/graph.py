@@ -557,6 +557,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
             or vocab_pad_multiple < 1:
         raise UserError(f"must be a positive integer, got {vocab_pad_multiple!r}",
                         field="vocab_pad_multiple")
+    if cp > 1:
+        check_context_parallel(spec, seq, attention)
     if tp == 1:
         sequence_parallel = False
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
@@ -575,6 +577,27 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
                       cp=cp, kv_bytes=float(2 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp)
                                             * spec.d_head * dtype_bytes))
+
+
+def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
+    """UserError unless context parallelism can run `spec` at `seq` as Megatron-Core runs it:
+    Transformer Engine's fused attention (Megatron-Core's own DotProductAttention asserts
+    context_parallel_size == 1; the ring keeps only the running softmax statistics of each
+    step, which an eager s x s attention would not), and no sliding-window layer whose window
+    is shorter than the sequence (TE's p2p ring runs full causal attention: a window would
+    skip ring steps the chunk graph cannot express)."""
+    from phaze.errors import UserError
+
+    if attention != "flash":
+        raise UserError(f"context parallelism needs fused (flash) attention, not {attention!r}",
+                        field="attention",
+                        fix="use attention flash (graph.attention: flash, --attention flash, or "
+                            "--framework megatron-core-2024 / nemo-2024), or cp 1")
+    if 0 < spec.sliding_window < seq and any(spec.layer_type(i) == "sliding"
+                                            for i in range(spec.layers)):
+        raise UserError(f"{spec.name}'s sliding-window layers (window {spec.sliding_window} < "
+                        f"seq {seq}) cannot run in a context-parallel ring", field="cp",
+                        fix="use cp 1 for this model")
 
 
 def _block_runs(c: _Ctx):

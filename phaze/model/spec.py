@@ -217,4 +217,5 @@ class ModelSpec:
 
 def _positive(field: str, v) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise UserError(f"must be a positive integer, got {v!r}", field=field)
+        raise UserError(f"must be a positive integer, got {v!r}", field=field,
+                        fix=f"give {field} as an integer >= 1")

@@ -67,7 +67,7 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
                   "--recompute-num-layers 1"]
     elif r["recompute"] == "selective":
         lines.append("--recompute-granularity selective")
-    if r.get("sequence_parallel") is True:
+    if _is_on(r.get("sequence_parallel")):
         lines.append("--sequence-parallel")
     if ep > 1:
         lines.append(f"--expert-model-parallel-size {ep}")
@@ -105,7 +105,7 @@ def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
              f"  virtual_pipeline_model_parallel_size: {v if v > 1 else 'null'}",
              f"  micro_batch_size: {int(r['mbs'])}", f"  global_batch_size: {global_batch}",
              f"  encoder_seq_length: {int(r['seq'])}",
-             f"  sequence_parallel: {'true' if r.get('sequence_parallel') is True else 'false'}",
+             f"  sequence_parallel: {'true' if _is_on(r.get('sequence_parallel')) else 'false'}",
              f"  activations_checkpoint_granularity: {rec or 'null'}"]
     if rec == "full":
         lines += ["  activations_checkpoint_method: uniform",
@@ -131,3 +131,9 @@ def chip_json(grid_row, hbm_bytes: float, network: dict | None) -> str:
 
 def hbm_note(hbm_bytes: float) -> str:
     return f"{hbm_bytes / GiB:g} GiB"
+
+
+def _is_on(v) -> bool:
+    """A row's boolean column as stored (bool, numpy bool, or None / NaN for an infeasible
+    row's): True only for a true value (numpy's True_ is not `True`)."""
+    return v is not None and v == v and bool(v)

@@ -42,6 +42,9 @@ def plan_label(row) -> str:
     for k in ("p", "d", "t"):
         if k in row and pd.notna(row[k]):
             parts.append(f"{k}={int(row[k])}")
+    for k in ("cp", "ep"):             # only when the plan uses the axis
+        if k in row and pd.notna(row[k]) and int(row[k]) > 1:
+            parts.append(f"{k}={int(row[k])}")
     if "mbs" in row and pd.notna(row["mbs"]):
         parts.append(f"mbs={int(row['mbs'])}")
     if "hbm_bytes" in row and pd.notna(row["hbm_bytes"]):

@@ -173,9 +173,16 @@ def _print(out: dict) -> None:
         plan = r["plan"]
         print(f"{m:>12}: best {r['best_arch_id']} ({r['best_area_mm2']:.1f} mm^2) "
               f"{r['best_samples_per_s']:.1f} samples/s  p={plan.get('p')} d={plan.get('d')} "
-              f"t={plan.get('t')} mbs={plan.get('mbs')} recompute={plan.get('recompute')}; "
+              f"t={plan.get('t')}{_axes(plan)} mbs={plan.get('mbs')} "
+              f"recompute={plan.get('recompute')}; "
               f"ILPs solved {r['ilps_solved']}/{r['ilps_total']} "
               f"({r['fraction_ilps_solved']:.1%})")
     if "pruned_matches_exhaustive" in out:
         print("  pruned matches exhaustive: "
               + ("yes" if out["pruned_matches_exhaustive"] else "NO"))
+
+
+def _axes(plan: dict) -> str:
+    """' cp=C ep=E' for the axes a plan uses beyond p, d, t (empty when 1)."""
+    return "".join(f" {k}={int(plan[k])}" for k in ("cp", "ep")
+                   if plan.get(k) is not None and plan[k] == plan[k] and int(plan[k]) > 1)
