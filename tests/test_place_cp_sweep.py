@@ -116,7 +116,15 @@ def test_model_flops_and_tokens_do_not_depend_on_cp():
         got[cp] = plan
         assert plan["tokens_per_s"] == pytest.approx(64 * 1024 / plan["time_per_batch_s"])
         assert plan["devices"] == 2 * 4 * cp
+    assert got[1]["cp_ring_s"] == 0
+    from phaze.place.plan import axes_chain      # closed form on one stage: M x the ring
+    ch = _chain(build_graph(spec, seq=1024, mbs=1, tp=1, cp=2, attention="flash"))
+    one = evaluate_plan(ch, 1, 8, 64, "none", links=links, options=PlanOptions(cp=2))
+    ring = axes_chain(ch, links, PlanOptions(cp=2)).extra["cp_ring_s"]
+    assert one["cp_ring_s"] == pytest.approx(8 * ring.sum(), rel=1e-12)
     for cp in (2, 4):
+        # the ring's further steps: part of compute_s, reported on their own
+        assert 0 < got[cp]["cp_ring_s"] < got[cp]["compute_s"]
         assert got[cp]["model_flops"] == pytest.approx(got[1]["model_flops"], rel=1e-12)
         assert got[cp]["hardware_flops"] == pytest.approx(got[1]["hardware_flops"], rel=1e-12)
 

@@ -383,6 +383,14 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         out["devices"] = p * d * t * options.cp
     out.update(_flop_metrics(chain, recompute, batch, p * t * d * options.cp, options.cp,
                              time_s, peak_flops))
+    # parts of compute_s the axes added (the busiest device, forward + backward): the CP
+    # ring's further steps and the EP all-to-alls; informational, not breakdown terms
+    dev = np.arange(p * v) % p
+    for key in ("cp_ring_s", "ep_a2a_s"):
+        per = np.asarray(chain.extra.get(key, np.zeros(chain.n)), dtype=float)
+        cs = np.concatenate(([0.0], np.cumsum(per)))
+        chunk = np.array([cs[hi] - cs[lo] for lo, hi in stages])
+        out[key] = M * float(np.bincount(dev, chunk, minlength=p)[b])
     if not out["feasible"]:
         out["reason"] = f"needs {mem.max():.4g} B per device > HBM {hbm_bytes:.4g} B"
     return out
