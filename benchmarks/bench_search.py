@@ -25,9 +25,14 @@ def main():
     args = ap.parse_args()
     grid = enumerate_grid({"n_tc": [2, 4, 8, 16], "n_vc": [2, 8], "tc_rows": [64, 128],
                            "tc_cols": [64, 128], "square": True, "glb_mib": [32, 128]})
-    spec = SweepSpec(args.model, args.seq, mbs=(1, 2), hbm_gib=(32.0,),
-                     recompute=("none", "full"), solver=args.solver,
-                     time_limit_s=args.time_limit)
+    from dataclasses import replace
+
+    from phaze.settings import PlacementSettings, SchedSettings, SweepSettings
+
+    st = replace(SweepSettings(), microbatch_sizes=(1, 2),
+                 placement=PlacementSettings(hbm_gib=(32.0,), recompute=("none", "full")),
+                 sched=SchedSettings(solver=args.solver, time_limit_s=args.time_limit))
+    spec = SweepSpec(args.model, args.seq, settings=st)
     res = {}
     for name, fn in (("exhaustive", exhaustive), ("pruned", pruned), ("buckets", area_buckets)):
         t0 = time.perf_counter()
