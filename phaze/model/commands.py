@@ -159,7 +159,7 @@ def _fmt_dims(o) -> str:
 
 def _print_table(g: ModelGraph, s: dict) -> None:
     print(f"{g.model}: seq {g.seq}, microbatch {g.mbs}, tp {g.tp}"
-          f"{f', cp {g.cp} ({g.tokens_per_device} tokens per device)' if g.cp > 1 else ''}"
+          f"{f', cp {g.cp} ({g.tokens_per_device} tokens per device; the attention core is one of the cp ring steps, the placement adds the other {g.cp - 1})' if g.cp > 1 else ''}"
           f"{', sequence parallel' if g.sequence_parallel else ''}{', fused' if g.fused else ''}"
           f", {g.attention} attention - sizes per device")
     hdr = f"  {'pass':4s} {'op':32s} {'kind':10s} {'dims / class':22s} {'GFLOP':>10s} {'MB read':>9s} {'MB writ':>9s} {'MB saved':>9s}"

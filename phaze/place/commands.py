@@ -493,7 +493,8 @@ def _overlap_options(args) -> dict:
 def _print_plan(spec, args, plan, hbm, batch) -> None:
     GiB = 1024**3
     w = sys.stdout.write
-    w(f"{spec.name} on {plan['arch']}: t={args.tp} p={args.pp} d={args.dp} mbs={args.mbs} "
+    axes = "".join(f" {k}={v}" for k, v in (("cp", args.cp), ("ep", args.ep)) if v > 1)
+    w(f"{spec.name} on {plan['arch']}: t={args.tp} p={args.pp} d={args.dp}{axes} mbs={args.mbs} "
       f"batch={batch} recompute={args.recompute} interleave={args.interleave}\n")
     extra = (f", {plan['tflops_per_device']:.1f} TFLOP/s per device"
              if plan.get("tflops_per_device") else "")
