@@ -40,6 +40,8 @@ CASES = {
                             shared_expert_intermediate_size=48),
     "qwen3_moe-small": dict(SMALL, model_type="qwen3_moe", num_key_value_heads=2, head_dim=16,
                             num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32),
+    "qwen3_moe-defaults": dict(SMALL, model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2,
+                               moe_intermediate_size=32),   # kv heads and head_dim as defaulted
     "qwen3-bias": dict(SMALL, model_type="qwen3", num_key_value_heads=2, head_dim=8, attention_bias=True),
     "gemma-small": dict(SMALL, model_type="gemma", num_key_value_heads=1, head_dim=32),
     "gemma2-small": dict(SMALL, model_type="gemma2", num_key_value_heads=2, head_dim=16, sliding_window=16,

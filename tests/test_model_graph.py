@@ -339,3 +339,33 @@ def test_evaluate_runs_megatron_linears_whatever_the_checkpoint_layout():
     a = evaluate_model(hf, get_preset("h100"), **kw)
     b = evaluate_model(hf.with_(fused_qkv=True, fused_gate_up=True), get_preset("h100"), **kw)
     assert a["time_per_batch_s"] == b["time_per_batch_s"]
+
+
+@pytest.mark.parametrize("t", [2, 4])
+def test_moe_under_tp_runs_megatron_core_alltoall_dispatcher(t):
+    """MoE with TP t and sequence parallelism (Megatron-Core's MoEAlltoAllTokenDispatcher,
+    core_r0.8): the router on the device's T / t tokens, an all-to-all inside TP from the
+    sequence shard to a hidden shard (T / t x h per device), EP dispatch of T k slots of
+    h / t, an all-gather of the hidden dimension over TP (T k h) before the experts and a
+    reduce-scatter after, the inverse all-to-all. Summed over the TP group the GEMM FLOPs
+    and the parameters are the t = 1 graph's."""
+    from phaze.model.zoo import resolve_model
+    from phaze.place.chain import chain_from_graph
+
+    spec = resolve_model("mixtral-8x7b")
+    s, h, k, dt = 256, spec.hidden, spec.top_k, 2
+    one = build_graph(spec, seq=s, mbs=1, tp=1)
+    g = build_graph(spec, seq=s, mbs=1, tp=t, sequence_parallel=True)
+    assert g.params_total == one.params_total
+    gemm = lambda g, ps: sum(o.flops * L.repeat for L in g.layers  # noqa: E731
+                             for o in getattr(L, ps) if o.kind == "gemm")
+    for ps in ("fwd", "bwd"):
+        assert gemm(g, ps) * t == pytest.approx(gemm(one, ps), rel=1e-12)
+    moe = next(L for L in g.layers if any(o.experts for o in L.fwd))
+    ops = {o.name: o for o in moe.fwd}
+    assert "mlp.all_gather" not in ops and "mlp.reduce_scatter" not in ops
+    assert ops["moe.sp2hp"].collective == ops["moe.hp2sp"].collective == "all_to_all"
+    assert ops["moe.sp2hp"].comm_bytes == s // t * h * dt
+    assert ops["moe.all_gather"].comm_bytes == ops["moe.reduce_scatter"].comm_bytes == s * k * h * dt
+    ch = chain_from_graph(g, layer_latency={li: (1.0, 1.0, 0.0) for li in range(len(g.layers))})
+    assert ch.a2a_bytes.max() == s * k * h * dt / t      # the EP all-to-all: h / t per slot

@@ -226,7 +226,43 @@ def test_cli_gradient_and_optimizer_state_dtypes(capsys):
     assert b["memory_grads_bytes"] == pytest.approx(a["memory_grads_bytes"] / 2)
     assert b["memory_optimizer_bytes"] == pytest.approx(a["memory_optimizer_bytes"] / 2)
     assert b["memory_weights_bytes"] == a["memory_weights_bytes"]
+    # the optimizer step moves 3 x 2 B less gradient and 2 1/3 x 6 B less state per param
+    step = a["plan_options"]["optimizer_bytes_per_param"] - b["plan_options"]["optimizer_bytes_per_param"]
+    assert step == pytest.approx(3 * 2 + 7 / 3 * 6)
+    assert b["optimizer_s"] < a["optimizer_s"]
     assert main(["evaluate", "--grid", "g.parquet", "--arch", "x", "--model", "gpt2-xl",
                  "--tp", "1", "--pp", "1", "--dp", "1", "--mbs", "1",
                  "--grad-sync-dtype", "bf16"]) == 2
     assert "--grad-sync-dtype" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("extra,field", [
+    (["--framework", "megatron-deepspeed", "--interleave", "2"], "--interleave"),
+    (["--framework", "megatron-deepspeed", "--overlap", "p2p"], "--overlap"),
+    (["--framework", "megatron-lm-2021", "--fp8"], "--fp8"),
+    (["--framework", "megatron-deepspeed", "--fp8"], "--fp8")])
+def test_framework_refuses_what_its_code_cannot_run(extra, field, capsys):
+    """DeepSpeed's pipeline engine has no interleaving and blocks on every p2p; the 2021
+    stacks had no FP8 (no Transformer Engine): one line naming the flag, exit 2."""
+    from phaze.cli import main
+
+    assert main(["evaluate", "--model", "gpt2-xl", "--arch", "h100", "--tp", "1", "--pp", "4",
+                 "--dp", "2", "--mbs", "1", "--batch", "16", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"phaze: error: {field}:" in err
+
+
+def test_attention_flag_wins_over_the_framework(capsys):
+    """--attention flash with a framework whose kernel is eager (megatron-lm-2022) builds
+    flash attention, so context parallelism runs (it was refused, the fix naming the flag
+    the user had given)."""
+    from phaze.cli import main
+
+    args = ["evaluate", "--model", "llama3-8b", "--arch", "h100", "--framework",
+            "megatron-lm-2022", "--tp", "2", "--pp", "1", "--dp", "1", "--cp", "2", "--mbs", "1",
+            "--batch", "2", "--seq", "8192", "--sequence-parallel", "--recompute", "none",
+            "--json"]
+    assert main(args) == 2 and "--attention flash" in capsys.readouterr().err
+    assert main(args + ["--attention", "flash"]) == 0
+    assert json.loads(capsys.readouterr().out)["graph_options"]["attention"] == "flash"

@@ -177,8 +177,10 @@ def _fp8_gemm(o: Op) -> bool:
     """GEMMs Transformer Engine runs in FP8 under fp8_autocast: the linears of the blocks
     (TE modules). Not the attention core (no weights) nor the LM head: Megatron-Core's
     output layer is its own tensor_parallel.ColumnParallelLinear, not a TE module, so it
-    stays bf16 (megatron/core/models/gpt/gpt_model.py, core_r0.8 and later)."""
-    return not _attention_core(o) and o.name.split(".")[0] != "lm_head"
+    stays bf16 (megatron/core/models/gpt/gpt_model.py, core_r0.8 and later); nor the MoE
+    router (a plain torch linear in Megatron-Core's TopKRouter)."""
+    return (not _attention_core(o) and o.name.split(".")[0] != "lm_head"
+            and o.name != "moe.router")
 
 
 def _check(o: Op) -> str:

@@ -20,7 +20,7 @@ from phaze.cost.params import CostParams
 from phaze.errors import UserError
 from phaze.hw.arch import Network
 
-_STEPS = {"all_reduce": 2.0, "reduce_scatter": 1.0, "all_gather": 1.0}
+_STEPS = {"all_reduce": 2.0, "reduce_scatter": 1.0, "all_gather": 1.0, "all_to_all": 1.0}
 
 
 def collective_s(kind: str, nbytes: float, group_size: int, network: Network,

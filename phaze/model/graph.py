@@ -788,6 +788,8 @@ def _ffn(L: _Layer, c: _Ctx, xin: str, prefix: str, width: int, *, regather: flo
 
 def _mlp(L: _Layer, c: _Ctx, x: str) -> str:
     sp, t = c.spec, c.t
+    if sp.experts and t > 1 and c.sp:
+        return _moe_alltoall(L, c, x)
     xin, regather = _enter_tp(L, c, x, "mlp", sp.hidden)
     if not sp.experts:
         out = _ffn(L, c, xin, "mlp", sp.ffn // t, regather=regather, keep_input=True, bias=sp.f_bias)
@@ -823,6 +825,54 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
             sh = L.vector("moe.shared.scale", (g, sh), "sigmoid", T * h, in_bytes=(T * dt, T * h * dt),
                           saved=T * dt + T * h * dt)
         out = L.vector("moe.add", (out, sh), "add", T * h, bwd="pass")
+    return out
+
+
+def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
+    """The MoE MLP under TP t > 1 with sequence parallelism as Megatron-Core's alltoall token
+    dispatcher runs it (core_r0.8 MoEAlltoAllTokenDispatcher.token_permutation /
+    token_unpermutation): the router on the device's T / t tokens; an all-to-all inside the
+    TP group turns the sequence shard into a hidden shard (sp2hp: T tokens x h / t); the
+    T top_k slots of h / t go to their experts over the EP group (the chain's all-to-alls:
+    moe.dispatch writes T k h / t); an all-gather of the hidden dimension over TP gives the
+    experts (ffn / t wide, grouped GEMMs over T k slots) whole rows; a reduce-scatter of
+    their output over TP, the combine, and the inverse all-to-all (hp2sp) back to the
+    sequence shard. A shared expert (Qwen2-MoE) is a dense TP MLP beside it. Same FLOPs
+    and parameters per device as `_moe` after its all-gather, but the router runs on T / t
+    tokens and the TP and EP traffic is the dispatcher's."""
+    sp, dt, t = c.spec, c.dt, c.t
+    h, T, Ts, E, k = sp.hidden, c.T, c.Ts, sp.experts, sp.top_k
+    router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=False,
+                      saved=Ts * h * dt)
+    route = L.vector("moe.route", (router,), "softmax", Ts * E, saved=Ts * E * 4,
+                     out_bytes=T * k * dt, rule="sharded")
+    hp = L.collective("moe.sp2hp", x, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
+                      Ts * h * dt, rule="sharded")
+    disp = L.vector("moe.dispatch", (hp, route), "permute", T * k * h // t,
+                    in_bytes=(Ts * h * dt, T * k * dt), rule="sharded")
+    full = T * k * h * dt
+    gathered = L.collective("moe.all_gather", disp, "all_gather", "reduce_scatter", full,
+                            full / t, full, rule="sharded")
+    down = _ffn(L, c, gathered, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
+                bias=False, experts=E, tokens=T * k)
+    rs = L.collective("moe.reduce_scatter", down, "reduce_scatter", "all_gather", full, full,
+                      full / t, rule="sharded")
+    comb = L.vector("moe.combine", (rs, route), "permute", T * h // t,
+                    in_bytes=(full / t, T * k * dt), saved=full / t + T * k * dt, rule="sharded")
+    out = L.collective("moe.hp2sp", comb, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
+                       Ts * h * dt, rule="sharded")
+    if sp.shared_ffn:
+        xin, regather = _enter_tp(L, c, x, "moe.shared", h)
+        sh = _ffn(L, c, xin, "moe.shared", sp.shared_ffn // t, regather=regather,
+                  keep_input=False, bias=False)
+        sh = _exit_tp(L, c, sh, "moe.shared", h)
+        if sp.shared_gate:
+            g = L.linear("moe.shared.gate_proj", x, Ts, h, 1, rule="replicated", bias=False,
+                         saved=0.0)
+            sh = L.vector("moe.shared.scale", (g, sh), "sigmoid", Ts * h,
+                          in_bytes=(Ts * dt, Ts * h * dt), saved=Ts * dt + Ts * h * dt,
+                          rule="sharded")
+        out = L.vector("moe.add", (out, sh), "add", Ts * h, bwd="pass", rule="sharded")
     return out
 
 

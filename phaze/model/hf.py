@@ -278,7 +278,8 @@ def _qwen3_moe(get, name):
     if get.list("mlp_only_layers", []):
         raise UserError(f"{get.where}: mlp_only_layers is not supported (dense blocks between sparse "
                         "ones are not modelled)", field="mlp_only_layers", fix="set it to []")
-    c = _common(get, name, head_dim_default=128)
+    # transformers' Qwen3MoeConfig defaults: 4 key/value heads, head_dim hidden / heads
+    c = _common(get, name, kv_default=4)
     w, lt = _qwen_window(get, c["layers"])
     ab = get.bool("attention_bias", False)
     return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), qkv_bias=ab, out_bias=ab,

@@ -314,7 +314,9 @@ def _plan_error(message: str, args) -> UserError:
                              "(a placement row's stages column), or drop --stages for "
                              "Megatron's uniform split")
     if "accounting both" in message:
-        return UserError(message, field="--account-for-embedding-in-pipeline-split",
+        flag = ("--account-for-embedding-in-pipeline-split" if args.account_embedding
+                else "--account-for-loss-in-pipeline-split")
+        return UserError(message, field=flag,
                          fix="give either --first/--last-stage-layers or the accounting flags")
     if "first=" in message or "at least one block" in message:
         return UserError(message, field="--first-stage-layers/--last-stage-layers",
@@ -336,10 +338,15 @@ def _plan_error(message: str, args) -> UserError:
                else "use an --ep dividing the experts (and --dp x --cp), or drop it")
         return UserError(message, field="--ep", fix=fix)
     if message.startswith("fp8:"):
-        return UserError(message[5:], field="--fp8", fix="drop --fp8, or use --arch h100")
+        fix = ("drop --fp8, or use --framework megatron-core-2024 / nemo-2024"
+               if "Transformer Engine" in message else "drop --fp8, or use --arch h100")
+        return UserError(message[5:], field="--fp8", fix=fix)
+    if message.startswith("overlap p2p"):
+        return UserError(message, field="--overlap", fix="drop --overlap p2p with this framework")
     if message.startswith("interleave ="):
-        return UserError(message, field="--interleave",
-                         fix="drop --interleave, or use --pp 2 or more")
+        fix = ("drop --interleave with this framework" if "DeepSpeed" in message
+               else "drop --interleave, or use --pp 2 or more")
+        return UserError(message, field="--interleave", fix=fix)
     return UserError(message, field="--pp/--interleave/--stages")
 
 
@@ -449,7 +456,10 @@ def _evaluate_preset(args, spec, settings, seq):
                           sequence_parallel=args.sequence_parallel, network=network,
                           optimizer=settings.placement.optimizer,
                           zero1=bool(args.zero1),
-                          graph_options={**({"attention": settings.graph.attention}
+                          # --attention wins over the framework's kernel; without either,
+                          # the config's (or the settings' default)
+                          graph_options={**({"attention": args.attention} if getattr(
+                              args, "attention", None) else {"attention": settings.graph.attention}
                                             if args.framework is None else {}),
                                          "vocab_pad_multiple": settings.graph.vocab_pad_multiple},
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
@@ -472,12 +482,10 @@ def _overlap_options(args) -> dict:
         raise UserError(f"{sorted(both)[0]} is both in --overlap and --no-overlap",
                         field="--no-overlap", fix="give each overlap once")
     o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
-    from phaze.place.evaluate import GRAD_SYNC_DTYPES, OPTIMIZER_STATE_DTYPES
+    from phaze.place.evaluate import dtype_options
 
-    if getattr(args, "grad_sync_dtype", None):
-        o.update(GRAD_SYNC_DTYPES[args.grad_sync_dtype])
-    if getattr(args, "optimizer_state_dtype", None):
-        o.update(OPTIMIZER_STATE_DTYPES[args.optimizer_state_dtype])
+    o.update(dtype_options(getattr(args, "framework", None), getattr(args, "grad_sync_dtype", None),
+                           getattr(args, "optimizer_state_dtype", None)))
     # optimizer sharding: the framework's own unless the command line says otherwise
     # (--zero-stage N, or --no-zero1 = stage 0); the sweep config's zero1 is a sweep setting
     stage = getattr(args, "zero_stage", None)

@@ -117,13 +117,38 @@ FRAMEWORKS = {
 # no_sync()).
 DDP_IMPLS = {"local": {}, "torch": dict(overlap_grad_reduce=True, bucket_params=12.5e6)}
 FRAMEWORKS["nemo-2024"] = FRAMEWORKS["megatron-core-2024"]
+# profiles whose code had no FP8 training (Transformer Engine came to Megatron in 2023)
+NO_TRANSFORMER_ENGINE = ("megatron-lm-2021", "megatron-deepspeed")
 # Gradient-sync and optimizer-state dtypes a run may set beyond its profile (NeMo's
 # distributed Adam `grad_sync_dtype` and `dtype`; Megatron-Core --grad-reduce-in-bf16 and
-# --exp-avg-dtype / --exp-avg-sq-dtype / --main-params-dtype): gradients (buffer and
-# reduction) of 4 or 2 B, Adam's master weight, m and v of 12 or 6 B per parameter.
-GRAD_SYNC_DTYPES = {"fp32": dict(grad_bytes=4.0, dp_reduce_bytes=4.0),
-                    "bf16": dict(grad_bytes=2.0, dp_reduce_bytes=2.0)}
-OPTIMIZER_STATE_DTYPES = {"fp32": dict(adam_state_bytes=12.0), "bf16": dict(adam_state_bytes=6.0)}
+# --exp-avg-dtype / --exp-avg-sq-dtype / --main-params-dtype): bytes per parameter of the
+# gradients (buffer and reduction) and of Adam's master weight, m and v.
+GRAD_BYTES = {"fp32": 4.0, "bf16": 2.0}
+ADAM_STATE_BYTES = {"fp32": 12.0, "bf16": 6.0}
+
+
+def dtype_options(framework: str | None = None, grad_sync_dtype: str | None = None,
+                  optimizer_state_dtype: str | None = None) -> dict:
+    """PlanOptions overrides of a run's gradient-sync and optimizer-state dtypes ("fp32" or
+    "bf16"; None: the profile's) on top of `framework`'s profile: the gradient and state
+    bytes, and the optimizer step's HBM bytes with them (the step reads the gradient twice,
+    for the norm and for Adam, and zeroes the buffer: 3 passes; Adam reads and writes its
+    master weight, m and v, and the cast to the model weight reads the master weight again:
+    2 1/3 passes of the state)."""
+    base = {**MEGATRON_OPTIONS, **FRAMEWORKS[framework or DEFAULT_FRAMEWORK]["plan"]}
+    out: dict = {}
+    step = base["optimizer_bytes_per_param"]
+    if grad_sync_dtype:
+        g = GRAD_BYTES[grad_sync_dtype]
+        step += 3.0 * (g - base["grad_bytes"])
+        out.update(grad_bytes=g, dp_reduce_bytes=g)
+    if optimizer_state_dtype:
+        a = ADAM_STATE_BYTES[optimizer_state_dtype]
+        step += (2.0 + 1.0 / 3.0) * (a - base.get("adam_state_bytes", 12.0))
+        out["adam_state_bytes"] = a
+    if out:
+        out["optimizer_bytes_per_param"] = step
+    return out
 
 
 def layer_latencies(graph, arch, network, params=None, async_tp: bool = False):
@@ -310,6 +335,15 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     gopts, opts = profile_options(arch, framework, ddp_impl=ddp_impl, cp=cp, ep=ep,
                                   optimizer=optimizer, zero1=zero1, graph_options=graph_options,
                                   options=options)
+    if fp8 and framework in NO_TRANSFORMER_ENGINE:
+        raise ValueError(f"fp8: the {framework} profile predates Transformer Engine (no FP8 "
+                         "training)")
+    if opts.p2p_blocking and interleave > 1:
+        raise ValueError(f"interleave = {interleave}: DeepSpeed's pipeline engine has no "
+                         "interleaved schedule")
+    if opts.p2p_blocking and opts.overlap_p2p:
+        raise ValueError("overlap p2p: DeepSpeed's pipeline engine sends and receives in "
+                         "blocking calls, nothing overlaps them")
     if gopts.get("attention") == "flash":
         cost_params = replace(cost_params, flash_causal=bool(getattr(spec, "causal", True)))
     if fp8:

@@ -165,19 +165,20 @@ def nemo_cases() -> list[Case]:
                         family=r["family"], ffn=r["ffn"], kv_heads=r["kv_heads"], cp=r["cp"],
                         fp8=bool(t["fp8"]), dropout=gpt, tp_overlap=bool(r["tp_overlap"]),
                         ce_fusion=bool(r["ce_fusion"]),
-                        plan_options=_optim_dtype(r["optim_dtype"])))
+                        plan_options=_optim_dtype(r["optim_dtype"], t["framework"])))
     return out
 
 
-def _optim_dtype(name: str) -> tuple:
+def _optim_dtype(name: str, framework: str) -> tuple:
     """PlanOptions pairs of distributed Adam's gradient-sync and state dtype (Apex
-    DistributedFusedAdam grad_sync_dtype and dtype, NeMo's optim config; phaze.place.
-    evaluate's tables): fp32 is the profile's own (4 B gradients, 12 B state)."""
-    from phaze.place.evaluate import GRAD_SYNC_DTYPES, OPTIMIZER_STATE_DTYPES
+    DistributedFusedAdam grad_sync_dtype and dtype, NeMo's optim config;
+    phaze.place.evaluate.dtype_options, what `phaze evaluate --grad-sync-dtype
+    --optimizer-state-dtype` applies): fp32 is the profile's own (4 B gradients, 12 B state)."""
+    from phaze.place.evaluate import dtype_options
 
     if name == "fp32":
         return ()
-    return tuple({**GRAD_SYNC_DTYPES[name], **OPTIMIZER_STATE_DTYPES[name]}.items())
+    return tuple(dtype_options(framework, name, name).items())
 
 
 def cases(table: str) -> list[Case]:
