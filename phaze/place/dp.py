@@ -759,6 +759,11 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
     (another chain variant); a pair answers None unless a plan beats its bound, and
     the DP prunes with it."""
     options = options or PlanOptions()
+    if options.p2p_scatter_gather or options.p2p_blocking:
+        # its stage loads send whole activations, paired per direction (evaluate_plan's
+        # default): a plan with either option would cost otherwise there
+        raise ValueError("the DP does not search with p2p_scatter_gather or p2p_blocking; "
+                         "evaluate such plans")
     if eps is not None or zero_stages is not None:
         best: dict = {}
         # widest EP and deepest ZeRO first: they tend to win on large models, and a good
@@ -780,11 +785,6 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
         return best
     links = links or Links()
     options = options or PlanOptions()
-    if options.p2p_scatter_gather or options.p2p_blocking:
-        # its stage loads send whole activations, paired per direction (evaluate_plan's
-        # default): a plan with either option would cost otherwise there
-        raise ValueError("the DP does not search with p2p_scatter_gather or p2p_blocking; "
-                         "evaluate such plans")
     recs = list(dict.fromkeys(recompute_list))
     for rec in recs:
         if rec not in RECOMPUTE_MODES:
