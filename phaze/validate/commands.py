@@ -72,7 +72,9 @@ def run(args) -> int:
                             fix="name a file in a writable directory") from None
     if args.json:
         from phaze.jsonout import emit_json
-        emit_json({"arch": "a100", "calibration": calibration_info(), "fit": fitted,
+        # the presets the evaluated tables run on (a row's own is in rows[].arch)
+        archs = sorted({c.arch for t in preds for c in cases(t)})
+        emit_json({"archs": archs, "calibration": calibration_info(), "fit": fitted,
                    "tables": summary(preds),
                    "rows": [row_dict(p) for ps in preds.values() for p in ps],
                    "layer_times": layer_rows})

@@ -14,8 +14,9 @@ UNITS = {"tflops_per_gpu": "TFLOP/s/GPU", "seconds_per_iteration": "s/iter", "mf
 def row_dict(p: Prediction) -> dict:
     c = p.case
     return {
-        "table": c.table, "name": c.name, "tp": c.tp, "pp": c.pp, "dp": c.dp, "cp": c.cp,
-        "gpus": c.gpus,
+        "table": c.table, "name": c.name, "arch": c.arch, "framework": c.framework,
+        "tp": c.tp, "pp": c.pp, "dp": c.dp, "cp": c.cp, "gpus": c.gpus,
+        "plan_options": dict(c.plan_options),
         "batch": c.batch, "recompute": c.recompute, "sequence_parallel": c.sequence_parallel,
         "mbs": p.mbs, "interleave": p.interleave, "searched": p.searched,
         "recompute_searched": p.recompute_searched,
