@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism")
     p.add_argument("--cp", type=int, default=1,
                    help="context-parallel size: the graph of one device's seq / cp chunk, its "
-                        "attention core one ring step (default 1; 2 cp must divide --seq)")
+                        "attention core one ring step (default 1; 2 x cp must divide --seq)")
     p.add_argument("--fused", action="store_true", help="fuse GEMMs with their element-wise epilogues")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
     p.add_argument("--name", help="the model's name in the graph and every table built from it "

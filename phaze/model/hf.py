@@ -324,7 +324,7 @@ def _nemotron(get, name):
     bias whose weight is stored zero-centred: same shapes), an ungated MLP up -> act ->
     down with squared ReLU (`relu2`), attention_bias / mlp_bias, partial rotary, untied."""
     get.zero_dropout("attention_dropout")
-    c = _common(get, name, head_dim_default=0)
+    c = _common(get, name)
     c.update(norm="layernorm")
     ab = get.bool("attention_bias", False)
     return ModelSpec(**c, activation=_act(get, "hidden_act", "relu2", False), qkv_bias=ab,

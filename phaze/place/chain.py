@@ -144,7 +144,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
     Its FLOPs are those of the graph's ops (one ring step of the attention core under
     cp > 1; plan.context_parallel_chain adds the other cp - 1, `core_flops_*`)."""
     if kv_bytes is None:
-        kv_bytes = graph.kv_bytes if getattr(graph, "cp", 1) > 1 else 0.0
+        kv_bytes = graph.kv_bytes if graph.cp > 1 else 0.0
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
     rows = []

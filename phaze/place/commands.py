@@ -331,8 +331,6 @@ def _plan_error(message: str, args) -> UserError:
                     "--account-for-embedding-in-pipeline-split/--account-for-loss-in-"
                     "pipeline-split")
         return UserError(message, field="--pp/--interleave", fix=fix)
-    if message.startswith("context parallelism"):
-        return UserError(message, field="--cp", fix="use a --cp whose double divides --seq")
     if message.startswith("expert parallelism"):
         fix = ("drop --ep: a dense model has no experts to spread" if "dense model" in message
                else "use an --ep dividing the experts (and --dp x --cp), or drop it")

@@ -440,9 +440,6 @@ class LatencyView:
         self._index = {str(a): k for k, a in enumerate(arch_ids)}
         self._arr: dict = {}
 
-    def add(self, key, arr) -> None:
-        self._arr[key] = arr
-
     # the columns of a latency table (sched.table.LATENCY_SCHEMA) the array holds
     COLUMNS = ("fwd_s", "bwd_s", "recompute_s", "fwd_core_s", "bwd_core_s", "recompute_core_s")
 

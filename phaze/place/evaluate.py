@@ -135,16 +135,16 @@ def dtype_options(framework: str | None = None, grad_sync_dtype: str | None = No
     for the norm and for Adam, and zeroes the buffer: 3 passes; Adam reads and writes its
     master weight, m and v, and the cast to the model weight reads the master weight again:
     2 1/3 passes of the state)."""
-    base = {**MEGATRON_OPTIONS, **FRAMEWORKS[framework or DEFAULT_FRAMEWORK]["plan"]}
+    base = PlanOptions(**{**MEGATRON_OPTIONS, **FRAMEWORKS[framework or DEFAULT_FRAMEWORK]["plan"]})
     out: dict = {}
-    step = base["optimizer_bytes_per_param"]
+    step = base.optimizer_bytes_per_param
     if grad_sync_dtype:
         g = GRAD_BYTES[grad_sync_dtype]
-        step += 3.0 * (g - base["grad_bytes"])
+        step += 3.0 * (g - base.grad_bytes)
         out.update(grad_bytes=g, dp_reduce_bytes=g)
     if optimizer_state_dtype:
         a = ADAM_STATE_BYTES[optimizer_state_dtype]
-        step += (2.0 + 1.0 / 3.0) * (a - base.get("adam_state_bytes", 12.0))
+        step += (2.0 + 1.0 / 3.0) * (a - base.adam_state_bytes)
         out["adam_state_bytes"] = a
     if out:
         out["optimizer_bytes_per_param"] = step
