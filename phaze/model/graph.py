@@ -601,23 +601,26 @@ def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
 
 
 def _block_runs(c: _Ctx):
-    """(kind, builder, repeat) for runs of equal consecutive blocks. A sliding-window layer
-    differs from a full one only where the window is visible: flash attention (the fused
-    kernel skips key blocks outside the band) and a window shorter than the sequence. Eager
+    """(kind, builder, repeat) for runs of equal consecutive blocks. Blocks differ in their
+    token mixer and feed-forward (spec.mixer_type / ffn_type: hybrid and partly dense
+    models) and in a sliding window where it is visible: flash attention (the fused kernel
+    skips key blocks outside the band) and a window shorter than the sequence. Eager
     attention computes the full s x s scores and masks them (HF eager / sdpa), so it is the
     same block."""
     sp = c.spec
-    kinds = []
-    for i in range(sp.layers):
-        sliding = (sp.layer_type(i) == "sliding" and c.attention == "flash"
-                   and 0 < sp.sliding_window < c.s)
-        kinds.append("block.sliding" if sliding else "block")
+    default_ffn = "moe" if sp.experts else "dense"
     runs: list[list] = []
-    for k in kinds:
-        if runs and runs[-1][0] == k:
+    for i in range(sp.layers):
+        mixer, ffn = sp.mixer_type(i), sp.ffn_type(i)
+        sliding = (mixer == "attention" and sp.layer_type(i) == "sliding"
+                   and c.attention == "flash" and 0 < sp.sliding_window < c.s)
+        parts = (["sliding"] if sliding else []) + ([mixer] if mixer != "attention" else []) \
+            + ([f"{ffn}_ffn"] if ffn != default_ffn else [])
+        kind = ".".join(["block", *parts])
+        if runs and runs[-1][0] == kind:
             runs[-1][2] += 1
         else:
-            runs.append([k, (lambda cc, sl=(k == "block.sliding"): _block(cc, sl)), 1])
+            runs.append([kind, (lambda cc, sl=sliding, m=mixer, f=ffn: _block(cc, sl, m, f)), 1])
     return [tuple(r) for r in runs]
 
 
@@ -786,12 +789,15 @@ def _ffn(L: _Layer, c: _Ctx, xin: str, prefix: str, width: int, *, regather: flo
                     saved=T * width * dt, experts=experts)
 
 
-def _mlp(L: _Layer, c: _Ctx, x: str) -> str:
+def _mlp(L: _Layer, c: _Ctx, x: str, ffn: str = "") -> str:
+    """The block's feed-forward: ffn "dense" (an MLP ffn wide) or "moe" ("": the model's
+    default, spec.ffn_type)."""
     sp, t = c.spec, c.t
-    if sp.experts and t > 1 and c.sp:
+    moe = (ffn or ("moe" if sp.experts else "dense")) == "moe"
+    if moe and t > 1 and c.sp:
         return _moe_alltoall(L, c, x)
     xin, regather = _enter_tp(L, c, x, "mlp", sp.hidden)
-    if not sp.experts:
+    if not moe:
         out = _ffn(L, c, xin, "mlp", sp.ffn // t, regather=regather, keep_input=True, bias=sp.f_bias)
         return _exit_tp(L, c, out, "mlp", sp.hidden)
     return _exit_tp(L, c, _moe(L, c, xin, regather), "mlp", sp.hidden)
@@ -876,9 +882,11 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     return out
 
 
-def _block(c: _Ctx, sliding: bool = False) -> BuiltLayer:
+def _block(c: _Ctx, sliding: bool = False, mixer: str = "attention", ffn: str = "") -> BuiltLayer:
     """One transformer block: pre-norm (GPT-2, Llama), post-norm (BERT, OPT-350M), parallel
-    attention + MLP (GPT-J/NeoX, Falcon) or Gemma2's sandwich (norm before and after each)."""
+    attention + MLP (GPT-J/NeoX, Falcon) or Gemma2's sandwich (norm before and after each).
+    `mixer` "none" or `ffn` "none": a pre-norm block of one residual branch only (hybrid
+    models' FFN-only and mixer-only layers); `ffn`: "dense" | "moe" ("": the model's)."""
     sp, L, dt = c.spec, _Layer(c.dt, c.t), c.dt
     h, Ts = sp.hidden, c.Ts
     srule = "sharded" if c.sp else "replicated"
@@ -888,25 +896,32 @@ def _block(c: _Ctx, sliding: bool = False) -> BuiltLayer:
         return L.vector(name, (y, x), "add", Ts * h, rule=srule, bwd="pass")
 
     x = "in"
-    if sp.parallel_block:
+    if mixer == "none" or ffn == "none":   # one branch (spec.validate: pre-norm only)
+        if mixer == "none":
+            y = _dropout(L, c, "mlp.out_dropout", _mlp(L, c, _norm(L, c, "ln2", x), ffn), Ts * h, srule)
+        else:
+            y = _dropout(L, c, "attn.out_dropout", _attention(L, c, _norm(L, c, "ln1", x), sliding),
+                         Ts * h, srule)
+        residual("residual1", y, x)
+    elif sp.parallel_block:
         n1 = _norm(L, c, "ln1", x)
         n2 = n1 if sp.shared_norm else _norm(L, c, "ln2", x, keep_input=False)
         ya = _dropout(L, c, "attn.out_dropout", _attention(L, c, n1, sliding), Ts * h, srule)
-        ym = _dropout(L, c, "mlp.out_dropout", _mlp(L, c, n2), Ts * h, srule)
+        ym = _dropout(L, c, "mlp.out_dropout", _mlp(L, c, n2, ffn), Ts * h, srule)
         r1 = residual("residual1", ya, x)
         residual("residual2", ym, r1)
     elif sp.sandwich_norm:
         y = _norm(L, c, "attn.post_norm", _attention(L, c, _norm(L, c, "ln1", x), sliding))
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
         r1 = residual("residual1", y, x)
-        y = _norm(L, c, "mlp.post_norm", _mlp(L, c, _norm(L, c, "ln2", r1)))
+        y = _norm(L, c, "mlp.post_norm", _mlp(L, c, _norm(L, c, "ln2", r1), ffn))
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
         residual("residual2", y, r1)
     elif sp.pre_norm:
         y = _attention(L, c, _norm(L, c, "ln1", x), sliding)
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
         r1 = residual("residual1", y, x)
-        y = _mlp(L, c, _norm(L, c, "ln2", r1))
+        y = _mlp(L, c, _norm(L, c, "ln2", r1), ffn)
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
         residual("residual2", y, r1)
     else:
@@ -914,7 +929,7 @@ def _block(c: _Ctx, sliding: bool = False) -> BuiltLayer:
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
         r1 = residual("residual1", y, x)
         n1 = _norm(L, c, "ln1", r1)
-        y = _mlp(L, c, n1)
+        y = _mlp(L, c, n1, ffn)
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
         r2 = residual("residual2", y, n1)
         _norm(L, c, "ln2", r2)          # post-norm: the block's output

@@ -15,6 +15,10 @@ from phaze.errors import UserError
 ACTIVATIONS = ("gelu", "relu", "relu2", "silu", "swiglu", "geglu")
 GATED = {"swiglu": "silu", "geglu": "gelu"}
 LAYER_TYPES = ("full", "sliding")
+# per-layer token mixer and feed-forward of a block: hybrid models (Nemotron-H) have blocks
+# that are only a mixer or only an FFN; DeepSeek-V3 keeps its first layers dense
+MIXER_TYPES = ("attention", "none")
+FFN_TYPES = ("dense", "moe", "none")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 
@@ -64,6 +68,8 @@ class ModelSpec:
     moe_ffn: int = 0            # inner width of one routed expert; 0 = ffn
     shared_ffn: int = 0         # inner width of the shared expert (Qwen2-MoE); 0 = none
     shared_gate: bool = False   # sigmoid gate on the shared expert (Qwen2-MoE)
+    mixer_types: tuple[str, ...] = ()  # per block "attention" | "none"; () = all attention
+    ffn_types: tuple[str, ...] = ()    # per block "dense" | "moe" | "none"; () = all moe iff experts
     source: str = ""            # where the numbers come from (citation)
 
     # --- derived sizes ---------------------------------------------------------
@@ -101,6 +107,16 @@ class ModelSpec:
             return self.layer_types[i]
         return "sliding" if self.sliding_window else "full"
 
+    def mixer_type(self, i: int) -> str:
+        """The token mixer of block i: 'attention' or 'none' (an FFN-only block)."""
+        return self.mixer_types[i] if self.mixer_types else "attention"
+
+    def ffn_type(self, i: int) -> str:
+        """The feed-forward of block i: 'dense' (ffn wide), 'moe' (routed experts) or 'none'."""
+        if self.ffn_types:
+            return self.ffn_types[i]
+        return "moe" if self.experts else "dense"
+
     @property
     def embed_dim(self) -> int:
         """Width of the token embedding table (OPT-350M: 512, otherwise hidden)."""
@@ -116,8 +132,9 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         d = dict(d)
-        if "layer_types" in d:
-            d["layer_types"] = tuple(d["layer_types"])
+        for f in ("layer_types", "mixer_types", "ffn_types"):
+            if f in d:
+                d[f] = tuple(d[f])
         return cls(**d)
 
     def with_(self, **kw) -> "ModelSpec":
@@ -156,6 +173,23 @@ class ModelSpec:
                                 fix=f"use {' or '.join(LAYER_TYPES)}")
             if "sliding" in self.layer_types and not self.sliding_window:
                 raise UserError("sliding layers need a window", field="sliding_window")
+        for f, allowed in (("mixer_types", MIXER_TYPES), ("ffn_types", FFN_TYPES)):
+            v = getattr(self, f)
+            if v and len(v) != self.layers:
+                raise UserError(f"has {len(v)} entries for {self.layers} layers", field=f)
+            bad = [x for x in v if x not in allowed]
+            if bad:
+                raise UserError(f"unknown block part {bad[0]!r}", field=f,
+                                fix=f"use one of {', '.join(allowed)}")
+        one_branch = [i for i in range(self.layers)
+                      if self.mixer_type(i) == "none" or self.ffn_type(i) == "none"]
+        if any(self.mixer_type(i) == self.ffn_type(i) == "none" for i in one_branch):
+            raise UserError("a block needs a mixer or an FFN", field="ffn_types")
+        if one_branch and (not self.pre_norm or self.parallel_block or self.sandwich_norm):
+            raise UserError("mixer-only and FFN-only blocks are built pre-norm only", field="ffn_types",
+                            fix="set pre_norm true (no parallel_block / sandwich_norm)")
+        if "moe" in self.ffn_types and not self.experts:
+            raise UserError("MoE blocks need routed experts", field="experts")
         if bool(self.experts) != bool(self.top_k) or self.top_k > self.experts:
             raise UserError(f"top_k {self.top_k} must be in 1..experts ({self.experts}) for an MoE "
                             "model and 0 otherwise", field="top_k")
@@ -193,10 +227,14 @@ class ModelSpec:
 
     def tp_widths(self) -> list[tuple[str, int]]:
         """(name, width) of every dimension a tensor-parallel width must divide: the
-        attention heads, the key/value heads, the FFN (or expert FFN) and shared-expert
+        attention heads, the key/value heads, the FFN of dense blocks, the expert FFN and shared-expert
         widths (Megatron-LM splits each of them evenly across the TP ranks)."""
+        kinds = {self.ffn_type(i) for i in range(self.layers)}
         widths = [("attention heads", self.heads), ("key/value heads", self.n_kv_heads)]
-        widths.append(("ffn", self.ffn) if not self.experts else ("moe_ffn", self.expert_ffn))
+        if "dense" in kinds:
+            widths.append(("ffn", self.ffn))
+        if "moe" in kinds:
+            widths.append(("moe_ffn", self.expert_ffn))
         if self.shared_ffn:
             widths.append(("shared_ffn", self.shared_ffn))
         return widths
