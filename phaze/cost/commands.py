@@ -32,6 +32,7 @@ def _cost(args) -> int:
 
     arch = resolve_arch(args.arch, args.grid)
     groups = []  # (label, ops, tp)
+    comms = {}   # sizes of the graph's other communicators (expert TP)
     adhoc = _adhoc_ops(args.gemm, args.vector)
     if adhoc:
         groups.append(("adhoc", adhoc, args.tp or 1))
@@ -40,6 +41,7 @@ def _cost(args) -> int:
     if args.graph or args.model:
         g = _load_or_build_graph(args)
         tp = args.tp or g.tp
+        comms = {**g.collective_groups, "tp": tp}
         passes = ("fwd", "bwd") if args.pass_ == "both" else (args.pass_,)
         for layer in g.layers:
             for ps in passes:
@@ -52,7 +54,7 @@ def _cost(args) -> int:
     for label, ops, tp in groups:
         if not ops:
             continue
-        c = op_latencies(ops, [arch], arch.network, tp=tp)
+        c = op_latencies(ops, [arch], arch.network, tp=tp, groups=comms or None)
         b1, ba = bound_names(c.bound_one)[0], bound_names(c.bound_all)[0]
         for j, o in enumerate(ops):
             rows.append({"group": label, "op": o.name, "kind": o.kind, "core_class": o.core_class,

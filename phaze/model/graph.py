@@ -76,15 +76,17 @@ class _Node:
     regather: float = 0.0              # SP: all-gather the input again in backward (bytes) for .dW
     selective: bool = False            # re-run by selective recomputation (attention core)
     experts: int = 0                   # routed-expert GEMM spanning this many experts (MoE)
+    group: str = "tp"                  # communicator of a collective: tp | etp (expert TP)
     fused_fwd: tuple[str, ...] = ()    # vector classes inside a fused kernel (flash attention)
 
 
 class _Layer:
     """Forward dataflow of one layer kind, turned into forward and backward op lists."""
 
-    def __init__(self, dt: int, tp: int):
+    def __init__(self, dt: int, tp: int, etp: int = 0):
         self.dt = dt
         self.tp = tp
+        self.group_size = {"tp": tp, "etp": etp or tp}
         self.unfused_bias = False      # eager linears: bias add and bias gradient as kernels
         self.apex_layernorm = False    # LayerNorm backward as apex's MixedFusedLayerNorm
         self.nodes: dict[str, _Node] = {}
@@ -144,11 +146,12 @@ class _Layer:
             params_unique=params if unique is None else unique, saved=saved,
             selective_drop=selective_drop, tp_rule=rule, accumulate=accumulate))
 
-    def collective(self, name, x, coll, bwd_coll, full_bytes, in_b, out_b, rule="replicated"):
+    def collective(self, name, x, coll, bwd_coll, full_bytes, in_b, out_b, rule="replicated",
+                   group="tp"):
         return self.add(_Node(
             name=name, inputs=(x,), in_bytes=(in_b,), out_bytes=out_b, out_elements=int(out_b // self.dt),
             kind="collective", bwd="collective", collective=coll, bwd_collective=bwd_coll,
-            comm_bytes=full_bytes, tp_rule=rule))
+            comm_bytes=full_bytes, tp_rule=rule, group=group))
 
     def identity(self, name, x, bwd_coll, full_bytes, rule="replicated"):
         """Megatron's f: identity forward, `bwd_coll` (all-reduce) on the gradient."""
@@ -187,7 +190,7 @@ class _Layer:
                 ops.append(Op(kind="vector", vclass=n.vclass, elements=n.out_elements,
                               flops=float(VECTOR_FLOPS[n.vclass][0] * n.out_elements), **common))
             else:
-                ops.append(Op(kind="collective", collective=n.collective, group="tp",
+                ops.append(Op(kind="collective", collective=n.collective, group=n.group,
                               comm_bytes=n.comm_bytes, **common))
             if n.name in anchors:
                 lin = anchors[n.name]
@@ -385,9 +388,9 @@ class _Layer:
         """Megatron conjugate of a forward collective (or of the identity f)."""
         if not n.bwd_collective:
             return [gr]
-        rd, wr = _coll_bytes(n.bwd_collective, n.comm_bytes, self.tp)
+        rd, wr = _coll_bytes(n.bwd_collective, n.comm_bytes, self.group_size[n.group])
         op = Op(name=f"{n.name}.bwd", kind="collective", deps=gr, collective=n.bwd_collective,
-                group="tp", comm_bytes=n.comm_bytes, bytes_read=rd, bytes_written=wr,
+                group=n.group, comm_bytes=n.comm_bytes, bytes_read=rd, bytes_written=wr,
                 tp_rule=n.tp_rule)
         st.ops.append(op)
         return [(op.name,)]
@@ -499,6 +502,11 @@ class _Ctx:
     dt: int
     attention: str = "eager"
     vocab_pad_multiple: int = 1
+    et: int = 0                  # expert tensor-parallel size; 0 = t
+
+    @property
+    def etp(self) -> int:
+        return self.et or self.t
 
     @property
     def T(self) -> int:          # tokens of one microbatch
@@ -525,7 +533,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                 sequence_parallel: bool = False, fused: bool = False, dtype_bytes: int = 2,
                 attention: str = "eager", vocab_pad_multiple: int = 1,
                 unfused_bias: bool = False, apex_layernorm: bool = False,
-                cp: int = 1) -> ModelGraph:
+                cp: int = 1, expert_tp: int = 0) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
@@ -545,7 +553,11 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     the GEMM (cuBLASLt bias / bgrad epilogues, Transformer Engine). apex_layernorm: the
     LayerNorm backward as apex's MixedFusedLayerNorm (Megatron-LM 2021): gamma and beta
     gradients in a pass of their own over dy and x (`.bwd.dgamma`) before the input
-    gradient; False: one pass (Megatron's persistent LayerNorm of 2022, TE)."""
+    gradient; False: one pass (Megatron's persistent LayerNorm of 2022, TE).
+
+    expert_tp: expert tensor-parallel size of an MoE model's routed experts (Megatron-Core
+    --expert-tensor-parallel-size; 0 = tp, the default there): != tp builds the folded
+    MoE layer (`_moe_folded`); its collectives run over group "etp"."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -561,8 +573,11 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
         check_context_parallel(spec, seq, attention)
     if tp == 1:
         sequence_parallel = False
+    et = expert_tp or tp
+    if et != tp:
+        check_expert_tp(spec, tp, et, sequence_parallel)
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
-             vocab_pad_multiple)
+             vocab_pad_multiple, et)
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -575,8 +590,30 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       fused=fused, dtype_bytes=dtype_bytes, layers=tuple(layers), params_total=uniques,
                       attention=attention, vocab_pad_multiple=vocab_pad_multiple,
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
-                      cp=cp, kv_bytes=float(2 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp)
+                      cp=cp, expert_tp=et, kv_bytes=float(2 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp)
                                             * spec.d_head * dtype_bytes))
+
+
+def check_expert_tp(spec: ModelSpec, tp: int, expert_tp: int, sequence_parallel: bool) -> None:
+    """UserError unless the routed experts of `spec` can run with expert tensor-parallel
+    size `expert_tp` beside attention TP `tp` as Megatron-Core runs them: an MoE model, a
+    positive size dividing the expert FFN width, and sequence parallelism when tp > 1
+    (Megatron-LM's arguments require it for MoE under TP)."""
+    from phaze.errors import UserError
+
+    if isinstance(expert_tp, bool) or not isinstance(expert_tp, int) or expert_tp < 1:
+        raise UserError(f"must be a positive integer, got {expert_tp!r}", field="expert_tp")
+    if not spec.experts:
+        raise UserError(f"{spec.name} has no routed experts", field="expert_tp",
+                        fix="drop expert_tp (dense models have no expert tensor parallelism)")
+    if spec.expert_ffn % expert_tp:
+        raise UserError(f"expert tensor-parallel size {expert_tp} does not divide the "
+                        f"{spec.expert_ffn} moe_ffn of {spec.name}", field="expert_tp",
+                        fix="use a size dividing moe_ffn")
+    if tp > 1 and not sequence_parallel:
+        raise UserError(f"expert tensor-parallel size {expert_tp} != tp {tp} needs sequence "
+                        "parallelism (Megatron-Core runs MoE under TP with it only)",
+                        field="expert_tp", fix="add --sequence-parallel, or use expert_tp = tp")
 
 
 def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
@@ -794,6 +831,8 @@ def _mlp(L: _Layer, c: _Ctx, x: str, ffn: str = "") -> str:
     default, spec.ffn_type)."""
     sp, t = c.spec, c.t
     moe = (ffn or ("moe" if sp.experts else "dense")) == "moe"
+    if moe and c.etp != t:
+        return _moe_folded(L, c, x)
     if moe and t > 1 and c.sp:
         return _moe_alltoall(L, c, x)
     xin, regather = _enter_tp(L, c, x, "mlp", sp.hidden)
@@ -831,6 +870,53 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
             sh = L.vector("moe.shared.scale", (g, sh), "sigmoid", T * h, in_bytes=(T * dt, T * h * dt),
                           saved=T * dt + T * h * dt)
         out = L.vector("moe.add", (out, sh), "add", T * h, bwd="pass")
+    return out
+
+
+def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
+    """The MoE MLP with an expert tensor-parallel size et != t: Megatron-Core's MoE parallel
+    folding (the expert layers get their own TP x EP x DP grid over the same devices;
+    Liu et al. 2025, "MoE Parallel Folding"), as its alltoall token dispatcher runs it
+    (MoEAlltoAllTokenDispatcher with pg_collection.expt_tp): the router on the device's
+    own Ts tokens (T / t under sequence parallelism); their T_s top_k slots of width h go
+    to their experts over the EP group (the chain's all-to-alls: moe.dispatch writes
+    Ts k h); an all-gather over the et devices of the expert TP group ("etp") gives each
+    et Ts k slots, the experts' grouped GEMMs are moe_ffn / et wide; a reduce-scatter over
+    "etp" and the combine return each device its own tokens. A shared expert is a dense
+    MLP on the attention TP group, as in `_moe_alltoall`. Per device: the same expert
+    FLOPs as `_moe_alltoall` (et Ts k slots x ffn / et = T k / t slots of the whole
+    width), experts' weights / et."""
+    sp, dt, t, et = c.spec, c.dt, c.t, c.etp
+    h, Ts, E, k = sp.hidden, c.Ts, sp.experts, sp.top_k
+    srule = "sharded" if c.sp else "replicated"
+    router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=False, saved=Ts * h * dt)
+    route = L.vector("moe.route", (router,), "softmax", Ts * E, saved=Ts * E * 4,
+                     out_bytes=Ts * k * dt, rule=srule)
+    own = Ts * k * h * dt              # this device's routed slots
+    disp = L.vector("moe.dispatch", (x, route), "permute", Ts * k * h,
+                    in_bytes=(Ts * h * dt, Ts * k * dt), rule=srule)
+    slots = et * Ts * k
+    if et > 1:
+        disp = L.collective("moe.all_gather", disp, "all_gather", "reduce_scatter", et * own,
+                            own, et * own, rule="sharded", group="etp")
+    down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // et, regather=0.0, keep_input=True,
+                bias=False, experts=E, tokens=slots)
+    if et > 1:
+        down = L.collective("moe.reduce_scatter", down, "reduce_scatter", "all_gather", et * own,
+                            et * own, own, rule="sharded", group="etp")
+    out = L.vector("moe.combine", (down, route), "permute", Ts * h, in_bytes=(own, Ts * k * dt),
+                   saved=own + Ts * k * dt, rule=srule)
+    if sp.shared_ffn:
+        xin, regather = _enter_tp(L, c, x, "moe.shared", h)
+        sh = _ffn(L, c, xin, "moe.shared", sp.shared_ffn // t, regather=regather,
+                  keep_input=False, bias=False)
+        sh = _exit_tp(L, c, sh, "moe.shared", h)
+        if sp.shared_gate:
+            g = L.linear("moe.shared.gate_proj", x, Ts, h, 1, rule="replicated", bias=False,
+                         saved=0.0)
+            sh = L.vector("moe.shared.scale", (g, sh), "sigmoid", Ts * h,
+                          in_bytes=(Ts * dt, Ts * h * dt), saved=Ts * dt + Ts * h * dt, rule=srule)
+        out = L.vector("moe.add", (out, sh), "add", Ts * h, bwd="pass", rule=srule)
     return out
 
 
@@ -887,7 +973,7 @@ def _block(c: _Ctx, sliding: bool = False, mixer: str = "attention", ffn: str = 
     attention + MLP (GPT-J/NeoX, Falcon) or Gemma2's sandwich (norm before and after each).
     `mixer` "none" or `ffn` "none": a pre-norm block of one residual branch only (hybrid
     models' FFN-only and mixer-only layers); `ffn`: "dense" | "moe" ("": the model's)."""
-    sp, L, dt = c.spec, _Layer(c.dt, c.t), c.dt
+    sp, L, dt = c.spec, _Layer(c.dt, c.t, c.etp), c.dt
     h, Ts = sp.hidden, c.Ts
     srule = "sharded" if c.sp else "replicated"
     L.out_of["in_elements"] = Ts * h

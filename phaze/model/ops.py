@@ -141,6 +141,12 @@ class ModelGraph:
     apex_layernorm: bool = False    # two-pass LayerNorm backward (build_graph)
     cp: int = 1                     # context-parallel size: ops are for seq / cp tokens
     kv_bytes: float = 0.0           # K and V of one device's seq / cp chunk per microbatch
+    expert_tp: int = 0              # expert tensor-parallel size (MoE); 0 = tp
+
+    @property
+    def collective_groups(self) -> dict[str, int]:
+        """Sizes of the communicators the ops' collectives name (Op.group)."""
+        return {"tp": self.tp, "etp": self.expert_tp or self.tp}
 
     @property
     def tokens_per_device(self) -> int:

@@ -28,7 +28,8 @@ def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
          "dtype_bytes": graph.dtype_bytes, "params_total": graph.params_total,
          "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple,
          "unfused_bias": graph.unfused_bias, "apex_layernorm": graph.apex_layernorm,
-         "cp": graph.cp, "kv_bytes": graph.kv_bytes, "layers": layers}
+         "cp": graph.cp, "kv_bytes": graph.kv_bytes, "expert_tp": graph.expert_tp,
+         "layers": layers}
     if spec is not None:
         d["spec"] = spec
     return d
@@ -58,7 +59,8 @@ def graph_from_dict(d: dict) -> ModelGraph:
                       vocab_pad_multiple=d.get("vocab_pad_multiple", 1),
                       unfused_bias=d.get("unfused_bias", False),
                       apex_layernorm=d.get("apex_layernorm", False),
-                      cp=d.get("cp", 1), kv_bytes=d.get("kv_bytes", 0.0))
+                      cp=d.get("cp", 1), kv_bytes=d.get("kv_bytes", 0.0),
+                      expert_tp=d.get("expert_tp", 0))
 
 
 def save_graph(graph: ModelGraph, path: str | Path, spec: dict | None = None) -> None:

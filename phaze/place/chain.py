@@ -195,4 +195,5 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                  model=graph.model,
                  shared_param_count=sum(lg.shared_param_bytes for lg in graph.layers
                                         if lg.kind == "epilogue") / graph.dtype_bytes,
-                 extra={"sequence_parallel": bool(graph.sequence_parallel)})
+                 extra={"sequence_parallel": bool(graph.sequence_parallel),
+                        "expert_tp": int(graph.expert_tp or graph.tp)})

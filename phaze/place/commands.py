@@ -88,6 +88,11 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--cp", type=int, default=1, help="context-parallel size (ring attention)")
     e.add_argument("--ep", type=int, default=1,
                    help="expert-parallel size (MoE layers; a placement row's ep)")
+    e.add_argument("--expert-tp", type=int, default=0,
+                   help="Megatron-Core --expert-tensor-parallel-size of the routed experts "
+                        "(default 0: the --tp size; another size folds the expert grid, EP "
+                        "spanning TP ranks; needs --sequence-parallel when --tp > 1; not with "
+                        "--grid)")
     e.add_argument("--first-stage-layers", type=int,
                    help="Megatron --decoder-first-pipeline-num-layers")
     e.add_argument("--last-stage-layers", type=int,
@@ -268,6 +273,9 @@ def _cmd_evaluate(args) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"must be >= 1, got {getattr(args, name)}", field=f"--{name}",
                             fix=f"give --{name} 1 or more (1: no {name} splitting)")
+    if args.expert_tp < 0:
+        raise UserError(f"must be >= 1, got {args.expert_tp}", field="--expert-tp",
+                        fix="give --expert-tp 1 or more, or drop it (the experts' TP = --tp)")
     if getattr(args, "batch", None) is not None and args.batch < 1:
         raise UserError(f"must be >= 1, got {args.batch}", field="--batch",
                         fix="give the global batch in samples, a multiple of --mbs x --dp")
@@ -284,6 +292,10 @@ def _cmd_evaluate(args) -> int:
     seq = args.seq or spec.seq
     try:
         if args.grid:
+            if args.expert_tp:
+                raise UserError("the sweep builds its graphs with the expert TP size = tp",
+                                field="--expert-tp",
+                                fix="drop --expert-tp with --grid, or evaluate on a preset --arch")
             plan, hbm, arch_label = _evaluate_grid(args, spec, settings, seq)
         else:
             if args.stages:
@@ -364,6 +376,9 @@ def _not_evaluable(reason: str, args, batch: int) -> tuple[str, str, str | None]
             fix += f", or a --dp dividing batch / mbs = {batch // args.mbs} " \
                    f"({few(x for x in range(1, batch // args.mbs + 1) if batch // args.mbs % x == 0)})"
         return f"{reason} = {k}", "--batch", fix
+    if reason.startswith("ep") and "expert_tp" in reason:
+        n = args.tp * args.dp * args.cp
+        return reason, "--ep/--expert-tp", f"an --ep x --expert-tp dividing --tp x --dp x --cp = {n}"
     if reason.startswith("ep"):
         dc = args.dp * args.cp
         return reason, "--ep", f"an --ep dividing --dp x --cp = {dc} " \
@@ -466,7 +481,7 @@ def _evaluate_preset(args, spec, settings, seq):
                           account_embedding=args.account_embedding,
                           account_loss=args.account_loss,
                           cross_entropy_fusion=args.cross_entropy_fusion, ep=args.ep,
-                          options=_overlap_options(args) or None)
+                          expert_tp=args.expert_tp, options=_overlap_options(args) or None)
     return plan, arch.hbm_bytes, arch.name
 
 

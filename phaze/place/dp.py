@@ -56,6 +56,7 @@ import numpy as np
 from phaze.place.chain import Chain
 from phaze.settings import RECOMPUTE_MODES
 from phaze.place.plan import (Links, PlanOptions, axes_chain, dp_sync_coeffs, evaluate_plan,
+                              expert_grid_error,
                               hop_pattern, p2p_time, pipeline_level,
                               uniform_stages, with_axes)
 
@@ -303,8 +304,9 @@ class _Run:
 
 
 def d_candidates(chain: Chain, devices: int, batch: int, options: PlanOptions) -> list[int]:
-    """Data-parallel degrees to try: t cp d <= devices, ep dividing d cp (the EP group is
-    carved out of the d x cp ranks, Megatron-Core), d mbs dividing the batch if exact."""
+    """Data-parallel degrees to try: t cp d <= devices, the expert grid tiling the t cp d
+    ranks of a stage (plan.expert_grid_error: ep divides d cp when expert_tp = t,
+    Megatron-Core), d mbs dividing the batch if exact."""
     top = devices // (chain.t * options.cp)
     if options.exact_batch:
         if batch % chain.mbs:
@@ -313,7 +315,7 @@ def d_candidates(chain: Chain, devices: int, batch: int, options: PlanOptions) -
         ds = [d for d in range(1, min(top, nmb) + 1) if nmb % d == 0]
     else:
         ds = list(range(1, min(top, -(-batch // chain.mbs)) + 1))
-    return [d for d in ds if (d * options.cp) % options.ep == 0]
+    return [d for d in ds if not expert_grid_error(options, chain.t, d)]
 
 
 class _RunSet:
@@ -493,7 +495,7 @@ class _PlanSearch:
             mb = (a_mb, b_mb)
             if split:
                 ale, bee, a_mbe, b_mbe = dp_sync_coeffs(options, links, t, d, expert=True)
-                static = (static, options.static_bytes_per_param(d, expert=True))
+                static = (static, options.static_bytes_per_param(d, expert=True, t=t))
                 mb = (a_mb, b_mb, a_mbe, b_mbe)
                 if al > 0:
                     wkey = (ale / al, bee / al)

@@ -165,8 +165,8 @@ def layer_latencies(graph, arch, network, params=None, async_tp: bool = False):
         total, coll = [], []
         for pass_ in SCHED_PASSES:
             ops = list(pass_ops(layer, pass_))
-            c = [float(x) for x in op_latencies(ops, arch, network, tp=graph.tp,
-                                                params=params).lat_all_s[0]] if ops else []
+            c = [float(x) for x in op_latencies(ops, arch, network, tp=graph.tp, params=params,
+                                                groups=graph.collective_groups).lat_all_s[0]] if ops else []
             if async_tp and pass_ == "bwd":
                 c = async_tp_exposed(ops, c, _channel_share(arch, params))
             total.append(sum(c))
@@ -298,7 +298,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    last_stage_layers: int | None = None, fp8: bool = False,
                    ddp_impl: str = "local", cross_entropy_fusion: bool = False,
                    ep: int = 1, account_embedding: bool = False,
-                   account_loss: bool = False) -> dict:
+                   account_loss: bool = False, expert_tp: int = 0) -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
@@ -308,7 +308,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     Megatron-Core's --cross-entropy-loss-fusion (one kernel instead of the fp32 passes of
     CostParams.unfused_cross_entropy); `ep`: expert-parallel size of an MoE model
     (plan.expert_parallel_chain: 1/ep of the routed experts per device, all-to-all
-    dispatch and combine); `first_stage_layers`, `last_stage_layers`, `account_embedding`,
+    dispatch and combine); `expert_tp`: Megatron-Core's expert tensor-parallel size (0 = tp;
+    another size folds the expert grid: graph._moe_folded, plan.grad_groups); `first_stage_layers`, `last_stage_layers`, `account_embedding`,
     `account_loss`: Megatron's uneven pipeline ends (plan.megatron_stages). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
     plus tflops_per_gpu_eq3
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
@@ -334,7 +335,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     cost_params = cost_params or default_cost_params(arch)
     gopts, opts = profile_options(arch, framework, ddp_impl=ddp_impl, cp=cp, ep=ep,
                                   optimizer=optimizer, zero1=zero1, graph_options=graph_options,
-                                  options=options)
+                                  options={**(options or {}), "expert_tp": expert_tp or 0})
     if fp8 and framework in NO_TRANSFORMER_ENGINE:
         raise ValueError(f"fp8: the {framework} profile predates Transformer Engine (no FP8 "
                          "training)")
@@ -360,7 +361,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
     graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
-                        sequence_parallel=sequence_parallel, cp=cp, **gopts)
+                        sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp, **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
                                async_tp=opts.async_tensor_model_parallel_allreduce)
     # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core

@@ -148,6 +148,7 @@ class PlanOptions:
     bucket_params: float = 40e6          # Megatron DDP bucket (parameters) for the overlaps
     cp: int = 1                          # context-parallel size (chain built for seq / cp)
     ep: int = 1                          # expert-parallel size (MoE layers; expert_parallel_chain)
+    expert_tp: int = 0                   # expert tensor-parallel size (0 = t; grad_groups)
     fp8_weight_bytes: float = 0.0        # extra bytes/param of FP8 weight copies (TE)
     # Weight-gradient accumulation over microbatches as its own memory pass (bytes/param
     # per microbatch after the first): eager PyTorch's AccumulateGrad `grad += new` in the
@@ -167,12 +168,12 @@ class PlanOptions:
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0
 
-    def static_bytes_per_param(self, d: int, expert: bool = False) -> float:
+    def static_bytes_per_param(self, d: int, expert: bool = False, t: int = 1) -> float:
         """Weight + gradient + optimizer bytes a device keeps per parameter of its shard,
         for a dense parameter (sharded, per ZeRO stage, over the d x cp gradient group) or,
         `expert`, a routed-expert parameter (over the expert-data-parallel group of
-        d x cp / ep devices; grad_groups)."""
-        n = grad_groups(self, 1, d)[1 if expert else 0][0]
+        t d cp / (expert_tp ep) devices; grad_groups; `t` matters only with expert_tp)."""
+        n = grad_groups(self, t, d)[1 if expert else 0][0]
         if self.extended():
             z = max(self.zero_stage, 1 if (self.zero1 or self.distributed_optimizer) else 0)
             return (self.weight_bytes / (n if z >= 3 else 1) + self.fp8_weight_bytes
@@ -189,17 +190,28 @@ class PlanOptions:
 def grad_groups(options: PlanOptions, t: int, d: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """((size, stride), (size, stride)) of the groups that reduce (and with ZeRO shard) the
     dense parameters' and the routed experts' gradients, in devices. Dense: d x cp devices
-    stride t (Megatron's rank order tp, cp, dp, pp). Experts under expert parallelism
-    ep > 1: the expert-data-parallel group of d x cp / ep devices stride t ep
-    (Megatron-Core parallel_state.initialize_model_parallel: the expert rank generator
-    has tp = expert tensor parallel size (= t here), ep, dp = world / (t ep pp), cp = 1,
-    order tp-ep-dp-pp; DistributedDataParallel puts expert parameters in their own
-    buffers over that group, and the distributed optimizer shards them over it).
-    ep = 1: the experts are reduced with the dense parameters (one group)."""
+    stride t (Megatron's rank order tp, cp, dp, pp). Routed experts: the expert-data-
+    parallel group of t d cp / (et ep) devices stride et ep, et = options.expert_tp or t
+    (Megatron-Core parallel_state.initialize_model_parallel: the expert rank generator has
+    tp = expert tensor-parallel size, ep, dp = world / (et ep pp), cp folded in, order
+    tp-ep-dp-pp; DistributedDataParallel puts expert parameters in their own buffers over
+    that group, and the distributed optimizer shards them over it). ep = 1 and et = t: the
+    same group as the dense parameters."""
     g = d * options.cp
-    if options.ep <= 1:
-        return (g, t), (g, t)
-    return (g, t), (g // options.ep, t * options.ep)
+    et = options.expert_tp or t
+    return (g, t), (t * g // (et * options.ep), et * options.ep)
+
+
+def expert_grid_error(options: PlanOptions, t: int, d: int) -> str:
+    """Why the expert grid (et x ep x expert-DP, Megatron-Core) does not tile the t x cp x d
+    devices of a pipeline stage; "" when it does."""
+    et = options.expert_tp or t
+    if (t * d * options.cp) % (et * options.ep):
+        if et == t:
+            return f"ep {options.ep} must divide d x cp = {d * options.cp}"
+        return (f"ep {options.ep} x expert_tp {et} must divide t x d x cp = "
+                f"{t * d * options.cp}")
+    return ""
 
 
 @functools.lru_cache(maxsize=64)
@@ -317,9 +329,9 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     stages = _checked_stages(chain, p * v, stages)
     base = _base(chain, p, d, t, mbs, batch, recompute, v, stages)
     base.update(ep=options.ep, cp=options.cp, zero_stage=zero_stage_of(options))
-    if (d * options.cp) % options.ep:
-        return {**base, "feasible": False,
-                "reason": f"ep {options.ep} must divide d x cp = {d * options.cp}"}
+    grid = expert_grid_error(options, t, d)
+    if grid:
+        return {**base, "feasible": False, "reason": grid}
     chain = axes_chain(chain, links, options)
     if options.exact_batch and batch % (mbs * d):
         return {**base, "feasible": False, "reason": f"batch {batch} not divisible by mbs*d"}
@@ -338,8 +350,8 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         accum = dev_P * options.grad_accum_bytes_per_param / hbm_bw_Bps * share
         dev_load = dev_load + accum
     mem = dev_Pd * options.static_bytes_per_param(d) + \
-        dev_Pe * options.static_bytes_per_param(d, expert=True) + inflight(p, v, M) * dev_A + dev_work
-    parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options, dev_Pe)
+        dev_Pe * options.static_bytes_per_param(d, expert=True, t=t) + inflight(p, v, M) * dev_A + dev_work
+    parts = memory_parts(dev_P, inflight(p, v, M) * dev_A, dev_work, d, options, dev_Pe, t=t)
     (_g, _s), (ge, se) = grad_groups(options, t, d)
     gb = options.grad_bytes
     if links.levels:
@@ -501,15 +513,16 @@ def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops) -> d
 MEMORY_PARTS = ("weights", "grads", "optimizer", "activations", "buffers")
 
 
-def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions, dev_Pe=None) -> dict:
+def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions, dev_Pe=None,
+                 t: int = 1) -> dict:
     """Memory of each pipeline rank split into MEMORY_PARTS (bytes; arrays over ranks):
     weights, gradients, optimizer state (/ d with ZeRO-1), activations kept for the
     in-flight microbatches, and the recomputation working buffer. Their sum is the
     rank's memory (up to rounding). `dev_Pe`: the routed-expert part of dev_P, sharded
-    over the expert-data-parallel group instead (grad_groups; None: none)."""
+    over the expert-data-parallel group instead (grad_groups, for TP width `t`; None: none)."""
     dev_Pe = np.zeros_like(np.asarray(dev_P, dtype=float)) if dev_Pe is None else dev_Pe
     out = {"weights": 0.0, "grads": 0.0, "optimizer": 0.0}
-    for P, (n, _s) in zip((dev_P - dev_Pe, dev_Pe), grad_groups(options, 1, d)):
+    for P, (n, _s) in zip((dev_P - dev_Pe, dev_Pe), grad_groups(options, t, d)):
         opt = options.opt_bytes() / (n if options.zero1 else 1)
         wb, gb = options.weight_bytes, options.grad_bytes
         if options.extended():      # ZeRO-1/2/3 shard over the group
@@ -617,8 +630,8 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     expert GEMM time is unchanged; every MoE layer adds an all-to-all dispatch and an
     all-to-all combine of a2a_bytes in the forward and two more in the backward
     (phaze.cost.collective.collective_time "all_to_all" over the EP group: ep members
-    stride t, Megatron-Core's expert rank order tp, ep, dp, pp with the expert tensor
-    parallel size = t and CP folded into the expert grid (grad_groups);
+    stride et = options.expert_tp or t, Megatron-Core's expert rank order tp, ep, dp, pp
+    with CP folded into the expert grid (grad_groups);
     topology options.collectives).
     Recomputing a forward re-runs its all-to-alls (recompute_s("full") = fwd_s). The chain
     returned has a2a_bytes 0 (no second application) and extra["ep_a2a_s"] per layer.
@@ -630,7 +643,7 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     if ep <= 1 or not chain.a2a_bytes.any():
         return chain
     sizes, inv = np.unique(chain.a2a_bytes, return_inverse=True)
-    a2a = np.array([collective_time("all_to_all", float(b), ep, chain.t, links,
+    a2a = np.array([collective_time("all_to_all", float(b), ep, options.expert_tp or chain.t, links,
                                     src_dtype_bytes=1.0, topology=options.collectives,
                                     bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
                     for b in sizes])[inv.reshape(-1)]
@@ -688,7 +701,13 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
 
 def axes_chain(chain: Chain, links: Links, options: PlanOptions) -> Chain:
     """The chain a plan with options.cp and options.ep runs: context_parallel_chain, then
-    expert_parallel_chain (evaluate_plan and the DP both start from it)."""
+    expert_parallel_chain (evaluate_plan and the DP both start from it). ValueError when
+    the chain's graph was built for another expert tensor-parallel size than
+    options.expert_tp (its expert weights and collectives are that size's)."""
+    built = chain.extra.get("expert_tp", chain.t)
+    if built != (options.expert_tp or chain.t):
+        raise ValueError(f"chain built with expert_tp {built}, options say "
+                         f"{options.expert_tp or chain.t}: build the graph with the plan's size")
     return expert_parallel_chain(context_parallel_chain(chain, options.cp, links, options),
                                  options.ep, links, options)
 

@@ -71,7 +71,8 @@ def attention_core_times(graph, archs, network, params=None) -> np.ndarray:
         for k, pass_ in enumerate(SCHED_PASSES):
             core = [o for o in pass_ops(layer, pass_) if is_attention_core(o)]
             if core:
-                lat = op_latencies(core, arrays, network, tp=graph.tp, params=params).lat_all_s
+                lat = op_latencies(core, arrays, network, tp=graph.tp, params=params,
+                                   groups=graph.collective_groups).lat_all_s
                 out[:, li, k] = lat.sum(axis=1)
     return out
 
@@ -94,7 +95,8 @@ def layer_problems(graph, archs, network, tp: int | None = None):
                                                             int(n_vc[a]))
                 continue
             arrays = arch_arrays(archs) if arrays is None else arrays
-            costs = op_latencies(ops, arrays, network, tp=tp)
+            costs = op_latencies(ops, arrays, network, tp=tp,
+                                 groups={**graph.collective_groups, "tp": tp})
             structure = pass_structure(ops)
             # archs with the same op latencies and core counts (e.g. differing only in
             # buffer size) share one problem object: built and hashed once

@@ -1,0 +1,121 @@
+"""Expert tensor parallelism (Megatron-Core --expert-tensor-parallel-size, "MoE parallel
+folding"): the routed experts get their own TP x EP x DP grid over a stage's t x cp x d
+devices. Checked against closed forms: FLOPs do not depend on the expert TP size et, the
+expert weights per device go as 1 / et, the expert-data-parallel group is
+t d cp / (et ep) devices stride et ep, the EP all-to-all runs over ep members stride et,
+and evaluate refuses what Megatron refuses."""
+
+import pytest
+
+from phaze.errors import UserError
+from phaze.model.graph import build_graph
+from phaze.model.spec import ModelSpec
+from phaze.place.chain import chain_from_graph
+from phaze.place.plan import Links, PlanOptions, evaluate_plan, grad_groups
+
+MOE = ModelSpec(name="moe32", hidden=1024, layers=4, heads=16, kv_heads=8, ffn=2048, vocab=4096,
+                seq=1024, activation="swiglu", norm="rmsnorm", position="rope", bias=False,
+                tied_embeddings=False, dropout=False, experts=32, top_k=4, moe_ffn=512)
+
+
+def _blocks(g):
+    return [lg for lg in g.layers if lg.kind.startswith("block")]
+
+
+@pytest.mark.parametrize("t,et", [(2, 1), (4, 1), (4, 2), (1, 2), (2, 4)])
+def test_folded_moe_flops_weights_and_collectives(t, et):
+    """Per device: the same GEMM FLOPs as with et = t (every token's k slots computed once
+    over the t devices of a TP group; element-wise gradient adds follow the layout), expert weights E x 3 h f / et, the expert TP
+    all-gather / reduce-scatter of et Ts k h on group "etp" only when et > 1, and the
+    dispatch writing the device's own Ts k h slots (the EP all-to-all payload)."""
+    sp = t > 1
+    ref = build_graph(MOE, mbs=2, tp=t, sequence_parallel=sp, attention="flash")
+    g = build_graph(MOE, mbs=2, tp=t, sequence_parallel=sp, attention="flash", expert_tp=et)
+    assert g.expert_tp == et and g.collective_groups == {"tp": t, "etp": et}
+    def gemm_flops(graph, ps):
+        return sum(o.flops * lg.repeat for lg in graph.layers for o in lg.ops(ps) if o.kind == "gemm")
+
+    for ps in ("fwd", "bwd"):
+        assert gemm_flops(g, ps) == pytest.approx(gemm_flops(ref, ps), rel=1e-12)
+    h, f, E, k = MOE.hidden, MOE.expert_ffn, MOE.experts, MOE.top_k
+    Ts = 2 * MOE.seq // t
+    blk = _blocks(g)[0]
+    assert sum(o.param_bytes for o in blk.fwd if o.experts) / 2 == E * 3 * h * f / et
+    etp = [o for o in (*blk.fwd, *blk.bwd) if o.kind == "collective" and o.group == "etp"]
+    assert len(etp) == (4 if et > 1 else 0)
+    for o in etp:
+        assert o.comm_bytes == et * Ts * k * h * 2
+    disp = next(o for o in blk.fwd if o.name == "moe.dispatch")
+    assert disp.bytes_written == Ts * k * h * 2
+    assert chain_from_graph(g, op_latency_s=lambda o: 1e-6).a2a_bytes[1] == Ts * k * h * 2
+
+
+@pytest.mark.parametrize("t,d,cp,ep,et", [(2, 8, 1, 16, 1), (4, 4, 2, 8, 2), (8, 2, 1, 8, 1),
+                                          (2, 4, 1, 4, 2), (1, 8, 2, 4, 1)])
+def test_expert_data_parallel_group(t, d, cp, ep, et):
+    """grad_groups: dense d cp devices stride t; experts t d cp / (et ep) stride et ep
+    (Megatron-Core's expert rank generator, order tp-ep-dp-pp); et = t reproduces the
+    d cp / ep of the unfolded grid."""
+    o = PlanOptions(cp=cp, ep=ep, expert_tp=et)
+    assert grad_groups(o, t, d) == ((d * cp, t), (t * d * cp // (et * ep), et * ep))
+    same = PlanOptions(cp=cp, ep=ep, expert_tp=0)
+    if (d * cp) % ep == 0:
+        assert grad_groups(same, t, d)[1] == (d * cp // ep, t * ep)
+
+
+def _chain(t, et):
+    g = build_graph(MOE, mbs=1, tp=t, sequence_parallel=t > 1, attention="flash", expert_tp=et)
+    return chain_from_graph(g, op_latency_s=lambda o: 1e-6)
+
+
+def test_folding_lets_ep_span_the_tp_ranks():
+    """EP 16 on t 2 x d 8: Megatron refuses it unfolded (ep must divide d cp = 8), runs it
+    with expert TP 1 (ep x et = 16 divides t d cp = 16)."""
+    opts = dict(collectives="nccl", distributed_optimizer=True)
+    unfolded = evaluate_plan(_chain(2, 2), 1, 8, 64, options=PlanOptions(**opts, ep=16))
+    assert not unfolded["feasible"] and "must divide d x cp" in unfolded["reason"]
+    folded = evaluate_plan(_chain(2, 1), 1, 8, 64,
+                           options=PlanOptions(**opts, ep=16, expert_tp=1))
+    assert "time_per_batch_s" in folded
+    bad = evaluate_plan(_chain(2, 1), 1, 4, 64, options=PlanOptions(**opts, ep=16, expert_tp=1))
+    assert not bad["feasible"] and "expert_tp 1 must divide t x d x cp = 8" in bad["reason"]
+    with pytest.raises(ValueError, match="expert_tp"):
+        evaluate_plan(_chain(2, 2), 1, 8, 64, options=PlanOptions(**opts, ep=16, expert_tp=1))
+
+
+def test_ep_all_to_all_stride_is_the_expert_tp_size():
+    """The EP group's ep members sit et apart: with t 8 and et 1 an EP of 8 stays in one
+    8-device node (NVLink), with et = t = 8 it spans 8 nodes."""
+    from phaze.cost.collective import collective_time
+
+    links = Links(levels=((8, 400e9, 3e-6), (0, 50e9, 1e-5)))
+    for et in (1, 8):
+        ch = _chain(8, et)
+        pl = evaluate_plan(ch, 1, 8, 64, links=links,
+                           options=PlanOptions(collectives="nccl", ep=8, expert_tp=et))
+        b = float(ch.a2a_bytes[1])
+        want = 4 * collective_time("all_to_all", b, 8, et, links, src_dtype_bytes=1.0,
+                                   bw_efficiency=links.bw_efficiency)
+        assert pl["ep_a2a_s"] == pytest.approx(want * MOE.layers * 8, rel=1e-9)  # M = 64 / 8
+        assert want > 0
+    assert collective_time("all_to_all", 1e8, 8, 1, links) < collective_time("all_to_all", 1e8, 8, 8, links)
+
+
+def test_expert_tp_errors():
+    with pytest.raises(UserError, match="sequence parallelism"):
+        build_graph(MOE, tp=2, expert_tp=1)
+    with pytest.raises(UserError, match="moe_ffn"):
+        build_graph(MOE, tp=1, expert_tp=3)
+    with pytest.raises(UserError, match="no routed experts"):
+        build_graph(MOE.with_(experts=0, top_k=0, moe_ffn=0), tp=2, sequence_parallel=True,
+                    expert_tp=1)
+
+
+def test_evaluate_cli_expert_tp(capsys):
+    from phaze.cli import main
+
+    base = ["evaluate", "--model", "mixtral-8x7b", "--arch", "h100", "--framework", "nemo-2024",
+            "--tp", "2", "--pp", "4", "--dp", "8", "--mbs", "1", "--seq", "4096", "--json"]
+    assert main(base + ["--sequence-parallel", "--ep", "8", "--expert-tp", "1"]) == 0
+    assert main(base + ["--ep", "8", "--expert-tp", "1"]) == 2
+    assert "sequence parallelism" in capsys.readouterr().err
