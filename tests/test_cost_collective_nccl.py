@@ -8,6 +8,7 @@ from phaze.cost.collective import (all_gather_time, allreduce_time, bus_bandwidt
                                    collective_s, collective_time, group_layout,
                                    reduce_scatter_time)
 from phaze.cost.params import CostParams
+from phaze.hw.arch import Network
 from phaze.hw.presets import NETWORKS
 
 A100 = NETWORKS["dgx-a100"]
@@ -78,3 +79,28 @@ def test_published_nccl_tests_busbw_orders():
     assert bus_bandwidth(8, 1, A100, 0.8) / 1e9 == pytest.approx(230, rel=0.10)
     assert bus_bandwidth(8, 1, H100, 0.8) / 1e9 == pytest.approx(450, rel=0.25)
     assert bus_bandwidth(64, 1, A100, 0.8) / 1e9 == pytest.approx(185, rel=0.20)
+
+
+def test_all_to_all_across_nodes_goes_through_each_senders_nic():
+    """All-to-all of S bytes per device over g devices on n_nodes nodes: each device sends
+    S / g to every member, the (g - n_local) / g bound for other nodes through its own
+    NIC, the rest over NVLink; the node's n_local NICs are not pooled as a ring's busbw
+    would pool them. Equals the levelled network's formula (hierarchical_coeffs) on the
+    same two levels, latencies included."""
+    net = NETWORKS["dgx-h100"]
+    lev = Network(devices_per_node=8, intra_bw_Bps=net.intra_bw_Bps, inter_bw_Bps=net.inter_bw_Bps,
+                  intra_latency_s=net.intra_latency_s, inter_latency_s=net.inter_latency_s,
+                  levels=((8, net.intra_bw_Bps, net.intra_latency_s),
+                          (0, net.inter_bw_Bps, net.inter_latency_s)))
+    S = 134e6
+    for g, stride, n_local in ((16, 1, 8), (32, 1, 8), (8, 2, 4), (8, 8, 1)):
+        n_nodes = g // n_local
+        want = (S * (n_local - 1) / g / net.intra_bw_Bps + S * (g - n_local) / g / net.inter_bw_Bps
+                + (n_local - 1) * net.intra_latency_s + (n_nodes - 1) * net.inter_latency_s)
+        got = collective_time("all_to_all", S, g, stride, net, bw_efficiency=1.0)
+        assert got == pytest.approx(want, rel=1e-12), (g, stride)
+        assert got == pytest.approx(collective_time("all_to_all", S, g, stride, lev,
+                                                    bw_efficiency=1.0), rel=1e-12)
+    # 2 nodes: half of S crosses at one NIC's 50 GB/s: about 4x the ring-busbw figure
+    two = collective_time("all_to_all", S, 16, 1, net, bw_efficiency=1.0)
+    assert two > 0.5 * S / net.inter_bw_Bps

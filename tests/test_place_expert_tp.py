@@ -5,6 +5,7 @@ expert weights per device go as 1 / et, the expert-data-parallel group is
 t d cp / (et ep) devices stride et ep, the EP all-to-all runs over ep members stride et,
 and evaluate refuses what Megatron refuses."""
 
+import numpy as np
 import pytest
 
 from phaze.errors import UserError
@@ -119,3 +120,63 @@ def test_evaluate_cli_expert_tp(capsys):
     assert main(base + ["--sequence-parallel", "--ep", "8", "--expert-tp", "1"]) == 0
     assert main(base + ["--ep", "8", "--expert-tp", "1"]) == 2
     assert "sequence parallelism" in capsys.readouterr().err
+
+
+def test_expected_nodes_hit_against_enumeration():
+    """expected_nodes_hit against a brute force over every top-k choice (uniform routing)."""
+    import itertools
+    from math import comb
+
+    from phaze.cost.collective import expected_nodes_hit
+
+    for E, k, N in ((8, 2, 2), (8, 3, 4), (12, 4, 3), (6, 6, 2)):
+        per = E // N
+        hits = [len({e // per for e in c}) for c in itertools.combinations(range(E), k)]
+        assert expected_nodes_hit(E, k, N) == pytest.approx(sum(hits) / comb(E, k), rel=1e-12)
+    assert expected_nodes_hit(256, 8, 1) == 1.0
+
+
+def test_flex_dispatch_closed_form_and_bounds():
+    """dedup_dispatch_time: each token crosses the network once per remote node hit
+    (slot bytes / k x (N - 1) / N x nodes hit), NVLink carries the local slots and the
+    forwarding; inside a node it is the all-to-all; never slower across nodes than the
+    all-to-all when k >= 2."""
+    from phaze.cost.collective import collective_time, dedup_dispatch_time, expected_nodes_hit
+    from phaze.hw.presets import NETWORKS
+
+    net = NETWORKS["dgx-h100"]
+    S, E, k = 134e6, 128, 8
+    assert dedup_dispatch_time(S, 8, 1, net, E, k) == pytest.approx(
+        collective_time("all_to_all", S, 8, 1, net, src_dtype_bytes=1.0, bw_efficiency=1.0))
+    for ep in (16, 32, 64):
+        N = ep // 8
+        want = (S / k * (N - 1) / N * expected_nodes_hit(E, k, N) / net.inter_bw_Bps
+                + S * (7 / ep + (ep - 8) / ep * 7 / 8) / net.intra_bw_Bps
+                + 7 * net.intra_latency_s + (N - 1) * net.inter_latency_s)
+        got = dedup_dispatch_time(S, ep, 1, net, E, k)
+        assert got == pytest.approx(want, rel=1e-12)
+        assert got < collective_time("all_to_all", S, ep, 1, net, src_dtype_bytes=1.0,
+                                     bw_efficiency=1.0)
+
+
+def test_dispatcher_and_ep_overlap_in_the_plan():
+    """The plan charges the flex dispatcher's time, and with the EP overlap only what
+    exceeds the other pass: max(0, 2 a2a - bwd) on the forward, max(0, 2 a2a - fwd) on the
+    backward (closed form on the chain)."""
+    from dataclasses import replace
+
+    from phaze.place.plan import expert_parallel_chain
+
+    links = Links.of(None)
+    ch = _chain(1, 1)
+    base = PlanOptions(collectives="nccl", ep=16, expert_tp=1)
+    plain = expert_parallel_chain(ch, 16, links, base)
+    flex = expert_parallel_chain(ch, 16, links, replace(base, moe_token_dispatcher="flex"))
+    moe = ch.a2a_bytes > 0
+    assert (flex.extra["ep_a2a_s"][moe] < plain.extra["ep_a2a_s"][moe]).all()
+    a2a = plain.extra["ep_a2a_s"] / 4
+    ov = expert_parallel_chain(ch, 16, links, replace(base, overlap_moe_expert_parallel_comm=True))
+    assert ov.fwd_s == pytest.approx(ch.fwd_s + np.maximum(2 * a2a - ch.bwd_s, 0))
+    assert ov.bwd_s == pytest.approx(ch.bwd_s + np.maximum(2 * a2a - ch.fwd_s, 0))
+    with pytest.raises(ValueError, match="moe_token_dispatcher"):
+        expert_parallel_chain(ch, 16, links, replace(base, moe_token_dispatcher="deepep"))

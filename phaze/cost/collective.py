@@ -79,6 +79,9 @@ def dp_allreduce_s(grad_bytes: float, d: int, network: Network, tp: int = 1, pp:
 # per-device `inter_bw_Bps`), so busbw = min(NVLink, n_local x NIC) (the node's NICs are
 # shared by the other groups of the same kind running at the same time, so a group never
 # gets more than its members' own NICs). Both times Links/CostParams efficiency.
+# All-to-all across nodes is no ring: the (g - n_local) / g of a device's buffer bound for
+# other nodes leaves through its own NIC (n_local x NIC is a ring's busbw, not this one's),
+# the rest over NVLink, summed as on a levelled network (hierarchical_coeffs).
 # Latency (alpha per step): ring 2(g-1) steps for all-reduce (g-1 for AG/RS), each at the
 # inter-node latency when the ring leaves the node; NCCL's tree (all-reduce only, inter-node
 # double binary tree + intra-node chain): 2 (log2(n_nodes) alpha_inter + (n_local-1)
@@ -160,6 +163,15 @@ def collective_time(kind: str, nbytes: float, group_size: int, stride: int = 1, 
         if kind in ("send_recv", "broadcast"):
             return alpha + S / bw
         return steps * (group_size - 1) * alpha + factor * S / bw
+    if kind == "all_to_all" and n_nodes > 1:
+        # not a ring: every member sends S / g to each other member at once, so what leaves
+        # the node goes through the sender's own NIC (rail-optimised, one NIC per GPU) and
+        # what stays goes over NVLink: the levelled formula of hierarchical_coeffs on the
+        # two levels node / network (nccl-tests alltoall: busbw = algbw (g-1)/g)
+        intra = S * (n_local - 1) / group_size / (network.intra_bw_Bps * bw_efficiency)
+        inter = S * (group_size - n_local) / group_size / (network.inter_bw_Bps * bw_efficiency)
+        return (intra + inter + (n_local - 1) * network.intra_latency_s
+                + (n_nodes - 1) * network.inter_latency_s)
     busbw = bus_bandwidth(group_size, stride, network, bw_efficiency)
     a_ring = network.inter_latency_s if n_nodes > 1 else network.intra_latency_s
     if kind in ("send_recv", "broadcast"):
@@ -228,3 +240,52 @@ def reduce_scatter_time(nbytes: float, group_size: int, stride: int = 1, network
 
 def all_gather_time(nbytes: float, group_size: int, stride: int = 1, network=None, **kw) -> float:
     return collective_time("all_gather", nbytes, group_size, stride, network, **kw)
+
+
+def expected_nodes_hit(experts: int, top_k: int, nodes: int) -> float:
+    """Expected number of the `nodes` nodes of an EP group holding at least one of a token's
+    top_k experts, the experts spread evenly (experts / nodes per node) and routing uniform
+    (what the balanced benchmarks force): nodes x (1 - C(E - E/N, k) / C(E, k))."""
+    if nodes <= 1:
+        return 1.0
+    per = experts / nodes
+    if top_k > experts - per:
+        return float(nodes)
+    miss = 1.0
+    for i in range(top_k):               # C(E - E/N, k) / C(E, k) as a product
+        miss *= (experts - per - i) / (experts - i)
+    return nodes * (1.0 - miss)
+
+
+def dedup_dispatch_time(slot_bytes: float, ep: int, stride: int, network, experts: int,
+                        top_k: int, bw_efficiency: float = 1.0) -> float:
+    """Seconds of one token dispatch (or combine) of Megatron-Core's flex dispatcher (DeepEP /
+    HybridEP backends; DeepSeek-AI 2025, DeepEP README "internode" kernels): a token goes
+    once over the network to each remote node holding some of its experts (to the GPU of
+    the same local rank there) and is forwarded over NVLink to the experts' GPUs, where
+    the plain all-to-all sends one copy per routed slot. `slot_bytes`: the device's routed
+    slots (T_s top_k h bytes, what the all-to-all sends); the EP group of `ep` devices
+    `stride` apart spans N nodes of n_local members. Network bytes per device:
+    slot_bytes / top_k x the remote nodes hit, (N - 1) / N x `expected_nodes_hit`; NVLink:
+    the slots for the own node's other members plus the forwarding of what arrives,
+    slot_bytes (n_local - 1) / ep + slot_bytes (ep - n_local) / ep (n_local - 1) / n_local.
+    Inside one node it is the all-to-all."""
+    if ep <= 1 or slot_bytes <= 0:
+        return 0.0
+    if getattr(network, "levels", ()):
+        dpn, (_g, intra, a_in), (_g2, inter, a_out) = (network.levels[0][0], network.levels[0],
+                                                        network.levels[1])
+    else:
+        dpn, intra, a_in, inter, a_out = (network.devices_per_node, network.intra_bw_Bps,
+                                          network.intra_latency_s, network.inter_bw_Bps,
+                                          network.inter_latency_s)
+    n_local, n_nodes = group_layout(ep, stride, dpn)
+    if n_nodes == 1:
+        return collective_time("all_to_all", slot_bytes, ep, stride, network,
+                               src_dtype_bytes=1.0, bw_efficiency=bw_efficiency)
+    # of the nodes hit, the token's own is one of N alike: the N - 1 others cross the network
+    remote = (n_nodes - 1) / n_nodes * expected_nodes_hit(experts, top_k, n_nodes)
+    net_bytes = slot_bytes / top_k * remote
+    nvl_bytes = slot_bytes * ((n_local - 1) / ep + (ep - n_local) / ep * (n_local - 1) / n_local)
+    return (net_bytes / (inter * bw_efficiency) + nvl_bytes / (intra * bw_efficiency)
+            + (n_local - 1) * a_in + (n_nodes - 1) * a_out)

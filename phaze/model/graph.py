@@ -590,7 +590,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       fused=fused, dtype_bytes=dtype_bytes, layers=tuple(layers), params_total=uniques,
                       attention=attention, vocab_pad_multiple=vocab_pad_multiple,
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
-                      cp=cp, expert_tp=et, kv_bytes=float(2 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp)
+                      cp=cp, expert_tp=et, moe_experts=spec.experts, moe_top_k=spec.top_k,
+                      kv_bytes=float(2 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp)
                                             * spec.d_head * dtype_bytes))
 
 

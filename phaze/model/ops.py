@@ -142,6 +142,8 @@ class ModelGraph:
     cp: int = 1                     # context-parallel size: ops are for seq / cp tokens
     kv_bytes: float = 0.0           # K and V of one device's seq / cp chunk per microbatch
     expert_tp: int = 0              # expert tensor-parallel size (MoE); 0 = tp
+    moe_experts: int = 0            # routed experts per MoE block (0: dense)
+    moe_top_k: int = 0              # experts each token is routed to
 
     @property
     def collective_groups(self) -> dict[str, int]:

@@ -196,4 +196,5 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                  shared_param_count=sum(lg.shared_param_bytes for lg in graph.layers
                                         if lg.kind == "epilogue") / graph.dtype_bytes,
                  extra={"sequence_parallel": bool(graph.sequence_parallel),
-                        "expert_tp": int(graph.expert_tp or graph.tp)})
+                        "expert_tp": int(graph.expert_tp or graph.tp),
+                        "moe_experts": int(graph.moe_experts), "moe_top_k": int(graph.moe_top_k)})

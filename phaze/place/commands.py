@@ -109,10 +109,15 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
                    help="ZeRO stage / FSDP (3) timing and memory (default: 1 with --zero1, "
                         "else 0)")
-    overlaps = ["grad_reduce", "param_gather", "tp_comm", "p2p", "async_tp"]
+    overlaps = ["grad_reduce", "param_gather", "tp_comm", "p2p", "async_tp", "moe_ep_comm"]
     e.add_argument("--overlap", action="append", default=[], choices=overlaps,
                    help="switch one overlap on (repeatable; Megatron flag names; async_tp: "
-                        "--async-tensor-model-parallel-allreduce)")
+                        "--async-tensor-model-parallel-allreduce; moe_ep_comm: "
+                        "--overlap-moe-expert-parallel-comm)")
+    e.add_argument("--moe-token-dispatcher", choices=["alltoall", "flex"], default="alltoall",
+                   help="Megatron-Core --moe-token-dispatcher-type of an MoE model's EP "
+                        "traffic: alltoall sends each routed slot, flex (DeepEP / HybridEP) "
+                        "each token once per remote node (default alltoall)")
     e.add_argument("--no-overlap", action="append", default=[], choices=overlaps,
                    help="switch one of --framework's overlaps off (repeatable)")
     e.add_argument("--cross-entropy-fusion", action="store_true",
@@ -292,10 +297,6 @@ def _cmd_evaluate(args) -> int:
     seq = args.seq or spec.seq
     try:
         if args.grid:
-            if args.expert_tp:
-                raise UserError("the sweep builds its graphs with the expert TP size = tp",
-                                field="--expert-tp",
-                                fix="drop --expert-tp with --grid, or evaluate on a preset --arch")
             plan, hbm, arch_label = _evaluate_grid(args, spec, settings, seq)
         else:
             if args.stages:
@@ -426,7 +427,8 @@ def _evaluate_grid(args, spec, settings, seq):
                    "ddp_impl": "local", "cross_entropy_fusion": False,
                    "grad_sync_dtype": None, "optimizer_state_dtype": None,
                    "first_stage_layers": None, "last_stage_layers": None,
-                   "account_embedding": False, "account_loss": False}
+                   "account_embedding": False, "account_loss": False,
+                   "moe_token_dispatcher": "alltoall", "expert_tp": 0}
     for name, default in preset_only.items():
         if getattr(args, name, default) != default:
             flag = {"account_embedding": "--account-for-embedding-in-pipeline-split",
@@ -488,13 +490,16 @@ def _evaluate_preset(args, spec, settings, seq):
 def _overlap_options(args) -> dict:
     names = {"grad_reduce": "overlap_grad_reduce", "param_gather": "overlap_param_gather",
              "tp_comm": "tp_comm_overlap", "p2p": "overlap_p2p",
-             "async_tp": "async_tensor_model_parallel_allreduce"}
+             "async_tp": "async_tensor_model_parallel_allreduce",
+             "moe_ep_comm": "overlap_moe_expert_parallel_comm"}
     o = {names[x]: True for x in getattr(args, "overlap", [])}
     both = set(getattr(args, "overlap", [])) & set(getattr(args, "no_overlap", []))
     if both:
         raise UserError(f"{sorted(both)[0]} is both in --overlap and --no-overlap",
                         field="--no-overlap", fix="give each overlap once")
     o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
+    if getattr(args, "moe_token_dispatcher", "alltoall") != "alltoall":
+        o["moe_token_dispatcher"] = args.moe_token_dispatcher
     from phaze.place.evaluate import dtype_options
 
     o.update(dtype_options(getattr(args, "framework", None), getattr(args, "grad_sync_dtype", None),

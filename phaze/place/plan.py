@@ -149,6 +149,12 @@ class PlanOptions:
     cp: int = 1                          # context-parallel size (chain built for seq / cp)
     ep: int = 1                          # expert-parallel size (MoE layers; expert_parallel_chain)
     expert_tp: int = 0                   # expert tensor-parallel size (0 = t; grad_groups)
+    # Megatron-Core --moe-token-dispatcher-type: "alltoall" (one copy per routed slot) or
+    # "flex" (DeepEP / HybridEP: one copy per remote node; dedup_dispatch_time)
+    moe_token_dispatcher: str = "alltoall"
+    # --overlap-moe-expert-parallel-comm: a layer's EP all-to-alls of one microbatch run
+    # during the other pass's compute of another (combined 1F1B; expert_parallel_chain)
+    overlap_moe_expert_parallel_comm: bool = False
     fp8_weight_bytes: float = 0.0        # extra bytes/param of FP8 weight copies (TE)
     # Weight-gradient accumulation over microbatches as its own memory pass (bytes/param
     # per microbatch after the first): eager PyTorch's AccumulateGrad `grad += new` in the
@@ -622,6 +628,9 @@ def with_axes(options: PlanOptions, ep: int = 1, zero_stage: int | None = None) 
                    zero_stage=zero_stage if zero_stage >= 2 else 0)
 
 
+MOE_DISPATCHERS = ("alltoall", "flex")
+
+
 def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOptions) -> Chain:
     """The chain under expert parallelism of width ep (Megatron-Core MoE; Lepikhin et al.
     2021, GShard): each device keeps 1/ep of every MoE layer's routed experts
@@ -634,23 +643,49 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     with CP folded into the expert grid (grad_groups);
     topology options.collectives).
     Recomputing a forward re-runs its all-to-alls (recompute_s("full") = fwd_s). The chain
-    returned has a2a_bytes 0 (no second application) and extra["ep_a2a_s"] per layer.
+    returned has a2a_bytes 0 (no second application) and extra["ep_a2a_s"] per layer (the
+    time charged). options.moe_token_dispatcher "flex": the dispatch and combine of
+    DeepEP / HybridEP (phaze.cost.collective.dedup_dispatch_time: one copy per remote node,
+    NVLink forwarding); options.overlap_moe_expert_parallel_comm: a layer's forward
+    all-to-alls hide under its backward compute and the other way round (Megatron-Core's
+    combined 1F1B EP overlap), max(0, 2 a2a - other pass) charged.
     ep = 1 or a dense chain: `chain` unchanged."""
     from dataclasses import replace
 
-    from phaze.cost.collective import collective_time
+    from phaze.cost.collective import collective_time, dedup_dispatch_time
 
     if ep <= 1 or not chain.a2a_bytes.any():
         return chain
+    et = options.expert_tp or chain.t
+    if options.moe_token_dispatcher not in MOE_DISPATCHERS:
+        raise ValueError(f"moe_token_dispatcher must be one of {MOE_DISPATCHERS}, got "
+                         f"{options.moe_token_dispatcher!r}")
+    flex = options.moe_token_dispatcher == "flex"
+    if flex and not chain.extra.get("moe_experts"):
+        raise ValueError("the flex dispatcher needs the chain's expert count and top_k "
+                         "(build it with chain_from_graph)")
     sizes, inv = np.unique(chain.a2a_bytes, return_inverse=True)
-    a2a = np.array([collective_time("all_to_all", float(b), ep, options.expert_tp or chain.t, links,
-                                    src_dtype_bytes=1.0, topology=options.collectives,
-                                    bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
-                    for b in sizes])[inv.reshape(-1)]
-    return replace(chain, fwd_s=chain.fwd_s + 2.0 * a2a, bwd_s=chain.bwd_s + 2.0 * a2a,
+
+    def one(b):
+        if b <= 0:
+            return 0.0
+        if flex:
+            return dedup_dispatch_time(float(b), ep, et, links, chain.extra["moe_experts"],
+                                       chain.extra["moe_top_k"], links.bw_efficiency)
+        return collective_time("all_to_all", float(b), ep, et, links, src_dtype_bytes=1.0,
+                               topology=options.collectives, bw_efficiency=links.bw_efficiency)
+
+    a2a = np.array([one(b) for b in sizes])[inv.reshape(-1)]
+    add_f = add_b = 2.0 * a2a                     # dispatch + combine in each pass
+    if options.overlap_moe_expert_parallel_comm:
+        # the forward's all-to-alls run under the paired backward's compute and the other
+        # way round (steady-state 1F1B pairs; warm-up and cool-down not credited apart)
+        add_f = np.maximum(2.0 * a2a - chain.bwd_s, 0.0)
+        add_b = np.maximum(2.0 * a2a - chain.fwd_s, 0.0)
+    return replace(chain, fwd_s=chain.fwd_s + add_f, bwd_s=chain.bwd_s + add_b,
                    param_count=chain.param_count - chain.expert_param_count * (1.0 - 1.0 / ep),
                    expert_param_count=chain.expert_param_count / ep,
-                   a2a_bytes=np.zeros(chain.n), extra={**chain.extra, "ep_a2a_s": 4.0 * a2a})
+                   a2a_bytes=np.zeros(chain.n), extra={**chain.extra, "ep_a2a_s": add_f + add_b})
 
 
 def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOptions) -> Chain:
