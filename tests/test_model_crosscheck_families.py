@@ -66,6 +66,23 @@ CASES = {
     "gpt2-small": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=101, n_positions=128),
     "opt-small": dict(model_type="opt", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       ffn_dim=96, vocab_size=101, max_position_embeddings=128, enable_bias=False),
+    # MLA + MoE: q compression or not, dense first blocks, shared experts, biased MLA linears
+    "deepseek_v3-small": dict(SMALL, model_type="deepseek_v3", num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=16,
+                              qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10,
+                              n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+                              moe_intermediate_size=32, n_shared_experts=2, first_k_dense_replace=1,
+                              num_hidden_layers=3),
+    "deepseek_v3-noq-bias": dict(SMALL, model_type="deepseek_v3", num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=16,
+                                 qk_nope_head_dim=16, qk_rope_head_dim=4, v_head_dim=16,
+                                 n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+                                 moe_intermediate_size=32, n_shared_experts=1,
+                                 first_k_dense_replace=0, attention_bias=True,
+                                 tie_word_embeddings=True),
+    "deepseek_v2-small": dict(SMALL, model_type="deepseek_v2", num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=16,
+                              qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=16,
+                              n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
+                              n_shared_experts=2, first_k_dense_replace=1,
+                              topk_method="group_limited_greedy", n_group=3, topk_group=2),
     # --- real sizes (published config.json values) ---
     "Llama-3.2-1B": dict(model_type="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
@@ -116,7 +133,8 @@ SEQ = 64  # > the small configs' windows (16): eager attention computes s x s an
 
 
 def _hf(fields):
-    fields = {k: v for k, v in fields.items() if v is not None}
+    # an explicit null is the transformers default except q_lora_rank (null: no q compression)
+    fields = {k: v for k, v in fields.items() if v is not None or k == "q_lora_rank"}
     cfg = transformers.AutoConfig.for_model(**fields)
     cfg._attn_implementation = "eager"
     if hasattr(cfg, "_experts_implementation"):
@@ -146,7 +164,8 @@ def test_family_matches_transformers(case):
     assert ours == hf_flops
 
 
-@pytest.mark.parametrize("case", ["llama-gelu-bias-tied", "Qwen2-0.5B", "qwen2_moe-small"])
+@pytest.mark.parametrize("case", ["llama-gelu-bias-tied", "Qwen2-0.5B", "qwen2_moe-small",
+                                  "deepseek_v3-small", "deepseek_v2-small"])
 def test_flash_graph_matches_sdpa(case):
     """attention="flash" against torch's fused scaled_dot_product_attention, which
     FlopCounterMode counts as its two GEMMs (4 b a s^2 d), like the graph's attn.core

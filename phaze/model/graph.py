@@ -37,6 +37,10 @@ VECTOR_FLOPS = {
     "gelu": (10, 14), "relu": (1, 1), "relu2": (2, 3), "swiglu": (6, 10), "add": (1, 0), "rope": (3, 3),
     "embedding": (1, 1), "cross_entropy": (5, 2), "tanh": (5, 3), "geglu": (11, 16),
     "silu": (5, 8), "sigmoid": (5, 3), "permute": (1, 1),
+    # DeepSeek-V3's router on its fp32 logits, per expert score: sigmoid (5), the correction
+    # bias (1), each group's top-2 sum (~2), the group mask (1), top-k over the kept scores
+    # (~3); backward: the sigmoid's gradient at the chosen experts (3)
+    "sigmoid_topk": (12, 3),
 }
 # element-wise classes a GEMM can absorb as its epilogue (the reference's TC+VC ops)
 FUSABLE = {"gelu", "relu", "relu2", "silu", "swiglu", "geglu", "dropout", "add", "rope", "tanh",
@@ -45,6 +49,8 @@ FUSABLE = {"gelu", "relu", "relu2", "silu", "swiglu", "geglu", "dropout", "add",
 # element-wise classes whose Megatron jit kernels add a linear's bias themselves
 # (bias-GELU, bias-SwiGLU, bias-dropout-add; Megatron's skip_bias_add)
 BIAS_ABSORBING = {"gelu", "swiglu", "geglu", "dropout", "add"}
+# vector class of the MoE routing op by spec.router
+_ROUTE = {"softmax": "softmax", "sigmoid": "sigmoid_topk"}
 MASK_BYTES = 1      # dropout mask, one byte per element (Korthikanti)
 LOGIT_BYTES = 4     # cross-entropy keeps fp32 logits (Korthikanti Sec. 4.3)
 TOKEN_ID_BYTES = 8  # int64 token ids
@@ -78,6 +84,7 @@ class _Node:
     experts: int = 0                   # routed-expert GEMM spanning this many experts (MoE)
     group: str = "tp"                  # communicator of a collective: tp | etp (expert TP)
     fused_fwd: tuple[str, ...] = ()    # vector classes inside a fused kernel (flash attention)
+    flash_dims: tuple[int, int] = (0, 0)  # flash with value heads narrower/wider than q/k: (d_qk, d_v)
 
 
 class _Layer:
@@ -118,14 +125,19 @@ class _Layer:
             b_bytes=w * dt, params_dev=params_dev, params_unique=unique, params_shared=shared,
             bias_n=b, saved=saved, tp_rule=rule, regather=regather, experts=experts))
 
-    def flash(self, name, inputs, in_bytes, *, batch, s, keys, d, saved, selective_drop):
+    def flash(self, name, inputs, in_bytes, *, batch, s, keys, d, saved, selective_drop, dv=0):
         """Fused attention O = softmax(Q K^T) V (FlashAttention, Dao et al. 2022): one kernel,
         two GEMMs of batch x s x keys x d, the s x keys probabilities never leave on-chip
-        memory. Expressed as one gemm op of batch 2 x `batch` (FLOP = 4 batch s keys d)."""
+        memory. Expressed as one gemm op of batch 2 x `batch` (FLOP = 4 batch s keys d).
+        dv != d (MLA: q/k heads of d, value heads of dv): one gemm op of batch `batch` and
+        depth d + dv (FLOP = 2 batch s keys (d + dv): Q K^T plus P V); the output is dv wide."""
+        dv = dv or d
+        gemm = GemmDims(2 * batch, s, keys, d) if dv == d else GemmDims(batch, s, keys, d + dv)
         return self.add(_Node(
-            name=name, inputs=tuple(inputs), in_bytes=tuple(in_bytes), out_bytes=batch * s * d * self.dt,
-            out_elements=batch * s * keys, kind="gemm", bwd="flash", gemm=GemmDims(2 * batch, s, keys, d),
-            saved=saved, selective_drop=selective_drop, tp_rule="column", fused_fwd=("softmax",)))
+            name=name, inputs=tuple(inputs), in_bytes=tuple(in_bytes), out_bytes=batch * s * dv * self.dt,
+            out_elements=batch * s * keys, kind="gemm", bwd="flash", gemm=gemm,
+            saved=saved, selective_drop=selective_drop, tp_rule="column", fused_fwd=("softmax",),
+            flash_dims=(0, 0) if dv == d else (d, dv)))
 
     def bmm(self, name, a, b, *, batch, m, n, k, a_bytes, b_bytes, saved, selective_drop=0.0):
         return self.add(_Node(
@@ -331,9 +343,13 @@ class _Layer:
         scores S = Q K^T from the saved Q, K and log-sum-exp, then dV = P^T dO, dP = dO V^T,
         dQ = dS K, dK = dS^T Q: five GEMMs of the forward's shape (forward: two)."""
         g = n.gemm
-        per = g.batch // 2
-        op = Op(name=f"{n.name}.bwd", kind="gemm", deps=gr, gemm=GemmDims(5 * per, g.m, g.n, g.k),
-                flops=2.5 * g.flops, bytes_read=sum(n.in_bytes) + 2 * n.out_bytes + n.saved,
+        if n.flash_dims[0]:   # d_qk != d_v: S and dQ, dK are d_qk deep, dV and dP d_v deep
+            d, dv = n.flash_dims
+            bg = GemmDims(g.batch, g.m, g.n, 3 * d + 2 * dv)
+        else:
+            bg = GemmDims(5 * (g.batch // 2), g.m, g.n, g.k)
+        op = Op(name=f"{n.name}.bwd", kind="gemm", deps=gr, gemm=bg,
+                flops=bg.flops, bytes_read=sum(n.in_bytes) + 2 * n.out_bytes + n.saved,
                 bytes_written=sum(n.in_bytes), tp_rule=n.tp_rule, fused=("softmax_bwd",),
                 elements=n.out_elements)
         st.ops.append(op)
@@ -541,7 +557,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     step: seq / cp queries against a seq / cp chunk of keys; the cp - 1 further steps are
     phaze.place.plan.context_parallel_chain's); graph.seq stays the full sequence and
     graph.kv_bytes holds the K and V one step sends (2 x mbs x seq / cp x kv heads / tp x
-    head dim x dtype bytes).
+    head dim x dtype bytes; MLA: mbs x seq / cp x heads / tp x (qk + v head dims) x dtype
+    bytes, `_kv_bytes`).
 
     attention: "eager" materialises the s x s scores and probabilities (HF eager, Megatron's
     unfused softmax); "flash" is one fused kernel per pass that keeps only Q, K, V, O and the
@@ -591,8 +608,18 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       attention=attention, vocab_pad_multiple=vocab_pad_multiple,
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
                       cp=cp, expert_tp=et, moe_experts=spec.experts, moe_top_k=spec.top_k,
-                      kv_bytes=float(2 * mbs * (seq // cp) * max(1, spec.n_kv_heads // tp)
-                                            * spec.d_head * dtype_bytes))
+                      kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
+
+
+def _kv_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> float:
+    """K and V of one device's sequence chunk: what one context-parallel ring step sends.
+    MLA: Transformer Engine's p2p ring sends the per-head key and value the core attends
+    (torch.cat of k and v, context_parallel.py AttnFuncWithCPAndKVP2P): heads / tp of them,
+    nope + rope wide for K and v_head_dim for V, not the compressed latent."""
+    if spec.mla:
+        return float(mbs * chunk * (spec.heads // tp) * (spec.qk_head_dim + spec.v_head_dim)
+                     * dtype_bytes)
+    return float(2 * mbs * chunk * max(1, spec.n_kv_heads // tp) * spec.d_head * dtype_bytes)
 
 
 def check_expert_tp(spec: ModelSpec, tp: int, expert_tp: int, sequence_parallel: bool) -> None:
@@ -731,6 +758,8 @@ def _attention(L: _Layer, c: _Ctx, x: str, sliding: bool) -> str:
     Gemma2's score soft-capping keeps its tanh output (2 a s^2 b) too. Flash keeps no
     s^2 tensor, only the fp32 row log-sum-exp (4 a s b)."""
     sp, dt, t = c.spec, c.dt, c.t
+    if sp.mla:
+        return _mla_attention(L, c, x)
     h, T, Ts, s, b = sp.hidden, c.T, c.Ts, c.s, c.b
     d, a, kv = sp.d_head, sp.heads // t, sp.n_kv_heads // t
     xin, regather = _enter_tp(L, c, x, "attn", h)
@@ -774,27 +803,108 @@ def _attention(L: _Layer, c: _Ctx, x: str, sliding: bool) -> str:
                       saved=qk_bytes + v_bytes + lse, selective_drop=lse)
         L.nodes[ctx].selective = True
     else:
-        scores = L.bmm("attn.scores", q, k, batch=b * a, m=s, n=s, k=d, a_bytes=T * a * d * dt,
-                       b_bytes=T * kv * d * dt, saved=qk_bytes)
-        p_el = b * a * s * s
-        core = [scores]
-        if sp.attn_softcap:  # cap * tanh(scores / cap): tanh's backward reads its output
-            scores = L.vector("attn.softcap", (scores,), "tanh", p_el, saved=p_el * dt, rule="column",
-                              selective_drop=p_el * dt)
-            core.append(scores)
-        probs = L.vector("attn.softmax", (scores,), "softmax", p_el, saved=p_el * dt, rule="column",
-                         selective_drop=p_el * dt)
-        core.append(probs)
-        dropped = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True)
-        own = p_el * dt if dropped != probs else 0.0  # the dropout output is a tensor of its own
-        if dropped != probs:
-            core.append(dropped)
-        ctx = L.bmm("attn.context", dropped, v, batch=b * a, m=s, n=d, k=s, a_bytes=p_el * dt,
-                    b_bytes=v_bytes, saved=own + v_bytes, selective_drop=own)
-        core.append(ctx)
-        for n in core:   # what selective recomputation re-runs (Korthikanti Sec. 5)
-            L.nodes[n].selective = True
+        ctx = _eager_core(L, c, q, k, v, a=a, d=d, dv=d, q_bytes=T * a * d * dt,
+                          k_bytes=T * kv * d * dt, v_bytes=v_bytes, qk_saved=qk_bytes)
     proj = L.linear("attn.proj", ctx, T, a * d, h, rule="row", bias=sp.o_bias, saved=T * a * d * dt)
+    return _exit_tp(L, c, proj, "attn", h)
+
+
+def _eager_core(L: _Layer, c: _Ctx, q: str, k: str, v: str, *, a: int, d: int, dv: int,
+                q_bytes: float, k_bytes: float, v_bytes: float, qk_saved: float) -> str:
+    """Unfused attention core on one device's `a` heads: scores Q K^T (depth d), optional
+    soft cap, softmax, dropout, probabilities x V (value heads dv wide). Q and K are kept
+    (`qk_saved`, counted on the scores) and V (on the context), with the s^2 tensors that
+    selective recomputation drops; every op here is re-run by it."""
+    sp, dt, s, b = c.spec, c.dt, c.s, c.b
+    scores = L.bmm("attn.scores", q, k, batch=b * a, m=s, n=s, k=d, a_bytes=q_bytes,
+                   b_bytes=k_bytes, saved=qk_saved)
+    p_el = b * a * s * s
+    core = [scores]
+    if sp.attn_softcap:  # cap * tanh(scores / cap): tanh's backward reads its output
+        scores = L.vector("attn.softcap", (scores,), "tanh", p_el, saved=p_el * dt, rule="column",
+                          selective_drop=p_el * dt)
+        core.append(scores)
+    probs = L.vector("attn.softmax", (scores,), "softmax", p_el, saved=p_el * dt, rule="column",
+                     selective_drop=p_el * dt)
+    core.append(probs)
+    dropped = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True)
+    own = p_el * dt if dropped != probs else 0.0  # the dropout output is a tensor of its own
+    if dropped != probs:
+        core.append(dropped)
+    ctx = L.bmm("attn.context", dropped, v, batch=b * a, m=s, n=dv, k=s, a_bytes=p_el * dt,
+                b_bytes=v_bytes, saved=own + v_bytes, selective_drop=own)
+    core.append(ctx)
+    for n in core:   # what selective recomputation re-runs (Korthikanti Sec. 5)
+        L.nodes[n].selective = True
+    return ctx
+
+
+def _mla_attention(L: _Layer, c: _Ctx, x: str) -> str:
+    """Multi-head latent attention (DeepSeek-V2, Liu et al. 2024; DeepSeek-V3) on the normed
+    input `x`, with tensor parallelism as Megatron-Core's MLASelfAttention runs it (TE spec):
+
+    - the down projections (q: h -> q_lora_rank, kv: h -> kv_lora_rank + rope) are
+      "duplicated" linears (TELinear parallel_mode="duplicated"): the whole weight on every
+      TP rank, run on the tokens the rank holds: T / t under sequence parallelism, all T
+      otherwise; their RMSNorms likewise;
+    - the up projections (q_lora_rank -> heads x (nope + rope), kv_lora_rank -> heads x
+      (nope + v)) and a plain q projection (q_lora_rank 0, h -> heads x (nope + rope)) are
+      column-parallel: their input enters the TP region (all-gather of the normed latent
+      under SP, Megatron's f otherwise);
+    - the rope key (one head, shared by all) is all-gathered over TP under SP
+      (gather_from_sequence_parallel_region); without SP every rank computed it already;
+    - RoPE rotates the rope part of each query head and the shared key, written with the
+      nope parts into whole query, key and value tensors (Megatron-Core's fused MLA RoPE
+      kernels): "attn.q_rope" and "attn.kv_rope";
+    - the core attends a / t heads, q and k heads nope + rope wide, v heads v_head_dim;
+    - the output projection heads x v -> h is row-parallel.
+    Saved, each tensor once: the block input (down projections), both latents before and
+    after their norms (norm input, up-projection input), the query, key and value (the
+    core) and the output projection's input."""
+    sp, dt, t = c.spec, c.dt, c.t
+    h, T, Ts, s, b = sp.hidden, c.T, c.Ts, c.s, c.b
+    a, dn, dr, dv = sp.heads // t, sp.qk_nope_head_dim, sp.qk_rope_head_dim, sp.v_head_dim
+    dq, qr, kr = dn + dr, sp.q_lora_rank, sp.kv_lora_rank
+    srule = "sharded" if c.sp else "replicated"
+    if qr:
+        qa = L.linear("attn.q_down", x, Ts, h, qr, rule="replicated", bias=sp.q_bias, saved=Ts * h * dt)
+        qn = L.vector("attn.q_norm", (qa,), sp.norm, Ts * qr, saved=Ts * qr * dt, params=qr, rule=srule)
+        qin, rg = _enter_tp(L, c, qn, "attn.q", qr)
+        q = L.linear("attn.q_up", qin, T, qr, a * dq, rule="column", bias=False, saved=Ts * qr * dt,
+                     regather=rg)
+    else:
+        xin, rg = _enter_tp(L, c, x, "attn.q", h)
+        q = L.linear("attn.q", xin, T, h, a * dq, rule="column", bias=False, saved=Ts * h * dt,
+                     regather=rg)
+    # the block input is kept once, by the first projection reading it
+    kva = L.linear("attn.kv_down", x, Ts, h, kr + dr, rule="replicated", bias=sp.q_bias,
+                   saved=0.0)
+    L.nodes[kva].accumulate = False          # the latent and the rope key are disjoint slices
+    kvn = L.vector("attn.kv_norm", (kva,), sp.norm, Ts * kr, in_bytes=(Ts * kr * dt,),
+                   saved=Ts * kr * dt, params=kr, rule=srule)
+    kvin, rg = _enter_tp(L, c, kvn, "attn.kv", kr)
+    kv = L.linear("attn.kv_up", kvin, T, kr, a * (dn + dv), rule="column", bias=False,
+                  saved=Ts * kr * dt, regather=rg)
+    kpe = kva
+    if t > 1 and c.sp:
+        full = T * dr * dt
+        kpe = L.collective("attn.k_rope.all_gather", kva, "all_gather", "reduce_scatter", full,
+                           full / t, full, rule="sharded")
+    qrot = L.vector("attn.q_rope", (q,), "rope", T * a * dq, rule="column")
+    krot = L.vector("attn.kv_rope", (kv, kpe), "rope", T * a * (dq + dv),
+                    in_bytes=(T * a * (dn + dv) * dt, T * dr * dt), rule="column")
+    L.nodes[krot].accumulate = False         # key and value are disjoint slices
+    q_bytes, k_bytes, v_bytes = T * a * dq * dt, T * a * dq * dt, T * a * dv * dt
+    if c.attention == "flash":
+        lse = b * a * s * 4
+        ctx = L.flash("attn.core", (qrot, krot), (q_bytes, k_bytes + v_bytes), batch=b * a, s=s,
+                      keys=s, d=dq, dv=dv, saved=q_bytes + k_bytes + v_bytes + lse,
+                      selective_drop=lse)
+        L.nodes[ctx].selective = True
+    else:
+        ctx = _eager_core(L, c, qrot, krot, krot, a=a, d=dq, dv=dv, q_bytes=q_bytes,
+                          k_bytes=k_bytes, v_bytes=v_bytes, qk_saved=q_bytes + k_bytes)
+    proj = L.linear("attn.proj", ctx, T, a * dv, h, rule="row", bias=sp.o_bias, saved=T * a * dv * dt)
     return _exit_tp(L, c, proj, "attn", h)
 
 
@@ -856,7 +966,7 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
     h, T, E, k = sp.hidden, c.T, sp.experts, sp.top_k
     router = L.linear("moe.router", xin, T, h, E, rule="replicated", bias=False, saved=c.Ts * h * dt,
                       regather=regather)
-    route = L.vector("moe.route", (router,), "softmax", T * E, saved=T * E * 4, out_bytes=T * k * dt)
+    route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=T * k * dt)
     disp = L.vector("moe.dispatch", (xin, route), "permute", T * k * h,
                     in_bytes=(T * h * dt, T * k * dt))
     down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True, bias=False,
@@ -891,7 +1001,7 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     h, Ts, E, k = sp.hidden, c.Ts, sp.experts, sp.top_k
     srule = "sharded" if c.sp else "replicated"
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=False, saved=Ts * h * dt)
-    route = L.vector("moe.route", (router,), "softmax", Ts * E, saved=Ts * E * 4,
+    route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
                      out_bytes=Ts * k * dt, rule=srule)
     own = Ts * k * h * dt              # this device's routed slots
     disp = L.vector("moe.dispatch", (x, route), "permute", Ts * k * h,
@@ -937,7 +1047,7 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     h, T, Ts, E, k = sp.hidden, c.T, c.Ts, sp.experts, sp.top_k
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=False,
                       saved=Ts * h * dt)
-    route = L.vector("moe.route", (router,), "softmax", Ts * E, saved=Ts * E * 4,
+    route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
                      out_bytes=T * k * dt, rule="sharded")
     hp = L.collective("moe.sp2hp", x, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
                       Ts * h * dt, rule="sharded")

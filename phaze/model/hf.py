@@ -21,7 +21,7 @@ from phaze.model.spec import ModelSpec
 DEFAULT_SEQ = 4096
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
-            "gemma2", "phi3",
+            "gemma2", "phi3", "deepseek_v2", "deepseek_v3",
             "nemotron", "gpt_neox", "falcon", "gpt2", "opt", "bert")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
@@ -319,6 +319,75 @@ def _phi3(get, name):
     return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), sliding_window=_window(get))
 
 
+def _deepseek(get, name, v3=True):
+    """DeepSeek-V2 / V3 (DeepseekV2ForCausalLM, DeepseekV3ForCausalLM): multi-head latent
+    attention (q_lora_rank null: a plain q projection, DeepSeek-V2-Lite), the first
+    `first_k_dense_replace` blocks a dense gated MLP `intermediate_size` wide, the others MoE:
+    top-k of `n_routed_experts` experts `moe_intermediate_size` wide plus an ungated shared
+    expert n_shared_experts x moe_intermediate_size wide. V3 scores experts by sigmoid plus
+    a correction bias (a buffer, no parameter) with group-limited top-k; V2 by softmax
+    (greedy or group-limited). routed_scaling_factor and norm_topk_prob scale the top-k
+    weights (element-wise, not modelled). The multi-token-prediction layers
+    (num_nextn_predict_layers) are not built, as transformers does not build them."""
+    get.zero_dropout("attention_dropout")
+    if v3:
+        get.refuse("scoring_func", "sigmoid", "DeepSeek-V3 routers score by sigmoid in transformers")
+        get.refuse("topk_method", "noaux_tc", "DeepSeek-V3 routers pick by noaux_tc in transformers")
+    else:
+        get.refuse("scoring_func", "softmax", "DeepSeek-V2 routers score by softmax in transformers")
+        t = get.str("topk_method", "greedy")
+        if t not in ("greedy", "group_limited_greedy"):
+            raise UserError(f"{get.where}: topk_method = {t!r} is not supported", field="topk_method",
+                            fix="greedy or group_limited_greedy")
+        if get.bool("mlp_bias", False):
+            raise UserError(f"{get.where}: mlp_bias = true is not supported (biased DeepSeek MLPs "
+                            "are not modelled)", field="mlp_bias", fix="set it to false")
+    get.refuse("moe_layer_freq", 1, "transformers makes every block after first_k_dense_replace "
+               "an MoE block")
+    heads = get.int("num_attention_heads")
+    if get.int("num_key_value_heads", heads) != heads:
+        raise UserError(f"{get.where}: num_key_value_heads must equal num_attention_heads under "
+                        "multi-head latent attention", field="num_key_value_heads",
+                        fix=f"set it to {heads} or remove it")
+    layers = get.int("num_hidden_layers")
+    experts = get.int("n_routed_experts", alt=("num_local_experts", "num_experts"))
+    top_k = get.int("num_experts_per_tok")
+    groups = get.int("n_group", 1)
+    if groups < 1 or experts % groups or not 1 <= get.int("topk_group", groups) <= groups:
+        raise UserError(f"{get.where}: n_group {groups} must divide n_routed_experts {experts} "
+                        "and topk_group be in 1..n_group", field="n_group")
+    k_dense = get.int("first_k_dense_replace", 3 if v3 else 0)
+    if k_dense < 0:
+        raise UserError(f"{get.where}: must be a non-negative integer, got {k_dense}",
+                        field="first_k_dense_replace")
+    kinds = tuple("dense" if i < k_dense else "moe" for i in range(layers))
+    moe = "moe" in kinds
+    ql = get.raw("q_lora_rank", None)[1]
+    q_lora = 0 if ql is None else get.int("q_lora_rank")
+    if "q_lora_rank" in get.cfg and get.cfg["q_lora_rank"] is not None and q_lora <= 0:
+        raise UserError(f"{get.where}: must be positive or null, got {q_lora}", field="q_lora_rank")
+    for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+        if get.int(f) <= 0:
+            raise UserError(f"{get.where}: must be a positive integer, got {get.cfg[f]!r}", field=f)
+    seq, npos = _seq(get)
+    _rope(get)
+    ab = get.bool("attention_bias", False)
+    return ModelSpec(
+        name=name, hidden=get.int("hidden_size"), layers=layers, heads=heads,
+        ffn=get.int("intermediate_size"), vocab=get.int("vocab_size"), seq=seq, max_positions=npos,
+        activation=_act(get, "hidden_act", "silu", True), norm="rmsnorm", position="rope", bias=False,
+        qkv_bias=ab, out_bias=ab, mlp_bias=False, dropout=False, fused_qkv=False,
+        tied_embeddings=get.bool("tie_word_embeddings", False),
+        experts=experts if moe else 0, top_k=top_k if moe else 0,
+        moe_ffn=get.int("moe_intermediate_size") if moe else 0,
+        shared_ffn=get.int("n_shared_experts", 1 if v3 else 2) * get.int("moe_intermediate_size")
+        if moe else 0,
+        router="sigmoid" if v3 else "softmax", ffn_types=kinds if moe else (),
+        q_lora_rank=q_lora, kv_lora_rank=get.int("kv_lora_rank"),
+        qk_nope_head_dim=get.int("qk_nope_head_dim"), qk_rope_head_dim=get.int("qk_rope_head_dim"),
+        v_head_dim=get.int("v_head_dim"))
+
+
 def _nemotron(get, name):
     """Nemotron (NemotronForCausalLM; Nemotron-4, Minitron): LayerNorm1P (a LayerNorm with
     bias whose weight is stored zero-centred: same shapes), an ungated MLP up -> act ->
@@ -415,6 +484,7 @@ def _opt(get, name):
 _READERS = {
     "llama": _llama, "mistral": _mistral, "mixtral": _mixtral, "qwen2": _qwen2, "qwen2_moe": _qwen2_moe,
     "qwen3": _qwen3, "qwen3_moe": _qwen3_moe, "gemma": _gemma, "gemma2": lambda g, n: _gemma(g, n, v2=True), "phi3": _phi3,
-    "nemotron": _nemotron,
+    "nemotron": _nemotron, "deepseek_v2": lambda g, n: _deepseek(g, n, v3=False),
+    "deepseek_v3": _deepseek,
     "gpt_neox": _gpt_neox, "falcon": _falcon, "gpt2": _gpt2, "bert": _bert, "opt": _opt,
 }

@@ -20,6 +20,9 @@ LAYER_TYPES = ("full", "sliding")
 MIXER_TYPES = ("attention", "none")
 FFN_TYPES = ("dense", "moe", "none")
 NORMS = ("layernorm", "rmsnorm")
+# MoE router scoring: softmax over the experts then top-k (Mixtral, Qwen), or sigmoid scores
+# plus a correction bias with group-limited top-k (DeepSeek-V3); same h x E GEMM
+ROUTERS = ("softmax", "sigmoid")
 POSITIONS = ("learned", "rope")
 
 
@@ -68,8 +71,18 @@ class ModelSpec:
     moe_ffn: int = 0            # inner width of one routed expert; 0 = ffn
     shared_ffn: int = 0         # inner width of the shared expert (Qwen2-MoE); 0 = none
     shared_gate: bool = False   # sigmoid gate on the shared expert (Qwen2-MoE)
+    router: str = "softmax"     # MoE scoring: softmax | sigmoid (DeepSeek-V3, group-limited top-k)
     mixer_types: tuple[str, ...] = ()  # per block "attention" | "none"; () = all attention
     ffn_types: tuple[str, ...] = ()    # per block "dense" | "moe" | "none"; () = all moe iff experts
+    # Multi-head Latent Attention (DeepSeek-V2/V3; HF / Megatron-Core names); kv_lora_rank 0 = none.
+    # q: h -> q_lora_rank -> RMSNorm -> heads x (nope + rope) (q_lora_rank 0: one h -> heads x
+    # (nope + rope) GEMM); kv: h -> kv_lora_rank + rope (the rope part one key shared by all
+    # heads) -> RMSNorm on the latent -> heads x (nope + v_head_dim); out: heads x v_head_dim -> h
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
     source: str = ""            # where the numbers come from (citation)
 
     # --- derived sizes ---------------------------------------------------------
@@ -80,6 +93,21 @@ class ModelSpec:
     @property
     def d_head(self) -> int:
         return self.head_dim or self.hidden // self.heads
+
+    @property
+    def mla(self) -> bool:
+        """Multi-head latent attention (kv_lora_rank > 0)."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Width of one query / key head: nope + rope under MLA, d_head otherwise."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.mla else self.d_head
+
+    @property
+    def v_dim(self) -> int:
+        """Width of one value head: v_head_dim under MLA, d_head otherwise."""
+        return self.v_head_dim if self.mla else self.d_head
 
     @property
     def gated(self) -> bool:
@@ -145,7 +173,8 @@ class ModelSpec:
         for f in ("hidden", "layers", "heads", "ffn", "vocab", "seq"):
             _positive(f, getattr(self, f))
         for f in ("kv_heads", "max_positions", "embed_proj_dim", "token_types", "head_dim",
-                  "sliding_window", "experts", "top_k", "moe_ffn", "shared_ffn"):
+                  "sliding_window", "experts", "top_k", "moe_ffn", "shared_ffn", "q_lora_rank",
+                  "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 0:
                 raise UserError(f"must be a non-negative integer, got {v!r}", field=f)
@@ -157,7 +186,8 @@ class ModelSpec:
         if self.position not in POSITIONS:
             raise UserError(f"unknown position encoding {self.position!r}", field="position",
                             fix=f"use one of {', '.join(POSITIONS)}")
-        if not self.head_dim and self.hidden % self.heads:
+        self._validate_mla()
+        if not self.mla and not self.head_dim and self.hidden % self.heads:
             raise UserError(f"hidden {self.hidden} is not a multiple of heads {self.heads}", field="heads",
                             fix="set head_dim explicitly or pick heads dividing hidden")
         if self.heads % self.n_kv_heads:
@@ -193,6 +223,9 @@ class ModelSpec:
         if bool(self.experts) != bool(self.top_k) or self.top_k > self.experts:
             raise UserError(f"top_k {self.top_k} must be in 1..experts ({self.experts}) for an MoE "
                             "model and 0 otherwise", field="top_k")
+        if self.router not in ROUTERS:
+            raise UserError(f"unknown router {self.router!r}", field="router",
+                            fix=f"use one of {', '.join(ROUTERS)}")
         if self.shared_gate and not self.shared_ffn:
             raise UserError("a shared-expert gate needs a shared expert", field="shared_ffn")
         for f in ("attn_softcap", "final_softcap"):
@@ -200,6 +233,33 @@ class ModelSpec:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise UserError(f"must be a non-negative number, got {v!r}", field=f)
         return self
+
+    def _validate_mla(self) -> None:
+        """MLA fields: all zero, or kv_lora_rank, qk_rope_head_dim and v_head_dim set (the
+        only UserError names the first offending field)."""
+        mla_fields = ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if not self.mla:
+            for f in mla_fields:
+                if getattr(self, f):
+                    raise UserError(f"{f} = {getattr(self, f)} needs multi-head latent attention",
+                                    field=f, fix="set kv_lora_rank > 0 (MLA) or this field to 0")
+            return
+        for f in ("qk_rope_head_dim", "v_head_dim"):
+            if not getattr(self, f):
+                raise UserError("multi-head latent attention needs a positive width",
+                                field=f, fix=f"set {f} > 0 (DeepSeek-V3: 64 rope, 128 v)")
+        if self.qk_rope_head_dim % 2:
+            raise UserError(f"must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}",
+                            field="qk_rope_head_dim")
+        why = {"position": self.position != "rope", "kv_heads": self.n_kv_heads != self.heads,
+               "head_dim": bool(self.head_dim), "qk_norm": self.qk_norm,
+               "sliding_window": bool(self.sliding_window or self.layer_types)}
+        for f, bad in why.items():
+            if bad:
+                raise UserError(f"{f} = {getattr(self, f)!r} is not modelled with multi-head latent "
+                                "attention", field=f,
+                                fix="MLA takes rope positions, kv_heads = heads (or 0), head_dim 0, "
+                                    "no qk_norm and no sliding window")
 
     def check_run(self, seq: int, mbs: int, tp: int, sequence_parallel: bool = False,
                   cp: int = 1) -> None:

@@ -54,6 +54,33 @@ HF_ZOO_CONFIGS = {
         max_position_embeddings=8192, hidden_activation="gelu_pytorch_tanh", sliding_window=4096,
         attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256,
         tie_word_embeddings=True)),
+    # DeepSeek-V3 (DeepSeek-AI 2024): 671B without the multi-token-prediction module (685B
+    # with it, which neither transformers nor phaze builds), 37B active per token
+    "deepseek-v3": ("deepseek-ai/DeepSeek-V3", 4096, 671.03e9, dict(
+        model_type="deepseek_v3", hidden_size=7168, num_hidden_layers=61, num_attention_heads=128,
+        num_key_value_heads=128, intermediate_size=18432, moe_intermediate_size=2048,
+        n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8, n_group=8, topk_group=4,
+        first_k_dense_replace=3, moe_layer_freq=1, kv_lora_rank=512, q_lora_rank=1536,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, vocab_size=129280,
+        max_position_embeddings=163840, hidden_act="silu", scoring_func="sigmoid",
+        topk_method="noaux_tc", norm_topk_prob=True, routed_scaling_factor=2.5,
+        num_nextn_predict_layers=1, attention_bias=False, attention_dropout=0.0,
+        rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                      "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+        tie_word_embeddings=False)),
+    # DeepSeek-V2-Lite: MLA without query compression (q_lora_rank null), softmax router
+    "deepseek-v2-lite": ("deepseek-ai/DeepSeek-V2-Lite", 4096, 15.71e9, dict(
+        model_type="deepseek_v2", hidden_size=2048, num_hidden_layers=27, num_attention_heads=16,
+        num_key_value_heads=16, intermediate_size=10944, moe_intermediate_size=1408,
+        n_routed_experts=64, n_shared_experts=2, num_experts_per_tok=6, n_group=1, topk_group=1,
+        first_k_dense_replace=1, moe_layer_freq=1, kv_lora_rank=512, q_lora_rank=None,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, vocab_size=102400,
+        max_position_embeddings=163840, hidden_act="silu", scoring_func="softmax",
+        topk_method="greedy", norm_topk_prob=False, routed_scaling_factor=1.0,
+        attention_bias=False, attention_dropout=0.0,
+        rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                      "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
+        tie_word_embeddings=False)),
 }
 
 
