@@ -519,6 +519,7 @@ class _Ctx:
     attention: str = "eager"
     vocab_pad_multiple: int = 1
     et: int = 0                  # expert tensor-parallel size; 0 = t
+    recompute_modules: tuple | None = None   # selective recomputation's modules; None: core
 
     @property
     def etp(self) -> int:
@@ -549,7 +550,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                 sequence_parallel: bool = False, fused: bool = False, dtype_bytes: int = 2,
                 attention: str = "eager", vocab_pad_multiple: int = 1,
                 unfused_bias: bool = False, apex_layernorm: bool = False,
-                cp: int = 1, expert_tp: int = 0) -> ModelGraph:
+                cp: int = 1, expert_tp: int = 0,
+                recompute_modules: tuple | None = None) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
@@ -574,7 +576,11 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
 
     expert_tp: expert tensor-parallel size of an MoE model's routed experts (Megatron-Core
     --expert-tensor-parallel-size; 0 = tp, the default there): != tp builds the folded
-    MoE layer (`_moe_folded`); its collectives run over group "etp"."""
+    MoE layer (`_moe_folded`); its collectives run over group "etp".
+
+    recompute_modules: what "selective" recomputation re-runs, Megatron-Core's
+    --recompute-modules (RECOMPUTE_MODULES; None: the attention core, its default
+    "core_attn"); the graph's "selective" activation bytes and re-run ops follow."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -593,8 +599,10 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     et = expert_tp or tp
     if et != tp:
         check_expert_tp(spec, tp, et, sequence_parallel)
+    if recompute_modules is not None:
+        recompute_modules = check_recompute_modules(recompute_modules)
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
-             vocab_pad_multiple, et)
+             vocab_pad_multiple, et, recompute_modules)
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -689,8 +697,88 @@ def _block_runs(c: _Ctx):
     return [tuple(r) for r in runs]
 
 
+# Megatron-Core --recompute-modules (recompute_granularity selective): the forward nodes each
+# module re-runs, by node name (prefix match with a trailing "."). "mlp" is the dense MLP
+# (a MoE block's is "moe"); "layernorm" the two block norms; "mla_up_proj" the MLA up
+# projections with their RoPE.
+RECOMPUTE_MODULES = {
+    "core_attn": (),   # the attention core: the nodes _attention marks selective
+    "layernorm": ("ln1", "ln2"),
+    "mlp": ("mlp.",),
+    "moe": ("moe.", "mlp."),
+    "moe_act": ("moe.expert.act",),
+    "shared_experts": ("moe.shared.",),
+    "mla_up_proj": ("attn.q_up", "attn.kv_up", "attn.q_rope", "attn.kv_rope"),
+}
+
+
+def check_recompute_modules(modules) -> tuple[str, ...]:
+    """The modules as a sorted tuple; UserError naming an unknown one."""
+    from phaze.errors import UserError
+
+    bad = [m for m in modules if m not in RECOMPUTE_MODULES]
+    if bad:
+        raise UserError(f"unknown recompute module {bad[0]!r}", field="recompute_modules",
+                        fix=f"use Megatron-Core's names: {', '.join(RECOMPUTE_MODULES)}")
+    return tuple(sorted(set(modules)))
+
+
+# modules Megatron-Core re-runs with CheckpointWithoutOutput: their outputs are discarded
+# after the consumers' forward and recomputed before the backward, so the copies the
+# consumers keep go too (the others are plain checkpoints: only what they keep inside)
+_WITHOUT_OUTPUT = ("layernorm", "moe_act", "mla_up_proj")
+
+
+def _recompute_modules(L: _Layer, modules: tuple[str, ...]) -> None:
+    """Mark what selective recomputation with Megatron-Core's `modules` re-runs and drops.
+    Re-run: the nodes of the modules (RECOMPUTE_MODULES; dropout masks never: random,
+    kept). Dropped, at most what a node keeps: inside a checkpointed module, all its nodes
+    keep but the module's input from outside (the checkpoint's, kept); for the output-
+    discarding modules (_WITHOUT_OUTPUT), what any node keeps of their outputs. Inputs are traced through collectives. The attention
+    core keeps its own account (Korthikanti et al. 2023, Sec. 5)."""
+    nodes = L.nodes
+    core = {n.name: n.selective_drop for n in nodes.values() if n.selective}
+    moe_block = any(name.startswith("moe.") for name in nodes)
+
+    def members(m):
+        if m == "core_attn":
+            return set(core)
+        if (m == "mlp" and moe_block) or (m in ("moe", "moe_act", "shared_experts")
+                                          and not moe_block):
+            return set()
+        return {name for name in nodes for pre in RECOMPUTE_MODULES[m]
+                if (name == pre or (pre.endswith(".") and name.startswith(pre)))
+                and nodes[name].vclass != "dropout"}
+
+    plain = set().union(*(members(m) for m in modules if m not in _WITHOUT_OUTPUT))
+    discard = set().union(*(members(m) for m in modules if m in _WITHOUT_OUTPUT))
+
+    def made_in(p: str, region: set) -> bool:
+        """Whether the compute node behind tensor `p` (past collectives, which move a
+        tensor but make none) is in `region`."""
+        while p != "in" and nodes[p].kind in ("collective", "identity"):
+            p = nodes[p].inputs[0]
+        return p in region
+
+    for n in nodes.values():
+        n.selective = n.name in plain or n.name in discard
+        if n.name in core and "core_attn" in modules:
+            n.selective_drop = core[n.name]
+            continue
+        drop = 0.0
+        if n.vclass != "dropout":
+            if n.name in plain:     # all it keeps but what it reads from outside the module
+                drop = n.saved - sum(b for x, b in zip(n.inputs, n.in_bytes)
+                                     if not made_in(x, plain))
+            drop = max(drop, 0.0) + sum(b for x, b in zip(n.inputs, n.in_bytes)
+                                        if made_in(x, discard))
+        n.selective_drop = min(n.saved, drop)
+
+
 def _finish(kind: str, repeat: int, built: BuiltLayer, c: _Ctx, fused: bool) -> tuple[LayerGraph, int]:
     L = built.layer
+    if c.recompute_modules is not None:
+        _recompute_modules(L, c.recompute_modules)
     fwd, bwd = L.forward_ops(), L.backward_ops()
     if fused:
         fwd, bwd = fuse_epilogues(fwd), fuse_epilogues(bwd)

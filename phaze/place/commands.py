@@ -88,6 +88,10 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--cp", type=int, default=1, help="context-parallel size (ring attention)")
     e.add_argument("--ep", type=int, default=1,
                    help="expert-parallel size (MoE layers; a placement row's ep)")
+    e.add_argument("--recompute-modules",
+                   help="Megatron-Core --recompute-modules with --recompute selective, comma-"
+                        "separated: core_attn, layernorm, mlp, moe, moe_act, shared_experts, "
+                        "mla_up_proj (default: core_attn)")
     e.add_argument("--expert-tp", type=int, default=0,
                    help="Megatron-Core --expert-tensor-parallel-size of the routed experts "
                         "(default 0: the --tp size; another size folds the expert grid, EP "
@@ -428,7 +432,8 @@ def _evaluate_grid(args, spec, settings, seq):
                    "grad_sync_dtype": None, "optimizer_state_dtype": None,
                    "first_stage_layers": None, "last_stage_layers": None,
                    "account_embedding": False, "account_loss": False,
-                   "moe_token_dispatcher": "alltoall", "expert_tp": 0}
+                   "moe_token_dispatcher": "alltoall", "expert_tp": 0,
+                   "recompute_modules": None}
     for name, default in preset_only.items():
         if getattr(args, name, default) != default:
             flag = {"account_embedding": "--account-for-embedding-in-pipeline-split",
@@ -483,8 +488,26 @@ def _evaluate_preset(args, spec, settings, seq):
                           account_embedding=args.account_embedding,
                           account_loss=args.account_loss,
                           cross_entropy_fusion=args.cross_entropy_fusion, ep=args.ep,
-                          expert_tp=args.expert_tp, options=_overlap_options(args) or None)
+                          expert_tp=args.expert_tp, options=_overlap_options(args) or None,
+                          recompute_modules=_recompute_modules(args))
     return plan, arch.hbm_bytes, arch.name
+
+
+def _recompute_modules(args) -> tuple | None:
+    if not args.recompute_modules:
+        return None
+    if args.recompute != "selective":
+        raise UserError("chooses what selective recomputation re-runs", field="--recompute-modules",
+                        fix="add --recompute selective, or drop --recompute-modules")
+    from phaze.model.graph import RECOMPUTE_MODULES, check_recompute_modules
+
+    mods = [m.strip() for m in args.recompute_modules.split(",") if m.strip()]
+    try:
+        return check_recompute_modules(mods)
+    except UserError as e:
+        bad = next(m for m in mods if m not in RECOMPUTE_MODULES)
+        raise UserError(f"unknown recompute module {bad!r}", field="--recompute-modules",
+                        fix=e.fix) from None
 
 
 def _overlap_options(args) -> dict:

@@ -298,7 +298,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    last_stage_layers: int | None = None, fp8: bool = False,
                    ddp_impl: str = "local", cross_entropy_fusion: bool = False,
                    ep: int = 1, account_embedding: bool = False,
-                   account_loss: bool = False, expert_tp: int = 0) -> dict:
+                   account_loss: bool = False, expert_tp: int = 0,
+                   recompute_modules: tuple | None = None) -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
@@ -309,7 +310,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     CostParams.unfused_cross_entropy); `ep`: expert-parallel size of an MoE model
     (plan.expert_parallel_chain: 1/ep of the routed experts per device, all-to-all
     dispatch and combine); `expert_tp`: Megatron-Core's expert tensor-parallel size (0 = tp;
-    another size folds the expert grid: graph._moe_folded, plan.grad_groups); `first_stage_layers`, `last_stage_layers`, `account_embedding`,
+    another size folds the expert grid: graph._moe_folded, plan.grad_groups);
+    `recompute_modules`: Megatron-Core's --recompute-modules for recompute "selective"
+    (graph.RECOMPUTE_MODULES; None: the attention core); `first_stage_layers`, `last_stage_layers`, `account_embedding`,
     `account_loss`: Megatron's uneven pipeline ends (plan.megatron_stages). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
     plus tflops_per_gpu_eq3
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
@@ -325,6 +328,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     if interleave > 1 and pp == 1:
         raise ValueError(f"interleave = {interleave} needs pipeline parallelism (pp > 1): "
                          "Megatron's virtual pipeline stages")
+    if recompute_modules is not None and recompute != "selective":
+        raise ValueError(f"recompute modules: they choose what selective recomputation re-runs, "
+                         f"not {recompute!r} recomputation")
     if fp8:
         from phaze.hw.presets import FP8_PRESETS
         if getattr(arch, "name", "") not in FP8_PRESETS:
@@ -361,7 +367,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
     graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
-                        sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp, **gopts)
+                        sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp,
+                        recompute_modules=recompute_modules, **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
                                async_tp=opts.async_tensor_model_parallel_allreduce)
     # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core
