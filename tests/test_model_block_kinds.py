@@ -66,6 +66,8 @@ def test_block_kind_errors():
     with pytest.raises(UserError, match="pre-norm"):
         BASE.with_(parallel_block=True, ffn_types=("none", "dense") * 2).validate()
     with pytest.raises(UserError, match="mixer_types"):
+        BASE.with_(mixer_types=("rwkv",) * 4).validate()
+    with pytest.raises(UserError, match="mamba_num_heads"):   # Mamba layers need their sizes
         BASE.with_(mixer_types=("mamba",) * 4).validate()
 
 

@@ -178,9 +178,10 @@ def _fp8_gemm(o: Op) -> bool:
     (TE modules). Not the attention core (no weights) nor the LM head: Megatron-Core's
     output layer is its own tensor_parallel.ColumnParallelLinear, not a TE module, so it
     stays bf16 (megatron/core/models/gpt/gpt_model.py, core_r0.8 and later); nor the MoE
-    router (a plain torch linear in Megatron-Core's TopKRouter)."""
+    router (a plain torch linear in Megatron-Core's TopKRouter); nor Mamba-2's SSD scan
+    (mamba_ssm's Triton kernels, bf16 / fp32)."""
     return (not _attention_core(o) and o.name.split(".")[0] != "lm_head"
-            and o.name != "moe.router")
+            and o.name != "moe.router" and not o.name.startswith("mamba.ssd."))
 
 
 def _check(o: Op) -> str:

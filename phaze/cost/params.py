@@ -18,6 +18,12 @@ DEFAULT_VECTOR_CPE = {
     "rmsnorm": 1.0, "add": 1.0, "residual": 1.0, "bias": 1.0, "mul": 1.0, "scale": 1.0,
     "mask": 1.0, "dropout": 1.0, "relu": 1.0, "silu": 1.0, "swiglu": 2.0, "rope": 2.0,
     "embedding": 1.0, "copy": 1.0, "cross_entropy": 12.0, "optimizer": 1.0,
+    # Mamba-2 (phaze.model.graph._mamba), assumed, not calibrated: the depthwise causal conv1d
+    # (+ SiLU) one multiply-add per tap of the usual 4 taps, its backward (input and weight
+    # gradients) twice that; the SSD's dt cumsum and inter-chunk state recurrence simple
+    # element-wise passes. On a GPU all of them are memory-bound: their bytes decide.
+    "causal_conv1d": 4.0, "causal_conv1d_bwd": 8.0, "ssd_cumsum": 2.0, "ssd_cumsum_bwd": 2.0,
+    "ssd_state_passing": 1.0, "ssd_state_passing_bwd": 2.0,
     "default": 1.0,
 }
 

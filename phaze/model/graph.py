@@ -41,6 +41,9 @@ VECTOR_FLOPS = {
     # bias (1), each group's top-2 sum (~2), the group mask (1), top-k over the kept scores
     # (~3); backward: the sigmoid's gradient at the chosen experts (3)
     "sigmoid_topk": (12, 3),
+    # Mamba-2 (graph._mamba): dt softplus + dA cumsum per head, the inter-chunk state
+    # recurrence (one multiply-add per state element); causal_conv1d: _Node.vflops (K taps)
+    "ssd_cumsum": (8, 8), "ssd_state_passing": (2, 4),
 }
 # element-wise classes a GEMM can absorb as its epilogue (the reference's TC+VC ops)
 FUSABLE = {"gelu", "relu", "relu2", "silu", "swiglu", "geglu", "dropout", "add", "rope", "tanh",
@@ -85,6 +88,7 @@ class _Node:
     group: str = "tp"                  # communicator of a collective: tp | etp (expert TP)
     fused_fwd: tuple[str, ...] = ()    # vector classes inside a fused kernel (flash attention)
     flash_dims: tuple[int, int] = (0, 0)  # flash with value heads narrower/wider than q/k: (d_qk, d_v)
+    vflops: tuple[float, float] = ()   # vector op FLOP per element (fwd, bwd); () = VECTOR_FLOPS
 
 
 class _Layer:
@@ -147,7 +151,7 @@ class _Layer:
 
     def vector(self, name, inputs, vclass, elements, *, in_bytes=None, out_bytes=None, saved=0.0,
                rule="replicated", bwd="vector", params=0, unique=None, selective_drop=0.0,
-               accumulate=True):
+               accumulate=True, flops=()):
         dt = self.dt
         if in_bytes is None:
             in_bytes = tuple(elements * dt for _ in inputs)
@@ -156,7 +160,7 @@ class _Layer:
             out_bytes=elements * dt if out_bytes is None else out_bytes, out_elements=elements,
             kind="vector", bwd=bwd, vclass=vclass, params_dev=params,
             params_unique=params if unique is None else unique, saved=saved,
-            selective_drop=selective_drop, tp_rule=rule, accumulate=accumulate))
+            selective_drop=selective_drop, tp_rule=rule, accumulate=accumulate, vflops=tuple(flops)))
 
     def collective(self, name, x, coll, bwd_coll, full_bytes, in_b, out_b, rule="replicated",
                    group="tp"):
@@ -200,7 +204,8 @@ class _Layer:
                 elif n.vclass == "dropout":  # writes its output and the mask it keeps
                     common["bytes_written"] = n.out_bytes + n.out_elements * MASK_BYTES
                 ops.append(Op(kind="vector", vclass=n.vclass, elements=n.out_elements,
-                              flops=float(VECTOR_FLOPS[n.vclass][0] * n.out_elements), **common))
+                              flops=float((n.vflops or VECTOR_FLOPS[n.vclass])[0] * n.out_elements),
+                              **common))
             else:
                 ops.append(Op(kind="collective", collective=n.collective, group=n.group,
                               comm_bytes=n.comm_bytes, **common))
@@ -338,6 +343,29 @@ class _Layer:
         st.ops += [da, db]
         return [(da.name,), (db.name,)]
 
+    def ssd_gemm(self, name, inputs, in_bytes, gemm: GemmDims, out_bytes, *, saved=0.0):
+        """One tensor-core GEMM of Mamba-2's chunked SSD scan (a Triton kernel of mamba_ssm:
+        bmm_chunk, chunk_state, chunk_scan), batch x m x n x k, operands from several
+        producers (`in_bytes[0]` the A operand, the rest B and what the kernel scales by)."""
+        return self.add(_Node(
+            name=name, inputs=tuple(inputs), in_bytes=tuple(in_bytes), out_bytes=out_bytes,
+            out_elements=gemm.batch * gemm.m * gemm.n, kind="gemm", bwd="ssd", gemm=gemm,
+            b_bytes=sum(in_bytes[1:]), saved=saved, tp_rule="column"))
+
+    def _bwd_ssd(self, st, n: "_Node", gr):
+        """An SSD GEMM C = A B in backward: dA = dC B^T and dB = A^T dC (each of the forward's
+        FLOPs; the fused backward kernels of mamba_ssm compute the gradients of every operand
+        from them, so each input's gradient waits for both)."""
+        g = n.gemm
+        da = Op(name=f"{n.name}.dX", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.m, g.k, g.n),
+                flops=g.flops, bytes_read=n.out_bytes + n.b_bytes, bytes_written=n.in_bytes[0],
+                tp_rule=n.tp_rule)
+        db = Op(name=f"{n.name}.dW", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.k, g.n, g.m),
+                flops=g.flops, bytes_read=n.in_bytes[0] + n.out_bytes, bytes_written=n.b_bytes,
+                tp_rule=n.tp_rule)
+        st.ops += [da, db]
+        return [(da.name, db.name)] * len(n.inputs)
+
     def _bwd_flash(self, st, n: "_Node", gr):
         """Fused attention backward (FlashAttention-2, Dao 2023, Alg. 2): recomputes the
         scores S = Q K^T from the saved Q, K and log-sum-exp, then dV = P^T dO, dP = dO V^T,
@@ -392,7 +420,8 @@ class _Layer:
             st.ops.append(dg)
             gr, bwritten = gr + (dg.name,), bwritten - n.params_dev * dt   # one stream: in order
         op = Op(name=f"{n.name}.bwd", kind="vector", deps=gr, vclass=f"{n.vclass}_bwd",
-                elements=n.out_elements, flops=float(VECTOR_FLOPS[n.vclass][1] * n.out_elements),
+                elements=n.out_elements,
+                flops=float((n.vflops or VECTOR_FLOPS[n.vclass])[1] * n.out_elements),
                 bytes_read=bread, bytes_written=bwritten, tp_rule=n.tp_rule)
         st.ops.append(op)
         return op
@@ -666,6 +695,11 @@ def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
                         field="attention",
                         fix="use attention flash (graph.attention: flash, --attention flash, or "
                             "--framework megatron-core-2024 / nemo-2024), or cp 1")
+    if spec.has_mixer("mamba"):
+        raise UserError(f"{spec.name}'s Mamba layers: context parallelism is not modelled for them "
+                        "(Megatron-Core runs them with an all-to-all over heads, "
+                        "ssm/mamba_context_parallel.py, which phaze's ring CP does not express)",
+                        field="cp", fix="use cp 1 for this model")
     if 0 < spec.sliding_window < seq and any(spec.layer_type(i) == "sliding"
                                             for i in range(spec.layers)):
         raise UserError(f"{spec.name}'s sliding-window layers (window {spec.sliding_window} < "
@@ -834,6 +868,66 @@ def _dropout(L: _Layer, c: _Ctx, name: str, x: str, elements: int, rule: str, se
     saved = elements * MASK_BYTES
     return L.vector(name, (x,), "dropout", elements, saved=saved, rule=rule,
                     selective_drop=saved if selective else 0.0)
+
+
+def _mixer(L: _Layer, c: _Ctx, x: str, sliding: bool, mixer: str) -> str:
+    """The block's token mixer: self-attention, or a Mamba-2 mixer (mixer "mamba")."""
+    return _mamba(L, c, x) if mixer == "mamba" else _attention(L, c, x, sliding)
+
+
+def _mamba(L: _Layer, c: _Ctx, x: str) -> str:
+    """Mamba-2 mixer (Dao & Gu 2024, "Transformers are SSMs") as Megatron-Core's MambaMixer
+    trains it (megatron/core/ssm/mamba_mixer.py, use_mamba_mem_eff_path): heads and groups
+    split over TP (H = heads / t, G = groups / t, d_inner = H P on a device);
+
+    in_proj h -> [z, x, B, C, dt] (column parallel, 2 d_inner + 2 G N + H wide); the
+    depthwise causal conv1d + SiLU over x, B, C (conv_kernel K taps, a vector op); the SSD
+    chunked scan as mamba_ssm's Triton kernels run it on chunks of Q = chunk_size tokens
+    (nc = ceil(s / Q) per sequence, the last padded): `ssd.cumsum` (softplus(dt + dt_bias),
+    dA cumsum; fp32), `ssd.bmm_chunk` CB = C B^T per chunk and group (b nc G x Q x Q x N),
+    `ssd.chunk_state` each chunk's final state B^T x (b nc H x P x N x Q), `ssd.state_passing`
+    the recurrence over chunks (b nc H P N elements, fp32), `ssd.chunk_scan` y = (CB o decay) x
+    + C states, + D x, times silu(z) in its epilogue (b nc H x Q x P x (Q + N)); a grouped
+    RMSNorm over d_inner / G (no communication: groups are whole on a device); out_proj
+    d_inner -> h (row parallel). SP: all-gather before in_proj, reduce-scatter after out_proj.
+
+    Saved for backward (mamba_split_conv1d_scan_combined saves zxbcdt and the scan output
+    out_x and recomputes the conv and the chunk states): the in_proj input, zxbcdt (T x
+    in_proj width), out_x, the norm's input and fp32 rstd (T G), the out_proj input.
+    Parameters: conv weight and bias, dt_bias, A_log, D (put on `ssd.cumsum`), norm weight."""
+    sp, dt, t = c.spec, c.dt, c.t
+    h, T, Ts, b = sp.hidden, c.T, c.Ts, c.b
+    H, G = sp.mamba_num_heads // t, sp.mamba_n_groups // t
+    P, N, K, Q = sp.mamba_head_dim, sp.ssm_state_size, sp.conv_kernel, sp.chunk_size
+    di, gn = H * P, G * N
+    conv_dim, proj = di + 2 * gn, 2 * di + 2 * gn + H
+    nc = -(-c.s // Q)
+    Tq = b * nc * Q                      # token slots of the padded chunks
+    xin, regather = _enter_tp(L, c, x, "mamba", h)
+    zx = L.linear("mamba.in_proj", xin, T, h, proj, rule="column", bias=sp.mamba_proj_bias,
+                  saved=Ts * h * dt, regather=regather)
+    L.nodes[zx].accumulate = False       # z, xBC and dt are slices of one tensor
+    conv_p = conv_dim * K + (conv_dim if sp.mamba_conv_bias else 0)
+    xbc = L.vector("mamba.conv1d", (zx,), "causal_conv1d", T * conv_dim, in_bytes=(T * conv_dim * dt,),
+                   saved=T * proj * dt, params=conv_p, unique=conv_p * t, rule="column",
+                   flops=(2 * K + 5, 4 * K + 8), accumulate=False)
+    da = L.vector("mamba.ssd.cumsum", (zx,), "ssd_cumsum", T * H, in_bytes=(T * H * dt,),
+                  out_bytes=2 * T * H * 4, params=3 * H, unique=3 * H * t, rule="column")
+    f32 = 4
+    cb = L.ssd_gemm("mamba.ssd.bmm_chunk", (xbc, xbc), (Tq * gn * dt, Tq * gn * dt),
+                    GemmDims(b * nc * G, Q, Q, N), b * nc * G * Q * Q * f32)
+    st_el = b * nc * H * P * N
+    states = L.ssd_gemm("mamba.ssd.chunk_state", (xbc, da), (Tq * di * dt, Tq * gn * dt + T * H * f32),
+                        GemmDims(b * nc * H, P, N, Q), st_el * f32)
+    states = L.vector("mamba.ssd.state_passing", (states, da), "ssd_state_passing", st_el,
+                      in_bytes=(st_el * f32, b * nc * H * f32), out_bytes=st_el * f32, rule="column")
+    y = L.ssd_gemm("mamba.ssd.chunk_scan", (cb, states, xbc, da, zx),
+                   (b * nc * G * Q * Q * f32, st_el * f32, Tq * (di + gn) * dt, T * H * f32, T * di * dt),
+                   GemmDims(b * nc * H, Q, P, Q + N), T * di * dt, saved=T * di * dt)
+    y = L.vector("mamba.norm", (y,), "rmsnorm", T * di, saved=T * di * dt + T * G * f32,
+                 params=di, unique=di * t, rule="column")
+    out = L.linear("mamba.out_proj", y, T, di, h, rule="row", bias=sp.mamba_proj_bias, saved=T * di * dt)
+    return _exit_tp(L, c, out, "mamba", h)
 
 
 def _attention(L: _Layer, c: _Ctx, x: str, sliding: bool) -> str:
@@ -1185,32 +1279,32 @@ def _block(c: _Ctx, sliding: bool = False, mixer: str = "attention", ffn: str = 
         if mixer == "none":
             y = _dropout(L, c, "mlp.out_dropout", _mlp(L, c, _norm(L, c, "ln2", x), ffn), Ts * h, srule)
         else:
-            y = _dropout(L, c, "attn.out_dropout", _attention(L, c, _norm(L, c, "ln1", x), sliding),
+            y = _dropout(L, c, "attn.out_dropout", _mixer(L, c, _norm(L, c, "ln1", x), sliding, mixer),
                          Ts * h, srule)
         residual("residual1", y, x)
     elif sp.parallel_block:
         n1 = _norm(L, c, "ln1", x)
         n2 = n1 if sp.shared_norm else _norm(L, c, "ln2", x, keep_input=False)
-        ya = _dropout(L, c, "attn.out_dropout", _attention(L, c, n1, sliding), Ts * h, srule)
+        ya = _dropout(L, c, "attn.out_dropout", _mixer(L, c, n1, sliding, mixer), Ts * h, srule)
         ym = _dropout(L, c, "mlp.out_dropout", _mlp(L, c, n2, ffn), Ts * h, srule)
         r1 = residual("residual1", ya, x)
         residual("residual2", ym, r1)
     elif sp.sandwich_norm:
-        y = _norm(L, c, "attn.post_norm", _attention(L, c, _norm(L, c, "ln1", x), sliding))
+        y = _norm(L, c, "attn.post_norm", _mixer(L, c, _norm(L, c, "ln1", x), sliding, mixer))
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
         r1 = residual("residual1", y, x)
         y = _norm(L, c, "mlp.post_norm", _mlp(L, c, _norm(L, c, "ln2", r1), ffn))
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
         residual("residual2", y, r1)
     elif sp.pre_norm:
-        y = _attention(L, c, _norm(L, c, "ln1", x), sliding)
+        y = _mixer(L, c, _norm(L, c, "ln1", x), sliding, mixer)
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
         r1 = residual("residual1", y, x)
         y = _mlp(L, c, _norm(L, c, "ln2", r1), ffn)
         y = _dropout(L, c, "mlp.out_dropout", y, Ts * h, srule)
         residual("residual2", y, r1)
     else:
-        y = _attention(L, c, x, sliding)
+        y = _mixer(L, c, x, sliding, mixer)
         y = _dropout(L, c, "attn.out_dropout", y, Ts * h, srule)
         r1 = residual("residual1", y, x)
         n1 = _norm(L, c, "ln1", r1)

@@ -22,7 +22,7 @@ DEFAULT_SEQ = 4096
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
             "gemma2", "phi3", "deepseek_v2", "deepseek_v3",
-            "nemotron", "gpt_neox", "falcon", "gpt2", "opt", "bert")
+            "nemotron", "nemotron_h", "gpt_neox", "falcon", "gpt2", "opt", "bert")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
@@ -400,6 +400,93 @@ def _nemotron(get, name):
                      out_bias=ab, mlp_bias=get.bool("mlp_bias", False))
 
 
+# Nemotron-H's hybrid_override_pattern (Megatron-Core's hybrid layer allocation symbols):
+# one character per layer -> (mixer, ffn) of a one-branch pre-norm block
+NEMOTRON_H_PATTERN = {"M": ("mamba", "none"), "*": ("attention", "none"), "-": ("none", "dense"),
+                      "E": ("none", "moe")}
+_NEMOTRON_H_TYPES = {"linear_attention": "M", "full_attention": "*", "mlp": "-", "moe": "E",
+                     "mamba": "M", "attention": "*"}
+
+
+def _nemotron_h_pattern(get) -> str:
+    """The layer pattern: `hybrid_override_pattern`, or transformers 5's `layers_block_type`
+    (alias `layer_types`: linear_attention = Mamba-2, full_attention, mlp, moe)."""
+    if get.cfg.get("hybrid_override_pattern") is not None:
+        pat = get.str("hybrid_override_pattern")
+        bad = sorted({ch for ch in pat if ch not in NEMOTRON_H_PATTERN})
+        if bad or not pat:
+            raise UserError(f"{get.where}: hybrid_override_pattern has unsupported layer symbols "
+                            f"{bad or ['(empty)']}", field="hybrid_override_pattern",
+                            fix="use M (Mamba-2), * (attention), - (MLP) and E (MoE) only")
+        return pat
+    k, _ = get.raw("layers_block_type", alt=("layer_types",))
+    lt = get.list(k)
+    if not lt or any(not isinstance(x, str) or x not in _NEMOTRON_H_TYPES for x in lt):
+        raise UserError(f"{get.where}: {k} must list mamba / linear_attention, full_attention / "
+                        "attention, mlp or moe per layer", field=k)
+    return "".join(_NEMOTRON_H_TYPES[x] for x in lt)
+
+
+def _nemotron_h(get, name):
+    """Nemotron-H (NemotronHForCausalLM; Nemotron-H 4B/8B/47B/56B, Nemotron Nano 2 / 3): one
+    pre-norm RMSNorm block per pattern character (NEMOTRON_H_PATTERN): a Mamba-2 mixer, GQA
+    attention without position encoding or biases, a squared-ReLU MLP up -> down
+    (`mlp_bias`), or an MoE of ungated relu2 experts with a sigmoid top-k router and one
+    shared ungated expert (moe_shared_expert_intermediate_size; grouped routing,
+    norm_topk_prob and routed_scaling_factor are element-wise and not modelled). Mamba:
+    mamba_num_heads x mamba_head_dim inner width, n_groups, ssm_state_size, conv_kernel,
+    chunk_size, use_conv_bias, in/out_proj biases `use_bias`."""
+    get.zero_dropout("attention_dropout", "hidden_dropout")
+    get.refuse("attention_bias", False, "transformers' NemotronHAttention builds no biases")
+    get.refuse("mamba_proj_bias", False, "transformers' Mamba projections take their bias from "
+               "use_bias; a separate flag is not modelled")
+    get.refuse("moe_latent_size", None, "latent MoE projections are not modelled")
+    get.refuse("num_nextn_predict_layers", 0, "multi-token-prediction layers are not modelled")
+    get.refuse("sliding_window", None, "Nemotron-H attention has no window")
+    get.refuse("tie_word_embeddings", False, "transformers' NemotronHForCausalLM never ties its "
+               "head to the embeddings")
+    act = get.str("mamba_hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise UserError(f"{get.where}: mamba_hidden_act {act!r} is not supported",
+                        field="mamba_hidden_act", fix="use silu (the conv1d activation)")
+    pat = _nemotron_h_pattern(get)
+    n = get.int("num_hidden_layers", len(pat))
+    if n != len(pat):
+        raise UserError(f"{get.where}: num_hidden_layers {n} does not match the {len(pat)} layers "
+                        "of the layer pattern", field="num_hidden_layers",
+                        fix=f"set it to {len(pat)} or drop it")
+    h, heads = get.int("hidden_size"), get.int("num_attention_heads", 32)
+    hd = get.int("head_dim", 128, alt=("attention_head_dim",))
+    seq, npos = _seq(get, default=4096)
+    moe = "E" in pat
+    mlp_bias = get.bool("mlp_bias", False)
+    if moe and mlp_bias:
+        raise UserError(f"{get.where}: mlp_bias with MoE layers is not supported (the shared "
+                        "expert's biases are not modelled)", field="mlp_bias", fix="set it to false")
+    extra = {}
+    if moe:
+        extra = dict(experts=get.int("n_routed_experts", 8, alt=("num_local_experts",)),
+                     top_k=get.int("num_experts_per_tok", 2),
+                     moe_ffn=get.int("moe_intermediate_size", 7688),
+                     shared_ffn=get.int("moe_shared_expert_intermediate_size", 7688))
+    kinds = [NEMOTRON_H_PATTERN[ch] for ch in pat]
+    return ModelSpec(
+        name=name, hidden=h, layers=len(pat), heads=heads, kv_heads=get.int("num_key_value_heads", 8),
+        head_dim=hd if h % heads or hd != h // heads else 0,
+        ffn=get.int("intermediate_size", 21504), vocab=get.int("vocab_size", 131072), seq=seq,
+        max_positions=npos, activation=_act(get, "mlp_hidden_act", "relu2", False), norm="rmsnorm",
+        position="none", bias=False, mlp_bias=mlp_bias, dropout=False, fused_qkv=False,
+        tied_embeddings=False,
+        mixer_types=tuple(m for m, _ in kinds), ffn_types=tuple(f for _, f in kinds),
+        mamba_num_heads=get.int("mamba_num_heads", 128), mamba_head_dim=get.int("mamba_head_dim", 64),
+        ssm_state_size=get.int("ssm_state_size", 128, alt=("mamba_d_state",)),
+        mamba_n_groups=get.int("n_groups", 8, alt=("mamba_n_groups",)),
+        conv_kernel=get.int("conv_kernel", 4, alt=("mamba_d_conv",)),
+        chunk_size=get.int("chunk_size", 128, alt=("mamba_chunk_size",)),
+        mamba_proj_bias=get.bool("use_bias", False),
+        mamba_conv_bias=get.bool("use_conv_bias", True, alt=("mamba_conv_bias",)), **extra)
+
+
 def _gpt_neox(get, name):
     """GPT-NeoX / Pythia: fused QKV and dense with `attention_bias`, MLP with biases,
     LayerNorm, partial rotary, parallel residual x + attn(ln1(x)) + mlp(ln2(x)), untied."""
@@ -484,7 +571,7 @@ def _opt(get, name):
 _READERS = {
     "llama": _llama, "mistral": _mistral, "mixtral": _mixtral, "qwen2": _qwen2, "qwen2_moe": _qwen2_moe,
     "qwen3": _qwen3, "qwen3_moe": _qwen3_moe, "gemma": _gemma, "gemma2": lambda g, n: _gemma(g, n, v2=True), "phi3": _phi3,
-    "nemotron": _nemotron, "deepseek_v2": lambda g, n: _deepseek(g, n, v3=False),
-    "deepseek_v3": _deepseek,
+    "nemotron": _nemotron, "nemotron_h": _nemotron_h,
+    "deepseek_v2": lambda g, n: _deepseek(g, n, v3=False), "deepseek_v3": _deepseek,
     "gpt_neox": _gpt_neox, "falcon": _falcon, "gpt2": _gpt2, "bert": _bert, "opt": _opt,
 }

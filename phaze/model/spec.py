@@ -17,13 +17,14 @@ GATED = {"swiglu": "silu", "geglu": "gelu"}
 LAYER_TYPES = ("full", "sliding")
 # per-layer token mixer and feed-forward of a block: hybrid models (Nemotron-H) have blocks
 # that are only a mixer or only an FFN; DeepSeek-V3 keeps its first layers dense
-MIXER_TYPES = ("attention", "none")
+# "mamba": a Mamba-2 mixer (Dao & Gu 2024; the mamba_* fields below)
+MIXER_TYPES = ("attention", "mamba", "none")
 FFN_TYPES = ("dense", "moe", "none")
 NORMS = ("layernorm", "rmsnorm")
 # MoE router scoring: softmax over the experts then top-k (Mixtral, Qwen), or sigmoid scores
 # plus a correction bias with group-limited top-k (DeepSeek-V3); same h x E GEMM
 ROUTERS = ("softmax", "sigmoid")
-POSITIONS = ("learned", "rope")
+POSITIONS = ("learned", "rope", "none")  # none: no position encoding (Nemotron-H attention)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,18 @@ class ModelSpec:
     shared_ffn: int = 0         # inner width of the shared expert (Qwen2-MoE); 0 = none
     shared_gate: bool = False   # sigmoid gate on the shared expert (Qwen2-MoE)
     router: str = "softmax"     # MoE scoring: softmax | sigmoid (DeepSeek-V3, group-limited top-k)
-    mixer_types: tuple[str, ...] = ()  # per block "attention" | "none"; () = all attention
+    mixer_types: tuple[str, ...] = ()  # per block "attention" | "mamba" | "none"; () = all attention
+    # Mamba-2 mixer (mixer "mamba"; names as transformers' NemotronHConfig): heads x head_dim
+    # = d_inner, B and C shared by the heads of a group, a depthwise causal conv1d of
+    # conv_kernel taps on x, B, C, the SSD scan in chunks of chunk_size tokens
+    mamba_num_heads: int = 0
+    mamba_head_dim: int = 0
+    ssm_state_size: int = 0
+    mamba_n_groups: int = 0
+    conv_kernel: int = 4
+    chunk_size: int = 128
+    mamba_proj_bias: bool = False  # in_proj / out_proj biases (transformers' use_bias)
+    mamba_conv_bias: bool = True   # conv1d bias (use_conv_bias)
     ffn_types: tuple[str, ...] = ()    # per block "dense" | "moe" | "none"; () = all moe iff experts
     # Multi-head Latent Attention (DeepSeek-V2/V3; HF / Megatron-Core names); kv_lora_rank 0 = none.
     # q: h -> q_lora_rank -> RMSNorm -> heads x (nope + rope) (q_lora_rank 0: one h -> heads x
@@ -135,8 +147,16 @@ class ModelSpec:
             return self.layer_types[i]
         return "sliding" if self.sliding_window else "full"
 
+    @property
+    def mamba_inner(self) -> int:
+        """d_inner of a Mamba-2 mixer: heads x head_dim."""
+        return self.mamba_num_heads * self.mamba_head_dim
+
+    def has_mixer(self, kind: str) -> bool:
+        return any(self.mixer_type(i) == kind for i in range(self.layers))
+
     def mixer_type(self, i: int) -> str:
-        """The token mixer of block i: 'attention' or 'none' (an FFN-only block)."""
+        """The token mixer of block i: 'attention', 'mamba' or 'none' (an FFN-only block)."""
         return self.mixer_types[i] if self.mixer_types else "attention"
 
     def ffn_type(self, i: int) -> str:
@@ -174,7 +194,9 @@ class ModelSpec:
             _positive(f, getattr(self, f))
         for f in ("kv_heads", "max_positions", "embed_proj_dim", "token_types", "head_dim",
                   "sliding_window", "experts", "top_k", "moe_ffn", "shared_ffn", "q_lora_rank",
-                  "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+                  "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+                  "mamba_num_heads", "mamba_head_dim", "ssm_state_size", "mamba_n_groups",
+                  "conv_kernel", "chunk_size"):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 0:
                 raise UserError(f"must be a non-negative integer, got {v!r}", field=f)
@@ -218,6 +240,8 @@ class ModelSpec:
         if one_branch and (not self.pre_norm or self.parallel_block or self.sandwich_norm):
             raise UserError("mixer-only and FFN-only blocks are built pre-norm only", field="ffn_types",
                             fix="set pre_norm true (no parallel_block / sandwich_norm)")
+        if self.has_mixer("mamba"):
+            self._validate_mamba()
         if "moe" in self.ffn_types and not self.experts:
             raise UserError("MoE blocks need routed experts", field="experts")
         if bool(self.experts) != bool(self.top_k) or self.top_k > self.experts:
@@ -260,6 +284,19 @@ class ModelSpec:
                                 "attention", field=f,
                                 fix="MLA takes rope positions, kv_heads = heads (or 0), head_dim 0, "
                                     "no qk_norm and no sliding window")
+    def _validate_mamba(self) -> None:
+        for f in ("mamba_num_heads", "mamba_head_dim", "ssm_state_size", "mamba_n_groups",
+                  "conv_kernel", "chunk_size"):
+            if getattr(self, f) <= 0:
+                raise UserError(f"Mamba layers need a positive {f}, got {getattr(self, f)!r}",
+                                field=f, fix=f"set {f} (transformers' NemotronHConfig names it so)")
+        if self.mamba_num_heads % self.mamba_n_groups:
+            raise UserError(f"mamba_num_heads {self.mamba_num_heads} is not a multiple of "
+                            f"mamba_n_groups {self.mamba_n_groups}", field="mamba_n_groups",
+                            fix="pick a group count dividing the Mamba heads")
+        for f in ("mamba_proj_bias", "mamba_conv_bias"):
+            if not isinstance(getattr(self, f), bool):
+                raise UserError(f"must be true or false, got {getattr(self, f)!r}", field=f)
 
     def check_run(self, seq: int, mbs: int, tp: int, sequence_parallel: bool = False,
                   cp: int = 1) -> None:
@@ -290,7 +327,11 @@ class ModelSpec:
         attention heads, the key/value heads, the FFN of dense blocks, the expert FFN and shared-expert
         widths (Megatron-LM splits each of them evenly across the TP ranks)."""
         kinds = {self.ffn_type(i) for i in range(self.layers)}
-        widths = [("attention heads", self.heads), ("key/value heads", self.n_kv_heads)]
+        widths = []
+        if self.has_mixer("attention"):
+            widths += [("attention heads", self.heads), ("key/value heads", self.n_kv_heads)]
+        if self.has_mixer("mamba"):   # Megatron's MambaMixer splits heads and groups over TP
+            widths += [("Mamba heads", self.mamba_num_heads), ("Mamba groups", self.mamba_n_groups)]
         if "dense" in kinds:
             widths.append(("ffn", self.ffn))
         if "moe" in kinds:

@@ -27,6 +27,10 @@ def _megatron_gpt(name, layers, hidden, heads, seq=2048, vocab=51200, source=_NA
                      vocab=vocab, seq=seq, max_positions=seq, source=source)
 
 
+NEMOTRON_H_8B_PATTERN = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
+NEMOTRON_H_56B_PATTERN = ("M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-"
+                          "M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-")
+
 # config.json fields of public Hugging Face models (the published values; fields that change
 # no shape, such as rope_theta or token ids, left out)
 HF_ZOO_CONFIGS = {
@@ -81,6 +85,25 @@ HF_ZOO_CONFIGS = {
         rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
                       "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
         tie_word_embeddings=False)),
+    # Nemotron-H (NVIDIA 2025, arXiv 2504.03624): 24 Mamba-2 + 24 MLP + 4 attention layers;
+    # the model card says 8B (published figure here: the model card's round number)
+    "nemotron-h-8b": ("nvidia/Nemotron-H-8B-Base-8K", 8192, 8e9, dict(
+        model_type="nemotron_h", hidden_size=4096, num_hidden_layers=52,
+        hybrid_override_pattern=NEMOTRON_H_8B_PATTERN, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, intermediate_size=21504, mlp_hidden_act="relu2",
+        vocab_size=131072, max_position_embeddings=8192, mamba_num_heads=128, mamba_head_dim=64,
+        ssm_state_size=128, n_groups=8, conv_kernel=4, chunk_size=128, use_conv_bias=True,
+        use_bias=False, mamba_proj_bias=False, attention_bias=False, mlp_bias=False,
+        tie_word_embeddings=False)),
+    # Nemotron-H-56B-Base-8K: 54 Mamba-2 + 54 MLP + 10 attention layers (NVIDIA's project page);
+    # pattern and sizes as NeMo's NemotronHConfig56B (mamba heads 2 h / 64 = 256), model card: 56B
+    "nemotron-h-56b": ("nvidia/Nemotron-H-56B-Base-8K", 8192, 56e9, dict(
+        model_type="nemotron_h", hidden_size=8192, num_hidden_layers=118,
+        hybrid_override_pattern=NEMOTRON_H_56B_PATTERN, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=128, intermediate_size=32768, mlp_hidden_act="relu2",
+        vocab_size=131072, max_position_embeddings=8192, mamba_num_heads=256, mamba_head_dim=64,
+        ssm_state_size=256, n_groups=8, conv_kernel=4, chunk_size=128, use_conv_bias=True,
+        use_bias=False, attention_bias=False, mlp_bias=False, tie_word_embeddings=False)),
 }
 
 
