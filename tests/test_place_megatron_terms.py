@@ -188,3 +188,55 @@ def test_grad_accumulation_on_every_microbatch_counts_the_first_too():
         r = evaluate_plan(c, 2, d, batch, links=Links(), hbm_bw_Bps=bw, options=PlanOptions(
             grad_accum_bytes_per_param=18.0, grad_accum_every_microbatch=True))
         assert r["grad_accum_s"] == pytest.approx(M * c.param_count[:5].sum() * 18.0 / bw)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_block_recompute_method_closed_form(n):
+    """Megatron --recompute-method block --recompute-num-layers n: in each pipeline chunk the
+    first n blocks keep their input (1e5 B) and are re-run (1 s each), the others keep all
+    (1e6 B) and are not. One stage of 8 blocks (+ prologue and epilogue, which keep
+    1e5 each here and are re-run as the chain says), one microbatch in flight, mbs 1."""
+    c = chain(n=10)
+    opts = PlanOptions(recompute_method="block", recompute_num_layers=n)
+    full = evaluate_plan(c, 1, 1, 1, "full", links=Links())
+    pl = evaluate_plan(c, 1, 1, 1, "full", links=Links(), options=opts)
+    k = min(n, 8)
+    assert pl["memory_activations_bytes"] == pytest.approx(2 * 1e5 + k * 1e5 + (8 - k) * 1e6)
+    # fwd 10 + bwd 20 + re-run: prologue, epilogue and k blocks
+    assert pl["compute_s"] == pytest.approx(30 + 2 + k)
+    if n >= 8:
+        assert pl["time_per_batch_s"] == full["time_per_batch_s"]
+    # two pipeline ranks x 2 chunks of 2 blocks (the ends apart): each chunk re-runs
+    # min(n, 2) blocks, so the busiest rank re-runs 2 min(n, 2) (+ its end layer)
+    two = evaluate_plan(c, 2, 1, 4, "full", 2, links=Links(), options=opts,
+                        stages=[(0, 3), (3, 5), (5, 7), (7, 10)])
+    want = 4 * max(3 * 3 + 1 + min(n, 2) + 2 * 3 + min(n, 2),     # rank 0: chunks 0, 2
+                   2 * 3 + min(n, 2) + 3 * 3 + 1 + min(n, 2))     # rank 1: chunks 1, 3
+    assert two["compute_s"] == pytest.approx(want)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_uniform_recompute_groups_closed_form(n):
+    """--recompute-method uniform --recompute-num-layers n: every block is re-run, only the
+    first block of each group of n keeps its input, and re-running a group holds its n
+    blocks' activations at once (the working buffer: n x 1e6 - 1e5)."""
+    c = chain(n=10)
+    pl = evaluate_plan(c, 1, 1, 1, "full", links=Links(),
+                       options=PlanOptions(recompute_num_layers=n))
+    groups = -(-8 // n)
+    assert pl["memory_activations_bytes"] == pytest.approx(2 * 1e5 + groups * 1e5)
+    assert pl["memory_buffers_bytes"] == pytest.approx(n * 1e6 - 1e5)
+    assert pl["compute_s"] == pytest.approx(30 + 10)
+
+
+def test_recompute_method_errors_and_the_dp_refuses():
+    from phaze.place.dp import best_plans
+
+    c = chain(n=10)
+    with pytest.raises(ValueError, match="recompute_method"):
+        evaluate_plan(c, 1, 1, 1, "full", options=PlanOptions(recompute_method="every"))
+    with pytest.raises(ValueError, match="recompute_num_layers"):
+        evaluate_plan(c, 1, 1, 1, "full", options=PlanOptions(recompute_num_layers=0))
+    with pytest.raises(ValueError, match="recompute methods"):
+        best_plans(c, 8, 64, [80e9], ("full",),
+                   options=PlanOptions(recompute_method="block", recompute_num_layers=2))

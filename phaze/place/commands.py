@@ -88,6 +88,13 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--cp", type=int, default=1, help="context-parallel size (ring attention)")
     e.add_argument("--ep", type=int, default=1,
                    help="expert-parallel size (MoE layers; a placement row's ep)")
+    e.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform",
+                   help="Megatron --recompute-method with --recompute full: uniform re-runs every "
+                        "block from a checkpoint every N blocks, block re-runs only the first "
+                        "N blocks of each pipeline chunk (N: the number of layers below; "
+                        "default uniform)")
+    e.add_argument("--recompute-num-layers", type=int, default=1,
+                   help="Megatron --recompute-num-layers (default 1)")
     e.add_argument("--recompute-modules",
                    help="Megatron-Core --recompute-modules with --recompute selective, comma-"
                         "separated: core_attn, layernorm, mlp, moe, moe_act, shared_experts, "
@@ -433,7 +440,8 @@ def _evaluate_grid(args, spec, settings, seq):
                    "first_stage_layers": None, "last_stage_layers": None,
                    "account_embedding": False, "account_loss": False,
                    "moe_token_dispatcher": "alltoall", "expert_tp": 0,
-                   "recompute_modules": None}
+                   "recompute_modules": None, "recompute_method": "uniform",
+                   "recompute_num_layers": 1}
     for name, default in preset_only.items():
         if getattr(args, name, default) != default:
             flag = {"account_embedding": "--account-for-embedding-in-pipeline-split",
@@ -523,6 +531,16 @@ def _overlap_options(args) -> dict:
     o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
     if getattr(args, "moe_token_dispatcher", "alltoall") != "alltoall":
         o["moe_token_dispatcher"] = args.moe_token_dispatcher
+    method = getattr(args, "recompute_method", "uniform")
+    layers = getattr(args, "recompute_num_layers", 1)
+    if (method, layers) != ("uniform", 1):
+        if layers < 1:
+            raise UserError(f"must be >= 1, got {layers}", field="--recompute-num-layers",
+                            fix="give the number of blocks per chunk (or group) to recompute")
+        if args.recompute != "full":
+            raise UserError("sets how full recomputation runs", field="--recompute-method/"
+                            "--recompute-num-layers", fix="add --recompute full, or drop them")
+        o.update(recompute_method=method, recompute_num_layers=layers)
     from phaze.place.evaluate import dtype_options
 
     o.update(dtype_options(getattr(args, "framework", None), getattr(args, "grad_sync_dtype", None),

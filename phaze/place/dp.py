@@ -766,6 +766,10 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
         # default): a plan with either option would cost otherwise there
         raise ValueError("the DP does not search with p2p_scatter_gather or p2p_blocking; "
                          "evaluate such plans")
+    if options.recompute_method != "uniform" or options.recompute_num_layers != 1:
+        # per-chunk recomputation depends on where the chunk boundaries fall
+        raise ValueError("the DP searches full recomputation of every block (uniform, 1 "
+                         "layer); evaluate other recompute methods")
     if eps is not None or zero_stages is not None:
         best: dict = {}
         # widest EP and deepest ZeRO first: they tend to win on large models, and a good

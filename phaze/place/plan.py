@@ -149,6 +149,12 @@ class PlanOptions:
     cp: int = 1                          # context-parallel size (chain built for seq / cp)
     ep: int = 1                          # expert-parallel size (MoE layers; expert_parallel_chain)
     expert_tp: int = 0                   # expert tensor-parallel size (0 = t; grad_groups)
+    # full recomputation as Megatron's --recompute-method / --recompute-num-layers: "uniform"
+    # checkpoints the input of every group of n blocks of a chunk and re-runs them all (n = 1:
+    # every block's input, the plain "full"); "block" checkpoints and re-runs only the first
+    # n blocks of each chunk, the others keep all their activations (_recompute_layers)
+    recompute_method: str = "uniform"
+    recompute_num_layers: int = 1
     # Megatron-Core --moe-token-dispatcher-type: "alltoall" (one copy per routed slot) or
     # "flex" (DeepEP / HybridEP: one copy per remote node; dedup_dispatch_time)
     moe_token_dispatcher: str = "alltoall"
@@ -400,7 +406,8 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         out["dp_sync_s"] += M * float(fsdp[b])
         out["devices"] = p * d * t * options.cp
     out.update(_flop_metrics(chain, recompute, batch, p * t * d * options.cp, options.cp,
-                             time_s, peak_flops))
+                             time_s, peak_flops,
+                             _recompute_layers(chain, recompute, stages, options)[0]))
     # parts of compute_s the axes added (the busiest device, forward + backward): the CP
     # ring's further steps and the EP all-to-alls; informational, not breakdown terms
     dev = np.arange(p * v) % p
@@ -446,6 +453,45 @@ def _stages_problem(stages, chunks: int, n: int) -> str | None:
     return None
 
 
+RECOMPUTE_METHODS = ("uniform", "block")
+
+
+def _recompute_layers(chain, recompute, stages, options):
+    """(re-run 1/0, activation bytes kept, working bytes) per chain layer for `recompute`
+    and Megatron's recompute method (PlanOptions.recompute_method / _num_layers; n below),
+    each pipeline chunk of `stages` on its own (Megatron-Core: each model chunk is a
+    TransformerBlock with its own _checkpointed_forward). "block": the first n blocks of a
+    chunk keep their input and are re-run, the others keep everything and are not.
+    "uniform": every group of n consecutive blocks keeps its first block's input and is
+    re-run whole, its n blocks' activations materialised at once (the working bytes).
+    n = 1 uniform (or other modes) is the chain's own account. Prologue and epilogue as the
+    chain has them."""
+    n_layers = options.recompute_num_layers
+    method = options.recompute_method
+    if method not in RECOMPUTE_METHODS:
+        raise ValueError(f"recompute_method must be one of {RECOMPUTE_METHODS}, got {method!r}")
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"recompute_num_layers must be a positive integer, got {n_layers!r}")
+    rerun = np.ones(chain.n)
+    act = np.array(chain.act_bytes(recompute), dtype=float)
+    wb = np.array(chain.work_bytes(recompute), dtype=float)
+    if recompute != "full" or (method == "uniform" and n_layers == 1):
+        return rerun, act, wb
+    block = np.array([0.0 if k in ("prologue", "epilogue") else 1.0 for k in chain.kinds])
+    for a, b in stages:
+        idx = [j for j in range(a, b) if block[j]]
+        for pos, j in enumerate(idx):
+            if method == "block" and pos >= n_layers:      # kept whole, not re-run
+                rerun[j], act[j], wb[j] = 0.0, chain.act_none_bytes[j], 0.0
+            elif method == "uniform":
+                first = pos % n_layers == 0
+                act[j] = chain.act_full_bytes[j] if first else 0.0
+                group = idx[pos - pos % n_layers: pos - pos % n_layers + n_layers]
+                wb[j] = float(sum(chain.act_none_bytes[g] for g in group)) \
+                    - float(chain.act_full_bytes[group[0]])
+    return rerun, act, wb
+
+
 def _per_device(chain, p, v, d, recompute, stages, links, options):
     """Per pipeline rank (chunk c on rank c % p), per microbatch: load (compute with its
     recomputation, TP collectives, p2p), compute without TP, TP, p2p; and params,
@@ -456,13 +502,15 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
     lo, hi = st[:, 0], st[:, 1]
     cs = lambda x: np.concatenate(([0.0], np.cumsum(x)))  # noqa: E731
     Fp, Bp, Pp = cs(chain.fwd_s), cs(chain.bwd_s), cs(chain.param_count)
-    Rp = cs(chain.recompute_s(recompute))
+    rerun, act, wb = _recompute_layers(chain, recompute, stages, options)
+    Rp = cs(chain.recompute_s(recompute) * rerun)
     TFp, TBp = cs(chain.tp_fwd_s), cs(chain.tp_bwd_s)
-    Ap = cs(chain.act_bytes(recompute))
+    Ap = cs(act)
     F, B, P, R = Fp[hi] - Fp[lo], Bp[hi] - Bp[lo], Pp[hi] - Pp[lo], Rp[hi] - Rp[lo]
     TP = TFp[hi] - TFp[lo] + TBp[hi] - TBp[lo]
     if recompute == "full":        # the re-run forward repeats its TP collectives
-        TP = TP + TFp[hi] - TFp[lo]
+        TRp = cs(chain.tp_fwd_s * rerun)
+        TP = TP + TRp[hi] - TRp[lo]
     out_b = chain.out_bytes
     if options.p2p_scatter_gather and not chain.extra.get("sequence_parallel", False):
         out_b = out_b / t
@@ -484,7 +532,6 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
         cin, cout = 2.0 * cin, 2.0 * cout
     comp = F + B + R
     load = comp + cin + cout
-    wb = chain.work_bytes(recompute)
     work = np.array([wb[a:b].max() for a, b in stages])
     dev = np.arange(p * v) % p
     dev_load = np.bincount(dev, load, minlength=p)
@@ -501,14 +548,15 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
     return dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe
 
 
-def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops) -> dict:
+def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops, rerun=None) -> dict:
     """Model FLOPs from the graph (per device x a replica's devices x microbatches), MFU
     and TFLOP/s per device from them; hardware FLOPs and HFU add what recomputation runs
-    again."""
+    again (`rerun`: 1/0 per layer for full recomputation, _recompute_layers)."""
     n_mb = batch / chain.mbs
     flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * chain.t * cp * n_mb
     redo = {"none": 0.0, "selective": float(chain.flops_recompute_selective.sum()),
-            "full": float(chain.flops_fwd.sum())}[recompute] * chain.t * cp * n_mb
+            "full": float((chain.flops_fwd * (1.0 if rerun is None else rerun)).sum())
+            }[recompute] * chain.t * cp * n_mb
     ok = peak_flops > 0
     mfu = flops / (time_s * devices * peak_flops) if ok else None
     return {"model_flops": flops, "hardware_flops": flops + redo, "mfu": mfu,
