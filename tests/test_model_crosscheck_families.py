@@ -63,6 +63,20 @@ CASES = {
                        ffn_hidden_size=96, tie_word_embeddings=False),
     "falcon-seq": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=101,
                        model_type="falcon", multi_query=False, parallel_attn=False),
+    # gpt_oss: head_dim 32 != 64 / 4, sinks, q/k/v/o biases, router and expert biases, the
+    # default alternation (layer 0 slides) with a window (16) shorter than the sequence
+    "gpt_oss-small": dict(SMALL, model_type="gpt_oss", num_key_value_heads=2, head_dim=32,
+                          num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
+                          num_hidden_layers=3),
+    # GptOssConfig's defaults: 8 kv heads, head_dim 64 (hidden / heads = 8); no attention bias,
+    # all layers full, tied head
+    "gpt_oss-defaults": dict(SMALL, model_type="gpt_oss", num_attention_heads=8, num_local_experts=6,
+                             num_experts_per_tok=1, attention_bias=False, tie_word_embeddings=True,
+                             layer_types=["full_attention"] * 2),
+    "bloom-small": dict(model_type="bloom", n_embed=64, n_layer=2, n_head=4, vocab_size=101),
+    "bloom-untied-dropout": dict(model_type="bloom", hidden_size=64, n_layer=3, num_attention_heads=8,
+                                 vocab_size=101, tie_word_embeddings=False, hidden_dropout=0.1,
+                                 attention_dropout=0.1),
     "gpt2-small": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=101, n_positions=128),
     "opt-small": dict(model_type="opt", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       ffn_dim=96, vocab_size=101, max_position_embeddings=128, enable_bias=False),
@@ -124,6 +138,9 @@ CASES = {
                            num_attention_heads=48, num_key_value_heads=8, intermediate_size=24576,
                            vocab_size=256000, max_position_embeddings=4096,
                            tie_word_embeddings=False),
+    # bigscience/bloom-560m (559,214,592 parameters)
+    "bloom-560m": dict(model_type="bloom", n_embed=1024, n_layer=24, num_attention_heads=16,
+                       vocab_size=250880),
     "gpt2": dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
     "opt-125m": dict(model_type="opt", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                      ffn_dim=3072, vocab_size=50272, max_position_embeddings=2048, do_layer_norm_before=True),

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 # reduction, Div 10, Tanh 27); softmax's reduction is counted as two extra passes (row max
 # and row sum, one cycle per element each). The others are simple element-wise ops at one
 # cycle per element (two for SwiGLU: SiLU then multiply; two for RoPE: rotate then add).
+# gpt-oss's clamped SwiGLU is costed as SwiGLU: its clamps and + 1 ride in the same pass of a
+# fused kernel (Megatron-Core's weighted_bias_quick_geglu), no measurement says otherwise.
 DEFAULT_VECTOR_CPE = {
     "layernorm": 1.0, "gelu": 1.0, "softmax": 12.0, "div": 10.0, "tanh": 27.0,
     "rmsnorm": 1.0, "add": 1.0, "residual": 1.0, "bias": 1.0, "mul": 1.0, "scale": 1.0,
-    "mask": 1.0, "dropout": 1.0, "relu": 1.0, "silu": 1.0, "swiglu": 2.0, "rope": 2.0,
+    "mask": 1.0, "dropout": 1.0, "relu": 1.0, "silu": 1.0, "swiglu": 2.0, "clamped_swiglu": 2.0,
+    "rope": 2.0,
     "embedding": 1.0, "copy": 1.0, "cross_entropy": 12.0, "optimizer": 1.0,
     # Mamba-2 (phaze.model.graph._mamba), assumed, not calibrated: the depthwise causal conv1d
     # (+ SiLU) one multiply-add per tap of the usual 4 taps, its backward (input and weight

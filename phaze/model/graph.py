@@ -44,14 +44,17 @@ VECTOR_FLOPS = {
     # Mamba-2 (graph._mamba): dt softplus + dA cumsum per head, the inter-chunk state
     # recurrence (one multiply-add per state element); causal_conv1d: _Node.vflops (K taps)
     "ssd_cumsum": (8, 8), "ssd_state_passing": (2, 4),
+    # gpt-oss: swiglu's work plus two clamps and the + 1 on up (forward), the clamp masks (backward)
+    "clamped_swiglu": (9, 13), "copy": (0, 0),
 }
 # element-wise classes a GEMM can absorb as its epilogue (the reference's TC+VC ops)
-FUSABLE = {"gelu", "relu", "relu2", "silu", "swiglu", "geglu", "dropout", "add", "rope", "tanh",
-           "gelu_bwd", "relu_bwd", "relu2_bwd", "silu_bwd", "swiglu_bwd", "geglu_bwd",
-           "dropout_bwd", "rope_bwd", "tanh_bwd"}
+FUSABLE = {"gelu", "relu", "relu2", "silu", "swiglu", "geglu", "clamped_swiglu", "dropout", "add",
+           "rope", "tanh", "gelu_bwd", "relu_bwd", "relu2_bwd", "silu_bwd", "swiglu_bwd", "geglu_bwd",
+           "clamped_swiglu_bwd", "dropout_bwd", "rope_bwd", "tanh_bwd"}
 # element-wise classes whose Megatron jit kernels add a linear's bias themselves
 # (bias-GELU, bias-SwiGLU, bias-dropout-add; Megatron's skip_bias_add)
-BIAS_ABSORBING = {"gelu", "swiglu", "geglu", "dropout", "add"}
+# (gpt-oss: Megatron-Core's weighted_bias_quick_geglu takes the experts' fc1 bias)
+BIAS_ABSORBING = {"gelu", "swiglu", "geglu", "clamped_swiglu", "dropout", "add"}
 # vector class of the MoE routing op by spec.router
 _ROUTE = {"softmax": "softmax", "sigmoid": "sigmoid_topk"}
 MASK_BYTES = 1      # dropout mask, one byte per element (Korthikanti)
@@ -687,7 +690,10 @@ def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
     context_parallel_size == 1; the ring keeps only the running softmax statistics of each
     step, which an eager s x s attention would not), and no sliding-window layer whose window
     is shorter than the sequence (TE's p2p ring runs full causal attention: a window would
-    skip ring steps the chunk graph cannot express)."""
+    skip ring steps the chunk graph cannot express). ALiBi and attention sinks are refused
+    too: Transformer Engine runs neither in a p2p context-parallel ring (its backend filter,
+    get_attention_backend: with CP, FlashAttention and FusedAttention take only no_bias /
+    post_scale_bias, and a softmax_type other than vanilla only with cp_comm_type a2a)."""
     from phaze.errors import UserError
 
     if attention != "flash":
@@ -705,6 +711,12 @@ def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
         raise UserError(f"{spec.name}'s sliding-window layers (window {spec.sliding_window} < "
                         f"seq {seq}) cannot run in a context-parallel ring", field="cp",
                         fix="use cp 1 for this model")
+    for what, on in (("ALiBi position biases", spec.position == "alibi"),
+                     ("attention sinks (learnable softmax)", spec.attn_sinks)):
+        if on:
+            raise UserError(f"{spec.name}'s {what} cannot run in a context-parallel (p2p) ring: "
+                            "Transformer Engine has no backend for them there", field="cp",
+                            fix="use cp 1 for this model")
 
 
 def _block_runs(c: _Ctx):
@@ -984,6 +996,7 @@ def _attention(L: _Layer, c: _Ctx, x: str, sliding: bool) -> str:
         ctx = L.flash("attn.core", ins, in_b, batch=b * a, s=s, keys=keys, d=d,
                       saved=qk_bytes + v_bytes + lse, selective_drop=lse)
         L.nodes[ctx].selective = True
+        _flash_score_terms(L, c, ctx)
     else:
         ctx = _eager_core(L, c, q, k, v, a=a, d=d, dv=d, q_bytes=T * a * d * dt,
                           k_bytes=T * kv * d * dt, v_bytes=v_bytes, qk_saved=qk_bytes)
@@ -1006,8 +1019,9 @@ def _eager_core(L: _Layer, c: _Ctx, q: str, k: str, v: str, *, a: int, d: int, d
         scores = L.vector("attn.softcap", (scores,), "tanh", p_el, saved=p_el * dt, rule="column",
                           selective_drop=p_el * dt)
         core.append(scores)
-    probs = L.vector("attn.softmax", (scores,), "softmax", p_el, saved=p_el * dt, rule="column",
-                     selective_drop=p_el * dt)
+    scores, sm_el = _eager_score_terms(L, c, scores, core)   # ALiBi, attention sinks
+    probs = L.vector("attn.softmax", (scores,), "softmax", sm_el, saved=sm_el * dt, rule="column",
+                     selective_drop=sm_el * dt)
     core.append(probs)
     dropped = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True)
     own = p_el * dt if dropped != probs else 0.0  # the dropout output is a tensor of its own
@@ -1088,6 +1102,49 @@ def _mla_attention(L: _Layer, c: _Ctx, x: str) -> str:
                           k_bytes=k_bytes, v_bytes=v_bytes, qk_saved=q_bytes + k_bytes)
     proj = L.linear("attn.proj", ctx, T, a * dv, h, rule="row", bias=sp.o_bias, saved=T * a * dv * dt)
     return _exit_tp(L, c, proj, "attn", h)
+def _eager_score_terms(L: _Layer, c: _Ctx, scores: str, core: list[str]) -> tuple[str, int]:
+    """What joins the eager scores before the softmax; returns (node, softmax elements).
+
+    ALiBi (BLOOM; Press et al. 2022): a per-head bias slope x key position added to the
+    b a/t x s x s scores. transformers runs it as alibi.baddbmm(q, k^T) and Megatron-DeepSpeed
+    as baddbmm on alibi.repeat(1, sq, 1): either way the bias is first written out at the
+    size of the scores, then read back by the GEMM (beta = 1); modelled as one add reading
+    the scores (and the b a/t x s slopes x positions) and writing them: the same traffic.
+    No parameters, nothing kept, the gradient passes through.
+
+    Attention sinks (gpt-oss; Megatron-Core softmax_type "learnable"): a learned logit per
+    head concatenated to every score row (transformers' eager torch.cat, Megatron's
+    SoftmaxOne), the softmax over s + 1 columns (its output, kept for the backward, one
+    column wider), the sink column dropped before the context GEMM. Parameters: the heads
+    (column-split over TP); the concat's backward slices the gradient and sums the sink
+    column into the sinks' gradient."""
+    sp, dt = c.spec, c.dt
+    a, s, b = sp.heads // c.t, c.s, c.b
+    p_el = b * a * s * s
+    if sp.position == "alibi":
+        scores = L.vector("attn.alibi", (scores,), "add", p_el, in_bytes=(p_el * dt + b * a * s * dt,),
+                          rule="column", bwd="pass")
+        core.append(scores)
+    if not sp.attn_sinks:
+        return scores, p_el
+    el = b * a * s * (s + 1)
+    scores = L.vector("attn.sinks", (scores,), "copy", el, in_bytes=(p_el * dt + a * dt,),
+                      rule="column", params=a, unique=sp.heads)
+    core.append(scores)
+    return scores, el
+
+
+def _flash_score_terms(L: _Layer, c: _Ctx, core: str) -> None:
+    """ALiBi and sinks inside a fused attention kernel: the same two GEMMs. ALiBi is an
+    in-kernel bias of slope x distance per score (FlashAttention-2 >= 2.4 alibi_slopes);
+    sinks add one logit per row to the running softmax (cuDNN / Transformer Engine's
+    FusedAttention with softmax_type "learnable"): both a few FLOP per score row or element
+    against 4 d per score, not modelled. The sinks' parameters (heads / t per device) sit on
+    the fused op."""
+    sp = c.spec
+    if sp.attn_sinks:
+        n = L.nodes[core]
+        n.params_dev, n.params_unique = sp.heads // c.t, sp.heads
 
 
 def _ffn(L: _Layer, c: _Ctx, xin: str, prefix: str, width: int, *, regather: float, keep_input: bool,
@@ -1146,13 +1203,13 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
     intermediates as in a dense MLP on T k tokens, expert outputs and weights for the combine."""
     sp, dt, t = c.spec, c.dt, c.t
     h, T, E, k = sp.hidden, c.T, sp.experts, sp.top_k
-    router = L.linear("moe.router", xin, T, h, E, rule="replicated", bias=False, saved=c.Ts * h * dt,
-                      regather=regather)
+    router = L.linear("moe.router", xin, T, h, E, rule="replicated", bias=sp.router_bias,
+                      saved=c.Ts * h * dt, regather=regather)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=T * k * dt)
     disp = L.vector("moe.dispatch", (xin, route), "permute", T * k * h,
                     in_bytes=(T * h * dt, T * k * dt))
-    down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True, bias=False,
-                experts=E, tokens=T * k)
+    down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
+                bias=sp.expert_bias, experts=E, tokens=T * k)
     out = L.vector("moe.combine", (down, route), "permute", T * h, in_bytes=(T * k * h * dt, T * k * dt),
                    saved=T * k * h * dt + T * k * dt)
     if sp.shared_ffn:
@@ -1227,7 +1284,7 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     tokens and the TP and EP traffic is the dispatcher's."""
     sp, dt, t = c.spec, c.dt, c.t
     h, T, Ts, E, k = sp.hidden, c.T, c.Ts, sp.experts, sp.top_k
-    router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=False,
+    router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
                      out_bytes=T * k * dt, rule="sharded")
@@ -1239,7 +1296,7 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     gathered = L.collective("moe.all_gather", disp, "all_gather", "reduce_scatter", full,
                             full / t, full, rule="sharded")
     down = _ffn(L, c, gathered, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
-                bias=False, experts=E, tokens=T * k)
+                bias=sp.expert_bias, experts=E, tokens=T * k)
     rs = L.collective("moe.reduce_scatter", down, "reduce_scatter", "all_gather", full, full,
                       full / t, rule="sharded")
     comb = L.vector("moe.combine", (rs, route), "permute", T * h // t,

@@ -21,8 +21,8 @@ from phaze.model.spec import ModelSpec
 DEFAULT_SEQ = 4096
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
-            "gemma2", "phi3", "deepseek_v2", "deepseek_v3",
-            "nemotron", "nemotron_h", "gpt_neox", "falcon", "gpt2", "opt", "bert")
+            "gemma2", "phi3", "gpt_oss", "deepseek_v2", "deepseek_v3",
+            "nemotron", "nemotron_h", "gpt_neox", "falcon", "bloom", "gpt2", "opt", "bert")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
@@ -525,6 +525,51 @@ def _falcon(get, name):
                      tied_embeddings=get.bool("tie_word_embeddings", True))
 
 
+def _gpt_oss(get, name):
+    """gpt-oss (GptOssForCausalLM; gpt-oss-20b / 120b): Llama-like GQA attention with q/k/v/o
+    biases (`attention_bias`), head_dim 64 whatever hidden / heads, a learned sink logit per
+    head in every softmax row, sliding-window (128) and full layers alternating
+    (`layer_types`, default: even layers slide), YaRN rope (angles only); every block an MoE
+    of `num_local_experts` experts, top `num_experts_per_tok`: a router with bias, per-expert
+    gate_up and down biases, and the clamped SwiGLU gate * sigmoid(alpha gate) * (up + 1)
+    (swiglu_alpha, swiglu_limit: numerics only). The experts ignore `hidden_act`."""
+    get.zero_dropout("attention_dropout")
+    c = _common(get, name, kv_default=8, head_dim_default=64)   # GptOssConfig's defaults
+    w = _window(get, 128)
+    lt = _layer_types(get, c["layers"], True, w) or tuple(
+        "sliding" if (i + 1) % 2 else "full" for i in range(c["layers"]))
+    ab = get.bool("attention_bias", True)
+    for k in ("swiglu_alpha", "swiglu_limit"):
+        get.float(k, 1.0)   # type-checked; they change values, not work
+    return ModelSpec(**c, activation="clamped_swiglu", qkv_bias=ab, out_bias=ab, mlp_bias=False,
+                     sliding_window=w if "sliding" in lt else 0,
+                     layer_types=lt if "sliding" in lt else (),
+                     experts=get.int("num_local_experts", 128, alt=("num_experts",)),
+                     top_k=get.int("num_experts_per_tok", 4), router_bias=True, expert_bias=True,
+                     attn_sinks=True)
+
+
+def _bloom(get, name):
+    """BLOOM (BloomForCausalLM): ALiBi (no position parameters), a LayerNorm right after the
+    word embeddings (word_embeddings_layernorm), fused query_key_value and dense with
+    biases, MLP h -> 4h -> h with biases and GELU (tanh form), pre-LN, tied head.
+    hidden_dropout (after attention and MLP; Megatron-DeepSpeed, where BLOOM was trained,
+    also after the embeddings) and attention_dropout: all or none. No positions bound the
+    sequence: the default seq is `seq_length` if given, else 2048 (BLOOM's training length)."""
+    get.refuse("apply_residual_connection_post_layernorm", False,
+               "a residual taken after the norm is not modelled")
+    d = get.dropout_all_or_none("hidden_dropout", "attention_dropout")
+    h = get.int("n_embed", alt=("hidden_size",))   # BloomConfig: n_embed wins when given
+    heads = get.int("n_head", alt=("num_attention_heads",))
+    get.int("pretraining_tp", 1)    # slices of the same GEMMs (slow_but_exact): same work
+    get.bool("slow_but_exact", False)
+    return ModelSpec(name=name, hidden=h, layers=get.int("n_layer", alt=("num_hidden_layers",)),
+                     heads=heads, ffn=4 * h, vocab=get.int("vocab_size", 250880),
+                     seq=get.int("seq_length", 2048), activation="gelu", norm="layernorm",
+                     position="alibi", bias=True, dropout=d, fused_qkv=True, embed_norm=True,
+                     tied_embeddings=get.bool("tie_word_embeddings", True))
+
+
 def _gpt2(get, name):
     get.refuse("add_cross_attention", False, "encoder-decoder cross attention is not modelled")
     h = get.int("n_embd", alt=("hidden_size",))
@@ -573,5 +618,6 @@ _READERS = {
     "qwen3": _qwen3, "qwen3_moe": _qwen3_moe, "gemma": _gemma, "gemma2": lambda g, n: _gemma(g, n, v2=True), "phi3": _phi3,
     "nemotron": _nemotron, "nemotron_h": _nemotron_h,
     "deepseek_v2": lambda g, n: _deepseek(g, n, v3=False), "deepseek_v3": _deepseek,
+    "gpt_oss": _gpt_oss, "bloom": _bloom,
     "gpt_neox": _gpt_neox, "falcon": _falcon, "gpt2": _gpt2, "bert": _bert, "opt": _opt,
 }

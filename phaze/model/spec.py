@@ -11,9 +11,12 @@ from dataclasses import dataclass, asdict, replace
 from phaze.errors import UserError
 
 # swiglu = silu(gate) * up, geglu = gelu(gate) * up (gated MLPs: gate, up and down GEMMs);
-# relu2 = relu(x)^2, squared ReLU (So et al. 2021, "Primer"; Nemotron-4's MLP)
-ACTIVATIONS = ("gelu", "relu", "relu2", "silu", "swiglu", "geglu")
-GATED = {"swiglu": "silu", "geglu": "gelu"}
+# relu2 = relu(x)^2, squared ReLU (So et al. 2021, "Primer"; Nemotron-4's MLP);
+# clamped_swiglu = gpt-oss's experts: gate clamped above, up clamped both sides, then
+# gate * sigmoid(alpha gate) * (up + 1) (Megatron-Core: quick_gelu with glu_linear_offset 1 and
+# activation_func_clamp_value); same GEMMs as swiglu, a few more element-wise steps
+ACTIVATIONS = ("gelu", "relu", "relu2", "silu", "swiglu", "geglu", "clamped_swiglu")
+GATED = {"swiglu": "silu", "geglu": "gelu", "clamped_swiglu": "quick_gelu"}
 LAYER_TYPES = ("full", "sliding")
 # per-layer token mixer and feed-forward of a block: hybrid models (Nemotron-H) have blocks
 # that are only a mixer or only an FFN; DeepSeek-V3 keeps its first layers dense
@@ -24,7 +27,9 @@ NORMS = ("layernorm", "rmsnorm")
 # MoE router scoring: softmax over the experts then top-k (Mixtral, Qwen), or sigmoid scores
 # plus a correction bias with group-limited top-k (DeepSeek-V3); same h x E GEMM
 ROUTERS = ("softmax", "sigmoid")
-POSITIONS = ("learned", "rope", "none")  # none: no position encoding (Nemotron-H attention)
+# none: no position encoding (Nemotron-H attention); alibi: no position parameters, a
+# per-head linear bias on the attention scores (BLOOM)
+POSITIONS = ("learned", "rope", "none", "alibi")
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,12 @@ class ModelSpec:
     vocab: int                  # vocabulary V
     seq: int                    # default training sequence length
     kv_heads: int = 0           # key/value heads (grouped-query attention); 0 = heads
-    activation: str = "gelu"    # gelu | relu | silu | swiglu | geglu (the last two gated)
+    activation: str = "gelu"    # gelu | relu | relu2 | silu | swiglu | geglu | clamped_swiglu (last three gated)
     norm: str = "layernorm"     # layernorm | rmsnorm
     pre_norm: bool = True       # norm before attention/MLP (GPT-2, Llama) or after (BERT, OPT-350M)
     final_norm: bool = True     # a norm after the last block (pre-norm models)
     causal: bool = True         # decoder (causal mask) or encoder (padding mask)
-    position: str = "learned"   # learned | rope
+    position: str = "learned"   # learned | rope | alibi
     max_positions: int = 0      # rows of the learned position table; 0 = seq
     bias: bool = True           # linear layers carry biases
     tied_embeddings: bool = True
@@ -72,6 +77,9 @@ class ModelSpec:
     moe_ffn: int = 0            # inner width of one routed expert; 0 = ffn
     shared_ffn: int = 0         # inner width of the shared expert (Qwen2-MoE); 0 = none
     shared_gate: bool = False   # sigmoid gate on the shared expert (Qwen2-MoE)
+    router_bias: bool = False   # the router linear carries a bias (gpt-oss)
+    expert_bias: bool = False   # routed experts' gate/up and down carry per-expert biases (gpt-oss)
+    attn_sinks: bool = False    # a learned logit per head joins every softmax row (gpt-oss sinks)
     router: str = "softmax"     # MoE scoring: softmax | sigmoid (DeepSeek-V3, group-limited top-k)
     mixer_types: tuple[str, ...] = ()  # per block "attention" | "mamba" | "none"; () = all attention
     # Mamba-2 mixer (mixer "mamba"; names as transformers' NemotronHConfig): heads x head_dim
@@ -250,6 +258,10 @@ class ModelSpec:
         if self.router not in ROUTERS:
             raise UserError(f"unknown router {self.router!r}", field="router",
                             fix=f"use one of {', '.join(ROUTERS)}")
+        for f in ("router_bias", "expert_bias"):
+            if getattr(self, f) and not self.experts:
+                raise UserError("a router or expert bias needs routed experts", field=f,
+                                fix=f"set {f} false or give experts / top_k")
         if self.shared_gate and not self.shared_ffn:
             raise UserError("a shared-expert gate needs a shared expert", field="shared_ffn")
         for f in ("attn_softcap", "final_softcap"):

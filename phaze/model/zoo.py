@@ -1,7 +1,8 @@
 """The model zoo: every model of the PHAZE paper (docs/reference.md#models), the GPT models
 of Narayanan et al. SC'21 Table 1 and Korthikanti et al. MLSys'23 Tables 3/5, plus
 Llama-2-70B (grouped-query attention), Llama-3-8B/70B, Mistral-7B (sliding window),
-Mixtral-8x7B (MoE), Qwen2.5-7B and Gemma-2-9B. Sizes are published facts; the Hugging Face
+Mixtral-8x7B (MoE), Qwen2.5-7B, Gemma-2-9B, gpt-oss-20b/120b (MoE, attention sinks) and
+BLOOM-7b1/176B (ALiBi). Sizes are published facts; the Hugging Face
 models are the fields of their public config.json files, read by phaze.model.hf like a
 user's file (only the training sequence length is ours).
 
@@ -30,6 +31,20 @@ def _megatron_gpt(name, layers, hidden, heads, seq=2048, vocab=51200, source=_NA
 NEMOTRON_H_8B_PATTERN = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
 NEMOTRON_H_56B_PATTERN = ("M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-"
                           "M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-")
+
+
+def _alternate(layers: int) -> list[str]:
+    return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+
+
+# the fields gpt-oss-20b and gpt-oss-120b share (their config.json files)
+_GPT_OSS = dict(
+    model_type="gpt_oss", hidden_size=2880, num_attention_heads=64, num_key_value_heads=8, head_dim=64,
+    intermediate_size=2880, vocab_size=201088, max_position_embeddings=131072, num_experts_per_tok=4,
+    sliding_window=128, attention_bias=True, attention_dropout=0.0, hidden_act="silu",
+    swiglu_limit=7.0, tie_word_embeddings=False,
+    rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                  "original_max_position_embeddings": 4096, "truncate": False})
 
 # config.json fields of public Hugging Face models (the published values; fields that change
 # no shape, such as rope_theta or token ids, left out)
@@ -104,6 +119,22 @@ HF_ZOO_CONFIGS = {
         vocab_size=131072, max_position_embeddings=8192, mamba_num_heads=256, mamba_head_dim=64,
         ssm_state_size=256, n_groups=8, conv_kernel=4, chunk_size=128, use_conv_bias=True,
         use_bias=False, attention_bias=False, mlp_bias=False, tie_word_embeddings=False)),
+    # openai/gpt-oss-20b and -120b: 4096 is their initial_context_length (YaRN stretches it);
+    # layer_types written out in the files alternate sliding / full from layer 0; the files'
+    # quantization_config (MXFP4 storage of the expert weights) is left out
+    "gpt-oss-20b": ("openai/gpt-oss-20b", 4096, 20.91e9, dict(_GPT_OSS, num_hidden_layers=24,
+                    num_local_experts=32, layer_types=_alternate(24))),
+    "gpt-oss-120b": ("openai/gpt-oss-120b", 4096, 116.83e9, dict(_GPT_OSS, num_hidden_layers=36,
+                     num_local_experts=128, layer_types=_alternate(36))),
+    # BLOOM (BigScience 2022) was trained on 2048-token sequences
+    "bloom-7b1": ("bigscience/bloom-7b1", 2048, 7.069e9, dict(
+        model_type="bloom", hidden_size=4096, n_layer=30, n_head=32, vocab_size=250880,
+        hidden_dropout=0.0, attention_dropout=0.0, apply_residual_connection_post_layernorm=False,
+        pretraining_tp=1, slow_but_exact=False)),
+    "bloom-176b": ("bigscience/bloom", 2048, 176.247e9, dict(
+        model_type="bloom", n_embed=14336, n_layer=70, num_attention_heads=112, vocab_size=250880,
+        hidden_dropout=0.0, attention_dropout=0.0, apply_residual_connection_post_layernorm=False,
+        pretraining_tp=4, slow_but_exact=False)),
 }
 
 
