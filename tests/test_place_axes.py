@@ -104,7 +104,8 @@ def my_eval(ch, stages, d, batch, rec, levels, ep, cp, z):
     E = ch.expert_param_count / ep if ep > 1 else 0 * ch.expert_param_count
     D = ch.param_count - ch.expert_param_count + (0 if ep > 1 else ch.expert_param_count)
     groups = ((D, g, t), (E, g // ep, t * ep))      # (params per layer, group, stride)
-    R = {"none": 0 * F, "selective": ch.recompute_selective_s + ring_r, "full": F}[rec]
+    blocks = np.array([kind not in ("prologue", "epilogue") for kind in ch.kinds], dtype=float)
+    R = {"none": 0 * F, "selective": ch.recompute_selective_s + ring_r, "full": F * blocks}[rec]
     kept = {"none": ch.act_none_bytes, "selective": ch.act_selective_bytes,
             "full": ch.act_full_bytes}[rec]
     work = np.maximum(ch.act_none_bytes - kept, 0.0)     # never negative (Chain.work_bytes)

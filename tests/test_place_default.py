@@ -68,7 +68,10 @@ def my_eval(ch, stages, p, d, batch, rec, v, links, opt):
         cout = p2p(j - 1) if j < n else 0.0
         kept = {"none": ch.act_none_bytes, "selective": ch.act_selective_bytes,
                 "full": ch.act_full_bytes}[rec]
-        redo = {"none": 0.0, "selective": sum(ch.recompute_selective_s[i:j]), "full": F}[rec]
+        # full recomputation re-runs the transformer blocks, never the prologue / epilogue
+        full = sum(x for x, kind in zip(ch.fwd_s[i:j], ch.kinds[i:j])
+                   if kind not in ("prologue", "epilogue"))
+        redo = {"none": 0.0, "selective": sum(ch.recompute_selective_s[i:j]), "full": full}[rec]
         loads[r] += cin + F + redo + B + cout
         params[r] += sum(ch.param_count[i:j])
         acts[r] += sum(kept[i:j])

@@ -110,7 +110,8 @@ def test_megatron_2021_profile_fp16_reduction_accumulation_and_ddp_impl():
     assert old["grad_accum_s"] > 0 and old["optimizer_s"] == pytest.approx(
         new["optimizer_s"] * 52 / 42)
     assert old["grad_accum_s"] == pytest.approx(old["optimizer_s"] * 6 / 52 * (M - 1))
-    assert torch_ddp["dp_sync_s"] < 0.2 * old["dp_sync_s"]
+    # PyTorch DDP hides the reduction but its last (embedding) bucket and its bucket copies
+    assert torch_ddp["dp_sync_s"] < 0.3 * old["dp_sync_s"]
     assert torch_ddp["time_per_batch_s"] < old["time_per_batch_s"]
     with pytest.raises(ValueError, match="DDP"):
         evaluate_model(m, a, ddp_impl="apex", **kw)

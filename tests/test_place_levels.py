@@ -89,7 +89,9 @@ def my_eval(ch, stages, d, batch, rec, levels, opt):
     loads, mems, ars = [], [], []
     for r, (i, j) in enumerate(stages):
         F, B = sum(ch.fwd_s[i:j]), sum(ch.bwd_s[i:j])
-        redo = {"none": 0.0, "selective": sum(ch.recompute_selective_s[i:j]), "full": F}[rec]
+        full = sum(x for x, kind in zip(ch.fwd_s[i:j], ch.kinds[i:j])
+                   if kind not in ("prologue", "epilogue"))   # blocks only are re-run
+        redo = {"none": 0.0, "selective": sum(ch.recompute_selective_s[i:j]), "full": full}[rec]
         loads.append((p2p(i - 1) if i > 0 else 0.0) + F + redo + B + (p2p(j - 1) if j < n else 0.0))
         P = sum(ch.param_count[i:j])
         work = max(max(a - k, 0.0) for a, k in zip(ch.act_none_bytes[i:j], kept[i:j]))

@@ -43,7 +43,10 @@ def test_throughput_metrics_from_model_flops(rec):
     devices = 4 * 2 * 2
     assert plan["mfu"] == pytest.approx(model / (plan["time_per_batch_s"] * devices * peak))
     assert plan["tflops_per_device"] == pytest.approx(plan["mfu"] * peak / 1e12, rel=1e-12)
-    redo = {"none": 0.0, "full": g.flops("fwd"),
+    # full recomputation re-runs the transformer blocks' forward (not embedding or head)
+    blocks_fwd = sum(lg.flops("fwd") * lg.repeat for lg in g.layers
+                     if lg.kind not in ("prologue", "epilogue"))
+    redo = {"none": 0.0, "full": blocks_fwd,
             "selective": sum(o.flops * lg.repeat for lg in g.layers
                              for o in lg.selective_recompute_ops())}[rec] * g.tp * 64
     assert plan["hardware_flops"] == pytest.approx(model + redo, rel=1e-12)

@@ -145,8 +145,8 @@ PRESET_PARAMS = {
                  collective_topology="nccl", flash_fwd_efficiency=0.50,
                  flash_bwd_efficiency=0.43, sustained_clock_fraction=0.727,
                  unfused_cross_entropy=True, nccl_channels=24),
-    "a100": dict(compute_efficiency=0.8008, hbm_bw_efficiency=0.920, link_bw_efficiency=0.80,
-                 op_overhead_s=55.72e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
+    "a100": dict(compute_efficiency=0.7923, hbm_bw_efficiency=0.9162, link_bw_efficiency=0.80,
+                 op_overhead_s=52.87e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
                  flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24),
 }
 

@@ -110,9 +110,16 @@ class Chain:
         return {"none": self.act_none_bytes, "selective": self.act_selective_bytes,
                 "full": self.act_full_bytes}[recompute]
 
+    @property
+    def block_mask(self) -> np.ndarray:
+        """1.0 for a transformer block, 0.0 for the prologue and epilogue: what full
+        recomputation re-runs (Megatron checkpoints the transformer layers only, never the
+        embedding or the output layer and loss)."""
+        return np.array([0.0 if k in ("prologue", "epilogue") else 1.0 for k in self.kinds])
+
     def recompute_s(self, recompute: str) -> np.ndarray:
         return {"none": np.zeros(self.n), "selective": self.recompute_selective_s,
-                "full": self.fwd_s}[recompute]
+                "full": self.fwd_s * self.block_mask}[recompute]
 
     def work_bytes(self, recompute: str) -> np.ndarray:
         return np.maximum(self.act_none_bytes - self.act_bytes(recompute), 0.0)

@@ -114,8 +114,11 @@ FRAMEWORKS = {
 # Megatron-LM's --DDP-impl (2021): "local" reduces after the backward (nothing overlapped);
 # "torch" is PyTorch DDP: buckets of 25 MB (bucket_cap_mb; 12.5 M fp16 gradients) reduce
 # while the last microbatch's backward runs (Megatron wraps the other microbatches in
-# no_sync()).
-DDP_IMPLS = {"local": {}, "torch": dict(overlap_grad_reduce=True, bucket_params=12.5e6)}
+# no_sync()); the reducer copies gradients into and out of its buckets (8 B/param) and the
+# embedding's bucket, ready last, is the one left exposed (PlanOptions fields).
+DDP_IMPLS = {"local": {}, "torch": dict(overlap_grad_reduce=True, bucket_params=12.5e6,
+                                        ddp_bucket_copy_bytes_per_param=8.0,
+                                        last_bucket_holds_prologue=True)}
 FRAMEWORKS["nemo-2024"] = FRAMEWORKS["megatron-core-2024"]
 # profiles whose code had no FP8 training (Transformer Engine came to Megatron in 2023)
 NO_TRANSFORMER_ENGINE = ("megatron-lm-2021", "megatron-deepspeed")

@@ -170,6 +170,16 @@ class PlanOptions:
     # True: the pass runs after every microbatch, the first included (a copy into a
     # separate fp32 buffer, as DeepSpeed's BF16_Optimizer.update_hp_grads does).
     grad_accum_every_microbatch: bool = False
+    # PyTorch DDP (torch.nn.parallel.DistributedDataParallel without gradient_as_bucket_view,
+    # Megatron-LM 2021 --DDP-impl torch): the reducer copies each gradient into its bucket
+    # (dividing by the world size: read 2, write 2 B) in the autograd hook, on the compute
+    # stream, and the reduced bucket back into .grad at the end of the backward (2 + 2 B):
+    # HBM bytes per parameter per batch, charged with the DP sync when d > 1 (0: none).
+    ddp_bucket_copy_bytes_per_param: float = 0.0
+    # PyTorch DDP's buckets follow gradient-ready order: the embedding's gradient comes last
+    # in the backward (a tied word embedding's two uses are summed before its hook fires),
+    # so the last bucket to reduce - the exposed one - holds at least the prologue's params
+    last_bucket_holds_prologue: bool = False
     # Megatron's async_tensor_model_parallel_allreduce (Megatron-LM 2021-09 on, default on;
     # Transformer Engine's linears alike): the backward TP collective of a column-parallel
     # linear runs during its weight GEMM. Applied to the layer latencies by
@@ -382,6 +392,8 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
             chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p,
             dev_Pe)
         dev_load = dev_load + accum
+    if options.ddp_bucket_copy_bytes_per_param > 0 and hbm_bw_Bps > 0 and d * options.cp > 1:
+        ar = ar + dev_P * options.ddp_bucket_copy_bytes_per_param / hbm_bw_Bps
     b = int(np.argmax(dev_load))
     Lmax = float(dev_load[b])
     bubble = (p - 1) / v * Lmax
@@ -464,8 +476,8 @@ def _recompute_layers(chain, recompute, stages, options):
     chunk keep their input and are re-run, the others keep everything and are not.
     "uniform": every group of n consecutive blocks keeps its first block's input and is
     re-run whole, its n blocks' activations materialised at once (the working bytes).
-    n = 1 uniform (or other modes) is the chain's own account. Prologue and epilogue as the
-    chain has them."""
+    n = 1 uniform (or other modes) is the chain's own account. Prologue and epilogue are
+    never re-run (Chain.block_mask)."""
     n_layers = options.recompute_num_layers
     method = options.recompute_method
     if method not in RECOMPUTE_METHODS:
@@ -477,7 +489,7 @@ def _recompute_layers(chain, recompute, stages, options):
     wb = np.array(chain.work_bytes(recompute), dtype=float)
     if recompute != "full" or (method == "uniform" and n_layers == 1):
         return rerun, act, wb
-    block = np.array([0.0 if k in ("prologue", "epilogue") else 1.0 for k in chain.kinds])
+    block = chain.block_mask
     for a, b in stages:
         idx = [j for j in range(a, b) if block[j]]
         for pos, j in enumerate(idx):
@@ -508,8 +520,8 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
     Ap = cs(act)
     F, B, P, R = Fp[hi] - Fp[lo], Bp[hi] - Bp[lo], Pp[hi] - Pp[lo], Rp[hi] - Rp[lo]
     TP = TFp[hi] - TFp[lo] + TBp[hi] - TBp[lo]
-    if recompute == "full":        # the re-run forward repeats its TP collectives
-        TRp = cs(chain.tp_fwd_s * rerun)
+    if recompute == "full":        # the re-run blocks repeat their TP collectives
+        TRp = cs(chain.tp_fwd_s * chain.block_mask * rerun)
         TP = TP + TRp[hi] - TRp[lo]
     out_b = chain.out_bytes
     if options.p2p_scatter_gather and not chain.extra.get("sequence_parallel", False):
@@ -555,7 +567,8 @@ def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops, reru
     n_mb = batch / chain.mbs
     flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * chain.t * cp * n_mb
     redo = {"none": 0.0, "selective": float(chain.flops_recompute_selective.sum()),
-            "full": float((chain.flops_fwd * (1.0 if rerun is None else rerun)).sum())
+            "full": float((chain.flops_fwd * chain.block_mask
+                           * (1.0 if rerun is None else rerun)).sum())
             }[recompute] * chain.t * cp * n_mb
     ok = peak_flops > 0
     mfu = flops / (time_s * devices * peak_flops) if ok else None
@@ -630,9 +643,13 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
     blocks = np.maximum(np.bincount(dev, [b_ - a for a, b_ in stages], minlength=p), 1)
     sync = np.zeros(p)
     fsdp = np.zeros(p)
+    pro = np.array([float(chain.param_count[a:b_][np.array(chain.kinds[a:b_]) == "prologue"].sum())
+                    for a, b_ in stages])
+    dev_pro = np.bincount(dev, pro, minlength=p)     # the prologue's params per rank
     for r in range(p):
         P, Pe = float(dev_P[r]), float(dev_Pe[r])
-        frac = min(1.0, o.bucket_params / P) if P > 0 else 1.0
+        last = max(o.bucket_params, dev_pro[r]) if o.last_bucket_holds_prologue else o.bucket_params
+        frac = min(1.0, last / P) if P > 0 else 1.0
         groups = ((P - Pe, g, stride), (Pe, ge, se))
         if z == 0:
             red = sum(ar_time(x * rb, n, s, net, src_dtype_bytes=1.0, **kw) for x, n, s in groups)

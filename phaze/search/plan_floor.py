@@ -129,17 +129,19 @@ def time_floor(tables: list, work_s: float, comp_s, counts) -> float:
     return best * (1 - SLACK)
 
 
-def min_recompute(fwd, rec_sel, recompute) -> np.ndarray:
+def min_recompute(fwd, rec_sel, recompute, blocks) -> np.ndarray:
     """Per layer, the least recomputation time over the modes `recompute` (none: 0,
-    selective: rec_sel, full: fwd)."""
-    opts = {"none": np.zeros_like(fwd), "selective": rec_sel, "full": fwd}
+    selective: rec_sel, full: fwd on the transformer blocks, `blocks` 1.0 / 0.0 per layer:
+    Chain.block_mask)."""
+    opts = {"none": np.zeros_like(fwd), "selective": rec_sel, "full": fwd * blocks}
     return np.min(np.stack([opts[r] for r in recompute]), axis=0)
 
 
 def chain_samples_per_s(chain, ctx: dict) -> float:
     """Upper bound on the samples/s of the DP on `chain` with the axes of `ctx` (the
     chain's own layer times; for tests and as the second route of PlanFloor)."""
-    r = min_recompute(chain.fwd_s, chain.recompute_selective_s, ctx["recompute"])
+    r = min_recompute(chain.fwd_s, chain.recompute_selective_s, ctx["recompute"],
+                      chain.block_mask)
     comp = chain.fwd_s + chain.bwd_s + r
     t = time_floor(pair_tables(chain, ctx), float(comp.sum()), comp, np.ones(chain.n))
     return ctx["batch"] / t if t > 0 else math.inf
@@ -177,7 +179,9 @@ class PlanFloor:
             f = np.array([times[(*key, li, "fwd")] for li in range(n)])
             b = np.array([times[(*key, li, "bwd")] for li in range(n)])
             rs = np.array([times[(*key, li, "recompute")] for li in range(n)])
-            comp = f + b + min_recompute(f, rs, recs)
+            blocks = np.array([0.0 if layer.kind in ("prologue", "epilogue") else 1.0
+                               for layer in g.layers])
+            comp = f + b + min_recompute(f, rs, recs, blocks)
             rep = np.array([layer.repeat for layer in g.layers], dtype=float)
             t = time_floor(self.tables[key], float((comp * rep).sum()), comp, rep)
             s = self.batch / t if t > 0 else math.inf
