@@ -563,6 +563,21 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
     axes = "".join(f" {k}={v}" for k, v in (("cp", args.cp), ("ep", args.ep)) if v > 1)
     w(f"{spec.name} on {plan['arch']}: t={args.tp} p={args.pp} d={args.dp}{axes} mbs={args.mbs} "
       f"batch={batch} recompute={args.recompute} interleave={args.interleave}\n")
+    if plan.get("framework"):       # the preset route: how the figure was obtained
+        po = plan.get("plan_options", {})
+        how = [f"framework {plan['framework']}"] + [x for x, on in (
+            ("fp8", plan.get("fp8")), ("sequence parallel", args.sequence_parallel),
+            (f"expert TP {po.get('expert_tp')}", po.get("expert_tp")),
+            (f"dispatcher {po.get('moe_token_dispatcher')}",
+             po.get("moe_token_dispatcher", "alltoall") != "alltoall"),
+            (f"grads {po.get('grad_bytes', 0):g} B", True),
+            ("overlaps " + ",".join(k for k in ("overlap_grad_reduce", "overlap_param_gather",
+                                                "tp_comm_overlap", "overlap_p2p",
+                                                "overlap_moe_expert_parallel_comm") if po.get(k)),
+             any(po.get(k) for k in ("overlap_grad_reduce", "overlap_param_gather",
+                                     "tp_comm_overlap", "overlap_p2p",
+                                     "overlap_moe_expert_parallel_comm")))) if on]
+        w(f"  ({'; '.join(how)})\n")
     extra = (f", {plan['tflops_per_device']:.1f} TFLOP/s per device"
              if plan.get("tflops_per_device") else "")
     if "tflops_per_gpu_eq3" in plan:

@@ -387,8 +387,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     plan = evaluate_plan(chain, pp, dp, batch, recompute, interleave, hbm_bytes=arch.hbm_bytes,
                          links=links, options=opts, peak_flops=arch.peak_flops, stages=stages,
                          hbm_bw_Bps=arch.hbm_bw_Bps * cost_params.hbm_bw_efficiency)
-    # (not for Mamba hybrids: Eq. 3 has no term for a Mamba layer; model_flops counts them)
-    if "time_per_batch_s" in plan and not spec.has_mixer("mamba"):
+    # only for dense attention models: Eq. 3 has no term for a Mamba layer, routed experts
+    # or latent attention (model_flops counts them all)
+    if "time_per_batch_s" in plan and not (spec.has_mixer("mamba") or spec.experts or spec.mla):
         F = narayanan_flops(batch, seq, spec.layers, spec.hidden, spec.vocab, recompute == "full")
         # Narayanan et al.'s Eq. 3 convention (GPT with a 4h MLP and full multi-head
         # attention), labelled as such: what the Megatron papers' tables report
