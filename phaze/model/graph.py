@@ -1223,6 +1223,26 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
     return out
 
 
+def _shared_expert_sp(L: _Layer, c: _Ctx, x: str, out: str) -> str:
+    """Add a shared expert (Qwen2-MoE, DeepSeek) to the routed output `out` of an MoE layer
+    whose input `x` is the device's Ts tokens (sequence parallel or t = 1): a dense MLP on
+    the attention TP group, with Qwen2-MoE's sigmoid gate x w_g when it has one."""
+    sp, dt, t = c.spec, c.dt, c.t
+    h, Ts = sp.hidden, c.Ts
+    if not sp.shared_ffn:
+        return out
+    srule = "sharded" if c.sp else "replicated"
+    xin, regather = _enter_tp(L, c, x, "moe.shared", h)
+    sh = _ffn(L, c, xin, "moe.shared", sp.shared_ffn // t, regather=regather,
+              keep_input=False, bias=False)
+    sh = _exit_tp(L, c, sh, "moe.shared", h)
+    if sp.shared_gate:
+        g = L.linear("moe.shared.gate_proj", x, Ts, h, 1, rule="replicated", bias=False, saved=0.0)
+        sh = L.vector("moe.shared.scale", (g, sh), "sigmoid", Ts * h,
+                      in_bytes=(Ts * dt, Ts * h * dt), saved=Ts * dt + Ts * h * dt, rule=srule)
+    return L.vector("moe.add", (out, sh), "add", Ts * h, bwd="pass", rule=srule)
+
+
 def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     """The MoE MLP with an expert tensor-parallel size et != t: Megatron-Core's MoE parallel
     folding (the expert layers get their own TP x EP x DP grid over the same devices;
@@ -1236,7 +1256,7 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     MLP on the attention TP group, as in `_moe_alltoall`. Per device: the same expert
     FLOPs as `_moe_alltoall` (et Ts k slots x ffn / et = T k / t slots of the whole
     width), experts' weights / et."""
-    sp, dt, t, et = c.spec, c.dt, c.t, c.etp
+    sp, dt, et = c.spec, c.dt, c.etp
     h, Ts, E, k = sp.hidden, c.Ts, sp.experts, sp.top_k
     srule = "sharded" if c.sp else "replicated"
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=False, saved=Ts * h * dt)
@@ -1256,18 +1276,7 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
                             et * own, own, rule="sharded", group="etp")
     out = L.vector("moe.combine", (down, route), "permute", Ts * h, in_bytes=(own, Ts * k * dt),
                    saved=own + Ts * k * dt, rule=srule)
-    if sp.shared_ffn:
-        xin, regather = _enter_tp(L, c, x, "moe.shared", h)
-        sh = _ffn(L, c, xin, "moe.shared", sp.shared_ffn // t, regather=regather,
-                  keep_input=False, bias=False)
-        sh = _exit_tp(L, c, sh, "moe.shared", h)
-        if sp.shared_gate:
-            g = L.linear("moe.shared.gate_proj", x, Ts, h, 1, rule="replicated", bias=False,
-                         saved=0.0)
-            sh = L.vector("moe.shared.scale", (g, sh), "sigmoid", Ts * h,
-                          in_bytes=(Ts * dt, Ts * h * dt), saved=Ts * dt + Ts * h * dt, rule=srule)
-        out = L.vector("moe.add", (out, sh), "add", Ts * h, bwd="pass", rule=srule)
-    return out
+    return _shared_expert_sp(L, c, x, out)
 
 
 def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
@@ -1303,19 +1312,7 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
                     in_bytes=(full / t, T * k * dt), saved=full / t + T * k * dt, rule="sharded")
     out = L.collective("moe.hp2sp", comb, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
                        Ts * h * dt, rule="sharded")
-    if sp.shared_ffn:
-        xin, regather = _enter_tp(L, c, x, "moe.shared", h)
-        sh = _ffn(L, c, xin, "moe.shared", sp.shared_ffn // t, regather=regather,
-                  keep_input=False, bias=False)
-        sh = _exit_tp(L, c, sh, "moe.shared", h)
-        if sp.shared_gate:
-            g = L.linear("moe.shared.gate_proj", x, Ts, h, 1, rule="replicated", bias=False,
-                         saved=0.0)
-            sh = L.vector("moe.shared.scale", (g, sh), "sigmoid", Ts * h,
-                          in_bytes=(Ts * dt, Ts * h * dt), saved=Ts * dt + Ts * h * dt,
-                          rule="sharded")
-        out = L.vector("moe.add", (out, sh), "add", Ts * h, bwd="pass", rule="sharded")
-    return out
+    return _shared_expert_sp(L, c, x, out)
 
 
 def _block(c: _Ctx, sliding: bool = False, mixer: str = "attention", ffn: str = "") -> BuiltLayer:
