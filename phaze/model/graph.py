@@ -809,7 +809,11 @@ def _recompute_modules(L: _Layer, modules: tuple[str, ...]) -> None:
     for n in nodes.values():
         n.selective = n.name in plain or n.name in discard
         if n.name in core and "core_attn" in modules:
-            n.selective_drop = core[n.name]
+            # the core's own drop, plus what it keeps of an output-discarding module's
+            # outputs (MLA: q_rope / kv_rope under mla_up_proj): the checkpoint keeps its
+            # inputs, but those are discarded and recomputed too
+            n.selective_drop = min(n.saved, core[n.name] + sum(
+                b for x, b in zip(n.inputs, n.in_bytes) if made_in(x, discard)))
             continue
         drop = 0.0
         if n.vclass != "dropout":
@@ -1259,7 +1263,8 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     sp, dt, et = c.spec, c.dt, c.etp
     h, Ts, E, k = sp.hidden, c.Ts, sp.experts, sp.top_k
     srule = "sharded" if c.sp else "replicated"
-    router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=False, saved=Ts * h * dt)
+    router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
+                      saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
                      out_bytes=Ts * k * dt, rule=srule)
     own = Ts * k * h * dt              # this device's routed slots
@@ -1270,7 +1275,11 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
         disp = L.collective("moe.all_gather", disp, "all_gather", "reduce_scatter", et * own,
                             own, et * own, rule="sharded", group="etp")
     down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // et, regather=0.0, keep_input=True,
-                bias=False, experts=E, tokens=slots)
+                bias=sp.expert_bias, experts=E, tokens=slots)
+    for n in L.nodes.values():   # the expert weights are sharded over et, not t
+        if n.name.startswith("moe.expert.") and n.kind == "gemm":
+            w = n.params_dev - n.bias_n
+            n.params_unique = w * et + (n.bias_n if n.tp_rule == "row" else n.bias_n * et)
     if et > 1:
         down = L.collective("moe.reduce_scatter", down, "reduce_scatter", "all_gather", et * own,
                             et * own, own, rule="sharded", group="etp")

@@ -400,6 +400,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                 # how the figure was obtained: the framework profile and every setting used
                 framework=framework or DEFAULT_FRAMEWORK, ddp_impl=ddp_impl, fp8=fp8,
                 cross_entropy_fusion=cross_entropy_fusion, graph_options=dict(gopts),
+                # None: Megatron-Core's default (the attention core)
+                recompute_modules=(sorted(set(recompute_modules))
+                                   if recompute_modules is not None else None),
                 plan_options=asdict(opts), cost_params=asdict(cost_params))
     return plan
 

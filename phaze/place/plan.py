@@ -555,7 +555,10 @@ def _per_device(chain, p, v, d, recompute, stages, links, options):
         dev_P = dev_P - chain.shared_param_count
     dev_A = np.bincount(dev, Ap[hi] - Ap[lo], minlength=p)
     dev_work = np.array([work[dev == r].max() for r in range(p)])
-    Ep = cs(chain.expert_param_count) if options.ep > 1 else np.zeros(n + 1)
+    # the routed experts have their own gradient group when ep > 1 or when their TP size
+    # differs from t (grad_groups: t d cp / (et ep) devices)
+    folded = (options.expert_tp or t) != t
+    Ep = cs(chain.expert_param_count) if (options.ep > 1 or folded) else np.zeros(n + 1)
     dev_Pe = np.bincount(dev, Ep[hi] - Ep[lo], minlength=p)
     return dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe
 
