@@ -263,3 +263,32 @@ def test_sizes_below_one_name_the_flag_and_the_fix():
         assert "got 0" in err
     base = [a for a in GPT3 if a not in ("--batch", "64")]
     assert "multiple of --mbs x --dp" in _one_line_error(base + ["--batch", "0"], "--batch")
+
+
+def test_moe_switches_on_a_dense_model_are_one_line():
+    for extra in (["--moe-token-dispatcher", "flex"], ["--overlap", "moe_ep_comm"]):
+        err = _one_line_error(GPT3 + extra, "--moe-token-dispatcher/--overlap")
+        assert "dense model" in err
+
+
+def test_recompute_modules_naming_nothing_is_one_line():
+    err = _one_line_error(GPT3 + ["--recompute", "selective", "--recompute-modules", ","],
+                          "--recompute-modules")
+    assert "names no module" in err
+
+
+def test_a_renamed_config_json_is_named_after_its_file(tmp_path):
+    """A Hugging Face config saved under another name is called by that name (not its
+    directory's or model_type's); config.json keeps its directory's name."""
+    import json
+
+    from phaze.model.hf import load_hf_config
+
+    cfg = dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=96, vocab_size=101, max_position_embeddings=256)
+    (tmp_path / "my-llama.json").write_text(json.dumps(cfg))
+    assert load_hf_config(tmp_path / "my-llama.json").name == "my-llama"
+    d = tmp_path / "tiny-llama"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert load_hf_config(d).name == "tiny-llama"

@@ -268,8 +268,9 @@ def dedup_dispatch_time(slot_bytes: float, ep: int, stride: int, network, expert
     `stride` apart spans N nodes of n_local members. Network bytes per device:
     slot_bytes / top_k x the remote nodes hit, (N - 1) / N x `expected_nodes_hit`; NVLink:
     the slots for the own node's other members plus the forwarding of what arrives,
-    slot_bytes (n_local - 1) / ep + slot_bytes (ep - n_local) / ep (n_local - 1) / n_local.
-    Inside one node it is the all-to-all."""
+    slot_bytes (n_local - 1) / ep + slot_bytes (ep - n_local) / ep (n_local - 1) / n_local,
+    pipelined with the network sends (the slower of the two counts). Inside one node it is
+    the all-to-all."""
     if ep <= 1 or slot_bytes <= 0:
         return 0.0
     if getattr(network, "levels", ()):
@@ -287,5 +288,7 @@ def dedup_dispatch_time(slot_bytes: float, ep: int, stride: int, network, expert
     remote = (n_nodes - 1) / n_nodes * expected_nodes_hit(experts, top_k, n_nodes)
     net_bytes = slot_bytes / top_k * remote
     nvl_bytes = slot_bytes * ((n_local - 1) / ep + (ep - n_local) / ep * (n_local - 1) / n_local)
-    return (net_bytes / (inter * bw_efficiency) + nvl_bytes / (intra * bw_efficiency)
+    # the network sends and the NVLink forwarding are pipelined (DeepEP's dispatch kernels
+    # forward one chunk while the next arrives): the slower of the two
+    return (max(net_bytes / (inter * bw_efficiency), nvl_bytes / (intra * bw_efficiency))
             + (n_local - 1) * a_in + (n_nodes - 1) * a_out)

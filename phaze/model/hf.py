@@ -36,6 +36,8 @@ def load_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
     from phaze.files import read_json
 
     cfg = read_json(path, "model")
+    if name is None and path.name != "config.json":    # a renamed file: its own name
+        name = path.stem
     return spec_from_hf_dict(cfg, name=name, where=str(path))
 
 
@@ -72,7 +74,7 @@ class _Getter:
 
     def _bad(self, k, v, what):
         raise UserError(f"{self.where}: must be {what}, got {v!r} ({type(v).__name__})", field=k,
-                        fix=f"write \"{k}\" as a JSON {what}")
+                        fix=f"write \"{k}\" as a JSON {what.split(' ', 1)[-1]}")
 
     def int(self, key, default=..., alt=()) -> int:
         k, v = self.raw(key, default, alt)

@@ -359,6 +359,9 @@ def _plan_error(message: str, args) -> UserError:
         fix = ("drop --ep: a dense model has no experts to spread" if "dense model" in message
                else "use an --ep dividing the experts (and --dp x --cp), or drop it")
         return UserError(message, field="--ep", fix=fix)
+    if message.startswith("moe options:"):
+        return UserError(message[len("moe options: "):], field="--moe-token-dispatcher/--overlap",
+                         fix="drop --moe-token-dispatcher and --overlap moe_ep_comm for a dense model")
     if message.startswith("fp8:"):
         fix = ("drop --fp8, or use --framework megatron-core-2024 / nemo-2024"
                if "Transformer Engine" in message else "drop --fp8, or use --arch h100")
@@ -510,6 +513,9 @@ def _recompute_modules(args) -> tuple | None:
     from phaze.model.graph import RECOMPUTE_MODULES, check_recompute_modules
 
     mods = [m.strip() for m in args.recompute_modules.split(",") if m.strip()]
+    if not mods:
+        raise UserError(f"names no module: {args.recompute_modules!r}", field="--recompute-modules",
+                        fix="give Megatron-Core module names, e.g. core_attn,layernorm, or drop it")
     try:
         return check_recompute_modules(mods)
     except UserError as e:
@@ -571,6 +577,10 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
             (f"dispatcher {po.get('moe_token_dispatcher')}",
              po.get("moe_token_dispatcher", "alltoall") != "alltoall"),
             (f"grads {po.get('grad_bytes', 0):g} B", True),
+            (f"recompute {po.get('recompute_method')} {po.get('recompute_num_layers')}",
+             (po.get("recompute_method"), po.get("recompute_num_layers")) != ("uniform", 1)),
+            (f"recompute modules {','.join(plan.get('recompute_modules') or [])}",
+             plan.get("recompute_modules") is not None),
             ("overlaps " + ",".join(k for k in ("overlap_grad_reduce", "overlap_param_gather",
                                                 "tp_comm_overlap", "overlap_p2p",
                                                 "overlap_moe_expert_parallel_comm") if po.get(k)),

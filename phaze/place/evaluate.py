@@ -364,6 +364,10 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         # fp32 grads, no recompute) and Llama3-8B (cp = 2 on 8 GPUs) would need over 80 GB
         # with a bf16 weight plus the copies (docs/validate.md, held-out NeMo table).
         cost_params = replace(cost_params, fp8_gemm=True)
+    if not spec.experts and (opts.moe_token_dispatcher != "alltoall"
+                             or opts.overlap_moe_expert_parallel_comm):
+        raise ValueError(f"moe options: {spec.name} is a dense model (no token dispatcher, no "
+                         "expert-parallel all-to-alls to overlap)")
     if ep > 1 and (not spec.experts or spec.experts % ep):
         raise ValueError(f"expert parallelism ep = {ep} must divide the model's routed experts "
                          f"({spec.experts or 'none: a dense model'})")
