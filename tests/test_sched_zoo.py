@@ -30,8 +30,11 @@ MILP_ALL_OPS = 17        # the MILPs run on every problem up to this size
 # every zoo model; PHAZE_SCHED_ZOO_QUICK=1 runs a spread of models
 # (encoder, GPT-2, OPT, Llama, Megatron with its own shapes) for quick local runs
 QUICK_MODELS = ("bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "megatron-gpt2-54")
-# a family's largest zoo member has the ops of its smaller one at other sizes: one of each
-SAME_OPS_AS_A_SMALLER_ONE = ("deepseek-v3", "nemotron-h-56b", "gpt-oss-120b", "bloom-176b")
+# skipped to keep the test's time: a family's largest zoo member has the ops of its smaller
+# one at other sizes; gpt-oss and BLOOM add only vector ops of classes the others schedule
+# (the sinks' copy, ALiBi's add) to blocks like theirs
+NOT_SCHEDULED_HERE = ("deepseek-v3", "nemotron-h-56b", "gpt-oss-120b", "bloom-176b",
+                      "gpt-oss-20b", "bloom-7b1")
 
 
 def _archs(n=20, seed=1):
@@ -100,7 +103,7 @@ def test_backends_agree_on_zoo_layers():
     n_full = n_bnb = 0
     quick = os.environ.get("PHAZE_SCHED_ZOO_QUICK") == "1"
     for name in (QUICK_MODELS if quick else
-                 [m for m in zoo.ZOO if m not in SAME_OPS_AS_A_SMALLER_ONE]):
+                 [m for m in zoo.ZOO if m not in NOT_SCHEDULED_HERE]):
         spec = zoo.ZOO[name]
         graph = graph_mod.build_graph(spec, seq=min(spec.seq, 2048), tp=1)
         for a, li, layer, pass_, p in layer_problems(graph, archs, net):
