@@ -16,6 +16,8 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="sweep config YAML (configs/default.yaml)")
     src.add_argument("--config-json", help="the config as one JSON object (the workflow's)")
+    p.add_argument("--over", help="a base config the --config file is merged over first, as "
+                   "`snakemake --configfile` merges a partial copy over configs/default.yaml")
     p.add_argument("-o", "--output", help="write the checked config here (YAML)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_check)
@@ -30,7 +32,7 @@ def _check(args) -> int:
     from phaze.settings import SweepSettings, check_config_schema, load_config, settings_dict
 
     if args.config:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, over=args.over)
     else:
         try:
             cfg = json.loads(args.config_json)

@@ -350,22 +350,45 @@ class SweepSettings:
         return parse_network(self.network)
 
 
-def load_config(path: str) -> dict:
-    """A sweep config file, checked against the schema (one line naming the field)."""
+def merge_config(base: dict, over: dict) -> dict:
+    """`over` merged into `base` as Snakemake merges a --configfile over the Snakefile's
+    configfile (snakemake.utils.update_config): mappings key by key, recursively; any other
+    value (a list included) replaced whole."""
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out
+
+
+def load_config(path: str, over: str | None = None) -> dict:
+    """A sweep config file, checked against the schema (one line naming the field); with
+    `over` (a base config, e.g. configs/default.yaml), the file merged over it first, as
+    `snakemake --configfile FILE` runs it (merge_config)."""
+    if over is not None:
+        base = _read_yaml(over, "--over")
+        return _checked(merge_config(base or {}, _read_yaml(path, "--config") or {}))
+    return _checked(_read_yaml(path, "--config"))
+
+
+def _checked(cfg) -> dict:
+    check_config_schema(cfg)
+    return cfg
+
+
+def _read_yaml(path: str, field: str):
     import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} ({e})", field="--config",
+        raise UserError(f"cannot read {path} ({e})", field=field,
                         fix="give an existing YAML file (copy configs/default.yaml)") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})",
-                        field="--config", fix="correct the YAML (spaces, not tabs, indent "
+                        field=field, fix="correct the YAML (spaces, not tabs, indent "
                         "it; configs/default.yaml is an example)") from None
-    check_config_schema(cfg)
-    return cfg
 
 
 def check_config_schema(cfg) -> None:
@@ -395,7 +418,13 @@ def schema_error(err) -> UserError:
                              field=field_path([*where, str(extra[0])]),
                              fix=unknown_field_fix(extra[0], known,
                                                    field_path(where) if where else ""))
-    return UserError(f"invalid config: {err.message}", field=field_path(where))
+    fix = None
+    if err.validator == "type" and err.validator_value == "array":
+        fix = f"write it as a list, e.g. [{err.instance}]"
+    elif err.validator == "required":
+        fix = ("give it; a partial copy that Snakemake merges over configs/default.yaml is "
+               "checked with `phaze check-config --config COPY --over configs/default.yaml`")
+    return UserError(err.message, field=field_path(where) or "(top level)", fix=fix)
 
 
 def model_source(cfg: dict, name: str) -> str:

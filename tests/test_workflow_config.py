@@ -250,3 +250,34 @@ def test_every_config_field_is_documented():
     fields = walk(schema, "", [])
     assert len(fields) > 40
     assert [f for f in fields if f"`{f}`" not in doc] == []
+
+
+def test_check_config_merges_a_partial_copy_over_the_default(tmp_path, capsys):
+    """`phaze check-config --config COPY --over configs/default.yaml` checks what
+    `snakemake --configfile COPY` runs: mappings merged key by key, lists replaced
+    (settings.merge_config, Snakemake's update_config); without --over a partial copy is one
+    line naming the missing field and pointing at --over."""
+    from phaze.cli import main
+    from phaze.settings import load_config, merge_config
+
+    assert merge_config({"a": {"x": 1, "y": [1, 2]}, "b": 1}, {"a": {"y": [3]}, "c": 2}) == \
+        {"a": {"x": 1, "y": [3]}, "b": 1, "c": 2}
+    part = tmp_path / "part.yaml"
+    part.write_text("placement:\n  hbm_gib: [16]\n")
+    cfg = load_config(str(part), over=str(REPO / "configs" / "default.yaml"))
+    default = load_config(str(REPO / "configs" / "default.yaml"))
+    assert cfg["placement"]["hbm_gib"] == [16]
+    assert {k: v for k, v in cfg["placement"].items() if k != "hbm_gib"} == \
+        {k: v for k, v in default["placement"].items() if k != "hbm_gib"}
+    assert main(["check-config", "--config", str(part), "--over",
+                 str(REPO / "configs" / "default.yaml")]) == 0
+    capsys.readouterr()
+    assert main(["check-config", "--config", str(part)]) == 2
+    err = capsys.readouterr().err
+    assert "required property" in err and "--over configs/default.yaml" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("placement:\n  hbm_gib: 80\n")
+    assert main(["check-config", "--config", str(bad), "--over",
+                 str(REPO / "configs" / "default.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "placement.hbm_gib" in err and "[80]" in err
