@@ -597,5 +597,10 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
     from phaze.place.plan import BREAKDOWN_KEYS
     for k in BREAKDOWN_KEYS:
         w(f"    {k[:-2]:<10} {plan[k]:.6g} s\n")
+    inside = [f"{name} {plan[k]:.6g} s" for k, name in (("ep_a2a_s", "EP all-to-alls"),
+                                                        ("cp_ring_s", "CP ring steps"))
+              if plan.get(k)]
+    if inside:   # parts of compute_s (the busiest device), not breakdown terms of their own
+        w(f"      (in compute: {', '.join(inside)})\n")
     w(f"  memory per device {plan['memory_per_device_bytes'] / GiB:.2f} GiB of "
       f"{hbm / GiB:.0f} GiB{'' if plan['feasible'] else '  (DOES NOT FIT)'}\n")
