@@ -149,6 +149,15 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="print (or --json) the time and memory of a plan that does not fit "
                         "in HBM and exit 0 (default: such a plan is a user error, exit 2)")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    # the sweep's flags mean something narrower for one plan: say what
+    for action in e._actions:
+        if action.dest == "zero1":
+            action.help = ("shard the optimizer state over the data-parallel replicas (ZeRO-1; "
+                           "with --grid the config's, default true; with a preset --arch the "
+                           "--framework's unless given)")
+        elif action.dest == "devices":
+            action.help = ("a check: the plan's tp x pp x dp x cp must equal it (default 1024 "
+                           "is the sweep's and is not checked)")
     e.set_defaults(func=_cmd_evaluate)
 
 
