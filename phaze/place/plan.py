@@ -361,8 +361,9 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     if v > 1 and M % p:
         return {**base, "feasible": False, "reason": "interleaving needs M divisible by p"}
 
+    layout = _recompute_layers(chain, recompute, stages, options)   # re-run, kept, working
     dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe = _per_device(
-        chain, p, v, d, recompute, stages, links, options)
+        chain, p, v, d, recompute, stages, links, options, layout)
     dev_Pd = dev_P - dev_Pe
     accum = np.zeros(p)
     if options.grad_accum_bytes_per_param > 0 and hbm_bw_Bps > 0:
@@ -419,7 +420,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         out["devices"] = p * d * t * options.cp
     out.update(_flop_metrics(chain, recompute, batch, p * t * d * options.cp, options.cp,
                              time_s, peak_flops,
-                             _recompute_layers(chain, recompute, stages, options)[0]))
+                             layout[0]))
     # parts of compute_s the axes added (the busiest device, forward + backward): the CP
     # ring's further steps and the EP all-to-alls; informational, not breakdown terms
     dev = np.arange(p * v) % p
@@ -504,17 +505,19 @@ def _recompute_layers(chain, recompute, stages, options):
     return rerun, act, wb
 
 
-def _per_device(chain, p, v, d, recompute, stages, links, options):
+def _per_device(chain, p, v, d, recompute, stages, links, options, layout):
     """Per pipeline rank (chunk c on rank c % p), per microbatch: load (compute with its
     recomputation, TP collectives, p2p), compute without TP, TP, p2p; and params,
     activations kept per microbatch, the recomputation working buffer and the routed-
-    expert part of the params (0 unless options.ep > 1: grad_groups)."""
+    expert part of the params (0 unless options.ep > 1 or a folded expert grid:
+    grad_groups). `layout`: per layer what recomputation re-runs, keeps and rematerialises
+    (_recompute_layers)."""
     t, n = chain.t, chain.n
     st = np.array(stages)
     lo, hi = st[:, 0], st[:, 1]
     cs = lambda x: np.concatenate(([0.0], np.cumsum(x)))  # noqa: E731
     Fp, Bp, Pp = cs(chain.fwd_s), cs(chain.bwd_s), cs(chain.param_count)
-    rerun, act, wb = _recompute_layers(chain, recompute, stages, options)
+    rerun, act, wb = layout
     Rp = cs(chain.recompute_s(recompute) * rerun)
     TFp, TBp = cs(chain.tp_fwd_s), cs(chain.tp_bwd_s)
     Ap = cs(act)
@@ -710,7 +713,7 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     stride et = options.expert_tp or t, Megatron-Core's expert rank order tp, ep, dp, pp
     with CP folded into the expert grid (grad_groups);
     topology options.collectives).
-    Recomputing a forward re-runs its all-to-alls (recompute_s("full") = fwd_s). The chain
+    Recomputing a block's forward re-runs its all-to-alls (recompute_s("full")). The chain
     returned has a2a_bytes 0 (no second application) and extra["ep_a2a_s"] per layer (the
     time charged). options.moe_token_dispatcher "flex": the dispatch and combine of
     DeepEP / HybridEP (phaze.cost.collective.dedup_dispatch_time: one copy per remote node,
