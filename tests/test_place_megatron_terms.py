@@ -263,3 +263,48 @@ def test_pytorch_ddp_bucket_copies_and_the_embedding_bucket():
     assert pl["dp_sync_s"] == pytest.approx(red * 1e8 / 1e9 + 1e9 * 8.0 / hbm, rel=1e-9)
     one = evaluate_plan(c, 1, 1, 64, links=links, options=ddp, hbm_bw_Bps=hbm)
     assert one["dp_sync_s"] == 0.0
+
+
+@pytest.mark.parametrize("d, stride_members, share", [(8, 8, 24 / 132), (16, 8, 16 / 132),
+                                                      (16, 1, 2 / 132), (16, 2, 4 / 132)])
+def test_overlapped_dp_collective_slows_the_compute_beside_it(d, stride_members, share):
+    """An overlapped gradient reduction hidden behind the backward still takes its NCCL
+    channels' SMs: it adds share x (hidden part). Inside a node the share is
+    comm_sm_share; a group across nodes runs comm_sm_share_net per member it has in a
+    node (rings per NIC), at most comm_sm_share. Closed form on one stage whose backward
+    (16 s) hides all but the last bucket."""
+    import dataclasses
+    t = 8 // stride_members                      # members per node = 8 / t
+    c = chain(n=10, P=1e8, t=t)
+    links = Links()
+    base = PlanOptions(overlap_grad_reduce=True, collectives="nccl", grad_bytes=4.0)
+    red = allreduce_time(1e9 * 4.0, d, t, links, src_dtype_bytes=1.0, topology="nccl",
+                         bw_efficiency=links.bw_efficiency)
+    exposed = red * 40e6 / 1e9
+    free = evaluate_plan(c, 1, d, 64, links=links, options=base)
+    assert free["dp_sync_s"] == pytest.approx(exposed, rel=1e-9)
+    o = dataclasses.replace(base, comm_sm_share=24 / 132, comm_sm_share_net=2 / 132)
+    got = evaluate_plan(c, 1, d, 64, links=links, options=o)
+    assert got["dp_sync_s"] == pytest.approx(exposed + share * (red - exposed), rel=1e-9)
+
+
+def test_megatron_core_profile_leaves_the_embedding_bucket_exposed():
+    """Megatron-Core's DDP fills its buckets walking the parameters in reverse, so the word
+    embedding is in the last bucket to reduce: the core profiles set
+    last_bucket_holds_prologue (as PyTorch DDP's), and evaluate_model fills the SM shares
+    of the overlapped collectives from the preset's NCCL channels."""
+    from phaze.hw.presets import get_preset
+    from phaze.place.evaluate import FRAMEWORKS, profile_options
+    h100 = get_preset("h100")
+    for fw in ("megatron-core-2024", "nemo-2024"):
+        assert FRAMEWORKS[fw]["plan"]["last_bucket_holds_prologue"]
+        assert profile_options(h100, fw)[1].last_bucket_holds_prologue
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+    spec = get_model("gpt-1.7b").with_(layers=4)
+    kw = dict(tp=1, pp=1, dp=16, mbs=1, batch=16, recompute="none", framework="nemo-2024")
+    r = evaluate_model(spec, h100, **kw)
+    free = evaluate_model(spec, h100, options={"comm_sm_share": 0.0, "comm_sm_share_net": 0.0},
+                          **kw)
+    assert r["dp_sync_s"] > free["dp_sync_s"] > 0
+    assert r["compute_s"] == free["compute_s"]

@@ -89,6 +89,12 @@ class CostParams:
     # (NCCL_DEBUG logs: NVIDIA/nccl issue 578 and nccl-tests issue 100 on A100, NVIDIA/nccl
     # issue 1367 on H100, NCCL 2.19: 12 rings duplicated to 24 channels).
     nccl_channels: int = 0
+    # Channels of a collective across nodes per member of its group in a node (each member
+    # drives its own NIC): NCCL's graph search finds one ring per NIC used and doubles the
+    # count (sjeaugey in NVIDIA/nccl issue 524); "2 coll channels" in the NCCL_DEBUG logs
+    # of rings with one GPU per node (NVIDIA/nccl issue 687); at most nccl_channels. 0 = no
+    # contention.
+    nccl_net_channels: int = 0
 
     def __post_init__(self):
         for f in ("compute_efficiency", "glb_bw_efficiency", "hbm_bw_efficiency",
@@ -98,10 +104,10 @@ class CostParams:
                 raise ValueError(f"CostParams.{f} must be in (0, 1], got {v}")
         if not self.op_overhead_s >= 0:
             raise ValueError("CostParams.op_overhead_s must be >= 0")
-        if isinstance(self.nccl_channels, bool) \
-                or not isinstance(self.nccl_channels, numbers.Integral) or self.nccl_channels < 0:
-            raise ValueError(f"CostParams.nccl_channels must be an integer >= 0, "
-                             f"got {self.nccl_channels!r}")
+        for f in ("nccl_channels", "nccl_net_channels"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+                raise ValueError(f"CostParams.{f} must be an integer >= 0, got {v!r}")
         if self.collective_topology not in ("flat", "nccl"):
             raise ValueError("CostParams.collective_topology must be 'flat' or 'nccl'")
         for f in ("flash_fwd_efficiency", "flash_bwd_efficiency"):
@@ -144,10 +150,11 @@ PRESET_PARAMS = {
     "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
                  collective_topology="nccl", flash_fwd_efficiency=0.50,
                  flash_bwd_efficiency=0.43, sustained_clock_fraction=0.727,
-                 unfused_cross_entropy=True, nccl_channels=24),
+                 unfused_cross_entropy=True, nccl_channels=24, nccl_net_channels=2),
     "a100": dict(compute_efficiency=0.7923, hbm_bw_efficiency=0.9162, link_bw_efficiency=0.80,
                  op_overhead_s=52.87e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
-                 flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24),
+                 flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24,
+                 nccl_net_channels=2),
 }
 
 

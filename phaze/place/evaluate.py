@@ -102,7 +102,7 @@ FRAMEWORKS = {
         plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=38.0, collectives="nccl",
                   dp_reduce_bytes=4.0, distributed_optimizer=True, overlap_grad_reduce=True,
                   overlap_param_gather=True, tp_comm_overlap=True, overlap_p2p=True,
-                  async_tensor_model_parallel_allreduce=True),
+                  async_tensor_model_parallel_allreduce=True, last_bucket_holds_prologue=True),
         graph=dict(attention="flash"), cost={}),
     "megatron-deepspeed": dict(
         plan=dict(grad_bytes=4.0, optimizer_bytes_per_param=30.0, collectives="nccl",
@@ -179,10 +179,12 @@ def layer_latencies(graph, arch, network, params=None, async_tp: bool = False):
     return lat, tp
 
 
-def _channel_share(arch, params) -> float:
-    """Fraction of a GPU's SMs an NCCL collective occupies (CostParams.nccl_channels, one
-    SM per channel, over the preset's SMs: n_tc)."""
-    channels = getattr(params, "nccl_channels", 0) if params is not None else 0
+def _channel_share(arch, params, net: bool = False) -> float:
+    """Fraction of a GPU's SMs an NCCL collective occupies (CostParams.nccl_channels, or
+    nccl_net_channels for a group with one member per node, one SM per channel, over the
+    preset's SMs: n_tc)."""
+    field = "nccl_net_channels" if net else "nccl_channels"
+    channels = getattr(params, field, 0) if params is not None else 0
     return min(1.0, channels / max(1, int(getattr(arch, "n_tc", 1))))
 
 
@@ -373,6 +375,10 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                          f"({spec.experts or 'none: a dense model'})")
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
+    if "comm_sm_share" not in (options or {}):
+        # overlapped DP collectives take their NCCL channels' SMs from the compute beside them
+        opts = replace(opts, comm_sm_share=_channel_share(arch, cost_params),
+                       comm_sm_share_net=_channel_share(arch, cost_params, net=True))
     graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
                         sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp,
                         recompute_modules=recompute_modules, **gopts)

@@ -178,8 +178,21 @@ class PlanOptions:
     ddp_bucket_copy_bytes_per_param: float = 0.0
     # PyTorch DDP's buckets follow gradient-ready order: the embedding's gradient comes last
     # in the backward (a tied word embedding's two uses are summed before its hook fires),
-    # so the last bucket to reduce - the exposed one - holds at least the prologue's params
+    # so the last bucket to reduce - the exposed one - holds at least the prologue's params.
+    # Megatron-Core's DDP alike: it fills buckets walking the parameters in reverse
+    # (ParamAndGradBuffer, `for param in params[::-1]`, core_v0.8.0), so the word
+    # embedding, the first parameter, sits in the last bucket to reduce and in the first
+    # to all-gather (overlap_param_gather waits for it before the first layer).
     last_bucket_holds_prologue: bool = False
+    # Fraction of the compute rate an overlapped DP collective takes while it runs (the SMs
+    # its NCCL channels occupy; phaze.place.evaluate sets them from CostParams.nccl_channels
+    # and nccl_net_channels on GPU presets): a collective hidden behind compute for C
+    # seconds still adds share x C (the same contention as async_tp_exposed). comm_sm_share:
+    # a group inside one node (NVLink rings); a group across nodes runs one ring per NIC
+    # its members in a node use, doubled: comm_sm_share_net per member in a node, at most
+    # comm_sm_share. 0: overlap is free.
+    comm_sm_share: float = 0.0
+    comm_sm_share_net: float = 0.0
     # Megatron's async_tensor_model_parallel_allreduce (Megatron-LM 2021-09 on, default on;
     # Transformer Engine's linears alike): the backward TP collective of a column-parallel
     # linear runs during its weight GEMM. Applied to the layer latencies by
@@ -652,11 +665,19 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
     pro = np.array([float(chain.param_count[a:b_][np.array(chain.kinds[a:b_]) == "prologue"].sum())
                     for a, b_ in stages])
     dev_pro = np.bincount(dev, pro, minlength=p)     # the prologue's params per rank
+    dpn = links.levels[0][0] if links.levels else links.devices_per_node
+
+    def sm_share(n, s):     # NVLink rings inside a node; across nodes, rings per NIC used
+        if n * s <= dpn:
+            return o.comm_sm_share
+        return min(o.comm_sm_share, o.comm_sm_share_net * max(1, min(n, dpn // s)))
+
     for r in range(p):
         P, Pe = float(dev_P[r]), float(dev_Pe[r])
         last = max(o.bucket_params, dev_pro[r]) if o.last_bucket_holds_prologue else o.bucket_params
         frac = min(1.0, last / P) if P > 0 else 1.0
         groups = ((P - Pe, g, stride), (Pe, ge, se))
+        share = sm_share(g, stride) if Pe <= 0 or P - Pe >= Pe else sm_share(ge, se)
         if z == 0:
             red = sum(ar_time(x * rb, n, s, net, src_dtype_bytes=1.0, **kw) for x, n, s in groups)
             gather = 0.0
@@ -667,14 +688,15 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
                          for x, n, s in groups)
         if z >= 2:   # grads reduce-scattered every microbatch
             per_mb = red + (2.0 * gather if z >= 3 else 0.0)
-            fsdp[r] = max(per_mb / blocks[r], per_mb - (fb[r] + bb[r]))
+            fsdp[r] = _contended(per_mb, max(per_mb / blocks[r], per_mb - (fb[r] + bb[r])),
+                                 share)
             red = 0.0
             if z >= 3:
                 gather = 0.0
         if o.overlap_grad_reduce:
-            red = overlap_exposed(red, bb[r] / v, v, p, frac)
+            red = _contended(red, overlap_exposed(red, bb[r] / v, v, p, frac), share)
         if o.overlap_param_gather:
-            gather = overlap_exposed(gather, fb[r] / v, v, p, frac)
+            gather = _contended(gather, overlap_exposed(gather, fb[r] / v, v, p, frac), share)
         sync[r] = red + gather
     load = dev_comp + tp_exp + p2p_exp + fsdp
     return load, tp_exp, p2p_exp, sync, fsdp
@@ -879,6 +901,12 @@ def dp_sync_coeffs(options: PlanOptions, links: Links, t: int, d: int,
     if z == 2:
         return ag[0], ag[1], rs[0], rs[1]
     return 0.0, 0.0, rs[0] + 2.0 * ag[0], rs[1] + 2.0 * ag[1]
+
+
+def _contended(comm: float, exposed: float, sm_share: float) -> float:
+    """Time an overlapped collective of `comm` seconds adds: its `exposed` part plus, for
+    the part hidden behind compute, the compute it slows by taking `sm_share` of the SMs."""
+    return exposed + sm_share * max(comm - exposed, 0.0)
 
 
 def overlap_exposed(comm: float, unit: float, v: int, p: int, frac: float) -> float:
