@@ -97,9 +97,10 @@ class _Node:
 class _Layer:
     """Forward dataflow of one layer kind, turned into forward and backward op lists."""
 
-    def __init__(self, dt: int, tp: int, etp: int = 0):
+    def __init__(self, dt: int, tp: int, etp: int = 0, local_experts: int = 0):
         self.dt = dt
         self.tp = tp
+        self.local_experts = local_experts   # routed experts one device holds (0: unknown)
         self.group_size = {"tp": tp, "etp": etp or tp}
         self.unfused_bias = False      # eager linears: bias add and bias gradient as kernels
         self.apex_layernorm = False    # LayerNorm backward as apex's MixedFusedLayerNorm
@@ -200,7 +201,7 @@ class _Layer:
             elif n.kind == "gemm":
                 bread = n.in_bytes[0] + n.b_bytes + n.bias_n * self.dt
                 ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, experts=n.experts,
-                              **{**common, "bytes_read": bread}))
+                              groups=self._groups(n), **{**common, "bytes_read": bread}))
             elif n.kind == "vector":
                 if n.vclass == "embedding":  # a gather reads only the rows it looks up
                     common["bytes_read"] = sum(n.in_bytes) + n.out_bytes
@@ -221,6 +222,10 @@ class _Layer:
                               bytes_written=n.out_bytes, tp_rule=n.tp_rule))
                 biased[n.name] = b
         return ops
+
+    def _groups(self, n: _Node) -> int:
+        """GEMMs a routed-expert linear launches per pass: one per local expert (Op.groups)."""
+        return self.local_experts if n.experts else 0
 
     def _bias_anchor(self, n: _Node) -> str:
         """The node after whose output a linear's own bias kernel runs: the linear, or the
@@ -311,7 +316,7 @@ class _Layer:
         g, dt = n.gemm, self.dt
         dx = Op(name=f"{n.name}.dX", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.m, g.k, g.n),
                 flops=g.flops, bytes_read=n.out_bytes + n.b_bytes, bytes_written=n.in_bytes[0],
-                tp_rule=n.tp_rule, experts=n.experts)
+                tp_rule=n.tp_rule, experts=n.experts, groups=self._groups(n))
         wdeps = gr
         if n.regather:  # SP keeps only the shard of the input: gather it again for .dW
             rg = f"{n.inputs[0]}.regather"
@@ -325,7 +330,7 @@ class _Layer:
         dw = Op(name=f"{n.name}.dW", kind="gemm", deps=wdeps, gemm=GemmDims(g.batch, g.k, g.n, g.m),
                 flops=g.flops, bytes_read=n.in_bytes[0] + n.out_bytes,
                 bytes_written=n.b_bytes + (0 if eager_bias else n.bias_n * dt), tp_rule=n.tp_rule,
-                experts=n.experts)
+                experts=n.experts, groups=self._groups(n), group_dim="k")
         st.ops += [dx, dw]
         if eager_bias:   # PyTorch's sum of dY over the tokens, a reduction kernel of its own
             st.ops.append(Op(name=f"{n.name}.dbias", kind="vector", deps=gr, vclass="bias_bwd",
@@ -552,6 +557,11 @@ class _Ctx:
     vocab_pad_multiple: int = 1
     et: int = 0                  # expert tensor-parallel size; 0 = t
     recompute_modules: tuple | None = None   # selective recomputation's modules; None: core
+    ep: int = 0                  # expert-parallel size; 0 = not given (expert GEMMs as one)
+
+    @property
+    def local_experts(self) -> int:   # routed experts one device holds (0: ep not given)
+        return self.spec.experts // self.ep if self.ep and self.spec.experts else 0
 
     @property
     def etp(self) -> int:
@@ -583,7 +593,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                 attention: str = "eager", vocab_pad_multiple: int = 1,
                 unfused_bias: bool = False, apex_layernorm: bool = False,
                 cp: int = 1, expert_tp: int = 0,
-                recompute_modules: tuple | None = None) -> ModelGraph:
+                recompute_modules: tuple | None = None, ep: int = 0) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
@@ -612,7 +622,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
 
     recompute_modules: what "selective" recomputation re-runs, Megatron-Core's
     --recompute-modules (RECOMPUTE_MODULES; None: the attention core, its default
-    "core_attn"); the graph's "selective" activation bytes and re-run ops follow."""
+    "core_attn"); the graph's "selective" activation bytes and re-run ops follow.
+
+    ep: expert-parallel size the plan will run (phaze.place.plan.expert_parallel_chain
+    applies it). Given (>= 1), each routed-expert GEMM op is E / ep GEMMs, one per local
+    expert (Op.groups: Transformer Engine's GroupedLinear launches one cuBLAS GEMM per
+    expert); 0 leaves them one GEMM of all the device's token slots."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -633,8 +648,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
         check_expert_tp(spec, tp, et, sequence_parallel)
     if recompute_modules is not None:
         recompute_modules = check_recompute_modules(recompute_modules)
+    if isinstance(ep, bool) or not isinstance(ep, int) or ep < 0 \
+            or (ep and spec.experts and spec.experts % ep):
+        raise UserError(f"expert-parallel size {ep!r} must be 0 or a positive divisor of the "
+                        f"{spec.experts} routed experts", field="ep")
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
-             vocab_pad_multiple, et, recompute_modules)
+             vocab_pad_multiple, et, recompute_modules, ep)
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -648,7 +667,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       attention=attention, vocab_pad_multiple=vocab_pad_multiple,
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
                       cp=cp, expert_tp=et, moe_experts=spec.experts, moe_top_k=spec.top_k,
-                      kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
+                      ep=ep if spec.experts else 0, kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
 
 
 def _kv_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> float:
@@ -1329,7 +1348,7 @@ def _block(c: _Ctx, sliding: bool = False, mixer: str = "attention", ffn: str = 
     attention + MLP (GPT-J/NeoX, Falcon) or Gemma2's sandwich (norm before and after each).
     `mixer` "none" or `ffn` "none": a pre-norm block of one residual branch only (hybrid
     models' FFN-only and mixer-only layers); `ffn`: "dense" | "moe" ("": the model's)."""
-    sp, L, dt = c.spec, _Layer(c.dt, c.t, c.etp), c.dt
+    sp, L, dt = c.spec, _Layer(c.dt, c.t, c.etp, c.local_experts), c.dt
     h, Ts = sp.hidden, c.Ts
     srule = "sharded" if c.sp else "replicated"
     L.out_of["in_elements"] = Ts * h
