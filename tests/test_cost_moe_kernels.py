@@ -76,3 +76,24 @@ def test_graph_ep_must_divide_experts():
         build_graph(MOE, mbs=1, ep=3)
     with pytest.raises(UserError):
         build_graph(MOE, mbs=1, ep=-1)
+
+
+def test_unfused_softmax_router_kernels():
+    """Megatron-Core's unfused softmax top-k routing: moe.route is ROUTE_KERNELS
+    ["softmax"] = (9, 5) eager kernels (forward, backward); its latency is the same op as
+    one kernel plus (kernels - 1) per-kernel overheads; the sigmoid router stays one."""
+    from phaze.model.graph import ROUTE_KERNELS
+
+    p = preset_params("h100")
+    g = build_graph(MOE, mbs=1, ep=8)
+    blk = next(lg for lg in g.layers if lg.kind.startswith("block"))
+    fwd = next(o for o in blk.fwd if o.name == "moe.route")
+    bwd = next(o for o in blk.bwd if o.name == "moe.route.bwd")
+    assert (fwd.kernels, bwd.kernels) == ROUTE_KERNELS["softmax"] == (9, 5)
+    for o in (fwd, bwd):
+        single = replace(o, kernels=0)
+        assert _lat([o], p)[0] == pytest.approx(
+            _lat([single], p)[0] + (o.kernels - 1) * p.op_overhead_s, rel=1e-12)
+    sig = build_graph(MOE.with_(router="sigmoid"), mbs=1)
+    blk = next(lg for lg in sig.layers if lg.kind.startswith("block"))
+    assert next(o for o in blk.fwd if o.name == "moe.route").kernels == 0

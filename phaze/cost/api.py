@@ -107,6 +107,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         moved = np.array([[_vector_bytes(o, dt, params) for o in v]])
         res = vector_latency(col, elements, cpe, moved, params)
         lat_one[:, vi], lat_all[:, vi], b_one[:, vi], b_all[:, vi] = res
+        kernels[vi] = [max(o.kernels, 1) for o in v]
 
     if params.op_overhead_s:
         idx = gi + vi

@@ -57,6 +57,15 @@ FUSABLE = {"gelu", "relu", "relu2", "silu", "swiglu", "geglu", "clamped_swiglu",
 BIAS_ABSORBING = {"gelu", "swiglu", "geglu", "clamped_swiglu", "dropout", "add"}
 # vector class of the MoE routing op by spec.router
 _ROUTE = {"softmax": "softmax", "sigmoid": "sigmoid_topk"}
+# PyTorch kernels (forward, backward) of Megatron-Core's unfused top-k routing, the default
+# (moe_router_fusion False; the Megatron-Bridge H100 recipes of gpt-oss and Qwen3-235B set
+# it False), moe_utils.topk_routing_with_score_function at Megatron-LM d98e8a64, softmax
+# after top-k (moe_router_pre_softmax False: Qwen3 with norm_topk_prob, gpt-oss):
+#   forward  torch.topk 1, torch.softmax (fp32) 1, probs.type_as 1, routing_probs =
+#            zeros_like + scatter 2, routing_map = zeros_like + .int() + scatter + .bool() 4  = 9
+#   backward type_as 1, scatter -> gather 1, softmax 1, topk values -> zeros + scatter 2    = 5
+# The sigmoid (DeepSeek) path and the aux-loss kernels are not counted (one kernel each).
+ROUTE_KERNELS = {"softmax": (9, 5)}
 MASK_BYTES = 1      # dropout mask, one byte per element (Korthikanti)
 LOGIT_BYTES = 4     # cross-entropy keeps fp32 logits (Korthikanti Sec. 4.3)
 TOKEN_ID_BYTES = 8  # int64 token ids
@@ -92,6 +101,7 @@ class _Node:
     fused_fwd: tuple[str, ...] = ()    # vector classes inside a fused kernel (flash attention)
     flash_dims: tuple[int, int] = (0, 0)  # flash with value heads narrower/wider than q/k: (d_qk, d_v)
     vflops: tuple[float, float] = ()   # vector op FLOP per element (fwd, bwd); () = VECTOR_FLOPS
+    kernels: tuple[int, int] = (0, 0)  # eager kernels of a vector op (fwd, bwd); 0 = one (Op.kernels)
 
 
 class _Layer:
@@ -155,7 +165,7 @@ class _Layer:
 
     def vector(self, name, inputs, vclass, elements, *, in_bytes=None, out_bytes=None, saved=0.0,
                rule="replicated", bwd="vector", params=0, unique=None, selective_drop=0.0,
-               accumulate=True, flops=()):
+               accumulate=True, flops=(), kernels=(0, 0)):
         dt = self.dt
         if in_bytes is None:
             in_bytes = tuple(elements * dt for _ in inputs)
@@ -164,7 +174,8 @@ class _Layer:
             out_bytes=elements * dt if out_bytes is None else out_bytes, out_elements=elements,
             kind="vector", bwd=bwd, vclass=vclass, params_dev=params,
             params_unique=params if unique is None else unique, saved=saved,
-            selective_drop=selective_drop, tp_rule=rule, accumulate=accumulate, vflops=tuple(flops)))
+            selective_drop=selective_drop, tp_rule=rule, accumulate=accumulate, vflops=tuple(flops),
+            kernels=tuple(kernels)))
 
     def collective(self, name, x, coll, bwd_coll, full_bytes, in_b, out_b, rule="replicated",
                    group="tp"):
@@ -209,7 +220,7 @@ class _Layer:
                     common["bytes_written"] = n.out_bytes + n.out_elements * MASK_BYTES
                 ops.append(Op(kind="vector", vclass=n.vclass, elements=n.out_elements,
                               flops=float((n.vflops or VECTOR_FLOPS[n.vclass])[0] * n.out_elements),
-                              **common))
+                              kernels=n.kernels[0], **common))
             else:
                 ops.append(Op(kind="collective", collective=n.collective, group=n.group,
                               comm_bytes=n.comm_bytes, **common))
@@ -430,7 +441,7 @@ class _Layer:
         op = Op(name=f"{n.name}.bwd", kind="vector", deps=gr, vclass=f"{n.vclass}_bwd",
                 elements=n.out_elements,
                 flops=float((n.vflops or VECTOR_FLOPS[n.vclass])[1] * n.out_elements),
-                bytes_read=bread, bytes_written=bwritten, tp_rule=n.tp_rule)
+                bytes_read=bread, bytes_written=bwritten, tp_rule=n.tp_rule, kernels=n.kernels[1])
         st.ops.append(op)
         return op
 
@@ -1228,7 +1239,8 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
     h, T, E, k = sp.hidden, c.T, sp.experts, sp.top_k
     router = L.linear("moe.router", xin, T, h, E, rule="replicated", bias=sp.router_bias,
                       saved=c.Ts * h * dt, regather=regather)
-    route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=T * k * dt)
+    route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=T * k * dt,
+                     kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
     disp = L.vector("moe.dispatch", (xin, route), "permute", T * k * h,
                     in_bytes=(T * h * dt, T * k * dt))
     down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
@@ -1285,7 +1297,7 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
-                     out_bytes=Ts * k * dt, rule=srule)
+                     out_bytes=Ts * k * dt, rule=srule, kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
     own = Ts * k * h * dt              # this device's routed slots
     disp = L.vector("moe.dispatch", (x, route), "permute", Ts * k * h,
                     in_bytes=(Ts * h * dt, Ts * k * dt), rule=srule)
@@ -1324,7 +1336,7 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
-                     out_bytes=T * k * dt, rule="sharded")
+                     out_bytes=T * k * dt, rule="sharded", kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
     hp = L.collective("moe.sp2hp", x, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
                       Ts * h * dt, rule="sharded")
     disp = L.vector("moe.dispatch", (hp, route), "permute", T * k * h // t,

@@ -67,6 +67,9 @@ class Op:
     # 0 = costed as one GEMM (the local expert count is unknown: graph built without ep).
     groups: int = 0
     group_dim: str = "m"
+    # eager kernels a vector op stands for, each paying the per-kernel overhead (the MoE
+    # router's unfused top-k; phaze.model.graph.ROUTE_KERNELS); 0 = one kernel
+    kernels: int = 0
 
     @property
     def core_class(self) -> str:
