@@ -59,16 +59,21 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
     vi = [j for j, o in enumerate(ops) if o.kind == "vector"]
     ci = [j for j, o in enumerate(ops) if o.kind == "collective"]
 
+    kernels = np.ones(n_op)   # per-kernel overheads each op pays (grouped GEMMs: several)
     if gi:
         g = [ops[j] for j in gi]
-        dims = {x: np.array([[float(getattr(o.gemm, "batch" if x == "b" else x)) for o in g]])
-                for x in ("b", "m", "n", "k")}
-        op_bytes = np.array([[o.bytes_read + o.bytes_written for o in g]])
+        # a grouped expert GEMM (Op.groups > 1) is costed as its `groups` GEMMs of one
+        # expert's share each, run one after the other (grouped_gemm_split)
+        ng = np.array([[float(max(o.groups, 1)) for o in g]])
+        dims = {x: np.array([[grouped_gemm_split(o)[x] for o in g]]) for x in ("b", "m", "n", "k")}
+        op_bytes = np.array([[o.bytes_read + o.bytes_written for o in g]]) / ng
         one, alls, bo, ba = gemm_latency(col, dims, params, op_bytes)
+        one, alls = one * ng, alls * ng
+        kernels[gi] = np.ceil(ng[0] / TE_GEMM_STREAMS)
         # fused vector epilogues run on one VC (one-core mode) or all VCs, overlapped
         cpe = np.array([[sum(params.cpe(c) for c in o.fused) for o in g]])
         if np.any(cpe > 0):
-            outs = dims["b"] * dims["m"] * dims["n"]
+            outs = dims["b"] * dims["m"] * dims["n"] * ng
             hz = col["clock_hz"] * params.compute_efficiency * params.sustained_clock_fraction
             v1 = vector_cycles(outs, col["vc_lanes"], 1, cpe) / hz
             va = vector_cycles(outs, col["vc_lanes"], col["n_vc"], cpe) / hz
@@ -102,11 +107,12 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         moved = np.array([[_vector_bytes(o, dt, params) for o in v]])
         res = vector_latency(col, elements, cpe, moved, params)
         lat_one[:, vi], lat_all[:, vi], b_one[:, vi], b_all[:, vi] = res
+        kernels[vi] = [max(o.kernels, 1) for o in v]
 
     if params.op_overhead_s:
         idx = gi + vi
-        lat_one[:, idx] += params.op_overhead_s
-        lat_all[:, idx] += params.op_overhead_s
+        lat_one[:, idx] += params.op_overhead_s * kernels[idx]
+        lat_all[:, idx] += params.op_overhead_s * kernels[idx]
 
     for j in ci:
         o = ops[j]
@@ -122,6 +128,26 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         b_one[:, j] = b_all[:, j] = LINK
 
     return OpCosts(lat_one, lat_all, b_one, b_all, tuple(o.name for o in ops))
+
+
+# CUDA streams Transformer Engine deals a grouped GEMM's per-expert cuBLAS GEMMs to, round
+# robin (transformer_engine/common/gemm/cublaslt_gemm.cu multi_stream_cublas_gemm, reached
+# from GroupedLinear through general_grouped_gemm -> nvte_multi_tensor_gemm unless
+# NVTE_USE_CUTLASS_GROUPED_GEMM is set; common/util/multi_stream.cpp
+# get_num_compute_streams() = 4; TE mirror HEAD d0067d0d). GEMMs on different streams
+# overlap their launch gaps, so a group of G GEMMs pays ceil(G / 4) per-kernel overheads.
+TE_GEMM_STREAMS = 4
+
+
+def grouped_gemm_split(o: Op) -> dict:
+    """{b, m, n, k} of ONE GEMM of a grouped expert op (Op.groups > 1): the device's token
+    slots dealt evenly to its local experts (balanced routing), so dimension Op.group_dim
+    (m forward and dX, k for dW) holds ceil(slots / groups) of them; any other op: its own
+    dims. FLOPs and bytes of the op are unchanged (the Op keeps them)."""
+    d = {"b": float(o.gemm.batch), "m": float(o.gemm.m), "n": float(o.gemm.n), "k": float(o.gemm.k)}
+    if o.groups > 1:
+        d[o.group_dim] = float(-(-int(d[o.group_dim]) // o.groups))
+    return d
 
 
 def _vector_bytes(o: Op, dtype_bytes: int, params: CostParams) -> float:

@@ -57,6 +57,15 @@ FUSABLE = {"gelu", "relu", "relu2", "silu", "swiglu", "geglu", "clamped_swiglu",
 BIAS_ABSORBING = {"gelu", "swiglu", "geglu", "clamped_swiglu", "dropout", "add"}
 # vector class of the MoE routing op by spec.router
 _ROUTE = {"softmax": "softmax", "sigmoid": "sigmoid_topk"}
+# PyTorch kernels (forward, backward) of Megatron-Core's unfused top-k routing, the default
+# (moe_router_fusion False; the Megatron-Bridge H100 recipes of gpt-oss and Qwen3-235B set
+# it False), moe_utils.topk_routing_with_score_function at Megatron-LM d98e8a64, softmax
+# after top-k (moe_router_pre_softmax False: Qwen3 with norm_topk_prob, gpt-oss):
+#   forward  torch.topk 1, torch.softmax (fp32) 1, probs.type_as 1, routing_probs =
+#            zeros_like + scatter 2, routing_map = zeros_like + .int() + scatter + .bool() 4  = 9
+#   backward type_as 1, scatter -> gather 1, softmax 1, topk values -> zeros + scatter 2    = 5
+# The sigmoid (DeepSeek) path and the aux-loss kernels are not counted (one kernel each).
+ROUTE_KERNELS = {"softmax": (9, 5)}
 MASK_BYTES = 1      # dropout mask, one byte per element (Korthikanti)
 LOGIT_BYTES = 4     # cross-entropy keeps fp32 logits (Korthikanti Sec. 4.3)
 TOKEN_ID_BYTES = 8  # int64 token ids
@@ -92,14 +101,16 @@ class _Node:
     fused_fwd: tuple[str, ...] = ()    # vector classes inside a fused kernel (flash attention)
     flash_dims: tuple[int, int] = (0, 0)  # flash with value heads narrower/wider than q/k: (d_qk, d_v)
     vflops: tuple[float, float] = ()   # vector op FLOP per element (fwd, bwd); () = VECTOR_FLOPS
+    kernels: tuple[int, int] = (0, 0)  # eager kernels of a vector op (fwd, bwd); 0 = one (Op.kernels)
 
 
 class _Layer:
     """Forward dataflow of one layer kind, turned into forward and backward op lists."""
 
-    def __init__(self, dt: int, tp: int, etp: int = 0):
+    def __init__(self, dt: int, tp: int, etp: int = 0, local_experts: int = 0):
         self.dt = dt
         self.tp = tp
+        self.local_experts = local_experts   # routed experts one device holds (0: unknown)
         self.group_size = {"tp": tp, "etp": etp or tp}
         self.unfused_bias = False      # eager linears: bias add and bias gradient as kernels
         self.apex_layernorm = False    # LayerNorm backward as apex's MixedFusedLayerNorm
@@ -154,7 +165,7 @@ class _Layer:
 
     def vector(self, name, inputs, vclass, elements, *, in_bytes=None, out_bytes=None, saved=0.0,
                rule="replicated", bwd="vector", params=0, unique=None, selective_drop=0.0,
-               accumulate=True, flops=()):
+               accumulate=True, flops=(), kernels=(0, 0)):
         dt = self.dt
         if in_bytes is None:
             in_bytes = tuple(elements * dt for _ in inputs)
@@ -163,7 +174,8 @@ class _Layer:
             out_bytes=elements * dt if out_bytes is None else out_bytes, out_elements=elements,
             kind="vector", bwd=bwd, vclass=vclass, params_dev=params,
             params_unique=params if unique is None else unique, saved=saved,
-            selective_drop=selective_drop, tp_rule=rule, accumulate=accumulate, vflops=tuple(flops)))
+            selective_drop=selective_drop, tp_rule=rule, accumulate=accumulate, vflops=tuple(flops),
+            kernels=tuple(kernels)))
 
     def collective(self, name, x, coll, bwd_coll, full_bytes, in_b, out_b, rule="replicated",
                    group="tp"):
@@ -200,7 +212,7 @@ class _Layer:
             elif n.kind == "gemm":
                 bread = n.in_bytes[0] + n.b_bytes + n.bias_n * self.dt
                 ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, experts=n.experts,
-                              **{**common, "bytes_read": bread}))
+                              groups=self._groups(n), **{**common, "bytes_read": bread}))
             elif n.kind == "vector":
                 if n.vclass == "embedding":  # a gather reads only the rows it looks up
                     common["bytes_read"] = sum(n.in_bytes) + n.out_bytes
@@ -208,7 +220,7 @@ class _Layer:
                     common["bytes_written"] = n.out_bytes + n.out_elements * MASK_BYTES
                 ops.append(Op(kind="vector", vclass=n.vclass, elements=n.out_elements,
                               flops=float((n.vflops or VECTOR_FLOPS[n.vclass])[0] * n.out_elements),
-                              **common))
+                              kernels=n.kernels[0], **common))
             else:
                 ops.append(Op(kind="collective", collective=n.collective, group=n.group,
                               comm_bytes=n.comm_bytes, **common))
@@ -221,6 +233,10 @@ class _Layer:
                               bytes_written=n.out_bytes, tp_rule=n.tp_rule))
                 biased[n.name] = b
         return ops
+
+    def _groups(self, n: _Node) -> int:
+        """GEMMs a routed-expert linear launches per pass: one per local expert (Op.groups)."""
+        return self.local_experts if n.experts else 0
 
     def _bias_anchor(self, n: _Node) -> str:
         """The node after whose output a linear's own bias kernel runs: the linear, or the
@@ -311,7 +327,7 @@ class _Layer:
         g, dt = n.gemm, self.dt
         dx = Op(name=f"{n.name}.dX", kind="gemm", deps=gr, gemm=GemmDims(g.batch, g.m, g.k, g.n),
                 flops=g.flops, bytes_read=n.out_bytes + n.b_bytes, bytes_written=n.in_bytes[0],
-                tp_rule=n.tp_rule, experts=n.experts)
+                tp_rule=n.tp_rule, experts=n.experts, groups=self._groups(n))
         wdeps = gr
         if n.regather:  # SP keeps only the shard of the input: gather it again for .dW
             rg = f"{n.inputs[0]}.regather"
@@ -325,7 +341,7 @@ class _Layer:
         dw = Op(name=f"{n.name}.dW", kind="gemm", deps=wdeps, gemm=GemmDims(g.batch, g.k, g.n, g.m),
                 flops=g.flops, bytes_read=n.in_bytes[0] + n.out_bytes,
                 bytes_written=n.b_bytes + (0 if eager_bias else n.bias_n * dt), tp_rule=n.tp_rule,
-                experts=n.experts)
+                experts=n.experts, groups=self._groups(n), group_dim="k")
         st.ops += [dx, dw]
         if eager_bias:   # PyTorch's sum of dY over the tokens, a reduction kernel of its own
             st.ops.append(Op(name=f"{n.name}.dbias", kind="vector", deps=gr, vclass="bias_bwd",
@@ -425,7 +441,7 @@ class _Layer:
         op = Op(name=f"{n.name}.bwd", kind="vector", deps=gr, vclass=f"{n.vclass}_bwd",
                 elements=n.out_elements,
                 flops=float((n.vflops or VECTOR_FLOPS[n.vclass])[1] * n.out_elements),
-                bytes_read=bread, bytes_written=bwritten, tp_rule=n.tp_rule)
+                bytes_read=bread, bytes_written=bwritten, tp_rule=n.tp_rule, kernels=n.kernels[1])
         st.ops.append(op)
         return op
 
@@ -552,6 +568,11 @@ class _Ctx:
     vocab_pad_multiple: int = 1
     et: int = 0                  # expert tensor-parallel size; 0 = t
     recompute_modules: tuple | None = None   # selective recomputation's modules; None: core
+    ep: int = 0                  # expert-parallel size; 0 = not given (expert GEMMs as one)
+
+    @property
+    def local_experts(self) -> int:   # routed experts one device holds (0: ep not given)
+        return self.spec.experts // self.ep if self.ep and self.spec.experts else 0
 
     @property
     def etp(self) -> int:
@@ -583,7 +604,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                 attention: str = "eager", vocab_pad_multiple: int = 1,
                 unfused_bias: bool = False, apex_layernorm: bool = False,
                 cp: int = 1, expert_tp: int = 0,
-                recompute_modules: tuple | None = None) -> ModelGraph:
+                recompute_modules: tuple | None = None, ep: int = 0) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
@@ -612,7 +633,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
 
     recompute_modules: what "selective" recomputation re-runs, Megatron-Core's
     --recompute-modules (RECOMPUTE_MODULES; None: the attention core, its default
-    "core_attn"); the graph's "selective" activation bytes and re-run ops follow."""
+    "core_attn"); the graph's "selective" activation bytes and re-run ops follow.
+
+    ep: expert-parallel size the plan will run (phaze.place.plan.expert_parallel_chain
+    applies it). Given (>= 1), each routed-expert GEMM op is E / ep GEMMs, one per local
+    expert (Op.groups: Transformer Engine's GroupedLinear launches one cuBLAS GEMM per
+    expert); 0 leaves them one GEMM of all the device's token slots."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -633,8 +659,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
         check_expert_tp(spec, tp, et, sequence_parallel)
     if recompute_modules is not None:
         recompute_modules = check_recompute_modules(recompute_modules)
+    if isinstance(ep, bool) or not isinstance(ep, int) or ep < 0 \
+            or (ep and spec.experts and spec.experts % ep):
+        raise UserError(f"expert-parallel size {ep!r} must be 0 or a positive divisor of the "
+                        f"{spec.experts} routed experts", field="ep")
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
-             vocab_pad_multiple, et, recompute_modules)
+             vocab_pad_multiple, et, recompute_modules, ep)
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -648,7 +678,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       attention=attention, vocab_pad_multiple=vocab_pad_multiple,
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
                       cp=cp, expert_tp=et, moe_experts=spec.experts, moe_top_k=spec.top_k,
-                      kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
+                      ep=ep if spec.experts else 0, kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
 
 
 def _kv_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> float:
@@ -1209,7 +1239,8 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
     h, T, E, k = sp.hidden, c.T, sp.experts, sp.top_k
     router = L.linear("moe.router", xin, T, h, E, rule="replicated", bias=sp.router_bias,
                       saved=c.Ts * h * dt, regather=regather)
-    route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=T * k * dt)
+    route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=T * k * dt,
+                     kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
     disp = L.vector("moe.dispatch", (xin, route), "permute", T * k * h,
                     in_bytes=(T * h * dt, T * k * dt))
     down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
@@ -1266,7 +1297,7 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
-                     out_bytes=Ts * k * dt, rule=srule)
+                     out_bytes=Ts * k * dt, rule=srule, kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
     own = Ts * k * h * dt              # this device's routed slots
     disp = L.vector("moe.dispatch", (x, route), "permute", Ts * k * h,
                     in_bytes=(Ts * h * dt, Ts * k * dt), rule=srule)
@@ -1305,7 +1336,7 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
-                     out_bytes=T * k * dt, rule="sharded")
+                     out_bytes=T * k * dt, rule="sharded", kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
     hp = L.collective("moe.sp2hp", x, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
                       Ts * h * dt, rule="sharded")
     disp = L.vector("moe.dispatch", (hp, route), "permute", T * k * h // t,
@@ -1329,7 +1360,7 @@ def _block(c: _Ctx, sliding: bool = False, mixer: str = "attention", ffn: str = 
     attention + MLP (GPT-J/NeoX, Falcon) or Gemma2's sandwich (norm before and after each).
     `mixer` "none" or `ffn` "none": a pre-norm block of one residual branch only (hybrid
     models' FFN-only and mixer-only layers); `ffn`: "dense" | "moe" ("": the model's)."""
-    sp, L, dt = c.spec, _Layer(c.dt, c.t, c.etp), c.dt
+    sp, L, dt = c.spec, _Layer(c.dt, c.t, c.etp, c.local_experts), c.dt
     h, Ts = sp.hidden, c.Ts
     srule = "sharded" if c.sp else "replicated"
     L.out_of["in_elements"] = Ts * h

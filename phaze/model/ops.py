@@ -61,6 +61,15 @@ class Op:
     # all `experts` experts (m = tokens x top_k, weights = experts x k x n); expert
     # parallelism divides it by the EP width. 0 = not an expert op.
     experts: int = 0
+    # a routed-expert GEMM as Transformer Engine's GroupedLinear runs it: `groups` GEMMs
+    # (the device's local experts), each of 1/groups of the token slots, which sit in
+    # dimension `group_dim` ("m": forward and dX; "k": dW, the slots are its reduction).
+    # 0 = costed as one GEMM (the local expert count is unknown: graph built without ep).
+    groups: int = 0
+    group_dim: str = "m"
+    # eager kernels a vector op stands for, each paying the per-kernel overhead (the MoE
+    # router's unfused top-k; phaze.model.graph.ROUTE_KERNELS); 0 = one kernel
+    kernels: int = 0
 
     @property
     def core_class(self) -> str:
@@ -144,6 +153,7 @@ class ModelGraph:
     expert_tp: int = 0              # expert tensor-parallel size (MoE); 0 = tp
     moe_experts: int = 0            # routed experts per MoE block (0: dense)
     moe_top_k: int = 0              # experts each token is routed to
+    ep: int = 0                     # expert-parallel size its expert GEMMs were split for (0: none)
 
     @property
     def collective_groups(self) -> dict[str, int]:

@@ -381,7 +381,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                        comm_sm_share_net=_channel_share(arch, cost_params, net=True))
     graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
                         sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp,
-                        recompute_modules=recompute_modules, **gopts)
+                        recompute_modules=recompute_modules,
+                        ep=ep if spec.experts else 0, **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
                                async_tp=opts.async_tensor_model_parallel_allreduce)
     # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core

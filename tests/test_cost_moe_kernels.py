@@ -1,0 +1,99 @@
+"""MoE layers as Megatron-Core and Transformer Engine launch their kernels, checked against
+closed forms of the cost model's own single-kernel latencies:
+
+- grouped expert GEMMs (Op.groups): a device's token slots split over its E / ep local
+  experts, one cuBLAS GEMM each on TE's 4 streams (phaze.cost.api.grouped_gemm_split,
+  TE_GEMM_STREAMS); FLOPs and bytes unchanged."""
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from phaze.cost.api import TE_GEMM_STREAMS, op_latencies
+from phaze.cost.params import preset_params
+from phaze.errors import UserError
+from phaze.hw.presets import get_preset
+from phaze.model.graph import build_graph
+from phaze.model.ops import GemmDims, Op
+from phaze.model.spec import ModelSpec
+
+H = get_preset("h100")
+MOE = ModelSpec(name="moe32", hidden=1024, layers=2, heads=16, kv_heads=8, ffn=2048, vocab=4096,
+                seq=1024, activation="swiglu", norm="rmsnorm", position="rope", bias=False,
+                tied_embeddings=False, dropout=False, experts=32, top_k=4, moe_ffn=512)
+
+
+def _lat(ops, params):
+    return op_latencies(ops, H, H.network, params=params).lat_all_s[0]
+
+
+@pytest.mark.parametrize("groups,dim", [(1, "m"), (3, "m"), (8, "m"), (16, "k"), (5, "k")])
+def test_grouped_gemm_is_groups_gemms_of_one_share(groups, dim):
+    """latency(op of G groups) = G x latency(one expert's GEMM, no overhead)
+    + ceil(G / 4) overheads; the one-expert GEMM has ceil(slots / G) slots in `dim`."""
+    p = preset_params("h100")
+    slots, n, k = 6000, 1536, 2048
+    dims = GemmDims(1, slots, n, k) if dim == "m" else GemmDims(1, n, k, slots)
+    op = Op("moe.expert.fc1", "gemm", gemm=dims, flops=dims.flops, groups=groups, group_dim=dim)
+    share = math.ceil(slots / groups)
+    one = GemmDims(1, share, n, k) if dim == "m" else GemmDims(1, n, k, share)
+    bare = replace(p, op_overhead_s=0.0)
+    single = _lat([Op("g", "gemm", gemm=one, flops=one.flops)], bare)[0]
+    want = groups * single + math.ceil(groups / TE_GEMM_STREAMS) * p.op_overhead_s
+    assert _lat([op], p)[0] == pytest.approx(want, rel=1e-12)
+    if groups == 1:   # one group: the plain GEMM's cost
+        plain = Op("g", "gemm", gemm=dims, flops=dims.flops)
+        assert _lat([op], p)[0] == pytest.approx(_lat([plain], p)[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("tp,sp,et,ep", [(1, False, 0, 8), (2, True, 0, 4), (2, True, 1, 16),
+                                         (1, False, 0, 1)])
+def test_graph_expert_ops_carry_local_experts(tp, sp, et, ep):
+    """build_graph(ep=...) marks each routed-expert GEMM (fwd, dX: slots in m; dW: in k)
+    with E / ep groups; FLOPs, bytes and every other op are those of the graph built
+    without ep."""
+    ref = build_graph(MOE, mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, attention="flash")
+    g = build_graph(MOE, mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, attention="flash", ep=ep)
+    assert g.ep == ep and ref.ep == 0
+    seen = 0
+    for lr, lg in zip(ref.layers, g.layers):
+        for ps in ("fwd", "bwd"):
+            for a, b in zip(lr.ops(ps), lg.ops(ps)):
+                if b.experts and b.kind == "gemm":
+                    seen += 1
+                    assert b.groups == MOE.experts // ep
+                    assert b.group_dim == ("k" if b.name.endswith(".dW") else "m")
+                else:
+                    assert b.groups == 0
+                assert (a.flops, a.bytes_read, a.bytes_written, a.gemm) == \
+                    (b.flops, b.bytes_read, b.bytes_written, b.gemm)
+    assert seen == 3 * 3    # one block kind: (gate, up, down) x (fwd, dX, dW)
+
+
+def test_graph_ep_must_divide_experts():
+    with pytest.raises(UserError):
+        build_graph(MOE, mbs=1, ep=3)
+    with pytest.raises(UserError):
+        build_graph(MOE, mbs=1, ep=-1)
+
+
+def test_unfused_softmax_router_kernels():
+    """Megatron-Core's unfused softmax top-k routing: moe.route is ROUTE_KERNELS
+    ["softmax"] = (9, 5) eager kernels (forward, backward); its latency is the same op as
+    one kernel plus (kernels - 1) per-kernel overheads; the sigmoid router stays one."""
+    from phaze.model.graph import ROUTE_KERNELS
+
+    p = preset_params("h100")
+    g = build_graph(MOE, mbs=1, ep=8)
+    blk = next(lg for lg in g.layers if lg.kind.startswith("block"))
+    fwd = next(o for o in blk.fwd if o.name == "moe.route")
+    bwd = next(o for o in blk.bwd if o.name == "moe.route.bwd")
+    assert (fwd.kernels, bwd.kernels) == ROUTE_KERNELS["softmax"] == (9, 5)
+    for o in (fwd, bwd):
+        single = replace(o, kernels=0)
+        assert _lat([o], p)[0] == pytest.approx(
+            _lat([single], p)[0] + (o.kernels - 1) * p.op_overhead_s, rel=1e-12)
+    sig = build_graph(MOE.with_(router="sigmoid"), mbs=1)
+    blk = next(lg for lg in sig.layers if lg.kind.startswith("block"))
+    assert next(o for o in blk.fwd if o.name == "moe.route").kernels == 0
