@@ -132,9 +132,10 @@ HF_ZOO_CONFIGS = {
     # (the same plus RMSNorm, no biases, untied, no positions). conv kernel 4 and chunk 128:
     # Megatron-Core's / the provider's defaults (neither sets them); vocab 131072: the
     # Nemotron tokenizer (make_vocab_size_divisible_by 128 leaves it). No MTP (Nano 3.5
-    # Lightning adds it). Published: 30B total, 3.5B active (Megatron-Bridge
-    # docs/models/nemotron/nemotron3-nano.md); counted 31.58B total, 3.58B active.
-    "nemotron-3-nano": ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", 8192, 31.58e9, dict(
+    # Lightning adds it). Published (the figure here): 30B total, 3.5B active (Megatron-Bridge
+    # docs/models/nemotron/nemotron3-nano.md, round figures); counted 31.58B total, 3.58B
+    # active, equal to transformers' count (tests/test_model_mamba.py).
+    "nemotron-3-nano": ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", 8192, 30e9, dict(
         model_type="nemotron_h", hidden_size=2688, num_hidden_layers=52,
         hybrid_override_pattern=NEMOTRON_3_NANO_PATTERN, num_attention_heads=32,
         num_key_value_heads=2, head_dim=128, intermediate_size=1856, mlp_hidden_act="relu2",
