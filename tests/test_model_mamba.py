@@ -44,6 +44,8 @@ CASES = {
     "moe": dict(SMALL, hybrid_override_pattern="MEM*E", conv_kernel=2, chunk_size=32, **MOE),
     # real size: nvidia/Nemotron-H-8B-Base-8K
     "nemotron-h-8b": HF_ZOO_CONFIGS["nemotron-h-8b"][3],
+    # real size, MoE with a shared expert: NVIDIA Nemotron 3 Nano 30B-A3B
+    "nemotron-3-nano": HF_ZOO_CONFIGS["nemotron-3-nano"][3],
 }
 
 
@@ -242,3 +244,57 @@ def test_mamba_ops_are_costed():
                             and o.kind == "gemm"),
                         2 * sum(o.flops for o in blk.fwd if o.name.startswith("mamba.ssd.")
                                 and o.kind == "gemm"))
+
+
+def test_nemotron_3_nano_sizes():
+    """Nemotron 3 Nano 30B-A3B (zoo `nemotron-3-nano`, sources in phaze/model/zoo.py): the
+    per-block pattern (23 Mamba-2, 23 MoE, 6 attention), the counts (transformers' own
+    count is test_nemotron_h_matches_transformers[nemotron-3-nano]) against the round
+    published figures, and Megatron-Bridge's own FLOPs per token for these sizes against
+    what its performance summary reports for the model (so the sizes, vocabulary
+    included, are those Bridge ran)."""
+    spec = ZOO["nemotron-3-nano"]
+    pat = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
+    from phaze.model.hf import NEMOTRON_H_PATTERN
+    assert list(zip(spec.mixer_types, spec.ffn_types)) == [NEMOTRON_H_PATTERN[c] for c in pat]
+    assert (spec.mixer_types.count("mamba"), spec.ffn_types.count("moe"),
+            spec.mixer_types.count("attention")) == (23, 23, 6)
+    assert (spec.experts, spec.top_k, spec.expert_ffn, spec.shared_ffn, spec.router,
+            spec.activation, spec.n_kv_heads, spec.d_head, spec.mamba_inner) == \
+        (128, 6, 1856, 3712, "sigmoid", "relu2", 2, 128, 4096)
+    g = build_graph(spec, 8192, 1)
+    total = g.params_total
+    h, E, k, n_moe = spec.hidden, spec.experts, spec.top_k, 23
+    active = total - n_moe * (E - k) * 2 * h * spec.expert_ffn   # up + down per idle expert
+    assert (total, active) == (31_577_937_344, 3_580_073_408)
+    # Megatron-Bridge docs/models/nemotron/nemotron3-nano.md: "3.5B active parameters
+    # and 30B parameters in total" (the name's 30B is the round figure)
+    assert abs(active / 3.5e9 - 1) < 0.03 and 30e9 <= total < 32e9
+    # Bridge's flop_utils.hybrid_flops (its Mamba term takes d_in = 2 h, not heads x
+    # head_dim; core attention full s^2): per token, against the perf summary's
+    # Model TFLOP/s / tokens/s of the DGX-H100 rows (331 / 14890 ... 321 / 14336)
+    s, V, d_in = 8192, spec.vocab, 2 * h
+    p = spec.heads * spec.d_head / h
+    attn = 4 * s * h * p * (h + h * spec.n_kv_heads / spec.heads) + 2 * s * h * p * s
+    mamba = (2 * s * h * (2 * d_in + 2 * 8 * 128 + 64) + 7 * s * d_in * 128 + 2 * s * d_in * h)
+    moe = 4 * s * h * 1856 * 6 + 4 * s * h * 3712
+    per_token = 3 * (6 * attn + 23 * mamba + 23 * moe + 2 * s * h * V) / s
+    for tflops, tok in ((331, 14890), (323, 14507), (321, 14336), (328, 14719)):
+        assert per_token == pytest.approx(tflops * 1e12 / tok, rel=0.006)
+
+
+def test_nemotron_3_nano_evaluates():
+    """A small plan of the zoo model as Megatron-Bridge's H100 recipe runs it (EP 8, expert
+    TP 1, flex dispatcher, FP8, selective recompute of moe / layernorm / core_attn /
+    moe_act): evaluable, with the EP all-to-alls inside compute."""
+    from phaze.hw.presets import get_preset
+    from phaze.place.evaluate import dtype_options, evaluate_model
+
+    opts = dict(dtype_options("nemo-2024", grad_sync_dtype="bf16"), moe_token_dispatcher="flex")
+    r = evaluate_model(ZOO["nemotron-3-nano"], get_preset("h100"), tp=1, pp=1, dp=8, mbs=1,
+                       batch=8, seq=1024, recompute="selective",
+                       recompute_modules=("moe", "layernorm", "core_attn", "moe_act"), ep=8,
+                       expert_tp=1, framework="nemo-2024", fp8=True, cross_entropy_fusion=True,
+                       options=opts)
+    assert r["feasible"] and r["time_per_batch_s"] > 0 and r["ep_a2a_s"] > 0
+    assert r["model_flops"] > 0 and "tflops_per_gpu_eq3" not in r

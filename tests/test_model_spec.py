@@ -15,7 +15,7 @@ ZOO_NAMES = ["bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "llama2-70b", "ll
              "megatron-gpt2-54", "megatron-gpt2-72", "gpt3-175b", "gpt-1.7b", "gpt-3.6b", "gpt-7.5b",
              "gpt-18.4b", "gpt-39.1b", "gpt-76.1b", "gpt-145.6b", "gpt-310.1b", "gpt-529.6b", "gpt-1t",
              "gpt-22b", "gpt-530b", "llama3-70b", "mistral-7b", "mixtral-8x7b", "qwen2.5-7b", "gemma2-9b",
-             "deepseek-v3", "deepseek-v2-lite", "nemotron-h-8b", "nemotron-h-56b",
+             "deepseek-v3", "deepseek-v2-lite", "nemotron-h-8b", "nemotron-h-56b", "nemotron-3-nano",
              "gpt-oss-20b", "gpt-oss-120b", "bloom-7b1", "bloom-176b"]
 
 # Published parameter counts (papers / model cards), not derived from our code.
@@ -42,6 +42,8 @@ PUBLISHED = {
     # model card "56B" (8,192 x 118 layers, 54 Mamba-2); nemotron-h-8b's card says "8B",
     # a rounder figure than 1 % allows (8.10B counted: tests/test_model_mamba.py)
     "nemotron-h-56b": 56e9,
+    # nemotron-3-nano: "30B" total / "3.5B" active (Megatron-Bridge's page) are round
+    # figures; checked in tests/test_model_mamba.py (31.58B / 3.58B counted)
     "gpt-oss-20b": 20.91e9,     # OpenAI gpt-oss model card (20.91B total, 3.61B active)
     "gpt-oss-120b": 116.83e9,   # OpenAI gpt-oss model card (116.83B total, 5.13B active)
     "bloom-7b1": 7.069e9,       # HF bigscience/bloom-7b1 card (7,069,016,064)

@@ -180,3 +180,24 @@ def test_dispatcher_and_ep_overlap_in_the_plan():
     assert ov.bwd_s == pytest.approx(ch.bwd_s + np.maximum(2 * a2a - ch.fwd_s, 0))
     with pytest.raises(ValueError, match="moe_token_dispatcher"):
         expert_parallel_chain(ch, 16, links, replace(base, moe_token_dispatcher="deepep"))
+
+
+@pytest.mark.parametrize("modules,rerun", [(("moe",), True), (("moe_act", "layernorm"), False),
+                                           (("core_attn",), False)])
+def test_selective_moe_module_reruns_the_all_to_alls(modules, rerun):
+    """Megatron-Core's "moe" recompute module checkpoints the whole MoE layer (moe_layer.py
+    custom_forward: route, dispatch, experts, combine), so selective recomputation with it
+    re-runs the layer's dispatch and combine: 2 a2a more in recompute_selective_s; other
+    modules leave the all-to-alls alone."""
+    from phaze.place.plan import expert_parallel_chain
+
+    g = build_graph(MOE, mbs=1, tp=1, expert_tp=1, recompute_modules=modules)
+    ch = chain_from_graph(g, op_latency_s=lambda o: 1e-6)
+    links = Links.of(None)
+    out = expert_parallel_chain(ch, 16, links, PlanOptions(collectives="nccl", ep=16, expert_tp=1))
+    a2a = out.extra["ep_a2a_s"] / 4
+    moe = ch.a2a_bytes > 0
+    assert moe.sum() == 4
+    want = ch.recompute_selective_s + (2 * a2a if rerun else 0.0)
+    assert out.recompute_selective_s == pytest.approx(want)
+    assert ((out.recompute_selective_s[moe] > ch.recompute_selective_s[moe]) == rerun).all()

@@ -34,9 +34,10 @@ QUICK_MODELS = ("bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "megatron-gpt2
 # smaller one at other sizes; gpt-oss and BLOOM add only vector ops of classes the others
 # schedule (the sinks' copy, ALiBi's add); DeepSeek's MLA blocks are GEMM, vector and flash
 # ops of the kinds scheduled here, in more of them (deepseek-v2-lite alone took ~3.5 min).
-# Nemotron-H's Mamba-2 scan GEMMs (ssd_gemm) are new to the solvers and stay.
+# Nemotron-H's Mamba-2 scan GEMMs (ssd_gemm) are new to the solvers and stay (nemotron-h-8b);
+# nemotron-3-nano's blocks are Mamba-2, attention and MoE blocks of kinds scheduled here.
 NOT_SCHEDULED_HERE = ("deepseek-v3", "deepseek-v2-lite", "nemotron-h-56b", "gpt-oss-120b",
-                      "bloom-176b", "gpt-oss-20b", "bloom-7b1")
+                      "bloom-176b", "gpt-oss-20b", "bloom-7b1", "nemotron-3-nano")
 
 
 def _archs(n=20, seed=1):

@@ -467,10 +467,15 @@ def _nemotron_h(get, name):
                         "expert's biases are not modelled)", field="mlp_bias", fix="set it to false")
     extra = {}
     if moe:
+        # typed (the element-wise routing they set is not modelled); n_shared_experts: one
+        # shared MLP whatever it says (transformers' NemotronHMoE)
+        get.int("n_group", 1), get.int("topk_group", 1), get.int("n_shared_experts", 1)
+        get.bool("norm_topk_prob", True), get.float("routed_scaling_factor", 1.0)
         extra = dict(experts=get.int("n_routed_experts", 8, alt=("num_local_experts",)),
                      top_k=get.int("num_experts_per_tok", 2),
                      moe_ffn=get.int("moe_intermediate_size", 7688),
-                     shared_ffn=get.int("moe_shared_expert_intermediate_size", 7688))
+                     shared_ffn=get.int("moe_shared_expert_intermediate_size", 7688),
+                     router="sigmoid")   # NemotronHTopkRouter: sigmoid + e_score_correction_bias
     kinds = [NEMOTRON_H_PATTERN[ch] for ch in pat]
     return ModelSpec(
         name=name, hidden=h, layers=len(pat), heads=heads, kv_heads=get.int("num_key_value_heads", 8),

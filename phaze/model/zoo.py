@@ -31,6 +31,8 @@ def _megatron_gpt(name, layers, hidden, heads, seq=2048, vocab=51200, source=_NA
 NEMOTRON_H_8B_PATTERN = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
 NEMOTRON_H_56B_PATTERN = ("M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-"
                           "M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-")
+# Nemotron 3 Nano 30B-A3B: 23 Mamba-2 + 23 MoE + 6 attention layers
+NEMOTRON_3_NANO_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
 
 
 def _alternate(layers: int) -> list[str]:
@@ -119,6 +121,30 @@ HF_ZOO_CONFIGS = {
         vocab_size=131072, max_position_embeddings=8192, mamba_num_heads=256, mamba_head_dim=64,
         ssm_state_size=256, n_groups=8, conv_kernel=4, chunk_size=128, use_conv_bias=True,
         use_bias=False, attention_bias=False, mlp_bias=False, tie_word_embeddings=False)),
+    # NVIDIA Nemotron 3 Nano 30B-A3B (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16; its
+    # config.json is not at hand offline, so these are NemotronHConfig's field names filled
+    # from two independent Megatron configs of the same model, which agree field for field:
+    # Megatron-Bridge 067f987d src/megatron/bridge/recipes/nemotronh/h100/nemotron_3_nano.py
+    # (HybridModelProvider: pattern, hidden 2688, 32 heads / 2 query groups x kv_channels 128,
+    # mamba 64 heads x 64, state 128, 8 groups, 128 experts top-6 of ffn 1856, shared expert
+    # 3712, sigmoid router with expert bias, topk scaling 2.5, squared ReLU) and Megatron-LM
+    # d98e8a64 examples/post_training/modelopt/conf/nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.sh
+    # (the same plus RMSNorm, no biases, untied, no positions). conv kernel 4 and chunk 128:
+    # Megatron-Core's / the provider's defaults (neither sets them); vocab 131072: the
+    # Nemotron tokenizer (make_vocab_size_divisible_by 128 leaves it). No MTP (Nano 3.5
+    # Lightning adds it). Published (the figure here): 30B total, 3.5B active (Megatron-Bridge
+    # docs/models/nemotron/nemotron3-nano.md, round figures); counted 31.58B total, 3.58B
+    # active, equal to transformers' count (tests/test_model_mamba.py).
+    "nemotron-3-nano": ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", 8192, 30e9, dict(
+        model_type="nemotron_h", hidden_size=2688, num_hidden_layers=52,
+        hybrid_override_pattern=NEMOTRON_3_NANO_PATTERN, num_attention_heads=32,
+        num_key_value_heads=2, head_dim=128, intermediate_size=1856, mlp_hidden_act="relu2",
+        vocab_size=131072, max_position_embeddings=8192, mamba_num_heads=64, mamba_head_dim=64,
+        ssm_state_size=128, n_groups=8, conv_kernel=4, chunk_size=128, use_conv_bias=True,
+        use_bias=False, attention_bias=False, mlp_bias=False, tie_word_embeddings=False,
+        n_routed_experts=128, num_experts_per_tok=6, moe_intermediate_size=1856,
+        moe_shared_expert_intermediate_size=3712, n_shared_experts=1, n_group=1, topk_group=1,
+        norm_topk_prob=True, routed_scaling_factor=2.5, num_nextn_predict_layers=0)),
     # openai/gpt-oss-20b and -120b: 4096 is their initial_context_length (YaRN stretches it);
     # layer_types written out in the files alternate sliding / full from layer 0; the files'
     # quantization_config (MXFP4 storage of the expert weights) is left out

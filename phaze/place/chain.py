@@ -154,7 +154,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         kv_bytes = graph.kv_bytes if graph.cp > 1 else 0.0
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
-    rows = []
+    rows, reruns = [], []
     for li, layer in enumerate(graph.layers):
         if op_latency_s is not None:
             tpf = sum(op_latency_s(o) for o in layer.fwd if o.kind == "collective")
@@ -185,6 +185,10 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         # routed experts: their weights (Op.experts > 0) and the dispatch's token slots
         ex = sum(o.param_bytes for o in layer.fwd if o.experts) / graph.dtype_bytes
         a2a = sum(o.bytes_written for o in layer.fwd if o.name.endswith("moe.dispatch"))
+        # selective recomputation re-runs the dispatch (Megatron-Core's "moe" module
+        # checkpoints the whole MoE layer: route, dispatch, experts, combine)
+        reruns.extend([float(any(o.selective_recompute for o in layer.fwd
+                                 if o.name.endswith("moe.dispatch")))] * layer.repeat)
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
                layer.flops("fwd"), layer.flops("bwd"), a_sel, r, f_sel,
                min(ex, layer.param_count), a2a, *core, kv, *core_flops, pass_kind)
@@ -204,4 +208,5 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                                         if lg.kind == "epilogue") / graph.dtype_bytes,
                  extra={"sequence_parallel": bool(graph.sequence_parallel),
                         "expert_tp": int(graph.expert_tp or graph.tp),
-                        "moe_experts": int(graph.moe_experts), "moe_top_k": int(graph.moe_top_k)})
+                        "moe_experts": int(graph.moe_experts), "moe_top_k": int(graph.moe_top_k),
+                        "a2a_rerun": np.array(reruns)})

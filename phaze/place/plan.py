@@ -735,7 +735,10 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     stride et = options.expert_tp or t, Megatron-Core's expert rank order tp, ep, dp, pp
     with CP folded into the expert grid (grad_groups);
     topology options.collectives).
-    Recomputing a block's forward re-runs its all-to-alls (recompute_s("full")). The chain
+    Recomputing a block's forward re-runs its all-to-alls (recompute_s("full")), and so does
+    selective recomputation of Megatron-Core's "moe" module, which checkpoints the whole MoE
+    layer (route, dispatch, experts, combine): the dispatch and combine of the layers whose
+    moe.dispatch it re-runs (chain.extra["a2a_rerun"]) join recompute_selective_s. The chain
     returned has a2a_bytes 0 (no second application) and extra["ep_a2a_s"] per layer (the
     time charged). options.moe_token_dispatcher "flex": the dispatch and combine of
     DeepEP / HybridEP (phaze.cost.collective.dedup_dispatch_time: one copy per remote node,
@@ -775,7 +778,9 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
         # way round (steady-state 1F1B pairs; warm-up and cool-down not credited apart)
         add_f = np.maximum(2.0 * a2a - chain.bwd_s, 0.0)
         add_b = np.maximum(2.0 * a2a - chain.fwd_s, 0.0)
+    rerun = np.asarray(chain.extra.get("a2a_rerun", np.zeros(chain.n)), dtype=float)
     return replace(chain, fwd_s=chain.fwd_s + add_f, bwd_s=chain.bwd_s + add_b,
+                   recompute_selective_s=chain.recompute_selective_s + 2.0 * a2a * rerun,
                    param_count=chain.param_count - chain.expert_param_count * (1.0 - 1.0 / ep),
                    expert_param_count=chain.expert_param_count / ep,
                    a2a_bytes=np.zeros(chain.n), extra={**chain.extra, "ep_a2a_s": add_f + add_b})
