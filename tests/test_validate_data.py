@@ -225,10 +225,12 @@ def test_dgxc_rows_are_consistent_megatron_plans():
         assert opts["grad_bytes"] == 2.0
         assert ("adam_state_bytes" in opts) == c.name.startswith("N4-340B")
         assert c.recompute == ("selective" if c.name.startswith("N4-340B") else "none")
-    # held out: neither fit uses it
-    from phaze.validate.calibrate import FIT_TABLE, H100_FIT_TABLE
+    # held out: neither fit uses it, and a fit on it is refused
+    from phaze.validate.calibrate import FIT_TABLE, H100_FIT_PARAMS, H100_FIT_TABLE, fit
     assert {FIT_TABLE, H100_FIT_TABLE}.isdisjoint(data.HELD_OUT_H100_TABLES)
     assert data.TABLE_DGXC in data.HELD_OUT_H100_TABLES
+    with pytest.raises(ValueError, match="held out"):
+        fit(data.TABLE_DGXC, None, H100_FIT_PARAMS, {"sustained_clock_fraction": 1.0})
 
 
 def test_dgxc_step_times_agree_with_the_readmes_tokens_and_mfu():
