@@ -22,7 +22,10 @@ from phaze.validate.evaluate import mean_abs_error_pct, plan_evaluator, predict
 
 @pytest.fixture(scope="module")
 def preds():
-    return {t: [predict(c, plan_evaluator) for c in data.cases(t)] for t in data.TABLES}
+    # the DGX Cloud table (70 held-out rows) is evaluated by `phaze validate --table dgxc`;
+    # tests/test_validate_data.py evaluates one of its rows end to end
+    return {t: [predict(c, plan_evaluator) for c in data.cases(t)] for t in data.TABLES
+            if t != data.TABLE_DGXC}
 
 
 def test_korthikanti_table5_mae_within_2_percent(preds):

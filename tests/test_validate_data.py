@@ -166,3 +166,108 @@ def test_nemo_rows_are_consistent_megatron_plans():
             c.family, c.vocab)
         assert c.fp8 and c.arch == "h100" and c.framework == "nemo-2024"
         assert c.tied_embeddings == (c.family == "gpt")
+
+
+def _dgxc_rows():
+    t = data.raw()[data.TABLE_DGXC]
+    return t, [{**t["models"][r["model"]], **r} for r in data._rows(t)]
+
+
+def _dgxc_readme_flops(r):
+    """Model FLOPs per sequence as the recipe READMEs' Notes count them: Llama 3.1
+    s (12 l h^2 (1 + g/a + s/h) + 18 l ffn h + 6 V h); Nemotron-4 and GPT3
+    s (24 l h^2 + 12 l h s + 48 l h^2 + 6 V h)."""
+    s, l, h, V = r["seq"], r["layers"], r["hidden"], r.get("readme_vocab", r["vocab"])
+    if r["family"] == "llama":
+        return s * (12 * l * h * h * (1 + r["kv_heads"] / r["heads"] + s / h)
+                    + 18 * l * r["ffn"] * h + 6 * V * h)
+    return s * (24 * l * h * h + 12 * l * h * s + 48 * l * h * h + 6 * V * h)
+
+
+def test_dgxc_rows_are_consistent_megatron_plans():
+    # every column of the six READMEs, BF16 and FP8: t p cp d = GPUs; batch = GA x MBS x d
+    # where the header states GA; the interleave divides the layers per stage and the
+    # microbatches per replica are a multiple of p (Megatron's interleaved schedule); only
+    # the 405B proxy columns (< 576 GPUs) run fewer layers
+    t, rows = _dgxc_rows()
+    cs = data.cases(data.TABLE_DGXC)
+    assert len(cs) == 70 and sum(c.fp8 for c in cs) == 35
+    assert len({c.name for c in cs}) == 70
+    counts = {}
+    for r, c in zip(rows, cs):
+        counts[(r["model"], r["fp8"])] = counts.get((r["model"], r["fp8"]), 0) + 1
+        assert c.tp * c.pp * c.cp * c.dp == c.gpus and c.gpus % 8 == 0
+        if r["ga"] is not None:
+            assert c.batch == r["ga"] * c.microbatch * c.dp, c.name
+        per_replica = c.batch // c.dp
+        assert per_replica % c.microbatch == 0
+        assert c.layers % c.pp == 0 and (c.layers // c.pp) % c.interleave == 0, c.name
+        if c.interleave > 1:
+            assert (per_replica // c.microbatch) % c.pp == 0, c.name
+        assert c.seq % c.cp == 0 and c.vocab % (128 * c.tp) == 0
+        assert c.arch == "h100" and c.framework == "nemo-2024"
+        assert c.fp8 == r["fp8"] and c.name.split("/")[1] == ("fp8" if c.fp8 else "bf16")
+        assert c.tied_embeddings == c.dropout == (c.family == "gpt")
+        proxy = r["model"] == "llama3.1-405b" and c.gpus < 576
+        assert proxy == c.caveat.startswith("proxy"), c.name
+        if r["model"] == "llama3.1-405b":   # README rows Layers / GBS / PP / VP
+            assert (c.layers, c.batch, c.pp, c.interleave) == {
+                32: (7, 126, 1, 1), 96: (21, 126, 3, 7), 192: (42, 252, 3, 7)}.get(
+                    c.gpus, (126, 252 * c.gpus // 576, 9, 7)), c.name
+    assert counts == {(m, f): n for m, n in (("llama3.1-8b", 5), ("llama3.1-70b", 6),
+                                             ("llama3.1-405b", 6), ("nemotron4-15b", 8),
+                                             ("nemotron4-340b", 5), ("gpt3-175b", 5))
+                      for f in (False, True)}
+    # the configs' settings reach the cases: Nemotron-4 340B selective recompute with bf16
+    # gradients and state, every other model bf16 gradients and fp32 state
+    for c in cs:
+        opts = dict(c.plan_options)
+        assert opts["grad_bytes"] == 2.0
+        assert ("adam_state_bytes" in opts) == c.name.startswith("N4-340B")
+        assert c.recompute == ("selective" if c.name.startswith("N4-340B") else "none")
+    # held out: neither fit uses it, and a fit on it is refused
+    from phaze.validate.calibrate import FIT_TABLE, H100_FIT_PARAMS, H100_FIT_TABLE, fit
+    assert {FIT_TABLE, H100_FIT_TABLE}.isdisjoint(data.HELD_OUT_H100_TABLES)
+    assert data.TABLE_DGXC in data.HELD_OUT_H100_TABLES
+    with pytest.raises(ValueError, match="held out"):
+        fit(data.TABLE_DGXC, None, H100_FIT_PARAMS, {"sustained_clock_fraction": 1.0})
+
+
+def test_dgxc_step_times_agree_with_the_readmes_tokens_and_mfu():
+    # a second route through every transcribed cell: each README derives tokens/s = seq x
+    # GBS / step and MFU = GBS x model FLOPs / step / GPUs / peak (989 BF16, 1979 FP8) from
+    # the step time; its stated model FLOPs follow its Notes formula (the 405B proxy
+    # columns' MFU counts their own layers). The one cell known to disagree (70B BF16 on
+    # 2048 GPUs: tokens/s and MFU of a 14.92 s step) carries its caveat.
+    t, rows = _dgxc_rows()
+    for name, m in t["models"].items():
+        layers = max(r["layers"] for r in rows if r["model"] == name)
+        assert _dgxc_readme_flops({**m, "layers": layers}) == pytest.approx(
+            m["readme_model_flops"], rel=0.003), name
+    odd = []
+    for r in rows:
+        sec, b, g = r["seconds_per_iteration"], r["batch"], r["gpus"]
+        tok = r["seq"] * b / sec
+        F = _dgxc_readme_flops(r) if r["caveat"].startswith("proxy") else r["readme_model_flops"]
+        mfu = 100 * b * F / sec / g / (t["peak_tflops"]["fp8" if r["fp8"] else "bf16"] * 1e12)
+        if abs(tok / r["readme_tokens_per_s"] - 1) > 0.002 or abs(mfu - r["readme_mfu_pct"]) > 0.1:
+            odd.append(r["name"])
+            assert 0.003 < tok / r["readme_tokens_per_s"] - 1 < 0.005 or \
+                0.003 < 1 - tok / r["readme_tokens_per_s"] < 0.005
+    assert odd == [r["name"] for r in rows if r["caveat"] == "step_time_disagrees_with_throughput"]
+    assert odd == ["L3.1-70B/bf16/2048"]
+
+
+def test_dgxc_one_row_end_to_end():
+    # one row through `phaze evaluate`'s code path (the table itself: `phaze validate
+    # --table dgxc`): Nemotron-4 340B BF16 on 128 GPUs runs as its recipe says (selective
+    # recomputation, bf16 distributed-Adam gradients and state, t 8 p 8 v 12), fits 80 GB,
+    # and lands within 15 % of the 4.61 s measured (held out: about +8 %)
+    from phaze.hw.presets import get_preset
+    from phaze.validate.evaluate import plan_evaluator, predict
+
+    c = next(c for c in data.cases(data.TABLE_DGXC) if c.name == "N4-340B/bf16/128")
+    p = predict(c, plan_evaluator)
+    assert not p.searched and (p.mbs, p.interleave) == (1, 12) and p.case.recompute == "selective"
+    assert p.memory_per_device_bytes <= get_preset("h100").hbm_bytes
+    assert p.case.measured == 4.61 and abs(p.error_pct) < 15

@@ -116,9 +116,19 @@ def test_validate_cli_json_and_plot(tmp_path, monkeypatch, capsys):
     assert len(obj["rows"]) == sum(len(data.cases(t)) for t in data.TABLES)
     assert obj["tables"][data.TABLE_H100]["mae_pct"] == pytest.approx(100 * (1 - 1 / 1.02))
     assert obj["tables"][data.TABLE_NEMO]["mae_pct"] == pytest.approx(100 * (1 - 1 / 1.02))
+    # the DGX Cloud table (seconds per step, BF16 and FP8 rows) with its split by precision
+    dg = obj["tables"][data.TABLE_DGXC]
+    assert dg["mae_pct"] == pytest.approx(2.0) and dg["rows"] == 70
+    assert {k: (v["rows"], round(v["mae_pct"], 6)) for k, v in dg["by_precision"].items()} == \
+        {"bf16": (35, 2.0), "fp8": (35, 2.0)}
+    assert "by_precision" not in obj["tables"][data.TABLE_NEMO]   # FP8 only
+    assert {r["fp8"] for r in obj["rows"] if r["table"] == data.TABLE_DGXC} == {False, True}
     assert obj["tables"][data.TABLE_KORTHIKANTI]["mae_pct"] == pytest.approx(2.0)
     # Eq. 3 TFLOP/s fall by 1/1.02 when the time grows by 2 %
     assert obj["tables"][data.TABLE_NARAYANAN]["mae_pct"] == pytest.approx(100 * (1 - 1 / 1.02))
     assert out.stat().st_size > 1000
     assert main(["validate", "--table", "korthikanti"]) == 0
     assert "mean |error| 2.00%" in capsys.readouterr().out
+    assert main(["validate", "--table", "dgxc"]) == 0
+    out = capsys.readouterr().out
+    assert "BF16 (35 rows): mean |error| 2.00%" in out and "FP8  (35 rows): mean |error| 2.00%" in out

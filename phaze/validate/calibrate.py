@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from phaze.validate.data import cases
+from phaze.validate.data import HELD_OUT_H100_TABLES, cases
 from phaze.validate.evaluate import Evaluator, mean_abs_error_pct, predict
 
 
@@ -60,7 +60,10 @@ def _golden(f, lo, hi, x0, iters):
 def fit(table: str, evaluator: Evaluator, fit_params: list[FitParam], start: dict,
         sweeps: int = 3, iters: int = 18) -> tuple[dict, float]:
     """Minimise the table's MAE over `fit_params`, starting from `start` (a full parameter
-    dict). Returns (fitted parameter dict, MAE in percent)."""
+    dict). Returns (fitted parameter dict, MAE in percent). The held-out H100 tables (NeMo
+    24.07, DGX Cloud recipes) are refused: they are only ever evaluated."""
+    if table in HELD_OUT_H100_TABLES:
+        raise ValueError(f"{table} is held out: nothing is fitted on it")
     cur = dict(start)
     best = table_mae(table, evaluator, cur)
     for _ in range(sweeps):

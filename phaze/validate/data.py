@@ -21,7 +21,10 @@ TABLE_NARAYANAN = "narayanan2021_table1"
 TABLE_KORTHIKANTI = "korthikanti2023_table5"
 TABLE_H100 = "megatron_readme_2024_h100"
 TABLE_NEMO = "nemo_2407_h100_fp8"
-TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO)
+TABLE_DGXC = "dgxc_h100"
+TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO, TABLE_DGXC)
+# held out and evaluated, never fitted (phaze.validate.calibrate fits other tables only)
+HELD_OUT_H100_TABLES = (TABLE_NEMO, TABLE_DGXC)
 
 
 @dataclass(frozen=True)
@@ -147,25 +150,31 @@ def h100_cases() -> list[Case]:
     return out
 
 
-def nemo_cases() -> list[Case]:
-    """NeMo 24.07's DGX-H100 FP8 rows (held out). Vocabulary padded to a multiple of
-    128 x t as NeMo's make_vocab_size_divisible_by does."""
-    t = raw()[TABLE_NEMO]
+def nemo_cases(table: str = TABLE_NEMO) -> list[Case]:
+    """NeMo runs on DGX-H100 (held out): NeMo 24.07's FP8 performance summary, or (table
+    TABLE_DGXC) the DGX Cloud benchmarking recipes, BF16 and FP8. Vocabulary padded to a
+    multiple of 128 x t as NeMo's make_vocab_size_divisible_by does. A table may keep the
+    columns shared by a model in `models` (merged under each row's own), and set fp8 per row
+    or for the whole table; the measured figure is the column named by the table's metric."""
+    t = raw()[table]
+    models = t.get("models", {})
     out = []
-    for r in _rows(t):
+    for row in _rows(t):
+        r = {**models.get(row.get("model"), {}), **row}
         pad = 128 * r["tp"]
         gpt = r["family"] == "gpt"        # GPT3: tied, dropout; Llama, Nemotron: neither
-        out.append(Case(table=TABLE_NEMO, name=r["name"], hidden=r["hidden"], heads=r["heads"],
+        out.append(Case(table=table, name=r["name"], hidden=r["hidden"], heads=r["heads"],
                         layers=r["layers"], seq=r["seq"], vocab=-(-r["vocab"] // pad) * pad,
                         tp=r["tp"], pp=r["pp"], gpus=r["gpus"], batch=r["batch"],
                         recompute=r["recompute"], sequence_parallel=r["tp"] > 1,
-                        metric=t["metric"], measured=float(r["tokens_per_s_per_gpu"]),
+                        metric=t["metric"], measured=float(r[t["metric"]]),
                         microbatch=r["microbatch"], interleave=r["vp"], arch=t["arch"],
                         framework=t["framework"], tied_embeddings=gpt,
                         family=r["family"], ffn=r["ffn"], kv_heads=r["kv_heads"], cp=r["cp"],
-                        fp8=bool(t["fp8"]), dropout=gpt, tp_overlap=bool(r["tp_overlap"]),
-                        ce_fusion=bool(r["ce_fusion"]),
-                        plan_options=_optim_dtype(r["optim_dtype"], t["framework"])))
+                        fp8=bool(r.get("fp8", t.get("fp8"))), dropout=gpt,
+                        tp_overlap=bool(r["tp_overlap"]), ce_fusion=bool(r["ce_fusion"]),
+                        plan_options=_optim_dtype(r["optim_dtype"], t["framework"]),
+                        caveat=str(r.get("caveat") or "")))
     return out
 
 
@@ -173,17 +182,21 @@ def _optim_dtype(name: str, framework: str) -> tuple:
     """PlanOptions pairs of distributed Adam's gradient-sync and state dtype (Apex
     DistributedFusedAdam grad_sync_dtype and dtype, NeMo's optim config;
     phaze.place.evaluate.dtype_options, what `phaze evaluate --grad-sync-dtype
-    --optimizer-state-dtype` applies): fp32 is the profile's own (4 B gradients, 12 B state)."""
+    --optimizer-state-dtype` applies): fp32 is the profile's own (4 B gradients, 12 B state).
+    `name` is one dtype for both ("bf16") or "grad/state" ("bf16/fp32")."""
     from phaze.place.evaluate import dtype_options
 
-    if name == "fp32":
+    grad, _, state = name.partition("/")
+    state = state or grad
+    if grad == state == "fp32":
         return ()
-    return tuple(dtype_options(framework, name, name).items())
+    return tuple(dtype_options(framework, None if grad == "fp32" else grad,
+                               None if state == "fp32" else state).items())
 
 
 def cases(table: str) -> list[Case]:
-    if table == TABLE_NEMO:
-        return nemo_cases()
+    if table in (TABLE_NEMO, TABLE_DGXC):
+        return nemo_cases(table)
     if table == TABLE_H100:
         return h100_cases()
     if table == TABLE_NARAYANAN:
