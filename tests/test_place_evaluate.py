@@ -110,8 +110,12 @@ def test_megatron_2021_profile_fp16_reduction_accumulation_and_ddp_impl():
     assert old["grad_accum_s"] > 0 and old["optimizer_s"] == pytest.approx(
         new["optimizer_s"] * 52 / 42)
     assert old["grad_accum_s"] == pytest.approx(old["optimizer_s"] * 6 / 52 * (M - 1))
-    # PyTorch DDP hides the reduction but its last (embedding) bucket and its bucket copies
-    assert torch_ddp["dp_sync_s"] < 0.3 * old["dp_sync_s"]
+    # PyTorch DDP hides the reduction but its last (embedding) bucket, its bucket copies and
+    # the SMs its NCCL channels take from the backward beside it (16 of 108 on 4 nodes)
+    assert torch_ddp["dp_sync_s"] < 0.45 * old["dp_sync_s"]
+    free = evaluate_model(m, a, framework="megatron-lm-2021", ddp_impl="torch",
+                          options={"comm_sm_share": 0.0, "comm_sm_share_net": 0.0}, **kw)
+    assert free["dp_sync_s"] < 0.3 * old["dp_sync_s"]
     assert torch_ddp["time_per_batch_s"] < old["time_per_batch_s"]
     with pytest.raises(ValueError, match="DDP"):
         evaluate_model(m, a, ddp_impl="apex", **kw)
