@@ -92,6 +92,81 @@ def test_blocking_p2p_sends_both_directions_one_after_the_other():
     assert not FRAMEWORKS["megatron-deepspeed"]["plan"]["p2p_scatter_gather"]
 
 
+def _deepspeed_train_schedule(stage: int, stages: int, m: int) -> list:
+    """DeepSpeed's TrainSchedule.steps (deepspeed/runtime/pipe/schedule.py at 559c4ce1, the
+    version Megatron-DeepSpeed ran in 2021-22) as (command, microbatch) pairs: 2 (m + p - 1)
+    steps, even stages forward on even steps and backward on odd ones (odd stages the
+    other way round), the receive and send commands before each step's pass."""
+    def mb_of(step):
+        if step % 2 == stage % 2 == 0:
+            return step // 2 - stage // 2, True
+        if step % 2 == stage % 2 == 1:
+            return (step - 1) // 2 - stage // 2, True
+        if step % 2 == 0:
+            return step // 2 - stages + (stage + 1) // 2, False
+        return (step - 1) // 2 - stages + 1 + stage // 2, False
+    out, prev = [], -1
+    for step in range(2 * (m + stages - 1)):
+        mb, fwd = mb_of(step)
+        ok, ok_prev = 0 <= mb < m, 0 <= prev < m
+        if fwd and stage > 0:
+            out += [("RecvActivation", mb)] * ok + [("SendGrad", prev)] * ok_prev
+        if not fwd and stage < stages - 1:
+            out += [("SendActivation", prev)] * ok_prev + [("RecvGrad", mb)] * ok
+        if ok:
+            out.append(("ForwardPass" if fwd else "BackwardPass", mb))
+        prev = mb
+    return out
+
+
+def _simulate_blocking_pipeline(p: int, m: int, f: float, b: float, c: float) -> float:
+    """Makespan of DeepSpeed's schedule on p stages (pass times f, b) whose sends and
+    receives are blocking and paired (each pair starts when both stages reach it and takes
+    c seconds)."""
+    pair = {"RecvActivation": (-1, "SendActivation"), "SendActivation": (1, "RecvActivation"),
+            "SendGrad": (-1, "RecvGrad"), "RecvGrad": (1, "SendGrad")}
+    q = [_deepspeed_train_schedule(s, p, m) for s in range(p)]
+    pos, clock = [0] * p, [0.0] * p
+    while any(pos[s] < len(q[s]) for s in range(p)):
+        moved = False
+        for s in range(p):
+            while pos[s] < len(q[s]):
+                cmd, mb = q[s][pos[s]]
+                if cmd in ("ForwardPass", "BackwardPass"):
+                    clock[s] += f if cmd == "ForwardPass" else b
+                    pos[s] += 1
+                    moved = True
+                    continue
+                d, want = pair[cmd]
+                o = s + d
+                if pos[o] >= len(q[o]) or q[o][pos[o]] != (want, mb):
+                    break
+                clock[s] = clock[o] = max(clock[s], clock[o]) + c
+                pos[s] += 1
+                pos[o] += 1
+                moved = True
+        assert moved, "the schedule deadlocked"
+    return max(clock)
+
+
+@pytest.mark.parametrize("p, m", [(4, 8), (5, 20), (8, 16)])
+def test_blocking_p2p_matches_a_simulation_of_deepspeeds_schedule(p, m):
+    """Second route for p2p_blocking: DeepSpeed's own TrainSchedule, simulated step by step
+    with paired blocking transfers, against evaluate_plan's closed form (M + p - 1)
+    (f + b + 4 c) on stages of equal layers. Without transfers the schedule is exactly
+    1F1B's; with them the closed form charges the warm-up and cool-down as the steady
+    state (each bubble slot with a middle stage's four transfers) and stays within 1 %."""
+    c = chain(n=3 * p, f=1.0, b=2.0)
+    c = Chain(**{**c.__dict__, "kinds": ("block",) * c.n})
+    L = Links(devices_per_node=1, inter_bw_Bps=1e9, inter_latency_s=1e-5)
+    r = evaluate_plan(c, p, 1, m, links=L, options=PlanOptions(p2p_blocking=True))
+    x = r["p2p_s"] / (4 * m)                     # one transfer of a middle stage
+    assert _simulate_blocking_pipeline(p, m, 3.0, 6.0, 0.0) == pytest.approx((m + p - 1) * 9.0)
+    sim = _simulate_blocking_pipeline(p, m, 3.0, 6.0, x)
+    assert r["time_per_batch_s"] == pytest.approx(sim, rel=0.01)
+    assert r["time_per_batch_s"] >= sim
+
+
 def test_embedding_and_loss_accounted_in_the_pipeline_split():
     """Megatron-Core --account-for-embedding-in-pipeline-split / --account-for-loss-in-
     pipeline-split: 126 blocks + the embedding + the loss = 128 layers over 64 chunks, 2
