@@ -201,3 +201,37 @@ def test_selective_moe_module_reruns_the_all_to_alls(modules, rerun):
     want = ch.recompute_selective_s + (2 * a2a if rerun else 0.0)
     assert out.recompute_selective_s == pytest.approx(want)
     assert ((out.recompute_selective_s[moe] > ch.recompute_selective_s[moe]) == rerun).all()
+
+
+def test_selective_moe_rerun_under_the_ep_overlap_costs_what_the_forward_did():
+    """Under --overlap-moe-expert-parallel-comm the forward's dispatch and combine cost only
+    their exposed part max(0, 2 a2a - backward); the dispatch and combine that the "moe"
+    recompute module re-runs cost the same, as full recomputation (which re-runs fwd_s)
+    charges them: never more than the full recomputation's share."""
+    from phaze.place.plan import expert_parallel_chain
+
+    g = build_graph(MOE, mbs=1, tp=1, expert_tp=1, recompute_modules=("moe",))
+    ch = chain_from_graph(g, op_latency_s=lambda o: 1e-6)
+    links = Links.of(None)
+    kw = dict(collectives="nccl", ep=16, expert_tp=1)
+    plain = expert_parallel_chain(ch, 16, links, PlanOptions(**kw))
+    ov = expert_parallel_chain(ch, 16, links, PlanOptions(**kw, overlap_moe_expert_parallel_comm=True))
+    moe = ch.a2a_bytes > 0
+    add_f = ov.fwd_s - ch.fwd_s
+    assert ov.recompute_selective_s == pytest.approx(ch.recompute_selective_s + add_f * moe)
+    assert (ov.recompute_selective_s <= plain.recompute_selective_s + 1e-15).all()
+
+
+def test_options_cannot_override_the_plans_ep_or_cp():
+    """evaluate_model builds the graph for its ep and cp arguments: an options dict that
+    says otherwise is refused (it used to evaluate a plan the graph was not built for)."""
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+
+    m = get_model("mixtral-8x7b").with_(layers=2)
+    kw = dict(tp=1, pp=1, dp=4, mbs=1, batch=8, recompute="full", framework="megatron-core-2024")
+    for opts, match in (({"ep": 2}, "ep"), ({"cp": 2}, "cp")):
+        with pytest.raises(ValueError, match=match):
+            evaluate_model(m, get_preset("h100"), options=opts, **kw)
+    assert evaluate_model(m, get_preset("h100"), ep=2, options={"ep": 2}, **kw)["feasible"] in (True, False)

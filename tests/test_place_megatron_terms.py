@@ -383,3 +383,23 @@ def test_megatron_core_profile_leaves_the_embedding_bucket_exposed():
                           **kw)
     assert r["dp_sync_s"] > free["dp_sync_s"] > 0
     assert r["compute_s"] == free["compute_s"]
+
+
+def test_sm_shares_are_fractions_and_each_override_keeps_the_other_default():
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+
+    for bad in (1.5, -0.1):
+        for f in ("comm_sm_share", "comm_sm_share_net"):
+            with pytest.raises(ValueError, match=f):
+                PlanOptions(**{f: bad})
+    spec, h100 = get_model("gpt-1.7b").with_(layers=4), get_preset("h100")
+    kw = dict(tp=8, pp=1, dp=4, mbs=1, batch=8, recompute="none", framework="nemo-2024",
+              sequence_parallel=True)      # the DP group (stride 8) crosses nodes: the net share
+    base = evaluate_model(spec, h100, **kw)
+    same = evaluate_model(spec, h100, options={"comm_sm_share": 24 / 132}, **kw)
+    assert same["dp_sync_s"] == pytest.approx(base["dp_sync_s"])
+    full = evaluate_model(spec, h100, options={"comm_sm_share_net": 1.0}, **kw)
+    free = evaluate_model(spec, h100, options={"comm_sm_share_net": 0.0}, **kw)
+    assert full["dp_sync_s"] > base["dp_sync_s"] > free["dp_sync_s"]

@@ -514,7 +514,7 @@ def _evaluate_preset(args, spec, settings, seq):
 
 
 def _recompute_modules(args) -> tuple | None:
-    if not args.recompute_modules:
+    if args.recompute_modules is None:
         return None
     if args.recompute != "selective":
         raise UserError("chooses what selective recomputation re-runs", field="--recompute-modules",

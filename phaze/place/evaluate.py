@@ -341,6 +341,10 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         if getattr(arch, "name", "") not in FP8_PRESETS:
             raise ValueError(f"fp8: {getattr(arch, 'name', '') or 'this arch'} has no FP8 "
                              f"tensor cores (presets with FP8: {', '.join(sorted(FP8_PRESETS))})")
+    for name, v in (("ep", ep), ("cp", cp)):   # the graph is built for the arguments
+        if name in (options or {}) and options[name] != v:
+            raise ValueError(f"options {name} = {options[name]} differs from {name} = {v}: "
+                             f"give the plan's {name} as the {name} argument")
     seq = seq or spec.seq
     network = network or arch.network
     cost_params = cost_params or default_cost_params(arch)
@@ -375,10 +379,11 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                          f"({spec.experts or 'none: a dense model'})")
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
-    if "comm_sm_share" not in (options or {}):
-        # overlapped DP collectives take their NCCL channels' SMs from the compute beside them
-        opts = replace(opts, comm_sm_share=_channel_share(arch, cost_params),
-                       comm_sm_share_net=_channel_share(arch, cost_params, net=True))
+    # overlapped DP collectives take their NCCL channels' SMs from the compute beside them
+    # (each share from the preset unless the caller gives it)
+    shares = {"comm_sm_share": _channel_share(arch, cost_params),
+              "comm_sm_share_net": _channel_share(arch, cost_params, net=True)}
+    opts = replace(opts, **{k: v for k, v in shares.items() if k not in (options or {})})
     graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
                         sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp,
                         recompute_modules=recompute_modules,

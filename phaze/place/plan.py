@@ -200,6 +200,12 @@ class PlanOptions:
     # take its place when on. No effect on evaluate_plan itself.
     async_tensor_model_parallel_allreduce: bool = False
 
+    def __post_init__(self):
+        for f in ("comm_sm_share", "comm_sm_share_net"):
+            v = getattr(self, f)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"PlanOptions.{f} = {v} must be a fraction of the SMs in [0, 1]")
+
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0
 
@@ -780,7 +786,9 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
         add_b = np.maximum(2.0 * a2a - chain.fwd_s, 0.0)
     rerun = np.asarray(chain.extra.get("a2a_rerun", np.zeros(chain.n)), dtype=float)
     return replace(chain, fwd_s=chain.fwd_s + add_f, bwd_s=chain.bwd_s + add_b,
-                   recompute_selective_s=chain.recompute_selective_s + 2.0 * a2a * rerun,
+                   # the re-run dispatch and combine cost what the forward's do (their
+                   # exposed part under the EP overlap), as full recomputation charges them
+                   recompute_selective_s=chain.recompute_selective_s + add_f * rerun,
                    param_count=chain.param_count - chain.expert_param_count * (1.0 - 1.0 / ep),
                    expert_param_count=chain.expert_param_count / ep,
                    a2a_bytes=np.zeros(chain.n), extra={**chain.extra, "ep_a2a_s": add_f + add_b})
