@@ -114,12 +114,7 @@ CASES = {
     "Qwen3-0.6B": dict(model_type="qwen3", hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
                        num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
                        max_position_embeddings=40960, tie_word_embeddings=True),
-    # Qwen/Qwen3-30B-A3B config.json
-    "Qwen3-30B-A3B": dict(model_type="qwen3_moe", hidden_size=2048, num_hidden_layers=48,
-                          num_attention_heads=32, num_key_value_heads=4, head_dim=128,
-                          intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
-                          num_experts_per_tok=8, vocab_size=151936, max_position_embeddings=40960,
-                          tie_word_embeddings=False),
+    # (Qwen/Qwen3-30B-A3B config.json: the zoo's qwen3-30b-a3b, from HF_ZOO_CONFIGS below)
     "gemma-2b": dict(model_type="gemma", hidden_size=2048, num_hidden_layers=18, num_attention_heads=8,
                      num_key_value_heads=1, head_dim=256, intermediate_size=16384, vocab_size=256000,
                      max_position_embeddings=8192),

@@ -16,7 +16,8 @@ ZOO_NAMES = ["bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "llama2-70b", "ll
              "gpt-18.4b", "gpt-39.1b", "gpt-76.1b", "gpt-145.6b", "gpt-310.1b", "gpt-529.6b", "gpt-1t",
              "gpt-22b", "gpt-530b", "llama3-70b", "mistral-7b", "mixtral-8x7b", "qwen2.5-7b", "gemma2-9b",
              "deepseek-v3", "deepseek-v2-lite", "nemotron-h-8b", "nemotron-h-56b", "nemotron-3-nano",
-             "gpt-oss-20b", "gpt-oss-120b", "bloom-7b1", "bloom-176b"]
+             "gpt-oss-20b", "gpt-oss-120b", "bloom-7b1", "bloom-176b", "llama3.1-405b",
+             "qwen3-30b-a3b", "qwen3-235b-a22b"]
 
 # Published parameter counts (papers / model cards), not derived from our code.
 PUBLISHED = {
@@ -48,6 +49,7 @@ PUBLISHED = {
     "gpt-oss-120b": 116.83e9,   # OpenAI gpt-oss model card (116.83B total, 5.13B active)
     "bloom-7b1": 7.069e9,       # HF bigscience/bloom-7b1 card (7,069,016,064)
     "bloom-176b": 176.247e9,    # HF bigscience/bloom card (176,247,271,424)
+    "llama3.1-405b": 405e9,     # Llama 3 report / Meta Llama 3.1 model card (405B)
 }
 # Narayanan et al. SC'21 Table 1, printed to 0.1 B (1T: 1008 B)
 TABLE1 = {"gpt-1.7b": 1.7e9, "gpt-3.6b": 3.6e9, "gpt-7.5b": 7.5e9, "gpt-18.4b": 18.4e9,
@@ -63,6 +65,21 @@ def test_zoo_has_exactly_the_issue_names():
 def test_params_within_1pct_of_published(name):
     p = build_graph(ZOO[name]).params_total
     assert abs(p / PUBLISHED[name] - 1) < 0.01, p
+
+
+# Qwen3 model cards: (total, activated) parameters; published to 0.1 B, so within 2 %
+QWEN3_MOE_PUBLISHED = {"qwen3-30b-a3b": (30.5e9, 3.3e9), "qwen3-235b-a22b": (235e9, 22e9)}
+
+
+@pytest.mark.parametrize("name", sorted(QWEN3_MOE_PUBLISHED))
+def test_qwen3_moe_total_and_active_within_2pct_of_published(name):
+    sp = ZOO[name]
+    total = build_graph(sp, 256, 1).params_total
+    # active: all but the (experts - top_k) routed experts a token skips (SwiGLU, 3 h x f)
+    active = total - sp.layers * (sp.experts - sp.top_k) * 3 * sp.hidden * sp.expert_ffn
+    pub_total, pub_active = QWEN3_MOE_PUBLISHED[name]
+    assert abs(total / pub_total - 1) < 0.02, total
+    assert abs(active / pub_active - 1) < 0.02, active
 
 
 def _eq2(l, h, V, s):

@@ -37,7 +37,8 @@ QUICK_MODELS = ("bert-large", "gpt2-xl", "opt-350m", "llama2-7b", "megatron-gpt2
 # Nemotron-H's Mamba-2 scan GEMMs (ssd_gemm) are new to the solvers and stay (nemotron-h-8b);
 # nemotron-3-nano's blocks are Mamba-2, attention and MoE blocks of kinds scheduled here.
 NOT_SCHEDULED_HERE = ("deepseek-v3", "deepseek-v2-lite", "nemotron-h-56b", "gpt-oss-120b",
-                      "bloom-176b", "gpt-oss-20b", "bloom-7b1", "nemotron-3-nano")
+                      "bloom-176b", "gpt-oss-20b", "bloom-7b1", "nemotron-3-nano",
+                      "llama3.1-405b", "qwen3-30b-a3b", "qwen3-235b-a22b")
 
 
 def _archs(n=20, seed=1):

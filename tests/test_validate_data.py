@@ -271,3 +271,102 @@ def test_dgxc_one_row_end_to_end():
     assert not p.searched and (p.mbs, p.interleave) == (1, 12) and p.case.recompute == "selective"
     assert p.memory_per_device_bytes <= get_preset("h100").hbm_bytes
     assert p.case.measured == 4.61 and abs(p.error_pct) < 15
+
+
+def _bridge_rows():
+    t = data.raw()[data.TABLE_BRIDGE]
+    return t, [{**t["models"][r["model"]], **r} for r in data._rows(t)]
+
+
+def test_bridge_rows_are_consistent_megatron_plans():
+    # Megatron-Bridge DGX-H100 rows (NeMo 25.09-26.06; held out, `phaze validate --table
+    # bridge`): s/iter is the tokens/s/GPU column restated (batch x seq / (tokens/s/GPU x
+    # GPUs), printed to 0.01 s); t p cp d = GPUs; the expert grid ep x etp divides the
+    # t x d x cp ranks it folds; the layers (with the MTP block and the embedding / loss the
+    # recipes account for) split evenly over p x v chunks; every row names its source
+    from phaze.model.zoo import get_model
+
+    t, rows = _bridge_rows()
+    cs = data.cases(data.TABLE_BRIDGE)
+    assert len(cs) == 32 and len({c.name for c in cs}) == 32
+    assert len({r["row"] for r in rows}) == 32
+    for r, c in zip(rows, cs):
+        assert r["seconds_per_iteration"] == pytest.approx(
+            r["batch"] * r["seq"] / (r["tokens_per_s_per_gpu"] * r["gpus"]), abs=0.005), c.name
+        assert c.tp * c.pp * c.cp * c.dp == c.gpus and c.gpus % 8 == 0, c.name
+        assert (c.tp * c.dp * c.cp) % (c.ep * (c.expert_tp or c.tp)) == 0, c.name
+        assert c.batch % (c.dp * c.microbatch) == 0, c.name
+        assert c.zoo == r["zoo"] and c.ep == r["ep"] and (c.ep > 1) == bool(get_model(c.zoo).experts)
+        split = c.layers + c.account_embedding + c.account_loss
+        assert split % (c.pp * c.interleave) == 0, c.name
+        assert c.seq % c.cp == 0 and c.arch == "h100" and c.framework == "nemo-2024"
+        assert r["container"] in c.source and r["table_commit"] in c.source
+        assert c.fp8 == (r["model"] != "gpt-oss-120b")
+        assert (c.recompute == "selective") == bool(c.recompute_modules), c.name
+        opts = dict(c.plan_options)
+        assert opts["grad_bytes"] == 2.0 and "adam_state_bytes" not in opts
+        assert (opts.get("moe_token_dispatcher") == "flex") == (r["dispatcher"] == "flex")
+        assert opts.get("overlap_moe_expert_parallel_comm", False) == r["a2a_overlap"]
+        assert (opts.get("zero_stage") == 3) == r["fsdp"] == (c.name == "L3-8B/25.09/fsdp")
+    # the transcription's caveats, and the only model grown by its MTP block
+    assert {c.name: c.caveat for c in cs if c.caveat} == {
+        "L3.1-405B/25.09": "account_split_unverified", "L3-8B/25.11/rc5": "fsdp_or_recompute",
+        "DSV3/25.09": "mtp_as_moe_layer", "Q3-30B/26.02": "mapping_conflict",
+        "Q3-30B/26.02.01": "mapping_conflict"}
+    assert [(c.name, c.layers) for c in cs if c.mtp_layers] == [("DSV3/25.09", 62)]
+    # held out: a fit on it is refused
+    from phaze.validate.calibrate import H100_FIT_PARAMS, fit
+    assert data.TABLE_BRIDGE in data.HELD_OUT_H100_TABLES
+    with pytest.raises(ValueError, match="held out"):
+        fit(data.TABLE_BRIDGE, None, H100_FIT_PARAMS, {"sustained_clock_fraction": 1.0})
+
+
+# (row, the settings spelt out for evaluate_model, independently of the table's columns)
+BRIDGE_DIRECT = {
+    # dense: Llama 3.1 405B, CP 2, v 8, embedding and loss accounted in the pipeline split
+    "L3.1-405B/26.02": dict(model="llama3.1-405b", tp=8, pp=8, cp=2, dp=8, batch=1536, seq=8192,
+                            interleave=8, ep=1, expert_tp=0, recompute="none", fp8=True,
+                            acc=True, opts={}, kw={}),
+    # MoE: Qwen3-235B, EP 32, flex (DeepEP) dispatcher and EP all-to-all overlap
+    "Q3-235B/26.02": dict(model="qwen3-235b-a22b", tp=2, pp=8, cp=1, dp=16, batch=8192,
+                          seq=4096, interleave=4, ep=32, expert_tp=1, recompute="none",
+                          fp8=True, acc=True, kw={},
+                          opts={"moe_token_dispatcher": "flex",
+                                "overlap_moe_expert_parallel_comm": True}),
+    # recompute modules (selective mla_up_proj, mlp), MTP as a 62nd (MoE) layer, DeepEP
+    "DSV3/25.09": dict(model="deepseek-v3", tp=2, pp=8, cp=1, dp=64, batch=8192, seq=4096,
+                       interleave=4, ep=64, expert_tp=1, recompute="selective", fp8=True,
+                       acc=True, kw={"recompute_modules": ("mla_up_proj", "mlp")},
+                       opts={"moe_token_dispatcher": "flex",
+                             "overlap_moe_expert_parallel_comm": True}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BRIDGE_DIRECT))
+def test_bridge_row_end_to_end_equals_the_direct_formula_route(name):
+    # the table's route (bridge_cases -> predict -> plan_evaluator) and evaluate_model
+    # called directly with the recipe's settings give the same tokens/s/GPU
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import dtype_options, evaluate_model
+    from phaze.validate.evaluate import plan_evaluator, predict
+
+    c = next(c for c in data.cases(data.TABLE_BRIDGE) if c.name == name)
+    p = predict(c, plan_evaluator)
+    assert not p.searched and (p.mbs, p.interleave) == (1, c.interleave)
+    d = BRIDGE_DIRECT[name]
+    spec = get_model(d["model"])
+    if d["model"] == "deepseek-v3":     # the MTP block as one more MoE layer
+        spec = spec.with_(layers=62, ffn_types=spec.ffn_types + ("moe",))
+    opts = {**dtype_options("nemo-2024", grad_sync_dtype="bf16"), **d["opts"]}
+    r = evaluate_model(spec, get_preset("h100"), tp=d["tp"], pp=d["pp"], dp=d["dp"], mbs=1,
+                       batch=d["batch"], seq=d["seq"], recompute=d["recompute"],
+                       interleave=d["interleave"], cp=d["cp"], ep=d["ep"],
+                       expert_tp=d["expert_tp"], sequence_parallel=d["tp"] > 1,
+                       framework="nemo-2024", fp8=d["fp8"], cross_entropy_fusion=True,
+                       options=opts, account_embedding=d["acc"], account_loss=d["acc"], **d["kw"])
+    gpus = d["tp"] * d["pp"] * d["cp"] * d["dp"]
+    direct = d["batch"] * d["seq"] / r["time_per_batch_s"] / gpus
+    assert p.predicted == pytest.approx(direct, rel=1e-9)
+    assert p.memory_per_device_bytes == pytest.approx(r["memory_per_device_bytes"], rel=1e-9)
+    assert p.memory_per_device_bytes <= get_preset("h100").hbm_bytes

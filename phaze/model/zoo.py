@@ -152,6 +152,27 @@ HF_ZOO_CONFIGS = {
                     num_local_experts=32, layer_types=_alternate(24))),
     "gpt-oss-120b": ("openai/gpt-oss-120b", 4096, 116.83e9, dict(_GPT_OSS, num_hidden_layers=36,
                      num_local_experts=128, layer_types=_alternate(36))),
+    # Llama 3.1 405B (meta-llama/Llama-3.1-405B config.json; Llama 3 report: 405B), trained
+    # on 8192-token sequences before the long-context stage
+    "llama3.1-405b": ("meta-llama/Llama-3.1-405B", 8192, 405e9, dict(
+        model_type="llama", hidden_size=16384, num_hidden_layers=126, num_attention_heads=128,
+        num_key_value_heads=8, intermediate_size=53248, vocab_size=128256,
+        max_position_embeddings=131072, hidden_act="silu", attention_bias=False, mlp_bias=False,
+        tie_word_embeddings=False)),
+    # Qwen3 MoE (Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B config.json): 128 experts top-8,
+    # no shared expert, every layer MoE (decoder_sparse_step 1, no mlp_only_layers), QK-norm;
+    # model cards: 30.5B total / 3.3B active, 235B / 22B. 4096: the pre-training sequence
+    # length (the Megatron-Bridge recipes' seq_length; max_position_embeddings 40960)
+    "qwen3-30b-a3b": ("Qwen/Qwen3-30B-A3B", 4096, 30.5e9, dict(
+        model_type="qwen3_moe", hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+        num_key_value_heads=4, head_dim=128, intermediate_size=6144, moe_intermediate_size=768,
+        num_experts=128, num_experts_per_tok=8, vocab_size=151936, max_position_embeddings=40960,
+        hidden_act="silu", tie_word_embeddings=False, norm_topk_prob=True)),
+    "qwen3-235b-a22b": ("Qwen/Qwen3-235B-A22B", 4096, 235e9, dict(
+        model_type="qwen3_moe", hidden_size=4096, num_hidden_layers=94, num_attention_heads=64,
+        num_key_value_heads=4, head_dim=128, intermediate_size=12288, moe_intermediate_size=1536,
+        num_experts=128, num_experts_per_tok=8, vocab_size=151936, max_position_embeddings=40960,
+        hidden_act="silu", tie_word_embeddings=False, norm_topk_prob=True)),
     # BLOOM (BigScience 2022) was trained on 2048-token sequences
     "bloom-7b1": ("bigscience/bloom-7b1", 2048, 7.069e9, dict(
         model_type="bloom", hidden_size=4096, n_layer=30, n_head=32, vocab_size=250880,

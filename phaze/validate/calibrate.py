@@ -61,7 +61,7 @@ def fit(table: str, evaluator: Evaluator, fit_params: list[FitParam], start: dic
         sweeps: int = 3, iters: int = 18) -> tuple[dict, float]:
     """Minimise the table's MAE over `fit_params`, starting from `start` (a full parameter
     dict). Returns (fitted parameter dict, MAE in percent). The held-out H100 tables (NeMo
-    24.07, DGX Cloud recipes) are refused: they are only ever evaluated."""
+    24.07, DGX Cloud recipes, Megatron-Bridge) are refused: they are only ever evaluated."""
     if table in HELD_OUT_H100_TABLES:
         raise ValueError(f"{table} is held out: nothing is fitted on it")
     cur = dict(start)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 
 from phaze.errors import UserError
-from phaze.validate.data import (TABLE_DGXC, TABLE_H100, TABLE_KORTHIKANTI, TABLE_NARAYANAN,
-                                 TABLE_NEMO, cases)
+from phaze.validate.data import (TABLE_BRIDGE, TABLE_DGXC, TABLE_H100, TABLE_KORTHIKANTI,
+                                 TABLE_NARAYANAN, TABLE_NEMO, cases)
 
 TABLE_CHOICES = {"korthikanti": (TABLE_KORTHIKANTI,), "narayanan": (TABLE_NARAYANAN,),
                  "h100": (TABLE_H100,), "nemo": (TABLE_NEMO,), "dgxc": (TABLE_DGXC,),
+                 "bridge": (TABLE_BRIDGE,),
                  "both": (TABLE_KORTHIKANTI, TABLE_NARAYANAN),
-                 "all": (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO, TABLE_DGXC)}
+                 "all": (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO, TABLE_DGXC,
+                         TABLE_BRIDGE)}
 
 
 def register(sub) -> None:
@@ -20,15 +22,18 @@ def register(sub) -> None:
         help="predicted vs measured time on published A100 and H100 training runs",
         description="Evaluate every row of Narayanan SC'21 Table 1 and Korthikanti MLSys'23 "
                     "Table 5 on the a100 preset and of the Megatron-LM README's 2024 H100 "
-                    "table, NeMo 24.07's DGX-H100 FP8 table and the DGX Cloud benchmarking "
-                    "recipes' BF16 and FP8 runs (both held out) on the h100 preset, "
+                    "table, NeMo 24.07's DGX-H100 FP8 table, the DGX Cloud benchmarking "
+                    "recipes' BF16 and FP8 runs and Megatron-Bridge's (NeMo 25.09-26.06) "
+                    "DGX-H100 rows (all three held out) on the h100 preset, "
                     "with the default (calibrated) parameters, and print predicted vs "
                     "measured, per-row and mean absolute error; with Table 5, Korthikanti "
                     "Table 4's per-layer forward/backward times (held out).")
     p.add_argument("--table", choices=sorted(TABLE_CHOICES), default="all",
                    help="all (default): the two A100 tables, the Megatron-LM README H100 "
-                        "table, the NeMo 24.07 H100 FP8 table and the DGX Cloud recipes' H100 "
-                        "table (dgxc: NeMo 24.09/24.11, BF16 and FP8, seconds per step); "
+                        "table, the NeMo 24.07 H100 FP8 table, the DGX Cloud recipes' H100 "
+                        "table (dgxc: NeMo 24.09/24.11, BF16 and FP8, seconds per step) and "
+                        "the Megatron-Bridge H100 table (bridge: NeMo 25.09-26.06, dense and "
+                        "MoE, tokens/s/GPU); "
                         "both: the two A100 tables")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured plot (png/pdf/svg)")

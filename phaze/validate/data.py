@@ -22,9 +22,10 @@ TABLE_KORTHIKANTI = "korthikanti2023_table5"
 TABLE_H100 = "megatron_readme_2024_h100"
 TABLE_NEMO = "nemo_2407_h100_fp8"
 TABLE_DGXC = "dgxc_h100"
-TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO, TABLE_DGXC)
+TABLE_BRIDGE = "bridge_h100"
+TABLES = (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO, TABLE_DGXC, TABLE_BRIDGE)
 # held out and evaluated, never fitted (phaze.validate.calibrate fits other tables only)
-HELD_OUT_H100_TABLES = (TABLE_NEMO, TABLE_DGXC)
+HELD_OUT_H100_TABLES = (TABLE_NEMO, TABLE_DGXC, TABLE_BRIDGE)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Case:
     arch: str = "a100"             # preset the run is evaluated on
     framework: str | None = None   # phaze.place.evaluate.FRAMEWORKS key (None: its default)
     ddp_impl: str = "local"        # Megatron-LM --DDP-impl (phaze.place.evaluate.DDP_IMPLS)
-    family: str = "gpt"            # gpt (Megatron GPT) | llama (RMSNorm, SwiGLU, RoPE, untied) |
+    family: str = "gpt"            # gpt (Megatron GPT) | llama (RMSNorm, SwiGLU, RoPE, untied) | zoo (see zoo) |
     #                                nemotron (LayerNorm, squared ReLU, RoPE, untied)
     ffn: int = 0                   # MLP inner width; 0 = 4 x hidden
     kv_heads: int = 0              # key/value heads (GQA); 0 = heads
@@ -62,6 +63,17 @@ class Case:
     plan_options: tuple = ()
     tied_embeddings: bool = True
     caveat: str = ""               # transcription caveat (ground_truth.yaml), "" = read from the source
+    # a zoo model (phaze.model.zoo) instead of the family/shape columns above (which then
+    # only repeat the zoo model's, for the metrics); mtp_layers: that many copies of its
+    # last layer appended (a multi-token-prediction block run as one more layer)
+    zoo: str = ""
+    mtp_layers: int = 0
+    ep: int = 1                    # expert-parallel size (MoE)
+    expert_tp: int = 0             # expert tensor-parallel size; 0 = tp
+    recompute_modules: tuple = ()  # --recompute-modules of selective recompute; () = the default
+    account_embedding: bool = False  # account_for_embedding_in_pipeline_split
+    account_loss: bool = False       # account_for_loss_in_pipeline_split
+    source: str = ""               # where the row was read (container, table commit)
 
     @property
     def dp(self) -> int:
@@ -194,7 +206,62 @@ def _optim_dtype(name: str, framework: str) -> tuple:
                                None if state == "fp32" else state).items())
 
 
+# Megatron-Bridge recipe settings -> PlanOptions pairs (what bridge_cases applies per row)
+_DISPATCHERS = ("alltoall", "flex")
+
+
+def bridge_cases() -> list[Case]:
+    """Megatron-Bridge (NeMo 25.09-26.06) DGX-H100 pre-training rows (held out): zoo models,
+    the per-row parallel layout and the recipe settings of ground_truth.yaml's bridge_h100
+    (`models` merged under each row as nemo_cases does). The settings that are PlanOptions
+    go into plan_options: dispatcher flex (moe_token_dispatcher), a2a_overlap
+    (overlap_moe_expert_parallel_comm), fsdp (Megatron-FSDP optim_grads_params: zero_stage 3
+    without the distributed optimizer), recompute_layers (full recompute of that many layers
+    per stage, method block) and optim_dtype (grad_sync_dtype / state dtype)."""
+    from phaze.model.zoo import get_model
+
+    t = raw()[TABLE_BRIDGE]
+    models = t.get("models", {})
+    out = []
+    for row in _rows(t):
+        r = {**models.get(row.get("model"), {}), **row}
+        spec = get_model(r["zoo"])
+        if r["dispatcher"] not in _DISPATCHERS:
+            raise ValueError(f"{r['name']}: dispatcher {r['dispatcher']!r} not in {_DISPATCHERS}")
+        opts = dict(_optim_dtype(r["optim_dtype"], t["framework"]))
+        if r["dispatcher"] == "flex":
+            opts["moe_token_dispatcher"] = "flex"
+        if r["a2a_overlap"]:
+            opts["overlap_moe_expert_parallel_comm"] = True
+        if r["fsdp"]:
+            opts.update(zero_stage=3, distributed_optimizer=False)
+        if r["recompute_layers"]:
+            opts.update(recompute_method="block", recompute_num_layers=r["recompute_layers"])
+        mods = r["recompute_modules"]
+        out.append(Case(table=TABLE_BRIDGE, name=r["name"], hidden=spec.hidden, heads=spec.heads,
+                        layers=spec.layers + r.get("mtp_layers", 0), seq=r["seq"],
+                        vocab=spec.vocab, tp=r["tp"], pp=r["pp"], gpus=r["gpus"],
+                        batch=r["batch"], recompute=r["recompute"],
+                        sequence_parallel=r["tp"] > 1, metric=t["metric"],
+                        measured=float(r[t["metric"]]), microbatch=r["microbatch"],
+                        interleave=r["vp"], arch=t["arch"], framework=t["framework"],
+                        tied_embeddings=spec.tied_embeddings, kv_heads=spec.kv_heads, family="zoo",
+                        cp=r["cp"], fp8=bool(r["fp8"]), dropout=False,
+                        ce_fusion=bool(r["ce_fusion"]), plan_options=tuple(opts.items()),
+                        caveat=str(r.get("caveat") or ""), zoo=r["zoo"],
+                        mtp_layers=int(r.get("mtp_layers", 0)), ep=r["ep"],
+                        expert_tp=r["etp"] or 0,
+                        recompute_modules=tuple(mods.split(",")) if mods else (),
+                        account_embedding=bool(r["account_embedding"]),
+                        account_loss=bool(r["account_loss"]),
+                        source=f"{r['container']} ({t['table_file']} at {r['table_commit']}; "
+                               f"settings: {r['settings_ref']})"))
+    return out
+
+
 def cases(table: str) -> list[Case]:
+    if table == TABLE_BRIDGE:
+        return bridge_cases()
     if table in (TABLE_NEMO, TABLE_DGXC):
         return nemo_cases(table)
     if table == TABLE_H100:

@@ -140,8 +140,12 @@ def model_spec_of(case: Case):
     biases, GELU, FFN 4h unless given, tied embeddings as the row says; the zoo's gpt-*
     entries); "llama": RMSNorm, SwiGLU, RoPE, no biases, untied, no dropout, Megatron's
     fused QKV (Hugging Face Llama shapes); "nemotron": LayerNorm, squared ReLU (ungated), RoPE,
-    no biases, untied, no dropout (Nemotron-4)."""
+    no biases, untied, no dropout (Nemotron-4). A row with `zoo` (Megatron-Bridge's table) is
+    that zoo model, with `mtp_layers` more copies of its last layer (with_extra_layers)."""
     from phaze.model.spec import ModelSpec
+    if case.zoo:
+        from phaze.model.zoo import get_model
+        return with_extra_layers(get_model(case.zoo), case.mtp_layers)
     name = case.name.split("/")[0].lower()
     common = dict(hidden=case.hidden, layers=case.layers, heads=case.heads,
                   ffn=case.ffn or 4 * case.hidden, vocab=case.vocab, seq=case.seq,
@@ -154,6 +158,16 @@ def model_spec_of(case: Case):
                          bias=False, dropout=False, **common)
     return ModelSpec(name=f"gpt-{name}" if not name.startswith("gpt") else name,
                      max_positions=case.seq, dropout=case.dropout, **common)
+
+
+def with_extra_layers(spec, n: int):
+    """`spec` with n more copies of its last layer (every per-layer kind list extended by its
+    last entry): a multi-token-prediction block run as one more decoder layer."""
+    if n <= 0:
+        return spec
+    per_layer = {f: getattr(spec, f) + (getattr(spec, f)[-1],) * n
+                 for f in ("layer_types", "mixer_types", "ffn_types") if getattr(spec, f)}
+    return spec.with_(layers=spec.layers + n, **per_layer)
 
 
 def split_params(params: dict | None, arch: str = ARCH_PRESET):
@@ -196,7 +210,11 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                                        else {"tp_comm_overlap": case.tp_overlap}),
                                     **dict(case.plan_options), **opts},
                            framework=case.framework, ddp_impl=case.ddp_impl, cp=case.cp,
-                           fp8=case.fp8, cross_entropy_fusion=case.ce_fusion)
+                           fp8=case.fp8, cross_entropy_fusion=case.ce_fusion, ep=case.ep,
+                           expert_tp=case.expert_tp,
+                           recompute_modules=case.recompute_modules or None,
+                           account_embedding=case.account_embedding,
+                           account_loss=case.account_loss)
     except ValueError:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from phaze.units import GiB
-from phaze.validate.data import (TABLE_DGXC, TABLE_H100, TABLE_KORTHIKANTI, TABLE_NARAYANAN,
-                                 TABLE_NEMO, calculon_mae_percent)
+from phaze.validate.data import (TABLE_BRIDGE, TABLE_DGXC, TABLE_H100, TABLE_KORTHIKANTI,
+                                 TABLE_NARAYANAN, TABLE_NEMO, calculon_mae_percent)
 from phaze.validate.evaluate import Prediction, max_abs_error_pct, mean_abs_error_pct
 
 UNITS = {"tflops_per_gpu": "TFLOP/s/GPU", "seconds_per_iteration": "s/iter", "mfu_pct": "MFU %",
@@ -16,7 +16,8 @@ def row_dict(p: Prediction) -> dict:
     return {
         "table": c.table, "name": c.name, "arch": c.arch, "framework": c.framework, "fp8": c.fp8,
         "tp": c.tp, "pp": c.pp, "dp": c.dp, "cp": c.cp, "gpus": c.gpus,
-        "plan_options": dict(c.plan_options),
+        "plan_options": dict(c.plan_options), "model": c.zoo or None, "ep": c.ep,
+        "caveat": c.caveat, "source": c.source or None,
         "batch": c.batch, "recompute": c.recompute, "sequence_parallel": c.sequence_parallel,
         "mbs": p.mbs, "interleave": p.interleave, "searched": p.searched,
         "recompute_searched": p.recompute_searched,
@@ -50,14 +51,18 @@ def text_table(preds: list[Prediction]) -> str:
     c0 = preds[0].case
     unit = UNITS[c0.metric]
     w = max(16, 1 + max(len(p.case.name) for p in preds))
+    moe = any(p.case.ep > 1 for p in preds)     # expert-parallel column only where used
     lines = [f"{c0.table}  ({unit}; * = microbatch/interleave/recompute searched, not published)",
-             f"{'row':<{w}}{'t':>3}{'p':>4}{'d':>5}{'cp':>3}{'mbs':>5}{'v':>3} {'rc':<5}{'measured':>10}"
+             f"{'row':<{w}}{'t':>3}{'p':>4}{'d':>5}{'cp':>3}" + (f"{'ep':>4}" if moe else "")
+             + f"{'mbs':>5}{'v':>3} {'rc':<5}{'measured':>10}"
              f"{'predicted':>11}{'error':>9}{'mem GiB':>9}"]
     for p in preds:
         c = p.case
         star = "*" if p.searched else " "
         rc = {"selective": "sel"}.get(c.recompute, c.recompute) + ("*" if p.recompute_searched else "")
-        lines.append(f"{c.name:<{w}}{c.tp:>3}{c.pp:>4}{c.dp:>5}{c.cp:>3}{p.mbs:>4}{star}{p.interleave:>3} {rc:<5}"
+        lines.append(f"{c.name:<{w}}{c.tp:>3}{c.pp:>4}{c.dp:>5}{c.cp:>3}"
+                     + (f"{c.ep:>4}" if moe else "")
+                     + f"{p.mbs:>4}{star}{p.interleave:>3} {rc:<5}"
                      f"{c.measured:>10.2f}{p.predicted:>11.2f}{p.error_pct:>+8.1f}%"
                      f"{p.memory_per_device_bytes / GiB:>9.1f}")
     cal = calculon_mae_percent(c0.table)
@@ -66,6 +71,12 @@ def text_table(preds: list[Prediction]) -> str:
     for k, ps in by_precision(preds).items():
         lines.append(f"  {k.upper():<4} ({len(ps)} rows): mean |error| {mean_abs_error_pct(ps):.2f}%  "
                      f"max {max_abs_error_pct(ps):.2f}%")
+    models = list(dict.fromkeys(p.case.zoo for p in preds if p.case.zoo))
+    if len(models) > 1:          # a table of zoo models: the error per model too
+        for m in models:
+            ps = [p for p in preds if p.case.zoo == m]
+            lines.append(f"  {m:<16} ({len(ps)} rows): mean |error| {mean_abs_error_pct(ps):.2f}%  "
+                         f"max {max_abs_error_pct(ps):.2f}%")
     rec = [p.case.name for p in preds if p.case.caveat]
     if rec:
         clean = [p for p in preds if not p.case.caveat]
@@ -81,8 +92,8 @@ def plot(preds_by_table: dict[str, list[Prediction]], path) -> None:
 
     from phaze.atomic import atomic_path
 
-    tables = [t for t in (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO, TABLE_DGXC)
-              if t in preds_by_table]
+    tables = [t for t in (TABLE_KORTHIKANTI, TABLE_NARAYANAN, TABLE_H100, TABLE_NEMO, TABLE_DGXC,
+                          TABLE_BRIDGE) if t in preds_by_table]
     fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 5), squeeze=False)
     for ax, t in zip(axes[0], tables):
         ps = preds_by_table[t]
