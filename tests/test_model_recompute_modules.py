@@ -54,9 +54,12 @@ def test_dense_block_closed_forms():
     assert _drop(DENSE, ()) == 0 and not _block(DENSE, ()).selective_recompute_ops()
     ran = {o.name for o in _block(DENSE, ("mlp",)).selective_recompute_ops()}
     assert {"mlp.fc1", "mlp.act", "mlp.fc2"} <= ran and "ln2" not in ran
-    # MoE-only modules do nothing to a dense block
-    for m in ("moe", "moe_act", "shared_experts"):
-        assert _drop(DENSE, (m,)) == 0
+    # MoE-only modules would re-run nothing in a dense model: refused (Megatron-Core
+    # refuses mla_up_proj without MLA alike)
+    from phaze.errors import UserError
+    for m in ("moe", "moe_act", "shared_experts", "mla_up_proj"):
+        with pytest.raises(UserError, match=f"{m}.*re-runs nothing"):
+            _drop(DENSE, (m,))
 
 
 def test_moe_block_closed_forms():
@@ -67,7 +70,9 @@ def test_moe_block_closed_forms():
     fe = MOE.expert_ffn // t
     k = MOE.top_k
     assert _drop(MOE, ("moe_act",)) == T * k * fe * DT
-    assert _drop(MOE, ("mlp",)) == 0
+    from phaze.errors import UserError
+    with pytest.raises(UserError, match="no dense MLP block"):   # every block is MoE
+        _drop(MOE, ("mlp",))
     b = _block(MOE, ("moe",))
     kept = {o.name: o.saved_bytes for o in b.fwd if o.name.startswith("moe.")}
     assert _drop(MOE, ("moe",)) == sum(kept.values()) - kept["moe.router"]

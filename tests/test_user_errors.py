@@ -278,6 +278,15 @@ def test_recompute_modules_naming_nothing_is_one_line():
         assert "names no module" in err
 
 
+def test_recompute_module_the_model_lacks_is_one_line():
+    """mla_up_proj on a model without MLA (Megatron-Core refuses it too) or moe on a dense
+    model re-runs nothing: refused instead of silently recomputing nothing."""
+    for mod, part in (("mla_up_proj", "multi-latent attention"), ("moe_act", "MoE layer")):
+        err = _one_line_error(GPT3 + ["--recompute", "selective", "--recompute-modules", mod],
+                              "recompute_modules")
+        assert "re-runs nothing" in err and part in err
+
+
 def test_a_renamed_config_json_is_named_after_its_file(tmp_path):
     """A Hugging Face config saved under another name is called by that name (not its
     directory's or model_type's); config.json keeps its directory's name."""

@@ -569,6 +569,7 @@ class _Ctx:
     et: int = 0                  # expert tensor-parallel size; 0 = t
     recompute_modules: tuple | None = None   # selective recomputation's modules; None: core
     ep: int = 0                  # expert-parallel size; 0 = not given (expert GEMMs as one)
+    recompute_hits: set = field(default_factory=set)   # modules that re-ran something
 
     @property
     def local_experts(self) -> int:   # routed experts one device holds (0: ep not given)
@@ -673,6 +674,11 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
         lg, unique = _finish(kind, rep, built, c, fused)
         layers.append(lg)
         uniques += unique * rep
+    idle = [m for m in (recompute_modules or ()) if m not in c.recompute_hits]
+    if idle:   # Megatron-Core refuses mla_up_proj without MLA; the others would re-run nothing
+        raise UserError(f"recompute module {idle[0]!r} re-runs nothing in {spec.name} (it has "
+                        f"no {_MODULE_PARTS[idle[0]]})", field="recompute_modules",
+                        fix=f"drop {idle[0]!r} from the recompute modules")
     return ModelGraph(model=spec.name, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
                       fused=fused, dtype_bytes=dtype_bytes, layers=tuple(layers), params_total=uniques,
                       attention=attention, vocab_pad_multiple=vocab_pad_multiple,
@@ -788,6 +794,12 @@ RECOMPUTE_MODULES = {
 }
 
 
+# what a model must have for each module to re-run something (the error names it)
+_MODULE_PARTS = {"core_attn": "attention core", "layernorm": "block norms",
+                 "mlp": "dense MLP block", "moe": "MoE layer", "moe_act": "MoE layer",
+                 "shared_experts": "shared experts", "mla_up_proj": "multi-latent attention"}
+
+
 def check_recompute_modules(modules) -> tuple[str, ...]:
     """The modules as a sorted tuple; UserError naming an unknown one."""
     from phaze.errors import UserError
@@ -805,13 +817,14 @@ def check_recompute_modules(modules) -> tuple[str, ...]:
 _WITHOUT_OUTPUT = ("layernorm", "moe_act", "mla_up_proj")
 
 
-def _recompute_modules(L: _Layer, modules: tuple[str, ...]) -> None:
+def _recompute_modules(L: _Layer, modules: tuple[str, ...]) -> set:
     """Mark what selective recomputation with Megatron-Core's `modules` re-runs and drops.
     Re-run: the nodes of the modules (RECOMPUTE_MODULES; dropout masks never: random,
     kept). Dropped, at most what a node keeps: inside a checkpointed module, all its nodes
     keep but the module's input from outside (the checkpoint's, kept); for the output-
     discarding modules (_WITHOUT_OUTPUT), what any node keeps of their outputs. Inputs are traced through collectives. The attention
-    core keeps its own account (Korthikanti et al. 2023, Sec. 5)."""
+    core keeps its own account (Korthikanti et al. 2023, Sec. 5). Returns the modules that
+    have nodes in this layer."""
     nodes = L.nodes
     core = {n.name: n.selective_drop for n in nodes.values() if n.selective}
     moe_block = any(name.startswith("moe.") for name in nodes)
@@ -826,6 +839,7 @@ def _recompute_modules(L: _Layer, modules: tuple[str, ...]) -> None:
                 if (name == pre or (pre.endswith(".") and name.startswith(pre)))
                 and nodes[name].vclass != "dropout"}
 
+    hits = {m for m in modules if members(m)}
     plain = set().union(*(members(m) for m in modules if m not in _WITHOUT_OUTPUT))
     discard = set().union(*(members(m) for m in modules if m in _WITHOUT_OUTPUT))
 
@@ -853,12 +867,13 @@ def _recompute_modules(L: _Layer, modules: tuple[str, ...]) -> None:
             drop = max(drop, 0.0) + sum(b for x, b in zip(n.inputs, n.in_bytes)
                                         if made_in(x, discard))
         n.selective_drop = min(n.saved, drop)
+    return hits
 
 
 def _finish(kind: str, repeat: int, built: BuiltLayer, c: _Ctx, fused: bool) -> tuple[LayerGraph, int]:
     L = built.layer
     if c.recompute_modules is not None:
-        _recompute_modules(L, c.recompute_modules)
+        c.recompute_hits |= _recompute_modules(L, c.recompute_modules)
     fwd, bwd = L.forward_ops(), L.backward_ops()
     if fused:
         fwd, bwd = fuse_epilogues(fwd), fuse_epilogues(bwd)
