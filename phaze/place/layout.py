@@ -83,13 +83,12 @@ def check_layout(chunks: list[str], p: int, interleave: int, decoder_layers: int
         raise ValueError(f"{name}: E (the embedding) must appear once, opening the first chunk")
     if flat.count("L") != 1 or not chunks[-1].endswith("L"):
         raise ValueError(f"{name}: L (the loss) must appear once, closing the last chunk")
-    nt = flat.count("t")
-    if nt != decoder_layers:
-        raise ValueError(f"{name}: {nt} decoder layers (t), the model has {decoder_layers}")
-    nm = flat.count("m")
+    nt, nm = flat.count("t"), flat.count("m")
     if nm and mtp_layers is None:
         raise ValueError(f"{name}: {nm} MTP layers (m), but phaze has no MTP block: give "
                          f"mtp_layers (that many extra blocks stand for them)")
+    if nt != decoder_layers:
+        raise ValueError(f"{name}: {nt} decoder layers (t), the model has {decoder_layers}")
     if nm != (mtp_layers or 0):
         raise ValueError(f"{name}: {nm} MTP layers (m), the model has {mtp_layers or 0}")
     if nm:
