@@ -211,7 +211,9 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                            expert_tp=case.expert_tp,
                            recompute_modules=case.recompute_modules or None,
                            account_embedding=case.account_embedding,
-                           account_loss=case.account_loss)
+                           account_loss=case.account_loss,
+                           pipeline_layout=case.pipeline_layout or None,
+                           mtp_layers=case.mtp_layers or None)
     except ValueError:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:
