@@ -217,7 +217,8 @@ def test_misspelled_keys_outside_the_config_suggest_too(tmp_path, monkeypatch, a
 
 @pytest.mark.parametrize("flag", [["--framework", "nemo-2024"], ["--fp8"], ["--overlap", "p2p"],
                                   ["--no-overlap", "tp_comm"], ["--ddp-impl", "torch"],
-                                  ["--cross-entropy-fusion"], ["--first-stage-layers", "2"]])
+                                  ["--cross-entropy-fusion"], ["--first-stage-layers", "2"],
+                                  ["--pipeline-layout", "Et|tL"]])
 def test_preset_only_switches_are_refused_on_the_grid_route(flag, tmp_path):
     # the sweep route has no GPU-framework model: a framework switch there is an error
     # naming it (checked before the grid is read), never silently ignored
@@ -302,3 +303,37 @@ def test_a_renamed_config_json_is_named_after_its_file(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps(cfg))
     assert load_hf_config(d).name == "tiny-llama"
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--account-for-embedding-in-pipeline-split"], "--account-for-embedding-in-pipeline-split"),
+    (["--first-stage-layers", "11", "--account-for-loss-in-pipeline-split"],
+     "--first-stage-layers, --account-for-loss-in-pipeline-split"),
+])
+def test_pipeline_layout_excludes_the_other_split_flags(extra, named):
+    # Megatron-Core refuses the same combination (TransformerConfig.__post_init__)
+    err = _one_line_error(GPT3 + ["--pipeline-layout", "Et*11|(t*12|)*6t*11L"] + extra,
+                          "--pipeline-layout")
+    assert f"cannot be combined with {named};" in err, err
+
+
+@pytest.mark.parametrize("layout, want, fix", [
+    ("Et*11|(t*12|)*6t*12L", "95 decoder layers (t), the model has 96", "one t per decoder"),
+    ("Et*11|(t*12|)*14t*11L", "16 chunks, pp x interleave = 8 x 1 = 8 needed (it is pp 8 x "
+     "interleave 2: give interleave 2)", "--interleave"),
+    ("Et*11|(t*12|)*6t*11mL", "but phaze has no MTP block", "--mtp-layers"),
+    ("Et*11|(t*12|*6t*11L", "unbalanced parentheses", "--help"),
+])
+def test_bad_pipeline_layout_says_what_is_wrong(layout, want, fix):
+    err = _one_line_error(GPT3 + ["--pipeline-layout", layout], "--pipeline-layout")
+    assert want in err and fix in err.split("; fix: ")[1], err
+
+
+def test_pipeline_layout_runs_and_spells_out_the_uniform_split():
+    rc, out, _ = _run(GPT3 + ["--json", "--allow-infeasible"])
+    rc2, out2, _ = _run(GPT3 + ["--json", "--allow-infeasible",
+                                "--pipeline-layout", "Et*12|(t*12|)*6t*12L"])
+    a, b = json.loads(out), json.loads(out2)
+    assert rc == rc2 == 0 and b.pop("pipeline_layout") == "Et*12|(t*12|)*6t*12L"
+    a.pop("pipeline_layout")
+    assert a == b

@@ -297,8 +297,14 @@ def test_bridge_rows_are_consistent_megatron_plans():
         assert (c.tp * c.dp * c.cp) % (c.ep * (c.expert_tp or c.tp)) == 0, c.name
         assert c.batch % (c.dp * c.microbatch) == 0, c.name
         assert c.zoo == r["zoo"] and c.ep == r["ep"] and (c.ep > 1) == bool(get_model(c.zoo).experts)
-        split = c.layers + c.account_embedding + c.account_loss
-        assert split % (c.pp * c.interleave) == 0, c.name
+        if c.pipeline_layout:       # the recipe's layout runs on this model and grid
+            from phaze.place.layout import check_layout, parse_layout
+            assert not (c.account_embedding or c.account_loss), c.name
+            check_layout(parse_layout(c.pipeline_layout), c.pp, c.interleave,
+                         c.layers - c.mtp_layers, c.mtp_layers)
+        else:
+            split = c.layers + c.account_embedding + c.account_loss
+            assert split % (c.pp * c.interleave) == 0, c.name
         assert c.seq % c.cp == 0 and c.arch == "h100" and c.framework == "nemo-2024"
         assert r["container"] in c.source and r["table_commit"] in c.source
         assert c.fp8 == (r["model"] != "gpt-oss-120b")
@@ -314,6 +320,8 @@ def test_bridge_rows_are_consistent_megatron_plans():
         "DSV3/25.09": "mtp_as_moe_layer", "Q3-30B/26.02": "mapping_conflict",
         "Q3-30B/26.02.01": "mapping_conflict"}
     assert [(c.name, c.layers) for c in cs if c.mtp_layers] == [("DSV3/25.09", 62)]
+    assert [(c.name, c.pipeline_layout) for c in cs if c.pipeline_layout] == [
+        ("DSV3/25.09", "Et|(tt|)*30mL")]
     # held out: a fit on it is refused
     from phaze.validate.calibrate import H100_FIT_PARAMS, fit
     assert data.TABLE_BRIDGE in data.HELD_OUT_H100_TABLES
@@ -333,7 +341,9 @@ BRIDGE_DIRECT = {
                           fp8=True, acc=True, kw={},
                           opts={"moe_token_dispatcher": "flex",
                                 "overlap_moe_expert_parallel_comm": True}),
-    # recompute modules (selective mla_up_proj, mlp), MTP as a 62nd (MoE) layer, DeepEP
+    # recompute modules (selective mla_up_proj, mlp), MTP as a 62nd (MoE) layer, DeepEP;
+    # the row runs the recipe's layout Et|(tt|)*30mL, spelt out here by the account
+    # switches (the same 32 chunks)
     "DSV3/25.09": dict(model="deepseek-v3", tp=2, pp=8, cp=1, dp=64, batch=8192, seq=4096,
                        interleave=4, ep=64, expert_tp=1, recompute="selective", fp8=True,
                        acc=True, kw={"recompute_modules": ("mla_up_proj", "mlp")},

@@ -196,6 +196,15 @@ class ModelSpec:
     def with_(self, **kw) -> "ModelSpec":
         return replace(self, **kw)
 
+    def with_extra_layers(self, n: int) -> "ModelSpec":
+        """n more copies of the last layer (every per-layer kind list extended by its last
+        entry): a multi-token-prediction block run as one more decoder layer."""
+        if n <= 0:
+            return self
+        per_layer = {f: getattr(self, f) + (getattr(self, f)[-1],) * n
+                     for f in ("layer_types", "mixer_types", "ffn_types") if getattr(self, f)}
+        return replace(self, layers=self.layers + n, **per_layer)
+
     # --- validation ------------------------------------------------------------
     def validate(self) -> "ModelSpec":
         for f in ("hidden", "layers", "heads", "ffn", "vocab", "seq"):

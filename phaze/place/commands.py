@@ -116,6 +116,15 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    dest="account_loss",
                    help="Megatron-Core: the output layer and loss count as one layer of the "
                         "last pipeline chunk")
+    e.add_argument("--pipeline-layout", metavar="STR",
+                   help="Megatron-Core --pipeline-model-parallel-layout: the pp x interleave "
+                        "chunks separated by '|', E embedding, t decoder layer, m MTP layer, L "
+                        "loss, x*n / (...)*n repeats, e.g. 'Et|(tt|)*30mL' (not with --first/"
+                        "--last-stage-layers or --account-for-*-in-pipeline-split)")
+    e.add_argument("--mtp-layers", type=int, default=0, metavar="K",
+                   help="stand-ins for K multi-token-prediction layers: K copies of the "
+                        "model's last layer appended (phaze has no MTP block); the layout's m's "
+                        "are they (default 0)")
     e.add_argument("--fp8", action="store_true", help="FP8 GEMMs (Transformer Engine)")
     e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
                    help="ZeRO stage / FSDP (3) timing and memory (default: 1 with --zero1, "
@@ -310,6 +319,20 @@ def _cmd_evaluate(args) -> int:
     if getattr(args, "devices", None) is not None and int(args.devices) != used:
         raise UserError(f"{args.devices} devices, but the plan uses tp x pp x dp x cp = {used}",
                         field="--devices", fix=f"drop --devices, or give {used}")
+    if args.mtp_layers < 0:
+        raise UserError(f"must be >= 0, got {args.mtp_layers}", field="--mtp-layers",
+                        fix="give the model's MTP layers (0: none)")
+    if args.pipeline_layout is not None:
+        clash = [flag for flag, on in (
+            ("--first-stage-layers", args.first_stage_layers is not None),
+            ("--last-stage-layers", args.last_stage_layers is not None),
+            ("--account-for-embedding-in-pipeline-split", args.account_embedding),
+            ("--account-for-loss-in-pipeline-split", args.account_loss)) if on]
+        if clash:
+            raise UserError(f"sets every pipeline chunk, so it cannot be combined with "
+                            f"{', '.join(clash)}", field="--pipeline-layout",
+                            fix=f"drop {' and '.join(clash)} (the layout spells the ends out), "
+                                f"or drop --pipeline-layout")
     if args.hbm_gib is not None and not 0 < args.hbm_gib <= MAX_HBM_GIB:
         raise UserError(f"must be in (0, {MAX_HBM_GIB:g}], got {args.hbm_gib}", field="--hbm-gib")
     settings, cfg = sweep_settings(args)
@@ -341,6 +364,15 @@ def _cmd_evaluate(args) -> int:
 def _plan_error(message: str, args) -> UserError:
     """The UserError of a plan the placement code refuses (ValueError): the field and fix
     that match what is wrong (phaze.place.plan's stage checks, evaluate's cp check)."""
+    if message.startswith("pipeline layout"):
+        fix = "see `phaze evaluate --help` (--pipeline-layout) for the grammar"
+        if "decoder layers (t)" in message:
+            fix = "give one t per decoder layer of --model"
+        elif "chunks, pp x interleave" in message:
+            fix = "give --pp x --interleave chunks, or the --interleave the message names"
+        elif "MTP" in message:
+            fix = "give --mtp-layers K with K the layout's m's, or drop the m's"
+        return UserError(message, field="--pipeline-layout", fix=fix)
     if message.startswith("stages must be"):
         return UserError(message, field="--stages",
                          fix="give --pp x --interleave ranges [[0,a],[a,b],...,[y,N]] "
@@ -451,6 +483,7 @@ def _evaluate_grid(args, spec, settings, seq):
                    "grad_sync_dtype": None, "optimizer_state_dtype": None,
                    "first_stage_layers": None, "last_stage_layers": None,
                    "account_embedding": False, "account_loss": False,
+                   "pipeline_layout": None, "mtp_layers": 0,
                    "moe_token_dispatcher": "alltoall", "expert_tp": 0,
                    "recompute_modules": None, "recompute_method": "uniform",
                    "recompute_num_layers": 1}
@@ -490,6 +523,7 @@ def _evaluate_preset(args, spec, settings, seq):
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
     network = settings.net() if (args.network or args.config) else None
+    spec = spec.with_extra_layers(args.mtp_layers)     # the MTP layers' stand-ins
     plan = evaluate_model(spec, arch, tp=args.tp, pp=args.pp, dp=args.dp, mbs=args.mbs,
                           batch=settings.placement.global_batch, recompute=args.recompute,
                           interleave=args.interleave, seq=seq,
@@ -507,6 +541,8 @@ def _evaluate_preset(args, spec, settings, seq):
                           last_stage_layers=args.last_stage_layers, ddp_impl=args.ddp_impl,
                           account_embedding=args.account_embedding,
                           account_loss=args.account_loss,
+                          pipeline_layout=args.pipeline_layout,
+                          mtp_layers=args.mtp_layers or None,
                           cross_entropy_fusion=args.cross_entropy_fusion, ep=args.ep,
                           expert_tp=args.expert_tp, options=_overlap_options(args) or None,
                           recompute_modules=_recompute_modules(args))

@@ -304,7 +304,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    ddp_impl: str = "local", cross_entropy_fusion: bool = False,
                    ep: int = 1, account_embedding: bool = False,
                    account_loss: bool = False, expert_tp: int = 0,
-                   recompute_modules: tuple | None = None) -> dict:
+                   recompute_modules: tuple | None = None,
+                   pipeline_layout: str | None = None, mtp_layers: int | None = None) -> dict:
     """One fixed plan of `spec` on `arch` (a preset): graph -> op latencies summed per layer
     -> uniform Megatron split (evaluate_plan). recompute: none | selective | full.
     `cost_params` (CostParams) and `options` (PlanOptions overrides) default to the arch's
@@ -318,7 +319,10 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     another size folds the expert grid: graph._moe_folded, plan.grad_groups);
     `recompute_modules`: Megatron-Core's --recompute-modules for recompute "selective"
     (graph.RECOMPUTE_MODULES; None: the attention core); `first_stage_layers`, `last_stage_layers`, `account_embedding`,
-    `account_loss`: Megatron's uneven pipeline ends (plan.megatron_stages). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
+    `account_loss`: Megatron's uneven pipeline ends (plan.megatron_stages);
+    `pipeline_layout`: Megatron-Core's --pipeline-model-parallel-layout (phaze.place.layout;
+    not with those four), its m's the last `mtp_layers` blocks of `spec` (the MTP layers'
+    stand-ins, e.g. ModelSpec.with_extra_layers; None: no m allowed). Returns the plan dict (tflops_per_device = mfu x peak from the graph's model FLOPs)
     plus tflops_per_gpu_eq3
     (Eq. 3), model, arch, seq, hbm_bytes. Raises ValueError for a split that does not fit."""
     from dataclasses import replace
@@ -396,13 +400,15 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
     stages = None
     if first_stage_layers is not None or last_stage_layers is not None or account_embedding \
-            or account_loss:
+            or account_loss or pipeline_layout is not None:
         from phaze.place.plan import megatron_stages
         stages = megatron_stages(chain, pp, interleave, first_stage_layers, last_stage_layers,
-                                 account_embedding, account_loss)
+                                 account_embedding, account_loss, layout=pipeline_layout,
+                                 mtp_layers=mtp_layers)
     plan = evaluate_plan(chain, pp, dp, batch, recompute, interleave, hbm_bytes=arch.hbm_bytes,
                          links=links, options=opts, peak_flops=arch.peak_flops, stages=stages,
-                         hbm_bw_Bps=arch.hbm_bw_Bps * cost_params.hbm_bw_efficiency)
+                         hbm_bw_Bps=arch.hbm_bw_Bps * cost_params.hbm_bw_efficiency,
+                         allow_empty_stages=pipeline_layout is not None)
     # only for dense attention models: Eq. 3 has no term for a Mamba layer, routed experts
     # or latent attention (model_flops counts them all)
     if "time_per_batch_s" in plan and not (spec.has_mixer("mamba") or spec.experts or spec.mla):
@@ -416,6 +422,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                 # how the figure was obtained: the framework profile and every setting used
                 framework=framework or DEFAULT_FRAMEWORK, ddp_impl=ddp_impl, fp8=fp8,
                 cross_entropy_fusion=cross_entropy_fusion, graph_options=dict(gopts),
+                pipeline_layout=pipeline_layout,
                 # None: Megatron-Core's default (the attention core)
                 recompute_modules=(sorted(set(recompute_modules))
                                    if recompute_modules is not None else None),

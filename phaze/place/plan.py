@@ -351,9 +351,12 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
                   interleave: int = 1, *, hbm_bytes: float = math.inf, links: Links | None = None,
                   options: PlanOptions | None = None, peak_flops: float = 0.0,
                   stages: list[tuple[int, int]] | None = None, t: int | None = None,
-                  mbs: int | None = None, hbm_bw_Bps: float = 0.0) -> dict:
+                  mbs: int | None = None, hbm_bw_Bps: float = 0.0,
+                  allow_empty_stages: bool = False) -> dict:
     """Time, breakdown and memory of one plan. `stages` = p * interleave contiguous chunks
     [i, j) covering the chain (chunk c on device c % p); default: Megatron's uniform split.
+    `allow_empty_stages`: a chunk may be empty, [a, a) (a Megatron-Core pipeline layout's
+    empty chunk: it only passes the activations on).
     `hbm_bw_Bps` (achieved HBM bandwidth) times the optimizer step when
     options.optimizer_bytes_per_param > 0.
     Returns the plan dict (feasible False with a reason when it does not fit)."""
@@ -367,7 +370,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}")
     v = interleave
     t, mbs = chain.t, chain.mbs
-    stages = _checked_stages(chain, p * v, stages)
+    stages = _checked_stages(chain, p * v, stages, allow_empty_stages)
     base = _base(chain, p, d, t, mbs, batch, recompute, v, stages)
     base.update(ep=options.ep, cp=options.cp, zero_stage=zero_stage_of(options))
     grid = expert_grid_error(options, t, d)
@@ -453,24 +456,26 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     return out
 
 
-def _checked_stages(chain: Chain, chunks: int, stages):
+def _checked_stages(chain: Chain, chunks: int, stages, allow_empty: bool = False):
     """`stages`, or Megatron's uniform split; ValueError unless they are `chunks` non-empty
-    contiguous ranges covering the chain."""
+    (or with allow_empty possibly empty) contiguous ranges covering the chain."""
     stages = uniform_stages(chain, chunks) if stages is None else stages
-    check_stages(stages, chunks, chain.n)
+    check_stages(stages, chunks, chain.n, allow_empty)
     return stages
 
 
-def check_stages(stages, chunks: int, n: int) -> None:
+def check_stages(stages, chunks: int, n: int, allow_empty: bool = False) -> None:
     """ValueError naming the first fault of `stages` as `chunks` non-empty contiguous
-    [start, end) ranges covering layers 0..n (count, start, gap or overlap, empty, end)."""
-    problem = _stages_problem(stages, chunks, n)
+    [start, end) ranges covering layers 0..n (count, start, gap or overlap, empty, end).
+    allow_empty: a range may be empty ([a, a)), never reversed."""
+    problem = _stages_problem(stages, chunks, n, allow_empty)
     if problem:
-        raise ValueError(f"stages must be p * interleave = {chunks} non-empty contiguous "
+        what = "" if allow_empty else "non-empty "
+        raise ValueError(f"stages must be p * interleave = {chunks} {what}contiguous "
                          f"[start, end) ranges covering layers 0..{n}: {problem}")
 
 
-def _stages_problem(stages, chunks: int, n: int) -> str | None:
+def _stages_problem(stages, chunks: int, n: int, allow_empty: bool = False) -> str | None:
     if len(stages) != chunks:
         return f"{len(stages)} ranges given, {chunks} needed"
     for i, (a, b) in enumerate(stages):
@@ -478,8 +483,8 @@ def _stages_problem(stages, chunks: int, n: int) -> str | None:
             return f"the first range starts at {a}, not 0"
         if i and a != stages[i - 1][1]:
             return f"range {i} starts at {a}, not where range {i - 1} ends ({stages[i - 1][1]})"
-        if a >= b:
-            return f"range {i} [{a}, {b}) is empty"
+        if a > b or (a == b and not allow_empty):
+            return f"range {i} [{a}, {b}) is {'reversed' if a > b else 'empty'}"
     if stages[-1][1] != n:
         return f"the last range ends at {stages[-1][1]}, not at the {n} layers' end"
     return None
@@ -566,7 +571,7 @@ def _per_device(chain, p, v, d, recompute, stages, links, options, layout):
         cin, cout = 2.0 * cin, 2.0 * cout
     comp = F + B + R
     load = comp + cin + cout
-    work = np.array([wb[a:b].max() for a, b in stages])
+    work = np.array([wb[a:b].max() if b > a else 0.0 for a, b in stages])
     dev = np.arange(p * v) % p
     dev_load = np.bincount(dev, load, minlength=p)
     dev_comp = np.bincount(dev, comp - TP, minlength=p)
@@ -940,7 +945,8 @@ def overlap_exposed(comm: float, unit: float, v: int, p: int, frac: float) -> fl
 
 def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None = None,
                     last: int | None = None, account_embedding: bool = False,
-                    account_loss: bool = False) -> list[tuple[int, int]]:
+                    account_loss: bool = False, layout: str | None = None,
+                    mtp_layers: int | None = None) -> list[tuple[int, int]]:
     """Megatron's split with uneven ends (--decoder-first-pipeline-num-layers, --decoder-
     last-pipeline-num-layers): the first / last chunk holds `first` / `last` blocks and the
     others the rest evenly (prologue in the first chunk, epilogue in the last). None = even.
@@ -948,10 +954,28 @@ def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None
     split / --account-for-loss-in-pipeline-split): the embedding / the output layer and loss
     count as one layer of the first / last chunk, the blocks plus those layers split evenly
     (so that chunk holds one block fewer). Raises ValueError when the rest does not divide
-    evenly, or when both ways of unevening an end are given."""
+    evenly, or when both ways of unevening an end are given.
+    layout (Megatron-Core --pipeline-model-parallel-layout, phaze.place.layout): the chunks
+    as that string lists them, E the prologue, each t or m the next block, L the epilogue;
+    a chunk may hold no block (then [a, a) when it holds neither E nor L). `mtp_layers`: how
+    many of the chain's last blocks stand for the model's MTP layers (the m's); None: none,
+    and a layout with an m is refused."""
     chunks = p * interleave
     b0, b1 = chain.block_span()
     nb = b1 - b0
+    if layout is not None:
+        if first is not None or last is not None or account_embedding or account_loss:
+            raise ValueError("a pipeline layout cannot be combined with first=/last= or the "
+                             "embedding/loss accounting: the layout sets every chunk")
+        from phaze.place.layout import check_layout, parse_layout
+        parsed = parse_layout(layout)
+        check_layout(parsed, p, interleave, nb - (mtp_layers or 0), mtp_layers, layout)
+        bounds, at = [0], b0
+        for c in parsed[:-1]:
+            at += c.count("t") + c.count("m")
+            bounds.append(at)
+        bounds.append(chain.n)
+        return list(zip(bounds[:-1], bounds[1:]))
     if account_embedding or account_loss:
         if first is not None or last is not None:
             raise ValueError("first=/last= and the embedding/loss accounting both set the end "

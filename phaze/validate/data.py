@@ -73,6 +73,9 @@ class Case:
     recompute_modules: tuple = ()  # --recompute-modules of selective recompute; () = the default
     account_embedding: bool = False  # account_for_embedding_in_pipeline_split
     account_loss: bool = False       # account_for_loss_in_pipeline_split
+    # Megatron-Core --pipeline-model-parallel-layout ("" = none; phaze.place.layout); its m's
+    # are the mtp_layers stand-ins; not with account_embedding / account_loss
+    pipeline_layout: str = ""
     source: str = ""               # where the row was read (container, table commit)
 
     @property
@@ -254,6 +257,7 @@ def bridge_cases() -> list[Case]:
                         recompute_modules=tuple(mods.split(",")) if mods else (),
                         account_embedding=bool(r["account_embedding"]),
                         account_loss=bool(r["account_loss"]),
+                        pipeline_layout=str(r.get("pipeline_layout") or ""),
                         source=f"{r['container']} ({t['table_file']} at {r['table_commit']}; "
                                f"settings: {r['settings_ref']})"))
     return out

@@ -162,12 +162,9 @@ def model_spec_of(case: Case):
 
 def with_extra_layers(spec, n: int):
     """`spec` with n more copies of its last layer (every per-layer kind list extended by its
-    last entry): a multi-token-prediction block run as one more decoder layer."""
-    if n <= 0:
-        return spec
-    per_layer = {f: getattr(spec, f) + (getattr(spec, f)[-1],) * n
-                 for f in ("layer_types", "mixer_types", "ffn_types") if getattr(spec, f)}
-    return spec.with_(layers=spec.layers + n, **per_layer)
+    last entry): a multi-token-prediction block run as one more decoder layer
+    (ModelSpec.with_extra_layers)."""
+    return spec.with_extra_layers(n)
 
 
 def split_params(params: dict | None, arch: str = ARCH_PRESET):
@@ -214,7 +211,9 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                            expert_tp=case.expert_tp,
                            recompute_modules=case.recompute_modules or None,
                            account_embedding=case.account_embedding,
-                           account_loss=case.account_loss)
+                           account_loss=case.account_loss,
+                           pipeline_layout=case.pipeline_layout or None,
+                           mtp_layers=case.mtp_layers or None)
     except ValueError:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:
