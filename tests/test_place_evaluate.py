@@ -271,3 +271,17 @@ def test_attention_flag_wins_over_the_framework(capsys):
     assert main(args) == 2 and "--attention flash" in capsys.readouterr().err
     assert main(args + ["--attention", "flash"]) == 0
     assert json.loads(capsys.readouterr().out)["graph_options"]["attention"] == "flash"
+
+
+def test_fp8_runs_report_mfu_against_both_peaks():
+    """MFU is against the dense bf16 peak (Megatron's and NeMo's convention); an FP8 run also
+    reports it against the FP8 peak (fp8_speedup x the bf16 one), which stays below 1."""
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+
+    kw = dict(tp=1, pp=1, dp=8, mbs=1, batch=16, recompute="none", framework="nemo-2024")
+    spec = get_model("llama3-8b").with_(layers=2)
+    r8 = evaluate_model(spec, get_preset("h100"), fp8=True, **kw)
+    assert r8["mfu_fp8_peak"] == pytest.approx(r8["mfu"] / 2.0) and r8["mfu_fp8_peak"] < 1
+    assert "mfu_fp8_peak" not in evaluate_model(spec, get_preset("h100"), **kw)

@@ -637,8 +637,11 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
              if plan.get("tflops_per_device") else "")
     if "tflops_per_gpu_eq3" in plan:
         extra += f" ({plan['tflops_per_gpu_eq3']:.1f} by Narayanan Eq. 3)"
+    mfu = f"MFU {plan['mfu'] or 0:.1%}"
+    if plan.get("mfu_fp8_peak") is not None:
+        mfu += f" of the bf16 peak, {plan['mfu_fp8_peak']:.1%} of the FP8 peak"
     w(f"  time per batch   {plan['time_per_batch_s']:.6g} s   ({plan['samples_per_s']:.1f} "
-      f"samples/s{extra}, MFU {plan['mfu'] or 0:.1%})\n")
+      f"samples/s{extra}, {mfu})\n")
     from phaze.place.plan import BREAKDOWN_KEYS
     for k in BREAKDOWN_KEYS:
         w(f"    {k[:-2]:<10} {plan[k]:.6g} s\n")

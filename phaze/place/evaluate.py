@@ -416,6 +416,10 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         # Narayanan et al.'s Eq. 3 convention (GPT with a 4h MLP and full multi-head
         # attention), labelled as such: what the Megatron papers' tables report
         plan["tflops_per_gpu_eq3"] = F / plan["time_per_batch_s"] / (tp * pp * dp * cp) / 1e12
+    if fp8 and plan.get("mfu") is not None:
+        # mfu is against the dense bf16 peak (Megatron's and NeMo's MFU convention); an FP8
+        # run's figure against the FP8 peak (fp8_speedup x) too, which stays below 1
+        plan["mfu_fp8_peak"] = plan["mfu"] / cost_params.fp8_speedup
     from dataclasses import asdict
     plan.update(model=spec.name, arch=getattr(arch, "name", ""), seq=seq,
                 hbm_bytes=arch.hbm_bytes, sequence_parallel=sequence_parallel,
