@@ -285,3 +285,20 @@ def test_fp8_runs_report_mfu_against_both_peaks():
     r8 = evaluate_model(spec, get_preset("h100"), fp8=True, **kw)
     assert r8["mfu_fp8_peak"] == pytest.approx(r8["mfu"] / 2.0) and r8["mfu_fp8_peak"] < 1
     assert "mfu_fp8_peak" not in evaluate_model(spec, get_preset("h100"), **kw)
+
+
+def test_sgd_step_moves_the_weight_not_adams_state():
+    """The profiles count Adam's step (38 B/param for Megatron-Core: grad norm and update
+    reads of the grad, 2 1/3 passes over the 12 B of master weight, m and v, the zeroing);
+    SGD keeps no state: those passes become a read and a write of the 2 B weight, 14 B."""
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+    from phaze.place.plan import PlanOptions
+
+    kw = dict(tp=1, pp=1, dp=8, mbs=1, batch=16, recompute="none", framework="nemo-2024")
+    spec = get_model("llama3-8b").with_(layers=2)
+    adam = evaluate_model(spec, get_preset("h100"), **kw)
+    sgd = evaluate_model(spec, get_preset("h100"), optimizer="sgd", **kw)
+    assert sgd["optimizer_s"] == pytest.approx(adam["optimizer_s"] * 14 / 38)
+    assert PlanOptions(optimizer="sgd").step_bytes_per_param() == 0.0     # untimed stays untimed

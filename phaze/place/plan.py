@@ -209,6 +209,16 @@ class PlanOptions:
     def opt_bytes(self) -> float:
         return self.adam_state_bytes if self.optimizer == "adam" else 0.0
 
+    def step_bytes_per_param(self) -> float:
+        """HBM bytes per parameter the optimizer step moves: optimizer_bytes_per_param,
+        which the profiles count for Adam; SGD keeps no state, so Adam's passes over its
+        master weight, m and v (2 1/3 passes of adam_state_bytes: phaze.place.evaluate.
+        dtype_options) become one read and one write of the weight."""
+        if self.optimizer == "adam" or self.optimizer_bytes_per_param <= 0:
+            return self.optimizer_bytes_per_param
+        return max(0.0, self.optimizer_bytes_per_param - 7.0 / 3.0 * self.adam_state_bytes
+                   + 2.0 * self.weight_bytes)
+
     def static_bytes_per_param(self, d: int, expert: bool = False, t: int = 1) -> float:
         """Weight + gradient + optimizer bytes a device keeps per parameter of its shard,
         for a dense parameter (sharded, per ZeRO stage, over the d x cp gradient group) or,
@@ -425,7 +435,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         stepped = dev_P
         if options.extended() and (options.zero_stage or options.zero1 or options.distributed_optimizer):
             stepped = dev_Pd / (d * options.cp) + dev_Pe / ge   # each rank steps its shards
-        opt_s = float(stepped.max()) * options.optimizer_bytes_per_param / hbm_bw_Bps
+        opt_s = float(stepped.max()) * options.step_bytes_per_param() / hbm_bw_Bps
     time_s = M * Lmax + bubble + float(ar.max()) + opt_s
     out = {**base, "M": M, "time_per_batch_s": time_s,
            "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
