@@ -38,10 +38,10 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured plot (png/pdf/svg)")
     p.add_argument("--fit", action="store_true",
-                   help="re-fit the a100 parameters on Korthikanti Table 5 and the h100 "
-                        "sustained fraction on the README's H100 weak-scaling rows (about "
-                        "2 minutes), print them and evaluate the tables with them instead "
-                        "of the shipped defaults")
+                   help="re-fit the parameters of the presets the chosen tables run on (a100 "
+                        "on Korthikanti Table 5, the h100 sustained fraction on the README's "
+                        "H100 weak-scaling rows; about 2 minutes for both), print them and "
+                        "evaluate the tables with them instead of the shipped defaults")
     p.set_defaults(func=run)
 
 
@@ -55,10 +55,15 @@ def run(args) -> int:
     if args.fit:
         from phaze.validate.calibrate import (A100_FIT_PARAMS, FIT_START, FIT_TABLE,
                                               H100_FIT_PARAMS, H100_FIT_TABLE, fit)
-        print(f"fitting {[p.name for p in A100_FIT_PARAMS]} on {FIT_TABLE} ...", file=sys.stderr)
-        params, mae = fit(FIT_TABLE, plan_evaluator, A100_FIT_PARAMS, FIT_START)
-        fitted = {"table": FIT_TABLE, "mae_pct": mae, "params": params}
-        if any(t == H100_FIT_TABLE for t in TABLE_CHOICES[args.table]):
+        # fit the presets the chosen tables run on (each on its own fitting table)
+        used = {c.arch for t in TABLE_CHOICES[args.table] for c in cases(t)}
+        fitted = {}
+        if "a100" in used:
+            print(f"fitting {[p.name for p in A100_FIT_PARAMS]} on {FIT_TABLE} ...",
+                  file=sys.stderr)
+            params, mae = fit(FIT_TABLE, plan_evaluator, A100_FIT_PARAMS, FIT_START)
+            fitted.update(table=FIT_TABLE, mae_pct=mae, params=params)
+        if "h100" in used:
             print(f"fitting {[p.name for p in H100_FIT_PARAMS]} on {H100_FIT_TABLE} ...",
                   file=sys.stderr)
             h_params, h_mae = fit(H100_FIT_TABLE, plan_evaluator, H100_FIT_PARAMS,
@@ -91,9 +96,10 @@ def run(args) -> int:
     info = calibration_info()
     archs = {c.arch for t in preds for c in cases(t)}   # print the presets the tables use
     if "a100" in archs:
-        print(f"a100 preset parameters ({'re-fitted' if fitted else 'shipped'}; fitted on "
+        refit = bool(fitted and "params" in fitted)
+        print(f"a100 preset parameters ({'re-fitted' if refit else 'shipped'}; fitted on "
               f"{info['fit_table']}, held out: {info['held_out_table']}):")
-        for k, v in {**info["params"], **(fitted["params"] if fitted else {})}.items():
+        for k, v in {**info["params"], **((fitted or {}).get("params") or {})}.items():
             if k in info["params"]:
                 print(f"  {k:<26} {v:.4g}" if isinstance(v, float) else f"  {k:<26} {v}")
     if "h100" in archs:
