@@ -4,7 +4,6 @@ with -o, the config written back (as the report's `phaze evaluate` commands read
 from __future__ import annotations
 
 import json
-import sys
 
 from phaze.errors import UserError
 
@@ -48,5 +47,5 @@ def _check(args) -> int:
     if args.json:
         emit_json({"ok": True, "settings": settings_dict(settings)})
     else:
-        print("config ok" + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
+        print("config ok" + (f" -> {args.output}" if args.output else ""))
     return 0
