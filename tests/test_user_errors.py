@@ -293,3 +293,69 @@ def test_a_renamed_config_json_is_named_after_its_file(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps(cfg))
     assert load_hf_config(d).name == "tiny-llama"
+
+
+@pytest.mark.parametrize("models, placement, want", [
+    # the default config on 1000 devices: the published 8x128x1 needs 1024
+    (None, {"devices": 1000},
+     "models[0].fixed_plan: 8x128x1 needs p x d x t = 1024 devices, more than "
+     "placement.devices 1000; fix: use a plan of at most 1000 devices, raise "
+     "placement.devices to 1024, or drop fixed_plan"),
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "fixed_plan": "3x100x1"}], {},
+     "models[0].fixed_plan: p = 3 of 3x100x1 does not divide llama2-7b's 32 transformer "
+     "blocks (Megatron's uniform split); fix: use a p dividing 32: 1, 2, 4, 8, 16, 32"),
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "fixed_plan": "7x128x1"}], {},
+     "models[0].fixed_plan: p = 7 of 7x128x1 does not divide llama2-7b's 32"),
+    ([{"name": "gpt2-xl", "seq": [1024], "tp": [1, 5], "fixed_plan": "16x16x2"}], {},
+     "models[0].fixed_plan: t = 2 of 16x16x2: tensor-parallel width 2 does not divide the "
+     "25 attention heads of gpt2-xl; fix: use a width dividing every split dimension: 1, 5"),
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "fixed_plan": "8x64x2"}], {},
+     "models[0].fixed_plan: t = 2 of 8x64x2 is not among the model's tp widths [1], so the "
+     "plan has no graphs to run on; fix: add 2 to models[0].tp"),
+])
+def test_a_fixed_plan_that_cannot_run_is_refused_by_check_config(tmp_path, models,
+                                                                 placement, want):
+    """A fixed baseline needing more devices than placement.devices, whose p does not
+    divide the blocks (not the published baseline of that model) or whose t does not
+    divide the heads / is not configured, is one line naming models[i].fixed_plan."""
+    from phaze.model.zoo import resolve_model
+
+    spec = resolve_model((models or [{"name": "bert-large"}])[0]["name"])
+    if "blocks" in want:
+        p = int(want.split("p = ")[1].split()[0])
+        assert spec.layers % p and f"{spec.layers} transformer blocks" in want
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    if models:
+        cfg["models"] = models
+    cfg["placement"].update(placement)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
+                           str(tmp_path / "out.yaml")], "config")
+    assert want in err, err
+    assert not (tmp_path / "out.yaml").exists()
+
+
+def test_published_fixed_plans_are_kept_even_where_they_cannot_split_the_blocks(capsys,
+                                                                               tmp_path):
+    """The shipped configs stay valid: their fixed plans are the published baselines
+    (configcheck.PUBLISHED_FIXED_PLANS); gpt2-xl's 32x32x1 does not divide its 48 blocks
+    and stays, giving no row with a note in the report, as docs/report.md says. Another
+    model's entry with the same plan is refused."""
+    from phaze.configcheck import PUBLISHED_FIXED_PLANS, semantic_errors
+    from phaze.model.zoo import resolve_model
+
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    assert {m["name"]: m["fixed_plan"] for m in paper["models"] if "fixed_plan" in m} \
+        == PUBLISHED_FIXED_PLANS
+    for name in ("default.yaml", "paper.yaml"):
+        assert main(["check-config", "--config", str(REPO / "configs" / name)]) == 0
+        assert capsys.readouterr().out == "config ok\n"
+    assert resolve_model("gpt2-xl").layers % 32
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    hf = dict(model_type="gpt2", n_embd=64, n_layer=48, n_head=4, vocab_size=101,
+              n_positions=1024)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    cfg["models"] = [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "fixed_plan": "32x32x1",
+                      "hf_config": str(tmp_path / "config.json")}]
+    assert semantic_errors(cfg, check_grid=False)[0].startswith(
+        "field models[0].fixed_plan: p = 32 of 32x32x1 does not divide")
