@@ -36,7 +36,10 @@ def _check(args) -> int:
         try:
             cfg = json.loads(args.config_json)
         except json.JSONDecodeError as e:
-            raise UserError(f"not JSON ({e})", field="--config-json") from None
+            from phaze.files import json_fix
+
+            raise UserError(f"not JSON ({e})", field="--config-json",
+                            fix=json_fix(e)) from None
         check_config_schema(cfg)
     settings = SweepSettings.from_config(cfg)
     errors = semantic_errors(cfg)

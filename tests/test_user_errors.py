@@ -359,3 +359,77 @@ def test_published_fixed_plans_are_kept_even_where_they_cannot_split_the_blocks(
                       "hf_config": str(tmp_path / "config.json")}]
     assert semantic_errors(cfg, check_grid=False)[0].startswith(
         "field models[0].fixed_plan: p = 32 of 32x32x1 does not divide")
+
+
+def _config_with(tmp_path, text: str) -> list[str]:
+    (tmp_path / "part.yaml").write_text(text)
+    return ["check-config", "--config", str(tmp_path / "part.yaml"), "--over",
+            str(REPO / "configs" / "default.yaml")]
+
+
+def test_settings_errors_carry_a_fix_and_readable_bounds(tmp_path):
+    """Each of these was an error without a fix part (or with an unreadable bound)."""
+    from phaze.errors import UserError
+    from phaze.settings import MAX_HBM_GIB, parse_list
+
+    ev = ["evaluate", "--model", "gpt2-xl", "--arch", "a100", "--tp", "1", "--pp", "1",
+          "--dp", "1", "--mbs", "1"]
+    err = _one_line_error(ev + ["--network", '{"devices_per_node": 0}'],
+                          "network.devices_per_node")
+    assert "must be a positive integer, got 0; fix: give the accelerators per node" in err
+    err = _one_line_error(["schedule", "--model", "bert-large", "--arch", "tpuv4",
+                           "--time-limit", "0"], "--time-limit")
+    assert "fix: give the seconds one layer ILP may run" in err
+    with pytest.raises(UserError) as e:
+        parse_list("32,2000000", float, "--hbm-gib", minimum=1e-9, maximum=MAX_HBM_GIB)
+    assert str(e.value) == ("--hbm-gib: must be <= 1048576, got 2000000.0; fix: give values "
+                            "> 0 and <= 1048576")
+    (tmp_path / "broken.json").write_text('{"hidden_size": 64,\n "n_layer": 2,}\n')
+    err = _one_line_error(ev[:2] + [str(tmp_path / "broken.json")] + ev[3:], "model")
+    assert "is not valid JSON at line 2, column 15: Expecting property name" in err
+    assert "fix: at line 2, column 15, quote keys and strings with double quotes and drop " \
+           "any trailing comma" in err
+
+
+@pytest.mark.parametrize("text, field, fix", [
+    ("placement: {recompute: [none, partial]}\n", "placement.recompute[1]",
+     "'partial' is not one of ['none', 'selective', 'full']; fix: use one of: none, "
+     "selective, full"),
+    ("models: [{seq: [128], tp: [1]}]\n", "models[0]",
+     "'name' is a required property; fix: give name: with a zoo model (`phaze models` "
+     "lists them), or a label for the model together with hf_config: path/to/config.json"),
+    ("models: [{name: bert-large, seq: [128], tp: [1], fixed_plan: 8-128-1}]\n",
+     "models[0].fixed_plan", "fix: write it as PxDxT (pipeline x data x tensor degrees), "
+     "e.g. 8x128x1"),
+    ("microbatch_sizes: [1.0]\n", "microbatch_sizes[0]", "fix: give an integer (1, not 1.0)"),
+    ("scheduling: {time_limit_s: 0}\n", "scheduling.time_limit_s", "fix: give a value > 0"),
+])
+def test_schema_errors_name_what_to_give(tmp_path, text, field, fix):
+    err = _one_line_error(_config_with(tmp_path, text), field)
+    assert err.endswith(fix), err
+
+
+def test_a_name_alone_or_hf_config_with_a_label_is_what_a_model_entry_needs(tmp_path):
+    """The fix of a models[i] entry without name is right: hf_config alone is refused by
+    the schema too, a label with hf_config passes."""
+    cfg = {"name": "tiny", "hf_config": str(tmp_path / "config.json"), "seq": [64],
+           "tp": [1]}
+    (tmp_path / "config.json").write_text(json.dumps(dict(
+        model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=96, vocab_size=101, max_position_embeddings=256)))
+    assert _run(_config_with(tmp_path, yaml.safe_dump({"models": [cfg]})))[0] == 0
+    no_name = {k: v for k, v in cfg.items() if k != "name"}
+    _one_line_error(_config_with(tmp_path, yaml.safe_dump({"models": [no_name]})), "models[0]")
+
+
+@pytest.mark.parametrize("text, where, fix", [
+    ("models: [{name: bert-large, seq: [128], tp: [1]}\nmicrobatch_sizes: [1]\n",
+     "at line 2, column 1: expected ',' or ']'",
+     "fix: close the '[' opened at line 1, column 9 with ']', separating its items with "
+     "commas"),
+    ("placement:\n\thbm_gib: [32]\n", "at line 2, column 1: found character '\\t'",
+     "fix: replace the tab at line 2, column 1 with spaces (YAML indents with spaces only)"),
+])
+def test_a_yaml_syntax_error_gives_its_line_and_a_fitting_fix(tmp_path, text, where, fix):
+    err = _one_line_error(_config_with(tmp_path, text), "--config")
+    assert "part.yaml is not valid YAML " + where in err and err.endswith(fix), err

@@ -177,7 +177,9 @@ def _read_spec(args) -> dict | None:
         except OSError as e:
             raise UserError(f"cannot read {args.config}: {e.strerror}", field="--config") from None
         except yaml.YAMLError as e:
-            raise UserError(f"not valid YAML: {e}".splitlines()[0], field="--config") from None
+            from phaze.settings import yaml_error
+
+            raise yaml_error(args.config, e, "--config") from None
         if not isinstance(cfg, dict) or "arch" not in cfg:
             raise UserError("config has no arch: mapping", field="--config",
                             fix="add an arch: block (configs/default.yaml has one)")

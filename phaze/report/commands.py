@@ -85,7 +85,8 @@ def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_
     from phaze.report.tables import load_grid, load_place
 
     if tpuv4_hbm_gib is not None and not tpuv4_hbm_gib > 0:
-        raise UserError("must be > 0", field="--tpuv4-hbm-gib")
+        raise UserError(f"must be > 0, got {tpuv4_hbm_gib}", field="--tpuv4-hbm-gib",
+                        fix="give the TPUv4-like chip's HBM in GiB, e.g. 32 (a TPUv4's)")
     place = load_place(place_paths)
     grid = load_grid(grid_path)
     latency = _load_latency(latency_paths)
