@@ -4,7 +4,6 @@ with -o, the config written back (as the report's `phaze evaluate` commands read
 from __future__ import annotations
 
 import json
-import sys
 
 from phaze.errors import UserError
 
@@ -37,7 +36,10 @@ def _check(args) -> int:
         try:
             cfg = json.loads(args.config_json)
         except json.JSONDecodeError as e:
-            raise UserError(f"not JSON ({e})", field="--config-json") from None
+            from phaze.files import json_fix
+
+            raise UserError(f"not JSON ({e})", field="--config-json",
+                            fix=json_fix(e)) from None
         check_config_schema(cfg)
     settings = SweepSettings.from_config(cfg)
     errors = semantic_errors(cfg)
@@ -48,5 +50,5 @@ def _check(args) -> int:
     if args.json:
         emit_json({"ok": True, "settings": settings_dict(settings)})
     else:
-        print("config ok" + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
+        print("config ok" + (f" -> {args.output}" if args.output else ""))
     return 0

@@ -1,7 +1,7 @@
 """Checks of a sweep config that a JSON schema cannot express, run before any job (by the
 Snakefile and by `phaze check-config`): every model builds (zoo name or Hugging Face
-config.json), every TP width divides its heads and every CP size splits its sequences;
-the arch grid is not empty."""
+config.json), every TP width divides its heads and every CP size splits its sequences,
+every fixed baseline plan can run (fixed_plan_errors); the arch grid is not empty."""
 
 from __future__ import annotations
 
@@ -9,16 +9,68 @@ import os
 
 from phaze.errors import UserError
 
+# The fixed Megatron-style baselines (p x d x t) published with PHAZE (configs/paper.yaml,
+# docs/reference.md#models). Two of them do not split their model's blocks uniformly
+# (gpt2-xl: 48 blocks, p = 32; megatron-gpt2-54: 54 blocks, p = 8): they are kept as
+# published, so a config may name them, and the report says why they give no row
+# (report.summary.fixed_plan_obstacle). Any other plan whose p does not divide the blocks
+# is refused.
+PUBLISHED_FIXED_PLANS = {
+    "bert-large": "8x128x1", "gpt2-xl": "32x32x1", "opt-350m": "12x85x1",
+    "llama2-7b": "8x128x1", "megatron-gpt2-54": "8x32x4", "megatron-gpt2-72": "8x16x8",
+    "gpt3-175b": "32x8x4",
+}
+
+
+def fixed_plan_errors(i: int, m: dict, spec, devices: int, graph) -> list[str]:
+    """Why models[i].fixed_plan 'PxDxT' cannot run, one message each: it needs more than
+    placement.devices accelerators, t does not divide the model's split dimensions or is
+    not one of the model's tp widths (the fixed plan runs on that width's graphs, without
+    sequence parallelism), or p does not divide the model's blocks (Megatron's uniform
+    split) and the plan is not the published baseline of that zoo model."""
+    plan = m.get("fixed_plan")
+    if not plan:
+        return []
+    field = f"field models[{i}].fixed_plan"
+    p, d, t = (int(x) for x in str(plan).lower().split("x"))
+    errors = []
+    if p * d * t > devices:
+        errors.append(f"{field}: {plan} needs p x d x t = {p * d * t} devices, more than "
+                      f"placement.devices {devices}; fix: use a plan of at most {devices} "
+                      f"devices, raise placement.devices to {p * d * t}, or drop fixed_plan")
+    try:
+        spec.check_tp(t)
+    except UserError as e:
+        errors.append(f"{field}: t = {t} of {plan}: {str(e).split(': ', 1)[-1]}")
+    else:
+        if t not in m["tp"]:
+            errors.append(f"{field}: t = {t} of {plan} is not among the model's tp widths "
+                          f"{list(m['tp'])}, so the plan has no graphs to run on; fix: add "
+                          f"{t} to models[{i}].tp or use a plan with t in it")
+        elif t > 1 and False not in graph.sp_values(t):
+            errors.append(f"{field}: {plan} runs without sequence parallelism, which "
+                          "graph.sequence_parallel: true leaves out; fix: set "
+                          "graph.sequence_parallel: [false, true] or drop fixed_plan")
+    blocks = spec.layers
+    published = "hf_config" not in m and PUBLISHED_FIXED_PLANS.get(m["name"]) == plan
+    if blocks % p and not published:
+        ok = [k for k in range(1, blocks + 1) if blocks % k == 0]
+        errors.append(f"{field}: p = {p} of {plan} does not divide {m['name']}'s {blocks} "
+                      "transformer blocks (Megatron's uniform split); fix: use a p dividing "
+                      f"{blocks}: {', '.join(map(str, ok))}")
+    return errors
+
 
 def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     """Messages 'field F: what is wrong; the fix', one per problem found."""
     from phaze.model.zoo import ZOO, resolve_model
 
     from phaze.model.graph import check_context_parallel
-    from phaze.settings import GraphSettings
+    from phaze.settings import GraphSettings, PlacementSettings
 
     try:
         graph = GraphSettings.from_config(cfg.get("graph"))
+        devices = PlacementSettings.from_config(cfg.get("placement")).devices
     except UserError as e:
         return [f"field {e}"]
     attention = graph.attention
@@ -48,6 +100,7 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
             errors.append(f"field models[{i}].cp: the fixed baseline {m['fixed_plan']} runs "
                           "without context parallelism, which the cp list leaves out; add 1 "
                           "to it (or drop fixed_plan)")
+        errors += fixed_plan_errors(i, m, spec, devices, graph)
         for j, t in enumerate(m["tp"]):
             try:
                 spec.check_tp(t)                    # the check `phaze evaluate` and graphs run

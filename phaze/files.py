@@ -19,15 +19,32 @@ def read_json(path, field: str, want=dict, fix: str | None = None):
         raise UserError(f"no such file {str(p)!r}", field=field,
                         fix=fix or "check the path") from None
     except OSError as e:
-        raise UserError(f"cannot read {p} ({e.strerror or e})", field=field) from None
+        raise UserError(f"cannot read {p} ({e.strerror or e})", field=field,
+                        fix="give a readable file (check its permissions, or that it is "
+                            "not a folder)") from None
     except UnicodeDecodeError:
-        raise UserError(f"{p} is not UTF-8 text", field=field) from None
+        raise UserError(f"{p} is not UTF-8 text", field=field,
+                        fix="save it as UTF-8 JSON") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{p} is not valid JSON ({e})", field=field) from None
+        raise UserError(f"{p} is not valid JSON at line {e.lineno}, column {e.colno}: "
+                        f"{e.msg}", field=field, fix=json_fix(e)) from None
     if want is not None and not isinstance(value, want):
-        raise UserError(f"{p} must hold a JSON {'object' if want is dict else want.__name__}",
-                        field=field)
+        kind = "object" if want is dict else want.__name__
+        raise UserError(f"{p} must hold a JSON {kind}, not a {type(value).__name__}",
+                        field=field, fix="make the file's top level a JSON "
+                        + ("object {...}" if want is dict else kind))
     return value
+
+
+def json_fix(e: json.JSONDecodeError) -> str:
+    """The fix of a JSON syntax error: where, and the usual cause of that message."""
+    where = f"line {e.lineno}, column {e.colno}"
+    if "double quotes" in e.msg:
+        return (f"at {where}, quote keys and strings with double quotes and drop any "
+                "trailing comma (JSON has no comments)")
+    if "Expecting value" in e.msg and e.pos >= len(e.doc.rstrip()):
+        return "the file ends early or is empty: complete the JSON (or write it again)"
+    return f"correct the JSON at {where} (a missing comma, bracket or quote)"
 
 
 def read_parquet(path, field: str, fix: str | None = None):

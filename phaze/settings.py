@@ -50,6 +50,13 @@ def check_recompute(modes, field: str = "recompute") -> tuple[str, ...]:
     return out
 
 
+def readable_number(v) -> str:
+    """A bound as a user reads it: 1048576, not 1.04858e+06; 0.5; 1e-09."""
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:g}" if (1e-4 <= abs(v) < 1e15) else repr(float(v))
+
+
 def parse_list(text, conv, field: str, *, minimum: float | None = None,
                maximum: float | None = None) -> tuple:
     """Comma-separated values ("1,2,4") or an iterable, converted with `conv`, each finite
@@ -60,15 +67,22 @@ def parse_list(text, conv, field: str, *, minimum: float | None = None,
     except (TypeError, ValueError):
         raise UserError(f"cannot parse {text!r}", field=field,
                         fix="give comma-separated values, e.g. 1,2,4") from None
+    lo = "> 0" if minimum is not None and 0 < minimum < 1e-6 else \
+        (f">= {readable_number(minimum)}" if minimum is not None else None)
+    rng = " and ".join(x for x in (lo, maximum is not None and
+                                   f"<= {readable_number(maximum)}") if x)
+    fix = f"give values {rng}" if rng else "give finite values"
     for v in vals:
         if isinstance(v, float) and not math.isfinite(v):
-            raise UserError(f"must be finite, got {v}", field=field)
+            raise UserError(f"must be finite, got {v}", field=field, fix=fix)
         if minimum is not None and v < minimum:
-            raise UserError(f"must be >= {minimum:g}, got {v}", field=field)
+            raise UserError(f"must be {lo}, got {v}", field=field, fix=fix)
         if maximum is not None and v > maximum:
-            raise UserError(f"must be <= {maximum:g}, got {v}", field=field)
+            raise UserError(f"must be <= {readable_number(maximum)}, got {v}", field=field,
+                            fix=fix)
     if not vals:
-        raise UserError("needs at least one value", field=field)
+        raise UserError("needs at least one value", field=field,
+                        fix="give one or more comma-separated values, e.g. 1,2,4")
     return tuple(dict.fromkeys(vals))
 
 
@@ -151,11 +165,15 @@ class SchedSettings:
     def __post_init__(self):
         if not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s)):
             raise UserError(f"must be > 0 and finite, got {self.time_limit_s}",
-                            field="time_limit_s")
+                            field="time_limit_s",
+                            fix="give the seconds one layer ILP may run, e.g. 10 (a solve "
+                                "that hits it keeps its incumbent and gap)")
         if not 0 <= self.bnb_share < 1:
-            raise UserError(f"must be in [0, 1), got {self.bnb_share}", field="bnb_share")
+            raise UserError(f"must be in [0, 1), got {self.bnb_share}", field="bnb_share",
+                            fix="give a fraction of the time limit, e.g. 0.5")
         if self.threads < 1:
-            raise UserError(f"must be >= 1, got {self.threads}", field="threads")
+            raise UserError(f"must be >= 1, got {self.threads}", field="threads",
+                            fix="give the solver threads, an integer >= 1")
 
     @classmethod
     def from_config(cls, block: dict | None) -> "SchedSettings":
@@ -386,9 +404,34 @@ def _read_yaml(path: str, field: str):
         raise UserError(f"cannot read {path} ({e})", field=field,
                         fix="give an existing YAML file (copy configs/default.yaml)") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})",
-                        field=field, fix="correct the YAML (spaces, not tabs, indent "
-                        "it; configs/default.yaml is an example)") from None
+        raise yaml_error(path, e, field) from None
+
+
+def yaml_error(path, e, field: str) -> UserError:
+    """The UserError of a YAML parse error: where (line and column of the problem, and of
+    the bracket or quote left open) and a fix that fits the problem."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    pm, cm = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    at = f" at line {pm.line + 1}, column {pm.column + 1}" if pm else ""
+    opened = f"line {cm.line + 1}, column {cm.column + 1}" if cm else ""
+    ctx = getattr(e, "context", None) or ""
+    msg = f"{path} is not valid YAML{at}: {problem}" + (f" ({ctx} from {opened})"
+                                                        if ctx and opened else "")
+    closer = {"flow sequence": "]", "flow mapping": "}"}
+    kind = next((k for k in closer if k in ctx), None)
+    if kind and opened:
+        fix = (f"close the '{'[' if kind == 'flow sequence' else '{'}' opened at {opened} "
+               f"with '{closer[kind]}', separating its items with commas")
+    elif "quoted scalar" in ctx and opened:
+        fix = f"close the quote opened at {opened}"
+    elif "\t" in problem or "'\\t'" in problem:
+        fix = f"replace the tab{at} with spaces (YAML indents with spaces only)"
+    elif "mapping values are not allowed" in problem:
+        fix = ("check the indentation" + at.replace(" at", " of") + ": a key indented more "
+               "than the one above, or a value holding ': ' unquoted")
+    else:
+        fix = f"correct the YAML{at} (configs/default.yaml is an example)"
+    return UserError(msg, field=field, fix=fix)
 
 
 def check_config_schema(cfg) -> None:
@@ -418,13 +461,61 @@ def schema_error(err) -> UserError:
                              field=field_path([*where, str(extra[0])]),
                              fix=unknown_field_fix(extra[0], known,
                                                    field_path(where) if where else ""))
-    fix = None
-    if err.validator == "type" and err.validator_value == "array":
-        fix = f"write it as a list, e.g. [{err.instance}]"
-    elif err.validator == "required":
-        fix = ("give it; a partial copy that Snakemake merges over configs/default.yaml is "
-               "checked with `phaze check-config --config COPY --over configs/default.yaml`")
-    return UserError(err.message, field=field_path(where) or "(top level)", fix=fix)
+    return UserError(err.message, field=field_path(where) or "(top level)",
+                     fix=schema_fix(err, where))
+
+
+# what a value matching a schema pattern looks like (the pattern itself helps no one)
+PATTERN_EXAMPLES = {
+    "fixed_plan": "write it as PxDxT (pipeline x data x tensor degrees), e.g. 8x128x1",
+    "name": "use letters, digits, '.' and '-' only, starting with a letter or digit, "
+            "e.g. llama2-7b",
+}
+
+
+def schema_fix(err, where: list) -> str:
+    """The fix of one jsonschema ValidationError, by the rule it broke: the allowed
+    values, the bound, the missing key (and what it takes), the shape wanted."""
+    v, val = err.validator, err.validator_value
+    here = field_path(where)
+    if v == "enum":
+        return "use one of: " + ", ".join(map(str, val))
+    if v == "type":
+        if val == "array":
+            return f"write it as a list, e.g. [{err.instance}]"
+        kind = {"integer": "an integer (1, not 1.0)", "number": "a finite number",
+                "string": "a string", "boolean": "true or false",
+                "object": "a mapping (key: value lines)"}.get(val, str(val))
+        return f"give {kind}"
+    bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=",
+              "exclusiveMaximum": "<"}
+    if v in bounds:
+        return f"give a value {bounds[v]} {readable_number(val)}"
+    if v == "minItems":
+        return f"give at least {val} value{'s' if val != 1 else ''}"
+    if v == "maxItems":
+        return f"give at most {val} values"
+    if v == "uniqueItems":
+        return "list each value once"
+    if v == "minLength":
+        return "give a non-empty value"
+    if v == "pattern":
+        key = str(where[-1]) if where else ""
+        return PATTERN_EXAMPLES.get(key, f"write it to match {val}")
+    if v == "required":
+        missing = next((k for k in val if isinstance(err.instance, dict)
+                        and k not in err.instance), val[0])
+        if where and where[0] == "models":
+            if missing == "name":
+                return ("give name: with a zoo model (`phaze models` lists them), or a "
+                        "label for the model together with hf_config: path/to/config.json")
+            return f"give {missing}: as a list, e.g. {missing}: [1]" if missing == "tp" \
+                else f"give {missing}: as a list, e.g. {missing}: [1024]"
+        return (f"give {here + '.' if where else ''}{missing}:; a partial copy that "
+                "Snakemake merges over configs/default.yaml is checked with `phaze "
+                "check-config --config COPY --over configs/default.yaml`")
+    return (f"see {here}'s description in phaze/data/schema.yaml (the field table of "
+            "docs/workflow.md)")
 
 
 def model_source(cfg: dict, name: str) -> str:

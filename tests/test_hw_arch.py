@@ -3,6 +3,7 @@ import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -147,3 +148,51 @@ def test_cli_grid_from_config(tmp_path):
     df = pd.read_parquet(out)
     assert list(df.columns)[:1] == ["arch_id"] and {"area_mm2", "peak_flops", "glb_bw_Bps"} <= set(df.columns)
     assert (df.area_mm2 <= PRESETS["tpuv4"].area_mm2 + 1e-6).all()
+
+
+def test_show_grid_arch_takes_network_and_hbm_from_the_sweep_config_or_says_it_has_none(
+        tmp_path, capsys):
+    """A grid stores the chip only: `arch show ID --grid G` shows the network and HBM sizes
+    of the sweep's config (--config, or the workflow's results/config.yaml next to
+    results/arch/grid.parquet), else says they are not stored, never a default network."""
+    import shutil
+
+    import yaml
+
+    from phaze.settings import parse_network
+
+    root = Path(__file__).resolve().parents[1]
+    res = tmp_path / "results"
+    (res / "arch").mkdir(parents=True)
+    grid = res / "arch" / "grid.parquet"
+    assert main(["arch", "grid", "--config", str(root / "configs" / "default.yaml"),
+                 "-o", str(grid)]) == 0
+    aid = pd.read_parquet(grid)["arch_id"].iloc[0]
+    cfg = yaml.safe_load((root / "configs" / "default.yaml").read_text())
+    want = parse_network(cfg["network"]).to_dict()
+    assert want["devices_per_node"] == 64
+    capsys.readouterr()
+    # no config anywhere: no network printed, and the way to get it
+    assert main(["arch", "show", aid, "--grid", str(grid), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["network"] is None and d["hbm_bytes"] is None
+    assert "--config results/config.yaml" in d["source"]["network"]
+    assert main(["arch", "show", aid, "--grid", str(grid)]) == 0
+    text = capsys.readouterr().out
+    assert "devices_per_node" not in text and "not stored in the grid" in text
+    assert not any(line.startswith("name ") for line in text.splitlines())
+    # the sweep's config given, or found as the workflow's results/config.yaml
+    shutil.copy(root / "configs" / "default.yaml", tmp_path / "sweep.yaml")
+    shutil.copy(root / "configs" / "default.yaml", res / "config.yaml")
+    for extra in (["--config", str(tmp_path / "sweep.yaml")], []):
+        assert main(["arch", "show", aid, "--grid", str(grid), "--json", *extra]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["network"] == want and d["hbm_gib_swept"] == cfg["placement"]["hbm_gib"]
+    assert main(["arch", "show", aid, "--grid", str(grid)]) == 0
+    assert "devices_per_node=64" in capsys.readouterr().out
+    # a preset keeps its own network; --config without a grid arch is refused
+    assert main(["arch", "show", "tpuv4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["network"]["name"] == "tpuv4-ici"
+    assert main(["arch", "show", "tpuv4", "--config", str(tmp_path / "sweep.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--config" in err and "fix:" in err

@@ -157,3 +157,33 @@ def test_long_notes_wrap_within_the_page(report_dir, tmp_path):
     over, scroll, w, note, tab = (int(x.split("=")[1]) for x in got.split())
     assert long_note.strip() in dom and over == 0 and scroll <= w, got
     assert note >= 0.9 * tab, got      # the note spans the table (a 91 px column before)
+
+
+def test_rerun_with_fewer_models_removes_only_its_own_stale_files(tmp_path, capsys):
+    """A second report into the same folder with one model fewer removes the first run's
+    per-model files of the dropped model (megatron_*, nemo_*, chip_*), keeps this run's and
+    every file that is not one of the report's own outputs, and says what it removed."""
+    grid = make_grid()
+    grid.to_parquet(tmp_path / "grid.parquet")
+    places = {}
+    for i, (m, s) in enumerate([("bert-large", 512), ("gpt2-xl", 1024)]):
+        make_place(grid, m, s, seed=i).to_parquet(tmp_path / f"{m}_s{s}.parquet")
+        places[m] = str(tmp_path / f"{m}_s{s}.parquet")
+    out = tmp_path / "out"
+    base = ["report", "--grid", str(tmp_path / "grid.parquet"), "-o", str(out)]
+    assert main(base + ["--place", *places.values()]) == 0
+    stale = {"megatron_gpt2-xl_s1024.txt", "nemo_gpt2-xl_s1024.yaml", "chip_gpt2-xl_s1024.json"}
+    assert stale <= {f.name for f in out.iterdir()}
+    foreign = ["notes.txt", "chip_custom.json", "megatron_gpt2-xl_s1024.txt.bak",
+               "my_chip_gpt2-xl_s1024.json"]
+    for name in foreign:
+        (out / name).write_text("mine\n")
+    capsys.readouterr()
+    assert main(base + ["--place", places["bert-large"]]) == 0
+    printed = capsys.readouterr().out
+    names = {f.name for f in out.iterdir()}
+    assert not stale & names, names
+    assert {"megatron_bert-large_s512.txt", "nemo_bert-large_s512.yaml",
+            "chip_bert-large_s512.json", "report.html", *foreign} <= names
+    assert all(f"removed stale {out / n}" in printed for n in stale), printed
+    assert "gpt2-xl" not in (out / "report.html").read_text()

@@ -337,3 +337,143 @@ def test_pipeline_layout_runs_and_spells_out_the_uniform_split():
     assert rc == rc2 == 0 and b.pop("pipeline_layout") == "Et*12|(t*12|)*6t*12L"
     a.pop("pipeline_layout")
     assert a == b
+
+
+@pytest.mark.parametrize("models, placement, want", [
+    # the default config on 1000 devices: the published 8x128x1 needs 1024
+    (None, {"devices": 1000},
+     "models[0].fixed_plan: 8x128x1 needs p x d x t = 1024 devices, more than "
+     "placement.devices 1000; fix: use a plan of at most 1000 devices, raise "
+     "placement.devices to 1024, or drop fixed_plan"),
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "fixed_plan": "3x100x1"}], {},
+     "models[0].fixed_plan: p = 3 of 3x100x1 does not divide llama2-7b's 32 transformer "
+     "blocks (Megatron's uniform split); fix: use a p dividing 32: 1, 2, 4, 8, 16, 32"),
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "fixed_plan": "7x128x1"}], {},
+     "models[0].fixed_plan: p = 7 of 7x128x1 does not divide llama2-7b's 32"),
+    ([{"name": "gpt2-xl", "seq": [1024], "tp": [1, 5], "fixed_plan": "16x16x2"}], {},
+     "models[0].fixed_plan: t = 2 of 16x16x2: tensor-parallel width 2 does not divide the "
+     "25 attention heads of gpt2-xl; fix: use a width dividing every split dimension: 1, 5"),
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "fixed_plan": "8x64x2"}], {},
+     "models[0].fixed_plan: t = 2 of 8x64x2 is not among the model's tp widths [1], so the "
+     "plan has no graphs to run on; fix: add 2 to models[0].tp"),
+])
+def test_a_fixed_plan_that_cannot_run_is_refused_by_check_config(tmp_path, models,
+                                                                 placement, want):
+    """A fixed baseline needing more devices than placement.devices, whose p does not
+    divide the blocks (not the published baseline of that model) or whose t does not
+    divide the heads / is not configured, is one line naming models[i].fixed_plan."""
+    from phaze.model.zoo import resolve_model
+
+    spec = resolve_model((models or [{"name": "bert-large"}])[0]["name"])
+    if "blocks" in want:
+        p = int(want.split("p = ")[1].split()[0])
+        assert spec.layers % p and f"{spec.layers} transformer blocks" in want
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    if models:
+        cfg["models"] = models
+    cfg["placement"].update(placement)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
+                           str(tmp_path / "out.yaml")], "config")
+    assert want in err, err
+    assert not (tmp_path / "out.yaml").exists()
+
+
+def test_published_fixed_plans_are_kept_even_where_they_cannot_split_the_blocks(capsys,
+                                                                               tmp_path):
+    """The shipped configs stay valid: their fixed plans are the published baselines
+    (configcheck.PUBLISHED_FIXED_PLANS); gpt2-xl's 32x32x1 does not divide its 48 blocks
+    and stays, giving no row with a note in the report, as docs/report.md says. Another
+    model's entry with the same plan is refused."""
+    from phaze.configcheck import PUBLISHED_FIXED_PLANS, semantic_errors
+    from phaze.model.zoo import resolve_model
+
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    assert {m["name"]: m["fixed_plan"] for m in paper["models"] if "fixed_plan" in m} \
+        == PUBLISHED_FIXED_PLANS
+    for name in ("default.yaml", "paper.yaml"):
+        assert main(["check-config", "--config", str(REPO / "configs" / name)]) == 0
+        assert capsys.readouterr().out == "config ok\n"
+    assert resolve_model("gpt2-xl").layers % 32
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    hf = dict(model_type="gpt2", n_embd=64, n_layer=48, n_head=4, vocab_size=101,
+              n_positions=1024)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    cfg["models"] = [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "fixed_plan": "32x32x1",
+                      "hf_config": str(tmp_path / "config.json")}]
+    assert semantic_errors(cfg, check_grid=False)[0].startswith(
+        "field models[0].fixed_plan: p = 32 of 32x32x1 does not divide")
+
+
+def _config_with(tmp_path, text: str) -> list[str]:
+    (tmp_path / "part.yaml").write_text(text)
+    return ["check-config", "--config", str(tmp_path / "part.yaml"), "--over",
+            str(REPO / "configs" / "default.yaml")]
+
+
+def test_settings_errors_carry_a_fix_and_readable_bounds(tmp_path):
+    """Each of these was an error without a fix part (or with an unreadable bound)."""
+    from phaze.errors import UserError
+    from phaze.settings import MAX_HBM_GIB, parse_list
+
+    ev = ["evaluate", "--model", "gpt2-xl", "--arch", "a100", "--tp", "1", "--pp", "1",
+          "--dp", "1", "--mbs", "1"]
+    err = _one_line_error(ev + ["--network", '{"devices_per_node": 0}'],
+                          "network.devices_per_node")
+    assert "must be a positive integer, got 0; fix: give the accelerators per node" in err
+    err = _one_line_error(["schedule", "--model", "bert-large", "--arch", "tpuv4",
+                           "--time-limit", "0"], "--time-limit")
+    assert "fix: give the seconds one layer ILP may run" in err
+    with pytest.raises(UserError) as e:
+        parse_list("32,2000000", float, "--hbm-gib", minimum=1e-9, maximum=MAX_HBM_GIB)
+    assert str(e.value) == ("--hbm-gib: must be <= 1048576, got 2000000.0; fix: give values "
+                            "> 0 and <= 1048576")
+    (tmp_path / "broken.json").write_text('{"hidden_size": 64,\n "n_layer": 2,}\n')
+    err = _one_line_error(ev[:2] + [str(tmp_path / "broken.json")] + ev[3:], "model")
+    assert "is not valid JSON at line 2, column 15: Expecting property name" in err
+    assert "fix: at line 2, column 15, quote keys and strings with double quotes and drop " \
+           "any trailing comma" in err
+
+
+@pytest.mark.parametrize("text, field, fix", [
+    ("placement: {recompute: [none, partial]}\n", "placement.recompute[1]",
+     "'partial' is not one of ['none', 'selective', 'full']; fix: use one of: none, "
+     "selective, full"),
+    ("models: [{seq: [128], tp: [1]}]\n", "models[0]",
+     "'name' is a required property; fix: give name: with a zoo model (`phaze models` "
+     "lists them), or a label for the model together with hf_config: path/to/config.json"),
+    ("models: [{name: bert-large, seq: [128], tp: [1], fixed_plan: 8-128-1}]\n",
+     "models[0].fixed_plan", "fix: write it as PxDxT (pipeline x data x tensor degrees), "
+     "e.g. 8x128x1"),
+    ("microbatch_sizes: [1.0]\n", "microbatch_sizes[0]", "fix: give an integer (1, not 1.0)"),
+    ("scheduling: {time_limit_s: 0}\n", "scheduling.time_limit_s", "fix: give a value > 0"),
+])
+def test_schema_errors_name_what_to_give(tmp_path, text, field, fix):
+    err = _one_line_error(_config_with(tmp_path, text), field)
+    assert err.endswith(fix), err
+
+
+def test_a_name_alone_or_hf_config_with_a_label_is_what_a_model_entry_needs(tmp_path):
+    """The fix of a models[i] entry without name is right: hf_config alone is refused by
+    the schema too, a label with hf_config passes."""
+    cfg = {"name": "tiny", "hf_config": str(tmp_path / "config.json"), "seq": [64],
+           "tp": [1]}
+    (tmp_path / "config.json").write_text(json.dumps(dict(
+        model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=96, vocab_size=101, max_position_embeddings=256)))
+    assert _run(_config_with(tmp_path, yaml.safe_dump({"models": [cfg]})))[0] == 0
+    no_name = {k: v for k, v in cfg.items() if k != "name"}
+    _one_line_error(_config_with(tmp_path, yaml.safe_dump({"models": [no_name]})), "models[0]")
+
+
+@pytest.mark.parametrize("text, where, fix", [
+    ("models: [{name: bert-large, seq: [128], tp: [1]}\nmicrobatch_sizes: [1]\n",
+     "at line 2, column 1: expected ',' or ']'",
+     "fix: close the '[' opened at line 1, column 9 with ']', separating its items with "
+     "commas"),
+    ("placement:\n\thbm_gib: [32]\n", "at line 2, column 1: found character '\\t'",
+     "fix: replace the tab at line 2, column 1 with spaces (YAML indents with spaces only)"),
+])
+def test_a_yaml_syntax_error_gives_its_line_and_a_fitting_fix(tmp_path, text, where, fix):
+    err = _one_line_error(_config_with(tmp_path, text), "--config")
+    assert "part.yaml is not valid YAML " + where in err and err.endswith(fix), err

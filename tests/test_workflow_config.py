@@ -54,6 +54,14 @@ BAD_CONFIGS = {
         _bad(lambda c: c["models"][0].update(seq=[100000])),
         "models[0].seq[0]",
     ),
+    "fixed plan on more devices than placement.devices": (
+        _bad(lambda c: c["models"][0].update(fixed_plan="4x32x1")),   # 128 > 64 devices
+        "models[0].fixed_plan: 4x32x1 needs p x d x t = 128 devices",
+    ),
+    "fixed plan whose p does not divide the blocks": (
+        _bad(lambda c: c["models"][0].update(fixed_plan="5x8x1")),    # bert-large: 24
+        "models[0].fixed_plan: p = 5 of 5x8x1 does not divide",
+    ),
     "missing hf config": (
         _bad(lambda c: c["models"][0].update(hf_config="nowhere/config.json")),
         "models[0].hf_config",

@@ -49,7 +49,8 @@ def _cost(args) -> int:
     if not groups:
         raise UserError("nothing to cost", field="--graph", fix="pass --graph G.json or --gemm/--vector")
     if args.tp is not None and args.tp < 1:
-        raise UserError(f"must be >= 1, got {args.tp}", field="--tp")
+        raise UserError(f"must be >= 1, got {args.tp}", field="--tp",
+                        fix="give the tensor-parallel width, >= 1 (1: no splitting)")
     rows = []
     for label, ops, tp in groups:
         if not ops:

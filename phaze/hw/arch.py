@@ -75,7 +75,8 @@ def chunk_of(values, n_chunks: int) -> int:
     chunk, so each job solves the ILPs they have in common once; adding archs never moves
     others."""
     if n_chunks < 1:
-        raise UserError(f"must be >= 1, got {n_chunks}", field="n_chunks")
+        raise UserError(f"must be >= 1, got {n_chunks}", field="n_chunks",
+                        fix="give how many chunks the grid is split into, >= 1")
     return int(family_id_of(values), 16) % n_chunks
 
 
@@ -115,13 +116,17 @@ class Network:
             object.__setattr__(self, "intra_latency_s", lv[0][2])
             object.__setattr__(self, "inter_bw_Bps", lv[1][1])
             object.__setattr__(self, "inter_latency_s", lv[1][2])
-        _check_pos_int(self.devices_per_node, "network.devices_per_node")
+        _check_pos_int(self.devices_per_node, "network.devices_per_node",
+                       fix="give the accelerators per node (the fast-link group), an integer "
+                           ">= 1: e.g. 8 for a DGX node, 64 for a TPUv4 cube")
         for f in ("intra_bw_Bps", "inter_bw_Bps"):
-            _check_pos(getattr(self, f), f"network.{f}")
+            _check_pos(getattr(self, f), f"network.{f}",
+                       fix=f"give network.{f} in bytes/s per device, > 0 (e.g. 1.0e+11)")
         for f in ("intra_latency_s", "inter_latency_s"):
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
-                raise UserError(f"must be a number >= 0, got {v!r}", field=f"network.{f}")
+                raise UserError(f"must be a number >= 0, got {v!r}", field=f"network.{f}",
+                                fix=f"give network.{f} in seconds, >= 0 (e.g. 2.0e-06)")
 
     def level_list(self) -> tuple:
         """(devices per group, bw B/s, latency s) per level, innermost first; the last
@@ -315,12 +320,14 @@ def arch_from_row(row, network: Network | None = None, hbm_bytes: float | None =
     return Arch(**kw)
 
 
-def _check_pos_int(v, field_name):
+def _check_pos_int(v, field_name, fix=None):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-        raise UserError(f"must be a positive integer, got {v!r}", field=field_name)
+        raise UserError(f"must be a positive integer, got {v!r}", field=field_name,
+                        fix=fix or f"give {field_name} as an integer >= 1")
 
 
-def _check_pos(v, field_name):
+def _check_pos(v, field_name, fix=None):
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
             or not math.isfinite(v) or v <= 0:
-        raise UserError(f"must be a positive number, got {v!r}", field=field_name)
+        raise UserError(f"must be a positive number, got {v!r}", field=field_name,
+                        fix=fix or f"give {field_name} as a finite number > 0")

@@ -16,6 +16,9 @@ def register(sub) -> None:
     s.add_argument("name", help="preset name (tpuv4, a100, h100), a chip JSON file "
                    "(phaze report's chip_*.json) or an arch_id with --grid")
     s.add_argument("--grid", help="grid parquet to look an arch_id up in")
+    s.add_argument("--config", help="with --grid: the sweep's config (the workflow's "
+                   "results/config.yaml, found next to results/arch/grid.parquet when not "
+                   "given), whose network: and placement.hbm_gib the grid does not store")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_show)
 
@@ -57,20 +60,71 @@ def resolve_arch(name: str, grid: str | None = None):
     return arch_from_row(hit.iloc[0])
 
 
+def sweep_config_of(grid: str, config: str | None) -> str | None:
+    """The sweep config that goes with a grid parquet: `config`, else the workflow's
+    results/config.yaml when the grid is its results/arch/grid.parquet, else None."""
+    from pathlib import Path
+
+    if config:
+        return config
+    near = Path(grid).resolve().parent.parent / "config.yaml"
+    return str(near) if Path(grid).resolve().parent.name == "arch" and near.is_file() else None
+
+
 def _show(args) -> int:
     from phaze.jsonout import emit_json
     from phaze.hw.area import area_breakdown_mm2
 
+    from phaze.hw.chipfile import is_chip_file
+    from phaze.hw.presets import PRESETS
+
+    from_grid = bool(args.grid) and args.name not in PRESETS and not is_chip_file(args.name)
+    if args.config and not from_grid:
+        raise UserError("only applies to an arch_id of a grid", field="--config",
+                        fix="add --grid G.parquet, or drop --config (a preset or chip "
+                            "file carries its own network)")
     a = resolve_arch(args.name, args.grid)
     d = a.to_dict()
     d.update(area_breakdown_mm2(a.n_tc, a.tc_rows, a.tc_cols, a.n_vc, a.vc_lanes, a.glb_bytes))
+    notes = {}
+    if from_grid:
+        # a grid stores the chip only: the network and the HBM size come from the sweep's
+        # config (network:, placement.hbm_gib), never from a default that looks like data
+        from phaze.settings import SweepSettings, load_config
+
+        cfg_path = sweep_config_of(args.grid, args.config)
+        if cfg_path:
+            settings = SweepSettings.from_config(load_config(cfg_path))
+            d["network"] = settings.net().to_dict()
+            d["hbm_bytes"] = None
+            d["hbm_gib_swept"] = list(settings.placement.hbm_gib)
+            notes["network"] = f"the network: of {cfg_path}; the grid stores none"
+            notes["hbm_bytes"] = (f"not stored in the grid; the sweep tried "
+                                  f"placement.hbm_gib {list(settings.placement.hbm_gib)} GiB "
+                                  f"(from {cfg_path})")
+        else:
+            d["network"] = d["hbm_bytes"] = None
+            why = ("not stored in the grid; it is the sweep config's {}; pass --config "
+                   "results/config.yaml (the sweep's config) to show it")
+            notes["network"] = why.format("network:")
+            notes["hbm_bytes"] = why.format("placement.hbm_gib")
+        d["source"] = {k: v for k, v in notes.items()}
     if args.json:
         emit_json(d)
         return 0
     net = d.pop("network")
+    d.pop("source", None)
+    d.pop("hbm_gib_swept", None)
     for k, v in d.items():
-        print(f"{k:16s} {_fmt(v)}")
-    print("network          " + ", ".join(f"{k}={_fmt(v)}" for k, v in net.items()))
+        if k == "name" and not v:
+            continue        # a grid arch has no name; its arch_id names it
+        print(f"{k:16s} {notes[k] if k in notes else _fmt(v)}")
+    if net is None:
+        print(f"network          {notes['network']}")
+    else:
+        print("network          " + ", ".join(f"{k}={_fmt(v)}" for k, v in net.items()
+                                                if v != "")
+              + (f"  ({notes['network']})" if "network" in notes else ""))
     return 0
 
 
@@ -123,7 +177,9 @@ def _read_spec(args) -> dict | None:
         except OSError as e:
             raise UserError(f"cannot read {args.config}: {e.strerror}", field="--config") from None
         except yaml.YAMLError as e:
-            raise UserError(f"not valid YAML: {e}".splitlines()[0], field="--config") from None
+            from phaze.settings import yaml_error
+
+            raise yaml_error(args.config, e, "--config") from None
         if not isinstance(cfg, dict) or "arch" not in cfg:
             raise UserError("config has no arch: mapping", field="--config",
                             fix="add an arch: block (configs/default.yaml has one)")

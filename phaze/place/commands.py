@@ -314,7 +314,8 @@ def _cmd_evaluate(args) -> int:
         raise UserError(f"must be >= 1, got {args.batch}", field="--batch",
                         fix="give the global batch in samples, a multiple of --mbs x --dp")
     if args.seq is not None and args.seq < 1:
-        raise UserError("must be >= 1", field="--seq")
+        raise UserError(f"must be >= 1, got {args.seq}", field="--seq",
+                        fix="give the sequence length in tokens, or drop --seq (the model's own)")
     used = args.tp * args.pp * args.dp * args.cp
     if getattr(args, "devices", None) is not None and int(args.devices) != used:
         raise UserError(f"{args.devices} devices, but the plan uses tp x pp x dp x cp = {used}",
@@ -334,7 +335,9 @@ def _cmd_evaluate(args) -> int:
                             fix=f"drop {' and '.join(clash)} (the layout spells the ends out), "
                                 f"or drop --pipeline-layout")
     if args.hbm_gib is not None and not 0 < args.hbm_gib <= MAX_HBM_GIB:
-        raise UserError(f"must be in (0, {MAX_HBM_GIB:g}], got {args.hbm_gib}", field="--hbm-gib")
+        from phaze.settings import readable_number
+        raise UserError(f"must be in (0, {readable_number(MAX_HBM_GIB)}], got {args.hbm_gib}",
+                        field="--hbm-gib", fix="give the device memory in GiB, e.g. 80")
     settings, cfg = sweep_settings(args)
     spec = _model_of(args, cfg)
     seq = args.seq or spec.seq

@@ -85,7 +85,8 @@ def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_
     from phaze.report.tables import load_grid, load_place
 
     if tpuv4_hbm_gib is not None and not tpuv4_hbm_gib > 0:
-        raise UserError("must be > 0", field="--tpuv4-hbm-gib")
+        raise UserError(f"must be > 0, got {tpuv4_hbm_gib}", field="--tpuv4-hbm-gib",
+                        fix="give the TPUv4-like chip's HBM in GiB, e.g. 32 (a TPUv4's)")
     place = load_place(place_paths)
     grid = load_grid(grid_path)
     latency = _load_latency(latency_paths)
@@ -122,6 +123,24 @@ def runnable_files(out_dir, sweep, summary) -> dict:
             f[f"{key}_path"] = str(Path(out_dir) / name)
         out[(s["model"], int(s["seq"]))] = f
     return out
+
+
+# The per-(model, seq) files runnable_files writes; a file in the output folder matching one
+# of these and not written by this run is a stale one of an earlier run (stale_runnable).
+RUNNABLE_PATTERNS = (r"megatron_.+_s\d+\.txt", r"nemo_.+_s\d+\.yaml", r"chip_.+_s\d+\.json")
+
+
+def stale_runnable(out_dir, written) -> list[Path]:
+    """Files in `out_dir` that match RUNNABLE_PATTERNS (this command's own per-model
+    outputs) but that this run did not write: an earlier run's, for a model no longer
+    configured or no longer feasible. Nothing else in the folder is touched."""
+    import re
+
+    keep = {Path(f).name for f in written}
+    pat = re.compile("|".join(f"(?:{p})" for p in RUNNABLE_PATTERNS))
+    return sorted(f for f in Path(out_dir).iterdir()
+                  if f.is_file() and not f.is_symlink() and pat.fullmatch(f.name)
+                  and f.name not in keep)
 
 
 def sections_html(sweep, summary, files) -> tuple[str, str]:
@@ -187,6 +206,10 @@ def write_report(out_dir, sweep, summary) -> dict[str, str]:
         write_text_atomic(out_dir / "report.html",
                           html.render(summary, shown, extra_html=body, context_html=ctx))
     written["html"] = str(out_dir / "report.html")
+    # last, once report.html lists this run's files: an earlier run's per-model files go
+    for f in stale_runnable(out_dir, written.values()):
+        f.unlink(missing_ok=True)
+        written.setdefault("removed", []).append(str(f))
     return written
 
 
@@ -264,5 +287,8 @@ def run(args) -> int:
     for _, r in summary[summary["status"] == "ok"].iterrows():
         print(f"reproduce {r['model']} (seq {r['seq']}): {r['evaluate_command']}")
     for key, path in written.items():
-        print(f"wrote {path}")
+        if key == "removed":
+            print("\n".join(f"removed stale {p}" for p in path))
+        else:
+            print(f"wrote {path}")
     return 0

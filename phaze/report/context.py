@@ -20,8 +20,10 @@ def read_config(path: str | None) -> dict | None:
             cfg = yaml.safe_load(f)
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}", field="--config") from None
-    except yaml.YAMLError:
-        raise UserError(f"{path} is not valid YAML", field="--config") from None
+    except yaml.YAMLError as e:
+        from phaze.settings import yaml_error
+
+        raise yaml_error(path, e, "--config") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path} holds no mapping", field="--config")
     return cfg

@@ -271,7 +271,8 @@ def cmd_merge_latency(args) -> int:
         from phaze.sched.table import check_against_grid
 
         if args.n_chunks < 1:
-            raise UserError(f"must be >= 1, got {args.n_chunks}", field="--n-chunks")
+            raise UserError(f"must be >= 1, got {args.n_chunks}", field="--n-chunks",
+                            fix="give how many chunks the grid is split into, >= 1")
         check_against_grid(shards, list(args.shards), read_grid(args.grid), args.n_chunks)
     with atomic_path(args.output) as tmp:
         out.to_parquet(tmp, index=False)

@@ -73,7 +73,8 @@ def _specs(args):
             raise UserError("give --model and --seq, or --config", field="--model",
                             fix="e.g. --model bert-large --seq 512")
         if args.seq < 1:
-            raise UserError(f"must be >= 1, got {args.seq}", field="--seq")
+            raise UserError(f"must be >= 1, got {args.seq}", field="--seq",
+                            fix="give the sequence length in tokens, e.g. --seq 2048")
         specs = [SweepSpec(model=args.model, seq=args.seq, tp=tp_flag or (1,),
                            settings=settings, fixed=fixed_flag, dp=args.dp,
                            cp=cp_flag or (1,))]

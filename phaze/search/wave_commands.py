@@ -78,7 +78,8 @@ def cmd_bound(args) -> int:
     from phaze.search.waves import bound_table, wave_grid
 
     if args.wave1_archs < 1:
-        raise UserError(f"must be >= 1, got {args.wave1_archs}", field="--wave1-archs")
+        raise UserError(f"must be >= 1, got {args.wave1_archs}", field="--wave1-archs",
+                        fix="give how many archs wave 1 evaluates, an integer >= 1")
     spec = replace(_spec(args.config_json), fixed=None)   # the fixed plan never bounds
     grid = read_grid(args.grid)
     waves = bound_table(spec, grid, args.wave1_archs)
