@@ -629,6 +629,7 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
              (po.get("recompute_method"), po.get("recompute_num_layers")) != ("uniform", 1)),
             (f"recompute modules {','.join(plan.get('recompute_modules') or [])}",
              plan.get("recompute_modules") is not None),
+            (f"pipeline layout {plan.get('pipeline_layout')}", plan.get("pipeline_layout")),
             ("overlaps " + ",".join(k for k in ("overlap_grad_reduce", "overlap_param_gather",
                                                 "tp_comm_overlap", "overlap_p2p",
                                                 "overlap_moe_expert_parallel_comm") if po.get(k)),
