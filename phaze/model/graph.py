@@ -665,7 +665,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
             or (ep and spec.experts and spec.experts % ep):
         raise UserError(f"expert-parallel size {ep!r} must be 0 or a positive divisor of the "
                         f"{spec.experts} routed experts", field="ep",
-                        fix=f"use 0 (no expert parallelism) or a divisor of {spec.experts}")
+                        fix=(f"use 0 (no expert parallelism) or a divisor of {spec.experts}"
+                             if spec.experts else "use 0 or a positive integer"))
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
              vocab_pad_multiple, et, recompute_modules, ep)
     layers, uniques = [], 0
