@@ -477,3 +477,30 @@ def test_a_name_alone_or_hf_config_with_a_label_is_what_a_model_entry_needs(tmp_
 def test_a_yaml_syntax_error_gives_its_line_and_a_fitting_fix(tmp_path, text, where, fix):
     err = _one_line_error(_config_with(tmp_path, text), "--config")
     assert "part.yaml is not valid YAML " + where in err and err.endswith(fix), err
+
+
+@pytest.mark.parametrize("extra, field, want", [
+    (["--model", "llama2-7b", "--seq", "4096", "--fixed", "8x128x1", "--devices", "1000"],
+     "--fixed", "--fixed: 8x128x1 needs p x d x t = 1024 devices, more than --devices 1000; "
+     "fix: use a plan of at most 1000 devices, raise --devices to 1024, or drop --fixed"),
+    (["--model", "llama2-7b", "--seq", "4096", "--fixed", "3x100x1"], "--fixed",
+     "--fixed: p = 3 of 3x100x1 does not divide llama2-7b's 32 transformer blocks "
+     "(Megatron's uniform split); fix: use a p dividing 32: 1, 2, 4, 8, 16, 32"),
+    (["--model", "gpt2-xl", "--seq", "1024", "--tp", "1,5", "--fixed", "16x16x2"], "--fixed",
+     "--fixed: t = 2 of 16x16x2: tensor-parallel width 2 does not divide the 25 attention "
+     "heads of gpt2-xl; fix: use a width dividing every split dimension: 1, 5"),
+    (["--model", "llama2-7b", "--seq", "4096", "--fixed", "8x64x2"], "--fixed",
+     "; fix: add 2 to --tp or use a plan with t in it"),
+    # the config's fixed plan, checked against the devices the flags leave the search
+    (["--config", str(REPO / "configs" / "default.yaml"), "--model", "bert-large",
+      "--devices", "1000"], "models[0].fixed_plan",
+     "8x128x1 needs p x d x t = 1024 devices, more than --devices 1000; fix: use a plan of "
+     "at most 1000 devices, raise --devices to 1024, or drop models[0].fixed_plan"),
+])
+def test_search_refuses_a_fixed_plan_that_cannot_run(tmp_path, extra, field, want):
+    """`phaze search` runs check-config's fixed-plan check (configcheck.fixed_plan_problems)
+    with its own devices and TP widths, before the grid is read, naming the flags."""
+    argv = ["search", "--grid", str(tmp_path / "none.parquet")] + extra
+    err = _one_line_error(argv, field)
+    assert want in err, err
+
