@@ -44,7 +44,8 @@ def _check(args) -> int:
     settings = SweepSettings.from_config(cfg)
     errors = semantic_errors(cfg)
     if errors:
-        raise UserError(errors[0].removeprefix("field "), field="config")
+        message, _, fix = errors[0].removeprefix("field ").partition("; fix: ")
+        raise UserError(message, field="config", fix=fix or None)
     if args.output:
         write_text_atomic(args.output, yaml.safe_dump(cfg, sort_keys=False))
     if args.json:

@@ -22,43 +22,62 @@ PUBLISHED_FIXED_PLANS = {
 }
 
 
-def fixed_plan_errors(i: int, m: dict, spec, devices: int, graph) -> list[str]:
-    """Why models[i].fixed_plan 'PxDxT' cannot run, one message each: it needs more than
-    placement.devices accelerators, t does not divide the model's split dimensions or is
-    not one of the model's tp widths (the fixed plan runs on that width's graphs, without
-    sequence parallelism), or p does not divide the model's blocks (Megatron's uniform
-    split) and the plan is not the published baseline of that zoo model."""
+def fixed_plan_problems(m: dict, spec, devices: int, graph,
+                        names: dict | None = None) -> list[tuple[str, str, str]]:
+    """Why the fixed plan m["fixed_plan"] 'PxDxT' of the model entry m (name, tp, optional
+    hf_config) cannot run, as (field, message, fix), one each: it needs more than `devices`
+    accelerators, t does not divide the model's split dimensions or is not one of m["tp"]
+    (the fixed plan runs on that width's graphs, without sequence parallelism), or p does
+    not divide the model's blocks (Megatron's uniform split) and the plan is not the
+    published baseline of that zoo model. `names` relabels the settings the messages name
+    (keys plan, devices, tp, sp_true, sp_both, drop: the config's fields by default;
+    `phaze search` passes its flags)."""
     plan = m.get("fixed_plan")
     if not plan:
         return []
-    field = f"field models[{i}].fixed_plan"
+    label = {"plan": "fixed_plan", "devices": "placement.devices", "tp": "the model's tp list",
+             "sp_true": "graph.sequence_parallel: true",
+             "sp_both": "graph.sequence_parallel: [false, true]", "drop": "fixed_plan",
+             **(names or {})}
+    field = label["plan"]
     p, d, t = (int(x) for x in str(plan).lower().split("x"))
-    errors = []
+    problems = []
     if p * d * t > devices:
-        errors.append(f"{field}: {plan} needs p x d x t = {p * d * t} devices, more than "
-                      f"placement.devices {devices}; fix: use a plan of at most {devices} "
-                      f"devices, raise placement.devices to {p * d * t}, or drop fixed_plan")
+        problems.append((field, f"{plan} needs p x d x t = {p * d * t} devices, more than "
+                         f"{label['devices']} {devices}",
+                         f"use a plan of at most {devices} devices, raise {label['devices']} "
+                         f"to {p * d * t}, or drop {label['drop']}"))
     try:
         spec.check_tp(t)
     except UserError as e:
-        errors.append(f"{field}: t = {t} of {plan}: {str(e).split(': ', 1)[-1]}")
+        why = str(e).split(": ", 1)[-1]
+        if e.fix:
+            why = why.removesuffix(f"; fix: {e.fix}")
+        problems.append((field, f"t = {t} of {plan}: {why}", e.fix))
     else:
         if t not in m["tp"]:
-            errors.append(f"{field}: t = {t} of {plan} is not among the model's tp widths "
-                          f"{list(m['tp'])}, so the plan has no graphs to run on; fix: add "
-                          f"{t} to models[{i}].tp or use a plan with t in it")
+            problems.append((field, f"t = {t} of {plan} is not among the model's tp widths "
+                             f"{list(m['tp'])}, so the plan has no graphs to run on",
+                             f"add {t} to {label['tp']} or use a plan with t in it"))
         elif t > 1 and False not in graph.sp_values(t):
-            errors.append(f"{field}: {plan} runs without sequence parallelism, which "
-                          "graph.sequence_parallel: true leaves out; fix: set "
-                          "graph.sequence_parallel: [false, true] or drop fixed_plan")
+            problems.append((field, f"{plan} runs without sequence parallelism, which "
+                             f"{label['sp_true']} leaves out",
+                             f"set {label['sp_both']} or drop {label['drop']}"))
     blocks = spec.layers
     published = "hf_config" not in m and PUBLISHED_FIXED_PLANS.get(m["name"]) == plan
     if blocks % p and not published:
         ok = [k for k in range(1, blocks + 1) if blocks % k == 0]
-        errors.append(f"{field}: p = {p} of {plan} does not divide {m['name']}'s {blocks} "
-                      "transformer blocks (Megatron's uniform split); fix: use a p dividing "
-                      f"{blocks}: {', '.join(map(str, ok))}")
-    return errors
+        problems.append((field, f"p = {p} of {plan} does not divide {m['name']}'s {blocks} "
+                         "transformer blocks (Megatron's uniform split)",
+                         f"use a p dividing {blocks}: {', '.join(map(str, ok))}"))
+    return problems
+
+
+def fixed_plan_errors(i: int, m: dict, spec, devices: int, graph) -> list[str]:
+    """fixed_plan_problems of models[i] as check-config messages 'field F: what; fix: how'."""
+    names = {"plan": f"models[{i}].fixed_plan", "tp": f"models[{i}].tp"}
+    return [f"field {f}: {msg}; fix: {fix}" if fix else f"field {f}: {msg}"
+            for f, msg, fix in fixed_plan_problems(m, spec, devices, graph, names)]
 
 
 def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:

@@ -60,4 +60,5 @@ def read_parquet(path, field: str, fix: str | None = None):
     except Exception as e:  # noqa: BLE001 - any reader failure is the file's fault
         first = (str(e).splitlines() or [""])[0][:200]     # one line, whatever pyarrow says
         raise UserError(f"{path} is not a readable parquet table ({e.__class__.__name__}: "
-                        f"{first})", field=field) from None
+                        f"{first})", field=field,
+                        fix="give a parquet table phaze wrote (rerun the step that writes it)") from None

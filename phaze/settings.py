@@ -89,7 +89,8 @@ def parse_list(text, conv, field: str, *, minimum: float | None = None,
 def _bool_axis(v, field: str) -> tuple[bool, ...]:
     vals = (v,) if isinstance(v, bool) else tuple(v)
     if not vals or not all(isinstance(x, bool) for x in vals):
-        raise UserError(f"expected true/false or a list of them, got {v!r}", field=field)
+        raise UserError(f"expected true/false or a list of them, got {v!r}", field=field,
+                        fix="give true, false or a list such as [false, true]")
     return tuple(dict.fromkeys(vals))
 
 
@@ -113,7 +114,8 @@ class GraphSettings:
         if isinstance(self.vocab_pad_multiple, bool) or not isinstance(self.vocab_pad_multiple, int) \
                 or self.vocab_pad_multiple < 1:
             raise UserError(f"must be an integer >= 1, got {self.vocab_pad_multiple!r}",
-                            field="graph.vocab_pad_multiple")
+                            field="graph.vocab_pad_multiple",
+                            fix="give an integer >= 1 (1 leaves the vocabulary unpadded)")
 
     def build_kwargs(self) -> dict:
         """build_graph's keyword arguments for these options (sequence parallelism apart)."""
@@ -224,7 +226,8 @@ class PlacementSettings:
         for name in ("devices", "global_batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UserError(f"must be an integer >= 1, got {v!r}", field=name)
+                raise UserError(f"must be an integer >= 1, got {v!r}", field=name,
+                                fix="give an integer >= 1")
         object.__setattr__(self, "hbm_gib", parse_list(self.hbm_gib, float, "hbm_gib",
                                                        minimum=1e-9, maximum=MAX_HBM_GIB))
         object.__setattr__(self, "recompute", check_recompute(self.recompute))
@@ -296,11 +299,11 @@ class SearchSettings:
     def __post_init__(self):
         if self.method not in SEARCH_METHODS:
             raise UserError(f"must be one of {SEARCH_METHODS}, got {self.method!r}",
-                            field="search.method")
+                            field="search.method", fix=f"use one of {', '.join(SEARCH_METHODS)}")
         if isinstance(self.wave1_archs, bool) or not isinstance(self.wave1_archs, int) \
                 or self.wave1_archs < 1:
             raise UserError(f"must be an integer >= 1, got {self.wave1_archs!r}",
-                            field="search.wave1_archs")
+                            field="search.wave1_archs", fix="give an integer >= 1")
 
     @classmethod
     def from_config(cls, block: dict | None) -> "SearchSettings":
@@ -331,13 +334,16 @@ def parse_network(value, default=None):
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read {path} ({e})", field="network") from None
+            raise UserError(f"cannot read {path} ({e})", field="network",
+                            fix="check the path and that the file is readable text") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"not JSON ({e})", field="network") from None
+        raise UserError(f"not JSON ({e})", field="network",
+                        fix="correct the JSON, or give the path of a JSON file") from None
     if not isinstance(obj, dict):
-        raise UserError("must be a JSON object", field="network")
+        raise UserError("must be a JSON object", field="network",
+                        fix="give a JSON object of network fields, or the path of a JSON file holding one")
     return Network.from_dict(obj)
 
 

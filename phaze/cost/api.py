@@ -44,7 +44,8 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
     (default {"tp": tp})."""
     params = params or CostParams()
     if isinstance(tp, bool) or not isinstance(tp, (int, np.integer)) or tp < 1:
-        raise UserError(f"must be a positive integer, got {tp!r}", field="tp")
+        raise UserError(f"must be a positive integer, got {tp!r}", field="tp",
+                        fix="give a tensor-parallel width >= 1")
     sizes = {"tp": int(tp), "": int(tp)}
     sizes.update(groups or {})
     a = archs if isinstance(archs, ArchArrays) else _arch_arrays(archs)
@@ -178,13 +179,16 @@ def arch_arrays(archs) -> ArchArrays:
 def _arch_arrays(archs) -> dict:
     df = arch_table(archs)
     if df.empty:
-        raise UserError("no architectures given", field="archs")
+        raise UserError("no architectures given", field="archs",
+                        fix="pass at least one architecture")
     a = table_arrays(df)
     for f, v in a.items():
         if not np.all(np.isfinite(v)) or np.any(v <= 0):
-            raise UserError("values must be positive", field=f"archs.{f}")
+            raise UserError("values must be positive", field=f"archs.{f}",
+                            fix=f"give every architecture a finite {f} > 0")
         if f in INT_FIELDS and np.any(v != np.floor(v)):
-            raise UserError("values must be positive integers", field=f"archs.{f}")
+            raise UserError("values must be positive integers", field=f"archs.{f}",
+                            fix=f"give {f} as whole numbers")
     return a
 
 
@@ -214,21 +218,25 @@ def _check(o: Op) -> str:
     if o.kind == "gemm":
         d = o.gemm
         if d is None:
-            raise UserError(f"op {o.name}: a gemm op needs GEMM dims", field="gemm")
+            raise UserError(f"op {o.name}: a gemm op needs GEMM dims", field="gemm",
+                            fix="give the op its GEMM dims (batch, m, n, k)")
         for x in ("batch", "m", "n", "k"):
             v = getattr(d, x)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise UserError(f"op {o.name}: {x} must be a positive integer, got {v!r}",
-                                field=f"gemm.{x}")
+                                field=f"gemm.{x}", fix=f"give {x} as an integer >= 1")
     elif o.kind == "vector":
         if isinstance(o.elements, bool) or not isinstance(o.elements, (int, np.integer)) or o.elements <= 0:
             raise UserError(f"op {o.name}: elements must be a positive integer, got {o.elements!r}",
-                            field="elements")
+                            field="elements", fix="give elements as an integer >= 1")
     elif o.kind == "collective":
         if not math.isfinite(o.comm_bytes) or o.comm_bytes < 0:
-            raise UserError(f"op {o.name}: comm_bytes must be >= 0", field="comm_bytes")
+            raise UserError(f"op {o.name}: comm_bytes must be >= 0", field="comm_bytes",
+                            fix="give comm_bytes as a finite number >= 0")
     else:
-        raise UserError(f"op {o.name}: unknown kind {o.kind!r}", field="kind")
+        raise UserError(f"op {o.name}: unknown kind {o.kind!r}", field="kind",
+                        fix="use kind gemm, vector or collective")
     if o.bytes_read < 0 or o.bytes_written < 0:
-        raise UserError(f"op {o.name}: byte counts must be >= 0", field="bytes")
+        raise UserError(f"op {o.name}: byte counts must be >= 0", field="bytes",
+                        fix="give bytes_read and bytes_written >= 0")
     return o.kind

@@ -31,7 +31,7 @@ def collective_s(kind: str, nbytes: float, group_size: int, network: Network,
                         fix=f"use one of {sorted(_STEPS)}")
     if group_size < 1 or nbytes < 0:
         raise UserError(f"needs group_size >= 1 and bytes >= 0, got {group_size}, {nbytes}",
-                        field="collective")
+                        field="collective", fix="give group_size >= 1 and bytes >= 0")
     if group_size == 1:
         return 0.0
     bw, alpha, _ = network.link(group_size, stride)
@@ -44,7 +44,8 @@ def send_recv_s(nbytes: float, network: Network, params: CostParams | None = Non
                 same_node: bool = False) -> float:
     params = params or CostParams()
     if nbytes < 0:
-        raise UserError(f"bytes must be >= 0, got {nbytes}", field="send_recv")
+        raise UserError(f"bytes must be >= 0, got {nbytes}", field="send_recv",
+                        fix="give bytes >= 0")
     if nbytes == 0:
         return 0.0
     bw, alpha = ((network.intra_bw_Bps, network.intra_latency_s) if same_node
@@ -114,7 +115,7 @@ def group_layout(group_size: int, stride: int, devices_per_node: int) -> tuple[i
     """(members per node, nodes) of a group of `group_size` devices `stride` apart."""
     if group_size < 1 or stride < 1:
         raise UserError(f"needs group_size, stride >= 1, got {group_size}, {stride}",
-                        field="collective")
+                        field="collective", fix="give group_size >= 1 and stride >= 1")
     n_local = 1 if stride >= devices_per_node else max(1, min(group_size, devices_per_node // stride))
     return n_local, -(-group_size // n_local)
 
@@ -142,7 +143,8 @@ def collective_time(kind: str, nbytes: float, group_size: int, stride: int = 1, 
     if algo not in ALGOS:
         raise UserError(f"unknown algorithm {algo!r}", field="algo", fix=f"use one of {ALGOS}")
     if nbytes < 0:
-        raise UserError(f"bytes must be >= 0, got {nbytes}", field="collective")
+        raise UserError(f"bytes must be >= 0, got {nbytes}", field="collective",
+                        fix="give bytes >= 0")
     factor = bus_factor(kind, group_size)
     if group_size == 1 or nbytes == 0:
         return 0.0

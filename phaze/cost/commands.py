@@ -37,7 +37,8 @@ def _cost(args) -> int:
     if adhoc:
         groups.append(("adhoc", adhoc, args.tp or 1))
     if args.graph and args.model:
-        raise UserError("give either --graph or --model, not both", field="--model")
+        raise UserError("give either --graph or --model, not both", field="--model",
+                        fix="drop --graph or --model")
     if args.graph or args.model:
         g = _load_or_build_graph(args)
         tp = args.tp or g.tp
@@ -93,17 +94,21 @@ def _adhoc_ops(gemms, vectors):
         try:
             b, m, n, k = (int(x) for x in parts)
         except ValueError:
-            raise UserError(f"expected four integers B,M,N,K, got {spec!r}", field="--gemm") from None
+            raise UserError(f"expected four integers B,M,N,K, got {spec!r}", field="--gemm",
+                            fix="give four comma-separated integers, e.g. --gemm 1,4096,4096,4096") from None
         if min(b, m, n, k) <= 0:
-            raise UserError(f"sizes must be positive, got {spec!r}", field="--gemm")
+            raise UserError(f"sizes must be positive, got {spec!r}", field="--gemm",
+                            fix="give B, M, N and K all >= 1, e.g. --gemm 1,4096,4096,4096")
         ops.append(Op(f"gemm{i}:{b}x{m}x{n}x{k}", "gemm", gemm=GemmDims(b, m, n, k), flops=2.0 * b * m * n * k))
     for i, spec in enumerate(vectors):
         cls, _, e = spec.partition(":")
         try:
             e = int(e)
         except ValueError:
-            raise UserError(f"expected CLASS:ELEMENTS, got {spec!r}", field="--vector") from None
+            raise UserError(f"expected CLASS:ELEMENTS, got {spec!r}", field="--vector",
+                            fix="give CLASS:ELEMENTS with an integer ELEMENTS") from None
         if e <= 0:
-            raise UserError(f"elements must be positive, got {e}", field="--vector")
+            raise UserError(f"elements must be positive, got {e}", field="--vector",
+                            fix="give ELEMENTS >= 1")
         ops.append(Op(f"vec{i}:{cls}", "vector", vclass=cls, elements=e))
     return ops

@@ -208,22 +208,27 @@ def _check_levels(levels) -> tuple:
                 raise UserError(f"level {k} lacks {e}", field=f,
                                 fix="give devices, bw_Bps and latency_s") from None
         if not isinstance(lv, (list, tuple)) or len(lv) != 3:
-            raise UserError(f"level {k} must be [devices, bw_Bps, latency_s]", field=f)
+            raise UserError(f"level {k} must be [devices, bw_Bps, latency_s]", field=f,
+                            fix="give each level as [devices, bw_Bps, latency_s]")
         g, bw, lat = lv
         if isinstance(g, bool) or not isinstance(g, int) or g < 0:
-            raise UserError(f"level {k}: devices must be an integer >= 0, got {g!r}", field=f)
+            raise UserError(f"level {k}: devices must be an integer >= 0, got {g!r}", field=f,
+                            fix="give devices as an integer >= 0 (0: the whole cluster, last level only)")
         _check_pos(bw, f"{f}[{k}].bw_Bps")
         if isinstance(lat, bool) or not isinstance(lat, (int, float)) or not (
                 lat >= 0 and math.isfinite(lat)):
-            raise UserError(f"level {k}: latency must be a number >= 0, got {lat!r}", field=f)
+            raise UserError(f"level {k}: latency must be a number >= 0, got {lat!r}", field=f,
+                            fix="give latency_s as a finite number >= 0")
         if g == 0 and k != len(levels) - 1:
             raise UserError(f"level {k}: devices 0 (whole cluster) only on the last level",
-                            field=f)
+                            field=f, fix="give this level a device count; 0 only on the last level")
         if g != 0 and (g % prev or g <= prev and k > 0):
             raise UserError(f"level {k}: {g} devices is not a multiple > {prev} of the level "
-                            "below", field=f)
+                            "below", field=f,
+                            fix=f"give level {k} a multiple of {prev} devices, more than {prev}")
         if k == 0 and g < 1:
-            raise UserError("level 0 (node) needs devices >= 1", field=f)
+            raise UserError("level 0 (node) needs devices >= 1", field=f,
+                            fix="give level 0 at least 1 device")
         out.append((int(g), float(bw), float(lat)))
         prev = max(g, 1)
     return tuple(out)
@@ -297,7 +302,8 @@ def arch_table(archs) -> pd.DataFrame:
     if isinstance(archs, pd.DataFrame):
         missing = [c for c in ID_FIELDS if c not in archs.columns]
         if missing:
-            raise UserError(f"arch table lacks columns {missing}", field="grid")
+            raise UserError(f"arch table lacks columns {missing}", field="grid",
+                            fix="give a grid written by `phaze arch grid`")
         return archs
     if isinstance(archs, Arch):
         archs = [archs]

@@ -42,13 +42,16 @@ def read_chip(path: str) -> Arch:
     try:
         arch = Arch(**kw)
     except TypeError as e:
-        raise UserError(f"{path}: {e}", field="--arch") from None
+        raise UserError(f"{path}: {e}", field="--arch",
+                        fix="give the fields of a chip JSON as `phaze report` writes it") from None
     for k in DERIVED:
         if k in d and k != "arch_id" and not math.isclose(float(d[k]), getattr(arch, k),
                                                           rel_tol=1e-9):
             raise UserError(f"{path}: {k} {d[k]} disagrees with the fields "
-                            f"({getattr(arch, k)})", field="--arch")
+                            f"({getattr(arch, k)})", field="--arch",
+                            fix=f"drop {k} (derived from the fields) or correct it")
     if "arch_id" in d and d["arch_id"] != arch.arch_id:
         raise UserError(f"{path}: arch_id {d['arch_id']} disagrees with the fields "
-                        f"({arch.arch_id})", field="--arch")
+                        f"({arch.arch_id})", field="--arch",
+                        fix="drop arch_id (derived from the fields) or correct it")
     return arch

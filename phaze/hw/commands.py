@@ -167,7 +167,8 @@ def _read_spec(args) -> dict | None:
         try:
             spec = json.loads(args.spec)
         except json.JSONDecodeError as e:
-            raise UserError(f"not valid JSON ({e.msg})", field="--spec") from None
+            raise UserError(f"not valid JSON ({e.msg})", field="--spec",
+                            fix="give valid JSON, e.g. --spec '{\"n_tc\": [1, 2]}'") from None
     elif args.config:
         import yaml
 
@@ -175,7 +176,8 @@ def _read_spec(args) -> dict | None:
             with open(args.config) as f:
                 cfg = yaml.safe_load(f)
         except OSError as e:
-            raise UserError(f"cannot read {args.config}: {e.strerror}", field="--config") from None
+            raise UserError(f"cannot read {args.config}: {e.strerror}", field="--config",
+                            fix="check the path and that the file is readable") from None
         except yaml.YAMLError as e:
             from phaze.settings import yaml_error
 
@@ -187,7 +189,8 @@ def _read_spec(args) -> dict | None:
     else:
         return None
     if spec is not None and not isinstance(spec, dict):
-        raise UserError(f"must be a mapping, got {type(spec).__name__}", field="arch")
+        raise UserError(f"must be a mapping, got {type(spec).__name__}", field="arch",
+                        fix="give arch: as a mapping of axis names to values, e.g. arch: {n_tc: [1, 2]}")
     return spec
 
 

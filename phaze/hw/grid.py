@@ -67,7 +67,8 @@ def axis_values(spec, name: str, integer: bool) -> np.ndarray:
             lo, hi = _pair(spec["pow2"], name)
             if lo <= 0 or hi < lo or not _is_pow2(lo):
                 raise UserError(f"pow2 range needs 0 < lo <= hi with lo a power of two, got {spec['pow2']}",
-                                field=f"arch.{name}")
+                                field=f"arch.{name}",
+                                fix="give [lo, hi] with 0 < lo <= hi and lo a power of two, e.g. {pow2: [1, 64]}")
             vals = []
             v = lo
             while v <= hi:
@@ -76,10 +77,12 @@ def axis_values(spec, name: str, integer: bool) -> np.ndarray:
         elif set(spec) == {"range"}:
             r = spec["range"]
             if not isinstance(r, (list, tuple)) or len(r) != 3:
-                raise UserError("range needs [lo, hi, step]", field=f"arch.{name}")
+                raise UserError("range needs [lo, hi, step]", field=f"arch.{name}",
+                                fix="give {range: [lo, hi, step]}")
             lo, hi, step = r
             if not all(_is_num(x) for x in r) or step <= 0 or hi < lo:
-                raise UserError(f"range needs numbers lo <= hi and step > 0, got {r}", field=f"arch.{name}")
+                raise UserError(f"range needs numbers lo <= hi and step > 0, got {r}", field=f"arch.{name}",
+                                fix="give numbers with lo <= hi and step > 0")
             n = int(math.floor((hi - lo) / step + 1e-9)) + 1
             if n > MAX_AXIS_VALUES:
                 raise UserError(f"range gives {n} values, more than {MAX_AXIS_VALUES}",
@@ -96,14 +99,17 @@ def axis_values(spec, name: str, integer: bool) -> np.ndarray:
         raise UserError(f"cannot read axis {spec!r}", field=f"arch.{name}",
                         fix="use a list, {pow2: [lo, hi]} or {range: [lo, hi, step]}")
     if not vals:
-        raise UserError("axis is empty", field=f"arch.{name}")
+        raise UserError("axis is empty", field=f"arch.{name}", fix="give at least one value")
     for v in vals:
         if not _is_num(v) or not math.isfinite(v) or v <= 0:
-            raise UserError(f"values must be positive numbers, got {v!r}", field=f"arch.{name}")
+            raise UserError(f"values must be positive numbers, got {v!r}", field=f"arch.{name}",
+                            fix="give positive finite numbers")
         if integer and v > MAX_INT_AXIS:
-            raise UserError(f"values must be <= {MAX_INT_AXIS}, got {v!r}", field=f"arch.{name}")
+            raise UserError(f"values must be <= {MAX_INT_AXIS}, got {v!r}", field=f"arch.{name}",
+                            fix=f"give values <= {MAX_INT_AXIS}")
         if integer and float(v) != int(v):
-            raise UserError(f"values must be positive integers, got {v!r}", field=f"arch.{name}")
+            raise UserError(f"values must be positive integers, got {v!r}", field=f"arch.{name}",
+                            fix="give whole numbers")
     arr = np.array(sorted(set(float(v) for v in vals)))
     return arr.astype(np.int64) if integer else arr
 
@@ -132,7 +138,8 @@ def a_max_of(area_spec: dict) -> float:
     if a == "tpuv4":
         return PRESETS["tpuv4"].area_mm2
     if not _is_num(a) or a <= 0:
-        raise UserError(f"must be 'tpuv4' or a positive number, got {a!r}", field="arch.area.a_max_mm2")
+        raise UserError(f"must be 'tpuv4' or a positive number, got {a!r}", field="arch.area.a_max_mm2",
+                        fix="give 'tpuv4' or a positive area in mm^2")
     return float(a)
 
 
@@ -163,7 +170,8 @@ def enumerate_grid(spec: dict | None = None, filter_area: bool = True) -> pd.Dat
         cols["vc_lanes"] = cols["tc_cols"].copy()
     glb_bytes = np.round(cols.pop("glb_mib") * MiB)
     if np.any(glb_bytes < 1):
-        raise UserError("GLB must be at least 1 byte", field="arch.glb_mib")
+        raise UserError("GLB must be at least 1 byte", field="arch.glb_mib",
+                        fix="give glb_mib values of at least 1 byte (1 / 1048576 MiB)")
     cols["glb_bytes"] = glb_bytes.astype(np.int64)
     if auto_glb:
         cols["glb_bw_Bps"] = auto_glb_bw_Bps(cols["n_tc"], cols["tc_rows"], cols["tc_cols"],
@@ -187,10 +195,12 @@ def area_mask(df: pd.DataFrame, area_spec: dict) -> np.ndarray:
     a_max = a_max_of(area_spec)
     frac = area_spec["min_frac"]
     if not _is_num(frac) or not 0 <= frac <= 1:
-        raise UserError(f"must be in [0, 1], got {frac!r}", field="arch.area.min_frac")
+        raise UserError(f"must be in [0, 1], got {frac!r}", field="arch.area.min_frac",
+                        fix="give a fraction between 0 and 1")
     mode = area_spec["keep_single_core"]
     if mode not in _KEEP_MODES:
-        raise UserError(f"must be one of {_KEEP_MODES}, got {mode!r}", field="arch.area.keep_single_core")
+        raise UserError(f"must be one of {_KEEP_MODES}, got {mode!r}", field="arch.area.keep_single_core",
+                        fix=f"use one of {', '.join(_KEEP_MODES)}")
     a = df["area_mm2"].to_numpy()
     tol = 1e-9 * a_max
     under = a <= a_max + tol
@@ -214,7 +224,8 @@ def ids_of(df: pd.DataFrame) -> list[str]:
 
 def _pair(v, name):
     if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(_is_num(x) for x in v):
-        raise UserError(f"needs [lo, hi], got {v!r}", field=f"arch.{name}")
+        raise UserError(f"needs [lo, hi], got {v!r}", field=f"arch.{name}",
+                        fix="give two numbers [lo, hi]")
     return v
 
 

@@ -126,9 +126,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if args.name:
         spec = spec.with_(name=args.name)
     if args.dtype_bytes not in (1, 2, 4):
-        raise UserError(f"must be 1, 2 or 4, got {args.dtype_bytes}", field="dtype-bytes")
+        raise UserError(f"must be 1, 2 or 4, got {args.dtype_bytes}", field="dtype-bytes",
+                        fix="use --dtype-bytes 1, 2 or 4")
     if args.vocab_pad_multiple < 1:
-        raise UserError(f"must be a positive integer, got {args.vocab_pad_multiple}", field="vocab-pad-multiple")
+        raise UserError(f"must be a positive integer, got {args.vocab_pad_multiple}", field="vocab-pad-multiple",
+                        fix="give --vocab-pad-multiple 1 or more")
     opts = dict(fused=args.fused, dtype_bytes=args.dtype_bytes, attention=args.attention,
                 vocab_pad_multiple=args.vocab_pad_multiple)
     g = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp, sequence_parallel=args.sequence_parallel,

@@ -650,7 +650,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     if isinstance(vocab_pad_multiple, bool) or not isinstance(vocab_pad_multiple, int) \
             or vocab_pad_multiple < 1:
         raise UserError(f"must be a positive integer, got {vocab_pad_multiple!r}",
-                        field="vocab_pad_multiple")
+                        field="vocab_pad_multiple",
+                        fix="give an integer >= 1 (1 leaves the vocabulary unpadded)")
     if cp > 1:
         check_context_parallel(spec, seq, attention)
     if tp == 1:
@@ -663,7 +664,9 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     if isinstance(ep, bool) or not isinstance(ep, int) or ep < 0 \
             or (ep and spec.experts and spec.experts % ep):
         raise UserError(f"expert-parallel size {ep!r} must be 0 or a positive divisor of the "
-                        f"{spec.experts} routed experts", field="ep")
+                        f"{spec.experts} routed experts", field="ep",
+                        fix=(f"use 0 (no expert parallelism) or a divisor of {spec.experts}"
+                             if spec.experts else "use 0 or a positive integer"))
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
              vocab_pad_multiple, et, recompute_modules, ep)
     layers, uniques = [], 0
@@ -706,7 +709,8 @@ def check_expert_tp(spec: ModelSpec, tp: int, expert_tp: int, sequence_parallel:
     from phaze.errors import UserError
 
     if isinstance(expert_tp, bool) or not isinstance(expert_tp, int) or expert_tp < 1:
-        raise UserError(f"must be a positive integer, got {expert_tp!r}", field="expert_tp")
+        raise UserError(f"must be a positive integer, got {expert_tp!r}", field="expert_tp",
+                        fix="give an integer >= 1")
     if not spec.experts:
         raise UserError(f"{spec.name} has no routed experts", field="expert_tp",
                         fix="drop expert_tp (dense models have no expert tensor parallelism)")

@@ -170,10 +170,12 @@ def _layer_types(get, layers: int, sliding: bool, window: int) -> tuple[str, ...
     m = {"full_attention": "full", "sliding_attention": "sliding"}
     if len(lt) != layers or any(x not in m for x in lt):
         raise UserError(f"{get.where}: expected {layers} entries of full_attention / sliding_attention",
-                        field="layer_types")
+                        field="layer_types",
+                        fix=f"give layer_types {layers} entries, each full_attention or sliding_attention")
     out = tuple(m[x] for x in lt)
     if "sliding" in out and not window:
-        raise UserError(f"{get.where}: sliding layers without a sliding_window", field="sliding_window")
+        raise UserError(f"{get.where}: sliding layers without a sliding_window", field="sliding_window",
+                        fix="give sliding_window, or make every layer full_attention")
     return out
 
 
@@ -357,20 +359,23 @@ def _deepseek(get, name, v3=True):
     groups = get.int("n_group", 1)
     if groups < 1 or experts % groups or not 1 <= get.int("topk_group", groups) <= groups:
         raise UserError(f"{get.where}: n_group {groups} must divide n_routed_experts {experts} "
-                        "and topk_group be in 1..n_group", field="n_group")
+                        "and topk_group be in 1..n_group", field="n_group",
+                        fix="give an n_group dividing n_routed_experts and 1 <= topk_group <= n_group")
     k_dense = get.int("first_k_dense_replace", 3 if v3 else 0)
     if k_dense < 0:
         raise UserError(f"{get.where}: must be a non-negative integer, got {k_dense}",
-                        field="first_k_dense_replace")
+                        field="first_k_dense_replace", fix="give first_k_dense_replace >= 0")
     kinds = tuple("dense" if i < k_dense else "moe" for i in range(layers))
     moe = "moe" in kinds
     ql = get.raw("q_lora_rank", None)[1]
     q_lora = 0 if ql is None else get.int("q_lora_rank")
     if "q_lora_rank" in get.cfg and get.cfg["q_lora_rank"] is not None and q_lora <= 0:
-        raise UserError(f"{get.where}: must be positive or null, got {q_lora}", field="q_lora_rank")
+        raise UserError(f"{get.where}: must be positive or null, got {q_lora}", field="q_lora_rank",
+                        fix="give q_lora_rank > 0, or null for no query compression")
     for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
         if get.int(f) <= 0:
-            raise UserError(f"{get.where}: must be a positive integer, got {get.cfg[f]!r}", field=f)
+            raise UserError(f"{get.where}: must be a positive integer, got {get.cfg[f]!r}", field=f,
+                            fix=f"give {f} > 0")
     seq, npos = _seq(get)
     _rope(get)
     ab = get.bool("attention_bias", False)
@@ -425,7 +430,8 @@ def _nemotron_h_pattern(get) -> str:
     lt = get.list(k)
     if not lt or any(not isinstance(x, str) or x not in _NEMOTRON_H_TYPES for x in lt):
         raise UserError(f"{get.where}: {k} must list mamba / linear_attention, full_attention / "
-                        "attention, mlp or moe per layer", field=k)
+                        "attention, mlp or moe per layer", field=k,
+                        fix=f"list one of {', '.join(_NEMOTRON_H_TYPES)} per layer")
     return "".join(_NEMOTRON_H_TYPES[x] for x in lt)
 
 
@@ -500,7 +506,8 @@ def _gpt_neox(get, name):
     d = get.dropout_all_or_none("hidden_dropout", "attention_dropout")
     c = _common(get, name, kv_default=None)
     if "num_key_value_heads" in get.cfg:
-        raise UserError(f"{get.where}: GPT-NeoX has no grouped-query attention", field="num_key_value_heads")
+        raise UserError(f"{get.where}: GPT-NeoX has no grouped-query attention", field="num_key_value_heads",
+                        fix="drop num_key_value_heads (GPT-NeoX has full multi-head attention)")
     ab = get.bool("attention_bias", True)
     c.update(norm="layernorm", fused_qkv=True, dropout=d)
     return ModelSpec(**c, activation=_act(get, "hidden_act", "gelu", False), qkv_bias=ab, out_bias=ab,

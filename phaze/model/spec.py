@@ -216,7 +216,8 @@ class ModelSpec:
                   "conv_kernel", "chunk_size"):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 0:
-                raise UserError(f"must be a non-negative integer, got {v!r}", field=f)
+                raise UserError(f"must be a non-negative integer, got {v!r}", field=f,
+                                fix="give an integer >= 0")
         if self.activation not in ACTIVATIONS:
             raise UserError(f"unknown activation {self.activation!r}", field="activation",
                             fix=f"use one of {', '.join(ACTIVATIONS)}")
@@ -231,21 +232,24 @@ class ModelSpec:
                             fix="set head_dim explicitly or pick heads dividing hidden")
         if self.heads % self.n_kv_heads:
             raise UserError(f"heads {self.heads} is not a multiple of kv_heads {self.n_kv_heads}",
-                            field="kv_heads")
+                            field="kv_heads", fix=f"give kv_heads dividing heads {self.heads}")
         if self.layer_types:
             if len(self.layer_types) != self.layers:
                 raise UserError(f"has {len(self.layer_types)} entries for {self.layers} layers",
-                                field="layer_types")
+                                field="layer_types",
+                                fix=f"give one entry per layer ({self.layers})")
             bad = [t for t in self.layer_types if t not in LAYER_TYPES]
             if bad:
                 raise UserError(f"unknown layer type {bad[0]!r}", field="layer_types",
                                 fix=f"use {' or '.join(LAYER_TYPES)}")
             if "sliding" in self.layer_types and not self.sliding_window:
-                raise UserError("sliding layers need a window", field="sliding_window")
+                raise UserError("sliding layers need a window", field="sliding_window",
+                                fix="give sliding_window, or make every layer full")
         for f, allowed in (("mixer_types", MIXER_TYPES), ("ffn_types", FFN_TYPES)):
             v = getattr(self, f)
             if v and len(v) != self.layers:
-                raise UserError(f"has {len(v)} entries for {self.layers} layers", field=f)
+                raise UserError(f"has {len(v)} entries for {self.layers} layers", field=f,
+                                fix=f"give one entry per layer ({self.layers})")
             bad = [x for x in v if x not in allowed]
             if bad:
                 raise UserError(f"unknown block part {bad[0]!r}", field=f,
@@ -253,17 +257,20 @@ class ModelSpec:
         one_branch = [i for i in range(self.layers)
                       if self.mixer_type(i) == "none" or self.ffn_type(i) == "none"]
         if any(self.mixer_type(i) == self.ffn_type(i) == "none" for i in one_branch):
-            raise UserError("a block needs a mixer or an FFN", field="ffn_types")
+            raise UserError("a block needs a mixer or an FFN", field="ffn_types",
+                            fix="give every block a mixer or an FFN (not none for both)")
         if one_branch and (not self.pre_norm or self.parallel_block or self.sandwich_norm):
             raise UserError("mixer-only and FFN-only blocks are built pre-norm only", field="ffn_types",
                             fix="set pre_norm true (no parallel_block / sandwich_norm)")
         if self.has_mixer("mamba"):
             self._validate_mamba()
         if "moe" in self.ffn_types and not self.experts:
-            raise UserError("MoE blocks need routed experts", field="experts")
+            raise UserError("MoE blocks need routed experts", field="experts",
+                            fix="give experts and top_k, or drop moe from ffn_types")
         if bool(self.experts) != bool(self.top_k) or self.top_k > self.experts:
             raise UserError(f"top_k {self.top_k} must be in 1..experts ({self.experts}) for an MoE "
-                            "model and 0 otherwise", field="top_k")
+                            "model and 0 otherwise", field="top_k",
+                            fix="give top_k in 1..experts for an MoE model, 0 for a dense one")
         if self.router not in ROUTERS:
             raise UserError(f"unknown router {self.router!r}", field="router",
                             fix=f"use one of {', '.join(ROUTERS)}")
@@ -272,11 +279,13 @@ class ModelSpec:
                 raise UserError("a router or expert bias needs routed experts", field=f,
                                 fix=f"set {f} false or give experts / top_k")
         if self.shared_gate and not self.shared_ffn:
-            raise UserError("a shared-expert gate needs a shared expert", field="shared_ffn")
+            raise UserError("a shared-expert gate needs a shared expert", field="shared_ffn",
+                            fix="give shared_ffn, or set shared_gate false")
         for f in ("attn_softcap", "final_softcap"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise UserError(f"must be a non-negative number, got {v!r}", field=f)
+                raise UserError(f"must be a non-negative number, got {v!r}", field=f,
+                                fix="give a number >= 0")
         return self
 
     def _validate_mla(self) -> None:
@@ -295,7 +304,8 @@ class ModelSpec:
                                 field=f, fix=f"set {f} > 0 (DeepSeek-V3: 64 rope, 128 v)")
         if self.qk_rope_head_dim % 2:
             raise UserError(f"must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}",
-                            field="qk_rope_head_dim")
+                            field="qk_rope_head_dim",
+                            fix="give an even qk_rope_head_dim (DeepSeek-V3: 64)")
         why = {"position": self.position != "rope", "kv_heads": self.n_kv_heads != self.heads,
                "head_dim": bool(self.head_dim), "qk_norm": self.qk_norm,
                "sliding_window": bool(self.sliding_window or self.layer_types)}
@@ -317,7 +327,8 @@ class ModelSpec:
                             fix="pick a group count dividing the Mamba heads")
         for f in ("mamba_proj_bias", "mamba_conv_bias"):
             if not isinstance(getattr(self, f), bool):
-                raise UserError(f"must be true or false, got {getattr(self, f)!r}", field=f)
+                raise UserError(f"must be true or false, got {getattr(self, f)!r}", field=f,
+                                fix="give true or false")
 
     def check_run(self, seq: int, mbs: int, tp: int, sequence_parallel: bool = False,
                   cp: int = 1) -> None:

@@ -173,7 +173,7 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
 def _cmd_place(args) -> int:
     if args.reference_instance and args.nest_instance:
         raise UserError("give one of --reference-instance and --nest-instance",
-                        field="--nest-instance")
+                        field="--nest-instance", fix="drop one of them")
     if args.reference_instance or args.nest_instance:
         return _place_reference(args)
 
@@ -181,7 +181,7 @@ def _cmd_place(args) -> int:
     from phaze.place.driver import context, load_inputs, parse_fixed, run_items, write_table
 
     if not args.output:
-        raise UserError("an output parquet is required", field="-o")
+        raise UserError("an output parquet is required", field="-o", fix="add -o PATH.parquet")
     settings, _cfg = sweep_settings(args)
     ctx = context(settings, parse_fixed(args.fixed))
     if args.work_items:
@@ -192,7 +192,8 @@ def _cmd_place(args) -> int:
         items = load_inputs(args.graphs, args.latency, args.grid, ctx)
     else:
         raise UserError("needs --graphs, --latency and --grid (or --reference-instance / "
-                        "--work-items)", field="place")
+                        "--work-items)", field="place",
+                        fix="give --graphs, --latency and --grid, or --reference-instance / --work-items")
     import time
 
     t0 = time.perf_counter()
@@ -217,7 +218,8 @@ def _place_reference(args) -> int:
     from phaze.atomic import write_text_atomic
     from phaze.jsonout import emit_json, finite
     if args.vs_default and not args.nest_instance:
-        raise UserError("--vs-default needs --nest-instance", field="--vs-default")
+        raise UserError("--vs-default needs --nest-instance", field="--vs-default",
+                        fix="add --nest-instance FILE, or drop --vs-default")
     if args.nest_instance and args.vs_default:
         from phaze.place.nest import load_nest_instance
         from phaze.place.nest_compare import compare_with_nest
@@ -268,7 +270,7 @@ def _model_of(args, cfg):
     if getattr(args, "model", None):
         if any(v is not None for v in inline):
             raise UserError("give either --model or --hidden/--heads/--layers, not both",
-                            field="--model")
+                            field="--model", fix="drop --model or --hidden/--heads/--layers")
         src = model_source(cfg, args.model)
         spec = resolve_model(src)
         return spec.with_(name=args.model) if src != args.model else spec
@@ -282,7 +284,7 @@ def _model_of(args, cfg):
     for name, v in (("--hidden", h), ("--heads", a), ("--layers", l), ("--seq", seq),
                     ("--vocab", args.vocab)):
         if v < 1:
-            raise UserError("must be >= 1", field=name)
+            raise UserError("must be >= 1", field=name, fix=f"give {name} 1 or more")
     return ModelSpec(name=f"gpt-h{h}-a{a}-l{l}", hidden=h, layers=l, heads=a, ffn=4 * h,
                      vocab=args.vocab, seq=seq, max_positions=seq, source="inline").validate()
 

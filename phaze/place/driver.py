@@ -382,7 +382,8 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
         validate(df, LATENCY_SCHEMA, f"--latency {path}")
         frames.append(df.assign(_file=str(path)))
     if not frames:
-        raise UserError("no latency tables given", field="--latency")
+        raise UserError("no latency tables given", field="--latency",
+                        fix="give --latency FILE (a table from `phaze merge-latency`)")
     lat = pd.concat(frames, ignore_index=True)
     lat["arch_id"] = lat["arch_id"].astype(str)
     dup = lat.duplicated(list(LATENCY_KEY), keep=False)
@@ -414,7 +415,8 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
         counts = rows.groupby("arch_id").size()
         if (li < 0).any() or (li >= n_layers).any() or (counts != n_layers).any():
             raise UserError(f"{where}: the layers of {name} are not exactly the graph's "
-                            f"{n_layers} layers for every arch", field="--latency")
+                            f"{n_layers} layers for every arch", field="--latency",
+                            fix="give the --latency table scheduled from these --graphs (rerun `phaze schedule-batch` and `phaze merge-latency`)")
         kinds = np.array([lg.kind for lg in graph.layers])[li]
         if (rows["layer_kind"].to_numpy() != kinds).any():
             raise UserError(f"{where}: layer kinds of {name} differ from the graph's",
@@ -493,5 +495,6 @@ def parse_fixed(text: str | None):
         fixed = tuple(int(x) for x in text.lower().split("x"))
         assert len(fixed) == 3 and min(fixed) >= 1
     except (ValueError, AssertionError):
-        raise UserError(f"expected PxDxT, got {text!r}", field="--fixed") from None
+        raise UserError(f"expected PxDxT, got {text!r}", field="--fixed",
+                        fix="give three integers >= 1 such as 8x128x1") from None
     return fixed

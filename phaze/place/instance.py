@@ -91,10 +91,11 @@ def _num(value, field: str) -> float:
     """A number of the instance, finite and of a magnitude whose sums cannot overflow (sizes,
     latencies and bandwidths of any real instance are far below MAX_MAGNITUDE)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"must be a finite number, got {value!r}", field=field)
+        raise UserError(f"must be a finite number, got {value!r}", field=field,
+                        fix="give a finite number")
     if abs(value) > MAX_MAGNITUDE:
         raise UserError(f"must be at most {MAX_MAGNITUDE:g} in magnitude, got {value!r}",
-                        field=field)
+                        field=field, fix=f"give a value within +-{MAX_MAGNITUDE:g}")
     return float(value)
 
 
@@ -107,7 +108,8 @@ def parse_instance(raw: dict) -> RefInstance:
     """A RefInstance from the published JSON (docs/reference.md#placement-dp); UserError
     naming the field for anything the reference rejects or that is out of bounds."""
     if not isinstance(raw, dict):
-        raise UserError("the instance must be a JSON object", field="instance")
+        raise UserError("the instance must be a JSON object", field="instance",
+                        fix="give a JSON object in the published instance format")
     _check_top(raw)
     per_width = {t: _parse_width(t, nlist, elist)
                  for t, (nlist, elist) in sorted(_width_lists(raw).items())}
@@ -139,50 +141,59 @@ def _check_top(raw: dict) -> None:
             raise UserError("missing key", field=key, fix="write the published instance format")
         v = raw[key]
         if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
-            raise UserError(f"wrong type {type(v).__name__}", field=key)
+            raise UserError(f"wrong type {type(v).__name__}", field=key,
+                            fix=f"give {key} as " + " or ".join(t.__name__ for t in types))
     if raw["maxDevices"] < 1:
-        raise UserError("must be >= 1", field="maxDevices")
+        raise UserError("must be >= 1", field="maxDevices", fix="give maxDevices >= 1")
     if raw["mbsInBatch"] < 1:
-        raise UserError("must be >= 1", field="mbsInBatch")
+        raise UserError("must be >= 1", field="mbsInBatch", fix="give mbsInBatch >= 1")
     if _num(raw["bandwidth"], "bandwidth") <= 0:
-        raise UserError("must be > 0", field="bandwidth")
+        raise UserError("must be > 0", field="bandwidth", fix="give bandwidth > 0")
     if _num(raw["maxMemoryPerDevice"], "maxMemoryPerDevice") < 0:
-        raise UserError("must be >= 0 (a negative size)", field="maxMemoryPerDevice")
+        raise UserError("must be >= 0 (a negative size)", field="maxMemoryPerDevice",
+                        fix="give maxMemoryPerDevice >= 0")
     opt = raw["optimizerAlgorithm"]
     if opt not in ("SGD", "Adam"):
-        raise UserError(f"must be SGD or Adam, got {opt!r}", field="optimizerAlgorithm")
+        raise UserError(f"must be SGD or Adam, got {opt!r}", field="optimizerAlgorithm",
+                        fix="use SGD or Adam")
     # bounds that keep the DP's loops (over d up to min(maxDevices, mbsInBatch), over the
     # fixed strategy's stages) to seconds; far beyond any published instance
     if raw["maxDevices"] > MAX_DEVICES:
-        raise UserError(f"must be <= {MAX_DEVICES}, got {raw['maxDevices']}", field="maxDevices")
+        raise UserError(f"must be <= {MAX_DEVICES}, got {raw['maxDevices']}", field="maxDevices",
+                        fix=f"give maxDevices <= {MAX_DEVICES}")
     if raw["mbsInBatch"] > MAX_MICROBATCHES:
         raise UserError(f"must be <= {MAX_MICROBATCHES}, got {raw['mbsInBatch']}",
-                        field="mbsInBatch")
+                        field="mbsInBatch", fix=f"give mbsInBatch <= {MAX_MICROBATCHES}")
     for key in ("fixedPP", "fixedTMPC", "fixedDP", "numTransformerLayers"):
         if raw[key] < 1:
-            raise UserError("must be >= 1", field=key)
+            raise UserError("must be >= 1", field=key, fix=f"give {key} >= 1")
         if raw[key] > MAX_DEVICES:
-            raise UserError(f"must be <= {MAX_DEVICES}, got {raw[key]}", field=key)
+            raise UserError(f"must be <= {MAX_DEVICES}, got {raw[key]}", field=key,
+                            fix=f"give {key} <= {MAX_DEVICES}")
 
 
 def _width_lists(raw: dict) -> dict[int, tuple[list, list]]:
     """{t: (node list, edge list)} with the width keys checked."""
     nodes, edges = raw["nodes"], raw["edges"]
     if not nodes:
-        raise UserError("no TP width given", field="nodes")
+        raise UserError("no TP width given", field="nodes",
+                        fix="give nodes at least one TP width, e.g. {\"1\": [...]}")
     if set(nodes) != set(edges):
         raise UserError(f"widths differ between nodes {sorted(nodes)} and edges {sorted(edges)}",
-                        field="edges")
+                        field="edges", fix="give nodes and edges the same width keys")
     widths: dict[int, tuple[list, list]] = {}
     for key in nodes:
         try:
             t = int(key)
         except ValueError:
-            raise UserError(f"width key {key!r} is not an integer", field="nodes") from None
+            raise UserError(f"width key {key!r} is not an integer", field="nodes",
+                            fix="use positive integer width keys such as \"1\", \"2\"") from None
         if t < 1 or str(t) != key.strip():
-            raise UserError(f"width key {key!r} must be a positive integer", field="nodes")
+            raise UserError(f"width key {key!r} must be a positive integer", field="nodes",
+                            fix="use positive integer width keys such as \"1\", \"2\"")
         if not isinstance(nodes[key], list) or not isinstance(edges[key], list):
-            raise UserError("must be a list", field=f"nodes/edges[{key}]")
+            raise UserError("must be a list", field=f"nodes/edges[{key}]",
+                            fix="give the nodes and edges of each width as lists")
         widths[t] = (nodes[key], edges[key])
     return widths
 
@@ -192,20 +203,23 @@ def _parse_width(t: int, nlist: list, elist: list) -> tuple[dict, dict]:
     {(src id, dst id): communicationCost}) of one width, validated."""
     fld = f"nodes[{t}]"
     if not nlist:
-        raise UserError("no layers", field=fld)
+        raise UserError("no layers", field=fld, fix="give this width at least one layer")
     recs = {}
     for k, nd in enumerate(nlist):
         if not isinstance(nd, dict) or "id" not in nd:
-            raise UserError(f"node {k} has no id", field=fld)
+            raise UserError(f"node {k} has no id", field=fld, fix="give every node an id")
         nid = nd["id"]
         if not isinstance(nid, (int, str)) or isinstance(nid, bool):
-            raise UserError(f"node {k} id must be an int or a string", field=fld)
+            raise UserError(f"node {k} id must be an int or a string", field=fld,
+                            fix="give an integer or string id")
         if nid in recs:
-            raise UserError(f"duplicate node id {nid!r}", field=fld)
+            raise UserError(f"duplicate node id {nid!r}", field=fld,
+                            fix="give each node a unique id")
         vals = []
         for key in _NODE_NUM_KEYS:
             if key not in nd:
-                raise UserError(f"node {nid!r} lacks {key}", field=fld)
+                raise UserError(f"node {nid!r} lacks {key}", field=fld,
+                                fix=f"give {key} on every node")
             v = _num(nd[key], f"{fld}.{nid}.{key}")
             if v < 0:
                 raise UserError(f"node {nid!r} has a negative {key} ({v})", field=fld,
@@ -213,7 +227,8 @@ def _parse_width(t: int, nlist: list, elist: list) -> tuple[dict, dict]:
             vals.append(v)
         tpf = nd.get("isTensorParallelized", False)
         if not isinstance(tpf, bool):
-            raise UserError(f"node {nid!r} isTensorParallelized must be true/false", field=fld)
+            raise UserError(f"node {nid!r} isTensorParallelized must be true/false", field=fld,
+                            fix="give true or false")
         if tpf and t == 1:
             raise UserError(f"node {nid!r} is tensor-parallelised at t = 1", field=fld,
                             fix="set isTensorParallelized to false for width 1")
@@ -222,17 +237,21 @@ def _parse_width(t: int, nlist: list, elist: list) -> tuple[dict, dict]:
     edges = {}
     for e in elist:
         if not isinstance(e, dict) or not {"sourceId", "destId", "communicationCost"} <= set(e):
-            raise UserError("every edge needs sourceId, destId, communicationCost", field=efld)
+            raise UserError("every edge needs sourceId, destId, communicationCost", field=efld,
+                            fix="give sourceId, destId and communicationCost on every edge")
         s, d = e["sourceId"], e["destId"]
         if s not in recs or d not in recs:
-            raise UserError(f"edge {s!r}->{d!r} names an unknown node", field=efld)
+            raise UserError(f"edge {s!r}->{d!r} names an unknown node", field=efld,
+                            fix="give edges between node ids of this width")
         if s == d:
-            raise UserError(f"self-loop on {s!r}", field=efld)
+            raise UserError(f"self-loop on {s!r}", field=efld, fix="drop the self-loop")
         if (s, d) in edges:
-            raise UserError(f"parallel edges {s!r}->{d!r}", field=efld)
+            raise UserError(f"parallel edges {s!r}->{d!r}", field=efld,
+                            fix="keep one edge per pair")
         c = _num(e["communicationCost"], f"{efld}.{s}->{d}")
         if c < 0:
-            raise UserError(f"edge {s!r}->{d!r} has a negative communicationCost", field=efld)
+            raise UserError(f"edge {s!r}->{d!r} has a negative communicationCost", field=efld,
+                            fix="give communicationCost >= 0")
         edges[(s, d)] = c
     return recs, edges
 

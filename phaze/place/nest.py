@@ -96,16 +96,19 @@ def _number(raw: dict, key: str, positive: bool = False) -> float:
         raise UserError("missing key", field=key, fix="write NEST's instance format")
     v = raw[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise UserError(f"must be a finite number, got {v!r}", field=key)
+        raise UserError(f"must be a finite number, got {v!r}", field=key,
+                        fix="give a finite number")
     if v < 0 or (positive and v <= 0):
-        raise UserError(f"must be {'> 0' if positive else '>= 0'}, got {v!r}", field=key)
+        raise UserError(f"must be {'> 0' if positive else '>= 0'}, got {v!r}", field=key,
+                        fix=f"give {key} {'> 0' if positive else '>= 0'}")
     return float(v)
 
 
 def _numbers(raw: dict, key: str, positive: bool) -> list[float]:
     v = raw.get(key)
     if not isinstance(v, list) or not v:
-        raise UserError("must be a non-empty list of numbers", field=key)
+        raise UserError("must be a non-empty list of numbers", field=key,
+                        fix="give a non-empty list of numbers")
     return [_number({key: x}, key, positive) for x in v]
 
 
@@ -114,13 +117,15 @@ def _int(raw: dict, key: str, default=None) -> int:
         return default
     x = _number(raw, key, positive=True)
     if x != int(x) and key != "mbsInBatch":
-        raise UserError(f"must be an integer, got {raw[key]!r}", field=key)
+        raise UserError(f"must be an integer, got {raw[key]!r}", field=key,
+                        fix=f"give {key} as a whole number")
     return int(x)          # NEST reads mbsInBatch (a float in its files) as an int
 
 
 def parse_nest_instance(raw) -> NestInstance:
     if not isinstance(raw, dict):
-        raise UserError("the instance must be a JSON object", field=FIELD)
+        raise UserError("the instance must be a JSON object", field=FIELD,
+                        fix="give a JSON object in NEST's instance format")
     max_memory = _number(raw, "maxMemoryPerDevice", positive=True)
     max_devices = _int(raw, "maxDevices")
     mbs = _int(raw, "mbsInBatch")
@@ -128,33 +133,39 @@ def parse_nest_instance(raw) -> NestInstance:
     lat = _numbers(raw, "latency_per_level", positive=False)
     dpl = _numbers(raw, "devices_per_level", positive=True)
     if any(x != int(x) for x in dpl):
-        raise UserError("must be integers", field="devices_per_level")
+        raise UserError("must be integers", field="devices_per_level",
+                        fix="give whole device counts")
     if not (len(bws) == len(lat) == len(dpl)):
         raise UserError(f"bws, latency_per_level and devices_per_level differ in length "
-                        f"({len(bws)}, {len(lat)}, {len(dpl)})", field="bws")
+                        f"({len(bws)}, {len(lat)}, {len(dpl)})", field="bws",
+                        fix="give the three lists one entry per network level each")
     if len(bws) < 3:
         raise UserError(f"NEST's DP needs at least 3 network levels, got {len(bws)}",
                         field="bws", fix="pad the network with levels (e.g. a 1-wide spine)")
     for key in ("activationRecomputation",):
         if not isinstance(raw.get(key), bool):
-            raise UserError("must be true or false", field=key)
+            raise UserError("must be true or false", field=key, fix="give true or false")
     opt = raw.get("optimizerAlgorithm")
     if opt not in ("SGD", "Adam"):
-        raise UserError(f"must be SGD or Adam, got {opt!r}", field="optimizerAlgorithm")
+        raise UserError(f"must be SGD or Adam, got {opt!r}", field="optimizerAlgorithm",
+                        fix="use SGD or Adam")
     ep, cp = _int(raw, "ep_degree", 1), _int(raw, "cp_degree", 1)
     nodes, edges = raw.get("nodes"), raw.get("edges")
     if not isinstance(nodes, dict) or not nodes:
-        raise UserError("must be an object {t: [layers]}", field="nodes")
+        raise UserError("must be an object {t: [layers]}", field="nodes",
+                        fix="give nodes as {\"1\": [layers], ...}")
     if not isinstance(edges, dict) or set(edges) != set(nodes):
-        raise UserError("must be an object with the same widths as nodes", field="edges")
+        raise UserError("must be an object with the same widths as nodes", field="edges",
+                        fix="give edges the same width keys as nodes")
     widths_raw = {}
     for key in nodes:
         try:
             t = int(key)
         except ValueError:
-            raise UserError(f"width {key!r} is not an integer", field="nodes") from None
+            raise UserError(f"width {key!r} is not an integer", field="nodes",
+                            fix="use integer width keys such as \"1\", \"2\"") from None
         if t < 1:
-            raise UserError(f"width {t} < 1", field="nodes")
+            raise UserError(f"width {t} < 1", field="nodes", fix="give widths >= 1")
         widths_raw[t] = (nodes[key], edges[key])
     order = sorted(widths_raw)
     ids, widths = None, {}
@@ -177,13 +188,15 @@ def _prefix_min(xs: list[float]) -> list[float]:
 
 def _layer_list(layers, t: int) -> list[dict]:
     if not isinstance(layers, list) or not layers:
-        raise UserError("must be a non-empty list of layers", field=f"nodes.{t}")
+        raise UserError("must be a non-empty list of layers", field=f"nodes.{t}",
+                        fix="give at least one layer")
     for k, n in enumerate(layers):
         f = f"nodes.{t}[{k}]"
         if not isinstance(n, dict):
-            raise UserError("must be an object", field=f)
+            raise UserError("must be an object", field=f,
+                            fix="give each layer as an object with an integer id")
         if not isinstance(n.get("id"), int) or isinstance(n.get("id"), bool):
-            raise UserError("id must be an integer", field=f)
+            raise UserError("id must be an integer", field=f, fix="give an integer id")
         for key in ("parameterSize", "activationSize", "optimalLatencyFw", "optimalLatencyBw"):
             _number(n, key)
     return layers
@@ -191,17 +204,21 @@ def _layer_list(layers, t: int) -> list[dict]:
 
 def _edge_list(elist, t: int, known: set) -> list[tuple[int, int, float]]:
     if not isinstance(elist, list):
-        raise UserError("must be a list of edges", field=f"edges.{t}")
+        raise UserError("must be a list of edges", field=f"edges.{t}",
+                        fix="give the edges of each width as a list")
     out, seen = [], set()
     for k, e in enumerate(elist):
         f = f"edges.{t}[{k}]"
         if not isinstance(e, dict):
-            raise UserError("must be an object", field=f)
+            raise UserError("must be an object", field=f,
+                            fix="give each edge as an object with sourceId and destId")
         u, v = e.get("sourceId"), e.get("destId")
         if u not in known or v not in known:
-            raise UserError(f"unknown layer id in ({u!r}, {v!r})", field=f)
+            raise UserError(f"unknown layer id in ({u!r}, {v!r})", field=f,
+                            fix="give layer ids listed under nodes")
         if u == v or (u, v) in seen:
-            raise UserError(f"self-loop or parallel edge ({u}, {v})", field=f)
+            raise UserError(f"self-loop or parallel edge ({u}, {v})", field=f,
+                            fix="drop the self-loop or the repeated edge")
         seen.add((u, v))
         out.append((u, v, _number(e, "communicationCost")))
     return out
@@ -213,7 +230,8 @@ def _topological_ids(layers, elist, t: int) -> list[int]:
     layers = _layer_list(layers, t)
     file_ids = [n["id"] for n in layers]
     if len(set(file_ids)) != len(file_ids):
-        raise UserError("layer ids are not unique", field=f"nodes.{t}")
+        raise UserError("layer ids are not unique", field=f"nodes.{t}",
+                        fix="give each layer a unique id")
     edges = _edge_list(elist, t, set(file_ids))
     indeg = {i: 0 for i in file_ids}
     out: dict[int, list[int]] = {i: [] for i in file_ids}
@@ -230,12 +248,14 @@ def _topological_ids(layers, elist, t: int) -> list[int]:
             if indeg[w] == 0:
                 stack.append(w)
     if len(order) != len(file_ids):
-        raise UserError("the layer graph has a cycle", field=f"edges.{t}")
+        raise UserError("the layer graph has a cycle", field=f"edges.{t}",
+                        fix="give a layer graph without a cycle (a chain)")
     pairs = {(u, v) for u, v, _ in edges}
     for a, b in zip(order, order[1:]):
         if (a, b) not in pairs:
             raise UserError(f"layers {a} and {b} are consecutive but not joined by an edge: "
-                            "NEST's DP handles chains only", field=f"edges.{t}")
+                            "NEST's DP handles chains only", field=f"edges.{t}",
+                            fix="join consecutive layers by an edge (a chain)")
     return order
 
 
@@ -243,7 +263,8 @@ def _width(t: int, layers, elist, ids: list[int]) -> NestWidth:
     layers = _layer_list(layers, t)
     new = {old: k for k, old in enumerate(ids)}
     if sorted(n["id"] for n in layers) != sorted(ids):
-        raise UserError("layer ids differ from the other widths'", field=f"nodes.{t}")
+        raise UserError("layer ids differ from the other widths'", field=f"nodes.{t}",
+                        fix="give every width the same layer ids")
     by = {new[n["id"]]: n for n in layers}
     edges = _edge_list(elist, t, set(ids))
     n = len(ids)
@@ -394,7 +415,8 @@ def hierarchical_allreduce(inst: NestInstance, d: int, data: float, stride: int)
             break
     if source_level < 0:
         raise UserError(f"{d} pipelines of {stride} devices do not fit the network's levels",
-                        field="devices_per_level")
+                        field="devices_per_level",
+                        fix=f"give devices_per_level whose product is at least {d * stride}")
     alpha = inst.latency[:source_level]
     beta = [1 / b for b in inst.bws_dp[:source_level]]
     total = 0.0
@@ -444,9 +466,10 @@ class _Graph:
             if zero_state[0] and _zero_would_fit(inst, self.w, a, S):
                 raise UserError("the last layer fits on no device without ZeRO, which NEST "
                                 "costs with its external network simulator: not reproducible",
-                                field=FIELD)
+                                field=FIELD,
+                                fix="raise maxMemoryPerDevice so that the last layer fits without ZeRO")
             raise UserError(f"t={self.w.t}: memory usage too high even for ZeRO (NEST's DP "
-                            "stops)", field=FIELD)
+                            "stops)", field=FIELD, fix="raise maxMemoryPerDevice")
         zero_state[0] = False
         dp = np.full((L, n + 1, K + 1, S + 1), INFTY)
         dp[:, 0, :, 0] = 0.0
@@ -457,7 +480,8 @@ class _Graph:
             acc = (s - 2) * a if s >= 2 else -1
             blevel[s] = _level(inst, acc, (s - 1) * a)
         if a > K:
-            raise UserError(f"a stage needs {a} devices, more than maxDevices", field=FIELD)
+            raise UserError(f"a stage needs {a} devices, more than maxDevices", field=FIELD,
+                            fix=f"raise maxDevices to {a} or more")
         ks = np.arange(a, K + 1)
         for id_ in range(1, n):
             for sub in range(id_ - 1, -1, -1):
@@ -516,7 +540,8 @@ class _Graph:
                         best = (tpb, d, s, sub)
         if best[1] < 0:
             raise UserError(f"t={self.w.t}: no feasible plan (NEST's DP stops: memory usage "
-                            "too high for pipeline parallelism)", field=FIELD)
+                            "too high for pipeline parallelism)", field=FIELD,
+                            fix="raise maxMemoryPerDevice")
         _, d, s_fin, sub_fin = best
         npp = inst.max_devices // d
         # skeleton: later stages on blocks 0.., the first stage on block s_fin - 1

@@ -41,10 +41,12 @@ def check(df: pd.DataFrame, what: str) -> None:
     """Schema, row kinds and key uniqueness (UserError naming `what`)."""
     validate(df, PLACE_SCHEMA, what)
     if len(df) and not df["row_kind"].isin(ROW_KINDS).all():
-        raise UserError(f"row_kind must be one of {ROW_KINDS}", field=what)
+        raise UserError(f"row_kind must be one of {ROW_KINDS}", field=what,
+                        fix="give a table written by `phaze place`")
     dup = df.duplicated(list(PLACE_KEY), keep=False)
     if dup.any():
-        raise UserError(f"repeats the row {dict(df[dup].iloc[0][list(PLACE_KEY)])}", field=what)
+        raise UserError(f"repeats the row {dict(df[dup].iloc[0][list(PLACE_KEY)])}", field=what,
+                        fix="give a table written by `phaze place`, without the repeated row")
 
 
 def read_place(path) -> pd.DataFrame:

@@ -271,7 +271,8 @@ def run(args) -> int:
         args.config = args.config or found["config"]
     for flag in ("place", "grid"):
         if not getattr(args, flag):
-            raise UserError("is required (or give --results DIR)", field=f"--{flag}")
+            raise UserError("is required (or give --results DIR)", field=f"--{flag}",
+                            fix=f"give --{flag} FILE or --results DIR")
     sweep, summary = build(args.place, args.grid, args.latency, args.config,
                            args.tpuv4_hbm_gib)
     sweep.pruned_notes = pruned_notes(args.waves)

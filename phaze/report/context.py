@@ -19,13 +19,15 @@ def read_config(path: str | None) -> dict | None:
         with open(path) as f:
             cfg = yaml.safe_load(f)
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}", field="--config") from None
+        raise UserError(f"cannot read {path}: {e.strerror}", field="--config",
+                        fix="check the path and that the file is readable") from None
     except yaml.YAMLError as e:
         from phaze.settings import yaml_error
 
         raise yaml_error(path, e, "--config") from None
     if not isinstance(cfg, dict):
-        raise UserError(f"{path} holds no mapping", field="--config")
+        raise UserError(f"{path} holds no mapping", field="--config",
+                        fix="give a YAML config whose top level is a mapping (e.g. configs/default.yaml)")
     return cfg
 
 

@@ -29,7 +29,8 @@ def load_place(paths) -> pd.DataFrame:
                             fix="rerun `phaze place` (it writes a row per arch, feasible or not)")
         frames.append(df.assign(source=str(p)))
     if not frames:
-        raise UserError("no placement tables given", field="--place")
+        raise UserError("no placement tables given", field="--place",
+                        fix="give --place FILE (a table from `phaze place`)")
     out = pd.concat(frames, ignore_index=True, sort=False)
     return load_place_df(out)
 

@@ -27,12 +27,14 @@ def pass_structure(ops: Sequence) -> tuple:
     dependency on an unknown op."""
     index = {op.name: k for k, op in enumerate(ops)}
     if len(index) != len(ops):
-        raise UserError("duplicate op names in one pass", field="graph")
+        raise UserError("duplicate op names in one pass", field="graph",
+                        fix="give each op of a pass a unique name")
     edges = []
     for k, op in enumerate(ops):
         for dep in op.deps:
             if dep not in index:
-                raise UserError(f"op {op.name!r} depends on unknown op {dep!r}", field="graph")
+                raise UserError(f"op {op.name!r} depends on unknown op {dep!r}", field="graph",
+                                fix=f"add op {dep!r} or drop the dependency")
             edges.append((index[dep], k))
     return (tuple(op.core_class for op in ops), tuple(sorted(set(edges))),
             tuple(op.name for op in ops))

@@ -79,7 +79,8 @@ def sched_settings(args) -> SchedSettings:
                              time_limit_s=float(args.time_limit), threads=int(args.threads),
                              bnb_share=float(args.bnb_share), cache_dir=args.cache or "")
     except UserError as e:       # name the flag, not the settings field
-        raise UserError(str(e).split(": ", 1)[1], field=flags.get(e.field, e.field)) from None
+        message = str(e).split(": ", 1)[1].removesuffix(f"; fix: {e.fix}" if e.fix else "")
+        raise UserError(message, field=flags.get(e.field, e.field), fix=e.fix) from None
 
 
 def _cache(sched: SchedSettings):
@@ -154,7 +155,8 @@ def cmd_schedule(args) -> int:
         try:
             p = SchedProblem.from_dict(json.loads(Path(args.problem).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"cannot read problem: {e}", field="problem") from None
+            raise UserError(f"cannot read problem: {e}", field="problem",
+                            fix="give a problem JSON as SchedProblem.to_dict writes it") from None
         res = cache.solve(p, solver, sched.formulation, settings)
         if args.json:
             emit_json({"makespan_s": res.makespan_s, "lower_bound_s": res.lower_bound_s,
@@ -164,7 +166,8 @@ def cmd_schedule(args) -> int:
             _print_schedule("problem", p, res)
         return 0
     if not args.model or not args.arch:
-        raise UserError("--model and --arch are required (or --problem)", field="model")
+        raise UserError("--model and --arch are required (or --problem)", field="model",
+                        fix="add --model and --arch, or give --problem FILE")
     from phaze.model.graph import build_graph
     from phaze.model.zoo import resolve_model
     from phaze.sched.adapter import layer_problems
@@ -213,11 +216,13 @@ def cmd_schedule_batch(args) -> int:
     sched = sched_settings(args)
     if args.n_chunks < 1 or not 0 <= args.chunk < args.n_chunks:
         raise UserError(f"need 0 <= chunk < n-chunks, got {args.chunk}/{args.n_chunks}",
-                        field="chunk")
+                        field="chunk",
+                        fix="give --n-chunks >= 1 and --chunk from 0 to n-chunks - 1")
     net = parse_network(args.network)
     grid = _read_parquet(args.grid, "grid")
     if "arch_id" not in grid.columns:
-        raise UserError("grid has no arch_id column", field="grid")
+        raise UserError("grid has no arch_id column", field="grid",
+                        fix="give a grid written by `phaze arch grid`")
     of = grid_chunks(grid, args.n_chunks)
     mine = grid[[of[str(a)] == args.chunk for a in grid["arch_id"]]]
     mine = mine.reset_index(drop=True)

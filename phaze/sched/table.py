@@ -46,14 +46,17 @@ def validate(df: pd.DataFrame, schema: dict, what: str) -> None:
             or (kind == "B" and k in "bO")
         if not ok:
             raise UserError(f"column {col!r} has dtype {df[col].dtype}, expected kind {kind}",
-                            field=what)
+                            field=what,
+                            fix="give a table written by phaze (rerun the step that writes it)")
     if "status" in schema and len(df) and not df["status"].isin(STATUSES).all():
-        raise UserError("unknown status values", field=what)
+        raise UserError("unknown status values", field=what, fix=f"use only {', '.join(STATUSES)}")
     if "pass" in schema and len(df) and not df["pass"].isin(PASSES).all():
-        raise UserError(f"pass must be one of {PASSES}", field=what)
+        raise UserError(f"pass must be one of {PASSES}", field=what,
+                        fix=f"use only {', '.join(PASSES)}")
     if ("latency_s" in schema and len(df)
             and not ((df["latency_s"] >= 0) & (df["lower_bound_s"] <= df["latency_s"] * (1 + 1e-9))).all()):
-        raise UserError("latency_s must be >= lower_bound_s >= 0", field=what)
+        raise UserError("latency_s must be >= lower_bound_s >= 0", field=what,
+                        fix="give a table written by phaze (rerun the step that writes it)")
 
 
 def merge_shards(shards: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:

@@ -97,7 +97,38 @@ def _specs(args):
     if args.dp == "reference" and any(sp.cp != (1,) for sp in specs):
         raise UserError("the reference DP has no context parallelism", field="--dp",
                         fix="use --dp default, or drop the models' cp sizes above 1")
+    _check_fixed_plans(specs, args, cfg)
     return specs
+
+
+def _check_fixed_plans(specs, args, cfg) -> None:
+    """Refuse a fixed plan that cannot run, as `phaze check-config` does
+    (configcheck.fixed_plan_problems) but with the search's own devices, TP widths and
+    graph settings, naming the flag that set each (else the config's field)."""
+    from phaze.configcheck import fixed_plan_problems
+    from phaze.model.zoo import resolve_model
+
+    for sp in specs:
+        if not sp.fixed:
+            continue
+        m = {"name": sp.model, "fixed_plan": "x".join(map(str, sp.fixed)), "tp": list(sp.tp)}
+        if sp.source:
+            m["hf_config"] = sp.source
+        i = next((k for k, c in enumerate(cfg.get("models", []) if cfg else [])
+                  if c["name"] == sp.model), 0)
+        plan = "--fixed" if args.fixed else f"models[{i}].fixed_plan"
+        names = {"plan": plan, "drop": plan,
+                 "devices": "--devices" if args.devices is not None or not cfg
+                 else "placement.devices",
+                 "tp": "--tp" if args.tp is not None or not cfg else f"models[{i}].tp"}
+        if args.sequence_parallel is not None or not cfg:
+            names.update(sp_true="--sequence-parallel true",
+                         sp_both="--sequence-parallel false,true")
+        problems = fixed_plan_problems(m, resolve_model(sp.source or sp.model),
+                                       sp.settings.placement.devices, sp.settings.graph, names)
+        if problems:
+            field, message, fix = problems[0]
+            raise UserError(message, field=field, fix=fix)
 
 
 def run(args) -> int:

@@ -52,7 +52,8 @@ def _spec(cfg_text: str):
     try:
         cfg = json.loads(cfg_text)
     except json.JSONDecodeError as e:
-        raise UserError(f"not JSON ({e})", field="--config-json") from None
+        raise UserError(f"not JSON ({e})", field="--config-json",
+                        fix="give valid JSON (the workflow writes it from the config)") from None
     models = cfg.get("models") if isinstance(cfg, dict) else None
     if not (isinstance(models, list) and len(models) == 1 and len(models[0].get("seq", ())) == 1):
         raise UserError("needs exactly one model with one seq", field="--config-json",

@@ -273,9 +273,11 @@ def check(df: pd.DataFrame, what: str) -> None:
 
     validate(df, WAVES_SCHEMA, what)
     if len(df) and not df["wave"].isin((0, 1, 2)).all():
-        raise UserError("wave must be 0, 1 or 2", field=what)
+        raise UserError("wave must be 0, 1 or 2", field=what,
+                        fix="give a table written by `phaze prune-bound` / `phaze prune-next`")
     if df.duplicated(list(WAVES_KEY)).any():
-        raise UserError("repeats an arch", field=what)
+        raise UserError("repeats an arch", field=what,
+                        fix="give a table written by `phaze prune-bound` / `phaze prune-next`")
 
 
 def read_waves(path) -> pd.DataFrame:

@@ -104,7 +104,8 @@ def predict(case: Case, evaluator: Evaluator, params: dict | None = None) -> Pre
     cands = candidates(case)
     if not cands:
         raise UserError(f"no microbatch divides the per-replica batch {case.batch // case.dp}",
-                        field=case.name)
+                        field=case.name,
+                        fix=f"give {case.name} a microbatch, or a batch / dp divisible by one of {MBS_CHOICES}")
     # recompute: as published, or (recompute "searched") none, then selective, then full:
     # the least recomputation that fits the device, as a user tunes it
     variants = [case] if case.recompute != "searched" else \
