@@ -450,7 +450,9 @@ def _not_evaluable(reason: str, args, batch: int) -> tuple[str, str, str | None]
                 f"a multiple of --pp {args.pp}", "--interleave",
                 "--interleave 1, or a --batch, --mbs or --dp giving a multiple of --pp "
                 "microbatches")
-    return reason, "--batch", None
+    # a refusal this function does not know yet: name the plan's flags rather than no fix
+    return reason, "--tp/--pp/--dp/--cp/--mbs/--batch", \
+        "change the plan's sizes so that the constraint above holds"
 
 
 def _does_not_fit(plan, hbm, args) -> tuple[str, str, str]:
