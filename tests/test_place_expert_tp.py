@@ -234,4 +234,6 @@ def test_options_cannot_override_the_plans_ep_or_cp():
     for opts, match in (({"ep": 2}, "ep"), ({"cp": 2}, "cp")):
         with pytest.raises(ValueError, match=match):
             evaluate_model(m, get_preset("h100"), options=opts, **kw)
-    assert evaluate_model(m, get_preset("h100"), ep=2, options={"ep": 2}, **kw)["feasible"] in (True, False)
+    same = evaluate_model(m, get_preset("h100"), ep=2, options={"ep": 2}, **kw)
+    assert same["ep"] == 2 and same["time_per_batch_s"] == pytest.approx(
+        evaluate_model(m, get_preset("h100"), ep=2, **kw)["time_per_batch_s"])

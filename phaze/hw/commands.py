@@ -108,7 +108,7 @@ def _show(args) -> int:
                    "results/config.yaml (the sweep's config) to show it")
             notes["network"] = why.format("network:")
             notes["hbm_bytes"] = why.format("placement.hbm_gib")
-        d["source"] = {k: v for k, v in notes.items()}
+        d["source"] = dict(notes)
     if args.json:
         emit_json(d)
         return 0

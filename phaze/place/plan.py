@@ -698,7 +698,8 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
         last = max(o.bucket_params, dev_pro[r]) if o.last_bucket_holds_prologue else o.bucket_params
         frac = min(1.0, last / P) if P > 0 else 1.0
         groups = ((P - Pe, g, stride), (Pe, ge, se))
-        share = sm_share(g, stride) if Pe <= 0 or P - Pe >= Pe else sm_share(ge, se)
+        # one share for the rank's reduction: that of the group holding most of its params
+        share = sm_share(g, stride) if P - Pe >= Pe else sm_share(ge, se)
         if z == 0:
             red = sum(ar_time(x * rb, n, s, net, src_dtype_bytes=1.0, **kw) for x, n, s in groups)
             gather = 0.0

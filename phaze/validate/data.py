@@ -209,10 +209,6 @@ def _optim_dtype(name: str, framework: str) -> tuple:
                                None if state == "fp32" else state).items())
 
 
-# Megatron-Bridge recipe settings -> PlanOptions pairs (what bridge_cases applies per row)
-_DISPATCHERS = ("alltoall", "flex")
-
-
 def bridge_cases() -> list[Case]:
     """Megatron-Bridge (NeMo 25.09-26.06) DGX-H100 pre-training rows (held out): zoo models,
     the per-row parallel layout and the recipe settings of ground_truth.yaml's bridge_h100
@@ -222,6 +218,7 @@ def bridge_cases() -> list[Case]:
     without the distributed optimizer), recompute_layers (full recompute of that many layers
     per stage, method block) and optim_dtype (grad_sync_dtype / state dtype)."""
     from phaze.model.zoo import get_model
+    from phaze.place.plan import MOE_DISPATCHERS
 
     t = raw()[TABLE_BRIDGE]
     models = t.get("models", {})
@@ -229,8 +226,9 @@ def bridge_cases() -> list[Case]:
     for row in _rows(t):
         r = {**models.get(row.get("model"), {}), **row}
         spec = get_model(r["zoo"])
-        if r["dispatcher"] not in _DISPATCHERS:
-            raise ValueError(f"{r['name']}: dispatcher {r['dispatcher']!r} not in {_DISPATCHERS}")
+        if r["dispatcher"] not in MOE_DISPATCHERS:
+            raise ValueError(f"{r['name']}: dispatcher {r['dispatcher']!r} not in "
+                             f"{MOE_DISPATCHERS}")
         opts = dict(_optim_dtype(r["optim_dtype"], t["framework"]))
         if r["dispatcher"] == "flex":
             opts["moe_token_dispatcher"] = "flex"
