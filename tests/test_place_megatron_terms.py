@@ -61,7 +61,10 @@ def test_tp_overlap_leaves_one_chunk_and_p2p_overlap_hides_p2p():
     b = evaluate_plan(c, 2, 1, 8, interleave=2, links=Links(),
                       options=PlanOptions(collectives="nccl", tp_comm_overlap=True, overlap_p2p=True))
     assert b["tp_s"] == pytest.approx(a["tp_s"] / 4)
-    assert b["p2p_s"] == 0 and a["p2p_s"] > 0
+    # overlapped: only the fill and drain wait for the hops (one microbatch's 2 (p v - 1))
+    assert 0 < b["p2p_s"] < a["p2p_s"]
+    # 4 chunks, 3 hops: each rank sends or receives 3 per microbatch, the fill crosses 2 x 3
+    assert b["p2p_s"] == pytest.approx(2 * a["p2p_s"] / a["M"])
 
 
 def test_blocking_p2p_sends_both_directions_one_after_the_other():
@@ -403,3 +406,83 @@ def test_sm_shares_are_fractions_and_each_override_keeps_the_other_default():
     full = evaluate_model(spec, h100, options={"comm_sm_share_net": 1.0}, **kw)
     free = evaluate_model(spec, h100, options={"comm_sm_share_net": 0.0}, **kw)
     assert full["dp_sync_s"] > base["dp_sync_s"] > free["dp_sync_s"]
+
+
+def _interleaved_order(p, v, m, r):
+    """Rank r's ops in Megatron-Core's interleaved 1F1B (schedules.py,
+    forward_backward_pipelining_with_interleaving, microbatch groups of p): (kind, chunk,
+    microbatch) in the order it runs them: warm-up forwards, then one forward one backward,
+    then the cool-down backwards."""
+    total = m * v
+    warm = total if m == p else min((p - r - 1) * 2 + (v - 1) * p, total)
+
+    def op(kind, k):
+        c = (k % (p * v)) // p
+        return (kind, c if kind == "F" else v - 1 - c, (k // (p * v)) * p + k % p)
+    ops = [op("F", k) for k in range(warm)]
+    for i in range(total - warm):
+        ops += [op("F", warm + i), op("B", i)]
+    return ops + [op("B", k) for k in range(total - warm, total)]
+
+
+def _simulate_interleaved(p, v, m, f, b, hop):
+    """Makespan of that schedule, chunk c on rank c % p, every chunk f forward and b
+    backward, each transfer between ranks `hop` seconds, sent asynchronously (overlap_p2p):
+    an op starts when its rank is free and its input has arrived."""
+    orders = [_interleaved_order(p, v, m, r) for r in range(p)]
+    done, pos, clock = {}, [0] * p, [0.0] * p
+    left = sum(map(len, orders))
+    while left:
+        moved = False
+        for r in range(p):
+            while pos[r] < len(orders[r]):
+                kind, c, j = orders[r][pos[r]]
+                if kind == "F":
+                    dep = (r - 1, "F", c, j) if r else ((p - 1, "F", c - 1, j) if c else None)
+                else:
+                    dep = (r + 1, "B", c, j) if r < p - 1 else \
+                        ((0, "B", c + 1, j) if c < v - 1 else (r, "F", c, j))
+                if dep is not None and dep not in done:
+                    break
+                ready = 0.0 if dep is None else done[dep] + (hop if dep[0] != r else 0.0)
+                clock[r] = max(clock[r], ready) + (f if kind == "F" else b)
+                done[(r, kind, c, j)] = clock[r]
+                pos[r] += 1
+                left -= 1
+                moved = True
+        assert moved, "the schedule deadlocked"
+    return max(clock)
+
+
+@pytest.mark.parametrize("p, v, m", [(2, 6, 2), (2, 6, 8), (4, 2, 8), (4, 3, 12)])
+def test_interleaved_overlapped_p2p_matches_a_simulation_of_megatrons_schedule(p, v, m):
+    """Second route for overlap_p2p with interleaving: Megatron-Core's interleaved schedule
+    simulated step by step. Without transfers it takes exactly the closed form's M L +
+    (p - 1) / v L; with asynchronous transfers no longer than a chunk's forward, exactly 2
+    (p v - 1) hops more (the first microbatch's way through every chunk and back), for any
+    number of microbatches: what evaluate_plan charges (p2p_s). A transfer longer than a
+    chunk's forward stalls the steady state too: then nothing counts as hidden."""
+    from phaze.place.plan import interleaved_p2p_fill_s
+
+    f, b = 1.0, 2.0
+    c = chain(n=p * v, f=f, b=b)
+    c = Chain(**{**c.__dict__, "kinds": ("block",) * c.n})
+    L = Links(devices_per_node=1, inter_bw_Bps=2e9, inter_latency_s=1e-5)
+    o = PlanOptions(collectives="nccl", overlap_p2p=True)
+    r = evaluate_plan(c, p, 1, m, interleave=v, links=L, options=o)
+    hop = r["p2p_s"] / (2 * (p * v - 1))
+    assert 0 < hop < f
+    free = _simulate_interleaved(p, v, m, f, b, 0.0)
+    assert free == pytest.approx(m * v * (f + b) + (p - 1) / v * v * (f + b))
+    assert r["time_per_batch_s"] - r["dp_sync_s"] == pytest.approx(
+        _simulate_interleaved(p, v, m, f, b, hop))
+    for x in (0.3, 0.9):     # the closed form itself, any hop up to a forward
+        assert _simulate_interleaved(p, v, m, f, b, x) - free == pytest.approx(
+            interleaved_p2p_fill_s(np.r_[0.0, [x] * (p * v - 1)], np.r_[[x] * (p * v - 1), 0.0],
+                                   np.full(p * v, f)))
+    # longer hops: at least the fill (more once the steady state stalls: m > p here)
+    extra = _simulate_interleaved(p, v, m, f, b, 1.5) - free
+    assert extra >= 2 * (p * v - 1) * 1.5 - 1e-9
+    if m > p:
+        assert extra > 2 * (p * v - 1) * 1.5
+    assert interleaved_p2p_fill_s([0.0, 1.5], [1.5, 0.0], [f, f]) is None

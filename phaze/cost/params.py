@@ -140,16 +140,17 @@ class CostParams:
 # benchmarks/data/h100_kernels_measured.csv (mean |error| 11.6 %, overhead 32.5 us), backward
 # 0.43 = 0.50 x 0.63/0.73 (FlashAttention-2, Dao 2023: about 73 % of A100 peak forward,
 # 63 % backward); a100 0.70 / 0.60 from the same paper (not fitted: the A100 tables ran
-# eager attention). h100 sustained_clock_fraction 0.750: fitted by `phaze validate --fit`
+# eager attention). h100 sustained_clock_fraction 0.751: fitted by `phaze validate --fit`
 # on the nine weak-scaling rows of the Megatron-LM README's H100 table (commit 937571cf,
-# images/model_table.png; MAE 4.17 %), the only parameter fitted there: the kernels above
+# images/model_table.png; MAE 3.18 %), the only parameter fitted there: the kernels above
 # were timed in isolation at boost clock, a training run sustains about 0.75 of that rate
 # (power-capped clock under hours of load; the SMs that overlapped DP collectives take are
-# charged apart since 2026-11-30: PlanOptions.comm_sm_share, 0.727 before).
+# charged apart since 2026-11-30: PlanOptions.comm_sm_share, 0.727 before; the interleaved
+# schedule's p2p fill since 2026-12-01: plan.interleaved_p2p_fill_s, 0.750 before).
 PRESET_PARAMS = {
     "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
                  collective_topology="nccl", flash_fwd_efficiency=0.50,
-                 flash_bwd_efficiency=0.43, sustained_clock_fraction=0.750,
+                 flash_bwd_efficiency=0.43, sustained_clock_fraction=0.751,
                  unfused_cross_entropy=True, nccl_channels=24, nccl_net_channels=2),
     "a100": dict(compute_efficiency=0.7923, hbm_bw_efficiency=0.9162, link_bw_efficiency=0.80,
                  op_overhead_s=52.87e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,

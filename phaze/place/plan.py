@@ -394,7 +394,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         return {**base, "feasible": False, "reason": "interleaving needs M divisible by p"}
 
     layout = _recompute_layers(chain, recompute, stages, options)   # re-run, kept, working
-    dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe = _per_device(
+    dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe, fill = _per_device(
         chain, p, v, d, recompute, stages, links, options, layout)
     dev_Pd = dev_P - dev_Pe
     accum = np.zeros(p)
@@ -423,7 +423,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         dev = np.arange(p * v) % p
         dev_load, dev_tp, dev_p2p, ar, fsdp = extended_terms(
             chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p,
-            dev_Pe)
+            dev_Pe, p2p_fill_s=fill)
         dev_load = dev_load + accum
     if options.ddp_bucket_copy_bytes_per_param > 0 and hbm_bw_Bps > 0 and d * options.cp > 1:
         ar = ar + dev_P * options.ddp_bucket_copy_bytes_per_param / hbm_bw_Bps
@@ -436,14 +436,18 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         if options.extended() and (options.zero_stage or options.zero1 or options.distributed_optimizer):
             stepped = dev_Pd / (d * options.cp) + dev_Pe / ge   # each rank steps its shards
         opt_s = float(stepped.max()) * options.step_bytes_per_param() / hbm_bw_Bps
-    time_s = M * Lmax + bubble + float(ar.max()) + opt_s
+    # interleaved 1F1B with overlapped p2p: the transfers stay on the critical path of the
+    # pipeline's fill and drain only (interleaved_p2p_fill_s)
+    p2p_fill = fill if (options.extended() and options.overlap_p2p and v > 1
+                        and fill is not None) else 0.0
+    time_s = M * Lmax + bubble + p2p_fill + float(ar.max()) + opt_s
     out = {**base, "M": M, "time_per_batch_s": time_s,
            "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
            "memory_per_device_bytes": float(mem.max()),
            **{f"memory_{k}_bytes": float(v[int(np.argmax(mem))]) for k, v in parts.items()},
            "stage_memory": [{k: float(v[r]) for k, v in parts.items()} for r in range(p)],
            "compute_s": M * float(dev_comp[b]), "bubble_s": bubble,
-           "p2p_s": M * float(dev_p2p[b]), "dp_sync_s": float(ar.max()),
+           "p2p_s": M * float(dev_p2p[b]) + p2p_fill, "dp_sync_s": float(ar.max()),
            "tp_s": M * float(dev_tp[b]), "optimizer_s": opt_s,
            "grad_accum_s": M * float(accum[b]),
            "feasible": bool(mem.max() <= hbm_bytes)}
@@ -597,7 +601,29 @@ def _per_device(chain, p, v, d, recompute, stages, links, options, layout):
     folded = (options.expert_tp or t) != t
     Ep = cs(chain.expert_param_count) if (options.ep > 1 or folded) else np.zeros(n + 1)
     dev_Pe = np.bincount(dev, Ep[hi] - Ep[lo], minlength=p)
-    return dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe
+    fill = interleaved_p2p_fill_s(cin, cout, F) if p > 1 else None
+    return dev_load, dev_comp, dev_tp, dev_p2p, dev_P, dev_A, dev_work, dev_Pe, fill
+
+
+def interleaved_p2p_fill_s(cin, cout, fwd_s):
+    """Seconds the pipeline's point-to-point transfers add to an iteration of Megatron-Core's
+    interleaved 1F1B schedule with --overlap-p2p-communication (asynchronous isend / irecv;
+    schedules.forward_backward_pipelining_with_interleaving), or None when the closed form
+    does not hold. Per chunk c (arrays over the p v chunks, seconds of one microbatch): cin /
+    cout the transfer into / out of it, fwd_s its forward compute.
+    The steady state hides every transfer behind the other microbatches' chunks (the
+    schedule's warm-up keeps 2 (p - rank - 1) + (v - 1) p forwards in flight), but the first
+    microbatch's forward crosses the p v - 1 chunk boundaries one after the other, and its
+    gradient crosses them back: the fill and drain each wait for every hop once, sum(cin +
+    cout) in all (= 2 sum of the hops), whatever the number of microbatches. Exact against a
+    step-by-step simulation of the schedule (tests/test_place_megatron_terms.py) while no
+    transfer takes longer than the forward of a chunk it links; beyond that the steady state
+    stalls too and None is returned (the caller then charges the transfers as not
+    overlapped, an upper bound)."""
+    cin, cout, fwd_s = (np.asarray(x, dtype=float) for x in (cin, cout, fwd_s))
+    if np.any(cin > fwd_s) or np.any(cout > fwd_s):
+        return None
+    return float(np.sum(cin + cout))
 
 
 def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops, rerun=None) -> dict:
@@ -645,7 +671,7 @@ def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions, dev_Pe=
 
 
 def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p,
-                   dev_Pe=None):
+                   dev_Pe=None, p2p_fill_s=0.0):
     """Megatron-Core / NCCL terms (PlanOptions.extended()): returns (device load per
     microbatch, exposed TP, exposed p2p, DP sync per batch, FSDP exposed per microbatch),
     each per device. Groups in Megatron's rank order tp, cp, dp, pp: the gradient group is
@@ -664,7 +690,10 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
       overlap_param_gather: the all-gather hides behind the next forward, likewise;
       tp_comm_overlap: TP collectives split in t chunks pipelined with the GEMMs (TE
         userbuffers): one chunk stays exposed, TP / t;
-      overlap_p2p: p2p fully hidden behind the interleaved schedule's compute (v > 1)."""
+      overlap_p2p: with the interleaved schedule (v > 1) the transfers hide behind the
+        other microbatches' chunks; the pipeline's fill and drain still wait for each hop
+        once (`p2p_fill_s`, interleaved_p2p_fill_s, charged per iteration by evaluate_plan;
+        None: a transfer outlasts a chunk's forward, nothing hidden)."""
     from phaze.cost.collective import all_gather_time, allreduce_time as ar_time, \
         reduce_scatter_time
 
@@ -677,7 +706,8 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
     kw = dict(topology=topo, bw_efficiency=links.bw_efficiency)
     net = links
     tp_exp = dev_tp / t if o.tp_comm_overlap else dev_tp
-    p2p_exp = np.zeros_like(dev_p2p) if (o.overlap_p2p and v > 1) else dev_p2p
+    p2p_exp = np.zeros_like(dev_p2p) if (o.overlap_p2p and v > 1 and p2p_fill_s is not None) \
+        else dev_p2p
     fb = np.bincount(dev, [chain.fwd_s[a:b_].sum() for a, b_ in stages], minlength=p)
     bb = np.bincount(dev, [chain.bwd_s[a:b_].sum() for a, b_ in stages], minlength=p)
     blocks = np.maximum(np.bincount(dev, [b_ - a for a, b_ in stages], minlength=p), 1)
