@@ -419,6 +419,10 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
             np.where(dev_Pe > 0, allreduce_time(dev_Pe * gb, ge, *links.link(dp_inter(se, ge, links))),
                      0.0)
     fsdp = np.zeros(p)
+    # interleaved 1F1B with overlapped p2p: the transfers stay on the critical path of the
+    # pipeline's fill and drain only (interleaved_p2p_fill_s; None: not overlapped)
+    if not (options.extended() and options.overlap_p2p and v > 1):
+        fill = None
     if options.extended():
         dev = np.arange(p * v) % p
         dev_load, dev_tp, dev_p2p, ar, fsdp = extended_terms(
@@ -436,10 +440,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
         if options.extended() and (options.zero_stage or options.zero1 or options.distributed_optimizer):
             stepped = dev_Pd / (d * options.cp) + dev_Pe / ge   # each rank steps its shards
         opt_s = float(stepped.max()) * options.step_bytes_per_param() / hbm_bw_Bps
-    # interleaved 1F1B with overlapped p2p: the transfers stay on the critical path of the
-    # pipeline's fill and drain only (interleaved_p2p_fill_s)
-    p2p_fill = fill if (options.extended() and options.overlap_p2p and v > 1
-                        and fill is not None) else 0.0
+    p2p_fill = fill or 0.0
     time_s = M * Lmax + bubble + p2p_fill + float(ar.max()) + opt_s
     out = {**base, "M": M, "time_per_batch_s": time_s,
            "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
@@ -671,7 +672,7 @@ def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions, dev_Pe=
 
 
 def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p,
-                   dev_Pe=None, p2p_fill_s=0.0):
+                   dev_Pe=None, p2p_fill_s=None):
     """Megatron-Core / NCCL terms (PlanOptions.extended()): returns (device load per
     microbatch, exposed TP, exposed p2p, DP sync per batch, FSDP exposed per microbatch),
     each per device. Groups in Megatron's rank order tp, cp, dp, pp: the gradient group is
@@ -692,8 +693,9 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
         userbuffers): one chunk stays exposed, TP / t;
       overlap_p2p: with the interleaved schedule (v > 1) the transfers hide behind the
         other microbatches' chunks; the pipeline's fill and drain still wait for each hop
-        once (`p2p_fill_s`, interleaved_p2p_fill_s, charged per iteration by evaluate_plan;
-        None: a transfer outlasts a chunk's forward, nothing hidden)."""
+        once (`p2p_fill_s`, interleaved_p2p_fill_s, charged per iteration by evaluate_plan,
+        which passes None when nothing is hidden: no overlap, v = 1, or a transfer that
+        outlasts a chunk's forward)."""
     from phaze.cost.collective import all_gather_time, allreduce_time as ar_time, \
         reduce_scatter_time
 
@@ -706,8 +708,7 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
     kw = dict(topology=topo, bw_efficiency=links.bw_efficiency)
     net = links
     tp_exp = dev_tp / t if o.tp_comm_overlap else dev_tp
-    p2p_exp = np.zeros_like(dev_p2p) if (o.overlap_p2p and v > 1 and p2p_fill_s is not None) \
-        else dev_p2p
+    p2p_exp = np.zeros_like(dev_p2p) if p2p_fill_s is not None else dev_p2p
     fb = np.bincount(dev, [chain.fwd_s[a:b_].sum() for a, b_ in stages], minlength=p)
     bb = np.bincount(dev, [chain.bwd_s[a:b_].sum() for a, b_ in stages], minlength=p)
     blocks = np.maximum(np.bincount(dev, [b_ - a for a, b_ in stages], minlength=p), 1)
