@@ -54,7 +54,9 @@ def test_graph_expert_ops_carry_local_experts(tp, sp, et, ep):
     with E / ep groups; FLOPs, bytes and every other op are those of the graph built
     without ep."""
     ref = build_graph(MOE, mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, attention="flash")
-    g = build_graph(MOE, mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, attention="flash", ep=ep)
+    # flex: no sort by local expert (test_alltoall_dispatcher_sorts_by_local_expert)
+    g = build_graph(MOE, mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, attention="flash", ep=ep,
+                    moe_dispatcher="flex")
     assert g.ep == ep and ref.ep == 0
     seen = 0
     for lr, lg in zip(ref.layers, g.layers):
@@ -69,6 +71,56 @@ def test_graph_expert_ops_carry_local_experts(tp, sp, et, ep):
                 assert (a.flops, a.bytes_read, a.bytes_written, a.gemm) == \
                     (b.flops, b.bytes_read, b.bytes_written, b.gemm)
     assert seen == 3 * 3    # one block kind: (gate, up, down) x (fwd, dX, dW)
+
+
+@pytest.mark.parametrize("tp,sp,et,ep", [(1, False, 0, 8), (2, True, 0, 4), (2, True, 1, 16),
+                                         (1, False, 0, 1), (2, True, 0, 32)])
+def test_alltoall_dispatcher_sorts_by_local_expert(tp, sp, et, ep):
+    """Megatron-Core's alltoall dispatcher with several local experts (E / ep > 1): the
+    flex graph plus moe.sort_chunks after the experts' input arrives (after the expert-TP
+    all-gather) and moe.unsort_chunks before their output leaves, each one copy of the
+    experts' token slots (et x T / t x top_k of width h, 2 B read and written per element)
+    and its inverse in the backward; one local expert (ep = E): none."""
+    kw = dict(mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, attention="flash", ep=ep)
+    flex = build_graph(MOE, moe_dispatcher="flex", **kw)
+    a2a = build_graph(MOE, **kw)
+    assert a2a.moe_dispatcher == "alltoall" and flex.moe_dispatcher == "flex"
+    blk_f = next(lg for lg in flex.layers if lg.kind.startswith("block"))
+    blk_a = next(lg for lg in a2a.layers if lg.kind.startswith("block"))
+    extra = {ps: [o for o in blk_a.ops(ps) if o.name not in {x.name for x in blk_f.ops(ps)}]
+             for ps in ("fwd", "bwd")}
+    if MOE.experts // ep == 1:
+        assert extra == {"fwd": [], "bwd": []}
+        return
+    et = et or tp
+    slots = et * (MOE.seq // tp if sp else MOE.seq) * MOE.top_k
+    assert [o.name for o in extra["fwd"]] == ["moe.sort_chunks", "moe.unsort_chunks"]
+    # the experts' input gradient is summed where it fans out: after the sort now
+    def gaccs(blk):
+        return sorted(o.elements for o in blk.bwd if o.name.endswith(".gacc"))
+    assert gaccs(blk_a) == gaccs(blk_f)
+    extra["bwd"] = [o for o in extra["bwd"] if not o.name.endswith(".gacc")]
+    assert sorted(o.name for o in extra["bwd"]) == ["moe.sort_chunks.bwd", "moe.unsort_chunks.bwd"]
+    for o in extra["fwd"] + extra["bwd"]:
+        assert o.vclass.startswith("permute") and o.elements == slots * MOE.hidden
+        assert o.bytes_read == o.bytes_written == 2 * slots * MOE.hidden
+    # the experts read the sorted slots; the unsort reads their output
+    assert any(o.experts and o.kind == "gemm" and "moe.sort_chunks" in o.deps for o in blk_a.fwd)
+    unsort = next(o for o in blk_a.fwd if o.name == "moe.unsort_chunks")
+    assert all(next(o for o in blk_a.fwd if o.name == d).experts for d in unsort.deps)
+    assert blk_a.param_count == blk_f.param_count
+
+
+def test_chain_and_options_agree_on_the_dispatcher():
+    from phaze.place.chain import chain_from_graph
+    from phaze.place.plan import Links, PlanOptions, expert_parallel_chain
+
+    g = build_graph(MOE, mbs=1, ep=8)
+    ch = chain_from_graph(g, layer_latency={i: (1e-3, 2e-3, 0.0) for i in range(len(g.layers))})
+    links = Links.of(H.network)
+    with pytest.raises(ValueError, match="dispatcher"):
+        expert_parallel_chain(ch, 8, links, PlanOptions(ep=8, moe_token_dispatcher="flex"))
+    assert expert_parallel_chain(ch, 8, links, PlanOptions(ep=8)).fwd_s.sum() > ch.fwd_s.sum()
 
 
 def test_graph_ep_must_divide_experts():

@@ -233,6 +233,13 @@ def test_fp8_needs_an_arch_with_fp8_tensor_cores():
     assert "a100 has no FP8" in err and "--arch h100" in err
 
 
+def test_fp8_recipe_needs_fp8():
+    err = _one_line_error(["evaluate", "--model", "gpt-1.7b", "--arch", "h100", "--tp", "1",
+                           "--pp", "1", "--dp", "8", "--mbs", "1", "--fp8-recipe",
+                           "tensorwise"], "--fp8-recipe")
+    assert "add --fp8" in err
+
+
 def test_interleave_without_a_pipeline_and_devices_that_disagree_are_refused():
     base = ["evaluate", "--model", "gpt-1.7b", "--arch", "a100", "--tp", "1", "--pp", "1",
             "--dp", "2", "--mbs", "1", "--batch", "64"]

@@ -374,6 +374,7 @@ def test_bridge_row_end_to_end_equals_the_direct_formula_route(name):
                        interleave=d["interleave"], cp=d["cp"], ep=d["ep"],
                        expert_tp=d["expert_tp"], sequence_parallel=d["tp"] > 1,
                        framework="nemo-2024", fp8=d["fp8"], cross_entropy_fusion=True,
+                       fp8_recipe="tensorwise",     # the perf recipes' fp8_cs
                        options=opts, account_embedding=d["acc"], account_loss=d["acc"], **d["kw"])
     gpus = d["tp"] * d["pp"] * d["cp"] * d["dp"]
     direct = d["batch"] * d["seq"] / r["time_per_batch_s"] / gpus

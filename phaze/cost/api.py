@@ -21,7 +21,7 @@ import numpy as np
 
 from phaze.cost.collective import collective_s, collective_time
 from phaze.cost.gemm import BOUND_NAMES, COMPUTE, LINK, gemm_latency
-from phaze.cost.params import UNFUSED_CROSS_ENTROPY_BYTES, CostParams
+from phaze.cost.params import FP8_QUANTIZE_BYTES, UNFUSED_CROSS_ENTROPY_BYTES, CostParams
 from phaze.cost.vector import vector_cycles, vector_latency
 from phaze.errors import UserError
 from phaze.hw.arch import INT_FIELDS, Network, arch_table, table_arrays
@@ -85,6 +85,13 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
             w8 = np.array([[1.0 if _fp8_gemm(o) else 0.0 for o in g]])
             scale = 1.0 / (1.0 + w8 * (params.fp8_speedup - 1.0))
             one, alls = one * scale, alls * scale
+            # quantizing the GEMM's activation operand (FP8_QUANTIZE_BYTES): a memory-bound
+            # pass at the chip's HBM rate before the GEMM can start
+            qb = FP8_QUANTIZE_BYTES[params.fp8_recipe]
+            by_name = {o.name: o for o in ops}
+            q = np.array([[_fp8_operand(o, by_name, qb) for o in g]])
+            qt = q / (col["hbm_bw_Bps"] * params.hbm_bw_efficiency)
+            one, alls = one + qt, alls + qt
         if params.flash_fwd_efficiency > 0:
             peak = (col["n_tc"] * col["tc_rows"] * col["tc_cols"] * 2.0 * col["clock_hz"]
                     * params.sustained_clock_fraction)
@@ -212,6 +219,31 @@ def _fp8_gemm(o: Op) -> bool:
     (mamba_ssm's Triton kernels, bf16 / fp32)."""
     return (not _attention_core(o) and o.name.split(".")[0] != "lm_head"
             and o.name != "moe.router" and not o.name.startswith("mamba.ssd."))
+
+
+# the block norms Megatron-Core fuses into the linear after them (TE LayerNormLinear: the
+# QKV and first MLP projections, Mamba's in_proj); an MoE layer's norm is a TENorm of its
+# own (the router reads it too), and other norms (QK norm, Mamba's gated norm) are not TE's
+_FUSED_NORMS = ("ln1", "ln2")
+
+
+def _fp8_operand(o: Op, by_name: dict, qbytes: dict) -> float:
+    """Bytes the quantization of FP8 weight GEMM `o`'s activation operand moves
+    (phaze.cost.params.FP8_QUANTIZE_BYTES per element, `qbytes` the recipe's row): a
+    forward GEMM quantizes its input X (b m k elements; "norm" when it reads a fused block
+    norm's output, through the sequence-parallel all-gather), a ".dX" GEMM the output
+    gradient dY (b m k of its own dims = the forward's b m n), shared with the ".dW" GEMM,
+    which adds none. 0 for a GEMM that stays bf16 (_fp8_gemm)."""
+    if not _fp8_gemm(o) or o.name.endswith(".dW"):
+        return 0.0
+    n = float(o.gemm.batch * o.gemm.m * o.gemm.k)
+    if o.name.endswith(".dX"):
+        return n * qbytes["grad"]
+    src = by_name.get(o.deps[0]) if len(o.deps) == 1 else None
+    while src is not None and src.kind == "collective" and len(src.deps) == 1:
+        src = by_name.get(src.deps[0])
+    fused = (src is not None and src.name in _FUSED_NORMS and not o.name.startswith("moe."))
+    return n * qbytes["norm" if fused else "input"]
 
 
 def _check(o: Op) -> str:

@@ -43,6 +43,34 @@ DEFAULT_VECTOR_CPE = {
 UNFUSED_CROSS_ENTROPY_BYTES = {"cross_entropy": 38.0, "cross_entropy_bwd": 14.0}
 
 
+# Transformer Engine FP8 recipes phaze costs, by Megatron-Core's --fp8-recipe names:
+# "delayed" scales each tensor with the amax history of earlier steps (Megatron-Core's
+# default); "tensorwise" is per-tensor current scaling (TE Float8CurrentScaling, NeMo /
+# Megatron-Bridge "fp8_cs"), which needs the tensor's own amax before it can cast.
+FP8_RECIPES = ("delayed", "tensorwise")
+# Bytes per element that quantizing one operand of an FP8 weight GEMM moves beyond what the
+# bf16 graph already counts; Hopper's FP8 GEMMs take both a row-wise and a column-wise
+# (transposed, for the other backward GEMM) FP8 copy. Read in Transformer Engine
+# (transformer_engine/pytorch/csrc/quantizer.cpp, Float8CurrentScalingQuantizer::
+# quantize_impl: nvte_compute_amax, then nvte_quantize_v2; extensions/normalization.cpp:
+# a norm under current scaling computes its output and amax in high precision, then
+# quantizes). Operands (phaze.cost.api._fp8_operand):
+#   "norm": the input of a linear fused with the block norm before it (TE's LayerNorm-
+#           Linear): delayed, the norm writes FP8 itself (1 B instead of the 2 B counted)
+#           and the transpose for the weight gradient reads and writes 1 B each: +1;
+#           tensorwise, the norm writes bf16 with its amax, then a cast reads 2 B and
+#           writes 1 + 1 B: +4
+#   "input": any other linear's input: a cast-transpose reading 2 B and writing 1 + 1 B
+#           (delayed 4), after an amax pass reading 2 B more (tensorwise 6)
+#   "grad": the output gradient dY before the dX and dW GEMMs: as "input" (4 / 6)
+# The weights are cast once per step (TE's is_first_microbatch cache), not per microbatch:
+# not charged.
+FP8_QUANTIZE_BYTES = {
+    "delayed": {"norm": 1.0, "input": 4.0, "grad": 4.0},
+    "tensorwise": {"norm": 4.0, "input": 6.0, "grad": 6.0},
+}
+
+
 @dataclass(frozen=True)
 class CostParams:
     dtype_bytes: int = 2                 # bf16 operands and results
@@ -77,6 +105,9 @@ class CostParams:
     # own ColumnParallelLinear, not a TE module) stay bf16.
     fp8_gemm: bool = False
     fp8_speedup: float = 2.0
+    # Transformer Engine's scaling recipe of those GEMMs (Megatron-Core --fp8-recipe, one of
+    # FP8_RECIPES): what quantizing their operands costs (FP8_QUANTIZE_BYTES).
+    fp8_recipe: str = "delayed"
     # Clock a chip sustains under hours of full load (power/thermal limit) as a fraction of
     # the clock its peak is quoted at; kernel micro-benchmarks run at the boost clock. 1 =
     # no derating. Fitted for h100 on the Megatron-LM README H100 table (docs/validate.md).
@@ -115,6 +146,9 @@ class CostParams:
                 raise ValueError(f"CostParams.{f} must be in [0, 1]")
         if not self.fp8_speedup >= 1:
             raise ValueError("CostParams.fp8_speedup must be >= 1")
+        if self.fp8_recipe not in FP8_RECIPES:
+            raise ValueError(f"CostParams.fp8_recipe must be one of {FP8_RECIPES}, got "
+                             f"{self.fp8_recipe!r}")
         if self.one_core_bw_share not in ("fair", "full"):
             raise ValueError("CostParams.one_core_bw_share must be 'fair' or 'full'")
 

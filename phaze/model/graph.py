@@ -69,6 +69,10 @@ ROUTE_KERNELS = {"softmax": (9, 5)}
 MASK_BYTES = 1      # dropout mask, one byte per element (Korthikanti)
 LOGIT_BYTES = 4     # cross-entropy keeps fp32 logits (Korthikanti Sec. 4.3)
 TOKEN_ID_BYTES = 8  # int64 token ids
+# Megatron-Core --moe-token-dispatcher-type values phaze models: "alltoall" (one copy per
+# routed slot, sorted by local expert on arrival) and "flex" (DeepEP / HybridEP: one copy
+# per remote node, permuted on arrival)
+MOE_DISPATCHERS = ("alltoall", "flex")
 
 
 @dataclass
@@ -422,6 +426,8 @@ class _Layer:
         bwritten = (sum(n.in_bytes) if n.bwd == "vector" else 0.0) + n.params_dev * dt
         if n.vclass == "dropout":
             bread = n.out_bytes + n.out_elements * MASK_BYTES
+        elif n.vclass == "permute" and len(n.inputs) == 1:
+            bread = n.out_bytes    # a copy by index (moe.sort_chunks): the gradient only
         elif n.vclass == "embedding":  # scatter-add of the touched rows
             bread = n.out_bytes + (sum(n.in_bytes) if n.bwd == "leaf" else 0.0)
             bwritten = n.out_bytes
@@ -570,6 +576,15 @@ class _Ctx:
     recompute_modules: tuple | None = None   # selective recomputation's modules; None: core
     ep: int = 0                  # expert-parallel size; 0 = not given (expert GEMMs as one)
     recompute_hits: set = field(default_factory=set)   # modules that re-ran something
+    moe_dispatcher: str = "alltoall"   # Megatron-Core --moe-token-dispatcher-type
+
+    @property
+    def sorts_chunks(self) -> bool:
+        """Megatron-Core's alltoall dispatcher sorts the received tokens by local expert
+        (and back before the combine) when a device holds more than one
+        (MoEAlltoAllTokenDispatcher.dispatch_postprocess / combine_preprocess:
+        sort_chunks_by_idxs); flex (DeepEP) permutes once, on the receiving side."""
+        return self.moe_dispatcher == "alltoall" and self.local_experts > 1
 
     @property
     def local_experts(self) -> int:   # routed experts one device holds (0: ep not given)
@@ -605,7 +620,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                 attention: str = "eager", vocab_pad_multiple: int = 1,
                 unfused_bias: bool = False, apex_layernorm: bool = False,
                 cp: int = 1, expert_tp: int = 0,
-                recompute_modules: tuple | None = None, ep: int = 0) -> ModelGraph:
+                recompute_modules: tuple | None = None, ep: int = 0,
+                moe_dispatcher: str = "alltoall") -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
@@ -639,7 +655,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     ep: expert-parallel size the plan will run (phaze.place.plan.expert_parallel_chain
     applies it). Given (>= 1), each routed-expert GEMM op is E / ep GEMMs, one per local
     expert (Op.groups: Transformer Engine's GroupedLinear launches one cuBLAS GEMM per
-    expert); 0 leaves them one GEMM of all the device's token slots."""
+    expert); 0 leaves them one GEMM of all the device's token slots.
+
+    moe_dispatcher: Megatron-Core's --moe-token-dispatcher-type the plan runs (one of
+    MOE_DISPATCHERS): "alltoall" copies the experts' token slots into local-expert order and
+    back when a device holds several experts (ep given, "moe.sort_chunks" /
+    "moe.unsort_chunks"); "flex" (DeepEP / HybridEP) does not."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -667,8 +688,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                         f"{spec.experts} routed experts", field="ep",
                         fix=(f"use 0 (no expert parallelism) or a divisor of {spec.experts}"
                              if spec.experts else "use 0 or a positive integer"))
+    if moe_dispatcher not in MOE_DISPATCHERS:
+        raise UserError(f"unknown MoE token dispatcher {moe_dispatcher!r}",
+                        field="moe_dispatcher", fix=f"use one of {', '.join(MOE_DISPATCHERS)}")
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
-             vocab_pad_multiple, et, recompute_modules, ep)
+             vocab_pad_multiple, et, recompute_modules, ep,
+             moe_dispatcher=moe_dispatcher if spec.experts else "alltoall")
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -687,7 +712,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       attention=attention, vocab_pad_multiple=vocab_pad_multiple,
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
                       cp=cp, expert_tp=et, moe_experts=spec.experts, moe_top_k=spec.top_k,
-                      ep=ep if spec.experts else 0, kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
+                      ep=ep if spec.experts else 0, moe_dispatcher=c.moe_dispatcher,
+                      kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
 
 
 def _kv_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> float:
@@ -1245,6 +1271,17 @@ def _mlp(L: _Layer, c: _Ctx, x: str, ffn: str = "") -> str:
     return _exit_tp(L, c, _moe(L, c, xin, regather), "mlp", sp.hidden)
 
 
+def _sorted_by_expert(L: _Layer, c: _Ctx, x: str, name: str, elements: int) -> str:
+    """`x` (the token slots of a device's experts, `elements` of them) as the alltoall
+    dispatcher's sort_chunks_by_idxs copies it when the device holds several experts
+    (_Ctx.sorts_chunks): "moe.sort_chunks" by local expert before the experts,
+    "moe.unsort_chunks" back to source-rank order after them; one memory pass each (their
+    backward: the inverse copy of the gradient). Otherwise `x`."""
+    if not c.sorts_chunks:
+        return x
+    return L.vector(name, (x,), "permute", elements, rule="sharded" if c.sp else "replicated")
+
+
 def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
     """Sparse MoE MLP (Mixtral, Qwen2-MoE; Shazeer et al. 2017, Fedus et al. 2022):
 
@@ -1262,8 +1299,10 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
                      kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
     disp = L.vector("moe.dispatch", (xin, route), "permute", T * k * h,
                     in_bytes=(T * h * dt, T * k * dt))
+    disp = _sorted_by_expert(L, c, disp, "moe.sort_chunks", T * k * h)
     down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
                 bias=sp.expert_bias, experts=E, tokens=T * k)
+    down = _sorted_by_expert(L, c, down, "moe.unsort_chunks", T * k * h)
     out = L.vector("moe.combine", (down, route), "permute", T * h, in_bytes=(T * k * h * dt, T * k * dt),
                    saved=T * k * h * dt + T * k * dt)
     if sp.shared_ffn:
@@ -1324,8 +1363,10 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     if et > 1:
         disp = L.collective("moe.all_gather", disp, "all_gather", "reduce_scatter", et * own,
                             own, et * own, rule="sharded", group="etp")
+    disp = _sorted_by_expert(L, c, disp, "moe.sort_chunks", slots * h)
     down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // et, regather=0.0, keep_input=True,
                 bias=sp.expert_bias, experts=E, tokens=slots)
+    down = _sorted_by_expert(L, c, down, "moe.unsort_chunks", slots * h)
     for n in L.nodes.values():   # the expert weights are sharded over et, not t
         if n.name.startswith("moe.expert.") and n.kind == "gemm":
             w = n.params_dev - n.bias_n
@@ -1363,8 +1404,10 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     full = T * k * h * dt
     gathered = L.collective("moe.all_gather", disp, "all_gather", "reduce_scatter", full,
                             full / t, full, rule="sharded")
+    gathered = _sorted_by_expert(L, c, gathered, "moe.sort_chunks", T * k * h)
     down = _ffn(L, c, gathered, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
                 bias=sp.expert_bias, experts=E, tokens=T * k)
+    down = _sorted_by_expert(L, c, down, "moe.unsort_chunks", T * k * h)
     rs = L.collective("moe.reduce_scatter", down, "reduce_scatter", "all_gather", full, full,
                       full / t, rule="sharded")
     comb = L.vector("moe.combine", (rs, route), "permute", T * h // t,

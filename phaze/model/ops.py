@@ -154,6 +154,7 @@ class ModelGraph:
     moe_experts: int = 0            # routed experts per MoE block (0: dense)
     moe_top_k: int = 0              # experts each token is routed to
     ep: int = 0                     # expert-parallel size its expert GEMMs were split for (0: none)
+    moe_dispatcher: str = "alltoall"  # Megatron-Core token dispatcher it was built for
 
     @property
     def collective_groups(self) -> dict[str, int]:

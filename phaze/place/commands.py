@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from phaze.cost.params import FP8_RECIPES
 from phaze.errors import UserError
 from phaze.settings import (MAX_HBM_GIB, RECOMPUTE_MODES, add_config_arg, add_graph_args,
                             add_network_arg, add_placement_args, add_sched_args,
@@ -126,6 +127,10 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                         "model's last layer appended (phaze has no MTP block); the layout's m's "
                         "are they (default 0)")
     e.add_argument("--fp8", action="store_true", help="FP8 GEMMs (Transformer Engine)")
+    e.add_argument("--fp8-recipe", choices=list(FP8_RECIPES), default=None,
+                   help="Megatron-Core --fp8-recipe of --fp8: delayed (its default) or "
+                        "tensorwise (per-tensor current scaling; NeMo's fp8_cs): what "
+                        "quantizing the GEMM operands costs")
     e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
                    help="ZeRO stage / FSDP (3) timing and memory (default: 1 with --zero1, "
                         "else 0)")
@@ -485,7 +490,8 @@ def _evaluate_grid(args, spec, settings, seq):
 
     # framework switches describe a GPU software stack: the sweep route has its own settings
     # (the config); never ignore them silently
-    preset_only = {"framework": None, "fp8": False, "overlap": [], "no_overlap": [],
+    preset_only = {"framework": None, "fp8": False, "fp8_recipe": None, "overlap": [],
+                   "no_overlap": [],
                    "ddp_impl": "local", "cross_entropy_fusion": False,
                    "grad_sync_dtype": None, "optimizer_state_dtype": None,
                    "first_stage_layers": None, "last_stage_layers": None,
@@ -526,6 +532,9 @@ def _evaluate_preset(args, spec, settings, seq):
     from phaze.hw.presets import get_preset
     from phaze.place.evaluate import evaluate_model
 
+    if args.fp8_recipe and not args.fp8:
+        raise UserError("is the recipe of FP8 training, which is off", field="--fp8-recipe",
+                        fix="add --fp8, or drop --fp8-recipe")
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
@@ -544,6 +553,7 @@ def _evaluate_preset(args, spec, settings, seq):
                                             if args.framework is None else {}),
                                          "vocab_pad_multiple": settings.graph.vocab_pad_multiple},
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
+                          fp8_recipe=args.fp8_recipe or "delayed",
                           first_stage_layers=args.first_stage_layers,
                           last_stage_layers=args.last_stage_layers, ddp_impl=args.ddp_impl,
                           account_embedding=args.account_embedding,
@@ -624,7 +634,8 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
     if plan.get("framework"):       # the preset route: how the figure was obtained
         po = plan.get("plan_options", {})
         how = [f"framework {plan['framework']}"] + [x for x, on in (
-            ("fp8", plan.get("fp8")), ("sequence parallel", args.sequence_parallel),
+            (f"fp8 {plan.get('fp8_recipe')}", plan.get("fp8")),
+            ("sequence parallel", args.sequence_parallel),
             (f"expert TP {po.get('expert_tp')}", po.get("expert_tp")),
             (f"dispatcher {po.get('moe_token_dispatcher')}",
              po.get("moe_token_dispatcher", "alltoall") != "alltoall"),

@@ -18,6 +18,7 @@ Two models of a device, named by what they reproduce:
 
 from __future__ import annotations
 
+from phaze.cost.params import FP8_RECIPES
 from phaze.place.chain import chain_from_graph
 from phaze.place.plan import Links, PlanOptions, check_stages, evaluate_plan
 from phaze.settings import check_recompute
@@ -301,6 +302,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                    graph_options: dict | None = None, framework: str | None = None,
                    cp: int = 1, first_stage_layers: int | None = None,
                    last_stage_layers: int | None = None, fp8: bool = False,
+                   fp8_recipe: str = "delayed",
                    ddp_impl: str = "local", cross_entropy_fusion: bool = False,
                    ep: int = 1, account_embedding: bool = False,
                    account_loss: bool = False, expert_tp: int = 0,
@@ -313,7 +315,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     vocab_pad_multiple; the kernels run unfused, as a GPU runs them); `framework`: a FRAMEWORKS
     key (default DEFAULT_FRAMEWORK); `ddp_impl`: a DDP_IMPLS key; `cross_entropy_fusion`:
     Megatron-Core's --cross-entropy-loss-fusion (one kernel instead of the fp32 passes of
-    CostParams.unfused_cross_entropy); `ep`: expert-parallel size of an MoE model
+    CostParams.unfused_cross_entropy); `fp8`: the blocks' linears in FP8 (Transformer
+    Engine) with Megatron-Core's --fp8-recipe `fp8_recipe` (CostParams.fp8_recipe:
+    delayed or tensorwise, what quantizing their operands costs); `ep`: expert-parallel size of an MoE model
     (plan.expert_parallel_chain: 1/ep of the routed experts per device, all-to-all
     dispatch and combine); `expert_tp`: Megatron-Core's expert tensor-parallel size (0 = tp;
     another size folds the expert grid: graph._moe_folded, plan.grad_groups);
@@ -355,6 +359,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     gopts, opts = profile_options(arch, framework, ddp_impl=ddp_impl, cp=cp, ep=ep,
                                   optimizer=optimizer, zero1=zero1, graph_options=graph_options,
                                   options={**(options or {}), "expert_tp": expert_tp or 0})
+    if fp8_recipe not in FP8_RECIPES:
+        raise ValueError(f"fp8 recipe {fp8_recipe!r}: use one of {', '.join(FP8_RECIPES)}")
     if fp8 and framework in NO_TRANSFORMER_ENGINE:
         raise ValueError(f"fp8: the {framework} profile predates Transformer Engine (no FP8 "
                          "training)")
@@ -373,7 +379,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         # runs only fit the second way: NeMo 24.07's GPT3-20B (t = 2, 10 B params per GPU,
         # fp32 grads, no recompute) and Llama3-8B (cp = 2 on 8 GPUs) would need over 80 GB
         # with a bf16 weight plus the copies (docs/validate.md, held-out NeMo table).
-        cost_params = replace(cost_params, fp8_gemm=True)
+        cost_params = replace(cost_params, fp8_gemm=True, fp8_recipe=fp8_recipe)
     if not spec.experts and (opts.moe_token_dispatcher != "alltoall"
                              or opts.overlap_moe_expert_parallel_comm):
         raise ValueError(f"moe options: {spec.name} is a dense model (no token dispatcher, no "
@@ -391,7 +397,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
                         sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp,
                         recompute_modules=recompute_modules,
-                        ep=ep if spec.experts else 0, **gopts)
+                        ep=ep if spec.experts else 0,
+                        moe_dispatcher=opts.moe_token_dispatcher, **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
                                async_tp=opts.async_tensor_model_parallel_allreduce)
     # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core
@@ -425,6 +432,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                 hbm_bytes=arch.hbm_bytes, sequence_parallel=sequence_parallel,
                 # how the figure was obtained: the framework profile and every setting used
                 framework=framework or DEFAULT_FRAMEWORK, ddp_impl=ddp_impl, fp8=fp8,
+                fp8_recipe=fp8_recipe if fp8 else None,
                 cross_entropy_fusion=cross_entropy_fusion, graph_options=dict(gopts),
                 pipeline_layout=pipeline_layout,
                 # None: Megatron-Core's default (the attention core)

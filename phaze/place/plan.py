@@ -46,6 +46,7 @@ from dataclasses import dataclass, asdict
 import numpy as np
 
 from phaze.hw.arch import Network
+from phaze.model.graph import MOE_DISPATCHERS
 from phaze.settings import RECOMPUTE_MODES
 from phaze.place.chain import Chain
 
@@ -774,7 +775,6 @@ def with_axes(options: PlanOptions, ep: int = 1, zero_stage: int | None = None) 
                    zero_stage=zero_stage if zero_stage >= 2 else 0)
 
 
-MOE_DISPATCHERS = ("alltoall", "flex")
 
 
 def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOptions) -> Chain:
@@ -810,6 +810,11 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
         raise ValueError(f"moe_token_dispatcher must be one of {MOE_DISPATCHERS}, got "
                          f"{options.moe_token_dispatcher!r}")
     flex = options.moe_token_dispatcher == "flex"
+    built = chain.extra.get("moe_dispatcher", "alltoall")
+    if built != options.moe_token_dispatcher:
+        # the alltoall dispatcher's sort by local expert is in the graph's layer times
+        raise ValueError(f"chain built for the {built} token dispatcher, options say "
+                         f"{options.moe_token_dispatcher}: build the graph with the plan's")
     if flex and not chain.extra.get("moe_experts"):
         raise ValueError("the flex dispatcher needs the chain's expert count and top_k "
                          "(build it with chain_from_graph)")

@@ -56,6 +56,7 @@ class Case:
     kv_heads: int = 0              # key/value heads (GQA); 0 = heads
     cp: int = 1                    # context-parallel size
     fp8: bool = False              # FP8 GEMMs (Transformer Engine)
+    fp8_recipe: str = "delayed"    # its recipe (Megatron-Core --fp8-recipe; CostParams.fp8_recipe)
     dropout: bool = True           # hidden and attention dropout (GPT family)
     tp_overlap: bool | None = None  # tp_comm_overlap as the run set it (None: the framework's)
     ce_fusion: bool = False        # fused cross entropy (--cross-entropy-loss-fusion)
@@ -186,7 +187,8 @@ def nemo_cases(table: str = TABLE_NEMO) -> list[Case]:
                         microbatch=r["microbatch"], interleave=r["vp"], arch=t["arch"],
                         framework=t["framework"], tied_embeddings=gpt,
                         family=r["family"], ffn=r["ffn"], kv_heads=r["kv_heads"], cp=r["cp"],
-                        fp8=bool(r.get("fp8", t.get("fp8"))), dropout=gpt,
+                        fp8=bool(r.get("fp8", t.get("fp8"))), fp8_recipe=t["fp8_recipe"],
+                        dropout=gpt,
                         tp_overlap=bool(r["tp_overlap"]), ce_fusion=bool(r["ce_fusion"]),
                         plan_options=_optim_dtype(r["optim_dtype"], t["framework"]),
                         caveat=str(r.get("caveat") or "")))
@@ -247,7 +249,8 @@ def bridge_cases() -> list[Case]:
                         measured=float(r[t["metric"]]), microbatch=r["microbatch"],
                         interleave=r["vp"], arch=t["arch"], framework=t["framework"],
                         tied_embeddings=spec.tied_embeddings, kv_heads=spec.kv_heads, family="zoo",
-                        cp=r["cp"], fp8=bool(r["fp8"]), dropout=False,
+                        cp=r["cp"], fp8=bool(r["fp8"]), fp8_recipe=t["fp8_recipe"],
+                        dropout=False,
                         ce_fusion=bool(r["ce_fusion"]), plan_options=tuple(opts.items()),
                         caveat=str(r.get("caveat") or ""), zoo=r["zoo"],
                         mtp_layers=int(r.get("mtp_layers", 0)), ep=r["ep"],
