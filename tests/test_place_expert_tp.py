@@ -182,6 +182,35 @@ def test_dispatcher_and_ep_overlap_in_the_plan():
         expert_parallel_chain(ch, 16, links, replace(base, moe_token_dispatcher="deepep"))
 
 
+@pytest.mark.parametrize("flex", [False, True])
+def test_ep_overlap_charges_the_dispatch_kernels_sms(flex):
+    """Under the EP overlap the all-to-all kernels hold a share of the SMs while they run,
+    so the compute they hide under slows by it: + share x min(2 a2a, other pass). The
+    flex dispatcher's share is options.flex_sm_share (DeepEP's SMs); the alltoall
+    dispatcher's NCCL all-to-all takes what a DP collective over the same devices would
+    (plan.nccl_sm_share: 16 devices, 2 nodes: 8 members x comm_sm_share_net)."""
+    from dataclasses import replace
+
+    from phaze.place.plan import expert_parallel_chain, nccl_sm_share
+
+    links = Links.of(None)
+    ch = _chain(1, 1)
+    base = PlanOptions(collectives="nccl", ep=16, expert_tp=1, overlap_moe_expert_parallel_comm=True,
+                       moe_token_dispatcher="flex" if flex else "alltoall")
+    shared = replace(base, flex_sm_share=0.15, comm_sm_share=0.18, comm_sm_share_net=0.015)
+    free = expert_parallel_chain(ch, 16, links, replace(base, moe_token_dispatcher="alltoall"))
+    a2a = (expert_parallel_chain(ch, 16, links, replace(base, overlap_moe_expert_parallel_comm=False))
+           .extra["ep_a2a_s"] / 4)
+    share = 0.15 if flex else nccl_sm_share(shared, links, 16, 1)
+    assert flex or share == pytest.approx(min(0.18, 0.015 * 8))
+    got = expert_parallel_chain(ch, 16, links, shared)
+    assert got.fwd_s == pytest.approx(ch.fwd_s + np.maximum(2 * a2a - ch.bwd_s, 0)
+                                      + share * np.minimum(2 * a2a, ch.bwd_s))
+    assert got.bwd_s == pytest.approx(ch.bwd_s + np.maximum(2 * a2a - ch.fwd_s, 0)
+                                      + share * np.minimum(2 * a2a, ch.fwd_s))
+    assert flex or (got.fwd_s >= free.fwd_s).all()
+
+
 @pytest.mark.parametrize("modules,rerun", [(("moe",), True), (("moe_act", "layernorm"), False),
                                            (("core_attn",), False)])
 def test_selective_moe_module_reruns_the_all_to_alls(modules, rerun):

@@ -126,6 +126,10 @@ class CostParams:
     # of rings with one GPU per node (NVIDIA/nccl issue 687); at most nccl_channels. 0 = no
     # contention.
     nccl_net_channels: int = 0
+    # SMs the flex MoE dispatcher's kernels (DeepEP / HybridEP) run on: Megatron-Core's
+    # moe_flex_dispatcher_num_sms, whose DeepEP default is 20 (transformer_config.py,
+    # moe_deepep_num_sms "historical default 20"). 0 = no contention.
+    flex_dispatch_sms: int = 0
 
     def __post_init__(self):
         for f in ("compute_efficiency", "glb_bw_efficiency", "hbm_bw_efficiency",
@@ -135,7 +139,7 @@ class CostParams:
                 raise ValueError(f"CostParams.{f} must be in (0, 1], got {v}")
         if not self.op_overhead_s >= 0:
             raise ValueError("CostParams.op_overhead_s must be >= 0")
-        for f in ("nccl_channels", "nccl_net_channels"):
+        for f in ("nccl_channels", "nccl_net_channels", "flex_dispatch_sms"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
                 raise ValueError(f"CostParams.{f} must be an integer >= 0, got {v!r}")
@@ -185,7 +189,8 @@ PRESET_PARAMS = {
     "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
                  collective_topology="nccl", flash_fwd_efficiency=0.50,
                  flash_bwd_efficiency=0.43, sustained_clock_fraction=0.751,
-                 unfused_cross_entropy=True, nccl_channels=24, nccl_net_channels=2),
+                 unfused_cross_entropy=True, nccl_channels=24, nccl_net_channels=2,
+                 flex_dispatch_sms=20),
     "a100": dict(compute_efficiency=0.7923, hbm_bw_efficiency=0.9162, link_bw_efficiency=0.80,
                  op_overhead_s=52.87e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
                  flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24,

@@ -209,5 +209,9 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                  extra={"sequence_parallel": bool(graph.sequence_parallel),
                         "expert_tp": int(graph.expert_tp or graph.tp),
                         "moe_experts": int(graph.moe_experts), "moe_top_k": int(graph.moe_top_k),
-                        "moe_dispatcher": getattr(graph, "moe_dispatcher", "alltoall"),
+                        # the dispatcher its layer times assume, where it changes them
+                        # (graph.build_graph: several local experts); None: either
+                        "moe_dispatcher": (getattr(graph, "moe_dispatcher", "alltoall")
+                                           if graph.ep and graph.moe_experts // graph.ep > 1
+                                           else None),
                         "a2a_rerun": np.array(reruns)})

@@ -392,7 +392,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     # overlapped DP collectives take their NCCL channels' SMs from the compute beside them
     # (each share from the preset unless the caller gives it)
     shares = {"comm_sm_share": _channel_share(arch, cost_params),
-              "comm_sm_share_net": _channel_share(arch, cost_params, net=True)}
+              "comm_sm_share_net": _channel_share(arch, cost_params, net=True),
+              "flex_sm_share": min(1.0, cost_params.flex_dispatch_sms
+                                   / max(1, int(getattr(arch, "n_tc", 1))))}
     opts = replace(opts, **{k: v for k, v in shares.items() if k not in (options or {})})
     graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
                         sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp,

@@ -194,6 +194,11 @@ class PlanOptions:
     # comm_sm_share. 0: overlap is free.
     comm_sm_share: float = 0.0
     comm_sm_share_net: float = 0.0
+    # The same for the flex dispatcher's kernels (DeepEP / HybridEP) while an EP all-to-all
+    # overlaps compute (overlap_moe_expert_parallel_comm): the SMs they run on
+    # (CostParams.flex_dispatch_sms) over the chip's. The alltoall dispatcher's NCCL
+    # all-to-all takes comm_sm_share / comm_sm_share_net as a DP collective does.
+    flex_sm_share: float = 0.0
     # Megatron's async_tensor_model_parallel_allreduce (Megatron-LM 2021-09 on, default on;
     # Transformer Engine's linears alike): the backward TP collective of a column-parallel
     # linear runs during its weight GEMM. Applied to the layer latencies by
@@ -202,7 +207,7 @@ class PlanOptions:
     async_tensor_model_parallel_allreduce: bool = False
 
     def __post_init__(self):
-        for f in ("comm_sm_share", "comm_sm_share_net"):
+        for f in ("comm_sm_share", "comm_sm_share_net", "flex_sm_share"):
             v = getattr(self, f)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"PlanOptions.{f} = {v} must be a fraction of the SMs in [0, 1]")
@@ -672,6 +677,18 @@ def memory_parts(dev_P, dev_act, dev_work, d: int, options: PlanOptions, dev_Pe=
             "buffers": np.asarray(dev_work, dtype=float)}
 
 
+def nccl_sm_share(options: PlanOptions, links: Links, n: int, stride: int) -> float:
+    """Fraction of the SMs an NCCL collective over n devices `stride` apart takes while it
+    overlaps compute: options.comm_sm_share for a group inside one node (NVLink rings);
+    across nodes, comm_sm_share_net per member in a node (one ring per NIC used), at most
+    comm_sm_share."""
+    dpn = links.levels[0][0] if links.levels else links.devices_per_node
+    if n * stride <= dpn:
+        return options.comm_sm_share
+    return min(options.comm_sm_share,
+               options.comm_sm_share_net * max(1, min(n, dpn // stride)))
+
+
 def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_comp, dev_tp, dev_p2p,
                    dev_Pe=None, p2p_fill_s=None):
     """Megatron-Core / NCCL terms (PlanOptions.extended()): returns (device load per
@@ -718,12 +735,9 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
     pro = np.array([float(chain.param_count[a:b_][np.array(chain.kinds[a:b_]) == "prologue"].sum())
                     for a, b_ in stages])
     dev_pro = np.bincount(dev, pro, minlength=p)     # the prologue's params per rank
-    dpn = links.levels[0][0] if links.levels else links.devices_per_node
 
-    def sm_share(n, s):     # NVLink rings inside a node; across nodes, rings per NIC used
-        if n * s <= dpn:
-            return o.comm_sm_share
-        return min(o.comm_sm_share, o.comm_sm_share_net * max(1, min(n, dpn // s)))
+    def sm_share(n, s):
+        return nccl_sm_share(o, links, n, s)
 
     for r in range(p):
         P, Pe = float(dev_P[r]), float(dev_Pe[r])
@@ -797,7 +811,9 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     DeepEP / HybridEP (phaze.cost.collective.dedup_dispatch_time: one copy per remote node,
     NVLink forwarding); options.overlap_moe_expert_parallel_comm: a layer's forward
     all-to-alls hide under its backward compute and the other way round (Megatron-Core's
-    combined 1F1B EP overlap), max(0, 2 a2a - other pass) charged.
+    combined 1F1B EP overlap), max(0, 2 a2a - other pass) charged, plus the SM share of the
+    dispatch kernels (options.flex_sm_share, or NCCL's: nccl_sm_share) times the compute
+    they overlap.
     ep = 1 or a dense chain: `chain` unchanged."""
     from dataclasses import replace
 
@@ -810,8 +826,8 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
         raise ValueError(f"moe_token_dispatcher must be one of {MOE_DISPATCHERS}, got "
                          f"{options.moe_token_dispatcher!r}")
     flex = options.moe_token_dispatcher == "flex"
-    built = chain.extra.get("moe_dispatcher", "alltoall")
-    if built != options.moe_token_dispatcher:
+    built = chain.extra.get("moe_dispatcher")
+    if built not in (None, options.moe_token_dispatcher):
         # the alltoall dispatcher's sort by local expert is in the graph's layer times
         raise ValueError(f"chain built for the {built} token dispatcher, options say "
                          f"{options.moe_token_dispatcher}: build the graph with the plan's")
@@ -833,9 +849,12 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
     add_f = add_b = 2.0 * a2a                     # dispatch + combine in each pass
     if options.overlap_moe_expert_parallel_comm:
         # the forward's all-to-alls run under the paired backward's compute and the other
-        # way round (steady-state 1F1B pairs; warm-up and cool-down not credited apart)
-        add_f = np.maximum(2.0 * a2a - chain.bwd_s, 0.0)
-        add_b = np.maximum(2.0 * a2a - chain.fwd_s, 0.0)
+        # way round (steady-state 1F1B pairs; warm-up and cool-down not credited apart);
+        # while they run, their kernels hold `share` of the SMs, slowing the compute they
+        # hide under by that fraction (as the overlapped DP collectives, comm_sm_share)
+        share = options.flex_sm_share if flex else nccl_sm_share(options, links, ep, et)
+        add_f = np.maximum(2.0 * a2a - chain.bwd_s, 0.0) + share * np.minimum(2.0 * a2a, chain.bwd_s)
+        add_b = np.maximum(2.0 * a2a - chain.fwd_s, 0.0) + share * np.minimum(2.0 * a2a, chain.fwd_s)
     rerun = np.asarray(chain.extra.get("a2a_rerun", np.zeros(chain.n)), dtype=float)
     return replace(chain, fwd_s=chain.fwd_s + add_f, bwd_s=chain.bwd_s + add_b,
                    # the re-run dispatch and combine cost what the forward's do (their
