@@ -1,7 +1,9 @@
 """Checks of a sweep config that a JSON schema cannot express, run before any job (by the
 Snakefile and by `phaze check-config`): every model builds (zoo name or Hugging Face
 config.json), every TP width divides its heads and every CP size splits its sequences,
-every fixed baseline plan can run (fixed_plan_errors); the arch grid is not empty."""
+an MoE model has an expert-parallel size (placement.ep) that divides its routed experts
+(sizes that do not are skipped for it: model.graph.graph_eps), every fixed baseline plan
+can run (fixed_plan_errors); the arch grid is not empty."""
 
 from __future__ import annotations
 
@@ -84,12 +86,13 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     """Messages 'field F: what is wrong; the fix', one per problem found."""
     from phaze.model.zoo import ZOO, resolve_model
 
-    from phaze.model.graph import check_context_parallel
+    from phaze.model.graph import check_context_parallel, graph_eps
     from phaze.settings import GraphSettings, PlacementSettings
 
     try:
         graph = GraphSettings.from_config(cfg.get("graph"))
-        devices = PlacementSettings.from_config(cfg.get("placement")).devices
+        placement = PlacementSettings.from_config(cfg.get("placement"))
+        devices = placement.devices
     except UserError as e:
         return [f"field {e}"]
     attention = graph.attention
@@ -119,6 +122,14 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
             errors.append(f"field models[{i}].cp: the fixed baseline {m['fixed_plan']} runs "
                           "without context parallelism, which the cp list leaves out; add 1 "
                           "to it (or drop fixed_plan)")
+        try:
+            graph_eps(spec, placement.ep)
+        except UserError as e:
+            errors.append(f"field {e}")
+        if m.get("fixed_plan") and spec.experts and 1 not in placement.ep:
+            errors.append(f"field placement.ep: the fixed baseline {m['fixed_plan']} of "
+                          f"models[{i}] runs without expert parallelism, which the ep list "
+                          "leaves out; add 1 to it (or drop fixed_plan)")
         errors += fixed_plan_errors(i, m, spec, devices, graph)
         for j, t in enumerate(m["tp"]):
             try:

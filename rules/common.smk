@@ -87,6 +87,7 @@ wildcard_constraints:
     tp=r"\d+",
     sp=r"[01]",
     cp=r"\d+",
+    ep=r"\d+",
     chunk=r"\d+",
 
 
@@ -95,13 +96,30 @@ def model_seqs():
     return [(name, s) for name, m in MODELS.items() for s in m["seq"]]
 
 
+_EPS = {}
+
+
+def model_eps(model):
+    """Expert-parallel sizes of a model's graphs: 0 for a dense model; for an MoE model each
+    placement.ep value dividing its routed experts (phaze.model.graph.graph_eps; the config
+    check refused a model with none)."""
+    from phaze.model.graph import graph_eps  # noqa: PLC0415
+    from phaze.model.zoo import resolve_model  # noqa: PLC0415
+
+    if model not in _EPS:
+        _EPS[model] = graph_eps(resolve_model(model_arg(model)), SETTINGS.placement.ep)
+    return _EPS[model]
+
+
 def graph_variants(model):
-    """(TP width, sequence parallel 0|1, CP size) of a model's graphs (SP only where t > 1)."""
+    """(TP width, sequence parallel 0|1, CP size, EP size) of a model's graphs (SP only
+    where t > 1; EP 0 for a dense model, one per model_eps for an MoE one)."""
     return [
-        (t, int(sp), cp)
+        (t, int(sp), cp, ep)
         for t in MODELS[model]["tp"]
         for sp in SETTINGS.graph.sp_values(t)
         for cp in MODELS[model].get("cp", [1])
+        for ep in model_eps(model)
     ]
 
 
@@ -109,9 +127,9 @@ def graph_files(model, seq, mbs=None):
     """Graphs of one (model, seq) at one microbatch size (or all of them), every variant."""
     sizes = MBS if mbs is None else [mbs]
     return [
-        f"results/graphs/{model}/s{seq}_b{b}_t{t}_sp{sp}_cp{cp}.json"
+        f"results/graphs/{model}/s{seq}_b{b}_t{t}_sp{sp}_cp{cp}_ep{ep}.json"
         for b in sizes
-        for t, sp, cp in graph_variants(model)
+        for t, sp, cp, ep in graph_variants(model)
     ]
 
 

@@ -105,7 +105,7 @@ def latency_frame(rows, model, seq, mbs, tp=1):
     df = pd.DataFrame(rows)
     df["model"], df["seq"], df["mbs"], df["tp"] = model, seq, mbs, tp
     df["sequence_parallel"], df["fused"] = False, True
-    df["attention"], df["vocab_pad_multiple"], df["cp"] = "eager", 1, 1
+    df["attention"], df["vocab_pad_multiple"], df["cp"], df["ep"] = "eager", 1, 1, 0
     df["layer_kind"] = np.where(df["layer_index"] == 0, "prologue", "block")
     df["recompute_s"] = 0.0
     for p in ("fwd", "bwd", "recompute"):

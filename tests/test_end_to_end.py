@@ -4,8 +4,8 @@
   * a placement row's plan, fed to `phaze evaluate --grid --arch` (and each best design's
     command printed by the report), gives the row's time per batch and memory;
   * `phaze search --config --method all` finds the workflow's best design and throughput.
-Every recompute mode (none, selective, full), sequence parallelism and context parallelism
-as DP axes, fused and unfused graphs. The runs share one ILP cache, which keys ILPs by content only: a run never
+Every recompute mode (none, selective, full), sequence parallelism, context parallelism and
+expert parallelism (an MoE model's graph per ep) as DP axes, fused and unfused graphs. The runs share one ILP cache, which keys ILPs by content only: a run never
 sees another microbatch size's layer times through it."""
 
 from __future__ import annotations
@@ -77,6 +77,10 @@ def test_microbatch_sizes_together_equal_each_alone(runs):
     assert both["feasible"].any() and not both["feasible"].all()
     assert both["sequence_parallel"].eq(True).any(), "sequence parallelism never chosen"
     assert set(both.loc[both.model == "gpt2-xl", "cp"].dropna()) == {1, 2}, "cp never chosen"
+    moe = both[(both.model == "mixtral-8x7b") & both.feasible]
+    assert set(moe.loc[moe.row_kind == "best", "ep"]) <= {1, 2}
+    assert 2 in set(moe.loc[moe.row_kind == "best", "ep"]), "ep 2 never chosen"
+    assert set(moe.loc[moe.row_kind == "fixed", "ep"]) == {1}, "no fixed row on the ep-1 graph"
     pd.testing.assert_frame_equal(both, alone, check_exact=False, rtol=1e-12)
 
 
@@ -86,7 +90,8 @@ def _evaluate_args(row, workdir) -> list[str]:
             "--model", row.model, "--seq", str(row.seq), "--tp", str(int(row.t)),
             "--pp", str(int(row.p)), "--dp", str(int(row.d)), "--mbs", str(row.mbs),
             "--recompute", row.recompute, "--hbm-gib", repr(float(row.hbm_bytes) / GiB),
-            "--interleave", str(int(row.interleave)), "--cp", str(int(row.cp)), "--json"]
+            "--interleave", str(int(row.interleave)), "--cp", str(int(row.cp)),
+            "--ep", str(int(row.ep)), "--json"]
     if row.sequence_parallel:
         args.append("--sequence-parallel")
     if row.row_kind == "best":        # the DP's stages; fixed rows use the uniform split
@@ -104,6 +109,8 @@ def test_evaluate_reproduces_sampled_placement_rows(runs, which, capsys, monkeyp
     # every (mbs, HBM, recompute, row kind) present, then random extra rows
     picks = [g.index[rng.integers(len(g))] for _, g in
              ok.groupby(["mbs", "hbm_bytes", "recompute", "row_kind"])]
+    # and every (model, ep): an MoE model's rows at ep 1 and 2 (a graph built for each)
+    picks += [g.index[rng.integers(len(g))] for _, g in ok.groupby(["model", "ep"])]
     picks += list(rng.choice(ok.index, size=min(6, len(ok)), replace=False))
     assert len(picks) >= 8
     for i in dict.fromkeys(picks):
@@ -140,7 +147,7 @@ def test_search_finds_the_workflow_best(runs, capsys, monkeypatch):
     assert main(["search", "--config", "results/config.yaml", "--grid",
                  "results/arch/grid.parquet", "--method", "all", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {r["model"] for r in out["runs"]} == {"bert-large", "gpt2-xl"}
+    assert {r["model"] for r in out["runs"]} == {"bert-large", "gpt2-xl", "mixtral-8x7b"}
     for r in out["runs"]:
         rows = best[best.model == r["model"]]
         top = rows["samples_per_s"].max()

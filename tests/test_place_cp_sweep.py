@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from place_util import assert_best_of, evaluate_row
 
 from phaze.cli import main
 from phaze.errors import UserError
@@ -191,14 +192,7 @@ def test_the_dp_picks_the_best_cp_size(stages, capsys):
     on each CP size alone; CP 2 wins somewhere (it halves the activations)."""
     both, one, two = (_place(stages, c, capsys) for c in ((1, 2), (1,), (2,)))
     assert set(both["cp"].dropna()) <= {1, 2}
-    for key, row in both.iterrows():
-        alone = [r for r in (one.loc[key], two.loc[key]) if r["feasible"]]
-        if not alone:
-            assert not row["feasible"]
-            continue
-        best = min(alone, key=lambda r: r["time_per_batch_s"])
-        assert row["time_per_batch_s"] == pytest.approx(best["time_per_batch_s"], rel=1e-12)
-        assert row["cp"] == best["cp"]
+    assert_best_of(both, [one, two], "cp")
     assert (both["cp"] == 2).any()
     # the tightest HBM only fits with the sequence split (cp 1 runs out of memory)
     tight = (0.9 * GiB, "full")
@@ -211,17 +205,9 @@ def test_evaluate_reproduces_the_cp_rows(stages, capsys):
     arch = str(pd.read_parquet(stages / "grid.parquet")["arch_id"].iloc[0])
     ok = both[both["feasible"]]
     assert len(ok) >= 4
+    flags = ["--model", "gpt2-xl", "--seq", "1024", "--grid", str(stages / "grid.parquet"),
+             "--mbs", "1", "--batch", "256", "--optimizer", "adam", "--fused", "--attention",
+             "flash", "--network", json.dumps(NET), "--cache", str(stages / "cache")]
     for (hbm, rec), r in ok.iterrows():
-        args = ["evaluate", "--model", "gpt2-xl", "--seq", "1024", "--grid",
-                str(stages / "grid.parquet"), "--arch", arch, "--tp", str(int(r.t)),
-                "--pp", str(int(r.p)), "--dp", str(int(r.d)), "--cp", str(int(r.cp)),
-                "--mbs", "1", "--recompute", rec, "--hbm-gib", repr(hbm / GiB),
-                "--batch", "256", "--optimizer", "adam", "--fused", "--attention", "flash",
-                "--zero-stage", str(int(r.zero_stage)), "--network", json.dumps(NET),
-                "--cache", str(stages / "cache"), "--stages", r.stages, "--json"]
-        assert main(args) == 0
-        got = json.loads(capsys.readouterr().out)
-        assert got["time_per_batch_s"] == pytest.approx(r.time_per_batch_s, rel=1e-9)
-        assert got["memory_per_device_bytes"] == pytest.approx(r.memory_per_device_bytes,
-                                                               rel=1e-9)
+        got = evaluate_row(r, arch, hbm, rec, flags, capsys)
         assert got["cp"] == r.cp and got["tokens_per_s"] == pytest.approx(r.tokens_per_s)

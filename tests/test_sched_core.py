@@ -221,7 +221,7 @@ def test_cli_schedule_problem_json(tmp_path, capsys):
 
 def _shard(arch_ids, pass_rows=("fwd", "bwd", "recompute")):
     ident = {"model": "m", "seq": 128, "mbs": 1, "tp": 1, "sequence_parallel": False,
-             "fused": True, "attention": "eager", "vocab_pad_multiple": 1, "cp": 1}
+             "fused": True, "attention": "eager", "vocab_pad_multiple": 1, "cp": 1, "ep": 0}
     rows = []
     for a in arch_ids:
         for li in range(2):

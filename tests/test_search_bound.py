@@ -190,9 +190,9 @@ def test_plan_floor_is_above_the_dp_bound(recompute):
             assert fl[mbs] <= wb[mbs] * (1 + 1e-12)
             n_tighter += fl[mbs] < 0.9 * wb[mbs]
             chains = [(chain_from_graph(g, layer_latency={
-                li: tuple(times[(mbs, tp, s, cp, li, ps)] for ps in ("fwd", "bwd", "recompute"))
-                for li in range(len(g.layers))}), cp) for (m, tp, s, cp), g in sp.graphs.items()
-                if m == mbs]
+                li: tuple(times[(*key, li, ps)] for ps in ("fwd", "bwd", "recompute"))
+                for li in range(len(g.layers))}), g.cp) for key, g in sp.graphs.items()
+                if key[0] == mbs]
             assert fl[mbs] == pytest.approx(max(chain_samples_per_s(c, {
                 **floor.ctx, "options": replace(floor.ctx["options"], cp=cp)})
                 for c, cp in chains), rel=1e-9)

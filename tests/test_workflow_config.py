@@ -9,7 +9,8 @@ import shlex
 
 import pytest
 import yaml
-from workflow_util import REPO, dry_run_jobs, snakemake, tiny_config, write_config
+from workflow_util import (REPO, dry_run_jobs, dry_run_jobs_detail, snakemake, tiny_config,
+                           write_config)
 
 SCHEMA = yaml.safe_load((REPO / "phaze" / "data" / "schema.yaml").read_text())
 
@@ -61,6 +62,12 @@ BAD_CONFIGS = {
     "fixed plan whose p does not divide the blocks": (
         _bad(lambda c: c["models"][0].update(fixed_plan="5x8x1")),    # bert-large: 24
         "models[0].fixed_plan: p = 5 of 5x8x1 does not divide",
+    ),
+    "MoE model without an ep dividing its experts": (
+        _bad(lambda c: (c["models"].append({"name": "mixtral-8x7b", "seq": [128], "tp": [1]}),
+                        c["placement"].__setitem__("ep", [3]))),
+        "placement.ep: none of the expert-parallel sizes [3] divides mixtral-8x7b's 8 routed "
+        "experts",
     ),
     "missing hf config": (
         _bad(lambda c: c["models"][0].update(hf_config="nowhere/config.json")),
@@ -164,6 +171,25 @@ def test_job_graph_of_tiny_sweep(tmp_path):
     assert counts["schedule_chunk"] == 2 * 2 * 2
     assert counts["merge_latency"] == 2 * 2
     assert counts["place"] == 2
+
+
+def test_graph_variants_one_per_dividing_ep(tmp_path):
+    """An MoE model gets one graph per placement.ep value that divides its routed experts
+    (3 does not divide Mixtral's 8: skipped), a dense model one of ep 0; the place job
+    searches every ep given."""
+    cfg = tiny_config()
+    cfg["models"].append({"name": "mixtral-8x7b", "seq": [128], "tp": [1]})
+    cfg["placement"]["ep"] = [1, 2, 3]
+    write_config(tmp_path, cfg)
+    eps: dict = {}
+    for j in dry_run_jobs_detail(tmp_path):
+        if j["rule"] == "graph":
+            eps.setdefault(j["wildcards"]["model"], []).append(j["wildcards"]["ep"])
+    assert {m: sorted(e) for m, e in eps.items()} == {
+        "bert-large": ["0"], "gpt2-xl": ["0"], "mixtral-8x7b": ["1", "2"]}
+    place = [shlex.split(c) for c in _dry_run_shell_commands(tmp_path) if " place " in c]
+    assert len(place) == 3 and all(a[a.index("--ep") + 1] == "1,2,3" for a in place)
+    assert any("s128_b1_t1_sp0_cp1_ep2.json" in " ".join(a) for a in place)
 
 
 def test_config_values_reach_only_their_rules(tmp_path):

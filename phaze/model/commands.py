@@ -30,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--cp", type=int, default=1,
                    help="context-parallel size: the graph of one device's seq / cp chunk, its "
                         "attention core one ring step (default 1; 2 x cp must divide --seq)")
+    p.add_argument("--ep", type=int, default=0,
+                   help="expert-parallel size the plan runs (MoE models): each routed-expert "
+                        "GEMM is experts / ep GEMMs, one per local expert, as Transformer "
+                        "Engine's GroupedLinear launches them; a divisor of the routed experts, "
+                        "or 0 (default): one GEMM of all the device's token slots. A dense "
+                        "model's graph has ep 0 whatever is given")
     p.add_argument("--fused", action="store_true", help="fuse GEMMs with their element-wise epilogues")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
     p.add_argument("--name", help="the model's name in the graph and every table built from it "
@@ -87,7 +93,7 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
         "sequence_parallel": graph.sequence_parallel, "fused": graph.fused, "dtype_bytes": graph.dtype_bytes,
         "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple,
         "unfused_bias": graph.unfused_bias, "apex_layernorm": graph.apex_layernorm,
-        "cp": graph.cp, "kv_bytes": graph.kv_bytes,
+        "cp": graph.cp, "kv_bytes": graph.kv_bytes, "ep": graph.ep,
         "params": graph.params_total,
         "flops_fwd": model_graph_t1.flops("fwd"),
         "flops_bwd": model_graph_t1.flops("bwd"),
@@ -134,7 +140,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     opts = dict(fused=args.fused, dtype_bytes=args.dtype_bytes, attention=args.attention,
                 vocab_pad_multiple=args.vocab_pad_multiple)
     g = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp, sequence_parallel=args.sequence_parallel,
-                    cp=args.cp, **opts)
+                    cp=args.cp, ep=args.ep, **opts)
     check_graph_size(g)
     # the model's FLOPs: the whole sequence on one device (no TP shard, no CP chunk)
     g1 = g if g.tp == 1 and g.cp == 1 else build_graph(spec, seq=g.seq, mbs=g.mbs, tp=1, **opts)
@@ -162,6 +168,7 @@ def _fmt_dims(o) -> str:
 def _print_table(g: ModelGraph, s: dict) -> None:
     print(f"{g.model}: seq {g.seq}, microbatch {g.mbs}, tp {g.tp}"
           f"{f', cp {g.cp} ({g.tokens_per_device} tokens per device; the attention core is one of the cp ring steps, the placement adds the other {g.cp - 1})' if g.cp > 1 else ''}"
+          f"{f', ep {g.ep} ({g.moe_experts // g.ep} local experts)' if g.ep else ''}"
           f"{', sequence parallel' if g.sequence_parallel else ''}{', fused' if g.fused else ''}"
           f", {g.attention} attention - sizes per device")
     hdr = f"  {'pass':4s} {'op':32s} {'kind':10s} {'dims / class':22s} {'GFLOP':>10s} {'MB read':>9s} {'MB writ':>9s} {'MB saved':>9s}"

@@ -716,6 +716,26 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
 
 
+def graph_eps(spec: ModelSpec, eps, field: str = "placement.ep") -> tuple[int, ...]:
+    """The expert-parallel sizes a sweep builds `spec`'s graphs for (graph.ep is part of a
+    graph's identity, sched.table.GRAPH_KEY): (0,) for a dense model, whose graph does not
+    depend on ep; for an MoE model each of `eps` (the placement's ep axis) that divides its
+    routed experts, in order (ep = 1: one GEMM per expert; a size that does not divide them
+    cannot run the model and is skipped for it). UserError naming `field` when none does."""
+    from phaze.errors import UserError
+
+    if not spec.experts:
+        return (0,)
+    got = tuple(dict.fromkeys(int(e) for e in eps if spec.experts % int(e) == 0))
+    if not got:
+        ok = [k for k in range(1, spec.experts + 1) if spec.experts % k == 0]
+        raise UserError(f"none of the expert-parallel sizes {list(eps)} divides {spec.name}'s "
+                        f"{spec.experts} routed experts, so no plan can run it", field=field,
+                        fix=f"add a divisor of {spec.experts} to {field} "
+                            f"({', '.join(map(str, ok[:6]))}{', ...' if len(ok) > 6 else ''})")
+    return got
+
+
 def _kv_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> float:
     """K and V of one device's sequence chunk: what one context-parallel ring step sends.
     MLA: Transformer Engine's p2p ring sends the per-head key and value the core attends

@@ -208,6 +208,8 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                                         if lg.kind == "epilogue") / graph.dtype_bytes,
                  extra={"sequence_parallel": bool(graph.sequence_parallel),
                         "expert_tp": int(graph.expert_tp or graph.tp),
+                        # the expert-parallel size its expert GEMMs were grouped for (0: none)
+                        "ep": int(graph.ep),
                         "moe_experts": int(graph.moe_experts), "moe_top_k": int(graph.moe_top_k),
                         # the dispatcher its layer times assume, where it changes them
                         # (graph.build_graph: several local experts); None: either

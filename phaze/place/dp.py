@@ -55,10 +55,9 @@ import numpy as np
 
 from phaze.place.chain import Chain
 from phaze.settings import RECOMPUTE_MODES
-from phaze.place.plan import (Links, PlanOptions, axes_chain, dp_sync_coeffs, evaluate_plan,
-                              expert_grid_error,
-                              hop_pattern, p2p_time, pipeline_level,
-                              uniform_stages, with_axes)
+from phaze.place.plan import (Links, PlanOptions, axes_chain, chain_eps, dp_sync_coeffs,
+                              evaluate_plan, expert_grid_error, hop_pattern, p2p_time,
+                              pipeline_level, uniform_stages, with_axes)
 
 INF = math.inf
 _REL = 1e-12          # relative slack when pruning with bounds (never prunes a true optimum)
@@ -753,7 +752,8 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
     {(hbm_bytes, recompute): plan dict or None when nothing fits}. All pairs share one DP
     run per link kind (a batch dimension), so a call with several costs far less than as
     many best_plan calls.
-    Axes beyond d, p: `eps` (expert-parallel sizes; None: options.ep) and `zero_stages`
+    Axes beyond d, p: `eps` (expert-parallel sizes; None: options.ep; only the chain's own
+    when its graph was built for one, plan.chain_eps) and `zero_stages`
     (0..3; None: as options say) are searched too, one DP per (ep, stage) (plan.with_axes),
     the fastest plan kept (ties: the larger ep, then the larger stage: they run first). Context parallelism is
     options.cp with `chain` built for seq / cp (like t, the chain's own width).
@@ -774,7 +774,7 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
         best: dict = {}
         # widest EP and deepest ZeRO first: they tend to win on large models, and a good
         # incumbent early prunes most (d, p) pairs of the other values
-        for ep in sorted(eps if eps is not None else (options.ep,), reverse=True):
+        for ep in sorted(chain_eps(chain, eps, options), reverse=True):
             if ep > 1 and not chain.a2a_bytes.any():
                 continue                 # a dense model: EP changes nothing
             for z in (sorted(zero_stages, reverse=True) if zero_stages is not None else (None,)):

@@ -2,8 +2,10 @@
 
 A work item is one (model, seq, arch, mbs, HBM size, recompute); its result row is the best
 plan over the graph variants of that (model, seq, mbs): every TP width t, with and without
-sequence parallelism where the sweep asks for both (and, with --fixed, the fixed
-baseline's row, at the variant with the fixed t and no sequence parallelism).
+sequence parallelism where the sweep asks for both, every CP size and, for an MoE model,
+every expert-parallel size its graphs were built for (each searched at its own ep only;
+and, with --fixed, the fixed baseline's row, at the variant with the fixed t, no sequence
+parallelism, cp 1 and ep 1, or 0 for a dense model).
 Inputs are joined strictly (`load_inputs`): every graph's latency rows must cover exactly
 the grid's archs and the graph's layers, keyed by the columns the rows carry.
 Items are grouped by content: items whose DP inputs are identical (same model, seq,
@@ -56,15 +58,16 @@ def synthetic_items(count: int, seed: int = 0) -> list[dict]:
 
 
 def _chains_for(item: dict, ctx: dict) -> dict:
-    """{(t, sequence_parallel, cp): Chain} for an item: one per graph variant of its
-    (model, seq, mbs), a graph of cp > 1 with its attention core's times (the ring)."""
+    """{(t, sequence_parallel, cp, ep): Chain} for an item: one per graph variant of its
+    (model, seq, mbs), a graph of cp > 1 with its attention core's times (the ring); ep is
+    the graph's (0: dense, or an MoE graph built without one)."""
     if "synthetic" in item:
         from phaze.place.synthetic import gpt_chain
 
         sy = dict(item["synthetic"])
         tps = sy.pop("tps", [1, 2, 4, 8])
-        return {(t, False, 1): gpt_chain(seq=item["seq"], mbs=item["mbs"], t=t,
-                                         model=item["model"], **sy) for t in tps}
+        return {(t, False, 1, 0): gpt_chain(seq=item["seq"], mbs=item["mbs"], t=t,
+                                            model=item["model"], **sy) for t in tps}
     from phaze.place.chain import chain_from_graph
 
     out = {}
@@ -72,15 +75,16 @@ def _chains_for(item: dict, ctx: dict) -> dict:
         if (graph.model, graph.seq, graph.mbs) == (item["model"], item["seq"], item["mbs"]):
             lat = ctx["latency"][(key, item["arch_id"])]
             core = ctx["latency"].core(key, item["arch_id"]) if graph.cp > 1 else None
-            out[(graph.tp, bool(graph.sequence_parallel), graph.cp)] = chain_from_graph(
+            out[(graph.tp, bool(graph.sequence_parallel), graph.cp, graph.ep)] = chain_from_graph(
                 graph, layer_latency=lat, layer_core_s=core)
     return out
 
 
 def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float) -> dict:
-    """{(hbm_bytes, recompute): (plan, (t, sequence_parallel, cp)) or None}: the DP on
-    every chain variant (its context-parallel size set in the plan options), the fastest
-    fitting plan kept (ties: the first variant in sorted order)."""
+    """{(hbm_bytes, recompute): (plan, (t, sequence_parallel, cp, ep)) or None}: the DP on
+    every chain variant (its context-parallel size set in the plan options; a variant of
+    ep > 0 searched at that ep only, dp.best_plans), the fastest fitting plan kept (ties:
+    the first variant in sorted order)."""
     from dataclasses import replace
 
     best: dict = {(float(h), r): None for h in hbms for r in recs}
@@ -100,14 +104,16 @@ def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float) -> dict
 
 def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float):
     """(plan, variant) of the fixed PxDxT strategy (Megatron's uniform split, no sequence
-    parallelism), or (None, None) when the model has no such TP width or split."""
+    parallelism, context or expert parallelism: the variant of ep 1, or 0 for a dense
+    model), or (None, None) when the model has no such variant or split."""
     p, d, t = ctx["fixed"]
-    if (t, False, 1) not in chains:
+    var = next((v for v in ((t, False, 1, 1), (t, False, 1, 0)) if v in chains), None)
+    if var is None:
         return None, None
     try:
-        return evaluate_plan(chains[(t, False, 1)], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
+        return evaluate_plan(chains[var], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
                              links=ctx["links"], options=ctx["options"],
-                             peak_flops=peak), (t, False, 1)
+                             peak_flops=peak), var
     except ValueError:
         return None, None
 
@@ -361,8 +367,13 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     from phaze.sched.layers import graph_identity
     from phaze.sched.table import GRAPH_KEY, LATENCY_KEY, LATENCY_SCHEMA, validate
 
+    eps = ctx.get("eps")
     for path in graph_paths:
         graph = load_graph(path)
+        if graph.ep and eps is not None and graph.ep not in eps:
+            raise UserError(f"{path} was built for expert-parallel size {graph.ep}, which the "
+                            f"search's ep sizes {list(eps)} leave out", field="--graphs",
+                            fix=f"add {graph.ep} to --ep or drop that graph")
         key = tuple(graph_identity(graph)[k] for k in GRAPH_KEY)
         if key in ctx["graphs"]:
             raise UserError(f"{path} repeats the graph {dict(zip(GRAPH_KEY, key))}",

@@ -465,8 +465,9 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     settings = settings or SweepSettings()
     check_recompute([recompute], "recompute")
     net = settings.net()
+    # the sweep's graph of this ep (its expert GEMMs grouped per local expert; graph_eps)
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
-                        cp=cp, **settings.graph.build_kwargs())
+                        cp=cp, ep=ep if spec.experts else 0, **settings.graph.build_kwargs())
     if stages:                # before any layer is scheduled (evaluate_plan checks it too)
         check_stages([tuple(s) for s in stages], pp * interleave, graph.n_layers)
     cache = ScheduleCache(settings.sched.cache_dir or None)

@@ -389,6 +389,7 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     stages = _checked_stages(chain, p * v, stages, allow_empty_stages)
     base = _base(chain, p, d, t, mbs, batch, recompute, v, stages)
     base.update(ep=options.ep, cp=options.cp, zero_stage=zero_stage_of(options))
+    check_built_for(chain, options)      # a refusal, not an infeasible plan: before the grid
     grid = expert_grid_error(options, t, d)
     if grid:
         return {**base, "feasible": False, "reason": grid}
@@ -911,15 +912,41 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
                    kv_bytes=np.zeros(chain.n), extra={**chain.extra, "cp_ring_s": ring_f + ring_b})
 
 
-def axes_chain(chain: Chain, links: Links, options: PlanOptions) -> Chain:
-    """The chain a plan with options.cp and options.ep runs: context_parallel_chain, then
-    expert_parallel_chain (evaluate_plan and the DP both start from it). ValueError when
-    the chain's graph was built for another expert tensor-parallel size than
-    options.expert_tp (its expert weights and collectives are that size's)."""
+def check_built_for(chain: Chain, options: PlanOptions) -> None:
+    """ValueError when the chain's graph was built for another expert tensor-parallel size
+    than options.expert_tp (its expert weights and collectives are that size's), or for
+    another expert-parallel size than options.ep (chain.extra["ep"] > 0: its routed-expert
+    GEMMs are grouped per local expert of that size; 0: built without one, any ep runs)."""
     built = chain.extra.get("expert_tp", chain.t)
     if built != (options.expert_tp or chain.t):
         raise ValueError(f"chain built with expert_tp {built}, options say "
                          f"{options.expert_tp or chain.t}: build the graph with the plan's size")
+    ep = chain.extra.get("ep", 0)
+    if ep and ep != options.ep:
+        raise ValueError(f"chain built with ep {ep} ({chain.extra['moe_experts'] // ep} local "
+                         f"experts' GEMMs), options say ep {options.ep}: build the graph with "
+                         "the plan's ep")
+
+
+def chain_eps(chain: Chain, eps, options: PlanOptions) -> tuple[int, ...]:
+    """The expert-parallel sizes a search on `chain` tries out of `eps` (None: options.ep):
+    all of them, or only the chain's own when its graph was built for one (its layer times
+    are that size's). ValueError when `eps` leaves that size out."""
+    want = tuple(int(e) for e in eps) if eps is not None else (options.ep,)
+    ep = chain.extra.get("ep", 0)
+    if not ep:
+        return want
+    if ep not in want:
+        raise ValueError(f"chain built with ep {ep}, the search tries ep {list(want)}: "
+                         "build the graph with one of them or search its ep")
+    return (ep,)
+
+
+def axes_chain(chain: Chain, links: Links, options: PlanOptions) -> Chain:
+    """The chain a plan with options.cp and options.ep runs: context_parallel_chain, then
+    expert_parallel_chain (evaluate_plan and the DP both start from it). ValueError when
+    the chain was built for other sizes (check_built_for)."""
+    check_built_for(chain, options)
     return expert_parallel_chain(context_parallel_chain(chain, options.cp, links, options),
                                  options.ep, links, options)
 

@@ -30,7 +30,8 @@ def graph_identity(graph) -> dict:
     return {"model": graph.model, "seq": int(graph.seq), "mbs": int(graph.mbs),
             "tp": int(graph.tp), "sequence_parallel": bool(graph.sequence_parallel),
             "fused": bool(graph.fused), "attention": graph.attention,
-            "vocab_pad_multiple": int(graph.vocab_pad_multiple), "cp": int(graph.cp)}
+            "vocab_pad_multiple": int(graph.vocab_pad_multiple), "cp": int(graph.cp),
+            "ep": int(graph.ep)}
 
 
 def schedule_rows(graph, archs: pd.DataFrame, network, sched, cache, progress=None,
@@ -75,6 +76,7 @@ def shard_frame(rows: list) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(SHARD_SCHEMA))
     df = df.astype({"seq": "int64", "mbs": "int64", "tp": "int64", "layer_index": "int64",
                     "layer_repeat": "int64", "vocab_pad_multiple": "int64", "cp": "int64",
+                    "ep": "int64",
                     "sequence_parallel": bool, "fused": bool, "latency_s": float,
                     "lower_bound_s": float, "core_s": float, "gap": float, "seconds": float,
                     "cache_hit": bool})

@@ -1,9 +1,11 @@
 """Parquet schemas of scheduling shards and merged latency tables (docs/cli-contract.md).
 
 Every row carries its identity: the graph it comes from (model, seq, mbs, tp,
-sequence_parallel, fused, attention, vocab_pad_multiple, cp) and the arch (arch_id), so a
-reader never infers one from a file name. GRAPH_KEY + (arch_id, layer_index) is unique in
-a latency table. A row's core_s is its pass's attention core run alone (what a context-
+sequence_parallel, fused, attention, vocab_pad_multiple, cp, ep) and the arch (arch_id), so
+a reader never infers one from a file name. GRAPH_KEY + (arch_id, layer_index) is unique in
+a latency table. ep is the expert-parallel size an MoE graph was built for (its routed-
+expert GEMMs grouped per local expert; 0 for a dense model or an MoE graph built without
+one). A row's core_s is its pass's attention core run alone (what a context-
 parallel ring step repeats; sched.adapter.attention_core_times), 0 for graphs of cp 1."""
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ STATUSES = ("optimal", "time_limit", "heuristic")
 # column -> pandas dtype kind ('O' object/string, 'i' int, 'f' float, 'b' bool, 'B' bool
 # or None)
 GRAPH_KEY = ("model", "seq", "mbs", "tp", "sequence_parallel", "fused", "attention",
-             "vocab_pad_multiple", "cp")
+             "vocab_pad_multiple", "cp", "ep")
 LATENCY_KEY = GRAPH_KEY + ("arch_id", "layer_index")
 _IDENTITY = {"model": "O", "seq": "i", "mbs": "i", "tp": "i", "sequence_parallel": "b",
-             "fused": "b", "attention": "O", "vocab_pad_multiple": "i", "cp": "i"}
+             "fused": "b", "attention": "O", "vocab_pad_multiple": "i", "cp": "i", "ep": "i"}
 SHARD_SCHEMA = {
     **_IDENTITY, "arch_id": "O", "layer_repeat": "i", "layer_index": "i", "pass": "O", "layer_kind": "O",
     "latency_s": "f", "lower_bound_s": "f", "core_s": "f", "status": "O", "gap": "f", "solver": "O",
@@ -38,8 +40,10 @@ LATENCY_SCHEMA = {
 def validate(df: pd.DataFrame, schema: dict, what: str) -> None:
     for col, kind in schema.items():
         if col not in df.columns:
-            raise UserError(f"missing column {col!r}", field=what, fix="regenerate it with "
-                            "this phaze version")
+            part = f" of the graph key {GRAPH_KEY}" if col in GRAPH_KEY else ""
+            raise UserError(f"missing column {col!r}{part}: written by another phaze version",
+                            field=what, fix="regenerate it with this phaze version (rerun "
+                            "the step that writes it)")
         k = df[col].dtype.kind
         ok = k == kind or (kind == "f" and k in "fi") or (kind == "O" and k in "OSU") \
             or (kind == "O" and str(df[col].dtype) in ("string", "str")) \

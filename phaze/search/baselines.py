@@ -55,12 +55,17 @@ def spotlight_scores(latency: pd.DataFrame) -> pd.Series:
     """Single-chip latency per sample of the whole model, per arch, at TP width 1, best
     microbatch: sum over layer instances of (fwd_s + bwd_s) / mbs. `latency` has arch_id,
     mbs, fwd_s, bwd_s and optionally tp and cp (only tp == 1 and cp == 1 kept: one chip
-    runs the whole sequence) and repeat (instances of the layer kind; 1 when absent).
-    Returns seconds per sample indexed by arch_id."""
+    runs the whole sequence), ep (only a model's least kept: one chip holds every expert,
+    ep 1 for an MoE model, 0 for a dense one, when the sweep has it) and repeat (instances
+    of the layer kind; 1 when absent). Returns seconds per sample indexed by arch_id."""
     lat = latency
     for col in ("tp", "cp"):
         if col in lat.columns:
             lat = lat[lat[col] == 1]
+    if "ep" in lat.columns and len(lat):
+        least = lat.groupby("model")["ep"].transform("min") if "model" in lat.columns \
+            else lat["ep"].min()
+        lat = lat[lat["ep"] == least]
     rep = lat["repeat"] if "repeat" in lat.columns else 1.0
     per = lat.assign(_s=(lat["fwd_s"] + lat["bwd_s"]) * rep)
     per_mbs = per.groupby(["arch_id", "mbs"], sort=True)["_s"].sum().reset_index()

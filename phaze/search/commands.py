@@ -98,7 +98,26 @@ def _specs(args):
         raise UserError("the reference DP has no context parallelism", field="--dp",
                         fix="use --dp default, or drop the models' cp sizes above 1")
     _check_fixed_plans(specs, args, cfg)
+    _check_eps(specs, args, cfg)
     return specs
+
+
+def _check_eps(specs, args, cfg) -> None:
+    """Refuse an MoE model none of whose expert-parallel sizes divides its routed experts
+    (model.graph.graph_eps), or whose fixed plan has no ep-1 graph to run on, as `phaze
+    check-config` does, naming the flag or field."""
+    from phaze.model.graph import graph_eps
+    from phaze.model.zoo import resolve_model
+
+    field = "--ep" if args.ep is not None or not cfg else "placement.ep"
+    for sp in specs:
+        spec = resolve_model(sp.source or sp.model)
+        graph_eps(spec, sp.settings.placement.ep, field=field)
+        if sp.fixed and spec.experts and 1 not in sp.settings.placement.ep:
+            raise UserError(f"the fixed baseline {'x'.join(map(str, sp.fixed))} runs "
+                            f"{sp.model} without expert parallelism, which the ep sizes "
+                            f"{list(sp.settings.placement.ep)} leave out", field=field,
+                            fix=f"add 1 to {field} (or drop the fixed plan)")
 
 
 def _check_fixed_plans(specs, args, cfg) -> None:

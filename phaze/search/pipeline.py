@@ -6,7 +6,10 @@ DP-only axes (HBM x recompute) for every microbatch size -> best samples/s.
 
 The DP is phaze.place's default-mode DP (`best_plan` on `chain_from_graph(graph,
 layer_latency)`, the same code that writes the workflow's placement tables), best over
-the TP widths; the fixed Megatron strategy is `evaluate_plan` with its p x d x t.
+the graph variants (TP widths, sequence parallelism, CP sizes and, for an MoE model, the
+expert-parallel sizes of the placement's ep axis that divide its experts: one graph each,
+model.graph.graph_eps, searched at its own ep); the fixed Megatron strategy is
+`evaluate_plan` with its p x d x t.
 With dp="reference" it is the reference-mode DP (phaze.place.refdp,
 docs/reference.md#placement-dp) fed with an instance built here the way the reference's
 outer search builds it: one node per layer instance with its parameter and activation
@@ -57,7 +60,7 @@ class SweepProblem:
     requested: set = field(default_factory=set)     # problem keys this search needed
 
     def __post_init__(self):
-        from phaze.model.graph import build_graph
+        from phaze.model.graph import build_graph, graph_eps
         from phaze.model.zoo import resolve_model
         from phaze.sched.adapter import attention_core_times, layer_problems
         from phaze.sched.cache import ScheduleCache
@@ -72,22 +75,23 @@ class SweepProblem:
         self.cache = ScheduleCache(st.sched.cache_dir or None)
         model = resolve_model(self.spec.source or self.spec.model).with_(name=self.spec.model)
         self.graphs = {}
-        # problems[arch_index][(mbs, tp, sp, cp, layer_index, pass)] = SchedProblem
+        # problems[arch_index][(mbs, tp, sp, cp, ep, layer_index, pass)] = SchedProblem
         self.problems = [dict() for _ in range(len(self.grid))]
-        # core[(mbs, tp, sp, cp)] = (archs x layers x passes) attention-core seconds (cp > 1)
+        # core[(mbs, tp, sp, cp, ep)] = (archs x layers x passes) attention-core seconds
+        # (cp > 1)
         self.core = {}
+        variants = [(tp, sp, cp, ep) for tp in self.spec.tp for sp in st.graph.sp_values(tp)
+                    for cp in self.spec.cp for ep in graph_eps(model, st.placement.ep)]
         for mbs in st.microbatch_sizes:
-            for tp in self.spec.tp:
-                for sp in st.graph.sp_values(tp):
-                    for cp in self.spec.cp:
-                        g = build_graph(model, seq=self.spec.seq, mbs=mbs, tp=tp,
-                                        sequence_parallel=sp, cp=cp, **st.graph.build_kwargs())
-                        self.graphs[(mbs, tp, sp, cp)] = g
-                        for a, li, _layer, pass_, prob in layer_problems(g, self.grid, self.net):
-                            self.problems[a][(mbs, tp, sp, cp, li, pass_)] = prob
-                        if cp > 1:
-                            self.core[(mbs, tp, sp, cp)] = attention_core_times(g, self.grid,
-                                                                                self.net)
+            for tp, sp, cp, ep in variants:
+                key = (mbs, tp, sp, cp, ep)
+                g = self.graphs[key] = build_graph(model, seq=self.spec.seq, mbs=mbs, tp=tp,
+                                                   sequence_parallel=sp, cp=cp, ep=ep,
+                                                   **st.graph.build_kwargs())
+                for a, li, _layer, pass_, prob in layer_problems(g, self.grid, self.net):
+                    self.problems[a][(*key, li, pass_)] = prob
+                if cp > 1:
+                    self.core[key] = attention_core_times(g, self.grid, self.net)
 
     # --- SearchProblem -------------------------------------------------------------
     def archs(self):
@@ -113,7 +117,7 @@ class SweepProblem:
         return self._bounds[key]
 
     def lower_times(self, arch_id: str) -> dict:
-        """{(mbs, tp, sp, cp, layer_index, pass): seconds} lower bounds on the arch's layer times
+        """{(mbs, tp, sp, cp, ep, layer_index, pass): seconds} lower bounds on the arch's layer times
         (sched.heuristic.lower_bound_s: critical path and work / cores, no ILP)."""
         from phaze.sched.heuristic import lower_bound_s
 
@@ -123,7 +127,7 @@ class SweepProblem:
 
     def _with_core(self, a: int, times: dict) -> dict:
         """`times` plus, for every graph of cp > 1, its attention core's seconds on arch
-        index `a` under the keys (mbs, tp, sp, cp, layer_index, pass + "_core") (the ring
+        index `a` under the keys (mbs, tp, sp, cp, ep, layer_index, pass + "_core") (the ring
         steps of context parallelism: not a scheduled time, the same in bounds and
         evaluations)."""
         for key, arr in self.core.items():
@@ -189,21 +193,19 @@ class SweepProblem:
         sizes = st.microbatch_sizes
         for mbs in (sizes if mbs is None else [b for b in sizes if b in mbs]):
             chains = {}
-            for (b, tp, sp, cp), g in self.graphs.items():
-                if b == mbs:
-                    lat = {li: tuple(times[(mbs, tp, sp, cp, li, ps)] for ps in SCHED_PASSES)
+            for key, g in self.graphs.items():
+                if key[0] == mbs:
+                    lat = {li: tuple(times[(*key, li, ps)] for ps in SCHED_PASSES)
                            for li in range(len(g.layers))}
-                    core = {li: tuple(times[(mbs, tp, sp, cp, li, f"{ps}_core")]
-                                      for ps in SCHED_PASSES)
-                            for li in range(len(g.layers))} if cp > 1 else None
-                    chains[(tp, sp, cp)] = chain_from_graph(g, layer_latency=lat,
-                                                            layer_core_s=core)
+                    core = {li: tuple(times[(*key, li, f"{ps}_core")] for ps in SCHED_PASSES)
+                            for li in range(len(g.layers))} if g.cp > 1 else None
+                    chains[key[1:]] = chain_from_graph(g, layer_latency=lat, layer_core_s=core)
             plans = best_over_variants(chains, ctx, hbms, recs, self._peak)
             for hbm in hbms:
                 for rec in recs:
                     got = plans[(float(hbm), rec)]
                     if got and not (got[0]["samples_per_s"] <= best["samples_per_s"]):
-                        plan, (_t, sp, _cp) = got
+                        plan, (_t, sp, _cp, _ep) = got
                         best.update({k: v for k, v in plan.items()
                                      if isinstance(v, (int, float, str))})
                         best.update(hbm_bytes=float(hbm), stages=plan.get("stages"),
@@ -243,20 +245,34 @@ class SweepProblem:
                                     time_per_batch_s=out["finalTimePerBatch"])
         return best
 
+    def plain_key(self, mbs: int, tp: int) -> tuple:
+        """The key of the graph of (mbs, tp) without sequence, context or expert parallelism
+        (ep 1 for an MoE model, 0 for a dense one); UserError when the sweep has none."""
+        from phaze.errors import UserError
+
+        for ep in (1, 0):
+            if (mbs, tp, False, 1, ep) in self.graphs:
+                return (mbs, tp, False, 1, ep)
+        raise UserError(f"the reference DP runs {self.spec.model} at tp {tp} without sequence, "
+                        "context or expert parallelism, a graph this sweep does not build",
+                        field="--dp", fix="sweep sequence parallelism false, cp 1 and ep 1 "
+                        "too, or use --dp default")
+
     def instance(self, times: dict, mbs: int, hbm_bytes: float, recompute: str) -> dict:
         """The reference DP's JSON instance for one microbatch size (docs/reference.md#placement-dp)."""
         nodes, edges = {}, {}
         n_blocks = 0
         for tp in self.spec.tp:
-            g = self.graphs[(mbs, tp, False, 1)]
+            key = self.plain_key(mbs, tp)
+            g = self.graphs[key]
             kinds = [li for li, layer in enumerate(g.layers) for _ in range(layer.repeat)]
             chain = g.expanded()
             n_blocks = sum(1 for layer in chain if layer.kind not in ("prologue", "epilogue"))
             nodes[str(tp)] = [dict(
                 id=i, parameterSize=float(layer.param_bytes),
                 activationSize=float(layer.activation_bytes.get("none", 0.0)),
-                optimalLatencyFw=float(times[(mbs, tp, False, 1, kinds[i], "fwd")]),
-                optimalLatencyBw=float(times[(mbs, tp, False, 1, kinds[i], "bwd")]),
+                optimalLatencyFw=float(times[(*key, kinds[i], "fwd")]),
+                optimalLatencyBw=float(times[(*key, kinds[i], "bwd")]),
                 isTensorParallelized=tp > 1) for i, layer in enumerate(chain)]
             edges[str(tp)] = [dict(sourceId=i, destId=i + 1,
                                    communicationCost=float(chain[i].output_bytes))

@@ -32,7 +32,8 @@ devices / (t cp d)). Each term is bounded from below:
           size (weights + gradients + optimizer state with the ZeRO stage's sharding;
           activations and buffers only add; a routed-expert parameter keeps at least the dense
           bytes, its group being smaller), the memory every plan must fit.
-T_floor = min over ep, ZeRO stage, (d, p) of the above; samples/s <= B / T_floor (0 when no
+T_floor = min over ep (the chain's own when its graph was built for one: plan.chain_eps, as
+the DP searches it), ZeRO stage, (d, p) of the above; samples/s <= B / T_floor (0 when no
 (d, p) fits). Recompute modes enter through the compute of each layer: the least over the
 configured modes (none: 0, selective: the recompute pass, full: the forward).
 """
@@ -54,12 +55,12 @@ def pair_tables(chain, ctx: dict) -> list[tuple]:
     keys of phaze.place.driver.context (devices, batch, links, options, interleaves, eps,
     zero_stages, hbm_bytes)."""
     from phaze.place.dp import d_candidates
-    from phaze.place.plan import dp_sync_coeffs, expert_parallel_chain, with_axes
+    from phaze.place.plan import chain_eps, dp_sync_coeffs, expert_parallel_chain, with_axes
 
     devices, batch, links = ctx["devices"], ctx["batch"], ctx["links"]
     hbm = max(ctx["hbm_bytes"])
     deep = [v for v in ctx["interleaves"] if v >= 2]
-    eps = sorted(set(ctx.get("eps") or (ctx["options"].ep,)))
+    eps = sorted(set(chain_eps(chain, ctx.get("eps") or None, ctx["options"])))
     zs = ctx.get("zero_stages") or (None,)
     out = []
     for ep in eps:
@@ -169,8 +170,9 @@ class PlanFloor:
             self.tables[key] = pair_tables(chain_from_graph(g, layer_latency=zero), ctx)
 
     def samples_per_s(self, times: dict) -> dict:
-        """{mbs: upper bound on samples/s} from layer times {(mbs, tp, sp, cp, layer_index,
-        pass): s} (pipeline.SweepProblem.lower_times's keys); 0 when nothing fits."""
+        """{mbs: upper bound on samples/s} from layer times {(mbs, tp, sp, cp, ep,
+        layer_index, pass): s} (pipeline.SweepProblem.lower_times's keys); 0 when nothing
+        fits."""
         recs = self.ctx["recompute"]
         best: dict = {}
         for key, g in self.graphs.items():

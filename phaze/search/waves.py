@@ -53,13 +53,16 @@ SLICE = 512          # archs whose scheduling problems the bound pass holds at o
 
 def spotlight_lower_bound(sp, times: dict) -> float:
     """Lower bound (s per sample) on an arch's Spotlight-style score (baselines.
-    spotlight_scores: sum over layer instances of (fwd + bwd) / mbs at TP width 1, best
-    mbs) from lower bounds on its layer times; NaN when the sweep has no TP width 1."""
+    spotlight_scores: sum over layer instances of (fwd + bwd) / mbs at TP width 1, the
+    least ep, best mbs) from lower bounds on its layer times; NaN when the sweep has no TP
+    width 1."""
     best = math.nan
-    for (mbs, tp, seqpar, cp), g in sp.graphs.items():
-        if tp != 1 or seqpar or cp != 1:
+    least_ep = min(key[4] for key in sp.graphs)
+    for key, g in sp.graphs.items():
+        if key[1:] != (1, False, 1, least_ep):
             continue
-        s = sum((times[(mbs, 1, False, 1, li, "fwd")] + times[(mbs, 1, False, 1, li, "bwd")])
+        mbs = key[0]
+        s = sum((times[(*key, li, "fwd")] + times[(*key, li, "bwd")])
                 * layer.repeat for li, layer in enumerate(g.layers)) / mbs
         if not (s >= best):
             best = s
@@ -76,13 +79,14 @@ def work_bounds(sp, times: dict) -> dict:
     busiest device's load (phaze.place.plan: (M + (p - 1) / v) x max device load + ...),
     a device's load is >= its share 1/p of the chain's forward + backward times, M =
     ceil(batch / (d mbs)) and p d t cp <= devices, so samples/s <= devices x mbs / (t cp W)
-    with W = sum over layer instances of (fwd + bwd) at that (mbs, t, sp, cp) (a device's
-    seq / cp chunk; the ring steps of cp > 1 only add); the max over the sweep's graphs
-    of each microbatch size. Returns {mbs: samples/s} (inf when W = 0)."""
+    with W = sum over layer instances of (fwd + bwd) at that (mbs, t, sp, cp, ep) (a
+    device's seq / cp chunk; the ring steps of cp > 1 and the all-to-alls of ep > 1 only
+    add); the max over the sweep's graphs of each microbatch size. Returns {mbs: samples/s}
+    (inf when W = 0)."""
     devices = sp.spec.settings.placement.devices
     best: dict = {}
-    for (mbs, tp, seqpar, cp), g in sp.graphs.items():
-        key = (mbs, tp, seqpar, cp)
+    for key, g in sp.graphs.items():
+        mbs, tp, cp = key[0], key[1], key[3]
         w = sum((times[(*key, li, "fwd")] + times[(*key, li, "bwd")])
                 * layer.repeat for li, layer in enumerate(g.layers))
         best[mbs] = max(best.get(mbs, 0.0),
