@@ -111,16 +111,26 @@ def test_alltoall_dispatcher_sorts_by_local_expert(tp, sp, et, ep):
     assert blk_a.param_count == blk_f.param_count
 
 
-def test_chain_and_options_agree_on_the_dispatcher():
+@pytest.mark.parametrize("ep", [1, 8, 32])
+def test_chain_and_options_agree_on_the_dispatcher(ep):
+    """A chain whose layer times hold the alltoall sort (more than one local expert) runs
+    only under the alltoall dispatcher (plan.check_built_for, via axes_chain and
+    evaluate_plan); with one local expert (ep = E) either dispatcher runs it."""
     from phaze.place.chain import chain_from_graph
-    from phaze.place.plan import Links, PlanOptions, expert_parallel_chain
+    from phaze.place.plan import Links, PlanOptions, axes_chain, evaluate_plan
 
-    g = build_graph(MOE, mbs=1, ep=8)
+    g = build_graph(MOE, mbs=1, ep=ep)
     ch = chain_from_graph(g, layer_latency={i: (1e-3, 2e-3, 0.0) for i in range(len(g.layers))})
     links = Links.of(H.network)
-    with pytest.raises(ValueError, match="dispatcher"):
-        expert_parallel_chain(ch, 8, links, PlanOptions(ep=8, moe_token_dispatcher="flex"))
-    assert expert_parallel_chain(ch, 8, links, PlanOptions(ep=8)).fwd_s.sum() > ch.fwd_s.sum()
+    flex = PlanOptions(ep=ep, moe_token_dispatcher="flex")
+    if MOE.experts // ep > 1:
+        with pytest.raises(ValueError, match="dispatcher"):
+            axes_chain(ch, links, flex)
+        with pytest.raises(ValueError, match="dispatcher"):
+            evaluate_plan(ch, 1, ep, 8 * ep, links=links, options=flex)
+    else:
+        assert axes_chain(ch, links, flex).n == ch.n
+    assert axes_chain(ch, links, PlanOptions(ep=ep)).fwd_s.sum() >= ch.fwd_s.sum()
 
 
 def test_graph_ep_must_divide_experts():

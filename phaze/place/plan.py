@@ -827,11 +827,6 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
         raise ValueError(f"moe_token_dispatcher must be one of {MOE_DISPATCHERS}, got "
                          f"{options.moe_token_dispatcher!r}")
     flex = options.moe_token_dispatcher == "flex"
-    built = chain.extra.get("moe_dispatcher")
-    if built not in (None, options.moe_token_dispatcher):
-        # the alltoall dispatcher's sort by local expert is in the graph's layer times
-        raise ValueError(f"chain built for the {built} token dispatcher, options say "
-                         f"{options.moe_token_dispatcher}: build the graph with the plan's")
     if flex and not chain.extra.get("moe_experts"):
         raise ValueError("the flex dispatcher needs the chain's expert count and top_k "
                          "(build it with chain_from_graph)")
@@ -914,13 +909,20 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
 
 def check_built_for(chain: Chain, options: PlanOptions) -> None:
     """ValueError when the chain's graph was built for another expert tensor-parallel size
-    than options.expert_tp (its expert weights and collectives are that size's), or for
+    than options.expert_tp (its expert weights and collectives are that size's), for
+    another token dispatcher than options.moe_token_dispatcher where that changes its
+    layer times (chain.extra["moe_dispatcher"]: the alltoall sort by local expert), or for
     another expert-parallel size than options.ep (chain.extra["ep"] > 0: its routed-expert
     GEMMs are grouped per local expert of that size; 0: built without one, any ep runs)."""
     built = chain.extra.get("expert_tp", chain.t)
     if built != (options.expert_tp or chain.t):
         raise ValueError(f"chain built with expert_tp {built}, options say "
                          f"{options.expert_tp or chain.t}: build the graph with the plan's size")
+    disp = chain.extra.get("moe_dispatcher")
+    if disp not in (None, options.moe_token_dispatcher):
+        # the alltoall dispatcher's sort by local expert is in the graph's layer times
+        raise ValueError(f"chain built for the {disp} token dispatcher, options say "
+                         f"{options.moe_token_dispatcher}: build the graph with the plan's")
     ep = chain.extra.get("ep", 0)
     if ep and ep != options.ep:
         raise ValueError(f"chain built with ep {ep} ({chain.extra['moe_experts'] // ep} local "
