@@ -100,6 +100,18 @@ def test_fp8_quantization_bytes_closed_form(recipe):
                                       if expect.get(o.name))
 
 
+def test_router_and_shared_gate_stay_bf16_both_ways():
+    # Megatron-Core runs them as plain torch linears (TopKRouter, SharedExpertMLP's gate):
+    # FP8 changes neither their forward nor their backward GEMMs, nor quantizes for them
+    g = GemmDims(1, 4096, 64, 2048)
+    ops = [Op(name=n, kind="gemm", gemm=g, flops=g.flops)
+           for n in ("moe.router", "moe.router.dX", "moe.router.dW",
+                     "moe.shared.gate_proj", "moe.shared.gate_proj.dX")]
+    a = op_latencies(ops, H100, H100.network, params=CostParams()).lat_all_s[0]
+    b = op_latencies(ops, H100, H100.network, params=CostParams(fp8_gemm=True)).lat_all_s[0]
+    assert list(b) == pytest.approx(list(a), rel=1e-12)
+
+
 def test_fp8_recipe_is_checked():
     with pytest.raises(ValueError, match="fp8_recipe"):
         CostParams(fp8_recipe="mxfp8")

@@ -184,6 +184,34 @@ def test_a_chain_runs_only_its_own_ep(stages, capsys):
     assert "--graphs" in err and "expert-parallel size 2" in err and "add 2 to --ep" in err
 
 
+def test_sizes_that_do_not_split_the_experts_and_dense_chains(stages):
+    """An ep that does not divide the routed experts runs nowhere, also on a chain built
+    without ep (evaluate_plan refuses it, the DP skips it, and refuses a list of only such
+    sizes); a dense chain is searched at ep 1 whatever the list (EP changes nothing there;
+    it used to be skipped when 1 was missing: no plan at all)."""
+    from phaze.model.serialize import load_graph
+    from phaze.place.chain import chain_from_graph
+    from phaze.place.dp import best_plans
+    from phaze.place.plan import PlanOptions, evaluate_plan
+
+    lat = lambda g: {li: (1e-3, 2e-3, 0.0) for li in range(len(g.layers))}   # noqa: E731
+    g0 = load_graph(stages / "g0.json")
+    moe = chain_from_graph(g0, layer_latency=lat(g0))
+    with pytest.raises(ValueError, match="ep = 3 must divide"):
+        evaluate_plan(moe, 1, 3, 48, options=PlanOptions(ep=3))
+    with pytest.raises(ValueError, match="divides the 4 routed experts"):
+        best_plans(moe, 24, 96, [32 * GiB], eps=(3,))
+    only1 = best_plans(moe, 24, 96, [32 * GiB], eps=(1,))[(32.0 * GiB, "none")]
+    got = best_plans(moe, 24, 96, [32 * GiB], eps=(1, 3))[(32.0 * GiB, "none")]
+    assert got["ep"] == 1 and got["time_per_batch_s"] == only1["time_per_batch_s"]
+    dense_g = build_graph(resolve_model("gpt2-xl").with_(layers=2), seq=128, mbs=1)
+    dense = chain_from_graph(dense_g, layer_latency=lat(dense_g))
+    at1 = best_plans(dense, 8, 64, [32 * GiB], eps=(1,))[(32.0 * GiB, "none")]
+    at2 = best_plans(dense, 8, 64, [32 * GiB], eps=(2,))[(32.0 * GiB, "none")]
+    assert at2 is not None and at2["ep"] == 1
+    assert at2["time_per_batch_s"] == at1["time_per_batch_s"]
+
+
 # ---------------------------------------------------------------- the in-process search
 def _moe_sweep(tmp_path, eps, source=None):
     from dataclasses import replace

@@ -233,6 +233,13 @@ def test_fp8_needs_an_arch_with_fp8_tensor_cores():
     assert "a100 has no FP8" in err and "--arch h100" in err
 
 
+def test_fp8_needs_a_transformer_engine_profile():
+    # the default profile (Megatron-LM 2022) predates Transformer Engine
+    err = _one_line_error(["evaluate", "--model", "gpt-1.7b", "--arch", "h100", "--tp", "1",
+                           "--pp", "1", "--dp", "8", "--mbs", "1", "--fp8"], "--fp8")
+    assert "megatron-lm-2022" in err and "--framework" in err
+
+
 def test_fp8_recipe_needs_fp8():
     err = _one_line_error(["evaluate", "--model", "gpt-1.7b", "--arch", "h100", "--tp", "1",
                            "--pp", "1", "--dp", "8", "--mbs", "1", "--fp8-recipe",

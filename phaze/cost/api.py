@@ -210,15 +210,23 @@ def _attention_core(o: Op) -> bool:
     return ".".join(base) in ("attn.core", "attn.scores", "attn.context")
 
 
+# linears Megatron-Core runs as plain torch GEMMs, outside Transformer Engine: the MoE
+# router (TopKRouter's weight) and Qwen2-MoE's shared-expert gate (SharedExpertMLP's
+# gate_weight through F.linear)
+_BF16_LINEARS = ("moe.router", "moe.shared.gate_proj")
+
+
 def _fp8_gemm(o: Op) -> bool:
     """GEMMs Transformer Engine runs in FP8 under fp8_autocast: the linears of the blocks
     (TE modules). Not the attention core (no weights) nor the LM head: Megatron-Core's
     output layer is its own tensor_parallel.ColumnParallelLinear, not a TE module, so it
     stays bf16 (megatron/core/models/gpt/gpt_model.py, core_r0.8 and later); nor the MoE
-    router (a plain torch linear in Megatron-Core's TopKRouter); nor Mamba-2's SSD scan
+    router and the shared-expert gate, forward and backward (_BF16_LINEARS); nor Mamba-2's
+    SSD scan
     (mamba_ssm's Triton kernels, bf16 / fp32)."""
+    base = o.name.removesuffix(".dX").removesuffix(".dW")   # a backward GEMM's linear
     return (not _attention_core(o) and o.name.split(".")[0] != "lm_head"
-            and o.name != "moe.router" and not o.name.startswith("mamba.ssd."))
+            and base not in _BF16_LINEARS and not o.name.startswith("mamba.ssd."))
 
 
 # the block norms Megatron-Core fuses into the linear after them (TE LayerNormLinear: the

@@ -775,8 +775,6 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
         # widest EP and deepest ZeRO first: they tend to win on large models, and a good
         # incumbent early prunes most (d, p) pairs of the other values
         for ep in sorted(chain_eps(chain, eps, options), reverse=True):
-            if ep > 1 and not chain.a2a_bytes.any():
-                continue                 # a dense model: EP changes nothing
             for z in (sorted(zero_stages, reverse=True) if zero_stages is not None else (None,)):
                 inc = {k: (pl["time_per_batch_s"] if pl else INF) for k, pl in best.items()}
                 got = best_plans(chain, devices, batch, hbm_list, recompute_list, links=links,

@@ -122,7 +122,7 @@ DDP_IMPLS = {"local": {}, "torch": dict(overlap_grad_reduce=True, bucket_params=
                                         last_bucket_holds_prologue=True)}
 FRAMEWORKS["nemo-2024"] = FRAMEWORKS["megatron-core-2024"]
 # profiles whose code had no FP8 training (Transformer Engine came to Megatron in 2023)
-NO_TRANSFORMER_ENGINE = ("megatron-lm-2021", "megatron-deepspeed")
+NO_TRANSFORMER_ENGINE = ("megatron-lm-2021", "megatron-lm-2022", "megatron-deepspeed")
 # Gradient-sync and optimizer-state dtypes a run may set beyond its profile (NeMo's
 # distributed Adam `grad_sync_dtype` and `dtype`; Megatron-Core --grad-reduce-in-bf16 and
 # --exp-avg-dtype / --exp-avg-sq-dtype / --main-params-dtype): bytes per parameter of the
@@ -361,9 +361,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                                   options={**(options or {}), "expert_tp": expert_tp or 0})
     if fp8_recipe not in FP8_RECIPES:
         raise ValueError(f"fp8 recipe {fp8_recipe!r}: use one of {', '.join(FP8_RECIPES)}")
-    if fp8 and framework in NO_TRANSFORMER_ENGINE:
-        raise ValueError(f"fp8: the {framework} profile predates Transformer Engine (no FP8 "
-                         "training)")
+    if fp8 and (framework or DEFAULT_FRAMEWORK) in NO_TRANSFORMER_ENGINE:
+        raise ValueError(f"fp8: the {framework or DEFAULT_FRAMEWORK} profile predates "
+                         "Transformer Engine (no FP8 training)")
     if opts.p2p_blocking and interleave > 1:
         raise ValueError(f"interleave = {interleave}: DeepSpeed's pipeline engine has no "
                          "interleaved schedule")
@@ -464,6 +464,9 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
 
     settings = settings or SweepSettings()
     check_recompute([recompute], "recompute")
+    if ep > 1 and (not spec.experts or spec.experts % ep):   # as evaluate_model refuses it
+        raise ValueError(f"expert parallelism ep = {ep} must divide the model's routed experts "
+                         f"({spec.experts or 'none: a dense model'})")
     net = settings.net()
     # the sweep's graph of this ep (its expert GEMMs grouped per local expert; graph_eps)
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,

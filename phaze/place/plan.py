@@ -923,6 +923,10 @@ def check_built_for(chain: Chain, options: PlanOptions) -> None:
         # the alltoall dispatcher's sort by local expert is in the graph's layer times
         raise ValueError(f"chain built for the {disp} token dispatcher, options say "
                          f"{options.moe_token_dispatcher}: build the graph with the plan's")
+    experts = int(chain.extra.get("moe_experts", 0))
+    if experts and chain.a2a_bytes.any() and experts % options.ep:
+        raise ValueError(f"expert parallelism ep = {options.ep} must divide the model's routed "
+                         f"experts ({experts})")
     ep = chain.extra.get("ep", 0)
     if ep and ep != options.ep:
         raise ValueError(f"chain built with ep {ep} ({chain.extra['moe_experts'] // ep} local "
@@ -932,9 +936,18 @@ def check_built_for(chain: Chain, options: PlanOptions) -> None:
 
 def chain_eps(chain: Chain, eps, options: PlanOptions) -> tuple[int, ...]:
     """The expert-parallel sizes a search on `chain` tries out of `eps` (None: options.ep):
-    all of them, or only the chain's own when its graph was built for one (its layer times
-    are that size's). ValueError when `eps` leaves that size out."""
+    those dividing its routed experts, or only the chain's own when its graph was built for
+    one (its layer times are that size's); (1,) for a dense chain, which EP leaves
+    unchanged. ValueError when `eps` leaves the chain's size out or none divides."""
     want = tuple(int(e) for e in eps) if eps is not None else (options.ep,)
+    experts = int(chain.extra.get("moe_experts", 0))
+    if not chain.a2a_bytes.any():
+        return (1,)          # a dense model: expert parallelism changes nothing (ep 1)
+    if experts:              # sizes that split the routed experts evenly only
+        want = tuple(e for e in want if e == 1 or experts % e == 0)
+        if not want:
+            raise ValueError(f"no expert-parallel size of {list(eps or (options.ep,))} divides "
+                             f"the {experts} routed experts: search one that does")
     ep = chain.extra.get("ep", 0)
     if not ep:
         return want

@@ -64,8 +64,6 @@ def pair_tables(chain, ctx: dict) -> list[tuple]:
     zs = ctx.get("zero_stages") or (None,)
     out = []
     for ep in eps:
-        if ep > 1 and not chain.a2a_bytes.any():
-            continue                      # dp.best_plans skips it: EP changes nothing
         for z in zs:
             o = with_axes(ctx["options"], int(ep), z)
             ch = expert_parallel_chain(chain, o.ep, links, o)
