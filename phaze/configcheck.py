@@ -7,6 +7,7 @@ can run (fixed_plan_errors); the arch grid is not empty."""
 
 from __future__ import annotations
 
+import difflib
 import os
 
 from phaze.errors import UserError
@@ -109,9 +110,10 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                 errors.append(f"field {field}: no such file {m['hf_config']!r}")
                 continue
         elif m["name"] not in ZOO:
-            errors.append(
-                f"field {field}: unknown model {m['name']!r}; known: {', '.join(sorted(ZOO))}"
-                " (or give hf_config: path/to/config.json)")
+            near = difflib.get_close_matches(m["name"].lower(), sorted(ZOO), n=1, cutoff=0.6)
+            fix = (f"did you mean {near[0]!r}? " if near else "") + \
+                f"use a zoo name ({', '.join(sorted(ZOO))}) or give hf_config: path/to/config.json"
+            errors.append(f"field {field}: unknown model {m['name']!r}; fix: {fix}")
             continue
         try:
             spec = resolve_model(m.get("hf_config", m["name"]))

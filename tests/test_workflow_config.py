@@ -315,3 +315,15 @@ def test_check_config_merges_a_partial_copy_over_the_default(tmp_path, capsys):
                  str(REPO / "configs" / "default.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "placement.hbm_gib" in err and "[80]" in err
+
+
+def test_a_model_name_off_by_case_gets_the_zoo_name(tmp_path, capsys):
+    from phaze.cli import main
+
+    bad = tmp_path / "case.yaml"
+    bad.write_text("models:\n  - name: mixtral-8x7B\n    seq: [1024]\n    tp: [1]\n")
+    assert main(["check-config", "--config", str(bad), "--over",
+                 str(REPO / "configs" / "default.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "models[0].name" in err
+    assert "fix: did you mean 'mixtral-8x7b'?" in err
