@@ -23,6 +23,10 @@ def evaluate_row(row, arch: str, hbm: float, rec: str, flags: list, capsys) -> d
     got = json.loads(capsys.readouterr().out)
     assert got["time_per_batch_s"] == pytest.approx(row.time_per_batch_s, rel=1e-9)
     assert got["memory_per_device_bytes"] == pytest.approx(row.memory_per_device_bytes, rel=1e-9)
+    # the result records how it was obtained: the plan's options, the graph and schedule
+    assert (got["plan_options"]["ep"], got["plan_options"]["cp"]) == (int(row.ep), int(row.cp))
+    assert got["graph_options"]["attention"] and got["sched"]["solver"] in (
+        "cpsat", "highs", "cbc", "gurobi", "heuristic", "bnb")
     return got
 
 

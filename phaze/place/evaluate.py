@@ -478,14 +478,21 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     lat, core = scheduled_layer_latencies(graph, arch_row, net, settings.sched, cache)
     chain = chain_from_graph(graph, layer_latency=lat[arch_id], layer_core_s=core[arch_id])
     pl = settings.placement
+    opts = plan_options(pl, net, ep, zero_stage if zero_stage is not None
+                        else pl.zero_stages()[0], cp=cp)
     plan = evaluate_plan(chain, pp, dp, pl.global_batch, recompute, interleave,
                          stages=[tuple(s) for s in stages] if stages else None,
-                         hbm_bytes=hbm_bytes, links=Links.of(net),
-                         options=plan_options(pl, net, ep, zero_stage if zero_stage is not None
-                                              else pl.zero_stages()[0], cp=cp),
+                         hbm_bytes=hbm_bytes, links=Links.of(net), options=opts,
                          peak_flops=float(arch_row["peak_flops"].iloc[0]))
+    from dataclasses import asdict
     plan.update(model=spec.name, arch_id=arch_id, seq=seq, hbm_bytes=hbm_bytes,
-                sequence_parallel=bool(graph.sequence_parallel))
+                sequence_parallel=bool(graph.sequence_parallel),
+                # how the figure was obtained: the sweep's graph, schedule and plan settings
+                graph_options=settings.graph.build_kwargs(), network=net.to_dict(),
+                sched={"solver": settings.sched.backend(),
+                       "formulation": settings.sched.formulation,
+                       **settings.sched.solve_settings()},
+                plan_options=asdict(opts))
     return plan
 
 
