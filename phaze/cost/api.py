@@ -222,8 +222,7 @@ def _fp8_gemm(o: Op) -> bool:
     output layer is its own tensor_parallel.ColumnParallelLinear, not a TE module, so it
     stays bf16 (megatron/core/models/gpt/gpt_model.py, core_r0.8 and later); nor the MoE
     router and the shared-expert gate, forward and backward (_BF16_LINEARS); nor Mamba-2's
-    SSD scan
-    (mamba_ssm's Triton kernels, bf16 / fp32)."""
+    SSD scan (mamba_ssm's Triton kernels, bf16 / fp32)."""
     base = o.name.removesuffix(".dX").removesuffix(".dW")   # a backward GEMM's linear
     return (not _attention_core(o) and o.name.split(".")[0] != "lm_head"
             and base not in _BF16_LINEARS and not o.name.startswith("mamba.ssd."))

@@ -716,6 +716,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
 
 
+def dividing_eps(experts: int, eps) -> tuple[int, ...]:
+    """The sizes of `eps` (in order, once each) that split `experts` routed experts evenly:
+    the only expert-parallel sizes that can run an MoE model."""
+    return tuple(dict.fromkeys(int(e) for e in eps if experts % int(e) == 0))
+
+
 def graph_eps(spec: ModelSpec, eps, field: str = "placement.ep") -> tuple[int, ...]:
     """The expert-parallel sizes a sweep builds `spec`'s graphs for (graph.ep is part of a
     graph's identity, sched.table.GRAPH_KEY): (0,) for a dense model, whose graph does not
@@ -726,7 +732,7 @@ def graph_eps(spec: ModelSpec, eps, field: str = "placement.ep") -> tuple[int, .
 
     if not spec.experts:
         return (0,)
-    got = tuple(dict.fromkeys(int(e) for e in eps if spec.experts % int(e) == 0))
+    got = dividing_eps(spec.experts, eps)
     if not got:
         ok = [k for k in range(1, spec.experts + 1) if spec.experts % k == 0]
         raise UserError(f"none of the expert-parallel sizes {list(eps)} divides {spec.name}'s "

@@ -180,13 +180,19 @@ def layer_latencies(graph, arch, network, params=None, async_tp: bool = False):
     return lat, tp
 
 
-def _channel_share(arch, params, net: bool = False) -> float:
-    """Fraction of a GPU's SMs an NCCL collective occupies (CostParams.nccl_channels, or
-    nccl_net_channels for a group with one member per node, one SM per channel, over the
-    preset's SMs: n_tc)."""
-    field = "nccl_net_channels" if net else "nccl_channels"
-    channels = getattr(params, field, 0) if params is not None else 0
-    return min(1.0, channels / max(1, int(getattr(arch, "n_tc", 1))))
+def _channel_share(arch, params, field: str = "nccl_channels") -> float:
+    """Fraction of a GPU's SMs that communication kernels occupy: CostParams `field`, SMs
+    (one per NCCL channel: nccl_channels, or nccl_net_channels for a group with one member
+    per node; flex_dispatch_sms for DeepEP's kernels) over the preset's SMs, n_tc."""
+    sms = getattr(params, field, 0) if params is not None else 0
+    return min(1.0, sms / max(1, int(getattr(arch, "n_tc", 1))))
+
+
+def _check_ep(spec, ep: int) -> None:
+    """ValueError unless ep is 1 or divides the model's routed experts (both routes)."""
+    if ep > 1 and (not spec.experts or spec.experts % ep):
+        raise ValueError(f"expert parallelism ep = {ep} must divide the model's routed experts "
+                         f"({spec.experts or 'none: a dense model'})")
 
 
 def async_tp_exposed(ops, lat_s, contention: float = 0.0):
@@ -384,17 +390,14 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                              or opts.overlap_moe_expert_parallel_comm):
         raise ValueError(f"moe options: {spec.name} is a dense model (no token dispatcher, no "
                          "expert-parallel all-to-alls to overlap)")
-    if ep > 1 and (not spec.experts or spec.experts % ep):
-        raise ValueError(f"expert parallelism ep = {ep} must divide the model's routed experts "
-                         f"({spec.experts or 'none: a dense model'})")
+    _check_ep(spec, ep)
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
     # overlapped DP collectives take their NCCL channels' SMs from the compute beside them
     # (each share from the preset unless the caller gives it)
     shares = {"comm_sm_share": _channel_share(arch, cost_params),
-              "comm_sm_share_net": _channel_share(arch, cost_params, net=True),
-              "flex_sm_share": min(1.0, cost_params.flex_dispatch_sms
-                                   / max(1, int(getattr(arch, "n_tc", 1))))}
+              "comm_sm_share_net": _channel_share(arch, cost_params, "nccl_net_channels"),
+              "flex_sm_share": _channel_share(arch, cost_params, "flex_dispatch_sms")}
     opts = replace(opts, **{k: v for k, v in shares.items() if k not in (options or {})})
     graph = build_graph(megatron_layout(spec), seq=seq, mbs=mbs, tp=tp,
                         sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp,
@@ -464,9 +467,7 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
 
     settings = settings or SweepSettings()
     check_recompute([recompute], "recompute")
-    if ep > 1 and (not spec.experts or spec.experts % ep):   # as evaluate_model refuses it
-        raise ValueError(f"expert parallelism ep = {ep} must divide the model's routed experts "
-                         f"({spec.experts or 'none: a dense model'})")
+    _check_ep(spec, ep)                  # as evaluate_model refuses it
     net = settings.net()
     # the sweep's graph of this ep (its expert GEMMs grouped per local expert; graph_eps)
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,

@@ -46,7 +46,7 @@ from dataclasses import dataclass, asdict
 import numpy as np
 
 from phaze.hw.arch import Network
-from phaze.model.graph import MOE_DISPATCHERS
+from phaze.model.graph import MOE_DISPATCHERS, dividing_eps
 from phaze.settings import RECOMPUTE_MODES
 from phaze.place.chain import Chain
 
@@ -944,7 +944,7 @@ def chain_eps(chain: Chain, eps, options: PlanOptions) -> tuple[int, ...]:
     if not chain.a2a_bytes.any():
         return (1,)          # a dense model: expert parallelism changes nothing (ep 1)
     if experts:              # sizes that split the routed experts evenly only
-        want = tuple(e for e in want if e == 1 or experts % e == 0)
+        want = dividing_eps(experts, want)
         if not want:
             raise ValueError(f"no expert-parallel size of {list(eps or (options.ep,))} divides "
                              f"the {experts} routed experts: search one that does")
