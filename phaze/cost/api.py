@@ -98,10 +98,8 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
             for jj, o in enumerate(g):
                 if not _flash(o):
                     continue
-                eff = params.flash_fwd_efficiency if not o.name.endswith(".bwd") \
-                    else (params.flash_bwd_efficiency or params.flash_fwd_efficiency)
                 useful = o.flops * (0.5 if params.flash_causal else 1.0)
-                t_f = useful / (peak[:, 0] * eff)
+                t_f = useful / (peak[:, 0] * flash_efficiency(o, col["n_tc"][:, 0], params))
                 one[:, jj] = t_f * col["n_tc"][:, 0]
                 alls[:, jj] = t_f
                 bo[:, jj] = ba[:, jj] = COMPUTE
@@ -197,6 +195,48 @@ def _arch_arrays(archs) -> dict:
             raise UserError("values must be positive integers", field=f"archs.{f}",
                             fix=f"give {f} as whole numbers")
     return a
+
+
+# FlashAttention's block of queries (forward) or keys (backward) per work unit on Ampere
+# and Hopper at head dims 64-128 (FlashAttention-2, Dao 2023, Alg. 1-2; FlashAttention-3)
+FLASH_BLOCK = 128
+
+
+def flash_efficiency(o: Op, n_tc, params: CostParams) -> np.ndarray:
+    """Achieved fraction of the tensor-core peak of a fused attention op (attn.core or
+    attn.core.bwd) on archs of n_tc cores (array (n_arch,)):
+
+        ceiling x waves x L / (L + flash_key_overhead) x d / (d + flash_head_dim_overhead)
+
+    - ceiling: flash_fwd_efficiency, or flash_bwd_efficiency for the backward;
+    - waves: the kernel's work blocks (o.heads x ceil(queries / FLASH_BLOCK) forward, x
+      ceil(keys / FLASH_BLOCK) backward) run n_tc at a time, the last wave part-empty;
+    - L: the keys one query block visits (the queries one key block visits, backward), half
+      of them under a causal mask; flash_key_overhead is a block's fixed cost (loading it,
+      rescaling and writing its output) in key-steps of its loop;
+    - d: the head dim, the GEMM FLOP per score element / 4 (forward: Q K^T, P V) or / 10
+      (backward: five GEMMs); flash_head_dim_overhead is the softmax's per-score work (exp,
+      max, rescale) in head-dim units, so a small head dim runs less efficiently.
+    Fitted on the measured H100 kernels by benchmarks/bench_h100_preset.py --fit. An op
+    without o.heads (a graph saved before it was recorded): one full wave, d = GEMM depth."""
+    g = o.gemm
+    bwd = o.name.endswith(".bwd")
+    ceiling = (params.flash_bwd_efficiency or params.flash_fwd_efficiency) if bwd \
+        else params.flash_fwd_efficiency
+    n_tc = np.asarray(n_tc, dtype=float)
+    eff = np.full(n_tc.shape, ceiling)
+    causal = 0.5 if params.flash_causal else 1.0
+    # forward: blocks of queries loop over the keys; backward: blocks of keys over queries
+    blocked, looped = (g.n, g.m) if bwd else (g.m, g.n)
+    if o.heads:
+        d = g.flops / ((10.0 if bwd else 4.0) * o.heads * g.m * g.n)
+        blocks = o.heads * math.ceil(blocked / FLASH_BLOCK)
+        eff = eff * blocks / (n_tc * np.ceil(blocks / n_tc))
+    else:
+        d = float(g.k)
+    visited = looped * causal
+    eff = eff * visited / (visited + params.flash_key_overhead)
+    return eff * d / (d + params.flash_head_dim_overhead)
 
 
 def _flash(o: Op) -> bool:

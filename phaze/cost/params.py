@@ -100,6 +100,11 @@ class CostParams:
     flash_fwd_efficiency: float = 0.0
     flash_bwd_efficiency: float = 0.0
     flash_causal: bool = False
+    # ... scaled down for short loops and small head dims (phaze.cost.api.flash_efficiency):
+    # a work block's fixed cost in key-steps of its loop, the softmax's per-score work in
+    # head-dim units; 0 = no such loss (the efficiencies above hold at every size)
+    flash_key_overhead: float = 0.0
+    flash_head_dim_overhead: float = 0.0
     # FP8 GEMMs (Transformer Engine): the blocks' weight GEMMs run at fp8_speedup x the bf16
     # rate (H100: 1,979 / 989 TFLOP/s dense = 2); attention and the LM head (Megatron-Core's
     # own ColumnParallelLinear, not a TE module) stay bf16.
@@ -148,6 +153,9 @@ class CostParams:
         for f in ("flash_fwd_efficiency", "flash_bwd_efficiency"):
             if not 0 <= getattr(self, f) <= 1:
                 raise ValueError(f"CostParams.{f} must be in [0, 1]")
+        for f in ("flash_key_overhead", "flash_head_dim_overhead"):
+            if not getattr(self, f) >= 0:
+                raise ValueError(f"CostParams.{f} must be >= 0")
         if not self.fp8_speedup >= 1:
             raise ValueError("CostParams.fp8_speedup must be >= 1")
         if self.fp8_recipe not in FP8_RECIPES:
@@ -174,21 +182,27 @@ class CostParams:
 # (uncalibrated defaults: 39%). op_overhead_s ~ eager-mode kernel launch gap.
 # Issue 16 additions (docs/validate.md "Calibration"): both presets cost TP collectives as
 # NCCL runs them (collective_topology "nccl"; identical to "flat" inside a node) and flash
-# attention at fixed efficiencies: h100 forward 0.50 fitted on the 5 attention kernels of
-# benchmarks/data/h100_kernels_measured.csv (mean |error| 11.6 %, overhead 32.5 us), backward
-# 0.43 = 0.50 x 0.63/0.73 (FlashAttention-2, Dao 2023: about 73 % of A100 peak forward,
-# 63 % backward); a100 0.70 / 0.60 from the same paper (not fitted: the A100 tables ran
-# eager attention). h100 sustained_clock_fraction 0.751: fitted by `phaze validate --fit`
-# on the nine weak-scaling rows of the Megatron-LM README's H100 table (commit 937571cf,
-# images/model_table.png; MAE 3.18 %), the only parameter fitted there: the kernels above
-# were timed in isolation at boost clock, a training run sustains about 0.75 of that rate
-# (power-capped clock under hours of load; the SMs that overlapped DP collectives take are
-# charged apart since 2026-11-30: PlanOptions.comm_sm_share, 0.727 before; the interleaved
-# schedule's p2p fill since 2026-12-01: plan.interleaved_p2p_fill_s, 0.750 before).
+# attention (phaze.cost.api.flash_efficiency): h100 forward ceiling 0.80, a block's fixed
+# cost 125 key-steps and the softmax's 48 head-dim units, fitted by
+# benchmarks/bench_h100_preset.py --fit on the 5 attention kernels of
+# benchmarks/data/h100_kernels_measured.csv (mean |error| 2.3 %, leave-one-out 7.3 %; one
+# size-blind efficiency, 0.50 before these terms, gave 11.6 %), backward ceiling 0.69 =
+# 0.80 x 0.63/0.73 (FlashAttention-2, Dao 2023: about 73 % of A100 peak forward, 63 %
+# backward); a100 0.70 / 0.60 from the same paper, no size terms (not fitted: the A100
+# tables ran eager attention). h100 sustained_clock_fraction 0.747: fitted by `phaze
+# validate --fit` on the nine weak-scaling rows of the Megatron-LM README's H100 table
+# (commit 937571cf, images/model_table.png; MAE 3.27 %), the only parameter fitted there:
+# the kernels above were timed in isolation at boost clock, a training run sustains about
+# 0.75 of that rate (power-capped clock under hours of load; the SMs that overlapped DP
+# collectives take are charged apart since 2026-11-30: PlanOptions.comm_sm_share, 0.727
+# before; the interleaved schedule's p2p fill since 2026-12-01:
+# plan.interleaved_p2p_fill_s, 0.750 before; the flash size terms, 0.751
+# before).
 PRESET_PARAMS = {
     "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
-                 collective_topology="nccl", flash_fwd_efficiency=0.50,
-                 flash_bwd_efficiency=0.43, sustained_clock_fraction=0.751,
+                 collective_topology="nccl", flash_fwd_efficiency=0.80,
+                 flash_bwd_efficiency=0.69, flash_key_overhead=125, flash_head_dim_overhead=48,
+                 sustained_clock_fraction=0.747,
                  unfused_cross_entropy=True, nccl_channels=24, nccl_net_channels=2,
                  flex_dispatch_sms=20),
     "a100": dict(compute_efficiency=0.7923, hbm_bw_efficiency=0.9162, link_bw_efficiency=0.80,

@@ -104,6 +104,7 @@ class _Node:
     group: str = "tp"                  # communicator of a collective: tp | etp (expert TP)
     fused_fwd: tuple[str, ...] = ()    # vector classes inside a fused kernel (flash attention)
     flash_dims: tuple[int, int] = (0, 0)  # flash with value heads narrower/wider than q/k: (d_qk, d_v)
+    flash_heads: int = 0               # flash: (sequence, head) pairs on the device (Op.heads)
     vflops: tuple[float, float] = ()   # vector op FLOP per element (fwd, bwd); () = VECTOR_FLOPS
     kernels: tuple[int, int] = (0, 0)  # eager kernels of a vector op (fwd, bwd); 0 = one (Op.kernels)
 
@@ -159,7 +160,7 @@ class _Layer:
             name=name, inputs=tuple(inputs), in_bytes=tuple(in_bytes), out_bytes=batch * s * dv * self.dt,
             out_elements=batch * s * keys, kind="gemm", bwd="flash", gemm=gemm,
             saved=saved, selective_drop=selective_drop, tp_rule="column", fused_fwd=("softmax",),
-            flash_dims=(0, 0) if dv == d else (d, dv)))
+            flash_dims=(0, 0) if dv == d else (d, dv), flash_heads=batch))
 
     def bmm(self, name, a, b, *, batch, m, n, k, a_bytes, b_bytes, saved, selective_drop=0.0):
         return self.add(_Node(
@@ -212,7 +213,8 @@ class _Layer:
                           selective_recompute=n.selective)
             if n.kind == "gemm" and n.bwd == "flash":
                 ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, fused=n.fused_fwd,
-                              elements=n.out_elements, **{**common, "bytes_read": sum(n.in_bytes)}))
+                              elements=n.out_elements, heads=n.flash_heads,
+                              **{**common, "bytes_read": sum(n.in_bytes)}))
             elif n.kind == "gemm":
                 bread = n.in_bytes[0] + n.b_bytes + n.bias_n * self.dt
                 ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, experts=n.experts,
@@ -402,7 +404,7 @@ class _Layer:
         op = Op(name=f"{n.name}.bwd", kind="gemm", deps=gr, gemm=bg,
                 flops=bg.flops, bytes_read=sum(n.in_bytes) + 2 * n.out_bytes + n.saved,
                 bytes_written=sum(n.in_bytes), tp_rule=n.tp_rule, fused=("softmax_bwd",),
-                elements=n.out_elements)
+                elements=n.out_elements, heads=n.flash_heads)
         st.ops.append(op)
         return [(op.name,)] * len(n.inputs)
 

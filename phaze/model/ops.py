@@ -70,6 +70,10 @@ class Op:
     # eager kernels a vector op stands for, each paying the per-kernel overhead (the MoE
     # router's unfused top-k; phaze.model.graph.ROUTE_KERNELS); 0 = one kernel
     kernels: int = 0
+    # fused attention op (attn.core / .bwd): its independent (sequence, head) pairs on one
+    # device, microbatch x heads / tp; the kernel's work blocks are these x query blocks
+    # (phaze.cost.api.flash_efficiency). 0 elsewhere.
+    heads: int = 0
 
     @property
     def core_class(self) -> str:
