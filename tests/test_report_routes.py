@@ -92,3 +92,27 @@ def test_comparison_counts_the_context_parallel_devices(sweep, capsys):
     assert dec["flops"] == pytest.approx(1.0, rel=1e-9)
     prod = dec["peak"] * dec["mfu"] * dec["devices"] * dec["flops"]
     assert prod == pytest.approx(dec["speedup"], rel=1e-9)
+
+
+def test_placement_rows_of_an_arch_outside_the_grid_are_refused(sweep, tmp_path, capsys):
+    """The report joins the placement rows with the grid (area, peak FLOP/s) strictly: a
+    row whose arch the grid does not hold is a one-line error naming the files, whether
+    that arch wins (it used to crash with an IndexError) or not (its rows used to be
+    ranked without an area)."""
+    grid = pd.read_parquet(sweep / "grid.parquet")
+    place = pd.read_parquet(sweep / "place2.parquet")
+    best = place[place["feasible"]].sort_values("samples_per_s")["arch_id"].iloc[-1]
+    for keep in (grid["arch_id"] != best, grid["arch_id"] == best):
+        sub = tmp_path / f"grid-{int(keep.iloc[0])}.parquet"
+        grid[keep].to_parquet(sub, index=False)
+        capsys.readouterr()
+        for out in ([], ["-o", str(tmp_path / "report")]):
+            rc = main(["report", "--place", str(sweep / "place2.parquet"), "--grid", str(sub),
+                       *out])
+            err = capsys.readouterr().err
+            assert rc == 2, err
+            assert "--grid" in err and "not in" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "report" / "report.html").exists()
+    # the full grid: the report is written
+    assert main(["report", "--place", str(sweep / "place2.parquet"), "--grid",
+                 str(sweep / "grid.parquet"), "-o", str(tmp_path / "report")]) == 0
