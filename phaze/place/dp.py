@@ -663,7 +663,7 @@ class _PlanSearch:
         capmask = None
         for d, ps in dps.items():
             M, _pm, (al, be) = self.dinfo[d]
-            if d == 1 or al <= 0 or not len(ps):
+            if al <= 0 or not len(ps):      # no sync (d cp = 1): no cap matters
                 continue
             run = runs[M]
             B, pm = run.top_D[ps, g], run.top_PM[ps, g]

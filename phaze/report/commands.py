@@ -79,6 +79,22 @@ def pruned_notes(waves_paths) -> list[str]:
     return notes
 
 
+def check_archs_in_grid(place, grid, grid_path) -> None:
+    """The strict join of the placement rows with the grid (area, peak FLOP/s): every arch a
+    row names must be in the grid (UserError naming the first one and its table). The grid
+    may hold more archs than the rows (a pruned search places only the archs it keeps)."""
+    known = set(grid["arch_id"].astype(str))
+    ids = place["arch_id"].dropna().astype(str)
+    missing = ~ids.isin(known)
+    if missing.any():
+        first = ids[missing].iloc[0]
+        src = place.loc[missing[missing].index[0], "source"] if "source" in place.columns else "--place"
+        raise UserError(f"{src} has rows of arch {first!r}, which is not in {grid_path} "
+                        f"({int(ids[missing].nunique())} such archs)", field="--grid",
+                        fix="give the grid the placement tables were computed on "
+                            "(results/arch/grid.parquet of the same sweep)")
+
+
 def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_gib=None):
     from phaze.report.context import read_config
     from phaze.report.summary import TPUV4_HBM_GIB, fixed_plans_of, summarise
@@ -91,8 +107,9 @@ def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_
     grid = load_grid(grid_path)
     latency = _load_latency(latency_paths)
     cfg = read_config(config_path)
+    check_archs_in_grid(place, grid, grid_path)
     place = place.drop(columns=[c for c in ("area_mm2",) if c in place.columns]) \
-        .merge(grid[["arch_id", "area_mm2"]], on="arch_id", how="left")
+        .merge(grid[["arch_id", "area_mm2"]], on="arch_id", how="left", validate="many_to_one")
     summary = summarise(place, grid, latency,
                         reproduce={"grid": str(grid_path), "config": config_path},
                         tpuv4_hbm_gib=tpuv4_hbm_gib or TPUV4_HBM_GIB,

@@ -20,7 +20,12 @@ PARTS = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s")
 
 
 def _devices(r) -> float:
-    return float(r["p"] * r["d"] * r["t"])
+    """Devices of a placement row's plan: t p d cp (context parallelism multiplies the
+    devices of every pipeline stage; evaluate_plan's `devices`). A row without a cp
+    column (an older table) has cp 1."""
+    cp = r.get("cp") if hasattr(r, "get") else None
+    cp = float(cp) if cp is not None and pd.notna(cp) else 1.0
+    return float(r["p"] * r["d"] * r["t"]) * cp
 
 
 def _flops(r, peak) -> float:
@@ -44,8 +49,9 @@ def chip_rows(arch: dict) -> list[tuple[str, str]]:
 def plan_rows(r, peak: float) -> list[tuple[str, str]]:
     sp = "yes" if r.get("sequence_parallel") is True else "no"
     out = [("HBM capacity", f"{r['hbm_bytes'] / GiB:g} GiB"),
-           ("plan p x d x t", f"{int(r['p'])} x {int(r['d'])} x {int(r['t'])} "
-                              f"({int(_devices(r))} devices)"),
+           ("plan p x d x t", f"{int(r['p'])} x {int(r['d'])} x {int(r['t'])}"
+                              + (f" x cp {int(r['cp'])}" if pd.notna(r.get("cp")) and r.get("cp") > 1
+                                 else "") + f" ({int(_devices(r))} devices)"),
            ("microbatch, recompute", f"{int(r['mbs'])}, {r['recompute']}"),
            ("interleave, sequence parallel", f"{int(r['interleave'])}, {sp}"),
            ("stages (layer ranges)", str(r.get("stages", ""))),
