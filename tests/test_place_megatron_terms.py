@@ -486,3 +486,19 @@ def test_interleaved_overlapped_p2p_matches_a_simulation_of_megatrons_schedule(p
     if m > p:
         assert extra > 2 * (p * v - 1) * 1.5
     assert interleaved_p2p_fill_s([0.0, 1.5], [1.5, 0.0], [f, f]) is None
+
+
+def test_uneven_first_and_last_ranks_with_interleaving():
+    """Megatron-Core get_num_layers_to_build: --decoder-first/last-pipeline-num-layers are
+    the first / last pipeline RANK's blocks; interleaved, every rank's blocks split evenly
+    over its chunks (chunk c on rank c mod p). 16 blocks, p 4, v 2, first = last = 2: ranks
+    hold 2, 6, 6, 2 blocks, chunks 1, 3, 3, 1 in each of the two rounds."""
+    c = chain(n=18)        # prologue, 16 blocks, epilogue
+    st = megatron_stages(c, 4, 2, first=2, last=2)
+    assert [b - a for a, b in st] == [1 + 1, 3, 3, 1, 1, 3, 3, 1 + 1]
+    per_rank = [sum(b - a for a, b in st[r::4]) for r in range(4)]
+    assert per_rank == [2 + 1, 6, 6, 2 + 1]     # + prologue / epilogue
+    with pytest.raises(ValueError, match="interleave = 2"):
+        megatron_stages(c, 4, 2, first=3, last=1)   # 3 blocks do not halve
+    # interleave 1: the rank is the chunk, as before
+    assert [b - a for a, b in megatron_stages(c, 4, 1, first=2, last=2)] == [3, 6, 6, 3]

@@ -1056,8 +1056,10 @@ def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None
                     account_loss: bool = False, layout: str | None = None,
                     mtp_layers: int | None = None) -> list[tuple[int, int]]:
     """Megatron's split with uneven ends (--decoder-first-pipeline-num-layers, --decoder-
-    last-pipeline-num-layers): the first / last chunk holds `first` / `last` blocks and the
-    others the rest evenly (prologue in the first chunk, epilogue in the last). None = even.
+    last-pipeline-num-layers): the first / last pipeline rank holds `first` / `last` blocks
+    and the other ranks the rest evenly (prologue in the first chunk, epilogue in the last);
+    interleaved, each rank's blocks split evenly over its `interleave` chunks (chunk c on
+    rank c mod p), as Megatron-Core's get_num_layers_to_build does. None = even.
     account_embedding / account_loss (Megatron-Core --account-for-embedding-in-pipeline-
     split / --account-for-loss-in-pipeline-split): the embedding / the output layer and loss
     count as one layer of the first / last chunk, the blocks plus those layers split evenly
@@ -1094,21 +1096,28 @@ def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None
             raise ValueError(f"{nb} blocks + {int(account_embedding) + int(account_loss)} "
                              f"accounted layers do not split evenly into pp x interleave = "
                              f"{chunks} chunks (divisors of {units}: {', '.join(map(str, ok))})")
+        # the accounted layer comes off the first / last chunk only (a chunk-level split)
         per = units // chunks
-        first = per - 1 if account_embedding else None
-        last = per - 1 if account_loss else None
+        sizes = [per] * chunks
+        sizes[0] -= account_embedding
+        sizes[-1] -= account_loss
         if chunks == 1:
             return uniform_stages(chain, 1)
-    if first is None and last is None:
+    elif first is None and last is None:
         return uniform_stages(chain, chunks)
-    rest_chunks = chunks - (first is not None) - (last is not None)
-    rest = nb - (first or 0) - (last or 0)
-    if rest_chunks < 0 or rest < 0 or (rest_chunks == 0 and rest) or (rest_chunks and rest % rest_chunks):
-        raise ValueError(f"{nb} blocks do not split into first={first}, last={last} and "
-                         f"{rest_chunks} even chunks")
-    per = rest // rest_chunks if rest_chunks else 0
-    sizes = ([first] if first is not None else []) + [per] * rest_chunks + \
-        ([last] if last is not None else [])
+    else:
+        rest_ranks = p - (first is not None) - (last is not None)
+        rest = nb - (first or 0) - (last or 0)
+        if rest_ranks < 0 or rest < 0 or (rest_ranks == 0 and rest) or (rest_ranks and rest % rest_ranks):
+            raise ValueError(f"{nb} blocks do not split into first={first}, last={last} and "
+                             f"{rest_ranks} even pipeline stages")
+        per = rest // rest_ranks if rest_ranks else 0
+        ranks = ([first] if first is not None else []) + [per] * rest_ranks + \
+            ([last] if last is not None else [])
+        if any(x % interleave for x in ranks):
+            raise ValueError(f"pipeline stages of {ranks} blocks (first={first}, last={last}) do "
+                             f"not split evenly into interleave = {interleave} chunks each")
+        sizes = [ranks[c % p] // interleave for c in range(chunks)]
     if any(x < 1 for x in sizes):
         raise ValueError("every pipeline chunk needs at least one block")
     bounds = [b0]
