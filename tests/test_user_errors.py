@@ -568,3 +568,25 @@ def test_every_user_error_names_a_fix():
     assert not missing, "UserError without fix=: " + ", ".join(missing)
     assert allowed_seen == USER_ERRORS_WITHOUT_FIX, \
         f"allow-list entries that no longer need it: {USER_ERRORS_WITHOUT_FIX - allowed_seen}"
+
+
+def test_evaluate_takes_the_configs_seq_for_its_model(tmp_path):
+    """`evaluate --config C --model M` without --seq runs M at the one seq C lists for it
+    (what the sweep ran), not the model's own; several: one line asking which."""
+    cfg = yaml.safe_load((REPO / "configs/default.yaml").read_text())
+    cfg["models"] = [{"name": "llama2-7b", "seq": [1024], "tp": [1]}]
+    one = tmp_path / "one.yaml"
+    one.write_text(yaml.safe_dump(cfg))
+    argv = ["evaluate", "--model", "llama2-7b", "--arch", "h100", "--tp", "1", "--pp", "1",
+            "--dp", "8", "--mbs", "1", "--hbm-gib", "400", "--json", "--config", str(one)]
+    rc, out, err = _run(argv)
+    assert rc == 0, err
+    rc2, out2, _ = _run(argv + ["--seq", "1024"])
+    rc3, out3, _ = _run(argv[:-2])                          # no config: the zoo's 4096
+    assert json.loads(out)["time_per_batch_s"] == json.loads(out2)["time_per_batch_s"]
+    assert json.loads(out3)["time_per_batch_s"] > 2 * json.loads(out)["time_per_batch_s"]
+    cfg["models"][0]["seq"] = [1024, 2048]
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(cfg))
+    msg = _one_line_error(argv[:-1] + [str(two)], "--seq")
+    assert "1024, 2048" in msg

@@ -70,7 +70,8 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--interleave", type=int, default=1,
                    help="pipeline chunks per device (Megatron's interleaved schedule)")
     e.add_argument("--seq", type=int, default=None,
-                   help="sequence length in tokens (default: the model's)")
+                   help="sequence length in tokens (default: the one --config lists for "
+                        "--model, else the model's)")
     e.add_argument("--hbm-gib", type=float,
                    help="HBM per device in GiB (default: the preset's; with --grid the "
                         "largest of the config's sizes)")
@@ -294,6 +295,19 @@ def _model_of(args, cfg):
                      vocab=args.vocab, seq=seq, max_positions=seq, source="inline").validate()
 
 
+def _config_seq(cfg, name):
+    """The sequence length the config's models entry `name` lists, None when it has no
+    such entry; UserError when it lists several (the sweep runs each: say which)."""
+    for m in (cfg or {}).get("models", []):
+        if m.get("name") == name and m.get("seq"):
+            seqs = m["seq"] if isinstance(m["seq"], list) else [m["seq"]]
+            if len(seqs) > 1:
+                raise UserError(f"the config runs {name} at seq {seqs}", field="--seq",
+                                fix=f"give --seq, one of {', '.join(map(str, seqs))}")
+            return int(seqs[0])
+    return None
+
+
 def _stages(text):
     if not text:
         return None
@@ -347,7 +361,7 @@ def _cmd_evaluate(args) -> int:
                         field="--hbm-gib", fix="give the device memory in GiB, e.g. 80")
     settings, cfg = sweep_settings(args)
     spec = _model_of(args, cfg)
-    seq = args.seq or spec.seq
+    seq = args.seq or _config_seq(cfg, getattr(args, "model", None)) or spec.seq
     try:
         if args.grid:
             plan, hbm, arch_label = _evaluate_grid(args, spec, settings, seq)
