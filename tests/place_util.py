@@ -42,3 +42,25 @@ def assert_best_of(both, alone: list, axis: str) -> None:
         best = min(ok, key=lambda r: r["time_per_batch_s"])
         assert row["time_per_batch_s"] == pytest.approx(best["time_per_batch_s"], rel=1e-12)
         assert row[axis] == best[axis]
+
+
+def cp_latency_tables(d, seq: int, n_tc: list, net: str) -> None:
+    """The workflow's commands on gpt2-xl at `seq` for CP sizes 1 and 2 into directory d:
+    an arch grid of `n_tc` core counts (grid.parquet), one graph per CP size (g{cp}.json),
+    scheduled and merged into one latency table per CP size (lat{cp}.parquet)."""
+    assert main(["arch", "grid", "--spec", json.dumps(
+        {"n_tc": n_tc, "n_vc": [min(n_tc)], "tc_rows": [64], "tc_cols": [64], "glb_mib": [8],
+         "clock_hz": [1.05e9], "hbm_bw_Bps": [1.2e12],
+         "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"}}),
+                 "-o", str(d / "grid.parquet")]) == 0
+    for cp in (1, 2):
+        g = str(d / f"g{cp}.json")
+        assert main(["graph", "--model", "gpt2-xl", "--seq", str(seq), "--mbs", "1", "--tp", "1",
+                     "--cp", str(cp), "--fused", "--attention", "flash", "-o", g]) == 0
+        assert main(["schedule-batch", "--graphs", g, "--grid", str(d / "grid.parquet"),
+                     "--chunk", "0", "--n-chunks", "1", "--network", net, "--solver", "auto",
+                     "--formulation", "compact", "--time-limit", "2", "--bnb-share", "0.5",
+                     "--cache", str(d / "cache"), "-o", str(d / f"shard{cp}.parquet")]) == 0
+        assert main(["merge-latency", str(d / f"shard{cp}.parquet"), "--grid",
+                     str(d / "grid.parquet"), "--n-chunks", "1", "-o",
+                     str(d / f"lat{cp}.parquet")]) == 0

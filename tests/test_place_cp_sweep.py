@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from place_util import assert_best_of, evaluate_row
+from place_util import assert_best_of, cp_latency_tables, evaluate_row
 
 from phaze.cli import main
 from phaze.errors import UserError
@@ -136,23 +136,7 @@ def stages(tmp_path_factory):
     """The workflow's commands on gpt2-xl s1024 (cp 1 and 2) and one arch: graphs,
     scheduling, merged latency tables per CP size and together."""
     d = tmp_path_factory.mktemp("cp")
-    net = json.dumps(NET)
-    assert main(["arch", "grid", "--spec", json.dumps(
-        {"n_tc": [2], "n_vc": [2], "tc_rows": [64], "tc_cols": [64], "glb_mib": [8],
-         "clock_hz": [1.05e9], "hbm_bw_Bps": [1.2e12],
-         "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"}}),
-                 "-o", str(d / "grid.parquet")]) == 0
-    for cp in (1, 2):
-        g = str(d / f"g{cp}.json")
-        assert main(["graph", "--model", "gpt2-xl", "--seq", "1024", "--mbs", "1", "--tp", "1",
-                     "--cp", str(cp), "--fused", "--attention", "flash", "-o", g]) == 0
-        assert main(["schedule-batch", "--graphs", g, "--grid", str(d / "grid.parquet"),
-                     "--chunk", "0", "--n-chunks", "1", "--network", net, "--solver", "auto",
-                     "--formulation", "compact", "--time-limit", "2", "--bnb-share", "0.5",
-                     "--cache", str(d / "cache"), "-o", str(d / f"shard{cp}.parquet")]) == 0
-        assert main(["merge-latency", str(d / f"shard{cp}.parquet"), "--grid",
-                     str(d / "grid.parquet"), "--n-chunks", "1", "-o",
-                     str(d / f"lat{cp}.parquet")]) == 0
+    cp_latency_tables(d, 1024, [2], json.dumps(NET))
     return d
 
 

@@ -14,6 +14,8 @@ import json
 import pandas as pd
 import pytest
 
+from place_util import cp_latency_tables
+
 from phaze.cli import main
 
 GiB = 2**30
@@ -27,22 +29,9 @@ def sweep(tmp_path_factory):
     each holds plans of its own CP size only."""
     d = tmp_path_factory.mktemp("report-routes")
     net = json.dumps(NET)
-    assert main(["arch", "grid", "--spec", json.dumps(
-        {"n_tc": [1, 2], "n_vc": [1], "tc_rows": [64], "tc_cols": [64], "glb_mib": [8],
-         "clock_hz": [1.05e9], "hbm_bw_Bps": [1.2e12],
-         "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"}}),
-                 "-o", str(d / "grid.parquet")]) == 0
+    cp_latency_tables(d, 256, [1, 2], net)
     for cp in (1, 2):
         g = str(d / f"g{cp}.json")
-        assert main(["graph", "--model", "gpt2-xl", "--seq", "256", "--mbs", "1", "--tp", "1",
-                     "--cp", str(cp), "--fused", "--attention", "flash", "-o", g]) == 0
-        assert main(["schedule-batch", "--graphs", g, "--grid", str(d / "grid.parquet"),
-                     "--chunk", "0", "--n-chunks", "1", "--network", net, "--solver", "auto",
-                     "--formulation", "compact", "--time-limit", "2", "--bnb-share", "0.5",
-                     "--cache", str(d / "cache"), "-o", str(d / f"shard{cp}.parquet")]) == 0
-        assert main(["merge-latency", str(d / f"shard{cp}.parquet"), "--grid",
-                     str(d / "grid.parquet"), "--n-chunks", "1", "-o",
-                     str(d / f"lat{cp}.parquet")]) == 0
         assert main(["place", "--latency", str(d / f"lat{cp}.parquet"), "--graphs", g,
                      "--grid", str(d / "grid.parquet"), "--devices", "64", "--batch", "128",
                      "--hbm-gib", "32", "--recompute", "none,full", "--optimizer", "adam",
