@@ -568,3 +568,36 @@ def test_every_user_error_names_a_fix():
     assert not missing, "UserError without fix=: " + ", ".join(missing)
     assert allowed_seen == USER_ERRORS_WITHOUT_FIX, \
         f"allow-list entries that no longer need it: {USER_ERRORS_WITHOUT_FIX - allowed_seen}"
+
+
+@pytest.mark.parametrize("models,placement,want", [
+    ([{"name": "bert-large", "seq": [512], "tp": [8]}], {"devices": 4},
+     "config: models[0].tp: every tp x cp of bert-large needs more than placement.devices 4 "
+     "(the smallest: tp 8 x cp 1 = 8 devices), so no plan can run it; fix: add a tp width "
+     "of at most 4 to models[0].tp, or raise placement.devices to 8"),
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "cp": [2]}], {"devices": 1},
+     "config: models[0].cp: every tp x cp of llama2-7b needs more than placement.devices 1 "
+     "(the smallest: tp 1 x cp 2 = 2 devices), so no plan can run it; fix: add cp 1 to "
+     "models[0].cp, or raise placement.devices to 2"),
+    ([{"name": "mixtral-8x7b", "seq": [2048], "tp": [1]}], {"devices": 2, "ep": [4, 8]},
+     "config: placement.ep: every expert-parallel size of mixtral-8x7b [4, 8] needs more "
+     "than placement.devices 2, so no plan can run it; fix: add an ep of at most 2 "
+     "dividing its 8 routed experts to placement.ep (1, 2), or raise placement.devices to 4"),
+])
+def test_a_model_no_plan_fits_on_the_devices_is_refused_by_check_config(tmp_path, models,
+                                                                        placement, want):
+    """A sweep whose every TP x CP width (or every EP size) needs more devices than
+    placement.devices cannot place the model at all; before, check-config passed it and
+    the report called it 'out of memory at every mbs/recompute/HBM tried'."""
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg["models"] = models
+    cfg["graph"]["attention"] = "flash"
+    cfg["placement"].update(placement)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
+                           str(tmp_path / "out.yaml")], "config")
+    assert want in err, err
+    assert not (tmp_path / "out.yaml").exists()
+    cfg["placement"]["devices"] = 1024                  # the same models fit on more devices
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 0
