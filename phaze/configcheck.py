@@ -154,6 +154,15 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                         idx = {"seq": k, "cp": n, "tp": j}[where]
                         errors.append(f"field models[{i}].{where}[{idx}]: "
                                       f"{str(e).split(': ', 1)[-1]}")
+    mbs = cfg.get("microbatch_sizes") or []
+    batch = placement.global_batch
+    if mbs and all(batch % b for b in mbs):
+        ok = [b for b in range(1, min(batch, max(mbs)) + 1) if batch % b == 0]
+        errors.append(f"field placement.global_batch: no microbatch size {list(mbs)} divides "
+                      f"the global batch {batch} (a plan runs batch / (d x mbs) microbatches "
+                      f"per replica), so no plan can run it; fix: add a microbatch size "
+                      f"dividing {batch} to microbatch_sizes ({', '.join(map(str, ok[-4:]))}), "
+                      f"or give a global_batch that one of them divides")
     if check_grid:
         errors += grid_errors(cfg["arch"])
     return list(dict.fromkeys(errors))   # a seq refused at every cp is one message

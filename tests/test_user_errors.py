@@ -601,3 +601,15 @@ def test_a_model_no_plan_fits_on_the_devices_is_refused_by_check_config(tmp_path
     cfg["placement"]["devices"] = 1024                  # the same models fit on more devices
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 0
+
+
+def test_a_global_batch_no_microbatch_size_divides_is_refused_by_check_config(tmp_path):
+    """global_batch 3 with microbatch sizes 2 and 4 has no plan (d x mbs must divide the
+    batch); before, the sweep ran and the report called it out of memory."""
+    err = _one_line_error(_config_with(tmp_path, "microbatch_sizes: [2, 4]\n"
+                                                 "placement: {global_batch: 3}\n"), "config")
+    assert ("placement.global_batch: no microbatch size [2, 4] divides the global batch 3"
+            in err and "fix: add a microbatch size dividing 3 to microbatch_sizes (1, 3)"
+            in err), err
+    assert main(_config_with(tmp_path, "microbatch_sizes: [2, 4]\n"
+                                       "placement: {global_batch: 6}\n")) == 0
