@@ -613,3 +613,14 @@ def test_a_global_batch_no_microbatch_size_divides_is_refused_by_check_config(tm
             in err), err
     assert main(_config_with(tmp_path, "microbatch_sizes: [2, 4]\n"
                                        "placement: {global_batch: 6}\n")) == 0
+
+
+@pytest.mark.parametrize("name,near", [("Llama2-7B", "llama2-7b"), ("GPT2-XL", "gpt2-xl"),
+                                       ("llama2_7b", "llama2-7b")])
+def test_a_model_name_off_by_case_gets_did_you_mean_on_the_command_line_too(name, near):
+    """check-config suggested the zoo name; `phaze evaluate` and `phaze graph` did not."""
+    for argv in (["graph", "--model", name],
+                 ["evaluate", "--model", name, "--arch", "h100", "--tp", "1", "--pp", "1",
+                  "--dp", "8", "--mbs", "1"]):
+        err = _one_line_error(argv, "model")
+        assert f"fix: did you mean {near!r}? run `phaze models`" in err, err
