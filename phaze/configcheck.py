@@ -133,6 +133,7 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                           f"models[{i}] runs without expert parallelism, which the ep list "
                           "leaves out; add 1 to it (or drop fixed_plan)")
         errors += fixed_plan_errors(i, m, spec, devices, graph)
+        errors += device_errors(i, m, spec, devices, placement.ep)
         for j, t in enumerate(m["tp"]):
             try:
                 spec.check_tp(t)                    # the check `phaze evaluate` and graphs run
@@ -153,9 +154,49 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                         idx = {"seq": k, "cp": n, "tp": j}[where]
                         errors.append(f"field models[{i}].{where}[{idx}]: "
                                       f"{str(e).split(': ', 1)[-1]}")
+    mbs = cfg.get("microbatch_sizes") or []
+    batch = placement.global_batch
+    if mbs and all(batch % b for b in mbs):
+        ok = [b for b in range(1, min(batch, max(mbs)) + 1) if batch % b == 0]
+        errors.append(f"field placement.global_batch: no microbatch size {list(mbs)} divides "
+                      f"the global batch {batch} (a plan runs batch / (d x mbs) microbatches "
+                      f"per replica), so no plan can run it; fix: add a microbatch size "
+                      f"dividing {batch} to microbatch_sizes ({', '.join(map(str, ok[-4:]))}), "
+                      f"or give a global_batch that one of them divides")
     if check_grid:
         errors += grid_errors(cfg["arch"])
     return list(dict.fromkeys(errors))   # a seq refused at every cp is one message
+
+
+def device_errors(i: int, m: dict, spec, devices: int, eps) -> list[str]:
+    """A model that no plan can place on `devices`: every tp x cp width needs more
+    devices, or (MoE) every expert-parallel size dividing its experts does (ep ranks are
+    distinct devices). The DP would find no plan, and the report could only call the
+    model infeasible."""
+    from phaze.model.graph import dividing_eps
+
+    errors = []
+    tps, cps = m["tp"], m.get("cp", [1])
+    least = min(tps) * min(cps)
+    if least > devices:
+        field = f"models[{i}].tp" if min(tps) > devices else f"models[{i}].cp"
+        add = (f"a tp width of at most {devices} to models[{i}].tp" if field.endswith("tp")
+               else f"cp 1 to models[{i}].cp")
+        errors.append(f"field {field}: every tp x cp of {spec.name} needs more than "
+                      f"placement.devices {devices} (the smallest: tp {min(tps)} x cp "
+                      f"{min(cps)} = {least} devices), so no plan can run it; fix: add "
+                      f"{add}, or raise placement.devices to {least}")
+    if spec.experts:
+        got = dividing_eps(spec.experts, eps)
+        if got and min(got) > devices:
+            ok = [k for k in range(1, min(devices, spec.experts) + 1) if spec.experts % k == 0]
+            errors.append(f"field placement.ep: every expert-parallel size of {spec.name} "
+                          f"{list(got)} needs more than placement.devices {devices}, so no "
+                          f"plan can run it; fix: add an ep of at most {devices} dividing its "
+                          f"{spec.experts} routed experts to placement.ep "
+                          f"({', '.join(map(str, ok))}), or raise placement.devices to "
+                          f"{min(got)}")
+    return errors
 
 
 def grid_errors(arch_spec: dict) -> list[str]:

@@ -590,3 +590,59 @@ def test_evaluate_takes_the_configs_seq_for_its_model(tmp_path):
     two.write_text(yaml.safe_dump(cfg))
     msg = _one_line_error(argv[:-1] + [str(two)], "--seq")
     assert "1024, 2048" in msg
+
+
+@pytest.mark.parametrize("models,placement,want", [
+    ([{"name": "bert-large", "seq": [512], "tp": [8]}], {"devices": 4},
+     "config: models[0].tp: every tp x cp of bert-large needs more than placement.devices 4 "
+     "(the smallest: tp 8 x cp 1 = 8 devices), so no plan can run it; fix: add a tp width "
+     "of at most 4 to models[0].tp, or raise placement.devices to 8"),
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "cp": [2]}], {"devices": 1},
+     "config: models[0].cp: every tp x cp of llama2-7b needs more than placement.devices 1 "
+     "(the smallest: tp 1 x cp 2 = 2 devices), so no plan can run it; fix: add cp 1 to "
+     "models[0].cp, or raise placement.devices to 2"),
+    ([{"name": "mixtral-8x7b", "seq": [2048], "tp": [1]}], {"devices": 2, "ep": [4, 8]},
+     "config: placement.ep: every expert-parallel size of mixtral-8x7b [4, 8] needs more "
+     "than placement.devices 2, so no plan can run it; fix: add an ep of at most 2 "
+     "dividing its 8 routed experts to placement.ep (1, 2), or raise placement.devices to 4"),
+])
+def test_a_model_no_plan_fits_on_the_devices_is_refused_by_check_config(tmp_path, models,
+                                                                        placement, want):
+    """A sweep whose every TP x CP width (or every EP size) needs more devices than
+    placement.devices cannot place the model at all; before, check-config passed it and
+    the report called it 'out of memory at every mbs/recompute/HBM tried'."""
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg["models"] = models
+    cfg["graph"]["attention"] = "flash"
+    cfg["placement"].update(placement)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
+                           str(tmp_path / "out.yaml")], "config")
+    assert want in err, err
+    assert not (tmp_path / "out.yaml").exists()
+    cfg["placement"]["devices"] = 1024                  # the same models fit on more devices
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 0
+
+
+def test_a_global_batch_no_microbatch_size_divides_is_refused_by_check_config(tmp_path):
+    """global_batch 3 with microbatch sizes 2 and 4 has no plan (d x mbs must divide the
+    batch); before, the sweep ran and the report called it out of memory."""
+    err = _one_line_error(_config_with(tmp_path, "microbatch_sizes: [2, 4]\n"
+                                                 "placement: {global_batch: 3}\n"), "config")
+    assert ("placement.global_batch: no microbatch size [2, 4] divides the global batch 3"
+            in err and "fix: add a microbatch size dividing 3 to microbatch_sizes (1, 3)"
+            in err), err
+    assert main(_config_with(tmp_path, "microbatch_sizes: [2, 4]\n"
+                                       "placement: {global_batch: 6}\n")) == 0
+
+
+@pytest.mark.parametrize("name,near", [("Llama2-7B", "llama2-7b"), ("GPT2-XL", "gpt2-xl"),
+                                       ("llama2_7b", "llama2-7b")])
+def test_a_model_name_off_by_case_gets_did_you_mean_on_the_command_line_too(name, near):
+    """check-config suggested the zoo name; `phaze evaluate` and `phaze graph` did not."""
+    for argv in (["graph", "--model", name],
+                 ["evaluate", "--model", name, "--arch", "h100", "--tp", "1", "--pp", "1",
+                  "--dp", "8", "--mbs", "1"]):
+        err = _one_line_error(argv, "model")
+        assert f"fix: did you mean {near!r}? run `phaze models`" in err, err

@@ -256,8 +256,13 @@ def get_model(name: str) -> ModelSpec:
     try:
         return ZOO[name]
     except KeyError:
+        import difflib
+
+        near = difflib.get_close_matches(str(name).lower(), sorted(ZOO), n=1, cutoff=0.6)
         raise UserError(f"unknown model {name!r}", field="model",
-                        fix="run `phaze models` for the zoo, or pass a path to a Hugging Face config.json") from None
+                        fix=(f"did you mean {near[0]!r}? " if near else "") +
+                        "run `phaze models` for the zoo, or pass a path to a Hugging Face "
+                        "config.json") from None
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
