@@ -102,12 +102,15 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     for i, m in enumerate(cfg["models"]):
         field = f"models[{i}].name"
         if m["name"] in seen:
-            errors.append(f"field {field}: model {m['name']!r} listed twice; merge its seq/tp lists")
+            errors.append(f"field {field}: model {m['name']!r} listed twice; fix: merge its "
+                          "seq/tp lists into one entry")
         seen.add(m["name"])
         if "hf_config" in m:
             field = f"models[{i}].hf_config"
             if not os.path.isfile(m["hf_config"]):
-                errors.append(f"field {field}: no such file {m['hf_config']!r}")
+                errors.append(f"field {field}: no such file {m['hf_config']!r}; fix: give "
+                              "the path of a Hugging Face config.json, or drop hf_config for "
+                              "a zoo model")
                 continue
         elif m["name"] not in ZOO:
             near = difflib.get_close_matches(m["name"].lower(), sorted(ZOO), n=1, cutoff=0.6)
@@ -122,8 +125,8 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
             continue
         if m.get("fixed_plan") and 1 not in m.get("cp", [1]):
             errors.append(f"field models[{i}].cp: the fixed baseline {m['fixed_plan']} runs "
-                          "without context parallelism, which the cp list leaves out; add 1 "
-                          "to it (or drop fixed_plan)")
+                          "without context parallelism, which the cp list leaves out; fix: "
+                          "add 1 to it (or drop fixed_plan)")
         try:
             graph_eps(spec, placement.ep)
         except UserError as e:
@@ -131,7 +134,7 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
         if m.get("fixed_plan") and spec.experts and 1 not in placement.ep:
             errors.append(f"field placement.ep: the fixed baseline {m['fixed_plan']} of "
                           f"models[{i}] runs without expert parallelism, which the ep list "
-                          "leaves out; add 1 to it (or drop fixed_plan)")
+                          "leaves out; fix: add 1 to it (or drop fixed_plan)")
         errors += fixed_plan_errors(i, m, spec, devices, graph)
         errors += device_errors(i, m, spec, devices, placement.ep)
         for j, t in enumerate(m["tp"]):

@@ -646,3 +646,20 @@ def test_a_model_name_off_by_case_gets_did_you_mean_on_the_command_line_too(name
                   "--dp", "8", "--mbs", "1"]):
         err = _one_line_error(argv, "model")
         assert f"fix: did you mean {near!r}? run `phaze models`" in err, err
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda c: c["models"].append(dict(c["models"][0])), "models[2].name"),
+    (lambda c: c["models"][0].update(hf_config="/nonexistent/config.json"), "models[0].hf_config"),
+    (lambda c: c["models"][1].update(cp=[2]), "models[1].cp"),
+    (lambda c: (c["models"].__setitem__(1, {"name": "mixtral-8x7b", "seq": [1024], "tp": [1],
+                                            "fixed_plan": "2x16x1"}),
+                c["placement"].update(ep=[2])), "placement.ep"),
+])
+def test_every_check_config_refusal_names_a_fix(tmp_path, edit, field):
+    """The refusals the new-user pass found without a fix part now have one."""
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    edit(cfg)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml")], "config")
+    assert f"{field}: " in err and "; fix: " in err.split(f"{field}: ", 1)[1], err

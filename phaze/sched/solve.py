@@ -131,7 +131,9 @@ def solve_problem(p: SchedProblem, solver: str = DEFAULT_SOLVER, formulation: st
             raw = run_backend_inprocess(p, solver, formulation, settings, hsched, ub, pr)
     except LicenceError as e:
         fallback = OPEN_FALLBACK_SOLVER if solver != OPEN_FALLBACK_SOLVER else DEFAULT_SOLVER
-        warn(f"{solver} unavailable ({e}); falling back to {fallback}")
+        warn(f"solver: {solver} unavailable ({e}); falling back to {fallback}, which the "
+             f"result records; fix: a full {solver} licence (GRB_LICENSE_FILE), or solver "
+             f"{fallback}")
         # the branch and bound already ran: the fallback solver gets what is left; its
         # result names the fallback (and is never cached under the requested solver)
         return solve_problem(p, fallback, formulation, {**settings, "bnb_share": 0.0},
