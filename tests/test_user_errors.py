@@ -663,3 +663,13 @@ def test_every_check_config_refusal_names_a_fix(tmp_path, edit, field):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml")], "config")
     assert f"{field}: " in err and "; fix: " in err.split(f"{field}: ", 1)[1], err
+
+
+def test_arch_given_as_a_non_json_file_says_so(tmp_path):
+    chip = tmp_path / "chip.yaml"
+    chip.write_text("n_tc: 4\n")
+    argv = ["evaluate", "--model", "gpt2-xl", "--tp", "1", "--pp", "1", "--dp", "1", "--mbs", "1"]
+    err = _one_line_error(argv + ["--arch", str(chip)], "arch")
+    assert "is a file, but a chip file is JSON" in err
+    err = _one_line_error(argv + ["--arch", "h1000"], "arch")
+    assert "'h1000' is an unknown arch preset" in err and "h100" in err

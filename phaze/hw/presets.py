@@ -76,7 +76,11 @@ def get_preset(name: str) -> Arch:
     try:
         return PRESETS[name]
     except KeyError:
-        raise UserError(f"unknown arch preset {name!r}", field="arch",
+        import os
+
+        what = ("a file, but a chip file is JSON (*.json)" if os.path.exists(name)
+                else "an unknown arch preset")
+        raise UserError(f"{name!r} is {what}", field="arch",
                         fix=f"use a preset ({', '.join(sorted(PRESETS))}), a chip JSON file "
                             "(phaze report's chip_*.json) or --grid G --arch ID (`phaze arch "
                             "grid` writes G)") from None
