@@ -309,3 +309,22 @@ def test_moe_config_without_a_dividing_ep_is_refused(tmp_path, capsys):
     assert main(["search", "--model", "mixtral-8x7b", "--seq", "128", "--ep", "2,4",
                  "--fixed", "4x8x1", "--grid", str(tmp_path / "grid.parquet")]) == 2
     assert "--ep: the fixed baseline 4x8x1" in capsys.readouterr().err
+
+
+def test_reference_dp_builds_only_the_graphs_it_places(tmp_path):
+    """--dp reference places the plain graphs (ep 1, no SP, cp 1): the sweep builds and
+    schedules no others, and places every arch as it did with all of them built."""
+    from dataclasses import replace
+
+    sp = _moe_sweep(tmp_path, (1, 2))                    # every variant, ep 1 and 2
+    slim = type(sp)(replace(sp.spec, dp="reference"), sp.grid)
+    assert {k[4] for k in slim.graphs} == {1} and len(slim.graphs) == 2 * 2   # mbs x tp
+    assert slim.n_problems() < sp.n_problems()
+    placed = 0
+    for arch_id, _ in sp.archs()[:3]:
+        full, few = sp.lower_times(arch_id), slim.lower_times(arch_id)
+        assert few.items() <= full.items()
+        a, b = sp.place_reference(full), slim.place_reference(few)
+        assert a == pytest.approx(b, nan_ok=True)
+        placed += a["samples_per_s"] > 0
+    assert placed

@@ -82,6 +82,9 @@ class SweepProblem:
         self.core = {}
         variants = [(tp, sp, cp, ep) for tp in self.spec.tp for sp in st.graph.sp_values(tp)
                     for cp in self.spec.cp for ep in graph_eps(model, st.placement.ep)]
+        if self.spec.dp == "reference":
+            # it places the plain graphs only (plain_key): their ILPs are all it needs
+            variants = [v for v in variants if not v[1] and v[2] == 1 and v[3] in (0, 1)]
         for mbs in st.microbatch_sizes:
             for tp, sp, cp, ep in variants:
                 key = (mbs, tp, sp, cp, ep)
