@@ -119,7 +119,8 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
             errors.append(f"field {field}: unknown model {m['name']!r}; fix: {fix}")
             continue
         try:
-            spec = resolve_model(m.get("hf_config", m["name"]))
+            # messages name the model as the config does, not by its file's stem
+            spec = resolve_model(m.get("hf_config", m["name"])).with_(name=m["name"])
         except UserError as e:
             errors.append(f"field {field}: {e}")
             continue

@@ -673,3 +673,16 @@ def test_arch_given_as_a_non_json_file_says_so(tmp_path):
     assert "is a file, but a chip file is JSON" in err
     err = _one_line_error(argv + ["--arch", "h1000"], "arch")
     assert "'h1000' is an unknown arch preset" in err and "h100" in err
+
+
+def test_hf_config_models_are_named_as_the_config_names_them(tmp_path):
+    """A model built from a Hugging Face config.json is named in messages by the config's
+    `name`, not by the file's stem ('config')."""
+    hf = dict(model_type="gpt2", n_embd=64, n_layer=4, n_head=4, vocab_size=101, n_positions=256)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg["models"] = [{"name": "my-gpt", "seq": [128], "tp": [3],
+                      "hf_config": str(tmp_path / "config.json")}]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml")], "config")
+    assert "heads of my-gpt" in err and "of config" not in err, err

@@ -111,7 +111,7 @@ def _check_eps(specs, args, cfg) -> None:
 
     field = "--ep" if args.ep is not None or not cfg else "placement.ep"
     for sp in specs:
-        spec = resolve_model(sp.source or sp.model)
+        spec = resolve_model(sp.source or sp.model).with_(name=sp.model)
         graph_eps(spec, sp.settings.placement.ep, field=field)
         if sp.fixed and spec.experts and 1 not in sp.settings.placement.ep:
             raise UserError(f"the fixed baseline {'x'.join(map(str, sp.fixed))} runs "
@@ -143,7 +143,7 @@ def _check_fixed_plans(specs, args, cfg) -> None:
         if args.sequence_parallel is not None or not cfg:
             names.update(sp_true="--sequence-parallel true",
                          sp_both="--sequence-parallel false,true")
-        problems = fixed_plan_problems(m, resolve_model(sp.source or sp.model),
+        problems = fixed_plan_problems(m, resolve_model(sp.source or sp.model).with_(name=sp.model),
                                        sp.settings.placement.devices, sp.settings.graph, names)
         if problems:
             field, message, fix = problems[0]
