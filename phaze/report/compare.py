@@ -14,6 +14,7 @@ import math
 import pandas as pd
 
 from phaze.hw.area import area_breakdown_mm2
+from phaze.report.runnable import _is_on
 from phaze.units import GiB, MiB
 
 PARTS = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s")
@@ -47,7 +48,8 @@ def chip_rows(arch: dict) -> list[tuple[str, str]]:
 
 
 def plan_rows(r, peak: float) -> list[tuple[str, str]]:
-    sp = "yes" if r.get("sequence_parallel") is True else "no"
+    # a table's boolean column holds numpy bools (`is True` is False for np.True_)
+    sp = "yes" if _is_on(r.get("sequence_parallel")) else "no"
     out = [("HBM capacity", f"{r['hbm_bytes'] / GiB:g} GiB"),
            ("plan p x d x t", f"{int(r['p'])} x {int(r['d'])} x {int(r['t'])}"
                               + (f" x cp {int(r['cp'])}" if pd.notna(r.get("cp")) and r.get("cp") > 1
