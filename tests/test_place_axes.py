@@ -301,6 +301,12 @@ def test_megatron_export_names_the_axes():
     assert "sequence_parallel: true" in nemo_yaml(sp, 1024, 8)
     assert "--sequence-parallel" not in megatron_args(dict(row, sequence_parallel=np.False_), 1024)
     assert "cp=2 ep=4" in plan_label(row) and "cp=" not in plan_label(dict(row, cp=1.0))
+    # every axis a plan uses shows: two plans that differ only in v, SP or ZeRO differ here
+    labels = {plan_label(dict(row, interleave=v, sequence_parallel=s, zero_stage=z))
+              for v in (1, 2) for s in (np.False_, np.True_) for z in (0, 1, 3)}
+    assert len(labels) == 12
+    assert "v=2 sp zero=3" in plan_label(dict(row, interleave=2, sequence_parallel=np.True_,
+                                               zero_stage=3))
     old = {k: v for k, v in row.items() if k not in ("ep", "cp", "zero_stage")}
     assert "--use-distributed-optimizer" not in megatron_args(old, 1024)
     assert "--use-distributed-optimizer" in megatron_args(old, 1024, zero1=True)

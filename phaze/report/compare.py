@@ -52,10 +52,12 @@ def plan_rows(r, peak: float) -> list[tuple[str, str]]:
     sp = "yes" if _is_on(r.get("sequence_parallel")) else "no"
     out = [("HBM capacity", f"{r['hbm_bytes'] / GiB:g} GiB"),
            ("plan p x d x t", f"{int(r['p'])} x {int(r['d'])} x {int(r['t'])}"
-                              + (f" x cp {int(r['cp'])}" if pd.notna(r.get("cp")) and r.get("cp") > 1
-                                 else "") + f" ({int(_devices(r))} devices)"),
+                              + "".join(f" x {k} {int(r[k])}" for k in ("cp", "ep")
+                                        if pd.notna(r.get(k)) and r.get(k) > 1)
+                              + f" ({int(_devices(r))} devices)"),
            ("microbatch, recompute", f"{int(r['mbs'])}, {r['recompute']}"),
-           ("interleave, sequence parallel", f"{int(r['interleave'])}, {sp}"),
+           ("interleave, sequence parallel, ZeRO stage",
+            f"{int(r['interleave'])}, {sp}, {int(r['zero_stage']) if pd.notna(r.get('zero_stage')) else 0}"),
            ("stages (layer ranges)", str(r.get("stages", ""))),
            ("samples/s", f"{r['samples_per_s']:,.1f}"),
            ("tokens/s", f"{r['tokens_per_s']:,.0f}"),

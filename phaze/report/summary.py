@@ -42,9 +42,16 @@ def plan_label(row) -> str:
     for k in ("p", "d", "t"):
         if k in row and pd.notna(row[k]):
             parts.append(f"{k}={int(row[k])}")
-    for k in ("cp", "ep"):             # only when the plan uses the axis
+    # the other axes only where the plan uses them, so that two plans never read the same
+    for k, name in (("cp", "cp"), ("ep", "ep"), ("interleave", "v")):
         if k in row and pd.notna(row[k]) and int(row[k]) > 1:
-            parts.append(f"{k}={int(row[k])}")
+            parts.append(f"{name}={int(row[k])}")
+    from phaze.report.runnable import _is_on
+
+    if _is_on(row.get("sequence_parallel")):
+        parts.append("sp")
+    if "zero_stage" in row and pd.notna(row["zero_stage"]) and int(row["zero_stage"]) > 0:
+        parts.append(f"zero={int(row['zero_stage'])}")
     if "mbs" in row and pd.notna(row["mbs"]):
         parts.append(f"mbs={int(row['mbs'])}")
     if "hbm_bytes" in row and pd.notna(row["hbm_bytes"]):
