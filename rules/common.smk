@@ -202,10 +202,14 @@ PRUNE_DIR = "results/prune/{model}_s{seq}"
 
 def bound_config(wildcards):
     """The config blocks the bound pass depends on, for one (model, seq) only: editing
-    another model, the scheduling or the job layout never reruns it."""
+    another model, the scheduling or the job layout (placement.ranks included) never
+    reruns it."""
     m = dict(MODELS[wildcards.model], seq=[int(wildcards.seq)])
     keys = ("microbatch_sizes", "graph", "placement", "network")
-    return as_json({"models": [m], **{k: config[k] for k in keys if k in config}})
+    blocks = {k: config[k] for k in keys if k in config}
+    if "placement" in blocks:  # MPI ranks lay out jobs; they never change a result
+        blocks["placement"] = {k: v for k, v in blocks["placement"].items() if k != "ranks"}
+    return as_json({"models": [m], **blocks})
 
 
 def wave_shards(wildcards):

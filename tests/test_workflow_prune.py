@@ -14,7 +14,7 @@ import re
 import pandas as pd
 import pytest
 import yaml
-from workflow_util import REPO, snakemake, write_config
+from workflow_util import REPO, dry_run_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -71,4 +71,11 @@ def test_pruned_workflow_equals_exhaustive(tmp_path, larger):
         [pd.read_parquet(p) for p in (ex_dir / "results/place").glob("*.parquet")]))
     if larger:
         assert (waves["wave"] == 2).any(), "wave 2 never ran: the test misses that path"
+    else:
+        # the MPI ranks of a placement job lay out jobs only: editing them reruns the
+        # placement jobs (their command changes) but not the bound pass or the waves
+        write_config(pr_dir, {**_config("pruned", False),
+                              "placement": {**_config("pruned", False)["placement"], "ranks": 3}})
+        jobs = dry_run_jobs(pr_dir)
+        assert not {"prune_bound", "prune_schedule_chunk"} & set(jobs), jobs
     assert "pruned by their bound" in (pr_dir / "results/report/report.html").read_text()
