@@ -37,6 +37,15 @@ def _one_line_error(argv, field: str) -> str:
     assert err.startswith(f"phaze: error: {field}: ") and "; fix: " in err, err
     return err.strip()
 
+def _check_config_refuses(tmp_path, cfg: dict, want: str) -> None:
+    """check-config of `cfg` gives one line containing `want` and writes no output."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
+                           str(tmp_path / "out.yaml")], "config")
+    assert want in err, err
+    assert not (tmp_path / "out.yaml").exists()
+
+
 
 def _divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
@@ -386,11 +395,7 @@ def test_a_fixed_plan_that_cannot_run_is_refused_by_check_config(tmp_path, model
     if models:
         cfg["models"] = models
     cfg["placement"].update(placement)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
-                           str(tmp_path / "out.yaml")], "config")
-    assert want in err, err
-    assert not (tmp_path / "out.yaml").exists()
+    _check_config_refuses(tmp_path, cfg, want)
 
 
 def test_published_fixed_plans_are_kept_even_where_they_cannot_split_the_blocks(capsys,
@@ -615,11 +620,7 @@ def test_a_model_no_plan_fits_on_the_devices_is_refused_by_check_config(tmp_path
     cfg["models"] = models
     cfg["graph"]["attention"] = "flash"
     cfg["placement"].update(placement)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml"), "-o",
-                           str(tmp_path / "out.yaml")], "config")
-    assert want in err, err
-    assert not (tmp_path / "out.yaml").exists()
+    _check_config_refuses(tmp_path, cfg, want)
     cfg["placement"]["devices"] = 1024                  # the same models fit on more devices
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 0
