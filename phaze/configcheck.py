@@ -7,7 +7,6 @@ can run (fixed_plan_errors); the arch grid is not empty."""
 
 from __future__ import annotations
 
-import difflib
 import os
 
 from phaze.errors import UserError
@@ -85,7 +84,7 @@ def fixed_plan_errors(i: int, m: dict, spec, devices: int, graph) -> list[str]:
 
 def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     """Messages 'field F: what is wrong; the fix', one per problem found."""
-    from phaze.model.zoo import ZOO, resolve_model
+    from phaze.model.zoo import ZOO, closest_model, resolve_model
 
     from phaze.model.graph import check_context_parallel, graph_eps
     from phaze.settings import GraphSettings, PlacementSettings
@@ -113,8 +112,8 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                               "a zoo model")
                 continue
         elif m["name"] not in ZOO:
-            near = difflib.get_close_matches(m["name"].lower(), sorted(ZOO), n=1, cutoff=0.6)
-            fix = (f"did you mean {near[0]!r}? " if near else "") + \
+            near = closest_model(m["name"])
+            fix = (f"did you mean {near!r}? " if near else "") + \
                 f"use a zoo name ({', '.join(sorted(ZOO))}) or give hf_config: path/to/config.json"
             errors.append(f"field {field}: unknown model {m['name']!r}; fix: {fix}")
             continue

@@ -22,6 +22,8 @@ since in this model the GLB stands for the whole on-chip SRAM hierarchy.
 
 from __future__ import annotations
 
+import os
+
 from phaze.errors import UserError
 from phaze.hw.arch import Arch, Network
 from phaze.units import GB, GiB, MiB
@@ -76,8 +78,6 @@ def get_preset(name: str) -> Arch:
     try:
         return PRESETS[name]
     except KeyError:
-        import os
-
         what = ("a file, but a chip file is JSON (*.json)" if os.path.exists(name)
                 else "an unknown arch preset")
         raise UserError(f"{name!r} is {what}", field="arch",

@@ -252,15 +252,22 @@ def _build_zoo() -> dict[str, ModelSpec]:
 ZOO: dict[str, ModelSpec] = _build_zoo()
 
 
+def closest_model(name: str) -> str | None:
+    """The zoo name closest to `name` (case-blind; difflib), None when none is close: the
+    'did you mean' of every unknown-model error."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name).lower(), sorted(ZOO), n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
 def get_model(name: str) -> ModelSpec:
     try:
         return ZOO[name]
     except KeyError:
-        import difflib
-
-        near = difflib.get_close_matches(str(name).lower(), sorted(ZOO), n=1, cutoff=0.6)
+        near = closest_model(name)
         raise UserError(f"unknown model {name!r}", field="model",
-                        fix=(f"did you mean {near[0]!r}? " if near else "") +
+                        fix=(f"did you mean {near!r}? " if near else "") +
                         "run `phaze models` for the zoo, or pass a path to a Hugging Face "
                         "config.json") from None
 

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from phaze.report.runnable import _is_on
 from phaze.search.baselines import spotlight_pick, spotlight_scores, tpuv4_arch_id
 from phaze.units import GiB, MiB
 
@@ -46,8 +47,6 @@ def plan_label(row) -> str:
     for k, name in (("cp", "cp"), ("ep", "ep"), ("interleave", "v")):
         if k in row and pd.notna(row[k]) and int(row[k]) > 1:
             parts.append(f"{name}={int(row[k])}")
-    from phaze.report.runnable import _is_on
-
     if _is_on(row.get("sequence_parallel")):
         parts.append("sp")
     if "zero_stage" in row and pd.notna(row["zero_stage"]) and int(row["zero_stage"]) > 0:
