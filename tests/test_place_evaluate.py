@@ -302,3 +302,28 @@ def test_sgd_step_moves_the_weight_not_adams_state():
     sgd = evaluate_model(spec, get_preset("h100"), optimizer="sgd", **kw)
     assert sgd["optimizer_s"] == pytest.approx(adam["optimizer_s"] * 14 / 38)
     assert PlanOptions(optimizer="sgd").step_bytes_per_param() == 0.0     # untimed stays untimed
+
+
+def test_cli_fp8_blockwise_recipe_records_and_costs_it(capsys):
+    # --fp8-recipe blockwise (Megatron-Core's name; NeMo's fp8_sc) reaches the cost model
+    # and the result records it: the CLI equals evaluate_model called with the recipe, and
+    # differs from the per-tensor recipe (slower block-scaled main loop, cheaper quantize)
+    from phaze.cli import main
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+
+    base = ["evaluate", "--arch", "h100", "--framework", "megatron-core-2024", "--model",
+            "llama3-8b", "--seq", "4096", "--tp", "2", "--pp", "1", "--dp", "4", "--mbs", "1",
+            "--batch", "32", "--recompute", "none", "--sequence-parallel", "--fp8", "--json"]
+    got = {}
+    for recipe in ("tensorwise", "blockwise"):
+        assert main(base + ["--fp8-recipe", recipe]) == 0
+        got[recipe] = json.loads(capsys.readouterr().out)
+    assert got["blockwise"]["fp8_recipe"] == got["blockwise"]["cost_params"]["fp8_recipe"] == "blockwise"
+    r = evaluate_model(get_model("llama3-8b"), get_preset("h100"), tp=2, pp=1, dp=4, mbs=1,
+                       batch=32, seq=4096, recompute="none", sequence_parallel=True,
+                       framework="megatron-core-2024", fp8=True, fp8_recipe="blockwise")
+    assert got["blockwise"]["time_per_batch_s"] == pytest.approx(r["time_per_batch_s"], rel=1e-12)
+    assert got["blockwise"]["time_per_batch_s"] != pytest.approx(
+        got["tensorwise"]["time_per_batch_s"], rel=1e-4)

@@ -288,7 +288,8 @@ def test_bridge_rows_are_consistent_megatron_plans():
 
     t, rows = _bridge_rows()
     cs = data.cases(data.TABLE_BRIDGE)
-    assert len(cs) == 32 and len({c.name for c in cs}) == 32
+    assert len(cs) == 33 and len({c.name for c in cs}) == 33
+    # DSV3/25.09/fp8_sc is row 4's figure in parentheses
     assert len({r["row"] for r in rows}) == 32
     for r, c in zip(rows, cs):
         assert r["seconds_per_iteration"] == pytest.approx(
@@ -318,10 +319,19 @@ def test_bridge_rows_are_consistent_megatron_plans():
     assert {c.name: c.caveat for c in cs if c.caveat} == {
         "L3.1-405B/25.09": "account_split_unverified", "L3-8B/25.11/rc5": "fsdp_or_recompute",
         "DSV3/25.09": "mtp_as_moe_layer", "Q3-30B/26.02": "mapping_conflict",
-        "Q3-30B/26.02.01": "mapping_conflict"}
-    assert [(c.name, c.layers) for c in cs if c.mtp_layers] == [("DSV3/25.09", 62)]
+        "Q3-30B/26.02.01": "mapping_conflict",
+        "DSV3/25.09/fp8_sc": "mtp_as_moe_layer,tokens_from_tflops"}
+    assert [(c.name, c.layers) for c in cs if c.mtp_layers] == [
+        ("DSV3/25.09", 62), ("DSV3/25.09/fp8_sc", 62)]
     assert [(c.name, c.pipeline_layout) for c in cs if c.pipeline_layout] == [
-        ("DSV3/25.09", "Et|(tt|)*30mL")]
+        ("DSV3/25.09", "Et|(tt|)*30mL"), ("DSV3/25.09/fp8_sc", "Et|(tt|)*30mL")]
+    # the table's recipe (fp8_cs) but for the one block-scaled row (fp8_sc), whose tokens/s
+    # the table gives as its model TFLOP/s ratio to the per-tensor run
+    assert {c.name: c.fp8_recipe for c in cs if c.fp8} == {
+        c.name: "blockwise" if c.name == "DSV3/25.09/fp8_sc" else "tensorwise"
+        for c in cs if c.fp8}
+    sc = {c.name: c.measured for c in cs if c.name.startswith("DSV3/25.09")}
+    assert sc["DSV3/25.09/fp8_sc"] == round(sc["DSV3/25.09"] * 330 / 338)
     # held out: a fit on it is refused
     from phaze.validate.calibrate import H100_FIT_PARAMS, fit
     assert data.TABLE_BRIDGE in data.HELD_OUT_H100_TABLES
@@ -349,6 +359,13 @@ BRIDGE_DIRECT = {
                        acc=True, kw={"recompute_modules": ("mla_up_proj", "mlp")},
                        opts={"moe_token_dispatcher": "flex",
                              "overlap_moe_expert_parallel_comm": True}),
+    # the same with block-scaled FP8 (Megatron-Core --fp8-recipe blockwise)
+    "DSV3/25.09/fp8_sc": dict(model="deepseek-v3", tp=2, pp=8, cp=1, dp=64, batch=8192,
+                              seq=4096, interleave=4, ep=64, expert_tp=1,
+                              recompute="selective", fp8=True, acc=True, recipe="blockwise",
+                              kw={"recompute_modules": ("mla_up_proj", "mlp")},
+                              opts={"moe_token_dispatcher": "flex",
+                                    "overlap_moe_expert_parallel_comm": True}),
 }
 
 
@@ -374,7 +391,7 @@ def test_bridge_row_end_to_end_equals_the_direct_formula_route(name):
                        interleave=d["interleave"], cp=d["cp"], ep=d["ep"],
                        expert_tp=d["expert_tp"], sequence_parallel=d["tp"] > 1,
                        framework="nemo-2024", fp8=d["fp8"], cross_entropy_fusion=True,
-                       fp8_recipe="tensorwise",     # the perf recipes' fp8_cs
+                       fp8_recipe=d.get("recipe", "tensorwise"),   # the perf recipes' fp8_cs
                        options=opts, account_embedding=d["acc"], account_loss=d["acc"], **d["kw"])
     gpus = d["tp"] * d["pp"] * d["cp"] * d["dp"]
     direct = d["batch"] * d["seq"] / r["time_per_batch_s"] / gpus

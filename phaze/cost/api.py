@@ -21,7 +21,8 @@ import numpy as np
 
 from phaze.cost.collective import collective_s, collective_time
 from phaze.cost.gemm import BOUND_NAMES, COMPUTE, LINK, gemm_latency
-from phaze.cost.params import FP8_QUANTIZE_BYTES, UNFUSED_CROSS_ENTROPY_BYTES, CostParams
+from phaze.cost.params import (FP8_GEMM_RATE_FRACTION, FP8_QUANTIZE_BYTES,
+                               UNFUSED_CROSS_ENTROPY_BYTES, CostParams)
 from phaze.cost.vector import vector_cycles, vector_latency
 from phaze.errors import UserError
 from phaze.hw.arch import INT_FIELDS, Network, arch_table, table_arrays
@@ -84,7 +85,12 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         if params.fp8_gemm:   # weight GEMMs in FP8 (compute and operand bytes both halve)
             w8 = np.array([[1.0 if _fp8_gemm(o) else 0.0 for o in g]])
             scale = 1.0 / (1.0 + w8 * (params.fp8_speedup - 1.0))
-            one, alls = one * scale, alls * scale
+            # a block-scaled GEMM applies its scales in the main loop: slower where the
+            # tensor cores bound it, not where its operand bytes do
+            rate = params.fp8_speedup * FP8_GEMM_RATE_FRACTION[params.fp8_recipe]
+            slow = 1.0 / (1.0 + w8 * (rate - 1.0))
+            one = one * np.where(bo == COMPUTE, slow, scale)
+            alls = alls * np.where(ba == COMPUTE, slow, scale)
             # quantizing the GEMM's activation operand (FP8_QUANTIZE_BYTES): a memory-bound
             # pass at the chip's HBM rate before the GEMM can start
             qb = FP8_QUANTIZE_BYTES[params.fp8_recipe]

@@ -46,8 +46,11 @@ UNFUSED_CROSS_ENTROPY_BYTES = {"cross_entropy": 38.0, "cross_entropy_bwd": 14.0}
 # Transformer Engine FP8 recipes phaze costs, by Megatron-Core's --fp8-recipe names:
 # "delayed" scales each tensor with the amax history of earlier steps (Megatron-Core's
 # default); "tensorwise" is per-tensor current scaling (TE Float8CurrentScaling, NeMo /
-# Megatron-Bridge "fp8_cs"), which needs the tensor's own amax before it can cast.
-FP8_RECIPES = ("delayed", "tensorwise")
+# Megatron-Bridge "fp8_cs"), which needs the tensor's own amax before it can cast;
+# "blockwise" scales each 1 x 128 block of an activation or gradient and each 128 x 128
+# block of a weight (TE Float8BlockScaling, Megatron-Bridge "fp8_sc", DeepSeek-V3's
+# recipe; Hopper GEMMs with block scales since cuBLAS 12.9).
+FP8_RECIPES = ("delayed", "tensorwise", "blockwise")
 # Bytes per element that quantizing one operand of an FP8 weight GEMM moves beyond what the
 # bf16 graph already counts; Hopper's FP8 GEMMs take both a row-wise and a column-wise
 # (transposed, for the other backward GEMM) FP8 copy. Read in Transformer Engine
@@ -63,12 +66,29 @@ FP8_RECIPES = ("delayed", "tensorwise")
 #   "input": any other linear's input: a cast-transpose reading 2 B and writing 1 + 1 B
 #           (delayed 4), after an amax pass reading 2 B more (tensorwise 6)
 #   "grad": the output gradient dY before the dX and dW GEMMs: as "input" (4 / 6)
+# Blockwise (Float8BlockQuantizer::quantize: one nvte_quantize_v2 kernel,
+# quantize_transpose_vector_blockwise, that finds each 1 x 128 block's amax itself and
+# writes the row-wise and the transposed copy with one fp32 scale per 128 elements each,
+# 2 x 4 / 128 B; normalization.cpp runs a norm before a block quantizer UNFUSED: the norm
+# writes bf16, then the same quantize): 2 B read + 1 + 1 B written + 1/16 B of scales for
+# every operand.
 # The weights are cast once per step (TE's is_first_microbatch cache), not per microbatch:
 # not charged.
+_BLOCKWISE_BYTES = 4.0 + 2 * 4.0 / 128
 FP8_QUANTIZE_BYTES = {
     "delayed": {"norm": 1.0, "input": 4.0, "grad": 4.0},
     "tensorwise": {"norm": 4.0, "input": 6.0, "grad": 6.0},
+    "blockwise": {"norm": _BLOCKWISE_BYTES, "input": _BLOCKWISE_BYTES, "grad": _BLOCKWISE_BYTES},
 }
+# Rate of a recipe's FP8 GEMM as a fraction of a per-tensor scaled one (CostParams.
+# fp8_speedup x the bf16 rate). Hopper's tensor cores take one scale per operand; block
+# scales (one per 128 of K) are applied in the GEMM's main loop, in fp32, as it
+# accumulates. Published: NVIDIA's cuBLAS 12.9 post ("Boosting Matrix Multiplication Speed
+# and Flexibility with NVIDIA cuBLAS 12.9", 2025) measures block-scaled FP8 on Hopper at
+# 1.75x BF16 for large matmuls, against the 2x of tensor-wide scaling (NVIDIA, "Faster
+# Training Throughput in FP8 Precision with NVIDIA NeMo", 2025: "up to 2x"): 1.75 / 2.
+# Not fitted.
+FP8_GEMM_RATE_FRACTION = {"delayed": 1.0, "tensorwise": 1.0, "blockwise": 1.75 / 2.0}
 
 
 @dataclass(frozen=True)

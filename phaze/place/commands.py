@@ -129,9 +129,10 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                         "are they (default 0)")
     e.add_argument("--fp8", action="store_true", help="FP8 GEMMs (Transformer Engine)")
     e.add_argument("--fp8-recipe", choices=list(FP8_RECIPES), default=None,
-                   help="Megatron-Core --fp8-recipe of --fp8: delayed (its default) or "
-                        "tensorwise (per-tensor current scaling; NeMo's fp8_cs): what "
-                        "quantizing the GEMM operands costs")
+                   help="Megatron-Core --fp8-recipe of --fp8: delayed (its default), "
+                        "tensorwise (per-tensor current scaling; NeMo's fp8_cs) or blockwise "
+                        "(1x128 / 128x128 block scales; NeMo's fp8_sc): what quantizing the "
+                        "GEMM operands costs and, blockwise, the GEMM's slower rate")
     e.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
                    help="ZeRO stage / FSDP (3) timing and memory (default: 1 with --zero1, "
                         "else 0)")

@@ -323,7 +323,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     Megatron-Core's --cross-entropy-loss-fusion (one kernel instead of the fp32 passes of
     CostParams.unfused_cross_entropy); `fp8`: the blocks' linears in FP8 (Transformer
     Engine) with Megatron-Core's --fp8-recipe `fp8_recipe` (CostParams.fp8_recipe:
-    delayed or tensorwise, what quantizing their operands costs); `ep`: expert-parallel size of an MoE model
+    delayed, tensorwise or blockwise: what quantizing their operands costs, and the
+    block-scaled GEMM's rate, FP8_GEMM_RATE_FRACTION); `ep`: expert-parallel size of an MoE model
     (plan.expert_parallel_chain: 1/ep of the routed experts per device, all-to-all
     dispatch and combine); `expert_tp`: Megatron-Core's expert tensor-parallel size (0 = tp;
     another size folds the expert grid: graph._moe_folded, plan.grad_groups);
