@@ -15,8 +15,9 @@ from phaze.errors import UserError
 # docs/reference.md#models). Two of them do not split their model's blocks uniformly
 # (gpt2-xl: 48 blocks, p = 32; megatron-gpt2-54: 54 blocks, p = 8): they are kept as
 # published, so a config may name them, and the report says why they give no row
-# (report.summary.fixed_plan_obstacle). Any other plan whose p does not divide the blocks
-# is refused.
+# (report.summary.fixed_plan_obstacle), as opt-350m's d = 85, which no power-of-two batch
+# splits. Any other plan whose p does not divide the blocks, or whose d x mbs divides the
+# global batch for no microbatch size, is refused.
 PUBLISHED_FIXED_PLANS = {
     "bert-large": "8x128x1", "gpt2-xl": "32x32x1", "opt-350m": "12x85x1",
     "llama2-7b": "8x128x1", "megatron-gpt2-54": "8x32x4", "megatron-gpt2-72": "8x16x8",
@@ -24,15 +25,18 @@ PUBLISHED_FIXED_PLANS = {
 }
 
 
-def fixed_plan_problems(m: dict, spec, devices: int, graph,
-                        names: dict | None = None) -> list[tuple[str, str, str]]:
+def fixed_plan_problems(m: dict, spec, devices: int, graph, names: dict | None = None,
+                        batch: int | None = None,
+                        mbs: tuple = ()) -> list[tuple[str, str, str]]:
     """Why the fixed plan m["fixed_plan"] 'PxDxT' of the model entry m (name, tp, optional
     hf_config) cannot run, as (field, message, fix), one each: it needs more than `devices`
     accelerators, t does not divide the model's split dimensions or is not one of m["tp"]
-    (the fixed plan runs on that width's graphs, without sequence parallelism), or p does
-    not divide the model's blocks (Megatron's uniform split) and the plan is not the
-    published baseline of that zoo model. `names` relabels the settings the messages name
-    (keys plan, devices, tp, sp_true, sp_both, drop: the config's fields by default;
+    (the fixed plan runs on that width's graphs, without sequence parallelism); and, unless
+    the plan is the published baseline of that zoo model (PUBLISHED_FIXED_PLANS), p does
+    not divide the model's blocks (Megatron's uniform split) or d x mbs divides the global
+    batch `batch` for no microbatch size of `mbs` (Megatron's num_microbatches = batch /
+    (d mbs); unchecked when either is not given). `names` relabels the settings the messages name (keys plan,
+    devices, tp, sp_true, sp_both, drop, batch, mbs: the config's fields by default;
     `phaze search` passes its flags)."""
     plan = m.get("fixed_plan")
     if not plan:
@@ -40,7 +44,7 @@ def fixed_plan_problems(m: dict, spec, devices: int, graph,
     label = {"plan": "fixed_plan", "devices": "placement.devices", "tp": "the model's tp list",
              "sp_true": "graph.sequence_parallel: true",
              "sp_both": "graph.sequence_parallel: [false, true]", "drop": "fixed_plan",
-             **(names or {})}
+             "batch": "placement.global_batch", "mbs": "microbatch_sizes", **(names or {})}
     field = label["plan"]
     p, d, t = (int(x) for x in str(plan).lower().split("x"))
     problems = []
@@ -72,14 +76,23 @@ def fixed_plan_problems(m: dict, spec, devices: int, graph,
         problems.append((field, f"p = {p} of {plan} does not divide {m['name']}'s {blocks} "
                          "transformer blocks (Megatron's uniform split)",
                          f"use a p dividing {blocks}: {', '.join(map(str, ok))}"))
+    if batch and mbs and all(int(batch) % (d * int(b)) for b in mbs) and not published:
+        step = d * min(int(b) for b in mbs)
+        problems.append((field, f"d = {d} of {plan} times no microbatch size in "
+                         f"{label['mbs']} {list(mbs)} divides {label['batch']} {batch} "
+                         "(Megatron's batch / (d x mbs) microbatches)",
+                         f"set {label['batch']} to a multiple of {step} (e.g. "
+                         f"{step * -(-int(batch) // step)}), use a d that divides it, or drop "
+                         f"{label['drop']}"))
     return problems
 
 
-def fixed_plan_errors(i: int, m: dict, spec, devices: int, graph) -> list[str]:
+def fixed_plan_errors(i: int, m: dict, spec, devices: int, graph, batch: int | None = None,
+                      mbs: tuple = ()) -> list[str]:
     """fixed_plan_problems of models[i] as check-config messages 'field F: what; fix: how'."""
     names = {"plan": f"models[{i}].fixed_plan", "tp": f"models[{i}].tp"}
     return [f"field {f}: {msg}; fix: {fix}" if fix else f"field {f}: {msg}"
-            for f, msg, fix in fixed_plan_problems(m, spec, devices, graph, names)]
+            for f, msg, fix in fixed_plan_problems(m, spec, devices, graph, names, batch, mbs)]
 
 
 def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
@@ -87,12 +100,14 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     from phaze.model.zoo import ZOO, closest_model, resolve_model
 
     from phaze.model.graph import check_context_parallel, graph_eps
-    from phaze.settings import GraphSettings, PlacementSettings
+    from phaze.settings import GraphSettings, PlacementSettings, SweepSettings, parse_list
 
     try:
         graph = GraphSettings.from_config(cfg.get("graph"))
         placement = PlacementSettings.from_config(cfg.get("placement"))
         devices = placement.devices
+        mbs_sizes = parse_list(cfg.get("microbatch_sizes", SweepSettings().microbatch_sizes),
+                               int, "microbatch_sizes", minimum=1)
     except UserError as e:
         return [f"field {e}"]
     attention = graph.attention
@@ -135,7 +150,8 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
             errors.append(f"field placement.ep: the fixed baseline {m['fixed_plan']} of "
                           f"models[{i}] runs without expert parallelism, which the ep list "
                           "leaves out; fix: add 1 to it (or drop fixed_plan)")
-        errors += fixed_plan_errors(i, m, spec, devices, graph)
+        errors += fixed_plan_errors(i, m, spec, devices, graph, placement.global_batch,
+                                    mbs_sizes)
         errors += device_errors(i, m, spec, devices, placement.ep)
         for j, t in enumerate(m["tp"]):
             try:

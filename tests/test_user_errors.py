@@ -376,6 +376,11 @@ def test_pipeline_layout_runs_and_spells_out_the_uniform_split():
     ([{"name": "gpt2-xl", "seq": [1024], "tp": [1, 5], "fixed_plan": "16x16x2"}], {},
      "models[0].fixed_plan: t = 2 of 16x16x2: tensor-parallel width 2 does not divide the "
      "25 attention heads of gpt2-xl; fix: use a width dividing every split dimension: 1, 5"),
+    # d = 96 x mbs 1/2/4 divides no global batch of 4096 (Megatron's batch / (d mbs))
+    ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "fixed_plan": "8x96x1"}], {},
+     "models[0].fixed_plan: d = 96 of 8x96x1 times no microbatch size in microbatch_sizes "
+     "[1, 2, 4] divides placement.global_batch 4096 (Megatron's batch / (d x mbs) "
+     "microbatches); fix: set placement.global_batch to a multiple of 96 (e.g. 4128)"),
     ([{"name": "llama2-7b", "seq": [4096], "tp": [1], "fixed_plan": "8x64x2"}], {},
      "models[0].fixed_plan: t = 2 of 8x64x2 is not among the model's tp widths [1], so the "
      "plan has no graphs to run on; fix: add 2 to models[0].tp"),
@@ -510,6 +515,11 @@ def test_a_yaml_syntax_error_gives_its_line_and_a_fitting_fix(tmp_path, text, wh
      "heads of gpt2-xl; fix: use a width dividing every split dimension: 1, 5"),
     (["--model", "llama2-7b", "--seq", "4096", "--fixed", "8x64x2"], "--fixed",
      "; fix: add 2 to --tp or use a plan with t in it"),
+    (["--model", "llama2-7b", "--seq", "4096", "--fixed", "8x96x1", "--batch", "4096",
+      "--mbs", "1,2"], "--fixed",
+     "--fixed: d = 96 of 8x96x1 times no microbatch size in --mbs [1, 2] divides --batch "
+     "4096 (Megatron's batch / (d x mbs) microbatches); fix: set --batch to a multiple of 96 "
+     "(e.g. 4128), use a d that divides it, or drop --fixed"),
     # the config's fixed plan, checked against the devices the flags leave the search
     (["--config", str(REPO / "configs" / "default.yaml"), "--model", "bert-large",
       "--devices", "1000"], "models[0].fixed_plan",

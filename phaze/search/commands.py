@@ -143,8 +143,13 @@ def _check_fixed_plans(specs, args, cfg) -> None:
         if args.sequence_parallel is not None or not cfg:
             names.update(sp_true="--sequence-parallel true",
                          sp_both="--sequence-parallel false,true")
+        names.update(batch="--batch" if args.batch is not None or not cfg
+                     else "placement.global_batch",
+                     mbs="--mbs" if args.mbs is not None or not cfg else "microbatch_sizes")
         problems = fixed_plan_problems(m, resolve_model(sp.source or sp.model).with_(name=sp.model),
-                                       sp.settings.placement.devices, sp.settings.graph, names)
+                                       sp.settings.placement.devices, sp.settings.graph, names,
+                                       sp.settings.placement.global_batch,
+                                       sp.settings.microbatch_sizes)
         if problems:
             field, message, fix = problems[0]
             raise UserError(message, field=field, fix=fix)
