@@ -39,8 +39,20 @@ def test_cp_graph_is_the_chunk_graph(model):
     assert (g.seq, g.cp, g.tokens_per_device) == (512, 4, 128)
     # K and V of the chunk, bf16: 2 x mbs x 128 tokens x kv heads / tp x head dim x 2 B
     assert g.kv_bytes == 2 * 2 * 128 * (spec.n_kv_heads // 2) * spec.d_head * 2
+    # Q and the output O of the chunk (an all-to-all CP's payload beside K and V)
+    assert g.q_bytes == g.o_bytes == 2 * 128 * (spec.heads // 2) * spec.d_head * 2
     back = graph_from_dict(json.loads(json.dumps(graph_to_dict(g))))
     assert (back.cp, back.kv_bytes, back.seq) == (4, g.kv_bytes, 512)
+    assert (back.q_bytes, back.o_bytes) == (g.q_bytes, g.o_bytes)
+
+
+def test_mla_q_and_o_bytes_take_their_own_head_dims():
+    # DeepSeek-V3's MLA: queries nope + rope (192) wide, the output v_head_dim (128)
+    spec = resolve_model("deepseek-v3")
+    g = build_graph(spec, seq=512, mbs=1, tp=8, cp=2, sequence_parallel=True, attention="flash")
+    per = 256 * (spec.heads // 8) * 2
+    assert (g.q_bytes, g.o_bytes) == (per * spec.qk_head_dim, per * spec.v_head_dim)
+    assert (spec.qk_head_dim, spec.v_head_dim) == (192, 128)
 
 
 def test_attention_core_is_every_query_key_op():

@@ -90,6 +90,83 @@ def test_context_parallel_ring_in_the_chain_matches_per_layer_ring(recompute):
     assert got["time_per_batch_s"] > bare["time_per_batch_s"]     # the ring is charged
 
 
+@pytest.mark.parametrize("comm, recompute", [("allgather", "selective"), ("allgather", "full"),
+                                             ("a2a", "selective"), ("a2a", "none")])
+def test_context_parallel_allgather_and_a2a_closed_form(comm, recompute):
+    """--cp-comm-type allgather / a2a (Transformer Engine's AttnFuncWithCPAndKVAllGather /
+    AttnFuncWithCPAndQKVOA2A), second route written here: each attention layer adds cp - 1
+    local cores and exposed collectives over the CP group (cp devices, stride t) to each
+    pass. allgather: forward all-gathers cp x KV; backward gathers again and
+    reduce-scatters dK, dV. a2a: Q + K + V in and O out (forward), dO in and dQ + dK + dV
+    out (backward). A selective recomputation of the core re-runs the forward's."""
+    from dataclasses import replace
+
+    from phaze.cost.collective import collective_time
+    from phaze.hw.presets import get_preset
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import get_model
+    from phaze.place.chain import chain_from_graph
+    from phaze.place.evaluate import (MEGATRON_OPTIONS, attention_core_latencies,
+                                      default_cost_params, evaluate_model, layer_latencies,
+                                      megatron_layout)
+    from phaze.place.plan import Links, PlanOptions, evaluate_plan
+
+    spec, arch = get_model("llama2-7b"), get_preset("h100")
+    seq, cp, tp, mbs = 8192, 4, 2, 1
+    opts = {"cp_comm_type": comm}
+    got = evaluate_model(spec, arch, tp=tp, pp=2, dp=2, mbs=mbs, batch=16, recompute=recompute,
+                         seq=seq, cp=cp, graph_options={"attention": "flash"}, options=opts)
+    prm = replace(default_cost_params(arch), flash_causal=True)
+    g = build_graph(megatron_layout(spec), seq=seq // cp, mbs=mbs, tp=tp, unfused_bias=True,
+                    attention="flash")
+    lat, tps = layer_latencies(g, arch, arch.network, prm, async_tp=True)
+    core = attention_core_latencies(g, arch, arch.network, prm)
+    heads = mbs * (seq // cp) * (spec.heads // tp) * spec.d_head * 2      # Q (= O) bytes
+    kv = 2 * mbs * (seq // cp) * (spec.n_kv_heads // tp) * spec.d_head * 2
+    links = Links.of(arch.network, bw_efficiency=prm.link_bw_efficiency)
+
+    def c(kind, nbytes):
+        return collective_time(kind, nbytes, cp, tp, links, src_dtype_bytes=1.0,
+                               bw_efficiency=prm.link_bw_efficiency)
+    if comm == "allgather":
+        fwd = c("all_gather", cp * kv)
+        bwd = fwd + c("reduce_scatter", cp * kv)
+    else:
+        fwd = bwd = c("all_to_all", heads + kv) + c("all_to_all", heads)
+    added = {li: tuple(x + (cp - 1) * ci + comm_s if ci > 0 else x
+                       for x, ci, comm_s in zip(lat[li], cr, (fwd, bwd, fwd)))
+             for li, cr in core.items() if cr[0] > 0}
+    assert added, "llama2-7b has attention layers"
+    ch = chain_from_graph(g, layer_latency={**lat, **added}, layer_tp_s=tps)
+    want = evaluate_plan(ch, 2, 2, 16, recompute, hbm_bytes=arch.hbm_bytes, links=links,
+                         options=PlanOptions(**MEGATRON_OPTIONS, cp=cp, **opts),
+                         peak_flops=arch.peak_flops,
+                         hbm_bw_Bps=arch.hbm_bw_Bps * prm.hbm_bw_efficiency)
+    assert got["time_per_batch_s"] == pytest.approx(want["time_per_batch_s"], rel=1e-12)
+    assert got["plan_options"]["cp_comm_type"] == comm
+    ring = evaluate_model(spec, arch, tp=tp, pp=2, dp=2, mbs=mbs, batch=16, recompute=recompute,
+                          seq=seq, cp=cp, graph_options={"attention": "flash"})
+    # the same core work; only the ring hides its sends behind it
+    assert got["time_per_batch_s"] > ring["time_per_batch_s"]
+    assert got["model_flops"] == pytest.approx(ring["model_flops"], rel=1e-12)
+
+
+def test_cp_comm_type_refusals():
+    # Megatron-Core's names only; a2a splits the heads a TP rank holds (TE: num_heads %
+    # cp_size == 0 for Q, K and V)
+    from phaze.hw.presets import get_preset
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+    from phaze.place.plan import PlanOptions
+
+    with pytest.raises(ValueError, match="cp_comm_type"):
+        PlanOptions(cp_comm_type="ring")
+    with pytest.raises(ValueError, match="cp = 8 must divide the 4 key/value heads"):
+        evaluate_model(get_model("llama3-8b"), get_preset("h100"), tp=2, pp=1, dp=1, mbs=1,
+                       batch=4, recompute="none", seq=32768, cp=8, sequence_parallel=True,
+                       options={"cp_comm_type": "a2a"})
+
+
 def test_megatron_2021_profile_fp16_reduction_accumulation_and_ddp_impl():
     # Narayanan SC'21 run scripts (--fp16): gradients reduced in fp16 (half the 2022
     # profile's fp32 bytes), accumulated by AccumulateGrad at 6 B/param per microbatch after

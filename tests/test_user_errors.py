@@ -697,3 +697,19 @@ def test_hf_config_models_are_named_as_the_config_names_them(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     err = _one_line_error(["check-config", "--config", str(tmp_path / "c.yaml")], "config")
     assert "heads of my-gpt" in err and "of config" not in err, err
+
+
+@pytest.mark.parametrize("extra, want", [
+    (["--cp", "1", "--cp-comm-type", "a2a"],
+     "--cp-comm-type: sets how context parallelism exchanges keys, which is off; fix: add "
+     "--cp N (N > 1), or drop --cp-comm-type"),
+    (["--cp", "8", "--cp-comm-type", "a2a"],
+     "--cp-comm-type: cp = 8 must divide the 4 key/value heads of llama3-8b per TP rank "
+     "(t = 2); fix: use --cp-comm-type p2p or allgather, or a --cp dividing the heads per TP "
+     "rank"),
+])
+def test_cp_comm_type_user_errors(extra, want):
+    argv = ["evaluate", "--arch", "h100", "--framework", "megatron-core-2024", "--model",
+            "llama3-8b", "--seq", "32768", "--tp", "2", "--pp", "1", "--dp", "1", "--mbs", "1",
+            "--batch", "8", "--recompute", "none", "--sequence-parallel"] + extra
+    assert _one_line_error(argv, "--cp-comm-type") == "phaze: error: " + want

@@ -632,7 +632,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     phaze.place.plan.context_parallel_chain's); graph.seq stays the full sequence and
     graph.kv_bytes holds the K and V one step sends (2 x mbs x seq / cp x kv heads / tp x
     head dim x dtype bytes; MLA: mbs x seq / cp x heads / tp x (qk + v head dims) x dtype
-    bytes, `_kv_bytes`).
+    bytes, `_kv_bytes`), graph.q_bytes / o_bytes the chunk's Q and attention output (what
+    an all-to-all CP moves beside them, `_qo_bytes`).
 
     attention: "eager" materialises the s x s scores and probabilities (HF eager, Megatron's
     unfused softmax); "flash" is one fused kernel per pass that keeps only Q, K, V, O and the
@@ -715,7 +716,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
                       cp=cp, expert_tp=et, moe_experts=spec.experts, moe_top_k=spec.top_k,
                       ep=ep if spec.experts else 0, moe_dispatcher=c.moe_dispatcher,
-                      kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
+                      kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes),
+                      **_qo_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
 
 
 def dividing_eps(experts: int, eps) -> tuple[int, ...]:
@@ -753,6 +755,17 @@ def _kv_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) 
         return float(mbs * chunk * (spec.heads // tp) * (spec.qk_head_dim + spec.v_head_dim)
                      * dtype_bytes)
     return float(2 * mbs * chunk * max(1, spec.n_kv_heads // tp) * spec.d_head * dtype_bytes)
+
+
+def _qo_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> dict:
+    """Q and the attention output O of one device's sequence chunk ({"q_bytes",
+    "o_bytes"}): what an all-to-all context-parallel core moves beside K and V (Transformer
+    Engine's AttnFuncWithCPAndQKVOA2A, DeepSpeed-Ulysses): heads / tp of the query's head
+    dim (MLA: nope + rope) and of V's (MLA: v_head_dim)."""
+    heads = mbs * chunk * (spec.heads // tp) * dtype_bytes
+    if spec.mla:
+        return {"q_bytes": float(heads * spec.qk_head_dim), "o_bytes": float(heads * spec.v_head_dim)}
+    return {"q_bytes": float(heads * spec.d_head), "o_bytes": float(heads * spec.d_head)}
 
 
 def check_expert_tp(spec: ModelSpec, tp: int, expert_tp: int, sequence_parallel: bool) -> None:

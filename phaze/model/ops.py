@@ -154,6 +154,10 @@ class ModelGraph:
     apex_layernorm: bool = False    # two-pass LayerNorm backward (build_graph)
     cp: int = 1                     # context-parallel size: ops are for seq / cp tokens
     kv_bytes: float = 0.0           # K and V of one device's seq / cp chunk per microbatch
+    # Q and the attention output O of that chunk (what an all-to-all CP, Ulysses, moves
+    # beside K and V; build_graph's _qo_bytes); 0 in graphs saved before they were recorded
+    q_bytes: float = 0.0
+    o_bytes: float = 0.0
     expert_tp: int = 0              # expert tensor-parallel size (MoE); 0 = tp
     moe_experts: int = 0            # routed experts per MoE block (0: dense)
     moe_top_k: int = 0              # experts each token is routed to

@@ -28,7 +28,8 @@ def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
          "dtype_bytes": graph.dtype_bytes, "params_total": graph.params_total,
          "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple,
          "unfused_bias": graph.unfused_bias, "apex_layernorm": graph.apex_layernorm,
-         "cp": graph.cp, "kv_bytes": graph.kv_bytes, "expert_tp": graph.expert_tp, "ep": graph.ep,
+         "cp": graph.cp, "kv_bytes": graph.kv_bytes,
+         "q_bytes": graph.q_bytes, "o_bytes": graph.o_bytes, "expert_tp": graph.expert_tp, "ep": graph.ep,
          "moe_dispatcher": graph.moe_dispatcher,
          "moe_experts": graph.moe_experts, "moe_top_k": graph.moe_top_k,
          "layers": layers}
@@ -62,6 +63,7 @@ def graph_from_dict(d: dict) -> ModelGraph:
                       unfused_bias=d.get("unfused_bias", False),
                       apex_layernorm=d.get("apex_layernorm", False),
                       cp=d.get("cp", 1), kv_bytes=d.get("kv_bytes", 0.0),
+                      q_bytes=d.get("q_bytes", 0.0), o_bytes=d.get("o_bytes", 0.0),
                       expert_tp=d.get("expert_tp", 0), ep=d.get("ep", 0),
                       moe_dispatcher=d.get("moe_dispatcher", "alltoall"), moe_experts=d.get("moe_experts", 0),
                       moe_top_k=d.get("moe_top_k", 0))

@@ -216,4 +216,8 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                         "moe_dispatcher": (getattr(graph, "moe_dispatcher", "alltoall")
                                            if graph.ep and graph.moe_experts // graph.ep > 1
                                            else None),
-                        "a2a_rerun": np.array(reruns)})
+                        "a2a_rerun": np.array(reruns),
+                        # Q and O of a layer with kv_bytes (the all-to-all CP's payload
+                        # beside K and V; 0: a graph saved before they were recorded)
+                        "cp_q_bytes": float(getattr(graph, "q_bytes", 0.0)),
+                        "cp_o_bytes": float(getattr(graph, "o_bytes", 0.0))})

@@ -88,6 +88,10 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="Megatron-LM --DDP-impl: torch reduces fp16/bf16 gradient buckets during "
                         "the last microbatch's backward, local after it")
     e.add_argument("--cp", type=int, default=1, help="context-parallel size (ring attention)")
+    e.add_argument("--cp-comm-type", choices=["p2p", "allgather", "a2a"], default=None,
+                   help="Megatron-Core --cp-comm-type of --cp: p2p (ring, K/V sends overlapped "
+                        "with the core; its default), allgather (K/V all-gathered, exposed; "
+                        "Llama 3) or a2a (Q/K/V/O all-to-alls, exposed; DeepSpeed-Ulysses)")
     e.add_argument("--ep", type=int, default=1,
                    help="expert-parallel size (MoE layers; a placement row's ep)")
     e.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform",
@@ -425,6 +429,10 @@ def _plan_error(message: str, args) -> UserError:
         fix = ("drop --ep: a dense model has no experts to spread" if "dense model" in message
                else "use an --ep dividing the experts (and --dp x --cp), or drop it")
         return UserError(message, field="--ep", fix=fix)
+    if message.startswith("cp comm type a2a:"):
+        return UserError(message[len("cp comm type a2a: "):], field="--cp-comm-type",
+                         fix="use --cp-comm-type p2p or allgather, or a --cp dividing the heads "
+                             "per TP rank")
     if message.startswith("moe options:"):
         return UserError(message[len("moe options: "):], field="--moe-token-dispatcher/--overlap",
                          fix="drop --moe-token-dispatcher and --overlap moe_ep_comm for a dense model")
@@ -514,7 +522,7 @@ def _evaluate_grid(args, spec, settings, seq):
                    "pipeline_layout": None, "mtp_layers": 0,
                    "moe_token_dispatcher": "alltoall", "expert_tp": 0,
                    "recompute_modules": None, "recompute_method": "uniform",
-                   "recompute_num_layers": 1}
+                   "recompute_num_layers": 1, "cp_comm_type": None}
     for name, default in preset_only.items():
         if getattr(args, name, default) != default:
             flag = {"account_embedding": "--account-for-embedding-in-pipeline-split",
@@ -614,6 +622,11 @@ def _overlap_options(args) -> dict:
     o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
     if getattr(args, "moe_token_dispatcher", "alltoall") != "alltoall":
         o["moe_token_dispatcher"] = args.moe_token_dispatcher
+    if getattr(args, "cp_comm_type", None):
+        if args.cp <= 1:
+            raise UserError("sets how context parallelism exchanges keys, which is off",
+                            field="--cp-comm-type", fix="add --cp N (N > 1), or drop --cp-comm-type")
+        o["cp_comm_type"] = args.cp_comm_type
     method = getattr(args, "recompute_method", "uniform")
     layers = getattr(args, "recompute_num_layers", 1)
     if (method, layers) != ("uniform", 1):
@@ -654,6 +667,7 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
             (f"expert TP {po.get('expert_tp')}", po.get("expert_tp")),
             (f"dispatcher {po.get('moe_token_dispatcher')}",
              po.get("moe_token_dispatcher", "alltoall") != "alltoall"),
+            (f"CP {po.get('cp_comm_type')}", args.cp > 1),
             (f"grads {po.get('grad_bytes', 0):g} B", True),
             (f"recompute {po.get('recompute_method')} {po.get('recompute_num_layers')}",
              (po.get("recompute_method"), po.get("recompute_num_layers")) != ("uniform", 1)),

@@ -195,6 +195,17 @@ def _check_ep(spec, ep: int) -> None:
                          f"({spec.experts or 'none: a dense model'})")
 
 
+def _check_cp_a2a(spec, tp: int, cp: int) -> None:
+    """ValueError unless an all-to-all CP of size cp can split the attention heads a TP
+    rank holds: Transformer Engine's AttnFuncWithCPAndQKVOA2A requires num_heads % cp_size
+    == 0 for Q, K and V (heads / tp query heads; K / V: the kv heads / tp, MLA: heads / tp)."""
+    kv = spec.heads if spec.mla else spec.n_kv_heads
+    for what, n in (("query", spec.heads // tp), ("key/value", max(1, kv // tp))):
+        if n % cp:
+            raise ValueError(f"cp comm type a2a: cp = {cp} must divide the {n} {what} heads "
+                             f"of {spec.name} per TP rank (t = {tp})")
+
+
 def async_tp_exposed(ops, lat_s, contention: float = 0.0):
     """Backward op latencies (seconds, one per op of `ops`) with the TP collectives that
     Megatron overlaps replaced by their exposed part. Megatron-LM's
@@ -392,6 +403,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         raise ValueError(f"moe options: {spec.name} is a dense model (no token dispatcher, no "
                          "expert-parallel all-to-alls to overlap)")
     _check_ep(spec, ep)
+    if cp > 1 and opts.cp_comm_type == "a2a":
+        _check_cp_a2a(spec, tp, cp)
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
     # overlapped DP collectives take their NCCL channels' SMs from the compute beside them

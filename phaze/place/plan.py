@@ -50,6 +50,10 @@ from phaze.model.graph import MOE_DISPATCHERS, dividing_eps
 from phaze.settings import RECOMPUTE_MODES
 from phaze.place.chain import Chain
 
+# Megatron-Core --cp-comm-type values phaze costs (context_parallel_chain); its hierarchical
+# "a2a+p2p" is not modelled.
+CP_COMM_TYPES = ("p2p", "allgather", "a2a")
+
 
 @dataclass(frozen=True)
 class Links:
@@ -148,6 +152,9 @@ class PlanOptions:
     overlap_p2p: bool = False            # --overlap-p2p-communication (interleaved 1F1B)
     bucket_params: float = 40e6          # Megatron DDP bucket (parameters) for the overlaps
     cp: int = 1                          # context-parallel size (chain built for seq / cp)
+    # Megatron-Core --cp-comm-type (CP_COMM_TYPES): how the attention core reaches the other
+    # chunks' keys (context_parallel_chain): "p2p" ring, "allgather" or "a2a" (Ulysses)
+    cp_comm_type: str = "p2p"
     ep: int = 1                          # expert-parallel size (MoE layers; expert_parallel_chain)
     expert_tp: int = 0                   # expert tensor-parallel size (0 = t; grad_groups)
     # full recomputation as Megatron's --recompute-method / --recompute-num-layers: "uniform"
@@ -207,6 +214,9 @@ class PlanOptions:
     async_tensor_model_parallel_allreduce: bool = False
 
     def __post_init__(self):
+        if self.cp_comm_type not in CP_COMM_TYPES:
+            raise ValueError(f"PlanOptions.cp_comm_type must be one of {CP_COMM_TYPES}, got "
+                             f"{self.cp_comm_type!r}")
         for f in ("comm_sm_share", "comm_sm_share_net", "flex_sm_share"):
             v = getattr(self, f)
             if not 0.0 <= v <= 1.0:
@@ -864,7 +874,8 @@ def expert_parallel_chain(chain: Chain, ep: int, links: Links, options: PlanOpti
 def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOptions) -> Chain:
     """The chain under context parallelism of size cp (Megatron-Core CP: Transformer
     Engine's ring attention with the load-balanced causal split; Liu et al. 2023, "Ring
-    Attention with Blockwise Transformers"). The chain is built for seq / cp tokens per
+    Attention with Blockwise Transformers"; options.cp_comm_type "p2p", the default; the
+    others below). The chain is built for seq / cp tokens per
     device, so every op but the attention core is already right; the core sees all seq
     keys: cp steps of the local core each (each device holds 1/cp of the causal work),
     the K, V chunk (Chain.kv_bytes) travelling cp - 1 send/recv steps around the CP group
@@ -875,7 +886,19 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
     (core_recompute_s, kv_bytes; only where it re-runs a core). Full recomputation re-runs
     the forward, ring included. Returns the chain with kv_bytes 0 (no second application)
     and extra["cp_ring_s"] per layer (fwd + bwd), its FLOPs counting the cp - 1 further
-    core steps (Chain.core_flops_*); cp = 1 or no kv_bytes: `chain`."""
+    core steps (Chain.core_flops_*); cp = 1 or no kv_bytes: `chain`.
+
+    The other --cp-comm-type values, as Transformer Engine runs them
+    (attention/dot_product_attention/context_parallel.py), each core doing the same 1/cp of
+    the causal work (cp local-core times; one larger kernel is charged as cp local ones):
+    "allgather" (AttnFuncWithCPAndKVAllGather, Llama 3's CP: "KV all-gather between CP
+    ranks is exposed"): the forward all-gathers K and V over the CP group (cp x kv_bytes
+    gathered), the backward gathers them again and reduce-scatters dK and dV, none of it
+    overlapped; "a2a" (AttnFuncWithCPAndQKVOA2A, DeepSpeed-Ulysses, Jacobs et al. 2023):
+    all-to-alls turn the sequence shard into a head shard before the core (Q, K, V:
+    chain.extra["cp_q_bytes"] + kv_bytes per device) and back after it (O,
+    extra["cp_o_bytes"]); the backward moves dO in and dQ, dK, dV out; exposed. A
+    selective recomputation of the core re-runs its forward communication too."""
     from dataclasses import replace
 
     from phaze.cost.collective import collective_time
@@ -885,17 +908,34 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
     sizes, inv = np.unique(chain.kv_bytes, return_inverse=True)
     inv = inv.reshape(-1)
 
-    def send(mult):
-        return np.array([collective_time("send_recv", float(b) * mult, cp, chain.t, links,
+    def per_layer(kind, payload):
+        """collective_time of `kind` over the CP group (cp devices, stride t) for each
+        layer's payload(kv_bytes) bytes."""
+        return np.array([collective_time(kind, payload(float(b)), cp, chain.t, links,
                                          src_dtype_bytes=1.0, topology=options.collectives,
                                          bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
                          for b in sizes])[inv]
     on = chain.kv_bytes > 0
-    sf, sb = send(1.0), send(2.0)
-    ring_f = np.where(on, (cp - 1) * np.maximum(chain.core_fwd_s, sf), 0.0)
-    ring_b = np.where(on, (cp - 1) * np.maximum(chain.core_bwd_s, sb), 0.0)
-    ring_r = np.where(on & (chain.core_recompute_s > 0),
-                      (cp - 1) * np.maximum(chain.core_recompute_s, sf), 0.0)
+    rec = on & (chain.core_recompute_s > 0)
+    if options.cp_comm_type == "p2p":
+        sf, sb = per_layer("send_recv", lambda b: b), per_layer("send_recv", lambda b: 2 * b)
+        ring_f = np.where(on, (cp - 1) * np.maximum(chain.core_fwd_s, sf), 0.0)
+        ring_b = np.where(on, (cp - 1) * np.maximum(chain.core_bwd_s, sb), 0.0)
+        ring_r = np.where(rec, (cp - 1) * np.maximum(chain.core_recompute_s, sf), 0.0)
+    else:
+        if options.cp_comm_type == "allgather":
+            comm_f = per_layer("all_gather", lambda b: cp * b)
+            comm_b = comm_f + per_layer("reduce_scatter", lambda b: cp * b)
+        else:
+            q, o = chain.extra.get("cp_q_bytes", 0.0), chain.extra.get("cp_o_bytes", 0.0)
+            if not (q > 0 and o > 0):
+                raise ValueError("cp_comm_type a2a needs the chain's Q and O bytes "
+                                 "(extra cp_q_bytes / cp_o_bytes): rebuild its graph")
+            qkv, out = per_layer("all_to_all", lambda b: q + b), per_layer("all_to_all", lambda b: o)
+            comm_f = comm_b = qkv + out
+        ring_f = np.where(on, (cp - 1) * chain.core_fwd_s + comm_f, 0.0)
+        ring_b = np.where(on, (cp - 1) * chain.core_bwd_s + comm_b, 0.0)
+        ring_r = np.where(rec, (cp - 1) * chain.core_recompute_s + comm_f, 0.0)
     # the model FLOPs of the other cp - 1 steps (the device's 1/cp of the causal work)
     steps = np.where(on, cp - 1.0, 0.0)
     return replace(chain, fwd_s=chain.fwd_s + ring_f, bwd_s=chain.bwd_s + ring_b,
