@@ -408,3 +408,33 @@ def test_plain_model_with_experts_dp_equals_evaluate_plan(seed):
         assert got is None
     else:
         assert got["time_per_batch_s"] == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed, comm", [(s, c) for s in range(4) for c in ("allgather", "a2a")])
+def test_dp_with_cp_comm_types_equals_evaluate_plan(seed, comm):
+    """--cp-comm-type allgather / a2a (plan.context_parallel_chain) in the DP: its optimum
+    over recompute modes and ZeRO stages equals the least evaluate_plan over every (d, p,
+    partition) at cp 2, and differs from the p2p ring's (its exposed collectives)."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(7000 + seed)
+    ch = rand_moe_chain(rng)
+    # dense, and every layer attention-like (a K, V chunk and a core)
+    ch = replace(ch, a2a_bytes=np.zeros(ch.n), expert_param_count=np.zeros(ch.n),
+                 kv_bytes=rng.integers(1, 200, ch.n) * 1e6,
+                 extra={**ch.extra, "cp_q_bytes": 3e7, "cp_o_bytes": 3e7})
+    links = Links(levels=rand_levels(rng))
+    devices, batch, cp = 16, 8, 2
+    hbm = 1e12
+    for rec in ("none", "selective"):
+        opts = PlanOptions(optimizer="adam", collectives="nccl", cp=cp, cp_comm_type=comm)
+        got = best_plans(ch, devices, batch, (hbm,), (rec,), links=links, options=opts,
+                         eps=(1,))[(hbm, rec)]
+        want = min(evaluate_plan(ch, p, d, batch, rec, stages=st, hbm_bytes=hbm, links=links,
+                                 options=opts)["time_per_batch_s"]
+                   for d in (1, 2, 4, 8) for p in range(1, ch.n + 1)
+                   if ch.t * cp * d * p <= devices for st in partitions(ch.n, p))
+        assert got["time_per_batch_s"] == pytest.approx(want, rel=1e-9)
+        ring = best_plans(ch, devices, batch, (hbm,), (rec,), links=links,
+                          options=replace(opts, cp_comm_type="p2p"), eps=(1,))[(hbm, rec)]
+        assert got["time_per_batch_s"] != pytest.approx(ring["time_per_batch_s"], rel=1e-9)
