@@ -77,6 +77,10 @@ MOE_DISPATCHERS = ("alltoall", "flex")
 # what check_token_drop calls the token-drop settings by default: build_graph's parameters
 TOKEN_DROP_NAMES = {"factor": "moe_expert_capacity_factor",
                     "pad": "moe_pad_expert_input_to_capacity", "dispatcher": "moe_dispatcher"}
+# ... and the flags of `phaze evaluate` and `phaze graph` (Megatron-Core's names)
+TOKEN_DROP_FLAGS = {"factor": "--moe-expert-capacity-factor",
+                    "pad": "--moe-pad-expert-input-to-capacity",
+                    "dispatcher": "--moe-token-dispatcher"}
 
 
 def routed_slots(tokens: int, top_k: int, experts: int, capacity_factor: float | None = None,
