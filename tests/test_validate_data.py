@@ -288,9 +288,9 @@ def test_bridge_rows_are_consistent_megatron_plans():
 
     t, rows = _bridge_rows()
     cs = data.cases(data.TABLE_BRIDGE)
-    assert len(cs) == 33 and len({c.name for c in cs}) == 33
+    assert len(cs) == 35 and len({c.name for c in cs}) == 35
     # DSV3/25.09/fp8_sc is row 4's figure in parentheses
-    assert len({r["row"] for r in rows}) == 32
+    assert len({r["row"] for r in rows}) == 34
     for r, c in zip(rows, cs):
         assert r["seconds_per_iteration"] == pytest.approx(
             r["batch"] * r["seq"] / (r["tokens_per_s_per_gpu"] * r["gpus"]), abs=0.005), c.name
@@ -315,6 +315,9 @@ def test_bridge_rows_are_consistent_megatron_plans():
         assert (opts.get("moe_token_dispatcher") == "flex") == (r["dispatcher"] == "flex")
         assert opts.get("overlap_moe_expert_parallel_comm", False) == r["a2a_overlap"]
         assert (opts.get("zero_stage") == 3) == r["fsdp"] == (c.name == "L3-8B/25.09/fsdp")
+        # token dropping: the 25.09 Qwen3 runs only (apply_moe_token_drop's defaults)
+        drop = (c.moe_expert_capacity_factor, c.moe_pad_expert_input_to_capacity)
+        assert drop == ((1.0, True) if r["model"].endswith("-tokendrop") else (None, False))
     # the transcription's caveats, and the only model grown by its MTP block
     assert {c.name: c.caveat for c in cs if c.caveat} == {
         "L3.1-405B/25.09": "account_split_unverified", "L3-8B/25.11/rc5": "fsdp_or_recompute",
@@ -351,6 +354,13 @@ BRIDGE_DIRECT = {
                           fp8=True, acc=True, kw={},
                           opts={"moe_token_dispatcher": "flex",
                                 "overlap_moe_expert_parallel_comm": True}),
+    # MoE token dropping: Qwen3-235B at 25.09, capacity factor 1.0 padded (Megatron-Bridge
+    # r0.1.0 apply_moe_token_drop), alltoall, no EP overlap
+    "Q3-235B/25.09/drop": dict(model="qwen3-235b-a22b", tp=2, pp=8, cp=1, dp=16, batch=2048,
+                               seq=4096, interleave=4, ep=32, expert_tp=1, recompute="none",
+                               fp8=True, acc=True, kw={},
+                               opts={"moe_expert_capacity_factor": 1.0,
+                                     "moe_pad_expert_input_to_capacity": True}),
     # recompute modules (selective mla_up_proj, mlp), MTP as a 62nd (MoE) layer, DeepEP;
     # the row runs the recipe's layout Et|(tt|)*30mL, spelt out here by the account
     # switches (the same 32 chunks)
@@ -398,3 +408,33 @@ def test_bridge_row_end_to_end_equals_the_direct_formula_route(name):
     assert p.predicted == pytest.approx(direct, rel=1e-9)
     assert p.memory_per_device_bytes == pytest.approx(r["memory_per_device_bytes"], rel=1e-9)
     assert p.memory_per_device_bytes <= get_preset("h100").hbm_bytes
+
+
+def test_bridge_token_drop_rows_load_and_evaluate():
+    # the 25.09 Qwen3 token-drop rows (held out): Megatron-Bridge r0.1.0's run_script.py
+    # applies apply_moe_token_drop (capacity factor 1.0, padded) with the alltoall
+    # dispatcher; the rows evaluate through `phaze validate`'s route, and with the
+    # capacity equal to the balanced share (n top_k / E whole) phaze's time is the dropless
+    # one (the dropless path's host synchronisation is not modelled: docs/validate.md)
+    from dataclasses import replace
+
+    from phaze.validate.evaluate import plan_evaluator, predict
+
+    cs = {c.name: c for c in data.cases(data.TABLE_BRIDGE)}
+    rows = {"Q3-30B/25.09/drop": ("qwen3-30b-a3b", 10494.0, (2, 24), 8),
+            "Q3-235B/25.09/drop": ("qwen3-235b-a22b", 1204.0, (1, 4), 32)}
+    for name, (zoo, measured, (mbs, v), ep) in rows.items():
+        c = cs[name]
+        assert (c.zoo, c.measured, c.microbatch, c.interleave, c.ep) == (zoo, measured, mbs, v, ep)
+        assert (c.moe_expert_capacity_factor, c.moe_pad_expert_input_to_capacity) == (1.0, True)
+        assert c.expert_tp == 1 and c.fp8 and c.fp8_recipe == "tensorwise"
+        assert dict(c.plan_options).get("moe_token_dispatcher", "alltoall") == "alltoall"
+        assert c.recompute == "none" and c.caveat == ""
+        p = predict(c, plan_evaluator)
+        assert not p.searched and (p.mbs, p.interleave) == (mbs, v)
+        assert 0 < p.predicted < float("inf")
+        dropless = predict(replace(c, moe_expert_capacity_factor=None,
+                                   moe_pad_expert_input_to_capacity=False), plan_evaluator)
+        assert p.predicted == pytest.approx(dropless.predicted, rel=1e-12)
+        padded = predict(replace(c, moe_expert_capacity_factor=1.25), plan_evaluator)
+        assert padded.predicted < p.predicted

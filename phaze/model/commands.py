@@ -36,6 +36,15 @@ def register(sub) -> None:
                         "Engine's GroupedLinear launches them; a divisor of the routed experts, "
                         "or 0 (default): one GEMM of all the device's token slots. A dense "
                         "model's graph has ep 0 whatever is given")
+    p.add_argument("--moe-expert-capacity-factor", type=float, metavar="CF",
+                   help="Megatron-Core --moe-expert-capacity-factor (MoE models): token "
+                        "dropping, each expert takes at most ceil(tokens x top_k / experts x "
+                        "CF) slots of the tokens one device's router sees, routing balanced "
+                        "(default: dropless). The sweep's schedule tables do not key it")
+    p.add_argument("--moe-pad-expert-input-to-capacity", action="store_true",
+                   help="Megatron-Core --moe-pad-expert-input-to-capacity: with "
+                        "--moe-expert-capacity-factor, every expert computes exactly its "
+                        "capacity (dropped or padded)")
     p.add_argument("--fused", action="store_true", help="fuse GEMMs with their element-wise epilogues")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
     p.add_argument("--name", help="the model's name in the graph and every table built from it "
@@ -94,6 +103,8 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
         "attention": graph.attention, "vocab_pad_multiple": graph.vocab_pad_multiple,
         "unfused_bias": graph.unfused_bias, "apex_layernorm": graph.apex_layernorm,
         "cp": graph.cp, "kv_bytes": graph.kv_bytes, "ep": graph.ep,
+        "moe_expert_capacity_factor": graph.moe_expert_capacity_factor,
+        "moe_pad_expert_input_to_capacity": graph.moe_pad_expert_input_to_capacity,
         "params": graph.params_total,
         "flops_fwd": model_graph_t1.flops("fwd"),
         "flops_bwd": model_graph_t1.flops("bwd"),
@@ -137,8 +148,15 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if args.vocab_pad_multiple < 1:
         raise UserError(f"must be a positive integer, got {args.vocab_pad_multiple}", field="vocab-pad-multiple",
                         fix="give --vocab-pad-multiple 1 or more")
+    from phaze.model.graph import TOKEN_DROP_FLAGS, check_token_drop
+
+    check_token_drop(spec, args.moe_expert_capacity_factor, args.moe_pad_expert_input_to_capacity,
+                     names=TOKEN_DROP_FLAGS)
+    # the token dropping goes into the model-FLOPs graph below too: the slots computed
     opts = dict(fused=args.fused, dtype_bytes=args.dtype_bytes, attention=args.attention,
-                vocab_pad_multiple=args.vocab_pad_multiple)
+                vocab_pad_multiple=args.vocab_pad_multiple,
+                moe_expert_capacity_factor=args.moe_expert_capacity_factor,
+                moe_pad_expert_input_to_capacity=args.moe_pad_expert_input_to_capacity)
     g = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp, sequence_parallel=args.sequence_parallel,
                     cp=args.cp, ep=args.ep, **opts)
     check_graph_size(g)
@@ -169,6 +187,8 @@ def _print_table(g: ModelGraph, s: dict) -> None:
     print(f"{g.model}: seq {g.seq}, microbatch {g.mbs}, tp {g.tp}"
           f"{f', cp {g.cp} ({g.tokens_per_device} tokens per device; the attention core is one of the cp ring steps, the placement adds the other {g.cp - 1})' if g.cp > 1 else ''}"
           f"{f', ep {g.ep} ({g.moe_experts // g.ep} local experts)' if g.ep else ''}"
+          f"{f', token drop capacity factor {g.moe_expert_capacity_factor:g}' if g.moe_expert_capacity_factor is not None else ''}"
+          f"{' padded' if g.moe_pad_expert_input_to_capacity else ''}"
           f"{', sequence parallel' if g.sequence_parallel else ''}{', fused' if g.fused else ''}"
           f", {g.attention} attention - sizes per device")
     hdr = f"  {'pass':4s} {'op':32s} {'kind':10s} {'dims / class':22s} {'GFLOP':>10s} {'MB read':>9s} {'MB writ':>9s} {'MB saved':>9s}"

@@ -23,6 +23,7 @@ s b h (34 + 5 a s / h) bytes without parallelism.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -73,6 +74,75 @@ TOKEN_ID_BYTES = 8  # int64 token ids
 # routed slot, sorted by local expert on arrival) and "flex" (DeepEP / HybridEP: one copy
 # per remote node, permuted on arrival)
 MOE_DISPATCHERS = ("alltoall", "flex")
+# what check_token_drop calls the token-drop settings by default: build_graph's parameters
+TOKEN_DROP_NAMES = {"factor": "moe_expert_capacity_factor",
+                    "pad": "moe_pad_expert_input_to_capacity", "dispatcher": "moe_dispatcher"}
+# ... and the flags of `phaze evaluate` and `phaze graph` (Megatron-Core's names)
+TOKEN_DROP_FLAGS = {"factor": "--moe-expert-capacity-factor",
+                    "pad": "--moe-pad-expert-input-to-capacity",
+                    "dispatcher": "--moe-token-dispatcher"}
+
+
+def routed_slots(tokens: int, top_k: int, experts: int, capacity_factor: float | None = None,
+                 pad: bool = False) -> int:
+    """Routed token slots (rows of width h) one device permutes, sends over EP and feeds to
+    the experts for the `tokens` its router sees, under balanced routing (phaze's
+    assumption: Megatron-Core's benchmarks force-balance the router).
+
+    capacity_factor None (Megatron-Core's default, dropless): tokens x top_k. Otherwise
+    each expert takes at most capacity = ceil(tokens x top_k / experts x capacity_factor)
+    slots (megatron/core/transformer/moe/moe_utils.py get_capacity, called by
+    apply_router_token_dropping over the [tokens, experts] routing map of ONE device's
+    router). pad (--moe-pad-expert-input-to-capacity): the alltoall dispatcher permutes,
+    sends and computes exactly capacity slots per expert, dropped or padded
+    (token_dispatcher.py MoEAlltoAllTokenDispatcher.preprocess with drop_and_pad:
+    num_out_tokens = capacity x num_experts): experts x capacity. Without pad: the slots
+    the router kept, min(balanced share, capacity) per expert: min(tokens x top_k,
+    experts x capacity), tokens x top_k x min(1, capacity_factor) up to rounding (a
+    factor below 1 drops slots; at or above 1 nothing drops under balance)."""
+    slots = tokens * top_k
+    if capacity_factor is None:
+        return slots
+    capacity = math.ceil(slots / experts * capacity_factor)
+    return experts * capacity if pad else min(slots, experts * capacity)
+
+
+def check_token_drop(spec: ModelSpec, capacity_factor: float | None, pad: bool,
+                     dispatcher: str = "alltoall", names: dict | None = None) -> None:
+    """UserError unless Megatron-Core's token dropping can run as given and phaze models
+    it: pad needs a capacity factor (transformer_config.py: "moe_expert_capacity_factor
+    must be set to use moe_pad_expert_input_to_capacity"); the factor must be a finite
+    number > 0 (Megatron-Core turns a negative one into None, dropless: give None); an MoE
+    model; the alltoall dispatcher (Megatron-Bridge's apply_moe_token_drop asserts it,
+    Megatron-Core refuses padding with the flex dispatcher, and phaze's flex cost,
+    phaze.cost.collective.dedup_dispatch_time, counts top_k copies of every token, not
+    the slots kept). `names`: what the caller calls the settings (keys of
+    TOKEN_DROP_NAMES; CLI flags), in the error's field and fix."""
+    from phaze.errors import UserError
+
+    n = {**TOKEN_DROP_NAMES, **(names or {})}
+    if capacity_factor is None:
+        if pad:
+            raise UserError("pads each expert's input to its capacity, which needs a capacity "
+                            "factor", field=n["pad"],
+                            fix=f"add {n['factor']} (1.0 in Megatron-Bridge's token-drop "
+                                f"recipes), or drop {n['pad']}")
+        return
+    if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, (int, float)) \
+            or not 0 < capacity_factor < math.inf:
+        raise UserError(f"must be a number > 0, got {capacity_factor!r}", field=n["factor"],
+                        fix=f"give a positive factor (1.0: each expert takes its balanced "
+                            f"share of the token slots), or drop {n['factor']} for dropless MoE")
+    if not spec.experts:
+        raise UserError(f"{spec.name} is a dense model (no routed experts to drop tokens of)",
+                        field=n["factor"], fix=f"drop {n['factor']} and {n['pad']} for a dense "
+                                               "model")
+    if dispatcher != "alltoall":
+        raise UserError(f"token dropping is modelled with the alltoall dispatcher only, not "
+                        f"{dispatcher} (Megatron-Core refuses padding to capacity with flex; "
+                        "phaze's flex cost counts top_k copies of every token)",
+                        field=n["factor"],
+                        fix=f"use {n['dispatcher']} alltoall, or drop {n['factor']}")
 
 
 @dataclass
@@ -579,6 +649,13 @@ class _Ctx:
     ep: int = 0                  # expert-parallel size; 0 = not given (expert GEMMs as one)
     recompute_hits: set = field(default_factory=set)   # modules that re-ran something
     moe_dispatcher: str = "alltoall"   # Megatron-Core --moe-token-dispatcher-type
+    capacity_factor: float | None = None   # --moe-expert-capacity-factor; None: dropless
+    pad_to_capacity: bool = False          # --moe-pad-expert-input-to-capacity
+
+    def slots(self, tokens: int) -> int:
+        """Routed slots for the `tokens` one device's router sees (routed_slots)."""
+        return routed_slots(tokens, self.spec.top_k, self.spec.experts, self.capacity_factor,
+                            self.pad_to_capacity)
 
     @property
     def sorts_chunks(self) -> bool:
@@ -623,7 +700,9 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                 unfused_bias: bool = False, apex_layernorm: bool = False,
                 cp: int = 1, expert_tp: int = 0,
                 recompute_modules: tuple | None = None, ep: int = 0,
-                moe_dispatcher: str = "alltoall") -> ModelGraph:
+                moe_dispatcher: str = "alltoall",
+                moe_expert_capacity_factor: float | None = None,
+                moe_pad_expert_input_to_capacity: bool = False) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
@@ -663,7 +742,16 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     moe_dispatcher: Megatron-Core's --moe-token-dispatcher-type the plan runs (one of
     MOE_DISPATCHERS): "alltoall" copies the experts' token slots into local-expert order and
     back when a device holds several experts (ep given, "moe.sort_chunks" /
-    "moe.unsort_chunks"); "flex" (DeepEP / HybridEP) does not."""
+    "moe.unsort_chunks"); "flex" (DeepEP / HybridEP) does not.
+
+    moe_expert_capacity_factor, moe_pad_expert_input_to_capacity: Megatron-Core's token
+    dropping (TransformerConfig fields of those names; None / False: dropless, its
+    default). Every routed-slot count of the MoE layer (the dispatch and combine permutes,
+    the sort by local expert, the EP all-to-all bytes the chain reads off moe.dispatch,
+    the expert GEMMs, their saved activations) becomes `routed_slots` of the tokens the
+    router sees on one device: T in `_moe`, T / t under sequence parallelism in
+    `_moe_folded` and `_moe_alltoall`. Balanced routing assumed, as for dropless MoE;
+    check_token_drop's refusals (UserError)."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -694,9 +782,15 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     if moe_dispatcher not in MOE_DISPATCHERS:
         raise UserError(f"unknown MoE token dispatcher {moe_dispatcher!r}",
                         field="moe_dispatcher", fix=f"use one of {', '.join(MOE_DISPATCHERS)}")
+    check_token_drop(spec, moe_expert_capacity_factor, moe_pad_expert_input_to_capacity,
+                     moe_dispatcher)
+    if moe_expert_capacity_factor is not None:
+        moe_expert_capacity_factor = float(moe_expert_capacity_factor)
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
              vocab_pad_multiple, et, recompute_modules, ep,
-             moe_dispatcher=moe_dispatcher if spec.experts else "alltoall")
+             moe_dispatcher=moe_dispatcher if spec.experts else "alltoall",
+             capacity_factor=moe_expert_capacity_factor,
+             pad_to_capacity=bool(moe_pad_expert_input_to_capacity))
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -716,6 +810,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       unfused_bias=bool(unfused_bias), apex_layernorm=bool(apex_layernorm),
                       cp=cp, expert_tp=et, moe_experts=spec.experts, moe_top_k=spec.top_k,
                       ep=ep if spec.experts else 0, moe_dispatcher=c.moe_dispatcher,
+                      moe_expert_capacity_factor=c.capacity_factor,
+                      moe_pad_expert_input_to_capacity=c.pad_to_capacity,
                       kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes),
                       **_qo_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
 
@@ -1331,21 +1427,24 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
     routed FLOPs are the top_k / E share of every expert's dense FLOPs), weighted combine;
     Qwen2-MoE adds a dense shared expert ("moe.shared.*") scaled by sigmoid(x w_g).
     Kept: the MoE input, fp32 router probabilities (T E), permuted tokens (T k h), expert
-    intermediates as in a dense MLP on T k tokens, expert outputs and weights for the combine."""
+    intermediates as in a dense MLP on T k tokens, expert outputs and weights for the combine.
+    Token dropping: the router sees the T tokens, so every T k above is routed_slots(T)
+    (_Ctx.slots)."""
     sp, dt, t = c.spec, c.dt, c.t
-    h, T, E, k = sp.hidden, c.T, sp.experts, sp.top_k
+    h, T, E = sp.hidden, c.T, sp.experts
+    slots = c.slots(T)                 # T top_k when dropless
     router = L.linear("moe.router", xin, T, h, E, rule="replicated", bias=sp.router_bias,
                       saved=c.Ts * h * dt, regather=regather)
-    route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=T * k * dt,
+    route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=slots * dt,
                      kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
-    disp = L.vector("moe.dispatch", (xin, route), "permute", T * k * h,
-                    in_bytes=(T * h * dt, T * k * dt))
-    disp = _sorted_by_expert(L, c, disp, "moe.sort_chunks", T * k * h)
+    disp = L.vector("moe.dispatch", (xin, route), "permute", slots * h,
+                    in_bytes=(T * h * dt, slots * dt))
+    disp = _sorted_by_expert(L, c, disp, "moe.sort_chunks", slots * h)
     down = _ffn(L, c, disp, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
-                bias=sp.expert_bias, experts=E, tokens=T * k)
-    down = _sorted_by_expert(L, c, down, "moe.unsort_chunks", T * k * h)
-    out = L.vector("moe.combine", (down, route), "permute", T * h, in_bytes=(T * k * h * dt, T * k * dt),
-                   saved=T * k * h * dt + T * k * dt)
+                bias=sp.expert_bias, experts=E, tokens=slots)
+    down = _sorted_by_expert(L, c, down, "moe.unsort_chunks", slots * h)
+    out = L.vector("moe.combine", (down, route), "permute", T * h, in_bytes=(slots * h * dt, slots * dt),
+                   saved=slots * h * dt + slots * dt)
     if sp.shared_ffn:
         sh = _ffn(L, c, xin, "moe.shared", sp.shared_ffn // t, regather=regather, keep_input=False,
                   bias=False)
@@ -1389,18 +1488,20 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     "etp" and the combine return each device its own tokens. A shared expert is a dense
     MLP on the attention TP group, as in `_moe_alltoall`. Per device: the same expert
     FLOPs as `_moe_alltoall` (et Ts k slots x ffn / et = T k / t slots of the whole
-    width), experts' weights / et."""
+    width), experts' weights / et. Token dropping: the router sees the device's Ts tokens,
+    so each Ts k above is routed_slots(Ts) (_Ctx.slots); et x that after the all-gather."""
     sp, dt, et = c.spec, c.dt, c.etp
-    h, Ts, E, k = sp.hidden, c.Ts, sp.experts, sp.top_k
+    h, Ts, E = sp.hidden, c.Ts, sp.experts
     srule = "sharded" if c.sp else "replicated"
+    own_slots = c.slots(Ts)            # this device's routed slots (Ts top_k when dropless)
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
-                     out_bytes=Ts * k * dt, rule=srule, kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
-    own = Ts * k * h * dt              # this device's routed slots
-    disp = L.vector("moe.dispatch", (x, route), "permute", Ts * k * h,
-                    in_bytes=(Ts * h * dt, Ts * k * dt), rule=srule)
-    slots = et * Ts * k
+                     out_bytes=own_slots * dt, rule=srule, kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
+    own = own_slots * h * dt
+    disp = L.vector("moe.dispatch", (x, route), "permute", own_slots * h,
+                    in_bytes=(Ts * h * dt, own_slots * dt), rule=srule)
+    slots = et * own_slots
     if et > 1:
         disp = L.collective("moe.all_gather", disp, "all_gather", "reduce_scatter", et * own,
                             own, et * own, rule="sharded", group="etp")
@@ -1415,8 +1516,8 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     if et > 1:
         down = L.collective("moe.reduce_scatter", down, "reduce_scatter", "all_gather", et * own,
                             et * own, own, rule="sharded", group="etp")
-    out = L.vector("moe.combine", (down, route), "permute", Ts * h, in_bytes=(own, Ts * k * dt),
-                   saved=own + Ts * k * dt, rule=srule)
+    out = L.vector("moe.combine", (down, route), "permute", Ts * h, in_bytes=(own, own_slots * dt),
+                   saved=own + own_slots * dt, rule=srule)
     return _shared_expert_sp(L, c, x, out)
 
 
@@ -1431,28 +1532,36 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     their output over TP, the combine, and the inverse all-to-all (hp2sp) back to the
     sequence shard. A shared expert (Qwen2-MoE) is a dense TP MLP beside it. Same FLOPs
     and parameters per device as `_moe` after its all-gather, but the router runs on T / t
-    tokens and the TP and EP traffic is the dispatcher's."""
+    tokens and the TP and EP traffic is the dispatcher's.
+    Token dropping: the T k slots are t x routed_slots(Ts) (_Ctx.slots), the capacity of
+    the Ts tokens one device's router sees, as current Megatron-Core computes it
+    (MoEAlltoAllTokenDispatcher.preprocess: routing_map.size(0) tokens, its all-gather
+    over TP then gives t x num_experts x capacity slots; core_r0.10 on, the Megatron-Core
+    0.14 of NeMo 25.09). core_r0.8's router gathered the logits over TP first (router.py
+    TopKRouter.routing) and took one capacity of the T tokens: ceil(T k / E x factor),
+    the same up to rounding."""
     sp, dt, t = c.spec, c.dt, c.t
-    h, T, Ts, E, k = sp.hidden, c.T, c.Ts, sp.experts, sp.top_k
+    h, T, Ts, E = sp.hidden, c.T, c.Ts, sp.experts
+    slots = t * c.slots(Ts)            # the TP group's routed slots (T top_k when dropless)
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
-                     out_bytes=T * k * dt, rule="sharded", kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
+                     out_bytes=slots * dt, rule="sharded", kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
     hp = L.collective("moe.sp2hp", x, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
                       Ts * h * dt, rule="sharded")
-    disp = L.vector("moe.dispatch", (hp, route), "permute", T * k * h // t,
-                    in_bytes=(Ts * h * dt, T * k * dt), rule="sharded")
-    full = T * k * h * dt
+    disp = L.vector("moe.dispatch", (hp, route), "permute", slots * h // t,
+                    in_bytes=(Ts * h * dt, slots * dt), rule="sharded")
+    full = slots * h * dt
     gathered = L.collective("moe.all_gather", disp, "all_gather", "reduce_scatter", full,
                             full / t, full, rule="sharded")
-    gathered = _sorted_by_expert(L, c, gathered, "moe.sort_chunks", T * k * h)
+    gathered = _sorted_by_expert(L, c, gathered, "moe.sort_chunks", slots * h)
     down = _ffn(L, c, gathered, "moe.expert", sp.expert_ffn // t, regather=0.0, keep_input=True,
-                bias=sp.expert_bias, experts=E, tokens=T * k)
-    down = _sorted_by_expert(L, c, down, "moe.unsort_chunks", T * k * h)
+                bias=sp.expert_bias, experts=E, tokens=slots)
+    down = _sorted_by_expert(L, c, down, "moe.unsort_chunks", slots * h)
     rs = L.collective("moe.reduce_scatter", down, "reduce_scatter", "all_gather", full, full,
                       full / t, rule="sharded")
     comb = L.vector("moe.combine", (rs, route), "permute", T * h // t,
-                    in_bytes=(full / t, T * k * dt), saved=full / t + T * k * dt, rule="sharded")
+                    in_bytes=(full / t, slots * dt), saved=full / t + slots * dt, rule="sharded")
     out = L.collective("moe.hp2sp", comb, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
                        Ts * h * dt, rule="sharded")
     return _shared_expert_sp(L, c, x, out)

@@ -163,6 +163,10 @@ class ModelGraph:
     moe_top_k: int = 0              # experts each token is routed to
     ep: int = 0                     # expert-parallel size its expert GEMMs were split for (0: none)
     moe_dispatcher: str = "alltoall"  # Megatron-Core token dispatcher it was built for
+    # Megatron-Core token dropping it was built for (graph.routed_slots): the capacity
+    # factor (None: dropless) and whether each expert's input is padded to its capacity
+    moe_expert_capacity_factor: float | None = None
+    moe_pad_expert_input_to_capacity: bool = False
 
     @property
     def collective_groups(self) -> dict[str, int]:

@@ -31,6 +31,8 @@ def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
          "cp": graph.cp, "kv_bytes": graph.kv_bytes,
          "q_bytes": graph.q_bytes, "o_bytes": graph.o_bytes, "expert_tp": graph.expert_tp, "ep": graph.ep,
          "moe_dispatcher": graph.moe_dispatcher,
+         "moe_expert_capacity_factor": graph.moe_expert_capacity_factor,
+         "moe_pad_expert_input_to_capacity": graph.moe_pad_expert_input_to_capacity,
          "moe_experts": graph.moe_experts, "moe_top_k": graph.moe_top_k,
          "layers": layers}
     if spec is not None:
@@ -66,7 +68,11 @@ def graph_from_dict(d: dict) -> ModelGraph:
                       q_bytes=d.get("q_bytes", 0.0), o_bytes=d.get("o_bytes", 0.0),
                       expert_tp=d.get("expert_tp", 0), ep=d.get("ep", 0),
                       moe_dispatcher=d.get("moe_dispatcher", "alltoall"), moe_experts=d.get("moe_experts", 0),
-                      moe_top_k=d.get("moe_top_k", 0))
+                      moe_top_k=d.get("moe_top_k", 0),
+                      # files written before token dropping: dropless
+                      moe_expert_capacity_factor=d.get("moe_expert_capacity_factor"),
+                      moe_pad_expert_input_to_capacity=bool(
+                          d.get("moe_pad_expert_input_to_capacity", False)))
 
 
 def save_graph(graph: ModelGraph, path: str | Path, spec: dict | None = None) -> None:

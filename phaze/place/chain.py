@@ -216,6 +216,12 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                         "moe_dispatcher": (getattr(graph, "moe_dispatcher", "alltoall")
                                            if graph.ep and graph.moe_experts // graph.ep > 1
                                            else None),
+                        # the token dropping its MoE layers' routed slots were built for
+                        # (graph.routed_slots; None / False: dropless)
+                        "moe_expert_capacity_factor": getattr(
+                            graph, "moe_expert_capacity_factor", None),
+                        "moe_pad_expert_input_to_capacity": bool(getattr(
+                            graph, "moe_pad_expert_input_to_capacity", False)),
                         "a2a_rerun": np.array(reruns),
                         # Q and O of a layer with kv_bytes (the all-to-all CP's payload
                         # beside K and V; 0: a graph saved before they were recorded)

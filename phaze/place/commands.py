@@ -149,6 +149,15 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="Megatron-Core --moe-token-dispatcher-type of an MoE model's EP "
                         "traffic: alltoall sends each routed slot, flex (DeepEP / HybridEP) "
                         "each token once per remote node (default alltoall)")
+    e.add_argument("--moe-expert-capacity-factor", type=float, metavar="CF",
+                   help="Megatron-Core --moe-expert-capacity-factor: token dropping, each "
+                        "expert takes at most ceil(tokens x top_k / experts x CF) slots of "
+                        "the tokens one device's router sees (routing balanced; alltoall "
+                        "dispatcher; default: dropless)")
+    e.add_argument("--moe-pad-expert-input-to-capacity", action="store_true",
+                   help="Megatron-Core --moe-pad-expert-input-to-capacity: with "
+                        "--moe-expert-capacity-factor, every expert computes exactly its "
+                        "capacity (dropped or padded)")
     e.add_argument("--no-overlap", action="append", default=[], choices=overlaps,
                    help="switch one of --framework's overlaps off (repeatable)")
     e.add_argument("--cross-entropy-fusion", action="store_true",
@@ -521,6 +530,8 @@ def _evaluate_grid(args, spec, settings, seq):
                    "account_embedding": False, "account_loss": False,
                    "pipeline_layout": None, "mtp_layers": 0,
                    "moe_token_dispatcher": "alltoall", "expert_tp": 0,
+                   "moe_expert_capacity_factor": None,
+                   "moe_pad_expert_input_to_capacity": False,
                    "recompute_modules": None, "recompute_method": "uniform",
                    "recompute_num_layers": 1, "cp_comm_type": None}
     for name, default in preset_only.items():
@@ -553,11 +564,15 @@ def _evaluate_preset(args, spec, settings, seq):
 
     from phaze.hw.chipfile import is_chip_file, read_chip
     from phaze.hw.presets import get_preset
+    from phaze.model.graph import TOKEN_DROP_FLAGS, check_token_drop
     from phaze.place.evaluate import evaluate_model
 
     if args.fp8_recipe and not args.fp8:
         raise UserError("is the recipe of FP8 training, which is off", field="--fp8-recipe",
                         fix="add --fp8, or drop --fp8-recipe")
+    check_token_drop(spec, args.moe_expert_capacity_factor,
+                     args.moe_pad_expert_input_to_capacity, args.moe_token_dispatcher,
+                     names=TOKEN_DROP_FLAGS)
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
@@ -627,6 +642,10 @@ def _overlap_options(args) -> dict:
             raise UserError("sets how context parallelism exchanges keys, which is off",
                             field="--cp-comm-type", fix="add --cp N (N > 1), or drop --cp-comm-type")
         o["cp_comm_type"] = args.cp_comm_type
+    if getattr(args, "moe_expert_capacity_factor", None) is not None:
+        o["moe_expert_capacity_factor"] = args.moe_expert_capacity_factor
+    if getattr(args, "moe_pad_expert_input_to_capacity", False):
+        o["moe_pad_expert_input_to_capacity"] = True
     method = getattr(args, "recompute_method", "uniform")
     layers = getattr(args, "recompute_num_layers", 1)
     if (method, layers) != ("uniform", 1):
@@ -654,6 +673,8 @@ def _overlap_options(args) -> dict:
 
 
 def _print_plan(spec, args, plan, hbm, batch) -> None:
+    from phaze.place.plan import token_drop_label
+
     GiB = 1024**3
     w = sys.stdout.write
     axes = "".join(f" {k}={v}" for k, v in (("cp", args.cp), ("ep", args.ep)) if v > 1)
@@ -668,6 +689,9 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
             (f"dispatcher {po.get('moe_token_dispatcher')}",
              po.get("moe_token_dispatcher", "alltoall") != "alltoall"),
             (f"CP {po.get('cp_comm_type')}", args.cp > 1),
+            ("token drop " + token_drop_label(po.get("moe_expert_capacity_factor"),
+                                              po.get("moe_pad_expert_input_to_capacity", False)),
+             po.get("moe_expert_capacity_factor") is not None),
             (f"grads {po.get('grad_bytes', 0):g} B", True),
             (f"recompute {po.get('recompute_method')} {po.get('recompute_num_layers')}",
              (po.get("recompute_method"), po.get("recompute_num_layers")) != ("uniform", 1)),

@@ -337,7 +337,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     delayed, tensorwise or blockwise: what quantizing their operands costs, and the
     block-scaled GEMM's rate, FP8_GEMM_RATE_FRACTION); `ep`: expert-parallel size of an MoE model
     (plan.expert_parallel_chain: 1/ep of the routed experts per device, all-to-all
-    dispatch and combine); `expert_tp`: Megatron-Core's expert tensor-parallel size (0 = tp;
+    dispatch and combine; the options' moe_token_dispatcher, and its token dropping,
+    moe_expert_capacity_factor and moe_pad_expert_input_to_capacity, build the graph:
+    graph.routed_slots); `expert_tp`: Megatron-Core's expert tensor-parallel size (0 = tp;
     another size folds the expert grid: graph._moe_folded, plan.grad_groups);
     `recompute_modules`: Megatron-Core's --recompute-modules for recompute "selective"
     (graph.RECOMPUTE_MODULES; None: the attention core); `first_stage_layers`, `last_stage_layers`, `account_embedding`,
@@ -417,7 +419,10 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                         sequence_parallel=sequence_parallel, cp=cp, expert_tp=expert_tp,
                         recompute_modules=recompute_modules,
                         ep=ep if spec.experts else 0,
-                        moe_dispatcher=opts.moe_token_dispatcher, **gopts)
+                        moe_dispatcher=opts.moe_token_dispatcher,
+                        moe_expert_capacity_factor=opts.moe_expert_capacity_factor,
+                        moe_pad_expert_input_to_capacity=opts.moe_pad_expert_input_to_capacity,
+                        **gopts)
     lat, tps = layer_latencies(graph, arch, network, cost_params,
                                async_tp=opts.async_tensor_model_parallel_allreduce)
     # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core

@@ -166,6 +166,12 @@ class PlanOptions:
     # Megatron-Core --moe-token-dispatcher-type: "alltoall" (one copy per routed slot) or
     # "flex" (DeepEP / HybridEP: one copy per remote node; dedup_dispatch_time)
     moe_token_dispatcher: str = "alltoall"
+    # Megatron-Core --moe-expert-capacity-factor (None: dropless) and
+    # --moe-pad-expert-input-to-capacity: token dropping, which lives in the graph's routed
+    # slots (phaze.model.graph.routed_slots, so in the chain's layer times and a2a_bytes);
+    # here so that a plan says what it runs and check_built_for matches the chain to it
+    moe_expert_capacity_factor: float | None = None
+    moe_pad_expert_input_to_capacity: bool = False
     # --overlap-moe-expert-parallel-comm: a layer's EP all-to-alls of one microbatch run
     # during the other pass's compute of another (combined 1F1B; expert_parallel_chain)
     overlap_moe_expert_parallel_comm: bool = False
@@ -947,11 +953,22 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
                    kv_bytes=np.zeros(chain.n), extra={**chain.extra, "cp_ring_s": ring_f + ring_b})
 
 
+def token_drop_label(capacity_factor: float | None, pad: bool) -> str:
+    """"dropless", or "capacity factor F" with ", padded" when each expert's input is padded
+    to its capacity (Megatron-Core --moe-pad-expert-input-to-capacity)."""
+    if capacity_factor is None:
+        return "dropless"
+    return f"capacity factor {capacity_factor:g}" + (", padded" if pad else "")
+
+
 def check_built_for(chain: Chain, options: PlanOptions) -> None:
     """ValueError when the chain's graph was built for another expert tensor-parallel size
     than options.expert_tp (its expert weights and collectives are that size's), for
     another token dispatcher than options.moe_token_dispatcher where that changes its
-    layer times (chain.extra["moe_dispatcher"]: the alltoall sort by local expert), or for
+    layer times (chain.extra["moe_dispatcher"]: the alltoall sort by local expert), for
+    other token dropping than options.moe_expert_capacity_factor /
+    moe_pad_expert_input_to_capacity (chain.extra of those names: its routed slots; a
+    chain that does not record them, not built from a graph, runs under any), or for
     another expert-parallel size than options.ep (chain.extra["ep"] > 0: its routed-expert
     GEMMs are grouped per local expert of that size; 0: built without one, any ep runs)."""
     built = chain.extra.get("expert_tp", chain.t)
@@ -963,6 +980,14 @@ def check_built_for(chain: Chain, options: PlanOptions) -> None:
         # the alltoall dispatcher's sort by local expert is in the graph's layer times
         raise ValueError(f"chain built for the {disp} token dispatcher, options say "
                          f"{options.moe_token_dispatcher}: build the graph with the plan's")
+    if "moe_expert_capacity_factor" in chain.extra:
+        built = (chain.extra["moe_expert_capacity_factor"],
+                 bool(chain.extra.get("moe_pad_expert_input_to_capacity", False)))
+        want = (options.moe_expert_capacity_factor, bool(options.moe_pad_expert_input_to_capacity))
+        if built != want:
+            raise ValueError(f"chain built with token dropping {token_drop_label(*built)}, "
+                             f"options say {token_drop_label(*want)}: build the graph with "
+                             "the plan's moe_expert_capacity_factor and padding")
     experts = int(chain.extra.get("moe_experts", 0))
     if experts and chain.a2a_bytes.any() and experts % options.ep:
         raise ValueError(f"expert parallelism ep = {options.ep} must divide the model's routed "

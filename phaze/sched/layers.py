@@ -18,8 +18,9 @@ from phaze.sched.table import SHARD_SCHEMA, merge_shards, validate
 
 def graph_identity(graph) -> dict:
     """The columns that key a graph's rows (sched.table.GRAPH_KEY). Graphs built with the
-    GPU-kernel options of `phaze evaluate`'s presets (unfused_bias, apex_layernorm) have no
-    key here: UserError (the sweep never builds them)."""
+    GPU-kernel options of `phaze evaluate`'s presets (unfused_bias, apex_layernorm) or with
+    MoE token dropping (moe_expert_capacity_factor: `phaze graph` and `phaze evaluate`
+    only) have no key here: UserError (the sweep never builds them)."""
     from phaze.errors import UserError
 
     extra = [k for k in ("unfused_bias", "apex_layernorm") if getattr(graph, k, False)]
@@ -27,6 +28,11 @@ def graph_identity(graph) -> dict:
         raise UserError(f"graph of {graph.model} was built with {', '.join(extra)}, an option "
                         "of phaze evaluate's GPU presets that the schedule tables do not key",
                         field="graph", fix="build the graph without it (phaze graph does)")
+    if getattr(graph, "moe_expert_capacity_factor", None) is not None:
+        raise UserError(f"graph of {graph.model} was built with MoE token dropping "
+                        f"(capacity factor {graph.moe_expert_capacity_factor:g}), which the "
+                        "schedule tables do not key (the sweep models dropless MoE)",
+                        field="graph", fix="build the graph without --moe-expert-capacity-factor")
     return {"model": graph.model, "seq": int(graph.seq), "mbs": int(graph.mbs),
             "tp": int(graph.tp), "sequence_parallel": bool(graph.sequence_parallel),
             "fused": bool(graph.fused), "attention": graph.attention,

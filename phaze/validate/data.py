@@ -77,6 +77,11 @@ class Case:
     # Megatron-Core --pipeline-model-parallel-layout ("" = none; phaze.place.layout); its m's
     # are the mtp_layers stand-ins; not with account_embedding / account_loss
     pipeline_layout: str = ""
+    # Megatron-Core token dropping of an MoE run (moe_expert_capacity_factor, None:
+    # dropless; moe_pad_expert_input_to_capacity): the graph's routed slots
+    # (phaze.model.graph.routed_slots), passed as the PlanOptions of those names
+    moe_expert_capacity_factor: float | None = None
+    moe_pad_expert_input_to_capacity: bool = False
     source: str = ""               # where the row was read (container, table commit)
 
     @property
@@ -218,7 +223,9 @@ def bridge_cases() -> list[Case]:
     go into plan_options: dispatcher flex (moe_token_dispatcher), a2a_overlap
     (overlap_moe_expert_parallel_comm), fsdp (Megatron-FSDP optim_grads_params: zero_stage 3
     without the distributed optimizer), recompute_layers (full recompute of that many layers
-    per stage, method block) and optim_dtype (grad_sync_dtype / state dtype)."""
+    per stage, method block) and optim_dtype (grad_sync_dtype / state dtype). A model entry
+    may set Megatron-Core's token dropping, moe_expert_capacity_factor and
+    moe_pad_expert_input_to_capacity (the 25.09 Qwen3 runs; absent: dropless)."""
     from phaze.model.zoo import get_model
     from phaze.place.plan import MOE_DISPATCHERS
 
@@ -260,6 +267,9 @@ def bridge_cases() -> list[Case]:
                         account_embedding=bool(r["account_embedding"]),
                         account_loss=bool(r["account_loss"]),
                         pipeline_layout=str(r.get("pipeline_layout") or ""),
+                        moe_expert_capacity_factor=r.get("moe_expert_capacity_factor"),
+                        moe_pad_expert_input_to_capacity=bool(
+                            r.get("moe_pad_expert_input_to_capacity", False)),
                         source=f"{r['container']} ({t['table_file']} at {r['table_commit']}; "
                                f"settings: {r['settings_ref']})"))
     return out

@@ -189,6 +189,15 @@ def split_params(params: dict | None, arch: str = ARCH_PRESET):
     return cost, {k: v for k, v in params.items() if k in opt_names}
 
 
+def _token_drop(case: Case) -> dict:
+    """The PlanOptions of a run's MoE token dropping ({} for a dropless run): the graph
+    evaluate_model builds takes them (graph.routed_slots)."""
+    if case.moe_expert_capacity_factor is None:
+        return {}
+    return {"moe_expert_capacity_factor": case.moe_expert_capacity_factor,
+            "moe_pad_expert_input_to_capacity": case.moe_pad_expert_input_to_capacity}
+
+
 def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = None) -> PlanResult:
     """The real model: `phaze evaluate`'s code path (phaze.place.evaluate.evaluate_model:
     graphs -> op latencies summed per layer -> evaluate_plan) on the a100 preset.
@@ -206,7 +215,7 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                            sequence_parallel=case.sequence_parallel, cost_params=cost,
                            options={**({} if case.tp_overlap is None
                                        else {"tp_comm_overlap": case.tp_overlap}),
-                                    **dict(case.plan_options), **opts},
+                                    **_token_drop(case), **dict(case.plan_options), **opts},
                            framework=case.framework, ddp_impl=case.ddp_impl, cp=case.cp,
                            fp8=case.fp8, fp8_recipe=case.fp8_recipe,
                            cross_entropy_fusion=case.ce_fusion, ep=case.ep,

@@ -17,6 +17,8 @@ def row_dict(p: Prediction) -> dict:
         "table": c.table, "name": c.name, "arch": c.arch, "framework": c.framework, "fp8": c.fp8,
         "tp": c.tp, "pp": c.pp, "dp": c.dp, "cp": c.cp, "gpus": c.gpus,
         "plan_options": dict(c.plan_options), "model": c.zoo or None, "ep": c.ep,
+        "moe_expert_capacity_factor": c.moe_expert_capacity_factor,
+        "moe_pad_expert_input_to_capacity": c.moe_pad_expert_input_to_capacity,
         "caveat": c.caveat, "source": c.source or None,
         "batch": c.batch, "recompute": c.recompute, "sequence_parallel": c.sequence_parallel,
         "mbs": p.mbs, "interleave": p.interleave, "searched": p.searched,
