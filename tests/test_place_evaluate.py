@@ -404,3 +404,47 @@ def test_cli_fp8_blockwise_recipe_records_and_costs_it(capsys):
     assert got["blockwise"]["time_per_batch_s"] == pytest.approx(r["time_per_batch_s"], rel=1e-12)
     assert got["blockwise"]["time_per_batch_s"] != pytest.approx(
         got["tensorwise"]["time_per_batch_s"], rel=1e-4)
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_fp8_linears_keep_their_inputs_in_fp8(recompute):
+    # Transformer Engine keeps the quantized input of an FP8 linear for its weight
+    # gradient (linear.py: saved_inputmat = the column-wise FP8 copy): 1 B per element
+    # instead of the graph's 2. Closed form: the FP8 plan's activation memory is the bf16
+    # plan's less half the saved input of every FP8 linear the mode keeps, summed over the
+    # layers a stage holds in flight; weights, gradients and optimizer state unchanged
+    from phaze.cost.api import is_fp8_gemm
+    from phaze.hw.presets import get_preset
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import get_model
+    from phaze.place.chain import chain_from_graph
+    from phaze.place.evaluate import evaluate_model, megatron_layout
+
+    spec, arch = get_model("llama3-8b"), get_preset("h100")
+    kw = dict(tp=2, pp=1, dp=4, mbs=1, batch=32, seq=4096, recompute=recompute,
+              sequence_parallel=True, framework="megatron-core-2024",
+              recompute_modules=("mlp",) if recompute == "selective" else None)
+    bf, f8 = evaluate_model(spec, arch, **kw), evaluate_model(spec, arch, fp8=True, **kw)
+    for k in ("memory_weights_bytes", "memory_grads_bytes", "memory_optimizer_bytes"):
+        assert f8[k] == bf[k], k
+    g = build_graph(megatron_layout(spec), seq=4096, mbs=1, tp=2, sequence_parallel=True,
+                    attention="flash", recompute_modules=kw["recompute_modules"])
+    block = g.layers[1]
+    lin = [o for o in block.fwd if o.kind == "gemm" and is_fp8_gemm(o)]
+    assert {o.name for o in lin} >= {"attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"}
+    half = {"none": sum(o.saved_bytes for o in lin) / 2,
+            "selective": sum(o.saved_bytes for o in lin if not o.selective_recompute) / 2,
+            "full": 0.0}[recompute]
+    if recompute == "selective":     # --recompute-modules mlp re-runs fc1 / fc2: not kept
+        assert half < sum(o.saved_bytes for o in lin) / 2
+    a = chain_from_graph(g, op_latency_s=lambda o: 1e-6)
+    b = chain_from_graph(g, op_latency_s=lambda o: 1e-6, fp8=True)
+    blocks = [i for i, k in enumerate(a.kinds) if k == "block"]
+    col = {"none": "act_none_bytes", "selective": "act_selective_bytes",
+           "full": "act_full_bytes"}[recompute]
+    for i in blocks:
+        assert getattr(a, col)[i] - getattr(b, col)[i] == pytest.approx(half, rel=1e-12)
+    if recompute == "full":
+        assert f8["memory_activations_bytes"] <= bf["memory_activations_bytes"]
+    else:
+        assert f8["memory_activations_bytes"] < bf["memory_activations_bytes"]

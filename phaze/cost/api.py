@@ -83,7 +83,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
             ba = np.where(va > alls, COMPUTE, ba).astype(np.int8)
             one, alls = np.maximum(one, v1), np.maximum(alls, va)
         if params.fp8_gemm:   # weight GEMMs in FP8 (compute and operand bytes both halve)
-            w8 = np.array([[1.0 if _fp8_gemm(o) else 0.0 for o in g]])
+            w8 = np.array([[1.0 if is_fp8_gemm(o) else 0.0 for o in g]])
             scale = 1.0 / (1.0 + w8 * (params.fp8_speedup - 1.0))
             # a block-scaled GEMM applies its scales in the main loop: slower where the
             # tensor cores bound it, not where its operand bytes do
@@ -262,7 +262,7 @@ def _attention_core(o: Op) -> bool:
 _BF16_LINEARS = ("moe.router", "moe.shared.gate_proj")
 
 
-def _fp8_gemm(o: Op) -> bool:
+def is_fp8_gemm(o: Op) -> bool:
     """GEMMs Transformer Engine runs in FP8 under fp8_autocast: the linears of the blocks
     (TE modules). Not the attention core (no weights) nor the LM head: Megatron-Core's
     output layer is its own tensor_parallel.ColumnParallelLinear, not a TE module, so it
@@ -286,8 +286,8 @@ def _fp8_operand(o: Op, by_name: dict, qbytes: dict) -> float:
     forward GEMM quantizes its input X (b m k elements; "norm" when it reads a fused block
     norm's output, through the sequence-parallel all-gather), a ".dX" GEMM the output
     gradient dY (b m k of its own dims = the forward's b m n), shared with the ".dW" GEMM,
-    which adds none. 0 for a GEMM that stays bf16 (_fp8_gemm)."""
-    if not _fp8_gemm(o) or o.name.endswith(".dW"):
+    which adds none. 0 for a GEMM that stays bf16 (is_fp8_gemm)."""
+    if not is_fp8_gemm(o) or o.name.endswith(".dW"):
         return 0.0
     n = float(o.gemm.batch * o.gemm.m * o.gemm.k)
     if o.name.endswith(".dX"):

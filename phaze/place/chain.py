@@ -136,7 +136,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                      op_latency_s: Callable | None = None,
                      layer_tp_s: Mapping[int, tuple[float, float]] | None = None,
                      layer_core_s: Mapping[int, tuple] | None = None,
-                     kv_bytes: float | None = None) -> Chain:
+                     kv_bytes: float | None = None, fp8: bool = False) -> Chain:
     """Chain of a ModelGraph. Latencies per layer kind come from `layer_latency`
     {index into graph.layers: (fwd_s, bwd_s, recompute_selective_s)} (the scheduler's
     result; a missing third entry means 0), or else from summing `op_latency_s(op)` over
@@ -147,6 +147,14 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
     `kv_bytes` (bytes): K and V of one device's chunk per microbatch, set on the layers
     with an attention core (context parallelism's ring payload; 0: none; default: the
     graph's own, graph.kv_bytes, when it was built for cp > 1, else 0).
+    `fp8`: the blocks' linears run in FP8 (Transformer Engine): each keeps its input for the
+    weight gradient as the FP8 copy it quantized, 1 B per element instead of the graph's
+    2 (TE module/linear.py forward: "Discard row-wise data since it is not needed in
+    backward pass", saved_inputmat = the quantized input; LayerNormLinear's ln_out and
+    GroupedLinear's inputs alike; the per-block scales are negligible): the activation
+    bytes of every recompute mode drop by half the saved input of each FP8 linear
+    (phaze.cost.api.is_fp8_gemm) that mode keeps (not those selective recomputation
+    re-runs; a block under full recomputation keeps only its bf16 input).
     The chain's seq is the full sequence (graph.seq; a device's ops hold seq / graph.cp).
     Its FLOPs are those of the graph's ops (one ring step of the attention core under
     cp > 1; plan.context_parallel_chain adds the other cp - 1, `core_flops_*`)."""
@@ -181,6 +189,15 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         a_full = acts.get("full", layer.input_bytes)
         a_sel = acts.get("selective", a_none)
         pass_kind = layer.kind if layer.kind in ("prologue", "epilogue") else "block"
+        if fp8:
+            from phaze.cost.api import is_fp8_gemm
+
+            lin = [o for o in layer.fwd if o.kind == "gemm" and is_fp8_gemm(o)]
+            kept = sum(o.saved_bytes for o in lin if not o.selective_recompute) / 2
+            a_none -= sum(o.saved_bytes for o in lin) / 2
+            a_sel -= kept
+            if pass_kind != "block":     # never recomputed: its "full" is its selective
+                a_full -= kept
         f_sel = sum(o.flops for o in layer.selective_recompute_ops())
         # routed experts: their weights (Op.experts > 0) and the dispatch's token slots
         ex = sum(o.param_bytes for o in layer.fwd if o.experts) / graph.dtype_bytes
