@@ -25,6 +25,9 @@ from phaze.errors import UserError
 
 RECOMPUTE_MODES = ("none", "selective", "full")
 OPTIMIZERS = ("sgd", "adam")
+# Megatron-Core --cp-comm-type values (phaze.place.plan.CP_COMM_TYPES, the costs; listed
+# here so that the CLI's choices need no stage import)
+CP_COMM_TYPES = ("p2p", "allgather", "a2a")
 MAX_HBM_GIB = 2.0**20          # 1 PiB per device: beyond any memory, and far from overflow
 # The scheduling backend `auto` resolves to (measured on the zoo's layers: docs/sched.md).
 DEFAULT_SOLVER = "cpsat"
@@ -210,6 +213,8 @@ class PlacementSettings:
     zero_stage     ZeRO stages to search (0..3: optimizer state, + gradients, + weights
                    sharded over the data-parallel replicas); empty = the one zero1 says
                    (1 if zero1 else 0)
+    cp_comm_type   how a context-parallel attention core reaches the other chunks' keys
+                   (Megatron-Core --cp-comm-type: p2p ring, allgather, a2a / Ulysses)
     """
 
     devices: int = 1024
@@ -221,6 +226,7 @@ class PlacementSettings:
     interleave: tuple[int, ...] = (1,)
     ep: tuple[int, ...] = (1,)
     zero_stage: tuple[int, ...] = ()
+    cp_comm_type: str = "p2p"
 
     def __post_init__(self):
         for name in ("devices", "global_batch"):
@@ -237,6 +243,9 @@ class PlacementSettings:
             raise UserError(f"unknown optimizer {self.optimizer!r}", field="optimizer",
                             fix=f"use {' or '.join(OPTIMIZERS)}")
         object.__setattr__(self, "ep", parse_list(self.ep, int, "ep", minimum=1))
+        if self.cp_comm_type not in CP_COMM_TYPES:
+            raise UserError(f"unknown context-parallel communication {self.cp_comm_type!r}",
+                            field="cp_comm_type", fix=f"use one of {', '.join(CP_COMM_TYPES)}")
         if self.zero_stage not in ((), [], None, ""):
             object.__setattr__(self, "zero_stage", parse_list(self.zero_stage, int, "zero_stage",
                                                               minimum=0, maximum=3))
@@ -251,7 +260,8 @@ class PlacementSettings:
     def from_config(cls, block: dict | None) -> "PlacementSettings":
         block = dict(block or {})
         kw = {k: block[k] for k in ("devices", "global_batch", "hbm_gib", "recompute",
-                                    "optimizer", "zero1", "interleave", "ep", "zero_stage")
+                                    "optimizer", "zero1", "interleave", "ep", "zero_stage",
+                                    "cp_comm_type")
               if k in block}
         return cls(**kw)
 
@@ -593,6 +603,11 @@ def add_placement_args(p, axes: bool = True) -> None:
                        f"(MoE models; default {','.join(map(str, d.ep))})")
         p.add_argument("--zero-stage", dest="zero_stage", help="comma-separated ZeRO stages "
                        "0..3 to search (default: 1 with --zero1, else 0)")
+    p.add_argument("--cp-comm-type", choices=CP_COMM_TYPES,
+                   help="Megatron-Core --cp-comm-type of context parallelism: p2p (ring, K/V "
+                        "sends overlapped with the core), allgather (K/V all-gathered, exposed; "
+                        "Llama 3) or a2a (Q/K/V/O all-to-alls, exposed; DeepSpeed-Ulysses) "
+                        f"(default {d.cp_comm_type})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
     p.add_argument("--zero1", action=argparse.BooleanOptionalAction,
                    help="shard the optimizer state over the data-parallel replicas (ZeRO-1; "
@@ -642,7 +657,7 @@ def sweep_settings(args) -> tuple["SweepSettings", dict]:
     for flag, key in (("devices", "devices"), ("batch", "global_batch"), ("hbm_gib", "hbm_gib"),
                       ("recompute", "recompute"), ("optimizer", "optimizer"),
                       ("zero1", "zero1"), ("interleave", "interleave"), ("ep", "ep"),
-                      ("zero_stage", "zero_stage")):
+                      ("zero_stage", "zero_stage"), ("cp_comm_type", "cp_comm_type")):
         v = g(flag)
         # axes come as comma-separated text; a command's own single value (evaluate's
         # --interleave, --hbm-gib) is not an axis

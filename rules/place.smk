@@ -32,6 +32,7 @@ rule place:
         interleave=",".join(str(v) for v in SETTINGS.placement.interleave),
         ep=",".join(str(v) for v in SETTINGS.placement.ep),
         zero_stage=",".join(str(v) for v in SETTINGS.placement.zero_stages()),
+        cp_comm_type=SETTINGS.placement.cp_comm_type,
         fixed=lambda wc: (
             f"--fixed {MODELS[wc.model]['fixed_plan']}" if "fixed_plan" in MODELS[wc.model] else ""
         ),
@@ -41,5 +42,5 @@ rule place:
         " --grid {input.grid} --devices {params.devices} --batch {params.global_batch}"
         " --hbm-gib {params.hbm_gib} --recompute {params.recompute}"
         " --optimizer {params.optimizer} {params.zero1} --interleave {params.interleave}"
-        " --ep {params.ep} --zero-stage {params.zero_stage}"
+        " --ep {params.ep} --zero-stage {params.zero_stage} --cp-comm-type {params.cp_comm_type}"
         " {params.fixed} --network {params.network:q} -o {output} > {log} 2>&1"

@@ -152,13 +152,13 @@ def stages(tmp_path_factory):
     return d
 
 
-def _place(d, cps, capsys):
-    out = d / f"place{''.join(map(str, cps))}.parquet"
-    args = ["place", "--latency", *[str(d / f"lat{c}.parquet") for c in cps],
+def _place(d, cps, capsys, extra=()):
+    out = d / f"place{''.join(map(str, cps))}{''.join(extra)}.parquet"
+    args = [*("place", "--latency"), *[str(d / f"lat{c}.parquet") for c in cps],
             "--graphs", *[str(d / f"g{c}.json") for c in cps], "--grid", str(d / "grid.parquet"),
             "--devices", "64", "--batch", "256", "--hbm-gib", "0.9,1,2,4,32",
             "--recompute", "none,full", "--optimizer", "adam", "--interleave", "1",
-            "--network", json.dumps(NET), "-o", str(out)]
+            "--network", json.dumps(NET), "-o", str(out), *extra]
     assert main(args) == 0
     capsys.readouterr()
     return pd.read_parquet(out).set_index(["hbm_bytes", "recompute"]).sort_index()
@@ -207,3 +207,23 @@ def test_evaluate_reproduces_the_cp_rows(stages, capsys):
     for (hbm, rec), r in ok.iterrows():
         got = evaluate_row(r, arch, hbm, rec, flags, capsys)
         assert got["cp"] == r.cp and got["tokens_per_s"] == pytest.approx(r.tokens_per_s)
+
+
+def test_cp_comm_type_reaches_the_dp_and_evaluate_reproduces_it(stages, capsys):
+    """--cp-comm-type (placement.cp_comm_type) in the sweep's DP: the allgather rows on
+    cp 2 are slower than the ring's (their K, V all-gathers are exposed), cp 1 rows are the
+    same, and `phaze evaluate --grid --cp-comm-type allgather` gives each row's figures."""
+    ring = _place(stages, (2,), capsys)
+    ag = _place(stages, (2,), capsys, ("--cp-comm-type", "allgather"))
+    ok = ag[ag["feasible"] & ring["feasible"]]
+    assert len(ok) >= 2
+    assert (ok["time_per_batch_s"] > ring.loc[ok.index, "time_per_batch_s"]).all()
+    assert (ag.loc[ok.index, "cp"] == 2).all()
+    arch = str(pd.read_parquet(stages / "grid.parquet")["arch_id"].iloc[0])
+    flags = ["--model", "gpt2-xl", "--seq", "1024", "--grid", str(stages / "grid.parquet"),
+             "--mbs", "1", "--batch", "256", "--optimizer", "adam", "--fused", "--attention",
+             "flash", "--network", json.dumps(NET), "--cache", str(stages / "cache"),
+             "--cp-comm-type", "allgather"]
+    for (hbm, rec), r in ok.iterrows():
+        got = evaluate_row(r, arch, hbm, rec, flags, capsys)
+        assert got["plan_options"]["cp_comm_type"] == "allgather"

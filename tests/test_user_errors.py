@@ -713,3 +713,20 @@ def test_cp_comm_type_user_errors(extra, want):
             "llama3-8b", "--seq", "32768", "--tp", "2", "--pp", "1", "--dp", "1", "--mbs", "1",
             "--batch", "8", "--recompute", "none", "--sequence-parallel"] + extra
     assert _one_line_error(argv, "--cp-comm-type") == "phaze: error: " + want
+
+
+def test_check_config_refuses_a2a_cp_that_cannot_split_the_heads(tmp_path):
+    # placement.cp_comm_type a2a (Ulysses) splits a TP rank's heads over cp: llama3-8b has
+    # 8 kv heads, 1 per rank at t = 8, which cp 2 cannot split
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg["models"] = [{"name": "llama3-8b", "seq": [4096], "tp": [1, 8], "cp": [1, 2]}]
+    cfg["graph"]["attention"] = "flash"
+    cfg["placement"]["cp_comm_type"] = "a2a"
+    _check_config_refuses(tmp_path, cfg,
+                          "models[0].cp[1]: cp = 2 must divide the 1 key/value heads of "
+                          "llama3-8b per TP rank (t = 8) (placement.cp_comm_type a2a); fix: "
+                          "drop this cp, or set placement.cp_comm_type p2p or allgather")
+    cfg["placement"]["cp_comm_type"] = "allgather"
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
+    rc, out, err = _run(["check-config", "--config", str(tmp_path / "ok.yaml")])
+    assert rc == 0, err

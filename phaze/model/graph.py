@@ -853,6 +853,18 @@ def _kv_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) 
     return float(2 * mbs * chunk * max(1, spec.n_kv_heads // tp) * spec.d_head * dtype_bytes)
 
 
+def cp_a2a_problem(spec: ModelSpec, tp: int, cp: int) -> str | None:
+    """Why an all-to-all context parallelism of size cp (Megatron-Core --cp-comm-type a2a)
+    cannot split the attention heads a TP rank holds, or None: Transformer Engine's
+    AttnFuncWithCPAndQKVOA2A requires num_heads % cp_size == 0 for Q, K and V (heads / tp
+    query heads; K and V: the kv heads / tp, at least one; MLA: heads / tp)."""
+    kv = spec.heads if spec.mla else spec.n_kv_heads
+    for what, n in (("query", spec.heads // tp), ("key/value", max(1, kv // tp))):
+        if n % cp:
+            return f"cp = {cp} must divide the {n} {what} heads of {spec.name} per TP rank (t = {tp})"
+    return None
+
+
 def _qo_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> dict:
     """Q and the attention output O of one device's sequence chunk ({"q_bytes",
     "o_bytes"}): what an all-to-all context-parallel core moves beside K and V (Transformer

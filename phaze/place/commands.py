@@ -88,10 +88,6 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="Megatron-LM --DDP-impl: torch reduces fp16/bf16 gradient buckets during "
                         "the last microbatch's backward, local after it")
     e.add_argument("--cp", type=int, default=1, help="context-parallel size (ring attention)")
-    e.add_argument("--cp-comm-type", choices=["p2p", "allgather", "a2a"], default=None,
-                   help="Megatron-Core --cp-comm-type of --cp: p2p (ring, K/V sends overlapped "
-                        "with the core; its default), allgather (K/V all-gathered, exposed; "
-                        "Llama 3) or a2a (Q/K/V/O all-to-alls, exposed; DeepSpeed-Ulysses)")
     e.add_argument("--ep", type=int, default=1,
                    help="expert-parallel size (MoE layers; a placement row's ep)")
     e.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform",
@@ -533,7 +529,7 @@ def _evaluate_grid(args, spec, settings, seq):
                    "moe_expert_capacity_factor": None,
                    "moe_pad_expert_input_to_capacity": False,
                    "recompute_modules": None, "recompute_method": "uniform",
-                   "recompute_num_layers": 1, "cp_comm_type": None}
+                   "recompute_num_layers": 1}
     for name, default in preset_only.items():
         if getattr(args, name, default) != default:
             flag = {"account_embedding": "--account-for-embedding-in-pipeline-split",
@@ -599,7 +595,8 @@ def _evaluate_preset(args, spec, settings, seq):
                           pipeline_layout=args.pipeline_layout,
                           mtp_layers=args.mtp_layers or None,
                           cross_entropy_fusion=args.cross_entropy_fusion, ep=args.ep,
-                          expert_tp=args.expert_tp, options=_overlap_options(args) or None,
+                          expert_tp=args.expert_tp,
+                          options=_overlap_options(args, settings) or None,
                           recompute_modules=_recompute_modules(args))
     return plan, arch.hbm_bytes, arch.name
 
@@ -624,7 +621,7 @@ def _recompute_modules(args) -> tuple | None:
                         fix=e.fix) from None
 
 
-def _overlap_options(args) -> dict:
+def _overlap_options(args, settings=None) -> dict:
     names = {"grad_reduce": "overlap_grad_reduce", "param_gather": "overlap_param_gather",
              "tp_comm": "tp_comm_overlap", "p2p": "overlap_p2p",
              "async_tp": "async_tensor_model_parallel_allreduce",
@@ -637,11 +634,11 @@ def _overlap_options(args) -> dict:
     o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
     if getattr(args, "moe_token_dispatcher", "alltoall") != "alltoall":
         o["moe_token_dispatcher"] = args.moe_token_dispatcher
-    if getattr(args, "cp_comm_type", None):
-        if args.cp <= 1:
-            raise UserError("sets how context parallelism exchanges keys, which is off",
-                            field="--cp-comm-type", fix="add --cp N (N > 1), or drop --cp-comm-type")
-        o["cp_comm_type"] = args.cp_comm_type
+    if getattr(args, "cp_comm_type", None) and args.cp <= 1:
+        raise UserError("sets how context parallelism exchanges keys, which is off",
+                        field="--cp-comm-type", fix="add --cp N (N > 1), or drop --cp-comm-type")
+    if settings is not None and args.cp > 1:   # the flag, else the config's, else p2p
+        o["cp_comm_type"] = settings.placement.cp_comm_type
     if getattr(args, "moe_expert_capacity_factor", None) is not None:
         o["moe_expert_capacity_factor"] = args.moe_expert_capacity_factor
     if getattr(args, "moe_pad_expert_input_to_capacity", False):

@@ -196,14 +196,13 @@ def _check_ep(spec, ep: int) -> None:
 
 
 def _check_cp_a2a(spec, tp: int, cp: int) -> None:
-    """ValueError unless an all-to-all CP of size cp can split the attention heads a TP
-    rank holds: Transformer Engine's AttnFuncWithCPAndQKVOA2A requires num_heads % cp_size
-    == 0 for Q, K and V (heads / tp query heads; K / V: the kv heads / tp, MLA: heads / tp)."""
-    kv = spec.heads if spec.mla else spec.n_kv_heads
-    for what, n in (("query", spec.heads // tp), ("key/value", max(1, kv // tp))):
-        if n % cp:
-            raise ValueError(f"cp comm type a2a: cp = {cp} must divide the {n} {what} heads "
-                             f"of {spec.name} per TP rank (t = {tp})")
+    """ValueError when an all-to-all CP of size cp cannot split the attention heads a TP
+    rank holds (phaze.model.graph.cp_a2a_problem)."""
+    from phaze.model.graph import cp_a2a_problem
+
+    why = cp_a2a_problem(spec, tp, cp)
+    if why:
+        raise ValueError(f"cp comm type a2a: {why}")
 
 
 def async_tp_exposed(ops, lat_s, contention: float = 0.0):
@@ -488,6 +487,8 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     settings = settings or SweepSettings()
     check_recompute([recompute], "recompute")
     _check_ep(spec, ep)                  # as evaluate_model refuses it
+    if cp > 1 and (settings.placement.cp_comm_type == "a2a"):
+        _check_cp_a2a(spec, tp, cp)
     net = settings.net()
     # the sweep's graph of this ep (its expert GEMMs grouped per local expert; graph_eps)
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
@@ -528,5 +529,6 @@ def plan_options(placement, network=None, ep: int = 1, zero_stage: int | None = 
 
     levels = bool(getattr(network, "levels", ()))
     base = PlanOptions(optimizer=placement.optimizer, zero1=placement.zero1,
-                       collectives="nccl" if levels else "flat", cp=cp)
+                       collectives="nccl" if levels else "flat", cp=cp,
+                       cp_comm_type=placement.cp_comm_type)
     return with_axes(base, ep, zero_stage)

@@ -47,12 +47,11 @@ import numpy as np
 
 from phaze.hw.arch import Network
 from phaze.model.graph import MOE_DISPATCHERS, dividing_eps
-from phaze.settings import RECOMPUTE_MODES
+from phaze.settings import CP_COMM_TYPES, RECOMPUTE_MODES
 from phaze.place.chain import Chain
 
-# Megatron-Core --cp-comm-type values phaze costs (context_parallel_chain); its hierarchical
-# "a2a+p2p" is not modelled.
-CP_COMM_TYPES = ("p2p", "allgather", "a2a")
+# CP_COMM_TYPES: the Megatron-Core --cp-comm-type values context_parallel_chain costs
+# (phaze.settings holds the list); its hierarchical "a2a+p2p" is not modelled.
 
 
 @dataclass(frozen=True)
