@@ -180,6 +180,62 @@ def test_blockwise_fp8_bytes_and_rate_closed_form():
         assert t[j] == pytest.approx(off.lat_all_s[0][j] / 2.0 + n * 6.0 / bw)
 
 
+def _gemm_terms(g: GemmDims, p: CostParams):
+    """(compute, memory) seconds of a bf16 GEMM on all of H100's cores, the two sides of
+    phaze.cost.gemm's roofline, by hand from its parts."""
+    from phaze.cost.gemm import gemm_core_cycles, gemm_traffic_bytes
+    a = H100
+    hz = a.clock_hz * p.compute_efficiency * p.sustained_clock_fraction
+    c = float(gemm_core_cycles(g.batch, g.m, g.n, g.k, a.tc_rows, a.tc_cols, a.n_tc)) / hz
+    hbm, glb = gemm_traffic_bytes(g.batch, g.m, g.n, g.k, a.tc_cols, a.glb_bytes, p)
+    mem = max(float(glb) / (a.glb_bw_Bps * p.glb_bw_efficiency),
+              float(hbm) / (a.hbm_bw_Bps * p.hbm_bw_efficiency))
+    return c, mem
+
+
+def test_blockwise_rate_applies_to_the_compute_term_across_the_ridge():
+    # an FP8 GEMM's compute term runs at fp8_speedup x FP8_GEMM_RATE_FRACTION, its bytes at
+    # fp8_speedup: latency = max(compute / 1.75, memory / 2) (+ quantize). Near the ridge a
+    # GEMM bf16 bound by its bytes is bound in blockwise FP8 by its slower main loop (choosing
+    # the rate by the bf16 bound label undercharged it by up to 12.5 % and made the latency
+    # jump at the ridge)
+    p = CostParams(hbm_bw_efficiency=0.85)
+    pb = CostParams(hbm_bw_efficiency=0.85, fp8_gemm=True, fp8_recipe="blockwise")
+    q = 4 + 8 / 128
+    switched = 0
+    for m in range(160, 480, 16):
+        g = GemmDims(1, m, 8192, 8192)
+        op = [Op(name="mlp.fc2", kind="gemm", gemm=g, flops=g.flops)]
+        c, mem = _gemm_terms(g, p)
+        assert op_latencies(op, H100, H100.network, params=p).lat_all_s[0][0] == \
+            pytest.approx(max(c, mem))
+        got = op_latencies(op, H100, H100.network, params=pb)
+        quant = m * 8192 * q / (H100.hbm_bw_Bps * 0.85)
+        assert got.lat_all_s[0][0] == pytest.approx(max(c / 1.75, mem / 2) + quant), m
+        switched += mem > c and c / 1.75 > mem / 2
+    assert switched   # the grid crosses the band where the bound label changes
+
+
+def test_fp8_does_not_speed_up_a_fused_vector_epilogue():
+    # a GEMM with a fused epilogue that outlasts it: FP8 speeds up the GEMM, not the vector
+    # pass over its (bf16) output, which still binds
+    g = GemmDims(1, 4096, 4096, 4096)
+    op = [Op(name="mlp.fc1", kind="gemm", gemm=g, flops=g.flops, fused=("gelu",))]
+    slow_vc = dict(vector_cpe={**CostParams().vector_cpe, "gelu": 2000.0})
+    bf = op_latencies(op, H100, H100.network, params=CostParams(**slow_vc))
+    assert bf.bound_all[0][0] == 0
+    epilogue = bf.lat_all_s[0][0]
+    assert epilogue > 2 * op_latencies([Op(name="mlp.fc1", kind="gemm", gemm=g, flops=g.flops)],
+                                       H100, H100.network).lat_all_s[0][0]
+    for recipe in ("tensorwise", "blockwise"):
+        f8 = op_latencies(op, H100, H100.network,
+                          params=CostParams(fp8_gemm=True, fp8_recipe=recipe, **slow_vc))
+        quant = 4096 * 4096 * (6.0 if recipe == "tensorwise" else 4 + 8 / 128) / (
+            H100.hbm_bw_Bps * CostParams().hbm_bw_efficiency)
+        assert f8.lat_all_s[0][0] == pytest.approx(epilogue + quant), recipe
+
+
+
 def test_fp8_recipe_is_checked():
     with pytest.raises(ValueError, match="fp8_recipe"):
         CostParams(fp8_recipe="mxfp8")

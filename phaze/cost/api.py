@@ -69,10 +69,22 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         ng = np.array([[float(max(o.groups, 1)) for o in g]])
         dims = {x: np.array([[grouped_gemm_split(o)[x] for o in g]]) for x in ("b", "m", "n", "k")}
         op_bytes = np.array([[o.bytes_read + o.bytes_written for o in g]]) / ng
-        one, alls, bo, ba = gemm_latency(col, dims, params, op_bytes)
+        # FP8 weight GEMMs: operand bytes halve (memory terms / fp8_speedup) and the tensor
+        # cores run at fp8_speedup x FP8_GEMM_RATE_FRACTION of the recipe (a block-scaled
+        # GEMM applies its scales in the main loop), each term scaled before the roofline's
+        # max: near the ridge a block-scaled GEMM bf16 bound by its bytes can be bound by
+        # its slower main loop in FP8
+        cscale = mscale = 1.0
+        if params.fp8_gemm:
+            w8 = np.array([[1.0 if is_fp8_gemm(o) else 0.0 for o in g]])
+            rate = params.fp8_speedup * FP8_GEMM_RATE_FRACTION[params.fp8_recipe]
+            cscale = 1.0 / (1.0 + w8 * (rate - 1.0))
+            mscale = 1.0 / (1.0 + w8 * (params.fp8_speedup - 1.0))
+        one, alls, bo, ba = gemm_latency(col, dims, params, op_bytes, cscale, mscale)
         one, alls = one * ng, alls * ng
         kernels[gi] = np.ceil(ng[0] / TE_GEMM_STREAMS)
-        # fused vector epilogues run on one VC (one-core mode) or all VCs, overlapped
+        # fused vector epilogues run on one VC (one-core mode) or all VCs, overlapped (an
+        # FP8 GEMM's epilogue works on its bf16 output: not sped up)
         cpe = np.array([[sum(params.cpe(c) for c in o.fused) for o in g]])
         if np.any(cpe > 0):
             outs = dims["b"] * dims["m"] * dims["n"] * ng
@@ -82,15 +94,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
             bo = np.where(v1 > one, COMPUTE, bo).astype(np.int8)
             ba = np.where(va > alls, COMPUTE, ba).astype(np.int8)
             one, alls = np.maximum(one, v1), np.maximum(alls, va)
-        if params.fp8_gemm:   # weight GEMMs in FP8 (compute and operand bytes both halve)
-            w8 = np.array([[1.0 if is_fp8_gemm(o) else 0.0 for o in g]])
-            scale = 1.0 / (1.0 + w8 * (params.fp8_speedup - 1.0))
-            # a block-scaled GEMM applies its scales in the main loop: slower where the
-            # tensor cores bound it, not where its operand bytes do
-            rate = params.fp8_speedup * FP8_GEMM_RATE_FRACTION[params.fp8_recipe]
-            slow = 1.0 / (1.0 + w8 * (rate - 1.0))
-            one = one * np.where(bo == COMPUTE, slow, scale)
-            alls = alls * np.where(ba == COMPUTE, slow, scale)
+        if params.fp8_gemm:
             # quantizing the GEMM's activation operand (FP8_QUANTIZE_BYTES): a memory-bound
             # pass at the chip's HBM rate before the GEMM can start
             qb = FP8_QUANTIZE_BYTES[params.fp8_recipe]

@@ -133,10 +133,14 @@ def roofline(compute_s, glb_s, hbm_s):
     return stack.max(axis=0), stack.argmax(axis=0).astype(np.int8)
 
 
-def gemm_latency(a: dict, dims: dict, params: CostParams, op_bytes=None):
+def gemm_latency(a: dict, dims: dict, params: CostParams, op_bytes=None, compute_scale=1.0,
+                 memory_scale=1.0):
     """Latency of GEMMs on archs. `a`: arch arrays shaped (n_arch, 1) (ID_FIELDS);
     `dims`: b, m, n, k arrays shaped (1, n_op); op_bytes: the ops' own bytes read +
-    written (a floor for HBM traffic), or None.
+    written (a floor for HBM traffic), or None. compute_scale / memory_scale (broadcast
+    to (1, n_op)) multiply the compute term and the two memory terms before the roofline
+    takes their max (FP8 GEMMs: phaze.cost.api.op_latencies), so a GEMM whose terms scale
+    differently is bound by the right one.
     Returns (lat_one_s, lat_all_s, bound_one, bound_all), each (n_arch, n_op)."""
     b, m, n, k = dims["b"], dims["m"], dims["n"], dims["k"]
     R, C, ntc = a["tc_rows"], a["tc_cols"], a["n_tc"]
@@ -147,8 +151,9 @@ def gemm_latency(a: dict, dims: dict, params: CostParams, op_bytes=None):
     glb_bw = a["glb_bw_Bps"] * params.glb_bw_efficiency
     hbm_bw = a["hbm_bw_Bps"] * params.hbm_bw_efficiency
     share = 1.0 / ntc if params.one_core_bw_share == "fair" else 1.0
-    one = roofline(gemm_core_cycles(b, m, n, k, R, C, 1) / hz,
-                   glb_bytes / (glb_bw * share), hbm_bytes / (hbm_bw * share))
-    alls = roofline(gemm_core_cycles(b, m, n, k, R, C, ntc) / hz,
-                    glb_bytes / glb_bw, hbm_bytes / hbm_bw)
+    cs, ms = compute_scale, memory_scale
+    one = roofline(gemm_core_cycles(b, m, n, k, R, C, 1) / hz * cs,
+                   glb_bytes / (glb_bw * share) * ms, hbm_bytes / (hbm_bw * share) * ms)
+    alls = roofline(gemm_core_cycles(b, m, n, k, R, C, ntc) / hz * cs,
+                    glb_bytes / glb_bw * ms, hbm_bytes / hbm_bw * ms)
     return one[0], alls[0], one[1], alls[1]
