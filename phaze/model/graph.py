@@ -279,8 +279,8 @@ class _Layer:
             deps = tuple(biased.get(d, d) for d in self._fwd_deps(n))
             common = dict(name=n.name, deps=deps, bytes_read=sum(n.in_bytes) + _wbytes(n, self.dt),
                           bytes_written=n.out_bytes, param_bytes=n.params_dev * self.dt,
-                          saved_bytes=n.saved, tp_rule=n.tp_rule,
-                          selective_recompute=n.selective)
+                          saved_bytes=n.saved, selective_drop=n.selective_drop,
+                          tp_rule=n.tp_rule, selective_recompute=n.selective)
             if n.kind == "gemm" and n.bwd == "flash":
                 ops.append(Op(kind="gemm", flops=n.gemm.flops, gemm=n.gemm, fused=n.fused_fwd,
                               elements=n.out_elements, heads=n.flash_heads,

@@ -52,6 +52,7 @@ class Op:
     comm_bytes: float = 0.0        # payload of a collective per device (full tensor bytes)
     param_bytes: float = 0.0       # weight bytes owned by this op on one device
     saved_bytes: float = 0.0       # bytes this op keeps for backward (no recomputation)
+    selective_drop: float = 0.0    # part of saved_bytes selective recomputation drops
     tp_rule: str = "replicated"    # column | row | vocab | replicated | sharded (SP)
     fused: tuple[str, ...] = ()    # vector epilogues fused into this GEMM (runs on TC + VC)
     # forward op that selective recomputation re-runs before the backward (Korthikanti et

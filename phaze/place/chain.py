@@ -132,11 +132,68 @@ class Chain:
         return blocks[0], blocks[-1] + 1
 
 
+def _fp8_saved_delta(fwd, recipe: str) -> tuple[float, float]:
+    """Bytes an FP8 layer keeps beyond the bf16 graph's (recompute none, selective), from
+    its forward ops `fwd`. Per FP8 linear (phaze.cost.api.is_fp8_gemm), of saved input s
+    (the graph's bf16 bytes, of which selective recomputation drops Op.selective_drop):
+    - in general the FP8 copy replaces the bf16 input: -s / 2; under selective, -(s -
+      drop) / 2, or 0 for a linear the recomputation re-runs (a checkpoint keeps its
+      module's input in bf16; Megatron-Core's output-discarding modules, layernorm and
+      moe_act, make the consumer save its original input, discarded: the drop);
+    - the output projection of the attention core (attn.proj): with the delayed recipe its
+      FP8 copy comes beside the bf16 O the fused core keeps for its own backward while the
+      core is not recomputed (TE FusedAttnFunc saves q, k, v, out): +s / 2, and -s / 2
+      where the core is recomputed (an eager core keeps no O: -s / 2); with tensorwise /
+      blockwise, Megatron-Core makes linear_proj save its original input, the core's bf16
+      O (megatron/core/transformer/attention.py set_save_original_input(linear_proj):
+      "the output of the fused core_attn is saved by itself", fp8_recipe != 'delayed',
+      TE >= 2.6, core_r0.15 on): 0;
+    - a linear whose bf16 input the graph counts at another op (saved 0: MLA's kv_down
+      beside q_down, a shared expert's fc1 beside the bf16 router) quantizes and keeps its
+      own copy: + its input's bytes / 2 (the source op's output, past collectives: the
+      local shard under sequence parallelism), under selective unless it is re-run or its
+      source is (a discarded norm output)."""
+    from phaze.cost.api import is_fp8_gemm
+
+    by_name = {o.name: o for o in fwd}
+
+    def source(o):
+        src = by_name.get(o.deps[0]) if len(o.deps) == 1 else None
+        while src is not None and src.kind == "collective" and len(src.deps) == 1:
+            src = by_name.get(src.deps[0])
+        return src
+
+    d_none = d_sel = 0.0
+    for o in fwd:
+        if o.kind != "gemm" or not is_fp8_gemm(o):
+            continue
+        s, kept = o.saved_bytes, o.saved_bytes - o.selective_drop
+        src = source(o)
+        if src is not None and is_attention_core(src) and s > 0:
+            if recipe != "delayed":
+                continue
+            flash = src.name.endswith("attn.core")
+            d_none += s / 2 if flash else -s / 2
+            if not o.selective_recompute:
+                d_sel += kept / 2 if flash and not src.selective_recompute else -kept / 2
+        elif s == 0 and src is not None:
+            own = src.bytes_written / 2
+            d_none += own
+            if not (o.selective_recompute or src.selective_recompute):
+                d_sel += own
+        else:
+            d_none -= s / 2
+            if not o.selective_recompute:
+                d_sel -= kept / 2
+    return d_none, d_sel
+
+
 def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                      op_latency_s: Callable | None = None,
                      layer_tp_s: Mapping[int, tuple[float, float]] | None = None,
                      layer_core_s: Mapping[int, tuple] | None = None,
-                     kv_bytes: float | None = None, fp8: bool = False) -> Chain:
+                     kv_bytes: float | None = None, fp8: bool = False,
+                     fp8_recipe: str = "delayed") -> Chain:
     """Chain of a ModelGraph. Latencies per layer kind come from `layer_latency`
     {index into graph.layers: (fwd_s, bwd_s, recompute_selective_s)} (the scheduler's
     result; a missing third entry means 0), or else from summing `op_latency_s(op)` over
@@ -147,14 +204,13 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
     `kv_bytes` (bytes): K and V of one device's chunk per microbatch, set on the layers
     with an attention core (context parallelism's ring payload; 0: none; default: the
     graph's own, graph.kv_bytes, when it was built for cp > 1, else 0).
-    `fp8`: the blocks' linears run in FP8 (Transformer Engine): each keeps its input for the
-    weight gradient as the FP8 copy it quantized, 1 B per element instead of the graph's
-    2 (TE module/linear.py forward: "Discard row-wise data since it is not needed in
-    backward pass", saved_inputmat = the quantized input; LayerNormLinear's ln_out and
-    GroupedLinear's inputs alike; the per-block scales are negligible): the activation
-    bytes of every recompute mode drop by half the saved input of each FP8 linear
-    (phaze.cost.api.is_fp8_gemm) that mode keeps (not those selective recomputation
-    re-runs; a block under full recomputation keeps only its bf16 input).
+    `fp8`: the blocks' linears run in FP8 (Transformer Engine) under Megatron-Core's
+    --fp8-recipe `fp8_recipe`: each keeps its input for the weight gradient as the FP8
+    copy it quantized, 1 B per element instead of the graph's 2 (TE module/linear.py
+    forward: "Discard row-wise data since it is not needed in backward pass",
+    saved_inputmat = the quantized input; LayerNormLinear's ln_out and GroupedLinear's
+    inputs alike; the per-block scales are negligible), per layer as _fp8_saved_delta
+    counts it (a block under full recomputation keeps only its bf16 input).
     The chain's seq is the full sequence (graph.seq; a device's ops hold seq / graph.cp).
     Its FLOPs are those of the graph's ops (one ring step of the attention core under
     cp > 1; plan.context_parallel_chain adds the other cp - 1, `core_flops_*`)."""
@@ -190,14 +246,11 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         a_sel = acts.get("selective", a_none)
         pass_kind = layer.kind if layer.kind in ("prologue", "epilogue") else "block"
         if fp8:
-            from phaze.cost.api import is_fp8_gemm
-
-            lin = [o for o in layer.fwd if o.kind == "gemm" and is_fp8_gemm(o)]
-            kept = sum(o.saved_bytes for o in lin if not o.selective_recompute) / 2
-            a_none -= sum(o.saved_bytes for o in lin) / 2
-            a_sel -= kept
+            d_none, d_sel = _fp8_saved_delta(layer.fwd, fp8_recipe)
+            a_none += d_none
+            a_sel += d_sel
             if pass_kind != "block":     # never recomputed: its "full" is its selective
-                a_full -= kept
+                a_full += d_sel
         f_sel = sum(o.flops for o in layer.selective_recompute_ops())
         # routed experts: their weights (Op.experts > 0) and the dispatch's token slots
         ex = sum(o.param_bytes for o in layer.fwd if o.experts) / graph.dtype_bytes

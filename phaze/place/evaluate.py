@@ -427,7 +427,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core
     core = attention_core_latencies(graph, arch, network, cost_params) if cp > 1 else None
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core,
-                             fp8=fp8)
+                             fp8=fp8, fp8_recipe=fp8_recipe)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
     stages = None
     if first_stage_layers is not None or last_stage_layers is not None or account_embedding \
