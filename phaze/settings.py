@@ -28,6 +28,10 @@ OPTIMIZERS = ("sgd", "adam")
 # Megatron-Core --cp-comm-type values (phaze.place.plan.CP_COMM_TYPES, the costs; listed
 # here so that the CLI's choices need no stage import)
 CP_COMM_TYPES = ("p2p", "allgather", "a2a")
+# the spelling Transformer Engine accepts for allgather, and Megatron-Core's TransformerConfig
+# documents ("p2p" or "all_gather" or "a2a": TE attn_forward_func_with_cp raises on
+# "allgather"; Megatron-LM's --cp-comm-type help says "allgather"): the same costs
+CP_COMM_TYPE_ALIASES = {"all_gather": "allgather"}
 MAX_HBM_GIB = 2.0**20          # 1 PiB per device: beyond any memory, and far from overflow
 # The scheduling backend `auto` resolves to (measured on the zoo's layers: docs/sched.md).
 DEFAULT_SOLVER = "cpsat"
@@ -243,6 +247,8 @@ class PlacementSettings:
             raise UserError(f"unknown optimizer {self.optimizer!r}", field="optimizer",
                             fix=f"use {' or '.join(OPTIMIZERS)}")
         object.__setattr__(self, "ep", parse_list(self.ep, int, "ep", minimum=1))
+        object.__setattr__(self, "cp_comm_type",
+                           CP_COMM_TYPE_ALIASES.get(self.cp_comm_type, self.cp_comm_type))
         if self.cp_comm_type not in CP_COMM_TYPES:
             raise UserError(f"unknown context-parallel communication {self.cp_comm_type!r}",
                             field="cp_comm_type", fix=f"use one of {', '.join(CP_COMM_TYPES)}")
@@ -603,10 +609,10 @@ def add_placement_args(p, axes: bool = True) -> None:
                        f"(MoE models; default {','.join(map(str, d.ep))})")
         p.add_argument("--zero-stage", dest="zero_stage", help="comma-separated ZeRO stages "
                        "0..3 to search (default: 1 with --zero1, else 0)")
-    p.add_argument("--cp-comm-type", choices=CP_COMM_TYPES,
+    p.add_argument("--cp-comm-type", choices=CP_COMM_TYPES + tuple(CP_COMM_TYPE_ALIASES),
                    help="Megatron-Core --cp-comm-type of context parallelism: p2p (ring, K/V "
-                        "sends overlapped with the core), allgather (K/V all-gathered, exposed; "
-                        "Llama 3) or a2a (Q/K/V/O all-to-alls, exposed; DeepSpeed-Ulysses) "
+                        "sends overlapped with the core), allgather or all_gather (K/V all-gathered, "
+                        "exposed; Llama 3) or a2a (Q/K/V/O all-to-alls, exposed; DeepSpeed-Ulysses) "
                         f"(default {d.cp_comm_type})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
     p.add_argument("--zero1", action=argparse.BooleanOptionalAction,

@@ -227,3 +227,34 @@ def test_cp_comm_type_reaches_the_dp_and_evaluate_reproduces_it(stages, capsys):
     for (hbm, rec), r in ok.iterrows():
         got = evaluate_row(r, arch, hbm, rec, flags, capsys)
         assert got["plan_options"]["cp_comm_type"] == "allgather"
+
+
+def test_all_gather_is_transformer_engines_spelling_of_allgather(tmp_path, capsys):
+    """Transformer Engine's attn_forward_func_with_cp takes "all_gather" (it raises
+    "Unsupported communication type" on "allgather"), the spelling Megatron-Core's
+    TransformerConfig.cp_comm_type documents and passes through: phaze takes it as
+    allgather in PlanOptions, placement.cp_comm_type (check-config) and --cp-comm-type."""
+    import yaml
+
+    from phaze.place.plan import PlanOptions
+    from phaze.settings import PlacementSettings
+
+    assert PlanOptions(cp_comm_type="all_gather").cp_comm_type == "allgather"
+    assert PlacementSettings(cp_comm_type="all_gather").cp_comm_type == "allgather"
+    from pathlib import Path
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "default.yaml").read_text())
+    cfg["placement"]["cp_comm_type"] = "all_gather"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["check-config", "--config", str(path)]) == 0
+    capsys.readouterr()
+    base = ["evaluate", "--model", "llama2-7b", "--arch", "h100", "--framework",
+            "megatron-core-2024", "--tp", "2", "--pp", "1", "--dp", "1", "--mbs", "1",
+            "--batch", "4", "--seq", "8192", "--cp", "2", "--recompute", "selective", "--json"]
+    got = {}
+    for name in ("allgather", "all_gather"):
+        assert main(base + ["--cp-comm-type", name]) == 0
+        got[name] = json.loads(capsys.readouterr().out)
+    assert got["all_gather"]["plan_options"]["cp_comm_type"] == "allgather"
+    assert got["all_gather"]["time_per_batch_s"] == got["allgather"]["time_per_batch_s"]

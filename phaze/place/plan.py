@@ -47,7 +47,7 @@ import numpy as np
 
 from phaze.hw.arch import Network
 from phaze.model.graph import MOE_DISPATCHERS, dividing_eps
-from phaze.settings import CP_COMM_TYPES, RECOMPUTE_MODES
+from phaze.settings import CP_COMM_TYPE_ALIASES, CP_COMM_TYPES, RECOMPUTE_MODES
 from phaze.place.chain import Chain
 
 # CP_COMM_TYPES: the Megatron-Core --cp-comm-type values context_parallel_chain costs
@@ -219,6 +219,8 @@ class PlanOptions:
     async_tensor_model_parallel_allreduce: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "cp_comm_type",
+                           CP_COMM_TYPE_ALIASES.get(self.cp_comm_type, self.cp_comm_type))
         if self.cp_comm_type not in CP_COMM_TYPES:
             raise ValueError(f"PlanOptions.cp_comm_type must be one of {CP_COMM_TYPES}, got "
                              f"{self.cp_comm_type!r}")
