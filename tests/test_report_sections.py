@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pandas as pd
@@ -47,6 +48,19 @@ def sweep(tmp_path_factory):
     return wd
 
 
+@pytest.fixture(scope="module")
+def baseline_sweep(tmp_path_factory):
+    """gpt2-xl seq 1024 swept at 16 and 64 GiB of HBM, not at the TPUv4-like chip's 32: its
+    baselines are the swept rows that fit in 32 GiB; its optimised plan has uneven
+    stages (the DP's 11, 13, 13, 11 blocks), its fixed plan 4x16x1 the uniform split."""
+    wd = tmp_path_factory.mktemp("baselines")
+    cfg = small_config(hbm_gib=(16, 64))
+    cfg["models"] = [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "fixed_plan": "4x16x1"}]
+    write_config(wd, cfg)
+    snakemake(wd, "--cores", "2", timeout_s=600)
+    return wd
+
+
 def _dom(html_path, tmp_path, name):
     shot = tmp_path / f"{name}.png"
     _run_chromium([f"--screenshot={shot}", "--window-size=1400,5000", "--hide-scrollbars",
@@ -77,6 +91,28 @@ def test_tpuv4_compared_at_its_own_hbm(sweep):
     tpu = place[(place.arch_id == s.tpuv4_arch_id) & (place.row_kind == "best") & place.feasible
                 & (place.memory_per_device_bytes <= 32 * 2**30)]
     assert s.tpuv4_opt_samples_per_s == pytest.approx(tpu.samples_per_s.max(), rel=1e-12)
+
+
+def test_tpuv4_hbm_reads_the_same_everywhere(baseline_sweep):
+    """32 GiB is not swept: the TPUv4-like chip is still compared at its own 32 GiB, and
+    summary.csv's column, its plan strings, the note and report.html (comparison and
+    memory sections) all name that one size (the plan string and report.html used to name
+    the swept size of the row, 16 GiB, next to a 32 GiB column)."""
+    s = pd.read_csv(baseline_sweep / "results/report/summary.csv").iloc[0]
+    assert s.tpuv4_hbm_bytes == 32 * 2**30 and "HBM=32GiB" in s.tpuv4_opt_plan
+    assert "32 GiB of HBM is not among the swept sizes (16, 64 GiB)" in s.notes
+    assert "add 32 to placement.hbm_gib" in s.notes
+    html = (baseline_sweep / "results/report/report.html").read_text()
+    compare = html.split('id="compare"')[1].split('id="sensitivity"')[0]
+    roles = re.findall(r"<th>([^<]+)</th>", compare.split("</thead>")[0])
+    hbm = re.findall(r"<td[^>]*>([^<]*)</td>", compare.split("<th>HBM capacity</th>")[1]
+                     .split("</tr>")[0])
+    shown = dict(zip(roles, hbm))
+    assert shown["TPUv4-like"] == shown["TPUv4-like fixed"] == "32 GiB", shown
+    memory = html.split('id="memory-split"')[1].split('id="solver"')[0]
+    tpu = memory.split("TPUv4-like")[1]
+    assert re.findall(r"[0-9.]+ / ([0-9.]+)</td>", tpu) and \
+        set(re.findall(r"[0-9.]+ / ([0-9.]+)</td>", tpu)) == {"32"}
 
 
 def megatron_to_evaluate(text: str, n_layers: int) -> list[str]:

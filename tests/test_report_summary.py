@@ -283,3 +283,23 @@ def test_fixed_plan_note_names_the_cause_that_holds():
     assert "does not fit in 32 GiB" in notes["8x128x1"] and "40.00 GiB" in notes["8x128x1"]
     assert "t = 2 is not among the config's tp widths [1]" in notes["8x128x2"]
     assert all(" or " not in n.split("gives no plan")[1].split(";")[0] for n in notes.values())
+
+
+def test_a_plan_too_big_for_every_swept_hbm_but_not_for_the_tpuv4_chip_says_so():
+    """hbm_gib [0.25]: the fixed plan needs 0.37 GiB, so no row is feasible; it would fit
+    in the TPUv4-like chip's 32 GiB, which the sweep did not try. The note says that (it
+    used to say the plan 'does not fit in 32 GiB' although it needs 0.37 GiB)."""
+    grid = make_grid()
+    place = make_place(grid, "bert-large", 512)
+    place = place[place.hbm_bytes == 32 * 2**30].assign(hbm_bytes=0.25 * 2**30)
+    fixed = place.row_kind == "fixed"
+    place.loc[fixed, ["samples_per_s", "tokens_per_s", "time_per_batch_s"]] = np.nan
+    place.loc[fixed, "feasible"] = False
+    place.loc[fixed, "memory_per_device_bytes"] = 0.37 * 2**30
+    s = summarise(load_place_df(place), grid, fixed_plans={"bert-large": "8x128x1"}).iloc[0]
+    assert np.isnan(s.tpuv4_fixed_samples_per_s)
+    assert "does not fit in 32 GiB" not in s.notes
+    assert ("needs 0.37 GiB per device, more than every swept HBM size (0.25 GiB) but within "
+            "the chip's 32 GiB, which the sweep did not try; fix: add 32 to placement.hbm_gib"
+            in s.notes), s.notes
+    assert "32 GiB of HBM is not among the swept sizes (0.25 GiB)" in s.notes

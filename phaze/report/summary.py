@@ -133,6 +133,29 @@ def fits(rows: pd.DataFrame, hbm_bytes: float) -> pd.DataFrame:
     return rows[rows["memory_per_device_bytes"] <= hbm_bytes * (1 + 1e-12)]
 
 
+def on_chip(row, hbm_bytes: float):
+    """A row that fits in `hbm_bytes` (`fits`) as run on a chip of that HBM, the TPUv4-like
+    chip's own: the plan, its stages and its time are the row's (the DP sweep's HBM size
+    only bounds which plans it may choose); only the capacity it is shown and evaluated
+    with becomes the chip's, so the plan string, the comparison, the memory section and
+    the evaluate command all name the one size the baseline is compared at."""
+    if row is None:
+        return None
+    row = row.copy()
+    row["hbm_bytes"] = float(hbm_bytes)
+    return row
+
+
+def _gib_list(rows: pd.DataFrame) -> list[float]:
+    """The HBM sizes (GiB) the rows were swept at."""
+    return sorted({float(v) / GiB for v in rows["hbm_bytes"].dropna()}) \
+        if "hbm_bytes" in rows.columns else []
+
+
+def _unswept(gib: float, swept: list[float]) -> bool:
+    return bool(swept) and all(abs(g - gib) > 1e-9 * gib for g in swept)
+
+
 def fixed_plans_of(cfg: dict | None) -> dict | None:
     """{model name: 'PxDxT'} of the config's models with a fixed_plan (None: no config)."""
     if cfg is None:
@@ -232,7 +255,8 @@ def _winner(r: dict, best, ctx) -> None:
 
 def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
     """The TPUv4-like chip at its own HBM: its optimised plan and the configured fixed
-    plan. Fills r; returns the notes."""
+    plan, each the fastest swept row that fits in that HBM, shown at that HBM (on_chip).
+    Fills r; returns the notes."""
     tpu, gib = ctx["tpu"], ctx["tpu_hbm_gib"]
     if tpu is None:
         return ["the TPUv4-like chip is outside the grid, so it was not evaluated "
@@ -241,10 +265,18 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
     tpu_hbm = gib * GiB
     bthr = r["best_samples_per_s"]
     r["tpuv4_arch_id"], r["tpuv4_hbm_bytes"] = tpu, tpu_hbm
-    t_opt = _best(fits(opt[opt["arch_id"] == tpu], tpu_hbm))
+    mine = opt[opt["arch_id"] == tpu]
+    swept = _gib_list(pd.concat([mine, fixed[fixed["arch_id"] == tpu]]))
+    unswept = _unswept(gib, swept)
+    if unswept:
+        notes.append(f"the TPUv4-like chip's {gib:g} GiB of HBM is not among the swept sizes "
+                     f"({', '.join(f'{g:g}' for g in swept)} GiB): its baselines are the "
+                     f"swept plans that fit in {gib:g} GiB, and a sweep at {gib:g} GiB may "
+                     f"find faster ones (add {gib:g} to placement.hbm_gib)")
+    t_opt = on_chip(_best(fits(mine, tpu_hbm)), tpu_hbm)
     if t_opt is None:
-        notes.append(f"the TPUv4-like chip has no plan that fits in its {gib:g} GiB of HBM"
-                     if (opt["arch_id"] == tpu).any()
+        notes.append(f"the TPUv4-like chip has no {'swept ' if unswept else ''}plan that "
+                     f"fits in its {gib:g} GiB of HBM" if not mine.empty
                      else "the TPUv4-like chip is in the grid but not in the placement table")
     else:
         r["tpuv4_opt_plan"] = plan_label(t_opt)
@@ -262,7 +294,7 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
             pdt = "x".join(str(int(f0[k])) for k in "pdt")
     if pdt is not None:
         r["tpuv4_fixed_strategy"] = str(pdt)
-    fbest = _best(fits(t_fix, tpu_hbm)) if pdt is not None else None
+    fbest = on_chip(_best(fits(t_fix, tpu_hbm)), tpu_hbm) if pdt is not None else None
     if fbest is not None:
         r["tpuv4_fixed_samples_per_s"] = float(fbest["samples_per_s"])
         r["speedup_vs_tpuv4_fixed"] = _speedup(bthr, r["tpuv4_fixed_samples_per_s"])
@@ -272,21 +304,28 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
         notes.append("no fixed-strategy rows for the TPUv4-like chip in the placement table")
     else:
         notes.append(f"the fixed plan p x d x t = {pdt} gives no plan on the TPUv4-like "
-                     f"chip: " + _fixed_cause(model, pdt, t_fix, gib, ctx["config"]))
+                     f"chip: " + _fixed_cause(model, pdt, t_fix, gib, ctx["config"], swept))
     return notes
 
 
-def _fixed_cause(model, pdt, t_fix, gib, cfg) -> str:
+def _fixed_cause(model, pdt, t_fix, gib, cfg, swept=()) -> str:
     """Which cause holds for a fixed plan without a fitting row: an explicit obstacle
-    (fixed_plan_obstacle), else memory (with the smallest need when the rows carry it)."""
+    (fixed_plan_obstacle), else memory (with the smallest need when the rows carry it):
+    more than the chip's `gib`, or within it but above every swept HBM size (`swept`,
+    GiB), so that no row was feasible although the chip would hold the plan."""
     why = fixed_plan_obstacle(model, pdt, cfg)
     if why is not None:
         return why
     need = t_fix["memory_per_device_bytes"].dropna() if "memory_per_device_bytes" in t_fix \
         else pd.Series(dtype=float)
-    least = f" (the smallest plan needs {need.min() / GiB:.2f} GiB per device)" \
-        if not need.empty else ""
-    return f"it does not fit in {gib:g} GiB at any mbs/recompute tried{least}"
+    least = need.min() / GiB if not need.empty else math.nan
+    if least <= gib * (1 + 1e-12) and swept and max(swept) < least:
+        return (f"its smallest plan needs {least:.2f} GiB per device, more than every swept "
+                f"HBM size ({', '.join(f'{g:g}' for g in swept)} GiB) but within the chip's "
+                f"{gib:g} GiB, which the sweep did not try; fix: add {gib:g} to "
+                f"placement.hbm_gib")
+    at = f" (the smallest plan needs {least:.2f} GiB per device)" if least == least else ""
+    return f"it does not fit in {gib:g} GiB at any mbs/recompute tried{at}"
 
 
 def _spotlight(r: dict, model, seq, opt, ctx) -> list[str]:
@@ -321,8 +360,8 @@ def _spotlight(r: dict, model, seq, opt, ctx) -> list[str]:
 
 def role_rows(place: pd.DataFrame, s) -> list[tuple[str, pd.Series]]:
     """(role, placement row) of the co-designed chip and each baseline of one summary row,
-    selected exactly as summarise does (TPUv4-like rows fit its HBM; the Spotlight-style
-    pick left out when it is the co-designed chip)."""
+    selected exactly as summarise does (TPUv4-like rows fit its HBM and are shown at it,
+    on_chip; the Spotlight-style pick left out when it is the co-designed chip)."""
     if s["status"] != "ok":
         return []
     rows = place[(place["model"] == s["model"]) & (place["seq"] == s["seq"])
@@ -333,9 +372,10 @@ def role_rows(place: pd.DataFrame, s) -> list[tuple[str, pd.Series]]:
     tpu, hbm = s.get("tpuv4_arch_id"), s.get("tpuv4_hbm_bytes")
     out = [("co-design", _best(opt[opt["arch_id"] == s["best_arch_id"]]))]
     if isinstance(tpu, str):
-        out.append(("TPUv4-like", _best(fits(opt[opt["arch_id"] == tpu], hbm))))
+        out.append(("TPUv4-like", on_chip(_best(fits(opt[opt["arch_id"] == tpu], hbm)), hbm)))
         if isinstance(s.get("tpuv4_fixed_strategy"), str):
-            out.append(("TPUv4-like fixed", _best(fits(fixed[fixed["arch_id"] == tpu], hbm))))
+            out.append(("TPUv4-like fixed",
+                        on_chip(_best(fits(fixed[fixed["arch_id"] == tpu], hbm)), hbm)))
     spot = s.get("spotlight_arch_id")
     if isinstance(spot, str) and spot != s["best_arch_id"]:
         out.append(("Spotlight-style", _best(opt[opt["arch_id"] == spot])))
