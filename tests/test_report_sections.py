@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
+from html import escape as html_escape
 
 import pandas as pd
 import pytest
@@ -113,6 +115,37 @@ def test_tpuv4_hbm_reads_the_same_everywhere(baseline_sweep):
     tpu = memory.split("TPUv4-like")[1]
     assert re.findall(r"[0-9.]+ / ([0-9.]+)</td>", tpu) and \
         set(re.findall(r"[0-9.]+ / ([0-9.]+)</td>", tpu)) == {"32"}
+
+
+def test_every_baseline_has_a_command_that_reproduces_it(baseline_sweep, capsys, monkeypatch):
+    """The best design and each baseline (TPUv4-like optimised plan, fixed plan) have a
+    `phaze evaluate` command in summary.csv, report.html and the terminal that recomputes
+    the summary's number, with the row's stages: the TPUv4-like plan's uneven split (in its
+    plan string too) gives another number under Megatron's uniform split."""
+    s = pd.read_csv(baseline_sweep / "results/report/summary.csv").iloc[0]
+    html = (baseline_sweep / "results/report/report.html").read_text()
+    monkeypatch.chdir(baseline_sweep)
+    got = {}
+    for col, want in (("evaluate_command", "best_samples_per_s"),
+                      ("tpuv4_opt_evaluate_command", "tpuv4_opt_samples_per_s"),
+                      ("tpuv4_fixed_evaluate_command", "tpuv4_fixed_samples_per_s")):
+        cmd = shlex.split(s[col])
+        assert cmd[:2] == ["phaze", "evaluate"] and "--stages" in cmd, cmd
+        assert html_escape(s[col]) in html.split('id="reproduce"')[1]
+        capsys.readouterr()
+        assert main([*cmd[1:], "--json"]) == 0
+        got[col] = json.loads(capsys.readouterr().out)["samples_per_s"]
+        assert got[col] == pytest.approx(s[want], rel=1e-9), col
+    assert "blocks=11,13,13,11" in s.tpuv4_opt_plan, s.tpuv4_opt_plan
+    uniform = shlex.split(s.tpuv4_opt_evaluate_command)
+    uniform = uniform[1:uniform.index("--stages")]
+    assert main([*uniform, "--json"]) == 0
+    other = json.loads(capsys.readouterr().out)["samples_per_s"]
+    assert other != pytest.approx(s.tpuv4_opt_samples_per_s, rel=1e-6)
+    assert main(["report", "--results", "results"]) == 0
+    out = capsys.readouterr().out
+    assert f"TPUv4-like, optimised plan: {s.tpuv4_opt_evaluate_command}" in out
+    assert f"TPUv4-like, fixed plan: {s.tpuv4_fixed_evaluate_command}" in out
 
 
 def megatron_to_evaluate(text: str, n_layers: int) -> list[str]:

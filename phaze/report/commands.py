@@ -277,7 +277,7 @@ def results_inputs(results_dir) -> dict:
 
 def run(args) -> int:
     from phaze.jsonout import emit_json
-    from phaze.report.summary import format_terminal
+    from phaze.report.summary import COMMANDS, format_terminal
 
     if args.results:
         found = results_inputs(args.results)
@@ -303,7 +303,9 @@ def run(args) -> int:
     for note in sweep.pruned_notes:
         print(note)
     for _, r in summary[summary["status"] == "ok"].iterrows():
-        print(f"reproduce {r['model']} (seq {r['seq']}): {r['evaluate_command']}")
+        for role, col in COMMANDS:
+            if isinstance(r.get(col), str):
+                print(f"reproduce {r['model']} (seq {r['seq']}), {role}: {r[col]}")
     for key, path in written.items():
         if key == "removed":
             print("\n".join(f"removed stale {p}" for p in path))

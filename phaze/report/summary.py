@@ -23,8 +23,13 @@ SUMMARY_COLUMNS = [
     "tpuv4_fixed_strategy", "tpuv4_fixed_samples_per_s",
     "spotlight_arch_id", "spotlight_arch", "spotlight_samples_per_s", "spotlight_is_best",
     "speedup_vs_tpuv4_opt", "speedup_vs_tpuv4_fixed", "speedup_vs_spotlight",
-    "n_archs", "n_feasible_archs", "evaluate_command", "notes",
+    "n_archs", "n_feasible_archs", "evaluate_command", "tpuv4_opt_evaluate_command",
+    "tpuv4_fixed_evaluate_command", "notes",
 ]
+# the command that recomputes each design's row: (role, summary column)
+COMMANDS = (("best design", "evaluate_command"),
+            ("TPUv4-like, optimised plan", "tpuv4_opt_evaluate_command"),
+            ("TPUv4-like, fixed plan", "tpuv4_fixed_evaluate_command"))
 WIN_RTOL = 1e-9
 
 
@@ -38,6 +43,19 @@ def arch_label(row) -> str:
         return str(row.get("arch_id", ""))
 
 
+def stage_blocks(stages) -> list[int]:
+    """Transformer blocks per pipeline stage (chunk) of a row's stages column (JSON layer
+    ranges over prologue, blocks, epilogue, as runnable.block_split reads them)."""
+    import json
+
+    if isinstance(stages, str):
+        stages = json.loads(stages) if stages else []
+    if not isinstance(stages, (list, tuple, np.ndarray)) or len(stages) == 0:
+        return []
+    n = stages[-1][1]
+    return [(hi - lo) - (lo == 0) - (hi == n) for lo, hi in stages]
+
+
 def plan_label(row) -> str:
     parts = []
     for k in ("p", "d", "t"):
@@ -47,6 +65,9 @@ def plan_label(row) -> str:
     for k, name in (("cp", "cp"), ("ep", "ep"), ("interleave", "v")):
         if k in row and pd.notna(row[k]) and int(row[k]) > 1:
             parts.append(f"{name}={int(row[k])}")
+    blocks = stage_blocks(row.get("stages"))
+    if len(set(blocks)) > 1:       # the DP's uneven split, not Megatron's uniform one
+        parts.append("blocks=" + ",".join(map(str, blocks)))
     if _is_on(row.get("sequence_parallel")):
         parts.append("sp")
     if "zero_stage" in row and pd.notna(row["zero_stage"]) and int(row["zero_stage"]) > 0:
@@ -194,7 +215,7 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
               tpuv4_hbm_gib: float = TPUV4_HBM_GIB, fixed_plans: dict | None = None,
               config: dict | None = None) -> pd.DataFrame:
     """One row per (model, seq); see SUMMARY_COLUMNS. `reproduce` {"grid": path,
-    "config": path or None} names the files in each best design's evaluate_command.
+    "config": path or None} names the files in each design's evaluate command (COMMANDS).
     The TPUv4-like chip is compared with `tpuv4_hbm_gib` of HBM (its plans are the sweep's
     rows that fit in it); its fixed plan is `fixed_plans[model]` (the config's fixed_plan;
     None: whatever fixed rows the tables hold); `config` (the sweep's config, optional)
@@ -249,8 +270,11 @@ def _winner(r: dict, best, ctx) -> None:
              if bid in info.index else bid,
              best_plan=plan_label(best), best_samples_per_s=float(best["samples_per_s"]),
              best_tokens_per_s=float(best.get("tokens_per_s", np.nan)), best_mfu=mfu,
-             evaluate_command=evaluate_command(best, ctx["reproduce"]["grid"],
-                                               ctx["reproduce"]["config"]))
+             evaluate_command=_command(best, ctx))
+
+
+def _command(row, ctx) -> str:
+    return evaluate_command(row, ctx["reproduce"]["grid"], ctx["reproduce"]["config"])
 
 
 def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
@@ -280,6 +304,7 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
                      else "the TPUv4-like chip is in the grid but not in the placement table")
     else:
         r["tpuv4_opt_plan"] = plan_label(t_opt)
+        r["tpuv4_opt_evaluate_command"] = _command(t_opt, ctx)
         r["tpuv4_opt_samples_per_s"] = float(t_opt["samples_per_s"])
         r["speedup_vs_tpuv4_opt"] = _speedup(bthr, r["tpuv4_opt_samples_per_s"])
         if r["best_arch_id"] == tpu:
@@ -297,6 +322,7 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
     fbest = on_chip(_best(fits(t_fix, tpu_hbm)), tpu_hbm) if pdt is not None else None
     if fbest is not None:
         r["tpuv4_fixed_samples_per_s"] = float(fbest["samples_per_s"])
+        r["tpuv4_fixed_evaluate_command"] = _command(fbest, ctx)
         r["speedup_vs_tpuv4_fixed"] = _speedup(bthr, r["tpuv4_fixed_samples_per_s"])
     elif pdt is None:
         notes.append("no fixed plan configured for this model (the config's fixed_plan: PxDxT)")
