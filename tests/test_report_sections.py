@@ -213,6 +213,30 @@ def test_chip_json_is_read_back(sweep, capsys):
     bad.unlink()
 
 
+def test_infeasible_pruned_sweep_says_what_was_evaluated_and_tried(tmp_path, capsys):
+    """hbm_gib [0.01] and a pruned search: the note counts the archs evaluated of the
+    grid's (it said 'on all 2 archs' of 4), suggests only what was not tried (full
+    recomputation was swept), and the pruned-search line claims no exact best design."""
+    cfg = small_config(hbm_gib=(0.01,))
+    cfg["search"] = {"method": "pruned", "wave1_archs": 1}
+    write_config(tmp_path, cfg)
+    snakemake(tmp_path, "--cores", "2", timeout_s=600)
+    s = pd.read_csv(tmp_path / "results/report/summary.csv").iloc[0]
+    waves = pd.read_parquet(tmp_path / "results/prune/bert-large_s128/waves.parquet")
+    n = int((waves.wave > 0).sum())
+    assert s.status == "infeasible" and 0 < n < len(waves) == 4
+    assert (f"on the {n} archs evaluated of the 4 in the grid (the bound pass pruned the "
+            f"other {4 - n})") in s.notes, s.notes
+    assert "recompute full,none" in s.notes and "recomputation" not in s.notes.split("fix:")[1]
+    assert "placement.hbm_gib" in s.notes and "models[0].tp" in s.notes
+    html = (tmp_path / "results/report/report.html").read_text()
+    capsys.readouterr()
+    assert main(["report", "--results", str(tmp_path / "results")]) == 0
+    for text in (html, capsys.readouterr().out):
+        assert "pruned search" in text and "are exact" not in text
+        assert "No design fits on the evaluated archs" in text
+
+
 def test_infeasible_report_renders(tmp_path):
     from report_synth import make_grid, make_place
 

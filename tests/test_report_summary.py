@@ -116,6 +116,24 @@ def test_infeasible_sweep_is_reported_everywhere(tmp_path, capsys):
     assert "It does not reproduce this row" in run_it and f"evaluate --arch {tmp_path}" not in run_it
 
 
+def test_infeasible_fix_names_only_what_was_not_tried():
+    """The fix of an infeasible note suggests recomputation or microbatch size 1 only when
+    the sweep did not try them, and names the config fields."""
+    grid = make_grid()
+    place = make_place(grid, "llama2-7b", 4096, feasible=False)
+    tried = summarise(load_place_df(place), grid).iloc[0].notes
+    assert f"on all {len(grid)} archs" in tried
+    fix = tried.split("fix:")[1]
+    assert "recomputation" not in fix and "microbatch" not in fix
+    assert "larger HBM (placement.hbm_gib)" in fix and "placement.devices" in fix
+    fewer = place[(place.recompute == "none") & (place.mbs == 2)]
+    fix = summarise(load_place_df(fewer), grid, config={"models": [
+        {"name": "llama2-7b", "tp": [1, 2]}]}).iloc[0].notes.split("fix:")[1]
+    assert "full recomputation (add full to placement.recompute)" in fix
+    assert "microbatch size 1 (add 1 to microbatch_sizes)" in fix
+    assert "tensor parallelism wider than 2 (models[0].tp)" in fix
+
+
 def test_tables_carry_their_identity(tmp_path, capsys):
     """Identities come from columns: a table without its model column, or an empty one, is
     refused in one line naming the file (never guessed from the file name)."""

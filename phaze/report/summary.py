@@ -125,8 +125,12 @@ def _values(rows, col):
     return ",".join(str(v) for v in vals)
 
 
-def infeasible_reason(rows: pd.DataFrame) -> str:
-    """Why nothing fits, from the rows (all infeasible) of one (model, seq)."""
+def infeasible_reason(rows: pd.DataFrame, n_grid: int | None = None,
+                      config: dict | None = None) -> str:
+    """Why nothing fits, from the rows (all infeasible) of one (model, seq): on how many
+    archs (of the grid's `n_grid`; a pruned run evaluates some of them) at which mbs, HBM
+    and recompute values, and a fix naming only what the sweep did not try (`config`,
+    the sweep's, names the model's tp widths)."""
     n_arch = rows["arch_id"].dropna().nunique()
     if n_arch == 0:
         return "the placement table has no rows: no (arch, mbs, HBM, recompute) fits"
@@ -137,10 +141,28 @@ def infeasible_reason(rows: pd.DataFrame) -> str:
         if not reasons.empty:
             top = reasons.value_counts().index[0]
             why = f"; most common reason: {top}"
-    return (f"no feasible design: out of memory at every mbs/recompute/HBM tried on all "
-            f"{n_arch} archs (mbs {_values(rows, 'mbs')}; HBM {_values(rows, 'hbm_bytes')}; "
-            f"recompute {_values(rows, 'recompute')}){why}; fix: allow larger HBM, "
-            f"recomputation, tensor parallelism or more devices")
+    where = f"on all {n_arch} archs" if not n_grid or n_grid <= n_arch else \
+        (f"on the {n_arch} archs evaluated of the {n_grid} in the grid (the bound pass "
+         f"pruned the other {n_grid - n_arch})")
+    return (f"no feasible design: out of memory at every mbs/recompute/HBM tried (mbs "
+            f"{_values(rows, 'mbs')}; HBM {_values(rows, 'hbm_bytes')}; recompute "
+            f"{_values(rows, 'recompute')}) {where}{why}; fix: allow "
+            + ", ".join(_untried(rows, config)) + " or more devices (placement.devices)")
+
+
+def _untried(rows: pd.DataFrame, config: dict | None) -> list[str]:
+    """What could make a plan fit that the rows did not try (infeasible_reason's fix)."""
+    out = ["larger HBM (placement.hbm_gib)"]
+    if "recompute" in rows.columns and "full" not in set(rows["recompute"].dropna()):
+        out.append("full recomputation (add full to placement.recompute)")
+    if "mbs" in rows.columns and rows["mbs"].notna().any() and rows["mbs"].min() > 1:
+        out.append("microbatch size 1 (add 1 to microbatch_sizes)")
+    model = rows["model"].iloc[0] if "model" in rows.columns else None
+    models = (config or {}).get("models", [])
+    i = next((k for k, m in enumerate(models) if m.get("name") == model), None)
+    out.append("tensor parallelism" if i is None or not models[i].get("tp") else
+               f"tensor parallelism wider than {max(models[i]['tp'])} (models[{i}].tp)")
+    return out
 
 
 def _speedup(best: float, base: float) -> float:
@@ -247,7 +269,8 @@ def _summary_row(model, seq, rows, ctx) -> dict:
     best = _best(opt)
     if best is None:
         r["status"] = "infeasible"
-        r["notes"] = infeasible_reason(opt if not opt.empty else rows)
+        r["notes"] = infeasible_reason(opt if not opt.empty else rows, len(ctx["grid"]),
+                                       ctx["config"])
         return r
     r["status"] = "ok"
     _winner(r, best, ctx)
