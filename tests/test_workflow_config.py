@@ -53,7 +53,9 @@ BAD_CONFIGS = {
     ),
     "seq beyond the learned positions": (
         _bad(lambda c: c["models"][0].update(seq=[100000])),
-        "models[0].seq[0]",
+        # the fix names the config field, not phaze graph's --seq flag
+        "models[0].seq[0]: 100000 exceeds the 512 learned positions of bert-large; fix: set "
+        "models[0].seq[0] to 512 or less",
     ),
     "fixed plan on more devices than placement.devices": (
         _bad(lambda c: c["models"][0].update(fixed_plan="4x32x1")),   # 128 > 64 devices
