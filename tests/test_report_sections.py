@@ -225,6 +225,7 @@ def test_infeasible_pruned_sweep_says_what_was_evaluated_and_tried(tmp_path, cap
     waves = pd.read_parquet(tmp_path / "results/prune/bert-large_s128/waves.parquet")
     n = int((waves.wave > 0).sum())
     assert s.status == "infeasible" and 0 < n < len(waves) == 4
+    assert (s.n_archs_evaluated, s.n_archs_grid, s.n_feasible_archs) == (n, 4, 0)
     assert (f"on the {n} archs evaluated of the 4 in the grid (the bound pass pruned the "
             f"other {4 - n})") in s.notes, s.notes
     assert "recompute full,none" in s.notes and "recomputation" not in s.notes.split("fix:")[1]

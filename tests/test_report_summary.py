@@ -47,6 +47,10 @@ def test_summary_matches_brute_force(files):
     place = load_place(paths)
     summ = summarise(place, load_grid(tmp / "grid.parquet"))
     assert list(zip(summ.model, summ.seq)) == [("bert-large", 512), ("gpt2-xl", 1024)]
+    assert "n_archs" not in summ.columns      # evaluated and grid counts named apart
+    pruned = place[place.arch_id != grid.arch_id.iloc[-1]]      # one arch never placed
+    s = summarise(pruned, load_grid(tmp / "grid.parquet")).iloc[0]
+    assert (s.n_archs_evaluated, s.n_archs_grid) == (len(grid) - 1, len(grid))
     for _, r in summ.iterrows():
         best, t_opt, fx, spot, s_thr = brute_summary_row(place, grid, r.model, r.seq)
         assert r.status == "ok" and r.best_arch_id == best.arch_id

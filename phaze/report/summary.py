@@ -23,8 +23,8 @@ SUMMARY_COLUMNS = [
     "tpuv4_fixed_strategy", "tpuv4_fixed_samples_per_s",
     "spotlight_arch_id", "spotlight_arch", "spotlight_samples_per_s", "spotlight_is_best",
     "speedup_vs_tpuv4_opt", "speedup_vs_tpuv4_fixed", "speedup_vs_spotlight",
-    "n_archs", "n_feasible_archs", "evaluate_command", "tpuv4_opt_evaluate_command",
-    "tpuv4_fixed_evaluate_command", "notes",
+    "n_archs_evaluated", "n_archs_grid", "n_feasible_archs", "evaluate_command",
+    "tpuv4_opt_evaluate_command", "tpuv4_fixed_evaluate_command", "notes",
 ]
 # the command that recomputes each design's row: (role, summary column)
 COMMANDS = (("best design", "evaluate_command"),
@@ -264,7 +264,8 @@ def _summary_row(model, seq, rows, ctx) -> dict:
     opt = rows[rows["strategy"] == "optimised"]
     r = {c: np.nan for c in SUMMARY_COLUMNS}
     r.update(model=model, seq=seq, notes="",
-             n_archs=int(opt["arch_id"].dropna().nunique()),
+             n_archs_evaluated=int(opt["arch_id"].dropna().nunique()),
+             n_archs_grid=len(ctx["grid"]),
              n_feasible_archs=int(opt.loc[opt["samples_per_s"].notna(), "arch_id"].nunique()))
     best = _best(opt)
     if best is None:
