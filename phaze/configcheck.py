@@ -177,8 +177,9 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                         if e.field == "attention":
                             where = "cp"
                         idx = {"seq": k, "cp": n, "tp": j}[where]
-                        errors.append(f"field models[{i}].{where}[{idx}]: "
-                                      f"{str(e).split(': ', 1)[-1]}")
+                        loc = f"models[{i}].{where}[{idx}]"
+                        errors.append(f"field {loc}: " + config_fix(
+                            str(e).split(": ", 1)[-1], e.field, loc))
     mbs = cfg.get("microbatch_sizes") or []
     batch = placement.global_batch
     if mbs and all(batch % b for b in mbs):
@@ -191,6 +192,12 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     if check_grid:
         errors += grid_errors(cfg["arch"])
     return list(dict.fromkeys(errors))   # a seq refused at every cp is one message
+
+
+def config_fix(text: str, flag: str | None, field: str) -> str:
+    """A model check's message with its command-line fix said as the config field: "use
+    --seq 512 or less" (phaze graph's flag) -> "set models[0].seq[0] to 512 or less"."""
+    return text.replace(f"use --{flag} ", f"set {field} to ") if flag else text
 
 
 def device_errors(i: int, m: dict, spec, devices: int, eps) -> list[str]:

@@ -407,8 +407,21 @@ def load_config(path: str, over: str | None = None) -> dict:
     `snakemake --configfile FILE` runs it (merge_config)."""
     if over is not None:
         base = _read_yaml(over, "--over")
-        return _checked(merge_config(base or {}, _read_yaml(path, "--config") or {}))
-    return _checked(_read_yaml(path, "--config"))
+        return _checked(merge_config(base or {}, _read_config_file(path)))
+    return _checked(_read_config_file(path))
+
+
+def _read_config_file(path: str) -> dict:
+    """The --config file's YAML; an empty file (or one of comments only) is refused in one
+    line saying so and what to put in it (the schema's '(top level): None is not of type
+    'object'' said neither)."""
+    cfg = _read_yaml(path, "--config")
+    if cfg is None:
+        raise UserError(f"{path} is empty (no YAML mapping in it)", field="--config",
+                        fix="copy configs/default.yaml and edit it, or write only the fields "
+                            "to change (e.g. 'placement: {hbm_gib: [32]}') and check it with "
+                            "`phaze check-config --config FILE --over configs/default.yaml`")
+    return cfg
 
 
 def _checked(cfg) -> dict:

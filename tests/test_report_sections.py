@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
+from html import escape as html_escape
 
 import pandas as pd
 import pytest
@@ -47,6 +50,19 @@ def sweep(tmp_path_factory):
     return wd
 
 
+@pytest.fixture(scope="module")
+def baseline_sweep(tmp_path_factory):
+    """gpt2-xl seq 1024 swept at 16 and 64 GiB of HBM, not at the TPUv4-like chip's 32: its
+    baselines are the swept rows that fit in 32 GiB; its optimised plan has uneven
+    stages (the DP's 11, 13, 13, 11 blocks), its fixed plan 4x16x1 the uniform split."""
+    wd = tmp_path_factory.mktemp("baselines")
+    cfg = small_config(hbm_gib=(16, 64))
+    cfg["models"] = [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "fixed_plan": "4x16x1"}]
+    write_config(wd, cfg)
+    snakemake(wd, "--cores", "2", timeout_s=600)
+    return wd
+
+
 def _dom(html_path, tmp_path, name):
     shot = tmp_path / f"{name}.png"
     _run_chromium([f"--screenshot={shot}", "--window-size=1400,5000", "--hide-scrollbars",
@@ -77,6 +93,59 @@ def test_tpuv4_compared_at_its_own_hbm(sweep):
     tpu = place[(place.arch_id == s.tpuv4_arch_id) & (place.row_kind == "best") & place.feasible
                 & (place.memory_per_device_bytes <= 32 * 2**30)]
     assert s.tpuv4_opt_samples_per_s == pytest.approx(tpu.samples_per_s.max(), rel=1e-12)
+
+
+def test_tpuv4_hbm_reads_the_same_everywhere(baseline_sweep):
+    """32 GiB is not swept: the TPUv4-like chip is still compared at its own 32 GiB, and
+    summary.csv's column, its plan strings, the note and report.html (comparison and
+    memory sections) all name that one size (the plan string and report.html used to name
+    the swept size of the row, 16 GiB, next to a 32 GiB column)."""
+    s = pd.read_csv(baseline_sweep / "results/report/summary.csv").iloc[0]
+    assert s.tpuv4_hbm_bytes == 32 * 2**30 and "HBM=32GiB" in s.tpuv4_opt_plan
+    assert "32 GiB of HBM is not among the swept sizes (16, 64 GiB)" in s.notes
+    assert "add 32 to placement.hbm_gib" in s.notes
+    html = (baseline_sweep / "results/report/report.html").read_text()
+    compare = html.split('id="compare"')[1].split('id="sensitivity"')[0]
+    roles = re.findall(r"<th>([^<]+)</th>", compare.split("</thead>")[0])
+    hbm = re.findall(r"<td[^>]*>([^<]*)</td>", compare.split("<th>HBM capacity</th>")[1]
+                     .split("</tr>")[0])
+    shown = dict(zip(roles, hbm))
+    assert shown["TPUv4-like"] == shown["TPUv4-like fixed"] == "32 GiB", shown
+    memory = html.split('id="memory-split"')[1].split('id="solver"')[0]
+    tpu = memory.split("TPUv4-like")[1]
+    assert re.findall(r"[0-9.]+ / ([0-9.]+)</td>", tpu) and \
+        set(re.findall(r"[0-9.]+ / ([0-9.]+)</td>", tpu)) == {"32"}
+
+
+def test_every_baseline_has_a_command_that_reproduces_it(baseline_sweep, capsys, monkeypatch):
+    """The best design and each baseline (TPUv4-like optimised plan, fixed plan) have a
+    `phaze evaluate` command in summary.csv, report.html and the terminal that recomputes
+    the summary's number, with the row's stages: the TPUv4-like plan's uneven split (in its
+    plan string too) gives another number under Megatron's uniform split."""
+    s = pd.read_csv(baseline_sweep / "results/report/summary.csv").iloc[0]
+    html = (baseline_sweep / "results/report/report.html").read_text()
+    monkeypatch.chdir(baseline_sweep)
+    got = {}
+    for col, want in (("evaluate_command", "best_samples_per_s"),
+                      ("tpuv4_opt_evaluate_command", "tpuv4_opt_samples_per_s"),
+                      ("tpuv4_fixed_evaluate_command", "tpuv4_fixed_samples_per_s")):
+        cmd = shlex.split(s[col])
+        assert cmd[:2] == ["phaze", "evaluate"] and "--stages" in cmd, cmd
+        assert html_escape(s[col]) in html.split('id="reproduce"')[1]
+        capsys.readouterr()
+        assert main([*cmd[1:], "--json"]) == 0
+        got[col] = json.loads(capsys.readouterr().out)["samples_per_s"]
+        assert got[col] == pytest.approx(s[want], rel=1e-9), col
+    assert "blocks=11,13,13,11" in s.tpuv4_opt_plan, s.tpuv4_opt_plan
+    uniform = shlex.split(s.tpuv4_opt_evaluate_command)
+    uniform = uniform[1:uniform.index("--stages")]
+    assert main([*uniform, "--json"]) == 0
+    other = json.loads(capsys.readouterr().out)["samples_per_s"]
+    assert other != pytest.approx(s.tpuv4_opt_samples_per_s, rel=1e-6)
+    assert main(["report", "--results", "results"]) == 0
+    out = capsys.readouterr().out
+    assert f"TPUv4-like, optimised plan: {s.tpuv4_opt_evaluate_command}" in out
+    assert f"TPUv4-like, fixed plan: {s.tpuv4_fixed_evaluate_command}" in out
 
 
 def megatron_to_evaluate(text: str, n_layers: int) -> list[str]:
@@ -142,6 +211,31 @@ def test_chip_json_is_read_back(sweep, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "disagrees" in err[0]
     bad.unlink()
+
+
+def test_infeasible_pruned_sweep_says_what_was_evaluated_and_tried(tmp_path, capsys):
+    """hbm_gib [0.01] and a pruned search: the note counts the archs evaluated of the
+    grid's (it said 'on all 2 archs' of 4), suggests only what was not tried (full
+    recomputation was swept), and the pruned-search line claims no exact best design."""
+    cfg = small_config(hbm_gib=(0.01,))
+    cfg["search"] = {"method": "pruned", "wave1_archs": 1}
+    write_config(tmp_path, cfg)
+    snakemake(tmp_path, "--cores", "2", timeout_s=600)
+    s = pd.read_csv(tmp_path / "results/report/summary.csv").iloc[0]
+    waves = pd.read_parquet(tmp_path / "results/prune/bert-large_s128/waves.parquet")
+    n = int((waves.wave > 0).sum())
+    assert s.status == "infeasible" and 0 < n < len(waves) == 4
+    assert (s.n_archs_evaluated, s.n_archs_grid, s.n_feasible_archs) == (n, 4, 0)
+    assert (f"on the {n} archs evaluated of the 4 in the grid (the bound pass pruned the "
+            f"other {4 - n})") in s.notes, s.notes
+    assert "recompute full,none" in s.notes and "recomputation" not in s.notes.split("fix:")[1]
+    assert "placement.hbm_gib" in s.notes and "models[0].tp" in s.notes
+    html = (tmp_path / "results/report/report.html").read_text()
+    capsys.readouterr()
+    assert main(["report", "--results", str(tmp_path / "results")]) == 0
+    for text in (html, capsys.readouterr().out):
+        assert "pruned search" in text and "are exact" not in text
+        assert "No design fits on the evaluated archs" in text
 
 
 def test_infeasible_report_renders(tmp_path):

@@ -47,6 +47,10 @@ def test_summary_matches_brute_force(files):
     place = load_place(paths)
     summ = summarise(place, load_grid(tmp / "grid.parquet"))
     assert list(zip(summ.model, summ.seq)) == [("bert-large", 512), ("gpt2-xl", 1024)]
+    assert "n_archs" not in summ.columns      # evaluated and grid counts named apart
+    pruned = place[place.arch_id != grid.arch_id.iloc[-1]]      # one arch never placed
+    s = summarise(pruned, load_grid(tmp / "grid.parquet")).iloc[0]
+    assert (s.n_archs_evaluated, s.n_archs_grid) == (len(grid) - 1, len(grid))
     for _, r in summ.iterrows():
         best, t_opt, fx, spot, s_thr = brute_summary_row(place, grid, r.model, r.seq)
         assert r.status == "ok" and r.best_arch_id == best.arch_id
@@ -114,6 +118,24 @@ def test_infeasible_sweep_is_reported_everywhere(tmp_path, capsys):
     cmd = csv[csv.model == "bert-large"].evaluate_command.iloc[0]
     assert "--grid" in cmd and _html.escape(cmd) in run_it
     assert "It does not reproduce this row" in run_it and f"evaluate --arch {tmp_path}" not in run_it
+
+
+def test_infeasible_fix_names_only_what_was_not_tried():
+    """The fix of an infeasible note suggests recomputation or microbatch size 1 only when
+    the sweep did not try them, and names the config fields."""
+    grid = make_grid()
+    place = make_place(grid, "llama2-7b", 4096, feasible=False)
+    tried = summarise(load_place_df(place), grid).iloc[0].notes
+    assert f"on all {len(grid)} archs" in tried
+    fix = tried.split("fix:")[1]
+    assert "recomputation" not in fix and "microbatch" not in fix
+    assert "larger HBM (placement.hbm_gib)" in fix and "placement.devices" in fix
+    fewer = place[(place.recompute == "none") & (place.mbs == 2)]
+    fix = summarise(load_place_df(fewer), grid, config={"models": [
+        {"name": "llama2-7b", "tp": [1, 2]}]}).iloc[0].notes.split("fix:")[1]
+    assert "full recomputation (add full to placement.recompute)" in fix
+    assert "microbatch size 1 (add 1 to microbatch_sizes)" in fix
+    assert "tensor parallelism wider than 2 (models[0].tp)" in fix
 
 
 def test_tables_carry_their_identity(tmp_path, capsys):
@@ -283,3 +305,23 @@ def test_fixed_plan_note_names_the_cause_that_holds():
     assert "does not fit in 32 GiB" in notes["8x128x1"] and "40.00 GiB" in notes["8x128x1"]
     assert "t = 2 is not among the config's tp widths [1]" in notes["8x128x2"]
     assert all(" or " not in n.split("gives no plan")[1].split(";")[0] for n in notes.values())
+
+
+def test_a_plan_too_big_for_every_swept_hbm_but_not_for_the_tpuv4_chip_says_so():
+    """hbm_gib [0.25]: the fixed plan needs 0.37 GiB, so no row is feasible; it would fit
+    in the TPUv4-like chip's 32 GiB, which the sweep did not try. The note says that (it
+    used to say the plan 'does not fit in 32 GiB' although it needs 0.37 GiB)."""
+    grid = make_grid()
+    place = make_place(grid, "bert-large", 512)
+    place = place[place.hbm_bytes == 32 * 2**30].assign(hbm_bytes=0.25 * 2**30)
+    fixed = place.row_kind == "fixed"
+    place.loc[fixed, ["samples_per_s", "tokens_per_s", "time_per_batch_s"]] = np.nan
+    place.loc[fixed, "feasible"] = False
+    place.loc[fixed, "memory_per_device_bytes"] = 0.37 * 2**30
+    s = summarise(load_place_df(place), grid, fixed_plans={"bert-large": "8x128x1"}).iloc[0]
+    assert np.isnan(s.tpuv4_fixed_samples_per_s)
+    assert "does not fit in 32 GiB" not in s.notes
+    assert ("needs 0.37 GiB per device, more than every swept HBM size (0.25 GiB) but within "
+            "the chip's 32 GiB, which the sweep did not try; fix: add 32 to placement.hbm_gib"
+            in s.notes), s.notes
+    assert "32 GiB of HBM is not among the swept sizes (0.25 GiB)" in s.notes

@@ -53,7 +53,9 @@ BAD_CONFIGS = {
     ),
     "seq beyond the learned positions": (
         _bad(lambda c: c["models"][0].update(seq=[100000])),
-        "models[0].seq[0]",
+        # the fix names the config field, not phaze graph's --seq flag
+        "models[0].seq[0]: 100000 exceeds the 512 learned positions of bert-large; fix: set "
+        "models[0].seq[0] to 512 or less",
     ),
     "fixed plan on more devices than placement.devices": (
         _bad(lambda c: c["models"][0].update(fixed_plan="4x32x1")),   # 128 > 64 devices
@@ -315,6 +317,21 @@ def test_check_config_merges_a_partial_copy_over_the_default(tmp_path, capsys):
                  str(REPO / "configs" / "default.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "placement.hbm_gib" in err and "[80]" in err
+
+
+@pytest.mark.parametrize("text", ["", "# my sweep, to be written\n"])
+def test_an_empty_config_file_says_it_is_empty(tmp_path, capsys, text):
+    """An empty file (or comments only) is one line saying so and what to put in it, with
+    or without --over (it said "(top level): None is not of type 'object'")."""
+    from phaze.cli import main
+
+    empty = tmp_path / "my.yaml"
+    empty.write_text(text)
+    for over in ([], ["--over", str(REPO / "configs" / "default.yaml")]):
+        assert main(["check-config", "--config", str(empty), *over]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--config: {empty} is empty" in err, err
+        assert "fix: copy configs/default.yaml" in err and "None is not" not in err
 
 
 def test_a_model_name_off_by_case_gets_the_zoo_name(tmp_path, capsys):

@@ -65,17 +65,29 @@ class Sweep:
         self.place, self.grid, self.latency, self.cfg = place, grid, latency, cfg
 
 
-def pruned_notes(waves_paths) -> list[str]:
-    """One line per (model, seq) of a pruned run: how many archs were evaluated exactly."""
+def pruned_notes(waves_paths, infeasible=()) -> list[str]:
+    """One line per (model, seq) of a pruned run: how many archs were evaluated exactly,
+    and what that means: the best design and baselines are exact, or, for the (model,
+    seq) pairs in `infeasible`, that no design fits on the evaluated archs and how many
+    pruned archs have a bound of 0 (no plan fits on them either)."""
     from phaze.search.waves import read_waves, summary_line
 
     notes = []
     for path in waves_paths:
         w = read_waves(path)
         for (model, seq), g in w.groupby(["model", "seq"], sort=True):
-            notes.append(f"{model} (seq {seq}), pruned search: {summary_line(g)}. The best "
-                         "design and the baselines are exact; the Pareto front, sensitivity "
-                         "and comparison sections show the evaluated archs only.")
+            head = f"{model} (seq {seq}), pruned search: {summary_line(g)}."
+            if (model, int(seq)) in infeasible:
+                pruned = g[g["wave"] == 0]
+                none = int((pruned["bound_samples_per_s"] <= 0).sum())
+                notes.append(f"{head} No design fits on the evaluated archs, and {none} of "
+                             f"the {len(pruned)} pruned archs have a throughput bound of 0 "
+                             "(no plan fits on them): there is no best design or baseline "
+                             "to compare.")
+            else:
+                notes.append(f"{head} The best design and the baselines are exact; the "
+                             "Pareto front, sensitivity and comparison sections show the "
+                             "evaluated archs only.")
     return notes
 
 
@@ -277,7 +289,7 @@ def results_inputs(results_dir) -> dict:
 
 def run(args) -> int:
     from phaze.jsonout import emit_json
-    from phaze.report.summary import format_terminal
+    from phaze.report.summary import COMMANDS, format_terminal
 
     if args.results:
         found = results_inputs(args.results)
@@ -292,7 +304,8 @@ def run(args) -> int:
                             fix=f"give --{flag} FILE or --results DIR")
     sweep, summary = build(args.place, args.grid, args.latency, args.config,
                            args.tpuv4_hbm_gib)
-    sweep.pruned_notes = pruned_notes(args.waves)
+    bad = summary[summary["status"] != "ok"]
+    sweep.pruned_notes = pruned_notes(args.waves, set(zip(bad["model"], bad["seq"].astype(int))))
     written = write_report(args.out, sweep, summary) if args.out else {}
     if args.json:
         rows = [{k: _clean(v) for k, v in r.items()} for r in summary.to_dict("records")]
@@ -303,7 +316,9 @@ def run(args) -> int:
     for note in sweep.pruned_notes:
         print(note)
     for _, r in summary[summary["status"] == "ok"].iterrows():
-        print(f"reproduce {r['model']} (seq {r['seq']}): {r['evaluate_command']}")
+        for role, col in COMMANDS:
+            if isinstance(r.get(col), str):
+                print(f"reproduce {r['model']} (seq {r['seq']}), {role}: {r[col]}")
     for key, path in written.items():
         if key == "removed":
             print("\n".join(f"removed stale {p}" for p in path))

@@ -93,15 +93,22 @@ def _img(path: Path, caption: str, ident: str) -> str:
 
 
 def _reproduce(summary: pd.DataFrame) -> str:
-    """Each best design's `phaze evaluate` command (recomputes its row)."""
-    ok = summary[summary["status"] == "ok"]
-    if ok.empty or "evaluate_command" not in ok.columns:
+    """The `phaze evaluate` command of each best design and baseline (summary.COMMANDS):
+    each recomputes its row."""
+    from phaze.report.summary import COMMANDS
+
+    items = []
+    for _, r in summary[summary["status"] == "ok"].iterrows():
+        cmds = "".join(f"<li>{role}: <code>{html.escape(str(r[col]))}</code></li>"
+                       for role, col in COMMANDS if isinstance(r.get(col), str))
+        if cmds:
+            items.append(f"<li>{html.escape(str(r['model']))}, seq {int(r['seq'])}:"
+                         f"<ul>{cmds}</ul></li>")
+    if not items:
         return ""
-    items = "".join(f'<li>{html.escape(str(r["model"]))}, seq {int(r["seq"])}: '
-                    f'<code>{html.escape(str(r["evaluate_command"]))}</code></li>'
-                    for _, r in ok.iterrows())
-    return (f'<h2 id="reproduce">Reproduce a best design</h2><p>Each command recomputes the '
-            f'row of the best design (run it where the sweep ran):</p><ul>{items}</ul>')
+    return (f'<h2 id="reproduce">Reproduce a design and its baselines</h2><p>Each command '
+            f'recomputes the row of the best design or of a baseline, with its stages (run '
+            f'it where the sweep ran):</p><ul>{"".join(items)}</ul>')
 
 
 def render(summary: pd.DataFrame, plots: dict[str, tuple[Path | None, str]],

@@ -23,8 +23,13 @@ SUMMARY_COLUMNS = [
     "tpuv4_fixed_strategy", "tpuv4_fixed_samples_per_s",
     "spotlight_arch_id", "spotlight_arch", "spotlight_samples_per_s", "spotlight_is_best",
     "speedup_vs_tpuv4_opt", "speedup_vs_tpuv4_fixed", "speedup_vs_spotlight",
-    "n_archs", "n_feasible_archs", "evaluate_command", "notes",
+    "n_archs_evaluated", "n_archs_grid", "n_feasible_archs", "evaluate_command",
+    "tpuv4_opt_evaluate_command", "tpuv4_fixed_evaluate_command", "notes",
 ]
+# the command that recomputes each design's row: (role, summary column)
+COMMANDS = (("best design", "evaluate_command"),
+            ("TPUv4-like, optimised plan", "tpuv4_opt_evaluate_command"),
+            ("TPUv4-like, fixed plan", "tpuv4_fixed_evaluate_command"))
 WIN_RTOL = 1e-9
 
 
@@ -38,6 +43,19 @@ def arch_label(row) -> str:
         return str(row.get("arch_id", ""))
 
 
+def stage_blocks(stages) -> list[int]:
+    """Transformer blocks per pipeline stage (chunk) of a row's stages column (JSON layer
+    ranges over prologue, blocks, epilogue, as runnable.block_split reads them)."""
+    import json
+
+    if isinstance(stages, str):
+        stages = json.loads(stages) if stages else []
+    if not isinstance(stages, (list, tuple, np.ndarray)) or len(stages) == 0:
+        return []
+    n = stages[-1][1]
+    return [(hi - lo) - (lo == 0) - (hi == n) for lo, hi in stages]
+
+
 def plan_label(row) -> str:
     parts = []
     for k in ("p", "d", "t"):
@@ -47,6 +65,9 @@ def plan_label(row) -> str:
     for k, name in (("cp", "cp"), ("ep", "ep"), ("interleave", "v")):
         if k in row and pd.notna(row[k]) and int(row[k]) > 1:
             parts.append(f"{name}={int(row[k])}")
+    blocks = stage_blocks(row.get("stages"))
+    if len(set(blocks)) > 1:       # the DP's uneven split, not Megatron's uniform one
+        parts.append("blocks=" + ",".join(map(str, blocks)))
     if _is_on(row.get("sequence_parallel")):
         parts.append("sp")
     if "zero_stage" in row and pd.notna(row["zero_stage"]) and int(row["zero_stage"]) > 0:
@@ -104,8 +125,12 @@ def _values(rows, col):
     return ",".join(str(v) for v in vals)
 
 
-def infeasible_reason(rows: pd.DataFrame) -> str:
-    """Why nothing fits, from the rows (all infeasible) of one (model, seq)."""
+def infeasible_reason(rows: pd.DataFrame, n_grid: int | None = None,
+                      config: dict | None = None) -> str:
+    """Why nothing fits, from the rows (all infeasible) of one (model, seq): on how many
+    archs (of the grid's `n_grid`; a pruned run evaluates some of them) at which mbs, HBM
+    and recompute values, and a fix naming only what the sweep did not try (`config`,
+    the sweep's, names the model's tp widths)."""
     n_arch = rows["arch_id"].dropna().nunique()
     if n_arch == 0:
         return "the placement table has no rows: no (arch, mbs, HBM, recompute) fits"
@@ -116,10 +141,28 @@ def infeasible_reason(rows: pd.DataFrame) -> str:
         if not reasons.empty:
             top = reasons.value_counts().index[0]
             why = f"; most common reason: {top}"
-    return (f"no feasible design: out of memory at every mbs/recompute/HBM tried on all "
-            f"{n_arch} archs (mbs {_values(rows, 'mbs')}; HBM {_values(rows, 'hbm_bytes')}; "
-            f"recompute {_values(rows, 'recompute')}){why}; fix: allow larger HBM, "
-            f"recomputation, tensor parallelism or more devices")
+    where = f"on all {n_arch} archs" if not n_grid or n_grid <= n_arch else \
+        (f"on the {n_arch} archs evaluated of the {n_grid} in the grid (the bound pass "
+         f"pruned the other {n_grid - n_arch})")
+    return (f"no feasible design: out of memory at every mbs/recompute/HBM tried (mbs "
+            f"{_values(rows, 'mbs')}; HBM {_values(rows, 'hbm_bytes')}; recompute "
+            f"{_values(rows, 'recompute')}) {where}{why}; fix: allow "
+            + ", ".join(_untried(rows, config)) + " or more devices (placement.devices)")
+
+
+def _untried(rows: pd.DataFrame, config: dict | None) -> list[str]:
+    """What could make a plan fit that the rows did not try (infeasible_reason's fix)."""
+    out = ["larger HBM (placement.hbm_gib)"]
+    if "recompute" in rows.columns and "full" not in set(rows["recompute"].dropna()):
+        out.append("full recomputation (add full to placement.recompute)")
+    if "mbs" in rows.columns and rows["mbs"].notna().any() and rows["mbs"].min() > 1:
+        out.append("microbatch size 1 (add 1 to microbatch_sizes)")
+    model = rows["model"].iloc[0] if "model" in rows.columns else None
+    models = (config or {}).get("models", [])
+    i = next((k for k, m in enumerate(models) if m.get("name") == model), None)
+    out.append("tensor parallelism" if i is None or not models[i].get("tp") else
+               f"tensor parallelism wider than {max(models[i]['tp'])} (models[{i}].tp)")
+    return out
 
 
 def _speedup(best: float, base: float) -> float:
@@ -131,6 +174,29 @@ def _speedup(best: float, base: float) -> float:
 def fits(rows: pd.DataFrame, hbm_bytes: float) -> pd.DataFrame:
     """Rows whose plan fits a chip of `hbm_bytes` (whatever HBM size the sweep assumed)."""
     return rows[rows["memory_per_device_bytes"] <= hbm_bytes * (1 + 1e-12)]
+
+
+def on_chip(row, hbm_bytes: float):
+    """A row that fits in `hbm_bytes` (`fits`) as run on a chip of that HBM, the TPUv4-like
+    chip's own: the plan, its stages and its time are the row's (the DP sweep's HBM size
+    only bounds which plans it may choose); only the capacity it is shown and evaluated
+    with becomes the chip's, so the plan string, the comparison, the memory section and
+    the evaluate command all name the one size the baseline is compared at."""
+    if row is None:
+        return None
+    row = row.copy()
+    row["hbm_bytes"] = float(hbm_bytes)
+    return row
+
+
+def _gib_list(rows: pd.DataFrame) -> list[float]:
+    """The HBM sizes (GiB) the rows were swept at."""
+    return sorted({float(v) / GiB for v in rows["hbm_bytes"].dropna()}) \
+        if "hbm_bytes" in rows.columns else []
+
+
+def _unswept(gib: float, swept: list[float]) -> bool:
+    return bool(swept) and all(abs(g - gib) > 1e-9 * gib for g in swept)
 
 
 def fixed_plans_of(cfg: dict | None) -> dict | None:
@@ -171,7 +237,7 @@ def summarise(place: pd.DataFrame, grid: pd.DataFrame,
               tpuv4_hbm_gib: float = TPUV4_HBM_GIB, fixed_plans: dict | None = None,
               config: dict | None = None) -> pd.DataFrame:
     """One row per (model, seq); see SUMMARY_COLUMNS. `reproduce` {"grid": path,
-    "config": path or None} names the files in each best design's evaluate_command.
+    "config": path or None} names the files in each design's evaluate command (COMMANDS).
     The TPUv4-like chip is compared with `tpuv4_hbm_gib` of HBM (its plans are the sweep's
     rows that fit in it); its fixed plan is `fixed_plans[model]` (the config's fixed_plan;
     None: whatever fixed rows the tables hold); `config` (the sweep's config, optional)
@@ -198,12 +264,14 @@ def _summary_row(model, seq, rows, ctx) -> dict:
     opt = rows[rows["strategy"] == "optimised"]
     r = {c: np.nan for c in SUMMARY_COLUMNS}
     r.update(model=model, seq=seq, notes="",
-             n_archs=int(opt["arch_id"].dropna().nunique()),
+             n_archs_evaluated=int(opt["arch_id"].dropna().nunique()),
+             n_archs_grid=len(ctx["grid"]),
              n_feasible_archs=int(opt.loc[opt["samples_per_s"].notna(), "arch_id"].nunique()))
     best = _best(opt)
     if best is None:
         r["status"] = "infeasible"
-        r["notes"] = infeasible_reason(opt if not opt.empty else rows)
+        r["notes"] = infeasible_reason(opt if not opt.empty else rows, len(ctx["grid"]),
+                                       ctx["config"])
         return r
     r["status"] = "ok"
     _winner(r, best, ctx)
@@ -226,13 +294,17 @@ def _winner(r: dict, best, ctx) -> None:
              if bid in info.index else bid,
              best_plan=plan_label(best), best_samples_per_s=float(best["samples_per_s"]),
              best_tokens_per_s=float(best.get("tokens_per_s", np.nan)), best_mfu=mfu,
-             evaluate_command=evaluate_command(best, ctx["reproduce"]["grid"],
-                                               ctx["reproduce"]["config"]))
+             evaluate_command=_command(best, ctx))
+
+
+def _command(row, ctx) -> str:
+    return evaluate_command(row, ctx["reproduce"]["grid"], ctx["reproduce"]["config"])
 
 
 def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
     """The TPUv4-like chip at its own HBM: its optimised plan and the configured fixed
-    plan. Fills r; returns the notes."""
+    plan, each the fastest swept row that fits in that HBM, shown at that HBM (on_chip).
+    Fills r; returns the notes."""
     tpu, gib = ctx["tpu"], ctx["tpu_hbm_gib"]
     if tpu is None:
         return ["the TPUv4-like chip is outside the grid, so it was not evaluated "
@@ -241,13 +313,22 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
     tpu_hbm = gib * GiB
     bthr = r["best_samples_per_s"]
     r["tpuv4_arch_id"], r["tpuv4_hbm_bytes"] = tpu, tpu_hbm
-    t_opt = _best(fits(opt[opt["arch_id"] == tpu], tpu_hbm))
+    mine = opt[opt["arch_id"] == tpu]
+    swept = _gib_list(pd.concat([mine, fixed[fixed["arch_id"] == tpu]]))
+    unswept = _unswept(gib, swept)
+    if unswept:
+        notes.append(f"the TPUv4-like chip's {gib:g} GiB of HBM is not among the swept sizes "
+                     f"({', '.join(f'{g:g}' for g in swept)} GiB): its baselines are the "
+                     f"swept plans that fit in {gib:g} GiB, and a sweep at {gib:g} GiB may "
+                     f"find faster ones (add {gib:g} to placement.hbm_gib)")
+    t_opt = on_chip(_best(fits(mine, tpu_hbm)), tpu_hbm)
     if t_opt is None:
-        notes.append(f"the TPUv4-like chip has no plan that fits in its {gib:g} GiB of HBM"
-                     if (opt["arch_id"] == tpu).any()
+        notes.append(f"the TPUv4-like chip has no {'swept ' if unswept else ''}plan that "
+                     f"fits in its {gib:g} GiB of HBM" if not mine.empty
                      else "the TPUv4-like chip is in the grid but not in the placement table")
     else:
         r["tpuv4_opt_plan"] = plan_label(t_opt)
+        r["tpuv4_opt_evaluate_command"] = _command(t_opt, ctx)
         r["tpuv4_opt_samples_per_s"] = float(t_opt["samples_per_s"])
         r["speedup_vs_tpuv4_opt"] = _speedup(bthr, r["tpuv4_opt_samples_per_s"])
         if r["best_arch_id"] == tpu:
@@ -262,9 +343,10 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
             pdt = "x".join(str(int(f0[k])) for k in "pdt")
     if pdt is not None:
         r["tpuv4_fixed_strategy"] = str(pdt)
-    fbest = _best(fits(t_fix, tpu_hbm)) if pdt is not None else None
+    fbest = on_chip(_best(fits(t_fix, tpu_hbm)), tpu_hbm) if pdt is not None else None
     if fbest is not None:
         r["tpuv4_fixed_samples_per_s"] = float(fbest["samples_per_s"])
+        r["tpuv4_fixed_evaluate_command"] = _command(fbest, ctx)
         r["speedup_vs_tpuv4_fixed"] = _speedup(bthr, r["tpuv4_fixed_samples_per_s"])
     elif pdt is None:
         notes.append("no fixed plan configured for this model (the config's fixed_plan: PxDxT)")
@@ -272,21 +354,28 @@ def _tpuv4_baselines(r: dict, model, opt, fixed, ctx) -> list[str]:
         notes.append("no fixed-strategy rows for the TPUv4-like chip in the placement table")
     else:
         notes.append(f"the fixed plan p x d x t = {pdt} gives no plan on the TPUv4-like "
-                     f"chip: " + _fixed_cause(model, pdt, t_fix, gib, ctx["config"]))
+                     f"chip: " + _fixed_cause(model, pdt, t_fix, gib, ctx["config"], swept))
     return notes
 
 
-def _fixed_cause(model, pdt, t_fix, gib, cfg) -> str:
+def _fixed_cause(model, pdt, t_fix, gib, cfg, swept=()) -> str:
     """Which cause holds for a fixed plan without a fitting row: an explicit obstacle
-    (fixed_plan_obstacle), else memory (with the smallest need when the rows carry it)."""
+    (fixed_plan_obstacle), else memory (with the smallest need when the rows carry it):
+    more than the chip's `gib`, or within it but above every swept HBM size (`swept`,
+    GiB), so that no row was feasible although the chip would hold the plan."""
     why = fixed_plan_obstacle(model, pdt, cfg)
     if why is not None:
         return why
     need = t_fix["memory_per_device_bytes"].dropna() if "memory_per_device_bytes" in t_fix \
         else pd.Series(dtype=float)
-    least = f" (the smallest plan needs {need.min() / GiB:.2f} GiB per device)" \
-        if not need.empty else ""
-    return f"it does not fit in {gib:g} GiB at any mbs/recompute tried{least}"
+    least = need.min() / GiB if not need.empty else math.nan
+    if least <= gib * (1 + 1e-12) and swept and max(swept) < least:
+        return (f"its smallest plan needs {least:.2f} GiB per device, more than every swept "
+                f"HBM size ({', '.join(f'{g:g}' for g in swept)} GiB) but within the chip's "
+                f"{gib:g} GiB, which the sweep did not try; fix: add {gib:g} to "
+                f"placement.hbm_gib")
+    at = f" (the smallest plan needs {least:.2f} GiB per device)" if least == least else ""
+    return f"it does not fit in {gib:g} GiB at any mbs/recompute tried{at}"
 
 
 def _spotlight(r: dict, model, seq, opt, ctx) -> list[str]:
@@ -321,8 +410,8 @@ def _spotlight(r: dict, model, seq, opt, ctx) -> list[str]:
 
 def role_rows(place: pd.DataFrame, s) -> list[tuple[str, pd.Series]]:
     """(role, placement row) of the co-designed chip and each baseline of one summary row,
-    selected exactly as summarise does (TPUv4-like rows fit its HBM; the Spotlight-style
-    pick left out when it is the co-designed chip)."""
+    selected exactly as summarise does (TPUv4-like rows fit its HBM and are shown at it,
+    on_chip; the Spotlight-style pick left out when it is the co-designed chip)."""
     if s["status"] != "ok":
         return []
     rows = place[(place["model"] == s["model"]) & (place["seq"] == s["seq"])
@@ -333,9 +422,10 @@ def role_rows(place: pd.DataFrame, s) -> list[tuple[str, pd.Series]]:
     tpu, hbm = s.get("tpuv4_arch_id"), s.get("tpuv4_hbm_bytes")
     out = [("co-design", _best(opt[opt["arch_id"] == s["best_arch_id"]]))]
     if isinstance(tpu, str):
-        out.append(("TPUv4-like", _best(fits(opt[opt["arch_id"] == tpu], hbm))))
+        out.append(("TPUv4-like", on_chip(_best(fits(opt[opt["arch_id"] == tpu], hbm)), hbm)))
         if isinstance(s.get("tpuv4_fixed_strategy"), str):
-            out.append(("TPUv4-like fixed", _best(fits(fixed[fixed["arch_id"] == tpu], hbm))))
+            out.append(("TPUv4-like fixed",
+                        on_chip(_best(fits(fixed[fixed["arch_id"] == tpu], hbm)), hbm)))
     spot = s.get("spotlight_arch_id")
     if isinstance(spot, str) and spot != s["best_arch_id"]:
         out.append(("Spotlight-style", _best(opt[opt["arch_id"] == spot])))
