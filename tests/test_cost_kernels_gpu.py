@@ -305,3 +305,58 @@ def test_flash_ops_carry_their_heads(name, tp, d_fwd, d_bwd):
     back = graph_from_dict(json.loads(json.dumps(graph_to_dict(g))))
     lay2 = back.layers[g.layers.index(layer)]
     assert next(o for o in lay2.fwd if o.name == "attn.core").heads == fwd.heads
+
+
+def test_weight_gemm_reads_and_writes_its_accumulation_buffer():
+    # Megatron's fused gradient accumulation: the dW GEMM runs with beta = 1 into main_grad
+    # (grad dtype), reading and writing it: CostParams.wgrad_accumulation_bytes per weight
+    # element beyond the graph's bf16 write; a memory-bound dW (few tokens) pays it at the
+    # HBM rate, other GEMMs not at all
+    from phaze.cost.gemm import HBM
+
+    dw = GemmDims(1, 4096, 4096, 64)          # a 4096 x 4096 weight from 64 tokens
+    ops = [Op(name="mlp.fc2.dW", kind="gemm", gemm=dw, flops=dw.flops,
+              bytes_read=2 * 64 * 4096 * 2, bytes_written=4096 * 4096 * 2),
+           Op(name="mlp.fc2", kind="gemm", gemm=GemmDims(1, 64, 4096, 4096),
+              flops=dw.flops, bytes_read=2 * 64 * 4096 + 4096 * 4096 * 2,
+              bytes_written=64 * 4096 * 2)]
+    p = CostParams(hbm_bw_efficiency=0.85)
+    off = op_latencies(ops, H100, H100.network, params=p)
+    on = op_latencies(ops, H100, H100.network,
+                      params=CostParams(hbm_bw_efficiency=0.85, wgrad_accumulation_bytes=6.0))
+    assert off.bound_all[0][0] == HBM
+    extra = 6.0 * 4096 * 4096 / (H100.hbm_bw_Bps * 0.85)
+    assert on.lat_all_s[0][0] == pytest.approx(off.lat_all_s[0][0] + extra, rel=1e-9)
+    assert on.lat_all_s[0][1] == off.lat_all_s[0][1]
+
+
+def test_evaluate_sets_the_accumulation_bytes_from_the_gradient_dtype():
+    # 2 x grad bytes - 2: fp32 main grads (megatron-core-2024) 6 B, bf16 ones 2 B; none
+    # where accumulation is a pass of its own (megatron-lm-2021: grad_accum_bytes_per_param)
+    from phaze.model.zoo import get_model
+    from phaze.place.evaluate import evaluate_model
+
+    kw = dict(tp=1, pp=1, dp=8, mbs=1, batch=8, seq=1024, recompute="none")
+    got = {}
+    for fw, extra in (("megatron-core-2024", {}), ("megatron-lm-2021", {}),
+                      ("megatron-core-2024", {"grad_bytes": 2.0})):
+        r = evaluate_model(get_model("gpt2-xl"), get_preset("h100"), framework=fw,
+                           options=extra or None, **kw)
+        got[(fw, bool(extra))] = r["cost_params"]["wgrad_accumulation_bytes"]
+    assert got == {("megatron-core-2024", False): 6.0, ("megatron-lm-2021", False): 0.0,
+                   ("megatron-core-2024", True): 2.0}
+
+
+def test_grouped_expert_weight_gemm_pays_each_experts_accumulation():
+    # a grouped expert dW of G local experts (slots split in k) is G GEMMs, each writing
+    # and accumulating one expert's m x n weight gradient: G x 6 B per element at the HBM
+    # rate where the GEMMs are bound by their bytes
+    G, m, n, slots = 4, 2048, 1024, 512
+    dw = GemmDims(1, m, n, slots)
+    op = Op(name="moe.expert.fc1.dW", kind="gemm", gemm=dw, flops=dw.flops, groups=G,
+            group_dim="k", bytes_read=2 * slots * (m + n) * 2, bytes_written=G * m * n * 2)
+    got = op_latencies([op], H100, H100.network, params=CostParams(
+        hbm_bw_efficiency=0.85, wgrad_accumulation_bytes=6.0)).lat_all_s[0][0]
+    base = op_latencies([op], H100, H100.network,
+                        params=CostParams(hbm_bw_efficiency=0.85)).lat_all_s[0][0]
+    assert got - base == pytest.approx(G * 6.0 * m * n / (H100.hbm_bw_Bps * 0.85), rel=1e-6)

@@ -51,8 +51,9 @@ def test_grouped_gemm_is_groups_gemms_of_one_share(groups, dim):
                                          (1, False, 0, 1)])
 def test_graph_expert_ops_carry_local_experts(tp, sp, et, ep):
     """build_graph(ep=...) marks each routed-expert GEMM (fwd, dX: slots in m; dW: in k)
-    with E / ep groups; FLOPs, bytes and every other op are those of the graph built
-    without ep."""
+    with E / ep groups, whose weights (read forward and by dX, written by dW) are the E / ep
+    local experts' only; FLOPs, activation bytes and every other op are those of the graph
+    built without ep (which holds all E experts)."""
     ref = build_graph(MOE, mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, attention="flash")
     # flex: no sort by local expert (test_alltoall_dispatcher_sorts_by_local_expert)
     g = build_graph(MOE, mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, attention="flash", ep=ep,
@@ -66,10 +67,20 @@ def test_graph_expert_ops_carry_local_experts(tp, sp, et, ep):
                     seen += 1
                     assert b.groups == MOE.experts // ep
                     assert b.group_dim == ("k" if b.name.endswith(".dW") else "m")
+                    # one expert's weight: the GEMM's two non-slot dims (per device shard)
+                    g = b.gemm
+                    w = (g.m * g.n if b.name.endswith(".dW") else g.n * g.k) * 2
+                    drop = w * (MOE.experts - MOE.experts // ep)     # the remote experts'
+                    if b.name.endswith(".dW"):
+                        assert a.bytes_written - b.bytes_written == drop, b.name
+                        assert a.bytes_read == b.bytes_read
+                    else:
+                        assert a.bytes_read - b.bytes_read == drop, b.name
+                        assert a.bytes_written == b.bytes_written
                 else:
                     assert b.groups == 0
-                assert (a.flops, a.bytes_read, a.bytes_written, a.gemm) == \
-                    (b.flops, b.bytes_read, b.bytes_written, b.gemm)
+                    assert (a.bytes_read, a.bytes_written) == (b.bytes_read, b.bytes_written)
+                assert (a.flops, a.gemm) == (b.flops, b.gemm)
     assert seen == 3 * 3    # one block kind: (gate, up, down) x (fwd, dX, dW)
 
 

@@ -69,6 +69,11 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         ng = np.array([[float(max(o.groups, 1)) for o in g]])
         dims = {x: np.array([[grouped_gemm_split(o)[x] for o in g]]) for x in ("b", "m", "n", "k")}
         op_bytes = np.array([[o.bytes_read + o.bytes_written for o in g]]) / ng
+        # a weight GEMM also reads and writes its fused-accumulation buffer (main_grad, in
+        # the gradient dtype, FP8 or not): traffic on top of its operands and result, per
+        # GEMM its m x n weight (a grouped expert dW: one expert's, the slots split in k)
+        acc = np.array([[params.wgrad_accumulation_bytes * o.gemm.batch * o.gemm.m * o.gemm.n
+                         if o.name.endswith(".dW") else 0.0 for o in g]])
         # FP8 weight GEMMs: operand bytes halve (memory terms / fp8_speedup) and the tensor
         # cores run at fp8_speedup x FP8_GEMM_RATE_FRACTION of the recipe (a block-scaled
         # GEMM applies its scales in the main loop), each term scaled before the roofline's
@@ -80,7 +85,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
             rate = params.fp8_speedup * FP8_GEMM_RATE_FRACTION[params.fp8_recipe]
             cscale = 1.0 / (1.0 + w8 * (rate - 1.0))
             mscale = 1.0 / (1.0 + w8 * (params.fp8_speedup - 1.0))
-        one, alls, bo, ba = gemm_latency(col, dims, params, op_bytes, cscale, mscale)
+        one, alls, bo, ba = gemm_latency(col, dims, params, op_bytes, cscale, mscale, acc)
         one, alls = one * ng, alls * ng
         kernels[gi] = np.ceil(ng[0] / TE_GEMM_STREAMS)
         # fused vector epilogues run on one VC (one-core mode) or all VCs, overlapped (an

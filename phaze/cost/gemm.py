@@ -134,13 +134,15 @@ def roofline(compute_s, glb_s, hbm_s):
 
 
 def gemm_latency(a: dict, dims: dict, params: CostParams, op_bytes=None, compute_scale=1.0,
-                 memory_scale=1.0):
+                 memory_scale=1.0, extra_hbm_bytes=0.0):
     """Latency of GEMMs on archs. `a`: arch arrays shaped (n_arch, 1) (ID_FIELDS);
     `dims`: b, m, n, k arrays shaped (1, n_op); op_bytes: the ops' own bytes read +
     written (a floor for HBM traffic), or None. compute_scale / memory_scale (broadcast
     to (1, n_op)) multiply the compute term and the two memory terms before the roofline
     takes their max (FP8 GEMMs: phaze.cost.api.op_latencies), so a GEMM whose terms scale
-    differently is bound by the right one.
+    differently is bound by the right one. extra_hbm_bytes (broadcast to (1, n_op)): HBM
+    traffic beyond the operands and result, unscaled (a weight GEMM's fused gradient
+    accumulation: phaze.cost.params.CostParams.wgrad_accumulation_bytes).
     Returns (lat_one_s, lat_all_s, bound_one, bound_all), each (n_arch, n_op)."""
     b, m, n, k = dims["b"], dims["m"], dims["n"], dims["k"]
     R, C, ntc = a["tc_rows"], a["tc_cols"], a["n_tc"]
@@ -152,8 +154,9 @@ def gemm_latency(a: dict, dims: dict, params: CostParams, op_bytes=None, compute
     hbm_bw = a["hbm_bw_Bps"] * params.hbm_bw_efficiency
     share = 1.0 / ntc if params.one_core_bw_share == "fair" else 1.0
     cs, ms = compute_scale, memory_scale
+    hbm = hbm_bytes * ms + extra_hbm_bytes
     one = roofline(gemm_core_cycles(b, m, n, k, R, C, 1) / hz * cs,
-                   glb_bytes / (glb_bw * share) * ms, hbm_bytes / (hbm_bw * share) * ms)
+                   glb_bytes / (glb_bw * share) * ms, hbm / (hbm_bw * share))
     alls = roofline(gemm_core_cycles(b, m, n, k, R, C, ntc) / hz * cs,
-                    glb_bytes / glb_bw * ms, hbm_bytes / hbm_bw * ms)
+                    glb_bytes / glb_bw * ms, hbm / hbm_bw)
     return one[0], alls[0], one[1], alls[1]

@@ -133,6 +133,14 @@ class CostParams:
     # Transformer Engine's scaling recipe of those GEMMs (Megatron-Core --fp8-recipe, one of
     # FP8_RECIPES): what quantizing their operands costs (FP8_QUANTIZE_BYTES).
     fp8_recipe: str = "delayed"
+    # Bytes per weight-gradient element a weight GEMM (".dW") moves beyond the graph's one
+    # write of it in dtype_bytes: Megatron's fused gradient accumulation
+    # (--gradient-accumulation-fusion, on by default since 2022; TE's fuse_wgrad_accumulation)
+    # runs the GEMM with beta = 1 into the parameter's main_grad buffer, reading and writing
+    # it in the gradient dtype every microbatch: 2 x grad bytes - dtype_bytes (fp32 main
+    # grads: 6; bf16: 2). 0: not counted (the sweep's accelerators; unfused accumulation is
+    # PlanOptions.grad_accum_bytes_per_param's). Set by phaze.place.evaluate.evaluate_model.
+    wgrad_accumulation_bytes: float = 0.0
     # Clock a chip sustains under hours of full load (power/thermal limit) as a fraction of
     # the clock its peak is quoted at; kernel micro-benchmarks run at the boost clock. 1 =
     # no derating. Fitted for h100 on the Megatron-LM README H100 table (docs/validate.md).
@@ -225,8 +233,8 @@ PRESET_PARAMS = {
                  sustained_clock_fraction=0.747,
                  unfused_cross_entropy=True, nccl_channels=24, nccl_net_channels=2,
                  flex_dispatch_sms=20),
-    "a100": dict(compute_efficiency=0.7923, hbm_bw_efficiency=0.9162, link_bw_efficiency=0.80,
-                 op_overhead_s=52.87e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
+    "a100": dict(compute_efficiency=0.7924, hbm_bw_efficiency=0.9187, link_bw_efficiency=0.80,
+                 op_overhead_s=52.56e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
                  flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24,
                  nccl_net_channels=2),
 }

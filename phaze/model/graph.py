@@ -209,13 +209,18 @@ class _Layer:
         w = k * n * max(experts, 1)
         b = n * max(experts, 1) if bias else 0
         params_dev = w + b
+        # the weights the GEMMs read (and their gradients the dW GEMMs write): a routed
+        # linear's local experts only when the expert-parallel size is known (E / ep of
+        # them; params_dev keeps all E, which expert_parallel_chain shards for memory)
+        held = self.local_experts if experts and self.local_experts else max(experts, 1)
         if unique is None:  # whole model: column/vocab shard weight and bias, row the weight only
             unique = {"column": params_dev * self.tp, "vocab": params_dev * self.tp,
                       "row": w * self.tp + b}.get(rule, params_dev)
         return self.add(_Node(
             name=name, inputs=(x,), in_bytes=(tokens * k * dt,), out_bytes=tokens * n * dt,
             out_elements=tokens * n, kind="gemm", bwd="gemm_linear", gemm=GemmDims(1, tokens, n, k),
-            b_bytes=w * dt, params_dev=params_dev, params_unique=unique, params_shared=shared,
+            b_bytes=k * n * held * dt, params_dev=params_dev, params_unique=unique,
+            params_shared=shared,
             bias_n=b, saved=saved, tp_rule=rule, regather=regather, experts=experts))
 
     def flash(self, name, inputs, in_bytes, *, batch, s, keys, d, saved, selective_drop, dv=0):

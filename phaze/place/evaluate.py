@@ -408,6 +408,10 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         _check_cp_a2a(spec, tp, cp)
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
+    if not opts.grad_accum_bytes_per_param:
+        # fused gradient accumulation: each weight GEMM reads and writes main_grad
+        cost_params = replace(cost_params, wgrad_accumulation_bytes=max(
+            0.0, 2.0 * opts.grad_bytes - cost_params.dtype_bytes))
     # overlapped DP collectives take their NCCL channels' SMs from the compute beside them
     # (each share from the preset unless the caller gives it)
     shares = {"comm_sm_share": _channel_share(arch, cost_params),
