@@ -633,6 +633,20 @@ def add_placement_args(p, axes: bool = True) -> None:
                         f"default {str(d.zero1).lower()})")
 
 
+def add_token_drop_args(p, note: str = "") -> None:
+    """Megatron-Core's MoE token-dropping flags (`phaze graph` and `phaze evaluate`);
+    `note` ends the capacity factor's help (what the command does not do with it)."""
+    p.add_argument("--moe-expert-capacity-factor", type=float, metavar="CF",
+                   help="Megatron-Core --moe-expert-capacity-factor (MoE models): token "
+                        "dropping, each expert takes at most ceil(tokens x top_k / experts x "
+                        "CF) slots of the tokens one device's router sees, routing balanced "
+                        f"(alltoall dispatcher; default: dropless){note}")
+    p.add_argument("--moe-pad-expert-input-to-capacity", action="store_true",
+                   help="Megatron-Core --moe-pad-expert-input-to-capacity: with "
+                        "--moe-expert-capacity-factor, every expert computes exactly its "
+                        "capacity (dropped or padded)")
+
+
 def add_graph_args(p, axes: bool = True) -> None:
     d = GraphSettings()
     p.add_argument("--fused", action=argparse.BooleanOptionalAction,

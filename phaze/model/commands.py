@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from phaze.errors import UserError
 from phaze.settings import ATTENTION_MODES as ATTENTION
+from phaze.settings import add_token_drop_args
 
 if TYPE_CHECKING:
     from phaze.model.ops import ModelGraph
@@ -36,15 +37,7 @@ def register(sub) -> None:
                         "Engine's GroupedLinear launches them; a divisor of the routed experts, "
                         "or 0 (default): one GEMM of all the device's token slots. A dense "
                         "model's graph has ep 0 whatever is given")
-    p.add_argument("--moe-expert-capacity-factor", type=float, metavar="CF",
-                   help="Megatron-Core --moe-expert-capacity-factor (MoE models): token "
-                        "dropping, each expert takes at most ceil(tokens x top_k / experts x "
-                        "CF) slots of the tokens one device's router sees, routing balanced "
-                        "(default: dropless). The sweep's schedule tables do not key it")
-    p.add_argument("--moe-pad-expert-input-to-capacity", action="store_true",
-                   help="Megatron-Core --moe-pad-expert-input-to-capacity: with "
-                        "--moe-expert-capacity-factor, every expert computes exactly its "
-                        "capacity (dropped or padded)")
+    add_token_drop_args(p, ". The sweep's schedule tables do not key it")
     p.add_argument("--fused", action="store_true", help="fuse GEMMs with their element-wise epilogues")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
     p.add_argument("--name", help="the model's name in the graph and every table built from it "

@@ -9,7 +9,7 @@ from phaze.cost.params import FP8_RECIPES
 from phaze.errors import UserError
 from phaze.settings import (MAX_HBM_GIB, RECOMPUTE_MODES, add_config_arg, add_graph_args,
                             add_network_arg, add_placement_args, add_sched_args,
-                            sweep_settings)
+                            add_token_drop_args, sweep_settings)
 
 
 def register(sub) -> None:    # long: the two commands' argparse declarations, nothing else
@@ -145,15 +145,7 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                    help="Megatron-Core --moe-token-dispatcher-type of an MoE model's EP "
                         "traffic: alltoall sends each routed slot, flex (DeepEP / HybridEP) "
                         "each token once per remote node (default alltoall)")
-    e.add_argument("--moe-expert-capacity-factor", type=float, metavar="CF",
-                   help="Megatron-Core --moe-expert-capacity-factor: token dropping, each "
-                        "expert takes at most ceil(tokens x top_k / experts x CF) slots of "
-                        "the tokens one device's router sees (routing balanced; alltoall "
-                        "dispatcher; default: dropless)")
-    e.add_argument("--moe-pad-expert-input-to-capacity", action="store_true",
-                   help="Megatron-Core --moe-pad-expert-input-to-capacity: with "
-                        "--moe-expert-capacity-factor, every expert computes exactly its "
-                        "capacity (dropped or padded)")
+    add_token_drop_args(e)
     e.add_argument("--no-overlap", action="append", default=[], choices=overlaps,
                    help="switch one of --framework's overlaps off (repeatable)")
     e.add_argument("--cross-entropy-fusion", action="store_true",
