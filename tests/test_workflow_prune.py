@@ -78,25 +78,18 @@ def test_pruned_workflow_equals_exhaustive(tmp_path, larger):
                               "placement": {**_config("pruned", False)["placement"], "ranks": 3}})
         jobs = dry_run_jobs(pr_dir)
         assert not {"prune_bound", "prune_schedule_chunk"} & set(jobs), jobs
+        # editing one model's fixed_plan reruns that model's bound pass, waves and
+        # collect, plus the config and report jobs; the other model's jobs do not rerun
+        # (docs/workflow.md's rerun table)
+        from workflow_util import dry_run_jobs_detail
+
+        cfg = _config("pruned", False)
+        assert cfg["models"][0]["name"] == "bert-large"
+        cfg["models"][0]["fixed_plan"] = "4x256x1"
+        write_config(pr_dir, cfg)
+        jobs = dry_run_jobs_detail(pr_dir)
+        assert {j["wildcards"].get("model") for j in jobs} - {None} == {"bert-large"}, jobs
+        rules = {j["rule"] for j in jobs}
+        assert {"prune_bound", "prune_place", "prune_collect", "report"} <= rules, rules
+        assert sum(j["rule"] == "prune_bound" for j in jobs) == 1
     assert "pruned by their bound" in (pr_dir / "results/report/report.html").read_text()
-
-
-def test_a_fixed_plan_edit_reruns_only_that_models_jobs(tmp_path):
-    """Pruned mode: editing one model's fixed_plan reruns that model's bound pass, waves
-    (wave-1 scheduling chunks, merges, placement) and collect, plus the config and report
-    jobs; the other model's jobs do not rerun (docs/workflow.md's rerun table)."""
-    from workflow_util import dry_run_jobs_detail, tiny_config
-
-    cfg = tiny_config(search={"method": "pruned"})
-    cfg["placement"]["ranks"] = 1
-    cfg["models"][0]["fixed_plan"] = "2x32x1"
-    write_config(tmp_path, cfg)
-    snakemake(tmp_path, "--cores", "2")
-    cfg["models"][0]["fixed_plan"] = "4x16x1"
-    write_config(tmp_path, cfg)
-    jobs = dry_run_jobs_detail(tmp_path)
-    models = {j["wildcards"].get("model") for j in jobs} - {None}
-    assert models == {"bert-large"}, jobs
-    rules = {j["rule"] for j in jobs}
-    assert {"prune_bound", "prune_place", "prune_collect", "report"} <= rules, rules
-    assert sum(j["rule"] == "prune_bound" for j in jobs) == 1
