@@ -47,11 +47,10 @@ import numpy as np
 
 from phaze.hw.arch import Network
 from phaze.model.graph import MOE_DISPATCHERS, dividing_eps
+# CP_COMM_TYPES: the Megatron-Core --cp-comm-type values context_parallel_chain costs
+# (phaze.settings holds the list); its hierarchical "a2a+p2p" is not modelled
 from phaze.settings import CP_COMM_TYPE_ALIASES, CP_COMM_TYPES, RECOMPUTE_MODES
 from phaze.place.chain import Chain
-
-# CP_COMM_TYPES: the Megatron-Core --cp-comm-type values context_parallel_chain costs
-# (phaze.settings holds the list); its hierarchical "a2a+p2p" is not modelled.
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,17 @@ import json
 from phaze.units import GiB
 
 
+def chunk_blocks(stages, n: int) -> list[int]:
+    """Transformer blocks of each chunk of a plan's stages ([lo, hi) layer ranges) over a
+    chain of n layers (prologue + n-2 blocks + epilogue)."""
+    return [(hi - lo) - (lo == 0) - (hi == n) for lo, hi in stages]
+
+
 def block_split(stages: list, n: int) -> dict | None:
     """Blocks per chunk of a plan's stages over a chain of n layers (prologue + n-2 blocks
     + epilogue): {"first", "middle", "last", "chunks"}, or None when the middle chunks
     differ (not expressible in Megatron)."""
-    blocks = [(hi - lo) - (lo == 0) - (hi == n) for lo, hi in stages]
+    blocks = chunk_blocks(stages, n)
     if len(blocks) == 1:
         return {"first": blocks[0], "middle": None, "last": blocks[0], "chunks": 1}
     mid = blocks[1:-1]

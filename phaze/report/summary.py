@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from phaze.report.runnable import _is_on
+from phaze.report.runnable import _is_on, chunk_blocks
 from phaze.search.baselines import spotlight_pick, spotlight_scores, tpuv4_arch_id
 from phaze.units import GiB, MiB
 
@@ -45,15 +45,14 @@ def arch_label(row) -> str:
 
 def stage_blocks(stages) -> list[int]:
     """Transformer blocks per pipeline stage (chunk) of a row's stages column (JSON layer
-    ranges over prologue, blocks, epilogue, as runnable.block_split reads them)."""
+    ranges over prologue, blocks, epilogue: runnable.chunk_blocks)."""
     import json
 
     if isinstance(stages, str):
         stages = json.loads(stages) if stages else []
     if not isinstance(stages, (list, tuple, np.ndarray)) or len(stages) == 0:
         return []
-    n = stages[-1][1]
-    return [(hi - lo) - (lo == 0) - (hi == n) for lo, hi in stages]
+    return chunk_blocks(stages, stages[-1][1])
 
 
 def plan_label(row) -> str:
