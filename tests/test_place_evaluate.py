@@ -523,3 +523,17 @@ def test_fp8_linears_sharing_a_bf16_input_keep_their_own_copy():
     rerun = sum(ops[n].saved_bytes for n in ("attn.q_up", "attn.kv_up"))   # mla_up_proj
     assert sel == pytest.approx(-(sum(ops[n].saved_bytes for n in halved) - rerun) / 2 + shard)
 
+
+
+@pytest.mark.parametrize("comm, label", [("p2p", "CP ring steps"), ("allgather", "CP all-gather steps"),
+                                         ("a2a", "CP all-to-all steps")])
+def test_cp_steps_named_as_the_comm_type_runs_them(comm, label, capsys):
+    """The CP part of compute is a ring only under p2p: allgather and a2a print what they run."""
+    from phaze.cli import main
+
+    assert main(["evaluate", "--model", "llama3-8b", "--arch", "h100", "--framework", "nemo-2024",
+                 "--tp", "2", "--pp", "1", "--cp", "2", "--dp", "2", "--mbs", "1", "--batch", "16",
+                 "--cp-comm-type", comm]) == 0
+    out = capsys.readouterr().out
+    assert f"(in compute: {label} " in out
+    assert sum(x in out for x in ("CP ring steps", "CP all-gather steps", "CP all-to-all steps")) == 1

@@ -706,8 +706,12 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
     from phaze.place.plan import BREAKDOWN_KEYS
     for k in BREAKDOWN_KEYS:
         w(f"    {k[:-2]:<10} {plan[k]:.6g} s\n")
+    # the CP steps beyond the chunk's own attention core: a ring (p2p), KV all-gathers or
+    # Q/K/V/O all-to-alls (plan.context_parallel_chain), as the plan's cp_comm_type says
+    cp_kind = {"allgather": "CP all-gather steps", "a2a": "CP all-to-all steps"}.get(
+        plan.get("plan_options", {}).get("cp_comm_type"), "CP ring steps")
     inside = [f"{name} {plan[k]:.6g} s" for k, name in (("ep_a2a_s", "EP all-to-alls"),
-                                                        ("cp_ring_s", "CP ring steps"))
+                                                        ("cp_ring_s", cp_kind))
               if plan.get(k)]
     if inside:   # parts of compute_s (the busiest device), not breakdown terms of their own
         w(f"      (in compute: {', '.join(inside)})\n")
