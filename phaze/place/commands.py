@@ -532,6 +532,7 @@ def _evaluate_grid(args, spec, settings, seq):
             raise UserError("is a setting of the GPU model (--arch PRESET), not of the sweep "
                             "route", field=flag,
                             fix=f"drop {flag} with --grid{uneven}, or evaluate on --arch PRESET")
+    _check_cp_comm_flag(args)
     grid = read_grid(args.grid)
     row = grid[grid["arch_id"] == args.arch].reset_index(drop=True)
     if row.empty:
@@ -626,9 +627,7 @@ def _overlap_options(args, settings=None) -> dict:
     o.update({names[x]: False for x in getattr(args, "no_overlap", [])})
     if getattr(args, "moe_token_dispatcher", "alltoall") != "alltoall":
         o["moe_token_dispatcher"] = args.moe_token_dispatcher
-    if getattr(args, "cp_comm_type", None) and args.cp <= 1:
-        raise UserError("sets how context parallelism exchanges keys, which is off",
-                        field="--cp-comm-type", fix="add --cp N (N > 1), or drop --cp-comm-type")
+    _check_cp_comm_flag(args)
     if settings is not None and args.cp > 1:   # the flag, else the config's, else p2p
         o["cp_comm_type"] = settings.placement.cp_comm_type
     if getattr(args, "moe_expert_capacity_factor", None) is not None:
@@ -659,6 +658,13 @@ def _overlap_options(args, settings=None) -> dict:
         if stage == 1:
             o["zero1"] = True
     return o
+
+
+def _check_cp_comm_flag(args) -> None:
+    """UserError for --cp-comm-type without context parallelism (both evaluate routes)."""
+    if getattr(args, "cp_comm_type", None) and args.cp <= 1:
+        raise UserError("sets how context parallelism exchanges keys, which is off",
+                        field="--cp-comm-type", fix="add --cp N (N > 1), or drop --cp-comm-type")
 
 
 def _print_plan(spec, args, plan, hbm, batch) -> None:

@@ -361,15 +361,17 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     import numpy as np
     import pandas as pd
 
-    from phaze.files import read_parquet
+    from phaze.files import read_json, read_parquet
     from phaze.hw.grid import read_grid
-    from phaze.model.serialize import load_graph
+    from phaze.model.serialize import graph_from_dict
     from phaze.sched.layers import graph_identity
     from phaze.sched.table import GRAPH_KEY, LATENCY_KEY, LATENCY_SCHEMA, validate
 
     eps = ctx.get("eps")
     for path in graph_paths:
-        graph = load_graph(path)
+        raw = read_json(path, "graph")
+        graph = graph_from_dict(raw)
+        _check_cp_a2a(graph, raw.get("spec"), ctx["options"].cp_comm_type, path)
         if graph.ep and eps is not None and graph.ep not in eps:
             raise UserError(f"{path} was built for expert-parallel size {graph.ep}, which the "
                             f"search's ep sizes {list(eps)} leave out", field="--graphs",
@@ -441,6 +443,22 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     models = sorted({(g.model, g.seq, g.mbs) for g in ctx["graphs"].values()})
     return [{"model": m, "seq": s, "arch_id": aid, "mbs": b, "hbm_bytes": hbm, "recompute": r}
             for (m, s, b) in models for aid in arch_ids for hbm in hbms for r in recs]
+
+
+def _check_cp_a2a(graph, spec: dict | None, cp_comm_type: str, path) -> None:
+    """UserError when an all-to-all CP (--cp-comm-type a2a) cannot split the heads a TP
+    rank of `graph` holds over its cp, as `phaze evaluate --grid` and check-config refuse
+    it (model.graph.cp_a2a_problem; `spec`: the model spec `phaze graph` writes beside the
+    graph, absent in older files: not checked)."""
+    if graph.cp <= 1 or cp_comm_type != "a2a" or not spec:
+        return
+    from phaze.model.graph import cp_a2a_problem
+    from phaze.model.spec import ModelSpec
+
+    why = cp_a2a_problem(ModelSpec.from_dict(spec), graph.tp, graph.cp)
+    if why:
+        raise UserError(f"{path}: {why}", field="--cp-comm-type",
+                        fix="use --cp-comm-type p2p or allgather, or drop the graphs of this cp")
 
 
 class LatencyView:

@@ -140,7 +140,8 @@ def runnable_files(out_dir, sweep, summary) -> dict:
     for _, s in summary[summary["status"] == "ok"].iterrows():
         r = role_rows(sweep.place, s)[0][1]
         batch = int(pl.get("global_batch") or round(r["samples_per_s"] * r["time_per_batch_s"]))
-        kw = dict(zero1=bool(pl.get("zero1", False)), optimizer=pl.get("optimizer", "adam"))
+        kw = dict(zero1=bool(pl.get("zero1", False)), optimizer=pl.get("optimizer", "adam"),
+                  cp_comm_type=pl.get("cp_comm_type", "p2p"))
         stem = f"{s['model']}_s{int(s['seq'])}"
         f = {"evaluate": s["evaluate_command"], "megatron": megatron_args(r, batch, **kw),
              "nemo": nemo_yaml(r, batch, int((net or {}).get("devices_per_node", 8)), **kw),

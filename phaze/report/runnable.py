@@ -55,9 +55,21 @@ ZERO_MEGATRON = {1: ["--use-distributed-optimizer"],
                      "--data-parallel-sharding-strategy optim_grads_params"]}
 
 
-def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "adam") -> str:
+def cp_comm_arg(cp_comm_type: str | None) -> str:
+    """The sweep's placement.cp_comm_type as Megatron-Core's --cp-comm-type and NeMo's
+    cp_comm_type take it: Transformer Engine raises on "allgather", its spelling is
+    "all_gather" (phaze.settings.CP_COMM_TYPE_ALIASES)."""
+    from phaze.settings import CP_COMM_TYPE_ALIASES
+
+    c = CP_COMM_TYPE_ALIASES.get(cp_comm_type or "p2p", cp_comm_type or "p2p")
+    return {v: k for k, v in CP_COMM_TYPE_ALIASES.items()}.get(c, c)
+
+
+def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "adam",
+                  cp_comm_type: str = "p2p") -> str:
     """Megatron-LM pretrain_gpt.py arguments of a placement row (one line per flag): the
-    row's TP, PP, CP, EP sizes and ZeRO stage (plan_axes)."""
+    row's TP, PP, CP, EP sizes and ZeRO stage (plan_axes); with CP, the sweep's
+    `cp_comm_type` (placement.cp_comm_type: the row was costed with it)."""
     t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
     ep, cp, zero = plan_axes(r, zero1)
     stages = json.loads(r["stages"]) if isinstance(r["stages"], str) else list(r["stages"])
@@ -68,6 +80,8 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
              f"--context-parallel-size {cp}", f"--micro-batch-size {int(r['mbs'])}",
              f"--global-batch-size {global_batch}", f"--seq-length {int(r['seq'])}",
              f"--optimizer {optimizer}"]
+    if cp > 1:
+        lines.append(f"--cp-comm-type {cp_comm_arg(cp_comm_type)}")
     if r["recompute"] == "full":
         lines += ["--recompute-granularity full", "--recompute-method uniform",
                   "--recompute-num-layers 1"]
@@ -96,8 +110,9 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
 
 
 def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
-              optimizer: str = "adam") -> str:
-    """NeMo (Megatron GPT) trainer/model config keys of a placement row, as YAML."""
+              optimizer: str = "adam", cp_comm_type: str = "p2p") -> str:
+    """NeMo (Megatron GPT) trainer/model config keys of a placement row, as YAML (with CP,
+    the sweep's `cp_comm_type`, a TransformerConfig field NeMo passes through)."""
     t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
     ep, cp, zero = plan_axes(r, zero1)
     world = p * d * t * cp
@@ -107,6 +122,7 @@ def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
     lines = ["trainer:", f"  devices: {per_node}", f"  num_nodes: {-(-world // per_node)}",
              "model:", f"  tensor_model_parallel_size: {t}",
              f"  pipeline_model_parallel_size: {p}", f"  context_parallel_size: {cp}",
+             *([f"  cp_comm_type: {cp_comm_arg(cp_comm_type)}"] if cp > 1 else []),
              f"  expert_model_parallel_size: {ep}",
              f"  virtual_pipeline_model_parallel_size: {v if v > 1 else 'null'}",
              f"  micro_batch_size: {int(r['mbs'])}", f"  global_batch_size: {global_batch}",
