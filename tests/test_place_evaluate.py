@@ -537,3 +537,21 @@ def test_cp_steps_named_as_the_comm_type_runs_them(comm, label, capsys):
     out = capsys.readouterr().out
     assert f"(in compute: {label} " in out
     assert sum(x in out for x in ("CP ring steps", "CP all-gather steps", "CP all-to-all steps")) == 1
+
+
+@pytest.mark.parametrize("extra, stage", [(["--zero-stage", "1"], 1), (["--zero1"], 1),
+                                          (["--no-zero1"], 0), (["--zero-stage", "2"], 2),
+                                          ([], 1)])
+def test_json_records_one_zero_stage_and_the_version(extra, stage, capsys):
+    """ZeRO-1 is held as zero1 (or the distributed optimizer) with zero_stage 0 inside
+    PlanOptions; the result records the stage it amounts to once, the same in plan_options
+    as at the top, and the phaze version that computed it."""
+    from phaze import __version__
+    from phaze.cli import main
+
+    assert main(["evaluate", "--model", "gpt2-xl", "--arch", "h100", "--framework", "nemo-2024",
+                 "--tp", "1", "--pp", "2", "--dp", "2", "--mbs", "1", "--batch", "8", *extra,
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["plan_options"]["zero_stage"] == out["zero_stage"] == stage
+    assert out["phaze_version"] == __version__

@@ -43,6 +43,19 @@ def test_schedule_json_bert_on_tpuv4(capsys):
             assert max(o["end_s"] for o in d["ops"]) == pytest.approx(layer[f"{ps}_s"])
 
 
+def test_schedule_json_records_the_solvers_that_ran(tmp_path, capsys):
+    """The top-level solver is what solved the passes (per-pass solvers joined), not only
+    the one asked for: Gurobi without a licence falls back to CBC per problem."""
+    from phaze import __version__
+
+    assert main(["schedule", "--model", "bert-large", "--arch", "tpuv4", "--seq", "128",
+                 "--solver", "cbc", "--cache", str(tmp_path / "c"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    used = {layer[ps]["solver"] for layer in out["layers"] for ps in ("fwd", "bwd", "recompute")}
+    assert out["solver"] == "+".join(sorted(used)) and out["solver_requested"] == "cbc"
+    assert used <= {"cbc", "bound", "none"} and out["phaze_version"] == __version__
+
+
 def test_schedule_batch_cache_and_merge(tmp_path, capsys):
     grid, pick = _grid(tmp_path)
     gfile = tmp_path / "g.json"

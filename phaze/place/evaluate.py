@@ -18,9 +18,10 @@ Two models of a device, named by what they reproduce:
 
 from __future__ import annotations
 
+from phaze import __version__
 from phaze.cost.params import FP8_RECIPES
 from phaze.place.chain import chain_from_graph
-from phaze.place.plan import Links, PlanOptions, check_stages, evaluate_plan
+from phaze.place.plan import Links, PlanOptions, check_stages, evaluate_plan, options_record
 from phaze.settings import check_recompute
 
 
@@ -466,7 +467,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                 # None: Megatron-Core's default (the attention core)
                 recompute_modules=(sorted(set(recompute_modules))
                                    if recompute_modules is not None else None),
-                plan_options=asdict(opts), cost_params=asdict(cost_params))
+                plan_options=options_record(opts), cost_params=asdict(cost_params),
+                phaze_version=__version__)
     return plan
 
 
@@ -510,7 +512,6 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
                          stages=[tuple(s) for s in stages] if stages else None,
                          hbm_bytes=hbm_bytes, links=Links.of(net), options=opts,
                          peak_flops=float(arch_row["peak_flops"].iloc[0]))
-    from dataclasses import asdict
     plan.update(model=spec.name, arch_id=arch_id, seq=seq, hbm_bytes=hbm_bytes,
                 sequence_parallel=bool(graph.sequence_parallel),
                 # how the figure was obtained: the sweep's graph, schedule and plan settings
@@ -518,7 +519,7 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
                 sched={"solver": settings.sched.backend(),
                        "formulation": settings.sched.formulation,
                        **settings.sched.solve_settings()},
-                plan_options=asdict(opts))
+                plan_options=options_record(opts), phaze_version=__version__)
     return plan
 
 

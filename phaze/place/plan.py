@@ -248,7 +248,7 @@ class PlanOptions:
         t d cp / (expert_tp ep) devices; grad_groups; `t` matters only with expert_tp)."""
         n = grad_groups(self, t, d)[1 if expert else 0][0]
         if self.extended():
-            z = max(self.zero_stage, 1 if (self.zero1 or self.distributed_optimizer) else 0)
+            z = zero_stage_of(self)
             return (self.weight_bytes / (n if z >= 3 else 1) + self.fp8_weight_bytes
                     + self.grad_bytes / (n if z >= 2 else 1) + self.opt_bytes() / (n if z >= 1 else 1))
         return self.weight_bytes + self.grad_bytes + self.opt_bytes() / (n if self.zero1 else 1)
@@ -739,7 +739,7 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
     (g, stride), (ge, se) = grad_groups(o, t, d)
     dev_Pe = np.zeros(p) if dev_Pe is None else dev_Pe
     rb = o.dp_reduce_bytes or o.grad_bytes
-    z = max(o.zero_stage, 1 if (o.zero1 or o.distributed_optimizer) else 0)
+    z = zero_stage_of(o)
     kw = dict(topology=topo, bw_efficiency=links.bw_efficiency)
     net = links
     tp_exp = dev_tp / t if o.tp_comm_overlap else dev_tp
@@ -785,6 +785,15 @@ def extended_terms(chain, options, links, t, d, p, v, stages, dev, dev_P, dev_co
         sync[r] = red + gather
     load = dev_comp + tp_exp + p2p_exp + fsdp
     return load, tp_exp, p2p_exp, sync, fsdp
+
+
+def options_record(options: PlanOptions) -> dict:
+    """PlanOptions as a result records them (`plan_options` of `phaze evaluate --json`):
+    its fields, zero_stage the stage they amount to (ZeRO-1 is held as zero1 = True with
+    zero_stage 0, the distributed optimizer likewise), as the result's own zero_stage."""
+    from dataclasses import asdict
+
+    return {**asdict(options), "zero_stage": zero_stage_of(options)}
 
 
 def zero_stage_of(options: PlanOptions) -> int:

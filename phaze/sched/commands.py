@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from phaze import __version__
 from phaze.errors import UserError
 from phaze.settings import BACKENDS, FORMULATIONS, SchedSettings, parse_network
 
@@ -199,9 +200,13 @@ def cmd_schedule(args) -> int:
             if pr.n:
                 _print_schedule("selective recompute", pr, rr)
     if args.json:
+        # the solvers that solved the passes (a Gurobi run falls back to CBC per problem
+        # without a licence; "none" / "bound": nothing to solve), beside the one asked for
+        used = sorted({item[x]["solver"] for item in out for x in ("fwd", "bwd", "recompute")})
         emit_json({"model": graph.model, "arch": arch_name, "tp": graph.tp, "mbs": graph.mbs,
-                   "seq": graph.seq, "solver": solver, "formulation": sched.formulation,
-                   "solves": cache.solves, "layers": out})
+                   "seq": graph.seq, "solver": "+".join(used) or solver,
+                   "solver_requested": solver, "formulation": sched.formulation,
+                   "solves": cache.solves, "phaze_version": __version__, "layers": out})
     return 0
 
 
