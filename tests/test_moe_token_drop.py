@@ -250,3 +250,29 @@ def test_graph_cli_flags(capsys, tmp_path):
     assert load_graph(out_file).moe_expert_capacity_factor == 0.5
     rc, out, _ = _run(["graph", "--model", "qwen3-30b-a3b", "--seq", "512", "--json"], capsys)
     assert json.loads(out)["flops_fwd"] > s["flops_fwd"]
+
+
+def test_model_flops_count_the_model_slots_whatever_token_dropping_computes(capsys):
+    """MFU takes Megatron's model FLOPs (num_floating_point_operations: T x top_k routed
+    slots): padding to capacity computes 4x the slots and dropping half of them half, yet
+    neither changes the model's work, so model FLOPs stay equal and a slower plan never
+    shows a higher MFU; HFU follows what the hardware computes."""
+    from phaze.cli import main
+
+    base = ["evaluate", "--model", "mixtral-8x7b", "--arch", "h100", "--framework",
+            "megatron-core-2024", "--tp", "2", "--pp", "4", "--dp", "8", "--ep", "8", "--mbs", "1",
+            "--batch", "256", "--seq", "4096", "--sequence-parallel", "--json"]
+    runs = {}
+    for name, extra in (("dropless", []), ("pad", ["--moe-expert-capacity-factor", "4",
+                                                   "--moe-pad-expert-input-to-capacity"]),
+                        ("drop", ["--moe-expert-capacity-factor", "0.5"])):
+        assert main(base + extra) == 0
+        runs[name] = json.loads(capsys.readouterr().out)
+    flops = {k: r["model_flops"] for k, r in runs.items()}
+    assert flops["pad"] == pytest.approx(flops["dropless"], rel=1e-12)
+    assert flops["drop"] == pytest.approx(flops["dropless"], rel=1e-12)
+    t = {k: r["time_per_batch_s"] for k, r in runs.items()}
+    assert t["pad"] > t["dropless"] > t["drop"]
+    assert runs["pad"]["mfu"] < runs["dropless"]["mfu"] < runs["drop"]["mfu"]
+    hw = {k: r["hfu"] * r["time_per_batch_s"] for k, r in runs.items()}   # hardware FLOPs
+    assert hw["pad"] > hw["dropless"] > hw["drop"]

@@ -656,11 +656,15 @@ class _Ctx:
     moe_dispatcher: str = "alltoall"   # Megatron-Core --moe-token-dispatcher-type
     capacity_factor: float | None = None   # --moe-expert-capacity-factor; None: dropless
     pad_to_capacity: bool = False          # --moe-pad-expert-input-to-capacity
+    model_flops_ratio: float = 1.0         # tokens x top_k over slots (ModelGraph's)
 
     def slots(self, tokens: int) -> int:
-        """Routed slots for the `tokens` one device's router sees (routed_slots)."""
-        return routed_slots(tokens, self.spec.top_k, self.spec.experts, self.capacity_factor,
-                            self.pad_to_capacity)
+        """Routed slots for the `tokens` one device's router sees (routed_slots); records
+        the T x top_k slots Megatron's FLOP count takes over them (model_flops_ratio)."""
+        n = routed_slots(tokens, self.spec.top_k, self.spec.experts, self.capacity_factor,
+                         self.pad_to_capacity)
+        self.model_flops_ratio = tokens * self.spec.top_k / n
+        return n
 
     @property
     def sorts_chunks(self) -> bool:
@@ -817,6 +821,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       ep=ep if spec.experts else 0, moe_dispatcher=c.moe_dispatcher,
                       moe_expert_capacity_factor=c.capacity_factor,
                       moe_pad_expert_input_to_capacity=c.pad_to_capacity,
+                      moe_model_flops_ratio=c.model_flops_ratio,
                       kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes),
                       **_qo_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
 

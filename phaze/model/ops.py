@@ -168,6 +168,10 @@ class ModelGraph:
     # factor (None: dropless) and whether each expert's input is padded to its capacity
     moe_expert_capacity_factor: float | None = None
     moe_pad_expert_input_to_capacity: bool = False
+    # model FLOPs per executed FLOP of its routed-expert ops (Op.experts > 0): the T x top_k
+    # slots Megatron's num_floating_point_operations counts over the slots token dropping
+    # computes (dropped or padded); 1 dropless
+    moe_model_flops_ratio: float = 1.0
 
     @property
     def collective_groups(self) -> dict[str, int]:

@@ -33,6 +33,7 @@ def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
          "moe_dispatcher": graph.moe_dispatcher,
          "moe_expert_capacity_factor": graph.moe_expert_capacity_factor,
          "moe_pad_expert_input_to_capacity": graph.moe_pad_expert_input_to_capacity,
+         "moe_model_flops_ratio": graph.moe_model_flops_ratio,
          "moe_experts": graph.moe_experts, "moe_top_k": graph.moe_top_k,
          "layers": layers}
     if spec is not None:
@@ -72,7 +73,8 @@ def graph_from_dict(d: dict) -> ModelGraph:
                       # files written before token dropping: dropless
                       moe_expert_capacity_factor=d.get("moe_expert_capacity_factor"),
                       moe_pad_expert_input_to_capacity=bool(
-                          d.get("moe_pad_expert_input_to_capacity", False)))
+                          d.get("moe_pad_expert_input_to_capacity", False)),
+                      moe_model_flops_ratio=float(d.get("moe_model_flops_ratio", 1.0)))
 
 
 def save_graph(graph: ModelGraph, path: str | Path, spec: dict | None = None) -> None:

@@ -12,7 +12,8 @@ Everything is per device of a TP group of width t, for one microbatch of `mbs` s
   work_bytes(mode)   what recomputation rematerialises for one layer at a time during its
                      backward: act_none - act_bytes(mode) (0 for layers never recomputed)
   out_bytes          bytes of the activation leaving the layer (pipeline p2p payload)
-  flops_fwd/bwd      FLOP of the layer per microbatch on one device (MFU only)
+  flops_fwd/bwd      model FLOP of the layer per microbatch on one device (MFU only; routed
+                     experts on T x top_k slots whatever token dropping computes)
   kinds              "prologue" | "block" | "epilogue" (uniform Megatron splits use blocks)
   expert_param_count parameters of the layer's routed experts (part of param_count; 0 for
                      dense layers): expert parallelism shards them (phaze.place.plan)
@@ -188,6 +189,20 @@ def _fp8_saved_delta(fwd, recipe: str) -> tuple[float, float]:
     return d_none, d_sel
 
 
+# ops that work on an MoE layer's routed token slots (phaze.model.graph._moe*): the experts
+# and the permutations before them
+_ROUTED_SLOT_OPS = ("moe.expert.", "moe.dispatch", "moe.sort_chunks", "moe.unsort_chunks")
+
+
+def _model_flops(ops, moe_ratio: float) -> float:
+    """Model FLOPs of a pass's ops (flops_fwd / flops_bwd: MFU): what they execute, the ops
+    on routed token slots counted on the T x top_k slots Megatron's
+    num_floating_point_operations takes (ModelGraph.moe_model_flops_ratio): token dropping
+    computes fewer or, padded, more slots than the model has, and neither is model work."""
+    return sum(o.flops * (moe_ratio if o.experts or o.name.startswith(_ROUTED_SLOT_OPS) else 1.0)
+               for o in ops)
+
+
 def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                      op_latency_s: Callable | None = None,
                      layer_tp_s: Mapping[int, tuple[float, float]] | None = None,
@@ -219,6 +234,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
     rows, reruns = [], []
+    routed_excess = 0.0
     for li, layer in enumerate(graph.layers):
         if op_latency_s is not None:
             tpf = sum(op_latency_s(o) for o in layer.fwd if o.kind == "collective")
@@ -252,6 +268,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
             if pass_kind != "block":     # never recomputed: its "full" is its selective
                 a_full += d_sel
         f_sel = sum(o.flops for o in layer.selective_recompute_ops())
+        ratio = getattr(graph, "moe_model_flops_ratio", 1.0)
         # routed experts: their weights (Op.experts > 0) and the dispatch's token slots
         ex = sum(o.param_bytes for o in layer.fwd if o.experts) / graph.dtype_bytes
         a2a = sum(o.bytes_written for o in layer.fwd if o.name.endswith("moe.dispatch"))
@@ -259,8 +276,10 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         # checkpoints the whole MoE layer: route, dispatch, experts, combine)
         reruns.extend([float(any(o.selective_recompute for o in layer.fwd
                                  if o.name.endswith("moe.dispatch")))] * layer.repeat)
+        model_f, model_b = _model_flops(layer.fwd, ratio), _model_flops(layer.bwd, ratio)
+        routed_excess += (layer.flops("fwd") + layer.flops("bwd") - model_f - model_b) * layer.repeat
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
-               layer.flops("fwd"), layer.flops("bwd"), a_sel, r, f_sel,
+               model_f, model_b, a_sel, r, f_sel,
                min(ex, layer.param_count), a2a, *core, kv, *core_flops, pass_kind)
         rows.extend([row] * layer.repeat)
     cols = list(zip(*rows))
@@ -277,6 +296,9 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                  shared_param_count=sum(lg.shared_param_bytes for lg in graph.layers
                                         if lg.kind == "epilogue") / graph.dtype_bytes,
                  extra={"sequence_parallel": bool(graph.sequence_parallel),
+                        # FLOPs token dropping executes beyond (padding) or short of the
+                        # model's, per microbatch on one device (hardware FLOPs: HFU)
+                        "routed_flops_excess": routed_excess,
                         "expert_tp": int(graph.expert_tp or graph.tp),
                         # the expert-parallel size its expert GEMMs were grouped for (0: none)
                         "ep": int(graph.ep),

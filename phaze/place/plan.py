@@ -653,13 +653,15 @@ def interleaved_p2p_fill_s(cin, cout, fwd_s):
 def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops, rerun=None) -> dict:
     """Model FLOPs from the graph (per device x a replica's devices x microbatches), MFU
     and TFLOP/s per device from them; hardware FLOPs and HFU add what recomputation runs
-    again (`rerun`: 1/0 per layer for full recomputation, _recompute_layers)."""
+    again (`rerun`: 1/0 per layer for full recomputation, _recompute_layers) and what token
+    dropping computes beyond the model's slots (chain.extra["routed_flops_excess"], < 0
+    when it drops)."""
     n_mb = batch / chain.mbs
     flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * chain.t * cp * n_mb
-    redo = {"none": 0.0, "selective": float(chain.flops_recompute_selective.sum()),
-            "full": float((chain.flops_fwd * chain.block_mask
-                           * (1.0 if rerun is None else rerun)).sum())
-            }[recompute] * chain.t * cp * n_mb
+    redo = ({"none": 0.0, "selective": float(chain.flops_recompute_selective.sum()),
+             "full": float((chain.flops_fwd * chain.block_mask
+                            * (1.0 if rerun is None else rerun)).sum())
+             }[recompute] + float(chain.extra.get("routed_flops_excess", 0.0))) * chain.t * cp * n_mb
     ok = peak_flops > 0
     mfu = flops / (time_s * devices * peak_flops) if ok else None
     return {"model_flops": flops, "hardware_flops": flops + redo, "mfu": mfu,
