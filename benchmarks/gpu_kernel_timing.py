@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 
-def time_cuda(fn, warmup=5, reps=20):
+def time_cuda(fn, warmup=5, reps=20, pause_s=0.0):
+    """Median seconds of fn over `reps` CUDA-event timings after `warmup` calls; `pause_s`
+    between timings keeps a long kernel in short bursts (near boost clock)."""
+    import time
+
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -26,6 +30,8 @@ def time_cuda(fn, warmup=5, reps=20):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
+        if pause_s:
+            time.sleep(pause_s)
     times.sort()
     return times[len(times) // 2]
 

@@ -16,10 +16,12 @@ bias-dropout-add into one; the rest matches Megatron-Core's TE layer kernel for 
 import csv
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+import gpu_kernel_timing as base  # noqa: E402
 
 # name, hidden, heads (all), ffn, tp, mbs, kind
 LAYERS = [("gpt-1.7b", 2048, 16, 8192, 1, 4, "gpt"), ("gpt-7.1b", 4096, 32, 16384, 2, 4, "gpt"),
@@ -84,23 +86,6 @@ def llama_layer(h=4096, heads=32, kv=8, ffn=14336):
     return step
 
 
-def timed(fn, warmup=3, reps=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e) / 1e3)
-        time.sleep(0.02)   # short bursts: stay near boost clock, as the kernel files were timed
-    ts.sort()
-    return ts[len(ts) // 2]
-
-
 def main(outdir):
     os.makedirs(outdir, exist_ok=True)
     torch.manual_seed(0)
@@ -112,7 +97,7 @@ def main(outdir):
             for dropout in ((True, False) if kind == "gpt" else (False,)):
                 try:
                     step = gpt_layer(h, heads, ffn, tp, mbs, dropout) if kind == "gpt" else llama_layer()
-                    t = timed(step)
+                    t = base.time_cuda(step, warmup=3, reps=10, pause_s=0.02)
                 except Exception as e:
                     print(name, dropout, type(e).__name__, str(e)[:300], flush=True)
                     continue

@@ -24,6 +24,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(__file__))
+import gpu_kernel_timing as base  # noqa: E402
+
 
 def nvml():
     try:
@@ -106,7 +109,7 @@ def expert_loops(outdir):
                         for _ in range(3):
                             fn()
                         torch.cuda.synchronize()
-                        eager = timed(fn)
+                        eager = base.time_cuda(fn, warmup=0)
                         s = torch.cuda.Stream()
                         s.wait_stream(torch.cuda.current_stream())
                         with torch.cuda.stream(s):
@@ -115,26 +118,13 @@ def expert_loops(outdir):
                         graph = torch.cuda.CUDAGraph()
                         with torch.cuda.graph(graph):
                             fn()
-                        replay = timed(graph.replay)
+                        replay = base.time_cuda(graph.replay, warmup=0)
                     except Exception as e:
                         print(name, lab, dt, type(e).__name__, str(e)[:200], flush=True)
                         continue
                     fl = 2.0 * g * tok * n * k
                     w.writerow([name, lab, g, tok, n, k, dt, eager, replay, fl / replay / 1e12])
                     print(name, lab, dt, eager, replay, flush=True)
-
-
-def timed(fn, reps=20):
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e) / 1e3)
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def main(outdir):
