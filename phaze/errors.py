@@ -5,6 +5,7 @@ class UserError(Exception):
     """A problem with the user's input: names the field and, where possible, the fix."""
 
     def __init__(self, message: str, field: str | None = None, fix: str | None = None):
+        self.message = message
         self.field = field
         self.fix = fix
         parts = [f"{field}: {message}" if field else message]

@@ -196,3 +196,58 @@ def test_show_grid_arch_takes_network_and_hbm_from_the_sweep_config_or_says_it_h
     assert main(["arch", "show", "tpuv4", "--config", str(tmp_path / "sweep.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--config" in err and "fix:" in err
+
+
+def _show_json(capsys, *args) -> dict:
+    capsys.readouterr()
+    assert main(["arch", "show", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _evaluate_json(capsys, arch: str) -> dict:
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "llama3-8b", "--arch", arch, "--tp", "2", "--pp", "2",
+                 "--dp", "2", "--mbs", "1", "--batch", "64", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_arch_show_json_reads_back_as_the_same_chip(tmp_path, capsys):
+    """`phaze arch show NAME --json` (with its derived tc_mm2 / vc_mm2 / glb_mm2) fed back
+    as --arch FILE costs exactly as the preset; so does showing that file again."""
+    shown = _show_json(capsys, "h100")
+    assert {"tc_mm2", "vc_mm2", "glb_mm2"} <= set(shown)
+    chip = tmp_path / "h.json"
+    chip.write_text(json.dumps(shown))
+    assert _evaluate_json(capsys, str(chip)) == _evaluate_json(capsys, "h100")
+    assert _show_json(capsys, str(chip)) == shown
+
+
+@pytest.mark.parametrize("key, value", [("glb_mm2", 70.0), ("tc_mm2", "big"),
+                                        ("area_mm2", 1.0), ("arch_id", "0" * 16)])
+def test_a_derived_chip_field_that_disagrees_is_one_line_naming_it(tmp_path, capsys, key, value):
+    chip = tmp_path / "h.json"
+    chip.write_text(json.dumps({**_show_json(capsys, "h100"), key: value}))
+    assert main(["arch", "show", str(chip)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"phaze: error: --arch: {chip}: {key} {value!r} disagrees with the "
+                          "other fields, from which it is derived"), err
+    assert f"fix: remove {key} or make it consistent" in err
+
+
+def test_a_grid_arch_shown_reads_back_once_its_hbm_size_is_given(tmp_path, capsys):
+    """`arch show ID --grid G --config CFG --json` adds notes (source, hbm_gib_swept) and
+    leaves hbm_bytes null: read back, the null is named; filled in, the chip reads."""
+    root = Path(__file__).resolve().parents[1]
+    grid, cfg = tmp_path / "g.parquet", str(root / "configs" / "default.yaml")
+    assert main(["arch", "grid", "--config", cfg, "-o", str(grid)]) == 0
+    aid = pd.read_parquet(grid)["arch_id"].iloc[0]
+    shown = _show_json(capsys, aid, "--grid", str(grid), "--config", cfg)
+    chip = tmp_path / "c.json"
+    chip.write_text(json.dumps(shown))
+    assert main(["arch", "show", str(chip)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hbm_bytes is null" in err and "fix: give hbm_bytes" in err
+    chip.write_text(json.dumps({**shown, "hbm_bytes": 80 * 2**30}))
+    again = _show_json(capsys, str(chip))
+    assert again["arch_id"] == aid and again["network"] == shown["network"]

@@ -105,7 +105,7 @@ def test_bad_config_files(tmp_path, capsys):
     zero.write_text(json.dumps({"model_type": "gpt2", "n_embd": 0, "n_layer": 2, "n_head": 2,
                                 "vocab_size": 10, "n_positions": 8}))
     rc, _, err = _run(["graph", "--model", str(zero)], capsys)
-    assert rc == 2 and "hidden: must be a positive integer" in err
+    assert rc == 2 and f"n_embd: {zero}: must be a positive integer" in err
 
 
 def test_subprocess_exit_code():

@@ -2,6 +2,7 @@
 and flash attention against closed forms, MoE, vocabulary padding, the --seq bound."""
 
 import json
+import re
 
 import pytest
 
@@ -90,6 +91,50 @@ def test_unsupported_values_refused_naming_the_field(cfg, field):
     with pytest.raises(UserError) as e:
         spec_from_hf_dict(cfg)
     assert e.value.field == field
+
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=101,
+            max_position_embeddings=256)
+MIXTRAL = dict(TINY, model_type="mixtral", intermediate_size=96, num_key_value_heads=2,
+               num_local_experts=8, num_experts_per_tok=2)
+NEMOTRON_H = dict(TINY, model_type="nemotron_h", num_key_value_heads=2, head_dim=16,
+                  intermediate_size=96, mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=16,
+                  n_groups=2, conv_kernel=4, chunk_size=16, hybrid_override_pattern="M*")
+
+
+@pytest.mark.parametrize("cfg,key,says,fix", [
+    ({**LLAMA32_1B, "num_key_value_heads": 5}, "num_key_value_heads",
+     "32 attention heads are not a multiple of 5 key/value heads",
+     "give num_key_value_heads dividing 32"),
+    ({**LLAMA32_1B, "num_hidden_layers": 0}, "num_hidden_layers",
+     "must be a positive integer, got 0", "give num_hidden_layers as an integer >= 1"),
+    ({**LLAMA32_1B, "hidden_size": 2047}, "num_attention_heads",
+     "hidden size 2047 is not a multiple of 32 attention heads", "pick num_attention_heads "),
+    ({**MIXTRAL, "num_experts_per_tok": 16}, "num_experts_per_tok",
+     "16 experts per token is not in 1..8", "give num_experts_per_tok in 1..8"),
+    ({k: v for k, v in MIXTRAL.items() if k != "num_key_value_heads"}, "num_key_value_heads",
+     "4 attention heads are not a multiple of 8 key/value heads (num_key_value_heads is not "
+     "set in the file: the default)", "give num_key_value_heads dividing 4"),
+    ({**TINY, "model_type": "gpt2", "n_layer": 0, "n_positions": 64}, "n_layer",
+     "must be a positive integer, got 0", "give n_layer as"),
+    ({**TINY, "model_type": "falcon", "new_decoder_architecture": True, "num_kv_heads": 3},
+     "num_kv_heads", "4 attention heads are not a multiple of 3 key/value heads", "num_kv_heads"),
+    ({**TINY, "model_type": "qwen3", "intermediate_size": 96, "num_attention_heads": 0},
+     "num_attention_heads", "must be a positive integer, got 0", "give num_attention_heads"),
+    ({**NEMOTRON_H, "n_groups": 3}, "n_groups", "8 Mamba heads are not a multiple of 3 groups",
+     "give n_groups dividing 8"),
+])
+def test_spec_errors_name_the_config_json_key_and_file(tmp_path, capsys, cfg, key, says, fix):
+    """A value the spec refuses is reported under the config.json key it came from (not
+    phaze's ModelSpec field), in the file's words, with the file named."""
+    f = tmp_path / "cfg.json"
+    f.write_text(json.dumps(cfg))
+    assert main(["graph", "--model", str(f)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"phaze: error: {key}: {f}: {says}"), err
+    assert fix in err.split("; fix: ")[1], err
+    assert not re.search(r"\b(kv_heads|top_k|mamba_n_groups)\b", err), err  # phaze's names
 
 
 def test_sliding_window_null_and_absent():

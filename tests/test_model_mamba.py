@@ -216,7 +216,7 @@ def test_nemotron_h_8b_params_and_refusals():
                        (dict(mamba_hidden_act="gelu"), "mamba_hidden_act"),
                        (dict(mlp_bias=True), "mlp_bias"),
                        (dict(tie_word_embeddings=True), "tie_word_embeddings"),
-                       (dict(n_groups=3), "mamba_n_groups"),
+                       (dict(n_groups=3), "n_groups"),
                        (dict(ssm_state_size=0), "ssm_state_size")):
         with pytest.raises(UserError) as e:
             spec_from_hf_dict({**base, **bad})

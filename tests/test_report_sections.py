@@ -194,7 +194,7 @@ def test_megatron_arguments_reproduce_the_throughput(sweep, capsys, monkeypatch)
     assert got["samples_per_s"] == pytest.approx(s.best_samples_per_s, rel=1e-9)
 
 
-def test_chip_json_is_read_back(sweep, capsys):
+def test_chip_json_is_read_back(sweep, capsys, tmp_path):
     chip = sweep / "results/report/chip_bert-large_s128.json"
     s = pd.read_csv(sweep / "results/report/summary.csv").iloc[0]
     assert main(["arch", "show", str(chip), "--json"]) == 0
@@ -204,7 +204,15 @@ def test_chip_json_is_read_back(sweep, capsys):
     assert main(["evaluate", "--model", "bert-large", "--seq", "128", "--arch", str(chip),
                  "--tp", "1", "--pp", "2", "--dp", "32", "--mbs", "1", "--batch", "256",
                  "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["samples_per_s"] > 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["samples_per_s"] > 0
+    # what `arch show FILE --json` prints (derived area fields included) reads back the same
+    shown_file = tmp_path / "shown_chip.json"
+    shown_file.write_text(json.dumps(shown))
+    assert main(["evaluate", "--model", "bert-large", "--seq", "128", "--arch", str(shown_file),
+                 "--tp", "1", "--pp", "2", "--dp", "32", "--mbs", "1", "--batch", "256",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == got
     bad = chip.parent / "bad_chip.json"
     bad.write_text(json.dumps({**json.loads(chip.read_text()), "n_tc": 3}))
     assert main(["arch", "show", str(bad)]) == 2

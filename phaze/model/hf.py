@@ -11,6 +11,7 @@ is refused naming the field (never coerced: "false" is not a boolean).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from phaze.errors import UserError
@@ -24,6 +25,25 @@ FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3
             "gemma2", "phi3", "gpt_oss", "deepseek_v2", "deepseek_v3",
             "nemotron", "nemotron_h", "gpt_neox", "falcon", "bloom", "gpt2", "opt", "bert")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+# ModelSpec field -> the config.json keys the readers take it from. A spec error is reported
+# under the first of these that the reader consulted (a field absent here: its own name).
+SPEC_KEYS = {
+    "hidden": ("hidden_size", "n_embd", "n_embed"), "layers": ("num_hidden_layers", "n_layer"),
+    "heads": ("num_attention_heads", "n_head"), "kv_heads": ("num_key_value_heads", "num_kv_heads"),
+    "ffn": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"), "vocab": ("vocab_size",),
+    "seq": ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"),
+    "max_positions": ("max_position_embeddings", "n_positions", "n_ctx"),
+    "head_dim": ("head_dim", "attention_head_dim"), "embed_proj_dim": ("word_embed_proj_dim",),
+    "token_types": ("type_vocab_size",),
+    "experts": ("num_local_experts", "num_experts", "n_routed_experts"),
+    "top_k": ("num_experts_per_tok",), "moe_ffn": ("moe_intermediate_size",),
+    "shared_ffn": ("shared_expert_intermediate_size", "moe_shared_expert_intermediate_size",
+                   "n_shared_experts"),
+    "attn_softcap": ("attn_logit_softcapping",), "final_softcap": ("final_logit_softcapping",),
+    "ssm_state_size": ("ssm_state_size", "mamba_d_state"),
+    "mamba_n_groups": ("n_groups", "mamba_n_groups"), "conv_kernel": ("conv_kernel", "mamba_d_conv"),
+    "chunk_size": ("chunk_size", "mamba_chunk_size"),
+}
 
 
 def load_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
@@ -52,8 +72,21 @@ def spec_from_hf_dict(cfg: dict, name: str | None = None, where: str = "config")
         raise UserError(f"{where}: unsupported model_type {mt!r}", field="model_type",
                         fix=f"supported families: {', '.join(FAMILIES)}")
     nm = name or get.str("_name_or_path", "") or Path(where).parent.name or mt
-    spec = _READERS[mt](get, nm)
-    return spec.with_(source=f"Hugging Face config {where}").validate()
+    spec = _READERS[mt](get, nm).with_(source=f"Hugging Face config {where}")
+    try:
+        return spec.validate()
+    except UserError as e:
+        raise _as_config_error(e, get) from None
+
+
+def _as_config_error(e: UserError, get) -> UserError:
+    """A spec validation error restated for the config.json: the field the reader took the
+    value from (SPEC_KEYS), also in the fix, and the file."""
+    key = next((k for k in SPEC_KEYS.get(e.field, (e.field,)) if k in get.read), e.field)
+    fix = e.fix and re.sub(rf"\b{re.escape(e.field)}\b", key, e.fix)
+    absent = f" ({key} is not set in the file: the default)" if get.cfg.get(key) is None \
+        and key in get.read else ""
+    return UserError(f"{get.where}: {e.message}{absent}", field=key, fix=fix)
 
 
 class _Getter:
@@ -61,11 +94,14 @@ class _Getter:
 
     def __init__(self, cfg: dict, where: str):
         self.cfg, self.where = cfg, where
+        self.read = set()      # the keys consulted (found, or defaulted under `key`)
 
     def raw(self, key: str, default=..., alt: tuple[str, ...] = ()):
         for k in (key, *alt):
             if k in self.cfg and self.cfg[k] is not None:
+                self.read.add(k)
                 return k, self.cfg[k]
+        self.read.add(key)
         if default is ...:
             raise UserError(f"{self.where}: missing field {key!r}", field=key,
                             fix=f"add \"{key}\" to the config (see the Hugging Face "
@@ -187,6 +223,11 @@ def _window(get, default=None) -> int:
     return 0 if v is None else get.int("sliding_window", default)
 
 
+def _head_dim(h: int, heads: int, hd: int) -> int:
+    """head_dim where hidden / heads does not give it, else 0 (heads 0: validate refuses it)."""
+    return hd if hd and (not heads or h % heads or hd != h // heads) else 0
+
+
 def _common(get, name, *, kv_default=None, head_dim_default=0, tie_default=False):
     heads = get.int("num_attention_heads")
     h = get.int("hidden_size")
@@ -197,7 +238,7 @@ def _common(get, name, *, kv_default=None, head_dim_default=0, tie_default=False
                 kv_heads=get.int("num_key_value_heads", kv_default or heads), ffn=get.int("intermediate_size"),
                 vocab=get.int("vocab_size"), seq=seq, max_positions=npos, norm="rmsnorm", position="rope",
                 bias=False, dropout=False, fused_qkv=False,
-                head_dim=hd if hd and (h % heads or hd != h // heads) else 0,
+                head_dim=_head_dim(h, heads, hd),
                 tied_embeddings=get.bool("tie_word_embeddings", tie_default))
 
 
@@ -485,7 +526,7 @@ def _nemotron_h(get, name):
     kinds = [NEMOTRON_H_PATTERN[ch] for ch in pat]
     return ModelSpec(
         name=name, hidden=h, layers=len(pat), heads=heads, kv_heads=get.int("num_key_value_heads", 8),
-        head_dim=hd if h % heads or hd != h // heads else 0,
+        head_dim=_head_dim(h, heads, hd),
         ffn=get.int("intermediate_size", 21504), vocab=get.int("vocab_size", 131072), seq=seq,
         max_positions=npos, activation=_act(get, "mlp_hidden_act", "relu2", False), norm="rmsnorm",
         position="none", bias=False, mlp_bias=mlp_bias, dropout=False, fused_qkv=False,

@@ -228,11 +228,13 @@ class ModelSpec:
                             fix=f"use one of {', '.join(POSITIONS)}")
         self._validate_mla()
         if not self.mla and not self.head_dim and self.hidden % self.heads:
-            raise UserError(f"hidden {self.hidden} is not a multiple of heads {self.heads}", field="heads",
-                            fix="set head_dim explicitly or pick heads dividing hidden")
+            raise UserError(f"hidden size {self.hidden} is not a multiple of {self.heads} attention "
+                            "heads", field="heads",
+                            fix=f"set head_dim explicitly or pick heads dividing {self.hidden}")
         if self.heads % self.n_kv_heads:
-            raise UserError(f"heads {self.heads} is not a multiple of kv_heads {self.n_kv_heads}",
-                            field="kv_heads", fix=f"give kv_heads dividing heads {self.heads}")
+            raise UserError(f"{self.heads} attention heads are not a multiple of {self.n_kv_heads} "
+                            "key/value heads", field="kv_heads",
+                            fix=f"give kv_heads dividing {self.heads}")
         if self.layer_types:
             if len(self.layer_types) != self.layers:
                 raise UserError(f"has {len(self.layer_types)} entries for {self.layers} layers",
@@ -268,9 +270,11 @@ class ModelSpec:
             raise UserError("MoE blocks need routed experts", field="experts",
                             fix="give experts and top_k, or drop moe from ffn_types")
         if bool(self.experts) != bool(self.top_k) or self.top_k > self.experts:
-            raise UserError(f"top_k {self.top_k} must be in 1..experts ({self.experts}) for an MoE "
-                            "model and 0 otherwise", field="top_k",
-                            fix="give top_k in 1..experts for an MoE model, 0 for a dense one")
+            why = (f"is not in 1..{self.experts}, the routed experts" if self.experts
+                   else "needs routed experts (a dense model takes 0)")
+            raise UserError(f"{self.top_k} experts per token {why}", field="top_k",
+                            fix=f"give top_k in 1..{self.experts}" if self.experts
+                            else "give top_k 0 for a dense model, or routed experts")
         if self.router not in ROUTERS:
             raise UserError(f"unknown router {self.router!r}", field="router",
                             fix=f"use one of {', '.join(ROUTERS)}")
@@ -322,9 +326,9 @@ class ModelSpec:
                 raise UserError(f"Mamba layers need a positive {f}, got {getattr(self, f)!r}",
                                 field=f, fix=f"set {f} (transformers' NemotronHConfig names it so)")
         if self.mamba_num_heads % self.mamba_n_groups:
-            raise UserError(f"mamba_num_heads {self.mamba_num_heads} is not a multiple of "
-                            f"mamba_n_groups {self.mamba_n_groups}", field="mamba_n_groups",
-                            fix="pick a group count dividing the Mamba heads")
+            raise UserError(f"{self.mamba_num_heads} Mamba heads are not a multiple of "
+                            f"{self.mamba_n_groups} groups", field="mamba_n_groups",
+                            fix=f"give mamba_n_groups dividing {self.mamba_num_heads}")
         for f in ("mamba_proj_bias", "mamba_conv_bias"):
             if not isinstance(getattr(self, f), bool):
                 raise UserError(f"must be true or false, got {getattr(self, f)!r}", field=f,
