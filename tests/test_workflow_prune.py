@@ -94,24 +94,3 @@ def test_pruned_workflow_equals_exhaustive(tmp_path, larger):
         assert sum(j["rule"] == "prune_bound" for j in jobs) == 1
     assert "pruned by their bound" in (pr_dir / "results/report/report.html").read_text()
 
-
-def test_the_documented_fixed_plan_rerun_holds_for_the_default_config(tmp_path):
-    """docs/workflow.md's rerun table: after a full run of configs/default.yaml as shipped,
-    changing bert-large's fixed_plan gives the job count it states, none of gpt2-xl's."""
-    from workflow_util import dry_run_jobs_detail
-
-    doc = (REPO / "docs" / "workflow.md").read_text()
-    m = re.search(r"configs/default.yaml, its bert-large `fixed_plan` 8x128x1 changed to "
-                  r"4x256x1: (\d+) jobs, `all` included, none of gpt2-xl's", doc)
-    assert m, "docs/workflow.md no longer states the count this test checks"
-    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
-    write_config(tmp_path, cfg)
-    snakemake(tmp_path, "--cores", "2")
-    bert = cfg["models"][0]
-    assert (bert["name"], bert["fixed_plan"]) == ("bert-large", "8x128x1")
-    bert["fixed_plan"] = "4x256x1"
-    write_config(tmp_path, cfg)
-    counts = dry_run_jobs(tmp_path)     # snakemake -n's Job stats
-    assert sum(counts.values()) == int(m.group(1)), counts
-    jobs = dry_run_jobs_detail(tmp_path)
-    assert {j["wildcards"].get("model") for j in jobs} - {None} == {"bert-large"}, jobs
