@@ -93,4 +93,3 @@ def test_pruned_workflow_equals_exhaustive(tmp_path, larger):
         assert {"prune_bound", "prune_place", "prune_collect", "report"} <= rules, rules
         assert sum(j["rule"] == "prune_bound" for j in jobs) == 1
     assert "pruned by their bound" in (pr_dir / "results/report/report.html").read_text()
-
