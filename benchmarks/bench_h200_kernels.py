@@ -74,8 +74,13 @@ def attention_op(r):
     ex = dict(x.split("=") for x in r["extra"].split(","))
     b, s, dqk, h, dv = int(r["b"]), int(r["m"]), int(r["k"]), int(ex["heads"]), int(ex["v_dim"])
     bwd = r["kind"] == "attention_bwd"
-    # phaze.model.graph's attn.core: 2 GEMMs (4 for the 5-GEMM backward: flops x 2.5)
-    g = GemmDims((5 if bwd else 2) * b * h, s, s, (dqk + dv) // 2)
+    # as phaze.model.graph builds attn.core (_Layer.flash) and its backward (_bwd_flash):
+    # Q K^T and P V as 2 GEMMs (backward 5) of the head dim, or, with d_qk != d_v (MLA),
+    # one GEMM d_qk + d_v deep (backward 3 d_qk + 2 d_v)
+    if dqk == dv:
+        g = GemmDims((5 if bwd else 2) * b * h, s, s, dqk)
+    else:
+        g = GemmDims(b * h, s, s, 3 * dqk + 2 * dv if bwd else dqk + dv)
     return ex["backend"], Op(name="attn.core.bwd" if bwd else "attn.core", kind="gemm", gemm=g,
                              flops=g.flops, heads=b * h)
 
@@ -122,6 +127,7 @@ def expert_loops():
         g, tok, n, k = (int(r[x]) for x in ("groups", "tokens", "n", "k"))
         fp8 = r["dtype"] == "fp8"
         p = replace(KP, fp8_gemm=True, fp8_recipe="tensorwise") if fp8 else KP
+        # g GEMMs of tok rows (grouped_gemm_split); a ".dW" name: no activation quantization
         op = Op("moe.expert.fc1.dW", "gemm", gemm=GemmDims(1, g * tok, n, k), groups=g)
         t, eager = float(r["graph_s"]), float(r["eager_s"])
         bare = latency(op, replace(p, op_overhead_s=0.0))

@@ -235,6 +235,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
     rows, reruns = [], []
     routed_excess = 0.0
+    ratio = getattr(graph, "moe_model_flops_ratio", 1.0)   # routed slots' model FLOPs
     for li, layer in enumerate(graph.layers):
         if op_latency_s is not None:
             tpf = sum(op_latency_s(o) for o in layer.fwd if o.kind == "collective")
@@ -268,7 +269,6 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
             if pass_kind != "block":     # never recomputed: its "full" is its selective
                 a_full += d_sel
         f_sel = sum(o.flops for o in layer.selective_recompute_ops())
-        ratio = getattr(graph, "moe_model_flops_ratio", 1.0)
         # routed experts: their weights (Op.experts > 0) and the dispatch's token slots
         ex = sum(o.param_bytes for o in layer.fwd if o.experts) / graph.dtype_bytes
         a2a = sum(o.bytes_written for o in layer.fwd if o.name.endswith("moe.dispatch"))

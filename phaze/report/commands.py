@@ -134,14 +134,16 @@ def runnable_files(out_dir, sweep, summary) -> dict:
     from phaze.report.runnable import chip_json, megatron_args, nemo_yaml
     from phaze.report.summary import role_rows
 
-    pl = (sweep.cfg or {}).get("placement", {})
+    from phaze.settings import PlacementSettings
+
+    # the sweep's placement settings, their defaults where the config leaves them out
+    pl = PlacementSettings.from_config((sweep.cfg or {}).get("placement"))
     net = (sweep.cfg or {}).get("network")
     out = {}
     for _, s in summary[summary["status"] == "ok"].iterrows():
         r = role_rows(sweep.place, s)[0][1]
-        batch = int(pl.get("global_batch") or round(r["samples_per_s"] * r["time_per_batch_s"]))
-        kw = dict(zero1=bool(pl.get("zero1", False)), optimizer=pl.get("optimizer", "adam"),
-                  cp_comm_type=pl.get("cp_comm_type", "p2p"))
+        batch = int(round(r["samples_per_s"] * r["time_per_batch_s"]))   # the row's own
+        kw = dict(zero1=pl.zero1, optimizer=pl.optimizer, cp_comm_type=pl.cp_comm_type)
         stem = f"{s['model']}_s{int(s['seq'])}"
         f = {"evaluate": s["evaluate_command"], "megatron": megatron_args(r, batch, **kw),
              "nemo": nemo_yaml(r, batch, int((net or {}).get("devices_per_node", 8)), **kw),

@@ -61,8 +61,8 @@ def cp_comm_arg(cp_comm_type: str | None) -> str:
     "all_gather" (phaze.settings.CP_COMM_TYPE_ALIASES)."""
     from phaze.settings import CP_COMM_TYPE_ALIASES
 
-    c = CP_COMM_TYPE_ALIASES.get(cp_comm_type or "p2p", cp_comm_type or "p2p")
-    return {v: k for k, v in CP_COMM_TYPE_ALIASES.items()}.get(c, c)
+    c = CP_COMM_TYPE_ALIASES.get(cp_comm_type, cp_comm_type)
+    return "all_gather" if c == "allgather" else c
 
 
 def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "adam",
