@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from phaze.cli import build_parser, main
+from phaze.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 1024**3
@@ -309,6 +310,25 @@ def test_recompute_module_the_model_lacks_is_one_line():
         err = _one_line_error(GPT3 + ["--recompute", "selective", "--recompute-modules", mod],
                               "recompute_modules")
         assert "re-runs nothing" in err and part in err
+
+
+@pytest.mark.parametrize("key,value", [("num_key_value_heads", 0), ("hidden_size", -64),
+                                       ("num_hidden_layers", 0), ("intermediate_size", 0)])
+def test_a_zero_or_negative_size_in_a_config_json_is_refused(tmp_path, key, value):
+    """phaze's "kv_heads 0 = heads" convention is not Hugging Face's: a 0 (or negative)
+    size in a config.json is refused, naming the key and the file, not read as a default."""
+    import json
+
+    from phaze.model.hf import load_hf_config
+
+    cfg = dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, intermediate_size=96, vocab_size=101,
+               max_position_embeddings=256)
+    cfg[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError) as e:
+        load_hf_config(tmp_path / "config.json")
+    assert e.value.field == key and "config.json" in str(e.value) and str(value) in str(e.value)
 
 
 def test_a_renamed_config_json_is_named_after_its_file(tmp_path):

@@ -118,6 +118,17 @@ class _Getter:
             self._bad(k, v, "an integer")
         return v
 
+    def count(self, key, default=..., alt=()) -> int:
+        """A size or count (heads, layers, widths): an integer >= 1. Hugging Face has no
+        "0 = default" convention (phaze's ModelSpec reads kv_heads 0 as heads): a 0 in a
+        config.json is a mistake, refused rather than read as something else."""
+        v = self.int(key, default, alt)
+        if v < 1 and (key in self.cfg or any(a in self.cfg for a in alt)):
+            k = next(x for x in (key, *alt) if x in self.cfg)
+            raise UserError(f"{self.where}: must be a positive integer, got {v!r}", field=k,
+                            fix=f"give {k} as an integer >= 1")
+        return v
+
     def bool(self, key, default=..., alt=()) -> bool:
         k, v = self.raw(key, default, alt)
         if not isinstance(v, bool):
@@ -229,14 +240,14 @@ def _head_dim(h: int, heads: int, hd: int) -> int:
 
 
 def _common(get, name, *, kv_default=None, head_dim_default=0, tie_default=False):
-    heads = get.int("num_attention_heads")
-    h = get.int("hidden_size")
+    heads = get.count("num_attention_heads")
+    h = get.count("hidden_size")
     hd = get.int("head_dim", head_dim_default or 0)
     seq, npos = _seq(get)
     _rope(get)
-    return dict(name=name, hidden=h, layers=get.int("num_hidden_layers"), heads=heads,
-                kv_heads=get.int("num_key_value_heads", kv_default or heads), ffn=get.int("intermediate_size"),
-                vocab=get.int("vocab_size"), seq=seq, max_positions=npos, norm="rmsnorm", position="rope",
+    return dict(name=name, hidden=h, layers=get.count("num_hidden_layers"), heads=heads,
+                kv_heads=get.count("num_key_value_heads", kv_default or heads),
+                ffn=get.count("intermediate_size"), vocab=get.count("vocab_size"), seq=seq, max_positions=npos, norm="rmsnorm", position="rope",
                 bias=False, dropout=False, fused_qkv=False,
                 head_dim=_head_dim(h, heads, hd),
                 tied_embeddings=get.bool("tie_word_embeddings", tie_default))
@@ -260,7 +271,7 @@ def _mistral(get, name, kind="mistral"):
 
 def _mixtral(get, name):
     base = _mistral(get, name, "mixtral")
-    return base.with_(experts=get.int("num_local_experts", 8), top_k=get.int("num_experts_per_tok", 2))
+    return base.with_(experts=get.int("num_local_experts", 8), top_k=get.count("num_experts_per_tok", 2))
 
 
 def _qwen_window(get, layers):
@@ -299,7 +310,7 @@ def _qwen2_moe(get, name):
     sh = get.int("shared_expert_intermediate_size")
     return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), qkv_bias=qb, out_bias=False,
                      mlp_bias=False, sliding_window=w, layer_types=lt, experts=get.int("num_experts"),
-                     top_k=get.int("num_experts_per_tok"), moe_ffn=get.int("moe_intermediate_size"),
+                     top_k=get.count("num_experts_per_tok"), moe_ffn=get.count("moe_intermediate_size"),
                      shared_ffn=sh, shared_gate=sh > 0)
 
 
@@ -330,7 +341,7 @@ def _qwen3_moe(get, name):
     return ModelSpec(**c, activation=_act(get, "hidden_act", "silu", True), qkv_bias=ab, out_bias=ab,
                      mlp_bias=False, qk_norm=True, sliding_window=w, layer_types=lt,
                      experts=get.int("num_experts", alt=("num_local_experts",)),
-                     top_k=get.int("num_experts_per_tok"), moe_ffn=get.int("moe_intermediate_size"))
+                     top_k=get.count("num_experts_per_tok"), moe_ffn=get.count("moe_intermediate_size"))
 
 
 def _gemma(get, name, v2=False):
@@ -389,14 +400,14 @@ def _deepseek(get, name, v3=True):
                             "are not modelled)", field="mlp_bias", fix="set it to false")
     get.refuse("moe_layer_freq", 1, "transformers makes every block after first_k_dense_replace "
                "an MoE block")
-    heads = get.int("num_attention_heads")
-    if get.int("num_key_value_heads", heads) != heads:
+    heads = get.count("num_attention_heads")
+    if get.count("num_key_value_heads", heads) != heads:
         raise UserError(f"{get.where}: num_key_value_heads must equal num_attention_heads under "
                         "multi-head latent attention", field="num_key_value_heads",
                         fix=f"set it to {heads} or remove it")
-    layers = get.int("num_hidden_layers")
+    layers = get.count("num_hidden_layers")
     experts = get.int("n_routed_experts", alt=("num_local_experts", "num_experts"))
-    top_k = get.int("num_experts_per_tok")
+    top_k = get.count("num_experts_per_tok")
     groups = get.int("n_group", 1)
     if groups < 1 or experts % groups or not 1 <= get.int("topk_group", groups) <= groups:
         raise UserError(f"{get.where}: n_group {groups} must divide n_routed_experts {experts} "
@@ -421,14 +432,14 @@ def _deepseek(get, name, v3=True):
     _rope(get)
     ab = get.bool("attention_bias", False)
     return ModelSpec(
-        name=name, hidden=get.int("hidden_size"), layers=layers, heads=heads,
-        ffn=get.int("intermediate_size"), vocab=get.int("vocab_size"), seq=seq, max_positions=npos,
+        name=name, hidden=get.count("hidden_size"), layers=layers, heads=heads,
+        ffn=get.count("intermediate_size"), vocab=get.count("vocab_size"), seq=seq, max_positions=npos,
         activation=_act(get, "hidden_act", "silu", True), norm="rmsnorm", position="rope", bias=False,
         qkv_bias=ab, out_bias=ab, mlp_bias=False, dropout=False, fused_qkv=False,
         tied_embeddings=get.bool("tie_word_embeddings", False),
         experts=experts if moe else 0, top_k=top_k if moe else 0,
-        moe_ffn=get.int("moe_intermediate_size") if moe else 0,
-        shared_ffn=get.int("n_shared_experts", 1 if v3 else 2) * get.int("moe_intermediate_size")
+        moe_ffn=get.count("moe_intermediate_size") if moe else 0,
+        shared_ffn=get.int("n_shared_experts", 1 if v3 else 2) * get.count("moe_intermediate_size")
         if moe else 0,
         router="sigmoid" if v3 else "softmax", ffn_types=kinds if moe else (),
         q_lora_rank=q_lora, kv_lora_rank=get.int("kv_lora_rank"),
@@ -499,12 +510,12 @@ def _nemotron_h(get, name):
         raise UserError(f"{get.where}: mamba_hidden_act {act!r} is not supported",
                         field="mamba_hidden_act", fix="use silu (the conv1d activation)")
     pat = _nemotron_h_pattern(get)
-    n = get.int("num_hidden_layers", len(pat))
+    n = get.count("num_hidden_layers", len(pat))
     if n != len(pat):
         raise UserError(f"{get.where}: num_hidden_layers {n} does not match the {len(pat)} layers "
                         "of the layer pattern", field="num_hidden_layers",
                         fix=f"set it to {len(pat)} or drop it")
-    h, heads = get.int("hidden_size"), get.int("num_attention_heads", 32)
+    h, heads = get.count("hidden_size"), get.count("num_attention_heads", 32)
     hd = get.int("head_dim", 128, alt=("attention_head_dim",))
     seq, npos = _seq(get, default=4096)
     moe = "E" in pat
@@ -519,15 +530,15 @@ def _nemotron_h(get, name):
         get.int("n_group", 1), get.int("topk_group", 1), get.int("n_shared_experts", 1)
         get.bool("norm_topk_prob", True), get.float("routed_scaling_factor", 1.0)
         extra = dict(experts=get.int("n_routed_experts", 8, alt=("num_local_experts",)),
-                     top_k=get.int("num_experts_per_tok", 2),
-                     moe_ffn=get.int("moe_intermediate_size", 7688),
+                     top_k=get.count("num_experts_per_tok", 2),
+                     moe_ffn=get.count("moe_intermediate_size", 7688),
                      shared_ffn=get.int("moe_shared_expert_intermediate_size", 7688),
                      router="sigmoid")   # NemotronHTopkRouter: sigmoid + e_score_correction_bias
     kinds = [NEMOTRON_H_PATTERN[ch] for ch in pat]
     return ModelSpec(
-        name=name, hidden=h, layers=len(pat), heads=heads, kv_heads=get.int("num_key_value_heads", 8),
+        name=name, hidden=h, layers=len(pat), heads=heads, kv_heads=get.count("num_key_value_heads", 8),
         head_dim=_head_dim(h, heads, hd),
-        ffn=get.int("intermediate_size", 21504), vocab=get.int("vocab_size", 131072), seq=seq,
+        ffn=get.count("intermediate_size", 21504), vocab=get.count("vocab_size", 131072), seq=seq,
         max_positions=npos, activation=_act(get, "mlp_hidden_act", "relu2", False), norm="rmsnorm",
         position="none", bias=False, mlp_bias=mlp_bias, dropout=False, fused_qkv=False,
         tied_embeddings=False,
@@ -563,7 +574,7 @@ def _falcon(get, name):
         raise UserError(f"{get.where}: alibi is not supported (rotary Falcon only)", field="alibi",
                         fix="set it to false")
     d = get.dropout_all_or_none("hidden_dropout", "attention_dropout")
-    h, heads = get.int("hidden_size"), get.int("num_attention_heads")
+    h, heads = get.count("hidden_size"), get.count("num_attention_heads")
     new = get.bool("new_decoder_architecture", False)
     mq = get.bool("multi_query", True)
     kv = get.int("num_kv_heads", heads) if new else (1 if mq else heads)
@@ -572,8 +583,8 @@ def _falcon(get, name):
     seq, npos = _seq(get, default=2048)
     _rope(get)
     b = get.bool("bias", False)
-    return ModelSpec(name=name, hidden=h, layers=get.int("num_hidden_layers"), heads=heads, kv_heads=kv,
-                     ffn=get.int("ffn_hidden_size", 4 * h), vocab=get.int("vocab_size"), seq=seq,
+    return ModelSpec(name=name, hidden=h, layers=get.count("num_hidden_layers"), heads=heads, kv_heads=kv,
+                     ffn=get.count("ffn_hidden_size", 4 * h), vocab=get.count("vocab_size"), seq=seq,
                      max_positions=npos, activation=_act(get, "activation", "gelu", False),
                      norm="layernorm", position="rope", bias=b, dropout=d, fused_qkv=True,
                      parallel_block=par, shared_norm=par and not (new and n_ln == 2),
@@ -600,7 +611,7 @@ def _gpt_oss(get, name):
                      sliding_window=w if "sliding" in lt else 0,
                      layer_types=lt if "sliding" in lt else (),
                      experts=get.int("num_local_experts", 128, alt=("num_experts",)),
-                     top_k=get.int("num_experts_per_tok", 4), router_bias=True, expert_bias=True,
+                     top_k=get.count("num_experts_per_tok", 4), router_bias=True, expert_bias=True,
                      attn_sinks=True)
 
 
@@ -615,11 +626,11 @@ def _bloom(get, name):
                "a residual taken after the norm is not modelled")
     d = get.dropout_all_or_none("hidden_dropout", "attention_dropout")
     h = get.int("n_embed", alt=("hidden_size",))   # BloomConfig: n_embed wins when given
-    heads = get.int("n_head", alt=("num_attention_heads",))
+    heads = get.count("n_head", alt=("num_attention_heads",))
     get.int("pretraining_tp", 1)    # slices of the same GEMMs (slow_but_exact): same work
     get.bool("slow_but_exact", False)
-    return ModelSpec(name=name, hidden=h, layers=get.int("n_layer", alt=("num_hidden_layers",)),
-                     heads=heads, ffn=4 * h, vocab=get.int("vocab_size", 250880),
+    return ModelSpec(name=name, hidden=h, layers=get.count("n_layer", alt=("num_hidden_layers",)),
+                     heads=heads, ffn=4 * h, vocab=get.count("vocab_size", 250880),
                      seq=get.int("seq_length", 2048), activation="gelu", norm="layernorm",
                      position="alibi", bias=True, dropout=d, fused_qkv=True, embed_norm=True,
                      tied_embeddings=get.bool("tie_word_embeddings", True))
@@ -627,13 +638,13 @@ def _bloom(get, name):
 
 def _gpt2(get, name):
     get.refuse("add_cross_attention", False, "encoder-decoder cross attention is not modelled")
-    h = get.int("n_embd", alt=("hidden_size",))
+    h = get.count("n_embd", alt=("hidden_size",))
     n_pos = get.int("n_positions", alt=("n_ctx", "max_position_embeddings"))
     d = get.dropout_all_or_none("resid_pdrop", "embd_pdrop", "attn_pdrop", default=0.1)
     return ModelSpec(
-        name=name, hidden=h, layers=get.int("n_layer", alt=("num_hidden_layers",)),
-        heads=get.int("n_head", alt=("num_attention_heads",)), ffn=get.int("n_inner", 4 * h),
-        vocab=get.int("vocab_size"), seq=n_pos, max_positions=n_pos, dropout=d,
+        name=name, hidden=h, layers=get.count("n_layer", alt=("num_hidden_layers",)),
+        heads=get.count("n_head", alt=("num_attention_heads",)), ffn=get.count("n_inner", 4 * h),
+        vocab=get.count("vocab_size"), seq=n_pos, max_positions=n_pos, dropout=d,
         activation=_act(get, "activation_function", "gelu_new", False),
         tied_embeddings=get.bool("tie_word_embeddings", True))
 
@@ -644,8 +655,8 @@ def _bert(get, name):
     get.refuse("position_embedding_type", "absolute", "relative position embeddings are not modelled")
     n_pos = get.int("max_position_embeddings")
     return ModelSpec(
-        name=name, hidden=get.int("hidden_size"), layers=get.int("num_hidden_layers"),
-        heads=get.int("num_attention_heads"), ffn=get.int("intermediate_size"), vocab=get.int("vocab_size"),
+        name=name, hidden=get.count("hidden_size"), layers=get.count("num_hidden_layers"),
+        heads=get.count("num_attention_heads"), ffn=get.count("intermediate_size"), vocab=get.count("vocab_size"),
         seq=n_pos, max_positions=n_pos, activation=_act(get, "hidden_act", "gelu", False),
         causal=False, pre_norm=False, final_norm=False, fused_qkv=False,
         token_types=get.int("type_vocab_size", 2), embed_norm=True, mlm_head=True, pooler=True,
@@ -653,13 +664,13 @@ def _bert(get, name):
 
 
 def _opt(get, name):
-    h = get.int("hidden_size")
+    h = get.count("hidden_size")
     proj = get.int("word_embed_proj_dim", h)
     pre = get.bool("do_layer_norm_before", True)
     n_pos = get.int("max_position_embeddings")
     return ModelSpec(
-        name=name, hidden=h, layers=get.int("num_hidden_layers"), heads=get.int("num_attention_heads"),
-        ffn=get.int("ffn_dim"), vocab=get.int("vocab_size"), seq=n_pos,
+        name=name, hidden=h, layers=get.count("num_hidden_layers"), heads=get.count("num_attention_heads"),
+        ffn=get.count("ffn_dim"), vocab=get.count("vocab_size"), seq=n_pos,
         max_positions=n_pos + 2,  # OPT's learned positions are offset by 2 rows
         activation=_act(get, "activation_function", "relu", False), pre_norm=pre,
         final_norm=pre and not get.bool("_remove_final_layer_norm", False),
