@@ -82,11 +82,12 @@ def send(levels, nbytes, g, stride):
     return lat + nbytes / bw
 
 
-def my_eval(ch, stages, d, batch, rec, levels, ep, cp, z):
+def my_eval(ch, stages, d, batch, rec, levels, ep, cp, z, step_s=0.0):
     """Megatron-Core's groups: dense grads over d cp devices stride t; with ep > 1 the
     expert grid is tp, ep, dp, pp (CP folded in): the all-to-all over ep devices stride t,
     the experts' grads (and ZeRO shards) over the d cp / ep expert-data-parallel devices
-    stride t ep."""
+    stride t ep. `step_s`: optimizer step seconds per parameter a device steps (with ZeRO
+    >= 1 each member of a group steps 1/group of its params), after the stage's sync."""
     p, t, n = len(stages), ch.t, ch.n
     g = d * cp
     M = batch // (ch.mbs * d)
@@ -136,6 +137,7 @@ def my_eval(ch, stages, d, batch, rec, levels, ep, cp, z):
                 per_mb += coll("rs", levels, GB * Ps, n_, s_)
             else:
                 per_mb += coll("rs", levels, GB * Ps, n_, s_) + 2 * coll("ag", levels, WB * Ps, n_, s_)
+            sync += step_s * Ps / (n_ if z >= 1 else 1)
         fb = F[i:j].sum() + B[i:j].sum()
         zero_mb = max(per_mb / (j - i), per_mb - fb)
         cin = hop(i - 1) if i > 0 else 0.0
@@ -153,7 +155,7 @@ def partitions(n, p):
         yield list(zip(b[:-1], b[1:]))
 
 
-def brute(ch, devices, batch, rec, hbm, levels, cp, eps, zs):
+def brute(ch, devices, batch, rec, hbm, levels, cp, eps, zs, step_s=0.0):
     best = np.inf
     nmb = batch // ch.mbs
     for ep in eps:
@@ -165,7 +167,7 @@ def brute(ch, devices, batch, rec, hbm, levels, cp, eps, zs):
                     if ch.t * cp * d * p > devices:
                         break
                     for st in partitions(ch.n, p):
-                        tm, mem = my_eval(ch, st, d, batch, rec, levels, ep, cp, z)
+                        tm, mem = my_eval(ch, st, d, batch, rec, levels, ep, cp, z, step_s)
                         if mem <= hbm:
                             best = min(best, tm)
     return best
@@ -216,6 +218,48 @@ def test_dp_with_ep_cp_zero_equals_bruteforce(seed):
                 pl = best_plans(ch, devices, batch, [h], [rec], links=links, options=opts,
                                 eps=eps, zero_stages=zs, bound=lim)[(h, rec)]
                 assert (pl is not None) == found
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_dp_with_optimizer_step_equals_bruteforce(seed):
+    """The optimizer step, timed from the HBM bandwidth (36 B/param: adam_step_bytes of
+    bf16 grads, fp32 state, bf16 weights), is charged with the stage's sync; ZeRO >= 1
+    shards it. The DP's optimum equals the exhaustive search with the step in the
+    independent evaluator, and the plan's optimizer_s is its closed form."""
+    from phaze.place.plan import adam_step_bytes
+
+    ch, levels, cp, devices, batch, hbms = instance(seed)
+    hbm_bw = float(np.random.default_rng(seed).uniform(1e6, 1e8))
+    step_bytes = adam_step_bytes(GB, ADAM, WB)
+    assert step_bytes == 36.0
+    eps, zs, recs = ((1, 2, 4) if seed % 2 else (2,)), (0, 1, 3), ("none", "full")
+    opts = PlanOptions(optimizer="adam", collectives="nccl", cp=cp,
+                       optimizer_bytes_per_param=step_bytes)
+    got = best_plans(ch, devices, batch, hbms, recs, links=Links(levels=levels), options=opts,
+                     eps=eps, zero_stages=zs, hbm_bw_Bps=hbm_bw)
+    for (h, rec), plan in got.items():
+        want = brute(ch, devices, batch, rec, h, levels, cp, eps, zs, step_bytes / hbm_bw)
+        if not np.isfinite(want):
+            assert plan is None
+            continue
+        assert plan["time_per_batch_s"] == pytest.approx(want, rel=1e-9)
+        st = [tuple(s) for s in plan["stages"]]
+        z, ep, d = plan["zero_stage"], plan["ep"], plan["d"]
+        dense = [ch.param_count[i:j].sum() - (ch.expert_param_count[i:j].sum() if ep > 1 else 0)
+                 for i, j in st]
+        expert = [ch.expert_param_count[i:j].sum() / ep if ep > 1 else 0.0 for i, j in st]
+        g = d * cp
+        steps = [(P / (g if z >= 1 else 1) + E / (g // ep if z >= 1 else 1)) * step_bytes / hbm_bw
+                 for P, E in zip(dense, expert)]
+        assert any(plan["optimizer_s"] == pytest.approx(x, rel=1e-9) for x in steps)
+        assert plan["optimizer_s"] > 0
+        # the DP's own objective carries the step (dense and expert): just below the
+        # optimum nothing is found, just above it is
+        for f, found in ((1 - 1e-7, False), (1 + 1e-7, True)):
+            pl = best_plans(ch, devices, batch, [h], [rec], links=Links(levels=levels),
+                            options=opts, eps=eps, zero_stages=zs, hbm_bw_Bps=hbm_bw,
+                            bound={(h, rec): plan["time_per_batch_s"] * f})[(h, rec)]
+            assert (pl is not None) == found
 
 
 def test_axes_change_the_answer():

@@ -3,7 +3,7 @@ the realistic terms of phaze/place/plan.py.
 
 For one chain (TP width t, microbatch mbs) it finds the 1F1B plan (contiguous stages, p, d)
 of least time per batch
-    T = (M + p - 1) * max_stage load + max_stage allreduce(stage params, d)
+    T = (M + p - 1) * max_stage load + max_stage [allreduce(stage params, d) + step(stage params)]
 subject to every stage's memory at its position fitting in HBM, p t d <= devices, and
 (by default) d mbs dividing the batch. Interleaved 1F1B (v >= 2) uses Megatron's uniform
 split and is evaluated directly for every admissible p.
@@ -38,6 +38,9 @@ chain at once: they are a batch dimension of every table below.
         and (M + p - 1) B_inf(p) + AR_d(c) < U.
     The surviving caps of every scenario run as one more batch (entries = (scenario, cap)),
     shared by every d.
+The optimizer step (a memory-bound pass over a device's parameters, or its ZeRO shard:
+plan.step_s_per_param) is linear in the stage's params like the all-reduce: it is folded
+into the same coefficient (plan.dp_sync_coeffs), so "AR" below is the sync plus the step.
 With expert parallelism (ep > 1) the routed experts' gradients go over their own group
 (plan.grad_groups), so a stage's sync is al Pd + be + [Pe > 0] (ale Pe + bee): "params"
 above is then the stage weight W = Pd + (ale / al) Pe + (bee / al) [Pe > 0] of its d
@@ -423,7 +426,8 @@ CAP_BATCH = 64       # (scenario, cap) entries per capped run (bounds one run's 
 
 
 def _solve(chain: Chain, devices: int, batch: int, scen: list, links: Links,
-           options: PlanOptions, peak_flops: float, interleaves, bound=None) -> list:
+           options: PlanOptions, peak_flops: float, interleaves, bound=None,
+           hbm_bw_Bps: float = 0.0) -> list:
     """Best plan (or None) of every scenario (recompute, hbm_bytes) in `scen`. The DP runs
     on the chain as context and expert parallelism make it (plan.axes_chain: the CP ring
     steps, the EP all-to-alls); winners are evaluated from `chain` by evaluate_plan,
@@ -433,7 +437,7 @@ def _solve(chain: Chain, devices: int, batch: int, scen: list, links: Links,
     answers None (or an interleaved plan, evaluated directly)."""
     run_chain = axes_chain(chain, links, options)
     rgs = {rec: _Ranges(run_chain, rec, split_experts=options.ep > 1) for rec, _h in scen}
-    search = _PlanSearch(rgs, run_chain, devices, batch, scen, links, options)
+    search = _PlanSearch(rgs, run_chain, devices, batch, scen, links, options, hbm_bw_Bps)
     search.source_chain = chain
     if bound is not None:
         search.U = np.asarray(bound, dtype=float).copy()
@@ -450,8 +454,9 @@ class _PlanSearch:
     incumbent U[g] with its argmin best[g] = (obj, run, entry, d, p)."""
 
     def __init__(self, rgs: dict, chain: Chain, devices: int, batch: int, scen: list,
-                 links: Links, options: PlanOptions):
+                 links: Links, options: PlanOptions, hbm_bw_Bps: float = 0.0):
         self.rgs, self.chain, self.batch, self.scen = rgs, chain, batch, scen
+        self.hbm_bw_Bps = hbm_bw_Bps     # times the optimizer step (with the DP sync)
         self.source_chain = chain        # what evaluate_plan gets (before EP)
         self.bound = np.full(len(scen), INF)     # a time reached elsewhere (other axes)
         self.links, self.options = links, options
@@ -487,13 +492,14 @@ class _PlanSearch:
             pmax = min(self.n, devices // (t * cp * d))
             if pmax < 1:
                 continue
-            al, be, a_mb, b_mb = dp_sync_coeffs(options, links, t, d)
+            al, be, a_mb, b_mb = dp_sync_coeffs(options, links, t, d, hbm_bw_Bps=self.hbm_bw_Bps)
             dinfo[d] = (M, pmax, (al, be))
             static = options.static_bytes_per_param(d)
             wkey = (1.0, 0.0)
             mb = (a_mb, b_mb)
             if split:
-                ale, bee, a_mbe, b_mbe = dp_sync_coeffs(options, links, t, d, expert=True)
+                ale, bee, a_mbe, b_mbe = dp_sync_coeffs(options, links, t, d, expert=True,
+                                                        hbm_bw_Bps=self.hbm_bw_Bps)
                 static = (static, options.static_bytes_per_param(d, expert=True, t=t))
                 mb = (a_mb, b_mb, a_mbe, b_mbe)
                 if al > 0:
@@ -713,7 +719,8 @@ class _PlanSearch:
         or an interleaved schedule (uniform split, evaluated directly) when faster."""
         chain, batch = self.source_chain, self.batch
         rec, hbm = self.scen[g]
-        ev = dict(hbm_bytes=hbm, links=self.links, options=self.options, peak_flops=peak_flops)
+        ev = dict(hbm_bytes=hbm, links=self.links, options=self.options, peak_flops=peak_flops,
+                  hbm_bw_Bps=self.hbm_bw_Bps)
         plan = None
         if self.best[g] is not None:
             _obj, run, e, d, p = self.best[g]
@@ -747,7 +754,7 @@ class _PlanSearch:
 def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=("none",), *,
                links: Links | None = None, options: PlanOptions | None = None,
                peak_flops: float = 0.0, interleaves=(1,), eps=None, zero_stages=None,
-               bound: dict | None = None) -> dict:
+               bound: dict | None = None, hbm_bw_Bps: float = 0.0) -> dict:
     """Best plan for one chain (its t and mbs fixed) for every (hbm_bytes, recompute) pair:
     {(hbm_bytes, recompute): plan dict or None when nothing fits}. All pairs share one DP
     run per link kind (a batch dimension), so a call with several costs far less than as
@@ -759,8 +766,16 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
     options.cp with `chain` built for seq / cp (like t, the chain's own width).
     `bound` {(hbm_bytes, recompute): seconds} (optional): times other plans already reach
     (another chain variant); a pair answers None unless a plan beats its bound, and
-    the DP prunes with it."""
+    the DP prunes with it.
+    `hbm_bw_Bps` (achieved HBM bandwidth; 0: not timed) times the optimizer step
+    (options.optimizer_bytes_per_param), charged per stage with its DP sync
+    (plan.step_s_per_param), as evaluate_plan does."""
     options = options or PlanOptions()
+    if hbm_bw_Bps > 0 and (options.grad_accum_bytes_per_param > 0
+                           or options.ddp_bucket_copy_bytes_per_param > 0):
+        # memory passes per microbatch / per batch the DP's stage loads do not carry
+        raise ValueError("the DP does not search with grad_accum_bytes_per_param or "
+                         "ddp_bucket_copy_bytes_per_param; evaluate such plans")
     if options.p2p_scatter_gather or options.p2p_blocking:
         # its stage loads send whole activations, paired per direction (evaluate_plan's
         # default): a plan with either option would cost otherwise there
@@ -779,7 +794,7 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
                 inc = {k: (pl["time_per_batch_s"] if pl else INF) for k, pl in best.items()}
                 got = best_plans(chain, devices, batch, hbm_list, recompute_list, links=links,
                                  options=with_axes(options, int(ep), z), peak_flops=peak_flops,
-                                 interleaves=interleaves, bound={**(bound or {}), **{
+                                 interleaves=interleaves, hbm_bw_Bps=hbm_bw_Bps, bound={**(bound or {}), **{
                                      k: min(v, (bound or {}).get(k, INF)) for k, v in inc.items()}})
                 for key, pl in got.items():
                     cur = best.get(key)
@@ -798,15 +813,17 @@ def best_plans(chain: Chain, devices: int, batch: int, hbm_list, recompute_list=
         return {(h, r): None for h in hbms for r in recs}
     scen = [(rec, h) for rec in recs for h in hbms]
     lim = [(bound or {}).get((h, rec), INF) for rec, h in scen]
-    plans = _solve(chain, devices, batch, scen, links, options, peak_flops, interleaves, lim)
+    plans = _solve(chain, devices, batch, scen, links, options, peak_flops, interleaves, lim,
+                   hbm_bw_Bps)
     return {(h, rec): pl for (rec, h), pl in zip(scen, plans)}
 
 
 def best_plan(chain: Chain, devices: int, batch: int, recompute: str = "none", *,
               hbm_bytes: float, links: Links | None = None, options: PlanOptions | None = None,
               peak_flops: float = 0.0, interleaves=(1,), eps=None,
-              zero_stages=None) -> dict | None:
+              zero_stages=None, hbm_bw_Bps: float = 0.0) -> dict | None:
     """Best plan for one chain (its t and mbs fixed); None when nothing fits."""
     return best_plans(chain, devices, batch, [hbm_bytes], [recompute], links=links,
                       options=options, peak_flops=peak_flops, interleaves=interleaves,
-                      eps=eps, zero_stages=zero_stages)[(float(hbm_bytes), recompute)]
+                      eps=eps, zero_stages=zero_stages,
+                      hbm_bw_Bps=hbm_bw_Bps)[(float(hbm_bytes), recompute)]

@@ -9,7 +9,8 @@ parallelism, cp 1 and ep 1, or 0 for a dense model).
 Inputs are joined strictly (`load_inputs`): every graph's latency rows must cover exactly
 the grid's archs and the graph's layers, keyed by the columns the rows carry.
 Items are grouped by content: items whose DP inputs are identical (same model, seq,
-microbatch size, peak FLOP/s and bit-identical per-layer latencies of every graph variant;
+microbatch size, peak FLOP/s, HBM bandwidth (it times the optimizer step) and
+bit-identical per-layer latencies of every graph variant;
 archs that differ only in on-chip buffer size often are) form one group whatever their
 arch, HBM size or recompute flag. A group is solved by one phaze.place.dp.best_plans call
 per graph variant (the DP runs once for all of its HBM sizes and recompute flags, and
@@ -80,18 +81,20 @@ def _chains_for(item: dict, ctx: dict) -> dict:
     return out
 
 
-def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float) -> dict:
+def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float,
+                       hbm_bw: float = 0.0) -> dict:
     """{(hbm_bytes, recompute): (plan, (t, sequence_parallel, cp, ep)) or None}: the DP on
     every chain variant (its context-parallel size set in the plan options; a variant of
     ep > 0 searched at that ep only, dp.best_plans), the fastest fitting plan kept (ties:
-    the first variant in sorted order)."""
+    the first variant in sorted order). `hbm_bw`: the arch's achieved HBM bandwidth
+    (times the optimizer step; 0: not timed)."""
     from dataclasses import replace
 
     best: dict = {(float(h), r): None for h in hbms for r in recs}
     for var in sorted(chains):
         plans = best_plans(chains[var], ctx["devices"], ctx["batch"], hbms, recs,
                            links=ctx["links"], options=replace(ctx["options"], cp=var[2]),
-                           peak_flops=peak,
+                           peak_flops=peak, hbm_bw_Bps=hbm_bw,
                            interleaves=ctx["interleaves"], eps=ctx.get("eps"),
                            zero_stages=ctx.get("zero_stages"),
                            bound={k: b[0]["time_per_batch_s"] for k, b in best.items() if b})
@@ -102,7 +105,8 @@ def best_over_variants(chains: dict, ctx: dict, hbms, recs, peak: float) -> dict
     return best
 
 
-def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float):
+def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float,
+               hbm_bw: float = 0.0):
     """(plan, variant) of the fixed PxDxT strategy (Megatron's uniform split, no sequence
     parallelism, context or expert parallelism: the variant of ep 1, or 0 for a dense
     model), or (None, None) when the model has no such variant or split."""
@@ -113,7 +117,7 @@ def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float):
     try:
         return evaluate_plan(chains[var], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
                              links=ctx["links"], options=ctx["options"],
-                             peak_flops=peak), var
+                             peak_flops=peak, hbm_bw_Bps=hbm_bw), var
     except ValueError:
         return None, None
 
@@ -133,14 +137,15 @@ def _content_key(item: dict, ctx: dict, memo: dict):
                     for k in sorted(ctx["graphs"], key=repr)
                     if (ctx["graphs"][k].model, ctx["graphs"][k].seq, ctx["graphs"][k].mbs)
                     == mk[:3])
-        got = memo[mk] = (mk[:3], float(ctx["peak"].get(item["arch_id"], 0.0)), sig)
+        got = memo[mk] = (mk[:3], float(ctx["peak"].get(item["arch_id"], 0.0)),
+                          float(ctx.get("hbm_bw", {}).get(item["arch_id"], 0.0)), sig)
     return got
 
 
 def group_items(items: list[dict], ctx: dict | None = None) -> list[list[int]]:
     """Item indices grouped by DP input content (first-seen order): one group per distinct
-    (model, seq, mbs, peak FLOP/s, latency chains of every graph variant); HBM sizes,
-    recompute flags and arch ids vary inside a group. Without ctx (synthetic items only)
+    (model, seq, mbs, peak FLOP/s, achieved HBM bandwidth, latency chains of every graph
+    variant); HBM sizes, recompute flags and arch ids vary inside a group. Without ctx (synthetic items only)
     the content is the item minus arch_id, hbm_bytes and recompute."""
     ctx = ctx or {"graphs": {}, "latency": {}, "peak": {}}
     groups: dict = {}
@@ -157,9 +162,10 @@ def solve_group(indices: list[int], items: list[dict], ctx: dict) -> tuple:
     first = items[indices[0]]
     chains = _chains_for(first, ctx)
     peak = first.get("synthetic", {}).get("peak_flops") or ctx["peak"].get(first["arch_id"], 0.0)
+    hbm_bw = float(ctx.get("hbm_bw", {}).get(first.get("arch_id"), 0.0))
     hbms = sorted({float(items[i]["hbm_bytes"]) for i in indices})
     recs = sorted({items[i]["recompute"] for i in indices})
-    best = best_over_variants(chains, ctx, hbms, recs, peak)
+    best = best_over_variants(chains, ctx, hbms, recs, peak, hbm_bw)
     t_best = time.perf_counter() - t0
     fixed: dict = {}
     t_fixed = 0.0
@@ -167,7 +173,7 @@ def solve_group(indices: list[int], items: list[dict], ctx: dict) -> tuple:
         t1 = time.perf_counter()
         for h in hbms:
             for r in recs:
-                fixed[(h, r)] = fixed_plan(chains, ctx, h, r, peak)
+                fixed[(h, r)] = fixed_plan(chains, ctx, h, r, peak, hbm_bw)
         t_fixed = (time.perf_counter() - t1) / max(1, len(fixed))
     return best, fixed, (t_best, t_fixed)
 
@@ -388,6 +394,8 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     grid = read_grid(grid_path)
     arch_ids = list(grid["arch_id"])
     ctx["peak"] = dict(zip(arch_ids, grid["peak_flops"].astype(float)))
+    from phaze.place.evaluate import sweep_hbm_bw_Bps
+    ctx["hbm_bw"] = {a: sweep_hbm_bw_Bps(b) for a, b in zip(arch_ids, grid["hbm_bw_Bps"])}
     ctx["latency"] = LatencyView(arch_ids)
     frames = []
     for path in latency_paths:

@@ -511,7 +511,8 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     plan = evaluate_plan(chain, pp, dp, pl.global_batch, recompute, interleave,
                          stages=[tuple(s) for s in stages] if stages else None,
                          hbm_bytes=hbm_bytes, links=Links.of(net), options=opts,
-                         peak_flops=float(arch_row["peak_flops"].iloc[0]))
+                         peak_flops=float(arch_row["peak_flops"].iloc[0]),
+                         hbm_bw_Bps=sweep_hbm_bw_Bps(arch_row["hbm_bw_Bps"].iloc[0]))
     plan.update(model=spec.name, arch_id=arch_id, seq=seq, hbm_bytes=hbm_bytes,
                 sequence_parallel=bool(graph.sequence_parallel),
                 # how the figure was obtained: the sweep's graph, schedule and plan settings
@@ -530,10 +531,25 @@ def plan_options(placement, network=None, ep: int = 1, zero_stage: int | None = 
     phaze.cost.collective.hierarchical_coeffs, ZeRO's reduce-scatters and all-gathers
     too); `ep` and `zero_stage` (None: placement.zero1's) fix those axes
     (phaze.place.plan.with_axes), `cp` the context-parallel size (the graph's)."""
-    from phaze.place.plan import with_axes
+    from dataclasses import replace
+
+    from phaze.place.plan import adam_step_bytes, with_axes
 
     levels = bool(getattr(network, "levels", ()))
     base = PlanOptions(optimizer=placement.optimizer, zero1=placement.zero1,
                        collectives="nccl" if levels else "flat", cp=cp,
                        cp_comm_type=placement.cp_comm_type)
+    # the optimizer step, timed from each arch's HBM bandwidth (sweep_hbm_bw_Bps): the
+    # mixed-precision Adam pass of the plan's dtypes (SGD: step_bytes_per_param's share)
+    base = replace(base, optimizer_bytes_per_param=adam_step_bytes(
+        base.grad_bytes, base.adam_state_bytes, base.weight_bytes))
     return with_axes(base, ep, zero_stage)
+
+
+def sweep_hbm_bw_Bps(hbm_bw_Bps: float) -> float:
+    """The HBM bandwidth a sweep arch achieves (bytes/s): its peak times the cost model's
+    default efficiency, the one its schedules' memory-bound ops run at
+    (phaze.sched.adapter.layer_problems with CostParams()): what times the optimizer step."""
+    from phaze.cost.params import CostParams
+
+    return float(hbm_bw_Bps) * CostParams().hbm_bw_efficiency

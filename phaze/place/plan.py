@@ -14,8 +14,9 @@ Terms (each explicit so that a validation can calibrate it):
       p2p_blocking (DeepSpeed's pipeline engine) both directions of a slot are sent one
       after the other, 2 (cin + cout);
   time per batch (1F1B, v chunks per device; v = 1 is plain 1F1B)
-      = (M + (p - 1) / v) * max device load + max over stages of the DP all-reduce
-        + optimizer step (busiest device's params * optimizer_bytes_per_param / HBM bw);
+      = (M + (p - 1) / v) * max device load + max over devices of (the DP all-reduce
+        + the optimizer step: the device's params, / the group size with ZeRO >= 1, *
+        step_bytes_per_param / HBM bw, step_s_per_param);
       an unfused gradient accumulation (grad_accum_bytes_per_param > 0) adds its memory
       pass over the device's params to each microbatch's load ((M - 1) / M of one pass per
       microbatch, or a whole pass with grad_accum_every_microbatch);
@@ -379,6 +380,29 @@ BREAKDOWN_KEYS = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s", "optimi
                   "grad_accum_s")
 
 
+def adam_step_bytes(grad_bytes: float, adam_state_bytes: float, weight_bytes: float) -> float:
+    """HBM bytes per parameter of a mixed-precision Adam step (PlanOptions.
+    optimizer_bytes_per_param): the gradient read for its norm, read by Adam and zeroed (3
+    passes of grad_bytes), Adam's read and write of the master weight, m and v plus the
+    cast's second read of the master weight (2 1/3 passes of adam_state_bytes) and the
+    model weight's write. Megatron's fp32 grads and state, bf16 weights: 12 + 28 + 2 = 42
+    (phaze.place.evaluate.MEGATRON_OPTIONS); bf16 grads: 36."""
+    return 3.0 * grad_bytes + (2.0 + 1.0 / 3.0) * adam_state_bytes + weight_bytes
+
+
+def step_s_per_param(options: PlanOptions, hbm_bw_Bps: float, t: int, d: int,
+                     expert: bool = False) -> float:
+    """Seconds of optimizer step per parameter a device holds (dense, or `expert`: routed
+    experts'): options.step_bytes_per_param() / hbm_bw_Bps, divided with ZeRO >= 1 (the
+    distributed optimizer, zero1) by the group that shards the state (grad_groups: d x cp
+    dense, the expert-data-parallel group for experts), each rank stepping its shard. 0
+    when the step is not timed (optimizer_bytes_per_param 0 or no HBM bandwidth given)."""
+    if options.optimizer_bytes_per_param <= 0 or hbm_bw_Bps <= 0:
+        return 0.0
+    n = grad_groups(options, t, d)[1 if expert else 0][0] if zero_stage_of(options) >= 1 else 1
+    return options.step_bytes_per_param() / hbm_bw_Bps / n
+
+
 def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "none",
                   interleave: int = 1, *, hbm_bytes: float = math.inf, links: Links | None = None,
                   options: PlanOptions | None = None, peak_flops: float = 0.0,
@@ -390,7 +414,8 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     `allow_empty_stages`: a chunk may be empty, [a, a) (a Megatron-Core pipeline layout's
     empty chunk: it only passes the activations on).
     `hbm_bw_Bps` (achieved HBM bandwidth) times the optimizer step when
-    options.optimizer_bytes_per_param > 0.
+    options.optimizer_bytes_per_param > 0 (step_s_per_param), charged with the DP sync of
+    the same device (the largest sum: dp_sync_s + optimizer_s).
     Returns the plan dict (feasible False with a reason when it does not fit)."""
     links = links or Links()
     options = options or PlanOptions()
@@ -457,21 +482,21 @@ def evaluate_plan(chain: Chain, p: int, d: int, batch: int, recompute: str = "no
     b = int(np.argmax(dev_load))
     Lmax = float(dev_load[b])
     bubble = (p - 1) / v * Lmax
-    opt_s = 0.0
-    if options.optimizer_bytes_per_param > 0 and hbm_bw_Bps > 0:
-        stepped = dev_P
-        if options.extended() and (options.zero_stage or options.zero1 or options.distributed_optimizer):
-            stepped = dev_Pd / (d * options.cp) + dev_Pe / ge   # each rank steps its shards
-        opt_s = float(stepped.max()) * options.step_bytes_per_param() / hbm_bw_Bps
+    # the step follows the device's own reduction: the DP charges their sum per stage
+    step = dev_Pd * step_s_per_param(options, hbm_bw_Bps, t, d) + \
+        dev_Pe * step_s_per_param(options, hbm_bw_Bps, t, d, expert=True)
+    ar = ar * np.ones(p)
+    sync_rank = int(np.argmax(ar + step))
+    opt_s = float(step[sync_rank])
     p2p_fill = fill or 0.0
-    time_s = M * Lmax + bubble + p2p_fill + float(ar.max()) + opt_s
+    time_s = M * Lmax + bubble + p2p_fill + float(ar[sync_rank]) + opt_s
     out = {**base, "M": M, "time_per_batch_s": time_s,
            "samples_per_s": batch / time_s, "tokens_per_s": batch * chain.seq / time_s,
            "memory_per_device_bytes": float(mem.max()),
            **{f"memory_{k}_bytes": float(v[int(np.argmax(mem))]) for k, v in parts.items()},
            "stage_memory": [{k: float(v[r]) for k, v in parts.items()} for r in range(p)],
            "compute_s": M * float(dev_comp[b]), "bubble_s": bubble,
-           "p2p_s": M * float(dev_p2p[b]) + p2p_fill, "dp_sync_s": float(ar.max()),
+           "p2p_s": M * float(dev_p2p[b]) + p2p_fill, "dp_sync_s": float(ar[sync_rank]),
            "tp_s": M * float(dev_tp[b]), "optimizer_s": opt_s,
            "grad_accum_s": M * float(accum[b]),
            "feasible": bool(mem.max() <= hbm_bytes)}
@@ -1055,7 +1080,16 @@ def _linear(f, what: str) -> tuple[float, float]:
 
 
 def dp_sync_coeffs(options: PlanOptions, links: Links, t: int, d: int,
-                   expert: bool = False) -> tuple:
+                   expert: bool = False, hbm_bw_Bps: float = 0.0) -> tuple:
+    """dp_sync_coeffs_comm's (a, b, a_mb, b_mb) with the optimizer step's seconds per
+    parameter (step_s_per_param; 0 without `hbm_bw_Bps`) added to a: a stage's sync and
+    step per batch, a P + b, as evaluate_plan charges them together."""
+    a, b, a_mb, b_mb = dp_sync_coeffs_comm(options, links, t, d, expert)
+    return a + step_s_per_param(options, hbm_bw_Bps, t, d, expert), b, a_mb, b_mb
+
+
+def dp_sync_coeffs_comm(options: PlanOptions, links: Links, t: int, d: int,
+                        expert: bool = False) -> tuple:
     """What the DP needs of a stage holding P parameters (P > 0), as linear functions of P:
     (a, b, a_mb, b_mb) with the sync per batch a P + b and the exposed-before-overlap
     communication per microbatch a_mb P + b_mb (ZeRO-2/3; extended_terms adds

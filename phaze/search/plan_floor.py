@@ -7,8 +7,11 @@ global batch B, links, PlanOptions, interleave depths, ep sizes, ZeRO stages, la
 size), every plan the DP or its interleaved evaluation can return has (phaze.place.plan.
 evaluate_plan) time per batch
 
-    T = (M + (p - 1) / v) Lmax + max over ranks of the DP sync + [ZeRO-2/3 per-microbatch
-        exposed gathers inside Lmax] (optimizer step time: 0 in the sweep's options)
+    T = (M + (p - 1) / v) Lmax + max over ranks of (the DP sync + the optimizer step)
+        + [ZeRO-2/3 per-microbatch exposed gathers inside Lmax]
+
+(the step, >= 0 and set by each arch's HBM bandwidth, is left out: the tables here are
+arch-independent, and the floor stays below every plan's time)
 
 with M = ceil(B / (mbs d)), d a data-parallel degree of dp.d_candidates, p <= min(n,
 devices / (t cp d)). Each term is bounded from below:
