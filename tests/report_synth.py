@@ -69,7 +69,7 @@ def make_place(grid, model="bert-large", seq=512, seed=0, feasible=True, tpu_fix
     for part, col in (("compute_s", "breakdown_compute_s"), ("bubble_s", "breakdown_bubble_s"),
                       ("dp_sync_s", "breakdown_dp_allreduce_s")):
         df[part] = df[col]
-    df["p2p_s"], df["tp_s"] = 0.0, 0.0
+    df["p2p_s"], df["tp_s"], df["optimizer_s"] = 0.0, 0.0, 0.0
     df["ep"], df["cp"], df["zero_stage"] = 1.0, 1.0, 1.0
     df["method"], df["solve_seconds"], df["phaze_version"] = "synthetic", 0.0, "test"
     for c in ("p", "d", "t"):

@@ -22,7 +22,7 @@ PLACE_SCHEMA = {
     "memory_per_device_bytes": "f", "memory_weights_bytes": "f", "memory_grads_bytes": "f",
     "memory_optimizer_bytes": "f", "memory_activations_bytes": "f",
     "memory_buffers_bytes": "f", "stage_memory": "O", "compute_s": "f", "bubble_s": "f", "p2p_s": "f",
-    "dp_sync_s": "f", "tp_s": "f", "ep": "f", "cp": "f", "zero_stage": "f", "method": "O", "solve_seconds": "f", "phaze_version": "O",
+    "dp_sync_s": "f", "optimizer_s": "f", "tp_s": "f", "ep": "f", "cp": "f", "zero_stage": "f", "method": "O", "solve_seconds": "f", "phaze_version": "O",
 }
 ROW_KINDS = ("best", "fixed")
 

@@ -17,7 +17,7 @@ from phaze.hw.area import area_breakdown_mm2
 from phaze.report.runnable import _is_on
 from phaze.units import GiB, MiB
 
-PARTS = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s")
+PARTS = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "optimizer_s", "tp_s")
 
 
 def _devices(r) -> float:

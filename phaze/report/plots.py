@@ -108,7 +108,7 @@ def pareto_plot(place, summary, path, per_area: bool = False):
 
 
 BREAKDOWN_PREFIX = "breakdown_"
-PLACE_BREAKDOWN = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "tp_s")  # phaze place
+PLACE_BREAKDOWN = ("compute_s", "bubble_s", "p2p_s", "dp_sync_s", "optimizer_s", "tp_s")  # phaze place
 
 
 def _breakdown_cols(place):
