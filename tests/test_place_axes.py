@@ -310,18 +310,25 @@ def test_driver_rows_carry_the_axes_and_reproduce():
            "peak_flops": 300e12}
     item = {"model": "m", "seq": 1024, "arch_id": "a", "mbs": 1, "hbm_bytes": 16 * 2**30,
             "recompute": "full", "synthetic": syn}
+    ctx["hbm_bw"] = {"a": 2e11}        # the arch's achieved HBM bandwidth: times the step
     table = run_item(0, item, ctx)
     row = table[table.row_kind == "best"].iloc[0]
     assert row["feasible"] and row["zero_stage"] in (0, 1, 2, 3) and row["ep"] == 1
     ch = gpt_chain(seq=1024, mbs=1, t=int(row["t"]), model="m", layers=8, hidden=2048,
                    heads=16, vocab=32000, peak_flops=300e12)
     import json
+    stages = [tuple(s) for s in json.loads(row["stages"])]
     ev = evaluate_plan(ch, int(row["p"]), int(row["d"]), 64, "full", int(row["interleave"]),
-                       stages=[tuple(s) for s in json.loads(row["stages"])],
-                       hbm_bytes=16 * 2**30, links=ctx["links"],
-                       options=with_axes(ctx["options"], int(row["ep"]), int(row["zero_stage"])))
+                       stages=stages, hbm_bytes=16 * 2**30, links=ctx["links"],
+                       options=with_axes(ctx["options"], int(row["ep"]), int(row["zero_stage"])),
+                       hbm_bw_Bps=2e11)
     assert ev["time_per_batch_s"] == pytest.approx(row["time_per_batch_s"], rel=1e-12)
     assert ev["memory_per_device_bytes"] == pytest.approx(row["memory_per_device_bytes"], rel=1e-12)
+    # the sweep's step: mixed-precision Adam, 36 B per parameter a device steps (its shard
+    # with ZeRO >= 1), at the arch's bandwidth
+    shard = row["d"] if row["zero_stage"] >= 1 else 1
+    steps = [ch.param_count[i:j].sum() / shard * 36.0 / 2e11 for i, j in stages]
+    assert any(row["optimizer_s"] == pytest.approx(x, rel=1e-12) for x in steps)
 
 
 def test_megatron_export_names_the_axes():
