@@ -132,3 +132,33 @@ def test_validate_cli_json_and_plot(tmp_path, monkeypatch, capsys):
     assert main(["validate", "--table", "dgxc"]) == 0
     out = capsys.readouterr().out
     assert "BF16 (35 rows): mean |error| 2.00%" in out and "FP8  (35 rows): mean |error| 2.00%" in out
+
+
+def test_fp8_pairs_are_the_same_plans_and_their_speedups():
+    """`phaze validate`'s FP8 speedup check pairs a table's BF16 and FP8 rows of one plan:
+    on the DGX Cloud table the 35 pairs its names give (".../bf16/N" and ".../fp8/N"),
+    with speedups equal to the ratios of the two rows; predictions equal to the
+    measurements give no error, a model 10 % slow on the FP8 rows only gives -10/110."""
+    from phaze.validate import data
+    from phaze.validate.evaluate import Prediction
+    from phaze.validate.report import fp8_pair_summary, fp8_pairs
+
+    cases = data.cases(data.TABLE_DGXC)
+
+    def pred(c, slow_fp8=1.0):
+        return Prediction(case=c, mbs=1, interleave=1, searched=False,
+                          time_per_batch_s=c.measured * (slow_fp8 if c.fp8 else 1.0),
+                          tflops_per_gpu=0.0, memory_per_device_bytes=0.0, breakdown={})
+
+    exact = fp8_pairs([pred(c) for c in cases])
+    by_name = {c.name: c for c in cases}
+    want = {(c.name, c.name.replace("/bf16/", "/fp8/")) for c in cases if "/bf16/" in c.name}
+    assert {(x["bf16"], x["fp8"]) for x in exact} == want and len(want) == 35
+    for x in exact:
+        assert x["measured"] == pytest.approx(by_name[x["bf16"]].measured
+                                              / by_name[x["fp8"]].measured, rel=1e-12)
+        assert x["predicted"] == pytest.approx(x["measured"], rel=1e-12)
+    s = fp8_pair_summary(fp8_pairs([pred(c, 1.1) for c in cases]))
+    assert s["pairs"] == 35 and s["mean_error_pct"] == pytest.approx(-100 * 0.1 / 1.1)
+    assert s["mae_pct"] == pytest.approx(100 * 0.1 / 1.1)
+    assert fp8_pair_summary(fp8_pairs([pred(c) for c in cases if not c.fp8])) is None

@@ -36,6 +36,48 @@ def by_precision(preds: list[Prediction]) -> dict[str, list[Prediction]]:
     return split if all(split.values()) else {}
 
 
+# what makes two rows of a table the same run but for the precision (Case fields)
+_PLAN_FIELDS = ("zoo", "family", "hidden", "heads", "layers", "seq", "vocab", "ffn",
+                "kv_heads", "tp", "pp", "cp", "ep", "gpus", "batch", "microbatch", "interleave",
+                "recompute", "sequence_parallel", "framework", "plan_options")
+
+
+def _seconds(metric: str, value: float) -> float:
+    """A figure in a table's metric turned into something proportional to time per
+    iteration (throughputs invert)."""
+    return value if metric == "seconds_per_iteration" else 1.0 / value
+
+
+def fp8_pairs(preds: list[Prediction]) -> list[dict]:
+    """The rows of one table that ran the same plan (_PLAN_FIELDS) in BF16 and in FP8:
+    per pair the FP8 speedup (BF16 time / FP8 time) measured and predicted. It checks the
+    model's FP8 rate against the runs themselves, whatever else the model gets wrong: the
+    rest of a pair's error cancels in the ratio."""
+    bf16 = {tuple(getattr(p.case, f) for f in _PLAN_FIELDS): p for p in preds if not p.case.fp8}
+    out = []
+    for p in preds:
+        q = bf16.get(tuple(getattr(p.case, f) for f in _PLAN_FIELDS)) if p.case.fp8 else None
+        if q is None:
+            continue
+        m = p.case.metric
+        out.append({"bf16": q.case.name, "fp8": p.case.name,
+                    "measured": _seconds(m, q.case.measured) / _seconds(m, p.case.measured),
+                    "predicted": _seconds(m, q.predicted) / _seconds(m, p.predicted)})
+    return out
+
+
+def fp8_pair_summary(pairs: list[dict]) -> dict | None:
+    """Mean measured and predicted FP8 speedups of the pairs, the mean and mean |.| of
+    predicted / measured - 1 (percent); None without pairs."""
+    if not pairs:
+        return None
+    err = [100.0 * (x["predicted"] / x["measured"] - 1.0) for x in pairs]
+    n = len(pairs)
+    return {"pairs": n, "measured_mean": sum(x["measured"] for x in pairs) / n,
+            "predicted_mean": sum(x["predicted"] for x in pairs) / n,
+            "mean_error_pct": sum(err) / n, "mae_pct": sum(abs(e) for e in err) / n}
+
+
 def summary(preds_by_table: dict[str, list[Prediction]]) -> dict:
     out = {}
     for t, ps in preds_by_table.items():
@@ -46,6 +88,9 @@ def summary(preds_by_table: dict[str, list[Prediction]]) -> dict:
             out[t]["by_precision"] = {k: {"mae_pct": mean_abs_error_pct(v),
                                           "max_abs_error_pct": max_abs_error_pct(v),
                                           "rows": len(v)} for k, v in split.items()}
+        pairs = fp8_pair_summary(fp8_pairs(ps))
+        if pairs:
+            out[t]["fp8_speedup"] = pairs
     return out
 
 
@@ -73,6 +118,12 @@ def text_table(preds: list[Prediction]) -> str:
     for k, ps in by_precision(preds).items():
         lines.append(f"  {k.upper():<4} ({len(ps)} rows): mean |error| {mean_abs_error_pct(ps):.2f}%  "
                      f"max {max_abs_error_pct(ps):.2f}%")
+    pairs = fp8_pair_summary(fp8_pairs(preds))
+    if pairs:
+        lines.append(f"  FP8 speedup over BF16 on the {pairs['pairs']} same-plan pairs: measured "
+                     f"{pairs['measured_mean']:.3f}x, predicted {pairs['predicted_mean']:.3f}x "
+                     f"(per pair {pairs['mean_error_pct']:+.1f}% on average, mean |error| "
+                     f"{pairs['mae_pct']:.1f}%)")
     models = list(dict.fromkeys(p.case.zoo for p in preds if p.case.zoo))
     if len(models) > 1:          # a table of zoo models: the error per model too
         for m in models:
