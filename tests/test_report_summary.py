@@ -325,3 +325,27 @@ def test_a_plan_too_big_for_every_swept_hbm_but_not_for_the_tpuv4_chip_says_so()
             "the chip's 32 GiB, which the sweep did not try; fix: add 32 to placement.hbm_gib"
             in s.notes), s.notes
     assert "32 GiB of HBM is not among the swept sizes (0.25 GiB)" in s.notes
+
+
+def test_summary_rows_record_how_they_were_obtained(tmp_path):
+    """summary.csv's provenance columns are what the tables say: the placement rows'
+    phaze versions and methods, the latency rows' solvers, ILP statuses and worst gap (a
+    time-limit ILP counted apart from the optimal ones)."""
+    from report_synth import latency_frame
+
+    grid = make_grid()
+    raw = make_place(grid)
+    raw["phaze_version"] = "9.9.9"
+    raw.to_parquet(tmp_path / "p.parquet")
+    place = load_place([tmp_path / "p.parquet"])
+    rows = [dict(arch_id=a, layer_index=k, layer_repeat=1, fwd_s=1e-3, bwd_s=2e-3)
+            for a in grid["arch_id"] for k in range(3)]
+    lat = latency_frame(rows, "bert-large", 512, 1)
+    lat.loc[0, "fwd_status"], lat.loc[0, "fwd_gap"], lat.loc[0, "solver"] = "time_limit", 0.03, "cbc"
+    s = summarise(place, grid, lat).iloc[0]
+    assert s["phaze_version"] == "9.9.9" and s["solvers"] == "cbc,synthetic"
+    assert s["placement_method"] == ",".join(sorted(set(place["method"])))
+    assert (s["ilps"], s["ilps_optimal"]) == (3 * len(lat), 3 * len(lat) - 1)
+    assert s["worst_ilp_gap"] == pytest.approx(0.03)
+    bare = summarise(place, grid).iloc[0]        # no latency tables: unknown, not made up
+    assert bare["solvers"] == "" and np.isnan(bare["ilps"]) and bare["phaze_version"] == "9.9.9"

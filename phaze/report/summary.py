@@ -25,6 +25,9 @@ SUMMARY_COLUMNS = [
     "speedup_vs_tpuv4_opt", "speedup_vs_tpuv4_fixed", "speedup_vs_spotlight",
     "n_archs_evaluated", "n_archs_grid", "n_feasible_archs", "evaluate_command",
     "tpuv4_opt_evaluate_command", "tpuv4_fixed_evaluate_command", "notes",
+    # how the row was obtained (provenance): the phaze versions of its placement rows, the
+    # placement method, the layer schedules' solvers, ILPs proven optimal of all, worst gap
+    "phaze_version", "placement_method", "solvers", "ilps_optimal", "ilps", "worst_ilp_gap",
 ]
 # the command that recomputes each design's row: (role, summary column)
 COMMANDS = (("best design", "evaluate_command"),
@@ -262,6 +265,7 @@ def _summary_row(model, seq, rows, ctx) -> dict:
     """The summary row of one (model, seq): winner, TPUv4 baselines, Spotlight pick."""
     opt = rows[rows["strategy"] == "optimised"]
     r = {c: np.nan for c in SUMMARY_COLUMNS}
+    r.update(_provenance(model, seq, rows, ctx["latency"]))
     r.update(model=model, seq=seq, notes="",
              n_archs_evaluated=int(opt["arch_id"].dropna().nunique()),
              n_archs_grid=len(ctx["grid"]),
@@ -280,6 +284,27 @@ def _summary_row(model, seq, rows, ctx) -> dict:
     if tpu is not None and r["best_arch_id"] != tpu and math.isfinite(sp) and sp <= 1 + WIN_RTOL:
         notes.append("the co-designed chip only ties the TPUv4-like chip")
     return {**r, "notes": "; ".join(notes)}
+
+
+def _joined(values) -> str:
+    """Distinct non-empty values, sorted, comma-joined ("" for none)."""
+    return ",".join(sorted({str(v) for v in values if pd.notna(v) and str(v)}))
+
+
+def _provenance(model, seq, rows, latency) -> dict:
+    """The provenance columns of a (model, seq): from its placement rows (phaze_version,
+    method) and its latency rows (solver, statuses and gaps: phaze.report.solver.status;
+    NaN / "" without latency tables)."""
+    from phaze.report.solver import status
+
+    out = {"phaze_version": _joined(rows.get("phaze_version", ())),
+           "placement_method": _joined(rows.get("method", ())), "solvers": ""}
+    st = status(latency, {"model": model, "seq": seq})
+    if st is not None:
+        lat = latency[(latency["model"] == model) & (latency["seq"] == seq)]
+        out.update(solvers=_joined(lat["solver"]), ilps_optimal=st["optimal"], ilps=st["ilps"],
+                   worst_ilp_gap=st["worst_gap"])
+    return out
 
 
 def _winner(r: dict, best, ctx) -> None:
