@@ -27,6 +27,12 @@ def evaluate_row(row, arch: str, hbm: float, rec: str, flags: list, capsys) -> d
     assert (got["plan_options"]["ep"], got["plan_options"]["cp"]) == (int(row.ep), int(row.cp))
     assert got["graph_options"]["attention"] and got["sched"]["solver"] in (
         "cpsat", "highs", "cbc", "gurobi", "heuristic", "bnb")
+    # and what its layer schedules proved: every ILP counted, optimal ones among them
+    sc = got["sched"]
+    assert sc["solvers_used"] and 0 <= sc["ilps_optimal"] <= sc["ilps"] and sc["ilps"] > 0
+    assert sc["ilps_optimal"] + sc["ilps_time_limit"] <= sc["ilps"] and sc["worst_gap"] >= 0
+    # the optimizer step it charges, with the DP sync, at the arch's HBM bandwidth
+    assert got["optimizer_s"] > 0
     return got
 
 

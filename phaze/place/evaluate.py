@@ -503,7 +503,8 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
         check_stages([tuple(s) for s in stages], pp * interleave, graph.n_layers)
     cache = ScheduleCache(settings.sched.cache_dir or None)
     arch_id = str(arch_row["arch_id"].iloc[0])
-    lat, core = scheduled_layer_latencies(graph, arch_row, net, settings.sched, cache)
+    lat, core, lat_rows = scheduled_layer_latencies(graph, arch_row, net, settings.sched, cache,
+                                                    rows=True)
     chain = chain_from_graph(graph, layer_latency=lat[arch_id], layer_core_s=core[arch_id])
     pl = settings.placement
     opts = plan_options(pl, net, ep, zero_stage if zero_stage is not None
@@ -519,9 +520,21 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
                 graph_options=settings.graph.build_kwargs(), network=net.to_dict(),
                 sched={"solver": settings.sched.backend(),
                        "formulation": settings.sched.formulation,
-                       **settings.sched.solve_settings()},
+                       **settings.sched.solve_settings(), **_schedule_record(lat_rows)},
                 plan_options=options_record(opts), phaze_version=__version__)
     return plan
+
+
+def _schedule_record(lat_rows) -> dict:
+    """How the layer times were obtained (phaze.report.solver.status of the latency rows):
+    the solvers that ran, ILPs proven optimal of all (time-limited or heuristic ones
+    count apart) and the worst relative gap."""
+    from phaze.sched.table import schedule_status
+
+    st = schedule_status(lat_rows)
+    return {"solvers_used": sorted(set(map(str, lat_rows["solver"]))), "ilps": st["ilps"],
+            "ilps_optimal": st["optimal"], "ilps_time_limit": st["time_limit"],
+            "worst_gap": st["worst_gap"]}
 
 
 def plan_options(placement, network=None, ep: int = 1, zero_stage: int | None = None,

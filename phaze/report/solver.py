@@ -27,25 +27,12 @@ def _of(latency, s):
 
 
 def status(latency: pd.DataFrame | None, s) -> dict | None:
-    """Counts of ILPs proven optimal / stopped at the time limit / heuristic, worst gap."""
+    """phaze.sched.table.schedule_status of the (model, seq) `s`'s latency rows (None
+    without any)."""
+    from phaze.sched.table import schedule_status
+
     lat = _of(latency, s)
-    if lat is None:
-        return None
-    st = pd.concat([lat[f"{p}_status"] for p in PASSES], ignore_index=True)
-    gaps = pd.concat([lat[f"{p}_gap"] for p in PASSES],
-                     ignore_index=True)
-    worst = None
-    for p in PASSES:
-        k = lat[f"{p}_gap"].idxmax()
-        g = float(lat.loc[k, f"{p}_gap"])
-        if g > 0 and (worst is None or g > worst["gap"]):
-            worst = {"gap": g, "pass": p, "arch_id": str(lat.loc[k, "arch_id"]),
-                     "layer": f"{lat.loc[k, 'layer_kind']} {int(lat.loc[k, 'layer_index'])}",
-                     "mbs": int(lat.loc[k, "mbs"])}
-    return {"ilps": int(len(st)), "optimal": int((st == "optimal").sum()),
-            "time_limit": int((st == "time_limit").sum()),
-            "heuristic": int((~st.isin(["optimal", "time_limit"])).sum()),
-            "worst_gap": float(gaps.max()) if len(gaps) else 0.0, "worst": worst}
+    return None if lat is None else schedule_status(lat)
 
 
 def ranking(latency: pd.DataFrame | None, place: pd.DataFrame, s) -> dict | None:

@@ -104,9 +104,11 @@ def latencies_by_arch(latency: pd.DataFrame) -> tuple[dict, dict]:
     return lat, core
 
 
-def scheduled_layer_latencies(graph, archs: pd.DataFrame, network, sched, cache) -> tuple:
+def scheduled_layer_latencies(graph, archs: pd.DataFrame, network, sched, cache,
+                              rows: bool = False) -> tuple:
     """latencies_by_arch of the graph scheduled on the archs (what the workflow's latency
-    table holds for them): (layer times, attention-core times) per arch."""
+    table holds for them): (layer times, attention-core times) per arch; `rows`: also the
+    latency rows themselves (solver, statuses and gaps), third."""
     merged = merge_shards([shard_frame(schedule_rows(graph, archs, network, sched, cache))],
                           ["in-process schedule"])
-    return latencies_by_arch(merged)
+    return (*latencies_by_arch(merged), merged) if rows else latencies_by_arch(merged)

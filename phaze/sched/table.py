@@ -131,3 +131,24 @@ def check_against_grid(shards: list[pd.DataFrame], names: list[str], grid: pd.Da
         raise UserError(f"no rows for {len(missing)} archs of the grid"
                         + (f"; empty shards: {', '.join(empty)}" if empty else ""),
                         field="shards", fix=fix)
+
+
+def schedule_status(lat: pd.DataFrame) -> dict:
+    """How a latency table's layer times were obtained: counts of ILPs proven optimal /
+    stopped at the time limit / heuristic over every row and pass, the worst relative gap
+    and where it is ({"gap", "pass", "arch_id", "layer", "mbs"} or None when every gap is
+    0)."""
+    st = pd.concat([lat[f"{p}_status"] for p in PASSES], ignore_index=True)
+    gaps = pd.concat([lat[f"{p}_gap"] for p in PASSES], ignore_index=True)
+    worst = None
+    for p in PASSES:
+        k = lat[f"{p}_gap"].idxmax()
+        g = float(lat.loc[k, f"{p}_gap"])
+        if g > 0 and (worst is None or g > worst["gap"]):
+            worst = {"gap": g, "pass": p, "arch_id": str(lat.loc[k, "arch_id"]),
+                     "layer": f"{lat.loc[k, 'layer_kind']} {int(lat.loc[k, 'layer_index'])}",
+                     "mbs": int(lat.loc[k, "mbs"])}
+    return {"ilps": int(len(st)), "optimal": int((st == "optimal").sum()),
+            "time_limit": int((st == "time_limit").sum()),
+            "heuristic": int((~st.isin(["optimal", "time_limit"])).sum()),
+            "worst_gap": float(gaps.max()) if len(gaps) else 0.0, "worst": worst}
