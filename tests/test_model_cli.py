@@ -112,3 +112,27 @@ def test_subprocess_exit_code():
     r = subprocess.run([sys.executable, "-m", "phaze", "graph", "--model", "nope"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_graph_per_device_params_divide_the_routed_experts_by_ep(capsys):
+    """`phaze graph --ep E` reports per device what the placement charges a device: the
+    routed experts divided by E (Chain: param_count - expert_param_count (1 - 1/E)), the
+    rest whole; without --ep every expert. Mixtral 8x7B at ep 8: one expert per device."""
+    from phaze.place.chain import chain_from_graph
+
+    per = {}
+    for ep in (0, 8):
+        rc, out, _ = _run(["graph", "--model", "mixtral-8x7b", "--seq", "512", "--json"]
+                          + (["--ep", str(ep)] if ep else []), capsys)
+        assert rc == 0
+        per[ep] = json.loads(out)
+    g = build_graph(ZOO["mixtral-8x7b"], seq=512)
+    ch = chain_from_graph(g, op_latency_s=lambda o: 1e-6)
+    whole = float(ch.param_count.sum()) * 2
+    experts = float(ch.expert_param_count.sum()) * 2
+    assert per[0]["param_bytes_per_device"] == pytest.approx(whole, rel=1e-12)
+    assert per[8]["param_bytes_per_device"] == pytest.approx(whole - experts * 7 / 8, rel=1e-9)
+    blk = next(x for x in per[8]["layers"] if x["kind"] == "block")
+    assert blk["param_bytes_per_device"] == pytest.approx(
+        blk["param_bytes"] - blk["expert_param_bytes"] * 7 / 8)
+    assert blk["expert_param_bytes"] > 0.8 * blk["param_bytes"]

@@ -86,6 +86,8 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
     layers = [{"kind": lg.kind, "repeat": lg.repeat, "n_ops_fwd": len(lg.fwd), "n_ops_bwd": len(lg.bwd),
                "flops_fwd": lg.flops("fwd"), "flops_bwd": lg.flops("bwd"),
                "param_count": lg.param_count, "param_bytes": lg.param_bytes,
+               "expert_param_bytes": lg.expert_param_bytes(),
+               "param_bytes_per_device": lg.device_param_bytes(graph.ep),
                "shared_param_bytes": lg.shared_param_bytes,
                "activation_bytes": dict(lg.activation_bytes),
                "input_bytes": lg.input_bytes, "output_bytes": lg.output_bytes}
@@ -105,7 +107,9 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
         "flops_bwd_per_device": graph.flops("bwd"),
         "activation_bytes_per_layer": block.activation_bytes["none"],
         "activation_bytes_per_layer_by_recompute": dict(block.activation_bytes),
-        "param_bytes_per_device": sum(lg.param_bytes * lg.repeat for lg in graph.layers),
+        # expert parallelism keeps 1/ep of the routed experts on a device
+        "param_bytes_per_device": sum(lg.device_param_bytes(graph.ep) * lg.repeat
+                                      for lg in graph.layers),
         "activation_bytes_per_device": sum(lg.activation_bytes["none"] * lg.repeat for lg in graph.layers),
         "n_layers": graph.n_layers,
         "layers": layers,
@@ -186,7 +190,11 @@ def _print_table(g: ModelGraph, s: dict) -> None:
           f", {g.attention} attention - sizes per device")
     hdr = f"  {'pass':4s} {'op':32s} {'kind':10s} {'dims / class':22s} {'GFLOP':>10s} {'MB read':>9s} {'MB writ':>9s} {'MB saved':>9s}"
     for lg in g.layers:
-        print(f"\n[{lg.kind}] x{lg.repeat}: params {lg.param_count / 1e6:.2f} M/device, activations kept "
+        dev = lg.device_param_bytes(g.ep) / g.dtype_bytes
+        ex = (f" ({lg.expert_param_bytes() / g.dtype_bytes / g.ep / 1e6:.2f} M of them routed "
+              f"experts: 1/{g.ep} of {lg.expert_param_bytes() / g.dtype_bytes / 1e6:.2f} M)"
+              if g.ep > 1 and lg.expert_param_bytes() else "")
+        print(f"\n[{lg.kind}] x{lg.repeat}: params {dev / 1e6:.2f} M/device{ex}, activations kept "
               + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in lg.activation_bytes.items()))
         print(hdr)
         for p in ("fwd", "bwd"):

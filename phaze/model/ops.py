@@ -112,6 +112,19 @@ class LayerGraph:
     def ops(self, pass_: str) -> tuple[Op, ...]:
         return self.fwd if pass_ == "fwd" else self.bwd
 
+    def expert_param_bytes(self) -> float:
+        """Bytes of the routed experts' weights in param_bytes (Op.experts > 0): every
+        expert's TP shard. Expert parallelism keeps 1/ep of them on a device
+        (device_param_bytes)."""
+        return float(sum(o.param_bytes for o in self.fwd if o.experts))
+
+    def device_param_bytes(self, ep: int = 0) -> float:
+        """param_bytes one device holds under expert parallelism of size ep (<= 1: all
+        experts, as param_bytes): the routed experts' part divided by ep."""
+        if ep <= 1:
+            return float(self.param_bytes)
+        return float(self.param_bytes) - self.expert_param_bytes() * (1.0 - 1.0 / ep)
+
     def flops(self, pass_: str) -> float:
         return sum(o.flops for o in self.ops(pass_))
 

@@ -270,7 +270,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                 a_full += d_sel
         f_sel = sum(o.flops for o in layer.selective_recompute_ops())
         # routed experts: their weights (Op.experts > 0) and the dispatch's token slots
-        ex = sum(o.param_bytes for o in layer.fwd if o.experts) / graph.dtype_bytes
+        ex = layer.expert_param_bytes() / graph.dtype_bytes
         a2a = sum(o.bytes_written for o in layer.fwd if o.name.endswith("moe.dispatch"))
         # selective recomputation re-runs the dispatch (Megatron-Core's "moe" module
         # checkpoints the whole MoE layer: route, dispatch, experts, combine)
