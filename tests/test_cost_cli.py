@@ -60,7 +60,11 @@ def test_cost_model_flag_covers_every_op_and_respects_peak(capsys):
     assert phaze_main(["cost", "--model", "bert-large", "--arch", "tpuv4", "--seq", "512", "--mbs", "2",
                        "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    g = build_graph(resolve_model("bert-large"), seq=512, mbs=2, tp=1)
+    from phaze.settings import GraphSettings
+
+    # the CLI builds with the sweep's graph settings (fused by default)
+    g = build_graph(resolve_model("bert-large"), seq=512, mbs=2, tp=1,
+                    **GraphSettings().build_kwargs())
     assert len(out["ops"]) == sum(len(layer.fwd) + len(layer.bwd) for layer in g.layers)
     peak = PRESETS["tpuv4"].peak_flops
     for r in out["ops"]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
 from phaze.errors import UserError
+from phaze.settings import GraphSettings
 
 
 def register(sub) -> None:
@@ -14,7 +17,10 @@ def register(sub) -> None:
     p.add_argument("--seq", type=int, help="sequence length with --model (default: the model's)")
     p.add_argument("--mbs", type=int, default=1, help="microbatch size with --model (default 1)")
     p.add_argument("--sequence-parallel", action="store_true", help="with --model: Megatron SP")
-    p.add_argument("--fused", action="store_true", help="with --model: fuse GEMM epilogues")
+    # the sweep's default (GraphSettings): one graph per setting on every route
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=GraphSettings().fused,
+                   help="fuse GEMMs with their element-wise epilogues (one TC+VC op; default "
+                        f"{str(GraphSettings().fused).lower()}, as the sweep's graph.fused)")
     p.add_argument("--gemm", action="append", default=[], metavar="B,M,N,K",
                    help="an ad-hoc bf16 GEMM (repeatable)")
     p.add_argument("--vector", action="append", default=[], metavar="CLASS:ELEMENTS",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from phaze.errors import UserError
 from phaze.settings import ATTENTION_MODES as ATTENTION
+from phaze.settings import GraphSettings
 from phaze.settings import add_token_drop_args
 
 if TYPE_CHECKING:
@@ -38,7 +39,10 @@ def register(sub) -> None:
                         "or 0 (default): one GEMM of all the device's token slots. A dense "
                         "model's graph has ep 0 whatever is given")
     add_token_drop_args(p, ". The sweep's schedule tables do not key it")
-    p.add_argument("--fused", action="store_true", help="fuse GEMMs with their element-wise epilogues")
+    # the sweep's default (GraphSettings): one graph per setting on every route
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=GraphSettings().fused,
+                   help="fuse GEMMs with their element-wise epilogues (one TC+VC op; default "
+                        f"{str(GraphSettings().fused).lower()}, as the sweep's graph.fused)")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element (default 2, bf16)")
     p.add_argument("--name", help="the model's name in the graph and every table built from it "
                    "(default: the zoo name or the config's)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import sys
 import time
@@ -9,7 +11,7 @@ from pathlib import Path
 
 from phaze import __version__
 from phaze.errors import UserError
-from phaze.settings import BACKENDS, FORMULATIONS, SchedSettings, parse_network
+from phaze.settings import BACKENDS, FORMULATIONS, GraphSettings, SchedSettings, parse_network
 
 SOLVERS = ("auto",) + BACKENDS + ("heuristic",)
 _DEFAULT = SchedSettings()
@@ -24,7 +26,10 @@ def register(sub) -> None:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--mbs", type=int, default=1)
     p.add_argument("--seq", type=int, default=None)
-    p.add_argument("--fused", action="store_true", help="fuse vector epilogues into GEMMs")
+    # the sweep's default (GraphSettings): one graph per setting on every route
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=GraphSettings().fused,
+                   help="fuse GEMMs with their element-wise epilogues (one TC+VC op; default "
+                        f"{str(GraphSettings().fused).lower()}, as the sweep's graph.fused)")
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--problem", help="schedule a raw problem JSON (SchedProblem.to_dict) instead")
     _solver_args(p)
