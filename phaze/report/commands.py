@@ -131,6 +131,7 @@ def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_
 
 def runnable_files(out_dir, sweep, summary) -> dict:
     """Megatron arguments, NeMo keys and the chip JSON of every best design, written."""
+    from phaze.report.context import sweep_network
     from phaze.report.runnable import chip_json, megatron_args, nemo_yaml
     from phaze.report.summary import role_rows
 
@@ -138,7 +139,7 @@ def runnable_files(out_dir, sweep, summary) -> dict:
 
     # the sweep's placement settings, their defaults where the config leaves them out
     pl = PlacementSettings.from_config((sweep.cfg or {}).get("placement"))
-    net = (sweep.cfg or {}).get("network")
+    net = sweep_network(sweep.cfg)     # as costed: with levels, level 0 is the node
     out = {}
     for _, s in summary[summary["status"] == "ok"].iterrows():
         r = role_rows(sweep.place, s)[0][1]
