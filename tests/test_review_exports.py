@@ -100,3 +100,36 @@ def test_report_states_the_network_it_costed():
     assert ctx["optimizer"] == "adam, ZeRO stages 0, 3"
     assert "devices: 8" in nemo_yaml(dict(ROW, interleave=1, stages="[[0,10]]", p=1, d=256),
                                      512, net["devices_per_node"])
+
+
+def test_report_refuses_a_repeated_table_and_foreign_latency_rows(tmp_path, capsys):
+    """`phaze report` joined a placement table given twice (every row duplicated: the
+    context's row and DP-time counts doubled) and latency rows of archs outside the grid
+    (another sweep's: a Spotlight pick outside the grid, a solver section certifying the
+    ranking from another grid's ILPs); both are refused now, naming the file."""
+    from report_synth import latency_frame, make_grid, make_place
+
+    from phaze.cli import main
+
+    grid = make_grid()
+    grid.to_parquet(tmp_path / "grid.parquet", index=False)
+    make_place(grid).to_parquet(tmp_path / "place.parquet", index=False)
+    place, g = str(tmp_path / "place.parquet"), str(tmp_path / "grid.parquet")
+    assert main(["report", "--place", place, "--grid", g]) == 0
+    capsys.readouterr()
+    assert main(["report", "--place", place, place, "--grid", g]) == 2
+    assert "given twice" in capsys.readouterr().err
+    ids = list(grid["arch_id"][:2])
+    rows = [{"arch_id": a, "layer_index": i, "layer_repeat": 1 if i == 0 else 24,
+             "fwd_s": 1e-3, "bwd_s": 2e-3} for a in ids for i in (0, 1)]
+    latency_frame(rows, "bert-large", 512, 1).to_parquet(tmp_path / "lat.parquet", index=False)
+    foreign = [dict(r, arch_id="0123456789abcdef") for r in rows]
+    latency_frame(foreign, "bert-large", 512, 1).to_parquet(tmp_path / "lat2.parquet",
+                                                            index=False)
+    lat, lat2 = str(tmp_path / "lat.parquet"), str(tmp_path / "lat2.parquet")
+    assert main(["report", "--place", place, "--grid", g, "--latency", lat]) == 0
+    capsys.readouterr()
+    assert main(["report", "--place", place, "--grid", g, "--latency", lat2]) == 2
+    assert "0123456789abcdef" in capsys.readouterr().err
+    assert main(["report", "--place", place, "--grid", g, "--latency", lat, lat]) == 2
+    assert "repeats the row" in capsys.readouterr().err
