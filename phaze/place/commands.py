@@ -556,6 +556,15 @@ def _evaluate_preset(args, spec, settings, seq):
     from phaze.model.graph import TOKEN_DROP_FLAGS, check_token_drop
     from phaze.place.evaluate import evaluate_model
 
+    # the sweep route's graph and scheduling flags: the preset route builds its graph as the
+    # framework runs it and schedules no layer ILP; never ignore them silently
+    for name, flag in (("fused", "--fused/--no-fused"), ("solver", "--solver"),
+                       ("time_limit", "--time-limit"), ("cache", "--cache")):
+        if getattr(args, name, None) is not None:
+            raise UserError("is a setting of the sweep route (--grid), not of the GPU model "
+                            "(--arch PRESET or chip file), which schedules no layer ILP and "
+                            "fuses kernels as --framework runs them", field=flag,
+                            fix=f"drop {flag}, or evaluate a grid arch with --grid G --arch ID")
     if args.fp8_recipe and not args.fp8:
         raise UserError("is the recipe of FP8 training, which is off", field="--fp8-recipe",
                         fix="add --fp8, or drop --fp8-recipe")

@@ -48,14 +48,40 @@ def _load_latency(paths):
     """Latency tables (phaze.sched.table.LATENCY_SCHEMA: every row names its model, seq,
     mbs, graph variant, arch and layer, with the layer's repeat count)."""
     from phaze.files import read_parquet
-    from phaze.sched.table import LATENCY_SCHEMA, validate
+    from phaze.sched.table import LATENCY_KEY, LATENCY_SCHEMA, validate
 
     frames = []
     for path in paths:
         df = read_parquet(path, "--latency")
         validate(df, LATENCY_SCHEMA, f"--latency {path}")
-        frames.append(df.rename(columns={"layer_repeat": "repeat"}))
-    return pd.concat(frames, ignore_index=True) if frames else None
+        frames.append(df.rename(columns={"layer_repeat": "repeat"}).assign(_file=str(path)))
+    if not frames:
+        return None
+    lat = pd.concat(frames, ignore_index=True)
+    dup = lat.duplicated(list(LATENCY_KEY), keep=False)
+    if dup.any():
+        r = lat[dup].iloc[0]
+        key = {k: getattr(r[k], "item", lambda v=r[k]: v)() for k in LATENCY_KEY}
+        raise UserError(f"{r['_file']} repeats the row {key}",
+                        field="--latency", fix="give each latency table once")
+    return lat       # with _file (the table each row came from), for the join's messages
+
+
+def check_latency_join(latency, grid, grid_path) -> None:
+    """The strict join of the latency rows (Spotlight pick, solver section) with the grid:
+    every arch they name is in it; a table of another sweep would otherwise pick a
+    Spotlight chip outside the grid and certify a ranking from another grid's ILPs."""
+    if latency is None:
+        return
+    known = set(grid["arch_id"].astype(str))
+    ids = latency["arch_id"].astype(str)
+    out = ~ids.isin(known)
+    if out.any():
+        raise UserError(f"{latency.loc[out, '_file'].iloc[0]} has latency rows of arch "
+                        f"{ids[out].iloc[0]!r}, which is not in {grid_path} "
+                        f"({ids[out].nunique()} such archs)", field="--latency",
+                        fix="give the latency tables of the sweep that wrote the grid and "
+                            "the placement tables")
 
 
 class Sweep:
@@ -120,6 +146,8 @@ def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_
     latency = _load_latency(latency_paths)
     cfg = read_config(config_path)
     check_archs_in_grid(place, grid, grid_path)
+    check_latency_join(latency, grid, grid_path)
+    latency = latency.drop(columns="_file") if latency is not None else None
     place = place.drop(columns=[c for c in ("area_mm2",) if c in place.columns]) \
         .merge(grid[["arch_id", "area_mm2"]], on="arch_id", how="left", validate="many_to_one")
     summary = summarise(place, grid, latency,
@@ -131,6 +159,7 @@ def build(place_paths, grid_path, latency_paths=(), config_path=None, tpuv4_hbm_
 
 def runnable_files(out_dir, sweep, summary) -> dict:
     """Megatron arguments, NeMo keys and the chip JSON of every best design, written."""
+    from phaze.report.context import sweep_network
     from phaze.report.runnable import chip_json, megatron_args, nemo_yaml
     from phaze.report.summary import role_rows
 
@@ -138,7 +167,7 @@ def runnable_files(out_dir, sweep, summary) -> dict:
 
     # the sweep's placement settings, their defaults where the config leaves them out
     pl = PlacementSettings.from_config((sweep.cfg or {}).get("placement"))
-    net = (sweep.cfg or {}).get("network")
+    net = sweep_network(sweep.cfg)     # as costed: with levels, level 0 is the node
     out = {}
     for _, s in summary[summary["status"] == "ok"].iterrows():
         r = role_rows(sweep.place, s)[0][1]

@@ -37,7 +37,11 @@ def sweep_context(cfg: dict | None, grid: pd.DataFrame, place: pd.DataFrame,
     out = []
     pl = (cfg or {}).get("placement", {})
     if pl:
-        opt = str(pl.get("optimizer", "?")) + (" + ZeRO-1" if pl.get("zero1") else "")
+        # the ZeRO stages the DP searched: zero_stage when given (zero1 then plays no part)
+        stages = pl.get("zero_stage") or ([1] if pl.get("zero1") else [0])
+        opt = str(pl.get("optimizer", "?")) + (
+            f" + ZeRO-{stages[0]}" if list(stages) != [0] and len(stages) == 1 else
+            ", ZeRO stages " + ", ".join(map(str, stages)) if len(stages) > 1 else "")
         out += [("devices", f"{pl.get('devices')}"),
                 ("global batch", f"{pl.get('global_batch')} samples"),
                 ("optimizer", opt),
@@ -45,13 +49,19 @@ def sweep_context(cfg: dict | None, grid: pd.DataFrame, place: pd.DataFrame,
                 ("recompute modes", ", ".join(map(str, pl.get("recompute", [])))),
                 ("interleave (virtual stages)", ", ".join(map(str, pl.get("interleave", []))))]
         out.append(("microbatch sizes", ", ".join(map(str, cfg.get("microbatch_sizes", [])))))
-    net = (cfg or {}).get("network")
+    net = sweep_network(cfg)
     if net:
-        out.append(("network", f"{net['devices_per_node']} devices per node; "
-                    f"{net['intra_bw_Bps'] / 1e9:g} GB/s, {net['intra_latency_s'] * 1e6:g} us "
-                    f"inside a node; {net['inter_bw_Bps'] / 1e9:g} GB/s, "
-                    f"{net['inter_latency_s'] * 1e6:g} us between nodes (per device, per "
-                    f"direction)"))
+        levels = net.get("levels")
+        if levels:      # what the costs used: the levels, not the two-level fields beside them
+            out.append(("network", "levels (devices per group; per device, per direction): "
+                        + "; ".join(f"{int(g) or 'whole cluster'}: {bw / 1e9:g} GB/s, "
+                                    f"{lat * 1e6:g} us" for g, bw, lat in levels)))
+        else:
+            out.append(("network", f"{net['devices_per_node']} devices per node; "
+                        f"{net['intra_bw_Bps'] / 1e9:g} GB/s, {net['intra_latency_s'] * 1e6:g} us "
+                        f"inside a node; {net['inter_bw_Bps'] / 1e9:g} GB/s, "
+                        f"{net['inter_latency_s'] * 1e6:g} us between nodes (per device, per "
+                        f"direction)"))
     axes = [c for c in ("n_tc", "tc_rows", "tc_cols", "n_vc", "vc_lanes", "glb_bytes",
                         "clock_hz", "hbm_bw_Bps") if c in grid.columns]
     sizes = ", ".join(f"{c} {grid[c].nunique()}" for c in axes)
@@ -69,6 +79,18 @@ def sweep_context(cfg: dict | None, grid: pd.DataFrame, place: pd.DataFrame,
         out.append(("config", "not given (pass --config results/config.yaml for the job's "
                     "settings)"))
     return out
+
+
+def sweep_network(cfg: dict | None) -> dict | None:
+    """The config's network as the sweep costed it (phaze.hw.arch.Network: with levels,
+    devices_per_node and the intra/inter fields are levels 0 and 1, whatever the config's
+    own values, e.g. configs/default.yaml's merged beside a copy's levels), or None."""
+    net = (cfg or {}).get("network")
+    if not net:
+        return None
+    from phaze.settings import parse_network
+
+    return parse_network(dict(net)).to_dict()
 
 
 def hbm_label(b) -> str:

@@ -13,6 +13,7 @@ and the last stage as in Megatron."""
 from __future__ import annotations
 
 import json
+import shlex
 
 from phaze.units import GiB
 
@@ -35,6 +36,30 @@ def block_split(stages: list, n: int) -> dict | None:
         return None
     return {"first": blocks[0], "middle": mid[0] if mid else None, "last": blocks[-1],
             "chunks": len(blocks)}
+
+
+def pipeline_layout(stages, n: int) -> str:
+    """Megatron-Core's --pipeline-model-parallel-layout of a plan's stages (chunks in
+    order, phaze.place.layout's grammar): E the prologue (embedding), t*k the chunk's k
+    blocks, L the epilogue (output layer and loss); a chunk may hold nothing. It expresses
+    every split the DP makes, interleaved or not."""
+    out = []
+    for (lo, hi), k in zip(stages, chunk_blocks(stages, n)):
+        body = "t" if k == 1 else (f"t*{k}" if k > 1 else "")
+        out.append(("E" if lo == 0 else "") + body + ("L" if hi == n else ""))
+    return "|".join(out)
+
+
+def split_kind(stages, n: int, v: int) -> str:
+    """How Megatron takes a plan's split: "even" (the uniform split), "ends" (only the
+    first and last pipeline ranks differ, v = 1: --decoder-first/last-pipeline-num-layers)
+    or "layout" (anything else: --pipeline-model-parallel-layout; with v > 1 the first /
+    last rank flags would split each rank's blocks evenly over its chunks)."""
+    blocks = chunk_blocks(stages, n)
+    if len(set(blocks)) <= 1:
+        return "even"
+    split = block_split(stages, n)
+    return "ends" if v == 1 and split is not None else "layout"
 
 
 def plan_axes(r, zero1: bool = False) -> tuple[int, int, int]:
@@ -96,14 +121,16 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
         lines.append(f"# ZeRO-{zero}: DeepSpeed (Megatron-DeepSpeed) names it --zero-stage {zero}")
     if not stages:
         lines.append("# the table gives no stages: Megatron's uniform split assumed")
-    elif split is None:
-        lines.append(f"# the stages {stages} are uneven in the middle: Megatron cannot express "
-                     "them; run `phaze evaluate ... --stages` for this split")
+        return "\n".join(lines)
+    kind = split_kind(stages, stages[-1][1], v)
+    if kind == "layout":        # Megatron-Core >= 0.13; the layout also sets the chunks
+        # quoted: '|' and '*' are shell syntax
+        lines.append("--pipeline-model-parallel-layout "
+                     + shlex.quote(pipeline_layout(stages, stages[-1][1])))
     else:
-        even = split["first"] == split["last"] and split["middle"] in (None, split["first"])
         if v > 1:
             lines.append(f"--num-layers-per-virtual-pipeline-stage {split['first']}")
-        if not even and p > 1:
+        if kind == "ends" and p > 1:
             lines += [f"--decoder-first-pipeline-num-layers {split['first']}",
                       f"--decoder-last-pipeline-num-layers {split['last']}"]
     return "\n".join(lines)
@@ -118,7 +145,10 @@ def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
     world = p * d * t * cp
     per_node = min(world, devices_per_node)
     rec = {"full": "full", "selective": "selective"}.get(r["recompute"])
-    opt = ("distributed_fused_adam" if zero >= 1 else "fused_adam") if optimizer == "adam" else "sgd"
+    # ZeRO-2 / 3 are NeMo's torch FSDP (fsdp_sharding_strategy grad / full), which runs
+    # with a plain optimizer; ZeRO-1 its distributed optimizer
+    opt = ("distributed_fused_adam" if zero == 1 else "fused_adam") if optimizer == "adam" else "sgd"
+    stages = json.loads(r["stages"]) if isinstance(r["stages"], str) else list(r["stages"])
     lines = ["trainer:", f"  devices: {per_node}", f"  num_nodes: {-(-world // per_node)}",
              "model:", f"  tensor_model_parallel_size: {t}",
              f"  pipeline_model_parallel_size: {p}", f"  context_parallel_size: {cp}",
@@ -132,6 +162,16 @@ def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
     if rec == "full":
         lines += ["  activations_checkpoint_method: uniform",
                   "  activations_checkpoint_num_layers: 1"]
+    if zero >= 2:
+        lines += ["  fsdp: true", f"  fsdp_sharding_strategy: {'grad' if zero == 2 else 'full'}"]
+    kind = split_kind(stages, stages[-1][1], v) if stages else "even"
+    if kind == "ends":          # TransformerConfig fields NeMo passes through
+        split = block_split(stages, stages[-1][1])
+        lines += [f"  num_layers_in_first_pipeline_stage: {split['first']}",
+                  f"  num_layers_in_last_pipeline_stage: {split['last']}"]
+    elif kind == "layout":
+        lines.append(f"  pipeline_model_parallel_layout: "
+                     f"\"{pipeline_layout(stages, stages[-1][1])}\"")
     lines += ["  optim:", f"    name: {opt}"]
     return "\n".join(lines) + "\n"
 

@@ -32,6 +32,22 @@ def load_place(paths) -> pd.DataFrame:
         raise UserError("no placement tables given", field="--place",
                         fix="give --place FILE (a table from `phaze place`)")
     out = pd.concat(frames, ignore_index=True, sort=False)
+    from phaze.place.table import PLACE_KEY
+
+    # the same rows twice (a table given twice, or a copy of it): every column alike but the
+    # file and the DP's timing. Tables of one (model, seq) that differ (e.g. one per CP
+    # size) are kept: the report takes the best row of each key over them.
+    same = [c for c in out.columns if c not in ("source", "item", "solve_seconds")]
+    dup = out.astype({c: str for c in same}).duplicated(same, keep=False)
+    if dup.any():
+        first = out[dup].iloc[0]
+        where = sorted(set(out.loc[dup & (out[list(PLACE_KEY)] == first[list(PLACE_KEY)])
+                                   .all(axis=1), "source"]))
+        key = {k: getattr(first[k], "item", lambda v=first[k]: v)() for k in PLACE_KEY}
+        who = f"{where[0]} is given twice: it repeats" if len(where) == 1 else \
+            f"{' and '.join(where)} repeat"
+        raise UserError(f"{who} the row {key}", field="--place",
+                        fix="give each (model, seq)'s placement table once")
     return load_place_df(out)
 
 

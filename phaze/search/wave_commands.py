@@ -103,7 +103,7 @@ def cmd_next(args) -> int:
     spec = replace(_spec(args.config_json), fixed=None)
     waves = read_waves(args.waves)
     place = read_place(args.place)
-    latency = _load_latency(args.latency) if args.latency else None
+    latency = _load_latency(args.latency).drop(columns="_file") if args.latency else None
     grid = read_grid(args.grid)
     out, info = survivors(waves, place, latency, spec, grid)
     _write(wave_grid(grid, out, 2), args.wave_grid)

@@ -88,7 +88,9 @@ def run(args) -> int:
         from phaze.jsonout import emit_json
         # the presets the evaluated tables run on (a row's own is in rows[].arch)
         archs = sorted({c.arch for t in preds for c in cases(t)})
-        emit_json({"archs": archs, "calibration": calibration_info(), "fit": fitted,
+        from phaze import __version__
+        emit_json({"phaze_version": __version__, "archs": archs,
+                   "calibration": calibration_info(), "fit": fitted,
                    "tables": summary(preds),
                    "rows": [row_dict(p) for ps in preds.values() for p in ps],
                    "layer_times": layer_rows})

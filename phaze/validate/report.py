@@ -27,6 +27,17 @@ def row_dict(p: Prediction) -> dict:
         "error_pct": p.error_pct, "time_per_batch_s": p.time_per_batch_s,
         "tflops_per_gpu": p.tflops_per_gpu,
         "memory_per_device_bytes": p.memory_per_device_bytes, "breakdown": p.breakdown,
+        # the rest of how the row was evaluated (the `phaze evaluate --arch PRESET` flags of
+        # the same name): without them a row could not be recomputed from its JSON
+        "seq": c.seq, "fp8_recipe": c.fp8_recipe if c.fp8 else None, "ddp_impl": c.ddp_impl,
+        "tp_comm_overlap": c.tp_overlap, "cross_entropy_fusion": c.ce_fusion,
+        "expert_tp": c.expert_tp, "recompute_modules": list(c.recompute_modules) or None,
+        "account_embedding": c.account_embedding, "account_loss": c.account_loss,
+        "pipeline_layout": c.pipeline_layout or None, "mtp_layers": c.mtp_layers,
+        "model_shape": None if c.zoo else {
+            "family": c.family, "hidden": c.hidden, "heads": c.heads, "layers": c.layers,
+            "vocab": c.vocab, "ffn": c.ffn or 4 * c.hidden, "kv_heads": c.kv_heads or c.heads,
+            "tied_embeddings": c.tied_embeddings, "dropout": c.dropout},
     }
 
 
