@@ -489,3 +489,39 @@ def test_dp_with_cp_comm_types_equals_evaluate_plan(seed, comm):
         ring = best_plans(ch, devices, batch, (hbm,), (rec,), links=links,
                           options=replace(opts, cp_comm_type="p2p"), eps=(1,))[(hbm, rec)]
         assert got["time_per_batch_s"] != pytest.approx(ring["time_per_batch_s"], rel=1e-9)
+
+
+def test_fixed_baseline_runs_the_sweeps_zero_stages():
+    """The fixed PxDxT baseline takes the sweep's ZeRO stages like the search: its row is
+    the fastest fitting stage, each stage's time being evaluate_plan's with that stage
+    (at 2.2 GiB only ZeRO-2 and -3 fit: the zero1 default alone has no fixed plan)."""
+    import json
+
+    from phaze.hw.presets import NETWORKS
+    from phaze.place.driver import context, run_item
+    from phaze.place.plan import with_axes
+    from phaze.place.synthetic import gpt_chain
+    from phaze.settings import PlacementSettings, SweepSettings
+
+    pl = PlacementSettings(devices=64, global_batch=64, hbm_gib=(2.2,), recompute=("none",),
+                           zero_stage=(0, 1, 2, 3))
+    ctx = context(SweepSettings(placement=pl, network=NETWORKS["dgx-h100-superpod"]),
+                  fixed=(2, 8, 1))
+    ctx["hbm_bw"] = {"a": 2e12}
+    syn = {"layers": 8, "hidden": 2048, "heads": 16, "vocab": 32000, "tps": [1],
+           "peak_flops": 300e12}
+    item = {"model": "m", "seq": 1024, "arch_id": "a", "mbs": 1, "hbm_bytes": 2.2 * 2**30,
+            "recompute": "none", "synthetic": syn}
+    row = run_item(0, item, ctx).set_index("row_kind").loc["fixed"]
+    ch = gpt_chain(seq=1024, mbs=1, t=1, model="m", layers=8, hidden=2048, heads=16,
+                   vocab=32000, peak_flops=300e12)
+    times = {}
+    for z in (0, 1, 2, 3):
+        ev = evaluate_plan(ch, 2, 8, 64, "none", 1, hbm_bytes=2.2 * 2**30, links=ctx["links"],
+                           options=with_axes(ctx["options"], 1, z), hbm_bw_Bps=2e12)
+        if ev["feasible"]:
+            times[z] = ev["time_per_batch_s"]
+    assert row["feasible"] and sorted(times) == [2, 3]
+    z = min(times, key=times.get)
+    assert int(row["zero_stage"]) == z and row["time_per_batch_s"] == pytest.approx(times[z])
+    assert json.loads(row["stages"]) == [[0, 5], [5, 10]]

@@ -109,17 +109,29 @@ def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float,
                hbm_bw: float = 0.0):
     """(plan, variant) of the fixed PxDxT strategy (Megatron's uniform split, no sequence
     parallelism, context or expert parallelism: the variant of ep 1, or 0 for a dense
-    model), or (None, None) when the model has no such variant or split."""
+    model), or (None, None) when the model has no such variant or split. The sweep's ZeRO
+    stages (ctx["zero_stages"]) apply to it as to the search: the fastest fitting one is
+    kept (ties: the first), else the last one's infeasible plan (it says why)."""
+    from phaze.place.plan import with_axes
+
     p, d, t = ctx["fixed"]
     var = next((v for v in ((t, False, 1, 1), (t, False, 1, 0)) if v in chains), None)
     if var is None:
         return None, None
-    try:
-        return evaluate_plan(chains[var], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
-                             links=ctx["links"], options=ctx["options"],
-                             peak_flops=peak, hbm_bw_Bps=hbm_bw), var
-    except ValueError:
-        return None, None
+    best = None
+    for z in ctx.get("zero_stages") or (None,):
+        try:
+            plan = evaluate_plan(chains[var], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
+                                 links=ctx["links"], options=with_axes(ctx["options"], 1, z),
+                                 peak_flops=peak, hbm_bw_Bps=hbm_bw)
+        except ValueError:
+            continue
+        if best is None or (plan["feasible"] and (not best["feasible"] or
+                                                  plan["time_per_batch_s"] < best["time_per_batch_s"])):
+            best = plan
+        elif not best["feasible"] and not plan["feasible"]:
+            best = plan
+    return (best, var) if best is not None else (None, None)
 
 
 def _content_key(item: dict, ctx: dict, memo: dict):
