@@ -180,6 +180,12 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                         loc = f"models[{i}].{where}[{idx}]"
                         errors.append(f"field {loc}: " + config_fix(
                             str(e).split(": ", 1)[-1], e.field, loc))
+    pl_raw = cfg.get("placement") or {}
+    if pl_raw.get("zero1") is True and placement.zero_stage and 1 not in placement.zero_stage:
+        # zero_stage decides the stages searched: a zero1 it leaves out would be ignored
+        errors.append(f"field placement.zero1: true asks for ZeRO-1, but placement.zero_stage "
+                      f"{list(placement.zero_stage)} (the stages searched) leaves stage 1 out; "
+                      f"fix: add 1 to placement.zero_stage, or set zero1: false")
     mbs = cfg.get("microbatch_sizes") or []
     batch = placement.global_batch
     if mbs and all(batch % b for b in mbs):

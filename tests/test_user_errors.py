@@ -750,3 +750,31 @@ def test_check_config_refuses_a2a_cp_that_cannot_split_the_heads(tmp_path):
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
     rc, out, err = _run(["check-config", "--config", str(tmp_path / "ok.yaml")])
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("flags,field", [(["--zero-stage", "0", "--zero1"], "--zero1"),
+                                         (["--zero-stage", "1", "--no-zero1"], "--no-zero1"),
+                                         (["--zero-stage", "3", "--zero1"], "--zero1")])
+def test_contradicting_zero_flags_are_refused(flags, field):
+    """--zero-stage with a --zero1 / --no-zero1 that says another stage is one line, exit 2
+    (one of them was silently dropped: --zero-stage 0 --zero1 ran ZeRO-1); agreeing flags
+    run."""
+    argv = ["evaluate", "--model", "llama3-8b", "--arch", "h100", "--tp", "1", "--pp", "1",
+            "--dp", "8", "--mbs", "1", "--batch", "64", "--seq", "1024", "--recompute", "full"]
+    err = _one_line_error(argv + flags, field)
+    assert "--zero-stage" in err
+    rc, _, _ = _run(argv + ["--zero-stage", "1", "--zero1"])
+    assert rc == 0
+
+
+def test_a_zero1_the_searched_zero_stages_leave_out_is_refused(tmp_path):
+    """placement.zero1: true with a zero_stage list without 1: the stages searched are the
+    list's, so the zero1 asked for would be ignored; refused naming both fields."""
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg["placement"].update(zero1=True, zero_stage=[0, 2])
+    _check_config_refuses(tmp_path, cfg, "placement.zero1")
+    cfg["placement"].update(zero_stage=[1, 2])
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
+    rc, _, err = _run(["check-config", "--config", str(tmp_path / "ok.yaml"), "-o",
+                       str(tmp_path / "out.yaml")])
+    assert rc == 0, err

@@ -670,10 +670,17 @@ def _overlap_options(args, settings=None) -> dict:
 
 
 def _check_cp_comm_flag(args) -> None:
-    """UserError for --cp-comm-type without context parallelism (both evaluate routes)."""
+    """UserError for --cp-comm-type without context parallelism, and for --zero-stage
+    with a --zero1 / --no-zero1 that says otherwise (both evaluate routes)."""
     if getattr(args, "cp_comm_type", None) and args.cp <= 1:
         raise UserError("sets how context parallelism exchanges keys, which is off",
                         field="--cp-comm-type", fix="add --cp N (N > 1), or drop --cp-comm-type")
+    stage, zero1 = getattr(args, "zero_stage", None), getattr(args, "zero1", None)
+    if stage is not None and zero1 is not None and zero1 != (stage == 1):
+        flag = "--zero1" if zero1 else "--no-zero1"
+        raise UserError(f"contradicts --zero-stage {stage}", field=flag,
+                        fix=f"give --zero-stage alone (--zero1 is --zero-stage 1), or drop "
+                            f"--zero-stage")
 
 
 def _print_plan(spec, args, plan, hbm, batch) -> None:
