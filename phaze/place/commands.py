@@ -679,8 +679,8 @@ def _check_cp_comm_flag(args) -> None:
     if stage is not None and zero1 is not None and zero1 != (stage == 1):
         flag = "--zero1" if zero1 else "--no-zero1"
         raise UserError(f"contradicts --zero-stage {stage}", field=flag,
-                        fix=f"give --zero-stage alone (--zero1 is --zero-stage 1), or drop "
-                            f"--zero-stage")
+                        fix="give --zero-stage alone (--zero1 is --zero-stage 1), or drop "
+                            "--zero-stage")
 
 
 def _print_plan(spec, args, plan, hbm, batch) -> None:
