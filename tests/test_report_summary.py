@@ -349,3 +349,34 @@ def test_summary_rows_record_how_they_were_obtained(tmp_path):
     assert s["worst_ilp_gap"] == pytest.approx(0.03)
     bare = summarise(place, grid).iloc[0]        # no latency tables: unknown, not made up
     assert bare["solvers"] == "" and np.isnan(bare["ilps"]) and bare["phaze_version"] == "9.9.9"
+
+
+def test_sensitivity_tells_a_pruned_neighbour_from_one_no_plan_fits(tmp_path):
+    """A neighbour chip with no placement rows (the pruned search never placed it) is
+    'pruned', not 'no plan fits'; one whose rows are all infeasible is 'no plan'."""
+    from phaze.report.sensitivity import sensitivity
+
+    # one-step neighbours (n_tc, n_vc, buffer) of the synthetic grid's winner, 16 x 128^2
+    near = [(8, 128, 128, 2, 128, 16), (32, 128, 128, 2, 128, 16), (16, 128, 128, 1, 128, 16),
+            (16, 128, 128, 4, 128, 16), (16, 128, 128, 2, 128, 8), (16, 128, 128, 2, 128, 32)]
+    grid = make_grid(extra=near)
+    raw = make_place(grid)
+    centre = grid[(grid["n_tc"] == 16) & (grid["tc_rows"] == 128) & (grid["n_vc"] == 2)
+                  & (grid["glb_bytes"] == 16 * 2**20)]["arch_id"].iloc[0]
+    raw.loc[raw["arch_id"] == centre, "samples_per_s"] *= 100     # the winner
+    raw.to_parquet(tmp_path / "p.parquet")
+    place = load_place([tmp_path / "p.parquet"])
+    s = summarise(place, grid).iloc[0]
+    before = sensitivity(place, grid, s, None)
+    ok = [(r, side) for r in before["rows"] for side in ("down", "up")
+          if r[side]["status"] == "ok"]
+    assert len(ok) >= 2
+    (r1, s1), (r2, s2) = ok[:2]
+    gone, full = r1[s1]["arch_id"], r2[s2]["arch_id"]
+    assert gone != full != s["best_arch_id"]
+    cut = place[place["arch_id"] != gone].copy()            # never placed
+    cut.loc[cut["arch_id"] == full, "samples_per_s"] = np.nan   # placed, nothing fits
+    after = {(r["axis"], side): r[side] for r in sensitivity(cut, grid, s, None)["rows"]
+             for side in ("down", "up")}
+    assert after[(r1["axis"], s1)]["status"] == "pruned"
+    assert after[(r2["axis"], s2)]["status"] == "no plan"

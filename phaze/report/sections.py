@@ -95,7 +95,8 @@ def sensitivity_section(place, grid, summary, spec) -> str:
            "<p>Throughput (samples/s) of the chip that differs from the winner in one axis by "
            "one grid step, from the sweep's rows. <i>edge</i>: the winner has the axis's "
            "extreme value; <i>outside area</i>: that chip is outside the area budget, so the "
-           "sweep did not place it.</p>"]
+           "sweep did not place it; <i>pruned</i>: the pruned search did not place it, its "
+           "throughput bound being below the winner's.</p>"]
     for _, s in summary[summary["status"] == "ok"].iterrows():
         sens = sensitivity.sensitivity(place, grid, s, spec)
         rows = []
@@ -109,6 +110,9 @@ def sensitivity_section(place, grid, summary, spec) -> str:
                     cells.append(f"<td>{E(n['value'])}: outside area</td>")
                 elif n["status"] == "no plan":
                     cells.append(f'<td class="bad">{E(n["value"])}: no plan fits</td>')
+                elif n["status"] == "pruned":
+                    cells.append(f"<td>{E(n['value'])}: pruned (its bound is below the "
+                                 f"winner's)</td>")
                 else:
                     cells.append(f"<td>{E(n['value'])}: {n['samples_per_s']:,.1f} "
                                  f"({n['ratio'] - 1:+.1%}, {n['d_area_mm2']:+.1f} mm&sup2;)</td>")

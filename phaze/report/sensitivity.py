@@ -5,7 +5,8 @@ chip equal to the winner on every other axis with this axis one grid value lower
 higher; its throughput is the sweep's best row of that chip (the same selection as the
 winner's). A neighbour is missing when the winner sits on the edge of the configured axis
 (widen the grid) or the chip falls outside the area budget (then the sweep did not place
-it). Without the config the axis values are the grid's own (area-filtered) values."""
+it); a neighbour the pruned search did not place (its throughput bound below the
+winner's: no row at all) is "pruned", one whose every plan failed to fit "no plan". Without the config the axis values are the grid's own (area-filtered) values."""
 
 from __future__ import annotations
 
@@ -73,6 +74,11 @@ def sensitivity(place: pd.DataFrame, grid: pd.DataFrame, s, spec: dict | None) -
                 row[side] = {"status": "outside", "value": new}
                 continue
             aid = str(hit["arch_id"].iloc[0])
+            if aid not in thr.index:
+                # no row at all: the pruned search never placed it (its throughput bound
+                # was below the winner's), which says nothing about whether a plan fits
+                row[side] = {"status": "pruned", "value": new, "arch_id": aid}
+                continue
             t = float(thr.get(aid, np.nan))
             row[side] = {"status": "ok" if np.isfinite(t) else "no plan", "value": new,
                          "arch_id": aid, "samples_per_s": t, "ratio": t / w_thr,
