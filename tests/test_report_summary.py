@@ -380,3 +380,16 @@ def test_sensitivity_tells_a_pruned_neighbour_from_one_no_plan_fits(tmp_path):
              for side in ("down", "up")}
     assert after[(r1["axis"], s1)]["status"] == "pruned"
     assert after[(r2["axis"], s2)]["status"] == "no plan"
+
+
+def test_chip_labels_name_the_axes_the_grid_varies():
+    """A grid sweeping HBM bandwidth (or clock) labels its chips with it: two chips that
+    differ only there get different labels; a grid with one value leaves it out."""
+    from phaze.report.summary import arch_label
+
+    grid = make_grid()
+    row = grid.iloc[0].to_dict()
+    assert "HBM" not in arch_label(row, grid) and "GHz" not in arch_label(row, grid)
+    two = pd.concat([grid, grid.iloc[[0]].assign(hbm_bw_Bps=2.4e12, clock_hz=1.4e9)])
+    a, b = arch_label(two.iloc[0].to_dict(), two), arch_label(two.iloc[-1].to_dict(), two)
+    assert a != b and "HBM 1.2 TB/s" in a and "HBM 2.4 TB/s" in b and "1.4 GHz" in b

@@ -36,12 +36,18 @@ COMMANDS = (("best design", "evaluate_command"),
 WIN_RTOL = 1e-9
 
 
-def arch_label(row) -> str:
-    """Short human description of an arch row of the grid."""
+def arch_label(row, grid: pd.DataFrame | None = None) -> str:
+    """Short human description of an arch row of the grid; with the `grid`, its clock and
+    HBM bandwidth too where the grid varies them (so two chips' labels differ)."""
     try:
         glb = row["glb_bytes"] / MiB
-        return (f"{int(row['n_tc'])}x TC {int(row['tc_rows'])}x{int(row['tc_cols'])}, "
-                f"{int(row['n_vc'])}x VC {int(row['vc_lanes'])}, GLB {glb:g} MiB")
+        out = (f"{int(row['n_tc'])}x TC {int(row['tc_rows'])}x{int(row['tc_cols'])}, "
+               f"{int(row['n_vc'])}x VC {int(row['vc_lanes'])}, GLB {glb:g} MiB")
+        if grid is not None and "clock_hz" in grid and grid["clock_hz"].nunique() > 1:
+            out += f", {row['clock_hz'] / 1e9:g} GHz"
+        if grid is not None and "hbm_bw_Bps" in grid and grid["hbm_bw_Bps"].nunique() > 1:
+            out += f", HBM {row['hbm_bw_Bps'] / 1e12:g} TB/s"
+        return out
     except (KeyError, TypeError, ValueError):
         return str(row.get("arch_id", ""))
 
@@ -314,7 +320,7 @@ def _winner(r: dict, best, ctx) -> None:
     mfu = float(best.get("mfu", np.nan))
     r.update(best_arch_id=bid, best_tflops_per_device=mfu * peak / 1e12,
              best_area_mm2=float(best["area_mm2"]),
-             best_arch=arch_label(info.loc[bid].to_dict() | {"arch_id": bid})
+             best_arch=arch_label(info.loc[bid].to_dict() | {"arch_id": bid}, ctx["grid"])
              if bid in info.index else bid,
              best_plan=plan_label(best), best_samples_per_s=float(best["samples_per_s"]),
              best_tokens_per_s=float(best.get("tokens_per_s", np.nan)), best_mfu=mfu,
@@ -419,16 +425,17 @@ def _spotlight(r: dict, model, seq, opt, ctx) -> list[str]:
     if pick is None:
         return ["Spotlight-style pick unavailable: no single-chip latencies (pass --latency)"]
     r["spotlight_arch_id"], r["spotlight_is_best"] = pick, pick == bid
-    r["spotlight_arch"] = arch_label(info.loc[pick].to_dict()) if pick in info.index else pick
+    r["spotlight_arch"] = arch_label(info.loc[pick].to_dict(), ctx["grid"]) \
+        if pick in info.index else pick
     s_best = _best(opt[opt["arch_id"] == pick])
     if s_best is None:
         return ["the Spotlight-style pick has no plan that fits in HBM (the operator-only "
                 "search ignores memory)"]
     r["spotlight_samples_per_s"] = float(s_best["samples_per_s"])
-    if pick == bid:   # said once here; no 1.00x speedup column
+    r["speedup_vs_spotlight"] = _speedup(r["best_samples_per_s"], r["spotlight_samples_per_s"])
+    if pick == bid:   # the same chip: a 1x speedup, and the note says why
         return ["the Spotlight-style pick (fastest single chip, placement-blind) is the "
                 "co-designed chip itself: here placement does not change which chip wins"]
-    r["speedup_vs_spotlight"] = _speedup(r["best_samples_per_s"], r["spotlight_samples_per_s"])
     return []
 
 
