@@ -313,3 +313,26 @@ def test_fewest_stages_greedy_equals_brute_force():
                         want = min(want, p)
                 # the greedy's own partition is feasible, and no feasible one has fewer stages
                 assert lo[g, k] == want
+
+
+def test_interleave_depths_without_1_give_only_interleaved_plans():
+    """placement.interleave lists the depths to try: without 1 no plain-1F1B plan is
+    answered (p = 1 has no chunks, so none of those either); with 1 and 2 the answer is
+    the faster of the two lists' answers."""
+    from phaze.place.dp import best_plans
+    from phaze.place.synthetic import gpt_chain
+
+    ch = gpt_chain(seq=1024, mbs=1, t=1, model="m", layers=8, hidden=2048, heads=16,
+                   vocab=32000, peak_flops=300e12)
+    kw = dict(links=Links(), options=PlanOptions(), peak_flops=300e12)
+    hbms = [4 * 2**30, 40 * 2**30]
+    only2 = best_plans(ch, 16, 64, hbms, ["none"], interleaves=(2,), **kw)
+    only1 = best_plans(ch, 16, 64, hbms, ["none"], interleaves=(1,), **kw)
+    both = best_plans(ch, 16, 64, hbms, ["none"], interleaves=(1, 2), **kw)
+    assert any(pl is not None for pl in only2.values())
+    for key, pl in only2.items():
+        assert pl is None or (pl["interleave"] == 2 and pl["p"] >= 2)
+        cands = [x for x in (pl, only1[key]) if x is not None]
+        if cands:
+            assert both[key]["time_per_batch_s"] == pytest.approx(
+                min(x["time_per_batch_s"] for x in cands), rel=1e-12)

@@ -716,13 +716,15 @@ class _PlanSearch:
 
     def plan(self, g: int, peak_flops: float, interleaves):
         """Scenario g's plan dict (or None): its DP winner evaluated with plan.evaluate_plan,
-        or an interleaved schedule (uniform split, evaluated directly) when faster."""
+        or an interleaved schedule (uniform split, evaluated directly) when faster. Only the
+        depths in `interleaves` are answered: without 1 the DP's plain-1F1B winner is not
+        (it still bounds the search)."""
         chain, batch = self.source_chain, self.batch
         rec, hbm = self.scen[g]
         ev = dict(hbm_bytes=hbm, links=self.links, options=self.options, peak_flops=peak_flops,
                   hbm_bw_Bps=self.hbm_bw_Bps)
         plan = None
-        if self.best[g] is not None:
+        if self.best[g] is not None and 1 in interleaves:
             _obj, run, e, d, p = self.best[g]
             plan = evaluate_plan(chain, p, d, batch, rec, 1, stages=run.stages(e, p, self.n),
                                  **ev)
