@@ -133,3 +133,16 @@ def test_report_refuses_a_repeated_table_and_foreign_latency_rows(tmp_path, caps
     assert "0123456789abcdef" in capsys.readouterr().err
     assert main(["report", "--place", place, "--grid", g, "--latency", lat, lat]) == 2
     assert "repeats the row" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pad,attention,backend", [(1, "eager", "local"), (64, "flash", "flash")])
+def test_exports_carry_the_graphs_vocab_padding_and_attention(pad, attention, backend):
+    """The row's layer times were costed with the sweep's graph settings: Megatron's default
+    --make-vocab-size-divisible-by 128 and its default attention backend would run another
+    model, so both exports say them."""
+    row = dict(ROW, interleave=1, stages="[[0,5],[5,10]]")
+    a = _flags(megatron_args(row, 64, vocab_pad_multiple=pad, attention=attention))
+    assert a["--make-vocab-size-divisible-by"] == str(pad)
+    assert a["--attention-backend"] == backend
+    y = nemo_yaml(row, 64, 8, vocab_pad_multiple=pad, attention=attention)
+    assert f"make_vocab_size_divisible_by: {pad}" in y and f"attention_backend: {backend}" in y

@@ -163,16 +163,19 @@ def runnable_files(out_dir, sweep, summary) -> dict:
     from phaze.report.runnable import chip_json, megatron_args, nemo_yaml
     from phaze.report.summary import role_rows
 
-    from phaze.settings import PlacementSettings
+    from phaze.settings import GraphSettings, PlacementSettings
 
-    # the sweep's placement settings, their defaults where the config leaves them out
+    # the sweep's placement and graph settings, their defaults where the config leaves
+    # them out
     pl = PlacementSettings.from_config((sweep.cfg or {}).get("placement"))
+    gs = GraphSettings.from_config((sweep.cfg or {}).get("graph"))
     net = sweep_network(sweep.cfg)     # as costed: with levels, level 0 is the node
     out = {}
     for _, s in summary[summary["status"] == "ok"].iterrows():
         r = role_rows(sweep.place, s)[0][1]
         batch = int(round(r["samples_per_s"] * r["time_per_batch_s"]))   # the row's own
-        kw = dict(zero1=pl.zero1, optimizer=pl.optimizer, cp_comm_type=pl.cp_comm_type)
+        kw = dict(zero1=pl.zero1, optimizer=pl.optimizer, cp_comm_type=pl.cp_comm_type,
+                  vocab_pad_multiple=gs.vocab_pad_multiple, attention=gs.attention)
         stem = f"{s['model']}_s{int(s['seq'])}"
         f = {"evaluate": s["evaluate_command"], "megatron": megatron_args(r, batch, **kw),
              "nemo": nemo_yaml(r, batch, int((net or {}).get("devices_per_node", 8)), **kw),

@@ -90,11 +90,20 @@ def cp_comm_arg(cp_comm_type: str | None) -> str:
     return "all_gather" if c == "allgather" else c
 
 
+# the sweep's attention kernels as Megatron-Core --attention-backend names them: eager
+# (the s x s probabilities materialised) is its own DotProductAttention, "local"
+ATTENTION_BACKENDS = {"eager": "local", "flash": "flash"}
+
+
 def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "adam",
-                  cp_comm_type: str = "p2p") -> str:
+                  cp_comm_type: str = "p2p", vocab_pad_multiple: int = 1,
+                  attention: str = "eager") -> str:
     """Megatron-LM pretrain_gpt.py arguments of a placement row (one line per flag): the
     row's TP, PP, CP, EP sizes and ZeRO stage (plan_axes); with CP, the sweep's
-    `cp_comm_type` (placement.cp_comm_type: the row was costed with it)."""
+    `cp_comm_type` (placement.cp_comm_type: the row was costed with it); the graph's
+    vocabulary padding (graph.vocab_pad_multiple, Megatron's
+    --make-vocab-size-divisible-by, x TP in both) and attention kernel (graph.attention:
+    ATTENTION_BACKENDS), which the row's layer times were costed with."""
     t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
     ep, cp, zero = plan_axes(r, zero1)
     stages = json.loads(r["stages"]) if isinstance(r["stages"], str) else list(r["stages"])
@@ -104,7 +113,9 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
              f"--tensor-model-parallel-size {t}", f"--pipeline-model-parallel-size {p}",
              f"--context-parallel-size {cp}", f"--micro-batch-size {int(r['mbs'])}",
              f"--global-batch-size {global_batch}", f"--seq-length {int(r['seq'])}",
-             f"--optimizer {optimizer}"]
+             f"--optimizer {optimizer}",
+             f"--make-vocab-size-divisible-by {int(vocab_pad_multiple)}",
+             f"--attention-backend {ATTENTION_BACKENDS[attention]}"]
     if cp > 1:
         lines.append(f"--cp-comm-type {cp_comm_arg(cp_comm_type)}")
     if r["recompute"] == "full":
@@ -137,9 +148,11 @@ def megatron_args(r, global_batch: int, zero1: bool = False, optimizer: str = "a
 
 
 def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
-              optimizer: str = "adam", cp_comm_type: str = "p2p") -> str:
+              optimizer: str = "adam", cp_comm_type: str = "p2p", vocab_pad_multiple: int = 1,
+              attention: str = "eager") -> str:
     """NeMo (Megatron GPT) trainer/model config keys of a placement row, as YAML (with CP,
-    the sweep's `cp_comm_type`, a TransformerConfig field NeMo passes through)."""
+    the sweep's `cp_comm_type`, a TransformerConfig field NeMo passes through; the graph's
+    vocabulary padding and attention backend as megatron_args)."""
     t, p, d, v = int(r["t"]), int(r["p"]), int(r["d"]), int(r["interleave"])
     ep, cp, zero = plan_axes(r, zero1)
     world = p * d * t * cp
@@ -157,6 +170,8 @@ def nemo_yaml(r, global_batch: int, devices_per_node: int, zero1: bool = False,
              f"  virtual_pipeline_model_parallel_size: {v if v > 1 else 'null'}",
              f"  micro_batch_size: {int(r['mbs'])}", f"  global_batch_size: {global_batch}",
              f"  encoder_seq_length: {int(r['seq'])}",
+             f"  make_vocab_size_divisible_by: {int(vocab_pad_multiple)}",
+             f"  attention_backend: {ATTENTION_BACKENDS[attention]}",
              f"  sequence_parallel: {'true' if _is_on(r.get('sequence_parallel')) else 'false'}",
              f"  activations_checkpoint_granularity: {rec or 'null'}"]
     if rec == "full":
