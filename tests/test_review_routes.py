@@ -110,3 +110,42 @@ def test_megatron_and_nemo_exports_run_the_costed_cp_comm_type(stages, tmp_path,
     one = dict(row, cp=1.0)       # no CP: no communication type to name
     assert "cp-comm-type" not in megatron_args(one, 256, cp_comm_type="a2a")
     assert "cp_comm_type" not in nemo_yaml(one, 256, 8, cp_comm_type="a2a")
+
+
+def test_search_json_records_its_version_and_settings(stages, capsys):
+    """`phaze search --json` records how it was obtained: phaze's version and the placement,
+    graph, scheduling and network settings it ran with (the flags given among them)."""
+    from phaze import __version__
+
+    args = ["search", "--model", "gpt2-xl", "--seq", "1024", "--tp", "1", "--mbs", "1",
+            "--attention", "flash", "--devices", "64", "--batch", "256", "--hbm-gib", "32",
+            "--recompute", "full", "--optimizer", "sgd", "--method", "pruned",
+            "--grid", str(stages / "grid.parquet"), "--network", json.dumps(NET),
+            "--cache", str(stages / "cache"), "--json"]
+    assert main(args) == 0
+    got = json.loads(capsys.readouterr().out)
+    st = got["settings"]
+    assert got["phaze_version"] == __version__
+    assert (st["placement"]["optimizer"], st["placement"]["devices"],
+            st["placement"]["global_batch"], st["placement"]["hbm_gib"]) == ("sgd", 64, 256, [32.0])
+    assert st["graph"]["attention"] == "flash" and st["sched"]["solver"]
+    assert st["network"]["devices_per_node"] == NET["devices_per_node"]
+
+
+def test_place_table_records_the_settings_it_was_placed_with(stages, capsys):
+    """A `phaze place` table carries, in its parquet metadata, how its rows were obtained
+    beyond their columns: phaze's version, the placement settings (optimizer, ZeRO, devices,
+    batch, cp_comm_type), the graph options and the network."""
+    from phaze import __version__
+    from phaze.place.table import read_place
+
+    out = stages / "prov.parquet"
+    assert main(_place_args(stages, out, "allgather")) == 0
+    capsys.readouterr()
+    meta = read_place(out).attrs["phaze"]
+    pl = meta["placement"]
+    assert meta["phaze_version"] == __version__
+    assert (pl["optimizer"], pl["devices"], pl["global_batch"], pl["cp_comm_type"]) == \
+        ("adam", 64, 256, "allgather")
+    assert meta["network"]["devices_per_node"] == NET["devices_per_node"]
+    assert "attention" in meta["graph"]

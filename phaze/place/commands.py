@@ -209,7 +209,7 @@ def _cmd_place(args) -> int:
     run_s = time.perf_counter() - t0
     if table is None:           # non-root MPI rank
         return 0
-    write_table(table, args.output)
+    write_table(table, args.output, settings)
     best = int(((table["row_kind"] == "best") & table["feasible"]).sum())
     summary = {"items": len(items), "rows": len(table), "feasible": best,
                "groups": ctx.get("n_groups"), "run_seconds": run_s, "ranks": ctx.get("ranks"),

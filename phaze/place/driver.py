@@ -362,10 +362,23 @@ def _polite_wait(req):
         time.sleep(0.002)
 
 
-def write_table(table, path: str) -> None:
-    """The placement table as one parquet file, written atomically."""
+def write_table(table, path: str, settings=None) -> None:
+    """The placement table as one parquet file, written atomically; `settings` (the
+    phaze.settings.SweepSettings it was placed with) go into the file's metadata
+    (DataFrame.attrs["phaze"], read back by pandas): how the rows were obtained beyond their
+    own columns (optimizer, ZeRO, devices, batch, network, graph options, phaze version)."""
+    from dataclasses import asdict
+
     from phaze.atomic import atomic_path
 
+    if settings is not None:
+        table = table.copy()
+        table.attrs["phaze"] = {
+            "phaze_version": __version__, "placement": asdict(settings.placement),
+            "graph": {**settings.graph.build_kwargs(),
+                      "sequence_parallel": list(settings.graph.sequence_parallel)},
+            "microbatch_sizes": list(settings.microbatch_sizes),
+            "network": settings.net().to_dict()}
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
 
