@@ -118,7 +118,7 @@ def _show(args) -> int:
     for k, v in d.items():
         if k == "name" and not v:
             continue        # a grid arch has no name; its arch_id names it
-        print(f"{k:16s} {notes[k] if k in notes else _fmt(v)}")
+        print(f"{k:16s} {notes[k] if k in notes else _fmt(v)}{_unit(k, v)}")
     if net is None:
         print(f"network          {notes['network']}")
     else:
@@ -198,3 +198,14 @@ def _fmt(v):
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
+
+
+def _unit(key: str, v) -> str:
+    """The value again in the unit a reader thinks in (bytes as GiB / MiB, rates as TB/s,
+    TFLOP/s, GHz), after the exact figure the chip JSON holds; "" where none helps."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v:
+        return ""
+    scale = {"hbm_bytes": (2**30, "GiB"), "glb_bytes": (2**20, "MiB"),
+             "hbm_bw_Bps": (1e12, "TB/s"), "glb_bw_Bps": (1e12, "TB/s"),
+             "peak_flops": (1e12, "TFLOP/s"), "clock_hz": (1e9, "GHz")}.get(key)
+    return f"  ({v / scale[0]:g} {scale[1]})" if scale else ""

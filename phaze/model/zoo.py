@@ -268,8 +268,9 @@ def get_model(name: str) -> ModelSpec:
         near = closest_model(name)
         raise UserError(f"unknown model {name!r}", field="model",
                         fix=(f"did you mean {near!r}? " if near else "") +
-                        "run `phaze models` for the zoo, or pass a path to a Hugging Face "
-                        "config.json") from None
+                        "run `phaze models` for the zoo, pass a path to a Hugging Face "
+                        "config.json, or (a sweep's model label) add --config "
+                        "results/config.yaml, whose models name its hf_config") from None
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
