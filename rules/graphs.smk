@@ -18,7 +18,7 @@ rule graph:
         runtime=10,
     params:
         model=lambda wc: model_arg(wc.model),
-        fused="--fused" if SETTINGS.graph.fused else "",
+        fused="--fused" if SETTINGS.graph.fused else "--no-fused",
         attention=SETTINGS.graph.attention,
         vocab_pad=SETTINGS.graph.vocab_pad_multiple,
         sp=lambda wc: "--sequence-parallel" if wc.sp == "1" else "",

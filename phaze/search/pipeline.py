@@ -70,6 +70,9 @@ class SweepProblem:
         self.grid["arch_id"] = self.grid["arch_id"].astype(str)
         self._row = {a: i for i, a in enumerate(self.grid["arch_id"])}
         self._peak = 0.0
+        # the arch's achieved HBM bandwidth: times the optimizer step of evaluations; bounds
+        # leave the step out (0: an optimistic bound stays a bound)
+        self._hbm_bw = 0.0
         self._bounds: dict = {}      # (peak, layer times) -> bound samples/s
         self.net = st.net()
         self.cache = ScheduleCache(st.sched.cache_dir or None)
@@ -114,7 +117,7 @@ class SweepProblem:
         microbatch sizes `mbs` only (default: all of the sweep's)."""
         key = (peak_flops, mbs, tuple(sorted(times.items())))
         if key not in self._bounds:
-            self._peak = peak_flops
+            self._peak, self._hbm_bw = peak_flops, 0.0
             self._bounds[key] = self.place(times, largest_hbm_only=True,
                                            mbs=mbs)["samples_per_s"]
         return self._bounds[key]
@@ -161,9 +164,19 @@ class SweepProblem:
             times[k] = self.solved[key]
         self._with_core(self._row[arch_id], times)
         self._peak = self._peak_of(arch_id)
+        self._hbm_bw = self._hbm_bw_of(arch_id)
         best = self.place(times)
         area = float(self.grid.loc[self._row[arch_id], "area_mm2"])
         return Design(arch_id, area, best["samples_per_s"], plan=best, n_ilps=n_new)
+
+    def _hbm_bw_of(self, arch_id: str) -> float:
+        """The arch's achieved HBM bandwidth as the workflow's placement takes it
+        (phaze.place.evaluate.sweep_hbm_bw_Bps; 0 for a grid without the column)."""
+        from phaze.place.evaluate import sweep_hbm_bw_Bps
+
+        if "hbm_bw_Bps" in self.grid.columns:
+            return sweep_hbm_bw_Bps(self.grid.loc[self._row[arch_id], "hbm_bw_Bps"])
+        return 0.0
 
     def _peak_of(self, arch_id: str) -> float:
         if "peak_flops" in self.grid.columns:
@@ -203,7 +216,7 @@ class SweepProblem:
                     core = {li: tuple(times[(*key, li, f"{ps}_core")] for ps in SCHED_PASSES)
                             for li in range(len(g.layers))} if g.cp > 1 else None
                     chains[key[1:]] = chain_from_graph(g, layer_latency=lat, layer_core_s=core)
-            plans = best_over_variants(chains, ctx, hbms, recs, self._peak)
+            plans = best_over_variants(chains, ctx, hbms, recs, self._peak, self._hbm_bw)
             for hbm in hbms:
                 for rec in recs:
                     got = plans[(float(hbm), rec)]
@@ -214,7 +227,8 @@ class SweepProblem:
                         best.update(hbm_bytes=float(hbm), stages=plan.get("stages"),
                                     sequence_parallel=bool(sp))
                     if ctx["fixed"]:
-                        fp, _var = fixed_plan(chains, ctx, float(hbm), rec, self._peak)
+                        fp, _var = fixed_plan(chains, ctx, float(hbm), rec, self._peak,
+                                              self._hbm_bw)
                         if fp and fp.get("feasible") and \
                                 not (fp["samples_per_s"] <= best["fixed_samples_per_s"]):
                             best["fixed_samples_per_s"] = fp["samples_per_s"]
