@@ -6,7 +6,9 @@ branch and bound) run on every problem; the MILP backends (HiGHS, CBC, Gurobi) o
 problem small enough for them to prove within their limit (<= MILP_ALL_OPS ops: the
 forward blocks, prologues and epilogues) and, on the larger ones (backward blocks, where
 all three stop at their limit), on the first problem of each size and arch class (a
-single TC, a single VC, neither). Every MILP run on a backward block stopped at its limit
+single TC, a single VC, neither); Gurobi only up to the size at which it first hands
+over to CBC (a size-limited licence: the result then names cbc, a run CBC already had;
+that saved about a minute of CI). Every MILP run on a backward block stopped at its limit
 (measured on a quarter of them: 2-3 s each, 80 % of the test's time), so more of them
 checked little beyond what these do: a valid schedule and a bound below every schedule."""
 
@@ -63,14 +65,17 @@ def _arch_class(p) -> str:
     return "1 tc" if p.n_tc == 1 else "1 vc" if p.n_vc == 1 else "multi"
 
 
-def _backends(p, milp_seen: set) -> tuple[str, ...]:
+def _backends(p, milp_seen: set, gurobi_falls_back: list) -> tuple[str, ...]:
     """Backends for a problem whose list schedule the static bounds leave open: all of them
     up to MILP_ALL_OPS ops or on the first problem of its (size, arch class); else CP-SAT
     and the pipeline."""
     k = (p.n, _arch_class(p))
+    # Gurobi without a full licence hands a model too large for it to CBC (the result
+    # names cbc): from the first such size on, asking it again only re-runs CBC
+    drop = ("gurobi",) if gurobi_falls_back and p.n >= min(gurobi_falls_back) else ()
     if p.n <= MILP_ALL_OPS or k not in milp_seen:
         milp_seen.add(k)
-        return BACKENDS
+        return tuple(b for b in BACKENDS if b not in drop)
     return tuple(b for b in BACKENDS if b not in MILP_BACKENDS)
 
 
@@ -104,6 +109,7 @@ def test_backends_agree_on_zoo_layers():
     net = get_network("dgx-a100")
     seen = set()
     milp_seen: set = set()
+    gurobi_falls_back: list = []      # op counts at which Gurobi handed over to CBC
     n_full = n_bnb = 0
     quick = os.environ.get("PHAZE_SCHED_ZOO_QUICK") == "1"
     for name in (QUICK_MODELS if quick else
@@ -122,10 +128,13 @@ def test_backends_agree_on_zoo_layers():
             # within OPT_GAP, so production would solve): CP-SAT, the pipeline and (module
             # docstring) the MILPs; CP-SAT alone where they meet within OPT_GAP but not
             # exactly
-            backends = _backends(p, milp_seen) if heur.gap > OPT_GAP else ("cpsat",)
+            backends = _backends(p, milp_seen, gurobi_falls_back) if heur.gap > OPT_GAP \
+                else ("cpsat",)
             limits = {"cpsat": 5.0, "pipeline": 10.0}
             res = {b: _solve(p, b, limits.get(b, 2.0)) for b in backends}
-            n_full += len(backends) == len(BACKENDS)
+            if "gurobi" in res and res["gurobi"].solver != "gurobi":
+                gurobi_falls_back.append(p.n)
+            n_full += len(backends) >= len(BACKENDS) - 1 and "highs" in backends
             n_bnb += "pipeline" in res and res["pipeline"].solver_status.startswith("branch")
             ref = res["cpsat"]
             # some backward layers stay unproven at the limit (docs/sched.md); then the
