@@ -199,6 +199,12 @@ class SchedSettings:
         return {"time_limit_s": float(self.time_limit_s), "rel_gap": float(self.rel_gap),
                 "threads": int(self.threads), "bnb_share": float(self.bnb_share)}
 
+    def record(self) -> dict:
+        """The scheduling settings as a result records them: solver run, formulation and
+        solve settings."""
+        return {"solver": self.backend(), "formulation": self.formulation,
+                **self.solve_settings()}
+
 
 @dataclass(frozen=True)
 class PlacementSettings:
@@ -388,6 +394,18 @@ class SweepSettings:
 
     def net(self):
         return parse_network(self.network)
+
+    def record(self) -> dict:
+        """What a result records of the settings it was obtained with (phaze search --json,
+        a placement table's metadata): phaze's version, the placement, graph and scheduling
+        settings, the microbatch sizes and the network."""
+        from phaze import __version__
+
+        return {"phaze_version": __version__, "placement": asdict(self.placement),
+                "graph": {**self.graph.build_kwargs(),
+                          "sequence_parallel": list(self.graph.sequence_parallel)},
+                "sched": self.sched.record(), "microbatch_sizes": list(self.microbatch_sizes),
+                "network": self.net().to_dict()}
 
 
 def merge_config(base: dict, over: dict) -> dict:

@@ -118,20 +118,19 @@ def fixed_plan(chains: dict, ctx: dict, hbm: float, rec: str, peak: float,
     var = next((v for v in ((t, False, 1, 1), (t, False, 1, 0)) if v in chains), None)
     if var is None:
         return None, None
-    best = None
+    plans = []
     for z in ctx.get("zero_stages") or (None,):
         try:
-            plan = evaluate_plan(chains[var], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
-                                 links=ctx["links"], options=with_axes(ctx["options"], 1, z),
-                                 peak_flops=peak, hbm_bw_Bps=hbm_bw)
+            plans.append(evaluate_plan(chains[var], p, d, ctx["batch"], rec, 1, hbm_bytes=hbm,
+                                       links=ctx["links"],
+                                       options=with_axes(ctx["options"], 1, z),
+                                       peak_flops=peak, hbm_bw_Bps=hbm_bw))
         except ValueError:
             continue
-        if best is None or (plan["feasible"] and (not best["feasible"] or
-                                                  plan["time_per_batch_s"] < best["time_per_batch_s"])):
-            best = plan
-        elif not best["feasible"] and not plan["feasible"]:
-            best = plan
-    return (best, var) if best is not None else (None, None)
+    fits = [pl for pl in plans if pl["feasible"]]
+    if fits:
+        return min(fits, key=lambda pl: pl["time_per_batch_s"]), var
+    return (plans[-1], var) if plans else (None, None)
 
 
 def _content_key(item: dict, ctx: dict, memo: dict):
@@ -367,18 +366,11 @@ def write_table(table, path: str, settings=None) -> None:
     phaze.settings.SweepSettings it was placed with) go into the file's metadata
     (DataFrame.attrs["phaze"], read back by pandas): how the rows were obtained beyond their
     own columns (optimizer, ZeRO, devices, batch, network, graph options, phaze version)."""
-    from dataclasses import asdict
-
     from phaze.atomic import atomic_path
 
     if settings is not None:
         table = table.copy()
-        table.attrs["phaze"] = {
-            "phaze_version": __version__, "placement": asdict(settings.placement),
-            "graph": {**settings.graph.build_kwargs(),
-                      "sequence_parallel": list(settings.graph.sequence_parallel)},
-            "microbatch_sizes": list(settings.microbatch_sizes),
-            "network": settings.net().to_dict()}
+        table.attrs["phaze"] = settings.record()
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
 

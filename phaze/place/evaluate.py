@@ -21,7 +21,8 @@ from __future__ import annotations
 from phaze import __version__
 from phaze.cost.params import FP8_RECIPES
 from phaze.place.chain import chain_from_graph
-from phaze.place.plan import Links, PlanOptions, check_stages, evaluate_plan, options_record
+from phaze.place.plan import (Links, PlanOptions, adam_step_bytes, check_stages, evaluate_plan,
+                              options_record)
 from phaze.settings import check_recompute
 
 
@@ -40,8 +41,10 @@ def narayanan_flops(batch: int, seq: int, layers: int, hidden: int, vocab: int,
 # a memory-bound pass, scatter/gather pipeline p2p.
 # DP/CP collectives as NCCL runs them (collectives="nccl": NVLink inside a node, every NIC
 # of a node between nodes, ring or tree; phaze.cost.collective).
-MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=42.0, p2p_scatter_gather=True,
-                        collectives="nccl", async_tensor_model_parallel_allreduce=True)
+# optimizer step: fp32 grads and Adam state, bf16 weights, adam_step_bytes: 42 B/param
+MEGATRON_OPTIONS = dict(grad_bytes=4.0, optimizer_bytes_per_param=adam_step_bytes(4.0, 12.0, 2.0),
+                        p2p_scatter_gather=True, collectives="nccl",
+                        async_tensor_model_parallel_allreduce=True)
 
 # Framework profiles: the plan options (PlanOptions), graph options (build_graph) and kernel
 # switches (CostParams) a framework version uses BY DEFAULT or in its published runs
@@ -518,15 +521,13 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
                 sequence_parallel=bool(graph.sequence_parallel),
                 # how the figure was obtained: the sweep's graph, schedule and plan settings
                 graph_options=settings.graph.build_kwargs(), network=net.to_dict(),
-                sched={"solver": settings.sched.backend(),
-                       "formulation": settings.sched.formulation,
-                       **settings.sched.solve_settings(), **_schedule_record(lat_rows)},
+                sched={**settings.sched.record(), **_schedule_record(lat_rows)},
                 plan_options=options_record(opts), phaze_version=__version__)
     return plan
 
 
 def _schedule_record(lat_rows) -> dict:
-    """How the layer times were obtained (phaze.report.solver.status of the latency rows):
+    """How the layer times were obtained (phaze.sched.table.schedule_status of the rows):
     the solvers that ran, ILPs proven optimal of all (time-limited or heuristic ones
     count apart) and the worst relative gap."""
     from phaze.sched.table import schedule_status
@@ -546,7 +547,7 @@ def plan_options(placement, network=None, ep: int = 1, zero_stage: int | None = 
     (phaze.place.plan.with_axes), `cp` the context-parallel size (the graph's)."""
     from dataclasses import replace
 
-    from phaze.place.plan import adam_step_bytes, with_axes
+    from phaze.place.plan import with_axes
 
     levels = bool(getattr(network, "levels", ()))
     base = PlanOptions(optimizer=placement.optimizer, zero1=placement.zero1,

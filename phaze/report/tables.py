@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from phaze.errors import UserError
+from phaze.place.table import PLACE_KEY
 
 
 def load_place(paths) -> pd.DataFrame:
@@ -32,13 +33,16 @@ def load_place(paths) -> pd.DataFrame:
         raise UserError("no placement tables given", field="--place",
                         fix="give --place FILE (a table from `phaze place`)")
     out = pd.concat(frames, ignore_index=True, sort=False)
-    from phaze.place.table import PLACE_KEY
-
     # the same rows twice (a table given twice, or a copy of it): every column alike but the
     # file and the DP's timing. Tables of one (model, seq) that differ (e.g. one per CP
     # size) are kept: the report takes the best row of each key over them.
+    # (all columns compared only among rows whose key repeats: the rest cannot be copies)
     same = [c for c in out.columns if c not in ("source", "item", "solve_seconds")]
-    dup = out.astype({c: str for c in same}).duplicated(same, keep=False)
+    dup = out.duplicated(list(PLACE_KEY), keep=False)
+    if dup.any():
+        rep = out[dup]
+        dup = pd.Series(False, index=out.index)
+        dup[rep.index] = rep.astype({c: str for c in same}).duplicated(same, keep=False)
     if dup.any():
         first = out[dup].iloc[0]
         where = sorted(set(out.loc[dup & (out[list(PLACE_KEY)] == first[list(PLACE_KEY)])

@@ -217,23 +217,13 @@ def _search_one(spec, grid, args) -> dict:
                   f"evaluated, {res.n_ilps}/{sp.n_problems()} ILPs solved "
                   f"({res.n_ilps / max(sp.n_problems(), 1):.1%}), "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    from dataclasses import asdict
-
-    from phaze import __version__
-
     st = spec.settings
+    rec = st.record()
     out = {"model": spec.model, "seq": spec.seq, "n_archs": len(grid),
            "mbs": list(st.microbatch_sizes), "hbm_gib": list(st.placement.hbm_gib),
            "recompute": list(st.placement.recompute), "methods": {},
            # how the result was obtained: the version and every setting the search used
-           "phaze_version": __version__,
-           "settings": {"placement": asdict(st.placement),
-                        "graph": {**st.graph.build_kwargs(),
-                                  "sequence_parallel": list(st.graph.sequence_parallel)},
-                        "sched": {"solver": st.sched.backend(),
-                                  "formulation": st.sched.formulation,
-                                  **st.sched.solve_settings()},
-                        "network": st.net().to_dict()}}
+           "phaze_version": rec["phaze_version"], "settings": rec}
     for m, (res, n_prob, secs) in results.items():
         b = res.best
         out["methods"][m] = {
