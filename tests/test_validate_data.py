@@ -318,6 +318,11 @@ def test_bridge_rows_are_consistent_megatron_plans():
         # token dropping: the 25.09 Qwen3 runs only (apply_moe_token_drop's defaults)
         drop = (c.moe_expert_capacity_factor, c.moe_pad_expert_input_to_capacity)
         assert drop == ((1.0, True) if r["model"].endswith("-tokendrop") else (None, False))
+    # the dispatcher as the perf scripts' H100 functions leave it: DeepEP for DeepSeek-V3
+    # (r0.1.0 run_script.py), HybridEP for Qwen3-30B at EP 16 and Nemotron-3-Nano, the
+    # all-to-all for Qwen3-235B (its H100 function clears the recipe's DeepEP)
+    assert sorted({c.zoo for c in cs if dict(c.plan_options).get("moe_token_dispatcher")
+                   == "flex"}) == ["deepseek-v3", "nemotron-3-nano", "qwen3-30b-a3b"]
     # the transcription's caveats, and the only model grown by its MTP block
     assert {c.name: c.caveat for c in cs if c.caveat} == {
         "L3.1-405B/25.09": "account_split_unverified", "L3-8B/25.11/rc5": "fsdp_or_recompute",
@@ -348,12 +353,12 @@ BRIDGE_DIRECT = {
     "L3.1-405B/26.02": dict(model="llama3.1-405b", tp=8, pp=8, cp=2, dp=8, batch=1536, seq=8192,
                             interleave=8, ep=1, expert_tp=0, recompute="none", fp8=True,
                             acc=True, opts={}, kw={}),
-    # MoE: Qwen3-235B, EP 32, flex (DeepEP) dispatcher and EP all-to-all overlap
+    # MoE: Qwen3-235B, EP 32, the alltoall dispatcher (the perf script's H100 function
+    # clears the recipe's DeepEP) and EP all-to-all overlap
     "Q3-235B/26.02": dict(model="qwen3-235b-a22b", tp=2, pp=8, cp=1, dp=16, batch=8192,
                           seq=4096, interleave=4, ep=32, expert_tp=1, recompute="none",
                           fp8=True, acc=True, kw={},
-                          opts={"moe_token_dispatcher": "flex",
-                                "overlap_moe_expert_parallel_comm": True}),
+                          opts={"overlap_moe_expert_parallel_comm": True}),
     # MoE token dropping: Qwen3-235B at 25.09, capacity factor 1.0 padded (Megatron-Bridge
     # r0.1.0 apply_moe_token_drop), alltoall, no EP overlap
     "Q3-235B/25.09/drop": dict(model="qwen3-235b-a22b", tp=2, pp=8, cp=1, dp=16, batch=2048,
