@@ -170,3 +170,32 @@ def test_unfused_softmax_router_kernels():
     sig = build_graph(MOE.with_(router="sigmoid"), mbs=1)
     blk = next(lg for lg in sig.layers if lg.kind.startswith("block"))
     assert next(o for o in blk.fwd if o.name == "moe.route").kernels == 0
+
+
+@pytest.mark.parametrize("tp,sp,et", [(1, False, 0), (2, True, 1), (2, True, 0)])
+def test_fused_router_is_one_kernel_per_pass(tp, sp, et):
+    """--moe-router-fusion (Transformer Engine's fused top-k with score function): the
+    route op of every MoE layer form (plain, folded expert TP, all-to-all SP) is one kernel
+    per pass, the same bytes as the eager routing, so the layer is (9 - 1) + (5 - 1)
+    per-kernel overheads faster; the graph records the switch; a dense model has no router
+    to fuse."""
+    p = preset_params("h100")
+    kw = dict(mbs=1, tp=tp, sequence_parallel=sp, expert_tp=et, ep=4)
+    eager, fused = build_graph(MOE, **kw), build_graph(MOE, moe_router_fusion=True, **kw)
+    assert (eager.moe_router_fusion, fused.moe_router_fusion) == (False, True)
+    for e_l, f_l in zip(eager.layers, fused.layers):
+        if not e_l.kind.startswith("block"):
+            continue
+        for ps in ("fwd", "bwd"):
+            eo, fo = list(e_l.ops(ps)), list(f_l.ops(ps))
+            r_e = [o for o in eo if o.name.startswith("moe.route")]
+            r_f = [o for o in fo if o.name.startswith("moe.route")]
+            assert [o.kernels for o in r_f] == [0] * len(r_e)
+            assert [(o.bytes_read, o.bytes_written) for o in r_f] == \
+                [(o.bytes_read, o.bytes_written) for o in r_e]
+            extra = sum(max(o.kernels, 1) - 1 for o in r_e)
+            assert extra == (8 if ps == "fwd" else 4)
+            assert _lat(eo, p).sum() == pytest.approx(
+                _lat(fo, p).sum() + extra * p.op_overhead_s, rel=1e-12)
+    assert not build_graph(MOE.with_(experts=0, top_k=0), mbs=1,
+                           moe_router_fusion=True).moe_router_fusion

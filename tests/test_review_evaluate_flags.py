@@ -46,7 +46,8 @@ def _argv(r: dict) -> list[str] | None:
     for key, flag in (("sequence_parallel", "--sequence-parallel"),
                       ("cross_entropy_fusion", "--cross-entropy-fusion"),
                       ("account_embedding", "--account-for-embedding-in-pipeline-split"),
-                      ("account_loss", "--account-for-loss-in-pipeline-split")):
+                      ("account_loss", "--account-for-loss-in-pipeline-split"),
+                      ("moe_router_fusion", "--moe-router-fusion")):
         if r[key]:
             argv.append(flag)
     if r["fp8"]:

@@ -323,6 +323,10 @@ def test_bridge_rows_are_consistent_megatron_plans():
     # all-to-all for Qwen3-235B (its H100 function clears the recipe's DeepEP)
     assert sorted({c.zoo for c in cs if dict(c.plan_options).get("moe_token_dispatcher")
                    == "flex"}) == ["deepseek-v3", "nemotron-3-nano", "qwen3-30b-a3b"]
+    # the router's top-k fused where the perf scripts switch it on (every MoE model of
+    # the table but Nemotron-3-Nano, whose perf config leaves its recipe's False)
+    assert sorted({c.zoo for c in cs if c.moe_router_fusion}) == [
+        "deepseek-v3", "gpt-oss-120b", "qwen3-235b-a22b", "qwen3-30b-a3b"]
     # the transcription's caveats, and the only model grown by its MTP block
     assert {c.name: c.caveat for c in cs if c.caveat} == {
         "L3.1-405B/25.09": "account_split_unverified", "L3-8B/25.11/rc5": "fsdp_or_recompute",
@@ -407,7 +411,9 @@ def test_bridge_row_end_to_end_equals_the_direct_formula_route(name):
                        expert_tp=d["expert_tp"], sequence_parallel=d["tp"] > 1,
                        framework="nemo-2024", fp8=d["fp8"], cross_entropy_fusion=True,
                        fp8_recipe=d.get("recipe", "tensorwise"),   # the perf recipes' fp8_cs
-                       options=opts, account_embedding=d["acc"], account_loss=d["acc"], **d["kw"])
+                       options=opts, account_embedding=d["acc"], account_loss=d["acc"],
+                       graph_options=({"moe_router_fusion": True} if d["ep"] > 1 else None),
+                       **d["kw"])
     gpus = d["tp"] * d["pp"] * d["cp"] * d["dp"]
     direct = d["batch"] * d["seq"] / r["time_per_batch_s"] / gpus
     assert p.predicted == pytest.approx(direct, rel=1e-9)

@@ -59,8 +59,8 @@ BIAS_ABSORBING = {"gelu", "swiglu", "geglu", "clamped_swiglu", "dropout", "add"}
 # vector class of the MoE routing op by spec.router
 _ROUTE = {"softmax": "softmax", "sigmoid": "sigmoid_topk"}
 # PyTorch kernels (forward, backward) of Megatron-Core's unfused top-k routing, the default
-# (moe_router_fusion False; the Megatron-Bridge H100 recipes of gpt-oss and Qwen3-235B set
-# it False), moe_utils.topk_routing_with_score_function at Megatron-LM d98e8a64, softmax
+# (moe_router_fusion False, as Megatron-Bridge's library recipes leave it; its performance
+# scripts switch it on), moe_utils.topk_routing_with_score_function at Megatron-LM d98e8a64, softmax
 # after top-k (moe_router_pre_softmax False: Qwen3 with norm_topk_prob, gpt-oss):
 #   forward  torch.topk 1, torch.softmax (fp32) 1, probs.type_as 1, routing_probs =
 #            zeros_like + scatter 2, routing_map = zeros_like + .int() + scatter + .bool() 4  = 9
@@ -657,6 +657,7 @@ class _Ctx:
     capacity_factor: float | None = None   # --moe-expert-capacity-factor; None: dropless
     pad_to_capacity: bool = False          # --moe-pad-expert-input-to-capacity
     model_flops_ratio: float = 1.0         # tokens x top_k over slots (ModelGraph's)
+    router_fusion: bool = False            # --moe-router-fusion (route_kernels)
 
     def slots(self, tokens: int) -> int:
         """Routed slots for the `tokens` one device's router sees (routed_slots); records
@@ -673,6 +674,13 @@ class _Ctx:
         (MoEAlltoAllTokenDispatcher.dispatch_postprocess / combine_preprocess:
         sort_chunks_by_idxs); flex (DeepEP) permutes once, on the receiving side."""
         return self.moe_dispatcher == "alltoall" and self.local_experts > 1
+
+    @property
+    def route_kernels(self) -> tuple[int, int]:
+        """(forward, backward) kernels of the router's top-k and scoring: one each with
+        Megatron-Core's --moe-router-fusion (Transformer Engine's fused top-k with score
+        function kernels), else the eager ones (ROUTE_KERNELS)."""
+        return (0, 0) if self.router_fusion else ROUTE_KERNELS.get(self.spec.router, (0, 0))
 
     @property
     def local_experts(self) -> int:   # routed experts one device holds (0: ep not given)
@@ -711,7 +719,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                 recompute_modules: tuple | None = None, ep: int = 0,
                 moe_dispatcher: str = "alltoall",
                 moe_expert_capacity_factor: float | None = None,
-                moe_pad_expert_input_to_capacity: bool = False) -> ModelGraph:
+                moe_pad_expert_input_to_capacity: bool = False,
+                moe_router_fusion: bool = False) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
@@ -760,7 +769,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     the expert GEMMs, their saved activations) becomes `routed_slots` of the tokens the
     router sees on one device: T in `_moe`, T / t under sequence parallelism in
     `_moe_folded` and `_moe_alltoall`. Balanced routing assumed, as for dropless MoE;
-    check_token_drop's refusals (UserError)."""
+    check_token_drop's refusals (UserError).
+
+    moe_router_fusion: Megatron-Core's --moe-router-fusion (TransformerConfig
+    moe_router_fusion, default False): the router's top-k and scoring run as one fused
+    Transformer Engine kernel per pass instead of the eager PyTorch kernels of
+    ROUTE_KERNELS."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -799,7 +813,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
              vocab_pad_multiple, et, recompute_modules, ep,
              moe_dispatcher=moe_dispatcher if spec.experts else "alltoall",
              capacity_factor=moe_expert_capacity_factor,
-             pad_to_capacity=bool(moe_pad_expert_input_to_capacity))
+             pad_to_capacity=bool(moe_pad_expert_input_to_capacity),
+             router_fusion=bool(moe_router_fusion) and bool(spec.experts))
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -821,6 +836,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       ep=ep if spec.experts else 0, moe_dispatcher=c.moe_dispatcher,
                       moe_expert_capacity_factor=c.capacity_factor,
                       moe_pad_expert_input_to_capacity=c.pad_to_capacity,
+                      moe_router_fusion=c.router_fusion,
                       moe_model_flops_ratio=c.model_flops_ratio,
                       kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes),
                       **_qo_bytes(spec, seq // cp, mbs, tp, dtype_bytes))
@@ -1458,7 +1474,7 @@ def _moe(L: _Layer, c: _Ctx, xin: str, regather: float) -> str:
     router = L.linear("moe.router", xin, T, h, E, rule="replicated", bias=sp.router_bias,
                       saved=c.Ts * h * dt, regather=regather)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], T * E, saved=T * E * 4, out_bytes=slots * dt,
-                     kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
+                     kernels=c.route_kernels)
     disp = L.vector("moe.dispatch", (xin, route), "permute", slots * h,
                     in_bytes=(T * h * dt, slots * dt))
     disp = _sorted_by_expert(L, c, disp, "moe.sort_chunks", slots * h)
@@ -1519,7 +1535,7 @@ def _moe_folded(L: _Layer, c: _Ctx, x: str) -> str:
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
-                     out_bytes=own_slots * dt, rule=srule, kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
+                     out_bytes=own_slots * dt, rule=srule, kernels=c.route_kernels)
     own = own_slots * h * dt
     disp = L.vector("moe.dispatch", (x, route), "permute", own_slots * h,
                     in_bytes=(Ts * h * dt, own_slots * dt), rule=srule)
@@ -1568,7 +1584,7 @@ def _moe_alltoall(L: _Layer, c: _Ctx, x: str) -> str:
     router = L.linear("moe.router", x, Ts, h, E, rule="replicated", bias=sp.router_bias,
                       saved=Ts * h * dt)
     route = L.vector("moe.route", (router,), _ROUTE[sp.router], Ts * E, saved=Ts * E * 4,
-                     out_bytes=slots * dt, rule="sharded", kernels=ROUTE_KERNELS.get(sp.router, (0, 0)))
+                     out_bytes=slots * dt, rule="sharded", kernels=c.route_kernels)
     hp = L.collective("moe.sp2hp", x, "all_to_all", "all_to_all", Ts * h * dt, Ts * h * dt,
                       Ts * h * dt, rule="sharded")
     disp = L.vector("moe.dispatch", (hp, route), "permute", slots * h // t,

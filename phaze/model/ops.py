@@ -177,6 +177,7 @@ class ModelGraph:
     moe_top_k: int = 0              # experts each token is routed to
     ep: int = 0                     # expert-parallel size its expert GEMMs were split for (0: none)
     moe_dispatcher: str = "alltoall"  # Megatron-Core token dispatcher it was built for
+    moe_router_fusion: bool = False   # --moe-router-fusion: fused top-k routing kernels
     # Megatron-Core token dropping it was built for (graph.routed_slots): the capacity
     # factor (None: dropless) and whether each expert's input is padded to its capacity
     moe_expert_capacity_factor: float | None = None

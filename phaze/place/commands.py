@@ -146,6 +146,9 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                         "traffic: alltoall sends each routed slot, flex (DeepEP / HybridEP) "
                         "each token once per remote node (default alltoall)")
     add_token_drop_args(e)
+    e.add_argument("--moe-router-fusion", action="store_true",
+                   help="Megatron-Core --moe-router-fusion: an MoE router's top-k and scoring "
+                        "as one fused kernel per pass (default: the eager PyTorch kernels)")
     e.add_argument("--no-overlap", action="append", default=[], choices=overlaps,
                    help="switch one of --framework's overlaps off (repeatable)")
     e.add_argument("--cross-entropy-fusion", action="store_true",
@@ -519,7 +522,7 @@ def _evaluate_grid(args, spec, settings, seq):
                    "pipeline_layout": None, "mtp_layers": 0,
                    "moe_token_dispatcher": "alltoall", "expert_tp": 0,
                    "moe_expert_capacity_factor": None,
-                   "moe_pad_expert_input_to_capacity": False,
+                   "moe_pad_expert_input_to_capacity": False, "moe_router_fusion": False,
                    "recompute_modules": None, "recompute_method": "uniform",
                    "recompute_num_layers": 1}
     for name, default in preset_only.items():
@@ -571,6 +574,9 @@ def _evaluate_preset(args, spec, settings, seq):
     check_token_drop(spec, args.moe_expert_capacity_factor,
                      args.moe_pad_expert_input_to_capacity, args.moe_token_dispatcher,
                      names=TOKEN_DROP_FLAGS)
+    if args.moe_router_fusion and not spec.experts:
+        raise UserError(f"fuses an MoE router, and {spec.name} has no routed experts",
+                        field="--moe-router-fusion", fix="drop --moe-router-fusion")
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
@@ -587,7 +593,9 @@ def _evaluate_preset(args, spec, settings, seq):
                           graph_options={**({"attention": args.attention} if getattr(
                               args, "attention", None) else {"attention": settings.graph.attention}
                                             if args.framework is None else {}),
-                                         "vocab_pad_multiple": settings.graph.vocab_pad_multiple},
+                                         "vocab_pad_multiple": settings.graph.vocab_pad_multiple,
+                                         **({"moe_router_fusion": True}
+                                            if args.moe_router_fusion else {})},
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
                           fp8_recipe=args.fp8_recipe or "delayed",
                           first_stage_layers=args.first_stage_layers,

@@ -82,6 +82,7 @@ class Case:
     # (phaze.model.graph.routed_slots), passed as the PlanOptions of those names
     moe_expert_capacity_factor: float | None = None
     moe_pad_expert_input_to_capacity: bool = False
+    moe_router_fusion: bool = False  # Megatron-Core moe_router_fusion (build_graph's)
     source: str = ""               # where the row was read (container, table commit)
 
     @property
@@ -225,7 +226,9 @@ def bridge_cases() -> list[Case]:
     without the distributed optimizer), recompute_layers (full recompute of that many layers
     per stage, method block) and optim_dtype (grad_sync_dtype / state dtype). A model entry
     may set Megatron-Core's token dropping, moe_expert_capacity_factor and
-    moe_pad_expert_input_to_capacity (the 25.09 Qwen3 runs; absent: dropless)."""
+    moe_pad_expert_input_to_capacity (the 25.09 Qwen3 runs; absent: dropless), and
+    moe_router_fusion (the perf scripts' common settings of the Qwen3, GPT-OSS and
+    DeepSeek-V3 runs; absent: Megatron-Core's default, off)."""
     from phaze.model.zoo import get_model
     from phaze.place.plan import MOE_DISPATCHERS
 
@@ -270,6 +273,7 @@ def bridge_cases() -> list[Case]:
                         moe_expert_capacity_factor=r.get("moe_expert_capacity_factor"),
                         moe_pad_expert_input_to_capacity=bool(
                             r.get("moe_pad_expert_input_to_capacity", False)),
+                        moe_router_fusion=bool(r.get("moe_router_fusion", False)),
                         source=f"{r['container']} ({t['table_file']} at {r['table_commit']}; "
                                f"settings: {r['settings_ref']})"))
     return out

@@ -224,7 +224,9 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                            account_embedding=case.account_embedding,
                            account_loss=case.account_loss,
                            pipeline_layout=case.pipeline_layout or None,
-                           mtp_layers=case.mtp_layers or None)
+                           mtp_layers=case.mtp_layers or None,
+                           graph_options=({"moe_router_fusion": True}
+                                          if case.moe_router_fusion else None))
     except ValueError:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:

@@ -19,6 +19,7 @@ def row_dict(p: Prediction) -> dict:
         "plan_options": dict(c.plan_options), "model": c.zoo or None, "ep": c.ep,
         "moe_expert_capacity_factor": c.moe_expert_capacity_factor,
         "moe_pad_expert_input_to_capacity": c.moe_pad_expert_input_to_capacity,
+        "moe_router_fusion": c.moe_router_fusion,
         "caveat": c.caveat, "source": c.source or None,
         "batch": c.batch, "recompute": c.recompute, "sequence_parallel": c.sequence_parallel,
         "mbs": p.mbs, "interleave": p.interleave, "searched": p.searched,
