@@ -188,8 +188,9 @@ def test_fused_router_is_one_kernel_per_pass(tp, sp, et):
             continue
         for ps in ("fwd", "bwd"):
             eo, fo = list(e_l.ops(ps)), list(f_l.ops(ps))
-            r_e = [o for o in eo if o.name.startswith("moe.route")]
-            r_f = [o for o in fo if o.name.startswith("moe.route")]
+            r_e = [o for o in eo if o.name in ("moe.route", "moe.route.bwd")]
+            r_f = [o for o in fo if o.name in ("moe.route", "moe.route.bwd")]
+            assert len(r_e) == 1
             assert [o.kernels for o in r_f] == [0] * len(r_e)
             assert [(o.bytes_read, o.bytes_written) for o in r_f] == \
                 [(o.bytes_read, o.bytes_written) for o in r_e]
@@ -199,3 +200,36 @@ def test_fused_router_is_one_kernel_per_pass(tp, sp, et):
                 _lat(fo, p).sum() + extra * p.op_overhead_s, rel=1e-12)
     assert not build_graph(MOE.with_(experts=0, top_k=0), mbs=1,
                            moe_router_fusion=True).moe_router_fusion
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_load_balancing_and_forced_routing_kernels(fusion):
+    """The load-balancing loss adds its own scores over all experts (as many kernels as the
+    routing's: fused one per pass, eager 9 / 5) and the loss's 4 / 3 kernels (routing_map
+    .sum, the fused loss, the tracker's two; the autoscaler's two and the loss backward);
+    forced balancing its random logits (clone, normal_) to the forward only. Each extra
+    kernel costs one per-kernel overhead: the bytes are the routing op's."""
+    from phaze.errors import UserError
+
+    p = preset_params("h100")
+
+    def route(**kw):
+        g = build_graph(MOE, mbs=1, ep=4, moe_router_fusion=fusion, **kw)
+        blk = next(lg for lg in g.layers if lg.kind.startswith("block"))
+        return g, [next(o for o in blk.ops(ps) if o.name in ("moe.route", "moe.route.bwd"))
+                   for ps in ("fwd", "bwd")]
+
+    _, (f0, b0) = route()
+    g, (f1, b1) = route(moe_router_load_balancing_type="aux_loss",
+                        moe_router_force_load_balancing=True)
+    assert (g.moe_router_load_balancing_type, g.moe_router_force_load_balancing) == ("aux_loss", True)
+    base = (1, 1) if fusion else (9, 5)
+    assert (max(f1.kernels, 1), max(b1.kernels, 1)) == (2 * base[0] + 4 + 2, 2 * base[1] + 3)
+    for a, b in ((f0, f1), (b0, b1)):
+        assert (a.bytes_read, a.bytes_written) == (b.bytes_read, b.bytes_written)
+        assert _lat([b], p)[0] == pytest.approx(
+            _lat([a], p)[0] + (max(b.kernels, 1) - max(a.kernels, 1)) * p.op_overhead_s, rel=1e-12)
+    _, (f2, b2) = route(moe_router_load_balancing_type="seq_aux_loss")
+    assert (f2.kernels, b2.kernels) == (f1.kernels - 2, b1.kernels)
+    with pytest.raises(UserError, match="load-balancing"):
+        build_graph(MOE, mbs=1, moe_router_load_balancing_type="global_aux_loss")

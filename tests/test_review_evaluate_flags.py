@@ -62,6 +62,10 @@ def _argv(r: dict) -> list[str] | None:
         argv += ["--moe-expert-capacity-factor", str(r["moe_expert_capacity_factor"])]
     if r["moe_pad_expert_input_to_capacity"]:
         argv.append("--moe-pad-expert-input-to-capacity")
+    if r["moe_router_load_balancing_type"] != "none":
+        argv += ["--moe-router-load-balancing-type", r["moe_router_load_balancing_type"]]
+    if r["moe_router_force_load_balancing"]:
+        argv.append("--moe-router-force-load-balancing")
     if r["pipeline_layout"]:
         argv += ["--pipeline-layout", r["pipeline_layout"]]
     po = dict(r["plan_options"])

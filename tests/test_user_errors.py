@@ -296,6 +296,13 @@ def test_moe_switches_on_a_dense_model_are_one_line():
         assert "dense model" in err
 
 
+def test_router_switches_on_a_dense_model_are_one_line():
+    for extra in (["--moe-router-fusion"], ["--moe-router-force-load-balancing"],
+                  ["--moe-router-load-balancing-type", "aux_loss"]):
+        err = _one_line_error(GPT3 + extra, extra[0])
+        assert "no routed experts" in err
+
+
 def test_recompute_modules_naming_nothing_is_one_line():
     for value in (",", ""):
         err = _one_line_error(GPT3 + ["--recompute", "selective", "--recompute-modules", value],

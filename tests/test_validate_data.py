@@ -327,6 +327,12 @@ def test_bridge_rows_are_consistent_megatron_plans():
     # the table but Nemotron-3-Nano, whose perf config leaves its recipe's False)
     assert sorted({c.zoo for c in cs if c.moe_router_fusion}) == [
         "deepseek-v3", "gpt-oss-120b", "qwen3-235b-a22b", "qwen3-30b-a3b"]
+    # the providers' load-balancing losses; forced balance on all dropless MoE runs
+    assert {c.zoo: c.moe_router_load_balancing_type for c in cs if c.ep > 1} == {
+        "deepseek-v3": "seq_aux_loss", "gpt-oss-120b": "none", "qwen3-235b-a22b": "aux_loss",
+        "qwen3-30b-a3b": "aux_loss", "nemotron-3-nano": "seq_aux_loss"}
+    assert all(c.moe_router_force_load_balancing == (c.moe_expert_capacity_factor is None)
+               for c in cs if c.ep > 1)
     # the transcription's caveats, and the only model grown by its MTP block
     assert {c.name: c.caveat for c in cs if c.caveat} == {
         "L3.1-405B/25.09": "account_split_unverified", "L3-8B/25.11/rc5": "fsdp_or_recompute",
@@ -388,6 +394,17 @@ BRIDGE_DIRECT = {
 }
 
 
+# the router as the perf scripts set it (fused top-k, forced balance but for the 25.09
+# token-drop runs) and the load-balancing loss of the model's Megatron-Bridge provider
+ROUTERS = {
+    "Q3-235B": dict(moe_router_fusion=True, moe_router_load_balancing_type="aux_loss",
+                    moe_router_force_load_balancing=True),
+    "Q3-235B/drop": dict(moe_router_fusion=True, moe_router_load_balancing_type="aux_loss"),
+    "DSV3": dict(moe_router_fusion=True, moe_router_load_balancing_type="seq_aux_loss",
+                 moe_router_force_load_balancing=True),
+}
+
+
 @pytest.mark.parametrize("name", sorted(BRIDGE_DIRECT))
 def test_bridge_row_end_to_end_equals_the_direct_formula_route(name):
     # the table's route (bridge_cases -> predict -> plan_evaluator) and evaluate_model
@@ -412,7 +429,8 @@ def test_bridge_row_end_to_end_equals_the_direct_formula_route(name):
                        framework="nemo-2024", fp8=d["fp8"], cross_entropy_fusion=True,
                        fp8_recipe=d.get("recipe", "tensorwise"),   # the perf recipes' fp8_cs
                        options=opts, account_embedding=d["acc"], account_loss=d["acc"],
-                       graph_options=({"moe_router_fusion": True} if d["ep"] > 1 else None),
+                       graph_options=ROUTERS.get(name.split("/")[0] + ("/drop" if "drop" in name
+                                                                     else "")),
                        **d["kw"])
     gpus = d["tp"] * d["pp"] * d["cp"] * d["dp"]
     direct = d["batch"] * d["seq"] / r["time_per_batch_s"] / gpus

@@ -67,6 +67,23 @@ _ROUTE = {"softmax": "softmax", "sigmoid": "sigmoid_topk"}
 #   backward type_as 1, scatter -> gather 1, softmax 1, topk values -> zeros + scatter 2    = 5
 # The sigmoid (DeepSeek) path and the aux-loss kernels are not counted (one kernel each).
 ROUTE_KERNELS = {"softmax": (9, 5)}
+# Megatron-Core --moe-router-load-balancing-type values phaze models, each with a
+# coefficient > 0 (a zero coefficient computes nothing: "none"); global_aux_loss, whose
+# counts all-reduce spans the DP group, is not modelled
+MOE_LOAD_BALANCING = ("none", "aux_loss", "seq_aux_loss")
+# Kernels (forward, backward) the load-balancing loss adds to an MoE layer while training
+# (router.py _apply_aux_loss / _apply_seq_aux_loss and moe_utils.py at Megatron-Core
+# core_r0.18.0), beside its routing scores over all experts (one fused kernel per pass with
+# --moe-router-fusion, TE fused_score_for_moe_aux_loss; the eager routing kernels of
+# ROUTE_KERNELS otherwise):
+#   forward  routing_map.sum 1, the loss 1 (TE fused_moe_aux_loss), the metrics tracker's
+#            aux / coeff and indexed += 2                                               = 4
+#   backward MoEAuxLossAutoScaler's ones_like x scale 2, the loss's backward 1          = 3
+# (its tokens-per-expert all-reduce over the TP x CP group, E int64, is not counted)
+AUX_LOSS_KERNELS = (4, 3)
+# --moe-router-force-load-balancing (Megatron-Bridge's benchmark setting): the router's
+# logits replaced by random ones, logits.clone().normal_(); identity backward
+FORCE_BALANCE_KERNELS = (2, 0)
 MASK_BYTES = 1      # dropout mask, one byte per element (Korthikanti)
 LOGIT_BYTES = 4     # cross-entropy keeps fp32 logits (Korthikanti Sec. 4.3)
 TOKEN_ID_BYTES = 8  # int64 token ids
@@ -658,6 +675,8 @@ class _Ctx:
     pad_to_capacity: bool = False          # --moe-pad-expert-input-to-capacity
     model_flops_ratio: float = 1.0         # tokens x top_k over slots (ModelGraph's)
     router_fusion: bool = False            # --moe-router-fusion (route_kernels)
+    load_balancing: str = "none"           # --moe-router-load-balancing-type (route_kernels)
+    force_balance: bool = False            # --moe-router-force-load-balancing (route_kernels)
 
     def slots(self, tokens: int) -> int:
         """Routed slots for the `tokens` one device's router sees (routed_slots); records
@@ -677,10 +696,19 @@ class _Ctx:
 
     @property
     def route_kernels(self) -> tuple[int, int]:
-        """(forward, backward) kernels of the router's top-k and scoring: one each with
-        Megatron-Core's --moe-router-fusion (Transformer Engine's fused top-k with score
-        function kernels), else the eager ones (ROUTE_KERNELS)."""
-        return (0, 0) if self.router_fusion else ROUTE_KERNELS.get(self.spec.router, (0, 0))
+        """(forward, backward) kernels of the routing op: the top-k and scoring, one each
+        with Megatron-Core's --moe-router-fusion (Transformer Engine's fused top-k with
+        score function), else the eager ones (ROUTE_KERNELS); plus, with a load-balancing
+        loss, its scores over all experts (the same count) and AUX_LOSS_KERNELS, and the
+        random logits of FORCE_BALANCE_KERNELS. 0 = one kernel (Op.kernels)."""
+        one = (1, 1) if self.router_fusion else tuple(
+            max(k, 1) for k in ROUTE_KERNELS.get(self.spec.router, (1, 1)))
+        f, b = one
+        if self.load_balancing != "none":
+            f, b = f + one[0] + AUX_LOSS_KERNELS[0], b + one[1] + AUX_LOSS_KERNELS[1]
+        if self.force_balance:
+            f, b = f + FORCE_BALANCE_KERNELS[0], b + FORCE_BALANCE_KERNELS[1]
+        return tuple(0 if k == 1 else k for k in (f, b))
 
     @property
     def local_experts(self) -> int:   # routed experts one device holds (0: ep not given)
@@ -720,7 +748,9 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                 moe_dispatcher: str = "alltoall",
                 moe_expert_capacity_factor: float | None = None,
                 moe_pad_expert_input_to_capacity: bool = False,
-                moe_router_fusion: bool = False) -> ModelGraph:
+                moe_router_fusion: bool = False,
+                moe_router_load_balancing_type: str = "none",
+                moe_router_force_load_balancing: bool = False) -> ModelGraph:
     """The training operator graph of `spec` for one microbatch on one device of a TP group.
 
     cp: context-parallel size. The device holds seq / cp of every sequence (Megatron-Core
@@ -774,7 +804,12 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
     moe_router_fusion: Megatron-Core's --moe-router-fusion (TransformerConfig
     moe_router_fusion, default False): the router's top-k and scoring run as one fused
     Transformer Engine kernel per pass instead of the eager PyTorch kernels of
-    ROUTE_KERNELS."""
+    ROUTE_KERNELS. moe_router_load_balancing_type: Megatron-Core's load-balancing loss
+    (one of MOE_LOAD_BALANCING; "none" also stands for a zero --moe-aux-loss-coeff, with
+    which Megatron-Core computes none): its kernels join the routing op (AUX_LOSS_KERNELS).
+    moe_router_force_load_balancing: Megatron-Core's benchmark switch that routes on random
+    logits (FORCE_BALANCE_KERNELS). Routing itself stays balanced either way (phaze's
+    assumption, routed_slots)."""
     from phaze.errors import UserError
 
     seq = spec.seq if seq is None else seq
@@ -807,6 +842,10 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                         field="moe_dispatcher", fix=f"use one of {', '.join(MOE_DISPATCHERS)}")
     check_token_drop(spec, moe_expert_capacity_factor, moe_pad_expert_input_to_capacity,
                      moe_dispatcher)
+    if moe_router_load_balancing_type not in MOE_LOAD_BALANCING:
+        raise UserError(f"unknown MoE load-balancing loss {moe_router_load_balancing_type!r}",
+                        field="moe_router_load_balancing_type",
+                        fix=f"use one of {', '.join(MOE_LOAD_BALANCING)}")
     if moe_expert_capacity_factor is not None:
         moe_expert_capacity_factor = float(moe_expert_capacity_factor)
     c = _Ctx(spec, seq // cp, mbs, tp, sequence_parallel, dtype_bytes, attention,
@@ -814,7 +853,9 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
              moe_dispatcher=moe_dispatcher if spec.experts else "alltoall",
              capacity_factor=moe_expert_capacity_factor,
              pad_to_capacity=bool(moe_pad_expert_input_to_capacity),
-             router_fusion=bool(moe_router_fusion) and bool(spec.experts))
+             router_fusion=bool(moe_router_fusion) and bool(spec.experts),
+             load_balancing=moe_router_load_balancing_type if spec.experts else "none",
+             force_balance=bool(moe_router_force_load_balancing) and bool(spec.experts))
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -837,6 +878,8 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
                       moe_expert_capacity_factor=c.capacity_factor,
                       moe_pad_expert_input_to_capacity=c.pad_to_capacity,
                       moe_router_fusion=c.router_fusion,
+                      moe_router_load_balancing_type=c.load_balancing,
+                      moe_router_force_load_balancing=c.force_balance,
                       moe_model_flops_ratio=c.model_flops_ratio,
                       kv_bytes=_kv_bytes(spec, seq // cp, mbs, tp, dtype_bytes),
                       **_qo_bytes(spec, seq // cp, mbs, tp, dtype_bytes))

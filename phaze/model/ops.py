@@ -178,6 +178,8 @@ class ModelGraph:
     ep: int = 0                     # expert-parallel size its expert GEMMs were split for (0: none)
     moe_dispatcher: str = "alltoall"  # Megatron-Core token dispatcher it was built for
     moe_router_fusion: bool = False   # --moe-router-fusion: fused top-k routing kernels
+    moe_router_load_balancing_type: str = "none"   # its load-balancing loss's kernels
+    moe_router_force_load_balancing: bool = False  # routing on random logits (benchmarks)
     # Megatron-Core token dropping it was built for (graph.routed_slots): the capacity
     # factor (None: dropless) and whether each expert's input is padded to its capacity
     moe_expert_capacity_factor: float | None = None

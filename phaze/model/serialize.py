@@ -31,6 +31,8 @@ def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
          "cp": graph.cp, "kv_bytes": graph.kv_bytes,
          "q_bytes": graph.q_bytes, "o_bytes": graph.o_bytes, "expert_tp": graph.expert_tp, "ep": graph.ep,
          "moe_dispatcher": graph.moe_dispatcher, "moe_router_fusion": graph.moe_router_fusion,
+         "moe_router_load_balancing_type": graph.moe_router_load_balancing_type,
+         "moe_router_force_load_balancing": graph.moe_router_force_load_balancing,
          "moe_expert_capacity_factor": graph.moe_expert_capacity_factor,
          "moe_pad_expert_input_to_capacity": graph.moe_pad_expert_input_to_capacity,
          "moe_model_flops_ratio": graph.moe_model_flops_ratio,
@@ -70,6 +72,10 @@ def graph_from_dict(d: dict) -> ModelGraph:
                       expert_tp=d.get("expert_tp", 0), ep=d.get("ep", 0),
                       moe_dispatcher=d.get("moe_dispatcher", "alltoall"),
                       moe_router_fusion=bool(d.get("moe_router_fusion", False)),
+                      moe_router_load_balancing_type=d.get("moe_router_load_balancing_type",
+                                                           "none"),
+                      moe_router_force_load_balancing=bool(
+                          d.get("moe_router_force_load_balancing", False)),
                       moe_experts=d.get("moe_experts", 0),
                       moe_top_k=d.get("moe_top_k", 0),
                       # files written before token dropping: dropless

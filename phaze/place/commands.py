@@ -149,6 +149,14 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
     e.add_argument("--moe-router-fusion", action="store_true",
                    help="Megatron-Core --moe-router-fusion: an MoE router's top-k and scoring "
                         "as one fused kernel per pass (default: the eager PyTorch kernels)")
+    e.add_argument("--moe-router-load-balancing-type", default="none",
+                   choices=["none", "aux_loss", "seq_aux_loss"],
+                   help="Megatron-Core's load-balancing loss of an MoE router, with a "
+                        "coefficient > 0: its kernels are timed (default none, as a zero "
+                        "--moe-aux-loss-coeff)")
+    e.add_argument("--moe-router-force-load-balancing", action="store_true",
+                   help="Megatron-Core's benchmark switch: route on random logits (its "
+                        "kernels are timed; routing is balanced either way)")
     e.add_argument("--no-overlap", action="append", default=[], choices=overlaps,
                    help="switch one of --framework's overlaps off (repeatable)")
     e.add_argument("--cross-entropy-fusion", action="store_true",
@@ -523,6 +531,8 @@ def _evaluate_grid(args, spec, settings, seq):
                    "moe_token_dispatcher": "alltoall", "expert_tp": 0,
                    "moe_expert_capacity_factor": None,
                    "moe_pad_expert_input_to_capacity": False, "moe_router_fusion": False,
+                   "moe_router_load_balancing_type": "none",
+                   "moe_router_force_load_balancing": False,
                    "recompute_modules": None, "recompute_method": "uniform",
                    "recompute_num_layers": 1}
     for name, default in preset_only.items():
@@ -574,9 +584,14 @@ def _evaluate_preset(args, spec, settings, seq):
     check_token_drop(spec, args.moe_expert_capacity_factor,
                      args.moe_pad_expert_input_to_capacity, args.moe_token_dispatcher,
                      names=TOKEN_DROP_FLAGS)
-    if args.moe_router_fusion and not spec.experts:
-        raise UserError(f"fuses an MoE router, and {spec.name} has no routed experts",
-                        field="--moe-router-fusion", fix="drop --moe-router-fusion")
+    router_flags = {"--moe-router-fusion": args.moe_router_fusion,
+                    "--moe-router-load-balancing-type":
+                        args.moe_router_load_balancing_type != "none",
+                    "--moe-router-force-load-balancing": args.moe_router_force_load_balancing}
+    for flag, on in router_flags.items():
+        if on and not spec.experts:
+            raise UserError(f"sets an MoE router, and {spec.name} has no routed experts",
+                            field=flag, fix=f"drop {flag}")
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
@@ -594,8 +609,7 @@ def _evaluate_preset(args, spec, settings, seq):
                               args, "attention", None) else {"attention": settings.graph.attention}
                                             if args.framework is None else {}),
                                          "vocab_pad_multiple": settings.graph.vocab_pad_multiple,
-                                         **({"moe_router_fusion": True}
-                                            if args.moe_router_fusion else {})},
+                                         **_router_options(args)},
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
                           fp8_recipe=args.fp8_recipe or "delayed",
                           first_stage_layers=args.first_stage_layers,
@@ -609,6 +623,14 @@ def _evaluate_preset(args, spec, settings, seq):
                           options=_overlap_options(args, settings) or None,
                           recompute_modules=_recompute_modules(args))
     return plan, arch.hbm_bytes, arch.name
+
+
+def _router_options(args) -> dict:
+    """The MoE router's build_graph options the flags set (none: Megatron-Core's defaults)."""
+    o = {"moe_router_fusion": args.moe_router_fusion,
+         "moe_router_load_balancing_type": args.moe_router_load_balancing_type,
+         "moe_router_force_load_balancing": args.moe_router_force_load_balancing}
+    return {k: v for k, v in o.items() if v not in (False, "none")}
 
 
 def _recompute_modules(args) -> tuple | None:

@@ -82,7 +82,10 @@ class Case:
     # (phaze.model.graph.routed_slots), passed as the PlanOptions of those names
     moe_expert_capacity_factor: float | None = None
     moe_pad_expert_input_to_capacity: bool = False
-    moe_router_fusion: bool = False  # Megatron-Core moe_router_fusion (build_graph's)
+    # the MoE router as the run set it (build_graph's options of these names)
+    moe_router_fusion: bool = False
+    moe_router_load_balancing_type: str = "none"
+    moe_router_force_load_balancing: bool = False
     source: str = ""               # where the row was read (container, table commit)
 
     @property
@@ -228,7 +231,9 @@ def bridge_cases() -> list[Case]:
     may set Megatron-Core's token dropping, moe_expert_capacity_factor and
     moe_pad_expert_input_to_capacity (the 25.09 Qwen3 runs; absent: dropless), and
     moe_router_fusion (the perf scripts' common settings of the Qwen3, GPT-OSS and
-    DeepSeek-V3 runs; absent: Megatron-Core's default, off)."""
+    DeepSeek-V3 runs; absent: Megatron-Core's default, off), the model's
+    moe_router_load_balancing_type (its Megatron-Bridge provider's, with a coefficient > 0)
+    and moe_router_force_load_balancing (the perf scripts' benchmark setting)."""
     from phaze.model.zoo import get_model
     from phaze.place.plan import MOE_DISPATCHERS
 
@@ -274,6 +279,10 @@ def bridge_cases() -> list[Case]:
                         moe_pad_expert_input_to_capacity=bool(
                             r.get("moe_pad_expert_input_to_capacity", False)),
                         moe_router_fusion=bool(r.get("moe_router_fusion", False)),
+                        moe_router_load_balancing_type=str(
+                            r.get("moe_router_load_balancing_type", "none")),
+                        moe_router_force_load_balancing=bool(
+                            r.get("moe_router_force_load_balancing", False)),
                         source=f"{r['container']} ({t['table_file']} at {r['table_commit']}; "
                                f"settings: {r['settings_ref']})"))
     return out

@@ -20,6 +20,8 @@ def row_dict(p: Prediction) -> dict:
         "moe_expert_capacity_factor": c.moe_expert_capacity_factor,
         "moe_pad_expert_input_to_capacity": c.moe_pad_expert_input_to_capacity,
         "moe_router_fusion": c.moe_router_fusion,
+        "moe_router_load_balancing_type": c.moe_router_load_balancing_type,
+        "moe_router_force_load_balancing": c.moe_router_force_load_balancing,
         "caveat": c.caveat, "source": c.source or None,
         "batch": c.batch, "recompute": c.recompute, "sequence_parallel": c.sequence_parallel,
         "mbs": p.mbs, "interleave": p.interleave, "searched": p.searched,
