@@ -46,7 +46,15 @@ def test_uneven_splits_export_as_the_rows_layout(p, v, stages):
     assert "--num-layers-per-virtual-pipeline-stage" not in a
     chain = gpt_chain(layers=8)
     assert [list(s) for s in megatron_stages(chain, p, v, layout=layout)] == stages
-    assert f'pipeline_model_parallel_layout: "{layout}"' in nemo_yaml(row, 64, 8)
+    y = nemo_yaml(row, 64, 8)
+    assert f'pipeline_model_parallel_layout: "{layout}"' in y
+    # Megatron-Core's TransformerConfig derives the virtual pipeline size from a layout and
+    # refuses a different one beside it (transformer_config.py, "conflicts with"): the
+    # NeMo export's must be the layout's chunks per rank
+    from phaze.place.layout import parse_layout
+    vpp = len(parse_layout(layout)) // p
+    assert f"virtual_pipeline_model_parallel_size: {vpp if vpp > 1 else 'null'}" in y
+    assert vpp == v
 
 
 def test_uneven_ends_reach_nemo_and_even_splits_stay_plain():
