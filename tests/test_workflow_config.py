@@ -78,7 +78,28 @@ BAD_CONFIGS = {
 }
 
 
+# A Snakemake start costs about 11 s: the workflow itself refuses one case of each kind of
+# check (schema: an unknown field, a bound; a model that cannot build at a TP width; the
+# arch grid, checked in the main process only); every case goes through `phaze
+# check-config`, which runs the same checks (check_config_schema, SweepSettings,
+# semantic_errors) in-process.
+WORKFLOW_CASES = ("misspelled field", "negative HBM", "TP width not dividing heads",
+                  "empty grid after the area filter")
+
+
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_refused_by_check_config(tmp_path, case, capsys):
+    from phaze.cli import main
+
+    cfg, field = BAD_CONFIGS[case]
+    path = write_config(tmp_path, cfg)
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("phaze: error: "), err
+    assert field in err, err
+
+
+@pytest.mark.parametrize("case", WORKFLOW_CASES)
 def test_bad_config_rejected_before_any_job(tmp_path, case):
     cfg, field = BAD_CONFIGS[case]
     write_config(tmp_path, cfg)
