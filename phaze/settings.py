@@ -665,6 +665,38 @@ def add_token_drop_args(p, note: str = "") -> None:
                         "capacity (dropped or padded)")
 
 
+def add_router_args(p) -> None:
+    """Megatron-Core's MoE router flags (`phaze graph` and `phaze evaluate`): what the
+    routing op's kernels are (phaze.model.graph.build_graph's options of these names)."""
+    from phaze.model.graph import MOE_LOAD_BALANCING
+
+    p.add_argument("--moe-router-fusion", action="store_true",
+                   help="Megatron-Core --moe-router-fusion: an MoE router's top-k and scoring "
+                        "as one fused kernel per pass (default: the eager PyTorch kernels)")
+    p.add_argument("--moe-router-load-balancing-type", default="none",
+                   choices=MOE_LOAD_BALANCING,
+                   help="Megatron-Core's load-balancing loss of an MoE router, with a "
+                        "coefficient > 0: its kernels are timed (default none, as a zero "
+                        "--moe-aux-loss-coeff)")
+    p.add_argument("--moe-router-force-load-balancing", action="store_true",
+                   help="Megatron-Core's benchmark switch: route on random logits (its "
+                        "kernels are timed; routing is balanced either way)")
+
+
+def router_options(args, spec) -> dict:
+    """build_graph's router options the add_router_args flags set (Megatron-Core's defaults
+    left out); a flag on a dense model is refused (UserError naming it)."""
+    o = {"moe_router_fusion": args.moe_router_fusion,
+         "moe_router_load_balancing_type": args.moe_router_load_balancing_type,
+         "moe_router_force_load_balancing": args.moe_router_force_load_balancing}
+    o = {k: v for k, v in o.items() if v not in (False, "none")}
+    if o and not spec.experts:
+        flag = "--" + next(iter(o)).replace("_", "-")
+        raise UserError(f"sets an MoE router, and {spec.name} has no routed experts",
+                        field=flag, fix=f"drop {flag}")
+    return o
+
+
 def add_graph_args(p, axes: bool = True) -> None:
     d = GraphSettings()
     p.add_argument("--fused", action=argparse.BooleanOptionalAction,

@@ -136,3 +136,24 @@ def test_graph_per_device_params_divide_the_routed_experts_by_ep(capsys):
     assert blk["param_bytes_per_device"] == pytest.approx(
         blk["param_bytes"] - blk["expert_param_bytes"] * 7 / 8)
     assert blk["expert_param_bytes"] > 0.8 * blk["param_bytes"]
+
+
+def test_graph_router_flags_reach_the_graph_and_its_file(tmp_path, capsys):
+    """`phaze graph`'s Megatron-Core router flags build the graph `phaze evaluate` builds
+    with them (build_graph's options), are reported and survive the JSON file; on a dense
+    model they are refused, naming the flag."""
+    flags = ["--moe-router-fusion", "--moe-router-load-balancing-type", "seq_aux_loss",
+             "--moe-router-force-load-balancing"]
+    out = tmp_path / "g.json"
+    rc, text, _ = _run(["graph", "--model", "mixtral-8x7b", "--seq", "256", "--ep", "4",
+                        "--json", "-o", str(out)] + flags, capsys)
+    assert rc == 0
+    s = json.loads(text)
+    assert (s["moe_router_fusion"], s["moe_router_load_balancing_type"],
+            s["moe_router_force_load_balancing"]) == (True, "seq_aux_loss", True)
+    g = build_graph(ZOO["mixtral-8x7b"], seq=256, ep=4, fused=True, moe_router_fusion=True,
+                    moe_router_load_balancing_type="seq_aux_loss",
+                    moe_router_force_load_balancing=True)
+    assert load_graph(out) == g
+    rc, _, err = _run(["graph", "--model", "llama2-7b", "--moe-router-fusion"], capsys)
+    assert rc == 2 and "--moe-router-fusion" in err and "no routed experts" in err

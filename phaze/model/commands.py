@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from phaze.errors import UserError
 from phaze.settings import ATTENTION_MODES as ATTENTION
 from phaze.settings import GraphSettings
-from phaze.settings import add_token_drop_args
+from phaze.settings import add_router_args, add_token_drop_args, router_options
 
 if TYPE_CHECKING:
     from phaze.model.ops import ModelGraph
@@ -39,6 +39,7 @@ def register(sub) -> None:
                         "or 0 (default): one GEMM of all the device's token slots. A dense "
                         "model's graph has ep 0 whatever is given")
     add_token_drop_args(p, ". The sweep's schedule tables do not key it")
+    add_router_args(p)
     # the sweep's default (GraphSettings): one graph per setting on every route
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=GraphSettings().fused,
                    help="fuse GEMMs with their element-wise epilogues (one TC+VC op; default "
@@ -104,6 +105,9 @@ def graph_summary(graph: ModelGraph, model_graph_t1: ModelGraph) -> dict:
         "cp": graph.cp, "kv_bytes": graph.kv_bytes, "ep": graph.ep,
         "moe_expert_capacity_factor": graph.moe_expert_capacity_factor,
         "moe_pad_expert_input_to_capacity": graph.moe_pad_expert_input_to_capacity,
+        "moe_router_fusion": graph.moe_router_fusion,
+        "moe_router_load_balancing_type": graph.moe_router_load_balancing_type,
+        "moe_router_force_load_balancing": graph.moe_router_force_load_balancing,
         "params": graph.params_total,
         "flops_fwd": model_graph_t1.flops("fwd"),
         "flops_bwd": model_graph_t1.flops("bwd"),
@@ -157,7 +161,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     opts = dict(fused=args.fused, dtype_bytes=args.dtype_bytes, attention=args.attention,
                 vocab_pad_multiple=args.vocab_pad_multiple,
                 moe_expert_capacity_factor=args.moe_expert_capacity_factor,
-                moe_pad_expert_input_to_capacity=args.moe_pad_expert_input_to_capacity)
+                moe_pad_expert_input_to_capacity=args.moe_pad_expert_input_to_capacity,
+                **router_options(args, spec))
     g = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp, sequence_parallel=args.sequence_parallel,
                     cp=args.cp, ep=args.ep, **opts)
     check_graph_size(g)

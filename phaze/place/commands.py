@@ -9,7 +9,8 @@ from phaze.cost.params import FP8_RECIPES
 from phaze.errors import UserError
 from phaze.settings import (MAX_HBM_GIB, RECOMPUTE_MODES, add_config_arg, add_graph_args,
                             add_network_arg, add_placement_args, add_sched_args,
-                            add_token_drop_args, sweep_settings)
+                            add_router_args, add_token_drop_args, router_options,
+                            sweep_settings)
 
 
 def register(sub) -> None:    # long: the two commands' argparse declarations, nothing else
@@ -146,17 +147,7 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
                         "traffic: alltoall sends each routed slot, flex (DeepEP / HybridEP) "
                         "each token once per remote node (default alltoall)")
     add_token_drop_args(e)
-    e.add_argument("--moe-router-fusion", action="store_true",
-                   help="Megatron-Core --moe-router-fusion: an MoE router's top-k and scoring "
-                        "as one fused kernel per pass (default: the eager PyTorch kernels)")
-    e.add_argument("--moe-router-load-balancing-type", default="none",
-                   choices=["none", "aux_loss", "seq_aux_loss"],
-                   help="Megatron-Core's load-balancing loss of an MoE router, with a "
-                        "coefficient > 0: its kernels are timed (default none, as a zero "
-                        "--moe-aux-loss-coeff)")
-    e.add_argument("--moe-router-force-load-balancing", action="store_true",
-                   help="Megatron-Core's benchmark switch: route on random logits (its "
-                        "kernels are timed; routing is balanced either way)")
+    add_router_args(e)
     e.add_argument("--no-overlap", action="append", default=[], choices=overlaps,
                    help="switch one of --framework's overlaps off (repeatable)")
     e.add_argument("--cross-entropy-fusion", action="store_true",
@@ -584,14 +575,7 @@ def _evaluate_preset(args, spec, settings, seq):
     check_token_drop(spec, args.moe_expert_capacity_factor,
                      args.moe_pad_expert_input_to_capacity, args.moe_token_dispatcher,
                      names=TOKEN_DROP_FLAGS)
-    router_flags = {"--moe-router-fusion": args.moe_router_fusion,
-                    "--moe-router-load-balancing-type":
-                        args.moe_router_load_balancing_type != "none",
-                    "--moe-router-force-load-balancing": args.moe_router_force_load_balancing}
-    for flag, on in router_flags.items():
-        if on and not spec.experts:
-            raise UserError(f"sets an MoE router, and {spec.name} has no routed experts",
-                            field=flag, fix=f"drop {flag}")
+    router = router_options(args, spec)
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
@@ -609,7 +593,7 @@ def _evaluate_preset(args, spec, settings, seq):
                               args, "attention", None) else {"attention": settings.graph.attention}
                                             if args.framework is None else {}),
                                          "vocab_pad_multiple": settings.graph.vocab_pad_multiple,
-                                         **_router_options(args)},
+                                         **router},
                           framework=args.framework, cp=args.cp, fp8=args.fp8,
                           fp8_recipe=args.fp8_recipe or "delayed",
                           first_stage_layers=args.first_stage_layers,
@@ -623,14 +607,6 @@ def _evaluate_preset(args, spec, settings, seq):
                           options=_overlap_options(args, settings) or None,
                           recompute_modules=_recompute_modules(args))
     return plan, arch.hbm_bytes, arch.name
-
-
-def _router_options(args) -> dict:
-    """The MoE router's build_graph options the flags set (none: Megatron-Core's defaults)."""
-    o = {"moe_router_fusion": args.moe_router_fusion,
-         "moe_router_load_balancing_type": args.moe_router_load_balancing_type,
-         "moe_router_force_load_balancing": args.moe_router_force_load_balancing}
-    return {k: v for k, v in o.items() if v not in (False, "none")}
 
 
 def _recompute_modules(args) -> tuple | None:
