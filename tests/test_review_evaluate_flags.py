@@ -77,6 +77,8 @@ def _argv(r: dict) -> list[str] | None:
     po.pop("optimizer_bytes_per_param", None)
     if po.pop("moe_token_dispatcher", "alltoall") == "flex":
         argv += ["--moe-token-dispatcher", "flex"]
+    if po.pop("overlap_grad_reduce", True) is False:
+        argv += ["--no-overlap", "grad_reduce"]
     if po.pop("overlap_moe_expert_parallel_comm", False):
         argv += ["--overlap", "moe_ep_comm"]
     assert not po, po

@@ -323,19 +323,26 @@ def test_bridge_rows_are_consistent_megatron_plans():
     # all-to-all for Qwen3-235B (its H100 function clears the recipe's DeepEP)
     assert sorted({c.zoo for c in cs if dict(c.plan_options).get("moe_token_dispatcher")
                    == "flex"}) == ["deepseek-v3", "nemotron-3-nano", "qwen3-30b-a3b"]
+    # TP userbuffers off where the runs' configs say so (the profile has them on); DeepSeek-V3's
+    # H100 run without overlapped gradient reduction (r0.1.0 run_script.py)
+    assert sorted({c.zoo for c in cs if c.tp_overlap is False}) == ["deepseek-v3", "qwen3-235b-a22b"]
+    assert [c.name for c in cs if c.tp_overlap is False and c.moe_expert_capacity_factor] == []
+    assert sorted(c.name for c in cs if dict(c.plan_options).get("overlap_grad_reduce") is False) \
+        == ["DSV3/25.09", "DSV3/25.09/fp8_sc"]
     # the router's top-k fused where the perf scripts switch it on (every MoE model of
     # the table but Nemotron-3-Nano, whose perf config leaves its recipe's False)
     assert sorted({c.zoo for c in cs if c.moe_router_fusion}) == [
         "deepseek-v3", "gpt-oss-120b", "qwen3-235b-a22b", "qwen3-30b-a3b"]
-    # the providers' load-balancing losses; forced balance on all dropless MoE runs
+    # the providers' load-balancing losses (r0.1.0's DeepSeekV3Provider sets no coefficient:
+    # none); forced balance on all dropless MoE runs
     assert {c.zoo: c.moe_router_load_balancing_type for c in cs if c.ep > 1} == {
-        "deepseek-v3": "seq_aux_loss", "gpt-oss-120b": "none", "qwen3-235b-a22b": "aux_loss",
+        "deepseek-v3": "none", "gpt-oss-120b": "none", "qwen3-235b-a22b": "aux_loss",
         "qwen3-30b-a3b": "aux_loss", "nemotron-3-nano": "seq_aux_loss"}
     assert all(c.moe_router_force_load_balancing == (c.moe_expert_capacity_factor is None)
                for c in cs if c.ep > 1)
     # the transcription's caveats, and the only model grown by its MTP block
     assert {c.name: c.caveat for c in cs if c.caveat} == {
-        "L3.1-405B/25.09": "account_split_unverified", "L3-8B/25.11/rc5": "fsdp_or_recompute",
+        "L3-8B/25.11/rc5": "fsdp_or_recompute",
         "DSV3/25.09": "mtp_as_moe_layer", "Q3-30B/26.02": "mapping_conflict",
         "Q3-30B/26.02.01": "mapping_conflict",
         "DSV3/25.09/fp8_sc": "mtp_as_moe_layer,tokens_from_tflops"}
@@ -368,7 +375,8 @@ BRIDGE_DIRECT = {
     "Q3-235B/26.02": dict(model="qwen3-235b-a22b", tp=2, pp=8, cp=1, dp=16, batch=8192,
                           seq=4096, interleave=4, ep=32, expert_tp=1, recompute="none",
                           fp8=True, acc=True, kw={},
-                          opts={"overlap_moe_expert_parallel_comm": True}),
+                          opts={"overlap_moe_expert_parallel_comm": True,
+                                "tp_comm_overlap": False}),
     # MoE token dropping: Qwen3-235B at 25.09, capacity factor 1.0 padded (Megatron-Bridge
     # r0.1.0 apply_moe_token_drop), alltoall, no EP overlap
     "Q3-235B/25.09/drop": dict(model="qwen3-235b-a22b", tp=2, pp=8, cp=1, dp=16, batch=2048,
@@ -382,14 +390,16 @@ BRIDGE_DIRECT = {
     "DSV3/25.09": dict(model="deepseek-v3", tp=2, pp=8, cp=1, dp=64, batch=8192, seq=4096,
                        interleave=4, ep=64, expert_tp=1, recompute="selective", fp8=True,
                        acc=True, kw={"recompute_modules": ("mla_up_proj", "mlp")},
-                       opts={"moe_token_dispatcher": "flex",
+                       opts={"moe_token_dispatcher": "flex", "tp_comm_overlap": False,
+                             "overlap_grad_reduce": False,
                              "overlap_moe_expert_parallel_comm": True}),
     # the same with block-scaled FP8 (Megatron-Core --fp8-recipe blockwise)
     "DSV3/25.09/fp8_sc": dict(model="deepseek-v3", tp=2, pp=8, cp=1, dp=64, batch=8192,
                               seq=4096, interleave=4, ep=64, expert_tp=1,
                               recompute="selective", fp8=True, acc=True, recipe="blockwise",
                               kw={"recompute_modules": ("mla_up_proj", "mlp")},
-                              opts={"moe_token_dispatcher": "flex",
+                              opts={"moe_token_dispatcher": "flex", "tp_comm_overlap": False,
+                                    "overlap_grad_reduce": False,
                                     "overlap_moe_expert_parallel_comm": True}),
 }
 
@@ -400,8 +410,7 @@ ROUTERS = {
     "Q3-235B": dict(moe_router_fusion=True, moe_router_load_balancing_type="aux_loss",
                     moe_router_force_load_balancing=True),
     "Q3-235B/drop": dict(moe_router_fusion=True, moe_router_load_balancing_type="aux_loss"),
-    "DSV3": dict(moe_router_fusion=True, moe_router_load_balancing_type="seq_aux_loss",
-                 moe_router_force_load_balancing=True),
+    "DSV3": dict(moe_router_fusion=True, moe_router_force_load_balancing=True),
 }
 
 

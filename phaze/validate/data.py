@@ -233,7 +233,9 @@ def bridge_cases() -> list[Case]:
     moe_router_fusion (the perf scripts' common settings of the Qwen3, GPT-OSS and
     DeepSeek-V3 runs; absent: Megatron-Core's default, off), the model's
     moe_router_load_balancing_type (its Megatron-Bridge provider's, with a coefficient > 0)
-    and moe_router_force_load_balancing (the perf scripts' benchmark setting)."""
+    and moe_router_force_load_balancing (the perf scripts' benchmark setting); and where a
+    model's runs leave the nemo-2024 profile, tp_comm_overlap (Case.tp_overlap) and
+    overlap_grad_reduce (a PlanOption)."""
     from phaze.model.zoo import get_model
     from phaze.place.plan import MOE_DISPATCHERS
 
@@ -251,6 +253,8 @@ def bridge_cases() -> list[Case]:
             opts["moe_token_dispatcher"] = "flex"
         if r["a2a_overlap"]:
             opts["overlap_moe_expert_parallel_comm"] = True
+        if "overlap_grad_reduce" in r:      # where the run's config leaves the profile's
+            opts["overlap_grad_reduce"] = bool(r["overlap_grad_reduce"])
         if r["fsdp"]:
             opts.update(zero_stage=3, distributed_optimizer=False)
         if r["recompute_layers"]:
@@ -268,6 +272,8 @@ def bridge_cases() -> list[Case]:
                         fp8_recipe=r.get("fp8_recipe") or t["fp8_recipe"],
                         dropout=False,
                         ce_fusion=bool(r["ce_fusion"]), plan_options=tuple(opts.items()),
+                        tp_overlap=(None if r.get("tp_comm_overlap") is None
+                                    else bool(r["tp_comm_overlap"])),
                         caveat=str(r.get("caveat") or ""), zoo=r["zoo"],
                         mtp_layers=int(r.get("mtp_layers", 0)), ep=r["ep"],
                         expert_tp=r["etp"] or 0,
