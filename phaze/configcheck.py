@@ -113,6 +113,7 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     attention = graph.attention
     errors = []
     seen = set()
+    moe, resolved = False, True     # whether a model has routed experts (placement.ep's use)
     for i, m in enumerate(cfg["models"]):
         field = f"models[{i}].name"
         if m["name"] in seen:
@@ -125,19 +126,23 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                 errors.append(f"field {field}: no such file {m['hf_config']!r}; fix: give "
                               "the path of a Hugging Face config.json, or drop hf_config for "
                               "a zoo model")
+                resolved = False
                 continue
         elif m["name"] not in ZOO:
             near = closest_model(m["name"])
             fix = (f"did you mean {near!r}? " if near else "") + \
                 f"use a zoo name ({', '.join(sorted(ZOO))}) or give hf_config: path/to/config.json"
             errors.append(f"field {field}: unknown model {m['name']!r}; fix: {fix}")
+            resolved = False
             continue
         try:
             # messages name the model as the config does, not by its file's stem
             spec = resolve_model(m.get("hf_config", m["name"])).with_(name=m["name"])
         except UserError as e:
             errors.append(f"field {field}: {e}")
+            resolved = False
             continue
+        moe = moe or bool(spec.experts)
         if m.get("fixed_plan") and 1 not in m.get("cp", [1]):
             errors.append(f"field models[{i}].cp: the fixed baseline {m['fixed_plan']} runs "
                           "without context parallelism, which the cp list leaves out; fix: "
@@ -181,6 +186,11 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                         errors.append(f"field {loc}: " + config_fix(
                             str(e).split(": ", 1)[-1], e.field, loc))
     pl_raw = cfg.get("placement") or {}
+    if resolved and not moe and "ep" in pl_raw and any(e > 1 for e in placement.ep):
+        # the ep axis spreads routed experts; a dense sweep would ignore it (and re-run for it)
+        errors.append(f"field placement.ep: expert-parallel sizes {list(placement.ep)} spread "
+                      "routed experts, and no model of this sweep has any; fix: drop "
+                      "placement.ep (or add an MoE model)")
     if pl_raw.get("zero1") is True and placement.zero_stage and 1 not in placement.zero_stage:
         # zero_stage decides the stages searched: a zero1 it leaves out would be ignored
         errors.append(f"field placement.zero1: true asks for ZeRO-1, but placement.zero_stage "

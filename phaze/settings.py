@@ -425,6 +425,10 @@ def load_config(path: str, over: str | None = None) -> dict:
     `snakemake --configfile FILE` runs it (merge_config)."""
     if over is not None:
         base = _read_yaml(over, "--over")
+        if base is not None and not isinstance(base, dict):
+            raise UserError(f"{over} holds a YAML {type(base).__name__}, not a mapping of config "
+                            "fields", field="--over", fix="give a sweep config such as "
+                            "configs/default.yaml")
         return _checked(merge_config(base or {}, _read_config_file(path)))
     return _checked(_read_config_file(path))
 
@@ -439,6 +443,10 @@ def _read_config_file(path: str) -> dict:
                         fix="copy configs/default.yaml and edit it, or write only the fields "
                             "to change (e.g. 'placement: {hbm_gib: [32]}') and check it with "
                             "`phaze check-config --config FILE --over configs/default.yaml`")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} holds a YAML {type(cfg).__name__}, not a mapping of config "
+                        "fields", field="--config",
+                        fix="write the fields as a mapping, e.g. 'placement: {hbm_gib: [32]}'")
     return cfg
 
 

@@ -154,7 +154,8 @@ def test_graph_ep_must_divide_experts():
 def test_unfused_softmax_router_kernels():
     """Megatron-Core's unfused softmax top-k routing: moe.route is ROUTE_KERNELS
     ["softmax"] = (9, 5) eager kernels (forward, backward); its latency is the same op as
-    one kernel plus (kernels - 1) per-kernel overheads; the sigmoid router stays one."""
+    one kernel plus (kernels - 1) per-kernel overheads; the sigmoid router's eager path
+    (DeepSeek-V3's) is 26 / 13."""
     from phaze.model.graph import ROUTE_KERNELS
 
     p = preset_params("h100")
@@ -167,9 +168,14 @@ def test_unfused_softmax_router_kernels():
         single = replace(o, kernels=0)
         assert _lat([o], p)[0] == pytest.approx(
             _lat([single], p)[0] + (o.kernels - 1) * p.op_overhead_s, rel=1e-12)
-    sig = build_graph(MOE.with_(router="sigmoid"), mbs=1)
-    blk = next(lg for lg in sig.layers if lg.kind.startswith("block"))
-    assert next(o for o in blk.fwd if o.name == "moe.route").kernels == 0
+    # the sigmoid path as DeepSeek-V3 runs it (expert bias, group-limited top-k, scaling):
+    # 26 / 13 eager kernels, one each fused
+    for fusion, want in ((False, ROUTE_KERNELS["sigmoid"]), (True, (0, 0))):
+        sig = build_graph(MOE.with_(router="sigmoid"), mbs=1, moe_router_fusion=fusion)
+        blk = next(lg for lg in sig.layers if lg.kind.startswith("block"))
+        assert (next(o for o in blk.fwd if o.name == "moe.route").kernels,
+                next(o for o in blk.bwd if o.name == "moe.route.bwd").kernels) == want
+    assert ROUTE_KERNELS["sigmoid"] == (26, 13)
 
 
 @pytest.mark.parametrize("tp,sp,et", [(1, False, 0), (2, True, 1), (2, True, 0)])
@@ -231,5 +237,7 @@ def test_load_balancing_and_forced_routing_kernels(fusion):
             _lat([a], p)[0] + (max(b.kernels, 1) - max(a.kernels, 1)) * p.op_overhead_s, rel=1e-12)
     _, (f2, b2) = route(moe_router_load_balancing_type="seq_aux_loss")
     assert (f2.kernels, b2.kernels) == (f1.kernels - 2, b1.kernels)
+    _, (f3, b3) = route(moe_router_load_balancing_type="global_aux_loss")
+    assert (f3.kernels, b3.kernels) == (f2.kernels + 3, b2.kernels)
     with pytest.raises(UserError, match="load-balancing"):
-        build_graph(MOE, mbs=1, moe_router_load_balancing_type="global_aux_loss")
+        build_graph(MOE, mbs=1, moe_router_load_balancing_type="sinkhorn")

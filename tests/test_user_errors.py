@@ -303,6 +303,18 @@ def test_router_switches_on_a_dense_model_are_one_line():
         assert "no routed experts" in err
 
 
+def test_graph_errors_name_the_evaluate_flag():
+    """build_graph calls its option expert_tp; `phaze evaluate` users set --expert-tp: the
+    error names the flag, in the field and in the fix."""
+    err = _one_line_error(GPT3 + ["--expert-tp", "1"], "--expert-tp")
+    assert "drop --expert-tp" in err and "expert_tp" not in err
+    moe = ["evaluate", "--model", "qwen3-30b-a3b", "--arch", "h100", "--tp", "2", "--pp", "1",
+           "--dp", "8", "--ep", "8", "--expert-tp", "3", "--mbs", "1", "--batch", "64",
+           "--seq", "4096", "--recompute", "none"]
+    err = _one_line_error(moe, "--expert-tp")
+    assert "--expert-tp = tp" in err
+
+
 def test_recompute_modules_naming_nothing_is_one_line():
     for value in (",", ""):
         err = _one_line_error(GPT3 + ["--recompute", "selective", "--recompute-modules", value],
@@ -315,7 +327,7 @@ def test_recompute_module_the_model_lacks_is_one_line():
     model re-runs nothing: refused instead of silently recomputing nothing."""
     for mod, part in (("mla_up_proj", "multi-latent attention"), ("moe_act", "MoE layer")):
         err = _one_line_error(GPT3 + ["--recompute", "selective", "--recompute-modules", mod],
-                              "recompute_modules")
+                              "--recompute-modules")
         assert "re-runs nothing" in err and part in err
 
 

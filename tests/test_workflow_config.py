@@ -71,6 +71,11 @@ BAD_CONFIGS = {
         "placement.ep: none of the expert-parallel sizes [3] divides mixtral-8x7b's 8 routed "
         "experts",
     ),
+    "expert parallelism in a dense sweep": (
+        _bad(lambda c: c["placement"].__setitem__("ep", [1, 8])),
+        "placement.ep: expert-parallel sizes [1, 8] spread routed experts, and no model of "
+        "this sweep has any",
+    ),
     "missing hf config": (
         _bad(lambda c: c["models"][0].update(hf_config="nowhere/config.json")),
         "models[0].hf_config",
@@ -338,6 +343,24 @@ def test_check_config_merges_a_partial_copy_over_the_default(tmp_path, capsys):
                  str(REPO / "configs" / "default.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "placement.hbm_gib" in err and "[80]" in err
+
+
+@pytest.mark.parametrize("text", ["- 1\n", "hello\n"])
+def test_a_config_that_is_no_mapping_is_one_line_with_or_without_over(tmp_path, capsys, text):
+    """A config file holding a list or a scalar is refused in one line naming the file
+    (with --over, merging it crashed with an AttributeError)."""
+    from phaze.cli import main
+
+    bad = tmp_path / "list.yaml"
+    bad.write_text(text)
+    for extra in ([], ["--over", str(REPO / "configs" / "default.yaml")]):
+        assert main(["check-config", "--config", str(bad)] + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--config" in err and "mapping" in err, err
+    assert main(["check-config", "--config", str(REPO / "configs" / "default.yaml"),
+                 "--over", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--over" in err and "mapping" in err, err
 
 
 @pytest.mark.parametrize("text", ["", "# my sweep, to be written\n"])

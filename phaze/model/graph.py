@@ -65,12 +65,20 @@ _ROUTE = {"softmax": "softmax", "sigmoid": "sigmoid_topk"}
 #   forward  torch.topk 1, torch.softmax (fp32) 1, probs.type_as 1, routing_probs =
 #            zeros_like + scatter 2, routing_map = zeros_like + .int() + scatter + .bool() 4  = 9
 #   backward type_as 1, scatter -> gather 1, softmax 1, topk values -> zeros + scatter 2    = 5
-# The sigmoid (DeepSeek) path and the aux-loss kernels are not counted (one kernel each).
-ROUTE_KERNELS = {"softmax": (9, 5)}
+# and the sigmoid path as DeepSeek-V3 runs it (the same function; expert bias, group-limited
+# top-k, scaling factor):
+#   forward  logits.float 1, sigmoid 1, bias.float + add 2, group_limited_topk (topk, sum,
+#            topk, zeros_like + scatter_, expand-reshape copy, .bool + ~, masked_fill, topk)
+#            10, gather 1, sum + eps + divide 3, scaling 1, type_as 1, routing_probs
+#            zeros_like + scatter 2, routing_map 4                                         = 26
+#   backward type_as 1, scatter -> gather 1, scaling 1, the normalisation's quotient rule 4
+#            (divide, its denominator's gradient, sum, add), gather -> zeros + scatter_add
+#            2, sigmoid 1, float -> bf16 1, the gradient's accumulation 2                = 13
+ROUTE_KERNELS = {"softmax": (9, 5), "sigmoid": (26, 13)}
 # Megatron-Core --moe-router-load-balancing-type values phaze models, each with a
-# coefficient > 0 (a zero coefficient computes nothing: "none"); global_aux_loss, whose
-# counts all-reduce spans the DP group, is not modelled
-MOE_LOAD_BALANCING = ("none", "aux_loss", "seq_aux_loss")
+# coefficient > 0 (a zero coefficient computes nothing: "none"); sinkhorn (a routing
+# algorithm of its own) is not modelled
+MOE_LOAD_BALANCING = ("none", "aux_loss", "seq_aux_loss", "global_aux_loss")
 # Kernels (forward, backward) the load-balancing loss adds to an MoE layer while training
 # (router.py _apply_aux_loss / _apply_seq_aux_loss and moe_utils.py at Megatron-Core
 # core_r0.18.0), beside its routing scores over all experts (one fused kernel per pass with
@@ -79,8 +87,10 @@ MOE_LOAD_BALANCING = ("none", "aux_loss", "seq_aux_loss")
 #   forward  routing_map.sum 1, the loss 1 (TE fused_moe_aux_loss), the metrics tracker's
 #            aux / coeff and indexed += 2                                               = 4
 #   backward MoEAuxLossAutoScaler's ones_like x scale 2, the loss's backward 1          = 3
-# (its tokens-per-expert all-reduce over the TP x CP group, E int64, is not counted)
-AUX_LOSS_KERNELS = (4, 3)
+# global_aux_loss also keeps a running mean of the counts (+=, the step count's += and a
+# divide: 3 more forward). Its tokens-per-expert all-reduce (E int64; over TP x CP,
+# global_aux_loss: TP x DP x CP) is not counted.
+AUX_LOSS_KERNELS = {"aux_loss": (4, 3), "seq_aux_loss": (4, 3), "global_aux_loss": (7, 3)}
 # --moe-router-force-load-balancing (Megatron-Bridge's benchmark setting): the router's
 # logits replaced by random ones, logits.clone().normal_(); identity backward
 FORCE_BALANCE_KERNELS = (2, 0)
@@ -705,7 +715,8 @@ class _Ctx:
             max(k, 1) for k in ROUTE_KERNELS.get(self.spec.router, (1, 1)))
         f, b = one
         if self.load_balancing != "none":
-            f, b = f + one[0] + AUX_LOSS_KERNELS[0], b + one[1] + AUX_LOSS_KERNELS[1]
+            lf, lb = AUX_LOSS_KERNELS[self.load_balancing]
+            f, b = f + one[0] + lf, b + one[1] + lb
         if self.force_balance:
             f, b = f + FORCE_BALANCE_KERNELS[0], b + FORCE_BALANCE_KERNELS[1]
         return tuple(0 if k == 1 else k for k in (f, b))

@@ -374,6 +374,8 @@ def _cmd_evaluate(args) -> int:
                 raise UserError("--stages needs --grid", field="--stages",
                                 fix="add --grid G --arch ID (the sweep route), or drop --stages")
             plan, hbm, arch_label = _evaluate_preset(args, spec, settings, seq)
+    except UserError as e:
+        raise _flag_named(e) from None
     except ValueError as e:
         raise _plan_error(str(e), args) from None
     if "time_per_batch_s" not in plan:
@@ -387,6 +389,24 @@ def _cmd_evaluate(args) -> int:
         return 0
     _print_plan(spec, args, plan, hbm, settings.placement.global_batch)
     return 0
+
+
+# build_graph's option names in its errors -> the `phaze evaluate` flags that set them
+GRAPH_FLAGS = {"expert_tp": "--expert-tp", "recompute_modules": "--recompute-modules",
+               "attention": "--attention", "ep": "--ep", "cp": "--cp",
+               "moe_router_load_balancing_type": "--moe-router-load-balancing-type"}
+
+
+def _flag_named(e: UserError) -> UserError:
+    """A graph-builder error as the command line says it: its field and any mention of it
+    in the fix become the flag (expert_tp -> --expert-tp)."""
+    import re
+
+    flag = GRAPH_FLAGS.get(e.field)
+    if flag is None:
+        return e
+    fix = re.sub(rf"(?<![\w-]){re.escape(e.field)}(?!\w)", flag, e.fix) if e.fix else e.fix
+    return UserError(e.message, field=flag, fix=fix)
 
 
 def _plan_error(message: str, args) -> UserError:
@@ -698,13 +718,21 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
     w(f"{spec.name} on {plan['arch']}: t={args.tp} p={args.pp} d={args.dp}{axes} mbs={args.mbs} "
       f"batch={batch} recompute={args.recompute} interleave={args.interleave}\n")
     if plan.get("framework"):       # the preset route: how the figure was obtained
-        po = plan.get("plan_options", {})
+        po, go = plan.get("plan_options", {}), plan.get("graph_options", {})
         how = [f"framework {plan['framework']}"] + [x for x, on in (
             (f"fp8 {plan.get('fp8_recipe')}", plan.get("fp8")),
             ("sequence parallel", args.sequence_parallel),
             (f"expert TP {po.get('expert_tp')}", po.get("expert_tp")),
             (f"dispatcher {po.get('moe_token_dispatcher')}",
              po.get("moe_token_dispatcher", "alltoall") != "alltoall"),
+            ("router " + ",".join(
+                x for x, on in (("fused", go.get("moe_router_fusion")),
+                                (go.get("moe_router_load_balancing_type"),
+                                 go.get("moe_router_load_balancing_type", "none") != "none"),
+                                ("forced balance", go.get("moe_router_force_load_balancing")))
+                if on), any(go.get(k) not in (None, False, "none") for k in (
+                    "moe_router_fusion", "moe_router_load_balancing_type",
+                    "moe_router_force_load_balancing"))),
             (f"CP {po.get('cp_comm_type')}", args.cp > 1),
             ("token drop " + token_drop_label(po.get("moe_expert_capacity_factor"),
                                               po.get("moe_pad_expert_input_to_capacity", False)),
