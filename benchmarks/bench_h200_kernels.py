@@ -135,6 +135,16 @@ def expert_loops():
         print(f"  {r['model']:20s} {r['gemm']} {r['dtype']:4s} {g:2d} x {tok}x{n}x{k}: graph "
               f"{t * 1e6:7.1f} us (eager {eager / t:.2f}x), model without launch overheads "
               f"{bare * 1e6:7.1f} us ({bare / t - 1:+.0%})")
+    # the host's cost per eager kernel where the GPU work is short (the 512-token bf16
+    # loops: one cuBLAS GEMM per expert): what the h100 preset's eager_kernel_s charges
+    # each further kernel of a multi-kernel eager op (an unfused MoE router)
+    gaps = [(float(r["eager_s"]) - float(r["graph_s"])) / int(r["groups"])
+            for r in rows("h200_expert_loops.csv")
+            if r["dtype"] == "bf16" and int(r["tokens"]) <= 512]
+    gap = statistics.mean(gaps)
+    print(f"  eager launch cost per kernel, short bf16 loops: {', '.join(f'{g * 1e6:.1f}' for g in gaps)}"
+          f" us, mean {gap * 1e6:.2f} us; preset eager_kernel_s {KP.eager_kernel_s * 1e6:.2f} us "
+          f"(ratio {KP.eager_kernel_s / gap:.3f}); op_overhead_s {KP.op_overhead_s * 1e6:.1f} us")
     return {dt: summary(f"expert loops {dt}", e) for dt, e in errs.items()}
 
 

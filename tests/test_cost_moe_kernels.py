@@ -154,7 +154,8 @@ def test_graph_ep_must_divide_experts():
 def test_unfused_softmax_router_kernels():
     """Megatron-Core's unfused softmax top-k routing: moe.route is ROUTE_KERNELS
     ["softmax"] = (9, 5) eager kernels (forward, backward); its latency is the same op as
-    one kernel plus (kernels - 1) per-kernel overheads; the sigmoid router's eager path
+    one kernel plus (kernels - 1) eager-kernel launches (CostParams.eager_kernel_s, the h100
+    preset's measured 9.5 us; without it op_overhead_s); the sigmoid router's eager path
     (DeepSeek-V3's) is 26 / 13."""
     from phaze.model.graph import ROUTE_KERNELS
 
@@ -167,7 +168,7 @@ def test_unfused_softmax_router_kernels():
     for o in (fwd, bwd):
         single = replace(o, kernels=0)
         assert _lat([o], p)[0] == pytest.approx(
-            _lat([single], p)[0] + (o.kernels - 1) * p.op_overhead_s, rel=1e-12)
+            _lat([single], p)[0] + (o.kernels - 1) * p.eager_kernel_s, rel=1e-12)
     # the sigmoid path as DeepSeek-V3 runs it (expert bias, group-limited top-k, scaling):
     # 26 / 13 eager kernels, one each fused
     for fusion, want in ((False, ROUTE_KERNELS["sigmoid"]), (True, (0, 0))):
@@ -176,6 +177,11 @@ def test_unfused_softmax_router_kernels():
         assert (next(o for o in blk.fwd if o.name == "moe.route").kernels,
                 next(o for o in blk.bwd if o.name == "moe.route.bwd").kernels) == want
     assert ROUTE_KERNELS["sigmoid"] == (26, 13)
+    # no eager_kernel_s (the a100 preset, a searched chip): each kernel pays op_overhead_s
+    q = replace(p, eager_kernel_s=0.0)
+    assert _lat([fwd], q)[0] == pytest.approx(
+        _lat([replace(fwd, kernels=0)], q)[0] + (fwd.kernels - 1) * q.op_overhead_s, rel=1e-12)
+    assert p.eager_kernel_s == pytest.approx(9.5e-6) and p.eager_kernel_s < p.op_overhead_s
 
 
 @pytest.mark.parametrize("tp,sp,et", [(1, False, 0), (2, True, 1), (2, True, 0)])
@@ -203,7 +209,7 @@ def test_fused_router_is_one_kernel_per_pass(tp, sp, et):
             extra = sum(max(o.kernels, 1) - 1 for o in r_e)
             assert extra == (8 if ps == "fwd" else 4)
             assert _lat(eo, p).sum() == pytest.approx(
-                _lat(fo, p).sum() + extra * p.op_overhead_s, rel=1e-12)
+                _lat(fo, p).sum() + extra * p.eager_kernel_s, rel=1e-12)
     assert not build_graph(MOE.with_(experts=0, top_k=0), mbs=1,
                            moe_router_fusion=True).moe_router_fusion
 
@@ -234,7 +240,7 @@ def test_load_balancing_and_forced_routing_kernels(fusion):
     for a, b in ((f0, f1), (b0, b1)):
         assert (a.bytes_read, a.bytes_written) == (b.bytes_read, b.bytes_written)
         assert _lat([b], p)[0] == pytest.approx(
-            _lat([a], p)[0] + (max(b.kernels, 1) - max(a.kernels, 1)) * p.op_overhead_s, rel=1e-12)
+            _lat([a], p)[0] + (max(b.kernels, 1) - max(a.kernels, 1)) * p.eager_kernel_s, rel=1e-12)
     _, (f2, b2) = route(moe_router_load_balancing_type="seq_aux_loss")
     assert (f2.kernels, b2.kernels) == (f1.kernels - 2, b1.kernels)
     _, (f3, b3) = route(moe_router_load_balancing_type="global_aux_loss")

@@ -130,10 +130,14 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         lat_one[:, vi], lat_all[:, vi], b_one[:, vi], b_all[:, vi] = res
         kernels[vi] = [max(o.kernels, 1) for o in v]
 
-    if params.op_overhead_s:
+    if params.op_overhead_s or params.eager_kernel_s:
         idx = gi + vi
-        lat_one[:, idx] += params.op_overhead_s * kernels[idx]
-        lat_all[:, idx] += params.op_overhead_s * kernels[idx]
+        extra = params.eager_kernel_s or params.op_overhead_s   # a vector op's further kernels
+        per = params.op_overhead_s * kernels[idx]
+        if vi:
+            per[len(gi):] = params.op_overhead_s + extra * (kernels[vi] - 1)
+        lat_one[:, idx] += per
+        lat_all[:, idx] += per
 
     for j in ci:
         o = ops[j]

@@ -102,6 +102,11 @@ class CostParams:
     # Fixed time added to every GEMM and vector op (kernel launch / synchronisation);
     # 0 for an accelerator whose scheduler issues ops back to back.
     op_overhead_s: float = 0.0
+    # Cost of each further kernel of a vector op the framework runs as several eager
+    # kernels (Op.kernels > 1: an unfused MoE router's top-k, scatter and casts), whose
+    # GPU work is too small to hide the host's launch of the next one: the PyTorch eager
+    # dispatch and CUDA launch per kernel. 0: op_overhead_s (an isolated kernel's cost).
+    eager_kernel_s: float = 0.0
     # Fraction of the GLB usable for a GEMM's resident tile (the rest double-buffers).
     glb_usable_fraction: float = 0.5
     # Bandwidth a single-core op may draw from the shared GLB and HBM:
@@ -172,6 +177,8 @@ class CostParams:
                 raise ValueError(f"CostParams.{f} must be in (0, 1], got {v}")
         if not self.op_overhead_s >= 0:
             raise ValueError("CostParams.op_overhead_s must be >= 0")
+        if not self.eager_kernel_s >= 0:
+            raise ValueError("CostParams.eager_kernel_s must be >= 0")
         for f in ("nccl_channels", "nccl_net_channels", "flex_dispatch_sms"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
@@ -226,13 +233,17 @@ class CostParams:
 # before; the interleaved schedule's p2p fill since 2026-12-01:
 # plan.interleaved_p2p_fill_s, 0.750 before; the flash size terms, 0.751
 # before).
+# h100 eager_kernel_s 9.5 us: the host's cost per kernel in a loop of small eager kernels,
+# measured as (eager - CUDA-graph replay) / kernels on the two bf16 512-token expert loops
+# of benchmarks/data/h200_expert_loops.csv (8.3 and 10.7 us: one cuBLAS GEMM each, whose
+# GPU time the graph replay gives alone); printed by benchmarks/bench_h200_kernels.py.
 PRESET_PARAMS = {
     "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
                  collective_topology="nccl", flash_fwd_efficiency=0.80,
                  flash_bwd_efficiency=0.69, flash_key_overhead=125, flash_head_dim_overhead=48,
                  sustained_clock_fraction=0.747,
                  unfused_cross_entropy=True, nccl_channels=24, nccl_net_channels=2,
-                 flex_dispatch_sms=20),
+                 flex_dispatch_sms=20, eager_kernel_s=9.5e-6),
     "a100": dict(compute_efficiency=0.7924, hbm_bw_efficiency=0.9187, link_bw_efficiency=0.80,
                  op_overhead_s=52.56e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
                  flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24,
