@@ -673,11 +673,15 @@ def add_token_drop_args(p, note: str = "") -> None:
                         "capacity (dropped or padded)")
 
 
+# Megatron-Core --moe-router-load-balancing-type values phaze models (build_graph's
+# moe_router_load_balancing_type), each with a coefficient > 0 (a zero coefficient computes
+# nothing: "none"); sinkhorn (a routing algorithm of its own) is not modelled
+MOE_LOAD_BALANCING = ("none", "aux_loss", "seq_aux_loss", "global_aux_loss")
+
+
 def add_router_args(p) -> None:
     """Megatron-Core's MoE router flags (`phaze graph` and `phaze evaluate`): what the
     routing op's kernels are (phaze.model.graph.build_graph's options of these names)."""
-    from phaze.model.graph import MOE_LOAD_BALANCING
-
     p.add_argument("--moe-router-fusion", action="store_true",
                    help="Megatron-Core --moe-router-fusion: an MoE router's top-k and scoring "
                         "as one fused kernel per pass (default: the eager PyTorch kernels)")

@@ -75,10 +75,7 @@ _ROUTE = {"softmax": "softmax", "sigmoid": "sigmoid_topk"}
 #            (divide, its denominator's gradient, sum, add), gather -> zeros + scatter_add
 #            2, sigmoid 1, float -> bf16 1, the gradient's accumulation 2                = 13
 ROUTE_KERNELS = {"softmax": (9, 5), "sigmoid": (26, 13)}
-# Megatron-Core --moe-router-load-balancing-type values phaze models, each with a
-# coefficient > 0 (a zero coefficient computes nothing: "none"); sinkhorn (a routing
-# algorithm of its own) is not modelled
-MOE_LOAD_BALANCING = ("none", "aux_loss", "seq_aux_loss", "global_aux_loss")
+# Megatron-Core --moe-router-load-balancing-type values phaze models: settings.MOE_LOAD_BALANCING
 # Kernels (forward, backward) the load-balancing loss adds to an MoE layer while training
 # (router.py _apply_aux_loss / _apply_seq_aux_loss and moe_utils.py at Megatron-Core
 # core_r0.18.0), beside its routing scores over all experts (one fused kernel per pass with
@@ -656,6 +653,7 @@ def _topo(ops: list[Op]) -> list[Op]:
 
 # --- the model ------------------------------------------------------------------------
 from phaze.settings import ATTENTION_MODES as ATTENTION  # noqa: E402
+from phaze.settings import MOE_LOAD_BALANCING  # noqa: E402
 
 
 class BuiltLayer(NamedTuple):
