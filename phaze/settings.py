@@ -695,12 +695,15 @@ def add_router_args(p) -> None:
                         "kernels are timed; routing is balanced either way)")
 
 
-def router_options(args, spec) -> dict:
-    """build_graph's router options the add_router_args flags set (Megatron-Core's defaults
-    left out); a flag on a dense model is refused (UserError naming it)."""
-    o = {"moe_router_fusion": args.moe_router_fusion,
-         "moe_router_load_balancing_type": args.moe_router_load_balancing_type,
-         "moe_router_force_load_balancing": args.moe_router_force_load_balancing}
+ROUTER_OPTIONS = ("moe_router_fusion", "moe_router_load_balancing_type",
+                  "moe_router_force_load_balancing")
+
+
+def router_options(src, spec) -> dict:
+    """build_graph's router options (ROUTER_OPTIONS) that `src` sets beyond Megatron-Core's
+    defaults: the add_router_args flags, or a validate Case's fields of the same names; on
+    a dense model they are refused (UserError naming the flag)."""
+    o = {k: getattr(src, k) for k in ROUTER_OPTIONS}
     o = {k: v for k, v in o.items() if v not in (False, "none")}
     if o and not spec.experts:
         flag = "--" + next(iter(o)).replace("_", "-")

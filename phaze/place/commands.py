@@ -719,20 +719,18 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
       f"batch={batch} recompute={args.recompute} interleave={args.interleave}\n")
     if plan.get("framework"):       # the preset route: how the figure was obtained
         po, go = plan.get("plan_options", {}), plan.get("graph_options", {})
+        router = [x for x, on in (("fused", go.get("moe_router_fusion")),
+                                  (go.get("moe_router_load_balancing_type"),
+                                   go.get("moe_router_load_balancing_type", "none") != "none"),
+                                  ("forced balance", go.get("moe_router_force_load_balancing")))
+                  if on]
         how = [f"framework {plan['framework']}"] + [x for x, on in (
             (f"fp8 {plan.get('fp8_recipe')}", plan.get("fp8")),
             ("sequence parallel", args.sequence_parallel),
             (f"expert TP {po.get('expert_tp')}", po.get("expert_tp")),
             (f"dispatcher {po.get('moe_token_dispatcher')}",
              po.get("moe_token_dispatcher", "alltoall") != "alltoall"),
-            ("router " + ",".join(
-                x for x, on in (("fused", go.get("moe_router_fusion")),
-                                (go.get("moe_router_load_balancing_type"),
-                                 go.get("moe_router_load_balancing_type", "none") != "none"),
-                                ("forced balance", go.get("moe_router_force_load_balancing")))
-                if on), any(go.get(k) not in (None, False, "none") for k in (
-                    "moe_router_fusion", "moe_router_load_balancing_type",
-                    "moe_router_force_load_balancing"))),
+            ("router " + ",".join(router), bool(router)),
             (f"CP {po.get('cp_comm_type')}", args.cp > 1),
             ("token drop " + token_drop_label(po.get("moe_expert_capacity_factor"),
                                               po.get("moe_pad_expert_input_to_capacity", False)),

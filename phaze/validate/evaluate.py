@@ -198,14 +198,6 @@ def _token_drop(case: Case) -> dict:
             "moe_pad_expert_input_to_capacity": case.moe_pad_expert_input_to_capacity}
 
 
-def router_options(case: Case) -> dict:
-    """The MoE router's build_graph options of a case (Megatron-Core's defaults left out)."""
-    o = {"moe_router_fusion": case.moe_router_fusion,
-         "moe_router_load_balancing_type": case.moe_router_load_balancing_type,
-         "moe_router_force_load_balancing": case.moe_router_force_load_balancing}
-    return {k: v for k, v in o.items() if v not in (False, "none")}
-
-
 def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = None) -> PlanResult:
     """The real model: `phaze evaluate`'s code path (phaze.place.evaluate.evaluate_model:
     graphs -> op latencies summed per layer -> evaluate_plan) on the a100 preset.
@@ -215,9 +207,12 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
     from phaze.hw.presets import get_preset
     from phaze.place.evaluate import evaluate_model
 
+    from phaze.settings import router_options
+
     cost, opts = split_params(params, case.arch)
+    spec = model_spec_of(case)
     try:
-        r = evaluate_model(model_spec_of(case), get_preset(case.arch), tp=case.tp, pp=case.pp,
+        r = evaluate_model(spec, get_preset(case.arch), tp=case.tp, pp=case.pp,
                            dp=case.dp, mbs=mbs, batch=case.batch, recompute=case.recompute,
                            interleave=interleave, seq=case.seq,
                            sequence_parallel=case.sequence_parallel, cost_params=cost,
@@ -233,7 +228,7 @@ def plan_evaluator(case: Case, mbs: int, interleave: int, params: dict | None = 
                            account_loss=case.account_loss,
                            pipeline_layout=case.pipeline_layout or None,
                            mtp_layers=case.mtp_layers or None,
-                           graph_options=router_options(case) or None)
+                           graph_options=router_options(case, spec) or None)
     except ValueError:
         return PlanResult(float("inf"), float("inf"), {}, feasible=False)
     if "time_per_batch_s" not in r:
