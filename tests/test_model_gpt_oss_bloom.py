@@ -181,13 +181,21 @@ def test_clamped_swiglu_costs_as_swiglu():
 
 
 # --- refusals ------------------------------------------------------------------------------
-def test_context_parallel_refused_for_alibi_and_sinks():
-    for sp, seq in ((spec_from_hf_dict(SMALL_BLOOM), 64),
-                    (spec_from_hf_dict({**SMALL_OSS, "layer_types": ["full_attention"] * 4}), 64)):
-        with pytest.raises(UserError) as e:
-            build_graph(sp, seq, 1, attention="flash", cp=2)
-        assert e.value.field == "cp"
-        build_graph(sp, seq, 1, attention="flash")
+def test_context_parallel_refused_for_alibi_and_sinks_off_a2a():
+    """ALiBi: no TE backend under any CP; sinks: only the all-to-all CP (TE's backend
+    filter disables FusedAttention for them under p2p and all_gather)."""
+    from phaze.model.graph import cp_comm_problem
+
+    bloom = spec_from_hf_dict(SMALL_BLOOM)
+    with pytest.raises(UserError) as e:
+        build_graph(bloom, 64, 1, attention="flash", cp=2)
+    assert e.value.field == "cp"
+    build_graph(bloom, 64, 1, attention="flash")
+    oss = spec_from_hf_dict({**SMALL_OSS, "layer_types": ["full_attention"] * 4})
+    build_graph(oss, 64, 1, attention="flash", cp=2)
+    for kind in ("p2p", "allgather"):
+        assert "sinks" in cp_comm_problem(oss, 64, 1, 2, kind)
+    assert cp_comm_problem(oss, 64, 1, 2, "a2a") is None
 
 
 @pytest.mark.parametrize("cfg,field", [

@@ -78,22 +78,33 @@ def test_cp_must_split_the_sequence_in_2cp_chunks():
     assert errs == [e for e in errs if "models[0].cp[2]" in e] and len(errs) == 1
 
 
-def test_cp_needs_fused_attention_and_no_sliding_window():
+def test_cp_needs_fused_attention_and_windows_off_the_p2p_ring():
     """Megatron-Core runs context parallelism through Transformer Engine's fused attention
-    only (its own DotProductAttention asserts cp 1), a ring of full causal steps (no
-    window); the config check says so before any job, naming models[i].cp[j]."""
+    only (its own DotProductAttention asserts cp 1); a sliding window runs with the
+    all-gather or all-to-all CP, not the p2p ring (TE asserts it); the config check says
+    so before any job, naming models[i].cp[j]."""
     from phaze.configcheck import semantic_errors
+    from phaze.model.graph import cp_comm_problem
 
     with pytest.raises(UserError) as e:
         build_graph(resolve_model("gpt2-xl"), seq=1024, cp=2)             # eager
     assert e.value.field == "attention"
-    with pytest.raises(UserError) as e:
-        build_graph(resolve_model("mistral-7b"), seq=32768, cp=2, attention="flash")
-    assert e.value.field == "cp" and "sliding" in str(e.value)
-    build_graph(resolve_model("mistral-7b"), seq=4096, cp=2, attention="flash")  # window = seq
+    mistral = resolve_model("mistral-7b")
+    build_graph(mistral, seq=32768, cp=2, attention="flash")
+    assert "sliding" in cp_comm_problem(mistral, 32768, 1, 2, "p2p")
+    assert cp_comm_problem(mistral, 32768, 1, 2, "allgather") is None
+    assert cp_comm_problem(mistral, 32768, 1, 2, "a2a") is None
+    assert cp_comm_problem(mistral, 4096, 1, 2, "p2p") is None     # window = seq: no band
     cfg = {"models": [{"name": "gpt2-xl", "seq": [1024], "tp": [1], "cp": [1, 2]}]}
     assert [e.split(":")[0] for e in semantic_errors(cfg, check_grid=False)] == \
         ["field models[0].cp[1]"]
+    cfg = {"models": [{"name": "mistral-7b", "seq": [32768], "tp": [1], "cp": [1, 2]}],
+           "graph": {"attention": "flash"}}
+    err = semantic_errors(cfg, check_grid=False)
+    assert [e.split(":")[0] for e in err] == ["field models[0].cp[1]"]
+    assert "allgather or a2a" in err[0]
+    cfg["placement"] = {"cp_comm_type": "allgather"}
+    assert semantic_errors(cfg, check_grid=False) == []
     cfg = {"models": [{"name": "llama2-7b", "seq": [1032], "tp": [8], "cp": [2]}],
            "graph": {"attention": "flash", "sequence_parallel": True}}
     assert "tp 8 to divide the 516 tokens" in semantic_errors(cfg, check_grid=False)[0]

@@ -161,7 +161,9 @@ def test_cp_comm_type_refusals():
 
     with pytest.raises(ValueError, match="cp_comm_type"):
         PlanOptions(cp_comm_type="ring")
-    with pytest.raises(ValueError, match="cp = 8 must divide the 4 key/value heads"):
+    from phaze.errors import UserError
+
+    with pytest.raises(UserError, match="cp = 8 must divide the 4 key/value heads"):
         evaluate_model(get_model("llama3-8b"), get_preset("h100"), tp=2, pp=1, dp=1, mbs=1,
                        batch=4, recompute="none", seq=32768, cp=8, sequence_parallel=True,
                        options={"cp_comm_type": "a2a"})

@@ -744,8 +744,11 @@ def test_hf_config_models_are_named_as_the_config_names_them(tmp_path):
      "--cp N (N > 1), or drop --cp-comm-type"),
     (["--cp", "8", "--cp-comm-type", "a2a"],
      "--cp-comm-type: cp = 8 must divide the 4 key/value heads of llama3-8b per TP rank "
-     "(t = 2); fix: use --cp-comm-type p2p or allgather, or a --cp dividing the heads per TP "
-     "rank"),
+     "(t = 2); fix: use --cp-comm-type p2p or allgather, or another cp"),
+    (["--cp", "2", "--cp-comm-type", "p2p", "--model", "mistral-7b"],
+     "--cp-comm-type: mistral-7b's sliding-window layers (window 4096 < seq 32768) cannot run in "
+     "a p2p context-parallel ring (Transformer Engine runs them with cp_comm_type allgather or "
+     "a2a); fix: use --cp-comm-type allgather or a2a, or another cp"),
 ])
 def test_cp_comm_type_user_errors(extra, want):
     argv = ["evaluate", "--arch", "h100", "--framework", "megatron-core-2024", "--model",
@@ -764,7 +767,7 @@ def test_check_config_refuses_a2a_cp_that_cannot_split_the_heads(tmp_path):
     _check_config_refuses(tmp_path, cfg,
                           "models[0].cp[1]: cp = 2 must divide the 1 key/value heads of "
                           "llama3-8b per TP rank (t = 8) (placement.cp_comm_type a2a); fix: "
-                          "drop this cp, or set placement.cp_comm_type p2p or allgather")
+                          "use placement.cp_comm_type p2p or allgather, or another cp")
     cfg["placement"]["cp_comm_type"] = "allgather"
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
     rc, out, err = _run(["check-config", "--config", str(tmp_path / "ok.yaml")])

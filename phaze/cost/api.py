@@ -113,7 +113,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
             for jj, o in enumerate(g):
                 if not _flash(o):
                     continue
-                useful = o.flops * (0.5 if params.flash_causal else 1.0)
+                useful = o.flops * flash_work_fraction(o, params)
                 t_f = useful / (peak[:, 0] * flash_efficiency(o, col["n_tc"][:, 0], params))
                 one[:, jj] = t_f * col["n_tc"][:, 0]
                 alls[:, jj] = t_f
@@ -230,8 +230,9 @@ def flash_efficiency(o: Op, n_tc, params: CostParams) -> np.ndarray:
     - ceiling: flash_fwd_efficiency, or flash_bwd_efficiency for the backward;
     - waves: the kernel's work blocks (o.heads x ceil(queries / FLASH_BLOCK) forward, x
       ceil(keys / FLASH_BLOCK) backward) run n_tc at a time, the last wave part-empty;
-    - L: the keys one query block visits (the queries one key block visits, backward), half
-      of them under a causal mask; flash_key_overhead is a block's fixed cost (loading it,
+    - L: the keys one query block visits (the queries one key block visits, backward); under
+      a causal mask keys x flash_work_fraction (half for the triangle, nearly all of a
+      sliding window's keys); flash_key_overhead is a block's fixed cost (loading it,
       rescaling and writing its output) in key-steps of its loop;
     - d: the head dim, the GEMM FLOP per score element / 4 (forward: Q K^T, P V) or / 10
       (backward: five GEMMs); flash_head_dim_overhead is the softmax's per-score work (exp,
@@ -244,18 +245,34 @@ def flash_efficiency(o: Op, n_tc, params: CostParams) -> np.ndarray:
         else params.flash_fwd_efficiency
     n_tc = np.asarray(n_tc, dtype=float)
     eff = np.full(n_tc.shape, ceiling)
-    causal = 0.5 if params.flash_causal else 1.0
-    # forward: blocks of queries loop over the keys; backward: blocks of keys over queries
-    blocked, looped = (g.n, g.m) if bwd else (g.m, g.n)
+    if params.flash_causal:
+        # a causal band (the triangle, or a sliding window's band: keys = window < queries):
+        # every one of the s rows' blocks (query blocks forward, key blocks backward)
+        # visits keys x flash_work_fraction of the other side on average
+        blocked, visited = g.m, g.n * flash_work_fraction(o, params)
+    else:
+        # forward: blocks of queries loop over the keys; backward: blocks of keys over queries
+        blocked, visited = (g.n, g.m) if bwd else (g.m, g.n)
     if o.heads:
         d = g.flops / ((10.0 if bwd else 4.0) * o.heads * g.m * g.n)
         blocks = o.heads * math.ceil(blocked / FLASH_BLOCK)
         eff = eff * blocks / (n_tc * np.ceil(blocks / n_tc))
     else:
         d = float(g.k)
-    visited = looped * causal
     eff = eff * visited / (visited + params.flash_key_overhead)
     return eff * d / (d + params.flash_head_dim_overhead)
+
+
+def flash_work_fraction(o: Op, params: CostParams) -> float:
+    """Share of a fused attention op's queries x keys score rectangle (o.gemm m x n) the
+    kernel computes: 1 without a causal mask (params.flash_causal False); under one, the
+    causal band of width w = n over s = m queries (the graph's keys: a sliding window, or
+    every key), s w - w^2 / 2 of s w (phaze.model.graph.attention_band): 1 - w / (2 s), 1/2
+    for the full triangle."""
+    if not params.flash_causal:
+        return 1.0
+    g = o.gemm
+    return 1.0 - min(g.n, g.m) / (2.0 * g.m)
 
 
 def _flash(o: Op) -> bool:

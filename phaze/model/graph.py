@@ -685,6 +685,7 @@ class _Ctx:
     router_fusion: bool = False            # --moe-router-fusion (route_kernels)
     load_balancing: str = "none"           # --moe-router-load-balancing-type (route_kernels)
     force_balance: bool = False            # --moe-router-force-load-balancing (route_kernels)
+    cp: int = 1                            # context-parallel size: s is seq / cp
 
     def slots(self, tokens: int) -> int:
         """Routed slots for the `tokens` one device's router sees (routed_slots); records
@@ -864,7 +865,7 @@ def build_graph(spec: ModelSpec, seq: int | None = None, mbs: int = 1, tp: int =
              pad_to_capacity=bool(moe_pad_expert_input_to_capacity),
              router_fusion=bool(moe_router_fusion) and bool(spec.experts),
              load_balancing=moe_router_load_balancing_type if spec.experts else "none",
-             force_balance=bool(moe_router_force_load_balancing) and bool(spec.experts))
+             force_balance=bool(moe_router_force_load_balancing) and bool(spec.experts), cp=cp)
     layers, uniques = [], 0
     for kind, fn, rep in (("prologue", _prologue, 1), *_block_runs(c), ("epilogue", _epilogue, 1)):
         built = fn(c)
@@ -978,15 +979,13 @@ def check_expert_tp(spec: ModelSpec, tp: int, expert_tp: int, sequence_parallel:
 
 
 def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
-    """UserError unless context parallelism can run `spec` at `seq` as Megatron-Core runs it:
-    Transformer Engine's fused attention (Megatron-Core's own DotProductAttention asserts
-    context_parallel_size == 1; the ring keeps only the running softmax statistics of each
-    step, which an eager s x s attention would not), and no sliding-window layer whose window
-    is shorter than the sequence (TE's p2p ring runs full causal attention: a window would
-    skip ring steps the chunk graph cannot express). ALiBi and attention sinks are refused
-    too: Transformer Engine runs neither in a p2p context-parallel ring (its backend filter,
-    get_attention_backend: with CP, FlashAttention and FusedAttention take only no_bias /
-    post_scale_bias, and a softmax_type other than vanilla only with cp_comm_type a2a)."""
+    """UserError unless context parallelism can run `spec` at `seq` as Megatron-Core runs it,
+    whatever the communication: Transformer Engine's fused attention (Megatron-Core's own
+    DotProductAttention asserts context_parallel_size == 1; the ring keeps only the running
+    softmax statistics of each step, which an eager s x s attention would not), no Mamba
+    layer, no ALiBi (TE's backend filter, get_attention_backend: with CP, FlashAttention and
+    FusedAttention take only no_bias / post_scale_bias). What depends on the communication
+    (sliding windows, attention sinks, heads per rank) is cp_comm_problem's."""
     from phaze.errors import UserError
 
     if attention != "flash":
@@ -999,17 +998,87 @@ def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
                         "(Megatron-Core runs them with an all-to-all over heads, "
                         "ssm/mamba_context_parallel.py, which phaze's ring CP does not express)",
                         field="cp", fix="use cp 1 for this model")
-    if 0 < spec.sliding_window < seq and any(spec.layer_type(i) == "sliding"
-                                            for i in range(spec.layers)):
-        raise UserError(f"{spec.name}'s sliding-window layers (window {spec.sliding_window} < "
-                        f"seq {seq}) cannot run in a context-parallel ring", field="cp",
+    if spec.position == "alibi":
+        raise UserError(f"{spec.name}'s ALiBi position biases cannot run context-parallel: "
+                        "Transformer Engine has no backend for them there", field="cp",
                         fix="use cp 1 for this model")
-    for what, on in (("ALiBi position biases", spec.position == "alibi"),
-                     ("attention sinks (learnable softmax)", spec.attn_sinks)):
-        if on:
-            raise UserError(f"{spec.name}'s {what} cannot run in a context-parallel (p2p) ring: "
-                            "Transformer Engine has no backend for them there", field="cp",
-                            fix="use cp 1 for this model")
+
+
+def has_short_window(spec: ModelSpec, seq: int) -> bool:
+    """True when some attention layer of `spec` attends through a sliding window shorter
+    than `seq` (a band, not the whole causal triangle)."""
+    return 0 < spec.sliding_window < seq and any(
+        spec.mixer_type(i) == "attention" and spec.layer_type(i) == "sliding"
+        for i in range(spec.layers))
+
+
+def cp_comm_problem(spec: ModelSpec, seq: int, tp: int, cp: int, cp_comm_type: str) -> str | None:
+    """Why Transformer Engine cannot run `spec`'s attention context-parallel over cp devices
+    with Megatron-Core's --cp-comm-type `cp_comm_type` (p2p | allgather | a2a), or None.
+    From attn_forward_func_with_cp and get_attention_backend (TE 2.8-2.10,
+    attention/dot_product_attention/context_parallel.py and utils.py):
+    - a sliding window shorter than the sequence runs only with all_gather or a2a (the p2p
+      ring asserts "does not support sliding window attention");
+    - attention sinks (softmax_type learnable / off-by-one) only with a2a (FusedAttention is
+      disabled for them under the other two, and no other backend runs CP);
+    - a2a splits the heads a TP rank holds over cp (cp_a2a_problem)."""
+    if cp <= 1:
+        return None
+    kind = {"all_gather": "allgather"}.get(cp_comm_type, cp_comm_type)
+    if kind == "p2p" and has_short_window(spec, seq):
+        return (f"{spec.name}'s sliding-window layers (window {spec.sliding_window} < seq {seq}) "
+                "cannot run in a p2p context-parallel ring (Transformer Engine runs them with "
+                "cp_comm_type allgather or a2a)")
+    if kind != "a2a" and spec.attn_sinks:
+        return (f"{spec.name}'s attention sinks (learnable softmax) run context-parallel only "
+                f"with cp_comm_type a2a in Transformer Engine, not {kind}")
+    if kind == "a2a":
+        return cp_a2a_problem(spec, tp, cp)
+    return None
+
+
+def cp_comm_fix(spec: ModelSpec, seq: int, tp: int, cp: int, flag: str) -> str:
+    """The fix line for a cp_comm_problem: the communications that can run it, set through
+    `flag` (the CLI flag or config field), or cp 1."""
+    from phaze.settings import CP_COMM_TYPES
+
+    ok = [k for k in CP_COMM_TYPES if not cp_comm_problem(spec, seq, tp, cp, k)]
+    return (f"use {flag} {' or '.join(ok)}, or another cp" if ok
+            else "use another cp, or cp 1")
+
+
+def attention_band(queries: int, window: int, causal: bool = True) -> float:
+    """Score elements one head's attention computes over `queries` positions attending
+    through a sliding window of `window` keys (0 or >= queries: all earlier keys): a causal
+    band covers queries x w - w^2 / 2 (w = min(window, queries); w = queries gives the
+    triangle s^2 / 2); without a causal mask every query sees every key (queries^2)."""
+    if not causal:
+        return float(queries) * queries
+    w = min(window, queries) if window > 0 else queries
+    return float(queries) * w - w * w / 2.0
+
+
+def cp_core_steps(seq: int, cp: int, window: int = 0, causal: bool = True) -> float:
+    """Local attention cores one device runs for its share of a layer's whole-sequence
+    attention under context parallelism of size cp: the band over seq (attention_band) / cp
+    against the band its seq / cp chunk's core covers (the graph's core op). cp for full
+    attention (TE's load-balanced causal split gives each device 1/cp of the triangle);
+    fewer for a sliding window (`window` keys), whose band grows only linearly with seq."""
+    if cp <= 1:
+        return 1.0
+    return attention_band(seq, window, causal) / cp / attention_band(seq // cp, window, causal)
+
+
+def cp_core_flop_steps(seq: int, cp: int, window: int = 0) -> float:
+    """As cp_core_steps for the model FLOPs, which count a core op's whole queries x keys
+    rectangle (keys: the window, or all): seq x min(window, seq) / cp over the chunk's
+    seq / cp x min(window, seq / cp); cp for full attention, so a CP group counts the FLOPs
+    one device would at cp 1."""
+    if cp <= 1:
+        return 1.0
+    chunk = seq // cp
+    keys = (lambda n: min(window, n) if window > 0 else n)
+    return seq * keys(seq) / cp / (chunk * keys(chunk))
 
 
 def _block_runs(c: _Ctx):
@@ -1025,7 +1094,7 @@ def _block_runs(c: _Ctx):
     for i in range(sp.layers):
         mixer, ffn = sp.mixer_type(i), sp.ffn_type(i)
         sliding = (mixer == "attention" and sp.layer_type(i) == "sliding"
-                   and c.attention == "flash" and 0 < sp.sliding_window < c.s)
+                   and c.attention == "flash" and 0 < sp.sliding_window < c.s * c.cp)
         parts = (["sliding"] if sliding else []) + ([mixer] if mixer != "attention" else []) \
             + ([f"{ffn}_ffn"] if ffn != default_ffn else [])
         kind = ".".join(["block", *parts])
@@ -1143,9 +1212,12 @@ def _finish(kind: str, repeat: int, built: BuiltLayer, c: _Ctx, fused: bool) -> 
             "full": float(built.full_bytes if built.full_bytes else saved - drop)}
     pdev = sum(n.params_dev for n in nodes)
     shared = sum(n.params_shared for n in nodes)
+    # the window of a sliding-window block (whole-sequence attention: CP's core steps)
+    window = c.spec.sliding_window if "sliding" in kind.split(".") else 0
     lg = LayerGraph(kind=kind, repeat=repeat, fwd=tuple(fwd), bwd=tuple(bwd), param_count=pdev,
                     param_bytes=float(pdev * c.dt), activation_bytes=acts, input_bytes=built.input_bytes,
-                    output_bytes=built.output_bytes, shared_param_bytes=float(shared * c.dt))
+                    output_bytes=built.output_bytes, shared_param_bytes=float(shared * c.dt),
+                    attention_window=window)
     return lg, sum(n.params_unique for n in nodes)
 
 

@@ -108,6 +108,10 @@ class LayerGraph:
     # part of param_bytes that is a copy of weights another layer owns (tied LM head /
     # embedding): count it once when both layers sit on the same device
     shared_param_bytes: float = 0.0
+    # keys of this block's sliding attention window over the whole sequence (0: none, or a
+    # window not shorter than the sequence); context parallelism's core steps
+    # (graph.cp_core_steps) depend on it
+    attention_window: int = 0
 
     def ops(self, pass_: str) -> tuple[Op, ...]:
         return self.fwd if pass_ == "fwd" else self.bwd

@@ -22,6 +22,8 @@ def graph_to_dict(graph: ModelGraph, spec: dict | None = None) -> dict:
             "activation_bytes": dict(lg.activation_bytes), "input_bytes": lg.input_bytes,
             "output_bytes": lg.output_bytes,
             "fwd": [o.to_dict() for o in lg.fwd], "bwd": [o.to_dict() for o in lg.bwd],
+            # only on sliding-window blocks (files stay as they were for the others)
+            **({"attention_window": lg.attention_window} if lg.attention_window else {}),
         })
     d = {"format": FORMAT, "model": graph.model, "seq": graph.seq, "mbs": graph.mbs, "tp": graph.tp,
          "sequence_parallel": graph.sequence_parallel, "fused": graph.fused,

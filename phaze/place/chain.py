@@ -40,6 +40,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from phaze.model.graph import cp_core_flop_steps, cp_core_steps
 from phaze.model.ops import is_attention_core
 
 
@@ -233,7 +234,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         kv_bytes = graph.kv_bytes if graph.cp > 1 else 0.0
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
-    rows, reruns = [], []
+    rows, reruns, cp_steps, cp_flop_steps = [], [], [], []
     routed_excess = 0.0
     ratio = getattr(graph, "moe_model_flops_ratio", 1.0)   # routed slots' model FLOPs
     for li, layer in enumerate(graph.layers):
@@ -276,6 +277,9 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         # checkpoints the whole MoE layer: route, dispatch, experts, combine)
         reruns.extend([float(any(o.selective_recompute for o in layer.fwd
                                  if o.name.endswith("moe.dispatch")))] * layer.repeat)
+        window = int(getattr(layer, "attention_window", 0))
+        cp_steps.extend([cp_core_steps(graph.seq, graph.cp, window)] * layer.repeat)
+        cp_flop_steps.extend([cp_core_flop_steps(graph.seq, graph.cp, window)] * layer.repeat)
         model_f, model_b = _model_flops(layer.fwd, ratio), _model_flops(layer.bwd, ratio)
         routed_excess += (layer.flops("fwd") + layer.flops("bwd") - model_f - model_b) * layer.repeat
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
@@ -315,6 +319,11 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                         "moe_pad_expert_input_to_capacity": bool(getattr(
                             graph, "moe_pad_expert_input_to_capacity", False)),
                         "a2a_rerun": np.array(reruns),
+                        # local attention cores per whole-sequence attention under CP
+                        # (graph.cp_core_steps: cp, fewer for a sliding window) and their
+                        # model FLOPs' count (graph.cp_core_flop_steps)
+                        "cp_core_steps": np.array(cp_steps),
+                        "cp_core_flop_steps": np.array(cp_flop_steps),
                         # Q and O of a layer with kv_bytes (the all-to-all CP's payload
                         # beside K and V; 0: a graph saved before they were recorded)
                         "cp_q_bytes": float(getattr(graph, "q_bytes", 0.0)),

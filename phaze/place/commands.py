@@ -448,10 +448,6 @@ def _plan_error(message: str, args) -> UserError:
         fix = ("drop --ep: a dense model has no experts to spread" if "dense model" in message
                else "use an --ep dividing the experts (and --dp x --cp), or drop it")
         return UserError(message, field="--ep", fix=fix)
-    if message.startswith("cp comm type a2a:"):
-        return UserError(message[len("cp comm type a2a: "):], field="--cp-comm-type",
-                         fix="use --cp-comm-type p2p or allgather, or a --cp dividing the heads "
-                             "per TP rank")
     if message.startswith("moe options:"):
         return UserError(message[len("moe options: "):], field="--moe-token-dispatcher/--overlap",
                          fix="drop --moe-token-dispatcher and --overlap moe_ep_comm for a dense model")

@@ -394,7 +394,7 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     for path in graph_paths:
         raw = read_json(path, "graph")
         graph = graph_from_dict(raw)
-        _check_cp_a2a(graph, raw.get("spec"), ctx["options"].cp_comm_type, path)
+        _check_cp_comm(graph, raw.get("spec"), ctx["options"].cp_comm_type, path)
         if graph.ep and eps is not None and graph.ep not in eps:
             raise UserError(f"{path} was built for expert-parallel size {graph.ep}, which the "
                             f"search's ep sizes {list(eps)} leave out", field="--graphs",
@@ -470,20 +470,23 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
             for (m, s, b) in models for aid in arch_ids for hbm in hbms for r in recs]
 
 
-def _check_cp_a2a(graph, spec: dict | None, cp_comm_type: str, path) -> None:
-    """UserError when an all-to-all CP (--cp-comm-type a2a) cannot split the heads a TP
-    rank of `graph` holds over its cp, as `phaze evaluate --grid` and check-config refuse
-    it (model.graph.cp_a2a_problem; `spec`: the model spec `phaze graph` writes beside the
+def _check_cp_comm(graph, spec: dict | None, cp_comm_type: str, path) -> None:
+    """UserError when Transformer Engine cannot run the attention of `graph` context-parallel
+    with `cp_comm_type` (a sliding window or sinks on the wrong communication, heads an
+    all-to-all cannot split), as `phaze evaluate --grid` and check-config refuse it
+    (model.graph.cp_comm_problem; `spec`: the model spec `phaze graph` writes beside the
     graph, absent in older files: not checked)."""
-    if graph.cp <= 1 or cp_comm_type != "a2a" or not spec:
+    if graph.cp <= 1 or not spec:
         return
-    from phaze.model.graph import cp_a2a_problem
+    from phaze.model.graph import cp_comm_fix, cp_comm_problem
     from phaze.model.spec import ModelSpec
 
-    why = cp_a2a_problem(ModelSpec.from_dict(spec), graph.tp, graph.cp)
+    model = ModelSpec.from_dict(spec)
+    why = cp_comm_problem(model, graph.seq, graph.tp, graph.cp, cp_comm_type)
     if why:
         raise UserError(f"{path}: {why}", field="--cp-comm-type",
-                        fix="use --cp-comm-type p2p or allgather, or drop the graphs of this cp")
+                        fix=cp_comm_fix(model, graph.seq, graph.tp, graph.cp, "--cp-comm-type")
+                        + " (drop the graphs of this cp)")
 
 
 class LatencyView:

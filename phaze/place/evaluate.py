@@ -199,14 +199,17 @@ def _check_ep(spec, ep: int) -> None:
                          f"({spec.experts or 'none: a dense model'})")
 
 
-def _check_cp_a2a(spec, tp: int, cp: int) -> None:
-    """ValueError when an all-to-all CP of size cp cannot split the attention heads a TP
-    rank holds (phaze.model.graph.cp_a2a_problem)."""
-    from phaze.model.graph import cp_a2a_problem
+def _check_cp_comm(spec, seq: int, tp: int, cp: int, cp_comm_type: str) -> None:
+    """UserError (--cp-comm-type) when Transformer Engine cannot run `spec`'s attention
+    context-parallel over cp with `cp_comm_type` (phaze.model.graph.cp_comm_problem: a
+    sliding window or sinks on the wrong communication, heads an all-to-all cannot split)."""
+    from phaze.errors import UserError
+    from phaze.model.graph import cp_comm_fix, cp_comm_problem
 
-    why = cp_a2a_problem(spec, tp, cp)
+    why = cp_comm_problem(spec, seq, tp, cp, cp_comm_type)
     if why:
-        raise ValueError(f"cp comm type a2a: {why}")
+        raise UserError(why, field="--cp-comm-type",
+                        fix=cp_comm_fix(spec, seq, tp, cp, "--cp-comm-type"))
 
 
 def async_tp_exposed(ops, lat_s, contention: float = 0.0):
@@ -408,8 +411,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         raise ValueError(f"moe options: {spec.name} is a dense model (no token dispatcher, no "
                          "expert-parallel all-to-alls to overlap)")
     _check_ep(spec, ep)
-    if cp > 1 and opts.cp_comm_type == "a2a":
-        _check_cp_a2a(spec, tp, cp)
+    if cp > 1:
+        _check_cp_comm(spec, seq, tp, cp, opts.cp_comm_type)
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
     if not opts.grad_accum_bytes_per_param:
@@ -496,8 +499,8 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     settings = settings or SweepSettings()
     check_recompute([recompute], "recompute")
     _check_ep(spec, ep)                  # as evaluate_model refuses it
-    if cp > 1 and (settings.placement.cp_comm_type == "a2a"):
-        _check_cp_a2a(spec, tp, cp)
+    if cp > 1:
+        _check_cp_comm(spec, seq, tp, cp, settings.placement.cp_comm_type)
     net = settings.net()
     # the sweep's graph of this ep (its expert GEMMs grouped per local expert; graph_eps)
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,

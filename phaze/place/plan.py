@@ -932,7 +932,8 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
 
     The other --cp-comm-type values, as Transformer Engine runs them
     (attention/dot_product_attention/context_parallel.py), each core doing the same 1/cp of
-    the causal work (cp local-core times; one larger kernel is charged as cp local ones):
+    the causal work (cp local-core times; one larger kernel is charged as cp local ones;
+    a sliding-window layer's band chain.extra["cp_core_steps"] local cores, fewer than cp):
     "allgather" (AttnFuncWithCPAndKVAllGather, Llama 3's CP: "KV all-gather between CP
     ranks is exposed"): the forward all-gathers K and V over the CP group (cp x kv_bytes
     gathered), the backward gathers them again and reduce-scatters dK and dV, none of it
@@ -959,11 +960,18 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
                          for b in sizes])[inv]
     on = chain.kv_bytes > 0
     rec = on & (chain.core_recompute_s > 0)
+    # further local cores per layer: cp - 1 for full attention, fewer for a sliding
+    # window's band (chain.extra["cp_core_steps"]; allgather and a2a only, TE's p2p ring
+    # refuses windows: model.graph.cp_comm_problem)
+    full = np.full(chain.n, float(cp))
+    more = np.asarray(chain.extra.get("cp_core_steps", full), dtype=float) - 1.0
+    more_flops = np.asarray(chain.extra.get("cp_core_flop_steps", full), dtype=float) - 1.0
     if options.cp_comm_type == "p2p":
         sf, sb = per_layer("send_recv", lambda b: b), per_layer("send_recv", lambda b: 2 * b)
         ring_f = np.where(on, (cp - 1) * np.maximum(chain.core_fwd_s, sf), 0.0)
         ring_b = np.where(on, (cp - 1) * np.maximum(chain.core_bwd_s, sb), 0.0)
         ring_r = np.where(rec, (cp - 1) * np.maximum(chain.core_recompute_s, sf), 0.0)
+        more = more_flops = np.full(chain.n, cp - 1.0)
     else:
         if options.cp_comm_type == "allgather":
             comm_f = per_layer("all_gather", lambda b: cp * b)
@@ -975,11 +983,11 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
                                  "(extra cp_q_bytes / cp_o_bytes): rebuild its graph")
             qkv, out = per_layer("all_to_all", lambda b: q + b), per_layer("all_to_all", lambda b: o)
             comm_f = comm_b = qkv + out
-        ring_f = np.where(on, (cp - 1) * chain.core_fwd_s + comm_f, 0.0)
-        ring_b = np.where(on, (cp - 1) * chain.core_bwd_s + comm_b, 0.0)
-        ring_r = np.where(rec, (cp - 1) * chain.core_recompute_s + comm_f, 0.0)
-    # the model FLOPs of the other cp - 1 steps (the device's 1/cp of the causal work)
-    steps = np.where(on, cp - 1.0, 0.0)
+        ring_f = np.where(on, more * chain.core_fwd_s + comm_f, 0.0)
+        ring_b = np.where(on, more * chain.core_bwd_s + comm_b, 0.0)
+        ring_r = np.where(rec, more * chain.core_recompute_s + comm_f, 0.0)
+    # the model FLOPs of the further steps (the device's 1/cp of the whole rectangle)
+    steps = np.where(on, more_flops, 0.0)
     return replace(chain, fwd_s=chain.fwd_s + ring_f, bwd_s=chain.bwd_s + ring_b,
                    recompute_selective_s=chain.recompute_selective_s + ring_r,
                    flops_fwd=chain.flops_fwd + steps * chain.core_flops_fwd,

@@ -99,30 +99,30 @@ def _specs(args):
                         fix="use --dp default, or drop the models' cp sizes above 1")
     _check_fixed_plans(specs, args, cfg)
     _check_eps(specs, args, cfg)
-    _check_cp_a2a(specs, args, cfg)
+    _check_cp_comm(specs, args, cfg)
     return specs
 
 
-def _check_cp_a2a(specs, args, cfg) -> None:
-    """Refuse an all-to-all CP (cp_comm_type a2a) of a cp that cannot split the heads a TP
-    rank holds, as `phaze check-config` and `phaze evaluate --grid` do
-    (model.graph.cp_a2a_problem), naming the flag or field that set it."""
-    from phaze.model.graph import cp_a2a_problem
+def _check_cp_comm(specs, args, cfg) -> None:
+    """Refuse a CP size Transformer Engine cannot run with the config's cp_comm_type (a
+    sliding window or sinks on the wrong communication, heads an all-to-all cannot split),
+    as `phaze check-config` and `phaze evaluate --grid` do (model.graph.cp_comm_problem),
+    naming the flag or field that set it."""
+    from phaze.model.graph import cp_comm_fix, cp_comm_problem
     from phaze.model.zoo import resolve_model
 
+    field = ("--cp-comm-type" if args.cp_comm_type is not None or not cfg
+             else "placement.cp_comm_type")
     for sp in specs:
-        if sp.settings.placement.cp_comm_type != "a2a":
+        kind = sp.settings.placement.cp_comm_type
+        if all(cp <= 1 for cp in sp.cp):
             continue
         spec = resolve_model(sp.source or sp.model).with_(name=sp.model)
         for t in sp.tp:
             for cp in sp.cp:
-                why = cp > 1 and cp_a2a_problem(spec, t, cp)
+                why = cp > 1 and cp_comm_problem(spec, sp.seq, t, cp, kind)
                 if why:
-                    field = ("--cp-comm-type" if args.cp_comm_type is not None or not cfg
-                             else "placement.cp_comm_type")
-                    raise UserError(why, field=field,
-                                    fix=f"set {field} p2p or allgather, or a cp dividing the "
-                                        "heads per TP rank")
+                    raise UserError(why, field=field, fix=cp_comm_fix(spec, sp.seq, t, cp, field))
 
 
 def _check_eps(specs, args, cfg) -> None:
