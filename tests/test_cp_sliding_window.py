@@ -153,3 +153,65 @@ def test_window_survives_the_graph_file(tmp_path):
     for key in ("cp_core_steps", "cp_core_flop_steps"):
         assert np.array_equal(a.extra[key], b.extra[key])
     assert sorted(set(a.extra["cp_core_steps"])) == pytest.approx([cp_core_steps(8192, 2, 128), 2.0])
+
+
+# ------------------------------------------------------------------ the sweep's route
+SMALL_MISTRAL = {"model_type": "mistral", "hidden_size": 256, "num_hidden_layers": 4,
+                 "num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 512,
+                 "vocab_size": 1024, "max_position_embeddings": 4096, "sliding_window": 128,
+                 "hidden_act": "silu", "tie_word_embeddings": False}
+NET = {"devices_per_node": 8, "intra_bw_Bps": 1e11, "inter_bw_Bps": 1.25e10,
+       "intra_latency_s": 2e-6, "inter_latency_s": 5e-6}
+
+
+def test_windowed_cp_through_the_sweep_stages(tmp_path, capsys):
+    """graph -> schedule -> merge -> place with cp 2 and cp_comm_type allgather on a
+    sliding-window model (window 128 < the 512-token chunk), every feasible row reproduced
+    by `phaze evaluate --grid`; the p2p ring's placement refuses the graph in one line."""
+    import json
+
+    import pandas as pd
+    from place_util import evaluate_row
+
+    from phaze.cli import main
+
+    d, cfg = tmp_path, tmp_path / "config.json"
+    cfg.write_text(json.dumps(SMALL_MISTRAL))
+    assert main(["arch", "grid", "--spec", json.dumps(
+        {"n_tc": [4], "n_vc": [4], "tc_rows": [64], "tc_cols": [64], "glb_mib": [8],
+         "clock_hz": [1.05e9], "hbm_bw_Bps": [1.2e12],
+         "area": {"a_max_mm2": "tpuv4", "min_frac": 0.0, "keep_single_core": "all"}}),
+        "-o", str(d / "grid.parquet")]) == 0
+    g = str(d / "g2.json")
+    assert main(["graph", "--model", str(cfg), "--seq", "1024",
+                 "--mbs", "1", "--tp", "1", "--cp", "2", "--fused", "--attention", "flash",
+                 "-o", g]) == 0
+    net = json.dumps(NET)
+    assert main(["schedule-batch", "--graphs", g, "--grid", str(d / "grid.parquet"), "--chunk",
+                 "0", "--n-chunks", "1", "--network", net, "--solver", "auto", "--formulation",
+                 "compact", "--time-limit", "2", "--bnb-share", "0.5", "--cache",
+                 str(d / "cache"), "-o", str(d / "shard.parquet")]) == 0
+    assert main(["merge-latency", str(d / "shard.parquet"), "--grid", str(d / "grid.parquet"),
+                 "--n-chunks", "1", "-o", str(d / "lat.parquet")]) == 0
+    capsys.readouterr()
+    place = ["place", "--latency", str(d / "lat.parquet"), "--graphs", g, "--grid",
+             str(d / "grid.parquet"), "--devices", "8", "--batch", "16", "--hbm-gib", "1,32",
+             "--recompute", "none", "--optimizer", "adam", "--interleave", "1", "--network",
+             net, "-o", str(d / "place.parquet")]
+    assert main(place + ["--cp-comm-type", "p2p"]) == 2
+    err = capsys.readouterr().err
+    assert "sliding-window" in err and "allgather or a2a" in err and len(err.strip().splitlines()) == 1
+    assert not (d / "place.parquet").exists()
+    assert main(place + ["--cp-comm-type", "allgather"]) == 0
+    capsys.readouterr()
+    rows = pd.read_parquet(d / "place.parquet").set_index(["hbm_bytes", "recompute"])
+    ok = rows[rows["feasible"]]
+    assert len(ok) >= 1 and (ok["cp"] == 2).all()
+    arch = str(pd.read_parquet(d / "grid.parquet")["arch_id"].iloc[0])
+    flags = ["--model", str(cfg), "--seq", "1024", "--grid",
+             str(d / "grid.parquet"), "--mbs", "1", "--batch", "16", "--optimizer", "adam",
+             "--fused", "--attention", "flash", "--network", net, "--cache", str(d / "cache"),
+             "--cp-comm-type", "allgather"]
+    for (hbm, rec), r in ok.iterrows():
+        got = evaluate_row(r, arch, hbm, rec, flags, capsys)
+        assert got["plan_options"]["cp_comm_type"] == "allgather" and got["cp_ring_s"] > 0
