@@ -132,6 +132,12 @@ def test_validate_cli_json_and_plot(tmp_path, monkeypatch, capsys):
     assert main(["validate", "--table", "dgxc"]) == 0
     out = capsys.readouterr().out
     assert "BF16 (35 rows): mean |error| 2.00%" in out and "FP8  (35 rows): mean |error| 2.00%" in out
+    assert "held out (never fitted), per GPU type" in out and "h100: 70 rows of dgxc_h100" in out
+    held = obj["held_out"]        # every row of the tables not fitted on, per preset
+    assert held["h100"]["rows"] == sum(len(data.cases(t)) for t in
+                                       (data.TABLE_NEMO, data.TABLE_DGXC, data.TABLE_BRIDGE))
+    assert held["a100"]["tables"] == [data.TABLE_NARAYANAN]
+    assert held["a100"]["mae_pct"] == pytest.approx(100 * (1 - 1 / 1.02))
 
 
 def test_fp8_pairs_are_the_same_plans_and_their_speedups():
@@ -162,3 +168,38 @@ def test_fp8_pairs_are_the_same_plans_and_their_speedups():
     assert s["pairs"] == 35 and s["mean_error_pct"] == pytest.approx(-100 * 0.1 / 1.1)
     assert s["mae_pct"] == pytest.approx(100 * 0.1 / 1.1)
     assert fp8_pair_summary(fp8_pairs([pred(c) for c in cases if not c.fp8])) is None
+
+
+def test_held_out_summary_per_gpu_type():
+    """The held-out figure per preset: every row of the tables not fitted on, with and
+    without the caveat rows; predictions off by closed-form factors give those errors."""
+    from phaze.validate.calibrate import FIT_TABLE, H100_FIT_TABLE
+    from phaze.validate.evaluate import Prediction, mfu_pct
+    from phaze.validate.report import held_out_summary, held_out_text
+
+    from phaze.validate.flops import eq3_tflops_per_gpu
+
+    def pred(c, k):   # a prediction whose time is the measured one x k
+        t = _measured_time(c) * k
+        tf = eq3_tflops_per_gpu(t, c.gpus, c.batch, c.seq, c.layers, c.hidden, c.vocab)
+        return Prediction(case=c, mbs=1, interleave=1, searched=False, time_per_batch_s=t,
+                          tflops_per_gpu=tf, memory_per_device_bytes=0.0, breakdown={})
+
+    tables = {t: data.cases(t) for t in data.TABLES}
+    # tokens/s and seconds tables: 1.25x the time -> -20 % / +25 %; the fit tables anything
+    preds = {t: [pred(c, 1.25 if c.caveat else 1.0) if t not in (FIT_TABLE, H100_FIT_TABLE)
+                 else pred(c, 3.0) for c in cs] for t, cs in tables.items()}
+    s = held_out_summary(preds, (FIT_TABLE, H100_FIT_TABLE))
+    assert set(s) == {"a100", "h100"}
+    assert s["a100"]["tables"] == [data.TABLE_NARAYANAN]
+    assert set(s["h100"]["tables"]) == {data.TABLE_NEMO, data.TABLE_DGXC, data.TABLE_BRIDGE}
+    h = [c for t in s["h100"]["tables"] for c in tables[t]]
+    cav = [c for c in h if c.caveat]
+    assert s["h100"]["rows"] == len(h) and s["h100"]["caveat_rows"] == len(cav) > 0
+    want = sum(20.0 if c.metric == "tokens_per_s_per_gpu" else 25.0 for c in cav) / len(h)
+    assert s["h100"]["mae_pct"] == pytest.approx(want, rel=1e-9)
+    assert s["h100"]["mae_pct_without_caveats"] == pytest.approx(0.0, abs=1e-9)
+    assert s["a100"]["mae_pct"] == pytest.approx(0.0, abs=1e-9)
+    text = held_out_text(s)
+    assert "h100: " in text and "(met)" in text and "caveat rows 0.00%" in text
+    assert mfu_pct(tables[H100_FIT_TABLE][0], 1.0) > 0      # the fit tables stay out

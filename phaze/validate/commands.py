@@ -47,7 +47,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from phaze.validate.evaluate import plan_evaluator, predict
-    from phaze.validate.report import plot, row_dict, summary, text_table
+    from phaze.validate.calibrate import FIT_TABLE, H100_FIT_TABLE
+    from phaze.validate.report import (held_out_summary, held_out_text, plot, row_dict, summary,
+                                       text_table)
 
     params, fitted = None, None
     if args.plot:
@@ -92,6 +94,7 @@ def run(args) -> int:
         emit_json({"phaze_version": __version__, "archs": archs,
                    "calibration": calibration_info(), "fit": fitted,
                    "tables": summary(preds),
+                   "held_out": held_out_summary(preds, (FIT_TABLE, H100_FIT_TABLE)),
                    "rows": [row_dict(p) for ps in preds.values() for p in ps],
                    "layer_times": layer_rows})
         return 0
@@ -118,6 +121,9 @@ def run(args) -> int:
             from phaze.validate.layer_times import text_table as layer_table
             print(layer_table(layer_rows))
             print()
+    held = held_out_summary(preds, (FIT_TABLE, H100_FIT_TABLE))
+    if held:
+        print(held_out_text(held))
     if args.plot:
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0

@@ -108,6 +108,47 @@ def summary(preds_by_table: dict[str, list[Prediction]]) -> dict:
     return out
 
 
+# issue 16's goal for the measured runs never fitted on: mean |error| per GPU type
+HELD_OUT_GOAL_PCT = 10.0
+
+
+def held_out_summary(preds_by_table: dict[str, list[Prediction]], fit_tables) -> dict:
+    """Mean |error| per preset (GPU type) over every row of the tables not in `fit_tables`
+    (the held-out rows), and without the rows with a transcription caveat: {arch: {tables,
+    rows, mae_pct, caveat_rows, mae_pct_without_caveats, goal_pct}}; only the archs with
+    held-out rows."""
+    by_arch: dict[str, list[Prediction]] = {}
+    tables: dict[str, list[str]] = {}
+    for t, ps in preds_by_table.items():
+        if t in fit_tables:
+            continue
+        for p in ps:
+            by_arch.setdefault(p.case.arch, []).append(p)
+            if t not in tables.setdefault(p.case.arch, []):
+                tables[p.case.arch].append(t)
+    out = {}
+    for arch, ps in sorted(by_arch.items()):
+        clean = [p for p in ps if not p.case.caveat]
+        out[arch] = {"tables": tables[arch], "rows": len(ps), "mae_pct": mean_abs_error_pct(ps),
+                     "caveat_rows": len(ps) - len(clean),
+                     "mae_pct_without_caveats": mean_abs_error_pct(clean) if clean else None,
+                     "goal_pct": HELD_OUT_GOAL_PCT}
+    return out
+
+
+def held_out_text(summary_by_arch: dict) -> str:
+    """One line per GPU type: the held-out rows' mean |error| against the goal."""
+    lines = [f"held out (never fitted), per GPU type; goal: mean |error| <= {HELD_OUT_GOAL_PCT:g}%"]
+    for arch, s in summary_by_arch.items():
+        clean = s["mae_pct_without_caveats"]
+        met = "met" if s["mae_pct"] <= s["goal_pct"] else "not met"
+        lines.append(f"  {arch}: {s['rows']} rows of {', '.join(s['tables'])}: mean |error| "
+                     f"{s['mae_pct']:.2f}% ({met})"
+                     + (f"; without the {s['caveat_rows']} caveat rows {clean:.2f}%"
+                        if s["caveat_rows"] and clean is not None else ""))
+    return "\n".join(lines)
+
+
 def text_table(preds: list[Prediction]) -> str:
     c0 = preds[0].case
     unit = UNITS[c0.metric]
