@@ -72,6 +72,26 @@ def test_cp_core_steps_closed_forms():
     assert 1.0 < cp_core_steps(s, cp, w) < 1.01
     assert cp_core_flop_steps(s, cp, w) == 1.0
     assert cp_core_steps(s, 1, w) == 1.0
+    # the all-gather CP's busiest device: Gemma-2's chunks 1 and 2 of 4, 1.75 cores
+    assert cp_core_steps(8192, 2, 4096, busiest=True) == pytest.approx(1.75)
+    assert cp_core_steps(8192, 4, busiest=True) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("s,cp,w", [(64, 2, 24), (96, 3, 40), (64, 2, 64), (128, 4, 8)])
+def test_busiest_device_of_the_chunked_split_against_the_mask(s, cp, w):
+    """The all-gather CP's busiest device (its two chunks of the load-balanced split) and
+    the balanced share, against the mask's elements counted per device; the closed form
+    drops each chunk's diagonal half: within c / 2 per chunk."""
+    i, j = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
+    mask = (j <= i) & (j > i - w)
+    c = s // (2 * cp)
+    per_chunk = [int(mask[k * c:(k + 1) * c].sum()) for k in range(2 * cp)]
+    busiest = max(per_chunk[r] + per_chunk[2 * cp - 1 - r] for r in range(cp))
+    local = attention_band(s // cp, w)
+    assert abs(cp_core_steps(s, cp, w, busiest=True) * local - busiest) <= c + 1e-9
+    assert abs(cp_core_steps(s, cp, w) * local - mask.sum() / cp) <= c + 1e-9
+    if w >= s:      # the triangle splits evenly: cp either way
+        assert cp_core_steps(s, cp, w, busiest=True) == pytest.approx(cp)
 
 
 def test_cp_comm_problem_matrix():
@@ -109,7 +129,8 @@ def test_windowed_cp_through_evaluate(model, seq, kind):
         for lg in g.layers:
             lat = [op_latencies([o], arch, arch.network, params=p).lat_all_s[0][0]
                    for ps in ("fwd", "bwd") for o in lg.ops(ps) if is_attention_core(o)]
-            total += lg.repeat * (cp_core_steps(seq, 2, lg.attention_window) - 1) * sum(lat)
+            steps = cp_core_steps(seq, 2, lg.attention_window, busiest=kind == "allgather")
+            total += lg.repeat * (steps - 1) * sum(lat)
         return M * total, {lg.attention_window for lg in g.layers if lg.kind.startswith("block")}
 
     spec = resolve_model(model)
@@ -149,10 +170,12 @@ def test_window_survives_the_graph_file(tmp_path):
     back = load_graph(tmp_path / "g.json")
     assert [lg.attention_window for lg in back.layers] == [lg.attention_window for lg in g.layers]
     lat = lambda o: 1e-6
-    a, b = chain_from_graph(g, op_latency_s=lat), chain_from_graph(back, op_latency_s=lat)
-    for key in ("cp_core_steps", "cp_core_flop_steps"):
-        assert np.array_equal(a.extra[key], b.extra[key])
-    assert sorted(set(a.extra["cp_core_steps"])) == pytest.approx([cp_core_steps(8192, 2, 128), 2.0])
+    for causal in (False, True):
+        a, b = (chain_from_graph(x, op_latency_s=lat, causal_cores=causal) for x in (g, back))
+        for key in ("cp_core_steps", "cp_core_flop_steps"):
+            assert np.array_equal(a.extra[key], b.extra[key])
+        band = cp_core_steps(8192, 2, 128) if causal else cp_core_flop_steps(8192, 2, 128)
+        assert sorted(set(a.extra["cp_core_steps"])) == pytest.approx([band, 2.0])
 
 
 # ------------------------------------------------------------------ the sweep's route
@@ -215,3 +238,39 @@ def test_windowed_cp_through_the_sweep_stages(tmp_path, capsys):
     for (hbm, rec), r in ok.iterrows():
         got = evaluate_row(r, arch, hbm, rec, flags, capsys)
         assert got["plan_options"]["cp_comm_type"] == "allgather" and got["cp_ring_s"] > 0
+
+
+def test_cp_steps_follow_the_cost_convention():
+    """The sweep's cost model charges an attention core its whole queries x keys rectangle
+    (CostParams.flash_causal off), the GPU presets its causal band: a device's share of a
+    windowed layer under CP costs 1/cp of its cp = 1 time either way (found by a review:
+    the band's steps on rectangle costs gave 0.75 for Gemma-2's window at cp 2)."""
+    from phaze.hw.presets import get_preset
+    from phaze.place.chain import chain_from_graph
+    from phaze.sched.adapter import attention_core_times
+
+    arch, spec, seq = get_preset("h100"), resolve_model("gemma2-9b"), 8192
+
+    def per_device(cp, causal):
+        g = build_graph(spec, seq=seq, cp=cp, attention="flash", fused=True)
+        if causal:
+            p = CostParams(flash_causal=True, flash_fwd_efficiency=0.6, flash_bwd_efficiency=0.5,
+                           flash_key_overhead=0, flash_head_dim_overhead=0)
+            t = np.array([[sum(op_latencies([o], arch, arch.network, params=p).lat_all_s[0][0]
+                               for o in lg.ops(ps) if is_attention_core(o))
+                           for ps in ("fwd", "bwd")] for lg in g.layers])
+        else:
+            t = attention_core_times(g, arch, arch.network)[0][:, :2]
+        ch = chain_from_graph(g, op_latency_s=lambda o: 0.0, causal_cores=causal)
+        steps = {}
+        for i, lg in enumerate(g.layers):
+            if lg.kind.startswith("block"):
+                at = sum(lgg.repeat for lgg in g.layers[:i])
+                steps[lg.attention_window] = t[i].sum() * ch.extra["cp_core_steps"][at]
+        return steps
+
+    for causal in (False, True):
+        one, two = per_device(1, causal), per_device(2, causal)
+        assert set(one) == {0, 4096}
+        for w in one:
+            assert two[w] / one[w] == pytest.approx(0.5, rel=0.02), (causal, w)

@@ -60,7 +60,8 @@ def test_parse_errors_name_what_is_wrong(text, want):
 
 @pytest.mark.parametrize("text, p, v, nt, nm, want", [
     ("Et|tL", 4, 1, 2, None, r"2 chunks, pp x interleave = 4 x 1 = 4 needed"),
-    ("Et|tt|tt|tL", 2, 1, 7, None, r"give interleave 2"),
+    ("Et|tt|tt|tL", 2, 1, 7, None, r"with pp 2: give interleave 2"),
+    ("Et|tL", 1, 1, 2, None, r"give pp 2 x interleave 1\)"),   # interleave needs pp > 1
     ("t|EtL", 2, 1, 2, None, "E .the embedding. must appear once, opening the first chunk"),
     ("Et|Et|tL", 3, 1, 3, None, "E .the embedding. must appear once"),
     ("Et|Lt", 2, 1, 2, None, "L .the loss. must appear once, closing the last chunk"),

@@ -381,8 +381,9 @@ def test_pipeline_layout_excludes_the_other_split_flags(extra, named):
 
 @pytest.mark.parametrize("layout, want, fix", [
     ("Et*11|(t*12|)*6t*12L", "95 decoder layers (t), the model has 96", "one t per decoder"),
-    ("Et*11|(t*12|)*14t*11L", "16 chunks, pp x interleave = 8 x 1 = 8 needed (it is pp 8 x "
-     "interleave 2: give interleave 2)", "--interleave"),
+    ("Et*11|(t*12|)*14t*11L", "16 chunks, pp x interleave = 8 x 1 = 8 needed (with pp 8: "
+     "give interleave 2)", "--interleave"),
+    ("Et*11|(t*12|)*6t*11QL", "unknown symbol 'Q'", "--help"),
     ("Et*11|(t*12|)*6t*11mL", "but phaze has no MTP block", "--mtp-layers"),
     ("Et*11|(t*12|*6t*11L", "unbalanced parentheses", "--help"),
 ])
@@ -800,3 +801,25 @@ def test_a_zero1_the_searched_zero_stages_leave_out_is_refused(tmp_path):
     rc, _, err = _run(["check-config", "--config", str(tmp_path / "ok.yaml"), "-o",
                        str(tmp_path / "out.yaml")])
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("extra, field, want", [
+    (["--pp", "1", "--first-stage-layers", "4"], "--pp", "need pipeline parallelism: pp = 1"),
+    (["--pp", "4", "--first-stage-layers", "40"], "--first-stage-layers/--last-stage-layers",
+     "hold 40 blocks, more than the model's 32"),
+    (["--pp", "2", "--first-stage-layers", "10", "--last-stage-layers", "10"],
+     "--first-stage-layers/--last-stage-layers", "with pp = 2 both ends must hold all 32"),
+])
+def test_uneven_pipeline_ends_say_what_is_wrong(extra, field, want):
+    """The uneven ends' errors name the flag and say why, with no Python None in them."""
+    argv = ["evaluate", "--model", "llama3-8b", "--arch", "h100", "--tp", "1", "--dp", "4",
+            "--mbs", "1", "--batch", "64", *extra]
+    err = _one_line_error(argv, field)
+    assert want in err and "None" not in err, err
+
+
+def test_cp_without_flash_names_the_flag_once():
+    err = _one_line_error(["evaluate", "--model", "llama3-8b", "--arch", "h100", "--tp", "1",
+                           "--pp", "1", "--dp", "4", "--cp", "2", "--seq", "8192", "--mbs", "1"],
+                          "--attention")
+    assert "graph.--" not in err and "use --attention flash or --framework" in err, err

@@ -991,8 +991,8 @@ def check_context_parallel(spec: ModelSpec, seq: int, attention: str) -> None:
     if attention != "flash":
         raise UserError(f"context parallelism needs fused (flash) attention, not {attention!r}",
                         field="attention",
-                        fix="use attention flash (graph.attention: flash, --attention flash, or "
-                            "--framework megatron-core-2024 / nemo-2024), or cp 1")
+                        fix="use --attention flash or --framework megatron-core-2024 / "
+                            "nemo-2024 (in a sweep config: graph.attention flash), or cp 1")
     if spec.has_mixer("mamba"):
         raise UserError(f"{spec.name}'s Mamba layers: context parallelism is not modelled for them "
                         "(Megatron-Core runs them with an all-to-all over heads, "
@@ -1058,15 +1058,32 @@ def attention_band(queries: int, window: int, causal: bool = True) -> float:
     return float(queries) * w - w * w / 2.0
 
 
-def cp_core_steps(seq: int, cp: int, window: int = 0, causal: bool = True) -> float:
+def cp_core_steps(seq: int, cp: int, window: int = 0, causal: bool = True,
+                  busiest: bool = False) -> float:
     """Local attention cores one device runs for its share of a layer's whole-sequence
-    attention under context parallelism of size cp: the band over seq (attention_band) / cp
-    against the band its seq / cp chunk's core covers (the graph's core op). cp for full
-    attention (TE's load-balanced causal split gives each device 1/cp of the triangle);
-    fewer for a sliding window (`window` keys), whose band grows only linearly with seq."""
+    attention under context parallelism of size cp, against the band its seq / cp chunk's
+    core covers (the graph's core op): the band over seq (attention_band) / cp, each device
+    an equal share (the all-to-all CP: all queries of heads / cp); cp for full attention
+    (TE's load-balanced causal split gives each device 1/cp of the triangle), fewer for a
+    sliding window (`window` keys), whose band grows only linearly with seq.
+    `busiest`: the device with the most work when each holds its two chunks of Megatron's
+    load-balanced split (2 cp chunks, device r the r-th and (2 cp - 1 - r)-th;
+    get_batch_on_this_cp_rank), as the all-gather CP computes them (TE
+    AttnFuncWithCPAndKVAllGather: each chunk's queries over the keys it sees): the
+    triangle splits evenly, a window's band does not (its first chunks see fewer keys)."""
     if cp <= 1:
         return 1.0
-    return attention_band(seq, window, causal) / cp / attention_band(seq // cp, window, causal)
+    local = attention_band(seq // cp, window, causal)
+    if not (busiest and causal):
+        return attention_band(seq, window, causal) / cp / local
+    c = seq / (2 * cp)
+    w = min(window, seq) if window > 0 else seq
+
+    def upto(x):   # the band's score elements over the first x queries
+        return x * x / 2.0 if x <= w else w * x - w * w / 2.0
+
+    chunk = [upto((j + 1) * c) - upto(j * c) for j in range(2 * cp)]
+    return max(chunk[r] + chunk[2 * cp - 1 - r] for r in range(cp)) / local
 
 
 def cp_core_flop_steps(seq: int, cp: int, window: int = 0) -> float:

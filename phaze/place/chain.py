@@ -209,7 +209,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                      layer_tp_s: Mapping[int, tuple[float, float]] | None = None,
                      layer_core_s: Mapping[int, tuple] | None = None,
                      kv_bytes: float | None = None, fp8: bool = False,
-                     fp8_recipe: str = "delayed") -> Chain:
+                     fp8_recipe: str = "delayed", causal_cores: bool = False) -> Chain:
     """Chain of a ModelGraph. Latencies per layer kind come from `layer_latency`
     {index into graph.layers: (fwd_s, bwd_s, recompute_selective_s)} (the scheduler's
     result; a missing third entry means 0), or else from summing `op_latency_s(op)` over
@@ -229,12 +229,16 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
     counts it (a block under full recomputation keeps only its bf16 input).
     The chain's seq is the full sequence (graph.seq; a device's ops hold seq / graph.cp).
     Its FLOPs are those of the graph's ops (one ring step of the attention core under
-    cp > 1; plan.context_parallel_chain adds the other cp - 1, `core_flops_*`)."""
+    cp > 1; plan.context_parallel_chain adds the other cp - 1, `core_flops_*`).
+    `causal_cores`: the attention cores' times charge their causal band
+    (CostParams.flash_causal, the GPU presets' route) rather than their whole queries x
+    keys rectangle (the sweep's cost model): under CP a sliding window's layer then runs
+    cp_core_steps local cores, else cp_core_flop_steps (the rectangle's count)."""
     if kv_bytes is None:
         kv_bytes = graph.kv_bytes if graph.cp > 1 else 0.0
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
-    rows, reruns, cp_steps, cp_flop_steps = [], [], [], []
+    rows, reruns, cp_steps, cp_busiest, cp_flop_steps = [], [], [], [], []
     routed_excess = 0.0
     ratio = getattr(graph, "moe_model_flops_ratio", 1.0)   # routed slots' model FLOPs
     for li, layer in enumerate(graph.layers):
@@ -278,8 +282,12 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         reruns.extend([float(any(o.selective_recompute for o in layer.fwd
                                  if o.name.endswith("moe.dispatch")))] * layer.repeat)
         window = int(getattr(layer, "attention_window", 0))
-        cp_steps.extend([cp_core_steps(graph.seq, graph.cp, window)] * layer.repeat)
-        cp_flop_steps.extend([cp_core_flop_steps(graph.seq, graph.cp, window)] * layer.repeat)
+        flop_steps = cp_core_flop_steps(graph.seq, graph.cp, window)
+        cp_flop_steps.extend([flop_steps] * layer.repeat)
+        cp_steps.extend([cp_core_steps(graph.seq, graph.cp, window) if causal_cores
+                         else flop_steps] * layer.repeat)
+        cp_busiest.extend([cp_core_steps(graph.seq, graph.cp, window, busiest=True)
+                           if causal_cores else flop_steps] * layer.repeat)
         model_f, model_b = _model_flops(layer.fwd, ratio), _model_flops(layer.bwd, ratio)
         routed_excess += (layer.flops("fwd") + layer.flops("bwd") - model_f - model_b) * layer.repeat
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
@@ -320,9 +328,11 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                             graph, "moe_pad_expert_input_to_capacity", False)),
                         "a2a_rerun": np.array(reruns),
                         # local attention cores per whole-sequence attention under CP
-                        # (graph.cp_core_steps: cp, fewer for a sliding window) and their
-                        # model FLOPs' count (graph.cp_core_flop_steps)
+                        # (graph.cp_core_steps: cp, fewer for a sliding window; on the
+                        # busiest device of the chunked split, which the all-gather CP
+                        # runs) and their model FLOPs' count (graph.cp_core_flop_steps)
                         "cp_core_steps": np.array(cp_steps),
+                        "cp_core_steps_busiest": np.array(cp_busiest),
                         "cp_core_flop_steps": np.array(cp_flop_steps),
                         # Q and O of a layer with kv_bytes (the all-to-all CP's payload
                         # beside K and V; 0: a graph saved before they were recorded)

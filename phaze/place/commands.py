@@ -405,7 +405,8 @@ def _flag_named(e: UserError) -> UserError:
     flag = GRAPH_FLAGS.get(e.field)
     if flag is None:
         return e
-    fix = re.sub(rf"(?<![\w-]){re.escape(e.field)}(?!\w)", flag, e.fix) if e.fix else e.fix
+    # not a config field's path (graph.attention) nor the flag itself
+    fix = re.sub(rf"(?<![\w.-]){re.escape(e.field)}(?!\w)", flag, e.fix) if e.fix else e.fix
     return UserError(e.message, field=flag, fix=fix)
 
 
@@ -414,10 +415,12 @@ def _plan_error(message: str, args) -> UserError:
     that match what is wrong (phaze.place.plan's stage checks, evaluate's cp check)."""
     if message.startswith("pipeline layout"):
         fix = "see `phaze evaluate --help` (--pipeline-layout) for the grammar"
-        if "decoder layers (t)" in message:
+        if "unknown symbol" in message or "repeat count" in message:
+            pass
+        elif "decoder layers (t)" in message:
             fix = "give one t per decoder layer of --model"
         elif "chunks, pp x interleave" in message:
-            fix = "give --pp x --interleave chunks, or the --interleave the message names"
+            fix = "give --pp x --interleave chunks, or the --pp / --interleave the message names"
         elif "MTP" in message:
             fix = "give --mtp-layers K with K the layout's m's, or drop the m's"
         return UserError(message, field="--pipeline-layout", fix=fix)
@@ -431,6 +434,13 @@ def _plan_error(message: str, args) -> UserError:
                 else "--account-for-loss-in-pipeline-split")
         return UserError(message, field=flag,
                          fix="give either --first/--last-stage-layers or the accounting flags")
+    if message.startswith("uneven pipeline ends"):
+        return UserError(message, field="--pp", fix="use --pp 2 or more, or drop "
+                                                    "--first-stage-layers/--last-stage-layers")
+    if message.startswith("the ends ("):
+        return UserError(message, field="--first-stage-layers/--last-stage-layers",
+                         fix="give ends within the model's blocks (with --pp 2 and both "
+                             "ends: summing to them)")
     if "first=" in message or "at least one block" in message:
         return UserError(message, field="--first-stage-layers/--last-stage-layers",
                          fix="leave at least one block to every other pipeline chunk, "

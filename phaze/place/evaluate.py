@@ -438,6 +438,9 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     # the ring steps (plan.context_parallel_chain, applied by evaluate_plan) need the core
     core = attention_core_latencies(graph, arch, network, cost_params) if cp > 1 else None
     chain = chain_from_graph(graph, layer_latency=lat, layer_tp_s=tps, layer_core_s=core,
+                             # the flash cost path charges a causal core its band
+                             causal_cores=(cost_params.flash_causal
+                                           and cost_params.flash_fwd_efficiency > 0),
                              fp8=fp8, fp8_recipe=fp8_recipe)
     links = Links.of(network, bw_efficiency=cost_params.link_bw_efficiency)
     stages = None

@@ -74,8 +74,16 @@ def check_layout(chunks: list[str], p: int, interleave: int, decoder_layers: int
     name = f"pipeline layout {layout!r}" if layout else "pipeline layout"
     n = p * interleave
     if len(chunks) != n:
-        hint = (f" (it is pp {p} x interleave {len(chunks) // p}: give interleave "
-                f"{len(chunks) // p})" if len(chunks) % p == 0 else "")
+        k = len(chunks)
+        # the pp x interleave pairs that give k chunks (interleave > 1 needs pp > 1)
+        pairs = [f"pp {q} x interleave {k // q}" for q in range(2, k + 1)
+                 if k % q == 0 and (k // q == 1 or q > 1)]
+        if p > 1 and k % p == 0:
+            hint = f" (with pp {p}: give interleave {k // p})"
+        elif pairs:
+            hint = f" (give {' or '.join(pairs[:3])})"
+        else:
+            hint = ""
         raise ValueError(f"{name}: {len(chunks)} chunks, pp x interleave = {p} x {interleave} "
                          f"= {n} needed{hint}")
     flat = "".join(chunks)

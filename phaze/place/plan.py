@@ -964,7 +964,10 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
     # window's band (chain.extra["cp_core_steps"]; allgather and a2a only, TE's p2p ring
     # refuses windows: model.graph.cp_comm_problem)
     full = np.full(chain.n, float(cp))
-    more = np.asarray(chain.extra.get("cp_core_steps", full), dtype=float) - 1.0
+    # the all-gather CP's devices each compute their two chunks: the busiest one sets the
+    # step (a window's band splits unevenly); the all-to-all's each get heads / cp, even
+    key = "cp_core_steps_busiest" if options.cp_comm_type == "allgather" else "cp_core_steps"
+    more = np.asarray(chain.extra.get(key, full), dtype=float) - 1.0
     more_flops = np.asarray(chain.extra.get("cp_core_flop_steps", full), dtype=float) - 1.0
     if options.cp_comm_type == "p2p":
         sf, sb = per_layer("send_recv", lambda b: b), per_layer("send_recv", lambda b: 2 * b)
@@ -1226,9 +1229,19 @@ def megatron_stages(chain: Chain, p: int, interleave: int = 1, first: int | None
     else:
         rest_ranks = p - (first is not None) - (last is not None)
         rest = nb - (first or 0) - (last or 0)
-        if rest_ranks < 0 or rest < 0 or (rest_ranks == 0 and rest) or (rest_ranks and rest % rest_ranks):
-            raise ValueError(f"{nb} blocks do not split into first={first}, last={last} and "
-                             f"{rest_ranks} even pipeline stages")
+        ends = ", ".join(f"{k}={v}" for k, v in (("first", first), ("last", last))
+                         if v is not None)
+        if p < 2:
+            raise ValueError(f"uneven pipeline ends ({ends}) need pipeline parallelism: pp = {p}")
+        held = (first or 0) + (last or 0)
+        if rest < 0:
+            raise ValueError(f"the ends ({ends}) hold {held} blocks, more than the model's {nb}")
+        if rest_ranks == 0 and rest:
+            raise ValueError(f"the ends ({ends}) hold {held} blocks: with pp = 2 both ends "
+                             f"must hold all {nb}")
+        if rest_ranks and rest % rest_ranks:
+            raise ValueError(f"{nb} blocks do not split into {ends} and {rest_ranks} even "
+                             f"pipeline stages ({rest} blocks left for them)")
         per = rest // rest_ranks if rest_ranks else 0
         ranks = ([first] if first is not None else []) + [per] * rest_ranks + \
             ([last] if last is not None else [])
