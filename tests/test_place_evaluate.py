@@ -557,3 +557,19 @@ def test_json_records_one_zero_stage_and_the_version(extra, stage, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["plan_options"]["zero_stage"] == out["zero_stage"] == stage
     assert out["phaze_version"] == __version__
+
+
+def test_sequence_parallel_at_t1_is_recorded_off(capsys):
+    """Megatron turns sequence parallelism off without TP; the plan records what ran and
+    the text says so (a new user saw 'sequence parallel' printed at t = 1)."""
+    from phaze.cli import main
+
+    argv = ["evaluate", "--model", "llama3-8b", "--arch", "h100", "--framework",
+            "megatron-core-2024", "--pp", "1", "--dp", "8", "--mbs", "1", "--batch", "64",
+            "--sequence-parallel"]
+    assert main(argv + ["--tp", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequence_parallel"] is False
+    assert main(argv + ["--tp", "1"]) == 0
+    assert "no sequence parallel at t = 1" in capsys.readouterr().out
+    assert main([x if x != "8" else "4" for x in argv] + ["--tp", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequence_parallel"] is True

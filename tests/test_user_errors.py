@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -62,13 +63,18 @@ def test_infeasible_plan_is_a_user_error_with_its_memory_and_the_fix():
     parts = sorted(((plan[f"memory_{k}_bytes"], k) for k in
                     ("weights", "grads", "optimizer", "activations", "buffers")), reverse=True)
     assert f"largest: {parts[0][1]} {parts[0][0] / GiB:.2f} GiB, {parts[1][1]}" in err, err
-    assert "--recompute selective or full" in err and "--pp" in err
     assert "--zero-stage" not in err     # dp = 1: sharding over one replica saves nothing
-    # the first fix offered works: the same plan with selective recomputation fits or not,
-    # and the exit code says which
-    rc, out, _ = _run(GPT3 + ["--recompute", "full", "--json", "--allow-infeasible"])
-    fits = json.loads(out)["memory_per_device_bytes"] <= hbm * GiB
-    assert fits and _run(GPT3 + ["--recompute", "full", "--json"])[0] == 0
+    # every fix offered was evaluated: each alone fits, at the memory it names; the ones
+    # left out do not (selective recomputation here), and the HBM that would hold it
+    fix = err.split("; fix: each of these alone fits: ")[1].split("; or ")[0]
+    offered = dict(re.findall(r"(--[\w-]+ \w+) \(([\d.]+) GiB\)", fix))
+    assert "--recompute selective" in offered and "--pp 16" in offered, err
+    for flags, gib in offered.items():
+        rc, out, _ = _run(GPT3 + ["--recompute", "none", *flags.split(), "--json"])
+        got = json.loads(out)["memory_per_device_bytes"] / GiB
+        assert rc == 0 and got <= hbm and f"{got:.1f}" == gib, (flags, got)
+    assert "--recompute full" not in offered     # the least change of its kind that fits
+    assert f"or --hbm-gib {math.ceil(need)} " in err
 
 
 def test_tp_width_names_the_dimension_it_does_not_divide(tmp_path):

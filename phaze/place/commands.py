@@ -383,7 +383,8 @@ def _cmd_evaluate(args) -> int:
                                         settings.placement.global_batch))
     plan["arch"] = arch_label
     if not plan.get("feasible", True) and not args.allow_infeasible:
-        raise UserError(*_does_not_fit(plan, hbm, args))
+        tried = None if args.grid else _fitting_changes(args, spec, settings, seq, hbm)
+        raise UserError(*_does_not_fit(plan, hbm, args, tried))
     if args.json:
         emit_json(plan)
         return 0
@@ -508,15 +509,74 @@ def _not_evaluable(reason: str, args, batch: int) -> tuple[str, str, str | None]
         "change the plan's sizes so that the constraint above holds"
 
 
-def _does_not_fit(plan, hbm, args) -> tuple[str, str, str]:
+def _fitting_changes(args, spec, settings, seq, hbm) -> tuple[list, list]:
+    """The one-flag changes of a plan that does not fit (the preset route), each evaluated:
+    ([(flags, GiB per device)] of those that fit, [flags] of those tried). Per flag the
+    least change that fits: the next recompute modes and ZeRO stages in order, twice the
+    tp, pp, dp, ep or cp, half the microbatch, flash attention where it runs eager."""
+    import argparse
+    import math
+
+    GiB = 1024**3
+    stage = args.zero_stage or 0
+    groups = [[("--recompute", {"recompute": m}) for m in
+               RECOMPUTE_MODES[RECOMPUTE_MODES.index(args.recompute) + 1:]]]
+    if args.dp * args.cp > 1:
+        groups.append([("--zero-stage", {"zero_stage": z}) for z in range(stage + 1, 4)])
+    for name in ("tp", "pp", "dp"):
+        groups.append([(f"--{name}", {name: 2 * getattr(args, name)})])
+    if spec.experts:
+        groups.append([("--ep", {"ep": 2 * args.ep})])
+    if args.mbs > 1:
+        groups.append([("--mbs", {"mbs": m}) for m in
+                       sorted({args.mbs // 2 ** k for k in range(1, int(math.log2(args.mbs)) + 1)},
+                              reverse=True) if m >= 1])
+    eager = args.attention == "eager" or (args.attention is None and args.framework in
+                                          (None, "megatron-lm-2022", "megatron-lm-2021",
+                                           "megatron-deepspeed"))
+    if eager:
+        groups.append([("--attention", {"attention": "flash"})])
+    else:
+        groups.append([("--cp", {"cp": 2 * args.cp})])
+    fit, tried = [], []
+    for group in groups:
+        for flag, change in group:
+            label = f"{flag} {next(iter(change.values()))}"
+            tried.append(label)
+            try:
+                plan, _, _ = _evaluate_preset(argparse.Namespace(**{**vars(args), **change}),
+                                              spec, settings, seq)
+            except (UserError, ValueError):
+                continue
+            need = plan.get("memory_per_device_bytes")
+            if need is not None and "time_per_batch_s" in plan and need <= hbm:
+                fit.append((label, need / GiB))
+                break
+    return fit, tried
+
+
+def _does_not_fit(plan, hbm, args, tried=None) -> tuple[str, str, str]:
     """(message, field, fix) of a plan whose memory per device exceeds the HBM: the
-    memory needed against the HBM with its two largest parts, and the flags that shrink it."""
+    memory needed against the HBM with its two largest parts, and the flags that shrink it
+    (`tried`: _fitting_changes's result: those evaluated to fit; None: the usual ones)."""
+    import math
+
     GiB = 1024**3
     parts = sorted(((plan.get(f"memory_{k}_bytes") or 0.0, k) for k in
                     ("weights", "grads", "optimizer", "activations", "buffers")), reverse=True)
     largest = ", ".join(f"{k} {v / GiB:.2f} GiB" for v, k in parts[:2] if v > 0)
     msg = (f"memory per device {plan['memory_per_device_bytes'] / GiB:.2f} GiB exceeds the "
            f"{hbm / GiB:.4g} GiB HBM" + (f" (largest: {largest})" if largest else ""))
+    hbm_fix = f"--hbm-gib {math.ceil(plan['memory_per_device_bytes'] / GiB)}"
+    if tried is not None:
+        fit, labels = tried
+        if fit:
+            alone = ", ".join(f"{flag} ({gib:.1f} GiB)" for flag, gib in fit)
+            fix = f"each of these alone fits: {alone}; or {hbm_fix}"
+        else:
+            names = ", ".join(dict.fromkeys(x.split(" ")[0] for x in labels))
+            fix = f"no one change of {names} fits alone: combine them, or {hbm_fix}"
+        return msg, "memory", fix + " (or --allow-infeasible to print the plan anyway)"
     fixes = []
     stronger = RECOMPUTE_MODES[RECOMPUTE_MODES.index(args.recompute) + 1:]
     if stronger:
@@ -732,7 +792,10 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
                   if on]
         how = [f"framework {plan['framework']}"] + [x for x, on in (
             (f"fp8 {plan.get('fp8_recipe')}", plan.get("fp8")),
-            ("sequence parallel", args.sequence_parallel),
+            # what the plan ran: Megatron turns sequence parallelism off at t = 1
+            ("sequence parallel", plan.get("sequence_parallel", args.sequence_parallel)),
+            ("no sequence parallel at t = 1", args.sequence_parallel
+             and not plan.get("sequence_parallel", True)),
             (f"expert TP {po.get('expert_tp')}", po.get("expert_tp")),
             (f"dispatcher {po.get('moe_token_dispatcher')}",
              po.get("moe_token_dispatcher", "alltoall") != "alltoall"),

@@ -467,7 +467,8 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         plan["mfu_fp8_peak"] = plan["mfu"] / cost_params.fp8_speedup
     from dataclasses import asdict
     plan.update(model=spec.name, arch=getattr(arch, "name", ""), seq=seq,
-                hbm_bytes=arch.hbm_bytes, sequence_parallel=sequence_parallel,
+                # what ran: the graph turns it off at t = 1, as Megatron does
+                hbm_bytes=arch.hbm_bytes, sequence_parallel=bool(graph.sequence_parallel),
                 # how the figure was obtained: the framework profile and every setting used
                 framework=framework or DEFAULT_FRAMEWORK, ddp_impl=ddp_impl, fp8=fp8,
                 fp8_recipe=fp8_recipe if fp8 else None,
