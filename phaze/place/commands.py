@@ -546,8 +546,8 @@ def _fitting_changes(args, spec, settings, seq, hbm) -> tuple[list, list]:
             try:
                 plan, _, _ = _evaluate_preset(argparse.Namespace(**{**vars(args), **change}),
                                               spec, settings, seq)
-            except (UserError, ValueError):
-                continue
+            except Exception:   # noqa: BLE001 - a variant that cannot run is no hint; the
+                continue        # user's own error is still the one reported
             need = plan.get("memory_per_device_bytes")
             if need is not None and "time_per_batch_s" in plan and need <= hbm:
                 fit.append((label, need / GiB))
