@@ -171,13 +171,14 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                             spec.check_run(seq, 1, t, sp, cp=cp)
                         if cp > 1:
                             check_context_parallel(spec, seq, attention)
+                        a2a = placement.cp_a2a_size
                         why = cp > 1 and cp_comm_problem(spec, seq, t, cp,
-                                                         placement.cp_comm_type)
+                                                         placement.cp_comm_type, a2a)
                         if why:
                             raise UserError(
                                 f"{why} (placement.cp_comm_type {placement.cp_comm_type})",
                                 field="cp", fix=cp_comm_fix(spec, seq, t, cp,
-                                                            "placement.cp_comm_type"))
+                                                            "placement.cp_comm_type", a2a))
                     except UserError as e:
                         where = e.field if e.field in ("seq", "cp") else "tp"
                         if e.field == "attention":

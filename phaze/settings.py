@@ -27,7 +27,7 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 OPTIMIZERS = ("sgd", "adam")
 # Megatron-Core --cp-comm-type values (phaze.place.plan.CP_COMM_TYPES, the costs; listed
 # here so that the CLI's choices need no stage import)
-CP_COMM_TYPES = ("p2p", "allgather", "a2a")
+CP_COMM_TYPES = ("p2p", "allgather", "a2a", "a2a+p2p")
 # the spelling Transformer Engine accepts for allgather, and Megatron-Core's TransformerConfig
 # documents ("p2p" or "all_gather" or "a2a": TE attn_forward_func_with_cp raises on
 # "allgather"; Megatron-LM's --cp-comm-type help says "allgather"): the same costs
@@ -224,7 +224,11 @@ class PlacementSettings:
                    sharded over the data-parallel replicas); empty = the one zero1 says
                    (1 if zero1 else 0)
     cp_comm_type   how a context-parallel attention core reaches the other chunks' keys
-                   (Megatron-Core --cp-comm-type: p2p ring, allgather, a2a / Ulysses)
+                   (Megatron-Core --cp-comm-type: p2p ring, allgather, a2a / Ulysses,
+                   a2a+p2p: all-to-alls in groups of cp_a2a_size, a p2p ring across them)
+    cp_a2a_size    a2a+p2p's all-to-all level (Megatron-Core
+                   --hierarchical-context-parallel-sizes [cp_a2a_size, cp / cp_a2a_size]);
+                   it must divide every cp > 1; 0 with the other types
     """
 
     devices: int = 1024
@@ -237,6 +241,7 @@ class PlacementSettings:
     ep: tuple[int, ...] = (1,)
     zero_stage: tuple[int, ...] = ()
     cp_comm_type: str = "p2p"
+    cp_a2a_size: int = 0
 
     def __post_init__(self):
         for name in ("devices", "global_batch"):
@@ -258,6 +263,18 @@ class PlacementSettings:
         if self.cp_comm_type not in CP_COMM_TYPES:
             raise UserError(f"unknown context-parallel communication {self.cp_comm_type!r}",
                             field="cp_comm_type", fix=f"use one of {', '.join(CP_COMM_TYPES)}")
+        a = self.cp_a2a_size
+        if isinstance(a, bool) or not isinstance(a, int) or a < 0:
+            raise UserError(f"must be an integer >= 0, got {a!r}", field="cp_a2a_size",
+                            fix="give the all-to-all level's size of a2a+p2p (e.g. 8: a node)")
+        if self.cp_comm_type == "a2a+p2p" and a < 1:
+            raise UserError("cp_comm_type a2a+p2p needs the size of its all-to-all level",
+                            field="cp_a2a_size", fix="give cp_a2a_size (--cp-a2a-size), e.g. 8: "
+                                                     "all-to-alls inside a node, the ring across")
+        if self.cp_comm_type != "a2a+p2p" and a:
+            raise UserError(f"is a2a+p2p's all-to-all level, and cp_comm_type is "
+                            f"{self.cp_comm_type}", field="cp_a2a_size",
+                            fix="drop cp_a2a_size (--cp-a2a-size), or use cp_comm_type a2a+p2p")
         if self.zero_stage not in ((), [], None, ""):
             object.__setattr__(self, "zero_stage", parse_list(self.zero_stage, int, "zero_stage",
                                                               minimum=0, maximum=3))
@@ -273,7 +290,7 @@ class PlacementSettings:
         block = dict(block or {})
         kw = {k: block[k] for k in ("devices", "global_batch", "hbm_gib", "recompute",
                                     "optimizer", "zero1", "interleave", "ep", "zero_stage",
-                                    "cp_comm_type")
+                                    "cp_comm_type", "cp_a2a_size")
               if k in block}
         return cls(**kw)
 
@@ -651,8 +668,12 @@ def add_placement_args(p, axes: bool = True) -> None:
     p.add_argument("--cp-comm-type", choices=CP_COMM_TYPES + tuple(CP_COMM_TYPE_ALIASES),
                    help="Megatron-Core --cp-comm-type of context parallelism: p2p (ring, K/V "
                         "sends overlapped with the core), allgather or all_gather (K/V all-gathered, "
-                        "exposed; Llama 3) or a2a (Q/K/V/O all-to-alls, exposed; DeepSpeed-Ulysses) "
-                        f"(default {d.cp_comm_type})")
+                        "exposed; Llama 3), a2a (Q/K/V/O all-to-alls, exposed; DeepSpeed-Ulysses) "
+                        "or a2a+p2p (all-to-alls in groups of --cp-a2a-size, a p2p ring across "
+                        f"them) (default {d.cp_comm_type})")
+    p.add_argument("--cp-a2a-size", type=int, metavar="A",
+                   help="the all-to-all level of --cp-comm-type a2a+p2p: Megatron-Core "
+                        "--hierarchical-context-parallel-sizes A (cp / A); A divides cp")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
     p.add_argument("--zero1", action=argparse.BooleanOptionalAction,
                    help="shard the optimizer state over the data-parallel replicas (ZeRO-1; "
@@ -755,7 +776,8 @@ def sweep_settings(args) -> tuple["SweepSettings", dict]:
     for flag, key in (("devices", "devices"), ("batch", "global_batch"), ("hbm_gib", "hbm_gib"),
                       ("recompute", "recompute"), ("optimizer", "optimizer"),
                       ("zero1", "zero1"), ("interleave", "interleave"), ("ep", "ep"),
-                      ("zero_stage", "zero_stage"), ("cp_comm_type", "cp_comm_type")):
+                      ("zero_stage", "zero_stage"), ("cp_comm_type", "cp_comm_type"),
+                      ("cp_a2a_size", "cp_a2a_size")):
         v = g(flag)
         # axes come as comma-separated text; a command's own single value (evaluate's
         # --interleave, --hbm-gib) is not an axis

@@ -269,3 +269,41 @@ def test_all_gather_is_transformer_engines_spelling_of_allgather(tmp_path, capsy
         got[name] = json.loads(capsys.readouterr().out)
     assert got["all_gather"]["plan_options"]["cp_comm_type"] == "allgather"
     assert got["all_gather"]["time_per_batch_s"] == got["allgather"]["time_per_batch_s"]
+
+
+def test_hierarchical_cp_in_the_sweep_is_its_two_ends(stages, capsys):
+    """--cp-comm-type a2a+p2p with --cp-a2a-size A in the sweep's DP: on cp 2 with A = 1 it
+    is the p2p ring, row for row, and `phaze evaluate --grid` with the same flags gives
+    each row; A = 2 (the all-to-all CP) cannot split gpt2-xl's 25 heads, refused in one line
+    as a2a is; check-config refuses a size that does not divide a model's cp, and a2a+p2p
+    without one."""
+    from phaze.configcheck import semantic_errors
+
+    hier = _place(stages, (2,), capsys, ("--cp-comm-type", "a2a+p2p", "--cp-a2a-size", "1"))
+    ref = _place(stages, (2,), capsys, ("--cp-comm-type", "p2p"))
+    pd.testing.assert_series_equal(hier["time_per_batch_s"], ref["time_per_batch_s"],
+                                   rtol=1e-12)
+    args = ["place", "--latency", str(stages / "lat2.parquet"), "--graphs",
+            str(stages / "g2.json"), "--grid", str(stages / "grid.parquet"), "--devices", "64",
+            "--batch", "256", "--network", json.dumps(NET), "-o", str(stages / "no.parquet"),
+            "--cp-comm-type", "a2a+p2p", "--cp-a2a-size", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "must divide the 25 query heads" in err and len(err.strip().splitlines()) == 1
+    ok = hier[hier["feasible"]]
+    assert len(ok) >= 2
+    arch = str(pd.read_parquet(stages / "grid.parquet")["arch_id"].iloc[0])
+    flags = ["--model", "gpt2-xl", "--seq", "1024", "--grid", str(stages / "grid.parquet"),
+             "--mbs", "1", "--batch", "256", "--optimizer", "adam", "--fused", "--attention",
+             "flash", "--network", json.dumps(NET), "--cache", str(stages / "cache"),
+             "--cp-comm-type", "a2a+p2p", "--cp-a2a-size", "1"]
+    for (hbm, rec), r in ok.iterrows():
+        got = evaluate_row(r, arch, hbm, rec, flags, capsys)
+        assert got["plan_options"]["cp_a2a_size"] == 1
+    cfg = {"models": [{"name": "llama3-8b", "seq": [8192], "tp": [1], "cp": [1, 2, 4]}],
+           "graph": {"attention": "flash"},
+           "placement": {"cp_comm_type": "a2a+p2p", "cp_a2a_size": 4}}
+    err = semantic_errors(cfg, check_grid=False)
+    assert [e.split(":")[0] for e in err] == ["field models[0].cp[1]"] and "divide cp = 2" in err[0]
+    cfg["placement"] = {"cp_comm_type": "a2a+p2p"}
+    assert any("cp_a2a_size" in e for e in semantic_errors(cfg, check_grid=False))

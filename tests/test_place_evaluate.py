@@ -573,3 +573,83 @@ def test_sequence_parallel_at_t1_is_recorded_off(capsys):
     assert "no sequence parallel at t = 1" in capsys.readouterr().out
     assert main([x if x != "8" else "4" for x in argv] + ["--tp", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sequence_parallel"] is True
+
+
+def test_hierarchical_cp_a2a_p2p_closed_form_and_its_two_ends():
+    """--cp-comm-type a2a+p2p (TE's AttnFuncWithCPAndKVP2P with cp_group [a2a, p2p];
+    Megatron-Core --hierarchical-context-parallel-sizes [a, cp / a]), second route written
+    here: all-to-alls of Q + K + V and O over the first level (a devices, stride t), then a
+    ring of cp / a steps over the second (stride t a), each a local cores beside the send of
+    K, V (2 x in the backward). Its ends are the other two types exactly: a = 1 is the p2p
+    ring, a = cp the all-to-all CP."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from phaze.cost.collective import collective_time
+    from phaze.hw.presets import get_preset
+    from phaze.model.graph import build_graph
+    from phaze.model.zoo import get_model
+    from phaze.place.chain import chain_from_graph
+    from phaze.place.evaluate import default_cost_params, evaluate_model
+    from phaze.place.plan import Links, PlanOptions, axes_chain
+
+    spec, arch = get_model("llama2-7b"), get_preset("h100")
+    seq, cp, tp = 16384, 8, 1
+    kw = dict(tp=tp, pp=1, dp=2, mbs=1, batch=8, recompute="none", seq=seq, cp=cp,
+              graph_options={"attention": "flash"})
+
+    def run(comm, a=0):
+        return evaluate_model(spec, arch, options={"cp_comm_type": comm, "cp_a2a_size": a}, **kw)
+    for a, same in ((1, "p2p"), (cp, "a2a")):
+        assert run("a2a+p2p", a)["time_per_batch_s"] == pytest.approx(
+            run(same)["time_per_batch_s"], rel=1e-12)
+    a, ring = 4, cp // 4
+    got = run("a2a+p2p", a)
+    assert got["plan_options"]["cp_a2a_size"] == a
+    prm = replace(default_cost_params(arch), flash_causal=True)
+    links = Links.of(arch.network, bw_efficiency=prm.link_bw_efficiency)
+    g = build_graph(spec, seq=seq, mbs=1, tp=tp, cp=cp, attention="flash")
+    ch = chain_from_graph(g, op_latency_s=lambda o: 1e-4 if o.name.endswith("attn.core") else
+                          (2.5e-4 if o.name.endswith("attn.core.bwd") else 1e-3))
+    qo = (seq // cp) * (spec.heads // tp) * spec.d_head * 2
+    kv = 2 * (seq // cp) * (spec.n_kv_heads // tp) * spec.d_head * 2
+
+    def c(kind, nbytes, n, stride):
+        return collective_time(kind, nbytes, n, stride, links, src_dtype_bytes=1.0,
+                               bw_efficiency=links.bw_efficiency)
+    comm = c("all_to_all", qo + kv, a, tp) + c("all_to_all", qo, a, tp)
+    sf, sb = c("send_recv", kv, ring, tp * a), c("send_recv", 2 * kv, ring, tp * a)
+    want_f = (a - 1) * 1e-4 + (ring - 1) * max(a * 1e-4, sf) + comm
+    want_b = (a - 1) * 2.5e-4 + (ring - 1) * max(a * 2.5e-4, sb) + comm
+    out = axes_chain(ch, links, PlanOptions(cp=cp, cp_comm_type="a2a+p2p", cp_a2a_size=a))
+    on = ch.kv_bytes > 0
+    assert on.sum() == spec.layers
+    np.testing.assert_allclose(out.extra["cp_ring_s"][on], want_f + want_b, rtol=1e-12)
+    assert got["model_flops"] == pytest.approx(run("p2p")["model_flops"], rel=1e-12)
+
+
+def test_hierarchical_cp_refusals():
+    from phaze.errors import UserError
+    from phaze.model.graph import cp_comm_problem
+    from phaze.model.zoo import resolve_model
+    from phaze.place.plan import PlanOptions
+    from phaze.settings import PlacementSettings
+
+    llama, mistral, oss = (resolve_model(m) for m in ("llama3-8b", "mistral-7b", "gpt-oss-20b"))
+    assert cp_comm_problem(llama, 65536, 1, 16, "a2a+p2p", 8) is None
+    assert "divide cp = 16" in cp_comm_problem(llama, 65536, 1, 16, "a2a+p2p", 3)
+    assert "key/value heads" in cp_comm_problem(llama, 65536, 2, 16, "a2a+p2p", 8)  # 4 per rank
+    assert "sliding" in cp_comm_problem(mistral, 65536, 1, 8, "a2a+p2p", 2)
+    from dataclasses import replace
+    full_oss = replace(oss, layer_types=("full",) * oss.layers)   # sinks without windows
+    assert "sinks" in cp_comm_problem(full_oss, 65536, 1, 8, "a2a+p2p", 2)
+    assert cp_comm_problem(full_oss, 65536, 1, 8, "a2a", 2) is None
+    with pytest.raises(ValueError, match="must divide cp = 8"):
+        PlanOptions(cp=8, cp_comm_type="a2a+p2p", cp_a2a_size=3)
+    with pytest.raises(UserError) as e:
+        PlacementSettings(cp_comm_type="a2a+p2p")
+    assert e.value.field == "cp_a2a_size"
+    with pytest.raises(UserError) as e:
+        PlacementSettings(cp_comm_type="a2a", cp_a2a_size=8)
+    assert e.value.field == "cp_a2a_size"

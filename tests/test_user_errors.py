@@ -754,7 +754,7 @@ def test_hf_config_models_are_named_as_the_config_names_them(tmp_path):
      "(t = 2); fix: use --cp-comm-type p2p or allgather, or another cp"),
     (["--cp", "2", "--cp-comm-type", "p2p", "--model", "mistral-7b"],
      "--cp-comm-type: mistral-7b's sliding-window layers (window 4096 < seq 32768) cannot run in "
-     "a p2p context-parallel ring (Transformer Engine runs them with cp_comm_type allgather or "
+     "the p2p context-parallel ring (Transformer Engine runs them with cp_comm_type allgather or "
      "a2a); fix: use --cp-comm-type allgather or a2a, or another cp"),
 ])
 def test_cp_comm_type_user_errors(extra, want):

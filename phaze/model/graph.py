@@ -1012,37 +1012,49 @@ def has_short_window(spec: ModelSpec, seq: int) -> bool:
         for i in range(spec.layers))
 
 
-def cp_comm_problem(spec: ModelSpec, seq: int, tp: int, cp: int, cp_comm_type: str) -> str | None:
+def cp_comm_problem(spec: ModelSpec, seq: int, tp: int, cp: int, cp_comm_type: str,
+                    a2a_size: int = 0) -> str | None:
     """Why Transformer Engine cannot run `spec`'s attention context-parallel over cp devices
-    with Megatron-Core's --cp-comm-type `cp_comm_type` (p2p | allgather | a2a), or None.
-    From attn_forward_func_with_cp and get_attention_backend (TE 2.8-2.10,
-    attention/dot_product_attention/context_parallel.py and utils.py):
+    with Megatron-Core's --cp-comm-type `cp_comm_type` (p2p | allgather | a2a | a2a+p2p,
+    whose all-to-all level has `a2a_size` devices), or None. From attn_forward_func_with_cp
+    and get_attention_backend (TE 2.8-2.10, attention/dot_product_attention/
+    context_parallel.py and utils.py):
     - a sliding window shorter than the sequence runs only with all_gather or a2a (the p2p
-      ring asserts "does not support sliding window attention");
+      ring, a2a+p2p's too, asserts "does not support sliding window attention");
     - attention sinks (softmax_type learnable / off-by-one) only with a2a (FusedAttention is
-      disabled for them under the other two, and no other backend runs CP);
-    - a2a splits the heads a TP rank holds over cp (cp_a2a_problem)."""
+      disabled for them under the others, and no other backend runs CP);
+    - a2a splits the heads a TP rank holds over cp (cp_a2a_problem), a2a+p2p over its
+      all-to-all level, which must divide cp."""
     if cp <= 1:
         return None
     kind = {"all_gather": "allgather"}.get(cp_comm_type, cp_comm_type)
-    if kind == "p2p" and has_short_window(spec, seq):
+    if kind in ("p2p", "a2a+p2p") and has_short_window(spec, seq):
         return (f"{spec.name}'s sliding-window layers (window {spec.sliding_window} < seq {seq}) "
-                "cannot run in a p2p context-parallel ring (Transformer Engine runs them with "
-                "cp_comm_type allgather or a2a)")
+                f"cannot run in the {kind} context-parallel ring (Transformer Engine runs them "
+                "with cp_comm_type allgather or a2a)")
     if kind != "a2a" and spec.attn_sinks:
         return (f"{spec.name}'s attention sinks (learnable softmax) run context-parallel only "
                 f"with cp_comm_type a2a in Transformer Engine, not {kind}")
     if kind == "a2a":
         return cp_a2a_problem(spec, tp, cp)
+    if kind == "a2a+p2p":
+        if not (a2a_size >= 1 and cp % a2a_size == 0):
+            return (f"a2a+p2p's all-to-all level of {a2a_size} devices must divide cp = {cp} "
+                    f"(Megatron-Core --hierarchical-context-parallel-sizes {a2a_size} x "
+                    f"{cp / a2a_size if a2a_size else 0:g})")
+        return cp_a2a_problem(spec, tp, a2a_size)
     return None
 
 
-def cp_comm_fix(spec: ModelSpec, seq: int, tp: int, cp: int, flag: str) -> str:
+def cp_comm_fix(spec: ModelSpec, seq: int, tp: int, cp: int, flag: str,
+                a2a_size: int = 0) -> str:
     """The fix line for a cp_comm_problem: the communications that can run it, set through
-    `flag` (the CLI flag or config field), or cp 1."""
+    `flag` (the CLI flag or config field), or cp 1 (a2a+p2p only with its all-to-all
+    level's size given, `a2a_size`)."""
     from phaze.settings import CP_COMM_TYPES
 
-    ok = [k for k in CP_COMM_TYPES if not cp_comm_problem(spec, seq, tp, cp, k)]
+    ok = [k for k in CP_COMM_TYPES if (k != "a2a+p2p" or a2a_size)
+          and not cp_comm_problem(spec, seq, tp, cp, k, a2a_size)]
     return (f"use {flag} {' or '.join(ok)}, or another cp" if ok
             else "use another cp, or cp 1")
 

@@ -731,6 +731,10 @@ def _overlap_options(args, settings=None) -> dict:
     _check_cp_comm_flag(args)
     if settings is not None and args.cp > 1:   # the flag, else the config's, else p2p
         o["cp_comm_type"] = settings.placement.cp_comm_type
+        o["cp_a2a_size"] = settings.placement.cp_a2a_size
+    elif getattr(args, "cp_a2a_size", None):
+        raise UserError("sets a2a+p2p's all-to-all level, and context parallelism is off",
+                        field="--cp-a2a-size", fix="add --cp N (N > 1), or drop --cp-a2a-size")
     if getattr(args, "moe_expert_capacity_factor", None) is not None:
         o["moe_expert_capacity_factor"] = args.moe_expert_capacity_factor
     if getattr(args, "moe_pad_expert_input_to_capacity", False):
@@ -831,7 +835,8 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
         w(f"    {k[:-2]:<10} {plan[k]:.6g} s\n")
     # the CP steps beyond the chunk's own attention core: a ring (p2p), KV all-gathers or
     # Q/K/V/O all-to-alls (plan.context_parallel_chain), as the plan's cp_comm_type says
-    cp_kind = {"allgather": "CP all-gather steps", "a2a": "CP all-to-all steps"}.get(
+    cp_kind = {"allgather": "CP all-gather steps", "a2a": "CP all-to-all steps",
+               "a2a+p2p": "CP all-to-all and ring steps"}.get(
         plan.get("plan_options", {}).get("cp_comm_type"), "CP ring steps")
     inside = [f"{name} {plan[k]:.6g} s" for k, name in (("ep_a2a_s", "EP all-to-alls"),
                                                         ("cp_ring_s", cp_kind))

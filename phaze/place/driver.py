@@ -394,7 +394,7 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
     for path in graph_paths:
         raw = read_json(path, "graph")
         graph = graph_from_dict(raw)
-        _check_cp_comm(graph, raw.get("spec"), ctx["options"].cp_comm_type, path)
+        _check_cp_comm(graph, raw.get("spec"), ctx["options"], path)
         if graph.ep and eps is not None and graph.ep not in eps:
             raise UserError(f"{path} was built for expert-parallel size {graph.ep}, which the "
                             f"search's ep sizes {list(eps)} leave out", field="--graphs",
@@ -470,7 +470,7 @@ def load_inputs(graph_paths: list, latency_paths: list, grid_path: str, ctx: dic
             for (m, s, b) in models for aid in arch_ids for hbm in hbms for r in recs]
 
 
-def _check_cp_comm(graph, spec: dict | None, cp_comm_type: str, path) -> None:
+def _check_cp_comm(graph, spec: dict | None, options, path) -> None:
     """UserError when Transformer Engine cannot run the attention of `graph` context-parallel
     with `cp_comm_type` (a sliding window or sinks on the wrong communication, heads an
     all-to-all cannot split), as `phaze evaluate --grid` and check-config refuse it
@@ -482,10 +482,11 @@ def _check_cp_comm(graph, spec: dict | None, cp_comm_type: str, path) -> None:
     from phaze.model.spec import ModelSpec
 
     model = ModelSpec.from_dict(spec)
-    why = cp_comm_problem(model, graph.seq, graph.tp, graph.cp, cp_comm_type)
+    a = options.cp_a2a_size
+    why = cp_comm_problem(model, graph.seq, graph.tp, graph.cp, options.cp_comm_type, a)
     if why:
         raise UserError(f"{path}: {why}", field="--cp-comm-type",
-                        fix=cp_comm_fix(model, graph.seq, graph.tp, graph.cp, "--cp-comm-type")
+                        fix=cp_comm_fix(model, graph.seq, graph.tp, graph.cp, "--cp-comm-type", a)
                         + " (drop the graphs of this cp)")
 
 

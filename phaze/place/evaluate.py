@@ -199,17 +199,18 @@ def _check_ep(spec, ep: int) -> None:
                          f"({spec.experts or 'none: a dense model'})")
 
 
-def _check_cp_comm(spec, seq: int, tp: int, cp: int, cp_comm_type: str) -> None:
+def _check_cp_comm(spec, seq: int, tp: int, cp: int, cp_comm_type: str,
+                   a2a_size: int = 0) -> None:
     """UserError (--cp-comm-type) when Transformer Engine cannot run `spec`'s attention
     context-parallel over cp with `cp_comm_type` (phaze.model.graph.cp_comm_problem: a
     sliding window or sinks on the wrong communication, heads an all-to-all cannot split)."""
     from phaze.errors import UserError
     from phaze.model.graph import cp_comm_fix, cp_comm_problem
 
-    why = cp_comm_problem(spec, seq, tp, cp, cp_comm_type)
+    why = cp_comm_problem(spec, seq, tp, cp, cp_comm_type, a2a_size)
     if why:
         raise UserError(why, field="--cp-comm-type",
-                        fix=cp_comm_fix(spec, seq, tp, cp, "--cp-comm-type"))
+                        fix=cp_comm_fix(spec, seq, tp, cp, "--cp-comm-type", a2a_size))
 
 
 def async_tp_exposed(ops, lat_s, contention: float = 0.0):
@@ -412,7 +413,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                          "expert-parallel all-to-alls to overlap)")
     _check_ep(spec, ep)
     if cp > 1:
-        _check_cp_comm(spec, seq, tp, cp, opts.cp_comm_type)
+        _check_cp_comm(spec, seq, tp, cp, opts.cp_comm_type, opts.cp_a2a_size)
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
     if not opts.grad_accum_bytes_per_param:
@@ -504,7 +505,8 @@ def evaluate_sweep_plan(spec, arch_row, *, tp: int, pp: int, dp: int, mbs: int,
     check_recompute([recompute], "recompute")
     _check_ep(spec, ep)                  # as evaluate_model refuses it
     if cp > 1:
-        _check_cp_comm(spec, seq, tp, cp, settings.placement.cp_comm_type)
+        _check_cp_comm(spec, seq, tp, cp, settings.placement.cp_comm_type,
+                       settings.placement.cp_a2a_size)
     net = settings.net()
     # the sweep's graph of this ep (its expert GEMMs grouped per local expert; graph_eps)
     graph = build_graph(spec, seq=seq, mbs=mbs, tp=tp, sequence_parallel=sequence_parallel,
@@ -559,7 +561,8 @@ def plan_options(placement, network=None, ep: int = 1, zero_stage: int | None = 
     levels = bool(getattr(network, "levels", ()))
     base = PlanOptions(optimizer=placement.optimizer, zero1=placement.zero1,
                        collectives="nccl" if levels else "flat", cp=cp,
-                       cp_comm_type=placement.cp_comm_type)
+                       cp_comm_type=placement.cp_comm_type,
+                       cp_a2a_size=placement.cp_a2a_size)
     # the optimizer step, timed from each arch's HBM bandwidth (sweep_hbm_bw_Bps): the
     # mixed-precision Adam pass of the plan's dtypes (SGD: step_bytes_per_param's share)
     base = replace(base, optimizer_bytes_per_param=adam_step_bytes(

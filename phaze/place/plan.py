@@ -154,6 +154,9 @@ class PlanOptions:
     # Megatron-Core --cp-comm-type (CP_COMM_TYPES): how the attention core reaches the other
     # chunks' keys (context_parallel_chain): "p2p" ring, "allgather" or "a2a" (Ulysses)
     cp_comm_type: str = "p2p"
+    # the all-to-all level of "a2a+p2p" (Megatron-Core --hierarchical-context-parallel-sizes
+    # [cp_a2a_size, cp / cp_a2a_size]); 0 with the other types
+    cp_a2a_size: int = 0
     ep: int = 1                          # expert-parallel size (MoE layers; expert_parallel_chain)
     expert_tp: int = 0                   # expert tensor-parallel size (0 = t; grad_groups)
     # full recomputation as Megatron's --recompute-method / --recompute-num-layers: "uniform"
@@ -224,6 +227,10 @@ class PlanOptions:
         if self.cp_comm_type not in CP_COMM_TYPES:
             raise ValueError(f"PlanOptions.cp_comm_type must be one of {CP_COMM_TYPES}, got "
                              f"{self.cp_comm_type!r}")
+        if self.cp_comm_type == "a2a+p2p" and self.cp > 1 and not (
+                self.cp_a2a_size >= 1 and self.cp % self.cp_a2a_size == 0):
+            raise ValueError(f"cp comm type a2a+p2p: its all-to-all level cp_a2a_size = "
+                             f"{self.cp_a2a_size} must divide cp = {self.cp}")
         for f in ("comm_sm_share", "comm_sm_share_net", "flex_sm_share"):
             v = getattr(self, f)
             if not 0.0 <= v <= 1.0:
@@ -951,10 +958,11 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
     sizes, inv = np.unique(chain.kv_bytes, return_inverse=True)
     inv = inv.reshape(-1)
 
-    def per_layer(kind, payload):
-        """collective_time of `kind` over the CP group (cp devices, stride t) for each
-        layer's payload(kv_bytes) bytes."""
-        return np.array([collective_time(kind, payload(float(b)), cp, chain.t, links,
+    def per_layer(kind, payload, group=(cp, chain.t)):
+        """collective_time of `kind` over the CP group (cp devices, stride t; or a level of
+        it: n devices of stride `stride`) for each layer's payload(kv_bytes) bytes."""
+        n, st = group
+        return np.array([collective_time(kind, payload(float(b)), n, st, links,
                                          src_dtype_bytes=1.0, topology=options.collectives,
                                          bw_efficiency=links.bw_efficiency) if b > 0 else 0.0
                          for b in sizes])[inv]
@@ -974,6 +982,28 @@ def context_parallel_chain(chain: Chain, cp: int, links: Links, options: PlanOpt
         ring_f = np.where(on, (cp - 1) * np.maximum(chain.core_fwd_s, sf), 0.0)
         ring_b = np.where(on, (cp - 1) * np.maximum(chain.core_bwd_s, sb), 0.0)
         ring_r = np.where(rec, (cp - 1) * np.maximum(chain.core_recompute_s, sf), 0.0)
+        more = more_flops = np.full(chain.n, cp - 1.0)
+    elif options.cp_comm_type == "a2a+p2p":
+        # all-to-alls over the first level (a devices, stride t) make each device's chunk a
+        # times longer with heads / a, then a p2p ring over the second (cp / a devices,
+        # stride t a) sends K, V of that chunk (the same bytes) beside steps of a local cores
+        a = options.cp_a2a_size
+        ring = cp // a
+        q, o = chain.extra.get("cp_q_bytes", 0.0), chain.extra.get("cp_o_bytes", 0.0)
+        if not (q > 0 and o > 0):
+            raise ValueError("cp_comm_type a2a+p2p needs the chain's Q and O bytes "
+                             "(extra cp_q_bytes / cp_o_bytes): rebuild its graph")
+        inner, outer = (a, chain.t), (ring, chain.t * a)
+        comm = per_layer("all_to_all", lambda b: q + b, inner) \
+            + per_layer("all_to_all", lambda b: o, inner)
+        sf = per_layer("send_recv", lambda b: b, outer)
+        sb = per_layer("send_recv", lambda b: 2 * b, outer)
+
+        def hier(core, send):
+            return (a - 1) * core + (ring - 1) * np.maximum(a * core, send)
+        ring_f = np.where(on, hier(chain.core_fwd_s, sf) + comm, 0.0)
+        ring_b = np.where(on, hier(chain.core_bwd_s, sb) + comm, 0.0)
+        ring_r = np.where(rec, hier(chain.core_recompute_s, sf) + comm, 0.0)
         more = more_flops = np.full(chain.n, cp - 1.0)
     else:
         if options.cp_comm_type == "allgather":

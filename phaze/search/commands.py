@@ -120,9 +120,11 @@ def _check_cp_comm(specs, args, cfg) -> None:
         spec = resolve_model(sp.source or sp.model).with_(name=sp.model)
         for t in sp.tp:
             for cp in sp.cp:
-                why = cp > 1 and cp_comm_problem(spec, sp.seq, t, cp, kind)
+                a2a = sp.settings.placement.cp_a2a_size
+                why = cp > 1 and cp_comm_problem(spec, sp.seq, t, cp, kind, a2a)
                 if why:
-                    raise UserError(why, field=field, fix=cp_comm_fix(spec, sp.seq, t, cp, field))
+                    raise UserError(why, field=field,
+                                    fix=cp_comm_fix(spec, sp.seq, t, cp, field, a2a))
 
 
 def _check_eps(specs, args, cfg) -> None:
