@@ -33,6 +33,11 @@ rule place:
         ep=",".join(str(v) for v in SETTINGS.placement.ep),
         zero_stage=",".join(str(v) for v in SETTINGS.placement.zero_stages()),
         cp_comm_type=SETTINGS.placement.cp_comm_type,
+        cp_a2a=(
+            f"--cp-a2a-size {SETTINGS.placement.cp_a2a_size}"
+            if SETTINGS.placement.cp_a2a_size
+            else ""
+        ),
         fixed=lambda wc: (
             f"--fixed {MODELS[wc.model]['fixed_plan']}" if "fixed_plan" in MODELS[wc.model] else ""
         ),
@@ -43,4 +48,4 @@ rule place:
         " --hbm-gib {params.hbm_gib} --recompute {params.recompute}"
         " --optimizer {params.optimizer} {params.zero1} --interleave {params.interleave}"
         " --ep {params.ep} --zero-stage {params.zero_stage} --cp-comm-type {params.cp_comm_type}"
-        " {params.fixed} --network {params.network:q} -o {output} > {log} 2>&1"
+        " {params.cp_a2a} {params.fixed} --network {params.network:q} -o {output} > {log} 2>&1"

@@ -227,7 +227,11 @@ def test_windowed_cp_through_the_sweep_stages(tmp_path, capsys):
     assert not (d / "place.parquet").exists()
     assert main(place + ["--cp-comm-type", "allgather"]) == 0
     capsys.readouterr()
-    rows = pd.read_parquet(d / "place.parquet").set_index(["hbm_bytes", "recompute"])
+    table = pd.read_parquet(d / "place.parquet")
+    # how the rows were obtained: the graphs' own options (place has no graph flags)
+    assert table.attrs["phaze"]["graph"]["attention"] == "flash"
+    assert table.attrs["phaze"]["placement"]["cp_comm_type"] == "allgather"
+    rows = table.set_index(["hbm_bytes", "recompute"])
     ok = rows[rows["feasible"]]
     assert len(ok) >= 1 and (ok["cp"] == 2).all()
     arch = str(pd.read_parquet(d / "grid.parquet")["arch_id"].iloc[0])

@@ -200,6 +200,7 @@ def _cmd_place(args) -> int:
         items = read_json(args.work_items, "--work-items", want=list)
     elif args.graphs and args.latency and args.grid:
         items = load_inputs(args.graphs, args.latency, args.grid, ctx)
+        settings = _with_graph_settings(settings, ctx["graphs"].values())
     else:
         raise UserError("needs --graphs, --latency and --grid (or --reference-instance / "
                         "--work-items)", field="place",
@@ -222,6 +223,27 @@ def _cmd_place(args) -> int:
         print(f"phaze place: {len(items)} items, {best} feasible -> {args.output}",
               file=sys.stderr)
     return 0
+
+
+def _with_graph_settings(settings, graphs):
+    """`settings` with the graph options the placed graphs were built with (what the table
+    records of how its rows were obtained; the place command's own flags have none): fused,
+    attention and the vocabulary padding where every graph agrees, the sequence-parallel
+    values they hold."""
+    from dataclasses import replace
+
+    graphs = list(graphs)
+    if not graphs:
+        return settings
+    g = settings.graph
+    one = lambda name, now: (lambda v: v.pop() if len(v) == 1 else now)(  # noqa: E731
+        {getattr(x, name) for x in graphs})
+    sp = tuple(sorted({bool(x.sequence_parallel) for x in graphs}))
+    return replace(settings, graph=replace(g, fused=bool(one("fused", g.fused)),
+                                           attention=one("attention", g.attention),
+                                           vocab_pad_multiple=int(one("vocab_pad_multiple",
+                                                                      g.vocab_pad_multiple)),
+                                           sequence_parallel=sp))
 
 
 def _place_reference(args) -> int:
