@@ -202,6 +202,15 @@ def test_latency_tables_give_the_spotlight_pick(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out)["summary"][0]
     # per-sample latency: arch 0 = 24 * 1.0 + 0 = 24; arch 1 = 24 * 1.05/24 + 2 * 0.5 = 2.05
     assert row["spotlight_arch_id"] == ids[1]
+    # tables of a sweep without tp 1 hold no single chip's times: the note says what to add
+    # (a new user read "pass --latency" when the tables had been passed)
+    latency_frame(rows, "bert-large", 512, 1, tp=2).to_parquet(tmp_path / "lat.parquet")
+    assert main(["report", "--place", str(tmp_path / "bert-large_s512.parquet"), "--grid",
+                 str(tmp_path / "grid.parquet"), "--latency", str(tmp_path / "lat.parquet"),
+                 "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["summary"][0]
+    assert row["spotlight_arch_id"] is None
+    assert "timed no layer on a single chip" in row["notes"] and "pass --latency" not in row["notes"]
 
 
 def test_fixed_plan_only_where_configured():

@@ -421,8 +421,12 @@ def _spotlight(r: dict, model, seq, opt, ctx) -> list[str]:
         if not s.empty:
             per = s["single_chip_latency_s"] / s["mbs"]
             scores = per.groupby(s["arch_id"]).min()
-    pick = spotlight_pick(scores, ctx["grid"]) if scores is not None else None
+    pick = spotlight_pick(scores, ctx["grid"]) if scores is not None and len(scores) else None
     if pick is None:
+        if latency is not None and not latency.empty:
+            # tables given, none of them a single chip's: the sweep's tp / cp lists lack 1
+            return ["Spotlight-style pick unavailable: the sweep timed no layer on a single "
+                    "chip for this model (tp 1, cp 1); add 1 to its models[].tp (and cp)"]
         return ["Spotlight-style pick unavailable: no single-chip latencies (pass --latency)"]
     r["spotlight_arch_id"], r["spotlight_is_best"] = pick, pick == bid
     r["spotlight_arch"] = arch_label(info.loc[pick].to_dict(), ctx["grid"]) \
