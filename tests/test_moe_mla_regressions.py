@@ -69,4 +69,10 @@ def test_evaluate_records_recompute_modules():
     a = _ev("deepseek-v2-lite", pp=3, dp=1, batch=8, ep=1,
             recompute_modules=("mla_up_proj", "core_attn"))
     assert a["recompute_modules"] == ["core_attn", "mla_up_proj"]
-    assert _ev("mixtral-8x7b", ep=2)["recompute_modules"] is None
+    # what ran, written out: selective without modules re-runs the attention core
+    # (Megatron-Core's default), the same figures as naming it; no selective: none
+    plain, named = _ev("mixtral-8x7b", ep=2), _ev("mixtral-8x7b", ep=2,
+                                                  recompute_modules=("core_attn",))
+    assert plain["recompute_modules"] == named["recompute_modules"] == ["core_attn"]
+    assert plain["time_per_batch_s"] == named["time_per_batch_s"]
+    assert _ev("mixtral-8x7b", ep=2, recompute="full")["recompute_modules"] is None

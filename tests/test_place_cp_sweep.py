@@ -307,3 +307,21 @@ def test_hierarchical_cp_in_the_sweep_is_its_two_ends(stages, capsys):
     assert [e.split(":")[0] for e in err] == ["field models[0].cp[1]"] and "divide cp = 2" in err[0]
     cfg["placement"] = {"cp_comm_type": "a2a+p2p"}
     assert any("cp_a2a_size" in e for e in semantic_errors(cfg, check_grid=False))
+
+
+def test_schedule_reproduces_the_cp_latency_rows(stages, capsys):
+    """`phaze schedule` is the latency table's second route for a flash, cp 2 graph: the
+    same layer times per layer (the ILP cache answers; a review found it could only build
+    eager graphs)."""
+    lat = pd.read_parquet(stages / "lat2.parquet").set_index("layer_index").sort_index()
+    arch = str(lat["arch_id"].iloc[0])
+    assert main(["schedule", "--model", "gpt2-xl", "--seq", "1024", "--mbs", "1", "--tp", "1",
+                 "--cp", "2", "--attention", "flash", "--fused", "--arch", arch, "--grid",
+                 str(stages / "grid.parquet"), "--network", json.dumps(NET), "--cache",
+                 str(stages / "cache"), "--time-limit", "2", "--bnb-share", "0.5",
+                 "--json"]) == 0
+    got = {x["index"]: x for x in json.loads(capsys.readouterr().out)["layers"]}
+    assert set(got) == set(lat.index)
+    for li, row in lat.iterrows():
+        for p in ("fwd_s", "bwd_s", "recompute_s"):
+            assert got[li][p] == pytest.approx(row[p], rel=1e-12), (li, p)

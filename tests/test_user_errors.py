@@ -829,3 +829,21 @@ def test_cp_without_flash_names_the_flag_once():
                            "--pp", "1", "--dp", "4", "--cp", "2", "--seq", "8192", "--mbs", "1"],
                           "--attention")
     assert "graph.--" not in err and "use --attention flash or --framework" in err, err
+
+
+def test_tp_comm_overlap_needs_sequence_parallelism():
+    """Megatron-LM asserts sequence parallelism for --tp-comm-overlap: asked for without it
+    at t > 1, a one-line refusal; a profile's default overlap is off where it cannot run
+    (NeMo turns it off), recorded off, with the figures of --no-overlap tp_comm."""
+    base = ["evaluate", "--model", "llama2-7b", "--arch", "h100", "--tp", "2", "--pp", "2",
+            "--dp", "2", "--mbs", "1", "--batch", "64", "--seq", "4096", "--recompute",
+            "selective", "--json"]
+    err = _one_line_error(base + ["--overlap", "tp_comm"], "--overlap")
+    assert "add --sequence-parallel" in err
+    rc, out, _ = _run(base + ["--framework", "nemo-2024"])
+    rc2, out2, _ = _run(base + ["--framework", "nemo-2024", "--no-overlap", "tp_comm"])
+    a, b = json.loads(out), json.loads(out2)
+    assert rc == rc2 == 0 and a["plan_options"]["tp_comm_overlap"] is False
+    assert a["time_per_batch_s"] == b["time_per_batch_s"]
+    rc, out, _ = _run(base + ["--framework", "nemo-2024", "--sequence-parallel"])
+    assert rc == 0 and json.loads(out)["plan_options"]["tp_comm_overlap"] is True

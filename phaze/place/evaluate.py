@@ -291,13 +291,15 @@ def default_cost_params(arch):
 def profile_options(arch, framework: str | None = None, *, ddp_impl: str = "local",
                     cp: int = 1, ep: int = 1, optimizer: str = "adam", zero1: bool = False,
                     graph_options: dict | None = None,
-                    options: dict | None = None) -> tuple[dict, PlanOptions]:
+                    options: dict | None = None,
+                    userbuffers: bool = True) -> tuple[dict, PlanOptions]:
     """(build_graph options, PlanOptions) of a framework profile (FRAMEWORKS key, default
     DEFAULT_FRAMEWORK) on `arch`, the caller's overrides on top, as they apply there: the
     CUDA-kernel terms (eager bias and LayerNorm kernels, the asynchronous TP backward) only
     on a GPU preset, the asynchronous path not where userbuffers (tp_comm_overlap) replace
-    it; what does not apply is recorded off. Raises ValueError for an unknown framework or
-    DDP implementation."""
+    it; what does not apply is recorded off: tp_comm_overlap too where its userbuffers cannot
+    run (`userbuffers` False: no TP with sequence parallelism, which NeMo answers by turning
+    the overlap off). Raises ValueError for an unknown framework or DDP implementation."""
     from dataclasses import replace
 
     from phaze.hw.presets import GPU_PRESETS
@@ -314,6 +316,8 @@ def profile_options(arch, framework: str | None = None, *, ddp_impl: str = "loca
     plan_kw = {**fw["plan"], **DDP_IMPLS[ddp_impl], "cp": cp, "ep": ep}
     opts = PlanOptions(**{**MEGATRON_OPTIONS, **plan_kw, "optimizer": optimizer,
                           "zero1": zero1, **(options or {})})
+    if opts.tp_comm_overlap and not userbuffers:
+        opts = replace(opts, tp_comm_overlap=False)
     if opts.async_tensor_model_parallel_allreduce and (opts.tp_comm_overlap or not gpu):
         opts = replace(opts, async_tensor_model_parallel_allreduce=False)
     return gopts, opts
@@ -383,7 +387,16 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
     seq = seq or spec.seq
     network = network or arch.network
     cost_params = cost_params or default_cost_params(arch)
+    if tp > 1 and not sequence_parallel and (options or {}).get("tp_comm_overlap"):
+        # userbuffers overlap the sequence-parallel all-gathers / reduce-scatters: Megatron-LM
+        # asserts sequence parallelism for --tp-comm-overlap (NeMo turns it off without)
+        from phaze.errors import UserError
+        raise UserError("tp_comm_overlap overlaps the sequence-parallel collectives, and "
+                        "sequence parallelism is off (Megatron-LM asserts it)",
+                        field="--overlap", fix="add --sequence-parallel, or drop "
+                                               "--overlap tp_comm")
     gopts, opts = profile_options(arch, framework, ddp_impl=ddp_impl, cp=cp, ep=ep,
+                                  userbuffers=bool(sequence_parallel) and tp > 1,
                                   optimizer=optimizer, zero1=zero1, graph_options=graph_options,
                                   options={**(options or {}), "expert_tp": expert_tp or 0})
     if fp8_recipe not in FP8_RECIPES:
@@ -475,9 +488,10 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                 fp8_recipe=fp8_recipe if fp8 else None,
                 cross_entropy_fusion=cross_entropy_fusion, graph_options=dict(gopts),
                 pipeline_layout=pipeline_layout,
-                # None: Megatron-Core's default (the attention core)
-                recompute_modules=(sorted(set(recompute_modules))
-                                   if recompute_modules is not None else None),
+                # what selective recomputation re-ran: the modules given, else Megatron-Core's
+                # default, the attention core (None: no selective recomputation)
+                recompute_modules=(sorted(set(recompute_modules or ("core_attn",)))
+                                   if recompute == "selective" else None),
                 plan_options=options_record(opts), cost_params=asdict(cost_params),
                 phaze_version=__version__)
     return plan

@@ -30,6 +30,18 @@ def register(sub) -> None:
                    help="fuse GEMMs with their element-wise epilogues (one TC+VC op; default "
                         f"{str(GraphSettings().fused).lower()}, as the sweep's graph.fused)")
     p.add_argument("--sequence-parallel", action="store_true")
+    # the rest of a sweep graph's identity (sched.table.GRAPH_KEY), as `phaze graph` takes it
+    p.add_argument("--attention", choices=("eager", "flash"), default=GraphSettings().attention,
+                   help=f"attention kernel (default {GraphSettings().attention}, as the sweep's "
+                        "graph.attention)")
+    p.add_argument("--vocab-pad-multiple", type=int, default=GraphSettings().vocab_pad_multiple,
+                   help="pad the vocabulary to a multiple of this x t (default "
+                        f"{GraphSettings().vocab_pad_multiple})")
+    p.add_argument("--cp", type=int, default=1,
+                   help="context-parallel size: one device's seq / cp chunk (needs flash)")
+    p.add_argument("--ep", type=int, default=0,
+                   help="expert-parallel size an MoE graph's expert GEMMs are grouped for "
+                        "(0: none; the sweep's graphs have one per dividing ep)")
     p.add_argument("--problem", help="schedule a raw problem JSON (SchedProblem.to_dict) instead")
     _solver_args(p)
     p.add_argument("--json", action="store_true")
@@ -178,8 +190,15 @@ def cmd_schedule(args) -> int:
     from phaze.sched.adapter import layer_problems
 
     spec = resolve_model(args.model)
+    for name in ("cp", "vocab_pad_multiple"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"must be >= 1, got {getattr(args, name)}", field=flag,
+                            fix=f"give {flag} 1 or more")
     graph = build_graph(spec, seq=args.seq, mbs=args.mbs, tp=args.tp,
-                        sequence_parallel=args.sequence_parallel, fused=args.fused)
+                        sequence_parallel=args.sequence_parallel, fused=args.fused,
+                        attention=args.attention, vocab_pad_multiple=args.vocab_pad_multiple,
+                        cp=args.cp, ep=args.ep if spec.experts else 0)
     archs, net, arch_name = _resolve_arch(args.arch, args.grid)
     net = parse_network(args.network, net)
     layers = {}
