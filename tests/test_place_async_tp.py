@@ -175,7 +175,8 @@ def test_recorded_only_where_applied():
     # bias / LayerNorm kernels): the JSON says what was applied
     m = get_model("gpt-22b")
     kw = dict(tp=8, pp=1, dp=1, mbs=4, batch=4, recompute="full")
-    ub = evaluate_model(m, get_preset("a100"), options={"tp_comm_overlap": True}, **kw)
+    ub = evaluate_model(m, get_preset("a100"), options={"tp_comm_overlap": True},
+                        sequence_parallel=True, **kw)   # userbuffers need SP (Megatron-LM)
     assert ub["plan_options"]["async_tensor_model_parallel_allreduce"] is False
     tpu = evaluate_model(m, get_preset("tpuv4"), **kw)
     assert tpu["plan_options"]["async_tensor_model_parallel_allreduce"] is False
