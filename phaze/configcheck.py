@@ -178,7 +178,8 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                             raise UserError(
                                 f"{why} (placement.cp_comm_type {placement.cp_comm_type})",
                                 field="cp", fix=cp_comm_fix(spec, seq, t, cp,
-                                                            "placement.cp_comm_type", a2a))
+                                                            "placement.cp_comm_type", a2a,
+                                                            "placement.cp_a2a_size"))
                     except UserError as e:
                         where = e.field if e.field in ("seq", "cp") else "tp"
                         if e.field == "attention":

@@ -269,8 +269,9 @@ class PlacementSettings:
                             fix="give the all-to-all level's size of a2a+p2p (e.g. 8: a node)")
         if self.cp_comm_type == "a2a+p2p" and a < 1:
             raise UserError("cp_comm_type a2a+p2p needs the size of its all-to-all level",
-                            field="cp_a2a_size", fix="give cp_a2a_size (--cp-a2a-size), e.g. 8: "
-                                                     "all-to-alls inside a node, the ring across")
+                            field="cp_a2a_size", fix="give cp_a2a_size (--cp-a2a-size), a "
+                                                     "divisor of every cp > 1, e.g. the devices "
+                                                     "of a node: all-to-alls inside, the ring across")
         if self.cp_comm_type != "a2a+p2p" and a:
             raise UserError(f"is a2a+p2p's all-to-all level, and cp_comm_type is "
                             f"{self.cp_comm_type}", field="cp_a2a_size",
@@ -783,6 +784,9 @@ def sweep_settings(args) -> tuple["SweepSettings", dict]:
         # --interleave, --hbm-gib) is not an axis
         if v is not None and (isinstance(v, str) or key not in AXES):
             pl[key] = v
+    if "cp_a2a_size" in pl and pl["cp_a2a_size"] < 1:
+        raise UserError(f"must be >= 1, got {pl['cp_a2a_size']}", field="--cp-a2a-size",
+                        fix="give a2a+p2p's all-to-all level, a divisor of --cp")
     if "hbm_gib" in pl:
         pl["hbm_gib"] = parse_list(pl["hbm_gib"], float, "--hbm-gib", minimum=1e-9,
                                    maximum=MAX_HBM_GIB)

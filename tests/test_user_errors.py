@@ -847,3 +847,23 @@ def test_tp_comm_overlap_needs_sequence_parallelism():
     assert a["time_per_batch_s"] == b["time_per_batch_s"]
     rc, out, _ = _run(base + ["--framework", "nemo-2024", "--sequence-parallel"])
     assert rc == 0 and json.loads(out)["plan_options"]["tp_comm_overlap"] is True
+
+
+@pytest.mark.parametrize("extra, field, want, fix", [
+    (["--cp-comm-type", "a2a+p2p", "--cp-a2a-size", "3"], "--cp-a2a-size",
+     "all-to-all level of 3 devices must divide cp = 4", "use --cp-a2a-size 1 or 2 or 4"),
+    (["--cp-comm-type", "a2a+p2p", "--cp-a2a-size", "0"], "--cp-a2a-size", "must be >= 1",
+     "a divisor of --cp"),
+    (["--cp-comm-type", "a2a+p2p", "--cp-a2a-size", "4", "--tp", "4"], "--cp-a2a-size",
+     "all-to-all level = 4 must divide the 2 key/value heads", "use --cp-a2a-size 1 or 2"),
+])
+def test_hierarchical_cp_level_errors_name_the_level(extra, field, want, fix):
+    """A problem of a2a+p2p's all-to-all level names --cp-a2a-size and the levels that work
+    (a review found the placement's 'cp = A' wording and a --pp fallback)."""
+    argv = ["evaluate", "--model", "llama3-8b", "--arch", "h100", "--framework",
+            "megatron-core-2024", "--pp", "1", "--dp", "2", "--mbs", "1", "--seq", "16384",
+            "--cp", "4", "--sequence-parallel", *extra]
+    if "--tp" not in extra:
+        argv += ["--tp", "1"]
+    err = _one_line_error(argv, field)
+    assert want in err and fix in err.split("; fix: ")[1], err

@@ -932,16 +932,24 @@ def _kv_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) 
     return float(2 * mbs * chunk * max(1, spec.n_kv_heads // tp) * spec.d_head * dtype_bytes)
 
 
-def cp_a2a_problem(spec: ModelSpec, tp: int, cp: int) -> str | None:
-    """Why an all-to-all context parallelism of size cp (Megatron-Core --cp-comm-type a2a)
-    cannot split the attention heads a TP rank holds, or None: Transformer Engine's
-    AttnFuncWithCPAndQKVOA2A requires num_heads % cp_size == 0 for Q, K and V (heads / tp
-    query heads; K and V: the kv heads / tp, at least one; MLA: heads / tp)."""
+def cp_a2a_problem(spec: ModelSpec, tp: int, cp: int, level: str = "cp") -> str | None:
+    """Why an all-to-all context parallelism of size cp (Megatron-Core --cp-comm-type a2a;
+    `level` names the size, e.g. a2a+p2p's all-to-all level) cannot split the attention
+    heads a TP rank holds, or None: Transformer Engine's AttnFuncWithCPAndQKVOA2A requires
+    num_heads % cp_size == 0 for Q, K and V (heads / tp query heads; K and V: the kv heads /
+    tp, at least one; MLA: heads / tp)."""
     kv = spec.heads if spec.mla else spec.n_kv_heads
     for what, n in (("query", spec.heads // tp), ("key/value", max(1, kv // tp))):
         if n % cp:
-            return f"cp = {cp} must divide the {n} {what} heads of {spec.name} per TP rank (t = {tp})"
+            return (f"{level} = {cp} must divide the {n} {what} heads of {spec.name} per TP "
+                    f"rank (t = {tp})")
     return None
+
+
+def cp_a2a_sizes(spec: ModelSpec, tp: int, cp: int) -> list[int]:
+    """The all-to-all levels a2a+p2p can run over cp devices: the divisors of cp that split
+    the heads a TP rank holds (cp_a2a_problem)."""
+    return [a for a in range(1, cp + 1) if cp % a == 0 and not cp_a2a_problem(spec, tp, a)]
 
 
 def _qo_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> dict:
@@ -1040,18 +1048,33 @@ def cp_comm_problem(spec: ModelSpec, seq: int, tp: int, cp: int, cp_comm_type: s
     if kind == "a2a+p2p":
         if not (a2a_size >= 1 and cp % a2a_size == 0):
             return (f"a2a+p2p's all-to-all level of {a2a_size} devices must divide cp = {cp} "
-                    f"(Megatron-Core --hierarchical-context-parallel-sizes {a2a_size} x "
-                    f"{cp / a2a_size if a2a_size else 0:g})")
-        return cp_a2a_problem(spec, tp, a2a_size)
+                    f"(Megatron-Core --hierarchical-context-parallel-sizes A, cp / A)")
+        return cp_a2a_problem(spec, tp, a2a_size, "a2a+p2p's all-to-all level")
     return None
 
 
+def cp_a2a_level_problem(spec: ModelSpec, tp: int, cp: int, cp_comm_type: str,
+                         a2a_size: int) -> bool:
+    """True when a cp_comm_problem is a2a+p2p's all-to-all level's own (it does not divide
+    cp, or the heads per TP rank): the fix is another level, not another communication."""
+    kind = {"all_gather": "allgather"}.get(cp_comm_type, cp_comm_type)
+    return kind == "a2a+p2p" and (not (a2a_size >= 1 and cp % a2a_size == 0)
+                                  or bool(cp_a2a_problem(spec, tp, a2a_size)))
+
+
 def cp_comm_fix(spec: ModelSpec, seq: int, tp: int, cp: int, flag: str,
-                a2a_size: int = 0) -> str:
+                a2a_size: int = 0, size_flag: str = "") -> str:
     """The fix line for a cp_comm_problem: the communications that can run it, set through
     `flag` (the CLI flag or config field), or cp 1 (a2a+p2p only with its all-to-all
-    level's size given, `a2a_size`)."""
+    level's size given, `a2a_size`); for a problem of that level itself, the levels that
+    work, set through `size_flag`."""
     from phaze.settings import CP_COMM_TYPES
+
+    # a2a_size is set only with a2a+p2p (PlacementSettings refuses it with the others)
+    if size_flag and a2a_size and cp_a2a_level_problem(spec, tp, cp, "a2a+p2p", a2a_size):
+        ok = cp_a2a_sizes(spec, tp, cp)
+        return (f"use {size_flag} {' or '.join(map(str, ok))} (dividing cp = {cp} and the "
+                f"heads per TP rank), or {flag} p2p")
 
     ok = [k for k in CP_COMM_TYPES if (k != "a2a+p2p" or a2a_size)
           and not cp_comm_problem(spec, seq, tp, cp, k, a2a_size)]

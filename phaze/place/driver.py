@@ -478,16 +478,17 @@ def _check_cp_comm(graph, spec: dict | None, options, path) -> None:
     graph, absent in older files: not checked)."""
     if graph.cp <= 1 or not spec:
         return
-    from phaze.model.graph import cp_comm_fix, cp_comm_problem
+    from phaze.model.graph import cp_a2a_level_problem, cp_comm_fix, cp_comm_problem
     from phaze.model.spec import ModelSpec
 
     model = ModelSpec.from_dict(spec)
-    a = options.cp_a2a_size
-    why = cp_comm_problem(model, graph.seq, graph.tp, graph.cp, options.cp_comm_type, a)
+    a, kind = options.cp_a2a_size, options.cp_comm_type
+    why = cp_comm_problem(model, graph.seq, graph.tp, graph.cp, kind, a)
     if why:
-        raise UserError(f"{path}: {why}", field="--cp-comm-type",
-                        fix=cp_comm_fix(model, graph.seq, graph.tp, graph.cp, "--cp-comm-type", a)
-                        + " (drop the graphs of this cp)")
+        level = cp_a2a_level_problem(model, graph.tp, graph.cp, kind, a)
+        raise UserError(f"{path}: {why}", field="--cp-a2a-size" if level else "--cp-comm-type",
+                        fix=cp_comm_fix(model, graph.seq, graph.tp, graph.cp, "--cp-comm-type", a,
+                                        "--cp-a2a-size") + " (drop the graphs of this cp)")
 
 
 class LatencyView:
