@@ -99,7 +99,7 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
     """Messages 'field F: what is wrong; the fix', one per problem found."""
     from phaze.model.zoo import ZOO, closest_model, resolve_model
 
-    from phaze.model.graph import check_context_parallel, cp_comm_fix, cp_comm_problem, graph_eps
+    from phaze.model.graph import check_context_parallel, cp_comm_refusal, graph_eps
     from phaze.settings import GraphSettings, PlacementSettings, SweepSettings, parse_list
 
     try:
@@ -171,15 +171,13 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
                             spec.check_run(seq, 1, t, sp, cp=cp)
                         if cp > 1:
                             check_context_parallel(spec, seq, attention)
-                        a2a = placement.cp_a2a_size
-                        why = cp > 1 and cp_comm_problem(spec, seq, t, cp,
-                                                         placement.cp_comm_type, a2a)
-                        if why:
+                        no = cp > 1 and cp_comm_refusal(
+                            spec, seq, t, cp, placement.cp_comm_type, placement.cp_a2a_size,
+                            "placement.cp_comm_type", "placement.cp_a2a_size")
+                        if no:     # named at models[i].cp[j], the size it refuses
                             raise UserError(
-                                f"{why} (placement.cp_comm_type {placement.cp_comm_type})",
-                                field="cp", fix=cp_comm_fix(spec, seq, t, cp,
-                                                            "placement.cp_comm_type", a2a,
-                                                            "placement.cp_a2a_size"))
+                                f"{no[0]} (placement.cp_comm_type {placement.cp_comm_type})",
+                                field="cp", fix=no[2])
                     except UserError as e:
                         where = e.field if e.field in ("seq", "cp") else "tp"
                         if e.field == "attention":

@@ -946,12 +946,6 @@ def cp_a2a_problem(spec: ModelSpec, tp: int, cp: int, level: str = "cp") -> str 
     return None
 
 
-def cp_a2a_sizes(spec: ModelSpec, tp: int, cp: int) -> list[int]:
-    """The all-to-all levels a2a+p2p can run over cp devices: the divisors of cp that split
-    the heads a TP rank holds (cp_a2a_problem)."""
-    return [a for a in range(1, cp + 1) if cp % a == 0 and not cp_a2a_problem(spec, tp, a)]
-
-
 def _qo_bytes(spec: ModelSpec, chunk: int, mbs: int, tp: int, dtype_bytes: int) -> dict:
     """Q and the attention output O of one device's sequence chunk ({"q_bytes",
     "o_bytes"}): what an all-to-all context-parallel core moves beside K and V (Transformer
@@ -1020,6 +1014,15 @@ def has_short_window(spec: ModelSpec, seq: int) -> bool:
         for i in range(spec.layers))
 
 
+def _a2a_level_problem(spec: ModelSpec, tp: int, cp: int, a2a_size: int) -> str | None:
+    """Why a2a+p2p's all-to-all level of `a2a_size` devices cannot run over cp: it must
+    divide cp and the heads a TP rank holds (cp_a2a_problem)."""
+    if not (a2a_size >= 1 and cp % a2a_size == 0):
+        return (f"a2a+p2p's all-to-all level of {a2a_size} devices must divide cp = {cp} "
+                f"(Megatron-Core --hierarchical-context-parallel-sizes A, cp / A)")
+    return cp_a2a_problem(spec, tp, a2a_size, "a2a+p2p's all-to-all level")
+
+
 def cp_comm_problem(spec: ModelSpec, seq: int, tp: int, cp: int, cp_comm_type: str,
                     a2a_size: int = 0) -> str | None:
     """Why Transformer Engine cannot run `spec`'s attention context-parallel over cp devices
@@ -1033,9 +1036,11 @@ def cp_comm_problem(spec: ModelSpec, seq: int, tp: int, cp: int, cp_comm_type: s
       disabled for them under the others, and no other backend runs CP);
     - a2a splits the heads a TP rank holds over cp (cp_a2a_problem), a2a+p2p over its
       all-to-all level, which must divide cp."""
+    from phaze.settings import CP_COMM_TYPE_ALIASES
+
     if cp <= 1:
         return None
-    kind = {"all_gather": "allgather"}.get(cp_comm_type, cp_comm_type)
+    kind = CP_COMM_TYPE_ALIASES.get(cp_comm_type, cp_comm_type)
     if kind in ("p2p", "a2a+p2p") and has_short_window(spec, seq):
         return (f"{spec.name}'s sliding-window layers (window {spec.sliding_window} < seq {seq}) "
                 f"cannot run in the {kind} context-parallel ring (Transformer Engine runs them "
@@ -1046,40 +1051,31 @@ def cp_comm_problem(spec: ModelSpec, seq: int, tp: int, cp: int, cp_comm_type: s
     if kind == "a2a":
         return cp_a2a_problem(spec, tp, cp)
     if kind == "a2a+p2p":
-        if not (a2a_size >= 1 and cp % a2a_size == 0):
-            return (f"a2a+p2p's all-to-all level of {a2a_size} devices must divide cp = {cp} "
-                    f"(Megatron-Core --hierarchical-context-parallel-sizes A, cp / A)")
-        return cp_a2a_problem(spec, tp, a2a_size, "a2a+p2p's all-to-all level")
+        return _a2a_level_problem(spec, tp, cp, a2a_size)
     return None
 
 
-def cp_a2a_level_problem(spec: ModelSpec, tp: int, cp: int, cp_comm_type: str,
-                         a2a_size: int) -> bool:
-    """True when a cp_comm_problem is a2a+p2p's all-to-all level's own (it does not divide
-    cp, or the heads per TP rank): the fix is another level, not another communication."""
-    kind = {"all_gather": "allgather"}.get(cp_comm_type, cp_comm_type)
-    return kind == "a2a+p2p" and (not (a2a_size >= 1 and cp % a2a_size == 0)
-                                  or bool(cp_a2a_problem(spec, tp, a2a_size)))
+def cp_comm_refusal(spec: ModelSpec, seq: int, tp: int, cp: int, cp_comm_type: str,
+                    a2a_size: int, flag: str, size_flag: str) -> tuple[str, str, str] | None:
+    """(message, field, fix) of a cp_comm_problem, or None. The field is `flag` (how the
+    communication is set: a CLI flag or config field), or `size_flag` when the problem is
+    a2a+p2p's all-to-all level itself; the fix names what works: the levels that divide cp
+    and the heads per TP rank, or the communications that run the model, or another cp."""
+    from phaze.settings import CP_COMM_TYPE_ALIASES, CP_COMM_TYPES
 
-
-def cp_comm_fix(spec: ModelSpec, seq: int, tp: int, cp: int, flag: str,
-                a2a_size: int = 0, size_flag: str = "") -> str:
-    """The fix line for a cp_comm_problem: the communications that can run it, set through
-    `flag` (the CLI flag or config field), or cp 1 (a2a+p2p only with its all-to-all
-    level's size given, `a2a_size`); for a problem of that level itself, the levels that
-    work, set through `size_flag`."""
-    from phaze.settings import CP_COMM_TYPES
-
-    # a2a_size is set only with a2a+p2p (PlacementSettings refuses it with the others)
-    if size_flag and a2a_size and cp_a2a_level_problem(spec, tp, cp, "a2a+p2p", a2a_size):
-        ok = cp_a2a_sizes(spec, tp, cp)
-        return (f"use {size_flag} {' or '.join(map(str, ok))} (dividing cp = {cp} and the "
-                f"heads per TP rank), or {flag} p2p")
-
+    why = cp_comm_problem(spec, seq, tp, cp, cp_comm_type, a2a_size)
+    if not why:
+        return None
+    if CP_COMM_TYPE_ALIASES.get(cp_comm_type, cp_comm_type) == "a2a+p2p" and \
+            _a2a_level_problem(spec, tp, cp, a2a_size):
+        ok = [a for a in range(1, cp + 1) if not _a2a_level_problem(spec, tp, cp, a)]
+        return why, size_flag, (f"use {size_flag} {' or '.join(map(str, ok))} (dividing cp = "
+                                f"{cp} and the heads per TP rank), or {flag} p2p")
+    # a2a+p2p is offered only with its level's size given (a2a_size)
     ok = [k for k in CP_COMM_TYPES if (k != "a2a+p2p" or a2a_size)
           and not cp_comm_problem(spec, seq, tp, cp, k, a2a_size)]
-    return (f"use {flag} {' or '.join(ok)}, or another cp" if ok
-            else "use another cp, or cp 1")
+    return why, flag, (f"use {flag} {' or '.join(ok)}, or another cp" if ok
+                       else "use another cp, or cp 1")
 
 
 def attention_band(queries: int, window: int, causal: bool = True) -> float:
@@ -1113,11 +1109,8 @@ def cp_core_steps(seq: int, cp: int, window: int = 0, causal: bool = True,
         return attention_band(seq, window, causal) / cp / local
     c = seq / (2 * cp)
     w = min(window, seq) if window > 0 else seq
-
-    def upto(x):   # the band's score elements over the first x queries
-        return x * x / 2.0 if x <= w else w * x - w * w / 2.0
-
-    chunk = [upto((j + 1) * c) - upto(j * c) for j in range(2 * cp)]
+    # chunk j's queries: the band over the first (j + 1) c queries less the first j c's
+    chunk = [attention_band((j + 1) * c, w) - attention_band(j * c, w) for j in range(2 * cp)]
     return max(chunk[r] + chunk[2 * cp - 1 - r] for r in range(cp)) / local
 
 

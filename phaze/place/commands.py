@@ -235,15 +235,13 @@ def _with_graph_settings(settings, graphs):
     graphs = list(graphs)
     if not graphs:
         return settings
-    g = settings.graph
-    one = lambda name, now: (lambda v: v.pop() if len(v) == 1 else now)(  # noqa: E731
-        {getattr(x, name) for x in graphs})
+    agreed = {}
+    for name in ("fused", "attention", "vocab_pad_multiple"):
+        values = {getattr(x, name) for x in graphs}
+        if len(values) == 1:
+            agreed[name] = values.pop()
     sp = tuple(sorted({bool(x.sequence_parallel) for x in graphs}))
-    return replace(settings, graph=replace(g, fused=bool(one("fused", g.fused)),
-                                           attention=one("attention", g.attention),
-                                           vocab_pad_multiple=int(one("vocab_pad_multiple",
-                                                                      g.vocab_pad_multiple)),
-                                           sequence_parallel=sp))
+    return replace(settings, graph=replace(settings.graph, sequence_parallel=sp, **agreed))
 
 
 def _place_reference(args) -> int:
@@ -405,7 +403,7 @@ def _cmd_evaluate(args) -> int:
                                         settings.placement.global_batch))
     plan["arch"] = arch_label
     if not plan.get("feasible", True) and not args.allow_infeasible:
-        tried = None if args.grid else _fitting_changes(args, spec, settings, seq, hbm)
+        tried = None if args.grid else _fitting_changes(args, spec, settings, seq, hbm, plan)
         raise UserError(*_does_not_fit(plan, hbm, args, tried))
     if args.json:
         emit_json(plan)
@@ -531,13 +529,13 @@ def _not_evaluable(reason: str, args, batch: int) -> tuple[str, str, str | None]
         "change the plan's sizes so that the constraint above holds"
 
 
-def _fitting_changes(args, spec, settings, seq, hbm) -> tuple[list, list]:
+def _fitting_changes(args, spec, settings, seq, hbm, plan) -> tuple[list, list]:
     """The one-flag changes of a plan that does not fit (the preset route), each evaluated:
     ([(flags, GiB per device)] of those that fit, [flags] of those tried). Per flag the
     least change that fits: the next recompute modes and ZeRO stages in order, twice the
-    tp, pp, dp, ep or cp, half the microbatch, flash attention where it runs eager."""
+    tp, pp, dp, ep or cp, half the microbatch, flash attention where `plan` (the one that
+    does not fit) ran eager."""
     import argparse
-    import math
 
     GiB = 1024**3
     stage = args.zero_stage or 0
@@ -550,13 +548,9 @@ def _fitting_changes(args, spec, settings, seq, hbm) -> tuple[list, list]:
     if spec.experts:
         groups.append([("--ep", {"ep": 2 * args.ep})])
     if args.mbs > 1:
-        groups.append([("--mbs", {"mbs": m}) for m in
-                       sorted({args.mbs // 2 ** k for k in range(1, int(math.log2(args.mbs)) + 1)},
-                              reverse=True) if m >= 1])
-    eager = args.attention == "eager" or (args.attention is None and args.framework in
-                                          (None, "megatron-lm-2022", "megatron-lm-2021",
-                                           "megatron-deepspeed"))
-    if eager:
+        halves = [args.mbs >> k for k in range(1, args.mbs.bit_length())]
+        groups.append([("--mbs", {"mbs": m}) for m in halves])
+    if plan.get("graph_options", {}).get("attention") == "eager":
         groups.append([("--attention", {"attention": "flash"})])
     else:
         groups.append([("--cp", {"cp": 2 * args.cp})])

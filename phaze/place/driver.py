@@ -478,17 +478,15 @@ def _check_cp_comm(graph, spec: dict | None, options, path) -> None:
     graph, absent in older files: not checked)."""
     if graph.cp <= 1 or not spec:
         return
-    from phaze.model.graph import cp_a2a_level_problem, cp_comm_fix, cp_comm_problem
+    from phaze.model.graph import cp_comm_refusal
     from phaze.model.spec import ModelSpec
 
-    model = ModelSpec.from_dict(spec)
-    a, kind = options.cp_a2a_size, options.cp_comm_type
-    why = cp_comm_problem(model, graph.seq, graph.tp, graph.cp, kind, a)
-    if why:
-        level = cp_a2a_level_problem(model, graph.tp, graph.cp, kind, a)
-        raise UserError(f"{path}: {why}", field="--cp-a2a-size" if level else "--cp-comm-type",
-                        fix=cp_comm_fix(model, graph.seq, graph.tp, graph.cp, "--cp-comm-type", a,
-                                        "--cp-a2a-size") + " (drop the graphs of this cp)")
+    no = cp_comm_refusal(ModelSpec.from_dict(spec), graph.seq, graph.tp, graph.cp,
+                         options.cp_comm_type, options.cp_a2a_size, "--cp-comm-type",
+                         "--cp-a2a-size")
+    if no:
+        raise UserError(f"{path}: {no[0]}", field=no[1],
+                        fix=no[2] + " (drop the graphs of this cp)")
 
 
 class LatencyView:

@@ -201,18 +201,16 @@ def _check_ep(spec, ep: int) -> None:
 
 def _check_cp_comm(spec, seq: int, tp: int, cp: int, cp_comm_type: str,
                    a2a_size: int = 0) -> None:
-    """UserError (--cp-comm-type) when Transformer Engine cannot run `spec`'s attention
-    context-parallel over cp with `cp_comm_type` (phaze.model.graph.cp_comm_problem: a
-    sliding window or sinks on the wrong communication, heads an all-to-all cannot split)."""
+    """UserError when Transformer Engine cannot run `spec`'s attention context-parallel over
+    cp with `cp_comm_type` (phaze.model.graph.cp_comm_refusal: a sliding window or sinks on
+    the wrong communication, heads an all-to-all cannot split)."""
     from phaze.errors import UserError
-    from phaze.model.graph import cp_a2a_level_problem, cp_comm_fix, cp_comm_problem
+    from phaze.model.graph import cp_comm_refusal
 
-    why = cp_comm_problem(spec, seq, tp, cp, cp_comm_type, a2a_size)
-    if why:
-        level = cp_a2a_level_problem(spec, tp, cp, cp_comm_type, a2a_size)
-        raise UserError(why, field="--cp-a2a-size" if level else "--cp-comm-type",
-                        fix=cp_comm_fix(spec, seq, tp, cp, "--cp-comm-type", a2a_size,
-                                        "--cp-a2a-size"))
+    no = cp_comm_refusal(spec, seq, tp, cp, cp_comm_type, a2a_size, "--cp-comm-type",
+                         "--cp-a2a-size")
+    if no:
+        raise UserError(no[0], field=no[1], fix=no[2])
 
 
 def async_tp_exposed(ops, lat_s, contention: float = 0.0):
@@ -398,7 +396,7 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                         field="--overlap", fix="add --sequence-parallel, or drop "
                                                "--overlap tp_comm")
     if cp > 1:      # before PlanOptions refuses an all-to-all level that does not divide cp
-        _check_cp_comm(spec, seq or spec.seq, tp, cp, (options or {}).get("cp_comm_type", "p2p"),
+        _check_cp_comm(spec, seq, tp, cp, (options or {}).get("cp_comm_type", "p2p"),
                        (options or {}).get("cp_a2a_size", 0))
     gopts, opts = profile_options(arch, framework, ddp_impl=ddp_impl, cp=cp, ep=ep,
                                   userbuffers=bool(sequence_parallel) and tp > 1,
@@ -430,7 +428,6 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
         raise ValueError(f"moe options: {spec.name} is a dense model (no token dispatcher, no "
                          "expert-parallel all-to-alls to overlap)")
     _check_ep(spec, ep)
-
     if cross_entropy_fusion:
         cost_params = replace(cost_params, unfused_cross_entropy=False)
     if not opts.grad_accum_bytes_per_param:

@@ -108,7 +108,7 @@ def _check_cp_comm(specs, args, cfg) -> None:
     sliding window or sinks on the wrong communication, heads an all-to-all cannot split),
     as `phaze check-config` and `phaze evaluate --grid` do (model.graph.cp_comm_problem),
     naming the flag or field that set it."""
-    from phaze.model.graph import cp_a2a_level_problem, cp_comm_fix, cp_comm_problem
+    from phaze.model.graph import cp_comm_refusal
     from phaze.model.zoo import resolve_model
 
     field = ("--cp-comm-type" if args.cp_comm_type is not None or not cfg
@@ -120,14 +120,12 @@ def _check_cp_comm(specs, args, cfg) -> None:
         spec = resolve_model(sp.source or sp.model).with_(name=sp.model)
         for t in sp.tp:
             for cp in sp.cp:
-                a2a = sp.settings.placement.cp_a2a_size
-                why = cp > 1 and cp_comm_problem(spec, sp.seq, t, cp, kind, a2a)
-                if why:
-                    size = field.replace("cp_comm_type", "cp_a2a_size").replace(
-                        "--cp-comm-type", "--cp-a2a-size")
-                    raise UserError(why, field=size if cp_a2a_level_problem(
-                        spec, t, cp, kind, a2a) else field,
-                        fix=cp_comm_fix(spec, sp.seq, t, cp, field, a2a, size))
+                size = field.replace("cp_comm_type", "cp_a2a_size").replace(
+                    "--cp-comm-type", "--cp-a2a-size")
+                no = cp > 1 and cp_comm_refusal(spec, sp.seq, t, cp, kind,
+                                                sp.settings.placement.cp_a2a_size, field, size)
+                if no:
+                    raise UserError(no[0], field=no[1], fix=no[2])
 
 
 def _check_eps(specs, args, cfg) -> None:
