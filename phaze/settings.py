@@ -735,11 +735,16 @@ def router_options(src, spec) -> dict:
 
 
 def add_graph_args(p, axes: bool = True) -> None:
+    """The graph flags of the sweep's commands (axes: the sequence-parallel axis too) and,
+    axes False, of `phaze evaluate`, where a --framework profile brings its own kernel."""
     d = GraphSettings()
     p.add_argument("--fused", action=argparse.BooleanOptionalAction,
                    help=f"fuse GEMM epilogues (default {str(d.fused).lower()})")
     p.add_argument("--attention", choices=("eager", "flash"),
-                   help=f"attention kernel (default {d.attention})")
+                   help=f"attention kernel (default {d.attention})" if axes else
+                   "attention kernel (default: the --framework profile's, flash for "
+                   "megatron-core-2024 and nemo-2024, eager for the others; without "
+                   f"--framework the config's graph.attention, {d.attention})")
     p.add_argument("--vocab-pad-multiple", type=int,
                    help=f"pad the vocabulary to a multiple of this x t (default {d.vocab_pad_multiple})")
     if axes:

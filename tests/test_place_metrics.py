@@ -51,3 +51,33 @@ def test_throughput_metrics_from_model_flops(rec):
                              for o in lg.selective_recompute_ops())}[rec] * g.tp * 64
     assert plan["hardware_flops"] == pytest.approx(model + redo, rel=1e-12)
     assert plan["hfu"] >= plan["mfu"]
+
+
+@pytest.mark.parametrize("window, cp", [(0, 1), (0, 4), (256, 1)])
+def test_hardware_flops_skip_the_causal_kernels_masked_blocks(window, cp):
+    """A fused causal attention kernel runs the causal band of its queries x keys rectangle
+    (half the square; s w - w^2/2 of s w for a window of w keys), which model FLOPs count
+    whole: hardware FLOPs are model FLOPs less the other part of every core's FLOPs, the
+    same under CP (each device 1/cp of the band), and HFU stays below 1 where MFU need not."""
+    from dataclasses import replace
+
+    spec = resolve_model("llama2-7b")
+    if window:
+        spec = replace(spec, sliding_window=window, layer_types=("sliding",) * spec.layers)
+    seq = 2048
+    g = build_graph(spec, seq=seq, mbs=1, tp=1, cp=cp, attention="flash")
+    lat = (lambda o: 1e-6 + o.flops / 1e14)
+    flat = chain_from_graph(g, op_latency_s=lat)
+    causal = chain_from_graph(g, op_latency_s=lat, causal_cores=True)
+    plan = {c: evaluate_plan(ch, 1, 1, 4, "none", options=PlanOptions(cp=cp), peak_flops=4e14)
+            for c, ch in (("flat", flat), ("causal", causal))}
+    w = window or seq
+    kept = (seq * w - w * w / 2) / (seq * w)          # the band's share of the rectangle
+    core = sum((o.flops for lg in g.layers for o in (*lg.fwd, *lg.bwd)
+                for _ in range(lg.repeat) if o.name.split(".bwd")[0].endswith("attn.core")))
+    steps = cp                                        # the ring's further cores: cp in all
+    assert plan["flat"]["hardware_flops"] == pytest.approx(plan["flat"]["model_flops"], rel=1e-12)
+    assert plan["causal"]["model_flops"] == pytest.approx(plan["flat"]["model_flops"], rel=1e-12)
+    assert plan["causal"]["hardware_flops"] == pytest.approx(
+        plan["flat"]["model_flops"] - (1 - kept) * core * steps * cp * 4, rel=1e-9)
+    assert plan["causal"]["hfu"] < plan["causal"]["mfu"]

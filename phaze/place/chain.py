@@ -40,7 +40,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from phaze.model.graph import cp_core_flop_steps, cp_core_steps
+from phaze.model.graph import attention_band, cp_core_flop_steps, cp_core_steps
 from phaze.model.ops import is_attention_core
 
 
@@ -238,7 +238,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         kv_bytes = graph.kv_bytes if graph.cp > 1 else 0.0
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
-    rows, reruns, cp_steps, cp_busiest, cp_flop_steps = [], [], [], [], []
+    rows, reruns, cp_steps, cp_busiest, cp_flop_steps, skipped = [], [], [], [], [], []
     routed_excess = 0.0
     ratio = getattr(graph, "moe_model_flops_ratio", 1.0)   # routed slots' model FLOPs
     for li, layer in enumerate(graph.layers):
@@ -288,6 +288,13 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                          else flop_steps] * layer.repeat)
         cp_busiest.extend([cp_core_steps(graph.seq, graph.cp, window, busiest=True)
                            if causal_cores else flop_steps] * layer.repeat)
+        # FLOPs of the attention cores' rectangle the fused causal kernel skips (outside
+        # the causal band: half the square, most of a short window's rectangle), over the
+        # cp_core_flop_steps local cores CP runs: model FLOPs count them, hardware FLOPs not
+        skip = (1.0 - attention_band(graph.seq, window)
+                / (graph.seq * (min(window, graph.seq) if window > 0 else graph.seq))
+                ) * flop_steps if causal_cores else 0.0
+        skipped.extend([tuple(skip * x for x in core_flops)] * layer.repeat)
         model_f, model_b = _model_flops(layer.fwd, ratio), _model_flops(layer.bwd, ratio)
         routed_excess += (layer.flops("fwd") + layer.flops("bwd") - model_f - model_b) * layer.repeat
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
@@ -334,6 +341,9 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                         "cp_core_steps": np.array(cp_steps),
                         "cp_core_steps_busiest": np.array(cp_busiest),
                         "cp_core_flop_steps": np.array(cp_flop_steps),
+                        # per layer and microbatch on one device: the cores' model FLOPs
+                        # (fwd, bwd, selective recompute) the causal kernel does not run
+                        "core_skipped_flops": np.array(skipped, dtype=float).reshape(-1, 3),
                         # Q and O of a layer with kv_bytes (the all-to-all CP's payload
                         # beside K and V; 0: a graph saved before they were recorded)
                         "cp_q_bytes": float(getattr(graph, "q_bytes", 0.0)),

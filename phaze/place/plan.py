@@ -687,13 +687,18 @@ def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops, reru
     and TFLOP/s per device from them; hardware FLOPs and HFU add what recomputation runs
     again (`rerun`: 1/0 per layer for full recomputation, _recompute_layers) and what token
     dropping computes beyond the model's slots (chain.extra["routed_flops_excess"], < 0
-    when it drops)."""
+    when it drops), less the score blocks a fused causal attention kernel skips
+    (chain.extra["core_skipped_flops"]): model FLOPs count the whole queries x keys
+    rectangle (Narayanan et al. 2021 Eq. 3, PaLM's MFU), so MFU may pass what the kernels
+    execute, HFU may not."""
     n_mb = batch / chain.mbs
     flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * chain.t * cp * n_mb
-    redo = ({"none": 0.0, "selective": float(chain.flops_recompute_selective.sum()),
-             "full": float((chain.flops_fwd * chain.block_mask
-                            * (1.0 if rerun is None else rerun)).sum())
-             }[recompute] + float(chain.extra.get("routed_flops_excess", 0.0))) * chain.t * cp * n_mb
+    full = chain.block_mask * (1.0 if rerun is None else rerun)
+    skip = np.asarray(chain.extra.get("core_skipped_flops", np.zeros((chain.n, 3))), dtype=float)
+    redo = ({"none": 0.0, "selective": float(chain.flops_recompute_selective.sum() - skip[:, 2].sum()),
+             "full": float((chain.flops_fwd * full).sum() - (skip[:, 0] * full).sum())
+             }[recompute] + float(chain.extra.get("routed_flops_excess", 0.0))
+            - float(skip[:, :2].sum())) * chain.t * cp * n_mb
     ok = peak_flops > 0
     mfu = flops / (time_s * devices * peak_flops) if ok else None
     return {"model_flops": flops, "hardware_flops": flops + redo, "mfu": mfu,
