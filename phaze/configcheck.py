@@ -203,8 +203,8 @@ def semantic_errors(cfg: dict, check_grid: bool = True) -> list[str]:
         ok = [b for b in range(1, min(batch, max(mbs)) + 1) if batch % b == 0]
         errors.append(f"field placement.global_batch: no microbatch size {list(mbs)} divides "
                       f"the global batch {batch} (a plan runs batch / (d x mbs) microbatches "
-                      f"per replica), so no plan can run it; fix: add a microbatch size "
-                      f"dividing {batch} to microbatch_sizes ({', '.join(map(str, ok[-4:]))}), "
+                      f"per replica), so no plan can run it; fix: add to microbatch_sizes a "
+                      f"size that divides {batch} (e.g. {' or '.join(map(str, ok[::-1][:4]))}), "
                       f"or give a global_batch that one of them divides")
     if check_grid:
         errors += grid_errors(cfg["arch"])

@@ -51,8 +51,12 @@ def read_parquet(path, field: str, fix: str | None = None):
     """The parquet table in file `path` (a pandas DataFrame). UserError naming `field` and
     the file when it is missing (with `fix`, e.g. the command that writes it) or is not a
     readable parquet table (pyarrow raises several exception types for a bad file)."""
+    import os
+
     import pandas as pd
 
+    if os.path.isdir(path):     # pandas would read a directory as an (empty) dataset
+        raise UserError(f"{path} is a directory, not a parquet file", field=field, fix=fix)
     try:
         return pd.read_parquet(path)
     except FileNotFoundError:

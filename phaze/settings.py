@@ -479,7 +479,10 @@ def _read_yaml(path: str, field: str):
     try:
         with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a UTF-8 text file (a YAML config is)", field=field,
+                        fix="give a YAML file (copy configs/default.yaml)") from None
+    except OSError as e:
         raise UserError(f"cannot read {path} ({e})", field=field,
                         fix="give an existing YAML file (copy configs/default.yaml)") from None
     except yaml.YAMLError as e:

@@ -688,7 +688,7 @@ def test_a_global_batch_no_microbatch_size_divides_is_refused_by_check_config(tm
     err = _one_line_error(_config_with(tmp_path, "microbatch_sizes: [2, 4]\n"
                                                  "placement: {global_batch: 3}\n"), "config")
     assert ("placement.global_batch: no microbatch size [2, 4] divides the global batch 3"
-            in err and "fix: add a microbatch size dividing 3 to microbatch_sizes (1, 3)"
+            in err and "fix: add to microbatch_sizes a size that divides 3 (e.g. 3 or 1)"
             in err), err
     assert main(_config_with(tmp_path, "microbatch_sizes: [2, 4]\n"
                                        "placement: {global_batch: 6}\n")) == 0
@@ -867,3 +867,20 @@ def test_hierarchical_cp_level_errors_name_the_level(extra, field, want, fix):
         argv += ["--tp", "1"]
     err = _one_line_error(argv, field)
     assert want in err and fix in err.split("; fix: ")[1], err
+
+
+@pytest.mark.parametrize("flag, field, want", [
+    ("--arch", "arch", "is a directory, not a chip file"),
+    ("--grid", "--grid", "is a directory, not a parquet file"),
+    ("--config", "--config", "is not a UTF-8 text file"),
+])
+def test_a_directory_or_binary_file_is_named_as_such(tmp_path, flag, field, want):
+    """A directory given as a chip file or grid, or a binary file as a config, is called
+    what it is (it was 'a file, but ...', 'lacks columns', 'give an existing file')."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "b.yaml").write_bytes(bytes(range(128, 256)) * 4)
+    path = str(tmp_path / ("b.yaml" if flag == "--config" else "d"))
+    argv = ["evaluate", "--model", "gpt2-xl", "--tp", "1", "--pp", "1", "--dp", "1",
+            "--mbs", "1", flag, path] + (["--arch", "x"] if flag == "--grid" else
+                                          ["--arch", "a100"] if flag == "--config" else [])
+    assert want in _one_line_error(argv, field)

@@ -78,7 +78,8 @@ def get_preset(name: str) -> Arch:
     try:
         return PRESETS[name]
     except KeyError:
-        what = ("a file, but a chip file is JSON (*.json)" if os.path.exists(name)
+        what = ("a directory, not a chip file" if os.path.isdir(name)
+                else "a file, but a chip file is JSON (*.json)" if os.path.exists(name)
                 else "an unknown arch preset")
         raise UserError(f"{name!r} is {what}", field="arch",
                         fix=f"use a preset ({', '.join(sorted(PRESETS))}), a chip JSON file "
