@@ -704,6 +704,45 @@ def add_token_drop_args(p, note: str = "") -> None:
 MOE_LOAD_BALANCING = ("none", "aux_loss", "seq_aux_loss", "global_aux_loss")
 
 
+def add_model_args(p) -> None:
+    """--model, or an inline Megatron GPT's --hidden/--heads/--layers/--vocab (model_from_args)."""
+    p.add_argument("--model", help="zoo name or config.json (or give --hidden/--heads/--layers)")
+    p.add_argument("--hidden", type=int, help="inline GPT: hidden size")
+    p.add_argument("--heads", type=int, help="inline GPT: attention heads")
+    p.add_argument("--layers", type=int, help="inline GPT: transformer blocks")
+    p.add_argument("--vocab", type=int, default=51200,
+                   help="inline GPT: vocabulary (default 51,200 as in the Megatron papers)")
+
+
+def model_from_args(args, cfg=None):
+    """--model NAME|config.json (a name of --config's models resolves to its hf_config),
+    or an inline Megatron GPT (--hidden --heads --layers [--seq] [--vocab]: FFN 4h,
+    learned positions, tied embeddings)."""
+    from phaze.model.zoo import resolve_model
+
+    inline = [getattr(args, k, None) for k in ("hidden", "heads", "layers")]
+    if getattr(args, "model", None):
+        if any(v is not None for v in inline):
+            raise UserError("give either --model or --hidden/--heads/--layers, not both",
+                            field="--model", fix="drop --model or --hidden/--heads/--layers")
+        src = model_source(cfg, args.model)
+        spec = resolve_model(src)
+        return spec.with_(name=args.model) if src != args.model else spec
+    if any(v is None for v in inline):
+        raise UserError("needs --model, or all of --hidden, --heads and --layers", field="--model",
+                        fix="e.g. --model gpt3-175b or --hidden 12288 --heads 96 --layers 96 --seq 2048")
+    from phaze.model.spec import ModelSpec
+
+    h, a, l = inline
+    seq = args.seq or 2048
+    for name, v in (("--hidden", h), ("--heads", a), ("--layers", l), ("--seq", seq),
+                    ("--vocab", args.vocab)):
+        if v < 1:
+            raise UserError("must be >= 1", field=name, fix=f"give {name} 1 or more")
+    return ModelSpec(name=f"gpt-h{h}-a{a}-l{l}", hidden=h, layers=l, heads=a, ffn=4 * h,
+                     vocab=args.vocab, seq=seq, max_positions=seq, source="inline").validate()
+
+
 def add_router_args(p) -> None:
     """Megatron-Core's MoE router flags (`phaze graph` and `phaze evaluate`): what the
     routing op's kernels are (phaze.model.graph.build_graph's options of these names)."""

@@ -148,3 +148,24 @@ def test_reference_instance_extremes_refused_fast(tmp_path, edit, field):
     rc, err = _run(["place", "--reference-instance", str(f), "-o", str(tmp_path / "o.json")])
     assert rc == 2 and field in err and err.count("\n") == 1, err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_graph_takes_the_inline_gpt_evaluate_takes(tmp_path):
+    """`phaze graph --hidden/--heads/--layers` builds the inline Megatron GPT `phaze evaluate`
+    costs (one resolver, settings.model_from_args): the same parameters and FLOPs; half an
+    inline model is one error line naming --model."""
+    import json
+
+    from phaze.model.graph import build_graph
+    from phaze.model.spec import ModelSpec
+
+    out = tmp_path / "g.json"
+    assert main(["graph", "--hidden", "512", "--heads", "8", "--layers", "2", "--seq", "256",
+                 "--vocab", "1000", "-o", str(out)]) == 0
+    g = json.loads(out.read_text())
+    spec = ModelSpec(name="gpt-h512-a8-l2", hidden=512, layers=2, heads=8, ffn=2048,
+                     vocab=1000, seq=256, max_positions=256, source="inline")
+    want = build_graph(spec, seq=256, mbs=1, tp=1, fused=True)
+    assert g["params_total"] == want.params_total
+    assert g["model"] == "gpt-h512-a8-l2"
+    assert main(["graph", "--hidden", "512", "--seq", "256"]) == 2

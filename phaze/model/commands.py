@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from phaze.errors import UserError
 from phaze.settings import ATTENTION_MODES as ATTENTION
 from phaze.settings import GraphSettings
-from phaze.settings import add_router_args, add_token_drop_args, router_options
+from phaze.settings import (add_model_args, add_router_args, add_token_drop_args,
+                            model_from_args, router_options)
 
 if TYPE_CHECKING:
     from phaze.model.ops import ModelGraph
@@ -22,7 +23,7 @@ def register(sub) -> None:
     p = sub.add_parser("graph", help="training operator graph of a model (per layer, fwd + bwd)",
                        description="Build the forward and backward operator graph of a model for one "
                                    "microbatch on one device of a tensor-parallel group.")
-    p.add_argument("--model", required=True, help="zoo name (`phaze models`) or path to a Hugging Face config.json")
+    add_model_args(p)
     p.add_argument("--seq", type=int, default=None,
                    help="sequence length (default: the zoo's, or min(max_position_embeddings, 4096) "
                         "for a config.json)")
@@ -139,12 +140,11 @@ def check_graph_size(g: ModelGraph) -> None:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     from phaze.model.graph import build_graph
-    from phaze.model.zoo import resolve_model
 
     from phaze.jsonout import emit_json
     from phaze.model.serialize import save_graph
 
-    spec = resolve_model(args.model)
+    spec = model_from_args(args)
     if args.name:
         spec = spec.with_(name=args.name)
     if args.dtype_bytes not in (1, 2, 4):

@@ -8,9 +8,9 @@ import sys
 from phaze.cost.params import FP8_RECIPES
 from phaze.errors import UserError
 from phaze.settings import (MAX_HBM_GIB, RECOMPUTE_MODES, add_config_arg, add_graph_args,
-                            add_network_arg, add_placement_args, add_sched_args,
+                            add_model_args, add_network_arg, add_placement_args, add_sched_args,
                             add_router_args, add_token_drop_args, router_options,
-                            sweep_settings)
+                            model_from_args, sweep_settings)
 
 
 def register(sub) -> None:    # long: the two commands' argparse declarations, nothing else
@@ -51,12 +51,7 @@ def register(sub) -> None:    # long: the two commands' argparse declarations, n
         "(kernels in order). With --grid G --arch ID: exactly what the sweep computes for "
         "that chip (scheduled layers, the config's settings): a placement row's plan, "
         "given with its --stages, reproduces the row.")
-    e.add_argument("--model", help="zoo name or config.json (or give --hidden/--heads/--layers)")
-    e.add_argument("--hidden", type=int, help="inline GPT: hidden size")
-    e.add_argument("--heads", type=int, help="inline GPT: attention heads")
-    e.add_argument("--layers", type=int, help="inline GPT: transformer blocks")
-    e.add_argument("--vocab", type=int, default=51200,
-                   help="inline GPT: vocabulary (default 51,200 as in the Megatron papers)")
+    add_model_args(e)
     e.add_argument("--arch", required=True, help="arch preset name, a chip JSON file (phaze "
                    "report's chip_*.json), or an arch_id with --grid")
     e.add_argument("--grid", help="arch grid parquet to look --arch up in")
@@ -289,36 +284,6 @@ def _place_reference(args) -> int:
     return 0
 
 
-def _model_of(args, cfg):
-    """--model NAME|config.json (a name of --config's models resolves to its hf_config),
-    or an inline Megatron GPT (--hidden --heads --layers [--seq] [--vocab]: FFN 4h,
-    learned positions, tied embeddings)."""
-    from phaze.model.zoo import resolve_model
-    from phaze.settings import model_source
-
-    inline = [getattr(args, k, None) for k in ("hidden", "heads", "layers")]
-    if getattr(args, "model", None):
-        if any(v is not None for v in inline):
-            raise UserError("give either --model or --hidden/--heads/--layers, not both",
-                            field="--model", fix="drop --model or --hidden/--heads/--layers")
-        src = model_source(cfg, args.model)
-        spec = resolve_model(src)
-        return spec.with_(name=args.model) if src != args.model else spec
-    if any(v is None for v in inline):
-        raise UserError("needs --model, or all of --hidden, --heads and --layers", field="--model",
-                        fix="e.g. --model gpt3-175b or --hidden 12288 --heads 96 --layers 96 --seq 2048")
-    from phaze.model.spec import ModelSpec
-
-    h, a, l = inline
-    seq = args.seq or 2048
-    for name, v in (("--hidden", h), ("--heads", a), ("--layers", l), ("--seq", seq),
-                    ("--vocab", args.vocab)):
-        if v < 1:
-            raise UserError("must be >= 1", field=name, fix=f"give {name} 1 or more")
-    return ModelSpec(name=f"gpt-h{h}-a{a}-l{l}", hidden=h, layers=l, heads=a, ffn=4 * h,
-                     vocab=args.vocab, seq=seq, max_positions=seq, source="inline").validate()
-
-
 def _config_seq(cfg, name):
     """The sequence length the config's models entry `name` lists, None when it has no
     such entry; UserError when it lists several (the sweep runs each: say which)."""
@@ -384,7 +349,7 @@ def _cmd_evaluate(args) -> int:
         raise UserError(f"must be in (0, {readable_number(MAX_HBM_GIB)}], got {args.hbm_gib}",
                         field="--hbm-gib", fix="give the device memory in GiB, e.g. 80")
     settings, cfg = sweep_settings(args)
-    spec = _model_of(args, cfg)
+    spec = model_from_args(args, cfg)
     seq = args.seq or _config_seq(cfg, getattr(args, "model", None)) or spec.seq
     try:
         if args.grid:
