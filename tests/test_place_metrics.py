@@ -58,7 +58,7 @@ def test_hardware_flops_skip_the_causal_kernels_masked_blocks(window, cp):
     """A fused causal attention kernel runs the causal band of its queries x keys rectangle
     (half the square; s w - w^2/2 of s w for a window of w keys), which model FLOPs count
     whole: hardware FLOPs are model FLOPs less the other part of every core's FLOPs, the
-    same under CP (each device 1/cp of the band), and HFU stays below 1 where MFU need not."""
+    same under CP (each device 1/cp of the band), so HFU may be below MFU."""
     from dataclasses import replace
 
     spec = resolve_model("llama2-7b")
@@ -73,11 +73,42 @@ def test_hardware_flops_skip_the_causal_kernels_masked_blocks(window, cp):
             for c, ch in (("flat", flat), ("causal", causal))}
     w = window or seq
     kept = (seq * w - w * w / 2) / (seq * w)          # the band's share of the rectangle
-    core = sum((o.flops for lg in g.layers for o in (*lg.fwd, *lg.bwd)
-                for _ in range(lg.repeat) if o.name.split(".bwd")[0].endswith("attn.core")))
-    steps = cp                                        # the ring's further cores: cp in all
-    assert plan["flat"]["hardware_flops"] == pytest.approx(plan["flat"]["model_flops"], rel=1e-12)
+    cores = [(o, lg.repeat) for lg in g.layers for o in (*lg.fwd, *lg.bwd)
+             if o.name.split(".bwd")[0].endswith("attn.core")]
+    core = sum(o.flops * r for o, r in cores)                      # what the kernels run
+    rerun = sum(o.rerun_flops * r for o, r in cores)               # the backward's S = Q K^T
+    fwd = sum(o.flops * r for o, r in cores if not o.name.endswith(".bwd"))
+    assert rerun == pytest.approx(fwd / 2, rel=1e-12)   # one of the forward's two GEMMs
+    per = cp * cp * 4               # the ring's cores (cp) x the CP group x 4 microbatches
     assert plan["causal"]["model_flops"] == pytest.approx(plan["flat"]["model_flops"], rel=1e-12)
+    assert plan["flat"]["hardware_flops"] == pytest.approx(
+        plan["flat"]["model_flops"] + rerun * per, rel=1e-12)
     assert plan["causal"]["hardware_flops"] == pytest.approx(
-        plan["flat"]["model_flops"] - (1 - kept) * core * steps * cp * 4, rel=1e-9)
-    assert plan["causal"]["hfu"] < plan["causal"]["mfu"]
+        plan["flat"]["model_flops"] + rerun * per - (1 - kept) * core * per, rel=1e-9)
+    if not window:       # half the square skipped outweighs the re-computed scores
+        assert plan["causal"]["hfu"] < plan["causal"]["mfu"]
+
+
+def test_model_flops_count_a_fused_attention_backward_as_twice_its_forward():
+    """Megatron counts the attention core's backward as twice its forward whatever the kernel;
+    the fused backward's fifth GEMM re-computes S = Q K^T (Op.rerun_flops): executed, so in
+    hardware FLOPs, not in model FLOPs. Eager and fused attention then give the same model
+    FLOPs up to the eager softmax and dropout's element-wise FLOPs."""
+    from phaze.place.chain import _model_flops
+
+    spec = resolve_model("llama2-7b")
+    for model in ("llama2-7b", "deepseek-v2-lite"):   # MLA: Q K's head dim apart from V's
+        graph = build_graph(resolve_model(model), seq=1024, mbs=1, tp=1, attention="flash")
+        block = next(lg for lg in graph.layers if lg.kind.startswith("block"))
+        fwd = [o for o in block.fwd if o.name.endswith("attn.core")]
+        bwd = [o for o in block.bwd if o.name.endswith("attn.core.bwd")]
+        assert fwd and bwd and bwd[0].rerun_flops > 0
+        assert _model_flops(bwd, 1.0) == pytest.approx(2 * _model_flops(fwd, 1.0), rel=1e-12)
+    flops = {a: evaluate_plan(_chain_of(spec, a), 1, 1, 4, "none")["model_flops"]
+             for a in ("eager", "flash")}
+    assert flops["flash"] == pytest.approx(flops["eager"], rel=5e-3)
+
+
+def _chain_of(spec, attention):
+    return chain_from_graph(build_graph(spec, seq=1024, mbs=1, tp=1, attention=attention),
+                            op_latency_s=lambda o: 1e-6 + o.flops / 1e14)

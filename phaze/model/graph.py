@@ -498,9 +498,11 @@ class _Layer:
         if n.flash_dims[0]:   # d_qk != d_v: S and dQ, dK are d_qk deep, dV and dP d_v deep
             d, dv = n.flash_dims
             bg = GemmDims(g.batch, g.m, g.n, 3 * d + 2 * dv)
+            rerun = bg.flops * d / (3 * d + 2 * dv)
         else:
             bg = GemmDims(5 * (g.batch // 2), g.m, g.n, g.k)
-        op = Op(name=f"{n.name}.bwd", kind="gemm", deps=gr, gemm=bg,
+            rerun = bg.flops / 5
+        op = Op(name=f"{n.name}.bwd", kind="gemm", deps=gr, gemm=bg, rerun_flops=rerun,
                 flops=bg.flops, bytes_read=sum(n.in_bytes) + 2 * n.out_bytes + n.saved,
                 bytes_written=sum(n.in_bytes), tp_rule=n.tp_rule, fused=("softmax_bwd",),
                 elements=n.out_elements, heads=n.flash_heads)

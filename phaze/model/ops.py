@@ -75,6 +75,9 @@ class Op:
     # device, microbatch x heads / tp; the kernel's work blocks are these x query blocks
     # (phaze.cost.api.flash_efficiency). 0 elsewhere.
     heads: int = 0
+    # part of `flops` that re-computes forward work (the fused attention backward's S = Q K^T,
+    # FlashAttention-2 Alg. 2): executed, so in hardware FLOPs, not in model FLOPs
+    rerun_flops: float = 0.0
 
     @property
     def core_class(self) -> str:

@@ -200,7 +200,8 @@ def _model_flops(ops, moe_ratio: float) -> float:
     on routed token slots counted on the T x top_k slots Megatron's
     num_floating_point_operations takes (ModelGraph.moe_model_flops_ratio): token dropping
     computes fewer or, padded, more slots than the model has, and neither is model work."""
-    return sum(o.flops * (moe_ratio if o.experts or o.name.startswith(_ROUTED_SLOT_OPS) else 1.0)
+    return sum((o.flops - o.rerun_flops)
+               * (moe_ratio if o.experts or o.name.startswith(_ROUTED_SLOT_OPS) else 1.0)
                for o in ops)
 
 
@@ -239,6 +240,7 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
     if layer_latency is None and op_latency_s is None:
         raise ValueError("chain_from_graph needs layer_latency or op_latency_s")
     rows, reruns, cp_steps, cp_busiest, cp_flop_steps, skipped = [], [], [], [], [], []
+    reruns_core = []
     routed_excess = 0.0
     ratio = getattr(graph, "moe_model_flops_ratio", 1.0)   # routed slots' model FLOPs
     for li, layer in enumerate(graph.layers):
@@ -253,8 +255,11 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         else:
             core = tuple((layer_core_s or {}).get(li, (0.0, 0.0, 0.0)))
         kv = kv_bytes if any(is_attention_core(o) for o in layer.fwd) else 0.0
-        core_flops = tuple(sum(o.flops for o in ops if is_attention_core(o))
+        # the cores' model FLOPs per pass (fwd, bwd, selective recompute), and the forward
+        # work the fused backward re-computes (Op.rerun_flops: hardware FLOPs only)
+        core_flops = tuple(sum(o.flops - o.rerun_flops for o in ops if is_attention_core(o))
                            for ops in (layer.fwd, layer.bwd, layer.selective_recompute_ops()))
+        core_rerun = sum(o.rerun_flops for o in layer.bwd if is_attention_core(o))
         if layer_latency is not None:
             f, b, *r = layer_latency[li]
             r = r[0] if r else 0.0
@@ -294,9 +299,12 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
         skip = (1.0 - attention_band(graph.seq, window)
                 / (graph.seq * (min(window, graph.seq) if window > 0 else graph.seq))
                 ) * flop_steps if causal_cores else 0.0
-        skipped.extend([tuple(skip * x for x in core_flops)] * layer.repeat)
+        executed = (core_flops[0], core_flops[1] + core_rerun, core_flops[2])
+        skipped.extend([tuple(skip * x for x in executed)] * layer.repeat)
+        reruns_core.extend([core_rerun * flop_steps] * layer.repeat)
         model_f, model_b = _model_flops(layer.fwd, ratio), _model_flops(layer.bwd, ratio)
-        routed_excess += (layer.flops("fwd") + layer.flops("bwd") - model_f - model_b) * layer.repeat
+        routed_excess += (layer.flops("fwd") + layer.flops("bwd") - model_f - model_b
+                          - sum(o.rerun_flops for o in (*layer.fwd, *layer.bwd))) * layer.repeat
         row = (f, b, tpf, tpb, layer.param_count, a_none, a_full, layer.output_bytes,
                model_f, model_b, a_sel, r, f_sel,
                min(ex, layer.param_count), a2a, *core, kv, *core_flops, pass_kind)
@@ -344,6 +352,9 @@ def chain_from_graph(graph, layer_latency: Mapping[int, tuple] | None = None,
                         # per layer and microbatch on one device: the cores' model FLOPs
                         # (fwd, bwd, selective recompute) the causal kernel does not run
                         "core_skipped_flops": np.array(skipped, dtype=float).reshape(-1, 3),
+                        # ... and the forward work their fused backward re-computes, CP's
+                        # further cores included (executed, not model FLOPs)
+                        "core_rerun_flops": np.array(reruns_core, dtype=float),
                         # Q and O of a layer with kv_bytes (the all-to-all CP's payload
                         # beside K and V; 0: a graph saved before they were recorded)
                         "cp_q_bytes": float(getattr(graph, "q_bytes", 0.0)),

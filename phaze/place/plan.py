@@ -687,10 +687,12 @@ def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops, reru
     and TFLOP/s per device from them; hardware FLOPs and HFU add what recomputation runs
     again (`rerun`: 1/0 per layer for full recomputation, _recompute_layers) and what token
     dropping computes beyond the model's slots (chain.extra["routed_flops_excess"], < 0
-    when it drops), less the score blocks a fused causal attention kernel skips
-    (chain.extra["core_skipped_flops"]): model FLOPs count the whole queries x keys
-    rectangle (Narayanan et al. 2021 Eq. 3, PaLM's MFU), so MFU may pass what the kernels
-    execute, HFU may not."""
+    when it drops) and the scores a fused attention backward re-computes
+    (chain.extra["core_rerun_flops"]: model FLOPs count a core's backward as twice its
+    forward whatever the kernel, as Megatron's num_floating_point_operations), less the
+    score blocks a fused causal attention kernel skips (chain.extra["core_skipped_flops"]):
+    model FLOPs count the whole queries x keys rectangle (Narayanan et al. 2021 Eq. 3,
+    PaLM's MFU), so MFU may pass what the kernels execute, HFU may not."""
     n_mb = batch / chain.mbs
     flops = float(chain.flops_fwd.sum() + chain.flops_bwd.sum()) * chain.t * cp * n_mb
     full = chain.block_mask * (1.0 if rerun is None else rerun)
@@ -698,6 +700,7 @@ def _flop_metrics(chain, recompute, batch, devices, cp, time_s, peak_flops, reru
     redo = ({"none": 0.0, "selective": float(chain.flops_recompute_selective.sum() - skip[:, 2].sum()),
              "full": float((chain.flops_fwd * full).sum() - (skip[:, 0] * full).sum())
              }[recompute] + float(chain.extra.get("routed_flops_excess", 0.0))
+            + float(np.sum(chain.extra.get("core_rerun_flops", 0.0)))
             - float(skip[:, :2].sum())) * chain.t * cp * n_mb
     ok = peak_flops > 0
     mfu = flops / (time_s * devices * peak_flops) if ok else None
