@@ -653,3 +653,39 @@ def test_hierarchical_cp_refusals():
     with pytest.raises(UserError) as e:
         PlacementSettings(cp_comm_type="a2a", cp_a2a_size=8)
     assert e.value.field == "cp_a2a_size"
+
+
+def test_preset_route_records_the_network_and_chip_it_was_costed_on(tmp_path, capsys):
+    """`phaze evaluate --json` on a preset records the network the plan ran on (--network
+    or the chip's) and the chip: re-running from the record (chip JSON, network JSON)
+    reproduces the time; the text output names the network."""
+    import json
+
+    from phaze.cli import main
+
+    net = {"devices_per_node": 8, "intra_bw_Bps": 45e9, "intra_latency_s": 3e-6,
+           "inter_bw_Bps": 5e9, "inter_latency_s": 6e-6}
+    base = ["evaluate", "--model", "llama3-8b", "--arch", "h100", "--tp", "2", "--pp", "2",
+            "--dp", "2", "--mbs", "1", "--batch", "16", "--seq", "2048"]
+    runs = {}
+    for name, extra in (("chip", []), ("slow", ["--network", json.dumps(net)])):
+        assert main(base + extra + ["--json"]) == 0
+        runs[name] = json.loads(capsys.readouterr().out)
+    assert runs["chip"]["network"]["name"] == "dgx-h100"
+    assert {k: runs["slow"]["network"][k] for k in net} == net
+    assert runs["slow"]["time_per_batch_s"] > runs["chip"]["time_per_batch_s"]
+    chip = tmp_path / "chip.json"
+    chip.write_text(json.dumps(runs["slow"]["chip"]))
+    again = [a if a != "h100" else str(chip) for a in base]
+    assert main(again + ["--network", json.dumps(runs["slow"]["network"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["time_per_batch_s"] == pytest.approx(
+        runs["slow"]["time_per_batch_s"], rel=1e-12)
+    assert main(base) == 0
+    assert "(dgx-h100 network)" in capsys.readouterr().out.splitlines()[0]
+    # the calibration is the chip name's preset's: recorded, and "none" for another name
+    assert runs["chip"]["calibration"] == "h100"
+    chip.write_text(json.dumps({**runs["chip"]["chip"], "name": "my-h100"}))
+    assert main([a if a != "h100" else str(chip) for a in base] + ["--json"]) == 0
+    renamed = json.loads(capsys.readouterr().out)
+    assert renamed["calibration"] == "none"
+    assert renamed["time_per_batch_s"] != pytest.approx(runs["chip"]["time_per_batch_s"])

@@ -766,8 +766,12 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
     GiB = 1024**3
     w = sys.stdout.write
     axes = "".join(f" {k}={v}" for k, v in (("cp", args.cp), ("ep", args.ep)) if v > 1)
-    w(f"{spec.name} on {plan['arch']}: t={args.tp} p={args.pp} d={args.dp}{axes} mbs={args.mbs} "
-      f"batch={batch} recompute={args.recompute} interleave={args.interleave}\n")
+    net = plan.get("network") or {}
+    where = f" ({net['name']} network)" if net.get("name") else \
+        (f" (network: {net['devices_per_node']} per node, {net['intra_bw_Bps'] / 1e9:g} / "
+         f"{net['inter_bw_Bps'] / 1e9:g} GB/s in / between nodes)" if net else "")
+    w(f"{spec.name} on {plan['arch']}{where}: t={args.tp} p={args.pp} d={args.dp}{axes} "
+      f"mbs={args.mbs} batch={batch} recompute={args.recompute} interleave={args.interleave}\n")
     if plan.get("framework"):       # the preset route: how the figure was obtained
         po, go = plan.get("plan_options", {}), plan.get("graph_options", {})
         router = [x for x, on in (("fused", go.get("moe_router_fusion")),
@@ -775,7 +779,11 @@ def _print_plan(spec, args, plan, hbm, batch) -> None:
                                    go.get("moe_router_load_balancing_type", "none") != "none"),
                                   ("forced balance", go.get("moe_router_force_load_balancing")))
                   if on]
-        how = [f"framework {plan['framework']}"] + [x for x, on in (
+        cal = plan.get("calibration")
+        how = [f"framework {plan['framework']}",
+               {"none": "uncalibrated: the chip's name is no preset's",
+                "given": "cost parameters given"}.get(cal, f"{cal} calibration")
+               ] + [x for x, on in (
             (f"fp8 {plan.get('fp8_recipe')}", plan.get("fp8")),
             # what the plan ran: Megatron turns sequence parallelism off at t = 1
             ("sequence parallel", plan.get("sequence_parallel", args.sequence_parallel)),

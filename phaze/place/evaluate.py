@@ -386,6 +386,11 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                              f"give the plan's {name} as the {name} argument")
     seq = seq or spec.seq
     network = network or arch.network
+    # which parameters cost it: a preset's calibrated set (by the chip's name: a chip JSON
+    # named after a preset gets that preset's), the defaults, or the caller's
+    from phaze.cost.params import PRESET_PARAMS
+    calibration = ("given" if cost_params is not None else getattr(arch, "name", "")
+                   if getattr(arch, "name", "") in PRESET_PARAMS else "none")
     cost_params = cost_params or default_cost_params(arch)
     if tp > 1 and not sequence_parallel and (options or {}).get("tp_comm_overlap"):
         # userbuffers overlap the sequence-parallel all-gathers / reduce-scatters: Megatron-LM
@@ -494,6 +499,11 @@ def evaluate_model(spec, arch, *, tp: int, pp: int, dp: int, mbs: int, batch: in
                 recompute_modules=(sorted(set(recompute_modules or ("core_attn",)))
                                    if recompute == "selective" else None),
                 plan_options=options_record(opts), cost_params=asdict(cost_params),
+                calibration=calibration,
+                # the hardware it was costed on: the chip (its own network included) and the
+                # network the plan ran on (--network, else the chip's)
+                chip=arch.to_dict() if hasattr(arch, "to_dict") else None,
+                network=network.to_dict() if hasattr(network, "to_dict") else None,
                 phaze_version=__version__)
     return plan
 
