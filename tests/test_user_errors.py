@@ -884,3 +884,21 @@ def test_a_directory_or_binary_file_is_named_as_such(tmp_path, flag, field, want
             "--mbs", "1", flag, path] + (["--arch", "x"] if flag == "--grid" else
                                           ["--arch", "a100"] if flag == "--config" else [])
     assert want in _one_line_error(argv, field)
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--model", "llama3-8b", "--expert-tp", "2", "--sequence-parallel"], "--expert-tp"),
+    (["--model", "llama3-8b", "--ddp-impl", "torch", "--framework", "megatron-core-2024"],
+     "--ddp-impl"),
+    (["--model", "llama3-8b", "--ddp-impl", "torch", "--framework", "megatron-deepspeed"],
+     "--ddp-impl"),
+    (["--model", "llama3-8b", "--optimizer", "sgd", "--optimizer-state-dtype", "bf16"],
+     "--optimizer-state-dtype"),
+])
+def test_flags_that_would_be_silent_no_ops_are_refused(extra, field):
+    """--expert-tp on a dense model (even = --tp), Megatron-LM's --DDP-impl under a profile
+    that has its own data-parallel engine, Adam's state dtype under SGD: each did nothing
+    and was accepted (a boundary helper's report); now one line naming the flag."""
+    argv = ["evaluate", "--arch", "h100", "--tp", "2", "--pp", "1", "--dp", "1", "--mbs", "1",
+            "--batch", "4", "--seq", "1024"] + extra
+    _one_line_error(argv, field)

@@ -625,7 +625,7 @@ def _evaluate_preset(args, spec, settings, seq):
     from phaze.hw.chipfile import is_chip_file, read_chip
     from phaze.hw.presets import get_preset
     from phaze.model.graph import TOKEN_DROP_FLAGS, check_token_drop
-    from phaze.place.evaluate import evaluate_model
+    from phaze.place.evaluate import DEFAULT_FRAMEWORK, evaluate_model
 
     # the sweep route's graph and scheduling flags: the preset route builds its graph as the
     # framework runs it and schedules no layer ILP; never ignore them silently
@@ -639,10 +639,23 @@ def _evaluate_preset(args, spec, settings, seq):
     if args.fp8_recipe and not args.fp8:
         raise UserError("is the recipe of FP8 training, which is off", field="--fp8-recipe",
                         fix="add --fp8, or drop --fp8-recipe")
+    if args.ddp_impl != "local" and (args.framework or DEFAULT_FRAMEWORK) not in (
+            "megatron-lm-2021", "megatron-lm-2022"):
+        raise UserError(f"is Megatron-LM's --DDP-impl, which {args.framework} has not (it runs "
+                        "its own data-parallel engine)", field="--ddp-impl",
+                        fix="drop --ddp-impl, or use --framework megatron-lm-2021 / 2022")
+    if args.optimizer_state_dtype and settings.placement.optimizer != "adam":
+        raise UserError(f"sets Adam's state dtype, and the optimizer is "
+                        f"{settings.placement.optimizer} (no state)",
+                        field="--optimizer-state-dtype",
+                        fix="drop --optimizer-state-dtype, or use --optimizer adam")
     check_token_drop(spec, args.moe_expert_capacity_factor,
                      args.moe_pad_expert_input_to_capacity, args.moe_token_dispatcher,
                      names=TOKEN_DROP_FLAGS)
     router = router_options(args, spec)
+    if args.expert_tp and not spec.experts:     # refused whatever its value (= --tp too)
+        raise UserError(f"{spec.name} has no routed experts", field="--expert-tp",
+                        fix="drop --expert-tp (dense models have no expert tensor parallelism)")
     arch = read_chip(args.arch) if is_chip_file(args.arch) else get_preset(args.arch)
     if args.hbm_gib is not None:
         arch = replace(arch, hbm_bytes=args.hbm_gib * 1024**3)
