@@ -7,7 +7,8 @@ gpu_sustained_timing.py (torch 2.11, CUDA 13.0, cuDNN 9.19):
   h200_sustained_gemm.csv, h200_sustained_mix.csv   rates under unbroken load, with clocks
   h200_layers.csv            whole layers, forward + backward (gpu_layer_timing.py): the
                              Megatron-LM README's GPT layers as one TP rank holds them
-                             (with and without dropout) and a Llama-3-8B layer
+                             (with and without dropout) and a Llama-3-8B layer; section 6
+                             fits the h100 preset's flash_dropout_cpe on the pairs
 
 The H200 is the H100's GH100 die (132 SMs, same clocks and 700 W cap) with HBM3e at 4.8
 instead of 3.35 TB/s: compute-bound kernels should match the H100's, memory-bound ones run
@@ -193,16 +194,16 @@ README_ROWS = {"gpt-1.7b": "1.7B", "gpt-7.1b": "7.1B", "gpt-16b": "16B", "gpt-17
                "gpt-177b-mbs2": "177B"}
 
 
-def layers():
-    """Whole layers (forward + backward, one TP rank, no sequence parallelism): the sum of
-    the model's kernel times over the layer's non-collective ops against the measured step."""
+def layer_times(params) -> dict:
+    """{key: (model s, measured s)} of every whole layer of h200_layers.csv (forward +
+    backward, one TP rank, no sequence parallelism): the sum of the model's kernel times
+    under `params` over the layer's non-collective ops, and the measured step."""
     from phaze.place.evaluate import FRAMEWORKS
     from phaze.validate import data
     from phaze.validate.evaluate import model_spec_of
 
-    print("== 5. whole layers, forward + backward at boost clock: model kernel sum / measured")
     cases = {c.name: c for c in data.cases(data.TABLE_H100)}
-    p = replace(KP, flash_causal=True)
+    p = replace(params, flash_causal=True)
     out = {}
     for r in rows("h200_layers.csv"):
         tp, mbs, dropout = int(r["tp"]), int(r["mbs"]), r["dropout"] == "True"
@@ -217,17 +218,50 @@ def layers():
         t = sum(float(op_latencies([o for o in layer.ops(ps) if o.kind != "collective"], [ARCH],
                                    ARCH.network, tp=tp, params=p, groups=g.collective_groups)
                       .lat_all_s[0].sum()) for ps in ("fwd", "bwd"))
-        meas = float(r["seconds"])
-        key = f"{r['layer']} t={tp} mbs={mbs}{' dropout' if dropout else ''}"
+        out[f"{r['layer']} t={tp} mbs={mbs}{' dropout' if dropout else ''}"] = (t, float(r["seconds"]))
+    return out
+
+
+def layers():
+    """Whole layers against the model's kernel sum (layer_times), as model / measured."""
+    print("== 5. whole layers, forward + backward at boost clock: model kernel sum / measured")
+    out = {}
+    for key, (t, meas) in layer_times(KP).items():
         out[key] = t / meas
         print(f"  {key:34s} measured {meas * 1e3:7.3f} ms, model {t * 1e3:7.3f} ms: {t / meas:.3f}")
     return out
 
 
+def dropout_pairs(params) -> dict:
+    """{layer: (model, measured) seconds that dropout adds}: each layer of h200_layers.csv
+    timed with and without dropout 0.1, the difference (hidden dropouts in eager PyTorch,
+    a dropout and an add kernel each, and attention dropout inside cuDNN's fused kernel)."""
+    t = layer_times(params)
+    return {k[:-len(" dropout")]: (t[k][0] - t[k[:-len(" dropout")]][0],
+                                   t[k][1] - t[k[:-len(" dropout")]][1])
+            for k in t if k.endswith(" dropout")}
+
+
+def fit_dropout():
+    """The h100 preset's flash_dropout_cpe: least squares over the dropout pairs (the model's
+    added time is linear in the cycles, so two evaluations give the exact solution)."""
+    print("== 6. attention dropout inside the fused kernel: cycles per score element and pass")
+    base, unit = dropout_pairs(replace(KP, flash_dropout_cpe=0.0)), dropout_pairs(replace(KP, flash_dropout_cpe=1.0))
+    slope = {k: unit[k][0] - base[k][0] for k in base}
+    gap = {k: base[k][1] - base[k][0] for k in base}
+    cpe = sum(slope[k] * gap[k] for k in base) / sum(slope[k] ** 2 for k in base)
+    shipped = dropout_pairs(KP)
+    for k, (m, meas) in shipped.items():
+        print(f"  {k:22s} dropout adds: measured {meas * 1e3:6.3f} ms, model {m * 1e3:6.3f} ms "
+              f"(without the in-kernel term {base[k][0] * 1e3:6.3f} ms): {m / meas:.3f}")
+    print(f"  least-squares flash_dropout_cpe {cpe:.1f}; shipped {KP.flash_dropout_cpe}")
+    return dict(fitted=cpe, shipped=KP.flash_dropout_cpe, pairs={k: m / meas for k, (m, meas) in shipped.items()})
+
+
 def main() -> dict:
     """Every figure printed, by section (tests/test_cost_h200_kernels.py reads them)."""
     return dict(same_shapes=same_shapes(), kernels=model_vs_kernels(), expert_loops=expert_loops(),
-                sustained=sustained(), layers=layers())
+                sustained=sustained(), layers=layers(), dropout=fit_dropout())
 
 
 if __name__ == "__main__":

@@ -115,6 +115,7 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
                     continue
                 useful = o.flops * flash_work_fraction(o, params)
                 t_f = useful / (peak[:, 0] * flash_efficiency(o, col["n_tc"][:, 0], params))
+                t_f = t_f + flash_dropout_s(o, col, params)
                 one[:, jj] = t_f * col["n_tc"][:, 0]
                 alls[:, jj] = t_f
                 bo[:, jj] = ba[:, jj] = COMPUTE
@@ -261,6 +262,22 @@ def flash_efficiency(o: Op, n_tc, params: CostParams) -> np.ndarray:
         d = float(g.k)
     eff = eff * visited / (visited + params.flash_key_overhead)
     return eff * d / (d + params.flash_head_dim_overhead)
+
+
+def flash_dropout_s(o: Op, col: dict, params: CostParams) -> np.ndarray:
+    """Seconds (array (n_arch,)) that attention dropout inside a fused attention pass adds
+    (o.fused names "dropout" forward, "dropout_bwd" backward): one random draw and mask
+    per computed score element (o.elements x flash_work_fraction), each pass, at
+    params.flash_dropout_cpe cycles per element on the chip's VC lanes. FlashAttention
+    keeps no mask and draws the numbers again in the backward (Dao et al. 2022, Sec. 3.1;
+    FlashAttention-2 Alg. 2); the cycles are measured as the difference between whole
+    layers with and without dropout (benchmarks/data/h200_layers.csv). 0 without dropout."""
+    if not params.flash_dropout_cpe or not ({"dropout", "dropout_bwd"} & set(o.fused)):
+        return np.zeros(len(col["n_vc"]))
+    hz = col["clock_hz"][:, 0] * params.compute_efficiency * params.sustained_clock_fraction
+    lanes = col["n_vc"][:, 0] * col["vc_lanes"][:, 0]
+    scores = float(o.elements) * flash_work_fraction(o, params)
+    return scores * params.flash_dropout_cpe / (lanes * hz)
 
 
 def flash_work_fraction(o: Op, params: CostParams) -> float:

@@ -130,6 +130,11 @@ class CostParams:
     # head-dim units; 0 = no such loss (the efficiencies above hold at every size)
     flash_key_overhead: float = 0.0
     flash_head_dim_overhead: float = 0.0
+    # ... plus, with attention dropout inside the kernel, the VC cycles per computed score
+    # element (one lane) that drawing its random number and applying it add to each pass
+    # (the backward draws them again), on top of the tensor-core time: measured, not hidden
+    # (benchmarks/bench_h200_kernels.py --fit-dropout); 0 = free
+    flash_dropout_cpe: float = 0.0
     # FP8 GEMMs (Transformer Engine): the blocks' weight GEMMs run at fp8_speedup x the bf16
     # rate (H100: 1,979 / 989 TFLOP/s dense = 2); attention and the LM head (Megatron-Core's
     # own ColumnParallelLinear, not a TE module) stay bf16.
@@ -188,7 +193,7 @@ class CostParams:
         for f in ("flash_fwd_efficiency", "flash_bwd_efficiency"):
             if not 0 <= getattr(self, f) <= 1:
                 raise ValueError(f"CostParams.{f} must be in [0, 1]")
-        for f in ("flash_key_overhead", "flash_head_dim_overhead"):
+        for f in ("flash_key_overhead", "flash_head_dim_overhead", "flash_dropout_cpe"):
             if not getattr(self, f) >= 0:
                 raise ValueError(f"CostParams.{f} must be >= 0")
         if not self.fp8_speedup >= 1:
@@ -224,7 +229,12 @@ class CostParams:
 # size-blind efficiency, 0.50 before these terms, gave 11.6 %), backward ceiling 0.69 =
 # 0.80 x 0.63/0.73 (FlashAttention-2, Dao 2023: about 73 % of A100 peak forward, 63 %
 # backward); a100 0.70 / 0.60 from the same paper, no size terms (not fitted: the A100
-# tables ran eager attention). h100 sustained_clock_fraction 0.747: fitted by `phaze
+# tables ran eager attention). h100 flash_dropout_cpe 17: attention dropout inside the fused
+# kernel, VC cycles per score element and pass, least squares over the five README GPT layers
+# timed with and without dropout on an H200 (benchmarks/data/h200_layers.csv;
+# bench_h200_kernels.py section 6; leave-one-out 16.4-17.8 cycles); a100 8.5: the same
+# integer work on half the VC lanes per SM (64 INT32 lanes per SM on both chips), not measured.
+# h100 sustained_clock_fraction 0.767: fitted by `phaze
 # validate --fit` on the nine weak-scaling rows of the Megatron-LM README's H100 table
 # (commit 937571cf, images/model_table.png; MAE 3.27 %), the only parameter fitted there:
 # the kernels above were timed in isolation at boost clock, a training run sustains about
@@ -232,7 +242,7 @@ class CostParams:
 # collectives take are charged apart since 2026-11-30: PlanOptions.comm_sm_share, 0.727
 # before; the interleaved schedule's p2p fill since 2026-12-01:
 # plan.interleaved_p2p_fill_s, 0.750 before; the flash size terms, 0.751
-# before).
+# before; attention dropout in the fused kernel, 0.747 before).
 # h100 eager_kernel_s 9.5 us: the host's cost per kernel in a loop of small eager kernels,
 # measured as (eager - CUDA-graph replay) / kernels on the two bf16 512-token expert loops
 # of benchmarks/data/h200_expert_loops.csv (8.3 and 10.7 us: one cuBLAS GEMM each, whose
@@ -241,12 +251,13 @@ PRESET_PARAMS = {
     "h100": dict(compute_efficiency=0.75, hbm_bw_efficiency=0.85, op_overhead_s=32.5e-6,
                  collective_topology="nccl", flash_fwd_efficiency=0.80,
                  flash_bwd_efficiency=0.69, flash_key_overhead=125, flash_head_dim_overhead=48,
-                 sustained_clock_fraction=0.747,
+                 flash_dropout_cpe=17.0, sustained_clock_fraction=0.767,
                  unfused_cross_entropy=True, nccl_channels=24, nccl_net_channels=2,
                  flex_dispatch_sms=20, eager_kernel_s=9.5e-6),
     "a100": dict(compute_efficiency=0.7924, hbm_bw_efficiency=0.9187, link_bw_efficiency=0.80,
                  op_overhead_s=52.56e-6, collective_topology="nccl", flash_fwd_efficiency=0.70,
-                 flash_bwd_efficiency=0.60, unfused_cross_entropy=True, nccl_channels=24,
+                 flash_bwd_efficiency=0.60, flash_dropout_cpe=8.5, unfused_cross_entropy=True,
+                 nccl_channels=24,
                  nccl_net_channels=2),
 }
 

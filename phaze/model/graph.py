@@ -247,18 +247,23 @@ class _Layer:
             params_shared=shared,
             bias_n=b, saved=saved, tp_rule=rule, regather=regather, experts=experts))
 
-    def flash(self, name, inputs, in_bytes, *, batch, s, keys, d, saved, selective_drop, dv=0):
+    def flash(self, name, inputs, in_bytes, *, batch, s, keys, d, saved, selective_drop, dv=0,
+              dropout=False):
         """Fused attention O = softmax(Q K^T) V (FlashAttention, Dao et al. 2022): one kernel,
         two GEMMs of batch x s x keys x d, the s x keys probabilities never leave on-chip
         memory. Expressed as one gemm op of batch 2 x `batch` (FLOP = 4 batch s keys d).
         dv != d (MLA: q/k heads of d, value heads of dv): one gemm op of batch `batch` and
-        depth d + dv (FLOP = 2 batch s keys (d + dv): Q K^T plus P V); the output is dv wide."""
+        depth d + dv (FLOP = 2 batch s keys (d + dv): Q K^T plus P V); the output is dv wide.
+        dropout: attention dropout inside the kernel (its fused classes name it: the
+        forward draws a random number per score, the backward draws them again; no mask
+        leaves the kernel)."""
         dv = dv or d
         gemm = GemmDims(2 * batch, s, keys, d) if dv == d else GemmDims(batch, s, keys, d + dv)
         return self.add(_Node(
             name=name, inputs=tuple(inputs), in_bytes=tuple(in_bytes), out_bytes=batch * s * dv * self.dt,
             out_elements=batch * s * keys, kind="gemm", bwd="flash", gemm=gemm,
-            saved=saved, selective_drop=selective_drop, tp_rule="column", fused_fwd=("softmax",),
+            saved=saved, selective_drop=selective_drop, tp_rule="column",
+            fused_fwd=("softmax", "dropout") if dropout else ("softmax",),
             flash_dims=(0, 0) if dv == d else (d, dv), flash_heads=batch))
 
     def bmm(self, name, a, b, *, batch, m, n, k, a_bytes, b_bytes, saved, selective_drop=0.0):
@@ -504,7 +509,8 @@ class _Layer:
             rerun = bg.flops / 5
         op = Op(name=f"{n.name}.bwd", kind="gemm", deps=gr, gemm=bg, rerun_flops=rerun,
                 flops=bg.flops, bytes_read=sum(n.in_bytes) + 2 * n.out_bytes + n.saved,
-                bytes_written=sum(n.in_bytes), tp_rule=n.tp_rule, fused=("softmax_bwd",),
+                bytes_written=sum(n.in_bytes), tp_rule=n.tp_rule,
+                fused=("softmax_bwd",) + (("dropout_bwd",) if "dropout" in n.fused_fwd else ()),
                 elements=n.out_elements, heads=n.flash_heads)
         st.ops.append(op)
         return [(op.name,)] * len(n.inputs)
@@ -1419,7 +1425,7 @@ def _attention(L: _Layer, c: _Ctx, x: str, sliding: bool) -> str:
         else:
             ins, in_b = (q, k, v), (T * a * d * dt, T * kv * d * dt, v_bytes)
         ctx = L.flash("attn.core", ins, in_b, batch=b * a, s=s, keys=keys, d=d,
-                      saved=qk_bytes + v_bytes + lse, selective_drop=lse)
+                      saved=qk_bytes + v_bytes + lse, selective_drop=lse, dropout=sp.dropout)
         L.nodes[ctx].selective = True
         _flash_score_terms(L, c, ctx)
     else:
@@ -1520,7 +1526,7 @@ def _mla_attention(L: _Layer, c: _Ctx, x: str) -> str:
         lse = b * a * s * 4
         ctx = L.flash("attn.core", (qrot, krot), (q_bytes, k_bytes + v_bytes), batch=b * a, s=s,
                       keys=s, d=dq, dv=dv, saved=q_bytes + k_bytes + v_bytes + lse,
-                      selective_drop=lse)
+                      selective_drop=lse, dropout=c.spec.dropout)
         L.nodes[ctx].selective = True
     else:
         ctx = _eager_core(L, c, qrot, krot, krot, a=a, d=dq, dv=dv, q_bytes=q_bytes,
