@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from phaze.cost.params import preset_params
 from phaze.place.evaluate import narayanan_flops
 
 
@@ -246,7 +247,8 @@ def test_preset_route_expert_parallelism_shards_experts_and_adds_all_to_all(caps
     # the result records how it was obtained: profile, plan options, cost parameters
     assert out["framework"] == "nemo-2024" and out["plan_options"]["ep"] == 8
     assert out["plan_options"]["distributed_optimizer"] is True
-    assert out["cost_params"]["sustained_clock_fraction"] == pytest.approx(0.747)
+    assert out["cost_params"]["sustained_clock_fraction"] == pytest.approx(
+        preset_params("h100").sustained_clock_fraction)
     assert out["graph_options"]["attention"] == "flash"
 
 
