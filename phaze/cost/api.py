@@ -90,7 +90,10 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
         kernels[gi] = np.ceil(ng[0] / TE_GEMM_STREAMS)
         # fused vector epilogues run on one VC (one-core mode) or all VCs, overlapped (an
         # FP8 GEMM's epilogue works on its bf16 output: not sped up)
-        cpe = np.array([[sum(params.cpe(c) for c in o.fused) for o in g]])
+        # (a fused attention core's dropout is its kernel's draws per score, flash_dropout_s
+        # below, not an epilogue pass)
+        cpe = np.array([[sum(params.cpe(c) for c in o.fused
+                             if not (_flash(o) and c in FLASH_DROPOUT_CLASSES)) for o in g]])
         if np.any(cpe > 0):
             outs = dims["b"] * dims["m"] * dims["n"] * ng
             hz = col["clock_hz"] * params.compute_efficiency * params.sustained_clock_fraction
@@ -107,6 +110,13 @@ def op_latencies(ops: Sequence[Op], archs, network: Network, tp: int = 1,
             q = np.array([[_fp8_operand(o, by_name, qb) for o in g]])
             qt = q / (col["hbm_bw_Bps"] * params.hbm_bw_efficiency)
             one, alls = one + qt, alls + qt
+        if params.flash_fwd_efficiency == 0:
+            # fused attention cores costed as GEMMs (the sweep's mode): the draws on top
+            for jj, o in enumerate(g):
+                if _flash(o):
+                    drop = flash_dropout_s(o, col, params)
+                    one[:, jj] += drop * col["n_vc"][:, 0]   # one VC draws them all
+                    alls[:, jj] += drop
         if params.flash_fwd_efficiency > 0:
             peak = (col["n_tc"] * col["tc_rows"] * col["tc_cols"] * 2.0 * col["clock_hz"]
                     * params.sustained_clock_fraction)
@@ -264,6 +274,9 @@ def flash_efficiency(o: Op, n_tc, params: CostParams) -> np.ndarray:
     return eff * d / (d + params.flash_head_dim_overhead)
 
 
+FLASH_DROPOUT_CLASSES = ("dropout", "dropout_bwd")   # the fused core's in-kernel dropout
+
+
 def flash_dropout_s(o: Op, col: dict, params: CostParams) -> np.ndarray:
     """Seconds (array (n_arch,)) that attention dropout inside a fused attention pass adds
     (o.fused names "dropout" forward, "dropout_bwd" backward): one random draw and mask
@@ -272,7 +285,7 @@ def flash_dropout_s(o: Op, col: dict, params: CostParams) -> np.ndarray:
     keeps no mask and draws the numbers again in the backward (Dao et al. 2022, Sec. 3.1;
     FlashAttention-2 Alg. 2); the cycles are measured as the difference between whole
     layers with and without dropout (benchmarks/data/h200_layers.csv). 0 without dropout."""
-    if not params.flash_dropout_cpe or not ({"dropout", "dropout_bwd"} & set(o.fused)):
+    if not params.flash_dropout_cpe or not (set(FLASH_DROPOUT_CLASSES) & set(o.fused)):
         return np.zeros(len(col["n_vc"]))
     hz = col["clock_hz"][:, 0] * params.compute_efficiency * params.sustained_clock_fraction
     lanes = col["n_vc"][:, 0] * col["vc_lanes"][:, 0]

@@ -133,7 +133,8 @@ class CostParams:
     # ... plus, with attention dropout inside the kernel, the VC cycles per computed score
     # element (one lane) that drawing its random number and applying it add to each pass
     # (the backward draws them again), on top of the tensor-core time: measured, not hidden
-    # (benchmarks/bench_h200_kernels.py --fit-dropout); 0 = free
+    # (benchmarks/bench_h200_kernels.py, section 6); 0 = free. Charged on both cost
+    # paths: the flash efficiency one and, with it off (the sweep's), a GEMM-costed core
     flash_dropout_cpe: float = 0.0
     # FP8 GEMMs (Transformer Engine): the blocks' weight GEMMs run at fp8_speedup x the bf16
     # rate (H100: 1,979 / 989 TFLOP/s dense = 2); attention and the LM head (Megatron-Core's

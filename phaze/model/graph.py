@@ -1305,8 +1305,10 @@ def _norm(L: _Layer, c: _Ctx, name: str, x: str, width: int | None = None, keep_
                     rule="sharded" if c.sp else "replicated")
 
 
-def _dropout(L: _Layer, c: _Ctx, name: str, x: str, elements: int, rule: str, selective=False) -> str:
-    if not c.spec.dropout:
+def _dropout(L: _Layer, c: _Ctx, name: str, x: str, elements: int, rule: str, selective=False,
+             on: bool | None = None) -> str:
+    """A dropout op on `x`, or `x` itself without dropout (`on`; default the spec's)."""
+    if not (c.spec.dropout if on is None else on):
         return x
     saved = elements * MASK_BYTES
     return L.vector(name, (x,), "dropout", elements, saved=saved, rule=rule,
@@ -1425,7 +1427,7 @@ def _attention(L: _Layer, c: _Ctx, x: str, sliding: bool) -> str:
         else:
             ins, in_b = (q, k, v), (T * a * d * dt, T * kv * d * dt, v_bytes)
         ctx = L.flash("attn.core", ins, in_b, batch=b * a, s=s, keys=keys, d=d,
-                      saved=qk_bytes + v_bytes + lse, selective_drop=lse, dropout=sp.dropout)
+                      saved=qk_bytes + v_bytes + lse, selective_drop=lse, dropout=sp.attn_dropout)
         L.nodes[ctx].selective = True
         _flash_score_terms(L, c, ctx)
     else:
@@ -1454,7 +1456,8 @@ def _eager_core(L: _Layer, c: _Ctx, q: str, k: str, v: str, *, a: int, d: int, d
     probs = L.vector("attn.softmax", (scores,), "softmax", sm_el, saved=sm_el * dt, rule="column",
                      selective_drop=sm_el * dt)
     core.append(probs)
-    dropped = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True)
+    dropped = _dropout(L, c, "attn.dropout", probs, p_el, "column", selective=True,
+                       on=sp.attn_dropout)
     own = p_el * dt if dropped != probs else 0.0  # the dropout output is a tensor of its own
     if dropped != probs:
         core.append(dropped)
@@ -1526,7 +1529,7 @@ def _mla_attention(L: _Layer, c: _Ctx, x: str) -> str:
         lse = b * a * s * 4
         ctx = L.flash("attn.core", (qrot, krot), (q_bytes, k_bytes + v_bytes), batch=b * a, s=s,
                       keys=s, d=dq, dv=dv, saved=q_bytes + k_bytes + v_bytes + lse,
-                      selective_drop=lse, dropout=c.spec.dropout)
+                      selective_drop=lse, dropout=c.spec.attn_dropout)
         L.nodes[ctx].selective = True
     else:
         ctx = _eager_core(L, c, qrot, krot, krot, a=a, d=dq, dv=dv, q_bytes=q_bytes,

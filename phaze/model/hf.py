@@ -660,7 +660,8 @@ def _bert(get, name):
         seq=n_pos, max_positions=n_pos, activation=_act(get, "hidden_act", "gelu", False),
         causal=False, pre_norm=False, final_norm=False, fused_qkv=False,
         token_types=get.int("type_vocab_size", 2), embed_norm=True, mlm_head=True, pooler=True,
-        tied_embeddings=get.bool("tie_word_embeddings", True))
+        tied_embeddings=get.bool("tie_word_embeddings", True), **_split_dropout(
+            get, "hidden_dropout_prob", "attention_probs_dropout_prob", default=0.1))
 
 
 def _opt(get, name):
@@ -676,7 +677,17 @@ def _opt(get, name):
         final_norm=pre and not get.bool("_remove_final_layer_norm", False),
         bias=get.bool("enable_bias", True), fused_qkv=False,
         embed_proj_dim=proj if proj != h else 0,
-        tied_embeddings=get.bool("tie_word_embeddings", True))
+        tied_embeddings=get.bool("tie_word_embeddings", True),
+        **_split_dropout(get, "dropout", "attention_dropout", default=0.1, attn_default=0.0))
+
+
+def _split_dropout(get, hidden_key: str, attn_key: str, *, default: float,
+                   attn_default: float | None = None) -> dict:
+    """ModelSpec dropout fields of a family whose config sets the hidden dropout and the
+    attention-probability dropout apart (BERT, OPT; transformers' defaults where absent)."""
+    hidden = get.float(hidden_key, default) != 0.0
+    attn = get.float(attn_key, default if attn_default is None else attn_default) != 0.0
+    return {"dropout": hidden, "attention_dropout": None if attn == hidden else attn}
 
 
 _READERS = {

@@ -52,6 +52,9 @@ class ModelSpec:
     bias: bool = True           # linear layers carry biases
     tied_embeddings: bool = True
     dropout: bool = True        # dropout after attention probs, attention out, MLP out, embeddings
+    # dropout on the attention probabilities alone, where a config sets it apart from the
+    # hidden dropout (OPT: attention_dropout 0.0, dropout 0.1); None = as `dropout`
+    attention_dropout: bool | None = None
     fused_qkv: bool = True      # one QKV GEMM (Megatron, GPT-2) or three (HF BERT, OPT, Llama)
     fused_gate_up: bool = False  # gated MLP: one gate+up GEMM (Megatron-Core linear_fc1) or two (HF)
     embed_proj_dim: int = 0     # OPT word_embed_proj_dim when != hidden (project_in/out); 0 = none
@@ -182,8 +185,16 @@ class ModelSpec:
     def position_rows(self) -> int:
         return self.max_positions or self.seq
 
+    @property
+    def attn_dropout(self) -> bool:
+        """Dropout on the attention probabilities (in a fused kernel: a draw per score)."""
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["attention_dropout"] is None:   # graph files of models without it stay as they were
+            del d["attention_dropout"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":

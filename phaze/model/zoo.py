@@ -209,7 +209,8 @@ def _build_zoo() -> dict[str, ModelSpec]:
         # 2048 positions + OPT's offset of 2 rows.
         ModelSpec(name="opt-350m", hidden=1024, layers=24, heads=16, ffn=4096, vocab=50272,
                   seq=2048, max_positions=2050, activation="relu", pre_norm=False, final_norm=False,
-                  fused_qkv=False, embed_proj_dim=512, source="HF facebook/opt-350m config.json; 331M"),
+                  fused_qkv=False, embed_proj_dim=512, attention_dropout=False,   # config: 0.0
+                  source="HF facebook/opt-350m config.json; 331M"),
         # Llama-2 (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU, no biases, untied, no dropout.
         ModelSpec(name="llama2-7b", hidden=4096, layers=32, heads=32, ffn=11008, vocab=32000,
                   seq=4096, activation="swiglu", norm="rmsnorm", position="rope", bias=False,
